@@ -1,0 +1,56 @@
+//! fleetctl: the operator CLI for fleet.
+
+mod catalog;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about = "Operate a fleet of rented GPUs across clouds.")]
+struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    /// fleet's catalog CSV format (catalog only).
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List rentable GPU offerings with prices, cheapest $/GPU-hour first.
+    Catalog(catalog::CatalogArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Catalog(args) => catalog::run(args, cli.output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what went wrong, with its causes, never a debug dump.
+            // Causes already quoted by their parent's message are not repeated.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! fleet-core: the model every other crate shares.
+//!
+//! - [`cloud`], [`gpu`], [`instance`], [`offering`]: what can be rented, where, how.
+//! - [`money`]: exact dollars (integer micro-dollars), never `f64`.
+//! - [`catalog`]: prices, built in or imported from SkyPilot catalogs, and queries over them.
+//! - [`names`]: normalising names and suggesting the closest known one.
+
+pub mod catalog;
+pub mod cloud;
+pub mod gpu;
+pub mod instance;
+pub mod money;
+pub mod names;
+pub mod offering;
+
+pub use catalog::{Catalog, CatalogError, Query, SortKey};
+pub use cloud::Cloud;
+pub use gpu::{GpuFamily, GpuModel, GpuSelector};
+pub use instance::{InstanceType, Interconnect};
+pub use money::{Money, Price};
+pub use offering::{Availability, CapacityType, Offering, OfferingKey, Source};

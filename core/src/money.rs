@@ -1,0 +1,374 @@
+//! Exact money.
+//!
+//! Every amount is an integer number of micro-dollars (1 USD = 1,000,000 µ$). Sums, differences and
+//! multiplications by counts are exact; the only rounding happens where a rate is divided (per GPU,
+//! per second) and it is round-half-to-even, in one place ([`div_round`]). Prices are never held in
+//! `f64`: a month of per-second charges summed in floating point drifts by cents, and budgets are
+//! compared against those sums.
+
+use std::fmt;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const MICROS_PER_USD: i64 = 1_000_000;
+
+/// An amount of US dollars, exact to the micro-dollar.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(i64);
+
+impl Money {
+    pub const ZERO: Money = Money(0);
+
+    pub const fn from_micros(micros: i64) -> Money {
+        Money(micros)
+    }
+
+    /// Whole dollars (for constants and tests).
+    pub const fn from_dollars(dollars: i64) -> Money {
+        Money(dollars * MICROS_PER_USD)
+    }
+
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub const fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
+    pub fn checked_add(self, other: Money) -> Option<Money> {
+        self.0.checked_add(other.0).map(Money)
+    }
+
+    pub fn checked_mul(self, n: i64) -> Option<Money> {
+        self.0.checked_mul(n).map(Money)
+    }
+
+    /// Multiplies by a count. Panics on overflow (±9.2 trillion dollars), which no fleet reaches.
+    pub fn times(self, n: u32) -> Money {
+        Money(self.0.checked_mul(i64::from(n)).expect("money overflow"))
+    }
+
+    /// Divides by a count, rounding half to even. `n` must not be zero.
+    pub fn divided_by(self, n: u32) -> Money {
+        assert!(n > 0, "dividing money by zero");
+        Money(div_round(i128::from(self.0), i128::from(n)) as i64)
+    }
+
+    /// Parses a decimal string such as `"98.32"`, `"1.8214000000000001"` or `"-0.5"`.
+    ///
+    /// Digits beyond the sixth decimal are rounded half to even: catalogs carry float noise such as
+    /// Cudo's `1.8214000000000001`, which is 1.8214 to the micro-dollar. Exponents, thousands
+    /// separators and currency signs are refused.
+    pub fn parse_decimal(s: &str) -> Result<Money, MoneyParseError> {
+        let err = |reason: &'static str| MoneyParseError { input: s.to_string(), reason };
+        let t = s.trim();
+        let t = t.strip_prefix('$').unwrap_or(t);
+        let (negative, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        if digits.is_empty() {
+            return Err(err("empty"));
+        }
+        let (int_part, frac_part) = match digits.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (digits, ""),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(err("no digits"));
+        }
+        if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("only digits and one '.' are allowed"));
+        }
+        if int_part.len() > 12 {
+            return Err(err("too large"));
+        }
+        let int: i128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err("bad integer part"))? };
+        // Keep seven decimals (six plus one to round on) and note whether anything non-zero follows.
+        let mut frac: i128 = 0;
+        for i in 0..7 {
+            let d = frac_part.as_bytes().get(i).map(|b| i128::from(b - b'0')).unwrap_or(0);
+            frac = frac * 10 + d;
+        }
+        let sticky = frac_part.len() > 7 && frac_part.as_bytes()[7..].iter().any(|b| *b != b'0');
+        let scaled = int * 10_000_000 + frac; // in tenths of a micro-dollar
+        let mut micros = scaled / 10;
+        let last = scaled % 10;
+        if last > 5 || (last == 5 && (sticky || micros % 2 == 1)) {
+            micros += 1;
+        }
+        let micros = if negative { -micros } else { micros };
+        Ok(Money(micros as i64))
+    }
+}
+
+/// `num / den` rounded half to even; `den > 0`.
+pub(crate) fn div_round(num: i128, den: i128) -> i128 {
+    debug_assert!(den > 0);
+    let q = num.div_euclid(den);
+    let r = num.rem_euclid(den);
+    let twice = 2 * r;
+    if twice > den || (twice == den && q % 2 != 0) { q + 1 } else { q }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' is not an amount of dollars ({reason}); write it as a plain decimal such as 98.32")]
+pub struct MoneyParseError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for Money {
+    type Err = MoneyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Money::parse_decimal(s)
+    }
+}
+
+impl fmt::Display for Money {
+    /// `$98.32`, `$3.76223`, `-$0.50`: at least two decimals, trailing zeros beyond them dropped.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = format!("{}${}", if self.0 < 0 { "-" } else { "" }, self.plain());
+        f.pad(&s)
+    }
+}
+
+impl fmt::Debug for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Money({self})")
+    }
+}
+
+impl Money {
+    /// The unsigned decimal text without a currency sign: `98.32`, `3.76223`.
+    fn plain(&self) -> String {
+        let abs = self.0.unsigned_abs();
+        let int = abs / MICROS_PER_USD as u64;
+        let frac = abs % MICROS_PER_USD as u64;
+        let mut frac_s = format!("{frac:06}");
+        while frac_s.len() > 2 && frac_s.ends_with('0') {
+            frac_s.pop();
+        }
+        format!("{int}.{frac_s}")
+    }
+
+    /// Decimal text as used in CSV and JSON: `98.32`, `-0.5` becomes `-0.50`.
+    pub fn to_decimal_string(&self) -> String {
+        format!("{}{}", if self.0 < 0 { "-" } else { "" }, self.plain())
+    }
+}
+
+/// JSON and TOML carry money as a decimal *string* ("98.32"), so no reader parses it into a float.
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_decimal_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Money::parse_decimal(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, o: Money) -> Money {
+        Money(self.0.checked_add(o.0).expect("money overflow"))
+    }
+}
+impl AddAssign for Money {
+    fn add_assign(&mut self, o: Money) {
+        *self = *self + o;
+    }
+}
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, o: Money) -> Money {
+        Money(self.0.checked_sub(o.0).expect("money overflow"))
+    }
+}
+impl SubAssign for Money {
+    fn sub_assign(&mut self, o: Money) {
+        *self = *self - o;
+    }
+}
+impl Neg for Money {
+    type Output = Money;
+    fn neg(self) -> Money {
+        Money(-self.0)
+    }
+}
+impl Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, |a, b| a + b)
+    }
+}
+impl<'a> Sum<&'a Money> for Money {
+    fn sum<I: Iterator<Item = &'a Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, |a, b| a + *b)
+    }
+}
+
+/// A price: dollars per hour for a whole instance (or, after [`Price::per_gpu`], per GPU).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Price(Money);
+
+impl Price {
+    pub const ZERO: Price = Price(Money::ZERO);
+
+    pub const fn per_hour(amount: Money) -> Price {
+        Price(amount)
+    }
+
+    /// The amount charged for one hour.
+    pub const fn hourly(self) -> Money {
+        self.0
+    }
+
+    /// The price of one of `count` GPUs (rounded half to even to the micro-dollar).
+    pub fn per_gpu(self, count: u32) -> Price {
+        Price(self.0.divided_by(count))
+    }
+
+    /// What running for `d` costs, rounded half to even to the micro-dollar. Billing in fleet is
+    /// per second or coarser, so `d` is taken in whole milliseconds.
+    pub fn cost_for(self, d: Duration) -> Money {
+        let millis = i128::try_from(d.as_millis()).expect("duration overflow");
+        Money(div_round(i128::from(self.0.micros()) * millis, 3_600_000) as i64)
+    }
+
+    pub fn parse_decimal(s: &str) -> Result<Price, MoneyParseError> {
+        Money::parse_decimal(s).map(Price)
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&format!("{}/h", self.0))
+    }
+}
+
+impl fmt::Debug for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Price({self})")
+    }
+}
+
+impl Add for Price {
+    type Output = Price;
+    fn add(self, o: Price) -> Price {
+        Price(self.0 + o.0)
+    }
+}
+impl Sum for Price {
+    fn sum<I: Iterator<Item = Price>>(iter: I) -> Price {
+        Price(iter.map(|p| p.0).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn m(s: &str) -> Money {
+        Money::parse_decimal(s).unwrap()
+    }
+
+    #[test]
+    fn parses_catalog_numbers_exactly() {
+        assert_eq!(m("98.32").micros(), 98_320_000);
+        assert_eq!(m("30.097800").micros(), 30_097_800);
+        assert_eq!(m("0.00001").micros(), 10);
+        assert_eq!(m(".5").micros(), 500_000);
+        assert_eq!(m("7.").micros(), 7_000_000);
+        assert_eq!(m("$2.49").micros(), 2_490_000);
+        assert_eq!(m("-0.5").micros(), -500_000);
+        // Cudo's float noise is rounded away at the micro-dollar.
+        assert_eq!(m("1.8214000000000001").micros(), 1_821_400);
+    }
+
+    #[test]
+    fn rounds_half_to_even_beyond_six_decimals() {
+        assert_eq!(m("0.0000005").micros(), 0);
+        assert_eq!(m("0.0000015").micros(), 2);
+        assert_eq!(m("0.00000050001").micros(), 1);
+        assert_eq!(m("0.0000025").micros(), 2);
+        assert_eq!(m("0.0000026").micros(), 3);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_plain_decimal() {
+        for bad in ["", "-", ".", "abc", "1e3", "1,000.00", "1.2.3", "NaN", "inf", " 1 2"] {
+            let e = Money::parse_decimal(bad).unwrap_err();
+            assert!(e.to_string().contains("is not an amount of dollars"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sums_are_exact_where_f64_is_not() {
+        // 0.1 + 0.2 in f64 is 0.30000000000000004; a million ten-cent charges drift in f64.
+        let ten_cents = m("0.10");
+        let total: Money = std::iter::repeat_n(ten_cents, 1_000_000).sum();
+        assert_eq!(total, Money::from_dollars(100_000));
+        let f: f64 = std::iter::repeat_n(0.1f64, 1_000_000).sum();
+        assert_ne!(f, 100_000.0, "f64 would have been fine here, so this test proves nothing");
+    }
+
+    #[test]
+    fn displays_with_at_least_two_decimals() {
+        assert_eq!(m("98.32").to_string(), "$98.32");
+        assert_eq!(m("3.76223").to_string(), "$3.76223");
+        assert_eq!(m("7").to_string(), "$7.00");
+        assert_eq!(m("-0.5").to_string(), "-$0.50");
+        assert_eq!(Price::parse_decimal("87.83247").unwrap().to_string(), "$87.83247/h");
+        assert_eq!(format!("{:>10}", m("1.5")), "     $1.50");
+    }
+
+    #[test]
+    fn per_gpu_and_cost_for_round_half_even() {
+        let p = Price::parse_decimal("98.32").unwrap();
+        assert_eq!(p.per_gpu(8).hourly(), m("12.29"));
+        assert_eq!(Price::parse_decimal("0.000003").unwrap().per_gpu(2).hourly().micros(), 2);
+        assert_eq!(Price::parse_decimal("0.000001").unwrap().per_gpu(2).hourly().micros(), 0);
+        assert_eq!(p.cost_for(Duration::from_secs(3600)), m("98.32"));
+        assert_eq!(p.cost_for(Duration::from_secs(60)), m("1.638667"));
+        assert_eq!(p.cost_for(Duration::ZERO), Money::ZERO);
+    }
+
+    #[test]
+    fn serde_uses_decimal_strings() {
+        let j = serde_json::to_string(&m("12.5")).unwrap();
+        assert_eq!(j, "\"12.50\"");
+        let back: Money = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, m("12.5"));
+        assert!(serde_json::from_str::<Money>("\"twelve\"").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_round_trips(micros in -10_000_000_000_000i64..10_000_000_000_000) {
+            let x = Money::from_micros(micros);
+            prop_assert_eq!(Money::parse_decimal(&x.to_decimal_string()).unwrap(), x);
+        }
+
+        #[test]
+        fn per_second_charges_sum_to_within_a_micro_dollar_per_charge(
+            micros_per_hour in 0i64..200_000_000, seconds in 1u64..5000,
+        ) {
+            let p = Price::per_hour(Money::from_micros(micros_per_hour));
+            let whole = p.cost_for(Duration::from_secs(seconds));
+            let pieces: Money = (0..seconds).map(|_| p.cost_for(Duration::from_secs(1))).sum();
+            let diff = (whole - pieces).micros().abs();
+            prop_assert!(diff as u64 <= seconds, "diff {diff} for {seconds} charges");
+        }
+    }
+}
