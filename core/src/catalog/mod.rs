@@ -149,6 +149,23 @@ impl Catalog {
 
     /// The offerings matching `q`, sorted as it asks; ties are broken by cloud, region, zone,
     /// instance type and capacity type, so the order is the same on every run.
+    ///
+    /// ```
+    /// use fleet_core::{CapacityType, Catalog, Cloud, Query};
+    ///
+    /// // The cheapest on-demand 8×H100 machine on AWS or GCP, by $/GPU-hour.
+    /// let q = Query {
+    ///     gpu: Some("H100".parse().unwrap()),
+    ///     min_gpus: Some(8),
+    ///     clouds: vec![Cloud::Aws, Cloud::Gcp],
+    ///     capacity: Some(CapacityType::OnDemand),
+    ///     ..Query::default()
+    /// };
+    /// let best = Catalog::builtin().query(&q)[0];
+    /// assert!(matches!(best.cloud, Cloud::Aws | Cloud::Gcp));
+    /// assert_eq!(best.instance.gpu_count, 8);
+    /// println!("{} {} {} at {} per GPU", best.cloud, best.region, best.instance.name, best.price_per_gpu());
+    /// ```
     pub fn query(&self, q: &Query) -> Vec<&Offering> {
         let mut v: Vec<&Offering> = self.offerings.iter().filter(|o| q.matches(o)).collect();
         let tie = |o: &Offering| (o.cloud, o.region.clone(), o.zone.clone(), o.instance.name.clone(), o.capacity);
