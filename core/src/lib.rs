@@ -4,6 +4,7 @@
 //! - [`money`]: exact dollars (integer micro-dollars), never `f64`.
 //! - [`catalog`]: prices, built in or imported from SkyPilot catalogs, and queries over them.
 //! - [`names`]: normalising names and suggesting the closest known one.
+//! - [`spec`]: the fleet spec (TOML), checked as a whole with positioned errors.
 
 pub mod catalog;
 pub mod cloud;
@@ -12,6 +13,7 @@ pub mod instance;
 pub mod money;
 pub mod names;
 pub mod offering;
+pub mod spec;
 
 pub use catalog::{Catalog, CatalogError, Query, SortKey};
 pub use cloud::Cloud;

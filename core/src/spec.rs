@@ -1,0 +1,833 @@
+//! The fleet spec: what an operator asks for, in TOML.
+//!
+//! ```toml
+//! [fleet]
+//! name = "prod"
+//!
+//! [budget]                       # fleet-wide hard caps
+//! max_per_hour = "400.00"        # money is a string (or a whole number): never a float
+//! max_per_month = "150000"
+//!
+//! [[quotas]]                     # what the cloud accounts allow, in GPUs
+//! cloud = "aws"
+//! region = "us-east-1"           # optional: without it, the whole cloud
+//! capacity = "spot"              # optional: without it, all capacity types
+//! max_gpus = 64
+//!
+//! [apps.llama-70b]
+//! gpu = ["H100", "A100-80GB"]    # a family, a model, or any of several
+//! gpus = 8                       # GPUs per runner
+//! min_vcpus = 64                 # per runner
+//! min_memory_gib = 512           # per runner
+//!
+//! [apps.llama-70b.placement]
+//! clouds = ["aws", "gcp", "lambda", "runpod"]   # allowed; absent = all
+//! deny_clouds = []
+//! regions = ["us-*"]                            # allowed patterns; absent = all
+//! deny_regions = []
+//! spot = "auto"                                 # spot | on-demand | auto
+//! base_on_demand = 1                            # runners never on spot
+//! max_price_per_gpu_hour = "4.00"
+//!
+//! [apps.llama-70b.scaling]
+//! min_concurrency = 0
+//! max_concurrency = 8
+//! concurrency_buffer = 1
+//! concurrency_buffer_perc = 20
+//! max_multiplexing = 4
+//! keep_alive = "5m"
+//! scaling_delay = "30s"
+//!
+//! [apps.llama-70b.budget]
+//! max_per_hour = "200"
+//! ```
+//!
+//! [`FleetSpec::parse`] checks the whole file and returns every problem at once, each naming file,
+//! line, column and field and saying how to fix it; a spec with any error is not used at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cloud::Cloud;
+use crate::gpu::GpuSelector;
+use crate::money::{Money, Price};
+use crate::names::{self, slug};
+use crate::offering::CapacityType;
+
+/// A validated fleet spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSpec {
+    pub name: String,
+    pub budget: Budget,
+    pub quotas: Vec<Quota>,
+    /// Sorted by name, so every decision walks apps in the same order.
+    pub apps: Vec<AppSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    pub name: String,
+    pub gpu: GpuRequirement,
+    pub placement: PlacementRules,
+    pub scaling: ScalingSpec,
+    pub budget: Budget,
+}
+
+/// What one runner of an app needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuRequirement {
+    /// Any of these GPUs will do.
+    pub models: Vec<GpuSelector>,
+    /// GPUs per runner.
+    pub count: u32,
+    pub min_vcpus: u32,
+    pub min_memory_gib: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpotPolicy {
+    /// Spot only (beyond `base_on_demand`); wait rather than pay on-demand.
+    Spot,
+    /// Never spot.
+    OnDemand,
+    /// Spot when it can be had, on-demand while it cannot.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementRules {
+    /// Allowed clouds; empty means all.
+    pub clouds: Vec<Cloud>,
+    pub deny_clouds: Vec<Cloud>,
+    /// Allowed region patterns (normalised; a trailing `*` is a prefix); empty means all.
+    pub regions: Vec<String>,
+    pub deny_regions: Vec<String>,
+    pub spot: SpotPolicy,
+    /// Runners that never run on spot.
+    pub base_on_demand: u32,
+    pub max_price_per_gpu_hour: Option<Price>,
+}
+
+/// fal-style autoscaling knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalingSpec {
+    pub min_concurrency: u32,
+    pub max_concurrency: u32,
+    /// Extra runners beyond demand (absolute floor of the buffer).
+    pub concurrency_buffer: u32,
+    /// Extra runners as a percentage of the runners demand needs.
+    pub concurrency_buffer_perc: u32,
+    /// Requests one runner serves at once.
+    pub max_multiplexing: u32,
+    /// How long an idle runner stays warm.
+    pub keep_alive: Duration,
+    /// How long demand must persist before scaling up.
+    pub scaling_delay: Duration,
+}
+
+impl Default for ScalingSpec {
+    /// fal's defaults: no minimum, no buffer, one request per runner, 60 s keep-alive, no delay.
+    fn default() -> Self {
+        ScalingSpec {
+            min_concurrency: 0,
+            max_concurrency: 10,
+            concurrency_buffer: 0,
+            concurrency_buffer_perc: 0,
+            max_multiplexing: 1,
+            keep_alive: Duration::from_secs(60),
+            scaling_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Hard dollar caps. `None` means no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub max_per_hour: Option<Money>,
+    pub max_per_month: Option<Money>,
+}
+
+/// A cloud account limit in GPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub cloud: Cloud,
+    pub region: Option<String>,
+    pub capacity: Option<CapacityType>,
+    pub max_gpus: u32,
+}
+
+impl PlacementRules {
+    pub fn allows_cloud(&self, c: Cloud) -> bool {
+        (self.clouds.is_empty() || self.clouds.contains(&c)) && !self.deny_clouds.contains(&c)
+    }
+
+    pub fn allows_region(&self, region: &str) -> bool {
+        (self.regions.is_empty() || self.regions.iter().any(|p| region_matches(p, region)))
+            && !self.deny_regions.iter().any(|p| region_matches(p, region))
+    }
+}
+
+/// `us-*` matches `us-east-1`; otherwise names must be equal (both normalised).
+pub fn region_matches(pattern: &str, region: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => region.starts_with(prefix),
+        None => pattern == region,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// One problem in a spec, with where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field (`apps.llama.scaling.max_concurrency`), or empty for syntax errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a spec (at least one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{} has {n} error{}; nothing was applied", self.0[0].file, if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<SpecError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.errors.push(SpecError {
+            file: self.file.to_string(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn money(&mut self, v: &Option<Spanned<toml::Value>>, field: &str) -> Option<Money> {
+        let v = v.as_ref()?;
+        let m = match v.get_ref() {
+            toml::Value::String(s) => match Money::parse_decimal(s) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.err(v.span(), field, e.to_string());
+                    return None;
+                }
+            },
+            toml::Value::Integer(i) => match Money::from_dollars(1).checked_mul(*i) {
+                Some(m) => m,
+                None => {
+                    self.err(v.span(), field, "is too large");
+                    return None;
+                }
+            },
+            toml::Value::Float(f) => {
+                self.err(
+                    v.span(),
+                    field,
+                    format!("{f} is a float; write money as a string such as \"{f}\", so it is exact"),
+                );
+                return None;
+            }
+            other => {
+                self.err(
+                    v.span(),
+                    field,
+                    format!("expected an amount of dollars such as \"4.00\", found a {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        if m <= Money::ZERO {
+            self.err(v.span(), field, format!("must be more than zero, not {m}; leave it out for no limit"));
+            return None;
+        }
+        Some(m)
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<toml::Value>>, field: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
+            toml::Value::String(s) => parse_duration(s),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| {
+            self.err(v.span(), field, "expected a duration such as \"30s\", \"5m\", \"1h\" or a number of seconds");
+            default
+        })
+    }
+
+    fn cloud(&mut self, v: &Spanned<String>, field: &str) -> Option<Cloud> {
+        match v.get_ref().parse::<Cloud>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.err(v.span(), field, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn clouds(&mut self, v: &Option<Vec<Spanned<String>>>, field: &str) -> Vec<Cloud> {
+        v.iter().flatten().filter_map(|c| self.cloud(c, field)).collect()
+    }
+
+    fn regions(&mut self, v: &Option<Vec<Spanned<String>>>, field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in v.iter().flatten() {
+            let raw = r.get_ref();
+            let (base, star) = match raw.strip_suffix('*') {
+                Some(b) => (b, true),
+                None => (raw.as_str(), false),
+            };
+            let s = slug(base);
+            if s.is_empty() && !star {
+                self.err(r.span(), field, "an empty region name matches nothing; remove it, or write \"*\" for all");
+                continue;
+            }
+            // Keep a trailing separator of a prefix pattern: "us-*" must not match "usa".
+            let keep_dash = star && base.ends_with(['-', '_']);
+            out.push(format!(
+                "{s}{}{}",
+                if keep_dash && !s.is_empty() { "-" } else { "" },
+                if star { "*" } else { "" }
+            ));
+        }
+        out
+    }
+}
+
+/// `"90"`, `"90s"`, `"5m"`, `"1h"`, `"1h30m"`, `"250ms"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let d = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(d)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    fleet: Option<RawFleet>,
+    budget: Option<RawBudget>,
+    #[serde(default)]
+    quotas: Vec<Spanned<RawQuota>>,
+    #[serde(default)]
+    apps: BTreeMap<Spanned<String>, Spanned<RawApp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max_per_hour: Option<Spanned<toml::Value>>,
+    max_per_month: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    cloud: Spanned<String>,
+    region: Option<Spanned<String>>,
+    capacity: Option<Spanned<String>>,
+    max_gpus: Spanned<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    /// A string or an array of strings (serde's untagged enums lose spans, so it is checked by hand).
+    gpu: Option<Spanned<toml::Value>>,
+    gpus: Option<Spanned<i64>>,
+    min_vcpus: Option<Spanned<i64>>,
+    min_memory_gib: Option<Spanned<i64>>,
+    placement: Option<RawPlacement>,
+    scaling: Option<RawScaling>,
+    budget: Option<RawBudget>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    clouds: Option<Vec<Spanned<String>>>,
+    deny_clouds: Option<Vec<Spanned<String>>>,
+    regions: Option<Vec<Spanned<String>>>,
+    deny_regions: Option<Vec<Spanned<String>>>,
+    spot: Option<Spanned<String>>,
+    base_on_demand: Option<Spanned<i64>>,
+    max_price_per_gpu_hour: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScaling {
+    min_concurrency: Option<Spanned<i64>>,
+    max_concurrency: Option<Spanned<i64>>,
+    concurrency_buffer: Option<Spanned<i64>>,
+    concurrency_buffer_perc: Option<Spanned<i64>>,
+    max_multiplexing: Option<Spanned<i64>>,
+    keep_alive: Option<Spanned<toml::Value>>,
+    scaling_delay: Option<Spanned<toml::Value>>,
+}
+
+impl Checker<'_> {
+    /// An integer field within `lo..=hi`.
+    fn int(&mut self, v: &Option<Spanned<i64>>, field: &str, default: u32, lo: u32, hi: u32) -> u32 {
+        let Some(v) = v else { return default };
+        let x = *v.get_ref();
+        if x < i64::from(lo) || x > i64::from(hi) {
+            self.err(v.span(), field, format!("{x} is out of range; use {lo} to {hi}"));
+            return default;
+        }
+        x as u32
+    }
+
+    fn budget(&mut self, b: &Option<RawBudget>, path: &str) -> Budget {
+        let Some(b) = b else { return Budget::default() };
+        Budget {
+            max_per_hour: self.money(&b.max_per_hour, &format!("{path}.max_per_hour")),
+            max_per_month: self.money(&b.max_per_month, &format!("{path}.max_per_month")),
+        }
+    }
+
+    fn app(&mut self, name: &Spanned<String>, raw: &Spanned<RawApp>) -> AppSpec {
+        let n = name.get_ref();
+        let path = format!("apps.{n}");
+        if slug(n) != *n {
+            self.err(
+                name.span(),
+                &path,
+                format!("app names are lower-case letters, digits and '-'; try \"{}\"", slug(n)),
+            );
+        }
+        let a = raw.get_ref();
+        let gpu_field = format!("{path}.gpu");
+        let mut models = Vec::new();
+        match &a.gpu {
+            None => self.err(raw.span(), &gpu_field, "missing; say which GPU the app needs, e.g. gpu = \"H100\""),
+            Some(g) => {
+                let list: Vec<Spanned<String>> = match g.get_ref() {
+                    toml::Value::String(s) => vec![Spanned::new(g.span(), s.clone())],
+                    toml::Value::Array(items) => {
+                        let mut out = Vec::new();
+                        let mut from = g.span().start;
+                        for item in items {
+                            let Some(s) = item.as_str() else {
+                                self.err(
+                                    g.span(),
+                                    &gpu_field,
+                                    format!("expected GPU names, found a {}", item.type_str()),
+                                );
+                                continue;
+                            };
+                            // Array elements carry no span: find the element's text after the previous one.
+                            let quoted = format!("\"{s}\"");
+                            let at =
+                                self.text[from..g.span().end].find(&quoted).map(|i| from + i).unwrap_or(g.span().start);
+                            from = at + quoted.len().min(g.span().end - at);
+                            out.push(Spanned::new(at..at + quoted.len(), s.to_string()));
+                        }
+                        out
+                    }
+                    other => {
+                        self.err(
+                            g.span(),
+                            &gpu_field,
+                            format!("expected a GPU name or a list of them, found a {}", other.type_str()),
+                        );
+                        Vec::new()
+                    }
+                };
+                if list.is_empty() && g.get_ref().is_array() {
+                    self.err(g.span(), &gpu_field, "is empty; list at least one GPU, e.g. [\"H100\", \"A100-80GB\"]");
+                }
+                for s in &list {
+                    match s.get_ref().parse::<GpuSelector>() {
+                        Ok(sel) if !models.contains(&sel) => models.push(sel),
+                        Ok(_) => {}
+                        Err(e) => self.err(s.span(), &gpu_field, e.to_string()),
+                    }
+                }
+            }
+        }
+        let count = self.int(&a.gpus, &format!("{path}.gpus"), 1, 1, 16);
+        let min_vcpus = self.int(&a.min_vcpus, &format!("{path}.min_vcpus"), 0, 0, 4096);
+        let min_memory_gib = self.int(&a.min_memory_gib, &format!("{path}.min_memory_gib"), 0, 0, 65_536);
+
+        let p = a.placement.as_ref();
+        let pf = |f: &str| format!("{path}.placement.{f}");
+        let empty = RawPlacement::default();
+        let p = p.unwrap_or(&empty);
+        let clouds = self.clouds(&p.clouds, &pf("clouds"));
+        let deny_clouds = self.clouds(&p.deny_clouds, &pf("deny_clouds"));
+        if let Some(both) = clouds.iter().find(|c| deny_clouds.contains(c)) {
+            let span = p.deny_clouds.iter().flatten().find(|s| s.get_ref().parse() == Ok(*both)).map(|s| s.span());
+            self.err(
+                span.unwrap_or(raw.span()),
+                pf("deny_clouds"),
+                format!("{both} is both allowed and denied; remove it from one list"),
+            );
+        }
+        let regions = self.regions(&p.regions, &pf("regions"));
+        let deny_regions = self.regions(&p.deny_regions, &pf("deny_regions"));
+        let spot = match &p.spot {
+            None => SpotPolicy::Auto,
+            Some(s) => match s.get_ref().to_ascii_lowercase().replace('_', "-").as_str() {
+                "spot" => SpotPolicy::Spot,
+                "on-demand" | "ondemand" => SpotPolicy::OnDemand,
+                "auto" => SpotPolicy::Auto,
+                other => {
+                    let hint = names::closest(other, ["spot", "on-demand", "auto"])
+                        .map(|h| format!(" (did you mean \"{h}\"?)"))
+                        .unwrap_or_default();
+                    self.err(
+                        s.span(),
+                        pf("spot"),
+                        format!("unknown spot policy \"{other}\"{hint}; use \"spot\", \"on-demand\" or \"auto\""),
+                    );
+                    SpotPolicy::Auto
+                }
+            },
+        };
+        let max_price_per_gpu_hour =
+            self.money(&p.max_price_per_gpu_hour, &pf("max_price_per_gpu_hour")).map(Price::per_hour);
+
+        let s = a.scaling.as_ref();
+        let sf = |f: &str| format!("{path}.scaling.{f}");
+        let empty = RawScaling::default();
+        let s = s.unwrap_or(&empty);
+        let d = ScalingSpec::default();
+        let max_concurrency = self.int(&s.max_concurrency, &sf("max_concurrency"), d.max_concurrency, 1, 100_000);
+        let min_concurrency = self.int(&s.min_concurrency, &sf("min_concurrency"), d.min_concurrency, 0, 100_000);
+        if min_concurrency > max_concurrency {
+            let span = s.min_concurrency.as_ref().map(|x| x.span()).unwrap_or(raw.span());
+            self.err(
+                span,
+                sf("min_concurrency"),
+                format!(
+                    "{min_concurrency} is above max_concurrency {max_concurrency}; lower it or raise max_concurrency"
+                ),
+            );
+        }
+        let base_on_demand = self.int(&p.base_on_demand, &pf("base_on_demand"), 0, 0, 100_000);
+        if base_on_demand > max_concurrency {
+            let span = p.base_on_demand.as_ref().map(|x| x.span()).unwrap_or(raw.span());
+            self.err(
+                span,
+                pf("base_on_demand"),
+                format!("{base_on_demand} is above max_concurrency {max_concurrency}; it can be at most that"),
+            );
+        }
+        let scaling = ScalingSpec {
+            min_concurrency,
+            max_concurrency,
+            concurrency_buffer: self.int(&s.concurrency_buffer, &sf("concurrency_buffer"), 0, 0, 100_000),
+            concurrency_buffer_perc: self.int(&s.concurrency_buffer_perc, &sf("concurrency_buffer_perc"), 0, 0, 1000),
+            max_multiplexing: self.int(&s.max_multiplexing, &sf("max_multiplexing"), d.max_multiplexing, 1, 10_000),
+            keep_alive: self.duration(&s.keep_alive, &sf("keep_alive"), d.keep_alive),
+            scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
+        };
+        AppSpec {
+            name: n.clone(),
+            gpu: GpuRequirement { models, count, min_vcpus, min_memory_gib },
+            placement: PlacementRules {
+                clouds,
+                deny_clouds,
+                regions,
+                deny_regions,
+                spot,
+                base_on_demand,
+                max_price_per_gpu_hour,
+            },
+            scaling,
+            budget: self.budget(&a.budget, &format!("{path}.budget")),
+        }
+    }
+}
+
+impl FleetSpec {
+    /// Parses and checks a spec. `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<FleetSpec, SpecErrors> {
+        let mut ck = Checker { file, text, errors: Vec::new() };
+        let raw: RawSpec = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let msg = e.message().trim().to_string();
+                let msg = if msg.starts_with("unknown field") {
+                    format!("{msg}; check the spelling (see the spec format in the README)")
+                } else {
+                    msg
+                };
+                ck.err(span, "", msg);
+                return Err(SpecErrors(ck.errors));
+            }
+        };
+        let name = match raw.fleet.as_ref().and_then(|f| f.name.as_ref()) {
+            Some(n) if slug(n.get_ref()) == *n.get_ref() => n.get_ref().clone(),
+            Some(n) => {
+                ck.err(
+                    n.span(),
+                    "fleet.name",
+                    format!("use lower-case letters, digits and '-'; try \"{}\"", slug(n.get_ref())),
+                );
+                String::new()
+            }
+            None => "default".to_string(),
+        };
+        let budget = ck.budget(&raw.budget, "budget");
+        let mut quotas = Vec::new();
+        for (i, q) in raw.quotas.iter().enumerate() {
+            let f = |x: &str| format!("quotas[{i}].{x}");
+            let r = q.get_ref();
+            let cloud = ck.cloud(&r.cloud, &f("cloud"));
+            let capacity = match &r.capacity {
+                None => None,
+                Some(c) => match c.get_ref().parse::<CapacityType>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        ck.err(c.span(), f("capacity"), e);
+                        None
+                    }
+                },
+            };
+            let max_gpus = ck.int(&Some(r.max_gpus.clone()), &f("max_gpus"), 0, 0, 1_000_000);
+            let region = r.region.as_ref().map(|s| slug(s.get_ref()));
+            if let Some(cloud) = cloud {
+                quotas.push(Quota { cloud, region, capacity, max_gpus });
+            }
+        }
+        if raw.apps.is_empty() {
+            ck.err(0..0, "apps", "the spec has no apps; add one, e.g. [apps.my-model] with gpu = \"H100\"");
+        }
+        let apps: Vec<AppSpec> = raw.apps.iter().map(|(n, a)| ck.app(n, a)).collect();
+        if ck.errors.is_empty() {
+            Ok(FleetSpec { name, budget, quotas, apps })
+        } else {
+            ck.errors.sort_by_key(|e| (e.line, e.column));
+            Err(SpecErrors(ck.errors))
+        }
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppSpec> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{GpuFamily, GpuModel};
+
+    const GOOD: &str = r#"
+[fleet]
+name = "prod"
+
+[budget]
+max_per_hour = "400.00"
+max_per_month = 150000
+
+[[quotas]]
+cloud = "aws"
+region = "us-east-1"
+capacity = "spot"
+max_gpus = 64
+
+[apps.llama-70b]
+gpu = ["H100", "A100-80GB"]
+gpus = 8
+min_vcpus = 64
+
+[apps.llama-70b.placement]
+clouds = ["aws", "gcp", "lambda"]
+regions = ["us-*", "europe-west4"]
+spot = "auto"
+base_on_demand = 1
+max_price_per_gpu_hour = "4.50"
+
+[apps.llama-70b.scaling]
+max_concurrency = 8
+concurrency_buffer = 1
+concurrency_buffer_perc = 20
+max_multiplexing = 4
+keep_alive = "5m"
+scaling_delay = "30s"
+
+[apps.sdxl]
+gpu = "H100-PCIe"
+"#;
+
+    #[test]
+    fn parses_a_full_spec() {
+        let s = FleetSpec::parse("fleet.toml", GOOD).unwrap();
+        assert_eq!(s.name, "prod");
+        assert_eq!(s.budget.max_per_hour, Some(Money::from_dollars(400)));
+        assert_eq!(s.budget.max_per_month, Some(Money::from_dollars(150_000)));
+        assert_eq!(
+            s.quotas,
+            vec![Quota {
+                cloud: Cloud::Aws,
+                region: Some("us-east-1".into()),
+                capacity: Some(CapacityType::Spot),
+                max_gpus: 64
+            }]
+        );
+        assert_eq!(s.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["llama-70b", "sdxl"]);
+        let a = &s.apps[0];
+        assert_eq!(a.gpu.models, vec![GpuSelector::Family(GpuFamily::H100), GpuSelector::Model(GpuModel::A100_80GB)]);
+        assert_eq!((a.gpu.count, a.gpu.min_vcpus, a.gpu.min_memory_gib), (8, 64, 0));
+        assert_eq!(a.placement.regions, ["us-*", "europe-west4"]);
+        assert!(a.placement.allows_region("us-east-1") && !a.placement.allows_region("usa-1"));
+        assert!(a.placement.allows_cloud(Cloud::Gcp) && !a.placement.allows_cloud(Cloud::Azure));
+        assert_eq!(a.placement.max_price_per_gpu_hour, Some(Price::parse_decimal("4.5").unwrap()));
+        assert_eq!(a.scaling.keep_alive, Duration::from_secs(300));
+        assert_eq!(a.scaling.scaling_delay, Duration::from_secs(30));
+        let b = &s.apps[1];
+        assert_eq!(b.scaling, ScalingSpec::default());
+        assert_eq!(b.placement.spot, SpotPolicy::Auto);
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        FleetSpec::parse("f.toml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_gpu_names_position_field_and_suggestion() {
+        let e = errors("[apps.a]\ngpu = \"H10O\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("f.toml:2:7: apps.a.gpu: unknown GPU 'H10O' (did you mean 'H100'?)"), "{e:?}");
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let text = r#"
+[apps.a]
+gpu = ["H100-SMX"]
+[apps.a.placement]
+clouds = ["aws", "lamda"]
+deny_clouds = ["aws"]
+spot = "spto"
+max_price_per_gpu_hour = 4.5
+[apps.a.scaling]
+min_concurrency = 5
+max_concurrency = 2
+keep_alive = "5 minutes"
+"#;
+        let e = errors(text);
+        let want = [
+            "f.toml:3:8: apps.a.gpu: unknown GPU 'H100-SMX' (did you mean 'H100-SXM'?)",
+            "f.toml:5:18: apps.a.placement.clouds: unknown cloud 'lamda' (did you mean 'lambda'?)",
+            "f.toml:6:16: apps.a.placement.deny_clouds: aws is both allowed and denied",
+            "f.toml:7:8: apps.a.placement.spot: unknown spot policy \"spto\" (did you mean \"spot\"?)",
+            "f.toml:8:26: apps.a.placement.max_price_per_gpu_hour: 4.5 is a float; write money as a string",
+            "f.toml:10:19: apps.a.scaling.min_concurrency: 5 is above max_concurrency 2",
+            "f.toml:12:14: apps.a.scaling.keep_alive: expected a duration",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got}\n  does not start with\n{want}");
+        }
+        let all = FleetSpec::parse("f.toml", text).unwrap_err().to_string();
+        assert!(all.starts_with("f.toml has 7 errors; nothing was applied\n  f.toml:3:8"), "{all}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields() {
+        let e = errors("[apps.a]\ngpu = \"H100\"\ngpuz = 8\n");
+        assert!(e[0].starts_with("f.toml:3:1: unknown field `gpuz`"), "{e:?}");
+        let e = errors("[apps.a\ngpu = 1\n");
+        assert!(e[0].starts_with("f.toml:1:"), "{e:?}");
+        let e = errors("[fleet]\nname = \"x\"\n");
+        assert!(e[0].contains("apps: the spec has no apps"), "{e:?}");
+        let e = errors("[apps.a]\ngpus = 8\n");
+        assert!(e[0].starts_with("f.toml:1:1: apps.a.gpu: missing"), "{e:?}");
+        let e = errors("[apps.A_b]\ngpu = \"H100\"\n");
+        assert!(e[0].contains("try \"a-b\""), "{e:?}");
+        let e = errors("[apps.a]\ngpu = \"H100\"\ngpus = 0\n[budget]\nmax_per_hour = \"-5\"\n");
+        assert!(e[0].contains("apps.a.gpus: 0 is out of range; use 1 to 16"), "{e:?}");
+        assert!(e[1].contains("budget.max_per_hour: must be more than zero"), "{e:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5 m"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+}
