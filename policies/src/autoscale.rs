@@ -1,0 +1,227 @@
+//! fal-style autoscaling of an app's runners.
+//!
+//! - demand = queued + in-flight requests; `needed` = ⌈demand / max_multiplexing⌉ runners;
+//! - buffer = max(concurrency_buffer, ⌈needed × concurrency_buffer_perc / 100⌉);
+//! - desired = min(max_concurrency, max(min_concurrency, needed + buffer)). With no minimum and no
+//!   buffer, no demand means zero runners: scale to zero.
+//!
+//! Scale-up: runners below `min_concurrency` start at once; the rest only once demand has wanted
+//! them for `scaling_delay` (the caller keeps `pending_since` between decisions). Scale-down: only
+//! runners that are ready, serve nothing, and have been idle for `keep_alive` stop (runners beyond
+//! `max_concurrency` need not wait out keep-alive); longest idle first, then the most expensive.
+//! A runner with requests in flight is never stopped.
+
+use fleet_core::Price;
+use fleet_core::spec::ScalingSpec;
+use serde::Serialize;
+
+use crate::Timestamp;
+
+/// How many runners demand calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ScaleTarget {
+    /// Requests queued or in flight.
+    pub demand: u32,
+    pub needed: u32,
+    pub buffer: u32,
+    pub desired: u32,
+}
+
+pub fn target(spec: &ScalingSpec, demand: u32) -> ScaleTarget {
+    let mux = spec.max_multiplexing.max(1);
+    let needed = demand.div_ceil(mux);
+    let perc = (u64::from(needed) * u64::from(spec.concurrency_buffer_perc)).div_ceil(100);
+    let buffer = spec.concurrency_buffer.max(u32::try_from(perc).unwrap_or(u32::MAX));
+    let desired = spec.min_concurrency.max(needed.saturating_add(buffer)).min(spec.max_concurrency);
+    ScaleTarget { demand, needed, buffer, desired }
+}
+
+/// A runner as the autoscaler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerInfo {
+    pub id: String,
+    /// False while starting (booting, loading the model).
+    pub ready: bool,
+    pub in_flight: u32,
+    /// When it last became idle; `None` while it serves requests.
+    pub idle_since: Option<Timestamp>,
+    /// Effective $/GPU-hour of its node, to stop the most expensive first.
+    pub gpu_price: Price,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScaleDecision {
+    pub target: ScaleTarget,
+    /// Runners to start.
+    pub start: u32,
+    /// Runners to stop, in the order chosen.
+    pub stop: Vec<String>,
+    /// Since when demand has wanted more runners than run (keep it for the next decision).
+    pub pending_since: Option<Timestamp>,
+}
+
+/// Decides one app's runner changes.
+pub fn decide(
+    spec: &ScalingSpec,
+    queued: u32,
+    in_flight: u32,
+    pending_since: Option<Timestamp>,
+    runners: &[RunnerInfo],
+    now: Timestamp,
+) -> ScaleDecision {
+    let t = target(spec, queued.saturating_add(in_flight));
+    let current = u32::try_from(runners.len()).unwrap_or(u32::MAX);
+    if t.desired > current {
+        let immediate = spec.min_concurrency.saturating_sub(current).min(t.desired - current);
+        let since = pending_since.unwrap_or(now);
+        let waited = (now - since).to_std().unwrap_or_default();
+        if waited >= spec.scaling_delay {
+            return ScaleDecision { target: t, start: t.desired - current, stop: Vec::new(), pending_since: None };
+        }
+        return ScaleDecision { target: t, start: immediate, stop: Vec::new(), pending_since: Some(since) };
+    }
+    let excess = current - t.desired;
+    let above_max = current.saturating_sub(spec.max_concurrency);
+    let keep_alive = chrono::Duration::from_std(spec.keep_alive).unwrap_or(chrono::Duration::MAX);
+    let mut idle: Vec<(&RunnerInfo, Timestamp)> =
+        runners.iter().filter(|r| r.ready && r.in_flight == 0).filter_map(|r| r.idle_since.map(|s| (r, s))).collect();
+    idle.sort_by(|(a, sa), (b, sb)| sa.cmp(sb).then(b.gpu_price.cmp(&a.gpu_price)).then(a.id.cmp(&b.id)));
+    let mut stop = Vec::new();
+    for (i, (r, since)) in idle.into_iter().enumerate() {
+        if stop.len() as u32 >= excess {
+            break;
+        }
+        // The first `above_max` stops need no keep-alive: those runners should not exist.
+        let expired = now.signed_duration_since(since) >= keep_alive;
+        if (i as u32) < above_max || expired {
+            stop.push(r.id.clone());
+        }
+    }
+    ScaleDecision { target: t, start: 0, stop, pending_since: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn t0() -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    fn spec() -> ScalingSpec {
+        ScalingSpec {
+            min_concurrency: 1,
+            max_concurrency: 10,
+            concurrency_buffer: 1,
+            concurrency_buffer_perc: 20,
+            max_multiplexing: 4,
+            keep_alive: Duration::from_secs(300),
+            scaling_delay: Duration::from_secs(30),
+        }
+    }
+
+    fn idle(id: &str, idle_for: i64, price: &str) -> RunnerInfo {
+        RunnerInfo {
+            id: id.into(),
+            ready: true,
+            in_flight: 0,
+            idle_since: Some(t0() - secs(idle_for)),
+            gpu_price: Price::parse_decimal(price).unwrap(),
+        }
+    }
+
+    fn busy(id: &str, n: u32) -> RunnerInfo {
+        RunnerInfo { id: id.into(), ready: true, in_flight: n, idle_since: None, gpu_price: Price::ZERO }
+    }
+
+    #[test]
+    fn targets_follow_fal() {
+        let s = spec();
+        // 40 requests / 4 per runner = 10 needed, buffer max(1, 20% of 10 = 2) = 2, capped at 10.
+        assert_eq!(target(&s, 40), ScaleTarget { demand: 40, needed: 10, buffer: 2, desired: 10 });
+        assert_eq!(target(&s, 9), ScaleTarget { demand: 9, needed: 3, buffer: 1, desired: 4 });
+        // No demand: the buffer (1) beats min_concurrency (1): 1 runner.
+        assert_eq!(target(&s, 0).desired, 1);
+        // Scale to zero with neither minimum nor buffer.
+        let z = ScalingSpec { min_concurrency: 0, concurrency_buffer: 0, concurrency_buffer_perc: 0, ..s.clone() };
+        assert_eq!(target(&z, 0).desired, 0);
+        assert_eq!(target(&z, 1).desired, 1);
+        // The percentage buffer rounds up: 20% of one runner is one more.
+        assert_eq!(target(&ScalingSpec { concurrency_buffer_perc: 20, ..z }, 1).desired, 2);
+    }
+
+    #[test]
+    fn scale_up_waits_for_scaling_delay_except_below_min() {
+        let s = spec();
+        let d = decide(&s, 20, 0, None, &[], t0());
+        // 20/4 = 5 needed + 1 buffer = 6 desired; only the minimum (1) starts now.
+        assert_eq!((d.target.desired, d.start, d.pending_since), (6, 1, Some(t0())));
+        let d2 = decide(&s, 20, 0, d.pending_since, &[idle("a", 0, "2")], t0() + secs(29));
+        assert_eq!((d2.start, d2.pending_since), (0, Some(t0())));
+        let d3 = decide(&s, 20, 0, d2.pending_since, &[idle("a", 0, "2")], t0() + secs(30));
+        assert_eq!((d3.start, d3.pending_since), (5, None));
+    }
+
+    #[test]
+    fn scale_down_longest_idle_then_most_expensive_never_busy() {
+        let s = ScalingSpec { min_concurrency: 0, concurrency_buffer: 0, concurrency_buffer_perc: 0, ..spec() };
+        let runners = [
+            busy("b1", 2),
+            idle("new", 10, "9"),
+            idle("old-cheap", 900, "2"),
+            idle("old-dear", 900, "4"),
+            idle("oldest", 1000, "1"),
+        ];
+        // Demand 2 (in flight on b1) needs 1 runner: 4 excess; "new" is inside keep-alive.
+        let d = decide(&s, 0, 2, None, &runners, t0());
+        assert_eq!(d.stop, ["oldest", "old-dear", "old-cheap"]);
+        assert!(!d.stop.contains(&"b1".to_string()));
+    }
+
+    #[test]
+    fn above_max_need_not_wait_for_keep_alive() {
+        let s = ScalingSpec { max_concurrency: 1, min_concurrency: 0, ..spec() };
+        let d = decide(&s, 0, 0, None, &[idle("a", 1, "1"), idle("b", 2, "1")], t0());
+        assert_eq!(d.stop, ["b"]);
+    }
+
+    proptest! {
+        #[test]
+        fn invariants(
+            min in 0u32..5, extra in 0u32..10, buffer in 0u32..4, perc in 0u32..100, mux in 1u32..8,
+            queued in 0u32..200, runners in proptest::collection::vec((any::<bool>(), 0u32..3, 0i64..2000), 0..15),
+            delay in 0u64..60, pending in proptest::option::of(0i64..120),
+        ) {
+            let s = ScalingSpec {
+                min_concurrency: min, max_concurrency: min + extra.max(1), concurrency_buffer: buffer,
+                concurrency_buffer_perc: perc, max_multiplexing: mux,
+                keep_alive: Duration::from_secs(300), scaling_delay: Duration::from_secs(delay),
+            };
+            let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
+                id: format!("r{i}"), ready: *ready, in_flight: *inf,
+                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), gpu_price: Price::ZERO,
+            }).collect();
+            let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
+            let d = decide(&s, queued, in_flight, pending.map(|p| t0() - secs(p)), &rs, t0());
+            let n = rs.len() as u32;
+            prop_assert!(d.start == 0 || d.stop.is_empty());
+            // Never above max through starts, never below min through stops.
+            prop_assert!(n + d.start <= s.max_concurrency.max(n));
+            prop_assert!(n - d.stop.len() as u32 >= s.min_concurrency.min(n));
+            // Below min: at least up to min at once.
+            if n < s.min_concurrency { prop_assert!(n + d.start >= s.min_concurrency); }
+            // Never stops a runner with requests in flight, nor one still starting.
+            for id in &d.stop {
+                let r = rs.iter().find(|r| &r.id == id).unwrap();
+                prop_assert!(r.in_flight == 0 && r.ready);
+            }
+        }
+    }
+}

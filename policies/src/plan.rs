@@ -1,0 +1,294 @@
+//! One decision for the whole fleet: per app, how many runners to start and stop, where new runners
+//! go (free slots on existing nodes first, then new nodes), which offerings each new node may try
+//! in failover order, which nodes are left empty, and what budgets held back.
+//!
+//! Budgets hold for every failover choice: each new node's candidates are limited to a price the
+//! remaining room can pay, and the node reserves the dearest of them, so whichever candidate the
+//! orchestrator ends up launching, the app's and the fleet's caps hold. Apps are planned in the
+//! spec's (name) order against the shared fleet room.
+
+use std::collections::{BTreeMap, HashSet};
+
+use fleet_core::spec::{FleetSpec, SpotPolicy};
+use fleet_core::{CapacityType, Money};
+use serde::Serialize;
+
+use crate::Timestamp;
+use crate::autoscale::{self, RunnerInfo, ScaleDecision};
+use crate::budget::{self, BudgetCap, Spend};
+use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, UnavailableCache};
+use crate::spot::{self, CapacitySplit};
+
+/// A node of an app, running or launching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    pub offering: OfferingId,
+    /// How many of the app's runners it can host.
+    pub slots: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerView {
+    pub runner: RunnerInfo,
+    pub node: String,
+}
+
+/// What is true of one app now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppState {
+    pub queued: u32,
+    pub in_flight: u32,
+    pub scale_up_pending_since: Option<Timestamp>,
+    pub runners: Vec<RunnerView>,
+    pub nodes: Vec<NodeView>,
+    pub month_to_date: Money,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetState<'a> {
+    pub now: Timestamp,
+    /// Apps missing here have no runners, nodes or demand.
+    pub apps: BTreeMap<String, AppState>,
+    pub unavailable: &'a UnavailableCache,
+    pub fleet_month_to_date: Money,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// How many offerings each new node may fail over through.
+    pub max_candidates: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { max_candidates: 16 }
+    }
+}
+
+/// A node to launch: try `candidates` in order until one succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodePlan {
+    pub capacity: CapacityWanted,
+    pub runners: u32,
+    pub candidates: Vec<Candidate>,
+    /// The dearest candidate's price: what this node holds of the budget.
+    pub reserved_per_hour: Money,
+}
+
+/// Runners demand wants that this decision does not place, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unplaced {
+    pub runners: u32,
+    pub capacity: CapacityWanted,
+    pub why: String,
+    pub budget_cap: Option<BudgetCap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppPlan {
+    pub app: String,
+    pub decision: ScaleDecision,
+    pub split: CapacitySplit,
+    /// Runners started on free slots of existing nodes: (node, count).
+    pub on_existing: Vec<(String, u32)>,
+    pub new_nodes: Vec<NodePlan>,
+    /// Nodes left with no runners: terminate them.
+    pub release_nodes: Vec<String>,
+    pub unplaced: Vec<Unplaced>,
+    pub burn_per_hour: Money,
+    /// The most the new nodes can add per hour.
+    pub max_added_per_hour: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetPlan {
+    pub apps: Vec<AppPlan>,
+    pub burn_per_hour: Money,
+    pub max_added_per_hour: Money,
+}
+
+fn capacity_of(index: &PlacementIndex, id: OfferingId) -> CapacityType {
+    index.offering(id).capacity
+}
+
+/// Puts up to `want` runners on free slots of nodes whose capacity type `ok` accepts; returns how
+/// many are left.
+fn fill<'a>(
+    want: u32,
+    ok: impl Fn(CapacityType) -> bool,
+    free: &mut [(&'a str, CapacityType, u32)],
+    on_existing: &mut BTreeMap<&'a str, u32>,
+) -> u32 {
+    let mut left = want;
+    for (id, cap, f) in free.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if ok(*cap) && *f > 0 {
+            let n = left.min(*f);
+            *f -= n;
+            left -= n;
+            *on_existing.entry(*id).or_default() += n;
+        }
+    }
+    left
+}
+
+/// Plans the whole fleet. Pure: same inputs, same plan.
+pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: &PlanOptions) -> FleetPlan {
+    let now = state.now;
+    let empty = AppState::default();
+    let all_nodes = || state.apps.values().flat_map(|a| a.nodes.iter());
+    let mut quota_used = index.quota_usage(all_nodes().map(|n| n.offering));
+    let fleet_burn: Money = all_nodes().map(|n| index.offering(n.offering).price.hourly()).sum();
+    let mut fleet_room = budget::headroom(
+        &spec.budget,
+        &Spend { burn_per_hour: fleet_burn, month_to_date: state.fleet_month_to_date },
+        now,
+        None,
+    );
+    let mut apps = Vec::with_capacity(spec.apps.len());
+    let mut fleet_added = Money::ZERO;
+
+    for (i, app) in spec.apps.iter().enumerate() {
+        let st = state.apps.get(&app.name).unwrap_or(&empty);
+        let burn: Money = st.nodes.iter().map(|n| index.offering(n.offering).price.hourly()).sum();
+        let mut app_room = budget::headroom(
+            &app.budget,
+            &Spend { burn_per_hour: burn, month_to_date: st.month_to_date },
+            now,
+            Some(&app.name),
+        );
+        let infos: Vec<RunnerInfo> = st.runners.iter().map(|r| r.runner.clone()).collect();
+        let decision = autoscale::decide(&app.scaling, st.queued, st.in_flight, st.scale_up_pending_since, &infos, now);
+
+        // Runners that stay, per node.
+        let stopping: HashSet<&str> = decision.stop.iter().map(String::as_str).collect();
+        let mut hosted: BTreeMap<&str, u32> = st.nodes.iter().map(|n| (n.id.as_str(), 0)).collect();
+        for r in st.runners.iter().filter(|r| !stopping.contains(r.runner.id.as_str())) {
+            *hosted.entry(r.node.as_str()).or_default() += 1;
+        }
+        let node_capacity = |id: &str| st.nodes.iter().find(|n| n.id == id).map(|n| capacity_of(index, n.offering));
+        let on_demand_running: u32 =
+            hosted.iter().filter(|(id, _)| node_capacity(id) == Some(CapacityType::OnDemand)).map(|(_, n)| *n).sum();
+        let spot_available = app.placement.spot != SpotPolicy::OnDemand && {
+            let probe = RankInput {
+                capacity: CapacityWanted::Spot,
+                quota_used: &quota_used,
+                ..RankInput::new(now, state.unavailable)
+            };
+            index.best(i, &probe).is_some()
+        };
+        let split = spot::split(
+            app.placement.spot,
+            app.placement.base_on_demand,
+            on_demand_running,
+            decision.start,
+            spot_available,
+        );
+
+        // Free slots on existing nodes: the fullest nodes first, so emptier ones can drain.
+        let mut free: Vec<(&str, CapacityType, u32)> = st
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), capacity_of(index, n.offering), n.slots.saturating_sub(hosted[n.id.as_str()])))
+            .filter(|(_, _, f)| *f > 0)
+            .collect();
+        free.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
+        let mut on_existing: BTreeMap<&str, u32> = BTreeMap::new();
+        let od_left = fill(split.on_demand, |c| c == CapacityType::OnDemand, &mut free, &mut on_existing);
+        // Spot runners take spot nodes' slots first, then any paid-for slot.
+        let spot_left = fill(split.spot, |c| c == CapacityType::Spot, &mut free, &mut on_existing);
+        let spot_left = fill(spot_left, |_| true, &mut free, &mut on_existing);
+
+        let mut new_nodes = Vec::new();
+        let mut unplaced = Vec::new();
+        let mut added = Money::ZERO;
+        for (capacity, mut left) in [(CapacityWanted::OnDemand, od_left), (CapacityWanted::Spot, spot_left)] {
+            while left > 0 {
+                let base = RankInput { capacity, quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
+                let Some(top) = index.best(i, &base) else {
+                    let why = if capacity == CapacityWanted::Spot {
+                        "no spot offering can be had now; waiting for spot (policy \"spot\")".to_string()
+                    } else {
+                        "no offering can be had now: every one is excluded or recently failed".to_string()
+                    };
+                    unplaced.push(Unplaced { runners: left, capacity, why, budget_cap: None });
+                    break;
+                };
+                let r = left.min(top.runners_per_node);
+                let room = app_room.clone().min(fleet_room.clone());
+                let nodes_left = left.div_ceil(r);
+                let share = room.per_hour.map(|h| h.divided_by(nodes_left));
+                let rank_with = |max: Option<Money>| {
+                    let input = RankInput {
+                        min_runners: r,
+                        max_node_price: max,
+                        budget_cap: room.bound_by.as_ref(),
+                        ..base.clone()
+                    };
+                    index.rank(i, &input, opts.max_candidates)
+                };
+                let mut candidates = rank_with(share);
+                if candidates.is_empty() && share != room.per_hour {
+                    candidates = rank_with(room.per_hour);
+                }
+                if candidates.is_empty() {
+                    unplaced.push(Unplaced {
+                        runners: left,
+                        capacity,
+                        why: format!(
+                            "budget: the cheapest offering, {}, exceeds the room left ({}/h)",
+                            top.node_price,
+                            room.per_hour.unwrap_or(Money::ZERO)
+                        ),
+                        budget_cap: room.bound_by.clone(),
+                    });
+                    break;
+                }
+                let reserved = candidates.iter().map(|c| c.node_price.hourly()).max().unwrap_or(Money::ZERO);
+                app_room.consume(reserved);
+                fleet_room.consume(reserved);
+                added += reserved;
+                // Count the node against every quota any of its candidates would use.
+                let mut hit = vec![false; quota_used.len()];
+                for c in &candidates {
+                    for q in index.quotas_of(c.offering) {
+                        hit[*q as usize] = true;
+                    }
+                }
+                for (q, h) in hit.iter().enumerate() {
+                    if *h {
+                        quota_used[q] += candidates.iter().map(|c| c.gpus).max().unwrap_or(0);
+                    }
+                }
+                new_nodes.push(NodePlan { capacity, runners: r, candidates, reserved_per_hour: reserved });
+                left -= r;
+            }
+        }
+
+        let release_nodes = st
+            .nodes
+            .iter()
+            .filter(|n| hosted[n.id.as_str()] == 0 && !on_existing.contains_key(n.id.as_str()))
+            .map(|n| n.id.clone())
+            .collect();
+        fleet_added += added;
+        apps.push(AppPlan {
+            app: app.name.clone(),
+            decision,
+            split,
+            on_existing: on_existing.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            new_nodes,
+            release_nodes,
+            unplaced,
+            burn_per_hour: burn,
+            max_added_per_hour: added,
+        });
+    }
+    FleetPlan { apps, burn_per_hour: fleet_burn, max_added_per_hour: fleet_added }
+}
+
+#[cfg(test)]
+mod tests;
