@@ -550,4 +550,4 @@ impl PlacementIndex {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,1 +1,255 @@
+use std::sync::Arc;
+use std::time::Duration;
 
+use fleet_core::{Catalog, Cloud, GpuModel, OfferingKey, Price};
+use proptest::prelude::*;
+
+use super::*;
+use crate::placement::UnavailableReason;
+use crate::placement::tests::{arb_offering, off, spec, t0};
+
+fn catalog() -> Arc<Catalog> {
+    use CapacityType::*;
+    use GpuModel::*;
+    Arc::new(Catalog::new(vec![
+        off(Cloud::Lambda, "us-east-1", None, "gpu_8x_h100_sxm5", H100Sxm, 8, OnDemand, "23.92"),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, Spot, "16"),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, OnDemand, "98.32"),
+        off(Cloud::Gcp, "us-central1", Some("us-central1-a"), "a3-highgpu-8g", H100Sxm, 8, OnDemand, "43.06615"),
+    ]))
+}
+
+const FLEET: &str = r#"
+[apps.llm]
+gpu = "H100"
+gpus = 2
+[apps.llm.placement]
+base_on_demand = 1
+[apps.llm.scaling]
+max_concurrency = 20
+max_multiplexing = 4
+"#;
+
+fn state<'a>(cache: &'a UnavailableCache, apps: Vec<(&str, AppState)>) -> FleetState<'a> {
+    FleetState {
+        now: t0(),
+        apps: apps.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        unavailable: cache,
+        fleet_month_to_date: Money::ZERO,
+    }
+}
+
+fn queued(n: u32) -> AppState {
+    AppState { queued: n, ..AppState::default() }
+}
+
+#[test]
+fn queue_of_40_starts_10_runners_packed_4_per_node_base_on_demand_rest_spot() {
+    let s = spec(FLEET);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let p = plan(&index, &s, &state(&cache, vec![("llm", queued(40))]), &PlanOptions::default());
+    let a = &p.apps[0];
+    assert_eq!((a.decision.target.desired, a.decision.start), (10, 10));
+    assert_eq!(a.split, CapacitySplit { on_demand: 1, spot: 9, fallback: 0 });
+    // The on-demand base runner: cheapest on-demand is Lambda (4 runners of 2 GPUs per node).
+    assert_eq!(a.new_nodes[0].capacity, CapacityWanted::OnDemand);
+    assert_eq!(a.new_nodes[0].runners, 1);
+    assert_eq!(index.offering(a.new_nodes[0].candidates[0].offering).cloud, Cloud::Lambda);
+    // Nine spot runners on three spot nodes of up to four.
+    let spot: Vec<u32> = a.new_nodes[1..].iter().map(|n| n.runners).collect();
+    assert_eq!(spot, [4, 4, 1]);
+    assert!(a.new_nodes[1..].iter().all(|n| n.candidates.iter().all(|c| c.capacity == CapacityType::Spot)));
+    assert!(a.unplaced.is_empty());
+}
+
+#[test]
+fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
+    let s = spec(FLEET);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let busy = |id: &str, node: &str| RunnerView {
+        runner: RunnerInfo { id: id.into(), ready: true, in_flight: 4, idle_since: None, gpu_price: Price::ZERO },
+        node: node.into(),
+    };
+    let st = AppState {
+        queued: 8,
+        in_flight: 8,
+        runners: vec![busy("r1", "od-node"), busy("r2", "spot-node")],
+        nodes: vec![
+            NodeView { id: "od-node".into(), offering: 0, slots: 4 },
+            NodeView { id: "spot-node".into(), offering: 1, slots: 4 },
+            NodeView { id: "empty".into(), offering: 1, slots: 4 },
+        ],
+        ..AppState::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let a = &p.apps[0];
+    // 16 requests / 4 = 4 runners; 2 run, so 2 start: both spot (the base is met), onto the
+    // fullest node first, and no new node is needed.
+    assert_eq!(a.decision.start, 2);
+    assert_eq!(a.split, CapacitySplit { on_demand: 0, spot: 2, fallback: 0 });
+    assert_eq!(a.on_existing, [("spot-node".to_string(), 2)]);
+    assert!(a.new_nodes.is_empty());
+    assert_eq!(a.release_nodes, ["empty"]);
+    assert_eq!(a.burn_per_hour, Money::parse_decimal("55.92").unwrap());
+}
+
+#[test]
+fn spot_falls_back_to_on_demand_while_unavailable_and_returns_after() {
+    let s = spec(FLEET);
+    let index = PlacementIndex::new(catalog(), &s);
+    let mut cache = UnavailableCache::default();
+    let spot_key = OfferingKey {
+        cloud: Cloud::Aws,
+        region: "us-east-1".into(),
+        zone: None,
+        instance_type: "p5.48xlarge".into(),
+        capacity: CapacityType::Spot,
+    };
+    cache.mark(spot_key, UnavailableReason::Preempted, t0(), Duration::from_secs(600));
+    let p = plan(&index, &s, &state(&cache, vec![("llm", queued(12))]), &PlanOptions::default());
+    assert_eq!(p.apps[0].split, CapacitySplit { on_demand: 3, spot: 0, fallback: 2 });
+    assert!(p.apps[0].new_nodes.iter().all(|n| n.capacity == CapacityWanted::OnDemand));
+    // Ten minutes later the entry has expired: spot again.
+    let mut later = state(&cache, vec![("llm", queued(12))]);
+    later.now = t0() + chrono::Duration::seconds(601);
+    let p = plan(&index, &s, &later, &PlanOptions::default());
+    assert_eq!(p.apps[0].split, CapacitySplit { on_demand: 1, spot: 2, fallback: 0 });
+    // A "spot"-only app waits instead of paying on-demand.
+    let spot_only = spec(&FLEET.replace("base_on_demand = 1", "base_on_demand = 0\nspot = \"spot\""));
+    let index = PlacementIndex::new(catalog(), &spot_only);
+    let p = plan(&index, &spot_only, &state(&cache, vec![("llm", queued(12))]), &PlanOptions::default());
+    assert_eq!(p.apps[0].unplaced.len(), 1);
+    assert!(p.apps[0].unplaced[0].why.contains("waiting for spot"), "{:?}", p.apps[0].unplaced);
+}
+
+#[test]
+fn budget_cap_binds_and_says_which() {
+    let s = spec(&format!("{FLEET}\n[budget]\nmax_per_hour = \"50\"\n"));
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let p = plan(&index, &s, &state(&cache, vec![("llm", queued(80))]), &PlanOptions::default());
+    let a = &p.apps[0];
+    assert_eq!(a.decision.start, 20);
+    let placed: u32 = a.new_nodes.iter().map(|n| n.runners).sum();
+    assert!(placed < 20);
+    assert!(p.max_added_per_hour <= Money::from_dollars(50), "{}", p.max_added_per_hour);
+    let u = a.unplaced.last().unwrap();
+    assert_eq!(u.budget_cap, Some(BudgetCap::FleetHourly { cap: Money::from_dollars(50) }));
+    assert!(u.why.starts_with("budget:"), "{}", u.why);
+}
+
+#[test]
+fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
+    let s = spec("[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nkeep_alive = \"60s\"\n");
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let idle = |secs: i64| AppState {
+        runners: vec![RunnerView {
+            runner: RunnerInfo {
+                id: "r".into(),
+                ready: true,
+                in_flight: 0,
+                idle_since: Some(t0() - chrono::Duration::seconds(secs)),
+                gpu_price: Price::ZERO,
+            },
+            node: "n".into(),
+        }],
+        nodes: vec![NodeView { id: "n".into(), offering: 0, slots: 8 }],
+        ..AppState::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("a", idle(59))]), &PlanOptions::default());
+    assert!(p.apps[0].decision.stop.is_empty() && p.apps[0].release_nodes.is_empty());
+    let p = plan(&index, &s, &state(&cache, vec![("a", idle(60))]), &PlanOptions::default());
+    assert_eq!(p.apps[0].decision.stop, ["r"]);
+    assert_eq!(p.apps[0].release_nodes, ["n"]);
+}
+
+// --- Budgets hold for every input -----------------------------------------------------------
+
+fn arb_budget() -> impl Strategy<Value = String> {
+    (proptest::option::of(1i64..300), proptest::option::of(1i64..200_000)).prop_map(|(h, m)| {
+        let mut t = String::new();
+        if let Some(h) = h {
+            t += &format!("max_per_hour = \"{h}\"\n");
+        }
+        if let Some(m) = m {
+            t += &format!("max_per_month = \"{m}\"\n");
+        }
+        t
+    })
+}
+
+fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppState> {
+    (0u32..200, proptest::collection::vec((0usize..64, 1u32..4), 0..4), 0i64..200_000_000_000).prop_map(
+        move |(q, nodes, mtd)| AppState {
+            queued: q,
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (o, _))| *o < n_offerings)
+                .map(|(i, (o, slots))| NodeView { id: format!("n{i}"), offering: o as u32, slots })
+                .collect(),
+            month_to_date: Money::from_micros(mtd),
+            ..AppState::default()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn no_plan_breaks_a_budget_whatever_failover_picks(
+        offerings in proptest::collection::vec(arb_offering(), 1..30),
+        fleet_budget in arb_budget(),
+        a_budget in arb_budget(),
+        b_budget in arb_budget(),
+        a_state in arb_app_state(30),
+        b_state in arb_app_state(30),
+        fleet_mtd in 0i64..300_000_000_000,
+        minute in 0i64..(60 * 24 * 31),
+    ) {
+        let text = format!(
+            "[budget]\n{fleet_budget}\n[apps.a]\ngpu = [\"H100\", \"A100\"]\n[apps.a.budget]\n{a_budget}\n\
+             [apps.a.scaling]\nmax_concurrency = 50\n\
+             [apps.b]\ngpu = \"H100\"\ngpus = 2\n[apps.b.budget]\n{b_budget}\n[apps.b.scaling]\nmax_concurrency = 50\nmin_concurrency = 3\n"
+        );
+        let s = spec(&text);
+        let n = offerings.len();
+        let index = PlacementIndex::new(Arc::new(Catalog::new(offerings)), &s);
+        let cache = UnavailableCache::default();
+        let keep = |st: AppState| AppState { nodes: st.nodes.into_iter().filter(|x| (x.offering as usize) < n).collect(), ..st };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().to_utc() + chrono::Duration::minutes(minute);
+        let st = FleetState {
+            now,
+            apps: [("a".to_string(), keep(a_state)), ("b".to_string(), keep(b_state))].into_iter().collect(),
+            unavailable: &cache,
+            fleet_month_to_date: Money::from_micros(fleet_mtd),
+        };
+        let p = plan(&index, &s, &st, &PlanOptions { max_candidates: 8 });
+        let price = |c: &Candidate| index.offering(c.offering).price.hourly();
+        let mut fleet_added = Money::ZERO;
+        for (app, ap) in s.apps.iter().zip(&p.apps) {
+            let app_st = &st.apps[&app.name];
+            let burn: Money = app_st.nodes.iter().map(|x| index.offering(x.offering).price.hourly()).sum();
+            // Every failover choice of every node: at worst the dearest candidate of each.
+            let worst: Money = ap.new_nodes.iter().map(|node| node.candidates.iter().map(price).max().unwrap()).sum();
+            for node in &ap.new_nodes {
+                prop_assert!(!node.candidates.is_empty());
+                prop_assert!(node.candidates.iter().all(|c| price(c) <= node.reserved_per_hour));
+            }
+            let spend = Spend { burn_per_hour: burn, month_to_date: app_st.month_to_date };
+            if !ap.new_nodes.is_empty() {
+                prop_assert!(budget::within(&app.budget, &spend, worst, now), "app {} adds {} over {:?}", app.name, worst, app.budget);
+            }
+            fleet_added += worst;
+        }
+        let fleet_burn: Money = st.apps.values().flat_map(|a| &a.nodes).map(|x| index.offering(x.offering).price.hourly()).sum();
+        if fleet_added > Money::ZERO {
+            let spend = Spend { burn_per_hour: fleet_burn, month_to_date: st.fleet_month_to_date };
+            prop_assert!(budget::within(&s.budget, &spend, fleet_added, now), "fleet adds {} over {:?}", fleet_added, s.budget);
+        }
+    }
+}
