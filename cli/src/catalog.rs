@@ -1,5 +1,6 @@
 //! `fleetctl catalog`: query the price catalog.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -87,15 +88,7 @@ struct OfferingView<'a> {
 }
 
 pub fn run(args: CatalogArgs, output: Output) -> Result<()> {
-    let loaded;
-    let catalog: &Catalog = if args.catalog.is_empty() {
-        Catalog::builtin()
-    } else {
-        let (c, notes) = Catalog::load(&args.catalog, args.as_of)?;
-        report_notes(&notes, args.show_notes);
-        loaded = c;
-        &loaded
-    };
+    let catalog = load(&args.catalog, args.as_of, args.show_notes)?;
     let capacity = if args.spot {
         Some(CapacityType::Spot)
     } else if args.on_demand {
@@ -171,6 +164,16 @@ pub fn run(args: CatalogArgs, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The built-in catalog, or the files given with `--catalog` (with a summary of import notes).
+pub fn load(paths: &[PathBuf], as_of: Option<NaiveDate>, show_notes: bool) -> Result<Cow<'static, Catalog>> {
+    if paths.is_empty() {
+        return Ok(Cow::Borrowed(Catalog::builtin()));
+    }
+    let (c, notes) = Catalog::load(paths, as_of)?;
+    report_notes(&notes, show_notes);
+    Ok(Cow::Owned(c))
 }
 
 fn report_notes(notes: &[ImportNote], all: bool) {

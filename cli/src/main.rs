@@ -1,6 +1,7 @@
 //! fleetctl: the operator CLI for fleet.
 
 mod catalog;
+mod plan;
 mod table;
 
 use std::process::ExitCode;
@@ -30,12 +31,15 @@ pub enum Output {
 enum Command {
     /// List rentable GPU offerings with prices, cheapest $/GPU-hour first.
     Catalog(catalog::CatalogArgs),
+    /// Show what fleet would rent for a spec and a demand: ranked offerings, runners, nodes, costs.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Catalog(args) => catalog::run(args, cli.output),
+        Command::Plan(args) => plan::run(args, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

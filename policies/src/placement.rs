@@ -102,6 +102,27 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// A short stable name for the kind of reason (for summaries and JSON).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::GpuNotWanted { .. } => "gpu-not-wanted",
+            Reason::TooSmall { .. } => "too-small",
+            Reason::CloudNotAllowed { .. } => "cloud-not-allowed",
+            Reason::RegionNotAllowed { .. } => "region-not-allowed",
+            Reason::AbovePriceCap { .. } => "above-price-cap",
+            Reason::SpotNotAllowed => "spot-not-allowed",
+            Reason::ReservedCapacity => "reserved-capacity",
+            Reason::MarkedUnavailable { .. } => "marked-unavailable",
+            Reason::RecentlyFailed { .. } => "recently-failed",
+            Reason::QuotaFull { .. } => "quota-full",
+            Reason::CapacityNotWanted { .. } => "capacity-not-wanted",
+            Reason::FewerRunners { .. } => "fewer-runners",
+            Reason::OverBudget { .. } => "over-budget",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -256,6 +277,16 @@ pub enum CapacityWanted {
     Any,
     OnDemand,
     Spot,
+}
+
+impl fmt::Display for CapacityWanted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            CapacityWanted::Any => "any",
+            CapacityWanted::OnDemand => "on-demand",
+            CapacityWanted::Spot => "spot",
+        })
+    }
 }
 
 impl CapacityWanted {
