@@ -215,6 +215,9 @@ pub struct UnavailableEntry {
 #[derive(Debug, Clone, Default)]
 pub struct UnavailableCache {
     entries: FpMap<UnavailableEntry>,
+    /// Entries per region-wide fingerprint (zone-level ones included): most offerings a decision
+    /// checks are in no region with an entry, and one lookup here says so.
+    regions: FpMap<u32>,
 }
 
 impl UnavailableCache {
@@ -222,17 +225,34 @@ impl UnavailableCache {
     pub fn mark(&mut self, key: OfferingKey, why: UnavailableReason, now: Timestamp, ttl: Duration) {
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let fp = key_fingerprint(&key);
+        let region_fp = fingerprint(key.cloud, &key.region, None, &key.instance_type, key.capacity);
         match self.entries.get_mut(&fp) {
-            Some(e) if e.key == key && e.until >= until => {}
-            _ => {
+            Some(e) if e.until >= until => {}
+            Some(e) => *e = UnavailableEntry { key, why, until },
+            None => {
                 self.entries.insert(fp, UnavailableEntry { key, why, until });
+                *self.regions.entry(region_fp).or_default() += 1;
             }
         }
     }
 
     /// Drops entries that have expired by `now`.
     pub fn expire(&mut self, now: Timestamp) {
-        self.entries.retain(|_, e| e.until > now);
+        let regions = &mut self.regions;
+        self.entries.retain(|_, e| {
+            let keep = e.until > now;
+            if !keep {
+                let k = &e.key;
+                let rfp = fingerprint(k.cloud, &k.region, None, &k.instance_type, k.capacity);
+                if let Some(n) = regions.get_mut(&rfp) {
+                    *n -= 1;
+                    if *n == 0 {
+                        regions.remove(&rfp);
+                    }
+                }
+            }
+            keep
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -251,19 +271,17 @@ impl UnavailableCache {
     pub fn covering(&self, o: &Offering, now: Timestamp) -> Option<&UnavailableEntry> {
         let zone_fp = fingerprint(o.cloud, &o.region, o.zone.as_deref(), &o.instance.name, o.capacity);
         let region_fp = fingerprint(o.cloud, &o.region, None, &o.instance.name, o.capacity);
-        self.lookup(zone_fp, region_fp, o, now)
+        self.lookup(zone_fp, region_fp, now)
     }
 
-    fn lookup(&self, zone_fp: u64, region_fp: u64, o: &Offering, now: Timestamp) -> Option<&UnavailableEntry> {
-        [zone_fp, region_fp].into_iter().filter_map(|fp| self.entries.get(&fp)).find(|e| {
-            // A fingerprint match is confirmed on the full key, so a collision cannot exclude.
-            e.until > now
-                && e.key.cloud == o.cloud
-                && e.key.capacity == o.capacity
-                && e.key.region == o.region
-                && e.key.instance_type == o.instance.name
-                && (e.key.zone.is_none() || e.key.zone == o.zone)
-        })
+    /// Entries are found by 64-bit fingerprints of their keys, without comparing the strings: a
+    /// collision (about one in 10^13 per decision with a thousand entries) could only make an
+    /// offering be skipped for one TTL, never make an unavailable one be tried.
+    fn lookup(&self, zone_fp: u64, region_fp: u64, now: Timestamp) -> Option<&UnavailableEntry> {
+        if !self.regions.contains_key(&region_fp) {
+            return None;
+        }
+        [zone_fp, region_fp].into_iter().filter_map(|fp| self.entries.get(&fp)).find(|e| e.until > now)
     }
 }
 
@@ -337,8 +355,22 @@ struct Indexed {
     quotas: Vec<u16>,
 }
 
+/// What a decision checks of one candidate, laid out next to the others so that walking the
+/// ranked list reads memory in order instead of chasing each offering.
+#[derive(Clone, Copy)]
+struct Meta {
+    zone_fp: u64,
+    region_fp: u64,
+    quota_start: u32,
+    quota_len: u32,
+}
+
 struct AppCandidates {
+    /// Sorted best first; `meta[i]` belongs to `candidates[i]`.
     candidates: Vec<Candidate>,
+    meta: Vec<Meta>,
+    /// The quota ids of every candidate, concatenated.
+    quota_ids: Vec<u16>,
     excluded: Vec<(OfferingId, Reason)>,
 }
 
@@ -384,8 +416,8 @@ fn static_candidate(app: &AppSpec, id: OfferingId, o: &Offering) -> Result<Candi
         return Err(Reason::MarkedUnavailable { detail: reason.clone() });
     }
     let by_gpus = o.instance.gpu_count / g.count;
-    let by_cpu = if g.min_vcpus == 0 { u32::MAX } else { o.instance.vcpus / g.min_vcpus };
-    let by_mem = if g.min_memory_gib == 0 { u32::MAX } else { o.instance.memory_gib / g.min_memory_gib };
+    let by_cpu = o.instance.vcpus.checked_div(g.min_vcpus).unwrap_or(u32::MAX);
+    let by_mem = o.instance.memory_gib.checked_div(g.min_memory_gib).unwrap_or(u32::MAX);
     let rpn = by_gpus.min(by_cpu).min(by_mem);
     if rpn == 0 {
         let detail = if by_gpus == 0 {
@@ -417,7 +449,7 @@ impl PlacementIndex {
     /// Builds the index for `spec` over `catalog`. Cost: one pass over the catalog per app, and a
     /// sort of each app's candidates.
     pub fn new(catalog: Arc<Catalog>, spec: &FleetSpec) -> PlacementIndex {
-        let indexed = catalog
+        let indexed: Vec<Indexed> = catalog
             .offerings()
             .iter()
             .map(|o| Indexed {
@@ -466,7 +498,22 @@ impl PlacementIndex {
                             ob.capacity,
                         ))
                 });
-                AppCandidates { candidates, excluded }
+                let mut quota_ids = Vec::new();
+                let meta = candidates
+                    .iter()
+                    .map(|c| {
+                        let ix: &Indexed = &indexed[c.offering as usize];
+                        let quota_start = quota_ids.len() as u32;
+                        quota_ids.extend_from_slice(&ix.quotas);
+                        Meta {
+                            zone_fp: ix.zone_fp,
+                            region_fp: ix.region_fp,
+                            quota_start,
+                            quota_len: ix.quotas.len() as u32,
+                        }
+                    })
+                    .collect();
+                AppCandidates { candidates, meta, quota_ids, excluded }
             })
             .collect();
         PlacementIndex {
@@ -508,21 +555,23 @@ impl PlacementIndex {
         &self.indexed[id as usize].quotas
     }
 
-    /// The dynamic checks, in the order their reasons are reported.
-    fn check(&self, c: &Candidate, input: &RankInput) -> Result<(), Reason> {
+    /// The dynamic checks of candidate `i` of app `app`, in the order their reasons are reported.
+    fn check(&self, app: &AppCandidates, i: usize, input: &RankInput) -> Result<(), Reason> {
+        let c = &app.candidates[i];
+        let m = &app.meta[i];
         if !input.capacity.accepts(c.capacity) {
             return Err(Reason::CapacityNotWanted { capacity: c.capacity });
         }
         if c.runners_per_node < input.min_runners {
             return Err(Reason::FewerRunners { fits: c.runners_per_node, need: input.min_runners });
         }
-        if !input.unavailable.is_empty() {
-            let ix = &self.indexed[c.offering as usize];
-            if let Some(e) = input.unavailable.lookup(ix.zone_fp, ix.region_fp, self.offering(c.offering), input.now) {
-                return Err(Reason::RecentlyFailed { why: e.why, until: e.until });
-            }
+        if !input.unavailable.is_empty()
+            && let Some(e) = input.unavailable.lookup(m.zone_fp, m.region_fp, input.now)
+        {
+            return Err(Reason::RecentlyFailed { why: e.why, until: e.until });
         }
-        for q in &self.indexed[c.offering as usize].quotas {
+        let quotas = &app.quota_ids[m.quota_start as usize..(m.quota_start + m.quota_len) as usize];
+        for q in quotas {
             let used = input.quota_used.get(*q as usize).copied().unwrap_or(0);
             let quota = &self.quotas[*q as usize];
             if used + c.gpus > quota.max_gpus {
@@ -547,13 +596,14 @@ impl PlacementIndex {
     /// failover order: on *insufficient capacity* or *quota exceeded*, mark the offering in the
     /// [`UnavailableCache`] and try the next (or rank again).
     pub fn rank(&self, app: usize, input: &RankInput, limit: usize) -> Vec<Candidate> {
+        let a = &self.apps[app];
         let mut out = Vec::with_capacity(limit.min(16));
-        for c in &self.apps[app].candidates {
+        for i in 0..a.candidates.len() {
             if out.len() >= limit {
                 break;
             }
-            if self.check(c, input).is_ok() {
-                out.push(*c);
+            if self.check(a, i, input).is_ok() {
+                out.push(a.candidates[i]);
             }
         }
         out
@@ -561,7 +611,8 @@ impl PlacementIndex {
 
     /// The first offering [`PlacementIndex::rank`] would return, without allocating.
     pub fn best(&self, app: usize, input: &RankInput) -> Option<Candidate> {
-        self.apps[app].candidates.iter().find(|c| self.check(c, input).is_ok()).copied()
+        let a = &self.apps[app];
+        (0..a.candidates.len()).find(|i| self.check(a, *i, input).is_ok()).map(|i| a.candidates[i])
     }
 
     /// Every offering of the catalog, ranked or excluded with its reason.
@@ -569,8 +620,8 @@ impl PlacementIndex {
         let a = &self.apps[app];
         let mut ranked = Vec::new();
         let mut excluded = a.excluded.clone();
-        for c in &a.candidates {
-            match self.check(c, input) {
+        for (i, c) in a.candidates.iter().enumerate() {
+            match self.check(a, i, input) {
                 Ok(()) => ranked.push(*c),
                 Err(r) => excluded.push((c.offering, r)),
             }
