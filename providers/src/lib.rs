@@ -1,5 +1,171 @@
-//! fleet-providers: the one `Provider` trait the orchestrator talks to, and an adapter per cloud.
+//! fleet-providers: the one boundary between fleet and the clouds.
 //!
-//! Nothing lives here yet: the trait, its error model, the fault-injecting fake and the cloud
-//! adapters arrive with the "Providers I" and "Providers II" issues. The crate exists now so the
-//! workspace already has the shape the design describes.
+//! - [`Provider`]: a handful of async methods, each with its contract in its doc comment.
+//! - [`ProviderError`]: the few kinds of failure the orchestrator acts on; each adapter maps its
+//!   vendor's codes onto them in one place (`aws/errors.rs`, …).
+//! - [`fake::FakeProvider`]: fails the way clouds fail, on purpose, deterministically for a seed.
+//! - [`conformance`]: the checks every adapter must pass.
+//! - [`aws`] (feature `aws`): EC2 through aws-sdk-ec2.
+
+pub mod conformance;
+pub mod error;
+pub mod fake;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fleet_core::{Cloud, Offering, OfferingKey, Price};
+use serde::Serialize;
+
+pub use error::{ProviderError, ProviderResult};
+pub use secret::Secret;
+
+/// Tag (label) keys every instance fleet launches carries, valid on every cloud (lower case,
+/// digits and '-': GCP labels allow nothing else).
+pub const TAG_FLEET: &str = "fleet-name";
+pub const TAG_NODE: &str = "fleet-node";
+pub const TAG_APP: &str = "fleet-app";
+pub const TAG_TOKEN: &str = "fleet-token";
+
+/// What to launch. Build it with [`LaunchRequest::new`] so the idempotency token and tags are right.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchRequest {
+    pub offering: OfferingKey,
+    /// fleet's id for the node this instance becomes.
+    pub node_id: String,
+    pub app: String,
+    /// Same token, same instance: derived from the fleet and node id, at most 64 ASCII characters.
+    pub idempotency_token: String,
+    /// For spot: the most fleet will pay per hour (the cloud's default, on-demand, when `None`).
+    pub max_price: Option<Price>,
+    /// The fleet's tags plus any extra ones; [`TAG_FLEET`], [`TAG_NODE`], [`TAG_APP`], [`TAG_TOKEN`] always.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl LaunchRequest {
+    pub fn new(fleet: &str, node_id: &str, app: &str, offering: OfferingKey) -> LaunchRequest {
+        let token = idempotency_token(fleet, node_id);
+        let tags = BTreeMap::from([
+            (TAG_FLEET.to_string(), fleet.to_string()),
+            (TAG_NODE.to_string(), node_id.to_string()),
+            (TAG_APP.to_string(), app.to_string()),
+            (TAG_TOKEN.to_string(), token.clone()),
+        ]);
+        LaunchRequest {
+            offering,
+            node_id: node_id.into(),
+            app: app.into(),
+            idempotency_token: token,
+            max_price: None,
+            tags,
+        }
+    }
+}
+
+/// `fleet-node`, shortened with a stable hash when longer than EC2's 64-character limit.
+pub fn idempotency_token(fleet: &str, node_id: &str) -> String {
+    let raw = format!("{fleet}-{node_id}");
+    if raw.len() <= 64 && raw.is_ascii() {
+        return raw;
+    }
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in raw.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let prefix: String = raw.chars().filter(char::is_ascii_alphanumeric).take(47).collect();
+    format!("{prefix}-{h:016x}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    /// Shutting down or gone; it no longer bills (or is about to stop billing).
+    Terminated,
+}
+
+impl InstanceState {
+    /// Still costs money or may yet.
+    pub fn is_live(self) -> bool {
+        !matches!(self, InstanceState::Terminated)
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Terminated => "terminated",
+        })
+    }
+}
+
+/// An instance as the cloud reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub offering: OfferingKey,
+    pub state: InstanceState,
+    pub public_ip: Option<IpAddr>,
+    pub private_ip: Option<IpAddr>,
+    /// The SSH host public key (OpenSSH format) where the cloud reports it.
+    pub ssh_host_key: Option<String>,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    pub fn node_id(&self) -> Option<&str> {
+        self.tags.get(TAG_NODE).map(String::as_str)
+    }
+}
+
+/// One cloud account (and, where the cloud has them, one region) as fleet uses it.
+///
+/// Every method may fail with any [`ProviderError`]; the contracts below say which results are
+/// *not* errors. Implementations are cheap to share (`Arc<dyn Provider>`) and safe to call
+/// concurrently.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    fn cloud(&self) -> Cloud;
+
+    /// A name for logs and metrics: the cloud and region/account, never a credential.
+    fn name(&self) -> String;
+
+    /// Every offering this provider can sell: the catalog's, with live prices where the cloud
+    /// exposes them (the source and date say which). Offerings the cloud does not offer now are
+    /// included with [`fleet_core::Availability::Unavailable`].
+    async fn offerings(&self) -> ProviderResult<Vec<Offering>>;
+
+    /// Launches one instance for `req`. Idempotent: a second call with the same
+    /// `idempotency_token` returns the instance the first one created (whatever its state)
+    /// instead of creating another. The instance carries `req.tags`.
+    ///
+    /// `InsufficientCapacity` and `QuotaExceeded` name `req.offering`: the caller marks it
+    /// unavailable and tries the next offering.
+    async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance>;
+
+    /// The instance `id` of this fleet. `NotFound` when the cloud has no such instance, or it is
+    /// not this fleet's. A terminated instance the cloud still reports comes back with
+    /// [`InstanceState::Terminated`].
+    async fn get(&self, id: &str) -> ProviderResult<Instance>;
+
+    /// Every live (not terminated) instance carrying this fleet's [`TAG_FLEET`] tag, across all
+    /// pages. Never another fleet's instances.
+    async fn list(&self) -> ProviderResult<Vec<Instance>>;
+
+    /// Terminates `id`. `Ok` once termination is accepted, and also when the instance is already
+    /// terminated or unknown: callers may call it again until `get` says `Terminated`/`NotFound`.
+    async fn terminate(&self, id: &str) -> ProviderResult<()>;
+}

@@ -1,0 +1,298 @@
+//! A provider that fails the way clouds fail, on purpose. Every orchestrator test runs on it.
+//!
+//! - offerings and a capacity per offering ("insufficient capacity pools": once an offering's
+//!   instances are all out, launches there fail with `InsufficientCapacity` until one terminates);
+//! - launch latency (a `tokio::time::sleep`, so paused-time tests run it instantly);
+//! - one-shot errors per operation ([`FakeProvider::fail_next`]), probabilistic ones
+//!   ([`FakeProvider::fail_rate`], drawn from a seeded RNG: the same seed and calls give the same
+//!   failures), throttling for the next N calls ([`FakeProvider::throttle`]);
+//! - spot preemption on demand ([`FakeProvider::preempt`]);
+//! - every call recorded ([`FakeProvider::calls`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fleet_core::{CapacityType, Cloud, Offering, OfferingKey};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, TAG_FLEET};
+
+/// The operations errors can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Offerings,
+    Launch,
+    Get,
+    List,
+    Terminate,
+}
+
+/// A recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Offerings,
+    Launch { token: String, offering: OfferingKey },
+    Get { id: String },
+    List,
+    Terminate { id: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    pub cloud: Cloud,
+    pub fleet: String,
+    pub offerings: Vec<Offering>,
+    /// Instances each offering can have live at once; offerings not listed are unlimited.
+    pub capacity: HashMap<OfferingKey, u32>,
+    pub launch_latency: Duration,
+    pub seed: u64,
+    /// What `launched_at` counts from (plus the tokio clock's progress since creation).
+    pub epoch: DateTime<Utc>,
+}
+
+impl FakeConfig {
+    pub fn new(cloud: Cloud, fleet: &str, offerings: Vec<Offering>) -> FakeConfig {
+        FakeConfig {
+            cloud,
+            fleet: fleet.to_string(),
+            offerings,
+            capacity: HashMap::new(),
+            launch_latency: Duration::ZERO,
+            seed: 0,
+            epoch: DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z").expect("valid").to_utc(),
+        }
+    }
+}
+
+struct State {
+    rng: StdRng,
+    next_id: u64,
+    instances: BTreeMap<String, Instance>,
+    by_token: HashMap<String, String>,
+    one_shot: HashMap<Op, VecDeque<ProviderError>>,
+    rates: HashMap<Op, (f64, ProviderError)>,
+    throttled_calls: u32,
+    throttle_retry_after: Duration,
+    live_per_offering: HashMap<OfferingKey, u32>,
+    capacity: HashMap<OfferingKey, u32>,
+    calls: Vec<Call>,
+}
+
+pub struct FakeProvider {
+    cfg: FakeConfig,
+    created: tokio::time::Instant,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for FakeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeProvider").field("cloud", &self.cfg.cloud).field("fleet", &self.cfg.fleet).finish()
+    }
+}
+
+impl FakeProvider {
+    pub fn new(cfg: FakeConfig) -> FakeProvider {
+        let state = State {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            next_id: 1,
+            instances: BTreeMap::new(),
+            by_token: HashMap::new(),
+            one_shot: HashMap::new(),
+            rates: HashMap::new(),
+            throttled_calls: 0,
+            throttle_retry_after: Duration::ZERO,
+            live_per_offering: HashMap::new(),
+            capacity: cfg.capacity.clone(),
+            calls: Vec::new(),
+        };
+        FakeProvider { cfg, created: tokio::time::Instant::now(), state: Mutex::new(state) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panicking test thread must not hide the fake's state from the others.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next call of `op` fails with `err` (queued: several calls fail in order).
+    pub fn fail_next(&self, op: Op, err: ProviderError) {
+        self.lock().one_shot.entry(op).or_default().push_back(err);
+    }
+
+    /// Each call of `op` fails with `err` with probability `p` (seeded, so reproducible).
+    pub fn fail_rate(&self, op: Op, p: f64, err: ProviderError) {
+        self.lock().rates.insert(op, (p, err));
+    }
+
+    /// The next `calls` calls (of any operation) are throttled.
+    pub fn throttle(&self, calls: u32, retry_after: Duration) {
+        let mut s = self.lock();
+        s.throttled_calls = calls;
+        s.throttle_retry_after = retry_after;
+    }
+
+    /// How many instances of `offering` can be live at once from now on.
+    pub fn set_capacity(&self, offering: OfferingKey, instances: u32) {
+        self.lock().capacity.insert(offering, instances);
+    }
+
+    /// Reclaims spot instance `id` as a cloud would. Returns false if it is not a live spot instance.
+    pub fn preempt(&self, id: &str) -> bool {
+        let mut s = self.lock();
+        let Some(i) = s.instances.get_mut(id) else { return false };
+        if i.offering.capacity != CapacityType::Spot || !i.state.is_live() {
+            return false;
+        }
+        i.state = InstanceState::Terminated;
+        let key = i.offering.clone();
+        if let Some(n) = s.live_per_offering.get_mut(&key) {
+            *n -= 1;
+        }
+        true
+    }
+
+    /// Moves pending instances to running (a cloud does this on its own after boot).
+    pub fn boot_all(&self) {
+        for i in self.lock().instances.values_mut() {
+            if i.state == InstanceState::Pending {
+                i.state = InstanceState::Running;
+            }
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Live instances, whoever's (for leak checks in tests).
+    pub fn live_instances(&self) -> Vec<Instance> {
+        self.lock().instances.values().filter(|i| i.state.is_live()).cloned().collect()
+    }
+
+    /// Records the call and applies throttling, then one-shot, then probabilistic errors.
+    fn enter(&self, op: Op, call: Call) -> ProviderResult<()> {
+        let mut s = self.lock();
+        s.calls.push(call);
+        if s.throttled_calls > 0 {
+            s.throttled_calls -= 1;
+            return Err(ProviderError::Throttled {
+                retry_after: s.throttle_retry_after,
+                detail: "fake throttling".into(),
+            });
+        }
+        if let Some(e) = s.one_shot.get_mut(&op).and_then(VecDeque::pop_front) {
+            return Err(e);
+        }
+        if let Some((p, e)) = s.rates.get(&op).cloned()
+            && s.rng.random::<f64>() < p
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.cfg.epoch + chrono::Duration::from_std(self.created.elapsed()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn cloud(&self) -> Cloud {
+        self.cfg.cloud
+    }
+
+    fn name(&self) -> String {
+        format!("fake-{}", self.cfg.cloud)
+    }
+
+    async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
+        self.enter(Op::Offerings, Call::Offerings)?;
+        Ok(self.cfg.offerings.clone())
+    }
+
+    async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
+        self.enter(Op::Launch, Call::Launch { token: req.idempotency_token.clone(), offering: req.offering.clone() })?;
+        {
+            let s = self.lock();
+            if let Some(id) = s.by_token.get(&req.idempotency_token) {
+                return Ok(s.instances[id].clone());
+            }
+        }
+        if !self.cfg.offerings.iter().any(|o| o.key() == req.offering) {
+            return Err(ProviderError::InvalidRequest { detail: format!("{} is not offered here", req.offering) });
+        }
+        tokio::time::sleep(self.cfg.launch_latency).await;
+        let now = self.now();
+        let mut s = self.lock();
+        // Another call with the same token may have finished while this one slept.
+        if let Some(id) = s.by_token.get(&req.idempotency_token) {
+            return Ok(s.instances[id].clone());
+        }
+        let live = s.live_per_offering.get(&req.offering).copied().unwrap_or(0);
+        if s.capacity.get(&req.offering).is_some_and(|cap| live >= *cap) {
+            return Err(ProviderError::InsufficientCapacity {
+                offering: req.offering.clone(),
+                detail: format!("all {live} instances of the pool are in use"),
+            });
+        }
+        let n = s.next_id;
+        s.next_id += 1;
+        let id = format!("fake-{n:06}");
+        let inst = Instance {
+            id: id.clone(),
+            offering: req.offering.clone(),
+            state: InstanceState::Pending,
+            public_ip: Some(IpAddr::V4(Ipv4Addr::new(203, 0, (n >> 8) as u8, n as u8))),
+            private_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, (n >> 8) as u8, n as u8))),
+            ssh_host_key: None,
+            launched_at: Some(now),
+            tags: req.tags.clone(),
+        };
+        *s.live_per_offering.entry(req.offering.clone()).or_default() += 1;
+        s.by_token.insert(req.idempotency_token.clone(), id.clone());
+        s.instances.insert(id, inst.clone());
+        Ok(inst)
+    }
+
+    async fn get(&self, id: &str) -> ProviderResult<Instance> {
+        self.enter(Op::Get, Call::Get { id: id.into() })?;
+        let s = self.lock();
+        s.instances
+            .get(id)
+            .filter(|i| i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet))
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound { what: format!("instance {id}") })
+    }
+
+    async fn list(&self) -> ProviderResult<Vec<Instance>> {
+        self.enter(Op::List, Call::List)?;
+        let s = self.lock();
+        Ok(s.instances
+            .values()
+            .filter(|i| i.state.is_live() && i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet))
+            .cloned()
+            .collect())
+    }
+
+    async fn terminate(&self, id: &str) -> ProviderResult<()> {
+        self.enter(Op::Terminate, Call::Terminate { id: id.into() })?;
+        let mut s = self.lock();
+        let Some(i) = s.instances.get_mut(id) else { return Ok(()) };
+        if i.state.is_live() {
+            i.state = InstanceState::Terminated;
+            let key = i.offering.clone();
+            if let Some(n) = s.live_per_offering.get_mut(&key) {
+                *n -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
