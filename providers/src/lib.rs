@@ -12,6 +12,9 @@ pub mod error;
 pub mod fake;
 mod secret;
 
+#[cfg(feature = "aws")]
+pub mod aws;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;

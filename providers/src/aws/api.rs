@@ -1,0 +1,234 @@
+//! The EC2 calls fleet uses, narrowed to a private trait over plain types. The SDK stays here:
+//! the provider logic above it can be read (and tested) without SDK types.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest, LocationType,
+    MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+};
+use chrono::{DateTime, Utc};
+
+use super::errors::ApiError;
+
+/// What RunInstances is asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct RunSpec {
+    pub image_id: String,
+    pub instance_type: String,
+    pub zone_name: Option<String>,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    pub client_token: String,
+    pub tags: BTreeMap<String, String>,
+    /// `Some(max_price)` for spot; `Some(None)` is spot at the default max (on-demand) price.
+    pub spot: Option<Option<String>>,
+}
+
+/// An instance as DescribeInstances / RunInstances report it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ec2Instance {
+    pub id: String,
+    pub instance_type: String,
+    pub zone_name: Option<String>,
+    pub spot: bool,
+    pub state: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub launch_time: Option<DateTime<Utc>>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SpotQuote {
+    pub instance_type: String,
+    pub zone_name: String,
+    pub price: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub(crate) trait Ec2Api: Send + Sync {
+    async fn run_instance(&self, spec: &RunSpec) -> Result<Ec2Instance, ApiError>;
+    /// All pages. `ids` empty means "any id".
+    async fn describe_instances(
+        &self,
+        ids: &[String],
+        filters: &[(&str, Vec<String>)],
+    ) -> Result<Vec<Ec2Instance>, ApiError>;
+    async fn terminate_instance(&self, id: &str) -> Result<(), ApiError>;
+    /// Latest Linux/UNIX spot prices for these types, all pages.
+    async fn spot_prices(&self, types: &[String]) -> Result<Vec<SpotQuote>, ApiError>;
+    /// (zone name, zone id) of the region's zones.
+    async fn zones(&self) -> Result<Vec<(String, String)>, ApiError>;
+    /// (instance type, zone id) pairs the region offers.
+    async fn type_offerings(&self, types: &[String]) -> Result<Vec<(String, String)>, ApiError>;
+}
+
+pub(crate) struct SdkEc2 {
+    pub client: aws_sdk_ec2::Client,
+}
+
+fn api_error<E>(e: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let raw = e.raw_response();
+    let status = raw.map(|r| r.status().as_u16());
+    let retry_after = raw
+        .and_then(|r| r.headers().get("retry-after"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let transport = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
+    let code = e.code().map(str::to_string);
+    let message = e.message().map(str::to_string).unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+    ApiError { code, message, status, retry_after, transport }
+}
+
+fn time(t: Option<&aws_sdk_ec2::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+fn instance(i: &aws_sdk_ec2::types::Instance) -> Ec2Instance {
+    Ec2Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        zone_name: i.placement().and_then(|p| p.availability_zone()).map(str::to_string),
+        spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+        public_ip: i.public_ip_address().map(str::to_string),
+        private_ip: i.private_ip_address().map(str::to_string),
+        launch_time: time(i.launch_time()),
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+            .collect(),
+    }
+}
+
+#[async_trait]
+impl Ec2Api for SdkEc2 {
+    async fn run_instance(&self, spec: &RunSpec) -> Result<Ec2Instance, ApiError> {
+        let tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&spec.image_id)
+            .instance_type(spec.instance_type.as_str().into())
+            .min_count(1)
+            .max_count(1)
+            .client_token(&spec.client_token)
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags.clone())).build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build(),
+            )
+            .set_subnet_id(spec.subnet_id.clone())
+            .set_key_name(spec.key_name.clone());
+        for g in &spec.security_group_ids {
+            req = req.security_group_ids(g);
+        }
+        if let Some(z) = &spec.zone_name {
+            req = req.placement(Placement::builder().availability_zone(z).build());
+        }
+        if let Some(max) = &spec.spot {
+            let opts = SpotMarketOptions::builder()
+                .set_max_price(max.clone())
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .build();
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(opts).build(),
+            );
+        }
+        let out = req.send().await.map_err(api_error)?;
+        out.instances().first().map(instance).ok_or_else(|| ApiError {
+            code: None,
+            message: "RunInstances returned no instance".into(),
+            status: None,
+            retry_after: None,
+            transport: false,
+        })
+    }
+
+    async fn describe_instances(
+        &self,
+        ids: &[String],
+        filters: &[(&str, Vec<String>)],
+    ) -> Result<Vec<Ec2Instance>, ApiError> {
+        let mut req = self.client.describe_instances().set_instance_ids((!ids.is_empty()).then(|| ids.to_vec()));
+        for (name, values) in filters {
+            req = req.filters(Filter::builder().name(*name).set_values(Some(values.clone())).build());
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api_error)?;
+            out.extend(page.reservations().iter().flat_map(|r| r.instances()).map(instance));
+        }
+        Ok(out)
+    }
+
+    async fn terminate_instance(&self, id: &str) -> Result<(), ApiError> {
+        self.client.terminate_instances().instance_ids(id).send().await.map_err(api_error)?;
+        Ok(())
+    }
+
+    async fn spot_prices(&self, types: &[String]) -> Result<Vec<SpotQuote>, ApiError> {
+        let mut req = self.client.describe_spot_price_history().product_descriptions("Linux/UNIX");
+        for t in types {
+            req = req.instance_types(t.as_str().into());
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api_error)?;
+            for p in page.spot_price_history() {
+                let (Some(t), Some(z), Some(price)) = (p.instance_type(), p.availability_zone(), p.spot_price()) else {
+                    continue;
+                };
+                out.push(SpotQuote {
+                    instance_type: t.as_str().to_string(),
+                    zone_name: z.to_string(),
+                    price: price.to_string(),
+                    at: time(p.timestamp()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn zones(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let out = self.client.describe_availability_zones().send().await.map_err(api_error)?;
+        Ok(out
+            .availability_zones()
+            .iter()
+            .filter_map(|z| Some((z.zone_name()?.to_string(), z.zone_id()?.to_string())))
+            .collect())
+    }
+
+    async fn type_offerings(&self, types: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        let req = self
+            .client
+            .describe_instance_type_offerings()
+            .location_type(LocationType::AvailabilityZoneId)
+            .filters(Filter::builder().name("instance-type").set_values(Some(types.to_vec())).build());
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api_error)?;
+            for o in page.instance_type_offerings() {
+                if let (Some(t), Some(l)) = (o.instance_type(), o.location()) {
+                    out.push((t.as_str().to_string(), l.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

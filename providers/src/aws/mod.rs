@@ -1,0 +1,340 @@
+//! AWS EC2 through aws-sdk-ec2: one provider per region.
+//!
+//! - launch: RunInstances with a `ClientToken` (EC2's idempotency) *and* a lookup by the
+//!   [`TAG_TOKEN`] tag first, so a relaunch after a crash finds its instance even where the token
+//!   has expired or is ignored (moto ignores it); TagSpecifications on the instance and its volumes;
+//!   spot through InstanceMarketOptions (one-time, terminate on interruption).
+//! - list: DescribeInstances filtered by the fleet tag and live states, every page.
+//! - offerings: the catalog's AWS rows for the region, spot prices replaced by live
+//!   DescribeSpotPriceHistory quotes, and rows DescribeInstanceTypeOfferings says the zone does
+//!   not offer marked unavailable.
+//! - credentials: the standard AWS chain (env, profile, SSO, IMDS …) unless static ones are given.
+
+mod api;
+mod errors;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Source};
+use tokio::sync::OnceCell;
+
+use self::api::{Ec2Api, Ec2Instance, RunSpec, SdkEc2};
+use crate::{
+    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
+};
+
+/// Static credentials (tests, or where no credential chain is available).
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Even the key id is shortened: it identifies the account in logs others can read.
+        let tail: String = self.access_key_id.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &format!("…{tail}"))
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    /// The fleet's name: every instance is tagged with it, and only such instances are listed.
+    pub fleet: String,
+    pub region: String,
+    /// Another EC2 endpoint (moto in tests, a VPC endpoint in production).
+    pub endpoint_url: Option<String>,
+    /// The AMI nodes boot (a GPU image with drivers).
+    pub image_id: String,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    /// `None`: the standard AWS credential chain.
+    pub credentials: Option<StaticCredentials>,
+    /// Attempts per API call including the first (the SDK's standard retry with backoff).
+    pub max_attempts: u32,
+}
+
+impl AwsConfig {
+    pub fn new(fleet: &str, region: &str, image_id: &str) -> AwsConfig {
+        AwsConfig {
+            fleet: fleet.into(),
+            region: region.into(),
+            endpoint_url: None,
+            image_id: image_id.into(),
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            key_name: None,
+            credentials: None,
+            max_attempts: 3,
+        }
+    }
+}
+
+pub struct AwsProvider {
+    cfg: AwsConfig,
+    api: Arc<dyn Ec2Api>,
+    catalog: Arc<Catalog>,
+    /// Zone name ↔ zone id of the region (catalogs use ids, RunInstances takes names).
+    zones: OnceCell<Vec<(String, String)>>,
+}
+
+impl fmt::Debug for AwsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsProvider").field("config", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+impl AwsProvider {
+    /// Builds the EC2 client. Nothing is called yet; a bad credential shows on the first call.
+    pub async fn connect(cfg: AwsConfig, catalog: Arc<Catalog>) -> AwsProvider {
+        use aws_sdk_ec2::config::retry::RetryConfig;
+        use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+        let region = Region::new(cfg.region.clone());
+        let mut b = match &cfg.credentials {
+            Some(c) => aws_sdk_ec2::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region)
+                .credentials_provider(Credentials::new(
+                    &c.access_key_id,
+                    c.secret_access_key.expose(),
+                    c.session_token.as_ref().map(|t| t.expose().to_string()),
+                    None,
+                    "fleet-static",
+                )),
+            None => {
+                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+                aws_sdk_ec2::config::Builder::from(&shared)
+            }
+        };
+        if let Some(url) = &cfg.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        b = b.retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)));
+        let client = aws_sdk_ec2::Client::from_conf(b.build());
+        AwsProvider { cfg, api: Arc::new(SdkEc2 { client }), catalog, zones: OnceCell::new() }
+    }
+
+    async fn zones(&self) -> ProviderResult<&[(String, String)]> {
+        let z =
+            self.zones.get_or_try_init(|| async { self.api.zones().await.map_err(|e| errors::map(e, None)) }).await?;
+        Ok(z)
+    }
+
+    async fn zone_id_of(&self, name: &str) -> ProviderResult<Option<String>> {
+        Ok(self.zones().await?.iter().find(|(n, _)| n == name).map(|(_, id)| id.clone()))
+    }
+
+    async fn instance(&self, i: Ec2Instance) -> ProviderResult<Instance> {
+        let zone = match &i.zone_name {
+            Some(n) => self.zone_id_of(n).await?.or_else(|| Some(n.clone())),
+            None => None,
+        };
+        let state = match i.state.as_str() {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            _ => InstanceState::Terminated, // shutting-down, terminated
+        };
+        Ok(Instance {
+            offering: OfferingKey {
+                cloud: Cloud::Aws,
+                region: self.cfg.region.clone(),
+                zone,
+                instance_type: i.instance_type,
+                capacity: if i.spot { CapacityType::Spot } else { CapacityType::OnDemand },
+            },
+            state,
+            public_ip: i.public_ip.and_then(|s| s.parse().ok()),
+            private_ip: i.private_ip.and_then(|s| s.parse().ok()),
+            ssh_host_key: None, // EC2 reports host keys only in the console output, after boot
+            launched_at: i.launch_time,
+            tags: i.tags,
+            id: i.id,
+        })
+    }
+
+    fn ours(&self, i: &Ec2Instance) -> bool {
+        i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet)
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn cloud(&self) -> Cloud {
+        Cloud::Aws
+    }
+
+    fn name(&self) -> String {
+        format!("aws/{}", self.cfg.region)
+    }
+
+    async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
+        let mut rows: Vec<Offering> = self
+            .catalog
+            .offerings()
+            .iter()
+            .filter(|o| o.cloud == Cloud::Aws && o.region == self.cfg.region)
+            .cloned()
+            .collect();
+        let mut types: Vec<String> = rows.iter().map(|o| o.instance.name.clone()).collect();
+        types.sort();
+        types.dedup();
+        if types.is_empty() {
+            return Ok(rows);
+        }
+        let offered: Vec<(String, String)> = self.api.type_offerings(&types).await.map_err(|e| errors::map(e, None))?;
+        let quotes = self.api.spot_prices(&types).await.map_err(|e| errors::map(e, None))?;
+        let zones = self.zones().await?;
+        // The newest quote per (type, zone id).
+        let mut latest: HashMap<(String, String), (Price, Option<chrono::DateTime<chrono::Utc>>)> = HashMap::new();
+        for q in quotes {
+            let Some((_, zone_id)) = zones.iter().find(|(n, _)| *n == q.zone_name) else { continue };
+            let Ok(price) = Price::parse_decimal(&q.price) else { continue };
+            let e = latest.entry((q.instance_type, zone_id.clone())).or_insert((price, q.at));
+            if q.at > e.1 {
+                *e = (price, q.at);
+            }
+        }
+        for o in &mut rows {
+            let Some(zone) = o.zone.clone() else { continue };
+            if !offered.iter().any(|(t, z)| *t == o.instance.name && *z == zone) {
+                o.availability =
+                    Availability::Unavailable { reason: format!("{} is not offered in {zone}", o.instance.name) };
+            }
+            if o.capacity == CapacityType::Spot
+                && let Some((price, at)) = latest.remove(&(o.instance.name.clone(), zone))
+            {
+                o.price = price;
+                o.source = Source {
+                    name: "aws DescribeSpotPriceHistory".into(),
+                    as_of: at.map(|t| t.date_naive()).unwrap_or(o.source.as_of),
+                };
+            }
+        }
+        // Live spot quotes for zones the catalog has no spot row for.
+        let mut extra: Vec<Offering> = Vec::new();
+        let mut remaining: Vec<_> = latest.into_iter().collect();
+        remaining.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((t, zone), (price, at)) in remaining {
+            let Some(template) = rows.iter().find(|o| o.instance.name == t) else { continue };
+            let mut o = template.clone();
+            o.zone = Some(zone.clone());
+            o.capacity = CapacityType::Spot;
+            o.price = price;
+            o.source = Source {
+                name: "aws DescribeSpotPriceHistory".into(),
+                as_of: at.map(|t| t.date_naive()).unwrap_or(o.source.as_of),
+            };
+            o.availability = if offered.iter().any(|(ot, z)| *ot == t && *z == zone) {
+                Availability::Unknown
+            } else {
+                Availability::Unavailable { reason: format!("{t} is not offered in {zone}") }
+            };
+            extra.push(o);
+        }
+        rows.extend(extra);
+        Ok(rows)
+    }
+
+    async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
+        let o = &req.offering;
+        if o.cloud != Cloud::Aws || o.region != self.cfg.region {
+            return Err(ProviderError::InvalidRequest { detail: format!("{o} is not in aws/{}", self.cfg.region) });
+        }
+        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
+            return Err(ProviderError::InvalidRequest {
+                detail: format!(
+                    "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
+                    req.node_id
+                ),
+            });
+        }
+        let existing = self
+            .api
+            .describe_instances(&[], &[(&format!("tag:{TAG_TOKEN}"), vec![req.idempotency_token.clone()])])
+            .await
+            .map_err(|e| errors::map(e, None))?;
+        if let Some(i) = existing.into_iter().find(|i| self.ours(i)) {
+            return self.instance(i).await;
+        }
+        let zone_name = match &o.zone {
+            Some(id) => {
+                Some(self.zones().await?.iter().find(|(_, zid)| zid == id).map(|(n, _)| n.clone()).ok_or_else(
+                    || ProviderError::InvalidRequest { detail: format!("no zone {id} in {}", self.cfg.region) },
+                )?)
+            }
+            None => None,
+        };
+        let spot = match o.capacity {
+            CapacityType::OnDemand => None,
+            CapacityType::Spot => Some(req.max_price.map(|p| p.hourly().to_decimal_string())),
+            CapacityType::Reserved => {
+                return Err(ProviderError::InvalidRequest {
+                    detail: "fleet does not launch into reserved capacity".into(),
+                });
+            }
+        };
+        let spec = RunSpec {
+            image_id: self.cfg.image_id.clone(),
+            instance_type: o.instance_type.clone(),
+            zone_name,
+            subnet_id: self.cfg.subnet_id.clone(),
+            security_group_ids: self.cfg.security_group_ids.clone(),
+            key_name: self.cfg.key_name.clone(),
+            client_token: req.idempotency_token.clone(),
+            tags: req.tags.clone(),
+            spot,
+        };
+        let i = self.api.run_instance(&spec).await.map_err(|e| errors::map(e, Some(o)))?;
+        self.instance(i).await
+    }
+
+    async fn get(&self, id: &str) -> ProviderResult<Instance> {
+        let found = self.api.describe_instances(&[id.to_string()], &[]).await.map_err(|e| errors::map(e, None))?;
+        match found.into_iter().find(|i| i.id == id && self.ours(i)) {
+            Some(i) => self.instance(i).await,
+            None => Err(ProviderError::NotFound { what: format!("instance {id} of fleet {}", self.cfg.fleet) }),
+        }
+    }
+
+    async fn list(&self) -> ProviderResult<Vec<Instance>> {
+        let filters = [
+            (format!("tag:{TAG_FLEET}"), vec![self.cfg.fleet.clone()]),
+            ("instance-state-name".to_string(), LIVE_STATES.map(String::from).to_vec()),
+        ];
+        let filters: Vec<(&str, Vec<String>)> = filters.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let found = self.api.describe_instances(&[], &filters).await.map_err(|e| errors::map(e, None))?;
+        let mut out = Vec::with_capacity(found.len());
+        for i in found.into_iter().filter(|i| self.ours(i)) {
+            out.push(self.instance(i).await?);
+        }
+        Ok(out)
+    }
+
+    async fn terminate(&self, id: &str) -> ProviderResult<()> {
+        // Never terminate what is not this fleet's: look first.
+        match self.get(id).await {
+            Err(ProviderError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(i) if i.state == InstanceState::Terminated => return Ok(()),
+            Ok(_) => {}
+        }
+        match self.api.terminate_instance(id).await.map_err(|e| errors::map(e, None)) {
+            Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The AWS adapter against a real EC2 API server: moto (`pip install "moto[server]"`, which
+//! `scripts/test` installs), started here on a free loopback port.
+#![cfg(feature = "aws")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
+use fleet_providers::aws::{AwsConfig, AwsProvider, StaticCredentials};
+use fleet_providers::conformance::{self, ConformanceEnv};
+use fleet_providers::{InstanceState, LaunchRequest, Provider, ProviderError, Secret};
+
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn moto() -> Moto {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server not found: install it with `pip install \"moto[server]\"` (scripts/test does)");
+    let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return moto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("moto_server did not listen on port {port} within 10 s");
+}
+
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+fn config(fleet: &str, url: &str) -> AwsConfig {
+    AwsConfig {
+        endpoint_url: Some(url.to_string()),
+        credentials: Some(StaticCredentials {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: Secret::new(SECRET),
+            session_token: None,
+        }),
+        max_attempts: 1,
+        // moto's images include this one (any id moto knows works).
+        ..AwsConfig::new(fleet, "us-east-1", "ami-03cf127a")
+    }
+}
+
+async fn provider(fleet: &str, url: &str) -> AwsProvider {
+    AwsProvider::connect(config(fleet, url), Arc::new(Catalog::builtin().clone())).await
+}
+
+fn key(instance_type: &str, zone: Option<&str>, capacity: CapacityType) -> OfferingKey {
+    OfferingKey {
+        cloud: Cloud::Aws,
+        region: "us-east-1".into(),
+        zone: zone.map(Into::into),
+        instance_type: instance_type.into(),
+        capacity,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_against_moto() {
+    let m = moto().await;
+    let p = provider("conformance", &m.url).await;
+    let env = ConformanceEnv {
+        fleet: "conformance".into(),
+        on_demand: key("p5.48xlarge", Some("use1-az1"), CapacityType::OnDemand),
+        spot: key("p4d.24xlarge", None, CapacityType::Spot),
+        missing_id: "i-0123456789abcdef0".into(),
+        run_id: "conf".into(),
+    };
+    conformance::run(&p, &env).await;
+    assert!(p.list().await.unwrap().is_empty(), "the suite left instances running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_tagged_placed_and_isolated_by_fleet() {
+    let m = moto().await;
+    let a = provider("fleet-a", &m.url).await;
+    let b = provider("fleet-b", &m.url).await;
+    let ia = a
+        .launch(&LaunchRequest::new(
+            "fleet-a",
+            "n1",
+            "llm",
+            key("p5.48xlarge", Some("use1-az1"), CapacityType::OnDemand),
+        ))
+        .await
+        .unwrap();
+    // use1-az1 is us-east-1b in moto: the zone id went in as a zone name and came back as the id.
+    assert_eq!(ia.offering.zone.as_deref(), Some("use1-az1"));
+    assert!(ia.private_ip.is_some());
+    let mut spot_req =
+        LaunchRequest::new("fleet-b", "n1", "llm", key("p4d.24xlarge", Some("use1-az6"), CapacityType::Spot));
+    spot_req.max_price = Some(fleet_core::Price::parse_decimal("20").unwrap());
+    let ib = b.launch(&spot_req).await.unwrap();
+    assert_eq!(ib.offering.capacity, CapacityType::Spot);
+    // Each fleet sees only its own.
+    assert_eq!(a.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [ia.id.clone()]);
+    assert_eq!(b.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [ib.id.clone()]);
+    assert!(matches!(a.get(&ib.id).await, Err(ProviderError::NotFound { .. })));
+    // Fleet a cannot terminate fleet b's instance, even by id.
+    a.terminate(&ib.id).await.unwrap();
+    assert!(b.get(&ib.id).await.unwrap().state.is_live());
+    // Relaunching fleet-b's n1 (even asking for another type) finds the instance its token made.
+    let ib2 = b
+        .launch(&LaunchRequest::new("fleet-b", "n1", "llm", key("p5.48xlarge", None, CapacityType::OnDemand)))
+        .await
+        .unwrap();
+    assert_eq!(ib2.id, ib.id, "fleet-b's n1 already exists: the token finds it");
+    assert_ne!(ia.id, ib.id, "the same node id in two fleets is two instances");
+    for (p, id) in [(&a, &ia.id), (&b, &ib.id)] {
+        p.terminate(id).await.unwrap();
+        assert_eq!(p.get(id).await.unwrap().state, InstanceState::Terminated);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offerings_carry_live_spot_prices_and_availability() {
+    let m = moto().await;
+    let p = provider("prices", &m.url).await;
+    let offerings = p.offerings().await.unwrap();
+    assert!(offerings.iter().all(|o| o.cloud == Cloud::Aws && o.region == "us-east-1"));
+    let live: Vec<_> = offerings.iter().filter(|o| o.source.name == "aws DescribeSpotPriceHistory").collect();
+    assert!(!live.is_empty(), "no spot price came from DescribeSpotPriceHistory");
+    // moto quotes a placeholder 0.00001 for every spot price.
+    assert!(
+        live.iter().all(
+            |o| o.capacity == CapacityType::Spot && o.price == fleet_core::Price::parse_decimal("0.00001").unwrap()
+        )
+    );
+    assert!(live.iter().any(|o| o.instance.name == "p5.48xlarge"));
+    // On-demand prices stay the catalog's.
+    assert!(offerings.iter().any(|o| o.instance.name == "p5.48xlarge"
+        && o.capacity == CapacityType::OnDemand
+        && o.source.name.starts_with("skypilot")));
+    // moto offers p4de.24xlarge only in use1-az4 and use1-az6: elsewhere it is marked.
+    let p4de: Vec<_> = offerings.iter().filter(|o| o.instance.name == "p4de.24xlarge").collect();
+    assert!(p4de.iter().any(|o| matches!(o.availability, Availability::Unavailable { .. })), "{p4de:?}");
+    assert!(p4de.iter().any(|o| !matches!(o.availability, Availability::Unavailable { .. })), "{p4de:?}");
+    for o in p4de {
+        let offered = matches!(o.zone.as_deref(), Some("use1-az4" | "use1-az6"));
+        assert_eq!(matches!(o.availability, Availability::Unavailable { .. }), !offered, "{}", o.key());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_never_shows_the_secret() {
+    let m = moto().await;
+    let p = provider("debug", &m.url).await;
+    let d = format!("{p:?}");
+    assert!(!d.contains(SECRET) && !d.contains("AKIAIOSFODNN7EXAMPLE"), "{d}");
+    assert!(d.contains("…MPLE") && d.contains("Secret(***)"), "{d}");
+    // Errors never carry it either.
+    let e = p
+        .launch(&LaunchRequest::new("other", "n", "a", key("p5.48xlarge", None, CapacityType::OnDemand)))
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains(SECRET));
+}
