@@ -114,8 +114,8 @@ async fn instances_are_tagged_placed_and_isolated_by_fleet() {
     let ib = b.launch(&spot_req).await.unwrap();
     assert_eq!(ib.offering.capacity, CapacityType::Spot);
     // Each fleet sees only its own.
-    assert_eq!(a.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [ia.id.clone()]);
-    assert_eq!(b.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [ib.id.clone()]);
+    assert_eq!(a.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&ia.id));
+    assert_eq!(b.list().await.unwrap().iter().map(|i| i.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&ib.id));
     assert!(matches!(a.get(&ib.id).await, Err(ProviderError::NotFound { .. })));
     // Fleet a cannot terminate fleet b's instance, even by id.
     a.terminate(&ib.id).await.unwrap();
