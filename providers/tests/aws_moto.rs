@@ -176,3 +176,60 @@ async fn debug_never_shows_the_secret() {
         .unwrap_err();
     assert!(!e.to_string().contains(SECRET));
 }
+
+/// Runs only as the child of `standard_credential_chain_reads_the_environment`, with AWS's
+/// environment variables set by the parent (setting them here would need `unsafe`).
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_chain_child() {
+    let Ok(url) = std::env::var("FLEET_TEST_CHAIN_ENDPOINT") else { return };
+    let cfg =
+        AwsConfig { endpoint_url: Some(url), max_attempts: 1, ..AwsConfig::new("chain", "us-east-1", "ami-03cf127a") };
+    assert!(cfg.credentials.is_none());
+    let p = AwsProvider::connect(cfg, Arc::new(Catalog::default())).await;
+    if std::env::var("FLEET_TEST_CHAIN_EXPECT").as_deref() == Ok("unauthorized") {
+        let e = p.list().await.unwrap_err();
+        assert_eq!(e.kind(), "unauthorized", "{e}");
+        assert!(e.to_string().contains("no credentials found in chain"), "{e}");
+        return;
+    }
+    let i = p
+        .launch(&LaunchRequest::new("chain", "n1", "a", key("p5.48xlarge", None, CapacityType::OnDemand)))
+        .await
+        .unwrap();
+    assert_eq!(p.list().await.unwrap()[0].id, i.id);
+    p.terminate(&i.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_credential_chain_reads_the_environment() {
+    let m = moto().await;
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["credential_chain_child", "--exact", "--nocapture"])
+        .env("FLEET_TEST_CHAIN_ENDPOINT", &m.url)
+        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", home.path())
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child test did not run: {text}");
+
+    // With nothing in the chain: Unauthorized, not a transient error to retry forever.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["credential_chain_child", "--exact", "--nocapture"])
+        .env("FLEET_TEST_CHAIN_ENDPOINT", &m.url)
+        .env("FLEET_TEST_CHAIN_EXPECT", "unauthorized")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}

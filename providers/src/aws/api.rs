@@ -83,9 +83,21 @@ where
         .and_then(|r| r.headers().get("retry-after"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let transport = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
-    let code = e.code().map(str::to_string);
-    let message = e.message().map(str::to_string).unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+    // No credentials in the chain fails before sending, as a dispatch failure; it is not
+    // transient (retrying will not find credentials), so it gets a code of its own.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    let mut no_credentials = false;
+    while let Some(s) = source {
+        no_credentials |= format!("{s:?}").starts_with("CredentialsNotLoaded");
+        source = s.source();
+    }
+    let transport = !no_credentials && matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
+    let code =
+        if no_credentials { Some(super::errors::NO_CREDENTIALS.to_string()) } else { e.code().map(str::to_string) };
+    let message = e.message().map(str::to_string).unwrap_or_else(|| {
+        // The SDK's context ends with a debug dump of the error; the first line says it all.
+        DisplayErrorContext(&e).to_string().split(" (").next().unwrap_or_default().to_string()
+    });
     ApiError { code, message, status, retry_after, transport }
 }
 

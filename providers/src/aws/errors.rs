@@ -20,6 +20,9 @@ pub(crate) struct ApiError {
     pub transport: bool,
 }
 
+/// Our code for "the credential chain found nothing" (not an EC2 code: the call was never sent).
+pub(crate) const NO_CREDENTIALS: &str = "NoCredentials";
+
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Maps an EC2 error. `offering` is the launch's offering, if the call was a launch.
@@ -54,7 +57,9 @@ pub(crate) fn map(e: ApiError, offering: Option<&OfferingKey>) -> ProviderError 
             ProviderError::Throttled { retry_after: e.retry_after.unwrap_or(DEFAULT_RETRY_AFTER), detail }
         }
         "UnauthorizedOperation" | "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "OptInRequired"
-        | "Blocked" | "PendingVerification" | "ExpiredToken" | "RequestExpired" => ProviderError::Unauthorized { detail },
+        | "Blocked" | "PendingVerification" | "ExpiredToken" | "RequestExpired" | NO_CREDENTIALS => {
+            ProviderError::Unauthorized { detail }
+        }
         "InvalidInstanceID.NotFound" => ProviderError::NotFound { what: detail },
         "InvalidParameterValue" | "InvalidParameterCombination" | "InvalidParameter" | "MissingParameter"
         | "Unsupported" | "UnsupportedOperation" | "InvalidInstanceID.Malformed" | "InvalidAMIID.NotFound"
@@ -108,6 +113,7 @@ mod tests {
             ("Unsupported", "invalid-request"),
             ("InvalidInstanceID.NotFound", "not-found"),
             ("InternalError", "transient"),
+            (NO_CREDENTIALS, "unauthorized"),
         ];
         for (code, kind) in cases {
             let m = map(err(code), Some(&o));
