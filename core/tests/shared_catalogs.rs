@@ -1,5 +1,5 @@
 //! The importer against the real SkyPilot catalogs in `../shared/data/catalogs/` (see its SOURCE.md).
-//! Skips, saying so, when that folder is absent (set FLEET_SHARED_DATA to point elsewhere).
+//! Skips, saying so, when that folder is absent (set FLEET_SHARED_DATA to the data folder).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -9,16 +9,7 @@ use fleet_core::catalog::NoteKind;
 use fleet_core::{CapacityType, Catalog, Cloud, GpuModel, Money, Offering, Price, Query};
 
 fn catalogs_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("FLEET_SHARED_DATA") {
-        Some(d) => PathBuf::from(d).join("catalogs"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/catalogs"),
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: {} not found; these tests need the shared catalogs (set FLEET_SHARED_DATA)", dir.display());
-        None
-    }
+    fleet_core::catalog::shared_data_dir().map(|d| d.join("catalogs"))
 }
 
 fn as_of() -> Option<NaiveDate> {

@@ -5,7 +5,6 @@
 //! Placement runs over the full imported catalogs (../shared/data/catalogs, all clouds) when
 //! present, else over the built-in catalog (the same rows, normalised).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +16,16 @@ use fleet_policies::autoscale::{self, RunnerInfo};
 use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
 
 fn catalog() -> Arc<Catalog> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/catalogs");
-    if dir.is_dir() {
-        let (c, _) = Catalog::load(&[dir], None).expect("shared catalogs load");
-        eprintln!("placement bench: {} offerings from the shared catalogs", c.len());
-        Arc::new(c)
-    } else {
-        eprintln!("placement bench: shared catalogs absent; using the built-in catalog");
-        Arc::new(Catalog::builtin().clone())
+    match fleet_core::catalog::shared_data_dir() {
+        Some(d) => {
+            let (c, _) = Catalog::load(&[d.join("catalogs")], None).expect("shared catalogs load");
+            eprintln!("placement bench: {} offerings from the shared catalogs", c.len());
+            Arc::new(c)
+        }
+        None => {
+            eprintln!("placement bench: shared catalogs absent; using the built-in catalog");
+            Arc::new(Catalog::builtin().clone())
+        }
     }
 }
 

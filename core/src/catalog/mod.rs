@@ -236,6 +236,21 @@ fn load_file(path: &Path, as_of: Option<NaiveDate>) -> Result<Imported, CatalogE
     skypilot::import(cloud, &label, &source, data.as_slice())
 }
 
+/// `../shared/data` beside the repository (real catalogs and traces for tests and benchmarks), or
+/// `$FLEET_SHARED_DATA`. `None`, after saying so on stderr, when it is absent: callers skip.
+pub fn shared_data_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("FLEET_SHARED_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")),
+    };
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: {} not found; this needs ../shared/data (or set FLEET_SHARED_DATA)", dir.display());
+        None
+    }
+}
+
 /// How query results are ordered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SortKey {

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::TimeZone;
@@ -200,14 +199,7 @@ fn on_demand_policy_never_ranks_spot() {
 // --- The real catalogs ----------------------------------------------------------------------
 
 fn shared_catalog() -> Option<Arc<Catalog>> {
-    let dir = match std::env::var_os("FLEET_SHARED_DATA") {
-        Some(d) => PathBuf::from(d).join("catalogs"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/catalogs"),
-    };
-    if !dir.is_dir() {
-        eprintln!("SKIP: {} not found; set FLEET_SHARED_DATA", dir.display());
-        return None;
-    }
+    let dir = fleet_core::catalog::shared_data_dir()?.join("catalogs");
     let (c, _) = Catalog::load(&[dir], chrono::NaiveDate::from_ymd_opt(2026, 11, 25)).unwrap();
     Some(Arc::new(c))
 }
