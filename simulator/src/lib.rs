@@ -1,3 +1,44 @@
 //! fleet-simulator: capacity planning in virtual time with the daemon's own policies.
 //!
-//! Empty until the simulator issue lands; the `fleetsim` binary is added with it.
+//! - [`scenario`]: the TOML scenario (fleet spec, demand, simulated clouds), documented defaults.
+//! - [`demand`]: Azure LLM inference traces, transforms (time/rate scale, tiling with a diurnal
+//!   shape), Poisson sources.
+//! - [`engine`]: the discrete-event simulation, calling `fleet_policies::plan` each tick.
+//! - [`report`]: cost, waits, events, lower bound; table and JSON.
+
+pub mod demand;
+pub mod engine;
+pub mod report;
+pub mod scenario;
+
+use std::sync::Arc;
+
+use fleet_core::Catalog;
+
+use crate::report::Report;
+use crate::scenario::{DemandSource, Scenario};
+
+/// Loads the scenario's demand and catalog, then runs it.
+pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
+    let catalog = if sc.catalog.is_empty() {
+        Arc::new(Catalog::builtin().clone())
+    } else {
+        Arc::new(Catalog::load(&sc.catalog, None)?.0)
+    };
+    let end_ms = u64::try_from(sc.duration.as_millis()).unwrap_or(u64::MAX);
+    let d = &sc.demand;
+    let arrivals = match &d.source {
+        DemandSource::Trace { path, tile } => {
+            let v = demand::time_scale(&demand::read_azure_trace(path)?, d.time_scale);
+            if *tile || d.rate_scale != 1.0 || d.diurnal_amplitude > 0.0 {
+                demand::tile(&v, if *tile { end_ms } else { v.last().map(|a| a.at_ms + 1).unwrap_or(0) }, d.rate_scale, d.diurnal_amplitude, sc.seed)
+            } else {
+                v
+            }
+        }
+        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => {
+            demand::poisson(rate_per_s * d.rate_scale / d.time_scale, end_ms, *context_tokens, *generated_tokens, sc.seed)
+        }
+    };
+    Ok(engine::Engine::new(sc, catalog, arrivals).run())
+}

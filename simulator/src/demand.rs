@@ -1,0 +1,158 @@
+//! Demand: requests with their arrival time and token counts, from the Azure LLM inference traces
+//! (`TIMESTAMP,ContextTokens,GeneratedTokens`) or synthetic sources, and trace transforms.
+
+use std::path::Path;
+
+use chrono::NaiveDateTime;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One request. Times are virtual milliseconds from the start of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub at_ms: u64,
+    pub context_tokens: u32,
+    pub generated_tokens: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemandError {
+    #[error("cannot read trace {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Row { path: String, line: u64, message: String },
+    #[error("{path}: the trace has no requests")]
+    Empty { path: String },
+}
+
+/// Reads an Azure LLM inference trace. Arrivals are relative to the first request; rows must be
+/// in time order (the published files are).
+pub fn read_azure_trace(path: &Path) -> Result<Vec<Arrival>, DemandError> {
+    let p = path.display().to_string();
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| match e.into_kind() {
+        csv::ErrorKind::Io(source) => DemandError::Io { path: p.clone(), source },
+        other => DemandError::Row { path: p.clone(), line: 1, message: format!("{other:?}") },
+    })?;
+    let mut out = Vec::new();
+    let mut first: Option<NaiveDateTime> = None;
+    let mut last_ms = 0;
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| DemandError::Row {
+            path: p.clone(),
+            line: e.position().map(|x| x.line()).unwrap_or(0),
+            message: e.to_string(),
+        })?;
+        let line = rec.position().map(|x| x.line()).unwrap_or(0);
+        let bad = |m: String| DemandError::Row { path: p.clone(), line, message: m };
+        let ts = rec.get(0).unwrap_or("").trim();
+        // Seven fractional digits: chrono's %.f takes up to nine.
+        let t = NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f")
+            .map_err(|_| bad(format!("TIMESTAMP '{ts}' is not YYYY-MM-DD HH:MM:SS.fffffff")))?;
+        let num = |i: usize, name: &str| -> Result<u32, DemandError> {
+            let v = rec.get(i).unwrap_or("").trim();
+            v.parse().map_err(|_| bad(format!("{name} '{v}' is not a whole number")))
+        };
+        let (ctx, gen_tokens) = (num(1, "ContextTokens")?, num(2, "GeneratedTokens")?);
+        let t0 = *first.get_or_insert(t);
+        let ms = (t - t0).num_milliseconds();
+        if ms < last_ms {
+            return Err(bad("rows are not in time order".into()));
+        }
+        last_ms = ms;
+        out.push(Arrival { at_ms: ms as u64, context_tokens: ctx, generated_tokens: gen_tokens });
+    }
+    if out.is_empty() {
+        return Err(DemandError::Empty { path: p });
+    }
+    Ok(out)
+}
+
+/// Stretches time (`factor` 2 = half the rate, same requests).
+pub fn time_scale(v: &[Arrival], factor: f64) -> Vec<Arrival> {
+    v.iter().map(|a| Arrival { at_ms: (a.at_ms as f64 * factor).round() as u64, ..*a }).collect()
+}
+
+/// Tiles `v` to fill `duration_ms` and shapes it: each request is kept `rate_scale ×
+/// (1 + amplitude · sin(2π·(t/day − 0.25)))` times in expectation (peak at 12:00 of each
+/// virtual day; `amplitude` 0 is flat). Seeded, so the same arguments give the same demand.
+pub fn tile(v: &[Arrival], duration_ms: u64, rate_scale: f64, amplitude: f64, seed: u64) -> Vec<Arrival> {
+    let Some(span) = v.last().map(|a| a.at_ms + 1) else { return Vec::new() };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < duration_ms {
+        for a in v {
+            let t = offset + a.at_ms;
+            if t >= duration_ms {
+                break;
+            }
+            let phase = (t as f64 / 86_400_000.0 - 0.25) * std::f64::consts::TAU;
+            let expected = (rate_scale * (1.0 + amplitude * phase.sin())).max(0.0);
+            let mut copies = expected.floor() as u32;
+            if rng.random::<f64>() < expected.fract() {
+                copies += 1;
+            }
+            for _ in 0..copies {
+                out.push(Arrival { at_ms: t, ..*a });
+            }
+        }
+        offset += span;
+    }
+    out
+}
+
+/// A Poisson source of `rate` requests per second with fixed token counts.
+pub fn poisson(rate: f64, duration_ms: u64, context_tokens: u32, generated_tokens: u32, seed: u64) -> Vec<Arrival> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    if rate <= 0.0 {
+        return out;
+    }
+    let mut t = 0.0f64;
+    loop {
+        t += -(1.0 - rng.random::<f64>()).ln() / rate * 1000.0;
+        if t >= duration_ms as f64 {
+            return out;
+        }
+        out.push(Arrival { at_ms: t as u64, context_tokens, generated_tokens });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_azure_code_trace() {
+        let Some(d) = fleet_core::catalog::shared_data_dir() else { return };
+        let v = read_azure_trace(&d.join("traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv")).unwrap();
+        assert_eq!(v.len(), 8819);
+        assert_eq!(v[0].at_ms, 0);
+        // SOURCE.md: 18:17:03.98 → 19:14:19.93, 57.3 minutes.
+        assert!((3_430_000..3_440_000).contains(&v.last().unwrap().at_ms), "{}", v.last().unwrap().at_ms);
+        assert!(v.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.csv");
+        std::fs::write(&f, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.99,x,1\n").unwrap();
+        let e = read_azure_trace(&f).unwrap_err().to_string();
+        assert!(e.ends_with("t.csv:3: ContextTokens 'x' is not a whole number"), "{e}");
+    }
+
+    #[test]
+    fn transforms() {
+        let v: Vec<Arrival> = (0..100).map(|i| Arrival { at_ms: i * 10, context_tokens: 1, generated_tokens: 1 }).collect();
+        assert_eq!(time_scale(&v, 2.0)[99].at_ms, 1980);
+        let t = tile(&v, 10_000, 1.0, 0.0, 1);
+        // The trace spans 991 ms, so 10 000 ms hold 10 copies and the first 9 requests of an 11th.
+        assert_eq!(t.len(), 1009);
+        let doubled = tile(&v, 10_000, 2.5, 0.0, 1);
+        assert!((2400..=2650).contains(&doubled.len()), "{}", doubled.len());
+        assert_eq!(tile(&v, 10_000, 2.5, 0.0, 1), doubled, "seeded");
+        let p = poisson(10.0, 100_000, 5, 5, 3);
+        assert!((900..1100).contains(&p.len()), "{}", p.len());
+    }
+}

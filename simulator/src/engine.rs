@@ -1,0 +1,520 @@
+//! The discrete-event simulation. Virtual time in milliseconds; no wall clock; one seeded RNG, and
+//! events ordered by (time, sequence number), so a scenario and seed always give the same run.
+//!
+//! Every `tick` the engine asks [`fleet_policies::plan::plan`] — the daemon's own decision code —
+//! what to do, and carries it out against simulated clouds: launches walk each node's ranked
+//! candidates, failing over on simulated insufficient-capacity answers (which go into the same
+//! unavailable cache placement reads); nodes provision, boot and load the model before their
+//! runners serve; spot nodes are reclaimed at the cloud's rate and their requests re-queued;
+//! billing follows each cloud's step and minimum.
+//!
+//! Simplifications (documented so results are read right): a runner serves up to
+//! `max_multiplexing` requests at once, each at full speed; service time is prefill plus decode
+//! at the scenario's token rates, scaled by the node's GPU bf16 TFLOP/s.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price};
+use fleet_policies::Timestamp;
+use fleet_policies::autoscale::RunnerInfo;
+use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
+use fleet_policies::plan::{AppState, FleetState, NodeView, PlanOptions, RunnerView, plan};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::demand::Arrival;
+use crate::report::{Report, Sample};
+use crate::scenario::Scenario;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Tick,
+    NodeReady(usize),
+    RunnerReady(usize),
+    Done { runner: usize, req: usize },
+    Preempt(usize),
+}
+
+struct Node {
+    app: usize,
+    offering: u32,
+    slots: u32,
+    launched_ms: u64,
+    up: bool,
+    ended_ms: Option<u64>,
+    runners: Vec<usize>,
+}
+
+struct Runner {
+    app: usize,
+    node: usize,
+    ready: bool,
+    stopped: bool,
+    in_flight: Vec<usize>,
+    idle_since_ms: Option<u64>,
+    busy_since_ms: Option<u64>,
+}
+
+/// The simulation's start: midnight UTC on the first of a month, so monthly budgets see a whole month.
+pub fn start_time() -> Timestamp {
+    chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("valid time")
+}
+
+pub struct Engine<'a> {
+    sc: &'a Scenario,
+    index: PlacementIndex,
+    demand_app: usize,
+    arrivals: Vec<Arrival>,
+    next_arrival: usize,
+    rng: StdRng,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    now: u64,
+    end: u64,
+    queue: VecDeque<usize>,
+    assigned: Vec<Option<usize>>,
+    started_ms: Vec<Option<u64>>,
+    nodes: Vec<Node>,
+    runners: Vec<Runner>,
+    spare: BTreeSet<usize>,
+    pending_since: Vec<Option<Timestamp>>,
+    live_per_offering: BTreeMap<u32, u32>,
+    cache: UnavailableCache,
+    closed_cost: Money,
+    report: Report,
+    busy_gpu_ms: u128,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(sc: &'a Scenario, catalog: Arc<Catalog>, arrivals: Vec<Arrival>) -> Engine<'a> {
+        let index = PlacementIndex::new(catalog, &sc.spec);
+        let demand_app = index.app_index(&sc.demand.app).expect("scenario checked the app");
+        let end = ms(sc.duration);
+        let arrivals: Vec<Arrival> = arrivals.into_iter().filter(|a| a.at_ms < end).collect();
+        let n = arrivals.len();
+        let apps = sc.spec.apps.len();
+        let report = Report::new(sc, n as u64);
+        let mut e = Engine {
+            sc,
+            index,
+            demand_app,
+            arrivals,
+            next_arrival: 0,
+            rng: StdRng::seed_from_u64(sc.seed),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            end,
+            queue: VecDeque::new(),
+            assigned: vec![None; n],
+            started_ms: vec![None; n],
+            nodes: Vec::new(),
+            runners: Vec::new(),
+            spare: BTreeSet::new(),
+            pending_since: vec![None; apps],
+            live_per_offering: BTreeMap::new(),
+            cache: UnavailableCache::default(),
+            closed_cost: Money::ZERO,
+            report,
+            busy_gpu_ms: 0,
+        };
+        e.push(0, Ev::Tick);
+        e
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn at(&self, t_ms: u64) -> Timestamp {
+        start_time() + chrono::Duration::milliseconds(t_ms as i64)
+    }
+
+    /// Runs to the scenario's end and returns the report.
+    pub fn run(mut self) -> Report {
+        loop {
+            let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            let next_arr = self.arrivals.get(self.next_arrival).map(|a| a.at_ms);
+            // Arrivals come from the sorted trace, not the heap: same order, far fewer heap operations.
+            let take_arrival = match (next_arr, next_ev) {
+                (Some(a), Some(e)) => a <= e,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if take_arrival {
+                let i = self.next_arrival;
+                self.next_arrival += 1;
+                self.now = self.arrivals[i].at_ms;
+                self.report.events += 1;
+                self.queue.push_back(i);
+                self.dispatch();
+                continue;
+            }
+            let Some(Reverse((t, _, ev))) = self.heap.pop() else { break };
+            if t >= self.end {
+                break;
+            }
+            self.now = t;
+            self.report.events += 1;
+            match ev {
+                Ev::Tick => self.tick(),
+                Ev::NodeReady(n) => self.node_ready(n),
+                Ev::RunnerReady(r) => self.runner_ready(r),
+                Ev::Done { runner, req } => self.done(runner, req),
+                Ev::Preempt(n) => self.preempt(n),
+            }
+        }
+        self.finish()
+    }
+
+    fn gpu_of(&self, node: usize) -> GpuModel {
+        self.index.offering(self.nodes[node].offering).instance.gpu
+    }
+
+    fn service_ms(&self, req: usize, node: usize) -> u64 {
+        let a = &self.arrivals[req];
+        let scale = f64::from(self.gpu_of(node).bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
+        let s = &self.sc.service;
+        let secs = f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
+            + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale);
+        (secs * 1000.0).ceil().max(1.0) as u64
+    }
+
+    fn mux(&self, app: usize) -> usize {
+        self.sc.spec.apps[app].scaling.max_multiplexing.max(1) as usize
+    }
+
+    /// Hands queued requests to runners with a free slot, lowest runner id first.
+    fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(&r) = self.spare.iter().find(|r| self.runners[**r].app == self.demand_app) else { return };
+            let req = self.queue.pop_front().expect("non-empty");
+            let node = self.runners[r].node;
+            let done_at = self.now + self.service_ms(req, node);
+            let runner = &mut self.runners[r];
+            if runner.in_flight.is_empty() {
+                runner.busy_since_ms = Some(self.now);
+                runner.idle_since_ms = None;
+            }
+            runner.in_flight.push(req);
+            let full = runner.in_flight.len() >= self.mux(self.runners[r].app);
+            if full {
+                self.spare.remove(&r);
+            }
+            self.assigned[req] = Some(r);
+            if self.started_ms[req].is_none() {
+                self.started_ms[req] = Some(self.now);
+            }
+            self.push(done_at, Ev::Done { runner: r, req });
+        }
+    }
+
+    fn gpus_per_runner(&self, app: usize) -> u128 {
+        u128::from(self.sc.spec.apps[app].gpu.count)
+    }
+
+    fn end_busy(&mut self, r: usize) {
+        if let Some(since) = self.runners[r].busy_since_ms.take() {
+            self.busy_gpu_ms += u128::from(self.now - since) * self.gpus_per_runner(self.runners[r].app);
+        }
+    }
+
+    fn done(&mut self, r: usize, req: usize) {
+        if self.assigned[req] != Some(r) {
+            return; // the runner was lost and the request re-queued
+        }
+        self.assigned[req] = None;
+        self.report.served += 1;
+        let wait = self.started_ms[req].unwrap_or(self.now) - self.arrivals[req].at_ms;
+        self.report.waits_ms.push(wait);
+        let runner = &mut self.runners[r];
+        runner.in_flight.retain(|x| *x != req);
+        if runner.in_flight.is_empty() {
+            runner.idle_since_ms = Some(self.now);
+            self.end_busy(r);
+        }
+        if !self.runners[r].stopped && self.runners[r].ready {
+            self.spare.insert(r);
+        }
+        self.dispatch();
+    }
+
+    fn runner_ready(&mut self, r: usize) {
+        let runner = &mut self.runners[r];
+        if runner.stopped || !self.nodes[runner.node].up {
+            return;
+        }
+        runner.ready = true;
+        runner.idle_since_ms = Some(self.now);
+        self.spare.insert(r);
+        self.dispatch();
+    }
+
+    fn node_ready(&mut self, n: usize) {
+        if self.nodes[n].ended_ms.is_some() {
+            return;
+        }
+        self.nodes[n].up = true;
+        let load = ms(self.sc.service.model_load);
+        for r in self.nodes[n].runners.clone() {
+            if !self.runners[r].stopped {
+                self.push(self.now + load, Ev::RunnerReady(r));
+            }
+        }
+    }
+
+    /// Stops a runner; its in-flight requests go back to the front of the queue.
+    fn stop_runner(&mut self, r: usize) {
+        if self.runners[r].stopped {
+            return;
+        }
+        self.end_busy(r);
+        let runner = &mut self.runners[r];
+        runner.stopped = true;
+        runner.ready = false;
+        let lost = std::mem::take(&mut runner.in_flight);
+        self.spare.remove(&r);
+        for req in lost.into_iter().rev() {
+            self.assigned[req] = None;
+            self.queue.push_front(req);
+        }
+    }
+
+    fn node_cost(&self, n: usize, until_ms: u64) -> Money {
+        let node = &self.nodes[n];
+        let o = self.index.offering(node.offering);
+        let model = self.sc.cloud(o.cloud);
+        let ran = Duration::from_millis(until_ms - node.launched_ms);
+        let step = model.billing_step.max(Duration::from_millis(1));
+        let steps = ran.as_millis().div_ceil(step.as_millis());
+        let billed = (step * u32::try_from(steps).unwrap_or(u32::MAX)).max(model.min_billing);
+        o.price.cost_for(billed)
+    }
+
+    fn end_node(&mut self, n: usize) {
+        if self.nodes[n].ended_ms.is_some() {
+            return;
+        }
+        for r in self.nodes[n].runners.clone() {
+            self.stop_runner(r);
+        }
+        self.nodes[n].ended_ms = Some(self.now);
+        self.nodes[n].up = false;
+        let cost = self.node_cost(n, self.now);
+        self.closed_cost += cost;
+        let o = self.index.offering(self.nodes[n].offering);
+        self.report.charge(o, cost, self.now - self.nodes[n].launched_ms);
+        if let Some(c) = self.live_per_offering.get_mut(&self.nodes[n].offering) {
+            *c -= 1;
+        }
+    }
+
+    fn preempt(&mut self, n: usize) {
+        if self.nodes[n].ended_ms.is_some() {
+            return;
+        }
+        self.report.preemptions += 1;
+        let key = self.index.offering(self.nodes[n].offering).key();
+        self.cache.mark(key, UnavailableReason::Preempted, self.at(self.now), self.sc.unavailable_ttl);
+        self.end_node(n);
+        self.dispatch();
+    }
+
+    fn burn(&self) -> Money {
+        self.nodes.iter().filter(|n| n.ended_ms.is_none()).map(|n| self.index.offering(n.offering).price.hourly()).sum()
+    }
+
+    fn month_to_date(&self) -> Money {
+        let open: Money = (0..self.nodes.len())
+            .filter(|n| self.nodes[*n].ended_ms.is_none())
+            .map(|n| self.index.offering(self.nodes[n].offering).price.cost_for(Duration::from_millis(self.now - self.nodes[n].launched_ms)))
+            .sum();
+        self.closed_cost + open
+    }
+
+    fn tick(&mut self) {
+        let now_ts = self.at(self.now);
+        self.cache.expire(now_ts);
+        let mut apps = BTreeMap::new();
+        for (i, app) in self.sc.spec.apps.iter().enumerate() {
+            let runners: Vec<RunnerView> = self
+                .runners
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.app == i && !r.stopped)
+                .map(|(id, r)| RunnerView {
+                    runner: RunnerInfo {
+                        id: format!("r{id}"),
+                        ready: r.ready,
+                        in_flight: r.in_flight.len() as u32,
+                        idle_since: r.idle_since_ms.map(|t| self.at(t)),
+                        gpu_price: self.index.offering(self.nodes[r.node].offering).price_per_gpu(),
+                    },
+                    node: format!("n{}", r.node),
+                })
+                .collect();
+            let nodes: Vec<NodeView> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.app == i && n.ended_ms.is_none())
+                .map(|(id, n)| NodeView { id: format!("n{id}"), offering: n.offering, slots: n.slots })
+                .collect();
+            let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
+            let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
+            let st = AppState {
+                queued,
+                in_flight,
+                scale_up_pending_since: self.pending_since[i],
+                runners,
+                nodes,
+                month_to_date: Money::ZERO,
+            };
+            apps.insert(app.name.clone(), st);
+        }
+        // Each app's month-to-date is the fleet's here: scenarios drive one app's demand.
+        let mtd = self.month_to_date();
+        for st in apps.values_mut() {
+            st.month_to_date = mtd;
+        }
+        let state = FleetState { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
+        let p = plan(&self.index, &self.sc.spec, &state, &PlanOptions::default());
+        for (i, ap) in p.apps.iter().enumerate() {
+            self.pending_since[i] = ap.decision.pending_since;
+            for id in &ap.decision.stop {
+                self.stop_runner(id[1..].parse().expect("runner id"));
+            }
+            for (node, count) in &ap.on_existing {
+                let n: usize = node[1..].parse().expect("node id");
+                for _ in 0..*count {
+                    self.add_runner(i, n);
+                }
+            }
+            for np in &ap.new_nodes {
+                self.launch(i, &np.candidates, np.runners);
+            }
+            for node in &ap.release_nodes {
+                self.end_node(node[1..].parse().expect("node id"));
+            }
+            self.report.budget_events += ap.unplaced.iter().filter(|u| u.budget_cap.is_some()).count() as u64;
+        }
+        let burn = self.burn();
+        self.report.max_burn_per_hour = self.report.max_burn_per_hour.max(burn);
+        let ready = self.runners.iter().filter(|r| r.ready && !r.stopped && r.app == self.demand_app).count() as u32;
+        let in_flight: usize = self.runners.iter().filter(|r| r.app == self.demand_app).map(|r| r.in_flight.len()).sum();
+        self.report.timeline.push(Sample {
+            t_s: self.now / 1000,
+            demand: (self.queue.len() + in_flight) as u32,
+            capacity: ready * self.mux(self.demand_app) as u32,
+            burn_per_hour: burn,
+        });
+        self.dispatch();
+        self.push(self.now + ms(self.sc.tick), Ev::Tick);
+    }
+
+    fn add_runner(&mut self, app: usize, node: usize) {
+        let id = self.runners.len();
+        self.runners.push(Runner {
+            app,
+            node,
+            ready: false,
+            stopped: false,
+            in_flight: Vec::new(),
+            idle_since_ms: None,
+            busy_since_ms: None,
+        });
+        self.nodes[node].runners.push(id);
+        self.report.cold_starts += 1;
+        if self.nodes[node].up {
+            self.push(self.now + ms(self.sc.service.model_load), Ev::RunnerReady(id));
+        }
+    }
+
+    /// Walks the candidates as the orchestrator does: on simulated insufficient capacity, mark
+    /// the offering unavailable and try the next.
+    fn launch(&mut self, app: usize, candidates: &[fleet_policies::placement::Candidate], runners: u32) {
+        for c in candidates {
+            let o = self.index.offering(c.offering);
+            let model = self.sc.cloud(o.cloud).clone();
+            let live = self.live_per_offering.get(&c.offering).copied().unwrap_or(0);
+            let ice = model.ice_probability > 0.0 && self.rng.random::<f64>() < model.ice_probability;
+            if live >= model.capacity || ice {
+                self.report.failovers += 1;
+                let key = o.key();
+                self.cache.mark(key, UnavailableReason::InsufficientCapacity, self.at(self.now), self.sc.unavailable_ttl);
+                continue;
+            }
+            let jitter = ms(model.provision_jitter);
+            let delay = ms(model.provision_delay) + if jitter > 0 { self.rng.random_range(0..=2 * jitter) } else { 0 };
+            let ready_at = (self.now + delay).saturating_sub(jitter) + ms(model.boot);
+            let n = self.nodes.len();
+            self.nodes.push(Node {
+                app,
+                offering: c.offering,
+                slots: c.runners_per_node,
+                launched_ms: self.now,
+                up: false,
+                ended_ms: None,
+                runners: Vec::new(),
+            });
+            *self.live_per_offering.entry(c.offering).or_default() += 1;
+            self.report.nodes_launched += 1;
+            self.push(ready_at, Ev::NodeReady(n));
+            if c.capacity == CapacityType::Spot && model.preemptions_per_hour > 0.0 {
+                let hours = -(1.0 - self.rng.random::<f64>()).ln() / model.preemptions_per_hour;
+                self.push(self.now + (hours * 3_600_000.0) as u64, Ev::Preempt(n));
+            }
+            for _ in 0..runners {
+                self.add_runner(app, n);
+            }
+            return;
+        }
+        self.report.launch_failures += 1;
+    }
+
+    fn finish(mut self) -> Report {
+        self.now = self.end;
+        for n in 0..self.nodes.len() {
+            self.end_node(n);
+        }
+        self.report.unserved = self.report.requests - self.report.served;
+        self.report.busy_gpu_hours = self.busy_gpu_ms as f64 / 3_600_000.0;
+        self.report.lower_bound = lower_bound(self.sc, &self.index, self.demand_app, &self.arrivals);
+        self.report.finish(self.sc);
+        self.report
+    }
+}
+
+/// The least any policy could pay for this demand: all of it served on the single cheapest
+/// offering the app may use (by effective $/GPU-hour, spot included, ignoring capacity limits),
+/// with no idle time, no cold starts and per-millisecond billing.
+pub fn lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Money {
+    let cache = UnavailableCache::default();
+    let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
+    let a = &sc.spec.apps[app];
+    let ctx: f64 = arrivals.iter().map(|x| f64::from(x.context_tokens)).sum();
+    let gen_tokens: f64 = arrivals.iter().map(|x| f64::from(x.generated_tokens)).sum();
+    let mux = f64::from(a.scaling.max_multiplexing.max(1));
+    ranked
+        .iter()
+        .map(|c| {
+            let gpu = index.offering(c.offering).instance.gpu;
+            let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
+            let work_s = ctx / (sc.service.prefill_tokens_per_s * scale) + gen_tokens / (sc.service.decode_tokens_per_s * scale);
+            // Runner-time: each runner serves `mux` at once, and holds `count` GPUs.
+            let gpu_ms = (work_s / mux * 1000.0).ceil() as u64 * u64::from(a.gpu.count);
+            let per_gpu: Price = c.effective_gpu_price;
+            per_gpu.cost_for(Duration::from_millis(gpu_ms))
+        })
+        .min()
+        .unwrap_or(Money::ZERO)
+}

@@ -1,0 +1,107 @@
+//! fleetsim: what would this fleet spec cost, and how would it serve, on this demand?
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fleet_simulator::report::Report;
+use fleet_simulator::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(name = "fleetsim", version, about = "Replay demand against real prices with fleet's own policies.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario.
+    #[command(after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json")]
+    Run {
+        scenario: PathBuf,
+        /// Use this Azure trace instead of the scenario's demand source.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run several scenarios on the same demand and seed, side by side.
+    #[command(after_help = "Example:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml")]
+    Compare {
+        #[arg(required = true, num_args = 1..)]
+        scenarios: Vec<PathBuf>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+fn load(path: &PathBuf, seed: Option<u64>, trace: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+    let mut sc = Scenario::load(path)?;
+    if let Some(s) = seed {
+        sc.seed = s;
+    }
+    if let Some(t) = trace {
+        sc.demand.source = fleet_simulator::scenario::DemandSource::Trace { path: t.clone(), tile: false };
+    }
+    Ok(sc)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = (|| {
+        match cli.command {
+            Command::Run { scenario, trace, seed, output } => {
+                let sc = load(&scenario, seed, trace.as_ref())?;
+                let r = fleet_simulator::run(&sc)?;
+                match output {
+                    Output::Json => println!("{}", r.to_json()),
+                    Output::Table => print!("{}", Report::table(&[&r])),
+                }
+            }
+            Command::Compare { scenarios, seed, output } => {
+                let mut reports = Vec::new();
+                let mut first_demand = None;
+                for p in &scenarios {
+                    let mut sc = load(p, seed, None)?;
+                    // Same demand for all: the first scenario's.
+                    let d = first_demand.get_or_insert_with(|| sc.demand.clone());
+                    sc.demand = d.clone();
+                    if let Some(s) = seed.or(reports.first().map(|r: &Report| r.seed)) {
+                        sc.seed = s;
+                    }
+                    reports.push(fleet_simulator::run(&sc)?);
+                }
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+                    Output::Table => print!("{}", Report::table(&reports.iter().collect::<Vec<_>>())),
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

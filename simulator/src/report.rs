@@ -1,0 +1,190 @@
+//! What a run cost and how it served, as a table or JSON. JSON fields are named plainly
+//! (`cost`, `lower_bound`, `wait_p99_s`, …); money is a decimal string, as everywhere in fleet.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use fleet_core::{Money, Offering};
+use serde::Serialize;
+
+use crate::scenario::Scenario;
+
+/// Demand and capacity at one control tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    pub t_s: u64,
+    /// Requests queued or in flight.
+    pub demand: u32,
+    /// Requests ready runners can serve at once.
+    pub capacity: u32,
+    pub burn_per_hour: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration_s: u64,
+    pub requests: u64,
+    pub served: u64,
+    /// Still queued or in flight at the end.
+    pub unserved: u64,
+    pub cost: Money,
+    pub cost_by_cloud: BTreeMap<String, Money>,
+    pub cost_by_region: BTreeMap<String, Money>,
+    pub cost_by_capacity: BTreeMap<String, Money>,
+    /// GPU-hours paid for, and the share of them runners spent serving.
+    pub gpu_hours: f64,
+    pub busy_gpu_hours: f64,
+    pub utilisation: f64,
+    pub wait_p50_s: f64,
+    pub wait_p95_s: f64,
+    pub wait_p99_s: f64,
+    pub slo_wait_s: f64,
+    /// Share of served requests that waited at most `slo_wait_s`.
+    pub slo_attainment: f64,
+    pub cold_starts: u64,
+    pub nodes_launched: u64,
+    pub preemptions: u64,
+    /// Launch attempts refused (simulated insufficient capacity) and passed to the next offering.
+    pub failovers: u64,
+    /// Nodes no candidate could supply.
+    pub launch_failures: u64,
+    /// Decisions in which a budget cap held runners back.
+    pub budget_events: u64,
+    pub max_burn_per_hour: Money,
+    pub lower_bound: Money,
+    pub cost_over_lower_bound: f64,
+    pub events: u64,
+    #[serde(skip)]
+    pub waits_ms: Vec<u64>,
+    pub timeline: Vec<Sample>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+impl Report {
+    pub(crate) fn new(sc: &Scenario, requests: u64) -> Report {
+        Report {
+            scenario: sc.name.clone(),
+            seed: sc.seed,
+            duration_s: sc.duration.as_secs(),
+            requests,
+            served: 0,
+            unserved: 0,
+            cost: Money::ZERO,
+            cost_by_cloud: BTreeMap::new(),
+            cost_by_region: BTreeMap::new(),
+            cost_by_capacity: BTreeMap::new(),
+            gpu_hours: 0.0,
+            busy_gpu_hours: 0.0,
+            utilisation: 0.0,
+            wait_p50_s: 0.0,
+            wait_p95_s: 0.0,
+            wait_p99_s: 0.0,
+            slo_wait_s: sc.slo_wait.as_secs_f64(),
+            slo_attainment: 0.0,
+            cold_starts: 0,
+            nodes_launched: 0,
+            preemptions: 0,
+            failovers: 0,
+            launch_failures: 0,
+            budget_events: 0,
+            max_burn_per_hour: Money::ZERO,
+            lower_bound: Money::ZERO,
+            cost_over_lower_bound: 0.0,
+            events: 0,
+            waits_ms: Vec::new(),
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Books the bill of one node.
+    pub(crate) fn charge(&mut self, o: &Offering, cost: Money, ran_ms: u64) {
+        self.cost += cost;
+        *self.cost_by_cloud.entry(o.cloud.to_string()).or_default() += cost;
+        *self.cost_by_region.entry(format!("{}/{}", o.cloud, o.region)).or_default() += cost;
+        *self.cost_by_capacity.entry(o.capacity.to_string()).or_default() += cost;
+        self.gpu_hours += ran_ms as f64 * f64::from(o.instance.gpu_count) / 3_600_000.0;
+    }
+
+    pub(crate) fn finish(&mut self, sc: &Scenario) {
+        self.waits_ms.sort_unstable();
+        self.wait_p50_s = percentile(&self.waits_ms, 50.0);
+        self.wait_p95_s = percentile(&self.waits_ms, 95.0);
+        self.wait_p99_s = percentile(&self.waits_ms, 99.0);
+        let slo = sc.slo_wait.as_millis() as u64;
+        let within = self.waits_ms.partition_point(|w| *w <= slo);
+        self.slo_attainment = if self.waits_ms.is_empty() { 0.0 } else { within as f64 / self.waits_ms.len() as f64 };
+        self.utilisation = if self.gpu_hours > 0.0 { self.busy_gpu_hours / self.gpu_hours } else { 0.0 };
+        self.cost_over_lower_bound = if self.lower_bound > Money::ZERO {
+            self.cost.micros() as f64 / self.lower_bound.micros() as f64
+        } else {
+            0.0
+        };
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serialises")
+    }
+
+    /// The headline figures, one per line; several reports side by side for `compare`.
+    pub fn table(reports: &[&Report]) -> String {
+        let rows: Vec<(&str, Box<dyn Fn(&Report) -> String>)> = vec![
+            ("scenario", Box::new(|r| r.scenario.clone())),
+            ("requests", Box::new(|r| r.requests.to_string())),
+            ("served", Box::new(|r| r.served.to_string())),
+            ("unserved", Box::new(|r| r.unserved.to_string())),
+            ("cost", Box::new(|r| r.cost.to_string())),
+            ("lower bound", Box::new(|r| r.lower_bound.to_string())),
+            ("cost / lower bound", Box::new(|r| format!("{:.2}", r.cost_over_lower_bound))),
+            ("GPU-hours", Box::new(|r| format!("{:.1}", r.gpu_hours))),
+            ("utilisation", Box::new(|r| format!("{:.1}%", r.utilisation * 100.0))),
+            ("wait p50", Box::new(|r| format!("{:.2}s", r.wait_p50_s))),
+            ("wait p95", Box::new(|r| format!("{:.2}s", r.wait_p95_s))),
+            ("wait p99", Box::new(|r| format!("{:.2}s", r.wait_p99_s))),
+            ("SLO attainment", Box::new(|r| format!("{:.1}% ≤ {}s", r.slo_attainment * 100.0, r.slo_wait_s))),
+            ("cold starts", Box::new(|r| r.cold_starts.to_string())),
+            ("nodes launched", Box::new(|r| r.nodes_launched.to_string())),
+            ("preemptions", Box::new(|r| r.preemptions.to_string())),
+            ("failovers", Box::new(|r| r.failovers.to_string())),
+            ("launch failures", Box::new(|r| r.launch_failures.to_string())),
+            ("budget events", Box::new(|r| r.budget_events.to_string())),
+            ("max burn", Box::new(|r| format!("{}/h", r.max_burn_per_hour))),
+        ];
+        let mut clouds: Vec<String> = reports.iter().flat_map(|r| r.cost_by_cloud.keys().cloned()).collect();
+        clouds.sort();
+        clouds.dedup();
+        let mut cells: Vec<Vec<String>> = rows.iter().map(|(name, f)| {
+            let mut v = vec![name.to_string()];
+            v.extend(reports.iter().map(|r| f(r)));
+            v
+        }).collect();
+        for c in clouds {
+            let mut v = vec![format!("cost on {c}")];
+            v.extend(reports.iter().map(|r| r.cost_by_cloud.get(&c).copied().unwrap_or(Money::ZERO).to_string()));
+            cells.push(v);
+        }
+        let widths: Vec<usize> = (0..=reports.len())
+            .map(|i| cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in cells {
+            for (i, c) in row.iter().enumerate() {
+                if i == 0 {
+                    let _ = write!(out, "{c:<w$}", w = widths[0]);
+                } else {
+                    let _ = write!(out, "  {c:>w$}", w = widths[i]);
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,282 @@
+//! A scenario: which fleet spec, which demand, how the simulated clouds behave. TOML; every knob
+//! has a documented default (see `simulator/examples/`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_core::Cloud;
+use fleet_core::spec::{FleetSpec, parse_duration};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(transparent)]
+    Spec(#[from] fleet_core::spec::SpecErrors),
+}
+
+/// How one cloud behaves in the simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudModel {
+    /// From the launch call to a running instance: `provision_delay` ± `provision_jitter` (uniform).
+    pub provision_delay: Duration,
+    pub provision_jitter: Duration,
+    /// From running to a Ready node: agent boot and burn-in.
+    pub boot: Duration,
+    /// Chance that a launch answers "insufficient capacity".
+    pub ice_probability: f64,
+    /// Spot reclaims per node-hour (exponential inter-arrival).
+    pub preemptions_per_hour: f64,
+    /// Billing step (1 s per-second billing, 3600 s per-hour) and minimum charge.
+    pub billing_step: Duration,
+    pub min_billing: Duration,
+    /// Instances of one offering that can be live at once.
+    pub capacity: u32,
+}
+
+impl Default for CloudModel {
+    /// Per-second billing with a one-minute minimum (AWS/GCP/Azure Linux), 90 ± 30 s to launch,
+    /// 60 s to boot and burn in, no capacity errors, no preemptions, 1,000 instances per offering.
+    fn default() -> Self {
+        CloudModel {
+            provision_delay: Duration::from_secs(90),
+            provision_jitter: Duration::from_secs(30),
+            boot: Duration::from_secs(60),
+            ice_probability: 0.0,
+            preemptions_per_hour: 0.0,
+            billing_step: Duration::from_secs(1),
+            min_billing: Duration::from_secs(60),
+            capacity: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DemandSource {
+    Trace { path: PathBuf, tile: bool },
+    Poisson { rate_per_s: f64, context_tokens: u32, generated_tokens: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    pub app: String,
+    pub source: DemandSource,
+    pub time_scale: f64,
+    pub rate_scale: f64,
+    pub diurnal_amplitude: f64,
+}
+
+/// Throughput of one runner, from tokens: H100-SXM reference rates, scaled for other GPUs by
+/// their bf16 TFLOP/s relative to the H100-SXM (data-sheet facts in `fleet_core::gpu`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceModel {
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    /// Starting a runner on a Ready node (loading the model).
+    pub model_load: Duration,
+}
+
+impl Default for ServiceModel {
+    fn default() -> Self {
+        ServiceModel { prefill_tokens_per_s: 10_000.0, decode_tokens_per_s: 50.0, model_load: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub spec: FleetSpec,
+    pub seed: u64,
+    pub duration: Duration,
+    pub tick: Duration,
+    pub slo_wait: Duration,
+    pub unavailable_ttl: Duration,
+    /// Catalog files; empty means the built-in catalog.
+    pub catalog: Vec<PathBuf>,
+    pub demand: Demand,
+    pub service: ServiceModel,
+    pub default_cloud: CloudModel,
+    pub clouds: BTreeMap<Cloud, CloudModel>,
+}
+
+impl Scenario {
+    pub fn cloud(&self, c: Cloud) -> &CloudModel {
+        self.clouds.get(&c).unwrap_or(&self.default_cloud)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Option<String>,
+    spec: String,
+    seed: Option<u64>,
+    duration: String,
+    tick: Option<String>,
+    slo_wait: Option<String>,
+    unavailable_ttl: Option<String>,
+    #[serde(default)]
+    catalog: Vec<String>,
+    demand: RawDemand,
+    #[serde(default)]
+    service: RawService,
+    #[serde(default)]
+    clouds: BTreeMap<String, RawCloud>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemand {
+    app: String,
+    trace: Option<String>,
+    #[serde(default)]
+    tile: bool,
+    poisson_rate: Option<f64>,
+    context_tokens: Option<u32>,
+    generated_tokens: Option<u32>,
+    time_scale: Option<f64>,
+    rate_scale: Option<f64>,
+    diurnal_amplitude: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    prefill_tokens_per_s: Option<f64>,
+    decode_tokens_per_s: Option<f64>,
+    model_load: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    provision_delay: Option<String>,
+    provision_jitter: Option<String>,
+    boot: Option<String>,
+    ice_probability: Option<f64>,
+    preemptions_per_hour: Option<f64>,
+    billing: Option<String>,
+    min_billing: Option<String>,
+    capacity: Option<u32>,
+}
+
+impl Scenario {
+    /// Reads a scenario; `spec`, `trace` and `catalog` paths are relative to the scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: p.clone(), source })?;
+        Scenario::parse(&p, &text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Scenario, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid { path: file.to_string(), message };
+        let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.to_string().trim().to_string()))?;
+        let dur = |v: &Option<String>, field: &str, default: Duration| -> Result<Duration, ScenarioError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_duration(s)
+                    .ok_or_else(|| invalid(format!("{field}: '{s}' is not a duration such as \"90s\", \"5m\", \"30d\""))),
+            }
+        };
+        let spec_path = base.join(&raw.spec);
+        let spec_text = std::fs::read_to_string(&spec_path)
+            .map_err(|source| ScenarioError::Io { path: spec_path.display().to_string(), source })?;
+        let spec = FleetSpec::parse(&spec_path.display().to_string(), &spec_text)?;
+        let d = &raw.demand;
+        if spec.app(&d.app).is_none() {
+            return Err(invalid(format!("demand.app: no app '{}' in {}", d.app, spec_path.display())));
+        }
+        let source = match (&d.trace, d.poisson_rate) {
+            (Some(t), None) => DemandSource::Trace { path: base.join(t), tile: d.tile },
+            (None, Some(rate)) if rate > 0.0 => DemandSource::Poisson {
+                rate_per_s: rate,
+                context_tokens: d.context_tokens.unwrap_or(1000),
+                generated_tokens: d.generated_tokens.unwrap_or(100),
+            },
+            _ => return Err(invalid("demand: give either trace = \"FILE\" or poisson_rate = N (> 0)".into())),
+        };
+        let positive = |v: Option<f64>, field: &str, default: f64| -> Result<f64, ScenarioError> {
+            let x = v.unwrap_or(default);
+            if x.is_finite() && x > 0.0 { Ok(x) } else { Err(invalid(format!("{field}: must be a positive number"))) }
+        };
+        let demand = Demand {
+            app: d.app.clone(),
+            source,
+            time_scale: positive(d.time_scale, "demand.time_scale", 1.0)?,
+            rate_scale: positive(d.rate_scale, "demand.rate_scale", 1.0)?,
+            diurnal_amplitude: d.diurnal_amplitude.unwrap_or(0.0).clamp(0.0, 1.0),
+        };
+        let sd = ServiceModel::default();
+        let service = ServiceModel {
+            prefill_tokens_per_s: positive(raw.service.prefill_tokens_per_s, "service.prefill_tokens_per_s", sd.prefill_tokens_per_s)?,
+            decode_tokens_per_s: positive(raw.service.decode_tokens_per_s, "service.decode_tokens_per_s", sd.decode_tokens_per_s)?,
+            model_load: dur(&raw.service.model_load, "service.model_load", sd.model_load)?,
+        };
+        let cloud_model = |r: &RawCloud, base: &CloudModel, name: &str| -> Result<CloudModel, ScenarioError> {
+            let f = |k: &str| format!("clouds.{name}.{k}");
+            let prob = |v: Option<f64>, k: &str, d: f64| -> Result<f64, ScenarioError> {
+                let x = v.unwrap_or(d);
+                if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(invalid(format!("{}: a probability is 0 to 1", f(k)))) }
+            };
+            let billing_step = match r.billing.as_deref() {
+                None => base.billing_step,
+                Some("per-second") => Duration::from_secs(1),
+                Some("per-minute") => Duration::from_secs(60),
+                Some("per-hour") => Duration::from_secs(3600),
+                Some(o) => return Err(invalid(format!("{}: '{o}'; use per-second, per-minute or per-hour", f("billing")))),
+            };
+            let preempt = r.preemptions_per_hour.unwrap_or(base.preemptions_per_hour);
+            if !(preempt.is_finite() && preempt >= 0.0) {
+                return Err(invalid(format!("{}: must be 0 or more", f("preemptions_per_hour"))));
+            }
+            Ok(CloudModel {
+                provision_delay: dur(&r.provision_delay, &f("provision_delay"), base.provision_delay)?,
+                provision_jitter: dur(&r.provision_jitter, &f("provision_jitter"), base.provision_jitter)?,
+                boot: dur(&r.boot, &f("boot"), base.boot)?,
+                ice_probability: prob(r.ice_probability, "ice_probability", base.ice_probability)?,
+                preemptions_per_hour: preempt,
+                billing_step,
+                min_billing: dur(&r.min_billing, &f("min_billing"), base.min_billing)?,
+                capacity: r.capacity.unwrap_or(base.capacity),
+            })
+        };
+        let default_cloud = match raw.clouds.get("default") {
+            Some(r) => cloud_model(r, &CloudModel::default(), "default")?,
+            None => CloudModel::default(),
+        };
+        let mut clouds = BTreeMap::new();
+        for (name, r) in &raw.clouds {
+            if name == "default" {
+                continue;
+            }
+            let c: Cloud = name.parse().map_err(|e: fleet_core::cloud::UnknownCloud| invalid(format!("clouds.{name}: {e}")))?;
+            clouds.insert(c, cloud_model(r, &default_cloud, name)?);
+        }
+        let duration = dur(&Some(raw.duration.clone()), "duration", Duration::ZERO)?;
+        if duration.is_zero() {
+            return Err(invalid("duration: must be more than zero".into()));
+        }
+        let tick = dur(&raw.tick, "tick", Duration::from_secs(10))?;
+        if tick < Duration::from_secs(1) {
+            return Err(invalid("tick: at least 1s".into()));
+        }
+        Ok(Scenario {
+            name: raw.name.unwrap_or_else(|| file.to_string()),
+            spec,
+            seed: raw.seed.unwrap_or(1),
+            duration,
+            tick,
+            slo_wait: dur(&raw.slo_wait, "slo_wait", Duration::from_secs(30))?,
+            unavailable_ttl: dur(&raw.unavailable_ttl, "unavailable_ttl", Duration::from_secs(600))?,
+            catalog: raw.catalog.iter().map(|c| base.join(c)).collect(),
+            demand,
+            service,
+            default_cloud,
+            clouds,
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! Hand-checkable simulations: a one-offering catalog, fixed demand, known answers.
+
+use std::path::{Path, PathBuf};
+
+use fleet_core::Money;
+use fleet_simulator::scenario::Scenario;
+
+const CATALOG: &str = "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
+lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60,test,2026-11-25
+";
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    /// A scenario over the one-offering catalog: `fleet` is the spec, `demand` the [demand]
+    /// table's extra lines, `top` more top-level scenario lines, `tables` more tables.
+    fn new(fleet: &str, demand: &str, top: &str, tables: &str) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("catalog.csv"), CATALOG).unwrap();
+        std::fs::write(dir.path().join("fleet.toml"), fleet).unwrap();
+        let duration = if top.contains("duration") { "" } else { "duration = \"1h\"\n" };
+        let sc = format!(
+            "name = \"case\"\nspec = \"fleet.toml\"\ncatalog = [\"catalog.csv\"]\n{duration}tick = \"5s\"\n{top}\n[demand]\napp = \"a\"\n{demand}\n{tables}\n"
+        );
+        std::fs::write(dir.path().join("scenario.toml"), sc).unwrap();
+        Case { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn scenario(&self) -> Scenario {
+        Scenario::load(&self.path("scenario.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+fn write_trace(path: &Path, n: usize, every_s: u64) {
+    let mut s = String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n");
+    for i in 0..n {
+        let t = i as u64 * every_s;
+        s += &format!("2023-11-16 {:02}:{:02}:{:02}.0000000,1000,100\n", 10 + t / 3600, (t / 60) % 60, t % 60);
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn usd(s: &str) -> Money {
+    Money::parse_decimal(s).unwrap()
+}
+
+const ALWAYS_ONE: &str = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n";
+
+#[test]
+fn a_fixed_schedule_costs_what_the_hand_computes() {
+    // One runner always (min = max = 1), almost no demand: one node from t = 0 to the end of the
+    // hour at $3.60/h with per-second billing: exactly $3.60.
+    let c = Case::new(ALWAYS_ONE, "poisson_rate = 0.0001", "", "");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!(r.nodes_launched, 1);
+    assert_eq!(r.cost, usd("3.60"));
+    // Per-hour billing over 90 minutes bills two hours: $7.20.
+    let c = Case::new(ALWAYS_ONE, "poisson_rate = 0.0001", "duration = \"90m\"", "[clouds.lambda]\nbilling = \"per-hour\"");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!(r.cost, usd("7.20"));
+    // Per-second over 90 minutes: $5.40.
+    let c = Case::new(ALWAYS_ONE, "poisson_rate = 0.0001", "duration = \"90m\"", "");
+    assert_eq!(fleet_simulator::run(&c.scenario()).unwrap().cost, usd("5.40"));
+}
+
+#[test]
+fn one_offering_and_steady_demand_cost_the_lower_bound_plus_idle() {
+    // 600 requests, one every 3 s for 30 minutes, each 1000/10000 + 100/50 = 2.1 s of work on an
+    // H100-SXM; the bound is 600 × 2.1 s at $3.60/h = $1.26.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 4\nkeep_alive = \"60s\"\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+    write_trace(&c.path("trace.csv"), 600, 3);
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!((r.requests, r.served), (600, 600));
+    assert_eq!(r.lower_bound, usd("1.26"));
+    // Every paid GPU-second was either work (the bound) or idle; idle priced by hand.
+    let idle = (r.gpu_hours - r.busy_gpu_hours) * 3.60;
+    let expected = r.lower_bound.micros() as f64 / 1e6 + idle;
+    let cost = r.cost.micros() as f64 / 1e6;
+    assert!((cost - expected).abs() < 0.01, "cost {cost} vs bound + idle {expected}");
+    assert!(r.cost > r.lower_bound);
+    // No capacity errors or preemptions configured: none happen.
+    assert_eq!((r.preemptions, r.failovers, r.launch_failures), (0, 0, 0));
+}
+
+#[test]
+fn same_scenario_and_seed_give_byte_identical_json() {
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nmax_multiplexing = 2\n";
+    let c = Case::new(fleet, "poisson_rate = 1.5", "seed = 42", "[clouds.lambda]\nice_probability = 0.3\nprovision_jitter = \"40s\"");
+    let a = fleet_simulator::run(&c.scenario()).unwrap().to_json();
+    let b = fleet_simulator::run(&c.scenario()).unwrap().to_json();
+    assert_eq!(a, b);
+    let mut other = c.scenario();
+    other.seed = 43;
+    assert_ne!(fleet_simulator::run(&other).unwrap().to_json(), a);
+    // ICE at 30% with one offering: launches fail and are retried at later ticks.
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.failovers > 0);
+}
+
+#[test]
+fn spot_preemptions_requeue_and_count() {
+    let catalog = format!("{CATALOG}lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,spot,1.80,test,2026-11-25\n");
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
+    let c = Case::new(fleet, "poisson_rate = 1.0", "", "[clouds.lambda]\npreemptions_per_hour = 3.0");
+    std::fs::write(c.path("catalog.csv"), catalog).unwrap();
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.preemptions > 0);
+    assert!(r.cost_by_capacity.contains_key("spot"));
+    assert!(r.served + 20 >= r.requests, "preempted requests are re-queued and served: {} of {}", r.served, r.requests);
+}
+
+#[test]
+fn a_budget_cap_is_never_exceeded_over_the_run() {
+    // Demand wants many runners; $10/h buys two nodes at $3.60.
+    let fleet = "[budget]\nmax_per_hour = \"10\"\n[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 40\n";
+    let c = Case::new(fleet, "poisson_rate = 8.0", "", "");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.max_burn_per_hour <= usd("10"), "{}", r.max_burn_per_hour);
+    assert!(r.timeline.iter().all(|s| s.burn_per_hour <= usd("10")));
+    assert!(r.budget_events > 0);
+    assert!(r.cost <= usd("10"));
+}
+
+#[test]
+fn the_azure_code_trace_replays_end_to_end() {
+    let Some(_) = fleet_core::catalog::shared_data_dir() else { return };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/code-trace.toml");
+    let sc = Scenario::load(&path).unwrap();
+    let r = fleet_simulator::run(&sc).unwrap();
+    assert_eq!(r.requests, 8819);
+    assert_eq!(r.served, 8819);
+    assert!(r.cost > r.lower_bound && r.lower_bound > Money::ZERO);
+    assert!(r.wait_p50_s <= r.wait_p95_s && r.wait_p95_s <= r.wait_p99_s);
+    assert!(!r.timeline.is_empty());
+}
+
+#[test]
+fn bad_scenarios_say_what_is_wrong() {
+    let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "poisson_rate = 1", "", "");
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    std::fs::write(c.path("scenario.toml"), text.replace("app = \"a\"", "app = \"nope\"")).unwrap();
+    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
+    assert!(e.contains("demand.app: no app 'nope'"), "{e}");
+    std::fs::write(c.path("scenario.toml"), text.replace("tick = \"5s\"", "tick = \"soon\"")).unwrap();
+    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
+    assert!(e.contains("tick: 'soon' is not a duration"), "{e}");
+}
