@@ -169,9 +169,12 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: 
         for r in st.runners.iter().filter(|r| !stopping.contains(r.runner.id.as_str())) {
             *hosted.entry(r.node.as_str()).or_default() += 1;
         }
-        let node_capacity = |id: &str| st.nodes.iter().find(|n| n.id == id).map(|n| capacity_of(index, n.offering));
-        let on_demand_running: u32 =
-            hosted.iter().filter(|(id, _)| node_capacity(id) == Some(CapacityType::OnDemand)).map(|(_, n)| *n).sum();
+        let on_demand_running: u32 = st
+            .nodes
+            .iter()
+            .filter(|n| capacity_of(index, n.offering) == CapacityType::OnDemand)
+            .map(|n| hosted[n.id.as_str()])
+            .sum();
         let spot_available = app.placement.spot != SpotPolicy::OnDemand && {
             let probe = RankInput {
                 capacity: CapacityWanted::Spot,

@@ -137,14 +137,19 @@ mod tests {
     fn bad_rows_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.csv");
-        std::fs::write(&f, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.99,x,1\n").unwrap();
+        std::fs::write(
+            &f,
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.99,x,1\n",
+        )
+        .unwrap();
         let e = read_azure_trace(&f).unwrap_err().to_string();
         assert!(e.ends_with("t.csv:3: ContextTokens 'x' is not a whole number"), "{e}");
     }
 
     #[test]
     fn transforms() {
-        let v: Vec<Arrival> = (0..100).map(|i| Arrival { at_ms: i * 10, context_tokens: 1, generated_tokens: 1 }).collect();
+        let v: Vec<Arrival> =
+            (0..100).map(|i| Arrival { at_ms: i * 10, context_tokens: 1, generated_tokens: 1 }).collect();
         assert_eq!(time_scale(&v, 2.0)[99].at_ms, 1980);
         let t = tile(&v, 10_000, 1.0, 0.0, 1);
         // The trace spans 991 ms, so 10 000 ms hold 10 copies and the first 9 requests of an 11th.

@@ -81,6 +81,9 @@ pub struct Engine<'a> {
     nodes: Vec<Node>,
     runners: Vec<Runner>,
     spare: BTreeSet<usize>,
+    /// Nodes not ended and runners not stopped: what a tick looks at (the vectors keep history).
+    live_nodes: BTreeSet<usize>,
+    live_runners: BTreeSet<usize>,
     pending_since: Vec<Option<Timestamp>>,
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
@@ -119,6 +122,8 @@ impl<'a> Engine<'a> {
             nodes: Vec::new(),
             runners: Vec::new(),
             spare: BTreeSet::new(),
+            live_nodes: BTreeSet::new(),
+            live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
             live_per_offering: BTreeMap::new(),
             cache: UnavailableCache::default(),
@@ -278,6 +283,7 @@ impl<'a> Engine<'a> {
             return;
         }
         self.end_busy(r);
+        self.live_runners.remove(&r);
         let runner = &mut self.runners[r];
         runner.stopped = true;
         runner.ready = false;
@@ -309,6 +315,7 @@ impl<'a> Engine<'a> {
         }
         self.nodes[n].ended_ms = Some(self.now);
         self.nodes[n].up = false;
+        self.live_nodes.remove(&n);
         let cost = self.node_cost(n, self.now);
         self.closed_cost += cost;
         let o = self.index.offering(self.nodes[n].offering);
@@ -330,13 +337,19 @@ impl<'a> Engine<'a> {
     }
 
     fn burn(&self) -> Money {
-        self.nodes.iter().filter(|n| n.ended_ms.is_none()).map(|n| self.index.offering(n.offering).price.hourly()).sum()
+        self.live_nodes.iter().map(|n| self.index.offering(self.nodes[*n].offering).price.hourly()).sum()
     }
 
     fn month_to_date(&self) -> Money {
-        let open: Money = (0..self.nodes.len())
-            .filter(|n| self.nodes[*n].ended_ms.is_none())
-            .map(|n| self.index.offering(self.nodes[n].offering).price.cost_for(Duration::from_millis(self.now - self.nodes[n].launched_ms)))
+        let open: Money = self
+            .live_nodes
+            .iter()
+            .map(|&n| {
+                self.index
+                    .offering(self.nodes[n].offering)
+                    .price
+                    .cost_for(Duration::from_millis(self.now - self.nodes[n].launched_ms))
+            })
             .sum();
         self.closed_cost + open
     }
@@ -347,10 +360,10 @@ impl<'a> Engine<'a> {
         let mut apps = BTreeMap::new();
         for (i, app) in self.sc.spec.apps.iter().enumerate() {
             let runners: Vec<RunnerView> = self
-                .runners
+                .live_runners
                 .iter()
-                .enumerate()
-                .filter(|(_, r)| r.app == i && !r.stopped)
+                .map(|&id| (id, &self.runners[id]))
+                .filter(|(_, r)| r.app == i)
                 .map(|(id, r)| RunnerView {
                     runner: RunnerInfo {
                         id: format!("r{id}"),
@@ -363,10 +376,10 @@ impl<'a> Engine<'a> {
                 })
                 .collect();
             let nodes: Vec<NodeView> = self
-                .nodes
+                .live_nodes
                 .iter()
-                .enumerate()
-                .filter(|(_, n)| n.app == i && n.ended_ms.is_none())
+                .map(|&id| (id, &self.nodes[id]))
+                .filter(|(_, n)| n.app == i)
                 .map(|(id, n)| NodeView { id: format!("n{id}"), offering: n.offering, slots: n.slots })
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
@@ -409,8 +422,9 @@ impl<'a> Engine<'a> {
         }
         let burn = self.burn();
         self.report.max_burn_per_hour = self.report.max_burn_per_hour.max(burn);
-        let ready = self.runners.iter().filter(|r| r.ready && !r.stopped && r.app == self.demand_app).count() as u32;
-        let in_flight: usize = self.runners.iter().filter(|r| r.app == self.demand_app).map(|r| r.in_flight.len()).sum();
+        let live = || self.live_runners.iter().map(|r| &self.runners[*r]).filter(|r| r.app == self.demand_app);
+        let ready = live().filter(|r| r.ready).count() as u32;
+        let in_flight: usize = live().map(|r| r.in_flight.len()).sum();
         self.report.timeline.push(Sample {
             t_s: self.now / 1000,
             demand: (self.queue.len() + in_flight) as u32,
@@ -433,6 +447,7 @@ impl<'a> Engine<'a> {
             busy_since_ms: None,
         });
         self.nodes[node].runners.push(id);
+        self.live_runners.insert(id);
         self.report.cold_starts += 1;
         if self.nodes[node].up {
             self.push(self.now + ms(self.sc.service.model_load), Ev::RunnerReady(id));
@@ -450,7 +465,12 @@ impl<'a> Engine<'a> {
             if live >= model.capacity || ice {
                 self.report.failovers += 1;
                 let key = o.key();
-                self.cache.mark(key, UnavailableReason::InsufficientCapacity, self.at(self.now), self.sc.unavailable_ttl);
+                self.cache.mark(
+                    key,
+                    UnavailableReason::InsufficientCapacity,
+                    self.at(self.now),
+                    self.sc.unavailable_ttl,
+                );
                 continue;
             }
             let jitter = ms(model.provision_jitter);
@@ -466,6 +486,7 @@ impl<'a> Engine<'a> {
                 ended_ms: None,
                 runners: Vec::new(),
             });
+            self.live_nodes.insert(n);
             *self.live_per_offering.entry(c.offering).or_default() += 1;
             self.report.nodes_launched += 1;
             self.push(ready_at, Ev::NodeReady(n));
@@ -483,7 +504,7 @@ impl<'a> Engine<'a> {
 
     fn finish(mut self) -> Report {
         self.now = self.end;
-        for n in 0..self.nodes.len() {
+        for n in self.live_nodes.clone() {
             self.end_node(n);
         }
         self.report.unserved = self.report.requests - self.report.served;
@@ -509,7 +530,8 @@ pub fn lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: 
         .map(|c| {
             let gpu = index.offering(c.offering).instance.gpu;
             let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
-            let work_s = ctx / (sc.service.prefill_tokens_per_s * scale) + gen_tokens / (sc.service.decode_tokens_per_s * scale);
+            let work_s =
+                ctx / (sc.service.prefill_tokens_per_s * scale) + gen_tokens / (sc.service.decode_tokens_per_s * scale);
             // Runner-time: each runner serves `mux` at once, and holds `count` GPUs.
             let gpu_ms = (work_s / mux * 1000.0).ceil() as u64 * u64::from(a.gpu.count);
             let per_gpu: Price = c.effective_gpu_price;

@@ -31,14 +31,24 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
         DemandSource::Trace { path, tile } => {
             let v = demand::time_scale(&demand::read_azure_trace(path)?, d.time_scale);
             if *tile || d.rate_scale != 1.0 || d.diurnal_amplitude > 0.0 {
-                demand::tile(&v, if *tile { end_ms } else { v.last().map(|a| a.at_ms + 1).unwrap_or(0) }, d.rate_scale, d.diurnal_amplitude, sc.seed)
+                demand::tile(
+                    &v,
+                    if *tile { end_ms } else { v.last().map(|a| a.at_ms + 1).unwrap_or(0) },
+                    d.rate_scale,
+                    d.diurnal_amplitude,
+                    sc.seed,
+                )
             } else {
                 v
             }
         }
-        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => {
-            demand::poisson(rate_per_s * d.rate_scale / d.time_scale, end_ms, *context_tokens, *generated_tokens, sc.seed)
-        }
+        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => demand::poisson(
+            rate_per_s * d.rate_scale / d.time_scale,
+            end_ms,
+            *context_tokens,
+            *generated_tokens,
+            sc.seed,
+        ),
     };
     Ok(engine::Engine::new(sc, catalog, arrivals).run())
 }

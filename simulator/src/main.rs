@@ -23,7 +23,9 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Run one scenario.
-    #[command(after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json")]
+    #[command(
+        after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json"
+    )]
     Run {
         scenario: PathBuf,
         /// Use this Azure trace instead of the scenario's demand source.
@@ -35,7 +37,9 @@ enum Command {
         output: Output,
     },
     /// Run several scenarios on the same demand and seed, side by side.
-    #[command(after_help = "Example:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml")]
+    #[command(
+        after_help = "Example:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml"
+    )]
     Compare {
         #[arg(required = true, num_args = 1..)]
         scenarios: Vec<PathBuf>,

@@ -161,19 +161,21 @@ impl Report {
         let mut clouds: Vec<String> = reports.iter().flat_map(|r| r.cost_by_cloud.keys().cloned()).collect();
         clouds.sort();
         clouds.dedup();
-        let mut cells: Vec<Vec<String>> = rows.iter().map(|(name, f)| {
-            let mut v = vec![name.to_string()];
-            v.extend(reports.iter().map(|r| f(r)));
-            v
-        }).collect();
+        let mut cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(name, f)| {
+                let mut v = vec![name.to_string()];
+                v.extend(reports.iter().map(|r| f(r)));
+                v
+            })
+            .collect();
         for c in clouds {
             let mut v = vec![format!("cost on {c}")];
             v.extend(reports.iter().map(|r| r.cost_by_cloud.get(&c).copied().unwrap_or(Money::ZERO).to_string()));
             cells.push(v);
         }
-        let widths: Vec<usize> = (0..=reports.len())
-            .map(|i| cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
-            .collect();
+        let widths: Vec<usize> =
+            (0..=reports.len()).map(|i| cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
         let mut out = String::new();
         for row in cells {
             for (i, c) in row.iter().enumerate() {

@@ -178,8 +178,9 @@ impl Scenario {
         let dur = |v: &Option<String>, field: &str, default: Duration| -> Result<Duration, ScenarioError> {
             match v {
                 None => Ok(default),
-                Some(s) => parse_duration(s)
-                    .ok_or_else(|| invalid(format!("{field}: '{s}' is not a duration such as \"90s\", \"5m\", \"30d\""))),
+                Some(s) => parse_duration(s).ok_or_else(|| {
+                    invalid(format!("{field}: '{s}' is not a duration such as \"90s\", \"5m\", \"30d\""))
+                }),
             }
         };
         let spec_path = base.join(&raw.spec);
@@ -212,22 +213,36 @@ impl Scenario {
         };
         let sd = ServiceModel::default();
         let service = ServiceModel {
-            prefill_tokens_per_s: positive(raw.service.prefill_tokens_per_s, "service.prefill_tokens_per_s", sd.prefill_tokens_per_s)?,
-            decode_tokens_per_s: positive(raw.service.decode_tokens_per_s, "service.decode_tokens_per_s", sd.decode_tokens_per_s)?,
+            prefill_tokens_per_s: positive(
+                raw.service.prefill_tokens_per_s,
+                "service.prefill_tokens_per_s",
+                sd.prefill_tokens_per_s,
+            )?,
+            decode_tokens_per_s: positive(
+                raw.service.decode_tokens_per_s,
+                "service.decode_tokens_per_s",
+                sd.decode_tokens_per_s,
+            )?,
             model_load: dur(&raw.service.model_load, "service.model_load", sd.model_load)?,
         };
         let cloud_model = |r: &RawCloud, base: &CloudModel, name: &str| -> Result<CloudModel, ScenarioError> {
             let f = |k: &str| format!("clouds.{name}.{k}");
             let prob = |v: Option<f64>, k: &str, d: f64| -> Result<f64, ScenarioError> {
                 let x = v.unwrap_or(d);
-                if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(invalid(format!("{}: a probability is 0 to 1", f(k)))) }
+                if (0.0..=1.0).contains(&x) {
+                    Ok(x)
+                } else {
+                    Err(invalid(format!("{}: a probability is 0 to 1", f(k))))
+                }
             };
             let billing_step = match r.billing.as_deref() {
                 None => base.billing_step,
                 Some("per-second") => Duration::from_secs(1),
                 Some("per-minute") => Duration::from_secs(60),
                 Some("per-hour") => Duration::from_secs(3600),
-                Some(o) => return Err(invalid(format!("{}: '{o}'; use per-second, per-minute or per-hour", f("billing")))),
+                Some(o) => {
+                    return Err(invalid(format!("{}: '{o}'; use per-second, per-minute or per-hour", f("billing"))));
+                }
             };
             let preempt = r.preemptions_per_hour.unwrap_or(base.preemptions_per_hour);
             if !(preempt.is_finite() && preempt >= 0.0) {
@@ -253,7 +268,8 @@ impl Scenario {
             if name == "default" {
                 continue;
             }
-            let c: Cloud = name.parse().map_err(|e: fleet_core::cloud::UnknownCloud| invalid(format!("clouds.{name}: {e}")))?;
+            let c: Cloud =
+                name.parse().map_err(|e: fleet_core::cloud::UnknownCloud| invalid(format!("clouds.{name}: {e}")))?;
             clouds.insert(c, cloud_model(r, &default_cloud, name)?);
         }
         let duration = dur(&Some(raw.duration.clone()), "duration", Duration::ZERO)?;

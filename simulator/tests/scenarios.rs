@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use fleet_core::Money;
 use fleet_simulator::scenario::Scenario;
 
-const CATALOG: &str = "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
+const CATALOG: &str =
+    "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
 lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60,test,2026-11-25
 ";
 
@@ -61,7 +62,8 @@ fn a_fixed_schedule_costs_what_the_hand_computes() {
     assert_eq!(r.nodes_launched, 1);
     assert_eq!(r.cost, usd("3.60"));
     // Per-hour billing over 90 minutes bills two hours: $7.20.
-    let c = Case::new(ALWAYS_ONE, "poisson_rate = 0.0001", "duration = \"90m\"", "[clouds.lambda]\nbilling = \"per-hour\"");
+    let c =
+        Case::new(ALWAYS_ONE, "poisson_rate = 0.0001", "duration = \"90m\"", "[clouds.lambda]\nbilling = \"per-hour\"");
     let r = fleet_simulator::run(&c.scenario()).unwrap();
     assert_eq!(r.cost, usd("7.20"));
     // Per-second over 90 minutes: $5.40.
@@ -92,7 +94,12 @@ fn one_offering_and_steady_demand_cost_the_lower_bound_plus_idle() {
 #[test]
 fn same_scenario_and_seed_give_byte_identical_json() {
     let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nmax_multiplexing = 2\n";
-    let c = Case::new(fleet, "poisson_rate = 1.5", "seed = 42", "[clouds.lambda]\nice_probability = 0.3\nprovision_jitter = \"40s\"");
+    let c = Case::new(
+        fleet,
+        "poisson_rate = 1.5",
+        "seed = 42",
+        "[clouds.lambda]\nice_probability = 0.3\nprovision_jitter = \"40s\"",
+    );
     let a = fleet_simulator::run(&c.scenario()).unwrap().to_json();
     let b = fleet_simulator::run(&c.scenario()).unwrap().to_json();
     assert_eq!(a, b);
