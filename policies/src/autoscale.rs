@@ -36,10 +36,13 @@ pub fn target(spec: &ScalingSpec, demand: u32) -> ScaleTarget {
     ScaleTarget { demand, needed, buffer, desired }
 }
 
+/// A runner's id, assigned by the caller (the orchestrator's runner number, the simulator's index).
+pub type RunnerId = u64;
+
 /// A runner as the autoscaler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunnerInfo {
-    pub id: String,
+    pub id: RunnerId,
     /// False while starting (booting, loading the model).
     pub ready: bool,
     pub in_flight: u32,
@@ -55,7 +58,7 @@ pub struct ScaleDecision {
     /// Runners to start.
     pub start: u32,
     /// Runners to stop, in the order chosen.
-    pub stop: Vec<String>,
+    pub stop: Vec<RunnerId>,
     /// Since when demand has wanted more runners than run (keep it for the next decision).
     pub pending_since: Option<Timestamp>,
 }
@@ -94,7 +97,7 @@ pub fn decide(
         // The first `above_max` stops need no keep-alive: those runners should not exist.
         let expired = now.signed_duration_since(since) >= keep_alive;
         if (i as u32) < above_max || expired {
-            stop.push(r.id.clone());
+            stop.push(r.id);
         }
     }
     ScaleDecision { target: t, start: 0, stop, pending_since: None }
@@ -127,9 +130,9 @@ mod tests {
         }
     }
 
-    fn idle(id: &str, idle_for: i64, price: &str) -> RunnerInfo {
+    fn idle(id: RunnerId, idle_for: i64, price: &str) -> RunnerInfo {
         RunnerInfo {
-            id: id.into(),
+            id,
             ready: true,
             in_flight: 0,
             idle_since: Some(t0() - secs(idle_for)),
@@ -137,8 +140,8 @@ mod tests {
         }
     }
 
-    fn busy(id: &str, n: u32) -> RunnerInfo {
-        RunnerInfo { id: id.into(), ready: true, in_flight: n, idle_since: None, gpu_price: Price::ZERO }
+    fn busy(id: RunnerId, n: u32) -> RunnerInfo {
+        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, gpu_price: Price::ZERO }
     }
 
     #[test]
@@ -163,33 +166,28 @@ mod tests {
         let d = decide(&s, 20, 0, None, &[], t0());
         // 20/4 = 5 needed + 1 buffer = 6 desired; only the minimum (1) starts now.
         assert_eq!((d.target.desired, d.start, d.pending_since), (6, 1, Some(t0())));
-        let d2 = decide(&s, 20, 0, d.pending_since, &[idle("a", 0, "2")], t0() + secs(29));
+        let d2 = decide(&s, 20, 0, d.pending_since, &[idle(1, 0, "2")], t0() + secs(29));
         assert_eq!((d2.start, d2.pending_since), (0, Some(t0())));
-        let d3 = decide(&s, 20, 0, d2.pending_since, &[idle("a", 0, "2")], t0() + secs(30));
+        let d3 = decide(&s, 20, 0, d2.pending_since, &[idle(1, 0, "2")], t0() + secs(30));
         assert_eq!((d3.start, d3.pending_since), (5, None));
     }
 
     #[test]
     fn scale_down_longest_idle_then_most_expensive_never_busy() {
         let s = ScalingSpec { min_concurrency: 0, concurrency_buffer: 0, concurrency_buffer_perc: 0, ..spec() };
-        let runners = [
-            busy("b1", 2),
-            idle("new", 10, "9"),
-            idle("old-cheap", 900, "2"),
-            idle("old-dear", 900, "4"),
-            idle("oldest", 1000, "1"),
-        ];
-        // Demand 2 (in flight on b1) needs 1 runner: 4 excess; "new" is inside keep-alive.
+        // 1 busy; 2 idle 10 s; 3 idle 900 s cheap; 4 idle 900 s dear; 5 idle 1000 s.
+        let runners = [busy(1, 2), idle(2, 10, "9"), idle(3, 900, "2"), idle(4, 900, "4"), idle(5, 1000, "1")];
+        // Demand 2 (in flight on 1) needs 1 runner: 4 excess; 2 is inside keep-alive.
         let d = decide(&s, 0, 2, None, &runners, t0());
-        assert_eq!(d.stop, ["oldest", "old-dear", "old-cheap"]);
-        assert!(!d.stop.contains(&"b1".to_string()));
+        assert_eq!(d.stop, [5, 4, 3]);
+        assert!(!d.stop.contains(&1));
     }
 
     #[test]
     fn above_max_need_not_wait_for_keep_alive() {
         let s = ScalingSpec { max_concurrency: 1, min_concurrency: 0, ..spec() };
-        let d = decide(&s, 0, 0, None, &[idle("a", 1, "1"), idle("b", 2, "1")], t0());
-        assert_eq!(d.stop, ["b"]);
+        let d = decide(&s, 0, 0, None, &[idle(1, 1, "1"), idle(2, 2, "1")], t0());
+        assert_eq!(d.stop, [2]);
     }
 
     proptest! {
@@ -205,7 +203,7 @@ mod tests {
                 keep_alive: Duration::from_secs(300), scaling_delay: Duration::from_secs(delay),
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
-                id: format!("r{i}"), ready: *ready, in_flight: *inf,
+                id: i as RunnerId, ready: *ready, in_flight: *inf,
                 idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), gpu_price: Price::ZERO,
             }).collect();
             let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
@@ -219,7 +217,7 @@ mod tests {
             if n < s.min_concurrency { prop_assert!(n + d.start >= s.min_concurrency); }
             // Never stops a runner with requests in flight, nor one still starting.
             for id in &d.stop {
-                let r = rs.iter().find(|r| &r.id == id).unwrap();
+                let r = rs.iter().find(|r| r.id == *id).unwrap();
                 prop_assert!(r.in_flight == 0 && r.ready);
             }
         }

@@ -7,22 +7,25 @@
 //! orchestrator ends up launching, the app's and the fleet's caps hold. Apps are planned in the
 //! spec's (name) order against the shared fleet room.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use fleet_core::spec::{FleetSpec, SpotPolicy};
 use fleet_core::{CapacityType, Money};
 use serde::Serialize;
 
 use crate::Timestamp;
-use crate::autoscale::{self, RunnerInfo, ScaleDecision};
+use crate::autoscale::{self, RunnerId, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
 use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, UnavailableCache};
 use crate::spot::{self, CapacitySplit};
 
+/// A node's id, assigned by the caller.
+pub type NodeId = u64;
+
 /// A node of an app, running or launching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
-    pub id: String,
+    pub id: NodeId,
     pub offering: OfferingId,
     /// How many of the app's runners it can host.
     pub slots: u32,
@@ -31,7 +34,7 @@ pub struct NodeView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerView {
     pub runner: RunnerInfo,
-    pub node: String,
+    pub node: NodeId,
 }
 
 /// What is true of one app now.
@@ -91,10 +94,10 @@ pub struct AppPlan {
     pub decision: ScaleDecision,
     pub split: CapacitySplit,
     /// Runners started on free slots of existing nodes: (node, count).
-    pub on_existing: Vec<(String, u32)>,
+    pub on_existing: Vec<(NodeId, u32)>,
     pub new_nodes: Vec<NodePlan>,
     /// Nodes left with no runners: terminate them.
-    pub release_nodes: Vec<String>,
+    pub release_nodes: Vec<NodeId>,
     pub unplaced: Vec<Unplaced>,
     pub burn_per_hour: Money,
     /// The most the new nodes can add per hour.
@@ -114,11 +117,11 @@ fn capacity_of(index: &PlacementIndex, id: OfferingId) -> CapacityType {
 
 /// Puts up to `want` runners on free slots of nodes whose capacity type `ok` accepts; returns how
 /// many are left.
-fn fill<'a>(
+fn fill(
     want: u32,
     ok: impl Fn(CapacityType) -> bool,
-    free: &mut [(&'a str, CapacityType, u32)],
-    on_existing: &mut BTreeMap<&'a str, u32>,
+    free: &mut [(NodeId, CapacityType, u32)],
+    on_existing: &mut BTreeMap<NodeId, u32>,
 ) -> u32 {
     let mut left = want;
     for (id, cap, f) in free.iter_mut() {
@@ -160,20 +163,20 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: 
             now,
             Some(&app.name),
         );
-        let infos: Vec<RunnerInfo> = st.runners.iter().map(|r| r.runner.clone()).collect();
+        let infos: Vec<RunnerInfo> = st.runners.iter().map(|r| r.runner).collect();
         let decision = autoscale::decide(&app.scaling, st.queued, st.in_flight, st.scale_up_pending_since, &infos, now);
 
         // Runners that stay, per node.
-        let stopping: HashSet<&str> = decision.stop.iter().map(String::as_str).collect();
-        let mut hosted: BTreeMap<&str, u32> = st.nodes.iter().map(|n| (n.id.as_str(), 0)).collect();
-        for r in st.runners.iter().filter(|r| !stopping.contains(r.runner.id.as_str())) {
-            *hosted.entry(r.node.as_str()).or_default() += 1;
+        let stopping: HashSet<RunnerId> = decision.stop.iter().copied().collect();
+        let mut hosted: HashMap<NodeId, u32> = st.nodes.iter().map(|n| (n.id, 0)).collect();
+        for r in st.runners.iter().filter(|r| !stopping.contains(&r.runner.id)) {
+            *hosted.entry(r.node).or_default() += 1;
         }
         let on_demand_running: u32 = st
             .nodes
             .iter()
             .filter(|n| capacity_of(index, n.offering) == CapacityType::OnDemand)
-            .map(|n| hosted[n.id.as_str()])
+            .map(|n| hosted[&n.id])
             .sum();
         let spot_available = app.placement.spot != SpotPolicy::OnDemand && {
             let probe = RankInput {
@@ -192,14 +195,14 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: 
         );
 
         // Free slots on existing nodes: the fullest nodes first, so emptier ones can drain.
-        let mut free: Vec<(&str, CapacityType, u32)> = st
+        let mut free: Vec<(NodeId, CapacityType, u32)> = st
             .nodes
             .iter()
-            .map(|n| (n.id.as_str(), capacity_of(index, n.offering), n.slots.saturating_sub(hosted[n.id.as_str()])))
+            .map(|n| (n.id, capacity_of(index, n.offering), n.slots.saturating_sub(hosted[&n.id])))
             .filter(|(_, _, f)| *f > 0)
             .collect();
-        free.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
-        let mut on_existing: BTreeMap<&str, u32> = BTreeMap::new();
+        free.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
+        let mut on_existing: BTreeMap<NodeId, u32> = BTreeMap::new();
         let od_left = fill(split.on_demand, |c| c == CapacityType::OnDemand, &mut free, &mut on_existing);
         // Spot runners take spot nodes' slots first, then any paid-for slot.
         let spot_left = fill(split.spot, |c| c == CapacityType::Spot, &mut free, &mut on_existing);
@@ -271,18 +274,14 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: 
             }
         }
 
-        let release_nodes = st
-            .nodes
-            .iter()
-            .filter(|n| hosted[n.id.as_str()] == 0 && !on_existing.contains_key(n.id.as_str()))
-            .map(|n| n.id.clone())
-            .collect();
+        let release_nodes =
+            st.nodes.iter().filter(|n| hosted[&n.id] == 0 && !on_existing.contains_key(&n.id)).map(|n| n.id).collect();
         fleet_added += added;
         apps.push(AppPlan {
             app: app.name.clone(),
             decision,
             split,
-            on_existing: on_existing.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            on_existing: on_existing.into_iter().collect(),
             new_nodes,
             release_nodes,
             unplaced,

@@ -80,7 +80,12 @@ pub struct Engine<'a> {
     started_ms: Vec<Option<u64>>,
     nodes: Vec<Node>,
     runners: Vec<Runner>,
+    /// Ready runners of the demand app with a free slot (other apps get no requests).
     spare: BTreeSet<usize>,
+    /// Σ hourly price of live nodes (µ$/h), and Σ price × launch time (µ$/h × ms): burn and the
+    /// open part of month-to-date without walking the nodes.
+    live_price: i128,
+    live_price_launch: i128,
     /// Nodes not ended and runners not stopped: what a tick looks at (the vectors keep history).
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
@@ -122,6 +127,8 @@ impl<'a> Engine<'a> {
             nodes: Vec::new(),
             runners: Vec::new(),
             spare: BTreeSet::new(),
+            live_price: 0,
+            live_price_launch: 0,
             live_nodes: BTreeSet::new(),
             live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
@@ -201,7 +208,7 @@ impl<'a> Engine<'a> {
     /// Hands queued requests to runners with a free slot, lowest runner id first.
     fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            let Some(&r) = self.spare.iter().find(|r| self.runners[**r].app == self.demand_app) else { return };
+            let Some(&r) = self.spare.first() else { return };
             let req = self.queue.pop_front().expect("non-empty");
             let node = self.runners[r].node;
             let done_at = self.now + self.service_ms(req, node);
@@ -247,7 +254,7 @@ impl<'a> Engine<'a> {
             runner.idle_since_ms = Some(self.now);
             self.end_busy(r);
         }
-        if !self.runners[r].stopped && self.runners[r].ready {
+        if !self.runners[r].stopped && self.runners[r].ready && self.runners[r].app == self.demand_app {
             self.spare.insert(r);
         }
         self.dispatch();
@@ -260,7 +267,9 @@ impl<'a> Engine<'a> {
         }
         runner.ready = true;
         runner.idle_since_ms = Some(self.now);
-        self.spare.insert(r);
+        if runner.app == self.demand_app {
+            self.spare.insert(r);
+        }
         self.dispatch();
     }
 
@@ -316,6 +325,9 @@ impl<'a> Engine<'a> {
         self.nodes[n].ended_ms = Some(self.now);
         self.nodes[n].up = false;
         self.live_nodes.remove(&n);
+        let price = i128::from(self.index.offering(self.nodes[n].offering).price.hourly().micros());
+        self.live_price -= price;
+        self.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
         let cost = self.node_cost(n, self.now);
         self.closed_cost += cost;
         let o = self.index.offering(self.nodes[n].offering);
@@ -337,21 +349,13 @@ impl<'a> Engine<'a> {
     }
 
     fn burn(&self) -> Money {
-        self.live_nodes.iter().map(|n| self.index.offering(self.nodes[*n].offering).price.hourly()).sum()
+        Money::from_micros(self.live_price as i64)
     }
 
+    /// Spend so far this month: closed bills plus live nodes' running cost (unrounded billing).
     fn month_to_date(&self) -> Money {
-        let open: Money = self
-            .live_nodes
-            .iter()
-            .map(|&n| {
-                self.index
-                    .offering(self.nodes[n].offering)
-                    .price
-                    .cost_for(Duration::from_millis(self.now - self.nodes[n].launched_ms))
-            })
-            .sum();
-        self.closed_cost + open
+        let open = (self.live_price * i128::from(self.now) - self.live_price_launch) / 3_600_000;
+        self.closed_cost + Money::from_micros(open as i64)
     }
 
     fn tick(&mut self) {
@@ -366,13 +370,13 @@ impl<'a> Engine<'a> {
                 .filter(|(_, r)| r.app == i)
                 .map(|(id, r)| RunnerView {
                     runner: RunnerInfo {
-                        id: format!("r{id}"),
+                        id: id as u64,
                         ready: r.ready,
                         in_flight: r.in_flight.len() as u32,
                         idle_since: r.idle_since_ms.map(|t| self.at(t)),
                         gpu_price: self.index.offering(self.nodes[r.node].offering).price_per_gpu(),
                     },
-                    node: format!("n{}", r.node),
+                    node: r.node as u64,
                 })
                 .collect();
             let nodes: Vec<NodeView> = self
@@ -380,7 +384,7 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|&id| (id, &self.nodes[id]))
                 .filter(|(_, n)| n.app == i)
-                .map(|(id, n)| NodeView { id: format!("n{id}"), offering: n.offering, slots: n.slots })
+                .map(|(id, n)| NodeView { id: id as u64, offering: n.offering, slots: n.slots })
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
             let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
@@ -404,19 +408,18 @@ impl<'a> Engine<'a> {
         for (i, ap) in p.apps.iter().enumerate() {
             self.pending_since[i] = ap.decision.pending_since;
             for id in &ap.decision.stop {
-                self.stop_runner(id[1..].parse().expect("runner id"));
+                self.stop_runner(*id as usize);
             }
             for (node, count) in &ap.on_existing {
-                let n: usize = node[1..].parse().expect("node id");
                 for _ in 0..*count {
-                    self.add_runner(i, n);
+                    self.add_runner(i, *node as usize);
                 }
             }
             for np in &ap.new_nodes {
                 self.launch(i, &np.candidates, np.runners);
             }
             for node in &ap.release_nodes {
-                self.end_node(node[1..].parse().expect("node id"));
+                self.end_node(*node as usize);
             }
             self.report.budget_events += ap.unplaced.iter().filter(|u| u.budget_cap.is_some()).count() as u64;
         }
@@ -487,6 +490,9 @@ impl<'a> Engine<'a> {
                 runners: Vec::new(),
             });
             self.live_nodes.insert(n);
+            let price = i128::from(o.price.hourly().micros());
+            self.live_price += price;
+            self.live_price_launch += price * i128::from(self.now);
             *self.live_per_offering.entry(c.offering).or_default() += 1;
             self.report.nodes_launched += 1;
             self.push(ready_at, Ev::NodeReady(n));

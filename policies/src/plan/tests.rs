@@ -68,18 +68,19 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
     let s = spec(FLEET);
     let index = PlacementIndex::new(catalog(), &s);
     let cache = UnavailableCache::default();
-    let busy = |id: &str, node: &str| RunnerView {
-        runner: RunnerInfo { id: id.into(), ready: true, in_flight: 4, idle_since: None, gpu_price: Price::ZERO },
-        node: node.into(),
+    let busy = |id: u64, node: u64| RunnerView {
+        runner: RunnerInfo { id, ready: true, in_flight: 4, idle_since: None, gpu_price: Price::ZERO },
+        node,
     };
+    // Nodes: 10 on-demand, 11 spot, 12 spot and empty.
     let st = AppState {
         queued: 8,
         in_flight: 8,
-        runners: vec![busy("r1", "od-node"), busy("r2", "spot-node")],
+        runners: vec![busy(1, 10), busy(2, 11)],
         nodes: vec![
-            NodeView { id: "od-node".into(), offering: 0, slots: 4 },
-            NodeView { id: "spot-node".into(), offering: 1, slots: 4 },
-            NodeView { id: "empty".into(), offering: 1, slots: 4 },
+            NodeView { id: 10, offering: 0, slots: 4 },
+            NodeView { id: 11, offering: 1, slots: 4 },
+            NodeView { id: 12, offering: 1, slots: 4 },
         ],
         ..AppState::default()
     };
@@ -89,9 +90,9 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
     // fullest node first, and no new node is needed.
     assert_eq!(a.decision.start, 2);
     assert_eq!(a.split, CapacitySplit { on_demand: 0, spot: 2, fallback: 0 });
-    assert_eq!(a.on_existing, [("spot-node".to_string(), 2)]);
+    assert_eq!(a.on_existing, [(11, 2)]);
     assert!(a.new_nodes.is_empty());
-    assert_eq!(a.release_nodes, ["empty"]);
+    assert_eq!(a.release_nodes, [12]);
     assert_eq!(a.burn_per_hour, Money::parse_decimal("55.92").unwrap());
 }
 
@@ -148,22 +149,22 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
     let idle = |secs: i64| AppState {
         runners: vec![RunnerView {
             runner: RunnerInfo {
-                id: "r".into(),
+                id: 1,
                 ready: true,
                 in_flight: 0,
                 idle_since: Some(t0() - chrono::Duration::seconds(secs)),
                 gpu_price: Price::ZERO,
             },
-            node: "n".into(),
+            node: 7,
         }],
-        nodes: vec![NodeView { id: "n".into(), offering: 0, slots: 8 }],
+        nodes: vec![NodeView { id: 7, offering: 0, slots: 8 }],
         ..AppState::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("a", idle(59))]), &PlanOptions::default());
     assert!(p.apps[0].decision.stop.is_empty() && p.apps[0].release_nodes.is_empty());
     let p = plan(&index, &s, &state(&cache, vec![("a", idle(60))]), &PlanOptions::default());
-    assert_eq!(p.apps[0].decision.stop, ["r"]);
-    assert_eq!(p.apps[0].release_nodes, ["n"]);
+    assert_eq!(p.apps[0].decision.stop, [1]);
+    assert_eq!(p.apps[0].release_nodes, [7]);
 }
 
 // --- Budgets hold for every input -----------------------------------------------------------
@@ -189,7 +190,7 @@ fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppState> {
                 .into_iter()
                 .enumerate()
                 .filter(|(_, (o, _))| *o < n_offerings)
-                .map(|(i, (o, slots))| NodeView { id: format!("n{i}"), offering: o as u32, slots })
+                .map(|(i, (o, slots))| NodeView { id: i as u64, offering: o as u32, slots })
                 .collect(),
             month_to_date: Money::from_micros(mtd),
             ..AppState::default()
