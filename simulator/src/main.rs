@@ -1,6 +1,6 @@
 //! fleetsim: what would this fleet spec cost, and how would it serve, on this demand?
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,7 +50,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf, seed: Option<u64>, trace: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+fn load(path: &Path, seed: Option<u64>, trace: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     let mut sc = Scenario::load(path)?;
     if let Some(s) = seed {
         sc.seed = s;

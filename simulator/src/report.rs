@@ -137,7 +137,8 @@ impl Report {
 
     /// The headline figures, one per line; several reports side by side for `compare`.
     pub fn table(reports: &[&Report]) -> String {
-        let rows: Vec<(&str, Box<dyn Fn(&Report) -> String>)> = vec![
+        type Cell = Box<dyn Fn(&Report) -> String>;
+        let rows: Vec<(&str, Cell)> = vec![
             ("scenario", Box::new(|r| r.scenario.clone())),
             ("requests", Box::new(|r| r.requests.to_string())),
             ("served", Box::new(|r| r.served.to_string())),
