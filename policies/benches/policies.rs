@@ -98,7 +98,7 @@ fn autoscaling(c: &mut Criterion) {
         .map(|a| {
             let runners = (0..(a % 20))
                 .map(|r| RunnerInfo {
-                    id: format!("app{a}-r{r}"),
+                    id: u64::from(a) * 100 + u64::from(r),
                     ready: r % 5 != 0,
                     in_flight: if r % 3 == 0 { 0 } else { r % 4 },
                     idle_since: (r % 3 == 0).then(|| now - chrono::Duration::seconds(i64::from(r * 37))),
