@@ -434,6 +434,17 @@ impl<'a> Engine<'a> {
             capacity: ready * self.mux(self.demand_app) as u32,
             burn_per_hour: burn,
         });
+        let every = (self.end / 500).max(ms(self.sc.tick));
+        if self.report.burn_by_cloud.last().is_none_or(|s| self.now >= s.t_s * 1000 + every) {
+            let mut by_cloud: BTreeMap<String, Money> = BTreeMap::new();
+            for &n in &self.live_nodes {
+                let o = self.index.offering(self.nodes[n].offering);
+                *by_cloud.entry(o.cloud.to_string()).or_default() += o.price.hourly();
+            }
+            self.report
+                .burn_by_cloud
+                .push(crate::report::CloudSample { t_s: self.now / 1000, burn_per_hour: by_cloud });
+        }
         self.dispatch();
         self.push(self.now + ms(self.sc.tick), Ev::Tick);
     }

@@ -8,6 +8,7 @@
 
 pub mod demand;
 pub mod engine;
+pub mod plots;
 pub mod report;
 pub mod scenario;
 

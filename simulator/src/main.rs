@@ -24,7 +24,7 @@ enum Output {
 enum Command {
     /// Run one scenario.
     #[command(
-        after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json"
+        after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml --plots plots/\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json"
     )]
     Run {
         scenario: PathBuf,
@@ -35,6 +35,9 @@ enum Command {
         seed: Option<u64>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Write demand_vs_capacity.svg, burn_by_cloud.svg and wait_cdf.svg here.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
     },
     /// Run several scenarios on the same demand and seed, side by side.
     #[command(
@@ -61,16 +64,26 @@ fn load(path: &Path, seed: Option<u64>, trace: Option<&PathBuf>) -> anyhow::Resu
     Ok(sc)
 }
 
+fn out(s: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::io::stdout().lock().write_all(s.as_bytes())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = (|| {
         match cli.command {
-            Command::Run { scenario, trace, seed, output } => {
+            Command::Run { scenario, trace, seed, output, plots } => {
                 let sc = load(&scenario, seed, trace.as_ref())?;
                 let r = fleet_simulator::run(&sc)?;
+                if let Some(dir) = plots {
+                    for p in fleet_simulator::plots::write(&r, &dir)? {
+                        eprintln!("wrote {}", p.display());
+                    }
+                }
                 match output {
-                    Output::Json => println!("{}", r.to_json()),
-                    Output::Table => print!("{}", Report::table(&[&r])),
+                    Output::Json => out(&format!("{}\n", r.to_json()))?,
+                    Output::Table => out(&Report::table(&[&r]))?,
                 }
             }
             Command::Compare { scenarios, seed, output } => {
@@ -87,8 +100,8 @@ fn main() -> ExitCode {
                     reports.push(fleet_simulator::run(&sc)?);
                 }
                 match output {
-                    Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-                    Output::Table => print!("{}", Report::table(&reports.iter().collect::<Vec<_>>())),
+                    Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
+                    Output::Table => out(&Report::table(&reports.iter().collect::<Vec<_>>()))?,
                 }
             }
         }
@@ -96,6 +109,10 @@ fn main() -> ExitCode {
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`) is not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {

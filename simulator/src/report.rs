@@ -20,6 +20,13 @@ pub struct Sample {
     pub burn_per_hour: Money,
 }
 
+/// Hourly burn per cloud at one moment (at most ~500 of these per run, for the stacked plot).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloudSample {
+    pub t_s: u64,
+    pub burn_per_hour: BTreeMap<String, Money>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -59,6 +66,7 @@ pub struct Report {
     #[serde(skip)]
     pub(crate) waits_ms: Vec<u64>,
     pub timeline: Vec<Sample>,
+    pub burn_by_cloud: Vec<CloudSample>,
 }
 
 /// The `p`th percentile (nearest rank) in seconds, by selection: O(n), no full sort of what can be
@@ -104,6 +112,7 @@ impl Report {
             events: 0,
             waits_ms: Vec::new(),
             timeline: Vec::new(),
+            burn_by_cloud: Vec::new(),
         }
     }
 

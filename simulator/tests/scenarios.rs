@@ -146,6 +146,16 @@ fn the_azure_code_trace_replays_end_to_end() {
     assert!(r.cost > r.lower_bound && r.lower_bound > Money::ZERO);
     assert!(r.wait_p50_s <= r.wait_p95_s && r.wait_p95_s <= r.wait_p99_s);
     assert!(!r.timeline.is_empty());
+    // All three plots, as SVG with the data drawn.
+    let dir = tempfile::tempdir().unwrap();
+    let paths = fleet_simulator::plots::write(&r, dir.path()).unwrap();
+    assert_eq!(paths.len(), 3);
+    for p in &paths {
+        let svg = std::fs::read_to_string(p).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline") || svg.contains("<polygon"), "{}", p.display());
+        assert!(svg.contains("code-trace"), "{} lacks its title", p.display());
+    }
+    assert!(std::fs::read_to_string(&paths[1]).unwrap().contains("\naws\n"), "the stacked plot names its clouds");
 }
 
 #[test]

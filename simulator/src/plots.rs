@@ -1,0 +1,130 @@
+//! The report's plots, as SVG: demand vs capacity over time, hourly burn by cloud (stacked), and
+//! the CDF of queue waits.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::report::Report;
+
+const W: u32 = 1000;
+const H: u32 = 500;
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing a plot: {e}")
+}
+
+/// Writes the three plots into `dir` (created if needed) and returns their paths.
+pub fn write(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let paths = vec![dir.join("demand_vs_capacity.svg"), dir.join("burn_by_cloud.svg"), dir.join("wait_cdf.svg")];
+    demand_vs_capacity(r, &paths[0])?;
+    burn_by_cloud(r, &paths[1])?;
+    wait_cdf(r, &paths[2])?;
+    Ok(paths)
+}
+
+fn hours(t_s: u64) -> f64 {
+    t_s as f64 / 3600.0
+}
+
+/// At most ~2,000 points per line: every n-th sample, keeping the peaks of demand.
+fn thin<T: Clone>(v: &[T], key: impl Fn(&T) -> u32) -> Vec<T> {
+    let step = v.len().div_ceil(2000).max(1);
+    v.chunks(step).filter_map(|c| c.iter().max_by_key(|x| key(x)).cloned()).collect()
+}
+
+fn demand_vs_capacity(r: &Report, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let pts = thin(&r.timeline, |s| s.demand.max(s.capacity));
+    let x_max = hours(r.duration_s).max(1e-3);
+    let y_max = pts.iter().map(|s| s.demand.max(s.capacity)).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: demand vs capacity", r.scenario), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("hours").y_desc("concurrent requests").draw().map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), f64::from(s.demand))), &COLOURS[3]))
+        .map_err(err)?
+        .label("demand (queued + in flight)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], COLOURS[3]));
+    chart
+        .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), f64::from(s.capacity))), &COLOURS[0]))
+        .map_err(err)?
+        .label("capacity (ready runners × multiplexing)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], COLOURS[0]));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn burn_by_cloud(r: &Report, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut clouds: Vec<String> = r.burn_by_cloud.iter().flat_map(|s| s.burn_per_hour.keys().cloned()).collect();
+    clouds.sort();
+    clouds.dedup();
+    let dollars = |m: fleet_core::Money| m.micros() as f64 / 1e6;
+    let totals: Vec<f64> =
+        r.burn_by_cloud.iter().map(|s| s.burn_per_hour.values().map(|m| dollars(*m)).sum()).collect();
+    let y_max = totals.iter().cloned().fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: burn by cloud ($/hour, stacked)", r.scenario), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..hours(r.duration_s).max(1e-3), 0f64..y_max)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("hours").y_desc("$ per hour").draw().map_err(err)?;
+    // Draw the top of each stack first, so lower clouds paint over the upper ones' areas.
+    for (k, cloud) in clouds.iter().enumerate().rev() {
+        let upto = &clouds[..=k];
+        let series = r.burn_by_cloud.iter().map(|s| {
+            (hours(s.t_s), upto.iter().map(|c| s.burn_per_hour.get(c).map(|m| dollars(*m)).unwrap_or(0.0)).sum::<f64>())
+        });
+        let colour = COLOURS[k % COLOURS.len()];
+        chart
+            .draw_series(AreaSeries::new(series, 0.0, colour.mix(0.6)).border_style(colour))
+            .map_err(err)?
+            .label(cloud.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn wait_cdf(r: &Report, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut w = r.waits_ms.clone();
+    w.sort_unstable();
+    let n = w.len().max(1);
+    let pts: Vec<(f64, f64)> = (0..=200)
+        .filter_map(|i| w.get(((i * (n - 1)) / 200).min(n - 1)).map(|x| (*x as f64 / 1000.0, i as f64 / 200.0)))
+        .collect();
+    let x_max = pts.last().map(|p| p.0).unwrap_or(1.0).max(1.0) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: queue wait CDF", r.scenario), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..1.0)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("wait (s)").y_desc("share of requests").draw().map_err(err)?;
+    chart.draw_series(LineSeries::new(pts, &COLOURS[0])).map_err(err)?;
+    root.present().map_err(err)
+}
