@@ -2,6 +2,7 @@
 
 mod catalog;
 mod plan;
+mod simulate;
 mod table;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Catalog(catalog::CatalogArgs),
     /// Show what fleet would rent for a spec and a demand: ranked offerings, runners, nodes, costs.
     Plan(plan::PlanArgs),
+    /// Simulate a fleet spec on a demand trace: cost, waits, preemptions, lower bound.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Catalog(args) => catalog::run(args, cli.output),
         Command::Plan(args) => plan::run(args, cli.output),
+        Command::Simulate(args) => simulate::run(args, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

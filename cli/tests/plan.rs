@@ -70,3 +70,19 @@ fn bad_spec_lists_every_error_and_exits_2() {
     assert!(e.contains("fleet.toml:4:19: apps.a.scaling.min_concurrency: 9 is above max_concurrency 3"), "{e}");
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn simulate_matches_fleetsim_byte_for_byte() {
+    let scenario = format!("{}/../simulator/examples/poisson.toml", env!("CARGO_MANIFEST_DIR"));
+    let o = fleetctl(&["simulate", &scenario, "--seed", "3", "-o", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["scenario"], "poisson");
+    assert_eq!(v["seed"], 3);
+    assert!(v["requests"].as_u64().unwrap() > 10_000);
+    // The same run through the library gives the same report.
+    let mut sc = fleet_simulator::scenario::Scenario::load(std::path::Path::new(&scenario)).unwrap();
+    sc.seed = 3;
+    let lib = fleet_simulator::run(&sc).unwrap().to_json();
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim_end(), lib);
+}

@@ -152,7 +152,12 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs to the scenario's end and returns the report.
-    pub fn run(mut self) -> Report {
+    pub fn run(self) -> Report {
+        self.run_with_progress(&mut |_, _| {})
+    }
+
+    /// Like [`Engine::run`], calling `progress(virtual ms done, virtual ms in all)` every tick.
+    pub fn run_with_progress(mut self, progress: &mut dyn FnMut(u64, u64)) -> Report {
         loop {
             let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
             let next_arr = self.arrivals.get(self.next_arrival).map(|a| a.at_ms);
@@ -178,7 +183,10 @@ impl<'a> Engine<'a> {
             self.now = t;
             self.report.events += 1;
             match ev {
-                Ev::Tick => self.tick(),
+                Ev::Tick => {
+                    self.tick();
+                    progress(self.now, self.end);
+                }
                 Ev::NodeReady(n) => self.node_ready(n),
                 Ev::RunnerReady(r) => self.runner_ready(r),
                 Ev::Done { runner, req } => self.done(runner, req),

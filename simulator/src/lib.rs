@@ -12,6 +12,31 @@ pub mod plots;
 pub mod report;
 pub mod scenario;
 
+/// A progress bar on stderr for runs that last over a second (and only on a terminal).
+pub fn progress_bar(label: &str) -> impl FnMut(u64, u64) {
+    let started = std::time::Instant::now();
+    let label = label.to_string();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    move |done, all| {
+        if bar.is_none() && started.elapsed() > std::time::Duration::from_secs(1) {
+            let b = indicatif::ProgressBar::new(all.max(1));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {percent}% of virtual time, eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_message(label.clone());
+            bar = Some(b);
+        }
+        if let Some(b) = &bar {
+            b.set_position(done);
+            if done >= all {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
 use std::sync::Arc;
 
 use fleet_core::Catalog;
@@ -21,6 +46,11 @@ use crate::scenario::{DemandSource, Scenario};
 
 /// Loads the scenario's demand and catalog, then runs it.
 pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
+    run_with_progress(sc, &mut |_, _| {})
+}
+
+/// [`run`], reporting progress as (virtual ms done, virtual ms in all) every tick.
+pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Report> {
     let catalog = if sc.catalog.is_empty() {
         Arc::new(Catalog::builtin().clone())
     } else {
@@ -51,5 +81,5 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
             sc.seed,
         ),
     };
-    Ok(engine::Engine::new(sc, catalog, arrivals).run())
+    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress))
 }

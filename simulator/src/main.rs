@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { scenario, trace, seed, output, plots } => {
                 let sc = load(&scenario, seed, trace.as_ref())?;
-                let r = fleet_simulator::run(&sc)?;
+                let r = fleet_simulator::run_with_progress(&sc, &mut fleet_simulator::progress_bar(&sc.name))?;
                 if let Some(dir) = plots {
                     for p in fleet_simulator::plots::write(&r, &dir)? {
                         eprintln!("wrote {}", p.display());
@@ -97,7 +97,8 @@ fn main() -> ExitCode {
                     if let Some(s) = seed.or(reports.first().map(|r: &Report| r.seed)) {
                         sc.seed = s;
                     }
-                    reports.push(fleet_simulator::run(&sc)?);
+                    reports
+                        .push(fleet_simulator::run_with_progress(&sc, &mut fleet_simulator::progress_bar(&sc.name))?);
                 }
                 match output {
                     Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
