@@ -84,6 +84,9 @@ pub fn decide(
         return ScaleDecision { target: t, start: immediate, stop: Vec::new(), pending_since: Some(since) };
     }
     let excess = current - t.desired;
+    if excess == 0 {
+        return ScaleDecision { target: t, start: 0, stop: Vec::new(), pending_since: None };
+    }
     let above_max = current.saturating_sub(spec.max_concurrency);
     let keep_alive = chrono::Duration::from_std(spec.keep_alive).unwrap_or(chrono::Duration::MAX);
     let mut idle: Vec<(&RunnerInfo, Timestamp)> =

@@ -110,7 +110,7 @@ impl Report {
             lower_bound: Money::ZERO,
             cost_over_lower_bound: 0.0,
             events: 0,
-            waits_ms: Vec::new(),
+            waits_ms: Vec::with_capacity(usize::try_from(requests).unwrap_or(0)),
             timeline: Vec::new(),
             burn_by_cloud: Vec::new(),
         }
