@@ -589,24 +589,6 @@ impl<'a> Engine<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Ev;
-
-    #[test]
-    fn events_pack_and_unpack() {
-        for ev in [
-            Ev::Tick,
-            Ev::NodeReady(7),
-            Ev::RunnerReady((1 << 29) - 1),
-            Ev::Done { runner: 123_456, req: u32::MAX as usize },
-            Ev::Preempt(0),
-        ] {
-            assert_eq!(Ev::unpack(ev.pack()), ev);
-        }
-    }
-}
-
 /// The least any policy could pay for this demand: all of it served on the single cheapest
 /// offering the app may use (by effective $/GPU-hour, spot included, ignoring capacity limits),
 /// with no idle time, no cold starts and per-millisecond billing.
@@ -631,4 +613,22 @@ pub fn lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: 
         })
         .min()
         .unwrap_or(Money::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ev;
+
+    #[test]
+    fn events_pack_and_unpack() {
+        for ev in [
+            Ev::Tick,
+            Ev::NodeReady(7),
+            Ev::RunnerReady((1 << 29) - 1),
+            Ev::Done { runner: 123_456, req: u32::MAX as usize },
+            Ev::Preempt(0),
+        ] {
+            assert_eq!(Ev::unpack(ev.pack()), ev);
+        }
+    }
 }
