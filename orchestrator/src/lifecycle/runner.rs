@@ -1,0 +1,145 @@
+//! A runner: one copy of an app's model serving requests on a node.
+//!
+//! ```text
+//! Pending ──Start──▶ Starting ──Started──▶ Idle ⇄ Busy (Claim / Complete)
+//!                        │                   │
+//!                        └──────Stop─────────┴──Stop──▶ Stopping ──Stopped──▶ Stopped
+//! ```
+//!
+//! A busy runner is never stopped (the autoscaler only stops idle ones); a runner whose node or
+//! agent is lost goes straight to Stopped and its in-flight requests are handed back to the queue
+//! by the caller (the transition says how many).
+
+use serde::{Deserialize, Serialize};
+
+use super::InvalidTransition;
+use super::node::Time;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RunnerState {
+    /// Assigned to a node that is not ready yet.
+    Pending {
+        node: String,
+    },
+    /// Loading the model.
+    Starting {
+        node: String,
+        since: Time,
+    },
+    Idle {
+        node: String,
+        since: Time,
+    },
+    Busy {
+        node: String,
+        in_flight: u32,
+        since: Time,
+    },
+    Stopping {
+        node: String,
+        since: Time,
+    },
+    Stopped {
+        since: Time,
+        lost_requests: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum RunnerEvent {
+    Start,
+    Started,
+    StartFailed,
+    /// A request was claimed (compare-and-swap won); `max` is the app's max_multiplexing.
+    Claim {
+        max: u32,
+    },
+    Complete,
+    Stop,
+    Stopped,
+    /// The node or its agent is gone.
+    Lost,
+}
+
+impl RunnerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunnerState::Pending { .. } => "Pending",
+            RunnerState::Starting { .. } => "Starting",
+            RunnerState::Idle { .. } => "Idle",
+            RunnerState::Busy { .. } => "Busy",
+            RunnerState::Stopping { .. } => "Stopping",
+            RunnerState::Stopped { .. } => "Stopped",
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        match self {
+            RunnerState::Busy { in_flight, .. } => *in_flight,
+            _ => 0,
+        }
+    }
+}
+
+impl RunnerEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunnerEvent::Start => "Start",
+            RunnerEvent::Started => "Started",
+            RunnerEvent::StartFailed => "StartFailed",
+            RunnerEvent::Claim { .. } => "Claim",
+            RunnerEvent::Complete => "Complete",
+            RunnerEvent::Stop => "Stop",
+            RunnerEvent::Stopped => "Stopped",
+            RunnerEvent::Lost => "Lost",
+        }
+    }
+}
+
+/// The one transition function of a runner.
+pub fn transition(state: &RunnerState, event: RunnerEvent, now: Time) -> Result<RunnerState, InvalidTransition> {
+    use RunnerEvent as E;
+    use RunnerState as S;
+    let invalid =
+        |hint: &'static str| InvalidTransition { machine: "runner", state: state.name(), event: event.name(), hint };
+    Ok(match (state, &event) {
+        (S::Pending { node }, E::Start) => S::Starting { node: node.clone(), since: now },
+        (S::Starting { node, .. }, E::Started) => S::Idle { node: node.clone(), since: now },
+        (S::Starting { .. }, E::StartFailed) => S::Stopped { since: now, lost_requests: 0 },
+        (S::Idle { node, .. }, E::Claim { max }) if *max >= 1 => {
+            S::Busy { node: node.clone(), in_flight: 1, since: now }
+        }
+        (S::Busy { node, in_flight, since }, E::Claim { max }) if in_flight < max => {
+            S::Busy { node: node.clone(), in_flight: in_flight + 1, since: *since }
+        }
+        (S::Idle { .. } | S::Busy { .. }, E::Claim { .. }) => {
+            return Err(invalid("the runner is at max_multiplexing; leave the request queued for another runner"));
+        }
+        (S::Busy { node, in_flight: 1, .. }, E::Complete) => S::Idle { node: node.clone(), since: now },
+        (S::Busy { node, in_flight, since }, E::Complete) => {
+            S::Busy { node: node.clone(), in_flight: in_flight - 1, since: *since }
+        }
+        (S::Pending { .. }, E::Stop) => S::Stopped { since: now, lost_requests: 0 },
+        (S::Starting { node, .. } | S::Idle { node, .. }, E::Stop) => S::Stopping { node: node.clone(), since: now },
+        (S::Busy { .. }, E::Stop) => {
+            return Err(invalid(
+                "a runner with requests in flight is not stopped; wait until it is idle, or drain its node",
+            ));
+        }
+        (S::Stopping { .. }, E::Stop) => state.clone(),
+        (S::Stopping { .. }, E::Stopped) => S::Stopped { since: now, lost_requests: 0 },
+        (S::Stopped { .. }, E::Stop | E::Stopped | E::Lost) => state.clone(),
+        (S::Stopped { .. }, _) => return Err(invalid("the runner is stopped; start a new one")),
+        (s, E::Lost) => S::Stopped { since: now, lost_requests: s.in_flight() },
+        (_, E::Start) => return Err(invalid("only a pending runner starts")),
+        (_, E::Started | E::StartFailed) => return Err(invalid("only a starting runner takes start results")),
+        (_, E::Claim { .. }) => return Err(invalid("only a ready (idle or busy) runner claims requests")),
+        (_, E::Complete) => return Err(invalid("only a busy runner completes requests")),
+        (_, E::Stopped) => return Err(invalid("request the stop first (Stop)")),
+    })
+}
+
+#[cfg(test)]
+mod tests;

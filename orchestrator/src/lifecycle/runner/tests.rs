@@ -1,0 +1,89 @@
+use chrono::TimeZone;
+
+use super::*;
+
+fn t(s: i64) -> Time {
+    chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap() + chrono::Duration::seconds(s)
+}
+
+fn states() -> Vec<(&'static str, RunnerState)> {
+    let n = || "n1".to_string();
+    vec![
+        ("Pending", RunnerState::Pending { node: n() }),
+        ("Starting", RunnerState::Starting { node: n(), since: t(0) }),
+        ("Idle", RunnerState::Idle { node: n(), since: t(0) }),
+        ("Busy1", RunnerState::Busy { node: n(), in_flight: 1, since: t(0) }),
+        ("Busy-full", RunnerState::Busy { node: n(), in_flight: 2, since: t(0) }),
+        ("Stopping", RunnerState::Stopping { node: n(), since: t(0) }),
+        ("Stopped", RunnerState::Stopped { since: t(0), lost_requests: 0 }),
+    ]
+}
+
+fn events() -> Vec<RunnerEvent> {
+    vec![
+        RunnerEvent::Start,
+        RunnerEvent::Started,
+        RunnerEvent::StartFailed,
+        RunnerEvent::Claim { max: 2 },
+        RunnerEvent::Complete,
+        RunnerEvent::Stop,
+        RunnerEvent::Stopped,
+        RunnerEvent::Lost,
+    ]
+}
+
+/// Resulting state (with in-flight count for Busy) per (state, event), "-" where invalid.
+const TABLE: &[(&str, &[&str])] = &[
+    //           Start       Started  StartFailed  Claim     Complete  Stop        Stopped    Lost
+    ("Pending", &["Starting", "-", "-", "-", "-", "Stopped", "-", "Stopped"]),
+    ("Starting", &["-", "Idle", "Stopped", "-", "-", "Stopping", "-", "Stopped"]),
+    ("Idle", &["-", "-", "-", "Busy1", "-", "Stopping", "-", "Stopped"]),
+    ("Busy1", &["-", "-", "-", "Busy2", "Idle", "-", "-", "Stopped"]),
+    ("Busy-full", &["-", "-", "-", "-", "Busy1", "-", "-", "Stopped"]),
+    ("Stopping", &["-", "-", "-", "-", "-", "Stopping", "Stopped", "Stopped"]),
+    ("Stopped", &["-", "-", "-", "-", "-", "Stopped", "Stopped", "Stopped"]),
+];
+
+fn label(s: &RunnerState) -> String {
+    match s {
+        RunnerState::Busy { in_flight, .. } => format!("Busy{in_flight}"),
+        other => other.name().to_string(),
+    }
+}
+
+#[test]
+fn every_state_and_event_pair_is_as_the_table_says() {
+    for ((name, state), (row_name, row)) in states().into_iter().zip(TABLE) {
+        assert_eq!(name, *row_name);
+        for (ev, want) in events().into_iter().zip(row.iter()) {
+            let ev_name = ev.name();
+            match (*want, transition(&state, ev, t(5))) {
+                ("-", Err(e)) => assert_eq!((e.state, e.event), (state.name(), ev_name)),
+                (want, Ok(next)) => assert_eq!(label(&next), want, "{name} + {ev_name}"),
+                (want, got) => panic!("{name} + {ev_name}: want {want}, got {got:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn busy_runners_are_never_stopped_and_lost_ones_hand_back_their_requests() {
+    let busy = RunnerState::Busy { node: "n1".into(), in_flight: 3, since: t(0) };
+    let e = transition(&busy, RunnerEvent::Stop, t(1)).unwrap_err();
+    assert!(e.to_string().contains("requests in flight is not stopped"), "{e}");
+    assert_eq!(
+        transition(&busy, RunnerEvent::Lost, t(1)).unwrap(),
+        RunnerState::Stopped { since: t(1), lost_requests: 3 }
+    );
+    // Claims keep the time it became busy; the last completion makes it idle from then.
+    let mut s = RunnerState::Idle { node: "n1".into(), since: t(0) };
+    for i in 1..=4 {
+        s = transition(&s, RunnerEvent::Claim { max: 4 }, t(i)).unwrap();
+    }
+    assert_eq!(s, RunnerState::Busy { node: "n1".into(), in_flight: 4, since: t(1) });
+    assert!(transition(&s, RunnerEvent::Claim { max: 4 }, t(5)).is_err());
+    for i in 0..4 {
+        s = transition(&s, RunnerEvent::Complete, t(10 + i)).unwrap();
+    }
+    assert_eq!(s, RunnerState::Idle { node: "n1".into(), since: t(13) });
+}
