@@ -121,7 +121,7 @@ fn a_happy_life_carries_its_data() {
         if let NodeState::Draining { reason, since, .. } = &s {
             assert_eq!((reason, *since), (&DrainReason::ScaleDown, t(3)), "the first drain's reason and time are kept");
         }
-        if i >= 1 && i < 7 {
+        if (1..7).contains(&i) {
             assert_eq!(s.instance_id(), Some("i-0abc"));
         }
     }
