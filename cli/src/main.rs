@@ -45,28 +45,5 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args, cli.output),
         Command::Simulate(args) => simulate::run(args, cli.output),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // A reader that stopped reading (`| head`) is not an error.
-        Err(e)
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            // One line: what went wrong, with its causes, never a debug dump.
-            // Causes already quoted by their parent's message are not repeated.
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg = format!("{msg}: {c}");
-                }
-            }
-            eprintln!("error: {msg}");
-            ExitCode::from(2)
-        }
-    }
+    fleet_core::exit::finish(result)
 }

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod cloud;
+pub mod exit;
 pub mod gpu;
 pub mod instance;
 pub mod money;
