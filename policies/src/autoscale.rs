@@ -89,8 +89,15 @@ pub fn decide(
     }
     let above_max = current.saturating_sub(spec.max_concurrency);
     let keep_alive = chrono::Duration::from_std(spec.keep_alive).unwrap_or(chrono::Duration::MAX);
-    let mut idle: Vec<(&RunnerInfo, Timestamp)> =
-        runners.iter().filter(|r| r.ready && r.in_flight == 0).filter_map(|r| r.idle_since.map(|s| (r, s))).collect();
+    let expired = |since: Timestamp| now.signed_duration_since(since) >= keep_alive;
+    let mut idle: Vec<(&RunnerInfo, Timestamp)> = runners
+        .iter()
+        .filter(|r| r.ready && r.in_flight == 0)
+        .filter_map(|r| r.idle_since.map(|s| (r, s)))
+        // Within max only runners past keep-alive may stop: sort just those (this runs every
+        // decision for every app, and keeps the list short).
+        .filter(|(_, s)| above_max > 0 || expired(*s))
+        .collect();
     idle.sort_by(|(a, sa), (b, sb)| sa.cmp(sb).then(b.gpu_price.cmp(&a.gpu_price)).then(a.id.cmp(&b.id)));
     let mut stop = Vec::new();
     for (i, (r, since)) in idle.into_iter().enumerate() {
@@ -98,8 +105,7 @@ pub fn decide(
             break;
         }
         // The first `above_max` stops need no keep-alive: those runners should not exist.
-        let expired = now.signed_duration_since(since) >= keep_alive;
-        if (i as u32) < above_max || expired {
+        if (i as u32) < above_max || expired(since) {
             stop.push(r.id);
         }
     }

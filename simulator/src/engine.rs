@@ -95,6 +95,8 @@ pub fn start_time() -> Timestamp {
 
 pub struct Engine<'a> {
     sc: &'a Scenario,
+    /// [`start_time`], computed once: building it from a calendar date is not free.
+    start: Timestamp,
     index: PlacementIndex,
     demand_app: usize,
     arrivals: Vec<Arrival>,
@@ -143,6 +145,7 @@ impl<'a> Engine<'a> {
         let report = Report::new(sc, n as u64);
         let mut e = Engine {
             sc,
+            start: start_time(),
             index,
             demand_app,
             arrivals,
@@ -179,7 +182,7 @@ impl<'a> Engine<'a> {
     }
 
     fn at(&self, t_ms: u64) -> Timestamp {
-        start_time() + chrono::Duration::milliseconds(t_ms as i64)
+        self.start + chrono::Duration::milliseconds(t_ms as i64)
     }
 
     /// Runs to the scenario's end and returns the report.
