@@ -78,7 +78,9 @@ pub fn time_scale(v: &[Arrival], factor: f64) -> Vec<Arrival> {
 pub fn tile(v: &[Arrival], duration_ms: u64, rate_scale: f64, amplitude: f64, seed: u64) -> Vec<Arrival> {
     let Some(span) = v.last().map(|a| a.at_ms + 1) else { return Vec::new() };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
+    // Reserve what the tiling will hold (within a few percent), not grow a month of requests by doubling.
+    let copies = duration_ms as f64 / span as f64 * v.len() as f64 * rate_scale.max(0.0) * (1.0 + amplitude.max(0.0));
+    let mut out = Vec::with_capacity((copies.min(4e9) as usize).saturating_add(16));
     let mut offset = 0;
     while offset < duration_ms {
         for a in v {

@@ -88,6 +88,12 @@ struct Runner {
     in_spare: bool,
 }
 
+/// "No runner" / "not started" in the per-request tables.
+const NONE: u32 = u32::MAX;
+
+/// Longest simulation: times are kept in u32 milliseconds (about 49.7 days).
+pub const MAX_DURATION: Duration = Duration::from_millis(u32::MAX as u64 - 1);
+
 /// The simulation's start: midnight UTC on the first of a month, so monthly budgets see a whole month.
 pub fn start_time() -> Timestamp {
     chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("valid time")
@@ -108,8 +114,10 @@ pub struct Engine<'a> {
     now: u64,
     end: u64,
     queue: VecDeque<usize>,
-    assigned: Vec<Option<usize>>,
-    started_ms: Vec<Option<u64>>,
+    /// Per request: the runner serving it, and when it first started, or [`NONE`]. Compact
+    /// because a month can hold tens of millions of requests.
+    assigned: Vec<u32>,
+    started_ms: Vec<u32>,
     nodes: Vec<Node>,
     runners: Vec<Runner>,
     /// Runners of the demand app that had a free slot when pushed (other apps get no requests).
@@ -156,8 +164,8 @@ impl<'a> Engine<'a> {
             now: 0,
             end,
             queue: VecDeque::new(),
-            assigned: vec![None; n],
-            started_ms: vec![None; n],
+            assigned: vec![NONE; n],
+            started_ms: vec![NONE; n],
             nodes: Vec::new(),
             runners: Vec::new(),
             spare: Vec::new(),
@@ -275,9 +283,9 @@ impl<'a> Engine<'a> {
                 runner.in_spare = false;
                 self.spare.pop();
             }
-            self.assigned[req] = Some(r);
-            if self.started_ms[req].is_none() {
-                self.started_ms[req] = Some(self.now);
+            self.assigned[req] = r as u32;
+            if self.started_ms[req] == NONE {
+                self.started_ms[req] = self.now as u32;
             }
             self.push(done_at, Ev::Done { runner: r, req });
         }
@@ -301,13 +309,13 @@ impl<'a> Engine<'a> {
     }
 
     fn done(&mut self, r: usize, req: usize) {
-        if self.assigned[req] != Some(r) {
+        if self.assigned[req] != r as u32 {
             return; // the runner was lost and the request re-queued
         }
-        self.assigned[req] = None;
+        self.assigned[req] = NONE;
         self.report.served += 1;
-        let wait = self.started_ms[req].unwrap_or(self.now) - self.arrivals[req].at_ms;
-        self.report.waits_ms.push(wait);
+        let wait = u64::from(self.started_ms[req]) - self.arrivals[req].at_ms;
+        self.report.waits_ms.push(wait as u32);
         let runner = &mut self.runners[r];
         runner.in_flight.retain(|x| *x != req);
         if runner.in_flight.is_empty() {
@@ -358,7 +366,7 @@ impl<'a> Engine<'a> {
         runner.ready = false;
         let lost = std::mem::take(&mut runner.in_flight);
         for req in lost.into_iter().rev() {
-            self.assigned[req] = None;
+            self.assigned[req] = NONE;
             self.queue.push_front(req);
         }
     }

@@ -64,19 +64,19 @@ pub struct Report {
     pub cost_over_lower_bound: f64,
     pub events: u64,
     #[serde(skip)]
-    pub(crate) waits_ms: Vec<u64>,
+    pub(crate) waits_ms: Vec<u32>,
     pub timeline: Vec<Sample>,
     pub burn_by_cloud: Vec<CloudSample>,
 }
 
 /// The `p`th percentile (nearest rank) in seconds, by selection: O(n), no full sort of what can be
 /// tens of millions of waits.
-fn percentile(waits: &mut [u64], p: f64) -> f64 {
+fn percentile(waits: &mut [u32], p: f64) -> f64 {
     if waits.is_empty() {
         return 0.0;
     }
     let i = (((p / 100.0) * (waits.len() - 1) as f64).round() as usize).min(waits.len() - 1);
-    *waits.select_nth_unstable(i).1 as f64 / 1000.0
+    f64::from(*waits.select_nth_unstable(i).1) / 1000.0
 }
 
 impl Report {
@@ -129,8 +129,8 @@ impl Report {
         self.wait_p50_s = percentile(&mut self.waits_ms, 50.0);
         self.wait_p95_s = percentile(&mut self.waits_ms, 95.0);
         self.wait_p99_s = percentile(&mut self.waits_ms, 99.0);
-        let slo = sc.slo_wait.as_millis() as u64;
-        let within = self.waits_ms.iter().filter(|w| **w <= slo).count();
+        let slo = sc.slo_wait.as_millis();
+        let within = self.waits_ms.iter().filter(|w| u128::from(**w) <= slo).count();
         self.slo_attainment = if self.waits_ms.is_empty() { 0.0 } else { within as f64 / self.waits_ms.len() as f64 };
         self.utilisation = if self.gpu_hours > 0.0 { self.busy_gpu_hours / self.gpu_hours } else { 0.0 };
         self.cost_over_lower_bound = if self.lower_bound > Money::ZERO {
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn percentiles_by_selection_match_the_sorted_ones() {
-        let mut v: Vec<u64> = (0..1001).map(|x| x * 3 % 1001).collect(); // 0..=1000 ms, shuffled
+        let mut v: Vec<u32> = (0..1001).map(|x| x * 3 % 1001).collect(); // 0..=1000 ms, shuffled
         assert_eq!(percentile(&mut v, 50.0), 0.5);
         assert_eq!(percentile(&mut v, 99.0), 0.99);
         assert_eq!(percentile(&mut v, 100.0), 1.0);

@@ -273,8 +273,8 @@ impl Scenario {
             clouds.insert(c, cloud_model(r, &default_cloud, name)?);
         }
         let duration = dur(&Some(raw.duration.clone()), "duration", Duration::ZERO)?;
-        if duration.is_zero() {
-            return Err(invalid("duration: must be more than zero".into()));
+        if duration.is_zero() || duration > crate::engine::MAX_DURATION {
+            return Err(invalid("duration: must be more than zero and at most 49 days".into()));
         }
         let tick = dur(&raw.tick, "tick", Duration::from_secs(10))?;
         if tick < Duration::from_secs(1) {
