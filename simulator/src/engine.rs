@@ -70,6 +70,8 @@ impl Ev {
 struct Node {
     app: usize,
     offering: u32,
+    /// The offering's $/GPU-hour, computed once (every tick reports it for each runner).
+    gpu_price: Price,
     slots: u32,
     launched_ms: u64,
     up: bool,
@@ -441,7 +443,7 @@ impl<'a> Engine<'a> {
                         ready: r.ready,
                         in_flight: r.in_flight.len() as u32,
                         idle_since: r.idle_since_ms.map(|t| self.at(t)),
-                        gpu_price: self.index.offering(self.nodes[r.node].offering).price_per_gpu(),
+                        gpu_price: self.nodes[r.node].gpu_price,
                     },
                     node: r.node as u64,
                 })
@@ -562,6 +564,7 @@ impl<'a> Engine<'a> {
             self.nodes.push(Node {
                 app,
                 offering: c.offering,
+                gpu_price: o.price_per_gpu(),
                 slots: c.runners_per_node,
                 launched_ms: self.now,
                 up: false,
