@@ -120,6 +120,27 @@ pub fn poisson(rate: f64, duration_ms: u64, context_tokens: u32, generated_token
     }
 }
 
+/// A Poisson source whose rate follows the day: `rate × (1 + amplitude · sin(2π·(t/day − 0.25)))`
+/// (peak at 12:00), drawn by thinning a Poisson process at the peak rate.
+pub fn diurnal_poisson(
+    rate: f64,
+    amplitude: f64,
+    duration_ms: u64,
+    context_tokens: u32,
+    generated_tokens: u32,
+    seed: u64,
+) -> Vec<Arrival> {
+    let peak = rate * (1.0 + amplitude);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd1u64);
+    poisson(peak, duration_ms, context_tokens, generated_tokens, seed)
+        .into_iter()
+        .filter(|a| {
+            let phase = (a.at_ms as f64 / 86_400_000.0 - 0.25) * std::f64::consts::TAU;
+            rng.random::<f64>() * (1.0 + amplitude) < 1.0 + amplitude * phase.sin()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +182,12 @@ mod tests {
         assert_eq!(tile(&v, 10_000, 2.5, 0.0, 1), doubled, "seeded");
         let p = poisson(10.0, 100_000, 5, 5, 3);
         assert!((900..1100).contains(&p.len()), "{}", p.len());
+        // A day at 1 req/s with amplitude 0.8: about 86,400 requests, five times as many in the
+        // hour around noon as in the hour around midnight.
+        let d = diurnal_poisson(1.0, 0.8, 86_400_000, 5, 5, 3);
+        assert!((84_000..89_000).contains(&d.len()), "{}", d.len());
+        let hour = |h: u64| d.iter().filter(|a| a.at_ms / 3_600_000 == h).count() as f64;
+        let (noon, midnight) = (hour(11) + hour(12), hour(23) + hour(0));
+        assert!(noon > 4.0 * midnight, "noon {noon} vs midnight {midnight}");
     }
 }

@@ -545,8 +545,13 @@ impl<'a> Engine<'a> {
             let o = self.index.offering(c.offering);
             let model = self.sc.cloud(o.cloud).clone();
             let live = self.live_per_offering.get(&c.offering).copied().unwrap_or(0);
+            let capacity = if self.sc.capacity.is_empty() {
+                model.capacity
+            } else {
+                self.sc.capacity.get(&o.key().to_string()).copied().unwrap_or(model.capacity)
+            };
             let ice = model.ice_probability > 0.0 && self.rng.random::<f64>() < model.ice_probability;
-            if live >= model.capacity || ice {
+            if live >= capacity || ice {
                 self.report.failovers += 1;
                 let key = o.key();
                 self.cache.mark(

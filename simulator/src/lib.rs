@@ -56,6 +56,13 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
     } else {
         Arc::new(Catalog::load(&sc.catalog, None)?.0)
     };
+    for key in sc.capacity.keys() {
+        if !catalog.offerings().iter().any(|o| o.key().to_string() == *key) {
+            anyhow::bail!(
+                "capacity.\"{key}\": no such offering in the catalog (keys are cloud/region[/zone]/instance-type/capacity, e.g. aws/us-east-1/use1-az1/p5.48xlarge/spot)"
+            );
+        }
+    }
     let end_ms = u64::try_from(sc.duration.as_millis()).unwrap_or(u64::MAX);
     let d = &sc.demand;
     let arrivals = match &d.source {
@@ -72,6 +79,16 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
             } else {
                 v
             }
+        }
+        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } if d.diurnal_amplitude > 0.0 => {
+            demand::diurnal_poisson(
+                rate_per_s * d.rate_scale / d.time_scale,
+                d.diurnal_amplitude,
+                end_ms,
+                *context_tokens,
+                *generated_tokens,
+                sc.seed,
+            )
         }
         DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => demand::poisson(
             rate_per_s * d.rate_scale / d.time_scale,

@@ -101,6 +101,9 @@ pub struct Scenario {
     pub service: ServiceModel,
     pub default_cloud: CloudModel,
     pub clouds: BTreeMap<Cloud, CloudModel>,
+    /// Instances of one offering that can be live at once, overriding its cloud's `capacity`.
+    /// Keyed as offerings print: `cloud/region[/zone]/instance-type/capacity`.
+    pub capacity: BTreeMap<String, u32>,
 }
 
 impl Scenario {
@@ -126,6 +129,8 @@ struct Raw {
     service: RawService,
     #[serde(default)]
     clouds: BTreeMap<String, RawCloud>,
+    #[serde(default)]
+    capacity: BTreeMap<String, u32>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +298,7 @@ impl Scenario {
             service,
             default_cloud,
             clouds,
+            capacity: raw.capacity,
         })
     }
 }

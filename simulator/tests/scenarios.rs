@@ -159,6 +159,22 @@ fn the_azure_code_trace_replays_end_to_end() {
 }
 
 #[test]
+fn a_capacity_pool_limits_live_instances_of_its_offering() {
+    // Demand wants several nodes; the offering has one instance to give.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
+    let c =
+        Case::new(fleet, "poisson_rate = 4.0", "", "[capacity]\n\"lambda/us-east-1/gpu_1x_h100_sxm5/on-demand\" = 1");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!(r.nodes_launched, 1);
+    assert!(r.failovers > 0 && r.launch_failures > 0);
+    assert_eq!(r.max_burn_per_hour, usd("3.60"));
+    // A key that names no offering is refused, with the expected form.
+    let c = Case::new(fleet, "poisson_rate = 4.0", "", "[capacity]\n\"lambda/us-east-1/gpu_1x_h100_sxm5/spot\" = 1");
+    let e = fleet_simulator::run(&c.scenario()).unwrap_err().to_string();
+    assert!(e.contains("no such offering in the catalog"), "{e}");
+}
+
+#[test]
 fn bad_scenarios_say_what_is_wrong() {
     let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "poisson_rate = 1", "", "");
     let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
@@ -168,4 +184,20 @@ fn bad_scenarios_say_what_is_wrong() {
     std::fs::write(c.path("scenario.toml"), text.replace("tick = \"5s\"", "tick = \"soon\"")).unwrap();
     let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
     assert!(e.contains("tick: 'soon' is not a duration"), "{e}");
+}
+
+#[test]
+fn every_example_scenario_loads() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        // Scenarios name a spec; the others are the fleet specs they use.
+        if p.extension().is_some_and(|x| x == "toml") && text.contains("\n[demand]") {
+            Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "{n} example scenarios");
 }
