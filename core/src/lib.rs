@@ -5,12 +5,14 @@
 //! - [`catalog`]: prices, built in or imported from SkyPilot catalogs, and queries over them.
 //! - [`names`]: normalising names and suggesting the closest known one.
 //! - [`spec`]: the fleet spec (TOML), checked as a whole with positioned errors.
+//! - [`keys`]: the store key layout, in one place.
 
 pub mod catalog;
 pub mod cloud;
 pub mod exit;
 pub mod gpu;
 pub mod instance;
+pub mod keys;
 pub mod money;
 pub mod names;
 pub mod offering;

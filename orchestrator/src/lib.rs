@@ -1,8 +1,8 @@
 //! fleet-orchestrator: the `fleetd` daemon.
 //!
-//! So far only [`lifecycle`]: the node and runner state machines, as plain data and one
-//! transition function each. The actor tree, store, reconciler, queue and API come with the
-//! orchestrator issue; the `fleetd` binary is added with them, so that no binary exists that
-//! pretends to run a fleet.
+//! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
+//! - [`store`]: the `Store` trait (etcd semantics) with etcd and embedded implementations.
 
 pub mod lifecycle;
+pub mod store;
+pub mod testing;

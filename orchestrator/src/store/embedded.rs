@@ -1,0 +1,444 @@
+//! The embedded store: etcd's semantics in-process, persisted to one redb file, for running fleetd
+//! with no set-up. One daemon per file (redb refuses a second opener).
+//!
+//! Every key lives in memory (a `BTreeMap`, so prefix reads are ordered) and in the file; a write
+//! goes to the file first (one redb transaction, fsynced) and to memory only once committed, all
+//! under one lock, so readers never see a change the file does not have. Leases and their TTLs are
+//! persisted; after a restart each lease gets its full TTL again (as etcd does after a leader
+//! change), so a restart never expires a lease early. Lease deadlines use tokio's clock, so tests
+//! with paused time control expiry.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch, WatchEvent};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+const NEXT_LEASE: &str = "next_lease";
+
+/// Watch events kept for watchers resuming from an older revision.
+const HISTORY: usize = 65_536;
+/// Minimum lease TTL, like etcd's (leases shorter than a round of keep-alives flap).
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmbeddedStore({})", self.inner.path.display())
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    state: Mutex<State>,
+    events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
+    lease_changed: Arc<Notify>,
+}
+
+struct Entry {
+    value: Vec<u8>,
+    mod_revision: Revision,
+    create_revision: Revision,
+    lease: Option<LeaseId>,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: BTreeSet<String>,
+}
+
+struct State {
+    revision: Revision,
+    next_lease: LeaseId,
+    kv: BTreeMap<String, Entry>,
+    leases: HashMap<LeaseId, Lease>,
+    history: VecDeque<WatchEvent>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+// Record encoding in the file: mod revision, create revision, lease (0 = none), then the value.
+fn encode(e: &Entry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + e.value.len());
+    b.extend_from_slice(&e.mod_revision.to_le_bytes());
+    b.extend_from_slice(&e.create_revision.to_le_bytes());
+    b.extend_from_slice(&e.lease.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&e.value);
+    b
+}
+
+fn decode(key: &str, b: &[u8]) -> StoreResult<Entry> {
+    if b.len() < 24 {
+        return Err(StoreError::Corrupt { key: key.into(), detail: format!("record of {} bytes", b.len()) });
+    }
+    let n = |i: usize| i64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let lease = n(16);
+    Ok(Entry {
+        mod_revision: n(0),
+        create_revision: n(8),
+        lease: (lease != 0).then_some(lease),
+        value: b[24..].to_vec(),
+    })
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` (file `fleet.redb`). Must be called inside a tokio
+    /// runtime: a task expires leases.
+    pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("fleet.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Io(format!(
+                "{} is in use by another fleetd: stop it, or give this one another --data-dir",
+                path.display()
+            )),
+            e => StoreError::Io(format!("cannot open {}: {e}", path.display())),
+        })?;
+        let mut state =
+            State { revision: 0, next_lease: 1, kv: BTreeMap::new(), leases: HashMap::new(), history: VecDeque::new() };
+        {
+            let w = db.begin_write().map_err(io)?;
+            w.open_table(KV).map_err(io)?;
+            w.open_table(LEASES).map_err(io)?;
+            w.open_table(META).map_err(io)?;
+            w.commit().map_err(io)?;
+        }
+        let now = Instant::now();
+        {
+            let r = db.begin_read().map_err(io)?;
+            let meta = r.open_table(META).map_err(io)?;
+            state.revision = meta.get(REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0);
+            state.next_lease = meta.get(NEXT_LEASE).map_err(io)?.map(|v| v.value()).unwrap_or(1);
+            for item in r.open_table(LEASES).map_err(io)?.iter().map_err(io)? {
+                let (id, ttl_ms) = item.map_err(io)?;
+                let ttl = Duration::from_millis(ttl_ms.value());
+                state.leases.insert(id.value(), Lease { ttl, deadline: now + ttl, keys: BTreeSet::new() });
+            }
+            for item in r.open_table(KV).map_err(io)?.iter().map_err(io)? {
+                let (k, v) = item.map_err(io)?;
+                let key = k.value().to_string();
+                let e = decode(&key, v.value())?;
+                if let Some(l) = e.lease {
+                    match state.leases.get_mut(&l) {
+                        Some(lease) => {
+                            lease.keys.insert(key.clone());
+                        }
+                        // Its lease ended but the deletion did not reach the file: it ends now.
+                        None => continue,
+                    }
+                }
+                state.kv.insert(key, e);
+            }
+        }
+        let (events, _) = broadcast::channel(4096);
+        let inner =
+            Arc::new(Inner { path, db, state: Mutex::new(state), events, lease_changed: Arc::new(Notify::new()) });
+        tokio::spawn(expire_leases(Arc::downgrade(&inner)));
+        Ok(EmbeddedStore { inner })
+    }
+}
+
+/// Ends leases whose deadline passed. Holds only a weak reference, so dropping the store stops it.
+async fn expire_leases(inner: Weak<Inner>) {
+    loop {
+        let weak = {
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            let expired: Vec<LeaseId> = {
+                let st = inner.state.lock().expect("store lock");
+                st.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect()
+            };
+            for id in expired {
+                if let Err(e) = inner.end_lease(id, Some(now)) {
+                    tracing::error!(lease = id, error = %e, "could not expire lease; retrying");
+                }
+            }
+            let next = inner.state.lock().expect("store lock").leases.values().map(|l| l.deadline).min();
+            // Wait for the next deadline or a lease change, whichever first.
+            let changed = inner.lease_changed.clone();
+            let notified = changed.notified();
+            let sleep = async {
+                match next {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Release the strong reference while waiting.
+            let inner_weak = Arc::downgrade(&inner);
+            drop(inner);
+            tokio::select! {
+                _ = notified => {}
+                _ = sleep => {}
+            }
+            inner_weak
+        };
+        if weak.upgrade().is_none() {
+            return;
+        }
+    }
+}
+
+impl Inner {
+    /// Applies `ops` (already checked) as one revision: file first, then memory, then watchers.
+    fn apply(&self, st: &mut State, ops: &[Op], lease_end: Option<LeaseId>) -> StoreResult<Revision> {
+        let rev = st.revision + 1;
+        let mut events = Vec::with_capacity(ops.len());
+        let mut writes: Vec<(String, Option<Entry>)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value, lease } => {
+                    let create_revision = st.kv.get(key).map_or(rev, |e| e.create_revision);
+                    let e = Entry { value: value.clone(), mod_revision: rev, create_revision, lease: *lease };
+                    events.push(WatchEvent::Put(KeyValue {
+                        key: key.clone(),
+                        value: value.clone(),
+                        mod_revision: rev,
+                        create_revision,
+                        lease: *lease,
+                    }));
+                    writes.push((key.clone(), Some(e)));
+                }
+                Op::Delete { key } => {
+                    if st.kv.contains_key(key) {
+                        events.push(WatchEvent::Delete { key: key.clone(), mod_revision: rev });
+                        writes.push((key.clone(), None));
+                    }
+                }
+            }
+        }
+        if writes.is_empty() && lease_end.is_none() {
+            return Ok(st.revision);
+        }
+        let w = self.db.begin_write().map_err(io)?;
+        {
+            let mut kv = w.open_table(KV).map_err(io)?;
+            for (key, e) in &writes {
+                match e {
+                    Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
+                    None => kv.remove(key.as_str()).map(drop),
+                }
+                .map_err(io)?;
+            }
+            if let Some(l) = lease_end {
+                w.open_table(LEASES).map_err(io)?.remove(l).map_err(io)?;
+            }
+            if !writes.is_empty() {
+                w.open_table(META).map_err(io)?.insert(REVISION, rev).map_err(io)?;
+            }
+        }
+        w.commit().map_err(io)?;
+        if writes.is_empty() {
+            return Ok(st.revision);
+        }
+        st.revision = rev;
+        for (key, e) in writes {
+            if let Some(old) = st.kv.get(&key).and_then(|e| e.lease)
+                && let Some(l) = st.leases.get_mut(&old)
+            {
+                l.keys.remove(&key);
+            }
+            match e {
+                Some(e) => {
+                    if let Some(l) = e.lease.and_then(|l| st.leases.get_mut(&l)) {
+                        l.keys.insert(key.clone());
+                    }
+                    st.kv.insert(key, e);
+                }
+                None => {
+                    st.kv.remove(&key);
+                }
+            }
+        }
+        for ev in &events {
+            if st.history.len() == HISTORY {
+                st.history.pop_front();
+            }
+            st.history.push_back(ev.clone());
+        }
+        // No receivers is fine: nobody watches.
+        let _ = self.events.send(Arc::new(events));
+        Ok(rev)
+    }
+
+    /// Ends a lease and deletes its keys; with `if_due`, only if its deadline is still ≤ that time
+    /// (a keep-alive may have come in between).
+    fn end_lease(&self, id: LeaseId, if_due: Option<Instant>) -> StoreResult<()> {
+        let mut st = self.state.lock().expect("store lock");
+        let Some(lease) = st.leases.get(&id) else { return Ok(()) };
+        if if_due.is_some_and(|t| lease.deadline > t) {
+            return Ok(());
+        }
+        let ops: Vec<Op> = lease.keys.iter().map(|k| Op::delete(k.clone())).collect();
+        self.apply(&mut st, &ops, Some(id))?;
+        st.leases.remove(&id);
+        tracing::debug!(lease = id, keys = ops.len(), "lease ended");
+        Ok(())
+    }
+
+    fn check_lease(st: &State, ops: &[Op]) -> StoreResult<()> {
+        for op in ops {
+            if let Op::Put { lease: Some(l), .. } = op
+                && !st.leases.contains_key(l)
+            {
+                return Err(StoreError::LeaseNotFound(*l));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kv_of(key: &str, e: &Entry) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: e.value.clone(),
+        mod_revision: e.mod_revision,
+        create_revision: e.create_revision,
+        lease: e.lease,
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        let st = self.inner.state.lock().expect("store lock");
+        Ok(st.kv.get(key).map(|e| kv_of(key, e)))
+    }
+
+    async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
+        let st = self.inner.state.lock().expect("store lock");
+        let kvs = st
+            .kv
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| kv_of(k, e))
+            .collect();
+        Ok((kvs, st.revision))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
+        let ops = [Op::Put { key: key.to_string(), value, lease }];
+        let mut st = self.inner.state.lock().expect("store lock");
+        Inner::check_lease(&st, &ops)?;
+        self.inner.apply(&mut st, &ops, None)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let mut st = self.inner.state.lock().expect("store lock");
+        let existed = st.kv.contains_key(key);
+        self.inner.apply(&mut st, &[Op::delete(key)], None)?;
+        Ok(existed)
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> StoreResult<TxnResult> {
+        let mut keys = BTreeSet::new();
+        if let Some(dup) = ops.iter().find(|o| !keys.insert(o.key())) {
+            return Err(StoreError::Invalid(format!("key {} appears twice in one transaction", dup.key())));
+        }
+        let mut st = self.inner.state.lock().expect("store lock");
+        let holds = compares.iter().all(|c| st.kv.get(&c.key).map_or(0, |e| e.mod_revision) == c.mod_revision);
+        if !holds {
+            return Ok(TxnResult { succeeded: false, revision: st.revision });
+        }
+        Inner::check_lease(&st, &ops)?;
+        let revision = self.inner.apply(&mut st, &ops, None)?;
+        Ok(TxnResult { succeeded: true, revision })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
+        let ttl = ttl.max(MIN_TTL);
+        let mut st = self.inner.state.lock().expect("store lock");
+        let id = st.next_lease;
+        let w = self.inner.db.begin_write().map_err(io)?;
+        {
+            w.open_table(LEASES).map_err(io)?.insert(id, ttl.as_millis() as u64).map_err(io)?;
+            w.open_table(META).map_err(io)?.insert(NEXT_LEASE, id + 1).map_err(io)?;
+        }
+        w.commit().map_err(io)?;
+        st.next_lease = id + 1;
+        st.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
+        drop(st);
+        self.inner.lease_changed.notify_one();
+        Ok(id)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
+        let mut st = self.inner.state.lock().expect("store lock");
+        let now = Instant::now();
+        match st.leases.get_mut(&lease) {
+            // Past its deadline but not reaped yet: it has ended all the same.
+            Some(l) if l.deadline > now => {
+                l.deadline = now + l.ttl;
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseNotFound(lease)),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> StoreResult<()> {
+        self.inner.end_lease(lease, None)?;
+        self.inner.lease_changed.notify_one();
+        Ok(())
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch> {
+        let (tx, rx) = mpsc::channel(1024);
+        let st = self.inner.state.lock().expect("store lock");
+        // Subscribe under the lock: nothing is applied between the replay and the live feed.
+        let mut live = self.inner.events.subscribe();
+        let mut backlog = Vec::new();
+        if from > 0 && from <= st.revision {
+            let oldest = st.history.front().map_or(st.revision + 1, WatchEvent::revision);
+            if from < oldest {
+                return Err(StoreError::Compacted { requested: from, oldest });
+            }
+            backlog.extend(st.history.iter().filter(|e| e.revision() >= from && e.key().starts_with(prefix)).cloned());
+        }
+        drop(st);
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            for ev in backlog {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(batch) => {
+                        for ev in batch.iter().filter(|e| e.key().starts_with(&prefix)) {
+                            if tx.send(Ok(ev.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(StoreError::Unavailable(format!("watch fell {n} revisions behind")))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(Err(StoreError::Unavailable("the store was closed".into()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

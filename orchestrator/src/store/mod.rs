@@ -1,0 +1,238 @@
+//! The store: where fleetd keeps everything it must not forget (nodes, runners, requests, the spec).
+//!
+//! One small trait with etcd's semantics, narrowed to what fleet uses: linearizable reads and
+//! writes with a global revision, multi-key transactions guarded by compare-on-revision (the only
+//! way fleet changes a record someone else may change), leases that delete their keys when not kept
+//! alive, and prefix watches that can resume from a revision. Two implementations pass the same
+//! suite ([`suite`]): [`etcd::EtcdStore`] (etcd-client against a real cluster) and
+//! [`embedded::EmbeddedStore`] (redb file + in-process leases and watches, for zero set-up).
+//!
+//! The key layout is [`fleet_core::keys`].
+
+pub mod embedded;
+pub mod etcd;
+pub mod suite;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+/// The store's global revision: every change bumps it by one; a key remembers the revision that
+/// last changed it. 0 means "absent" in comparisons.
+pub type Revision = i64;
+pub type LeaseId = i64;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the last change to this key.
+    pub mod_revision: Revision,
+    /// Revision at which the key was created.
+    pub create_revision: Revision,
+    pub lease: Option<LeaseId>,
+}
+
+impl fmt::Debug for KeyValue {
+    // Values may be large; show their size, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("key", &self.key)
+            .field("value_len", &self.value.len())
+            .field("mod_revision", &self.mod_revision)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl KeyValue {
+    pub fn json<T: DeserializeOwned>(&self) -> StoreResult<T> {
+        serde_json::from_slice(&self.value)
+            .map_err(|e| StoreError::Corrupt { key: self.key.clone(), detail: e.to_string() })
+    }
+}
+
+/// A guard of a transaction: the key's last change happened at `revision` (0: the key is absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: String,
+    pub mod_revision: Revision,
+}
+
+impl Compare {
+    pub fn unchanged(kv: &KeyValue) -> Compare {
+        Compare { key: kv.key.clone(), mod_revision: kv.mod_revision }
+    }
+
+    pub fn absent(key: impl Into<String>) -> Compare {
+        Compare { key: key.into(), mod_revision: 0 }
+    }
+
+    pub fn at(key: impl Into<String>, mod_revision: Revision) -> Compare {
+        Compare { key: key.into(), mod_revision }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
+    Delete { key: String },
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Put { key, value, lease } => write!(f, "Put({key}, {} bytes, lease {lease:?})", value.len()),
+            Op::Delete { key } => write!(f, "Delete({key})"),
+        }
+    }
+}
+
+impl Op {
+    pub fn put(key: impl Into<String>, value: Vec<u8>) -> Op {
+        Op::Put { key: key.into(), value, lease: None }
+    }
+
+    /// `value` as JSON. Serializing fleet's own records cannot fail (no maps with non-string keys).
+    pub fn put_json<T: Serialize>(key: impl Into<String>, value: &T) -> Op {
+        Op::put(key, to_json(value))
+    }
+
+    pub fn put_with_lease(key: impl Into<String>, value: Vec<u8>, lease: LeaseId) -> Op {
+        Op::Put { key: key.into(), value, lease: Some(lease) }
+    }
+
+    pub fn delete(key: impl Into<String>) -> Op {
+        Op::Delete { key: key.into() }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("fleet's records serialize to JSON")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnResult {
+    /// All compares held and every op was applied; otherwise nothing was.
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: Revision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, mod_revision: Revision },
+}
+
+impl WatchEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> Revision {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+/// Events under a prefix, in revision order. Ends with `Err` when the watch is lost (the store
+/// went away, or the watcher fell too far behind): re-read the prefix and watch again.
+pub type Watch = mpsc::Receiver<StoreResult<WatchEvent>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unreachable: {0}; fleetd keeps retrying — check that etcd is up and the endpoints are right")]
+    Unavailable(String),
+    #[error("lease {0} does not exist (it expired or was revoked): grant a new one and re-register")]
+    LeaseNotFound(LeaseId),
+    #[error(
+        "revision {requested} is compacted (oldest kept: {oldest}): re-read the prefix and watch from its revision"
+    )]
+    Compacted { requested: Revision, oldest: Revision },
+    #[error("record {key} is not readable: {detail}; it was written by an incompatible fleetd, or by hand")]
+    Corrupt { key: String, detail: String },
+    #[error("the store refused the request: {0}")]
+    Invalid(String),
+    #[error("the store's data could not be read or written: {0}")]
+    Io(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations fleet needs from a consistent key-value store. Implementations are cheap to
+/// share (`Arc<dyn Store>`) and safe to call concurrently.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The key's current value, or `None`.
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>>;
+
+    /// Every key starting with `prefix`, in key order, and the store revision the read saw
+    /// (watch from `revision + 1` to miss nothing after it).
+    async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)>;
+
+    /// Puts unconditionally; returns the new revision. With `lease`, the key is deleted when the
+    /// lease ends (`LeaseNotFound` if it already has).
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision>;
+
+    /// Deletes the key; `true` if it existed.
+    async fn delete(&self, key: &str) -> StoreResult<bool>;
+
+    /// If every compare holds, applies every op atomically (one new revision); otherwise applies
+    /// nothing. A key may appear in at most one op.
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> StoreResult<TxnResult>;
+
+    /// A lease that ends `ttl` after its last keep-alive (stores may round `ttl` up to their
+    /// minimum, etcd's is about 2 s). Keys attached to it are deleted when it ends.
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId>;
+
+    /// Refreshes the lease to its full TTL; `LeaseNotFound` once it has ended.
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()>;
+
+    /// Ends the lease now, deleting its keys. Ok if it has already ended.
+    async fn revoke(&self, lease: LeaseId) -> StoreResult<()>;
+
+    /// Changes under `prefix` with revision ≥ `from` (0: from now on), in order.
+    async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch>;
+}
+
+/// Reads a JSON record.
+pub async fn get_json<T: DeserializeOwned>(store: &dyn Store, key: &str) -> StoreResult<Option<(T, KeyValue)>> {
+    match store.get(key).await? {
+        Some(kv) => Ok(Some((kv.json()?, kv))),
+        None => Ok(None),
+    }
+}
+
+/// Reserves `n` consecutive ids of a counter key (compare-and-swap, retried on contention);
+/// returns the first. Ids start at 1.
+pub async fn allocate_ids(store: &dyn Store, key: &str, n: u64) -> StoreResult<u64> {
+    loop {
+        let (next, cmp) = match store.get(key).await? {
+            Some(kv) => {
+                let next: u64 = kv.json()?;
+                (next, Compare::unchanged(&kv))
+            }
+            None => (1, Compare::absent(key)),
+        };
+        let res = store.txn(vec![cmp], vec![Op::put_json(key, &(next + n))]).await?;
+        if res.succeeded {
+            return Ok(next);
+        }
+    }
+}

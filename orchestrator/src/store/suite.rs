@@ -1,0 +1,171 @@
+//! The checks every [`Store`] must pass; run against etcd and the embedded store by
+//! `orchestrator/tests/store.rs`. Each check works under its own prefix, so one store can serve all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Compare, Op, Store, StoreError, WatchEvent, allocate_ids};
+
+/// Every check, in order; panics with the check's name on the first failure.
+pub async fn run(store: Arc<dyn Store>, prefix: &str) {
+    basic(&*store, &format!("{prefix}/basic/")).await;
+    transactions(&*store, &format!("{prefix}/txn/")).await;
+    leases(&*store, &format!("{prefix}/lease/")).await;
+    watches(&*store, &format!("{prefix}/watch/")).await;
+    counters(store.clone(), &format!("{prefix}/ids/")).await;
+}
+
+pub async fn basic(s: &dyn Store, p: &str) {
+    let a = format!("{p}a");
+    let b = format!("{p}b");
+    assert_eq!(s.get(&a).await.unwrap(), None, "basic: fresh key is absent");
+    let r1 = s.put(&b, b"2".to_vec(), None).await.unwrap();
+    let r2 = s.put(&a, b"1".to_vec(), None).await.unwrap();
+    assert!(r2 > r1, "basic: revisions grow ({r1} then {r2})");
+    let (kvs, rev) = s.range(p).await.unwrap();
+    assert_eq!(kvs.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), [a.as_str(), b.as_str()], "basic: key order");
+    assert!(rev >= r2, "basic: range revision {rev} ≥ last write {r2}");
+    let r3 = s.put(&a, b"1b".to_vec(), None).await.unwrap();
+    let kv = s.get(&a).await.unwrap().unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.mod_revision, kv.create_revision),
+        (&b"1b"[..], r3, r2),
+        "basic: revisions of a key"
+    );
+    // A prefix read does not include keys that merely share the first characters of the prefix's parent.
+    s.put(&format!("{}x", p.trim_end_matches('/')), b"-".to_vec(), None).await.unwrap();
+    assert_eq!(s.range(p).await.unwrap().0.len(), 2, "basic: prefix boundary");
+    assert!(s.delete(&a).await.unwrap(), "basic: delete existing");
+    assert!(!s.delete(&a).await.unwrap(), "basic: delete absent");
+    assert_eq!(s.get(&a).await.unwrap(), None);
+}
+
+pub async fn transactions(s: &dyn Store, p: &str) {
+    let k = format!("{p}k");
+    let other = format!("{p}other");
+    let first = s.txn(vec![Compare::absent(&k)], vec![Op::put(&k, b"one".to_vec())]).await.unwrap();
+    assert!(first.succeeded, "txn: create-if-absent");
+    let second = s.txn(vec![Compare::absent(&k)], vec![Op::put(&k, b"two".to_vec())]).await.unwrap();
+    assert!(!second.succeeded, "txn: second create-if-absent must fail");
+    let kv = s.get(&k).await.unwrap().unwrap();
+    assert_eq!(kv.value, b"one", "txn: failed txn applied nothing");
+
+    // A stale compare applies none of several ops.
+    s.put(&k, b"changed".to_vec(), None).await.unwrap();
+    let stale =
+        s.txn(vec![Compare::unchanged(&kv)], vec![Op::put(&k, b"x".to_vec()), Op::put(&other, b"y".to_vec())]).await;
+    assert!(!stale.unwrap().succeeded, "txn: stale compare");
+    assert_eq!(s.get(&other).await.unwrap(), None, "txn: all-or-nothing");
+
+    // A fresh compare applies all ops at one revision.
+    let kv = s.get(&k).await.unwrap().unwrap();
+    let ok = s.txn(vec![Compare::unchanged(&kv)], vec![Op::delete(&k), Op::put(&other, b"y".to_vec())]).await.unwrap();
+    assert!(ok.succeeded, "txn: fresh compare");
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    assert_eq!(s.get(&other).await.unwrap().unwrap().mod_revision, ok.revision, "txn: one revision");
+
+    let dup = s.txn(vec![], vec![Op::put(&k, b"1".to_vec()), Op::delete(&k)]).await;
+    assert!(matches!(dup, Err(StoreError::Invalid(_))), "txn: a key twice is refused: {dup:?}");
+}
+
+/// Waits (in the store's clock) until `key` is gone; false after `limit`.
+async fn gone(s: &dyn Store, key: &str, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if s.get(key).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+pub async fn leases(s: &dyn Store, p: &str) {
+    let ttl = Duration::from_secs(2);
+    // Kept alive past several TTLs: the key stays.
+    let kept = s.grant_lease(ttl).await.unwrap();
+    let k1 = format!("{p}kept");
+    s.put(&k1, b"alive".to_vec(), Some(kept)).await.unwrap();
+    assert_eq!(s.get(&k1).await.unwrap().unwrap().lease, Some(kept), "lease: key carries its lease");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.keep_alive(kept).await.unwrap();
+    }
+    assert!(s.get(&k1).await.unwrap().is_some(), "lease: kept-alive key survives 4 s of a 2 s TTL");
+
+    // Not kept alive: the key goes, and the lease is gone for good.
+    let dying = s.grant_lease(ttl).await.unwrap();
+    let k2 = format!("{p}dying");
+    s.put(&k2, b"soon gone".to_vec(), Some(dying)).await.unwrap();
+    assert!(gone(s, &k2, Duration::from_secs(10)).await, "lease: key of an expired lease is deleted");
+    let ka = s.keep_alive(dying).await;
+    assert!(matches!(ka, Err(StoreError::LeaseNotFound(_))), "lease: keep-alive after expiry: {ka:?}");
+    let late = s.put(&k2, b"x".to_vec(), Some(dying)).await;
+    assert!(matches!(late, Err(StoreError::LeaseNotFound(_))), "lease: put on an ended lease: {late:?}");
+    let late_txn = s.txn(vec![], vec![Op::put_with_lease(&k2, b"x".to_vec(), dying)]).await;
+    assert!(matches!(late_txn, Err(StoreError::LeaseNotFound(_))), "lease: txn on an ended lease: {late_txn:?}");
+    assert_eq!(s.get(&k2).await.unwrap(), None, "lease: refused put wrote nothing");
+
+    // Revoked: keys go at once.
+    s.revoke(kept).await.unwrap();
+    assert_eq!(s.get(&k1).await.unwrap(), None, "lease: revoke deletes keys");
+    s.revoke(kept).await.unwrap();
+}
+
+async fn next(w: &mut super::Watch) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), w.recv())
+        .await
+        .expect("watch: an event within 10 s")
+        .expect("watch: stream open")
+        .expect("watch: event, not error")
+}
+
+pub async fn watches(s: &dyn Store, p: &str) {
+    let a = format!("{p}a");
+    let (_, rev) = s.range(p).await.unwrap();
+    let mut w = s.watch(p, rev + 1).await.unwrap();
+    s.put(&format!("{}-not-mine", p.trim_end_matches('/')), b"-".to_vec(), None).await.unwrap();
+    let r1 = s.put(&a, b"1".to_vec(), None).await.unwrap();
+    s.delete(&a).await.unwrap();
+    match next(&mut w).await {
+        WatchEvent::Put(kv) => {
+            assert_eq!((kv.key.as_str(), kv.value.as_slice(), kv.mod_revision), (a.as_str(), &b"1"[..], r1))
+        }
+        e => panic!("watch: expected put, got {e:?}"),
+    }
+    assert!(matches!(next(&mut w).await, WatchEvent::Delete { key, .. } if key == a), "watch: delete event");
+
+    // Resuming from a past revision replays what happened since.
+    let mut replay = s.watch(p, r1).await.unwrap();
+    assert!(matches!(next(&mut replay).await, WatchEvent::Put(kv) if kv.mod_revision == r1), "watch: replay put");
+    assert!(matches!(next(&mut replay).await, WatchEvent::Delete { .. }), "watch: replay delete");
+
+    // A lease expiry shows up as a delete.
+    let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+    s.put(&a, b"leased".to_vec(), Some(lease)).await.unwrap();
+    assert!(matches!(next(&mut w).await, WatchEvent::Put(_)));
+    s.revoke(lease).await.unwrap();
+    assert!(matches!(next(&mut w).await, WatchEvent::Delete { key, .. } if key == a), "watch: lease end deletes");
+}
+
+pub async fn counters(s: Arc<dyn Store>, p: &str) {
+    let key = format!("{p}counter");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (s, key) = (s.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                let first = allocate_ids(&*s, &key, 3).await.unwrap();
+                got.extend(first..first + 3);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=120).collect::<Vec<u64>>(), "counters: concurrent allocations are disjoint and dense");
+}

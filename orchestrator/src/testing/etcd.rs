@@ -1,0 +1,80 @@
+//! A real etcd (Debian's `etcd-server`) on free loopback ports with a temporary data dir, killed
+//! when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct EtcdServer {
+    child: Child,
+    pub client_url: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers (30 s at most). Panics with what to do when the
+    /// binary is missing: `scripts/test` installs it.
+    pub fn start() -> EtcdServer {
+        let bin = std::env::var("FLEET_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = dir.path().join("etcd.log");
+        let out = std::fs::File::create(&log).expect("etcd log file");
+        let child = Command::new(&bin)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `{bin}` ({e}): install Debian's etcd-server (scripts/test does) or set FLEET_ETCD_BIN"
+                )
+            });
+        let mut server = EtcdServer { child, client_url, _dir: dir, log };
+        server.wait_healthy(Duration::from_secs(30));
+        server
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) {
+        let start = Instant::now();
+        let addr = self.client_url.trim_start_matches("http://").to_string();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("etcd exited with {status}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            // etcd answers /health once it has a leader.
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok() {
+                    let mut body = String::new();
+                    let _ = s.read_to_string(&mut body);
+                    if body.contains("\"health\":\"true\"") {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd not healthy after {limit:?}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
