@@ -2,7 +2,17 @@
 //!
 //! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
 //! - [`store`]: the `Store` trait (etcd semantics) with etcd and embedded implementations.
+//! - [`model`]: the records kept in the store; [`queue`]: the request queue on top of it.
+//! - [`reconcile`]: records → the planner's view (pure); [`actors`]: the supervision tree that
+//!   reconciles and carries out decisions.
+//! - [`metrics`]: Prometheus metrics; [`clock`]: "now" for records and decisions.
 
+pub mod actors;
+pub mod clock;
 pub mod lifecycle;
+pub mod metrics;
+pub mod model;
+pub mod queue;
+pub mod reconcile;
 pub mod store;
 pub mod testing;

@@ -50,6 +50,8 @@ pub struct FakeConfig {
     /// Instances each offering can have live at once; offerings not listed are unlimited.
     pub capacity: HashMap<OfferingKey, u32>,
     pub launch_latency: Duration,
+    /// Pending instances report Running this long after launch (`None`: only [`FakeProvider::boot_all`]).
+    pub boot_after: Option<Duration>,
     pub seed: u64,
     /// What `launched_at` counts from (plus the tokio clock's progress since creation).
     pub epoch: DateTime<Utc>,
@@ -63,6 +65,7 @@ impl FakeConfig {
             offerings,
             capacity: HashMap::new(),
             launch_latency: Duration::ZERO,
+            boot_after: None,
             seed: 0,
             epoch: DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z").expect("valid").to_utc(),
         }
@@ -261,7 +264,14 @@ impl Provider for FakeProvider {
 
     async fn get(&self, id: &str) -> ProviderResult<Instance> {
         self.enter(Op::Get, Call::Get { id: id.into() })?;
-        let s = self.lock();
+        let now = self.now();
+        let mut s = self.lock();
+        if let (Some(boot), Some(i)) = (self.cfg.boot_after, s.instances.get_mut(id))
+            && i.state == InstanceState::Pending
+            && i.launched_at.is_some_and(|t| now - t >= chrono::Duration::from_std(boot).unwrap_or_default())
+        {
+            i.state = InstanceState::Running;
+        }
         s.instances
             .get(id)
             .filter(|i| i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet))

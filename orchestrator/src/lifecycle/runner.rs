@@ -15,29 +15,32 @@ use serde::{Deserialize, Serialize};
 use super::InvalidTransition;
 use super::node::Time;
 
+/// A node's number (the store key's id).
+pub type NodeId = u64;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum RunnerState {
     /// Assigned to a node that is not ready yet.
     Pending {
-        node: String,
+        node: NodeId,
     },
     /// Loading the model.
     Starting {
-        node: String,
+        node: NodeId,
         since: Time,
     },
     Idle {
-        node: String,
+        node: NodeId,
         since: Time,
     },
     Busy {
-        node: String,
+        node: NodeId,
         in_flight: u32,
         since: Time,
     },
     Stopping {
-        node: String,
+        node: NodeId,
         since: Time,
     },
     Stopped {
@@ -105,24 +108,24 @@ pub fn transition(state: &RunnerState, event: RunnerEvent, now: Time) -> Result<
     let invalid =
         |hint: &'static str| InvalidTransition { machine: "runner", state: state.name(), event: event.name(), hint };
     Ok(match (state, &event) {
-        (S::Pending { node }, E::Start) => S::Starting { node: node.clone(), since: now },
-        (S::Starting { node, .. }, E::Started) => S::Idle { node: node.clone(), since: now },
+        (S::Pending { node }, E::Start) => S::Starting { node: *node, since: now },
+        (S::Starting { node, .. }, E::Started) => S::Idle { node: *node, since: now },
         (S::Starting { .. }, E::StartFailed) => S::Stopped { since: now, lost_requests: 0 },
         (S::Idle { node, .. }, E::Claim { max }) if *max >= 1 => {
-            S::Busy { node: node.clone(), in_flight: 1, since: now }
+            S::Busy { node: *node, in_flight: 1, since: now }
         }
         (S::Busy { node, in_flight, since }, E::Claim { max }) if in_flight < max => {
-            S::Busy { node: node.clone(), in_flight: in_flight + 1, since: *since }
+            S::Busy { node: *node, in_flight: in_flight + 1, since: *since }
         }
         (S::Idle { .. } | S::Busy { .. }, E::Claim { .. }) => {
             return Err(invalid("the runner is at max_multiplexing; leave the request queued for another runner"));
         }
-        (S::Busy { node, in_flight: 1, .. }, E::Complete) => S::Idle { node: node.clone(), since: now },
+        (S::Busy { node, in_flight: 1, .. }, E::Complete) => S::Idle { node: *node, since: now },
         (S::Busy { node, in_flight, since }, E::Complete) => {
-            S::Busy { node: node.clone(), in_flight: in_flight - 1, since: *since }
+            S::Busy { node: *node, in_flight: in_flight - 1, since: *since }
         }
         (S::Pending { .. }, E::Stop) => S::Stopped { since: now, lost_requests: 0 },
-        (S::Starting { node, .. } | S::Idle { node, .. }, E::Stop) => S::Stopping { node: node.clone(), since: now },
+        (S::Starting { node, .. } | S::Idle { node, .. }, E::Stop) => S::Stopping { node: *node, since: now },
         (S::Busy { .. }, E::Stop) => {
             return Err(invalid(
                 "a runner with requests in flight is not stopped; wait until it is idle, or drain its node",

@@ -398,6 +398,11 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    /// One fsync per transaction whatever its size: no limit.
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
+
     async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch> {
         let (tx, rx) = mpsc::channel(1024);
         let st = self.inner.state.lock().expect("store lock");

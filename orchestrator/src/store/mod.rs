@@ -209,6 +209,11 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Changes under `prefix` with revision ≥ `from` (0: from now on), in order.
     async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch>;
+
+    /// The most ops one transaction may hold (etcd's default `--max-txn-ops` is 128).
+    fn max_txn_ops(&self) -> usize {
+        128
+    }
 }
 
 /// Reads a JSON record.

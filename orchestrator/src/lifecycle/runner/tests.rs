@@ -7,7 +7,7 @@ fn t(s: i64) -> Time {
 }
 
 fn states() -> Vec<(&'static str, RunnerState)> {
-    let n = || "n1".to_string();
+    let n = || 1u64;
     vec![
         ("Pending", RunnerState::Pending { node: n() }),
         ("Starting", RunnerState::Starting { node: n(), since: t(0) }),
@@ -68,7 +68,7 @@ fn every_state_and_event_pair_is_as_the_table_says() {
 
 #[test]
 fn busy_runners_are_never_stopped_and_lost_ones_hand_back_their_requests() {
-    let busy = RunnerState::Busy { node: "n1".into(), in_flight: 3, since: t(0) };
+    let busy = RunnerState::Busy { node: 1, in_flight: 3, since: t(0) };
     let e = transition(&busy, RunnerEvent::Stop, t(1)).unwrap_err();
     assert!(e.to_string().contains("requests in flight is not stopped"), "{e}");
     assert_eq!(
@@ -76,14 +76,14 @@ fn busy_runners_are_never_stopped_and_lost_ones_hand_back_their_requests() {
         RunnerState::Stopped { since: t(1), lost_requests: 3 }
     );
     // Claims keep the time it became busy; the last completion makes it idle from then.
-    let mut s = RunnerState::Idle { node: "n1".into(), since: t(0) };
+    let mut s = RunnerState::Idle { node: 1, since: t(0) };
     for i in 1..=4 {
         s = transition(&s, RunnerEvent::Claim { max: 4 }, t(i)).unwrap();
     }
-    assert_eq!(s, RunnerState::Busy { node: "n1".into(), in_flight: 4, since: t(1) });
+    assert_eq!(s, RunnerState::Busy { node: 1, in_flight: 4, since: t(1) });
     assert!(transition(&s, RunnerEvent::Claim { max: 4 }, t(5)).is_err());
     for i in 0..4 {
         s = transition(&s, RunnerEvent::Complete, t(10 + i)).unwrap();
     }
-    assert_eq!(s, RunnerState::Idle { node: "n1".into(), since: t(13) });
+    assert_eq!(s, RunnerState::Idle { node: 1, since: t(13) });
 }

@@ -1,0 +1,107 @@
+//! One cloud account: routes launch orders and node syncs to the region actor of each node's
+//! offering, creating region actors as regions come into use and restarting them when they fail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use fleet_core::Cloud;
+use fleet_providers::Provider;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::fleet::FleetMsg;
+use super::region::{RegionActor, RegionArgs, RegionMsg};
+use super::{Ctx, RestartBudget};
+use crate::model::{NodeRecord, RunnerRecord};
+
+pub struct CloudActor;
+
+#[derive(Debug)]
+pub enum CloudMsg {
+    /// Launch (or, after a restart, re-launch with the same token) this node's current candidate.
+    Launch(NodeRecord),
+    /// The node's latest record and runners; its node actor is created if missing.
+    SyncNode { node: NodeRecord, runners: Vec<RunnerRecord> },
+    /// For chaos tests: panics in the handler.
+    Crash(String),
+}
+
+pub struct CloudArgs {
+    pub ctx: Arc<Ctx>,
+    pub cloud: Cloud,
+    pub provider: Arc<dyn Provider>,
+    pub fleet: ActorRef<FleetMsg>,
+}
+
+pub struct CloudState {
+    args: CloudArgs,
+    regions: BTreeMap<String, ActorRef<RegionMsg>>,
+    restarts: HashMap<String, RestartBudget>,
+}
+
+impl CloudState {
+    async fn region(&mut self, myself: &ActorRef<CloudMsg>, region: &str) -> Result<ActorRef<RegionMsg>, ActorProcessingErr> {
+        if let Some(r) = self.regions.get(region) {
+            return Ok(r.clone());
+        }
+        let args = RegionArgs {
+            ctx: self.args.ctx.clone(),
+            region: region.to_string(),
+            provider: self.args.provider.clone(),
+            fleet: self.args.fleet.clone(),
+        };
+        let (r, _) = Actor::spawn_linked(None, RegionActor, args, myself.get_cell()).await?;
+        self.regions.insert(region.to_string(), r.clone());
+        Ok(r)
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for CloudActor {
+    type Msg = CloudMsg;
+    type State = CloudState;
+    type Arguments = CloudArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<CloudMsg>, args: CloudArgs) -> Result<CloudState, ActorProcessingErr> {
+        tracing::info!(cloud = %args.cloud, provider = %args.provider.name(), "cloud actor started");
+        Ok(CloudState { args, regions: BTreeMap::new(), restarts: HashMap::new() })
+    }
+
+    async fn handle(&self, myself: ActorRef<CloudMsg>, msg: CloudMsg, st: &mut CloudState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CloudMsg::Launch(node) => {
+                let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
+                st.region(&myself, &region).await?.send_message(RegionMsg::Launch(node))?;
+            }
+            CloudMsg::SyncNode { node, runners } => {
+                let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
+                st.region(&myself, &region).await?.send_message(RegionMsg::SyncNode { node, runners })?;
+            }
+            CloudMsg::Crash(why) => panic!("cloud actor {} asked to crash: {why}", st.args.cloud),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<CloudMsg>,
+        evt: SupervisionEvent,
+        st: &mut CloudState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = &evt {
+            let Some(region) = st.regions.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(k, _)| k.clone())
+            else {
+                return Ok(());
+            };
+            st.regions.remove(&region);
+            st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("region")).inc();
+            if !st.restarts.entry(region.clone()).or_default().allow(5, std::time::Duration::from_secs(300)) {
+                return Err(format!("region actor {} {region} keeps failing; last: {err}", st.args.cloud).into());
+            }
+            // Re-created on the next message for the region (the next reconcile sends one).
+            tracing::error!(cloud = %st.args.cloud, %region, error = %err, "region actor failed; it is re-created on the next reconcile");
+            // Its launches in flight are re-sent by the fleet's next pass.
+            let _ = st.args.fleet.send_message(FleetMsg::ForgetLaunches);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,456 @@
+//! The root of the tree: reconciles desired state (spec + the planner's output) with actual state
+//! (store + clouds), every `reconcile_every` and at once after a launch fails.
+//!
+//! Each reconcile is idempotent: it reads everything it acts on from the store, and every write
+//! is a compare-and-swap, so running it twice (or after a crash) does nothing twice. An error
+//! ends the pass; the next one comes after a backoff with jitter (the error policy).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use fleet_core::keys::Counter;
+use fleet_core::spec::FleetSpec;
+use fleet_core::{Catalog, Cloud, Offering, OfferingKey};
+use fleet_policies::placement::{OfferingId, PlacementIndex, UnavailableCache, UnavailableReason};
+use fleet_policies::plan::{self, FleetPlan, PlanOptions};
+use fleet_providers::ProviderError;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::cloud::{CloudActor, CloudMsg};
+use super::{Ctx, RestartBudget, backoff};
+use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, Time, transition};
+use crate::lifecycle::runner::{self, NodeId, RunnerEvent, RunnerState};
+use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update};
+use crate::queue;
+use crate::reconcile::{fleet_state, offering_ids};
+use crate::store::{Op, StoreError, allocate_ids, to_json};
+
+pub struct FleetActor;
+
+#[derive(Debug)]
+pub enum FleetMsg {
+    Tick,
+    /// A region's launch attempt for `node` ended.
+    LaunchFailed { node: NodeId, error: ProviderError },
+    Launched { node: NodeId },
+    /// Launch orders in flight were lost with a failed actor: the next pass re-sends them
+    /// (the idempotency token makes a re-sent launch find the instance the first one made).
+    ForgetLaunches,
+    /// For chaos tests: panics in the handler.
+    Crash(String),
+}
+
+pub struct FleetArgs {
+    pub ctx: Arc<Ctx>,
+}
+
+/// The applied spec with what was derived from it.
+struct Applied {
+    revision: i64,
+    spec: Arc<FleetSpec>,
+    index: PlacementIndex,
+    ids: HashMap<OfferingKey, OfferingId>,
+}
+
+pub struct FleetState {
+    ctx: Arc<Ctx>,
+    catalog: Arc<Catalog>,
+    applied: Option<Applied>,
+    unavailable: UnavailableCache,
+    pending_since: HashMap<String, Time>,
+    clouds: BTreeMap<Cloud, ActorRef<CloudMsg>>,
+    restarts: HashMap<Cloud, RestartBudget>,
+    /// Nodes with a launch order out (so a reconcile does not send a second one).
+    launching: HashSet<NodeId>,
+    failed_passes: u32,
+}
+
+/// Offerings of every provider, live where the provider can, else the built-in catalog's rows of
+/// that cloud.
+async fn gather_catalog(ctx: &Ctx) -> Catalog {
+    let mut all: Vec<Offering> = Vec::new();
+    for (cloud, p) in &ctx.providers {
+        match p.offerings().await {
+            Ok(o) => all.extend(o),
+            Err(e) => {
+                tracing::warn!(%cloud, error = %e, "offerings unavailable; using the built-in catalog for this cloud");
+                all.extend(Catalog::builtin().offerings().iter().filter(|o| o.cloud == *cloud).cloned());
+            }
+        }
+    }
+    Catalog::new(all)
+}
+
+async fn spawn_cloud(
+    myself: &ActorRef<FleetMsg>,
+    ctx: &Arc<Ctx>,
+    cloud: Cloud,
+) -> Result<ActorRef<CloudMsg>, ActorProcessingErr> {
+    let provider = ctx.providers[&cloud].clone();
+    let args = super::cloud::CloudArgs { ctx: ctx.clone(), cloud, provider, fleet: myself.clone() };
+    let (r, _) = Actor::spawn_linked(None, CloudActor, args, myself.get_cell()).await?;
+    Ok(r)
+}
+
+#[ractor::async_trait]
+impl Actor for FleetActor {
+    type Msg = FleetMsg;
+    type State = FleetState;
+    type Arguments = FleetArgs;
+
+    async fn pre_start(&self, myself: ActorRef<FleetMsg>, args: FleetArgs) -> Result<FleetState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let catalog = Arc::new(gather_catalog(&ctx).await);
+        let mut clouds = BTreeMap::new();
+        for cloud in ctx.providers.keys() {
+            clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);
+        }
+        myself.send_message(FleetMsg::Tick)?;
+        Ok(FleetState {
+            ctx,
+            catalog,
+            applied: None,
+            unavailable: UnavailableCache::default(),
+            pending_since: HashMap::new(),
+            clouds,
+            restarts: HashMap::new(),
+            launching: HashSet::new(),
+            failed_passes: 0,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<FleetMsg>, msg: FleetMsg, st: &mut FleetState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FleetMsg::Tick => {
+                let started = tokio::time::Instant::now();
+                let next = match reconcile(st).await {
+                    Ok(()) => {
+                        st.failed_passes = 0;
+                        st.ctx.config.reconcile_every
+                    }
+                    Err(e) => {
+                        st.failed_passes += 1;
+                        st.ctx.metrics.reconcile_errors.inc();
+                        let wait = backoff(&st.ctx.config, st.failed_passes);
+                        tracing::warn!(error = %e, retry_in = ?wait, "reconcile failed");
+                        wait
+                    }
+                };
+                st.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                myself.send_after(next, || FleetMsg::Tick);
+            }
+            FleetMsg::Launched { node } => {
+                st.launching.remove(&node);
+            }
+            FleetMsg::LaunchFailed { node, error } => {
+                st.launching.remove(&node);
+                on_launch_failed(st, node, error).await?;
+            }
+            FleetMsg::ForgetLaunches => st.launching.clear(),
+            FleetMsg::Crash(why) => panic!("fleet actor asked to crash: {why}"),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<FleetMsg>,
+        evt: SupervisionEvent,
+        st: &mut FleetState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = &evt {
+            let err = err.to_string();
+            let Some(cloud) = st.clouds.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(c, _)| *c) else {
+                return Ok(());
+            };
+            st.clouds.remove(&cloud);
+            st.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("cloud")).inc();
+            let budget = st.restarts.entry(cloud).or_default();
+            if !budget.allow(5, std::time::Duration::from_secs(300)) {
+                // Escalate: a cloud actor that keeps failing takes the fleet actor down, and its
+                // own supervisor (the daemon) decides.
+                return Err(format!("cloud actor {cloud} failed 6 times in 5 minutes; last: {err}").into());
+            }
+            let wait = backoff(&st.ctx.config, budget.recent());
+            tracing::error!(%cloud, error = %err, restart_in = ?wait, "cloud actor failed; restarting");
+            tokio::time::sleep(wait).await;
+            let r = spawn_cloud(&myself, &st.ctx, cloud).await?;
+            st.clouds.insert(cloud, r);
+            // In-flight launches of that cloud died with it; the next reconcile re-sends them.
+            st.launching.clear();
+        }
+        Ok(())
+    }
+}
+
+async fn on_launch_failed(st: &mut FleetState, node: NodeId, error: ProviderError) -> Result<(), StoreError> {
+    let now = st.ctx.clock.now();
+    let ttl = st.ctx.config.unavailable_ttl;
+    let why = match &error {
+        ProviderError::InsufficientCapacity { .. } => Some(UnavailableReason::InsufficientCapacity),
+        ProviderError::QuotaExceeded { .. } => Some(UnavailableReason::QuotaExceeded),
+        _ => None,
+    };
+    if let (Some(why), Some(key)) = (why, error.unavailable_offering()) {
+        st.unavailable.mark(key.clone(), why, now, ttl);
+    }
+    // Walk to the next candidate at once (the region already advanced the record).
+    if let Some((rec, _)) = crate::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(node)).await?
+        && matches!(rec.state, NodeState::Requested { .. })
+    {
+        dispatch_launch(st, rec);
+    }
+    Ok(())
+}
+
+fn dispatch_launch(st: &mut FleetState, rec: NodeRecord) {
+    if st.launching.contains(&rec.id) {
+        return;
+    }
+    let Some(cloud) = rec.offering().map(|o| o.cloud) else { return };
+    let Some(actor) = st.clouds.get(&cloud) else {
+        tracing::warn!(node = rec.id, %cloud, "no actor for the cloud right now; the next reconcile retries");
+        return;
+    };
+    st.launching.insert(rec.id);
+    if actor.send_message(CloudMsg::Launch(rec)).is_err() {
+        tracing::warn!(%cloud, "cloud actor is gone; the next reconcile retries");
+    }
+}
+
+async fn load_spec(st: &mut FleetState) -> Result<(), StoreError> {
+    let key = st.ctx.keys.spec();
+    let Some(kv) = st.ctx.store.get(&key).await? else {
+        st.applied = None;
+        return Ok(());
+    };
+    if st.applied.as_ref().is_some_and(|a| a.revision == kv.mod_revision) {
+        return Ok(());
+    }
+    let stored: crate::model::StoredSpec = kv.json()?;
+    let spec = FleetSpec::parse("store:spec", &stored.toml)
+        .map_err(|e| StoreError::Corrupt { key: key.clone(), detail: e.to_string() })?;
+    let index = PlacementIndex::new(st.catalog.clone(), &spec);
+    let ids = offering_ids(&index);
+    tracing::info!(revision = kv.mod_revision, apps = spec.apps.len(), "spec applied");
+    st.applied = Some(Applied { revision: kv.mod_revision, spec: Arc::new(spec), index, ids });
+    Ok(())
+}
+
+/// One pass of the reconcile loop.
+async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
+    let ctx = st.ctx.clone();
+    let store = &*ctx.store;
+    let keys = &ctx.keys;
+    let now = ctx.clock.now();
+    load_spec(st).await?;
+    st.unavailable.expire(now);
+
+    let nodes: Vec<NodeRecord> =
+        store.range(&keys.nodes()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
+    let runners: Vec<RunnerRecord> =
+        store.range(&keys.runners()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
+    let requeued = queue::requeue_orphans(store, keys, &[]).await?;
+    if requeued > 0 {
+        ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
+    }
+    let depths = queue::depths(store, keys).await?;
+    crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
+
+    // Carry existing nodes forward: launches not in flight, node actors that should exist.
+    let mut by_node: HashMap<NodeId, Vec<RunnerRecord>> = HashMap::new();
+    for r in &runners {
+        match r.node() {
+            Some(n) => by_node.entry(n).or_default().push(r.clone()),
+            None => by_node.entry(0).or_default().push(r.clone()),
+        }
+    }
+    let known: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+    for n in &nodes {
+        match &n.state {
+            NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, n.clone()),
+            NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. } => {}
+            _ => {
+                let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
+                if let Some(actor) = st.clouds.get(&cloud) {
+                    let rs = by_node.get(&n.id).cloned().unwrap_or_default();
+                    let _ = actor.send_message(CloudMsg::SyncNode { node: n.clone(), runners: rs });
+                }
+            }
+        }
+    }
+    // Runners whose node will never host them (launch given up, node gone): stopped here.
+    for r in &runners {
+        let orphan = match r.node() {
+            None => true,
+            Some(n) => !known.contains(&n)
+                || nodes.iter().any(|x| {
+                    x.id == n && matches!(x.state, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. })
+                }),
+        };
+        if orphan {
+            retire_runner(&ctx, r, now).await?;
+        }
+    }
+    // Failed launches that never made an instance cost nothing and are forgotten.
+    for n in nodes.iter().filter(|n| matches!(n.state, NodeState::Failed { instance_id: None, .. })) {
+        if !by_node.contains_key(&n.id) {
+            let kv = store.get(&keys.node(n.id)).await?;
+            if let Some(kv) = kv {
+                store.txn(vec![crate::store::Compare::unchanged(&kv)], vec![Op::delete(&kv.key)]).await?;
+            }
+        }
+    }
+
+    let Some(applied) = &st.applied else { return Ok(()) };
+    let state = fleet_state(
+        &applied.index,
+        &applied.ids,
+        &nodes,
+        &runners,
+        &depths,
+        &st.pending_since,
+        &st.unavailable,
+        now,
+    );
+    let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
+    let new_nodes = carry_out(st, &plan, &nodes, now).await?;
+    for rec in new_nodes {
+        dispatch_launch(st, rec);
+    }
+    Ok(())
+}
+
+/// Stops a runner that cannot run any more and hands its requests back.
+async fn retire_runner(ctx: &Ctx, r: &RunnerRecord, now: Time) -> Result<(), StoreError> {
+    let key = ctx.keys.runner(r.id);
+    if !matches!(r.state, RunnerState::Stopped { .. }) {
+        update(&*ctx.store, &key, |cur: &RunnerRecord| {
+            let next = runner::transition(&cur.state, RunnerEvent::Lost, now).ok()?;
+            Some(RunnerRecord { state: next, ..cur.clone() })
+        })
+        .await?;
+    }
+    queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
+    ctx.store.delete(&key).await?;
+    Ok(())
+}
+
+/// Writes what the plan decided: runner stops, runners on existing nodes, new nodes (each with its
+/// runners, in one transaction, before any launch call), releases. Returns the new nodes.
+async fn carry_out(
+    st: &mut FleetState,
+    plan: &FleetPlan,
+    nodes: &[NodeRecord],
+    now: Time,
+) -> Result<Vec<NodeRecord>, StoreError> {
+    let ctx = st.ctx.clone();
+    let store = &*ctx.store;
+    let keys = &ctx.keys;
+    let Some(applied) = &st.applied else { return Ok(vec![]) };
+    let mut created = Vec::new();
+    for ap in &plan.apps {
+        match ap.decision.pending_since {
+            Some(t) => st.pending_since.insert(ap.app.clone(), t),
+            None => st.pending_since.remove(&ap.app),
+        };
+        for id in &ap.decision.stop {
+            update(store, &keys.runner(*id), |cur: &RunnerRecord| {
+                let next = runner::transition(&cur.state, RunnerEvent::Stop, now).ok()?;
+                Some(RunnerRecord { state: next, ..cur.clone() })
+            })
+            .await?;
+        }
+        let extra: u32 = ap.on_existing.iter().map(|(_, n)| n).sum::<u32>()
+            + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>();
+        if extra > 0 || !ap.new_nodes.is_empty() {
+            let mut next_runner = allocate_ids(store, &keys.counter(Counter::Runner), u64::from(extra)).await?;
+            let mut new_runner = |node: NodeId| {
+                let rec = RunnerRecord {
+                    id: next_runner,
+                    app: ap.app.clone(),
+                    state: RunnerState::Pending { node },
+                    created_at: now,
+                };
+                next_runner += 1;
+                Op::put(keys.runner(rec.id), to_json(&rec))
+            };
+            // Groups of ops that must land together: a new node with its runners.
+            let mut groups: Vec<Vec<Op>> = Vec::new();
+            for (node, n) in &ap.on_existing {
+                groups.extend((0..*n).map(|_| vec![new_runner(*node)]));
+            }
+            let first_node = if ap.new_nodes.is_empty() {
+                0
+            } else {
+                allocate_ids(store, &keys.counter(Counter::Node), ap.new_nodes.len() as u64).await?
+            };
+            for (i, np) in ap.new_nodes.iter().enumerate() {
+                let id = first_node + i as u64;
+                let candidates: Vec<CandidateRecord> = np
+                    .candidates
+                    .iter()
+                    .map(|c| CandidateRecord {
+                        offering: applied.index.offering(c.offering).key(),
+                        price: c.node_price,
+                        slots: c.runners_per_node,
+                    })
+                    .collect();
+                let slots = candidates.first().map_or(np.runners, |c| c.slots);
+                let rec = NodeRecord {
+                    id,
+                    app: ap.app.clone(),
+                    state: NodeState::Requested { since: now },
+                    candidates,
+                    attempt: 0,
+                    slots,
+                    price: None,
+                    billing_since: None,
+                    billing_until: None,
+                    cordoned: false,
+                    created_at: now,
+                };
+                let mut group = vec![Op::put(keys.node(id), to_json(&rec))];
+                group.extend((0..np.runners).map(|_| new_runner(id)));
+                groups.push(group);
+                created.push(rec);
+            }
+            // As few transactions as the store allows, never splitting a node from its runners;
+            // the ids are fresh, so there is nothing to compare against.
+            let max = store.max_txn_ops();
+            let mut batch: Vec<Op> = Vec::new();
+            for g in groups {
+                if !batch.is_empty() && batch.len() + g.len() > max {
+                    store.txn(vec![], std::mem::take(&mut batch)).await?;
+                }
+                batch.extend(g);
+            }
+            if !batch.is_empty() {
+                store.txn(vec![], batch).await?;
+            }
+            if !ap.new_nodes.is_empty() {
+                tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
+            }
+        }
+        for id in &ap.release_nodes {
+            let Some(n) = nodes.iter().find(|n| n.id == *id) else { continue };
+            if !matches!(n.state, NodeState::Ready { .. } | NodeState::Bootstrapping { .. }) {
+                continue;
+            }
+            update(store, &keys.node(*id), |cur: &NodeRecord| {
+                let ev = match cur.state {
+                    NodeState::Ready { .. } => NodeEvent::Drain { reason: DrainReason::ScaleDown },
+                    _ => NodeEvent::Terminate,
+                };
+                let next = transition(&cur.state, ev, now).ok()?;
+                Some(NodeRecord { state: next, ..cur.clone() })
+            })
+            .await?;
+        }
+        for u in &ap.unplaced {
+            tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
+        }
+    }
+    ctx.metrics.set_budgets(&applied.spec, nodes, now);
+    Ok(created)
+}

@@ -1,0 +1,134 @@
+//! The supervision tree (ractor):
+//!
+//! ```text
+//! FleetActor ── reconciles: store + policies' plan → node and runner records, launch orders
+//!   └─ CloudActor (one per provider)
+//!        └─ RegionActor (one per region in use) ── launch calls, bounded and backed off per region
+//!             └─ NodeActor (one per launched node) ── bootstrap, health, drain, terminate
+//!                  └─ RunnerActor (one per runner) ── start, stop, loss of its node
+//! ```
+//!
+//! Everything an actor knows it can read back from the store, so a restarted actor picks up where
+//! its predecessor stopped: supervisors restart failed children (the next reconcile re-creates
+//! node and runner actors; cloud and region actors are restarted at once, with backoff when they
+//! keep failing). Decisions come from `fleet_policies` (pure functions); actors carry them out.
+//! Provider calls happen below the cloud actors, so one slow or throttled cloud never blocks another.
+
+pub mod cloud;
+pub mod fleet;
+pub mod node;
+pub mod region;
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::Cloud;
+use fleet_core::keys::Keys;
+use fleet_providers::{Instance, Provider};
+
+use crate::metrics::Metrics;
+use crate::model::NodeRecord;
+use crate::store::Store;
+
+/// Timings of the control loops. Defaults suit real clouds; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often the fleet reconciles (and at most how long a change waits to be acted on).
+    pub reconcile_every: Duration,
+    /// How often a node actor checks its instance and agent.
+    pub node_poll: Duration,
+    /// How long an offering that refused capacity or quota is avoided.
+    pub unavailable_ttl: Duration,
+    /// Launch calls in flight at once per region.
+    pub launches_per_region: usize,
+    /// First retry delay after a transient provider error (doubles per attempt, with jitter).
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A node not Ready this long after launch is given up (and terminated).
+    pub bootstrap_timeout: Duration,
+    /// A runner not serving this long after it started loading is given up.
+    pub runner_start_timeout: Duration,
+    /// A stopping runner whose agent does not confirm within this is considered stopped.
+    pub runner_stop_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            reconcile_every: Duration::from_secs(1),
+            node_poll: Duration::from_secs(5),
+            unavailable_ttl: Duration::from_secs(600),
+            launches_per_region: 16,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            bootstrap_timeout: Duration::from_secs(900),
+            runner_start_timeout: Duration::from_secs(900),
+            runner_stop_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Gets fleet onto a launched instance and says when it is ready for runners. The SSH bootstrap
+/// of the agent issue implements this; [`InstanceRunning`] is enough where the machine image
+/// already runs the agent (and for the fake provider).
+#[async_trait]
+pub trait Bootstrap: Send + Sync + std::fmt::Debug {
+    /// Ok(true): ready; Ok(false): not yet, ask again; Err: give the node up.
+    async fn bootstrap(&self, node: &NodeRecord, instance: &Instance) -> Result<bool, String>;
+}
+
+/// Ready as soon as the cloud reports the instance running.
+#[derive(Debug, Default)]
+pub struct InstanceRunning;
+
+#[async_trait]
+impl Bootstrap for InstanceRunning {
+    async fn bootstrap(&self, _node: &NodeRecord, instance: &Instance) -> Result<bool, String> {
+        Ok(instance.state == fleet_providers::InstanceState::Running)
+    }
+}
+
+/// What every actor shares.
+#[derive(Debug)]
+pub struct Ctx {
+    pub fleet: String,
+    pub keys: Keys,
+    pub store: Arc<dyn Store>,
+    pub providers: BTreeMap<Cloud, Arc<dyn Provider>>,
+    pub bootstrap: Arc<dyn Bootstrap>,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub clock: crate::clock::Clock,
+}
+
+/// Exponential backoff with ±25 % jitter, so many retrying actors do not retry in step.
+pub fn backoff(cfg: &Config, attempt: u32) -> Duration {
+    use rand::Rng;
+    let base = cfg.retry_base.saturating_mul(1u32 << attempt.min(16)).min(cfg.retry_max);
+    let jitter = rand::rng().random_range(0.75..1.25);
+    base.mul_f64(jitter)
+}
+
+/// Counts a child's recent failures: restart while under `max` in `window`, escalate beyond.
+#[derive(Debug, Default)]
+pub struct RestartBudget {
+    failures: Vec<tokio::time::Instant>,
+}
+
+impl RestartBudget {
+    /// Records a failure now; true if the child may be restarted.
+    pub fn allow(&mut self, max: usize, window: Duration) -> bool {
+        let now = tokio::time::Instant::now();
+        self.failures.retain(|t| now.duration_since(*t) < window);
+        self.failures.push(now);
+        self.failures.len() <= max
+    }
+
+    /// Failures within the window (the attempt number for backoff).
+    pub fn recent(&self) -> u32 {
+        self.failures.len() as u32
+    }
+}

@@ -1,0 +1,211 @@
+//! One launched node: checks its instance every `node_poll`, bootstraps it, notices when the cloud
+//! loses it, drains and terminates it, and supervises its runners' actors.
+//!
+//! A node record only reaches Terminated on the cloud's word (terminated / not found): the actor
+//! keeps calling `terminate` (idempotent) and `get` until then.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleet_providers::{InstanceState, Provider, ProviderError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::Ctx;
+use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
+use crate::lifecycle::node::{NodeEvent, NodeState, transition};
+use crate::lifecycle::runner::{NodeId, RunnerState};
+use crate::model::{NodeRecord, RunnerRecord, update};
+use crate::model::RunnerId;
+use crate::store::StoreError;
+
+pub struct NodeActor;
+
+#[derive(Debug)]
+pub enum NodeMsg {
+    /// Check the instance and move the lifecycle on.
+    Poll,
+    /// The latest record and the runners on this node, from the fleet's reconcile.
+    Sync { node: NodeRecord, runners: Vec<RunnerRecord> },
+    /// For chaos tests: panics in the handler.
+    Crash(String),
+}
+
+pub struct NodeArgs {
+    pub ctx: Arc<Ctx>,
+    pub id: NodeId,
+    pub provider: Arc<dyn Provider>,
+}
+
+pub struct NodeActorState {
+    args: NodeArgs,
+    runners: HashMap<RunnerId, ActorRef<RunnerMsg>>,
+    /// Runners on this node not yet stopped, as of the last sync.
+    live_runners: usize,
+}
+
+fn gone(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::NotFound { .. })
+}
+
+/// Applies `ev` to the node record (compare-and-swap); returns the record as it now is.
+async fn apply(ctx: &Ctx, id: NodeId, ev: NodeEvent) -> Result<Option<NodeRecord>, StoreError> {
+    let now = ctx.clock.now();
+    update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
+        let state = transition(&cur.state, ev.clone(), now).ok()?;
+        if state == cur.state {
+            return None;
+        }
+        let billing_until = match state {
+            NodeState::Terminated { .. } if cur.billing_since.is_some() => Some(now),
+            _ => cur.billing_until,
+        };
+        Some(NodeRecord { state, billing_until, ..cur.clone() })
+    })
+    .await
+}
+
+impl NodeActorState {
+    /// One step of the lifecycle. Returns false once the node is Terminated (the actor stops).
+    async fn poll(&mut self) -> Result<bool, StoreError> {
+        let ctx = self.args.ctx.clone();
+        let id = self.args.id;
+        let Some((rec, _)) = crate::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? else {
+            return Ok(false);
+        };
+        let now = ctx.clock.now();
+        let p = &*self.args.provider;
+        match &rec.state {
+            NodeState::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
+                Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
+                Ok(i) if i.state == InstanceState::Terminated => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
+                Ok(inst) => match ctx.bootstrap.bootstrap(&rec, &inst).await {
+                    Ok(true) => {
+                        tracing::info!(node = id, instance = %instance_id, "node ready");
+                        apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?;
+                    }
+                    Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
+                        let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
+                        apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        tracing::warn!(node = id, %reason, "bootstrap failed");
+                        apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                    }
+                },
+                Err(e) => tracing::debug!(node = id, error = %e, "instance check failed; next poll retries"),
+            },
+            NodeState::Ready { instance_id, .. } => match p.get(instance_id).await {
+                Err(e) if gone(&e) => {
+                    tracing::warn!(node = id, instance = %instance_id, "the cloud lost the instance");
+                    apply(&ctx, id, NodeEvent::InstanceGone).await?;
+                }
+                Ok(i) if i.state == InstanceState::Terminated => {
+                    tracing::warn!(node = id, instance = %instance_id, "instance terminated by the cloud");
+                    apply(&ctx, id, NodeEvent::InstanceGone).await?;
+                }
+                _ => {}
+            },
+            NodeState::Draining { .. } => {
+                if self.live_runners == 0 {
+                    apply(&ctx, id, NodeEvent::Drained).await?;
+                    return Box::pin(self.poll()).await;
+                }
+            }
+            NodeState::Failed { instance_id: Some(_), .. } => {
+                apply(&ctx, id, NodeEvent::Terminate).await?;
+                return Box::pin(self.poll()).await;
+            }
+            NodeState::Terminating { instance_id, .. } => {
+                if let Err(e) = p.terminate(instance_id).await {
+                    tracing::warn!(node = id, error = %e, "terminate failed; retrying");
+                    return Ok(true);
+                }
+                match p.get(instance_id).await {
+                    Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::TerminateConfirmed).await?),
+                    Ok(i) if i.state == InstanceState::Terminated => {
+                        tracing::info!(node = id, instance = %instance_id, "terminated");
+                        apply(&ctx, id, NodeEvent::TerminateConfirmed).await?;
+                    }
+                    _ => {}
+                }
+            }
+            NodeState::Terminated { .. } => return Ok(false),
+            NodeState::Requested { .. } | NodeState::Launching { .. } | NodeState::Failed { instance_id: None, .. } => {}
+        }
+        Ok(true)
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeActorState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeActorState, ActorProcessingErr> {
+        myself.send_message(NodeMsg::Poll)?;
+        Ok(NodeActorState { args, runners: HashMap::new(), live_runners: usize::MAX })
+    }
+
+    async fn handle(&self, myself: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeActorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Poll => {
+                let keep = match st.poll().await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(node = st.args.id, error = %e, "node step failed; next poll retries");
+                        true
+                    }
+                };
+                if keep {
+                    myself.send_after(st.args.ctx.config.node_poll, || NodeMsg::Poll);
+                } else {
+                    myself.stop(Some("terminated".into()));
+                }
+            }
+            NodeMsg::Sync { node, runners } => {
+                st.live_runners = runners.iter().filter(|r| !matches!(r.state, RunnerState::Stopped { .. })).count();
+                let node_ready = matches!(node.state, NodeState::Ready { .. });
+                let node_gone = matches!(
+                    node.state,
+                    NodeState::Terminating { .. } | NodeState::Terminated { .. } | NodeState::Failed { .. }
+                );
+                for r in runners {
+                    let actor = match st.runners.get(&r.id) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let args = RunnerArgs { ctx: st.args.ctx.clone(), id: r.id };
+                            let (a, _) = Actor::spawn_linked(None, RunnerActor, args, myself.get_cell()).await?;
+                            st.runners.insert(r.id, a.clone());
+                            a
+                        }
+                    };
+                    let _ = actor.send_message(RunnerMsg::Sync { runner: r, node_ready, node_gone });
+                }
+            }
+            NodeMsg::Crash(why) => panic!("node actor {} asked to crash: {why}", st.args.id),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        evt: SupervisionEvent,
+        st: &mut NodeActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match &evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = st.runners.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(k, _)| *k) {
+                    st.runners.remove(&id);
+                    st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("runner")).inc();
+                    tracing::error!(runner = id, error = %err, "runner actor failed; restarted on the next sync");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => st.runners.retain(|_, r| r.get_id() != cell.get_id()),
+            _ => {}
+        }
+        Ok(())
+    }
+}

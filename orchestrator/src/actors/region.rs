@@ -1,0 +1,252 @@
+//! One region of one cloud: makes its launch calls (at most `launches_per_region` at once, all of
+//! them paused while the cloud throttles) and supervises the region's node actors.
+//!
+//! A launch: record Requested → Launching (with the idempotency token) *before* the call; the
+//! answer moves it to Bootstrapping (instance id, price, billing start) or, on insufficient
+//! capacity / quota / a refused request, back to Requested on the next candidate (or Failed when
+//! none is left), and tells the fleet, which walks on at once. Transient errors retry the same
+//! candidate, with the same token, after a backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleet_providers::{LaunchRequest, Provider, ProviderError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::Semaphore;
+
+use super::fleet::FleetMsg;
+use super::node::{NodeActor, NodeArgs, NodeMsg};
+use super::{Ctx, backoff};
+use crate::lifecycle::node::{NodeEvent, NodeState, transition};
+use crate::lifecycle::runner::NodeId;
+use crate::model::{NodeRecord, RunnerRecord, update};
+use crate::store::StoreError;
+
+pub struct RegionActor;
+
+#[derive(Debug)]
+pub enum RegionMsg {
+    Launch(NodeRecord),
+    /// Retry of a launch after a transient error (`attempt` counts the retries).
+    Retry { node: NodeRecord, attempt: u32 },
+    /// A launch call succeeded: start the node's actor.
+    Launched(NodeRecord),
+    SyncNode { node: NodeRecord, runners: Vec<RunnerRecord> },
+    /// For chaos tests: panics in the handler.
+    Crash(String),
+}
+
+pub struct RegionArgs {
+    pub ctx: Arc<Ctx>,
+    pub region: String,
+    pub provider: Arc<dyn Provider>,
+    pub fleet: ActorRef<FleetMsg>,
+}
+
+pub struct RegionState {
+    args: RegionArgs,
+    permits: Arc<Semaphore>,
+    /// No launch call starts before this (the cloud asked us to slow down).
+    throttled_until: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    nodes: HashMap<NodeId, ActorRef<NodeMsg>>,
+}
+
+impl RegionState {
+    async fn node_actor(&mut self, myself: &ActorRef<RegionMsg>, id: NodeId) -> Result<ActorRef<NodeMsg>, ActorProcessingErr> {
+        if let Some(r) = self.nodes.get(&id) {
+            return Ok(r.clone());
+        }
+        let args = NodeArgs { ctx: self.args.ctx.clone(), id, provider: self.args.provider.clone() };
+        let (r, _) = Actor::spawn_linked(None, NodeActor, args, myself.get_cell()).await?;
+        self.nodes.insert(id, r.clone());
+        Ok(r)
+    }
+}
+
+/// What the launch call's answer does to the record.
+enum Outcome {
+    Launched(NodeRecord),
+    Retry,
+    Failed(ProviderError),
+    /// The record moved on meanwhile (another pass launched it, or an operator terminated it).
+    Stale,
+}
+
+async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Result<Outcome, StoreError> {
+    let key = ctx.keys.node(rec.id);
+    let Some(offering) = rec.offering().cloned() else { return Ok(Outcome::Stale) };
+    let mut req = LaunchRequest::new(&ctx.fleet, &rec.id.to_string(), &rec.app, offering.clone());
+    if offering.capacity == fleet_core::CapacityType::Spot {
+        // Never pay more for spot than the plan reserved for this candidate.
+        req.max_price = rec.candidates.get(rec.attempt).map(|c| c.price);
+    }
+    // Record the attempt before the call: after a crash, the token finds what the call made.
+    let now = ctx.clock.now();
+    // A record already Launching (a retry, or a pass after a restart) keeps its token and is
+    // launched again: the cloud answers with the instance the first call made, if any.
+    let started = update(&*ctx.store, &key, |cur: &NodeRecord| match &cur.state {
+        NodeState::Requested { .. } if cur.attempt == rec.attempt => {
+            let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: req.idempotency_token.clone() };
+            Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
+        }
+        _ => None,
+    })
+    .await?;
+    match started {
+        Some(NodeRecord { state: NodeState::Launching { token, .. }, attempt, .. })
+            if token == req.idempotency_token && attempt == rec.attempt => {}
+        _ => return Ok(Outcome::Stale),
+    }
+    let answer = provider.launch(&req).await;
+    let now = ctx.clock.now();
+    ctx.metrics.launches.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, "called")).inc();
+    match answer {
+        Ok(inst) => {
+            let billing = inst.launched_at.unwrap_or(now);
+            let rec = update(&*ctx.store, &key, |cur: &NodeRecord| {
+                let ev = NodeEvent::Launched { instance_id: inst.id.clone() };
+                let state = transition(&cur.state, ev, now).ok()?;
+                Some(NodeRecord {
+                    state,
+                    price: cur.candidates.get(cur.attempt).map(|c| c.price),
+                    slots: cur.candidates.get(cur.attempt).map_or(cur.slots, |c| c.slots),
+                    billing_since: Some(billing),
+                    ..cur.clone()
+                })
+            })
+            .await?;
+            tracing::info!(node = rec.as_ref().map(|r| r.id), instance = %inst.id, %offering, "launched");
+            Ok(rec.map_or(Outcome::Stale, Outcome::Launched))
+        }
+        Err(e) if e.is_retryable() => Ok(Outcome::Retry).map(|o| {
+            tracing::warn!(node = rec.id, %offering, error = %e, "launch failed; retrying");
+            ctx.metrics.launch_failures.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind())).inc();
+            o
+        }),
+        Err(e) => {
+            ctx.metrics.launch_failures.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind())).inc();
+            let reason = e.to_string();
+            update(&*ctx.store, &key, |cur: &NodeRecord| {
+                let more = cur.attempt + 1 < cur.candidates.len();
+                let ev = NodeEvent::LaunchFailed { reason: reason.clone(), retry: more };
+                let state = transition(&cur.state, ev, now).ok()?;
+                Some(NodeRecord { state, attempt: if more { cur.attempt + 1 } else { cur.attempt }, ..cur.clone() })
+            })
+            .await?;
+            tracing::info!(node = rec.id, %offering, error = %e, "launch refused; trying the next offering");
+            Ok(Outcome::Failed(e))
+        }
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for RegionActor {
+    type Msg = RegionMsg;
+    type State = RegionState;
+    type Arguments = RegionArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<RegionMsg>, args: RegionArgs) -> Result<RegionState, ActorProcessingErr> {
+        let permits = Arc::new(Semaphore::new(args.ctx.config.launches_per_region.max(1)));
+        Ok(RegionState {
+            args,
+            permits,
+            throttled_until: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            nodes: HashMap::new(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<RegionMsg>, msg: RegionMsg, st: &mut RegionState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegionMsg::Launch(node) => spawn_launch(&myself, st, node, 0),
+            RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt),
+            RegionMsg::Launched(node) => {
+                let id = node.id;
+                st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node, runners: vec![] })?;
+            }
+            RegionMsg::SyncNode { node, runners } => {
+                if matches!(node.state, NodeState::Terminated { .. }) {
+                    return Ok(());
+                }
+                let id = node.id;
+                st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node, runners })?;
+            }
+            RegionMsg::Crash(why) => panic!("region actor {} asked to crash: {why}", st.args.region),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<RegionMsg>,
+        evt: SupervisionEvent,
+        st: &mut RegionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match &evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = st.nodes.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(k, _)| *k) {
+                    st.nodes.remove(&id);
+                    st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("node")).inc();
+                    // The next reconcile's SyncNode re-creates it from the store.
+                    tracing::error!(node = id, error = %err, "node actor failed; restarted on the next reconcile");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                st.nodes.retain(|_, r| r.get_id() != cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs one launch attempt as a task, so the region keeps taking messages (and other launches)
+/// while the cloud answers.
+fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord, attempt: u32) {
+    let ctx = st.args.ctx.clone();
+    let provider = st.args.provider.clone();
+    let permits = st.permits.clone();
+    let throttled = st.throttled_until.clone();
+    let fleet = st.args.fleet.clone();
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = permits.acquire_owned().await else { return };
+        let until = *throttled.lock().expect("throttle lock");
+        tokio::time::sleep_until(until).await;
+        let id = node.id;
+        match launch_once(&ctx, &*provider, &node).await {
+            Ok(Outcome::Launched(rec)) => {
+                let _ = me.send_message(RegionMsg::Launched(rec));
+                let _ = fleet.send_message(FleetMsg::Launched { node: id });
+            }
+            Ok(Outcome::Failed(error)) => {
+                let _ = fleet.send_message(FleetMsg::LaunchFailed { node: id, error });
+            }
+            Ok(Outcome::Stale) => {
+                let _ = fleet.send_message(FleetMsg::Launched { node: id });
+            }
+            Ok(Outcome::Retry) | Err(_) => {
+                let wait = backoff(&ctx.config, attempt);
+                {
+                    let mut t = throttled.lock().expect("throttle lock");
+                    *t = (*t).max(tokio::time::Instant::now() + wait);
+                }
+                // The record is Launching now: re-read it so the retry re-sends the same token.
+                let fresh = crate::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await;
+                match fresh {
+                    Ok(Some((rec, _))) => {
+                        let rec = match rec.state {
+                            // Retry from Launching: reset to a Requested view of the same attempt.
+                            NodeState::Launching { .. } => rec,
+                            _ => return,
+                        };
+                        me.send_after(wait, move || RegionMsg::Retry { node: rec, attempt: attempt + 1 });
+                    }
+                    _ => {
+                        // Store trouble: let the fleet's next pass re-send the launch.
+                        let _ = fleet.send_message(FleetMsg::Launched { node: id });
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,90 @@
+//! One runner: starts it once its node is ready, gives it up when it does not come up or its
+//! node is lost, and once it is stopped hands its requests back to the queue and forgets it.
+//! The agent on the node does the loading and serving (`Starting → Idle ⇄ Busy`, `Stopping →
+//! Stopped`); this actor does the orchestrator's side of the lifecycle.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::Ctx;
+use crate::lifecycle::runner::{RunnerEvent, RunnerState, transition};
+use crate::model::{RunnerId, RunnerRecord, update};
+use crate::queue;
+use crate::store::StoreError;
+
+pub struct RunnerActor;
+
+#[derive(Debug)]
+pub enum RunnerMsg {
+    Sync { runner: RunnerRecord, node_ready: bool, node_gone: bool },
+    /// For chaos tests: panics in the handler.
+    Crash(String),
+}
+
+pub struct RunnerArgs {
+    pub ctx: Arc<Ctx>,
+    pub id: RunnerId,
+}
+
+async fn apply(ctx: &Ctx, id: RunnerId, ev: RunnerEvent) -> Result<Option<RunnerRecord>, StoreError> {
+    let now = ctx.clock.now();
+    update(&*ctx.store, &ctx.keys.runner(id), |cur: &RunnerRecord| {
+        let state = transition(&cur.state, ev.clone(), now).ok()?;
+        Some(RunnerRecord { state, ..cur.clone() })
+    })
+    .await
+}
+
+/// Returns false once the runner is gone (the actor stops).
+async fn step(ctx: &Ctx, r: &RunnerRecord, node_ready: bool, node_gone: bool) -> Result<bool, StoreError> {
+    let now = ctx.clock.now();
+    let age = |since: &crate::lifecycle::node::Time| (now - *since).to_std().unwrap_or_default();
+    let next = match &r.state {
+        RunnerState::Stopped { .. } => None,
+        _ if node_gone => Some(RunnerEvent::Lost),
+        RunnerState::Pending { .. } if node_ready => Some(RunnerEvent::Start),
+        RunnerState::Starting { since, .. } if age(since) > ctx.config.runner_start_timeout => {
+            tracing::warn!(runner = r.id, "runner did not come up in time");
+            Some(RunnerEvent::StartFailed)
+        }
+        RunnerState::Stopping { since, .. } if age(since) > ctx.config.runner_stop_timeout => Some(RunnerEvent::Stopped),
+        _ => return Ok(true),
+    };
+    let rec = match next {
+        Some(ev) => apply(ctx, r.id, ev).await?,
+        None => Some(r.clone()),
+    };
+    if let Some(rec) = rec
+        && let RunnerState::Stopped { .. } = rec.state
+    {
+        // Whatever it was serving goes back to the queue before the runner is forgotten.
+        queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
+        ctx.store.delete(&ctx.keys.runner(r.id)).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+#[ractor::async_trait]
+impl Actor for RunnerActor {
+    type Msg = RunnerMsg;
+    type State = RunnerArgs;
+    type Arguments = RunnerArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<RunnerMsg>, args: RunnerArgs) -> Result<RunnerArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(&self, myself: ActorRef<RunnerMsg>, msg: RunnerMsg, st: &mut RunnerArgs) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RunnerMsg::Sync { runner, node_ready, node_gone } => match step(&st.ctx, &runner, node_ready, node_gone).await {
+                Ok(true) => {}
+                Ok(false) => myself.stop(Some("stopped".into())),
+                Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),
+            },
+            RunnerMsg::Crash(why) => panic!("runner actor {} asked to crash: {why}", st.id),
+        }
+        Ok(())
+    }
+}

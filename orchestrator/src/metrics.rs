@@ -1,0 +1,196 @@
+//! Prometheus metrics (`/metrics`), all named `fleet_*`. Dollar figures are computed exactly
+//! (integer micro-dollars) and only turned into floats for export.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+use fleet_core::{Cloud, Money};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::lifecycle::node::{NodeState, Time};
+use crate::lifecycle::runner::RunnerState;
+use crate::model::{NodeRecord, RunnerRecord};
+use crate::queue::Depth;
+use crate::reconcile::month_cost;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub cloud: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunnerLabels {
+    pub app: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaunchLabels {
+    pub cloud: String,
+    pub kind: String,
+}
+
+impl LaunchLabels {
+    pub fn new(cloud: Cloud, kind: &str) -> LaunchLabels {
+        LaunchLabels { cloud: cloud.to_string(), kind: kind.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+impl KindLabel {
+    pub fn new(kind: &str) -> KindLabel {
+        KindLabel { kind: kind.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    /// `fleet` or the app's name.
+    pub scope: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub nodes: Family<NodeLabels, Gauge>,
+    pub runners: Family<RunnerLabels, Gauge>,
+    pub queue_depth: Family<AppLabel, Gauge>,
+    pub in_flight: Family<AppLabel, Gauge>,
+    /// Launch calls made, by cloud (`kind="called"`).
+    pub launches: Family<LaunchLabels, Counter>,
+    pub launch_failures: Family<LaunchLabels, Counter>,
+    pub burn_per_hour: FloatGauge,
+    pub month_to_date: FloatGauge,
+    pub budget_headroom: Family<ScopeLabel, FloatGauge>,
+    pub actor_restarts: Family<KindLabel, Counter>,
+    pub reconcile_errors: Counter,
+    pub reconcile_seconds: Histogram,
+    pub requests_requeued: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn dollars(m: Money) -> f64 {
+    m.micros() as f64 / 1e6
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("fleet");
+        let m = Metrics {
+            registry: Registry::default(),
+            nodes: Family::default(),
+            runners: Family::default(),
+            queue_depth: Family::default(),
+            in_flight: Family::default(),
+            launches: Family::default(),
+            launch_failures: Family::default(),
+            burn_per_hour: FloatGauge::default(),
+            month_to_date: FloatGauge::default(),
+            budget_headroom: Family::default(),
+            actor_restarts: Family::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            requests_requeued: Counter::default(),
+        };
+        r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
+        r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
+        r.register("queue_depth", "Requests queued, by app", m.queue_depth.clone());
+        r.register("requests_in_flight", "Requests being served, by app", m.in_flight.clone());
+        r.register("launches", "Launch calls made, by cloud", m.launches.clone());
+        r.register("launch_failures", "Launch calls that failed, by cloud and error kind", m.launch_failures.clone());
+        r.register("burn_dollars_per_hour", "What the live nodes cost per hour now", m.burn_per_hour.clone());
+        r.register("month_to_date_dollars", "What the fleet has cost this month", m.month_to_date.clone());
+        r.register(
+            "budget_headroom_dollars_per_hour",
+            "How much more per hour the budgets allow, by scope (fleet or app)",
+            m.budget_headroom.clone(),
+        );
+        r.register("actor_restarts", "Supervised actors restarted after a failure, by kind", m.actor_restarts.clone());
+        r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
+        r.register("reconcile_seconds", "Time one reconcile pass takes", m.reconcile_seconds.clone());
+        r.register("requests_requeued", "Requests queued again after their runner was lost", m.requests_requeued.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    /// Budget headroom per scope, from the spec and what runs.
+    pub fn set_budgets(&self, spec: &fleet_core::spec::FleetSpec, nodes: &[NodeRecord], now: Time) {
+        use fleet_policies::budget::{Spend, headroom};
+        let spend_of = |app: Option<&str>| {
+            let mine = |n: &&NodeRecord| app.is_none_or(|a| n.app == a);
+            Spend {
+                burn_per_hour: nodes.iter().filter(mine).filter(|n| n.is_live()).filter_map(|n| n.price).map(|p| p.hourly()).sum(),
+                month_to_date: nodes.iter().filter(mine).map(|n| month_cost(n, now)).sum(),
+            }
+        };
+        self.budget_headroom.clear();
+        let set = |scope: &str, h: fleet_policies::budget::Headroom| {
+            if let Some(room) = h.per_hour {
+                self.budget_headroom.get_or_create(&ScopeLabel { scope: scope.into() }).set(dollars(room));
+            }
+        };
+        set("fleet", headroom(&spec.budget, &spend_of(None), now, None));
+        for app in &spec.apps {
+            set(&app.name, headroom(&app.budget, &spend_of(Some(&app.name)), now, Some(&app.name)));
+        }
+    }
+}
+
+/// Refreshes the gauges from one reconcile's view.
+pub fn observe(m: &Metrics, nodes: &[NodeRecord], runners: &[RunnerRecord], depths: &BTreeMap<String, Depth>, now: Time) {
+    m.nodes.clear();
+    let mut burn = Money::ZERO;
+    let mut mtd = Money::ZERO;
+    for n in nodes {
+        let cloud = n.offering().map_or_else(|| "-".to_string(), |o| o.cloud.to_string());
+        m.nodes.get_or_create(&NodeLabels { cloud, state: n.state.name().to_string() }).inc();
+        if n.is_live() && !matches!(n.state, NodeState::Requested { .. } | NodeState::Launching { .. }) {
+            burn += n.price.map_or(Money::ZERO, |p| p.hourly());
+        }
+        mtd += month_cost(n, now);
+    }
+    m.runners.clear();
+    for r in runners {
+        let state = match r.state {
+            RunnerState::Busy { .. } => "Busy",
+            _ => r.state.name(),
+        };
+        m.runners.get_or_create(&RunnerLabels { app: r.app.clone(), state: state.into() }).inc();
+    }
+    m.queue_depth.clear();
+    m.in_flight.clear();
+    for (app, d) in depths {
+        m.queue_depth.get_or_create(&AppLabel { app: app.clone() }).set(i64::from(d.queued));
+        m.in_flight.get_or_create(&AppLabel { app: app.clone() }).set(i64::from(d.in_flight));
+    }
+    m.burn_per_hour.set(dollars(burn));
+    m.month_to_date.set(dollars(mtd));
+}

@@ -1,0 +1,160 @@
+//! The records fleetd keeps in the store (JSON, under the keys of [`fleet_core::keys`]).
+
+use fleet_core::{Money, OfferingKey, Price};
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::node::{NodeState, Time};
+use crate::lifecycle::runner::{NodeId, RunnerState};
+
+pub type RunnerId = u64;
+pub type RequestId = u64;
+
+/// One rented (or to-be-rented) instance. Written *before* the launch call, so a crash between
+/// the call and the answer leaves a record whose idempotency token finds the instance again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub app: String,
+    pub state: NodeState,
+    /// Offerings to try, cheapest first (the plan's failover order).
+    pub candidates: Vec<CandidateRecord>,
+    /// The candidate being tried (or launched): index into `candidates`.
+    pub attempt: usize,
+    /// Runners of `app` this node hosts.
+    pub slots: u32,
+    /// Price of the offering it runs on, once launched.
+    pub price: Option<Price>,
+    /// When the cloud started billing (the launch answer), and when it stopped.
+    pub billing_since: Option<Time>,
+    pub billing_until: Option<Time>,
+    /// No new runners go here (operator's `cordon`).
+    #[serde(default)]
+    pub cordoned: bool,
+    pub created_at: Time,
+}
+
+impl NodeRecord {
+    pub fn offering(&self) -> Option<&OfferingKey> {
+        self.candidates.get(self.attempt).map(|c| &c.offering)
+    }
+
+    /// What this node cost from `billing_since` to `billing_until` (or `now`).
+    pub fn cost_until(&self, now: Time) -> Money {
+        match (self.price, self.billing_since) {
+            (Some(p), Some(since)) => {
+                let until = self.billing_until.unwrap_or(now);
+                p.cost_for((until - since).to_std().unwrap_or_default())
+            }
+            _ => Money::ZERO,
+        }
+    }
+
+    /// Still billing (or may be): counts towards burn rate and quotas.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, NodeState::Terminated { .. })
+    }
+}
+
+/// One offering a node may launch on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    pub offering: OfferingKey,
+    pub price: Price,
+    /// Runners of the node's app one instance of it hosts.
+    pub slots: u32,
+}
+
+/// The applied fleet spec, as the operator wrote it (re-checked when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSpec {
+    pub toml: String,
+    pub applied_at: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRecord {
+    pub id: RunnerId,
+    pub app: String,
+    pub state: RunnerState,
+    pub created_at: Time,
+}
+
+impl RunnerRecord {
+    pub fn node(&self) -> Option<NodeId> {
+        match &self.state {
+            RunnerState::Pending { node }
+            | RunnerState::Starting { node, .. }
+            | RunnerState::Idle { node, .. }
+            | RunnerState::Busy { node, .. }
+            | RunnerState::Stopping { node, .. } => Some(*node),
+            RunnerState::Stopped { .. } => None,
+        }
+    }
+}
+
+/// One request to an app, from submission to its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: RequestId,
+    pub app: String,
+    pub input: serde_json::Value,
+    pub submitted_at: Time,
+    /// Times it was claimed (more than one after a runner or node died while serving it).
+    pub attempts: u32,
+    pub state: RequestState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RequestState {
+    Queued,
+    /// A runner serves it; the claim key (on the runner's node lease) says it still does.
+    Claimed { runner: RunnerId, node: NodeId, since: Time },
+    Done { output: serde_json::Value, runner: RunnerId, finished_at: Time },
+    Failed { error: String, finished_at: Time },
+}
+
+impl RequestState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestState::Queued => "queued",
+            RequestState::Claimed { .. } => "running",
+            RequestState::Done { .. } => "done",
+            RequestState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What the agent of a node publishes under `agents/{node}`, attached to its lease: while the key
+/// exists, the agent is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub node: NodeId,
+    pub lease: i64,
+    pub version: String,
+    pub gpus: u32,
+    pub since: Time,
+}
+
+/// Reads a JSON record, applies `f`, and writes it back only if nobody changed it meanwhile
+/// (retrying on conflict). `f` returns `None` to leave the record as it is; the result is the
+/// record as written (or as found, when `f` declined), or `None` when the key does not exist.
+pub async fn update<T, F>(
+    store: &dyn crate::store::Store,
+    key: &str,
+    mut f: F,
+) -> crate::store::StoreResult<Option<T>>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+    F: FnMut(&T) -> Option<T>,
+{
+    use crate::store::{Compare, Op};
+    loop {
+        let Some(kv) = store.get(key).await? else { return Ok(None) };
+        let cur: T = kv.json()?;
+        let Some(next) = f(&cur) else { return Ok(Some(cur)) };
+        if store.txn(vec![Compare::unchanged(&kv)], vec![Op::put_json(key, &next)]).await?.succeeded {
+            return Ok(Some(next));
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The request queue (fal-style), kept in the store.
+//!
+//! A request is written under `queue/{app}/{id}` when submitted. A runner claims the oldest queued
+//! one with a transaction that (a) checks the request did not change since it was read and (b)
+//! writes a claim key on the claimer's lease: two runners can never both win, and when the
+//! claimer's node dies its lease ends, the claim key disappears, and [`requeue_orphans`] puts the
+//! request back. A result is accepted only from the runner whose claim is still there, and moves
+//! the request to `results/{app}/{id}` in the same transaction: served at most once at a time,
+//! and never lost.
+
+use fleet_core::keys::{Counter, Keys, id_of};
+
+use crate::lifecycle::node::Time;
+use crate::lifecycle::runner::NodeId;
+use crate::model::{RequestId, RequestRecord, RequestState, RunnerId};
+use crate::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, allocate_ids, to_json};
+
+/// What the API needs to say about submitting.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("request {0} was not found")]
+    NotFound(RequestId),
+    #[error("runner {runner} no longer holds request {request} (its claim expired and it was queued again)")]
+    ClaimLost { runner: RunnerId, request: RequestId },
+}
+
+/// Queues a request; returns its id.
+pub async fn submit(
+    store: &dyn Store,
+    keys: &Keys,
+    app: &str,
+    input: serde_json::Value,
+    now: Time,
+) -> StoreResult<RequestId> {
+    let id = allocate_ids(store, &keys.counter(Counter::Request), 1).await?;
+    let rec =
+        RequestRecord { id, app: app.into(), input, submitted_at: now, attempts: 0, state: RequestState::Queued };
+    store.put(&keys.queued(app, id), to_json(&rec), None).await?;
+    Ok(id)
+}
+
+/// The request wherever it is (queue or results).
+pub async fn get(store: &dyn Store, keys: &Keys, app: &str, id: RequestId) -> Result<RequestRecord, QueueError> {
+    for key in [keys.queued(app, id), keys.result(app, id)] {
+        if let Some(kv) = store.get(&key).await? {
+            return Ok(kv.json()?);
+        }
+    }
+    Err(QueueError::NotFound(id))
+}
+
+/// Queued and claimed requests of one app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub queued: u32,
+    pub in_flight: u32,
+}
+
+/// Depth per app, from one read of every queue.
+pub async fn depths(store: &dyn Store, keys: &Keys) -> StoreResult<std::collections::BTreeMap<String, Depth>> {
+    let (kvs, _) = store.range(&keys.queues()).await?;
+    let mut out = std::collections::BTreeMap::<String, Depth>::new();
+    for kv in kvs {
+        let rec: RequestRecord = kv.json()?;
+        let d = out.entry(rec.app).or_default();
+        match rec.state {
+            RequestState::Queued => d.queued += 1,
+            _ => d.in_flight += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Claims the oldest queued request of `app` for `runner` on `node`, holding it with `lease` (the
+/// node agent's). `None` when nothing is queued.
+pub async fn claim(
+    store: &dyn Store,
+    keys: &Keys,
+    app: &str,
+    runner: RunnerId,
+    node: NodeId,
+    lease: LeaseId,
+    now: Time,
+) -> StoreResult<Option<RequestRecord>> {
+    loop {
+        let (kvs, _) = store.range(&keys.queue(app)).await?;
+        let mut contended = false;
+        for kv in kvs {
+            let mut rec: RequestRecord = kv.json()?;
+            if rec.state != RequestState::Queued {
+                continue;
+            }
+            rec.state = RequestState::Claimed { runner, node, since: now };
+            rec.attempts += 1;
+            let claim_key = keys.claim(app, rec.id);
+            let res = store
+                .txn(
+                    vec![Compare::unchanged(&kv), Compare::absent(&claim_key)],
+                    vec![Op::put_json(&kv.key, &rec), Op::put_with_lease(claim_key, to_json(&runner), lease)],
+                )
+                .await?;
+            if res.succeeded {
+                return Ok(Some(rec));
+            }
+            contended = true;
+        }
+        if !contended {
+            return Ok(None);
+        }
+    }
+}
+
+/// Records the result of a claimed request. Refused when `runner`'s claim is gone.
+pub async fn complete(
+    store: &dyn Store,
+    keys: &Keys,
+    app: &str,
+    id: RequestId,
+    runner: RunnerId,
+    outcome: Result<serde_json::Value, String>,
+    now: Time,
+) -> Result<RequestRecord, QueueError> {
+    let claim_key = keys.claim(app, id);
+    let claim = store.get(&claim_key).await?;
+    let held = claim.as_ref().map(|c| c.json::<RunnerId>()).transpose()? == Some(runner);
+    let queued = store.get(&keys.queued(app, id)).await?;
+    let (Some(claim), Some(kv), true) = (claim, queued, held) else {
+        return Err(QueueError::ClaimLost { runner, request: id });
+    };
+    let mut rec: RequestRecord = kv.json()?;
+    let finished_at = now;
+    rec.state = match outcome {
+        Ok(output) => RequestState::Done { output, runner, finished_at },
+        Err(error) => RequestState::Failed { error, finished_at },
+    };
+    let res = store
+        .txn(
+            vec![Compare::unchanged(&claim), Compare::unchanged(&kv)],
+            vec![Op::delete(&kv.key), Op::delete(claim_key), Op::put_json(keys.result(app, id), &rec)],
+        )
+        .await?;
+    if res.succeeded { Ok(rec) } else { Err(QueueError::ClaimLost { runner, request: id }) }
+}
+
+/// Puts back every claimed request whose claim key is gone (its claimer's lease ended) or whose
+/// runner is in `lost` (stopped without finishing). Returns how many went back.
+pub async fn requeue_orphans(store: &dyn Store, keys: &Keys, lost: &[RunnerId]) -> StoreResult<u32> {
+    let (kvs, _) = store.range(&keys.queues()).await?;
+    let (claims, _) = store.range(&keys.claims()).await?;
+    let claimed: std::collections::HashMap<(String, RequestId), &crate::store::KeyValue> = claims
+        .iter()
+        .filter_map(|c| {
+            let id = id_of(&c.key)?;
+            let app = c.key.strip_prefix(&keys.claims())?.split('/').next()?.to_string();
+            Some(((app, id), c))
+        })
+        .collect();
+    let mut n = 0;
+    for kv in kvs {
+        let mut rec: RequestRecord = kv.json()?;
+        let RequestState::Claimed { runner, .. } = rec.state else { continue };
+        let claim = claimed.get(&(rec.app.clone(), rec.id));
+        if claim.is_some() && !lost.contains(&runner) {
+            continue;
+        }
+        let claim_key = keys.claim(&rec.app, rec.id);
+        let mut cmps = vec![Compare::unchanged(&kv)];
+        let mut ops = vec![];
+        match claim {
+            Some(c) => {
+                cmps.push(Compare::unchanged(c));
+                ops.push(Op::delete(claim_key));
+            }
+            None => cmps.push(Compare::absent(claim_key)),
+        }
+        rec.state = RequestState::Queued;
+        ops.push(Op::put_json(&kv.key, &rec));
+        if store.txn(cmps, ops).await?.succeeded {
+            tracing::info!(request = rec.id, app = %rec.app, runner, "request queued again: its runner is gone");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
