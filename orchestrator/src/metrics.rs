@@ -130,7 +130,11 @@ impl Metrics {
         r.register("actor_restarts", "Supervised actors restarted after a failure, by kind", m.actor_restarts.clone());
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register("reconcile_seconds", "Time one reconcile pass takes", m.reconcile_seconds.clone());
-        r.register("requests_requeued", "Requests queued again after their runner was lost", m.requests_requeued.clone());
+        r.register(
+            "requests_requeued",
+            "Requests queued again after their runner was lost",
+            m.requests_requeued.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -147,7 +151,13 @@ impl Metrics {
         let spend_of = |app: Option<&str>| {
             let mine = |n: &&NodeRecord| app.is_none_or(|a| n.app == a);
             Spend {
-                burn_per_hour: nodes.iter().filter(mine).filter(|n| n.is_live()).filter_map(|n| n.price).map(|p| p.hourly()).sum(),
+                burn_per_hour: nodes
+                    .iter()
+                    .filter(mine)
+                    .filter(|n| n.is_live())
+                    .filter_map(|n| n.price)
+                    .map(|p| p.hourly())
+                    .sum(),
                 month_to_date: nodes.iter().filter(mine).map(|n| month_cost(n, now)).sum(),
             }
         };
@@ -165,7 +175,13 @@ impl Metrics {
 }
 
 /// Refreshes the gauges from one reconcile's view.
-pub fn observe(m: &Metrics, nodes: &[NodeRecord], runners: &[RunnerRecord], depths: &BTreeMap<String, Depth>, now: Time) {
+pub fn observe(
+    m: &Metrics,
+    nodes: &[NodeRecord],
+    runners: &[RunnerRecord],
+    depths: &BTreeMap<String, Depth>,
+    now: Time,
+) {
     m.nodes.clear();
     let mut burn = Money::ZERO;
     let mut mtd = Money::ZERO;

@@ -109,9 +109,20 @@ pub struct RequestRecord {
 pub enum RequestState {
     Queued,
     /// A runner serves it; the claim key (on the runner's node lease) says it still does.
-    Claimed { runner: RunnerId, node: NodeId, since: Time },
-    Done { output: serde_json::Value, runner: RunnerId, finished_at: Time },
-    Failed { error: String, finished_at: Time },
+    Claimed {
+        runner: RunnerId,
+        node: NodeId,
+        since: Time,
+    },
+    Done {
+        output: serde_json::Value,
+        runner: RunnerId,
+        finished_at: Time,
+    },
+    Failed {
+        error: String,
+        finished_at: Time,
+    },
 }
 
 impl RequestState {
@@ -139,11 +150,7 @@ pub struct AgentRecord {
 /// Reads a JSON record, applies `f`, and writes it back only if nobody changed it meanwhile
 /// (retrying on conflict). `f` returns `None` to leave the record as it is; the result is the
 /// record as written (or as found, when `f` declined), or `None` when the key does not exist.
-pub async fn update<T, F>(
-    store: &dyn crate::store::Store,
-    key: &str,
-    mut f: F,
-) -> crate::store::StoreResult<Option<T>>
+pub async fn update<T, F>(store: &dyn crate::store::Store, key: &str, mut f: F) -> crate::store::StoreResult<Option<T>>
 where
     T: Serialize + serde::de::DeserializeOwned,
     F: FnMut(&T) -> Option<T>,
@@ -157,4 +164,35 @@ where
             return Ok(Some(next));
         }
     }
+}
+
+/// Why a spec was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(fleet_core::spec::SpecErrors),
+    #[error(
+        "this spec is for fleet `{spec}` but this fleetd runs fleet `{daemon}`: set [fleet] name = \"{daemon}\", or start fleetd with --fleet {spec}"
+    )]
+    WrongFleet { spec: String, daemon: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Checks a spec as a whole and stores it (the fleet actor picks it up on its next pass). Nothing
+/// is written unless all of it is valid.
+pub async fn apply_spec(
+    store: &dyn crate::store::Store,
+    keys: &fleet_core::keys::Keys,
+    fleet: &str,
+    toml: &str,
+    now: Time,
+) -> Result<fleet_core::spec::FleetSpec, ApplyError> {
+    let spec = fleet_core::spec::FleetSpec::parse("spec", toml).map_err(ApplyError::Invalid)?;
+    if spec.name != fleet {
+        return Err(ApplyError::WrongFleet { spec: spec.name, daemon: fleet.to_string() });
+    }
+    let rec = StoredSpec { toml: toml.to_string(), applied_at: now };
+    store.put(&keys.spec(), crate::store::to_json(&rec), None).await?;
+    Ok(spec)
 }

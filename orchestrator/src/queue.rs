@@ -35,8 +35,7 @@ pub async fn submit(
     now: Time,
 ) -> StoreResult<RequestId> {
     let id = allocate_ids(store, &keys.counter(Counter::Request), 1).await?;
-    let rec =
-        RequestRecord { id, app: app.into(), input, submitted_at: now, attempts: 0, state: RequestState::Queued };
+    let rec = RequestRecord { id, app: app.into(), input, submitted_at: now, attempts: 0, state: RequestState::Queued };
     store.put(&keys.queued(app, id), to_json(&rec), None).await?;
     Ok(id)
 }

@@ -96,7 +96,8 @@ pub fn fleet_state<'a>(
             RunnerState::Busy { in_flight, .. } => (true, *in_flight, None),
             _ => (false, 0, None),
         };
-        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price: index.offering(oid).price_per_gpu() };
+        let info =
+            RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price: index.offering(oid).price_per_gpu() };
         apps.entry(r.app.clone()).or_default().runners.push(RunnerView { runner: info, node });
     }
     for (app, d) in depths {

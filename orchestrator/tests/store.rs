@@ -11,7 +11,8 @@ use fleet_orchestrator::testing::etcd::EtcdServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_passes_the_store_suite() {
     let server = EtcdServer::start();
-    let store = EtcdStore::connect(std::slice::from_ref(&server.client_url), None, Duration::from_secs(5)).await.unwrap();
+    let store =
+        EtcdStore::connect(std::slice::from_ref(&server.client_url), None, Duration::from_secs(5)).await.unwrap();
     suite::run(Arc::new(store), "/suite").await;
 }
 

@@ -274,6 +274,13 @@ impl UnavailableCache {
         self.lookup(zone_fp, region_fp, now)
     }
 
+    /// The live entry covering the offering with key `k`, if any.
+    pub fn covering_key(&self, k: &OfferingKey, now: Timestamp) -> Option<&UnavailableEntry> {
+        let zone_fp = key_fingerprint(k);
+        let region_fp = fingerprint(k.cloud, &k.region, None, &k.instance_type, k.capacity);
+        self.lookup(zone_fp, region_fp, now)
+    }
+
     /// Entries are found by 64-bit fingerprints of their keys, without comparing the strings: a
     /// collision (about one in 10^13 per decision with a thousand entries) could only make an
     /// offering be skipped for one TTL, never make an unavailable one be tried.

@@ -39,7 +39,11 @@ pub struct CloudState {
 }
 
 impl CloudState {
-    async fn region(&mut self, myself: &ActorRef<CloudMsg>, region: &str) -> Result<ActorRef<RegionMsg>, ActorProcessingErr> {
+    async fn region(
+        &mut self,
+        myself: &ActorRef<CloudMsg>,
+        region: &str,
+    ) -> Result<ActorRef<RegionMsg>, ActorProcessingErr> {
         if let Some(r) = self.regions.get(region) {
             return Ok(r.clone());
         }
@@ -66,7 +70,12 @@ impl Actor for CloudActor {
         Ok(CloudState { args, regions: BTreeMap::new(), restarts: HashMap::new() })
     }
 
-    async fn handle(&self, myself: ActorRef<CloudMsg>, msg: CloudMsg, st: &mut CloudState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<CloudMsg>,
+        msg: CloudMsg,
+        st: &mut CloudState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CloudMsg::Launch(node) => {
                 let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };

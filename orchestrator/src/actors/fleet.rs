@@ -31,8 +31,17 @@ pub struct FleetActor;
 pub enum FleetMsg {
     Tick,
     /// A region's launch attempt for `node` ended.
-    LaunchFailed { node: NodeId, error: ProviderError },
-    Launched { node: NodeId },
+    LaunchFailed {
+        node: NodeId,
+        offering: OfferingKey,
+        error: ProviderError,
+    },
+    /// The launch ended well, or no longer matters (`offering` proved to have capacity when `ok`).
+    Launched {
+        node: NodeId,
+        offering: OfferingKey,
+        ok: bool,
+    },
     /// Launch orders in flight were lost with a failed actor: the next pass re-sends them
     /// (the idempotency token makes a re-sent launch find the instance the first one made).
     ForgetLaunches,
@@ -62,6 +71,12 @@ pub struct FleetState {
     restarts: HashMap<Cloud, RestartBudget>,
     /// Nodes with a launch order out (so a reconcile does not send a second one).
     launching: HashSet<NodeId>,
+    /// Offerings that launched recently: launches go to them in parallel.
+    proven: HashMap<OfferingKey, Time>,
+    /// Offerings not proven, with one launch in flight probing them; other nodes wait for its
+    /// answer, so a pool without capacity costs one refused call, not one per node.
+    probing: HashSet<OfferingKey>,
+    waiting: HashSet<NodeId>,
     failed_passes: u32,
 }
 
@@ -115,11 +130,19 @@ impl Actor for FleetActor {
             clouds,
             restarts: HashMap::new(),
             launching: HashSet::new(),
+            proven: HashMap::new(),
+            probing: HashSet::new(),
+            waiting: HashSet::new(),
             failed_passes: 0,
         })
     }
 
-    async fn handle(&self, myself: ActorRef<FleetMsg>, msg: FleetMsg, st: &mut FleetState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<FleetMsg>,
+        msg: FleetMsg,
+        st: &mut FleetState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             FleetMsg::Tick => {
                 let started = tokio::time::Instant::now();
@@ -139,14 +162,24 @@ impl Actor for FleetActor {
                 st.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
                 myself.send_after(next, || FleetMsg::Tick);
             }
-            FleetMsg::Launched { node } => {
+            FleetMsg::Launched { node, offering, ok } => {
                 st.launching.remove(&node);
+                st.probing.remove(&offering);
+                if ok {
+                    st.proven.insert(offering, st.ctx.clock.now());
+                }
+                release_waiting(st).await?;
             }
-            FleetMsg::LaunchFailed { node, error } => {
+            FleetMsg::LaunchFailed { node, offering, error } => {
                 st.launching.remove(&node);
+                st.probing.remove(&offering);
                 on_launch_failed(st, node, error).await?;
+                release_waiting(st).await?;
             }
-            FleetMsg::ForgetLaunches => st.launching.clear(),
+            FleetMsg::ForgetLaunches => {
+                st.launching.clear();
+                st.probing.clear();
+            }
             FleetMsg::Crash(why) => panic!("fleet actor asked to crash: {why}"),
         }
         Ok(())
@@ -178,6 +211,7 @@ impl Actor for FleetActor {
             st.clouds.insert(cloud, r);
             // In-flight launches of that cloud died with it; the next reconcile re-sends them.
             st.launching.clear();
+            st.probing.clear();
         }
         Ok(())
     }
@@ -198,24 +232,76 @@ async fn on_launch_failed(st: &mut FleetState, node: NodeId, error: ProviderErro
     if let Some((rec, _)) = crate::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(node)).await?
         && matches!(rec.state, NodeState::Requested { .. })
     {
-        dispatch_launch(st, rec);
+        dispatch_launch(st, rec).await?;
     }
     Ok(())
 }
 
-fn dispatch_launch(st: &mut FleetState, rec: NodeRecord) {
-    if st.launching.contains(&rec.id) {
-        return;
+/// Nodes that waited for a probe go now (or wait for the next one).
+async fn release_waiting(st: &mut FleetState) -> Result<(), StoreError> {
+    for id in std::mem::take(&mut st.waiting) {
+        if let Some((rec, _)) = crate::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(id)).await?
+            && matches!(rec.state, NodeState::Requested { .. } | NodeState::Launching { .. })
+        {
+            dispatch_launch(st, rec).await?;
+        }
     }
-    let Some(cloud) = rec.offering().map(|o| o.cloud) else { return };
+    Ok(())
+}
+
+/// Sends the node's launch to its cloud: first past candidates that refused meanwhile (the
+/// record's attempt moves on; none left → Failed), and only one at a time to an offering that has
+/// not launched recently.
+async fn dispatch_launch(st: &mut FleetState, mut rec: NodeRecord) -> Result<(), StoreError> {
+    if st.launching.contains(&rec.id) {
+        return Ok(());
+    }
+    let now = st.ctx.clock.now();
+    if matches!(rec.state, NodeState::Requested { .. }) {
+        let from = rec.attempt;
+        let skip_to = (from..rec.candidates.len())
+            .find(|i| st.unavailable.covering_key(&rec.candidates[*i].offering, now).is_none())
+            .unwrap_or(rec.candidates.len());
+        if skip_to != from {
+            let updated = update(&*st.ctx.store, &st.ctx.keys.node(rec.id), |cur: &NodeRecord| {
+                if cur.attempt != from || !matches!(cur.state, NodeState::Requested { .. }) {
+                    return None;
+                }
+                if skip_to >= cur.candidates.len() {
+                    let reason = "every candidate offering refused capacity or quota".to_string();
+                    let state = NodeState::Failed { instance_id: None, reason, since: now };
+                    return Some(NodeRecord { state, ..cur.clone() });
+                }
+                Some(NodeRecord { attempt: skip_to, ..cur.clone() })
+            })
+            .await?;
+            match updated {
+                Some(r) if matches!(r.state, NodeState::Requested { .. }) && r.attempt == skip_to => rec = r,
+                _ => return Ok(()),
+            }
+        }
+    }
+    let Some(offering) = rec.offering().cloned() else { return Ok(()) };
+    let ttl = chrono::Duration::from_std(st.ctx.config.unavailable_ttl).unwrap_or_default();
+    let proven = st.proven.get(&offering).is_some_and(|t| now - *t < ttl);
+    if !proven {
+        if st.probing.contains(&offering) {
+            st.waiting.insert(rec.id);
+            return Ok(());
+        }
+        st.probing.insert(offering.clone());
+    }
+    let cloud = offering.cloud;
     let Some(actor) = st.clouds.get(&cloud) else {
         tracing::warn!(node = rec.id, %cloud, "no actor for the cloud right now; the next reconcile retries");
-        return;
+        st.probing.remove(&offering);
+        return Ok(());
     };
     st.launching.insert(rec.id);
     if actor.send_message(CloudMsg::Launch(rec)).is_err() {
         tracing::warn!(%cloud, "cloud actor is gone; the next reconcile retries");
     }
+    Ok(())
 }
 
 async fn load_spec(st: &mut FleetState) -> Result<(), StoreError> {
@@ -268,7 +354,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     let known: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
     for n in &nodes {
         match &n.state {
-            NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, n.clone()),
+            NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, n.clone()).await?,
             NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. } => {}
             _ => {
                 let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
@@ -283,10 +369,16 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     for r in &runners {
         let orphan = match r.node() {
             None => true,
-            Some(n) => !known.contains(&n)
-                || nodes.iter().any(|x| {
-                    x.id == n && matches!(x.state, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. })
-                }),
+            Some(n) => {
+                !known.contains(&n)
+                    || nodes.iter().any(|x| {
+                        x.id == n
+                            && matches!(
+                                x.state,
+                                NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }
+                            )
+                    })
+            }
         };
         if orphan {
             retire_runner(&ctx, r, now).await?;
@@ -303,20 +395,12 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     }
 
     let Some(applied) = &st.applied else { return Ok(()) };
-    let state = fleet_state(
-        &applied.index,
-        &applied.ids,
-        &nodes,
-        &runners,
-        &depths,
-        &st.pending_since,
-        &st.unavailable,
-        now,
-    );
+    let state =
+        fleet_state(&applied.index, &applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
     let new_nodes = carry_out(st, &plan, &nodes, now).await?;
     for rec in new_nodes {
-        dispatch_launch(st, rec);
+        dispatch_launch(st, rec).await?;
     }
     Ok(())
 }
@@ -361,8 +445,8 @@ async fn carry_out(
             })
             .await?;
         }
-        let extra: u32 = ap.on_existing.iter().map(|(_, n)| n).sum::<u32>()
-            + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>();
+        let extra: u32 =
+            ap.on_existing.iter().map(|(_, n)| n).sum::<u32>() + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>();
         if extra > 0 || !ap.new_nodes.is_empty() {
             let mut next_runner = allocate_ids(store, &keys.counter(Counter::Runner), u64::from(extra)).await?;
             let mut new_runner = |node: NodeId| {

@@ -14,8 +14,8 @@ use super::Ctx;
 use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
 use crate::lifecycle::node::{NodeEvent, NodeState, transition};
 use crate::lifecycle::runner::{NodeId, RunnerState};
-use crate::model::{NodeRecord, RunnerRecord, update};
 use crate::model::RunnerId;
+use crate::model::{NodeRecord, RunnerRecord, update};
 use crate::store::StoreError;
 
 pub struct NodeActor;
@@ -131,7 +131,8 @@ impl NodeActorState {
                 }
             }
             NodeState::Terminated { .. } => return Ok(false),
-            NodeState::Requested { .. } | NodeState::Launching { .. } | NodeState::Failed { instance_id: None, .. } => {}
+            NodeState::Requested { .. } | NodeState::Launching { .. } | NodeState::Failed { instance_id: None, .. } => {
+            }
         }
         Ok(true)
     }
@@ -148,7 +149,12 @@ impl Actor for NodeActor {
         Ok(NodeActorState { args, runners: HashMap::new(), live_runners: usize::MAX })
     }
 
-    async fn handle(&self, myself: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeActorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        st: &mut NodeActorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Poll => {
                 let keep = match st.poll().await {

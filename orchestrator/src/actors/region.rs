@@ -28,10 +28,16 @@ pub struct RegionActor;
 pub enum RegionMsg {
     Launch(NodeRecord),
     /// Retry of a launch after a transient error (`attempt` counts the retries).
-    Retry { node: NodeRecord, attempt: u32 },
+    Retry {
+        node: NodeRecord,
+        attempt: u32,
+    },
     /// A launch call succeeded: start the node's actor.
     Launched(NodeRecord),
-    SyncNode { node: NodeRecord, runners: Vec<RunnerRecord> },
+    SyncNode {
+        node: NodeRecord,
+        runners: Vec<RunnerRecord>,
+    },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -52,7 +58,11 @@ pub struct RegionState {
 }
 
 impl RegionState {
-    async fn node_actor(&mut self, myself: &ActorRef<RegionMsg>, id: NodeId) -> Result<ActorRef<NodeMsg>, ActorProcessingErr> {
+    async fn node_actor(
+        &mut self,
+        myself: &ActorRef<RegionMsg>,
+        id: NodeId,
+    ) -> Result<ActorRef<NodeMsg>, ActorProcessingErr> {
         if let Some(r) = self.nodes.get(&id) {
             return Ok(r.clone());
         }
@@ -120,11 +130,17 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
         }
         Err(e) if e.is_retryable() => Ok(Outcome::Retry).map(|o| {
             tracing::warn!(node = rec.id, %offering, error = %e, "launch failed; retrying");
-            ctx.metrics.launch_failures.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind())).inc();
+            ctx.metrics
+                .launch_failures
+                .get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind()))
+                .inc();
             o
         }),
         Err(e) => {
-            ctx.metrics.launch_failures.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind())).inc();
+            ctx.metrics
+                .launch_failures
+                .get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind()))
+                .inc();
             let reason = e.to_string();
             update(&*ctx.store, &key, |cur: &NodeRecord| {
                 let more = cur.attempt + 1 < cur.candidates.len();
@@ -145,7 +161,11 @@ impl Actor for RegionActor {
     type State = RegionState;
     type Arguments = RegionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<RegionMsg>, args: RegionArgs) -> Result<RegionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RegionMsg>,
+        args: RegionArgs,
+    ) -> Result<RegionState, ActorProcessingErr> {
         let permits = Arc::new(Semaphore::new(args.ctx.config.launches_per_region.max(1)));
         Ok(RegionState {
             args,
@@ -155,7 +175,12 @@ impl Actor for RegionActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<RegionMsg>, msg: RegionMsg, st: &mut RegionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RegionMsg>,
+        msg: RegionMsg,
+        st: &mut RegionState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegionMsg::Launch(node) => spawn_launch(&myself, st, node, 0),
             RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt),
@@ -213,16 +238,17 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
         let until = *throttled.lock().expect("throttle lock");
         tokio::time::sleep_until(until).await;
         let id = node.id;
+        let Some(offering) = node.offering().cloned() else { return };
         match launch_once(&ctx, &*provider, &node).await {
             Ok(Outcome::Launched(rec)) => {
                 let _ = me.send_message(RegionMsg::Launched(rec));
-                let _ = fleet.send_message(FleetMsg::Launched { node: id });
+                let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: true });
             }
             Ok(Outcome::Failed(error)) => {
-                let _ = fleet.send_message(FleetMsg::LaunchFailed { node: id, error });
+                let _ = fleet.send_message(FleetMsg::LaunchFailed { node: id, offering, error });
             }
             Ok(Outcome::Stale) => {
-                let _ = fleet.send_message(FleetMsg::Launched { node: id });
+                let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: false });
             }
             Ok(Outcome::Retry) | Err(_) => {
                 let wait = backoff(&ctx.config, attempt);
@@ -243,7 +269,7 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
                     }
                     _ => {
                         // Store trouble: let the fleet's next pass re-send the launch.
-                        let _ = fleet.send_message(FleetMsg::Launched { node: id });
+                        let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: false });
                     }
                 }
             }

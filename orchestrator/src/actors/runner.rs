@@ -17,7 +17,11 @@ pub struct RunnerActor;
 
 #[derive(Debug)]
 pub enum RunnerMsg {
-    Sync { runner: RunnerRecord, node_ready: bool, node_gone: bool },
+    Sync {
+        runner: RunnerRecord,
+        node_ready: bool,
+        node_gone: bool,
+    },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -48,7 +52,9 @@ async fn step(ctx: &Ctx, r: &RunnerRecord, node_ready: bool, node_gone: bool) ->
             tracing::warn!(runner = r.id, "runner did not come up in time");
             Some(RunnerEvent::StartFailed)
         }
-        RunnerState::Stopping { since, .. } if age(since) > ctx.config.runner_stop_timeout => Some(RunnerEvent::Stopped),
+        RunnerState::Stopping { since, .. } if age(since) > ctx.config.runner_stop_timeout => {
+            Some(RunnerEvent::Stopped)
+        }
         _ => return Ok(true),
     };
     let rec = match next {
@@ -72,17 +78,28 @@ impl Actor for RunnerActor {
     type State = RunnerArgs;
     type Arguments = RunnerArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<RunnerMsg>, args: RunnerArgs) -> Result<RunnerArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RunnerMsg>,
+        args: RunnerArgs,
+    ) -> Result<RunnerArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, myself: ActorRef<RunnerMsg>, msg: RunnerMsg, st: &mut RunnerArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RunnerMsg>,
+        msg: RunnerMsg,
+        st: &mut RunnerArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RunnerMsg::Sync { runner, node_ready, node_gone } => match step(&st.ctx, &runner, node_ready, node_gone).await {
-                Ok(true) => {}
-                Ok(false) => myself.stop(Some("stopped".into())),
-                Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),
-            },
+            RunnerMsg::Sync { runner, node_ready, node_gone } => {
+                match step(&st.ctx, &runner, node_ready, node_gone).await {
+                    Ok(true) => {}
+                    Ok(false) => myself.stop(Some("stopped".into())),
+                    Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),
+                }
+            }
             RunnerMsg::Crash(why) => panic!("runner actor {} asked to crash: {why}", st.id),
         }
         Ok(())

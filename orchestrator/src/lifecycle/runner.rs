@@ -111,9 +111,7 @@ pub fn transition(state: &RunnerState, event: RunnerEvent, now: Time) -> Result<
         (S::Pending { node }, E::Start) => S::Starting { node: *node, since: now },
         (S::Starting { node, .. }, E::Started) => S::Idle { node: *node, since: now },
         (S::Starting { .. }, E::StartFailed) => S::Stopped { since: now, lost_requests: 0 },
-        (S::Idle { node, .. }, E::Claim { max }) if *max >= 1 => {
-            S::Busy { node: *node, in_flight: 1, since: now }
-        }
+        (S::Idle { node, .. }, E::Claim { max }) if *max >= 1 => S::Busy { node: *node, in_flight: 1, since: now },
         (S::Busy { node, in_flight, since }, E::Claim { max }) if in_flight < max => {
             S::Busy { node: *node, in_flight: in_flight + 1, since: *since }
         }

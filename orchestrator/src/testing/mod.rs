@@ -1,3 +1,6 @@
-//! Helpers for tests that run real components (used by this crate's tests and by later crates').
+//! Helpers for tests that run real components, and simulated agents (used by this crate's tests,
+//! its benchmark, and `fleetd --fake-clouds`).
 
 pub mod etcd;
+pub mod harness;
+pub mod sim_agent;

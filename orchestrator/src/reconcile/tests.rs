@@ -1,0 +1,98 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use fleet_core::spec::FleetSpec;
+use fleet_core::{CapacityType, Catalog, Cloud, Money, Price};
+use fleet_policies::placement::{PlacementIndex, UnavailableCache};
+
+use super::*;
+use crate::model::CandidateRecord;
+use crate::testing::harness::h100x8;
+
+fn t(s: &str) -> Time {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn node(id: u64, state: NodeState, price: &str, since: Option<&str>, until: Option<&str>) -> NodeRecord {
+    let o = h100x8(Cloud::Lambda, "us-east-1", price, CapacityType::OnDemand);
+    NodeRecord {
+        id,
+        app: "llm".into(),
+        state,
+        candidates: vec![CandidateRecord { offering: o.key(), price: o.price, slots: 1 }],
+        attempt: 0,
+        slots: 1,
+        price: since.map(|_| o.price),
+        billing_since: since.map(t),
+        billing_until: until.map(t),
+        cordoned: false,
+        created_at: t("2026-10-01T00:00:00Z"),
+    }
+}
+
+#[test]
+fn month_cost_counts_only_this_month_and_stops_at_billing_end() {
+    let now = t("2026-11-25T12:00:00Z");
+    // Billing since October: only November's 24.5 days count, at $20/h.
+    let n = node(
+        1,
+        NodeState::Ready {
+            instance_id: "i".into(),
+            offering: h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand).key(),
+            since: now,
+        },
+        "20",
+        Some("2026-10-20T00:00:00Z"),
+        None,
+    );
+    assert_eq!(month_cost(&n, now), Money::from_dollars(20 * (24 * 24 + 12)));
+    // Ended 90 minutes after it started: $30.
+    let n =
+        node(2, NodeState::Terminated { since: now }, "20", Some("2026-11-02T00:00:00Z"), Some("2026-11-02T01:30:00Z"));
+    assert_eq!(month_cost(&n, now), Money::from_dollars(30));
+    // Never launched: nothing.
+    let n = node(3, NodeState::Requested { since: now }, "20", None, None);
+    assert_eq!(month_cost(&n, now), Money::ZERO);
+    assert_eq!(month_start(now), t("2026-11-01T00:00:00Z"));
+}
+
+#[test]
+fn fleet_state_counts_capacity_runners_and_queue() {
+    let now = t("2026-11-25T12:00:00Z");
+    let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let catalog = Arc::new(Catalog::new(vec![o.clone()]));
+    let spec = FleetSpec::parse("t", "[fleet]\nname = \"t\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n").unwrap();
+    let index = PlacementIndex::new(catalog, &spec);
+    let ids = offering_ids(&index);
+    let ready = NodeState::Ready { instance_id: "i-1".into(), offering: o.key(), since: now };
+    let nodes = vec![
+        node(1, ready, "20", Some("2026-11-25T11:00:00Z"), None),
+        node(2, NodeState::Terminated { since: now }, "20", Some("2026-11-25T10:00:00Z"), Some("2026-11-25T10:30:00Z")),
+        NodeRecord { cordoned: true, slots: 4, ..node(3, NodeState::Requested { since: now }, "20", None, None) },
+    ];
+    let runners = vec![
+        RunnerRecord { id: 10, app: "llm".into(), state: RunnerState::Idle { node: 1, since: now }, created_at: now },
+        RunnerRecord {
+            id: 11,
+            app: "llm".into(),
+            state: RunnerState::Stopping { node: 1, since: now },
+            created_at: now,
+        },
+        RunnerRecord { id: 12, app: "llm".into(), state: RunnerState::Pending { node: 3 }, created_at: now },
+    ];
+    let depths = BTreeMap::from([("llm".to_string(), Depth { queued: 5, in_flight: 2 })]);
+    let unavailable = UnavailableCache::default();
+    let s = fleet_state(&index, &ids, &nodes, &runners, &depths, &HashMap::new(), &unavailable, now);
+    let app = &s.apps["llm"];
+    // The terminated node is not capacity; the cordoned one offers only the slot it uses.
+    assert_eq!(app.nodes.iter().map(|n| (n.id, n.slots)).collect::<Vec<_>>(), vec![(1, 1), (3, 1)]);
+    // The stopping runner does not count; the idle one is ready with its idle time.
+    let r: Vec<_> = app.runners.iter().map(|r| (r.runner.id, r.runner.ready, r.node)).collect();
+    assert_eq!(r, vec![(10, true, 1), (12, false, 3)]);
+    assert_eq!((app.queued, app.in_flight), (5, 2));
+    // One hour of node 1 + half an hour of node 2 at $20/h.
+    assert_eq!(app.month_to_date, Money::from_dollars(30));
+    assert_eq!(s.fleet_month_to_date, Money::from_dollars(30));
+    assert_eq!(app.runners[0].runner.gpu_price, Price::parse_decimal("2.5").unwrap());
+}

@@ -1,0 +1,243 @@
+//! Simulated node agents: the agent side of the store protocol, for every ready node of a fleet,
+//! in one task. Until the real `fleet-agent` runs on a node (the agent issue), this is what serves
+//! requests in tests and in `fleetd --fake-clouds`: it keeps a lease per ready node and an agent
+//! record on it, brings starting runners up after `load_time`, stops stopping ones, claims queued
+//! requests for idle capacity and completes them after `service_time` (output: the input echoed).
+//!
+//! It goes through exactly the store operations a real agent uses (lease-bound claims,
+//! compare-and-swap runner transitions), so the orchestrator cannot tell the difference.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_core::keys::Keys;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::lifecycle::node::{NodeState, Time};
+use crate::lifecycle::runner::{NodeId, RunnerEvent, RunnerState, transition};
+use crate::model::{AgentRecord, NodeRecord, RequestId, RunnerId, RunnerRecord, update};
+use crate::queue;
+use crate::store::{LeaseId, Store, StoreResult, to_json};
+
+#[derive(Debug, Clone)]
+pub struct SimAgentConfig {
+    pub poll: Duration,
+    pub load_time: Duration,
+    pub service_time: Duration,
+    pub lease_ttl: Duration,
+    /// Requests one runner serves at once, per app (default 1).
+    pub multiplexing: BTreeMap<String, u32>,
+}
+
+impl Default for SimAgentConfig {
+    fn default() -> Self {
+        SimAgentConfig {
+            poll: Duration::from_millis(200),
+            load_time: Duration::from_secs(5),
+            service_time: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(10),
+            multiplexing: BTreeMap::new(),
+        }
+    }
+}
+
+/// Counts what the agents did, for tests' assertions.
+#[derive(Debug, Default, Clone)]
+pub struct SimAgentStats {
+    pub completed: Vec<(RequestId, RunnerId)>,
+    /// Completions refused because the claim was gone (the request was re-queued meanwhile).
+    pub refused: u32,
+}
+
+pub struct SimAgents {
+    pub stats: Arc<Mutex<SimAgentStats>>,
+    /// Nodes whose agent is dead (it stops keeping its lease alive and serving).
+    killed: Arc<Mutex<HashSet<NodeId>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SimAgents {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SimAgents {
+    pub fn spawn(store: Arc<dyn Store>, keys: Keys, clock: Clock, cfg: SimAgentConfig) -> SimAgents {
+        let stats = Arc::new(Mutex::new(SimAgentStats::default()));
+        let killed = Arc::new(Mutex::new(HashSet::new()));
+        let mut sim = Sim {
+            store,
+            keys,
+            clock,
+            cfg,
+            stats: stats.clone(),
+            killed: killed.clone(),
+            leases: HashMap::new(),
+            jobs: Vec::new(),
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = sim.step().await {
+                    tracing::debug!(error = %e, "sim agent step failed");
+                }
+                tokio::time::sleep(sim.cfg.poll).await;
+            }
+        });
+        SimAgents { stats, killed, task }
+    }
+
+    /// The agent of `node` dies: no more keep-alives or work; its lease runs out.
+    pub fn kill(&self, node: NodeId) {
+        self.killed.lock().expect("lock").insert(node);
+    }
+
+    pub fn completed(&self) -> Vec<(RequestId, RunnerId)> {
+        self.stats.lock().expect("lock").completed.clone()
+    }
+}
+
+struct Job {
+    due: Time,
+    node: NodeId,
+    app: String,
+    request: RequestId,
+    runner: RunnerId,
+    input: serde_json::Value,
+}
+
+struct Sim {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    clock: Clock,
+    cfg: SimAgentConfig,
+    stats: Arc<Mutex<SimAgentStats>>,
+    killed: Arc<Mutex<HashSet<NodeId>>>,
+    leases: HashMap<NodeId, LeaseId>,
+    jobs: Vec<Job>,
+}
+
+impl Sim {
+    fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+    fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    async fn step(&mut self) -> StoreResult<()> {
+        let now = self.now();
+        let killed = self.killed.lock().expect("lock").clone();
+        let nodes: Vec<NodeRecord> =
+            self.store().range(&self.keys().nodes()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
+        // Leases: one per node whose instance runs fleet's agent (ready or draining).
+        let serving: HashSet<NodeId> = nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Ready { .. } | NodeState::Draining { .. }))
+            .map(|n| n.id)
+            .filter(|id| !killed.contains(id))
+            .collect();
+        for id in &serving {
+            let ok = match self.leases.get(id) {
+                Some(l) => self.store().keep_alive(*l).await.is_ok(),
+                None => false,
+            };
+            if !ok {
+                let lease = self.store().grant_lease(self.cfg.lease_ttl).await?;
+                let rec = AgentRecord { node: *id, lease, version: "sim".into(), gpus: 0, since: now };
+                self.store().put(&self.keys().agent(*id), to_json(&rec), Some(lease)).await?;
+                self.leases.insert(*id, lease);
+            }
+        }
+        // A node that stopped serving (terminated, or its agent killed) loses its lease: a real
+        // agent dies with its machine, and its lease then expires.
+        let gone: Vec<NodeId> = self.leases.keys().filter(|id| !serving.contains(id)).copied().collect();
+        for id in gone {
+            self.leases.remove(&id);
+            // Its work dies with it; the claims go with the lease and the requests are re-queued.
+            self.jobs.retain(|j| j.node != id);
+        }
+
+        let runners: Vec<RunnerRecord> =
+            self.store().range(&self.keys().runners()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
+        for r in runners {
+            let Some(node) = r.node() else { continue };
+            let Some(&lease) = self.leases.get(&node) else { continue };
+            let ev = match &r.state {
+                RunnerState::Starting { since, .. }
+                    if (now - *since).to_std().unwrap_or_default() >= self.cfg.load_time =>
+                {
+                    Some(RunnerEvent::Started)
+                }
+                RunnerState::Stopping { .. } => Some(RunnerEvent::Stopped),
+                _ => None,
+            };
+            if let Some(ev) = ev {
+                self.transition(r.id, ev).await?;
+                continue;
+            }
+            let mux = self.cfg.multiplexing.get(&r.app).copied().unwrap_or(1);
+            if matches!(r.state, RunnerState::Idle { .. }) || r.state.in_flight() > 0 && r.state.in_flight() < mux {
+                let free = mux - r.state.in_flight();
+                for _ in 0..free {
+                    let Some(req) = queue::claim(self.store(), self.keys(), &r.app, r.id, node, lease, now).await?
+                    else {
+                        break;
+                    };
+                    self.transition(r.id, RunnerEvent::Claim { max: mux }).await?;
+                    let due = now + chrono::Duration::from_std(self.cfg.service_time).unwrap_or_default();
+                    self.jobs.push(Job {
+                        due,
+                        node,
+                        app: r.app.clone(),
+                        request: req.id,
+                        runner: r.id,
+                        input: req.input,
+                    });
+                }
+            }
+        }
+        // Work completes when due.
+        let mut due = Vec::new();
+        let mut keep = Vec::new();
+        for j in std::mem::take(&mut self.jobs) {
+            if j.due <= now { due.push(j) } else { keep.push(j) }
+        }
+        self.jobs = keep;
+        for j in due {
+            let done = queue::complete(
+                self.store(),
+                self.keys(),
+                &j.app,
+                j.request,
+                j.runner,
+                Ok(serde_json::json!({ "echo": j.input })),
+                now,
+            )
+            .await;
+            match done {
+                Ok(_) => {
+                    self.stats.lock().expect("lock").completed.push((j.request, j.runner));
+                    self.transition(j.runner, RunnerEvent::Complete).await?;
+                }
+                Err(_) => self.stats.lock().expect("lock").refused += 1,
+            }
+        }
+        Ok(())
+    }
+
+    async fn transition(&self, runner: RunnerId, ev: RunnerEvent) -> StoreResult<()> {
+        let now = self.now();
+        update(self.store(), &self.keys().runner(runner), |cur: &RunnerRecord| {
+            let state = transition(&cur.state, ev.clone(), now).ok()?;
+            Some(RunnerRecord { state, ..cur.clone() })
+        })
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The orchestrator end to end on fake clouds and simulated agents, in paused tokio time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use fleet_core::{CapacityType, Cloud};
+use fleet_orchestrator::actors::Config;
+use fleet_orchestrator::lifecycle::node::NodeState;
+use fleet_orchestrator::model::RequestState;
+use fleet_orchestrator::queue;
+use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
+use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
+use fleet_providers::fake::Call;
+
+const SPEC: &str = r#"
+[fleet]
+name = "test"
+
+[apps.llm]
+gpu = "H100"
+gpus = 8
+
+[apps.llm.placement]
+spot = "on-demand"
+
+[apps.llm.scaling]
+max_concurrency = 6
+max_multiplexing = 1
+keep_alive = "60s"
+"#;
+
+fn config() -> Config {
+    Config { node_poll: Duration::from_secs(2), ..Config::default() }
+}
+
+fn three_clouds() -> Vec<CloudSetup> {
+    let od = CapacityType::OnDemand;
+    let lambda = h100x8(Cloud::Lambda, "us-east-1", "20", od);
+    let runpod = h100x8(Cloud::Runpod, "us-ks-2", "25", od);
+    let aws = h100x8(Cloud::Aws, "us-east-1", "60", od);
+    vec![
+        CloudSetup { cloud: Cloud::Lambda, capacity: HashMap::from([(lambda.key(), 2)]), offerings: vec![lambda] },
+        CloudSetup { cloud: Cloud::Runpod, capacity: HashMap::from([(runpod.key(), 2)]), offerings: vec![runpod] },
+        CloudSetup { cloud: Cloud::Aws, capacity: HashMap::new(), offerings: vec![aws] },
+    ]
+}
+
+async fn results(h: &Harness, app: &str) -> Vec<fleet_orchestrator::model::RequestRecord> {
+    let (kvs, _) = h.ctx.store.range(&h.ctx.keys.results(app)).await.unwrap();
+    kvs.iter().map(|kv| kv.json().unwrap()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_from_zero_across_three_clouds_serves_and_scales_back_to_zero() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(SPEC).await;
+    h.run_for(Duration::from_secs(3)).await;
+    assert!(h.nodes().await.is_empty(), "no demand, no nodes");
+
+    let ids = h.submit("llm", 60).await;
+    let served = h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 60 }).await;
+    assert!(served, "all 60 requests served within 10 virtual minutes");
+
+    // Capacity went where it was cheapest first: two on Lambda, two on RunPod, the rest on AWS.
+    let nodes = h.nodes().await;
+    let clouds: BTreeSet<Cloud> = nodes.iter().filter_map(|n| n.offering().map(|o| o.cloud)).collect();
+    assert_eq!(clouds, BTreeSet::from([Cloud::Lambda, Cloud::Runpod, Cloud::Aws]), "{nodes:#?}");
+    let launched: Vec<_> = nodes.iter().filter(|n| n.billing_since.is_some()).collect();
+    assert_eq!(launched.len(), 6, "six runners of 8 GPUs need six nodes");
+    let per_cloud = |c| launched.iter().filter(|n| n.offering().unwrap().cloud == c).count();
+    assert_eq!((per_cloud(Cloud::Lambda), per_cloud(Cloud::Runpod), per_cloud(Cloud::Aws)), (2, 2, 2));
+
+    // Every request exactly once.
+    let done = results(&h, "llm").await;
+    let mut got: Vec<u64> = done.iter().map(|r| r.id).collect();
+    got.sort_unstable();
+    assert_eq!(got, ids);
+    assert!(done.iter().all(|r| matches!(r.state, RequestState::Done { .. }) && r.attempts == 1));
+    let completed = h.agents.completed();
+    assert_eq!(completed.len(), 60, "no request served twice");
+
+    // Idle past keep_alive: runners stop, nodes drain and terminate, nothing keeps billing.
+    let zero = h
+        .run_until(Duration::from_secs(300), || async {
+            h.live_instances() == 0 && h.nodes().await.iter().all(|n| matches!(n.state, NodeState::Terminated { .. }))
+        })
+        .await;
+    assert!(zero, "scaled back to zero: {:#?}", h.nodes().await);
+    assert!(h.runners().await.is_empty());
+    let depth = queue::depths(&*h.ctx.store, &h.ctx.keys).await.unwrap();
+    assert!(depth.values().all(|d| d.queued == 0 && d.in_flight == 0));
+    // Billing stopped for every node; the cost is exact and positive.
+    let nodes = h.nodes().await;
+    assert!(nodes.iter().all(|n| n.billing_until.is_some()));
+    let metrics = h.ctx.metrics.encode();
+    assert!(metrics.contains("fleet_burn_dollars_per_hour 0.0"), "{metrics}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_reaches_capacity_with_ninety_percent_of_offerings_out_and_no_retry_storm() {
+    // 20 offerings on two clouds; 18 of them (the cheapest) have no capacity at all.
+    let od = CapacityType::OnDemand;
+    let mut setups = Vec::new();
+    for (cloud, base) in [(Cloud::Lambda, 10), (Cloud::Aws, 11)] {
+        let mut offerings = Vec::new();
+        let mut capacity = HashMap::new();
+        for r in 0..10 {
+            let o = h100x8(cloud, &format!("region-{r}"), &format!("{}", base + 2 * r), od);
+            // Only the dearest offering of each cloud has capacity.
+            if r < 9 {
+                capacity.insert(o.key(), 0);
+            }
+            offerings.push(o);
+        }
+        setups.push(CloudSetup { cloud, offerings, capacity });
+    }
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 2\nmin_concurrency = 2");
+    let h = Harness::start(setups, config(), SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    let reached = h
+        .run_until(Duration::from_secs(120), || async {
+            h.nodes().await.iter().filter(|n| matches!(n.state, NodeState::Ready { .. })).count() == 2
+        })
+        .await;
+    assert!(reached, "two ready nodes: {:#?}", h.nodes().await);
+    let launches: usize =
+        h.fakes.values().map(|f| f.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count()).sum();
+    // Each refusing offering is tried at most once (it is then avoided), plus the two launches.
+    assert!(launches <= 20, "{launches} launch calls for 2 nodes over 20 offerings");
+    h.run_for(Duration::from_secs(120)).await;
+    let later: usize =
+        h.fakes.values().map(|f| f.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count()).sum();
+    assert_eq!(later, launches, "no launches once the capacity is reached");
+    assert_eq!(h.live_instances(), 2);
+}
