@@ -133,3 +133,92 @@ async fn failover_reaches_capacity_with_ninety_percent_of_offerings_out_and_no_r
     assert_eq!(later, launches, "no launches once the capacity is reached");
     assert_eq!(h.live_instances(), 2);
 }
+
+/// Serves a first batch, makes one actor of `kind` panic, and checks that it was restarted and
+/// the fleet carries on: a second batch is served, nothing is served twice, no instance leaks.
+async fn crash_and_carry_on(kind: &str) {
+    use fleet_orchestrator::actors::cloud::CloudMsg;
+    use fleet_orchestrator::actors::fleet::FleetMsg;
+    use fleet_orchestrator::actors::node::NodeMsg;
+    use fleet_orchestrator::actors::region::RegionMsg;
+    use fleet_orchestrator::actors::runner::RunnerMsg;
+
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(SPEC).await;
+    h.submit("llm", 12).await;
+    assert!(h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 12 }).await);
+
+    let fleet = h.fleet().await;
+    let with_children = |cells: Vec<ractor::ActorCell>| cells.into_iter().find(|c| !c.get_children().is_empty());
+    let crash = || format!("chaos test: {kind}");
+    match kind {
+        "fleet" => fleet.send_message(FleetMsg::Crash(crash())).unwrap(),
+        "cloud" => fleet.get_children()[0].send_message(CloudMsg::Crash(crash())).unwrap(),
+        "region" => {
+            let cloud = with_children(fleet.get_children()).expect("a cloud with regions");
+            cloud.get_children()[0].send_message(RegionMsg::Crash(crash())).unwrap();
+        }
+        "node" => {
+            let cloud = with_children(fleet.get_children()).expect("a cloud with regions");
+            let region = with_children(cloud.get_children()).expect("a region with nodes");
+            region.get_children()[0].send_message(NodeMsg::Crash(crash())).unwrap();
+        }
+        "runner" => {
+            let nodes: Vec<_> = fleet
+                .get_children()
+                .into_iter()
+                .flat_map(|c| c.get_children())
+                .flat_map(|r| r.get_children())
+                .collect();
+            let node = with_children(nodes).expect("a node with runners");
+            node.get_children()[0].send_message(RunnerMsg::Crash(crash())).unwrap();
+        }
+        _ => unreachable!(),
+    }
+    h.run_for(Duration::from_secs(5)).await;
+    let metrics = h.ctx.metrics.encode();
+    let line = format!("fleet_actor_restarts_total{{kind=\"{kind}\"}} 1");
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+
+    h.submit("llm", 12).await;
+    let all = h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 24 }).await;
+    assert!(all, "the fleet carries on after a {kind} actor crash");
+    assert_eq!(h.agents.completed().len(), 24, "nothing served twice");
+    // No duplicate launch: every live instance belongs to a distinct node record, and no more than
+    // the six the spec allows.
+    let nodes = h.nodes().await;
+    let live = h.fakes.values().flat_map(|f| f.live_instances()).collect::<Vec<_>>();
+    assert!(live.len() <= 6, "{} live instances", live.len());
+    for i in &live {
+        let owners = nodes
+            .iter()
+            .filter(|n| n.state.instance_id() == Some(i.id.as_str()) && n.offering() == Some(&i.offering))
+            .count();
+        assert_eq!(owners, 1, "instance {} has {owners} node records", i.id);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_fleet_actor_is_restarted() {
+    crash_and_carry_on("fleet").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_cloud_actor_is_restarted() {
+    crash_and_carry_on("cloud").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_region_actor_is_restarted() {
+    crash_and_carry_on("region").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_node_actor_is_restarted() {
+    crash_and_carry_on("node").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_runner_actor_is_restarted() {
+    crash_and_carry_on("runner").await;
+}

@@ -102,6 +102,7 @@ impl Actor for CloudActor {
                 return Ok(());
             };
             st.regions.remove(&region);
+            cell.stop_children(Some("supervisor restarts this subtree".into()));
             st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("region")).inc();
             if !st.restarts.entry(region.clone()).or_default().allow(5, std::time::Duration::from_secs(300)) {
                 return Err(format!("region actor {} {region} keeps failing; last: {err}", st.args.cloud).into());

@@ -197,6 +197,7 @@ impl Actor for FleetActor {
                 return Ok(());
             };
             st.clouds.remove(&cloud);
+            cell.stop_children(Some("supervisor restarts this subtree".into()));
             st.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("cloud")).inc();
             let budget = st.restarts.entry(cloud).or_default();
             if !budget.allow(5, std::time::Duration::from_secs(300)) {

@@ -1,11 +1,12 @@
 //! The supervision tree (ractor):
 //!
 //! ```text
-//! FleetActor ── reconciles: store + policies' plan → node and runner records, launch orders
-//!   └─ CloudActor (one per provider)
-//!        └─ RegionActor (one per region in use) ── launch calls, bounded and backed off per region
-//!             └─ NodeActor (one per launched node) ── bootstrap, health, drain, terminate
-//!                  └─ RunnerActor (one per runner) ── start, stop, loss of its node
+//! RootActor ── restarts the fleet actor when it fails
+//! └─ FleetActor ── reconciles: store + policies' plan → node and runner records, launch orders
+//!      └─ CloudActor (one per provider)
+//!           └─ RegionActor (one per region in use) ── launch calls, bounded and backed off per region
+//!                └─ NodeActor (one per launched node) ── bootstrap, health, drain, terminate
+//!                     └─ RunnerActor (one per runner) ── start, stop, loss of its node
 //! ```
 //!
 //! Everything an actor knows it can read back from the store, so a restarted actor picks up where
@@ -18,6 +19,7 @@ pub mod cloud;
 pub mod fleet;
 pub mod node;
 pub mod region;
+pub mod root;
 pub mod runner;
 
 use std::collections::BTreeMap;

@@ -205,6 +205,7 @@ impl Actor for NodeActor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(id) = st.runners.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(k, _)| *k) {
                     st.runners.remove(&id);
+                    cell.stop_children(Some("supervisor restarts this subtree".into()));
                     st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("runner")).inc();
                     tracing::error!(runner = id, error = %err, "runner actor failed; restarted on the next sync");
                 }

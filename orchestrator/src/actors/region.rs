@@ -210,6 +210,7 @@ impl Actor for RegionActor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(id) = st.nodes.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(k, _)| *k) {
                     st.nodes.remove(&id);
+                    cell.stop_children(Some("supervisor restarts this subtree".into()));
                     st.args.ctx.metrics.actor_restarts.get_or_create(&crate::metrics::KindLabel::new("node")).inc();
                     // The next reconcile's SyncNode re-creates it from the store.
                     tracing::error!(node = id, error = %err, "node actor failed; restarted on the next reconcile");

@@ -14,7 +14,8 @@ use fleet_providers::fake::{FakeConfig, FakeProvider};
 use ractor::{Actor, ActorRef};
 
 use super::sim_agent::{SimAgentConfig, SimAgents};
-use crate::actors::fleet::{FleetActor, FleetArgs, FleetMsg};
+use crate::actors::fleet::FleetMsg;
+use crate::actors::root::{RootActor, RootMsg};
 use crate::actors::{Config, Ctx, InstanceRunning};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -52,7 +53,7 @@ pub struct CloudSetup {
 
 pub struct Harness {
     pub ctx: Arc<Ctx>,
-    pub fleet: ActorRef<FleetMsg>,
+    pub root: ActorRef<RootMsg>,
     pub fakes: BTreeMap<Cloud, Arc<FakeProvider>>,
     pub agents: SimAgents,
     _dir: Option<tempfile::TempDir>,
@@ -98,9 +99,9 @@ impl Harness {
             metrics: Arc::new(Metrics::new()),
             clock,
         });
-        let (actor, _) = Actor::spawn(None, FleetActor, FleetArgs { ctx: ctx.clone() }).await.expect("fleet actor");
+        let (root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.expect("root actor");
         let agents = SimAgents::spawn(store, keys, clock, agent);
-        Harness { ctx, fleet: actor, fakes, agents, _dir: dir }
+        Harness { ctx, root, fakes, agents, _dir: dir }
     }
 
     pub async fn apply(&self, toml: &str) {
@@ -165,8 +166,16 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The fleet actor running now.
+    pub async fn fleet(&self) -> ActorRef<FleetMsg> {
+        ractor::call!(self.root, RootMsg::Fleet).expect("root answers")
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.fleet.stop(None);
+        self.root.stop_children(None);
+        self.root.stop(None);
     }
 }
