@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus metrics; [`clock`]: "now" for records and decisions.
 
 pub mod actors;
+pub mod api;
 pub mod clock;
 pub mod lifecycle;
 pub mod metrics;

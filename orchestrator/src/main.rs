@@ -1,1 +1,204 @@
-fn main() {}
+//! fleetd: the fleet daemon. With no flags it runs on the embedded store in `./fleetd-data`,
+//! listening on 127.0.0.1:7070.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fleet_core::keys::Keys;
+use fleet_core::{Catalog, Cloud};
+use fleet_orchestrator::actors::root::RootActor;
+use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
+use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::metrics::Metrics;
+use fleet_orchestrator::store::Store;
+use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
+use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
+use fleet_providers::fake::{FakeConfig, FakeProvider};
+use fleet_providers::{Provider, Secret};
+use ractor::Actor;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fleetd",
+    about = "The fleet daemon: rents GPUs across clouds for the applied spec and serves requests on them.",
+    after_help = "Examples:\n  fleetd                                   embedded store in ./fleetd-data, 127.0.0.1:7070\n  fleetd --fake-clouds lambda,runpod,aws   try it without cloud accounts (simulated clouds and agents)\n  fleetd --etcd http://10.0.0.5:2379 --aws-region us-east-1 --aws-image ami-0abc..."
+)]
+struct Args {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the embedded store keeps its file (ignored with --etcd).
+    #[arg(long, default_value = "fleetd-data")]
+    data_dir: PathBuf,
+    /// etcd endpoints, comma-separated (http://host:2379,...): use etcd instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// etcd user, when etcd has authentication on (password from FLEET_ETCD_PASSWORD).
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// The fleet this daemon runs: its store keys and the tag on every instance.
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// Simulated clouds (prices from the built-in catalog, instances and agents simulated): for
+    /// trying fleetd without cloud accounts. Comma-separated cloud names.
+    #[arg(long, value_delimiter = ',')]
+    fake_clouds: Vec<String>,
+    /// Enable AWS in this region (credentials from the standard AWS chain).
+    #[arg(long)]
+    aws_region: Option<String>,
+    /// The AMI AWS nodes boot (required with --aws-region).
+    #[arg(long)]
+    aws_image: Option<String>,
+    /// Another EC2 endpoint (a VPC endpoint, or moto in tests).
+    #[arg(long)]
+    aws_endpoint: Option<String>,
+    /// Seconds between reconcile passes.
+    #[arg(long, default_value_t = 1.0)]
+    reconcile_every: f64,
+}
+
+async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
+    if args.etcd.is_empty() {
+        let s = EmbeddedStore::open(&args.data_dir)?;
+        tracing::info!(dir = %args.data_dir.display(), "embedded store");
+        return Ok(Arc::new(s));
+    }
+    let auth = match &args.etcd_user {
+        Some(user) => {
+            let pw = std::env::var("FLEET_ETCD_PASSWORD")
+                .context("--etcd-user needs the password in FLEET_ETCD_PASSWORD")?;
+            Some(EtcdAuth { user: user.clone(), password: Secret::new(pw) })
+        }
+        None => None,
+    };
+    let s = EtcdStore::connect(&args.etcd, auth, Duration::from_secs(5)).await?;
+    tracing::info!(endpoints = %args.etcd.join(","), "etcd store");
+    Ok(Arc::new(s))
+}
+
+async fn providers(args: &Args, clock: Clock) -> anyhow::Result<BTreeMap<Cloud, Arc<dyn Provider>>> {
+    let mut out: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+    for name in &args.fake_clouds {
+        let cloud: Cloud = name.parse().map_err(|e| anyhow::anyhow!("--fake-clouds: {e}"))?;
+        let offerings: Vec<_> = Catalog::builtin().offerings().iter().filter(|o| o.cloud == cloud).cloned().collect();
+        if offerings.is_empty() {
+            bail!("--fake-clouds: the built-in catalog has no offerings for {cloud}");
+        }
+        let mut cfg = FakeConfig::new(cloud, &args.fleet, offerings);
+        cfg.boot_after = Some(Duration::from_secs(20));
+        cfg.launch_latency = Duration::from_secs(2);
+        cfg.epoch = clock.now();
+        out.insert(cloud, Arc::new(FakeProvider::new(cfg)));
+    }
+    if let Some(region) = &args.aws_region {
+        #[cfg(feature = "aws")]
+        {
+            use fleet_providers::aws::{AwsConfig, AwsProvider};
+            let image = args.aws_image.as_deref().context("--aws-region needs --aws-image (the GPU AMI nodes boot)")?;
+            let mut cfg = AwsConfig::new(&args.fleet, region, image);
+            cfg.endpoint_url = args.aws_endpoint.clone();
+            let p = AwsProvider::connect(cfg, Arc::new(Catalog::builtin().clone())).await;
+            out.insert(Cloud::Aws, Arc::new(p));
+        }
+        #[cfg(not(feature = "aws"))]
+        bail!("--aws-region {region}: this fleetd was built without the `aws` feature");
+    }
+    Ok(out)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "listening on a non-loopback address without authentication");
+    }
+    let clock = Clock::System;
+    let store = open_store(&args).await?;
+    let providers = providers(&args, clock).await?;
+    if providers.is_empty() {
+        tracing::warn!(
+            "no cloud enabled: specs and requests are accepted but nothing is launched (try --fake-clouds lambda,runpod or --aws-region)"
+        );
+    }
+    let keys = Keys::new(&args.fleet);
+    let config =
+        Config { reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)), ..Config::default() };
+    let ctx = Arc::new(Ctx {
+        fleet: args.fleet.clone(),
+        keys: keys.clone(),
+        store: store.clone(),
+        providers,
+        bootstrap: Arc::new(InstanceRunning),
+        config,
+        metrics: Arc::new(Metrics::new()),
+        clock,
+        launches: Default::default(),
+    });
+    // Simulated clouds have no real agent on their machines: simulate those too.
+    let _agents = (!args.fake_clouds.is_empty())
+        .then(|| SimAgents::spawn(store.clone(), keys.clone(), clock, SimAgentConfig::default()));
+
+    let (root, root_done) = Actor::spawn(None, RootActor, ctx.clone()).await.context("starting the actor tree")?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another fleetd running? pick another --listen", args.listen)
+    })?;
+    tracing::info!(listen = %args.listen, fleet = %args.fleet, "fleetd ready");
+    axum::serve(listener, fleet_orchestrator::api::router(ctx.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+
+    tracing::info!(in_flight = ctx.launches.in_flight(), "shutting down: waiting for launch calls in flight");
+    if tokio::time::timeout(Duration::from_secs(120), ctx.launches.close_and_wait()).await.is_err() {
+        tracing::warn!("launch calls still unanswered after 120 s; their records keep their tokens for the next start");
+    }
+    root.stop_children(Some("shutdown".into()));
+    root.stop(Some("shutdown".into()));
+    let _ = root_done.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fleet_orchestrator=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetd: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("fleetd: {}", fleet_core::exit::one_line(e.as_ref()));
+        std::process::exit(1);
+    }
+}

@@ -341,7 +341,11 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
     }
-    let depths = queue::depths(store, keys).await?;
+    let mut depths = queue::depths(store, keys).await?;
+    // Every app of the spec shows in the metrics, idle ones with zeros.
+    for app in st.applied.iter().flat_map(|a| a.spec.apps.iter()) {
+        depths.entry(app.name.clone()).or_default();
+    }
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.

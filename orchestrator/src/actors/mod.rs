@@ -104,6 +104,56 @@ pub struct Ctx {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub clock: crate::clock::Clock,
+    pub launches: Arc<LaunchGate>,
+}
+
+/// Launch calls in flight, and whether new ones may start: on shutdown fleetd closes the gate and
+/// waits for the calls already made to be answered and recorded, so none is abandoned.
+#[derive(Debug, Default)]
+pub struct LaunchGate {
+    closed: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while a launch call is in flight.
+pub struct LaunchPass<'a>(&'a LaunchGate);
+
+impl Drop for LaunchPass<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl LaunchGate {
+    /// `None` once shutting down: do not start the call (the record stays Requested, and the
+    /// next fleetd launches it).
+    pub fn enter(&self) -> Option<LaunchPass<'_>> {
+        use std::sync::atomic::Ordering;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let pass = LaunchPass(self);
+        if self.closed.load(Ordering::SeqCst) { None } else { Some(pass) }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the gate and waits until every launch call in flight has been answered.
+    pub async fn close_and_wait(&self) {
+        use std::sync::atomic::Ordering;
+        self.closed.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
 }
 
 /// Exponential backoff with ±25 % jitter, so many retrying actors do not retry in step.

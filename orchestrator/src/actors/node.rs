@@ -173,6 +173,7 @@ impl Actor for NodeActor {
             NodeMsg::Sync { node, runners } => {
                 st.live_runners = runners.iter().filter(|r| !matches!(r.state, RunnerState::Stopped { .. })).count();
                 let node_ready = matches!(node.state, NodeState::Ready { .. });
+                let node_draining = matches!(node.state, NodeState::Draining { .. });
                 let node_gone = matches!(
                     node.state,
                     NodeState::Terminating { .. } | NodeState::Terminated { .. } | NodeState::Failed { .. }
@@ -187,7 +188,7 @@ impl Actor for NodeActor {
                             a
                         }
                     };
-                    let _ = actor.send_message(RunnerMsg::Sync { runner: r, node_ready, node_gone });
+                    let _ = actor.send_message(RunnerMsg::Sync { runner: r, node_ready, node_draining, node_gone });
                 }
             }
             NodeMsg::Crash(why) => panic!("node actor {} asked to crash: {why}", st.args.id),

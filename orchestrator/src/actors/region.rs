@@ -240,7 +240,13 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
         tokio::time::sleep_until(until).await;
         let id = node.id;
         let Some(offering) = node.offering().cloned() else { return };
-        match launch_once(&ctx, &*provider, &node).await {
+        let Some(pass) = ctx.launches.enter() else {
+            let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: false });
+            return;
+        };
+        let outcome = launch_once(&ctx, &*provider, &node).await;
+        drop(pass);
+        match outcome {
             Ok(Outcome::Launched(rec)) => {
                 let _ = me.send_message(RegionMsg::Launched(rec));
                 let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: true });

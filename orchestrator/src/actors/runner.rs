@@ -20,6 +20,7 @@ pub enum RunnerMsg {
     Sync {
         runner: RunnerRecord,
         node_ready: bool,
+        node_draining: bool,
         node_gone: bool,
     },
     /// For chaos tests: panics in the handler.
@@ -41,12 +42,21 @@ async fn apply(ctx: &Ctx, id: RunnerId, ev: RunnerEvent) -> Result<Option<Runner
 }
 
 /// Returns false once the runner is gone (the actor stops).
-async fn step(ctx: &Ctx, r: &RunnerRecord, node_ready: bool, node_gone: bool) -> Result<bool, StoreError> {
+async fn step(
+    ctx: &Ctx,
+    r: &RunnerRecord,
+    node_ready: bool,
+    draining: bool,
+    node_gone: bool,
+) -> Result<bool, StoreError> {
     let now = ctx.clock.now();
     let age = |since: &crate::lifecycle::node::Time| (now - *since).to_std().unwrap_or_default();
     let next = match &r.state {
         RunnerState::Stopped { .. } => None,
         _ if node_gone => Some(RunnerEvent::Lost),
+        // A draining node's runners stop once they are idle (busy ones finish first).
+        RunnerState::Pending { .. } if draining => Some(RunnerEvent::Lost),
+        RunnerState::Starting { .. } | RunnerState::Idle { .. } if draining => Some(RunnerEvent::Stop),
         RunnerState::Pending { .. } if node_ready => Some(RunnerEvent::Start),
         RunnerState::Starting { since, .. } if age(since) > ctx.config.runner_start_timeout => {
             tracing::warn!(runner = r.id, "runner did not come up in time");
@@ -93,8 +103,8 @@ impl Actor for RunnerActor {
         st: &mut RunnerArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RunnerMsg::Sync { runner, node_ready, node_gone } => {
-                match step(&st.ctx, &runner, node_ready, node_gone).await {
+            RunnerMsg::Sync { runner, node_ready, node_draining, node_gone } => {
+                match step(&st.ctx, &runner, node_ready, node_draining, node_gone).await {
                     Ok(true) => {}
                     Ok(false) => myself.stop(Some("stopped".into())),
                     Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),

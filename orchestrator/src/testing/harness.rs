@@ -98,6 +98,7 @@ impl Harness {
             config,
             metrics: Arc::new(Metrics::new()),
             clock,
+            launches: Default::default(),
         });
         let (root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.expect("root actor");
         let agents = SimAgents::spawn(store, keys, clock, agent);

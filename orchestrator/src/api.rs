@@ -1,0 +1,359 @@
+//! fleetd's HTTP API (axum, JSON), used by `fleetctl`.
+//!
+//! ```text
+//! GET  /healthz                          liveness
+//! GET  /metrics                          Prometheus text
+//! GET  /v1/spec                          the applied spec (TOML text + when)
+//! PUT  /v1/spec[?dry_run=true]           apply a spec (body: TOML); 400 lists every problem
+//! GET  /v1/clouds                        enabled clouds with their nodes and burn rate
+//! GET  /v1/nodes, /v1/nodes/{id}         node records
+//! POST /v1/nodes/{id}/drain              drain a ready node (operator)
+//! POST /v1/nodes/{id}/cordon|uncordon    stop / resume placing runners on it
+//! GET  /v1/runners                       runner records
+//! GET  /v1/apps                          per app: queue depth, in flight, runners, nodes
+//! POST /v1/apps/{app}/requests           submit {"input": ...} → 202 {"id": N}
+//! GET  /v1/apps/{app}/requests/{id}      a request's state and result
+//! GET  /v1/cost                          month to date, $/hour now, forecast to month end
+//! ```
+//!
+//! Errors are JSON `{"error": "..."}` with a message that says what was wrong and what to do;
+//! nothing is half-applied (every change is one compare-and-swap or one put).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Datelike;
+use fleet_core::Money;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::actors::Ctx;
+use crate::lifecycle::node::{DrainReason, NodeEvent, transition};
+use crate::model::{ApplyError, NodeRecord, RequestId, RunnerRecord, StoredSpec, update};
+use crate::queue::{self, QueueError};
+use crate::reconcile::{month_cost, month_start};
+use crate::store::{StoreError, get_json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match e {
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/spec", get(get_spec).put(put_spec))
+        .route("/v1/clouds", get(clouds))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/nodes/{id}/drain", post(drain))
+        .route("/v1/nodes/{id}/cordon", post(cordon))
+        .route("/v1/nodes/{id}/uncordon", post(uncordon))
+        .route("/v1/runners", get(runners))
+        .route("/v1/apps", get(apps))
+        .route("/v1/apps/{app}/requests", post(submit))
+        .route("/v1/apps/{app}/requests/{id}", get(request))
+        .route("/v1/cost", get(cost))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/... in fleetd's docs")
+        })
+        .with_state(ctx)
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], ctx.metrics.encode())
+        .into_response()
+}
+
+async fn get_spec(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<StoredSpec>> {
+    match get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? {
+        Some((s, _)) => Ok(Json(s)),
+        None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "no spec applied yet: PUT one to /v1/spec (fleetctl apply -f)"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn put_spec(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<DryRun>,
+    body: String,
+) -> ApiResult<Json<serde_json::Value>> {
+    let spec = if q.dry_run {
+        let spec = fleet_core::spec::FleetSpec::parse("spec", &body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if spec.name != ctx.fleet {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ApplyError::WrongFleet { spec: spec.name, daemon: ctx.fleet.clone() }.to_string(),
+            ));
+        }
+        spec
+    } else {
+        crate::model::apply_spec(&*ctx.store, &ctx.keys, &ctx.fleet, &body, ctx.clock.now()).await.map_err(
+            |e| match e {
+                ApplyError::Store(s) => ApiError::from(s),
+                e => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            },
+        )?
+    };
+    let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    Ok(Json(json!({ "fleet": spec.name, "apps": apps, "applied": !q.dry_run })))
+}
+
+async fn all_nodes(ctx: &Ctx) -> ApiResult<Vec<NodeRecord>> {
+    let (kvs, _) = ctx.store.range(&ctx.keys.nodes()).await?;
+    Ok(kvs.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?)
+}
+
+async fn all_runners(ctx: &Ctx) -> ApiResult<Vec<RunnerRecord>> {
+    let (kvs, _) = ctx.store.range(&ctx.keys.runners()).await?;
+    Ok(kvs.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?)
+}
+
+fn parse_id(s: &str, what: &str) -> ApiResult<u64> {
+    s.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{s}` is not a {what} id (a number)")))
+}
+
+#[derive(Serialize)]
+struct CloudView {
+    cloud: String,
+    provider: String,
+    nodes: usize,
+    burn_per_hour: Money,
+}
+
+async fn clouds(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<CloudView>>> {
+    let nodes = all_nodes(&ctx).await?;
+    let out = ctx
+        .providers
+        .iter()
+        .map(|(cloud, p)| {
+            let mine: Vec<&NodeRecord> =
+                nodes.iter().filter(|n| n.is_live() && n.offering().is_some_and(|o| o.cloud == *cloud)).collect();
+            CloudView {
+                cloud: cloud.to_string(),
+                provider: p.name(),
+                nodes: mine.len(),
+                burn_per_hour: mine
+                    .iter()
+                    .filter(|n| n.billing_since.is_some())
+                    .filter_map(|n| n.price)
+                    .map(|p| p.hourly())
+                    .sum(),
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+async fn nodes(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<NodeRecord>>> {
+    Ok(Json(all_nodes(&ctx).await?))
+}
+
+async fn node(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {
+    let id = parse_id(&id, "node")?;
+    match get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? {
+        Some((n, _)) => Ok(Json(n)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (GET /v1/nodes lists them)"))),
+    }
+}
+
+async fn drain(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {
+    let id = parse_id(&id, "node")?;
+    let now = ctx.clock.now();
+    let mut refused = None;
+    let rec = update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
+        match transition(&cur.state, NodeEvent::Drain { reason: DrainReason::Operator }, now) {
+            Ok(state) => Some(NodeRecord { state, ..cur.clone() }),
+            Err(e) => {
+                refused = Some(e.to_string());
+                None
+            }
+        }
+    })
+    .await?;
+    match (rec, refused) {
+        (None, _) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found"))),
+        (Some(_), Some(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+        (Some(r), None) => Ok(Json(r)),
+    }
+}
+
+async fn set_cordon(ctx: &Ctx, id: &str, cordoned: bool) -> ApiResult<Json<NodeRecord>> {
+    let id = parse_id(id, "node")?;
+    let rec = update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
+        (cur.cordoned != cordoned).then(|| NodeRecord { cordoned, ..cur.clone() })
+    })
+    .await?;
+    rec.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found")))
+}
+
+async fn cordon(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {
+    set_cordon(&ctx, &id, true).await
+}
+
+async fn uncordon(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {
+    set_cordon(&ctx, &id, false).await
+}
+
+async fn runners(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<RunnerRecord>>> {
+    Ok(Json(all_runners(&ctx).await?))
+}
+
+#[derive(Serialize, Default)]
+struct AppView {
+    queued: u32,
+    in_flight: u32,
+    runners: usize,
+    nodes: usize,
+    month_to_date: Money,
+}
+
+async fn applied_apps(ctx: &Ctx) -> ApiResult<Vec<String>> {
+    let Some((s, _)) = get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? else { return Ok(vec![]) };
+    let spec = fleet_core::spec::FleetSpec::parse("spec", &s.toml)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(spec.apps.into_iter().map(|a| a.name).collect())
+}
+
+async fn apps(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<BTreeMap<String, AppView>>> {
+    let now = ctx.clock.now();
+    let mut out: BTreeMap<String, AppView> =
+        applied_apps(&ctx).await?.into_iter().map(|a| (a, AppView::default())).collect();
+    for (app, d) in queue::depths(&*ctx.store, &ctx.keys).await? {
+        let v = out.entry(app).or_default();
+        v.queued = d.queued;
+        v.in_flight = d.in_flight;
+    }
+    for r in all_runners(&ctx).await? {
+        out.entry(r.app).or_default().runners += 1;
+    }
+    for n in all_nodes(&ctx).await? {
+        let v = out.entry(n.app.clone()).or_default();
+        v.month_to_date += month_cost(&n, now);
+        if n.is_live() {
+            v.nodes += 1;
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    input: serde_json::Value,
+}
+
+async fn submit(
+    State(ctx): State<Arc<Ctx>>,
+    Path(app): Path<String>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{}; send a JSON object like {{\"input\": ...}}", e.body_text()))
+    })?;
+    let known = applied_apps(&ctx).await?;
+    if !known.contains(&app) {
+        let hint = match fleet_core::names::closest(&app, known.iter().map(String::as_str)) {
+            Some(c) => format!("; did you mean `{c}`?"),
+            None if known.is_empty() => "; no spec is applied yet".to_string(),
+            None => format!("; apps: {}", known.join(", ")),
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
+    }
+    let id = queue::submit(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
+}
+
+async fn request(
+    State(ctx): State<Arc<Ctx>>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<crate::model::RequestRecord>> {
+    let id: RequestId = parse_id(&id, "request")?;
+    match queue::get(&*ctx.store, &ctx.keys, &app, id).await {
+        Ok(r) => Ok(Json(r)),
+        Err(QueueError::NotFound(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("request {id} of app `{app}` not found")))
+        }
+        Err(QueueError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+#[derive(Serialize)]
+struct CostView {
+    month_to_date: Money,
+    burn_per_hour: Money,
+    /// Month to date plus the current burn until the month ends.
+    forecast_month_end: Money,
+    by_app: BTreeMap<String, Money>,
+    by_cloud: BTreeMap<String, Money>,
+}
+
+async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
+    let now = ctx.clock.now();
+    let nodes = all_nodes(&ctx).await?;
+    let mut by_app: BTreeMap<String, Money> = BTreeMap::new();
+    let mut by_cloud: BTreeMap<String, Money> = BTreeMap::new();
+    let mut mtd = Money::ZERO;
+    let mut burn = Money::ZERO;
+    for n in &nodes {
+        let c = month_cost(n, now);
+        mtd += c;
+        *by_app.entry(n.app.clone()).or_default() += c;
+        if let Some(o) = n.offering() {
+            *by_cloud.entry(o.cloud.to_string()).or_default() += c;
+        }
+        if n.is_live() && n.billing_since.is_some() {
+            burn += n.price.map_or(Money::ZERO, |p| p.hourly());
+        }
+    }
+    let start = month_start(now);
+    let next = if start.month() == 12 {
+        start.with_year(start.year() + 1).and_then(|d| d.with_month(1))
+    } else {
+        start.with_month(start.month() + 1)
+    }
+    .unwrap_or(now);
+    let left = (next - now).to_std().unwrap_or_default();
+    let forecast = mtd + fleet_core::Price::per_hour(burn).cost_for(left);
+    Ok(Json(CostView { month_to_date: mtd, burn_per_hour: burn, forecast_month_end: forecast, by_app, by_cloud }))
+}

@@ -1,0 +1,163 @@
+//! The HTTP API on a fleet of fake clouds: good input works, bad input gets a 4xx that says what
+//! was wrong, and nothing of a refused change is applied.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use fleet_core::{CapacityType, Cloud};
+use fleet_orchestrator::actors::Config;
+use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
+use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const SPEC: &str = "[fleet]\nname = \"test\"\n[budget]\nmax_per_hour = \"100\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.scaling]\nmax_concurrency = 2\nkeep_alive = \"30s\"\n";
+
+async fn harness() -> Harness {
+    let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let clouds = vec![CloudSetup { cloud: Cloud::Lambda, offerings: vec![o], capacity: Default::default() }];
+    Harness::start(clouds, Config::default(), SimAgentConfig::default(), None).await
+}
+
+async fn call(h: &Harness, method: Method, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    let app = fleet_orchestrator::api::router(h.ctx.clone());
+    let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).unwrap();
+    let req = if body.starts_with('{') {
+        let (mut parts, b) = req.into_parts();
+        parts.headers.insert("content-type", "application/json".parse().unwrap());
+        Request::from_parts(parts, b)
+    } else {
+        req
+    };
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, json)
+}
+
+fn error_of(v: &serde_json::Value) -> &str {
+    v["error"].as_str().unwrap_or_else(|| panic!("an error message in {v}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_spec_is_refused_with_its_problems_and_nothing_is_applied() {
+    let h = harness().await;
+    let (s, v) = call(&h, Method::GET, "/v1/spec", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(error_of(&v).contains("no spec applied"));
+
+    let bad = format!("{}[apps.llm.placement]\nclouds = [\"awz\"]\n", SPEC.replace("\"H100\"", "\"H1000\""));
+    let (s, v) = call(&h, Method::PUT, "/v1/spec", &bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let msg = error_of(&v);
+    assert!(msg.contains("H1000") && msg.contains("awz"), "every problem named: {msg}");
+    assert!(msg.contains("spec:"), "with its position: {msg}");
+    let (s, _) = call(&h, Method::GET, "/v1/spec", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing applied");
+
+    let other = SPEC.replace("name = \"test\"", "name = \"prod\"");
+    let (s, v) = call(&h, Method::PUT, "/v1/spec", &other).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("--fleet prod"), "{v}");
+
+    let (s, v) = call(&h, Method::PUT, "/v1/spec?dry_run=true", SPEC).await;
+    assert_eq!((s, v["applied"].as_bool()), (StatusCode::OK, Some(false)));
+    let (s, _) = call(&h, Method::GET, "/v1/spec", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a dry run applies nothing");
+
+    let (s, v) = call(&h, Method::PUT, "/v1/spec", SPEC).await;
+    assert_eq!((s, v["apps"][0].as_str()), (StatusCode::OK, Some("llm")));
+    let (s, v) = call(&h, Method::GET, "/v1/spec", "").await;
+    assert_eq!((s, v["toml"].as_str()), (StatusCode::OK, Some(SPEC)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_validated_submitted_and_served() {
+    let h = harness().await;
+    let (s, v) = call(&h, Method::POST, "/v1/apps/llm/requests", r#"{"input": 1}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(error_of(&v).contains("no spec is applied"), "{v}");
+    call(&h, Method::PUT, "/v1/spec", SPEC).await;
+
+    for (body, what) in [("{not json", "JSON"), (r#"{"prompt": "hi"}"#, "input"), ("[1, 2]", "input")] {
+        let (s, v) = call(&h, Method::POST, "/v1/apps/llm/requests", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let msg = error_of(&v);
+        assert!(msg.contains(what) && msg.contains("{\"input\": ...}"), "{body}: {msg}");
+    }
+    let (s, v) = call(&h, Method::POST, "/v1/apps/lm/requests", r#"{"input": 1}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(error_of(&v).contains("did you mean `llm`"), "{v}");
+    assert!(h.ctx.store.range(&h.ctx.keys.queues()).await.unwrap().0.is_empty(), "refused requests queue nothing");
+
+    let (s, v) = call(&h, Method::POST, "/v1/apps/llm/requests", r#"{"input": {"prompt": "hi"}}"#).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let id = v["id"].as_u64().unwrap();
+    let uri = format!("/v1/apps/llm/requests/{id}");
+    let (_, v) = call(&h, Method::GET, &uri, "").await;
+    assert_eq!(v["state"]["state"], "queued");
+    h.run_for(Duration::from_secs(120)).await;
+    let (s, v) = call(&h, Method::GET, &uri, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["state"]["state"], "done", "{v}");
+    assert_eq!(v["state"]["output"]["echo"]["prompt"], "hi");
+
+    let (s, v) = call(&h, Method::GET, "/v1/apps/llm/requests/x1", "").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("not a request id"));
+    let (s, _) = call(&h, Method::GET, "/v1/apps/llm/requests/999", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_can_be_listed_cordoned_and_drained_and_cost_is_reported() {
+    let h = harness().await;
+    call(&h, Method::PUT, "/v1/spec", SPEC).await;
+    call(&h, Method::POST, "/v1/apps/llm/requests", r#"{"input": 1}"#).await;
+    h.run_for(Duration::from_secs(60)).await;
+    let (s, nodes) = call(&h, Method::GET, "/v1/nodes", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let id = nodes[0]["id"].as_u64().unwrap();
+    assert_eq!(nodes[0]["state"]["state"], "ready", "{nodes}");
+
+    let (s, v) = call(&h, Method::POST, &format!("/v1/nodes/{id}/cordon"), "").await;
+    assert_eq!((s, v["cordoned"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, v) = call(&h, Method::POST, &format!("/v1/nodes/{id}/drain"), "").await;
+    assert_eq!((s, v["state"]["state"].as_str()), (StatusCode::OK, Some("draining")));
+    let (s, v) = call(&h, Method::POST, &format!("/v1/nodes/{id}/drain"), "").await;
+    assert_eq!(s, StatusCode::OK, "a second drain is a no-op: {v}");
+    let (s, v) = call(&h, Method::POST, "/v1/nodes/424242/drain", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    h.run_for(Duration::from_secs(60)).await;
+    let (_, v) = call(&h, Method::GET, &format!("/v1/nodes/{id}"), "").await;
+    assert_eq!(v["state"]["state"], "terminated", "{v}");
+    let (s, v) = call(&h, Method::POST, &format!("/v1/nodes/{id}/drain"), "").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(error_of(&v).contains("gone"), "{v}");
+
+    let (s, cost) = call(&h, Method::GET, "/v1/cost", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let mtd: f64 = cost["month_to_date"].as_str().unwrap().parse().unwrap();
+    assert!(mtd > 0.0 && mtd < 20.0, "under an hour of a $20/h node: {cost}");
+    assert_eq!(cost["by_cloud"]["lambda"], cost["month_to_date"]);
+    let (s, clouds) = call(&h, Method::GET, "/v1/clouds", "").await;
+    assert_eq!((s, clouds[0]["cloud"].as_str()), (StatusCode::OK, Some("lambda")));
+    let (s, v) = call(&h, Method::GET, "/v1/nope", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, m) = call(&h, Method::GET, "/metrics", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let m = m.as_str().unwrap().to_string();
+    for name in [
+        "fleet_nodes",
+        "fleet_queue_depth",
+        "fleet_launches_total",
+        "fleet_burn_dollars_per_hour",
+        "fleet_budget_headroom",
+    ] {
+        assert!(m.contains(name), "{name} in {m}");
+    }
+    assert!(m.contains("fleet_budget_headroom_dollars_per_hour{scope=\"fleet\"} 100.0"), "{m}");
+}
