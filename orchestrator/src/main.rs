@@ -61,6 +61,13 @@ struct Args {
     /// Seconds between reconcile passes.
     #[arg(long, default_value_t = 1.0)]
     reconcile_every: f64,
+    /// Seconds between a node's instance checks.
+    #[arg(long, default_value_t = 5.0)]
+    node_poll: f64,
+    /// Runs the simulated clouds and agents this many times faster than real ones (boot, launch,
+    /// model load, service time).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    fake_speed: f64,
 }
 
 async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
@@ -91,8 +98,9 @@ async fn providers(args: &Args, clock: Clock) -> anyhow::Result<BTreeMap<Cloud, 
             bail!("--fake-clouds: the built-in catalog has no offerings for {cloud}");
         }
         let mut cfg = FakeConfig::new(cloud, &args.fleet, offerings);
-        cfg.boot_after = Some(Duration::from_secs(20));
-        cfg.launch_latency = Duration::from_secs(2);
+        let speed = args.fake_speed.max(0.001);
+        cfg.boot_after = Some(Duration::from_secs(20).div_f64(speed));
+        cfg.launch_latency = Duration::from_secs(2).div_f64(speed);
         cfg.epoch = clock.now();
         out.insert(cloud, Arc::new(FakeProvider::new(cfg)));
     }
@@ -157,8 +165,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         launches: Default::default(),
     });
     // Simulated clouds have no real agent on their machines: simulate those too.
-    let _agents = (!args.fake_clouds.is_empty())
-        .then(|| SimAgents::spawn(store.clone(), keys.clone(), clock, SimAgentConfig::default()));
+    let _agents = (!args.fake_clouds.is_empty()).then(|| {
+        let d = SimAgentConfig::default();
+        let speed = args.fake_speed.max(0.001);
+        let cfg = SimAgentConfig {
+            poll: d.poll.div_f64(speed).max(Duration::from_millis(20)),
+            load_time: d.load_time.div_f64(speed),
+            service_time: d.service_time.div_f64(speed),
+            ..d
+        };
+        SimAgents::spawn(store.clone(), keys.clone(), clock, cfg)
+    });
 
     let (root, root_done) = Actor::spawn(None, RootActor, ctx.clone()).await.context("starting the actor tree")?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {

@@ -16,7 +16,7 @@ const SPEC: &str = "[fleet]\nname = \"test\"\n[budget]\nmax_per_hour = \"100\"\n
 
 async fn harness() -> Harness {
     let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
-    let clouds = vec![CloudSetup { cloud: Cloud::Lambda, offerings: vec![o], capacity: Default::default() }];
+    let clouds = vec![CloudSetup::new(Cloud::Lambda, vec![o])];
     Harness::start(clouds, Config::default(), SimAgentConfig::default(), None).await
 }
 

@@ -39,9 +39,9 @@ fn three_clouds() -> Vec<CloudSetup> {
     let runpod = h100x8(Cloud::Runpod, "us-ks-2", "25", od);
     let aws = h100x8(Cloud::Aws, "us-east-1", "60", od);
     vec![
-        CloudSetup { cloud: Cloud::Lambda, capacity: HashMap::from([(lambda.key(), 2)]), offerings: vec![lambda] },
-        CloudSetup { cloud: Cloud::Runpod, capacity: HashMap::from([(runpod.key(), 2)]), offerings: vec![runpod] },
-        CloudSetup { cloud: Cloud::Aws, capacity: HashMap::new(), offerings: vec![aws] },
+        CloudSetup::new(Cloud::Lambda, vec![lambda.clone()]).capacity(&lambda, 2),
+        CloudSetup::new(Cloud::Runpod, vec![runpod.clone()]).capacity(&runpod, 2),
+        CloudSetup::new(Cloud::Aws, vec![aws]),
     ]
 }
 
@@ -112,7 +112,7 @@ async fn failover_reaches_capacity_with_ninety_percent_of_offerings_out_and_no_r
             }
             offerings.push(o);
         }
-        setups.push(CloudSetup { cloud, offerings, capacity });
+        setups.push(CloudSetup { capacity, ..CloudSetup::new(cloud, offerings) });
     }
     let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 2\nmin_concurrency = 2");
     let h = Harness::start(setups, config(), SimAgentConfig::default(), None).await;
@@ -221,4 +221,29 @@ async fn a_crashing_node_actor_is_restarted() {
 #[tokio::test(start_paused = true)]
 async fn a_crashing_runner_actor_is_restarted() {
     crash_and_carry_on("runner").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_offering_is_tried_within_a_second_of_a_capacity_error() {
+    let od = CapacityType::OnDemand;
+    let lambda = h100x8(Cloud::Lambda, "us-east-1", "20", od);
+    let runpod = h100x8(Cloud::Runpod, "us-ks-2", "25", od);
+    let latency = Duration::from_secs(2);
+    let clouds = vec![
+        CloudSetup {
+            launch_latency: latency,
+            ..CloudSetup::new(Cloud::Lambda, vec![lambda.clone()]).capacity(&lambda, 0)
+        },
+        CloudSetup { launch_latency: latency, ..CloudSetup::new(Cloud::Runpod, vec![runpod]) },
+    ];
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let h = Harness::start(clouds, config(), SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    assert!(h.run_until(Duration::from_secs(60), || async { h.live_instances() == 1 }).await);
+    let refused = h.fakes[&Cloud::Lambda].timed_calls().into_iter().find(|(_, c)| matches!(c, Call::Launch { .. }));
+    let next = h.fakes[&Cloud::Runpod].timed_calls().into_iter().find(|(_, c)| matches!(c, Call::Launch { .. }));
+    let (refused_at, next_at) = (refused.unwrap().0 + latency, next.unwrap().0);
+    let gap = next_at.checked_sub(refused_at).expect("the next launch comes after the refusal");
+    println!("next launch {gap:?} after the capacity error");
+    assert!(gap < Duration::from_secs(1), "next launch {gap:?} after the capacity error");
 }

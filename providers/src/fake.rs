@@ -83,7 +83,7 @@ struct State {
     throttle_retry_after: Duration,
     live_per_offering: HashMap<OfferingKey, u32>,
     capacity: HashMap<OfferingKey, u32>,
-    calls: Vec<Call>,
+    calls: Vec<(Duration, Call)>,
 }
 
 pub struct FakeProvider {
@@ -168,6 +168,11 @@ impl FakeProvider {
     }
 
     pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Calls with when they were made (tokio time since the fake was created).
+    pub fn timed_calls(&self) -> Vec<(Duration, Call)> {
         self.lock().calls.clone()
     }
 
@@ -178,8 +183,9 @@ impl FakeProvider {
 
     /// Records the call and applies throttling, then one-shot, then probabilistic errors.
     fn enter(&self, op: Op, call: Call) -> ProviderResult<()> {
+        let at = self.created.elapsed();
         let mut s = self.lock();
-        s.calls.push(call);
+        s.calls.push((at, call));
         if s.throttled_calls > 0 {
             s.throttled_calls -= 1;
             return Err(ProviderError::Throttled {

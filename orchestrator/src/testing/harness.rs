@@ -49,6 +49,19 @@ pub struct CloudSetup {
     pub offerings: Vec<Offering>,
     /// Instances each offering can have at once (unlimited when absent).
     pub capacity: HashMap<OfferingKey, u32>,
+    /// How long the cloud takes to answer a launch call.
+    pub launch_latency: Duration,
+}
+
+impl CloudSetup {
+    pub fn new(cloud: Cloud, offerings: Vec<Offering>) -> CloudSetup {
+        CloudSetup { cloud, offerings, capacity: HashMap::new(), launch_latency: Duration::ZERO }
+    }
+
+    pub fn capacity(mut self, o: &Offering, n: u32) -> CloudSetup {
+        self.capacity.insert(o.key(), n);
+        self
+    }
 }
 
 pub struct Harness {
@@ -82,6 +95,7 @@ impl Harness {
         for c in clouds {
             let mut cfg = FakeConfig::new(c.cloud, fleet, c.offerings);
             cfg.capacity = c.capacity;
+            cfg.launch_latency = c.launch_latency;
             cfg.boot_after = Some(Duration::from_secs(30));
             cfg.epoch = clock.now();
             let f = Arc::new(FakeProvider::new(cfg));

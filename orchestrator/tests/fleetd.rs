@@ -1,0 +1,131 @@
+//! The real `fleetd` binary: starts on embedded defaults, serves its API over HTTP, runs requests
+//! on simulated clouds, stops cleanly on SIGTERM, and finds its state again after a restart.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Fleetd {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Fleetd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_fleetd(dir: &std::path::Path) -> Fleetd {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--listen", &addr, "--fleet", "test", "--fake-clouds", "lambda", "--fake-speed", "20"])
+        .args(["--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fleetd starts");
+    let f = Fleetd { child, addr };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok((200, _)) = http(&f.addr, "GET", "/healthz", "") {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("fleetd did not answer /healthz within 30 s");
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let ct = if body.starts_with('{') { "application/json" } else { "text/plain" };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON ({e}): {body}"))
+}
+
+const SPEC: &str = r#"
+[fleet]
+name = "test"
+
+[apps.llm]
+gpu = "H100"
+gpus = 1
+
+[apps.llm.scaling]
+max_concurrency = 2
+keep_alive = "3s"
+"#;
+
+#[test]
+fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start_fleetd(dir.path());
+    let (s, b) = http(&d.addr, "PUT", "/v1/spec", SPEC).unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = http(&d.addr, "PUT", "/v1/spec", "[fleet]\nname = 1").unwrap();
+    assert_eq!(s, 400, "{b}");
+    assert!(json(&b)["error"].as_str().unwrap().contains("spec:"), "{b}");
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (s, b) = http(&d.addr, "POST", "/v1/apps/llm/requests", &format!(r#"{{"input": {{"n": {i}}}}}"#)).unwrap();
+        assert_eq!(s, 202, "{b}");
+        ids.push(json(&b)["id"].as_u64().unwrap());
+    }
+    let start = Instant::now();
+    let done = |addr: &str| {
+        ids.iter().all(|id| {
+            let (_, b) = http(addr, "GET", &format!("/v1/apps/llm/requests/{id}"), "").unwrap();
+            json(&b)["state"]["state"] == "done"
+        })
+    };
+    while !done(&d.addr) {
+        assert!(start.elapsed() < Duration::from_secs(60), "requests not served within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, m) = http(&d.addr, "GET", "/metrics", "").unwrap();
+    assert!(m.contains("fleet_launches_total{cloud=\"lambda\",kind=\"called\"}"), "{m}");
+
+    // SIGTERM: a clean, prompt exit.
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "fleetd did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    d.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "exit status {status}: {err}");
+    assert!(err.contains("stopped"), "{err}");
+
+    // Same data dir: the spec and the results are still there.
+    let d2 = start_fleetd(dir.path());
+    let (s, b) = http(&d2.addr, "GET", "/v1/spec", "").unwrap();
+    assert_eq!((s, json(&b)["toml"].as_str()), (200, Some(SPEC)));
+    assert!(done(&d2.addr), "results survive a restart");
+}
