@@ -135,6 +135,9 @@ async fn put_spec(
             },
         )?
     };
+    if !q.dry_run {
+        ctx.nudge.notify_one();
+    }
     let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     Ok(Json(json!({ "fleet": spec.name, "apps": apps, "applied": !q.dry_run })))
 }
@@ -300,6 +303,7 @@ async fn submit(
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
     }
     let id = queue::submit(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now()).await?;
+    ctx.nudge.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
 }
 

@@ -163,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new()),
         clock,
         launches: Default::default(),
+        nudge: Default::default(),
     });
     // Simulated clouds have no real agent on their machines: simulate those too.
     let _agents = (!args.fake_clouds.is_empty()).then(|| {

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Histogram,
     pub requests_requeued: Counter,
+    /// Node records written by plans (each followed by its launch order).
+    pub nodes_requested: Counter,
+    pub reconcile_count: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +116,8 @@ impl Metrics {
             reconcile_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
+            nodes_requested: Counter::default(),
+            reconcile_count: Counter::default(),
         };
         r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
         r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
@@ -135,7 +140,14 @@ impl Metrics {
             "Requests queued again after their runner was lost",
             m.requests_requeued.clone(),
         );
+        r.register("reconcile_passes", "Reconcile passes completed", m.reconcile_count.clone());
+        r.register("nodes_requested", "Nodes the planner decided to launch", m.nodes_requested.clone());
         Metrics { registry: r, ..m }
+    }
+
+    /// Reconcile passes completed so far.
+    pub fn reconcile_seconds_count(&self) -> u64 {
+        self.reconcile_count.get()
     }
 
     /// The Prometheus text exposition.

@@ -29,19 +29,14 @@ pub struct FleetActor;
 
 #[derive(Debug)]
 pub enum FleetMsg {
+    /// The periodic pass (schedules the next one).
     Tick,
+    /// An extra pass now (does not schedule another).
+    Nudge,
     /// A region's launch attempt for `node` ended.
-    LaunchFailed {
-        node: NodeId,
-        offering: OfferingKey,
-        error: ProviderError,
-    },
+    LaunchFailed { node: NodeId, offering: OfferingKey, error: ProviderError },
     /// The launch ended well, or no longer matters (`offering` proved to have capacity when `ok`).
-    Launched {
-        node: NodeId,
-        offering: OfferingKey,
-        ok: bool,
-    },
+    Launched { node: NodeId, offering: OfferingKey, ok: bool },
     /// Launch orders in flight were lost with a failed actor: the next pass re-sends them
     /// (the idempotency token makes a re-sent launch find the instance the first one made).
     ForgetLaunches,
@@ -121,6 +116,17 @@ impl Actor for FleetActor {
             clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);
         }
         myself.send_message(FleetMsg::Tick)?;
+        // Nudges become passes, at most one per 50 ms (a burst of submits is one pass).
+        let (nudge, me) = (ctx.nudge.clone(), myself.clone());
+        tokio::spawn(async move {
+            loop {
+                nudge.notified().await;
+                if me.send_message(FleetMsg::Nudge).is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
         Ok(FleetState {
             ctx,
             catalog,
@@ -160,7 +166,17 @@ impl Actor for FleetActor {
                     }
                 };
                 st.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                st.ctx.metrics.reconcile_count.inc();
                 myself.send_after(next, || FleetMsg::Tick);
+            }
+            FleetMsg::Nudge => {
+                let started = tokio::time::Instant::now();
+                if let Err(e) = reconcile(st).await {
+                    st.ctx.metrics.reconcile_errors.inc();
+                    tracing::warn!(error = %e, "reconcile failed; the next tick retries");
+                }
+                st.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                st.ctx.metrics.reconcile_count.inc();
             }
             FleetMsg::Launched { node, offering, ok } => {
                 st.launching.remove(&node);
@@ -356,7 +372,6 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             None => by_node.entry(0).or_default().push(r.clone()),
         }
     }
-    let known: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
     for n in &nodes {
         match &n.state {
             NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, n.clone()).await?,
@@ -371,19 +386,11 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
         }
     }
     // Runners whose node will never host them (launch given up, node gone): stopped here.
+    let node_state: HashMap<NodeId, &NodeState> = nodes.iter().map(|n| (n.id, &n.state)).collect();
     for r in &runners {
-        let orphan = match r.node() {
-            None => true,
-            Some(n) => {
-                !known.contains(&n)
-                    || nodes.iter().any(|x| {
-                        x.id == n
-                            && matches!(
-                                x.state,
-                                NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }
-                            )
-                    })
-            }
+        let orphan = match r.node().map(|n| node_state.get(&n)) {
+            None | Some(None) => true,
+            Some(Some(s)) => matches!(s, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }),
         };
         if orphan {
             retire_runner(&ctx, r, now).await?;
@@ -518,6 +525,7 @@ async fn carry_out(
                 store.txn(vec![], batch).await?;
             }
             if !ap.new_nodes.is_empty() {
+                ctx.metrics.nodes_requested.inc_by(ap.new_nodes.len() as u64);
                 tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
             }
         }

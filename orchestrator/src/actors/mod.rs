@@ -105,6 +105,9 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub clock: crate::clock::Clock,
     pub launches: Arc<LaunchGate>,
+    /// Wakes the fleet actor for a pass now (a spec was applied, a request came in) instead of
+    /// at its next tick.
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 /// Launch calls in flight, and whether new ones may start: on shutdown fleetd closes the gate and

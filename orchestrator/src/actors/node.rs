@@ -179,6 +179,12 @@ impl Actor for NodeActor {
                     NodeState::Terminating { .. } | NodeState::Terminated { .. } | NodeState::Failed { .. }
                 );
                 for r in runners {
+                    // A serving runner needs nothing from the orchestrator (its agent serves,
+                    // the planner stops it when idle): no actor unless one is already there.
+                    let settled = matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. });
+                    if settled && !node_draining && !node_gone && !st.runners.contains_key(&r.id) {
+                        continue;
+                    }
                     let actor = match st.runners.get(&r.id) {
                         Some(a) => a.clone(),
                         None => {

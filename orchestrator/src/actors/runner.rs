@@ -41,7 +41,7 @@ async fn apply(ctx: &Ctx, id: RunnerId, ev: RunnerEvent) -> Result<Option<Runner
     .await
 }
 
-/// Returns false once the runner is gone (the actor stops).
+/// Returns false once the actor has nothing more to do: the runner is gone, or serving.
 async fn step(
     ctx: &Ctx,
     r: &RunnerRecord,
@@ -106,7 +106,7 @@ impl Actor for RunnerActor {
             RunnerMsg::Sync { runner, node_ready, node_draining, node_gone } => {
                 match step(&st.ctx, &runner, node_ready, node_draining, node_gone).await {
                     Ok(true) => {}
-                    Ok(false) => myself.stop(Some("stopped".into())),
+                    Ok(false) => myself.stop(Some("nothing to do".into())),
                     Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),
                 }
             }

@@ -113,6 +113,7 @@ impl Harness {
             metrics: Arc::new(Metrics::new()),
             clock,
             launches: Default::default(),
+            nudge: Default::default(),
         });
         let (root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.expect("root actor");
         let agents = SimAgents::spawn(store, keys, clock, agent);

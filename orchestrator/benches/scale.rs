@@ -1,0 +1,180 @@
+//! fleetd at scale on the fake provider: 10 apps × 1,250 ready nodes × 8 runners (12,500 nodes,
+//! 100,000 runners) in steady state, then a demand change (+10 % runners on every app). Measures:
+//! the first pass over that state (actor tree built), the time from the demand change to every
+//! launch decision issued (node and runner records written, launch orders sent), a steady pass,
+//! and the process's resident memory.
+//!
+//! `FLEET_BENCH_NODES_PER_APP` (default 1250) scales it down for a quick run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_core::keys::{Counter, Keys};
+use fleet_core::{CapacityType, Cloud};
+use fleet_orchestrator::actors::root::RootActor;
+use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
+use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::lifecycle::node::NodeState;
+use fleet_orchestrator::lifecycle::runner::RunnerState;
+use fleet_orchestrator::metrics::Metrics;
+use fleet_orchestrator::model::{CandidateRecord, NodeRecord, RunnerRecord, apply_spec};
+use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::store::{Op, Store, to_json};
+use fleet_orchestrator::testing::harness::h100x8;
+use fleet_providers::Provider as _;
+use fleet_providers::Provider;
+use fleet_providers::fake::{FakeConfig, FakeProvider};
+use ractor::Actor;
+
+const APPS: usize = 10;
+const RUNNERS_PER_NODE: u64 = 8;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn spec(min: u64) -> String {
+    let mut s = String::from("[fleet]\nname = \"bench\"\n");
+    for a in 0..APPS {
+        s += &format!(
+            "[apps.app{a}]\ngpu = \"H100\"\ngpus = 1\n[apps.app{a}.scaling]\nmin_concurrency = {min}\nmax_concurrency = {}\nkeep_alive = \"1h\"\n",
+            min * 2
+        );
+    }
+    s
+}
+
+async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    t.elapsed()
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let per_app: u64 = std::env::var("FLEET_BENCH_NODES_PER_APP").ok().and_then(|v| v.parse().ok()).unwrap_or(1250);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let keys = Keys::new("bench");
+        let clock = Clock::System;
+        let now = clock.now();
+        let offering = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+        let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Lambda, "bench", vec![offering.clone()])));
+
+        // Steady state, written directly: every node ready, every runner idle.
+        let t = Instant::now();
+        let mut ops = Vec::new();
+        let (mut node_id, mut runner_id) = (1u64, 1u64);
+        for a in 0..APPS {
+            for _ in 0..per_app {
+                // The fake cloud runs the instances the records name.
+                let app = format!("app{a}");
+                let req = fleet_providers::LaunchRequest::new("bench", &node_id.to_string(), &app, offering.key());
+                let inst = fake.launch(&req).await.unwrap();
+                let rec = NodeRecord {
+                    id: node_id,
+                    app,
+                    state: NodeState::Ready { instance_id: inst.id, offering: offering.key(), since: now },
+                    candidates: vec![CandidateRecord { offering: offering.key(), price: offering.price, slots: 8 }],
+                    attempt: 0,
+                    slots: 8,
+                    price: Some(offering.price),
+                    billing_since: Some(now),
+                    billing_until: None,
+                    cordoned: false,
+                    created_at: now,
+                };
+                ops.push(Op::put(keys.node(node_id), to_json(&rec)));
+                for _ in 0..RUNNERS_PER_NODE {
+                    let r = RunnerRecord {
+                        id: runner_id,
+                        app: rec.app.clone(),
+                        state: RunnerState::Idle { node: node_id, since: now },
+                        created_at: now,
+                    };
+                    ops.push(Op::put(keys.runner(runner_id), to_json(&r)));
+                    runner_id += 1;
+                }
+                node_id += 1;
+            }
+        }
+        fake.boot_all();
+        ops.push(Op::put_json(keys.counter(Counter::Node), &node_id));
+        ops.push(Op::put_json(keys.counter(Counter::Runner), &runner_id));
+        store.txn(vec![], ops).await.unwrap();
+        let nodes = node_id - 1;
+        let runners = runner_id - 1;
+        println!("setup: {nodes} nodes, {runners} runners written in {:?}", t.elapsed());
+        let min = per_app * RUNNERS_PER_NODE;
+        apply_spec(&*store, &keys, "bench", &spec(min), now).await.unwrap();
+
+        let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+        providers.insert(Cloud::Lambda, fake.clone());
+        let config = Config {
+            reconcile_every: Duration::from_secs(3600),
+            node_poll: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(Ctx {
+            fleet: "bench".into(),
+            keys: keys.clone(),
+            store: store.clone(),
+            providers,
+            bootstrap: Arc::new(InstanceRunning),
+            config,
+            metrics: metrics.clone(),
+            clock,
+            launches: Default::default(),
+            nudge: Default::default(),
+        });
+        let rss_before = rss_mib();
+        let t = Instant::now();
+        let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
+        let passes = || metrics.reconcile_seconds_count();
+        let first = wait_for("first pass", Duration::from_secs(600), || passes() >= 1).await;
+        println!("first pass over {nodes} nodes / {runners} runners (actor tree built): {first:?} (from start {:?})", t.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // A steady pass: nothing to change.
+        let before = passes();
+        let t = Instant::now();
+        ctx.nudge.notify_one();
+        let steady = wait_for("steady pass", Duration::from_secs(600), || passes() > before).await;
+        assert_eq!(metrics.nodes_requested.get(), 0, "steady state needs no new node");
+        println!("steady pass: {steady:?} ({:?} since nudge)", t.elapsed());
+
+        // The demand change: +10 % runners for every app.
+        let extra_nodes = (per_app / 10).max(1);
+        let new_min = min + extra_nodes * RUNNERS_PER_NODE;
+        let calls_before = fake.calls().len() as u64;
+        let t = Instant::now();
+        apply_spec(&*store, &keys, "bench", &spec(new_min), clock.now()).await.unwrap();
+        ctx.nudge.notify_one();
+        let want = extra_nodes * APPS as u64;
+        let decided = wait_for("decisions", Duration::from_secs(600), || metrics.nodes_requested.get() >= want).await;
+        println!(
+            "demand change (+{} runners on {APPS} apps): {want} nodes and their runners decided, written and ordered in {decided:?}",
+            extra_nodes * RUNNERS_PER_NODE * APPS as u64
+        );
+        let rss = rss_mib();
+        println!("RSS: {rss:.0} MiB (before the actor tree: {rss_before:.0} MiB)");
+        let launched = wait_for("launches", Duration::from_secs(600), || ctx.launches.in_flight() == 0 && fake.calls().len() as u64 >= calls_before + want).await;
+        println!("all {want} launch calls answered {launched:?} later");
+    });
+}
