@@ -10,6 +10,7 @@
 pub mod actors;
 pub mod api;
 pub mod clock;
+pub mod informer;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

@@ -1,7 +1,8 @@
 //! Prometheus metrics (`/metrics`), all named `fleet_*`. Dollar figures are computed exactly
 //! (integer micro-dollars) and only turned into floats for export.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 
 use fleet_core::{Cloud, Money};
@@ -13,7 +14,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::lifecycle::node::{NodeState, Time};
-use crate::lifecycle::runner::RunnerState;
 use crate::model::{NodeRecord, RunnerRecord};
 use crate::queue::Depth;
 use crate::reconcile::month_cost;
@@ -158,20 +158,24 @@ impl Metrics {
     }
 
     /// Budget headroom per scope, from the spec and what runs.
-    pub fn set_budgets(&self, spec: &fleet_core::spec::FleetSpec, nodes: &[NodeRecord], now: Time) {
+    pub fn set_budgets<N: Borrow<NodeRecord>>(&self, spec: &fleet_core::spec::FleetSpec, nodes: &[N], now: Time) {
         use fleet_policies::budget::{Spend, headroom};
-        let spend_of = |app: Option<&str>| {
-            let mine = |n: &&NodeRecord| app.is_none_or(|a| n.app == a);
-            Spend {
-                burn_per_hour: nodes
-                    .iter()
-                    .filter(mine)
-                    .filter(|n| n.is_live())
-                    .filter_map(|n| n.price)
-                    .map(|p| p.hourly())
-                    .sum(),
-                month_to_date: nodes.iter().filter(mine).map(|n| month_cost(n, now)).sum(),
-            }
+        let zero = Spend { burn_per_hour: Money::ZERO, month_to_date: Money::ZERO };
+        // One walk over the nodes: burn and month-to-date per app and in all.
+        let mut per_app: HashMap<&str, Spend> = HashMap::new();
+        let mut all = zero;
+        for n in nodes.iter().map(Borrow::borrow) {
+            let burn = if n.is_live() { n.price.map_or(Money::ZERO, |p| p.hourly()) } else { Money::ZERO };
+            let mtd = month_cost(n, now);
+            let e = per_app.entry(n.app.as_str()).or_insert(zero);
+            e.burn_per_hour += burn;
+            e.month_to_date += mtd;
+            all.burn_per_hour += burn;
+            all.month_to_date += mtd;
+        }
+        let spend_of = |app: Option<&str>| match app {
+            None => all,
+            Some(a) => per_app.get(a).copied().unwrap_or(zero),
         };
         self.budget_headroom.clear();
         let set = |scope: &str, h: fleet_policies::budget::Headroom| {
@@ -187,31 +191,36 @@ impl Metrics {
 }
 
 /// Refreshes the gauges from one reconcile's view.
-pub fn observe(
+pub fn observe<N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     m: &Metrics,
-    nodes: &[NodeRecord],
-    runners: &[RunnerRecord],
+    nodes: &[N],
+    runners: &[R],
     depths: &BTreeMap<String, Depth>,
     now: Time,
 ) {
-    m.nodes.clear();
+    // Count first, then touch each labelled gauge once: label sets allocate.
+    let mut by_node: HashMap<(Option<Cloud>, &'static str), i64> = HashMap::new();
     let mut burn = Money::ZERO;
     let mut mtd = Money::ZERO;
-    for n in nodes {
-        let cloud = n.offering().map_or_else(|| "-".to_string(), |o| o.cloud.to_string());
-        m.nodes.get_or_create(&NodeLabels { cloud, state: n.state.name().to_string() }).inc();
+    for n in nodes.iter().map(Borrow::borrow) {
+        *by_node.entry((n.offering().map(|o| o.cloud), n.state.name())).or_default() += 1;
         if n.is_live() && !matches!(n.state, NodeState::Requested { .. } | NodeState::Launching { .. }) {
             burn += n.price.map_or(Money::ZERO, |p| p.hourly());
         }
         mtd += month_cost(n, now);
     }
+    m.nodes.clear();
+    for ((cloud, state), count) in by_node {
+        let cloud = cloud.map_or_else(|| "-".to_string(), |c| c.to_string());
+        m.nodes.get_or_create(&NodeLabels { cloud, state: state.to_string() }).set(count);
+    }
+    let mut by_runner: HashMap<(&str, &'static str), i64> = HashMap::new();
+    for r in runners.iter().map(Borrow::borrow) {
+        *by_runner.entry((r.app.as_str(), r.state.name())).or_default() += 1;
+    }
     m.runners.clear();
-    for r in runners {
-        let state = match r.state {
-            RunnerState::Busy { .. } => "Busy",
-            _ => r.state.name(),
-        };
-        m.runners.get_or_create(&RunnerLabels { app: r.app.clone(), state: state.into() }).inc();
+    for ((app, state), count) in by_runner {
+        m.runners.get_or_create(&RunnerLabels { app: app.to_string(), state: state.to_string() }).set(count);
     }
     m.queue_depth.clear();
     m.in_flight.clear();

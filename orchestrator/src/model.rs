@@ -150,7 +150,20 @@ pub struct AgentRecord {
 /// Reads a JSON record, applies `f`, and writes it back only if nobody changed it meanwhile
 /// (retrying on conflict). `f` returns `None` to leave the record as it is; the result is the
 /// record as written (or as found, when `f` declined), or `None` when the key does not exist.
-pub async fn update<T, F>(store: &dyn crate::store::Store, key: &str, mut f: F) -> crate::store::StoreResult<Option<T>>
+pub async fn update<T, F>(store: &dyn crate::store::Store, key: &str, f: F) -> crate::store::StoreResult<Option<T>>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+    F: FnMut(&T) -> Option<T>,
+{
+    Ok(update_at(store, key, f).await?.map(|(t, _)| t))
+}
+
+/// [`update`], with the revision the record has now (written or found).
+pub async fn update_at<T, F>(
+    store: &dyn crate::store::Store,
+    key: &str,
+    mut f: F,
+) -> crate::store::StoreResult<Option<(T, crate::store::Revision)>>
 where
     T: Serialize + serde::de::DeserializeOwned,
     F: FnMut(&T) -> Option<T>,
@@ -159,9 +172,10 @@ where
     loop {
         let Some(kv) = store.get(key).await? else { return Ok(None) };
         let cur: T = kv.json()?;
-        let Some(next) = f(&cur) else { return Ok(Some(cur)) };
-        if store.txn(vec![Compare::unchanged(&kv)], vec![Op::put_json(key, &next)]).await?.succeeded {
-            return Ok(Some(next));
+        let Some(next) = f(&cur) else { return Ok(Some((cur, kv.mod_revision))) };
+        let res = store.txn(vec![Compare::unchanged(&kv)], vec![Op::put_json(key, &next)]).await?;
+        if res.succeeded {
+            return Ok(Some((next, res.revision)));
         }
     }
 }

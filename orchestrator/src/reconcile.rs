@@ -2,6 +2,7 @@
 //! money they have cost. No I/O here; [`crate::actors::fleet`] reads the store, calls
 //! [`fleet_policies::plan::plan`] with what this builds, and carries the plan out.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike, TimeZone, Utc};
@@ -56,11 +57,11 @@ fn counts_as_runner(r: &RunnerRecord) -> bool {
 
 /// The planner's view. Nodes whose offering is not in the index (a catalog change) are left out
 /// of planning; they keep running until drained by hand or released by a later spec.
-pub fn fleet_state<'a>(
+pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     index: &PlacementIndex,
     ids: &HashMap<OfferingKey, OfferingId>,
-    nodes: &[NodeRecord],
-    runners: &[RunnerRecord],
+    nodes: &[N],
+    runners: &[R],
     depths: &BTreeMap<String, Depth>,
     pending_since: &HashMap<String, Time>,
     unavailable: &'a UnavailableCache,
@@ -70,12 +71,12 @@ pub fn fleet_state<'a>(
     let mut fleet_mtd = Money::ZERO;
     let mut node_offering: HashMap<u64, OfferingId> = HashMap::new();
     let mut hosted: HashMap<u64, u32> = HashMap::new();
-    for r in runners.iter().filter(|r| counts_as_runner(r)) {
+    for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {
         if let Some(n) = r.node() {
             *hosted.entry(n).or_default() += 1;
         }
     }
-    for n in nodes {
+    for n in nodes.iter().map(Borrow::borrow) {
         let cost = month_cost(n, now);
         fleet_mtd += cost;
         let app = apps.entry(n.app.clone()).or_default();
@@ -88,7 +89,7 @@ pub fn fleet_state<'a>(
         let slots = if n.cordoned { hosted.get(&n.id).copied().unwrap_or(0) } else { n.slots };
         app.nodes.push(NodeView { id: n.id, offering: oid, slots });
     }
-    for r in runners.iter().filter(|r| counts_as_runner(r)) {
+    for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {
         let Some(node) = r.node() else { continue };
         let Some(&oid) = node_offering.get(&node) else { continue };
         let (ready, in_flight, idle_since) = match &r.state {

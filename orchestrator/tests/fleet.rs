@@ -92,6 +92,7 @@ async fn scales_from_zero_across_three_clouds_serves_and_scales_back_to_zero() {
     // Billing stopped for every node; the cost is exact and positive.
     let nodes = h.nodes().await;
     assert!(nodes.iter().all(|n| n.billing_until.is_some()));
+    h.run_for(Duration::from_secs(2)).await;
     let metrics = h.ctx.metrics.encode();
     assert!(metrics.contains("fleet_burn_dollars_per_hour 0.0"), "{metrics}");
 }
@@ -246,4 +247,41 @@ async fn the_next_offering_is_tried_within_a_second_of_a_capacity_error() {
     let gap = next_at.checked_sub(refused_at).expect("the next launch comes after the refusal");
     println!("next launch {gap:?} after the capacity error");
     assert!(gap < Duration::from_secs(1), "next launch {gap:?} after the capacity error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_of_a_dead_agent_are_queued_again_and_served_once_elsewhere() {
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 2\nmin_concurrency = 2");
+    let agents = SimAgentConfig { service_time: Duration::from_secs(30), ..SimAgentConfig::default() };
+    let h = Harness::start(three_clouds(), config(), agents, None).await;
+    h.apply(&spec).await;
+    let ready = h
+        .run_until(Duration::from_secs(120), || async {
+            h.runners()
+                .await
+                .iter()
+                .filter(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+                .count()
+                == 2
+        })
+        .await;
+    assert!(ready, "two idle runners");
+    let ids = h.submit("llm", 2).await;
+    h.run_for(Duration::from_secs(3)).await;
+    let depth = queue::depths(&*h.ctx.store, &h.ctx.keys).await.unwrap()["llm"];
+    assert_eq!(depth.in_flight, 2, "both requests claimed");
+    // The agent of the node serving the first request dies mid-request.
+    let first = queue::get(&*h.ctx.store, &h.ctx.keys, "llm", ids[0]).await.unwrap();
+    let RequestState::Claimed { node, .. } = first.state else { panic!("claimed: {first:?}") };
+    h.agents.kill(node);
+    let served = h.run_until(Duration::from_secs(300), || async { results(&h, "llm").await.len() == 2 }).await;
+    assert!(served, "both requests served");
+    let done = results(&h, "llm").await;
+    let again = done.iter().find(|r| r.id == ids[0]).unwrap();
+    assert_eq!(again.attempts, 2, "the dead agent's request was claimed a second time");
+    let RequestState::Done { runner, .. } = &again.state else { panic!("{again:?}") };
+    let on_dead = h.runners().await.iter().any(|r| r.id == *runner && r.node() == Some(node));
+    assert!(!on_dead, "served by another node's runner");
+    assert_eq!(h.agents.completed().len(), 2, "each request completed exactly once");
+    assert!(h.ctx.metrics.encode().contains("fleet_requests_requeued_total 1"));
 }

@@ -20,7 +20,7 @@ pub enum CloudMsg {
     /// Launch (or, after a restart, re-launch with the same token) this node's current candidate.
     Launch(NodeRecord),
     /// The node's latest record and runners; its node actor is created if missing.
-    SyncNode { node: NodeRecord, runners: Vec<RunnerRecord> },
+    SyncNode { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }

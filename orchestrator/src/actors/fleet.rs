@@ -18,9 +18,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::cloud::{CloudActor, CloudMsg};
 use super::{Ctx, RestartBudget, backoff};
+use crate::informer::Informer;
 use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, Time, transition};
 use crate::lifecycle::runner::{self, NodeId, RunnerEvent, RunnerState};
-use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update};
+use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
 use crate::queue;
 use crate::reconcile::{fleet_state, offering_ids};
 use crate::store::{Op, StoreError, allocate_ids, to_json};
@@ -58,6 +59,8 @@ struct Applied {
 
 pub struct FleetState {
     ctx: Arc<Ctx>,
+    /// Nodes and runners, in memory, current by watch (and by this actor's own writes).
+    informer: Informer,
     catalog: Arc<Catalog>,
     applied: Option<Applied>,
     unavailable: UnavailableCache,
@@ -73,6 +76,24 @@ pub struct FleetState {
     probing: HashSet<OfferingKey>,
     waiting: HashSet<NodeId>,
     failed_passes: u32,
+    passes: u64,
+    /// What each node actor was last sent (see [`sync_print`]).
+    synced: HashMap<NodeId, u64>,
+}
+
+/// Node actors get a full sync this often (in passes) even when nothing changed.
+const FULL_SYNC_EVERY: u64 = 10;
+
+/// Identifies a node's record and runners as of one pass: the informer replaces a record's `Arc`
+/// whenever it changes, so the addresses change with the content.
+fn sync_print(n: &Arc<NodeRecord>, runners: &[Arc<RunnerRecord>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    Arc::as_ptr(n).hash(&mut h);
+    for r in runners {
+        Arc::as_ptr(r).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Offerings of every provider, live where the provider can, else the built-in catalog's rows of
@@ -115,6 +136,7 @@ impl Actor for FleetActor {
         for cloud in ctx.providers.keys() {
             clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);
         }
+        let informer = Informer::start(ctx.store.clone(), &ctx.keys).await;
         myself.send_message(FleetMsg::Tick)?;
         // Nudges become passes, at most one per 50 ms (a burst of submits is one pass).
         let (nudge, me) = (ctx.nudge.clone(), myself.clone());
@@ -129,6 +151,7 @@ impl Actor for FleetActor {
         });
         Ok(FleetState {
             ctx,
+            informer,
             catalog,
             applied: None,
             unavailable: UnavailableCache::default(),
@@ -140,6 +163,8 @@ impl Actor for FleetActor {
             probing: HashSet::new(),
             waiting: HashSet::new(),
             failed_passes: 0,
+            passes: 0,
+            synced: HashMap::new(),
         })
     }
 
@@ -280,7 +305,7 @@ async fn dispatch_launch(st: &mut FleetState, mut rec: NodeRecord) -> Result<(),
             .find(|i| st.unavailable.covering_key(&rec.candidates[*i].offering, now).is_none())
             .unwrap_or(rec.candidates.len());
         if skip_to != from {
-            let updated = update(&*st.ctx.store, &st.ctx.keys.node(rec.id), |cur: &NodeRecord| {
+            let updated = update_at(&*st.ctx.store, &st.ctx.keys.node(rec.id), |cur: &NodeRecord| {
                 if cur.attempt != from || !matches!(cur.state, NodeState::Requested { .. }) {
                     return None;
                 }
@@ -292,8 +317,11 @@ async fn dispatch_launch(st: &mut FleetState, mut rec: NodeRecord) -> Result<(),
                 Some(NodeRecord { attempt: skip_to, ..cur.clone() })
             })
             .await?;
+            if let Some((r, rev)) = &updated {
+                st.informer.put_node(r.clone(), *rev);
+            }
             match updated {
-                Some(r) if matches!(r.state, NodeState::Requested { .. }) && r.attempt == skip_to => rec = r,
+                Some((r, _)) if matches!(r.state, NodeState::Requested { .. }) && r.attempt == skip_to => rec = r,
                 _ => return Ok(()),
             }
         }
@@ -349,10 +377,12 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     load_spec(st).await?;
     st.unavailable.expire(now);
 
-    let nodes: Vec<NodeRecord> =
-        store.range(&keys.nodes()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
-    let runners: Vec<RunnerRecord> =
-        store.range(&keys.runners()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
+    if !st.informer.is_fresh() {
+        // No decision on a stale view: a missed change could mean a double launch.
+        return Err(StoreError::Unavailable("the node and runner cache is being re-listed".into()));
+    }
+    let nodes = st.informer.nodes();
+    let runners = st.informer.runners();
     let requeued = queue::requeue_orphans(store, keys, &[]).await?;
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
@@ -365,7 +395,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.
-    let mut by_node: HashMap<NodeId, Vec<RunnerRecord>> = HashMap::new();
+    let mut by_node: HashMap<NodeId, Vec<Arc<RunnerRecord>>> = HashMap::new();
     for r in &runners {
         match r.node() {
             Some(n) => by_node.entry(n).or_default().push(r.clone()),
@@ -374,17 +404,31 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     }
     for n in &nodes {
         match &n.state {
-            NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, n.clone()).await?,
+            NodeState::Requested { .. } | NodeState::Launching { .. } => dispatch_launch(st, (**n).clone()).await?,
             NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. } => {}
             _ => {
                 let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
-                if let Some(actor) = st.clouds.get(&cloud) {
-                    let rs = by_node.get(&n.id).cloned().unwrap_or_default();
-                    let _ = actor.send_message(CloudMsg::SyncNode { node: n.clone(), runners: rs });
+                let rs = by_node.get(&n.id).cloned().unwrap_or_default();
+                // A ready node whose record and runners did not change, and whose runners all
+                // serve, needs nothing from its actor: skip it, except on every tenth pass
+                // (which also re-creates node actors lost to a crash).
+                let settled = matches!(n.state, NodeState::Ready { .. })
+                    && rs.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
+                let print = sync_print(n, &rs);
+                if settled && st.passes % FULL_SYNC_EVERY != 0 && st.synced.get(&n.id) == Some(&print) {
+                    continue;
+                }
+                if let Some(actor) = st.clouds.get(&cloud)
+                    && actor.send_message(CloudMsg::SyncNode { node: (**n).clone(), runners: rs }).is_ok()
+                {
+                    st.synced.insert(n.id, print);
                 }
             }
         }
     }
+    st.passes += 1;
+    let live: HashSet<NodeId> = nodes.iter().filter(|n| n.is_live()).map(|n| n.id).collect();
+    st.synced.retain(|id, _| live.contains(id));
     // Runners whose node will never host them (launch given up, node gone): stopped here.
     let node_state: HashMap<NodeId, &NodeState> = nodes.iter().map(|n| (n.id, &n.state)).collect();
     for r in &runners {
@@ -393,7 +437,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             Some(Some(s)) => matches!(s, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }),
         };
         if orphan {
-            retire_runner(&ctx, r, now).await?;
+            retire_runner(&ctx, &st.informer, r, now).await?;
         }
     }
     // Failed launches that never made an instance cost nothing and are forgotten.
@@ -401,7 +445,10 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
         if !by_node.contains_key(&n.id) {
             let kv = store.get(&keys.node(n.id)).await?;
             if let Some(kv) = kv {
-                store.txn(vec![crate::store::Compare::unchanged(&kv)], vec![Op::delete(&kv.key)]).await?;
+                let res = store.txn(vec![crate::store::Compare::unchanged(&kv)], vec![Op::delete(&kv.key)]).await?;
+                if res.succeeded {
+                    st.informer.delete_node(n.id, res.revision);
+                }
             }
         }
     }
@@ -418,17 +465,18 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
 }
 
 /// Stops a runner that cannot run any more and hands its requests back.
-async fn retire_runner(ctx: &Ctx, r: &RunnerRecord, now: Time) -> Result<(), StoreError> {
+async fn retire_runner(ctx: &Ctx, informer: &Informer, r: &RunnerRecord, now: Time) -> Result<(), StoreError> {
     let key = ctx.keys.runner(r.id);
     if !matches!(r.state, RunnerState::Stopped { .. }) {
-        update(&*ctx.store, &key, |cur: &RunnerRecord| {
+        update_at(&*ctx.store, &key, |cur: &RunnerRecord| {
             let next = runner::transition(&cur.state, RunnerEvent::Lost, now).ok()?;
             Some(RunnerRecord { state: next, ..cur.clone() })
         })
         .await?;
     }
     queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
-    ctx.store.delete(&key).await?;
+    let res = ctx.store.txn(vec![], vec![Op::delete(&key)]).await?;
+    informer.delete_runner(r.id, res.revision);
     Ok(())
 }
 
@@ -437,7 +485,7 @@ async fn retire_runner(ctx: &Ctx, r: &RunnerRecord, now: Time) -> Result<(), Sto
 async fn carry_out(
     st: &mut FleetState,
     plan: &FleetPlan,
-    nodes: &[NodeRecord],
+    nodes: &[Arc<NodeRecord>],
     now: Time,
 ) -> Result<Vec<NodeRecord>, StoreError> {
     let ctx = st.ctx.clone();
@@ -451,11 +499,14 @@ async fn carry_out(
             None => st.pending_since.remove(&ap.app),
         };
         for id in &ap.decision.stop {
-            update(store, &keys.runner(*id), |cur: &RunnerRecord| {
+            let done = update_at(store, &keys.runner(*id), |cur: &RunnerRecord| {
                 let next = runner::transition(&cur.state, RunnerEvent::Stop, now).ok()?;
                 Some(RunnerRecord { state: next, ..cur.clone() })
             })
             .await?;
+            if let Some((rec, rev)) = done {
+                st.informer.put_runner(rec, rev);
+            }
         }
         let extra: u32 =
             ap.on_existing.iter().map(|(_, n)| n).sum::<u32>() + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>();
@@ -469,10 +520,10 @@ async fn carry_out(
                     created_at: now,
                 };
                 next_runner += 1;
-                Op::put(keys.runner(rec.id), to_json(&rec))
+                (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
             };
             // Groups of ops that must land together: a new node with its runners.
-            let mut groups: Vec<Vec<Op>> = Vec::new();
+            let mut groups: Vec<Vec<(Op, Written)>> = Vec::new();
             for (node, n) in &ap.on_existing {
                 groups.extend((0..*n).map(|_| vec![new_runner(*node)]));
             }
@@ -506,7 +557,7 @@ async fn carry_out(
                     cordoned: false,
                     created_at: now,
                 };
-                let mut group = vec![Op::put(keys.node(id), to_json(&rec))];
+                let mut group = vec![(Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone()))];
                 group.extend((0..np.runners).map(|_| new_runner(id)));
                 groups.push(group);
                 created.push(rec);
@@ -514,15 +565,15 @@ async fn carry_out(
             // As few transactions as the store allows, never splitting a node from its runners;
             // the ids are fresh, so there is nothing to compare against.
             let max = store.max_txn_ops();
-            let mut batch: Vec<Op> = Vec::new();
+            let mut batch: Vec<(Op, Written)> = Vec::new();
             for g in groups {
                 if !batch.is_empty() && batch.len() + g.len() > max {
-                    store.txn(vec![], std::mem::take(&mut batch)).await?;
+                    write_batch(store, &st.informer, std::mem::take(&mut batch)).await?;
                 }
                 batch.extend(g);
             }
             if !batch.is_empty() {
-                store.txn(vec![], batch).await?;
+                write_batch(store, &st.informer, batch).await?;
             }
             if !ap.new_nodes.is_empty() {
                 ctx.metrics.nodes_requested.inc_by(ap.new_nodes.len() as u64);
@@ -534,7 +585,7 @@ async fn carry_out(
             if !matches!(n.state, NodeState::Ready { .. } | NodeState::Bootstrapping { .. }) {
                 continue;
             }
-            update(store, &keys.node(*id), |cur: &NodeRecord| {
+            let done = update_at(store, &keys.node(*id), |cur: &NodeRecord| {
                 let ev = match cur.state {
                     NodeState::Ready { .. } => NodeEvent::Drain { reason: DrainReason::ScaleDown },
                     _ => NodeEvent::Terminate,
@@ -543,6 +594,9 @@ async fn carry_out(
                 Some(NodeRecord { state: next, ..cur.clone() })
             })
             .await?;
+            if let Some((rec, rev)) = done {
+                st.informer.put_node(rec, rev);
+            }
         }
         for u in &ap.unplaced {
             tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
@@ -550,4 +604,27 @@ async fn carry_out(
     }
     ctx.metrics.set_budgets(&applied.spec, nodes, now);
     Ok(created)
+}
+
+/// A record written by a plan, to write through to the cache once the store has it.
+enum Written {
+    Node(NodeRecord),
+    Runner(RunnerRecord),
+}
+
+/// Writes one batch of fresh records in one transaction and into the cache.
+async fn write_batch(
+    store: &dyn crate::store::Store,
+    informer: &Informer,
+    batch: Vec<(Op, Written)>,
+) -> Result<(), StoreError> {
+    let (ops, recs): (Vec<Op>, Vec<Written>) = batch.into_iter().unzip();
+    let res = store.txn(vec![], ops).await?;
+    for w in recs {
+        match w {
+            Written::Node(n) => informer.put_node(n, res.revision),
+            Written::Runner(r) => informer.put_runner(r, res.revision),
+        }
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ pub enum NodeMsg {
     /// Check the instance and move the lifecycle on.
     Poll,
     /// The latest record and the runners on this node, from the fleet's reconcile.
-    Sync { node: NodeRecord, runners: Vec<RunnerRecord> },
+    Sync { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -194,7 +194,12 @@ impl Actor for NodeActor {
                             a
                         }
                     };
-                    let _ = actor.send_message(RunnerMsg::Sync { runner: r, node_ready, node_draining, node_gone });
+                    let _ = actor.send_message(RunnerMsg::Sync {
+                        runner: (*r).clone(),
+                        node_ready,
+                        node_draining,
+                        node_gone,
+                    });
                 }
             }
             NodeMsg::Crash(why) => panic!("node actor {} asked to crash: {why}", st.args.id),

@@ -36,7 +36,7 @@ pub enum RegionMsg {
     Launched(NodeRecord),
     SyncNode {
         node: NodeRecord,
-        runners: Vec<RunnerRecord>,
+        runners: Vec<Arc<RunnerRecord>>,
     },
     /// For chaos tests: panics in the handler.
     Crash(String),

@@ -1,0 +1,214 @@
+//! An in-memory copy of the fleet's node and runner records, kept current by store watches (the
+//! informer of kube-runtime), so a reconcile pass reads memory instead of the whole store.
+//!
+//! Freshness: each entry remembers the revision it was written at, and an event older than what
+//! is cached is ignored. The fleet actor writes its own changes through to the cache as soon as
+//! the store accepts them, so the next pass sees them even before the watch delivers them: a
+//! pass never plans again what the previous one already decided. Changes by other actors (node
+//! actors, agents) arrive by the watch a moment later. When a watch breaks (the store away, a
+//! lagging watcher) the cache is marked stale, re-listed and watched again; callers make no
+//! decision on a stale cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_core::keys::{Keys, id_of};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use crate::model::{NodeRecord, RunnerRecord};
+use crate::store::{Revision, Store, StoreResult, WatchEvent};
+
+#[derive(Debug)]
+struct Table<T> {
+    /// Listed and watched (false until the first listing, and while a broken watch is redone).
+    fresh: bool,
+    rows: BTreeMap<u64, (Arc<T>, Revision)>,
+    /// Deleted ids with the revision of the deletion (so a late put of an older revision is ignored).
+    tombstones: HashMap<u64, Revision>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { fresh: false, rows: BTreeMap::new(), tombstones: HashMap::new() }
+    }
+}
+
+impl<T> Table<T> {
+    fn put(&mut self, id: u64, rec: T, rev: Revision) {
+        if self.tombstones.get(&id).is_some_and(|r| *r >= rev) {
+            return;
+        }
+        match self.rows.get(&id) {
+            Some((_, r)) if *r >= rev => {}
+            _ => {
+                self.rows.insert(id, (Arc::new(rec), rev));
+            }
+        }
+    }
+
+    fn delete(&mut self, id: u64, rev: Revision) {
+        if self.rows.get(&id).is_some_and(|(_, r)| *r > rev) {
+            return;
+        }
+        self.rows.remove(&id);
+        self.tombstones.insert(id, rev);
+    }
+
+    fn values(&self) -> Vec<Arc<T>> {
+        self.rows.values().map(|(t, _)| t.clone()).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    nodes: Table<NodeRecord>,
+    runners: Table<RunnerRecord>,
+}
+
+impl Cache {
+    fn fresh(&self) -> bool {
+        self.nodes.fresh && self.runners.fresh
+    }
+}
+
+pub struct Informer {
+    cache: Arc<Mutex<Cache>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Informer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(ev: &WatchEvent) -> Option<(u64, Option<T>, Revision)> {
+    let id = id_of(ev.key())?;
+    match ev {
+        WatchEvent::Put(kv) => match kv.json() {
+            Ok(t) => Some((id, Some(t), kv.mod_revision)),
+            Err(e) => {
+                tracing::error!(key = %kv.key, error = %e, "unreadable record ignored");
+                None
+            }
+        },
+        WatchEvent::Delete { mod_revision, .. } => Some((id, None, *mod_revision)),
+    }
+}
+
+/// Lists `prefix` into the cache, then follows its changes; re-lists when the watch breaks.
+async fn follow<T, F>(store: Arc<dyn Store>, prefix: String, cache: Arc<Mutex<Cache>>, table: F)
+where
+    T: DeserializeOwned + Clone + Send + 'static,
+    F: Fn(&mut Cache) -> &mut Table<T> + Send + 'static,
+{
+    loop {
+        let listed = async {
+            let (kvs, rev) = store.range(&prefix).await?;
+            let mut rows = BTreeMap::new();
+            for kv in &kvs {
+                if let Some(id) = id_of(&kv.key) {
+                    rows.insert(id, (kv.json::<T>()?, kv.mod_revision));
+                }
+            }
+            let watch = store.watch(&prefix, rev + 1).await?;
+            StoreResult::Ok((rows, rev, watch))
+        }
+        .await;
+        let (rows, listed_at, mut watch) = match listed {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%prefix, error = %e, "cannot list; retrying");
+                table(&mut cache.lock().expect("cache lock")).fresh = false;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        {
+            let mut c = cache.lock().expect("cache lock");
+            let t = table(&mut c);
+            // Rows gone from the listing were deleted meanwhile, unless written through after it.
+            t.rows.retain(|id, (_, r)| rows.contains_key(id) || *r > listed_at);
+            for (id, (rec, rev)) in rows {
+                t.put(id, rec, rev);
+            }
+            t.tombstones.retain(|_, r| *r > listed_at);
+            t.fresh = true;
+        }
+        while let Some(ev) = watch.recv().await {
+            match ev {
+                Ok(ev) => {
+                    if let Some((id, rec, rev)) = decode::<T>(&ev) {
+                        let mut c = cache.lock().expect("cache lock");
+                        let t = table(&mut c);
+                        match rec {
+                            Some(r) => t.put(id, r, rev),
+                            None => t.delete(id, rev),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%prefix, error = %e, "watch lost; listing again");
+                    break;
+                }
+            }
+        }
+        table(&mut cache.lock().expect("cache lock")).fresh = false;
+    }
+}
+
+impl Informer {
+    /// Starts following the fleet's nodes and runners; returns once both are listed.
+    pub async fn start(store: Arc<dyn Store>, keys: &Keys) -> Informer {
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let tasks = vec![
+            tokio::spawn(follow(store.clone(), keys.nodes(), cache.clone(), |c: &mut Cache| &mut c.nodes)),
+            tokio::spawn(follow(store.clone(), keys.runners(), cache.clone(), |c: &mut Cache| &mut c.runners)),
+        ];
+        let inf = Informer { cache, tasks };
+        // Wait a little for both listings (when the store is away the cache stays stale and
+        // passes wait for it).
+        for _ in 0..500 {
+            if inf.is_fresh() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        inf
+    }
+
+    /// False while a listing is missing or a watch is being re-established.
+    pub fn is_fresh(&self) -> bool {
+        self.cache.lock().expect("cache lock").fresh()
+    }
+
+    /// Shared, immutable snapshots of the records (cheap to take).
+    pub fn nodes(&self) -> Vec<Arc<NodeRecord>> {
+        self.cache.lock().expect("cache lock").nodes.values()
+    }
+
+    pub fn runners(&self) -> Vec<Arc<RunnerRecord>> {
+        self.cache.lock().expect("cache lock").runners.values()
+    }
+
+    /// Writes through a node record the store accepted at `rev`.
+    pub fn put_node(&self, rec: NodeRecord, rev: Revision) {
+        self.cache.lock().expect("cache lock").nodes.put(rec.id, rec, rev);
+    }
+
+    pub fn put_runner(&self, rec: RunnerRecord, rev: Revision) {
+        self.cache.lock().expect("cache lock").runners.put(rec.id, rec, rev);
+    }
+
+    pub fn delete_runner(&self, id: u64, rev: Revision) {
+        self.cache.lock().expect("cache lock").runners.delete(id, rev);
+    }
+
+    pub fn delete_node(&self, id: u64, rev: Revision) {
+        self.cache.lock().expect("cache lock").nodes.delete(id, rev);
+    }
+}
