@@ -55,7 +55,9 @@ fn counts_as_runner(r: &RunnerRecord) -> bool {
     !matches!(r.state, RunnerState::Stopping { .. } | RunnerState::Stopped { .. })
 }
 
-/// The planner's view. Nodes whose offering is not in the index (a catalog change) are left out
+/// The planner's view.
+#[allow(clippy::too_many_arguments)]
+// each input is a distinct part of the world the plan sees Nodes whose offering is not in the index (a catalog change) are left out
 /// of planning; they keep running until drained by hand or released by a later spec.
 pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     index: &PlacementIndex,

@@ -415,7 +415,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
                 let settled = matches!(n.state, NodeState::Ready { .. })
                     && rs.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
                 let print = sync_print(n, &rs);
-                if settled && st.passes % FULL_SYNC_EVERY != 0 && st.synced.get(&n.id) == Some(&print) {
+                if settled && !st.passes.is_multiple_of(FULL_SYNC_EVERY) && st.synced.get(&n.id) == Some(&print) {
                     continue;
                 }
                 if let Some(actor) = st.clouds.get(&cloud)

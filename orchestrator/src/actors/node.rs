@@ -25,7 +25,7 @@ pub enum NodeMsg {
     /// Check the instance and move the lifecycle on.
     Poll,
     /// The latest record and the runners on this node, from the fleet's reconcile.
-    Sync { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
+    Sync { node: Box<NodeRecord>, runners: Vec<Arc<RunnerRecord>> },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }

@@ -128,14 +128,14 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
             tracing::info!(node = rec.as_ref().map(|r| r.id), instance = %inst.id, %offering, "launched");
             Ok(rec.map_or(Outcome::Stale, Outcome::Launched))
         }
-        Err(e) if e.is_retryable() => Ok(Outcome::Retry).map(|o| {
+        Err(e) if e.is_retryable() => {
             tracing::warn!(node = rec.id, %offering, error = %e, "launch failed; retrying");
             ctx.metrics
                 .launch_failures
                 .get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind()))
                 .inc();
-            o
-        }),
+            Ok(Outcome::Retry)
+        }
         Err(e) => {
             ctx.metrics
                 .launch_failures
@@ -186,14 +186,16 @@ impl Actor for RegionActor {
             RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt),
             RegionMsg::Launched(node) => {
                 let id = node.id;
-                st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node, runners: vec![] })?;
+                st.node_actor(&myself, id)
+                    .await?
+                    .send_message(NodeMsg::Sync { node: Box::new(node), runners: vec![] })?;
             }
             RegionMsg::SyncNode { node, runners } => {
                 if matches!(node.state, NodeState::Terminated { .. }) {
                     return Ok(());
                 }
                 let id = node.id;
-                st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node, runners })?;
+                st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node: Box::new(node), runners })?;
             }
             RegionMsg::Crash(why) => panic!("region actor {} asked to crash: {why}", st.args.region),
         }
