@@ -381,8 +381,10 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
         // No decision on a stale view: a missed change could mean a double launch.
         return Err(StoreError::Unavailable("the node and runner cache is being re-listed".into()));
     }
+    let mut phases = Phases::new();
     let nodes = st.informer.nodes();
     let runners = st.informer.runners();
+    phases.mark("snapshot");
     let requeued = queue::requeue_orphans(store, keys, &[]).await?;
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
@@ -392,7 +394,9 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     for app in st.applied.iter().flat_map(|a| a.spec.apps.iter()) {
         depths.entry(app.name.clone()).or_default();
     }
+    phases.mark("queue");
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
+    phases.mark("metrics");
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.
     let mut by_node: HashMap<NodeId, Vec<Arc<RunnerRecord>>> = HashMap::new();
@@ -426,6 +430,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             }
         }
     }
+    phases.mark("sync");
     st.passes += 1;
     let live: HashSet<NodeId> = nodes.iter().filter(|n| n.is_live()).map(|n| n.id).collect();
     st.synced.retain(|id, _| live.contains(id));
@@ -453,15 +458,52 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
         }
     }
 
+    phases.mark("orphans");
     let Some(applied) = &st.applied else { return Ok(()) };
     let state =
         fleet_state(&applied.index, &applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
+    phases.mark("state");
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
+    phases.mark("plan");
     let new_nodes = carry_out(st, &plan, &nodes, now).await?;
+    phases.mark("write");
     for rec in new_nodes {
         dispatch_launch(st, rec).await?;
     }
+    phases.mark("dispatch");
+    phases.log(nodes.len(), runners.len());
     Ok(())
+}
+
+/// Where a reconcile pass spends its time (logged at debug, or at warn when a pass is slow).
+struct Phases {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let now = std::time::Instant::now();
+        Phases { start: now, last: now, marks: Vec::new() }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, nodes: usize, runners: usize) {
+        let total = self.start.elapsed();
+        let parts: Vec<String> =
+            self.marks.iter().map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3)).collect();
+        if total > std::time::Duration::from_secs(1) {
+            tracing::warn!(?total, nodes, runners, phases = %parts.join(" "), "slow reconcile pass");
+        } else {
+            tracing::debug!(?total, nodes, runners, phases = %parts.join(" "), "reconcile pass");
+        }
+    }
 }
 
 /// Stops a runner that cannot run any more and hands its requests back.
@@ -493,6 +535,24 @@ async fn carry_out(
     let keys = &ctx.keys;
     let Some(applied) = &st.applied else { return Ok(vec![]) };
     let mut created = Vec::new();
+    // Ids for every new runner and node of every app, in two compare-and-swaps.
+    let runners_wanted: u64 = plan
+        .apps
+        .iter()
+        .map(|ap| {
+            u64::from(
+                ap.on_existing.iter().map(|(_, n)| n).sum::<u32>()
+                    + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>(),
+            )
+        })
+        .sum();
+    let nodes_wanted: u64 = plan.apps.iter().map(|ap| ap.new_nodes.len() as u64).sum();
+    let mut next_runner =
+        if runners_wanted > 0 { allocate_ids(store, &keys.counter(Counter::Runner), runners_wanted).await? } else { 0 };
+    let mut next_node =
+        if nodes_wanted > 0 { allocate_ids(store, &keys.counter(Counter::Node), nodes_wanted).await? } else { 0 };
+    // Groups of ops that must land together: a new node with its runners.
+    let mut groups: Vec<Vec<(Op, Written)>> = Vec::new();
     for ap in &plan.apps {
         match ap.decision.pending_since {
             Some(t) => st.pending_since.insert(ap.app.clone(), t),
@@ -508,77 +568,52 @@ async fn carry_out(
                 st.informer.put_runner(rec, rev);
             }
         }
-        let extra: u32 =
-            ap.on_existing.iter().map(|(_, n)| n).sum::<u32>() + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>();
-        if extra > 0 || !ap.new_nodes.is_empty() {
-            let mut next_runner = allocate_ids(store, &keys.counter(Counter::Runner), u64::from(extra)).await?;
-            let mut new_runner = |node: NodeId| {
-                let rec = RunnerRecord {
-                    id: next_runner,
-                    app: ap.app.clone(),
-                    state: RunnerState::Pending { node },
-                    created_at: now,
-                };
-                next_runner += 1;
-                (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
+        let mut new_runner = |node: NodeId| {
+            let rec = RunnerRecord {
+                id: next_runner,
+                app: ap.app.clone(),
+                state: RunnerState::Pending { node },
+                created_at: now,
             };
-            // Groups of ops that must land together: a new node with its runners.
-            let mut groups: Vec<Vec<(Op, Written)>> = Vec::new();
-            for (node, n) in &ap.on_existing {
-                groups.extend((0..*n).map(|_| vec![new_runner(*node)]));
-            }
-            let first_node = if ap.new_nodes.is_empty() {
-                0
-            } else {
-                allocate_ids(store, &keys.counter(Counter::Node), ap.new_nodes.len() as u64).await?
+            next_runner += 1;
+            (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
+        };
+        for (node, n) in &ap.on_existing {
+            groups.extend((0..*n).map(|_| vec![new_runner(*node)]));
+        }
+        for np in &ap.new_nodes {
+            let id = next_node;
+            next_node += 1;
+            let candidates: Vec<CandidateRecord> = np
+                .candidates
+                .iter()
+                .map(|c| CandidateRecord {
+                    offering: applied.index.offering(c.offering).key(),
+                    price: c.node_price,
+                    slots: c.runners_per_node,
+                })
+                .collect();
+            let slots = candidates.first().map_or(np.runners, |c| c.slots);
+            let rec = NodeRecord {
+                id,
+                app: ap.app.clone(),
+                state: NodeState::Requested { since: now },
+                candidates,
+                attempt: 0,
+                slots,
+                price: None,
+                billing_since: None,
+                billing_until: None,
+                cordoned: false,
+                created_at: now,
             };
-            for (i, np) in ap.new_nodes.iter().enumerate() {
-                let id = first_node + i as u64;
-                let candidates: Vec<CandidateRecord> = np
-                    .candidates
-                    .iter()
-                    .map(|c| CandidateRecord {
-                        offering: applied.index.offering(c.offering).key(),
-                        price: c.node_price,
-                        slots: c.runners_per_node,
-                    })
-                    .collect();
-                let slots = candidates.first().map_or(np.runners, |c| c.slots);
-                let rec = NodeRecord {
-                    id,
-                    app: ap.app.clone(),
-                    state: NodeState::Requested { since: now },
-                    candidates,
-                    attempt: 0,
-                    slots,
-                    price: None,
-                    billing_since: None,
-                    billing_until: None,
-                    cordoned: false,
-                    created_at: now,
-                };
-                let mut group = vec![(Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone()))];
-                group.extend((0..np.runners).map(|_| new_runner(id)));
-                groups.push(group);
-                created.push(rec);
-            }
-            // As few transactions as the store allows, never splitting a node from its runners;
-            // the ids are fresh, so there is nothing to compare against.
-            let max = store.max_txn_ops();
-            let mut batch: Vec<(Op, Written)> = Vec::new();
-            for g in groups {
-                if !batch.is_empty() && batch.len() + g.len() > max {
-                    write_batch(store, &st.informer, std::mem::take(&mut batch)).await?;
-                }
-                batch.extend(g);
-            }
-            if !batch.is_empty() {
-                write_batch(store, &st.informer, batch).await?;
-            }
-            if !ap.new_nodes.is_empty() {
-                ctx.metrics.nodes_requested.inc_by(ap.new_nodes.len() as u64);
-                tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
-            }
+            let mut group = vec![(Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone()))];
+            group.extend((0..np.runners).map(|_| new_runner(id)));
+            groups.push(group);
+            created.push(rec);
+        }
+        if !ap.new_nodes.is_empty() {
+            tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
         }
         for id in &ap.release_nodes {
             let Some(n) = nodes.iter().find(|n| n.id == *id) else { continue };
@@ -602,6 +637,20 @@ async fn carry_out(
             tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
         }
     }
+    // As few transactions as the store allows, never splitting a node from its runners; the ids
+    // are fresh, so there is nothing to compare against. Written before any launch call.
+    let max = store.max_txn_ops();
+    let mut batch: Vec<(Op, Written)> = Vec::new();
+    for g in groups {
+        if !batch.is_empty() && batch.len() + g.len() > max {
+            write_batch(store, &st.informer, std::mem::take(&mut batch)).await?;
+        }
+        batch.extend(g);
+    }
+    if !batch.is_empty() {
+        write_batch(store, &st.informer, batch).await?;
+    }
+    ctx.metrics.nodes_requested.inc_by(created.len() as u64);
     ctx.metrics.set_budgets(&applied.spec, nodes, now);
     Ok(created)
 }

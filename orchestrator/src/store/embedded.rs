@@ -26,8 +26,8 @@ const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 const NEXT_LEASE: &str = "next_lease";
 
-/// Watch events kept for watchers resuming from an older revision.
-const HISTORY: usize = 65_536;
+/// Watch events kept for watchers resuming from an older revision (older: re-list).
+const HISTORY: usize = 8_192;
 /// Minimum lease TTL, like etcd's (leases shorter than a round of keep-alives flap).
 const MIN_TTL: Duration = Duration::from_secs(1);
 
