@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::lifecycle::node::{NodeState, Time};
 use crate::model::{NodeRecord, RunnerRecord};
 use crate::queue::Depth;
-use crate::reconcile::month_cost;
+use crate::reconcile::{month_cost_since, month_start};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
@@ -164,9 +164,10 @@ impl Metrics {
         // One walk over the nodes: burn and month-to-date per app and in all.
         let mut per_app: HashMap<&str, Spend> = HashMap::new();
         let mut all = zero;
+        let start = month_start(now);
         for n in nodes.iter().map(Borrow::borrow) {
             let burn = if n.is_live() { n.price.map_or(Money::ZERO, |p| p.hourly()) } else { Money::ZERO };
-            let mtd = month_cost(n, now);
+            let mtd = month_cost_since(n, start, now);
             let e = per_app.entry(n.app.as_str()).or_insert(zero);
             e.burn_per_hour += burn;
             e.month_to_date += mtd;
@@ -202,25 +203,28 @@ pub fn observe<N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     let mut by_node: HashMap<(Option<Cloud>, &'static str), i64> = HashMap::new();
     let mut burn = Money::ZERO;
     let mut mtd = Money::ZERO;
+    let start = month_start(now);
     for n in nodes.iter().map(Borrow::borrow) {
         *by_node.entry((n.offering().map(|o| o.cloud), n.state.name())).or_default() += 1;
         if n.is_live() && !matches!(n.state, NodeState::Requested { .. } | NodeState::Launching { .. }) {
             burn += n.price.map_or(Money::ZERO, |p| p.hourly());
         }
-        mtd += month_cost(n, now);
+        mtd += month_cost_since(n, start, now);
     }
     m.nodes.clear();
     for ((cloud, state), count) in by_node {
         let cloud = cloud.map_or_else(|| "-".to_string(), |c| c.to_string());
         m.nodes.get_or_create(&NodeLabels { cloud, state: state.to_string() }).set(count);
     }
-    let mut by_runner: HashMap<(&str, &'static str), i64> = HashMap::new();
+    let mut by_runner: HashMap<&str, BTreeMap<&'static str, i64>> = HashMap::new();
     for r in runners.iter().map(Borrow::borrow) {
-        *by_runner.entry((r.app.as_str(), r.state.name())).or_default() += 1;
+        *by_runner.entry(r.app.as_str()).or_default().entry(r.state.name()).or_default() += 1;
     }
     m.runners.clear();
-    for ((app, state), count) in by_runner {
-        m.runners.get_or_create(&RunnerLabels { app: app.to_string(), state: state.to_string() }).set(count);
+    for (app, states) in by_runner {
+        for (state, count) in states {
+            m.runners.get_or_create(&RunnerLabels { app: app.to_string(), state: state.to_string() }).set(count);
+        }
     }
     m.queue_depth.clear();
     m.in_flight.clear();

@@ -28,7 +28,11 @@ pub fn month_start(now: Time) -> Time {
 
 /// What `node` cost within `now`'s month.
 pub fn month_cost(node: &NodeRecord, now: Time) -> Money {
-    let start = month_start(now);
+    month_cost_since(node, month_start(now), now)
+}
+
+/// What `node` cost from `start` (a month's start) to `now`.
+pub fn month_cost_since(node: &NodeRecord, start: Time, now: Time) -> Money {
     match (node.price, node.billing_since) {
         (Some(p), Some(since)) => {
             let from = since.max(start);
@@ -69,40 +73,60 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     unavailable: &'a UnavailableCache,
     now: Time,
 ) -> FleetState<'a> {
-    let mut apps: BTreeMap<String, AppState> = BTreeMap::new();
+    // Apps by position; a runner's app is its node's (so runners are placed without reading
+    // their app names: at 100,000 runners, memory latency is what a pass costs).
+    let mut names: Vec<&str> = Vec::new();
+    let mut states: Vec<AppState> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
     let mut fleet_mtd = Money::ZERO;
-    let mut node_offering: HashMap<u64, OfferingId> = HashMap::new();
-    let mut hosted: HashMap<u64, u32> = HashMap::new();
-    for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {
-        if let Some(n) = r.node() {
-            *hosted.entry(n).or_default() += 1;
-        }
-    }
+    // Node → (app position, $/GPU-hour) for nodes that count as capacity.
+    let mut capacity: HashMap<u64, (usize, fleet_core::Price)> = HashMap::with_capacity(nodes.len());
+    let mut cordoned: Vec<(usize, usize)> = Vec::new();
+    let start = month_start(now);
     for n in nodes.iter().map(Borrow::borrow) {
-        let cost = month_cost(n, now);
+        let i = match position.get(n.app.as_str()) {
+            Some(i) => *i,
+            None => {
+                names.push(&n.app);
+                states.push(AppState::default());
+                position.insert(&n.app, names.len() - 1);
+                names.len() - 1
+            }
+        };
+        let cost = month_cost_since(n, start, now);
         fleet_mtd += cost;
-        let app = apps.entry(n.app.clone()).or_default();
-        app.month_to_date += cost;
+        states[i].month_to_date += cost;
         if !counts_as_capacity(n) {
             continue;
         }
         let Some(&oid) = n.offering().and_then(|k| ids.get(k)) else { continue };
-        node_offering.insert(n.id, oid);
-        let slots = if n.cordoned { hosted.get(&n.id).copied().unwrap_or(0) } else { n.slots };
-        app.nodes.push(NodeView { id: n.id, offering: oid, slots });
+        capacity.insert(n.id, (i, index.offering(oid).price_per_gpu()));
+        if n.cordoned {
+            cordoned.push((i, states[i].nodes.len()));
+        }
+        states[i].nodes.push(NodeView { id: n.id, offering: oid, slots: n.slots });
     }
+    let mut hosted: HashMap<u64, u32> = HashMap::new();
     for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {
         let Some(node) = r.node() else { continue };
-        let Some(&oid) = node_offering.get(&node) else { continue };
+        let Some(&(i, gpu_price)) = capacity.get(&node) else { continue };
+        if !cordoned.is_empty() {
+            *hosted.entry(node).or_default() += 1;
+        }
         let (ready, in_flight, idle_since) = match &r.state {
             RunnerState::Idle { since, .. } => (true, 0, Some(*since)),
             RunnerState::Busy { in_flight, .. } => (true, *in_flight, None),
             _ => (false, 0, None),
         };
-        let info =
-            RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price: index.offering(oid).price_per_gpu() };
-        apps.entry(r.app.clone()).or_default().runners.push(RunnerView { runner: info, node });
+        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price };
+        states[i].runners.push(RunnerView { runner: info, node });
     }
+    // A cordoned node offers no free slot: only the ones its runners use.
+    for (i, k) in cordoned {
+        let v = &mut states[i].nodes[k];
+        v.slots = hosted.get(&v.id).copied().unwrap_or(0);
+    }
+    let mut apps: BTreeMap<String, AppState> = names.into_iter().map(str::to_string).zip(states).collect();
     for (app, d) in depths {
         let a = apps.entry(app.clone()).or_default();
         a.queued = d.queued;

@@ -24,7 +24,7 @@ use crate::lifecycle::runner::{self, NodeId, RunnerEvent, RunnerState};
 use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
 use crate::queue;
 use crate::reconcile::{fleet_state, offering_ids};
-use crate::store::{Op, StoreError, allocate_ids, to_json};
+use crate::store::{Op, StoreError, to_json};
 
 pub struct FleetActor;
 
@@ -86,14 +86,15 @@ const FULL_SYNC_EVERY: u64 = 10;
 
 /// Identifies a node's record and runners as of one pass: the informer replaces a record's `Arc`
 /// whenever it changes, so the addresses change with the content.
-fn sync_print(n: &Arc<NodeRecord>, runners: &[Arc<RunnerRecord>]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    Arc::as_ptr(n).hash(&mut h);
+fn sync_print(n: &Arc<NodeRecord>, runners: &[&Arc<RunnerRecord>]) -> u64 {
+    // FNV-1a over the addresses: cheap, and only compared with itself.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |x: usize| h = (h ^ x as u64).wrapping_mul(0x0100_0000_01b3);
+    mix(Arc::as_ptr(n) as usize);
     for r in runners {
-        Arc::as_ptr(r).hash(&mut h);
+        mix(Arc::as_ptr(*r) as usize);
     }
-    h.finish()
+    h
 }
 
 /// Offerings of every provider, live where the provider can, else the built-in catalog's rows of
@@ -399,12 +400,9 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     phases.mark("metrics");
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.
-    let mut by_node: HashMap<NodeId, Vec<Arc<RunnerRecord>>> = HashMap::new();
+    let mut by_node: HashMap<NodeId, Vec<&Arc<RunnerRecord>>> = HashMap::with_capacity(nodes.len());
     for r in &runners {
-        match r.node() {
-            Some(n) => by_node.entry(n).or_default().push(r.clone()),
-            None => by_node.entry(0).or_default().push(r.clone()),
-        }
+        by_node.entry(r.node().unwrap_or(0)).or_default().push(r);
     }
     for n in &nodes {
         match &n.state {
@@ -412,16 +410,17 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. } => {}
             _ => {
                 let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
-                let rs = by_node.get(&n.id).cloned().unwrap_or_default();
+                let rs: &[&Arc<RunnerRecord>] = by_node.get(&n.id).map_or(&[], Vec::as_slice);
                 // A ready node whose record and runners did not change, and whose runners all
                 // serve, needs nothing from its actor: skip it, except on every tenth pass
                 // (which also re-creates node actors lost to a crash).
                 let settled = matches!(n.state, NodeState::Ready { .. })
                     && rs.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
-                let print = sync_print(n, &rs);
+                let print = sync_print(n, rs);
                 if settled && !st.passes.is_multiple_of(FULL_SYNC_EVERY) && st.synced.get(&n.id) == Some(&print) {
                     continue;
                 }
+                let rs: Vec<Arc<RunnerRecord>> = rs.iter().map(|r| Arc::clone(r)).collect();
                 if let Some(actor) = st.clouds.get(&cloud)
                     && actor.send_message(CloudMsg::SyncNode { node: (**n).clone(), runners: rs }).is_ok()
                 {
@@ -436,13 +435,15 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     st.synced.retain(|id, _| live.contains(id));
     // Runners whose node will never host them (launch given up, node gone): stopped here.
     let node_state: HashMap<NodeId, &NodeState> = nodes.iter().map(|n| (n.id, &n.state)).collect();
-    for r in &runners {
-        let orphan = match r.node().map(|n| node_state.get(&n)) {
-            None | Some(None) => true,
-            Some(Some(s)) => matches!(s, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }),
+    for (node, rs) in &by_node {
+        let orphaned = match node_state.get(node) {
+            None => true,
+            Some(s) => matches!(s, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. }),
         };
-        if orphan {
-            retire_runner(&ctx, &st.informer, r, now).await?;
+        if orphaned {
+            for r in rs {
+                retire_runner(&ctx, &st.informer, r, now).await?;
+            }
         }
     }
     // Failed launches that never made an instance cost nothing and are forgotten.
@@ -465,12 +466,14 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     phases.mark("state");
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
     phases.mark("plan");
-    let new_nodes = carry_out(st, &plan, &nodes, now).await?;
+    let (new_nodes, runner_ops) = carry_out(st, &plan, &nodes, now).await?;
     phases.mark("write");
     for rec in new_nodes {
         dispatch_launch(st, rec).await?;
     }
     phases.mark("dispatch");
+    write_all(store, &st.informer, runner_ops).await?;
+    phases.mark("runners");
     phases.log(nodes.len(), runners.len());
     Ok(())
 }
@@ -529,11 +532,11 @@ async fn carry_out(
     plan: &FleetPlan,
     nodes: &[Arc<NodeRecord>],
     now: Time,
-) -> Result<Vec<NodeRecord>, StoreError> {
+) -> Result<(Vec<NodeRecord>, Vec<(Op, Written)>), StoreError> {
     let ctx = st.ctx.clone();
     let store = &*ctx.store;
     let keys = &ctx.keys;
-    let Some(applied) = &st.applied else { return Ok(vec![]) };
+    let Some(applied) = &st.applied else { return Ok((vec![], vec![])) };
     let mut created = Vec::new();
     // Ids for every new runner and node of every app, in two compare-and-swaps.
     let runners_wanted: u64 = plan
@@ -547,12 +550,18 @@ async fn carry_out(
         })
         .sum();
     let nodes_wanted: u64 = plan.apps.iter().map(|ap| ap.new_nodes.len() as u64).sum();
-    let mut next_runner =
-        if runners_wanted > 0 { allocate_ids(store, &keys.counter(Counter::Runner), runners_wanted).await? } else { 0 };
-    let mut next_node =
-        if nodes_wanted > 0 { allocate_ids(store, &keys.counter(Counter::Node), nodes_wanted).await? } else { 0 };
-    // Groups of ops that must land together: a new node with its runners.
-    let mut groups: Vec<Vec<(Op, Written)>> = Vec::new();
+    let (mut next_runner, mut next_node) = if runners_wanted + nodes_wanted > 0 {
+        let (rk, nk) = (keys.counter(Counter::Runner), keys.counter(Counter::Node));
+        let ids = crate::store::allocate_many(store, &[(&rk, runners_wanted), (&nk, nodes_wanted)]).await?;
+        (ids[0], ids[1])
+    } else {
+        (0, 0)
+    };
+    // New node records go to the store before their launch orders; runner records right after
+    // (a node whose runners were lost to a crash in between is a node with free slots, which the
+    // next plan fills).
+    let mut node_ops: Vec<(Op, Written)> = Vec::new();
+    let mut runner_ops: Vec<(Op, Written)> = Vec::new();
     for ap in &plan.apps {
         match ap.decision.pending_since {
             Some(t) => st.pending_since.insert(ap.app.clone(), t),
@@ -579,7 +588,7 @@ async fn carry_out(
             (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
         };
         for (node, n) in &ap.on_existing {
-            groups.extend((0..*n).map(|_| vec![new_runner(*node)]));
+            runner_ops.extend((0..*n).map(|_| new_runner(*node)));
         }
         for np in &ap.new_nodes {
             let id = next_node;
@@ -607,9 +616,8 @@ async fn carry_out(
                 cordoned: false,
                 created_at: now,
             };
-            let mut group = vec![(Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone()))];
-            group.extend((0..np.runners).map(|_| new_runner(id)));
-            groups.push(group);
+            node_ops.push((Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone())));
+            runner_ops.extend((0..np.runners).map(|_| new_runner(id)));
             created.push(rec);
         }
         if !ap.new_nodes.is_empty() {
@@ -637,22 +645,30 @@ async fn carry_out(
             tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
         }
     }
-    // As few transactions as the store allows, never splitting a node from its runners; the ids
-    // are fresh, so there is nothing to compare against. Written before any launch call.
-    let max = store.max_txn_ops();
-    let mut batch: Vec<(Op, Written)> = Vec::new();
-    for g in groups {
-        if !batch.is_empty() && batch.len() + g.len() > max {
-            write_batch(store, &st.informer, std::mem::take(&mut batch)).await?;
-        }
-        batch.extend(g);
-    }
-    if !batch.is_empty() {
-        write_batch(store, &st.informer, batch).await?;
+    let built = std::time::Instant::now();
+    write_all(store, &st.informer, node_ops).await?;
+    if !created.is_empty() {
+        tracing::debug!(nodes = created.len(), write = ?built.elapsed(), "plan written");
     }
     ctx.metrics.nodes_requested.inc_by(created.len() as u64);
     ctx.metrics.set_budgets(&applied.spec, nodes, now);
-    Ok(created)
+    Ok((created, runner_ops))
+}
+
+/// Writes fresh records in as few transactions as the store allows (the ids are new: there is
+/// nothing to compare against), and into the cache.
+async fn write_all(
+    store: &dyn crate::store::Store,
+    informer: &Informer,
+    ops: Vec<(Op, Written)>,
+) -> Result<(), StoreError> {
+    let max = store.max_txn_ops().max(1);
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let batch: Vec<(Op, Written)> = ops.by_ref().take(max).collect();
+        write_batch(store, informer, batch).await?;
+    }
+    Ok(())
 }
 
 /// A record written by a plan, to write through to the cache once the store has it.

@@ -227,17 +227,26 @@ pub async fn get_json<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Stor
 /// Reserves `n` consecutive ids of a counter key (compare-and-swap, retried on contention);
 /// returns the first. Ids start at 1.
 pub async fn allocate_ids(store: &dyn Store, key: &str, n: u64) -> StoreResult<u64> {
+    Ok(allocate_many(store, &[(key, n)]).await?[0])
+}
+
+/// [`allocate_ids`] for several counters in one transaction; returns each one's first id.
+pub async fn allocate_many(store: &dyn Store, wanted: &[(&str, u64)]) -> StoreResult<Vec<u64>> {
     loop {
-        let (next, cmp) = match store.get(key).await? {
-            Some(kv) => {
-                let next: u64 = kv.json()?;
-                (next, Compare::unchanged(&kv))
-            }
-            None => (1, Compare::absent(key)),
-        };
-        let res = store.txn(vec![cmp], vec![Op::put_json(key, &(next + n))]).await?;
-        if res.succeeded {
-            return Ok(next);
+        let mut firsts = Vec::with_capacity(wanted.len());
+        let mut cmps = Vec::with_capacity(wanted.len());
+        let mut ops = Vec::with_capacity(wanted.len());
+        for (key, n) in wanted {
+            let (next, cmp) = match store.get(key).await? {
+                Some(kv) => (kv.json::<u64>()?, Compare::unchanged(&kv)),
+                None => (1, Compare::absent(*key)),
+            };
+            firsts.push(next);
+            cmps.push(cmp);
+            ops.push(Op::put_json(*key, &(next + n)));
+        }
+        if store.txn(cmps, ops).await?.succeeded {
+            return Ok(firsts);
         }
     }
 }
