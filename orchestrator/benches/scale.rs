@@ -4,7 +4,8 @@
 //! launch decision issued (node and runner records written, launch orders sent), a steady pass,
 //! and the process's resident memory.
 //!
-//! `FLEET_BENCH_NODES_PER_APP` (default 1250) scales it down for a quick run.
+//! `FLEET_BENCH_NODES_PER_APP` (default 1250) scales it down for a quick run; `FLEET_BENCH_STORE=etcd`
+//! runs it on a real etcd (started on loopback) instead of the embedded store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,7 +69,25 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        // FLEET_BENCH_STORE=etcd: a real etcd in its own process (the daemon then holds only its
+        // own state, as in production); default: the embedded store, inside this process.
+        let _etcd;
+        let store: Arc<dyn Store> = if std::env::var("FLEET_BENCH_STORE").as_deref() == Ok("etcd") {
+            let server = fleet_orchestrator::testing::etcd::EtcdServer::start();
+            let s = fleet_orchestrator::store::etcd::EtcdStore::connect(
+                std::slice::from_ref(&server.client_url),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            _etcd = Some(server);
+            Arc::new(s)
+        } else {
+            _etcd = None;
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap())
+        };
+        println!("store: {store:?}");
         let keys = Keys::new("bench");
         let clock = Clock::System;
         let now = clock.now();
@@ -115,7 +134,11 @@ fn main() {
         fake.boot_all();
         ops.push(Op::put_json(keys.counter(Counter::Node), &node_id));
         ops.push(Op::put_json(keys.counter(Counter::Runner), &runner_id));
-        store.txn(vec![], ops).await.unwrap();
+        let max = store.max_txn_ops();
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            store.txn(vec![], ops.by_ref().take(max).collect()).await.unwrap();
+        }
         let nodes = node_id - 1;
         let runners = runner_id - 1;
         println!("setup: {nodes} nodes, {runners} runners written in {:?}", t.elapsed());

@@ -73,6 +73,21 @@ mod tonic_code {
     pub const CANCELLED: Code = Code::Cancelled;
 }
 
+/// Keys per page of a range read.
+const RANGE_PAGE: i64 = 2_000;
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn kv_of(kv: &etcd_client::KeyValue) -> StoreResult<KeyValue> {
     let key = kv.key_str().map_err(|e| StoreError::Invalid(format!("non-UTF-8 key: {e}")))?.to_string();
     Ok(KeyValue {
@@ -109,10 +124,34 @@ impl Store for EtcdStore {
         resp.kvs().first().map(kv_of).transpose()
     }
 
+    /// In pages of [`RANGE_PAGE`] keys, all read at the first page's revision (one consistent
+    /// snapshot): one response for 100,000 records would exceed gRPC's message size limit.
     async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
-        let resp = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(map_err)?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.kvs().iter().map(kv_of).collect::<StoreResult<_>>()?, rev))
+        let end = prefix_end(prefix);
+        let mut client = self.client.clone();
+        let mut out = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut rev = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(RANGE_PAGE);
+            if rev > 0 {
+                opts = opts.with_revision(rev);
+            }
+            let resp = client.get(from.clone(), Some(opts)).await.map_err(map_err)?;
+            if rev == 0 {
+                rev = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                out.push(kv_of(kv)?);
+            }
+            match (resp.more(), resp.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, rev)),
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {

@@ -13,6 +13,22 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) {
     leases(&*store, &format!("{prefix}/lease/")).await;
     watches(&*store, &format!("{prefix}/watch/")).await;
     counters(store.clone(), &format!("{prefix}/ids/")).await;
+    large_range(&*store, &format!("{prefix}/large/")).await;
+}
+
+/// A prefix with more keys (and bytes) than one response carries comes back whole and in order.
+pub async fn large_range(s: &dyn Store, p: &str) {
+    let value = vec![b'x'; 1_000];
+    let n = 5_000;
+    let keys: Vec<String> = (0..n).map(|i| format!("{p}{i:06}")).collect();
+    let max = s.max_txn_ops();
+    for chunk in keys.chunks(max.min(n)) {
+        s.txn(vec![], chunk.iter().map(|k| Op::put(k.clone(), value.clone())).collect()).await.unwrap();
+    }
+    let (kvs, rev) = s.range(p).await.unwrap();
+    assert_eq!(kvs.len(), n, "large range: every key");
+    assert!(kvs.iter().map(|k| &k.key).eq(keys.iter()), "large range: in order");
+    assert!(kvs.iter().all(|k| k.mod_revision <= rev), "large range: one snapshot");
 }
 
 pub async fn basic(s: &dyn Store, p: &str) {
