@@ -18,7 +18,6 @@ use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_orchestrator::clock::Clock;
 use fleet_orchestrator::lifecycle::node::NodeState;
 use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::metrics::Metrics;
 use fleet_orchestrator::model::{CandidateRecord, NodeRecord, RunnerRecord, apply_spec};
 use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::store::{Op, Store, to_json};
@@ -152,19 +151,8 @@ fn main() {
             node_poll: Duration::from_secs(3600),
             ..Config::default()
         };
-        let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(Ctx {
-            fleet: "bench".into(),
-            keys: keys.clone(),
-            store: store.clone(),
-            providers,
-            bootstrap: Arc::new(InstanceRunning),
-            config,
-            metrics: metrics.clone(),
-            clock,
-            launches: Default::default(),
-            nudge: Default::default(),
-        });
+        let ctx = Arc::new(Ctx::new("bench", store.clone(), providers, Arc::new(InstanceRunning), config, clock));
+        let metrics = ctx.metrics.clone();
         let rss_before = rss_mib();
         let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
         let passes = || metrics.reconcile_seconds_count();

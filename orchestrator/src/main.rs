@@ -14,7 +14,6 @@ use fleet_core::{Catalog, Cloud};
 use fleet_orchestrator::actors::root::RootActor;
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::metrics::Metrics;
 use fleet_orchestrator::store::Store;
 use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
@@ -153,18 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys = Keys::new(&args.fleet);
     let config =
         Config { reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)), ..Config::default() };
-    let ctx = Arc::new(Ctx {
-        fleet: args.fleet.clone(),
-        keys: keys.clone(),
-        store: store.clone(),
-        providers,
-        bootstrap: Arc::new(InstanceRunning),
-        config,
-        metrics: Arc::new(Metrics::new()),
-        clock,
-        launches: Default::default(),
-        nudge: Default::default(),
-    });
+    let ctx = Arc::new(Ctx::new(&args.fleet, store.clone(), providers, Arc::new(InstanceRunning), config, clock));
     // Simulated clouds have no real agent on their machines: simulate those too.
     let _agents = (!args.fake_clouds.is_empty()).then(|| {
         let d = SimAgentConfig::default();

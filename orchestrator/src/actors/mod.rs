@@ -110,6 +110,31 @@ pub struct Ctx {
     pub nudge: Arc<tokio::sync::Notify>,
 }
 
+impl Ctx {
+    /// A context for fleet `fleet` with fresh metrics, an open launch gate and no nudge pending.
+    pub fn new(
+        fleet: &str,
+        store: Arc<dyn Store>,
+        providers: BTreeMap<Cloud, Arc<dyn Provider>>,
+        bootstrap: Arc<dyn Bootstrap>,
+        config: Config,
+        clock: crate::clock::Clock,
+    ) -> Ctx {
+        Ctx {
+            fleet: fleet.to_string(),
+            keys: Keys::new(fleet),
+            store,
+            providers,
+            bootstrap,
+            config,
+            metrics: Arc::new(Metrics::new()),
+            clock,
+            launches: Default::default(),
+            nudge: Default::default(),
+        }
+    }
+}
+
 /// Launch calls in flight, and whether new ones may start: on shutdown fleetd closes the gate and
 /// waits for the calls already made to be answered and recorded, so none is abandoned.
 #[derive(Debug, Default)]

@@ -18,7 +18,6 @@ use crate::actors::fleet::FleetMsg;
 use crate::actors::root::{RootActor, RootMsg};
 use crate::actors::{Config, Ctx, InstanceRunning};
 use crate::clock::Clock;
-use crate::metrics::Metrics;
 use crate::model::{NodeRecord, RequestId, RunnerRecord};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -103,18 +102,7 @@ impl Harness {
             fakes.insert(c.cloud, f);
         }
         let keys = Keys::new(fleet);
-        let ctx = Arc::new(Ctx {
-            fleet: fleet.into(),
-            keys: keys.clone(),
-            store: store.clone(),
-            providers,
-            bootstrap: Arc::new(InstanceRunning),
-            config,
-            metrics: Arc::new(Metrics::new()),
-            clock,
-            launches: Default::default(),
-            nudge: Default::default(),
-        });
+        let ctx = Arc::new(Ctx::new(fleet, store.clone(), providers, Arc::new(InstanceRunning), config, clock));
         let (root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.expect("root actor");
         let agents = SimAgents::spawn(store, keys, clock, agent);
         Harness { ctx, root, fakes, agents, _dir: dir }
