@@ -147,35 +147,42 @@ async fn crash_and_carry_on(kind: &str) {
     let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
     h.apply(SPEC).await;
     h.submit("llm", 12).await;
-    assert!(h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 12 }).await);
 
-    let fleet = h.fleet().await;
-    let with_children = |cells: Vec<ractor::ActorCell>| cells.into_iter().find(|c| !c.get_children().is_empty());
-    let crash = || format!("chaos test: {kind}");
+    // Node and runner actors live only while their node or runner is changing: crash the first
+    // actor of the kind to show up (while the first batch is being served).
+    let find = |fleet: &ractor::ActorRef<FleetMsg>| -> Option<ractor::ActorCell> {
+        let clouds = fleet.get_children();
+        let regions: Vec<_> = clouds.iter().flat_map(|c| c.get_children()).collect();
+        let nodes: Vec<_> = regions.iter().flat_map(|r| r.get_children()).collect();
+        let runners: Vec<_> = nodes.iter().flat_map(|n| n.get_children()).collect();
+        match kind {
+            "fleet" => Some(fleet.get_cell()),
+            "cloud" => clouds.into_iter().next(),
+            "region" => regions.into_iter().next(),
+            "node" => nodes.into_iter().next(),
+            "runner" => runners.into_iter().next(),
+            _ => unreachable!(),
+        }
+    };
+    let mut target = None;
+    for _ in 0..600 {
+        target = find(&h.fleet().await);
+        if target.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let target = target.unwrap_or_else(|| panic!("no {kind} actor showed up"));
+    let crash = format!("chaos test: {kind}");
     match kind {
-        "fleet" => fleet.send_message(FleetMsg::Crash(crash())).unwrap(),
-        "cloud" => fleet.get_children()[0].send_message(CloudMsg::Crash(crash())).unwrap(),
-        "region" => {
-            let cloud = with_children(fleet.get_children()).expect("a cloud with regions");
-            cloud.get_children()[0].send_message(RegionMsg::Crash(crash())).unwrap();
-        }
-        "node" => {
-            let cloud = with_children(fleet.get_children()).expect("a cloud with regions");
-            let region = with_children(cloud.get_children()).expect("a region with nodes");
-            region.get_children()[0].send_message(NodeMsg::Crash(crash())).unwrap();
-        }
-        "runner" => {
-            let nodes: Vec<_> = fleet
-                .get_children()
-                .into_iter()
-                .flat_map(|c| c.get_children())
-                .flat_map(|r| r.get_children())
-                .collect();
-            let node = with_children(nodes).expect("a node with runners");
-            node.get_children()[0].send_message(RunnerMsg::Crash(crash())).unwrap();
-        }
+        "fleet" => target.send_message(FleetMsg::Crash(crash)).unwrap(),
+        "cloud" => target.send_message(CloudMsg::Crash(crash)).unwrap(),
+        "region" => target.send_message(RegionMsg::Crash(crash)).unwrap(),
+        "node" => target.send_message(NodeMsg::Crash(crash)).unwrap(),
+        "runner" => target.send_message(RunnerMsg::Crash(crash)).unwrap(),
         _ => unreachable!(),
     }
+    assert!(h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 12 }).await);
     h.run_for(Duration::from_secs(5)).await;
     let metrics = h.ctx.metrics.encode();
     let line = format!("fleet_actor_restarts_total{{kind=\"{kind}\"}} 1");
@@ -284,4 +291,35 @@ async fn requests_of_a_dead_agent_are_queued_again_and_served_once_elsewhere() {
     assert!(!on_dead, "served by another node's runner");
     assert_eq!(h.agents.completed().len(), 2, "each request completed exactly once");
     assert!(h.ctx.metrics.encode().contains("fleet_requests_requeued_total 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_the_cloud_deletes_is_noticed_and_replaced() {
+    use fleet_providers::Provider;
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    let idle = h
+        .run_until(Duration::from_secs(120), || async {
+            h.runners()
+                .await
+                .iter()
+                .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+        })
+        .await;
+    assert!(idle);
+    // Settled: the node's actor has stopped; only the cloud audit watches it now.
+    h.run_for(Duration::from_secs(20)).await;
+    let first = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let cloud = first.offering().unwrap().cloud;
+    h.fakes[&cloud].terminate(first.state.instance_id().unwrap()).await.unwrap();
+    let replaced = h
+        .run_until(Duration::from_secs(120), || async {
+            let nodes = h.nodes().await;
+            let gone = nodes.iter().any(|n| n.id == first.id && matches!(n.state, NodeState::Terminated { .. }));
+            gone && nodes.iter().any(|n| n.id != first.id && matches!(n.state, NodeState::Ready { .. }))
+        })
+        .await;
+    assert!(replaced, "{:#?}", h.nodes().await);
+    assert_eq!(h.live_instances(), 1);
 }

@@ -21,6 +21,9 @@ pub enum CloudMsg {
     Launch(NodeRecord),
     /// The node's latest record and runners; its node actor is created if missing.
     SyncNode { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
+    /// Ready nodes of this cloud that have no actor: one `list` call checks them all; a node
+    /// whose instance is missing gets its actor back, which asks the cloud about it.
+    Audit(Vec<NodeRecord>),
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -84,6 +87,19 @@ impl Actor for CloudActor {
             CloudMsg::SyncNode { node, runners } => {
                 let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
                 st.region(&myself, &region).await?.send_message(RegionMsg::SyncNode { node, runners })?;
+            }
+            CloudMsg::Audit(nodes) => {
+                let provider = st.args.provider.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let Ok(live) = provider.list().await else { return };
+                    let live: std::collections::HashSet<&str> = live.iter().map(|i| i.id.as_str()).collect();
+                    for n in nodes {
+                        if n.state.instance_id().is_some_and(|id| !live.contains(id)) {
+                            let _ = me.send_message(CloudMsg::SyncNode { node: n, runners: vec![] });
+                        }
+                    }
+                });
             }
             CloudMsg::Crash(why) => panic!("cloud actor {} asked to crash: {why}", st.args.cloud),
         }

@@ -81,7 +81,7 @@ pub struct FleetState {
     synced: HashMap<NodeId, u64>,
 }
 
-/// Node actors get a full sync this often (in passes) even when nothing changed.
+/// Settled ready nodes are audited (one `list` per cloud) this often, in passes.
 const FULL_SYNC_EVERY: u64 = 10;
 
 /// Identifies a node's record and runners as of one pass: the informer replaces a record's `Arc`
@@ -400,6 +400,7 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     phases.mark("metrics");
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.
+    let mut audit: BTreeMap<fleet_core::Cloud, Vec<NodeRecord>> = BTreeMap::new();
     let mut by_node: HashMap<NodeId, Vec<&Arc<RunnerRecord>>> = HashMap::with_capacity(nodes.len());
     for r in &runners {
         by_node.entry(r.node().unwrap_or(0)).or_default().push(r);
@@ -412,12 +413,16 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
                 let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
                 let rs: &[&Arc<RunnerRecord>] = by_node.get(&n.id).map_or(&[], Vec::as_slice);
                 // A ready node whose record and runners did not change, and whose runners all
-                // serve, needs nothing from its actor: skip it, except on every tenth pass
-                // (which also re-creates node actors lost to a crash).
+                // serve, needs nothing from its actor: skip it.
                 let settled = matches!(n.state, NodeState::Ready { .. })
                     && rs.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
                 let print = sync_print(n, rs);
-                if settled && !st.passes.is_multiple_of(FULL_SYNC_EVERY) && st.synced.get(&n.id) == Some(&print) {
+                if settled && st.synced.get(&n.id) == Some(&print) {
+                    // Nothing changed: its actor (if any) has nothing to do; the audit below
+                    // checks that the cloud still runs it.
+                    if st.passes.is_multiple_of(FULL_SYNC_EVERY) {
+                        audit.entry(cloud).or_default().push((**n).clone());
+                    }
                     continue;
                 }
                 let rs: Vec<Arc<RunnerRecord>> = rs.iter().map(|r| Arc::clone(r)).collect();
@@ -427,6 +432,11 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
                     st.synced.insert(n.id, print);
                 }
             }
+        }
+    }
+    for (cloud, nodes) in audit {
+        if let Some(actor) = st.clouds.get(&cloud) {
+            let _ = actor.send_message(CloudMsg::Audit(nodes));
         }
     }
     phases.mark("sync");

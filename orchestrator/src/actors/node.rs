@@ -41,6 +41,10 @@ pub struct NodeActorState {
     runners: HashMap<RunnerId, ActorRef<RunnerMsg>>,
     /// Runners on this node not yet stopped, as of the last sync.
     live_runners: usize,
+    /// The last sync found every runner serving (or none), and the last poll found the node
+    /// ready with its instance running: nothing to do until something changes.
+    runners_settled: bool,
+    running: bool,
 }
 
 fn gone(e: &ProviderError) -> bool {
@@ -74,6 +78,7 @@ impl NodeActorState {
         };
         let now = ctx.clock.now();
         let p = &*self.args.provider;
+        self.running = false;
         match &rec.state {
             NodeState::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
@@ -104,7 +109,8 @@ impl NodeActorState {
                     tracing::warn!(node = id, instance = %instance_id, "instance terminated by the cloud");
                     apply(&ctx, id, NodeEvent::InstanceGone).await?;
                 }
-                _ => {}
+                Ok(_) => self.running = true,
+                Err(_) => {}
             },
             NodeState::Draining { .. } => {
                 if self.live_runners == 0 {
@@ -146,7 +152,13 @@ impl Actor for NodeActor {
 
     async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeActorState, ActorProcessingErr> {
         myself.send_message(NodeMsg::Poll)?;
-        Ok(NodeActorState { args, runners: HashMap::new(), live_runners: usize::MAX })
+        Ok(NodeActorState {
+            args,
+            runners: HashMap::new(),
+            live_runners: usize::MAX,
+            runners_settled: false,
+            running: false,
+        })
     }
 
     async fn handle(
@@ -164,14 +176,21 @@ impl Actor for NodeActor {
                         true
                     }
                 };
-                if keep {
-                    myself.send_after(st.args.ctx.config.node_poll, || NodeMsg::Poll);
-                } else {
+                if !keep {
                     myself.stop(Some("terminated".into()));
+                } else if st.running && st.runners_settled && st.runners.is_empty() {
+                    // A ready node whose runners serve needs no actor: the fleet sends a sync (and
+                    // a new actor is made) when its record or runners change, or when the cloud's
+                    // instance list no longer shows it.
+                    myself.stop(Some("settled".into()));
+                } else {
+                    myself.send_after(st.args.ctx.config.node_poll, || NodeMsg::Poll);
                 }
             }
             NodeMsg::Sync { node, runners } => {
                 st.live_runners = runners.iter().filter(|r| !matches!(r.state, RunnerState::Stopped { .. })).count();
+                st.runners_settled = matches!(node.state, NodeState::Ready { .. })
+                    && runners.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
                 let node_ready = matches!(node.state, NodeState::Ready { .. });
                 let node_draining = matches!(node.state, NodeState::Draining { .. });
                 let node_gone = matches!(
@@ -200,6 +219,9 @@ impl Actor for NodeActor {
                         node_draining,
                         node_gone,
                     });
+                }
+                if st.running && st.runners_settled && st.runners.is_empty() {
+                    myself.stop(Some("settled".into()));
                 }
             }
             NodeMsg::Crash(why) => panic!("node actor {} asked to crash: {why}", st.args.id),
