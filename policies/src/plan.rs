@@ -8,6 +8,7 @@
 //! spec's (name) order against the shared fleet room.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use fleet_core::spec::{FleetSpec, SpotPolicy};
 use fleet_core::{CapacityType, Money};
@@ -111,6 +112,28 @@ pub struct FleetPlan {
     pub max_added_per_hour: Money,
 }
 
+/// Hashes caller-assigned numeric ids (runners, nodes) by one multiplication: they are often
+/// sequential, and planning runs every tick of a simulation, so SipHash showed in profiles.
+#[derive(Default)]
+struct IdHash(u64);
+
+impl Hasher for IdHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads sequential ids over the high bits hash tables use.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdBuild = BuildHasherDefault<IdHash>;
+
 fn capacity_of(index: &PlacementIndex, id: OfferingId) -> CapacityType {
     index.offering(id).capacity
 }
@@ -167,8 +190,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: 
         let decision = autoscale::decide(&app.scaling, st.queued, st.in_flight, st.scale_up_pending_since, &infos, now);
 
         // Runners that stay, per node.
-        let stopping: HashSet<RunnerId> = decision.stop.iter().copied().collect();
-        let mut hosted: HashMap<NodeId, u32> = st.nodes.iter().map(|n| (n.id, 0)).collect();
+        let stopping: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();
+        let mut hosted: HashMap<NodeId, u32, IdBuild> = st.nodes.iter().map(|n| (n.id, 0)).collect();
         for r in st.runners.iter().filter(|r| !stopping.contains(&r.runner.id)) {
             *hosted.entry(r.node).or_default() += 1;
         }
