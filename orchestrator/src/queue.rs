@@ -146,6 +146,22 @@ pub async fn complete(
 /// Puts back every claimed request whose claim key is gone (its claimer's lease ended) or whose
 /// runner is in `lost` (stopped without finishing). Returns how many went back.
 pub async fn requeue_orphans(store: &dyn Store, keys: &Keys, lost: &[RunnerId]) -> StoreResult<u32> {
+    Ok(requeue_and_count(store, keys, lost).await?.0)
+}
+
+/// [`requeue_orphans`] (claims whose lease ended) and [`depths`] from one read of the queues:
+/// what a reconcile pass needs, without reading and decoding every request twice.
+pub async fn scan(store: &dyn Store, keys: &Keys) -> StoreResult<(std::collections::BTreeMap<String, Depth>, u32)> {
+    let (n, depths) = requeue_and_count(store, keys, &[]).await?;
+    Ok((depths, n))
+}
+
+async fn requeue_and_count(
+    store: &dyn Store,
+    keys: &Keys,
+    lost: &[RunnerId],
+) -> StoreResult<(u32, std::collections::BTreeMap<String, Depth>)> {
+    let mut depths = std::collections::BTreeMap::<String, Depth>::new();
     let (kvs, _) = store.range(&keys.queues()).await?;
     let (claims, _) = store.range(&keys.claims()).await?;
     let claimed: std::collections::HashMap<(String, RequestId), &crate::store::KeyValue> = claims
@@ -159,9 +175,14 @@ pub async fn requeue_orphans(store: &dyn Store, keys: &Keys, lost: &[RunnerId]) 
     let mut n = 0;
     for kv in kvs {
         let mut rec: RequestRecord = kv.json()?;
-        let RequestState::Claimed { runner, .. } = rec.state else { continue };
+        let depth = depths.entry(rec.app.clone()).or_default();
+        let RequestState::Claimed { runner, .. } = rec.state else {
+            depth.queued += 1;
+            continue;
+        };
         let claim = claimed.get(&(rec.app.clone(), rec.id));
         if claim.is_some() && !lost.contains(&runner) {
+            depth.in_flight += 1;
             continue;
         }
         let claim_key = keys.claim(&rec.app, rec.id);
@@ -176,10 +197,15 @@ pub async fn requeue_orphans(store: &dyn Store, keys: &Keys, lost: &[RunnerId]) 
         }
         rec.state = RequestState::Queued;
         ops.push(Op::put_json(&kv.key, &rec));
+        let depth = depths.entry(rec.app.clone()).or_default();
         if store.txn(cmps, ops).await?.succeeded {
             tracing::info!(request = rec.id, app = %rec.app, runner, "request queued again: its runner is gone");
             n += 1;
+            depth.queued += 1;
+        } else {
+            // Changed meanwhile (completed, or claimed again): the next pass counts it right.
+            depth.in_flight += 1;
         }
     }
-    Ok(n)
+    Ok((n, depths))
 }

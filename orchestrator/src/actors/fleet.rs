@@ -386,11 +386,10 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     let nodes = st.informer.nodes();
     let runners = st.informer.runners();
     phases.mark("snapshot");
-    let requeued = queue::requeue_orphans(store, keys, &[]).await?;
+    let (mut depths, requeued) = queue::scan(store, keys).await?;
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
     }
-    let mut depths = queue::depths(store, keys).await?;
     // Every app of the spec shows in the metrics, idle ones with zeros.
     for app in st.applied.iter().flat_map(|a| a.spec.apps.iter()) {
         depths.entry(app.name.clone()).or_default();
