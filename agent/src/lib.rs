@@ -1,3 +1,12 @@
-//! fleet-agent: GPU discovery, burn-in, runners and health on each rented node.
-//!
-//! Empty until the agent issue lands; the `fleet-agent` binary is added with it.
+//! fleet-agent: what runs on each rented node. It finds the GPUs ([`gpu`]), proves them with a
+//! burn-in ([`burnin`]), registers and reports health on an etcd lease, runs the runners the
+//! orchestrator assigns with candle ([`model`], [`serve`]) and relays the cloud's interruption
+//! notices ([`metadata`]). It links no cloud SDK: the store client and the queue protocol are
+//! fleetd's own (`fleet-orchestrator` without its `aws` feature).
+
+pub mod burnin;
+pub mod config;
+pub mod gpu;
+pub mod metadata;
+pub mod model;
+pub mod serve;

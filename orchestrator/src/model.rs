@@ -138,13 +138,94 @@ impl RequestState {
 
 /// What the agent of a node publishes under `agents/{node}`, attached to its lease: while the key
 /// exists, the agent is alive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub node: NodeId,
     pub lease: i64,
     pub version: String,
     pub gpus: u32,
     pub since: Time,
+    /// What the agent found and measured (absent from agents that report nothing more).
+    #[serde(default)]
+    pub health: AgentHealth,
+}
+
+/// An agent's report on its node: the node serves only while `ok` (burn-in passed, GPUs sane).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    pub ok: bool,
+    /// Why not ok, in words an operator can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub devices: Vec<GpuReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_in: Option<BurnInReport>,
+    /// Runners loaded on the node, and requests being served.
+    #[serde(default)]
+    pub runners: Vec<RunnerId>,
+    #[serde(default)]
+    pub in_flight: u32,
+    /// A spot interruption or maintenance notice from the cloud's metadata endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<InterruptionNotice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+}
+
+/// One GPU as discovery (CUDA driver) and NVML see it; NVML's fields are absent without NVML.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuReport {
+    pub index: u32,
+    pub name: String,
+    /// fleet's name for the model (`H100-SXM`…) when it is one fleet knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub memory_total_mib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_pct: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<u32>,
+    /// Uncorrected ECC errors since the driver loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc_uncorrected: Option<u64>,
+    /// Active clock throttle reasons (idle and application-clock settings left out).
+    #[serde(default)]
+    pub throttling: Vec<String>,
+}
+
+/// The matrix-multiply burn-in: what it ran on and what it measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BurnInReport {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub dtype: String,
+    /// Matrix side (n × n times n × n).
+    pub size: usize,
+    pub iterations: u32,
+    pub tflops: f64,
+    /// What this device should reach (the model's dense peak); absent for CPUs and unknown GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_tflops: Option<f64>,
+    /// Passing bar in TFLOP/s.
+    pub required_tflops: f64,
+    pub passed: bool,
+    pub at: Time,
+}
+
+/// A notice that the cloud will take the instance away (spot interruption, maintenance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptionNotice {
+    /// `aws`, `gcp` or `azure`.
+    pub source: String,
+    /// What the cloud said: `terminate`, `stop`, `hibernate`, `preempted`, `Preempt`, `Reboot`…
+    pub kind: String,
+    /// When the cloud will act, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    pub noticed_at: Time,
 }
 
 /// Reads a JSON record, applies `f`, and writes it back only if nobody changed it meanwhile

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::lifecycle::node::{NodeState, Time};
 use crate::lifecycle::runner::{NodeId, RunnerEvent, RunnerState, transition};
-use crate::model::{AgentRecord, NodeRecord, RequestId, RunnerId, RunnerRecord, update};
+use crate::model::{AgentHealth, AgentRecord, NodeRecord, RequestId, RunnerId, RunnerRecord, update};
 use crate::queue;
 use crate::store::{LeaseId, Store, StoreResult, to_json};
 
@@ -149,7 +149,8 @@ impl Sim {
             };
             if !ok {
                 let lease = self.store().grant_lease(self.cfg.lease_ttl).await?;
-                let rec = AgentRecord { node: *id, lease, version: "sim".into(), gpus: 0, since: now };
+                let health = AgentHealth { ok: true, updated_at: Some(now), ..AgentHealth::default() };
+                let rec = AgentRecord { node: *id, lease, version: "sim".into(), gpus: 0, since: now, health };
                 self.store().put(&self.keys().agent(*id), to_json(&rec), Some(lease)).await?;
                 self.leases.insert(*id, lease);
             }

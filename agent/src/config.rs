@@ -1,0 +1,216 @@
+//! The agent's configuration file (TOML), written by the bootstrap next to the binary. Durations
+//! are written as in fleet specs (`"10s"`, `"250ms"`). The etcd password is read from
+//! `password_file` (mode 0600) or `FLEET_AGENT_PASSWORD`, never from the config itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_core::spec::parse_duration;
+use fleet_providers::Secret;
+use serde::Deserialize;
+
+use crate::burnin::BurnInConfig;
+use crate::metadata::{NoticeConfig, NoticeSource};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    fleet: String,
+    node: u64,
+    endpoints: Vec<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    lease_ttl: Option<String>,
+    poll: Option<String>,
+    #[serde(default)]
+    apps: BTreeMap<String, AppFile>,
+    #[serde(default)]
+    burn_in: BurnInConfig,
+    interruption: Option<NoticeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    model: PathBuf,
+    max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticeFile {
+    source: String,
+    endpoint: Option<String>,
+    poll: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub model: PathBuf,
+    /// Requests one runner serves at once.
+    pub max_concurrency: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub fleet: String,
+    pub node: u64,
+    pub endpoints: Vec<String>,
+    /// etcd user and password (absent: etcd without auth).
+    pub auth: Option<(String, Secret)>,
+    pub lease_ttl: Duration,
+    pub poll: Duration,
+    pub apps: BTreeMap<String, AppConfig>,
+    pub burn_in: BurnInConfig,
+    pub interruption: Option<NoticeConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent config {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("agent config {path}: {why}")]
+    Invalid { path: String, why: String },
+}
+
+fn duration(path: &str, field: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| ConfigError::Invalid {
+            path: path.into(),
+            why: format!("{field} = \"{s}\" is not a duration (write e.g. \"10s\", \"250ms\")"),
+        }),
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let p = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), why: e.to_string() })?;
+        Self::parse(&p, &text, std::env::var("FLEET_AGENT_PASSWORD").ok())
+    }
+
+    /// `env_password`: `FLEET_AGENT_PASSWORD`, used when no `password_file` is set.
+    pub fn parse(path: &str, text: &str, env_password: Option<String>) -> Result<AgentConfig, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { path: path.into(), why };
+        let f: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if f.endpoints.is_empty() {
+            return Err(invalid("endpoints is empty: name at least one etcd URL".into()));
+        }
+        if f.fleet.is_empty() {
+            return Err(invalid("fleet is empty".into()));
+        }
+        let password = match &f.password_file {
+            Some(pf) => Some(
+                std::fs::read_to_string(pf)
+                    .map_err(|e| invalid(format!("password_file {}: {e}", pf.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => env_password,
+        };
+        let auth = match (f.user, password) {
+            (Some(u), Some(pw)) => Some((u, Secret::new(pw))),
+            (Some(u), None) => {
+                return Err(invalid(format!("user = \"{u}\" needs a password_file or FLEET_AGENT_PASSWORD")));
+            }
+            (None, Some(_)) if f.password_file.is_some() => {
+                return Err(invalid("password_file is set but user is not".into()));
+            }
+            (None, _) => None,
+        };
+        let lease_ttl = duration(path, "lease_ttl", f.lease_ttl.as_deref(), Duration::from_secs(10))?;
+        if lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("lease_ttl must be at least 2s (etcd's lease granularity is 1s)".into()));
+        }
+        let poll = duration(path, "poll", f.poll.as_deref(), Duration::from_millis(200))?;
+        let mut apps = BTreeMap::new();
+        for (name, a) in f.apps {
+            let max = a.max_concurrency.unwrap_or(1);
+            if max == 0 {
+                return Err(invalid(format!("apps.{name}.max_concurrency must be at least 1")));
+            }
+            apps.insert(name, AppConfig { model: a.model, max_concurrency: max });
+        }
+        f.burn_in.validate().map_err(|e| invalid(e.to_string()))?;
+        let interruption = match f.interruption {
+            None => None,
+            Some(n) => {
+                let source: NoticeSource = n.source.parse().map_err(invalid)?;
+                let poll = duration(path, "interruption.poll", n.poll.as_deref(), Duration::from_secs(1))?;
+                let endpoint = n.endpoint.unwrap_or_else(|| source.default_endpoint().to_string());
+                Some(NoticeConfig { source, endpoint, poll })
+            }
+        };
+        Ok(AgentConfig {
+            fleet: f.fleet,
+            node: f.node,
+            endpoints: f.endpoints,
+            auth,
+            lease_ttl,
+            poll,
+            apps,
+            burn_in: f.burn_in,
+            interruption,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+fleet = "prod"
+node = 42
+endpoints = ["http://127.0.0.1:2379"]
+lease_ttl = "5s"
+[apps.chat]
+model = "/models/chat.safetensors"
+max_concurrency = 2
+[interruption]
+source = "aws"
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = AgentConfig::parse("a.toml", GOOD, None).unwrap();
+        assert_eq!(c.node, 42);
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.poll, Duration::from_millis(200));
+        assert_eq!(c.apps["chat"].max_concurrency, 2);
+        let n = c.interruption.unwrap();
+        assert_eq!(n.endpoint, "http://169.254.169.254");
+        assert_eq!(n.poll, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = AgentConfig::parse("a.toml", &GOOD.replace("\"5s\"", "\"soon\""), None).unwrap_err().to_string();
+        assert!(e.contains("lease_ttl = \"soon\" is not a duration"), "{e}");
+        let e = AgentConfig::parse("a.toml", &GOOD.replace("source = \"aws\"", "source = \"ibm\""), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown interruption source 'ibm'"), "{e}");
+        let e = AgentConfig::parse("a.toml", &format!("{GOOD}\nuser = \"x\""), None).unwrap_err().to_string();
+        assert!(e.contains("a.toml"), "{e}");
+        let e = AgentConfig::parse(
+            "a.toml",
+            &GOOD.replace("fleet = \"prod\"", "fleet = \"prod\"\nuser = \"agent-42\""),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs a password_file or FLEET_AGENT_PASSWORD"), "{e}");
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let text = GOOD.replace("fleet = \"prod\"", "fleet = \"prod\"\nuser = \"agent-42\"");
+        let c = AgentConfig::parse("a.toml", &text, Some("hunter2-secret".into())).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.auth.as_ref().unwrap().1.expose(), "hunter2-secret");
+    }
+}

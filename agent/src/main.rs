@@ -1,0 +1,229 @@
+//! `fleet-agent`: `gpus`, `burn-in`, `run --config FILE`, `make-model`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fleet_agent::burnin::{self, BurnInConfig};
+use fleet_agent::config::AgentConfig;
+use fleet_agent::{gpu, model, serve};
+use fleet_orchestrator::model::AgentHealth;
+use fleet_orchestrator::store::Store;
+use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
+
+#[derive(Parser)]
+#[command(name = "fleet-agent", version, about = "fleet's agent on a rented GPU node")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// What GPU discovery finds (CUDA driver + NVML).
+    #[command(after_help = "Examples:\n  fleet-agent gpus\n  fleet-agent gpus -o json")]
+    Gpus {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Runs the burn-in once and prints its figures (exit 1 when it fails).
+    #[command(after_help = "Examples:\n  fleet-agent burn-in\n  fleet-agent burn-in --cpu-size 2048 -o json")]
+    BurnIn {
+        #[arg(long)]
+        cpu_size: Option<usize>,
+        #[arg(long)]
+        gpu_size: Option<usize>,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Runs the agent: burn-in, registration, runners, health, interruption notices.
+    #[command(after_help = "Example:\n  fleet-agent run --config /etc/fleet/agent.toml")]
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Writes a small MLP safetensors model with deterministic weights (for tests and demos).
+    #[command(after_help = "Example:\n  fleet-agent make-model --dims 16,64,4 model.safetensors")]
+    MakeModel {
+        #[arg(long, value_delimiter = ',', default_value = "16,64,4")]
+        dims: Vec<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleet-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_discovery(d: &gpu::Discovery) {
+    println!("{}", d.summary());
+    if let Some(v) = &d.cuda_driver {
+        println!("CUDA driver {v}; NVML {}", if d.nvml { "available" } else { "unavailable" });
+    }
+    if !d.gpus.is_empty() {
+        println!(
+            "{:<5} {:<28} {:<10} {:>10} {:>9} {:>6} {:>6} {:>5}  THROTTLING",
+            "GPU", "NAME", "MODEL", "MEMORY", "USED", "UTIL", "TEMP", "ECC"
+        );
+        for g in &d.gpus {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            println!(
+                "{:<5} {:<28} {:<10} {:>7} MiB {:>9} {:>6} {:>6} {:>5}  {}",
+                g.index,
+                g.name,
+                g.model.as_deref().unwrap_or("-"),
+                g.memory_total_mib,
+                opt(g.memory_used_mib.map(|m| format!("{m} MiB"))),
+                opt(g.utilization_pct.map(|u| format!("{u}%"))),
+                opt(g.temperature_c.map(|t| format!("{t}C"))),
+                opt(g.ecc_uncorrected.map(|e| e.to_string())),
+                if g.throttling.is_empty() { "-".into() } else { g.throttling.join(",") }
+            );
+        }
+    }
+    for n in &d.notes {
+        println!("note: {n}");
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Gpus { output } => {
+            let d = gpu::discover();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+                Output::Table => print_discovery(&d),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BurnIn { cpu_size, gpu_size, iterations, output } => {
+            let d = gpu::discover();
+            let mut cfg = BurnInConfig::default();
+            if let Some(n) = cpu_size {
+                cfg.cpu_size = n;
+            }
+            if let Some(n) = gpu_size {
+                cfg.gpu_size = n;
+            }
+            if let Some(n) = iterations {
+                cfg.iterations = n;
+                cfg.gpu_iterations = n;
+            }
+            let reports = burnin::run(&d, &cfg, chrono::Utc::now())?;
+            let verdict = burnin::verdict(&reports);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+                Output::Table => {
+                    println!("{}", d.summary());
+                    for r in &reports {
+                        println!(
+                            "{}: {} {}×{} matmul ×{}: {:.3} TFLOP/s{} (required {:.3}) {}",
+                            r.device,
+                            r.dtype,
+                            r.size,
+                            r.size,
+                            r.iterations,
+                            r.tflops,
+                            r.expected_tflops
+                                .map(|e| format!(", {:.0}% of the {e:.0} TFLOP/s peak", 100.0 * r.tflops / e))
+                                .unwrap_or_default(),
+                            r.required_tflops,
+                            if r.passed { "PASS" } else { "FAIL" }
+                        );
+                    }
+                }
+            }
+            if let Err(why) = verdict {
+                eprintln!("fleet-agent: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::MakeModel { dims, seed, path } => {
+            model::write_mlp(&path, &dims, seed)?;
+            println!("wrote {} (layers {:?})", path.display(), dims);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(agent_main(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
+    tracing::info!(node = cfg.node, fleet = %cfg.fleet, apps = ?serve::describe_apps(&cfg), version = serve::VERSION, "fleet-agent starting");
+    // Discovery and burn-in first: a node that fails them registers as unhealthy and serves nothing.
+    let burn = cfg.burn_in.clone();
+    let (d, reports) = tokio::task::spawn_blocking(move || {
+        let d = gpu::discover();
+        let r = burnin::run(&d, &burn, chrono::Utc::now());
+        (d, r)
+    })
+    .await?;
+    tracing::info!(gpus = %d.summary(), "discovery");
+    let mut health =
+        AgentHealth { devices: d.gpus.clone(), updated_at: Some(chrono::Utc::now()), ..AgentHealth::default() };
+    match reports {
+        Ok(r) => {
+            let verdict = burnin::verdict(&r);
+            for x in &r {
+                tracing::info!(device = %x.device, tflops = x.tflops, required = x.required_tflops, passed = x.passed, "burn-in");
+            }
+            health.burn_in = r.into_iter().min_by(|a, b| a.tflops.total_cmp(&b.tflops));
+            match verdict {
+                Ok(()) => health.ok = true,
+                Err(why) => health.reason = Some(why),
+            }
+        }
+        Err(e) => health.reason = Some(e.to_string()),
+    }
+    if let Some(why) = &health.reason {
+        tracing::error!(%why, "node unhealthy: it will register but serve nothing");
+    }
+    let auth = cfg.auth.clone().map(|(user, password)| EtcdAuth { user, password });
+    let store: Arc<dyn Store> = loop {
+        match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
+            Ok(s) => break Arc::new(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the store yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    agent.run(shutdown, Duration::from_secs(30)).await;
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! The agent at work on its node: registers under `agents/{node}` on a lease it keeps alive,
+//! loads the runners the orchestrator assigns to this node, claims requests for them (each claim
+//! bound to the lease, so a dead agent's requests go back to the queue), runs them with candle,
+//! writes the results, and reports interruption notices at once.
+//!
+//! Losing the store is survivable: every loop logs and retries; when the lease expired meanwhile
+//! the agent takes a new one and registers again. It goes through the same store operations as
+//! the simulated agents of the orchestrator's tests (`fleet_orchestrator::testing::sim_agent`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_core::keys::Keys;
+use fleet_orchestrator::lifecycle::node::Time;
+use fleet_orchestrator::lifecycle::runner::{RunnerEvent, RunnerState, transition};
+use fleet_orchestrator::model::{AgentHealth, AgentRecord, RequestId, RunnerId, RunnerRecord, update};
+use fleet_orchestrator::queue;
+use fleet_orchestrator::store::{LeaseId, Store, StoreError, StoreResult, to_json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::AgentConfig;
+use crate::metadata::Poller;
+use crate::model::Mlp;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn now() -> Time {
+    chrono::Utc::now()
+}
+
+/// What the agent publishes; `lease` and `since` are filled in when written.
+#[derive(Clone)]
+struct Published {
+    gpus: u32,
+    health: AgentHealth,
+}
+
+/// Keeps the agent's lease alive and its record written; takes a new lease when the old one is
+/// gone (the store was away longer than the TTL). The current lease goes out on `lease_tx`.
+async fn keep_lease(
+    store: Arc<dyn Store>,
+    keys: Keys,
+    node: u64,
+    ttl: Duration,
+    published: Arc<Mutex<Published>>,
+    lease_tx: watch::Sender<Option<LeaseId>>,
+    mut republish: mpsc::Receiver<()>,
+) {
+    let mut lease: Option<LeaseId> = None;
+    let mut since = now();
+    let every = ttl / 3;
+    loop {
+        let result: StoreResult<()> = async {
+            match lease {
+                Some(l) => store.keep_alive(l).await?,
+                None => {
+                    let l = store.grant_lease(ttl).await?;
+                    since = now();
+                    write_record(&*store, &keys, node, l, since, &published).await?;
+                    tracing::info!(node, lease = l, "registered");
+                    lease = Some(l);
+                    let _ = lease_tx.send(Some(l));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {}
+            Err(StoreError::LeaseNotFound(_)) => {
+                tracing::warn!(node, "lease expired (the store was out of reach too long); registering again");
+                lease = None;
+                let _ = lease_tx.send(None);
+                continue;
+            }
+            Err(e) => tracing::warn!(node, error = %e, "store unreachable; keeping on trying"),
+        }
+        // Wait for the next keep-alive, writing the record whenever the agent asks.
+        let deadline = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                msg = republish.recv() => {
+                    if msg.is_none() {
+                        return;
+                    }
+                    if let Some(l) = lease
+                        && let Err(e) = write_record(&*store, &keys, node, l, since, &published).await
+                    {
+                        tracing::warn!(node, error = %e, "cannot write the agent record; the next change retries");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write_record(
+    store: &dyn Store,
+    keys: &Keys,
+    node: u64,
+    lease: LeaseId,
+    since: Time,
+    published: &Mutex<Published>,
+) -> StoreResult<()> {
+    let p = published.lock().expect("published lock").clone();
+    let rec = AgentRecord { node, lease, version: VERSION.into(), gpus: p.gpus, since, health: p.health };
+    store.put(&keys.agent(node), to_json(&rec), Some(lease)).await?;
+    Ok(())
+}
+
+struct Job {
+    app: String,
+    runner: RunnerId,
+    request: RequestId,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    keys: Keys,
+    store: Arc<dyn Store>,
+    published: Arc<Mutex<Published>>,
+    republish: mpsc::Sender<()>,
+    lease: watch::Receiver<Option<LeaseId>>,
+    /// Loaded runners: model per runner id.
+    loaded: HashMap<RunnerId, (String, Arc<Mlp>)>,
+    jobs: JoinSet<(Job, Result<serde_json::Value, String>)>,
+    /// Requests being served, per runner.
+    serving: HashMap<RunnerId, u32>,
+    device: candle_core::Device,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Agent {
+    /// `health`: discovery and burn-in as measured at start (`ok` false keeps the node from serving).
+    pub fn start(cfg: AgentConfig, store: Arc<dyn Store>, gpus: u32, health: AgentHealth) -> Agent {
+        let keys = Keys::new(&cfg.fleet);
+        let published = Arc::new(Mutex::new(Published { gpus, health }));
+        let (lease_tx, lease) = watch::channel(None);
+        let (republish, rx) = mpsc::channel(16);
+        let mut tasks = vec![tokio::spawn(keep_lease(
+            store.clone(),
+            keys.clone(),
+            cfg.node,
+            cfg.lease_ttl,
+            published.clone(),
+            lease_tx,
+            rx,
+        ))];
+        if let Some(n) = cfg.interruption.clone() {
+            let (published, republish) = (published.clone(), republish.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut poller = Poller::new(n);
+                let poll = poller.config().poll;
+                loop {
+                    match poller.check(now()).await {
+                        Ok(Some(notice)) => {
+                            let mut p = published.lock().expect("published lock");
+                            if p.health.interruption.as_ref().map(|x| (&x.kind, &x.not_before))
+                                != Some((&notice.kind, &notice.not_before))
+                            {
+                                tracing::warn!(kind = %notice.kind, not_before = ?notice.not_before, "interruption notice");
+                                p.health.interruption = Some(notice);
+                                p.health.updated_at = Some(now());
+                                drop(p);
+                                let _ = republish.try_send(());
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(error = %e, "metadata endpoint"),
+                    }
+                    tokio::time::sleep(poll).await;
+                }
+            }));
+        }
+        Agent {
+            cfg,
+            keys,
+            store,
+            published,
+            republish,
+            lease,
+            loaded: HashMap::new(),
+            jobs: JoinSet::new(),
+            serving: HashMap::new(),
+            device: crate::model::device(),
+            tasks,
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.published.lock().expect("published lock").health.ok
+    }
+
+    /// Serves until `shutdown` resolves; then stops claiming, lets running requests finish (up to
+    /// `grace`) and gives the lease up so the orchestrator knows at once.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.cfg.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.step().await {
+                        tracing::warn!(error = %e, "agent step failed; retrying");
+                    }
+                }
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Ok((job, out)) = done {
+                        self.finish(job, out).await;
+                    }
+                }
+            }
+        }
+        tracing::info!(in_flight = self.jobs.len(), "shutting down");
+        let _ = tokio::time::timeout(grace, async {
+            while let Some(done) = self.jobs.join_next().await {
+                if let Ok((job, out)) = done {
+                    self.finish(job, out).await;
+                }
+            }
+        })
+        .await;
+        let lease = *self.lease.borrow();
+        if let Some(l) = lease {
+            let _ = self.store.revoke(l).await;
+        }
+    }
+
+    async fn finish(&mut self, job: Job, out: Result<serde_json::Value, String>) {
+        if let Some(n) = self.serving.get_mut(&job.runner) {
+            *n = n.saturating_sub(1);
+        }
+        match queue::complete(&*self.store, &self.keys, &job.app, job.request, job.runner, out, now()).await {
+            Ok(_) => tracing::debug!(request = job.request, runner = job.runner, "served"),
+            // The claim expired (the lease was lost): the request went back to the queue and
+            // someone else serves it; this result is dropped.
+            Err(e) => tracing::warn!(request = job.request, error = %e, "result not written"),
+        }
+        if let Err(e) = self.runner_event(job.runner, RunnerEvent::Complete).await {
+            tracing::warn!(runner = job.runner, error = %e, "runner record not updated");
+        }
+    }
+
+    async fn runner_event(&self, runner: RunnerId, ev: RunnerEvent) -> StoreResult<Option<RunnerRecord>> {
+        let t = now();
+        update(&*self.store, &self.keys.runner(runner), |cur: &RunnerRecord| {
+            let state = transition(&cur.state, ev.clone(), t).ok()?;
+            Some(RunnerRecord { state, ..cur.clone() })
+        })
+        .await
+    }
+
+    async fn load(&mut self, runner: RunnerId, app: &str) -> Result<Arc<Mlp>, String> {
+        if let Some((_, m)) = self.loaded.get(&runner) {
+            return Ok(m.clone());
+        }
+        let Some(a) = self.cfg.apps.get(app) else {
+            return Err(format!("this agent has no model configured for app '{app}'"));
+        };
+        let (path, device) = (a.model.clone(), self.device.clone());
+        let m = tokio::task::spawn_blocking(move || Mlp::load(&path, &device))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let m = Arc::new(m);
+        tracing::info!(runner, app, dims = ?m.dims(), "runner loaded");
+        self.loaded.insert(runner, (app.to_string(), m.clone()));
+        Ok(m)
+    }
+
+    /// One look at this node's runners: load, stop, claim.
+    async fn step(&mut self) -> StoreResult<()> {
+        let lease = *self.lease.borrow();
+        let Some(lease) = lease else { return Ok(()) };
+        if !self.healthy() {
+            return Ok(());
+        }
+        let node = self.cfg.node;
+        let (kvs, _) = self.store.range(&self.keys.runners()).await?;
+        let mine: Vec<RunnerRecord> =
+            kvs.iter().filter_map(|kv| kv.json::<RunnerRecord>().ok()).filter(|r| r.node() == Some(node)).collect();
+        let live: std::collections::HashSet<RunnerId> = mine.iter().map(|r| r.id).collect();
+        // Runners the orchestrator deleted or moved: unload.
+        self.loaded.retain(|id, _| live.contains(id));
+        for r in &mine {
+            match &r.state {
+                RunnerState::Starting { .. } => {
+                    let ev = match self.load(r.id, &r.app).await {
+                        Ok(_) => RunnerEvent::Started,
+                        Err(why) => {
+                            tracing::error!(runner = r.id, app = %r.app, %why, "runner cannot start");
+                            RunnerEvent::StartFailed
+                        }
+                    };
+                    self.runner_event(r.id, ev).await?;
+                }
+                RunnerState::Stopping { .. } => {
+                    if self.serving.get(&r.id).copied().unwrap_or(0) == 0 {
+                        self.loaded.remove(&r.id);
+                        self.runner_event(r.id, RunnerEvent::Stopped).await?;
+                    }
+                }
+                RunnerState::Idle { .. } | RunnerState::Busy { .. } => {
+                    let mine_now = self.serving.get(&r.id).copied().unwrap_or(0);
+                    // Requests the record counts but this agent is not serving (it restarted):
+                    // their claims went with the old lease and they are queued again.
+                    if r.state.in_flight() > mine_now {
+                        self.runner_event(r.id, RunnerEvent::Complete).await?;
+                        continue;
+                    }
+                    let model = match self.load(r.id, &r.app).await {
+                        Ok(m) => m,
+                        Err(why) => {
+                            tracing::error!(runner = r.id, %why, "runner cannot be loaded again");
+                            continue;
+                        }
+                    };
+                    let max = self.cfg.apps.get(&r.app).map(|a| a.max_concurrency).unwrap_or(1);
+                    let mut serving = mine_now;
+                    while serving < max {
+                        let Some(req) =
+                            queue::claim(&*self.store, &self.keys, &r.app, r.id, node, lease, now()).await?
+                        else {
+                            break;
+                        };
+                        self.runner_event(r.id, RunnerEvent::Claim { max }).await?;
+                        serving += 1;
+                        self.serving.insert(r.id, serving);
+                        let job = Job { app: r.app.clone(), runner: r.id, request: req.id };
+                        let (m, input) = (model.clone(), req.input);
+                        self.jobs.spawn_blocking(move || {
+                            let out = m.infer(&input).map_err(|e| e.to_string());
+                            (job, out)
+                        });
+                    }
+                }
+                RunnerState::Pending { .. } | RunnerState::Stopped { .. } => {}
+            }
+        }
+        // Publish what changed (runners, load).
+        let mut runners: Vec<RunnerId> = self.loaded.keys().copied().collect();
+        runners.sort_unstable();
+        let in_flight = self.jobs.len() as u32;
+        let changed = {
+            let mut p = self.published.lock().expect("published lock");
+            if p.health.runners != runners || p.health.in_flight != in_flight {
+                p.health.runners = runners;
+                p.health.in_flight = in_flight;
+                p.health.updated_at = Some(now());
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            let _ = self.republish.try_send(());
+        }
+        Ok(())
+    }
+}
+
+/// Apps with a model, for logs: name → model path.
+pub fn describe_apps(cfg: &AgentConfig) -> BTreeMap<String, String> {
+    cfg.apps.iter().map(|(k, v)| (k.clone(), v.model.display().to_string())).collect()
+}
