@@ -35,9 +35,9 @@ use serde_json::json;
 
 use crate::actors::Ctx;
 use crate::lifecycle::node::{DrainReason, NodeEvent, transition};
-use crate::model::{ApplyError, NodeRecord, RequestId, RunnerRecord, StoredSpec, update};
+use crate::model::{AgentRecord, ApplyError, NodeRecord, RequestId, RunnerRecord, StoredSpec, update};
 use crate::queue::{self, QueueError};
-use crate::reconcile::{month_cost, month_start};
+use crate::reconcile::{month_cost, month_start, unhealthy_nodes};
 use crate::store::{StoreError, get_json};
 
 #[derive(Debug)]
@@ -152,6 +152,31 @@ async fn all_runners(ctx: &Ctx) -> ApiResult<Vec<RunnerRecord>> {
     Ok(kvs.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?)
 }
 
+/// A node as the API shows it: its record, what its agent reports, and why it is unfit to
+/// serve (if it is).
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    pub agent: Option<AgentRecord>,
+    pub unhealthy: Option<String>,
+}
+
+async fn node_views(ctx: &Ctx, nodes: Vec<NodeRecord>) -> ApiResult<Vec<NodeView>> {
+    let (kvs, _) = ctx.store.range(&ctx.keys.agents()).await?;
+    let agents: Vec<AgentRecord> = kvs.iter().filter_map(|kv| kv.json().ok()).collect();
+    let unhealthy = unhealthy_nodes(&nodes, &agents, &Default::default(), ctx.clock.now(), ctx.config.agent_grace);
+    let mut by_node: BTreeMap<u64, AgentRecord> = agents.into_iter().map(|a| (a.node, a)).collect();
+    Ok(nodes
+        .into_iter()
+        .map(|n| NodeView {
+            agent: by_node.remove(&n.id),
+            unhealthy: unhealthy.get(&n.id).map(|u| u.to_string()),
+            node: n,
+        })
+        .collect())
+}
+
 fn parse_id(s: &str, what: &str) -> ApiResult<u64> {
     s.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{s}` is not a {what} id (a number)")))
 }
@@ -188,14 +213,15 @@ async fn clouds(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<CloudView>>> 
     Ok(Json(out))
 }
 
-async fn nodes(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<NodeRecord>>> {
-    Ok(Json(all_nodes(&ctx).await?))
+async fn nodes(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<NodeView>>> {
+    let nodes = all_nodes(&ctx).await?;
+    Ok(Json(node_views(&ctx, nodes).await?))
 }
 
-async fn node(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {
+async fn node(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeView>> {
     let id = parse_id(&id, "node")?;
     match get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? {
-        Some((n, _)) => Ok(Json(n)),
+        Some((n, _)) => Ok(Json(node_views(&ctx, vec![n]).await?.remove(0))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (GET /v1/nodes lists them)"))),
     }
 }

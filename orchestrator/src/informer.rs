@@ -11,13 +11,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use fleet_core::keys::{Keys, id_of};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::model::{NodeRecord, RunnerRecord};
+use crate::model::{AgentRecord, NodeRecord, RunnerRecord};
 use crate::store::{Revision, Store, StoreResult, WatchEvent};
 
 #[derive(Debug)]
@@ -65,11 +67,25 @@ impl<T> Table<T> {
 struct Cache {
     nodes: Table<NodeRecord>,
     runners: Table<RunnerRecord>,
+    agents: Table<AgentRecord>,
 }
 
 impl Cache {
     fn fresh(&self) -> bool {
-        self.nodes.fresh && self.runners.fresh
+        self.nodes.fresh && self.runners.fresh && self.agents.fresh
+    }
+}
+
+/// Whether a change of a record deserves a pass at once (rather than at the next tick).
+type Urgent<T> = fn(Option<&T>, Option<&T>) -> bool;
+
+/// An agent appearing, vanishing (its lease expired), turning unhealthy or reporting an
+/// interruption: the fleet should look now. Load and runner updates can wait for the tick.
+fn agent_urgent(old: Option<&AgentRecord>, new: Option<&AgentRecord>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => a.health.ok != b.health.ok || a.health.interruption != b.health.interruption,
+        (None, None) => false,
+        _ => true,
     }
 }
 
@@ -101,8 +117,13 @@ fn decode<T: DeserializeOwned>(ev: &WatchEvent) -> Option<(u64, Option<T>, Revis
 }
 
 /// Lists `prefix` into the cache, then follows its changes; re-lists when the watch breaks.
-async fn follow<T, F>(store: Arc<dyn Store>, prefix: String, cache: Arc<Mutex<Cache>>, table: F)
-where
+async fn follow<T, F>(
+    store: Arc<dyn Store>,
+    prefix: String,
+    cache: Arc<Mutex<Cache>>,
+    table: F,
+    nudge: Option<(Arc<Notify>, Urgent<T>)>,
+) where
     T: DeserializeOwned + Clone + Send + 'static,
     F: Fn(&mut Cache) -> &mut Table<T> + Send + 'static,
 {
@@ -145,9 +166,16 @@ where
                     if let Some((id, rec, rev)) = decode::<T>(&ev) {
                         let mut c = cache.lock().expect("cache lock");
                         let t = table(&mut c);
+                        let old = t.rows.get(&id).map(|(r, _)| r.clone());
                         match rec {
                             Some(r) => t.put(id, r, rev),
                             None => t.delete(id, rev),
+                        }
+                        if let Some((n, urgent)) = &nudge {
+                            let new = t.rows.get(&id).map(|(r, _)| r.clone());
+                            if urgent(old.as_deref(), new.as_deref()) {
+                                n.notify_one();
+                            }
                         }
                     }
                 }
@@ -162,12 +190,21 @@ where
 }
 
 impl Informer {
-    /// Starts following the fleet's nodes and runners; returns once both are listed.
-    pub async fn start(store: Arc<dyn Store>, keys: &Keys) -> Informer {
+    /// Starts following the fleet's nodes, runners and agents; returns once all are listed.
+    /// `nudge` is notified when an agent appears, vanishes or changes health.
+    pub async fn start(store: Arc<dyn Store>, keys: &Keys, nudge: Option<Arc<Notify>>) -> Informer {
         let cache = Arc::new(Mutex::new(Cache::default()));
+        let agents_nudge = nudge.map(|n| (n, agent_urgent as Urgent<AgentRecord>));
         let tasks = vec![
-            tokio::spawn(follow(store.clone(), keys.nodes(), cache.clone(), |c: &mut Cache| &mut c.nodes)),
-            tokio::spawn(follow(store.clone(), keys.runners(), cache.clone(), |c: &mut Cache| &mut c.runners)),
+            tokio::spawn(follow(store.clone(), keys.nodes(), cache.clone(), |c: &mut Cache| &mut c.nodes, None)),
+            tokio::spawn(follow(store.clone(), keys.runners(), cache.clone(), |c: &mut Cache| &mut c.runners, None)),
+            tokio::spawn(follow(
+                store.clone(),
+                keys.agents(),
+                cache.clone(),
+                |c: &mut Cache| &mut c.agents,
+                agents_nudge,
+            )),
         ];
         let inf = Informer { cache, tasks };
         // Wait a little for both listings (when the store is away the cache stays stale and
@@ -193,6 +230,11 @@ impl Informer {
 
     pub fn runners(&self) -> Vec<Arc<RunnerRecord>> {
         self.cache.lock().expect("cache lock").runners.values()
+    }
+
+    /// The live agents (an agent's record goes with its lease).
+    pub fn agents(&self) -> Vec<Arc<AgentRecord>> {
+        self.cache.lock().expect("cache lock").agents.values()
     }
 
     /// Writes through a node record the store accepted at `rev`.

@@ -86,6 +86,8 @@ pub struct Metrics {
     /// Node records written by plans (each followed by its launch order).
     pub nodes_requested: Counter,
     pub reconcile_count: Counter,
+    /// Ready nodes whose agent is missing, unhealthy or interrupted, by reason.
+    pub nodes_unhealthy: Family<KindLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,7 @@ impl Metrics {
             requests_requeued: Counter::default(),
             nodes_requested: Counter::default(),
             reconcile_count: Counter::default(),
+            nodes_unhealthy: Family::default(),
         };
         r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
         r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
@@ -133,6 +136,11 @@ impl Metrics {
             m.budget_headroom.clone(),
         );
         r.register("actor_restarts", "Supervised actors restarted after a failure, by kind", m.actor_restarts.clone());
+        r.register(
+            "nodes_unhealthy",
+            "Ready nodes not fit to serve, by reason (no_agent, reported, interrupted)",
+            m.nodes_unhealthy.clone(),
+        );
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register("reconcile_seconds", "Time one reconcile pass takes", m.reconcile_seconds.clone());
         r.register(

@@ -12,8 +12,9 @@ use fleet_policies::placement::{OfferingId, PlacementIndex, UnavailableCache};
 use fleet_policies::plan::{AppState, FleetState, NodeView, RunnerView};
 
 use crate::lifecycle::node::{NodeState, Time};
+use crate::lifecycle::runner::NodeId;
 use crate::lifecycle::runner::RunnerState;
-use crate::model::{NodeRecord, RunnerRecord};
+use crate::model::{AgentRecord, NodeRecord, RunnerRecord};
 use crate::queue::Depth;
 
 /// Offering keys → the index's ids.
@@ -140,3 +141,71 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
 
 #[cfg(test)]
 mod tests;
+
+/// Why a ready node is not fit to serve, as its agent's record (or its absence) tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// No agent record: the agent never registered, or its lease expired (it died, its machine
+    /// went, or it lost the store for longer than its TTL).
+    NoAgent,
+    /// The agent says so (burn-in failed, a GPU gone bad).
+    Reported(String),
+    /// The cloud announced it will take the instance.
+    Interrupted { kind: String, not_before: Option<String> },
+}
+
+impl Unhealthy {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unhealthy::NoAgent => "no_agent",
+            Unhealthy::Reported(_) => "reported",
+            Unhealthy::Interrupted { .. } => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::NoAgent => f.write_str("no live agent (its lease expired or it never registered)"),
+            Unhealthy::Reported(why) => write!(f, "agent reports: {why}"),
+            Unhealthy::Interrupted { kind, not_before } => match not_before {
+                Some(t) => write!(f, "the cloud announced '{kind}' at {t}"),
+                None => write!(f, "the cloud announced '{kind}'"),
+            },
+        }
+    }
+}
+
+/// Ready nodes that are not fit to serve. A node that became ready less than `grace` ago is given
+/// that long for its agent to register (where readiness does not already wait for it), unless
+/// its agent was `seen` before: then its record vanishing means its lease expired.
+pub fn unhealthy_nodes<N: Borrow<NodeRecord>, A: Borrow<AgentRecord>>(
+    nodes: &[N],
+    agents: &[A],
+    seen: &std::collections::HashSet<NodeId>,
+    now: Time,
+    grace: std::time::Duration,
+) -> BTreeMap<NodeId, Unhealthy> {
+    let by_node: HashMap<NodeId, &AgentRecord> = agents.iter().map(|a| (a.borrow().node, a.borrow())).collect();
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let n = n.borrow();
+        let NodeState::Ready { since, .. } = &n.state else { continue };
+        let verdict = match by_node.get(&n.id) {
+            None if !seen.contains(&n.id) && (now - *since).to_std().unwrap_or_default() < grace => None,
+            None => Some(Unhealthy::NoAgent),
+            Some(a) => match (&a.health.interruption, a.health.ok) {
+                (Some(i), _) => Some(Unhealthy::Interrupted { kind: i.kind.clone(), not_before: i.not_before.clone() }),
+                (None, false) => {
+                    Some(Unhealthy::Reported(a.health.reason.clone().unwrap_or_else(|| "not healthy".into())))
+                }
+                (None, true) => None,
+            },
+        };
+        if let Some(v) = verdict {
+            out.insert(n.id, v);
+        }
+    }
+    out
+}

@@ -22,7 +22,7 @@ async fn the_cache_follows_writes_deletes_and_ignores_stale_events() {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let keys = Keys::new("t");
     store.put(&keys.runner(1), to_json(&runner(1, 10)), None).await.unwrap();
-    let inf = Informer::start(store.clone(), &keys).await;
+    let inf = Informer::start(store.clone(), &keys, None).await;
     assert!(inf.is_fresh());
     assert_eq!(inf.runners().len(), 1, "listed at start");
 

@@ -23,7 +23,7 @@ use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, Time, transition
 use crate::lifecycle::runner::{self, NodeId, RunnerEvent, RunnerState};
 use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
 use crate::queue;
-use crate::reconcile::{fleet_state, offering_ids};
+use crate::reconcile::{Unhealthy, fleet_state, offering_ids, unhealthy_nodes};
 use crate::store::{Op, StoreError, to_json};
 
 pub struct FleetActor;
@@ -79,6 +79,10 @@ pub struct FleetState {
     passes: u64,
     /// What each node actor was last sent (see [`sync_print`]).
     synced: HashMap<NodeId, u64>,
+    /// Ready nodes not fit to serve, as of the last pass.
+    unhealthy: BTreeMap<NodeId, Unhealthy>,
+    /// Nodes whose agent has registered (a later absence means its lease expired).
+    agent_seen: HashSet<NodeId>,
 }
 
 /// Settled ready nodes are audited (one `list` per cloud) this often, in passes.
@@ -137,7 +141,7 @@ impl Actor for FleetActor {
         for cloud in ctx.providers.keys() {
             clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);
         }
-        let informer = Informer::start(ctx.store.clone(), &ctx.keys).await;
+        let informer = Informer::start(ctx.store.clone(), &ctx.keys, Some(ctx.nudge.clone())).await;
         myself.send_message(FleetMsg::Tick)?;
         // Nudges become passes, at most one per 50 ms (a burst of submits is one pass).
         let (nudge, me) = (ctx.nudge.clone(), myself.clone());
@@ -166,6 +170,8 @@ impl Actor for FleetActor {
             failed_passes: 0,
             passes: 0,
             synced: HashMap::new(),
+            unhealthy: BTreeMap::new(),
+            agent_seen: HashSet::new(),
         })
     }
 
@@ -258,6 +264,25 @@ impl Actor for FleetActor {
         }
         Ok(())
     }
+}
+
+/// Logs nodes turning unhealthy (and well again) and sets `fleet_nodes_unhealthy`.
+fn note_health(st: &mut FleetState, now: BTreeMap<NodeId, Unhealthy>) {
+    for (id, why) in &now {
+        if st.unhealthy.get(id) != Some(why) {
+            tracing::warn!(node = id, reason = %why, "node unhealthy");
+        }
+    }
+    for id in st.unhealthy.keys() {
+        if !now.contains_key(id) {
+            tracing::info!(node = id, "node healthy again (or no longer ready)");
+        }
+    }
+    for label in ["no_agent", "reported", "interrupted"] {
+        let n = now.values().filter(|u| u.label() == label).count();
+        st.ctx.metrics.nodes_unhealthy.get_or_create(&crate::metrics::KindLabel::new(label)).set(n as i64);
+    }
+    st.unhealthy = now;
 }
 
 async fn on_launch_failed(st: &mut FleetState, node: NodeId, error: ProviderError) -> Result<(), StoreError> {
@@ -396,6 +421,13 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     }
     phases.mark("queue");
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
+    let agents = st.informer.agents();
+    st.agent_seen.extend(agents.iter().map(|a| a.node));
+    if st.passes.is_multiple_of(FULL_SYNC_EVERY) {
+        let live: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+        st.agent_seen.retain(|id| live.contains(id));
+    }
+    note_health(st, unhealthy_nodes(&nodes, &agents, &st.agent_seen, now, ctx.config.agent_grace));
     phases.mark("metrics");
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.

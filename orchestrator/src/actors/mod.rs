@@ -55,6 +55,8 @@ pub struct Config {
     pub runner_start_timeout: Duration,
     /// A stopping runner whose agent does not confirm within this is considered stopped.
     pub runner_stop_timeout: Duration,
+    /// A ready node's agent has this long to register before the node counts as unhealthy.
+    pub agent_grace: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             bootstrap_timeout: Duration::from_secs(900),
             runner_start_timeout: Duration::from_secs(900),
             runner_stop_timeout: Duration::from_secs(120),
+            agent_grace: Duration::from_secs(30),
         }
     }
 }

@@ -96,3 +96,60 @@ fn fleet_state_counts_capacity_runners_and_queue() {
     assert_eq!(s.fleet_month_to_date, Money::from_dollars(30));
     assert_eq!(app.runners[0].runner.gpu_price, Price::parse_decimal("2.5").unwrap());
 }
+
+#[test]
+fn unhealthy_nodes_from_agent_records() {
+    use crate::model::{AgentHealth, AgentRecord, InterruptionNotice};
+    let now = t("2026-11-25T12:00:00Z");
+    let ready = |id: u64, since: &str| {
+        let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand).key();
+        node(id, NodeState::Ready { instance_id: format!("i-{id}"), offering: o, since: t(since) }, "20", None, None)
+    };
+    let agent = |node: u64, ok: bool, reason: Option<&str>, interruption: Option<&str>| AgentRecord {
+        node,
+        lease: 1,
+        version: "test".into(),
+        gpus: 8,
+        since: now,
+        health: AgentHealth {
+            ok,
+            reason: reason.map(str::to_string),
+            interruption: interruption.map(|k| InterruptionNotice {
+                source: "aws".into(),
+                kind: k.into(),
+                not_before: Some("2026-11-25T12:02:00Z".into()),
+                noticed_at: now,
+            }),
+            ..AgentHealth::default()
+        },
+    };
+    let nodes = vec![
+        ready(1, "2026-11-25T11:00:00Z"),                               // healthy agent
+        ready(2, "2026-11-25T11:00:00Z"),                               // no agent: lease expired
+        ready(3, "2026-11-25T11:59:55Z"),                               // no agent yet, within grace
+        ready(4, "2026-11-25T11:00:00Z"),                               // burn-in failed
+        ready(5, "2026-11-25T11:00:00Z"),                               // spot notice
+        node(6, NodeState::Requested { since: now }, "20", None, None), // not ready: not judged
+    ];
+    let agents = vec![
+        agent(1, true, None, None),
+        agent(4, false, Some("burn-in failed: cuda:0 reached 120 TFLOP/s"), None),
+        agent(5, true, None, Some("terminate")),
+    ];
+    let none = std::collections::HashSet::new();
+    let u = unhealthy_nodes(&nodes, &agents, &none, now, std::time::Duration::from_secs(10));
+    assert_eq!(u.keys().copied().collect::<Vec<_>>(), vec![2, 4, 5]);
+    assert_eq!(u[&2], Unhealthy::NoAgent);
+    assert_eq!(u[&4].label(), "reported");
+    assert!(u[&4].to_string().contains("burn-in failed"), "{}", u[&4]);
+    assert_eq!(u[&5].to_string(), "the cloud announced 'terminate' at 2026-11-25T12:02:00Z");
+    // Past the grace, node 3 counts too.
+    let later = t("2026-11-25T12:00:06Z");
+    assert!(unhealthy_nodes(&nodes, &agents, &none, later, std::time::Duration::from_secs(10)).contains_key(&3));
+    // An agent seen before and gone now is no grace case: its lease expired.
+    let seen = std::collections::HashSet::from([3]);
+    assert_eq!(
+        unhealthy_nodes(&nodes, &agents, &seen, now, std::time::Duration::from_secs(10))[&3],
+        Unhealthy::NoAgent
+    );
+}
