@@ -127,8 +127,10 @@ pub struct Agent {
     /// Loaded runners: model per runner id.
     loaded: HashMap<RunnerId, (String, Arc<Mlp>)>,
     jobs: JoinSet<(Job, Result<serde_json::Value, String>)>,
-    /// Requests being served, per runner.
+    /// Requests being served (or with a result not yet written), per runner.
     serving: HashMap<RunnerId, u32>,
+    /// Results computed while the store was away.
+    unwritten: Vec<(Job, Result<serde_json::Value, String>)>,
     device: candle_core::Device,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -161,8 +163,11 @@ impl Agent {
             let (published, republish) = (published.clone(), republish.clone());
             tasks.push(tokio::spawn(async move {
                 let mut poller = Poller::new(n);
-                let poll = poller.config().poll;
+                // A tick per interval whatever a check takes, so a notice waits at most one poll.
+                let mut tick = tokio::time::interval(poller.config().poll);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
+                    tick.tick().await;
                     match poller.check(now()).await {
                         Ok(Some(notice)) => {
                             let mut p = published.lock().expect("published lock");
@@ -179,7 +184,6 @@ impl Agent {
                         Ok(None) => {}
                         Err(e) => tracing::debug!(error = %e, "metadata endpoint"),
                     }
-                    tokio::time::sleep(poll).await;
                 }
             }));
         }
@@ -193,6 +197,7 @@ impl Agent {
             loaded: HashMap::new(),
             jobs: JoinSet::new(),
             serving: HashMap::new(),
+            unwritten: Vec::new(),
             device: crate::model::device(),
             tasks,
         }
@@ -239,14 +244,37 @@ impl Agent {
     }
 
     async fn finish(&mut self, job: Job, out: Result<serde_json::Value, String>) {
-        if let Some(n) = self.serving.get_mut(&job.runner) {
-            *n = n.saturating_sub(1);
+        use fleet_orchestrator::queue::QueueError;
+        let t = now();
+        let mut outcome =
+            match queue::complete(&*self.store, &self.keys, &job.app, job.request, job.runner, out.clone(), t).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+        if let Err(QueueError::Store(StoreError::Invalid(why))) = &outcome {
+            // The store refused the result (too large, most likely): the request fails with the
+            // reason instead of staying claimed for ever.
+            let msg = format!("the result could not be stored: {why}");
+            tracing::warn!(request = job.request, %msg, "request failed");
+            outcome = queue::complete(&*self.store, &self.keys, &job.app, job.request, job.runner, Err(msg), t)
+                .await
+                .map(|_| ());
         }
-        match queue::complete(&*self.store, &self.keys, &job.app, job.request, job.runner, out, now()).await {
-            Ok(_) => tracing::debug!(request = job.request, runner = job.runner, "served"),
+        match outcome {
+            Ok(()) => tracing::debug!(request = job.request, runner = job.runner, "served"),
+            Err(QueueError::Store(StoreError::Unavailable(why))) => {
+                // The store is away: keep the result and try again on the next steps (the claim
+                // holds while the lease does).
+                tracing::warn!(request = job.request, %why, "result kept until the store is back");
+                self.unwritten.push((job, out));
+                return;
+            }
             // The claim expired (the lease was lost): the request went back to the queue and
             // someone else serves it; this result is dropped.
             Err(e) => tracing::warn!(request = job.request, error = %e, "result not written"),
+        }
+        if let Some(n) = self.serving.get_mut(&job.runner) {
+            *n = n.saturating_sub(1);
         }
         if let Err(e) = self.runner_event(job.runner, RunnerEvent::Complete).await {
             tracing::warn!(runner = job.runner, error = %e, "runner record not updated");
@@ -282,6 +310,9 @@ impl Agent {
 
     /// One look at this node's runners: load, stop, claim.
     async fn step(&mut self) -> StoreResult<()> {
+        for (job, out) in std::mem::take(&mut self.unwritten) {
+            self.finish(job, out).await;
+        }
         let lease = *self.lease.borrow();
         let Some(lease) = lease else { return Ok(()) };
         if !self.healthy() {
