@@ -6,6 +6,7 @@
 //! /fleet/{fleet}/nodes/{node}              NodeRecord: lifecycle, offering candidates, instance id
 //! /fleet/{fleet}/runners/{runner}          RunnerRecord: app, node, lifecycle
 //! /fleet/{fleet}/agents/{node}             the node agent's health record, attached to the agent's lease
+//! /fleet/{fleet}/hostkeys/{node}           the node's SSH host key, pinned at first contact (trust on first use)
 //! /fleet/{fleet}/queue/{app}/{request}     a request not finished yet (queued or claimed)
 //! /fleet/{fleet}/claims/{app}/{request}    who serves it now, attached to the claimer's lease
 //! /fleet/{fleet}/results/{app}/{request}   a finished request (output or error)
@@ -92,6 +93,11 @@ impl Keys {
 
     pub fn agent(&self, node: u64) -> String {
         format!("{}agents/{}", self.root, id_segment(node))
+    }
+
+    /// The SSH host key recorded for a node at its first bootstrap.
+    pub fn host_key(&self, node: u64) -> String {
+        format!("{}hostkeys/{}", self.root, id_segment(node))
     }
 
     /// Every app's unfinished requests.

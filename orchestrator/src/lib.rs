@@ -9,6 +9,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod bootstrap;
 pub mod clock;
 pub mod informer;
 pub mod lifecycle;

@@ -1,0 +1,164 @@
+//! SSH bootstrap of the real `fleet-agent` binary onto localhost, through a real OpenSSH server
+//! (Debian's openssh-server on a loopback port with temp host and user keys) with a real etcd:
+//! it installs and starts the agent, which registers and passes burn-in on the CPU; a second
+//! bootstrap changes nothing; a wrong host key is refused with a clear error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_agent::model::write_mlp;
+use fleet_core::keys::Keys;
+use fleet_core::{CapacityType, Cloud};
+use fleet_orchestrator::actors::Bootstrap;
+use fleet_orchestrator::bootstrap::ssh::SshError;
+use fleet_orchestrator::bootstrap::{BootstrapError, SshBootstrap, SshBootstrapConfig};
+use fleet_orchestrator::lifecycle::node::NodeState;
+use fleet_orchestrator::model::{AgentRecord, CandidateRecord, NodeRecord};
+use fleet_orchestrator::store::etcd::EtcdStore;
+use fleet_orchestrator::store::{Store, get_json};
+use fleet_orchestrator::testing::etcd::EtcdServer;
+use fleet_orchestrator::testing::harness::h100x8;
+use fleet_orchestrator::testing::sshd::SshServer;
+use fleet_providers::{Instance, InstanceState, Secret};
+
+/// Stops the agent the test started on "the node" (this machine) when the test ends.
+struct Supervisor(PathBuf);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("supervisor.pid")) {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", pid.trim())]).status();
+        }
+    }
+}
+
+fn node(id: u64) -> NodeRecord {
+    let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    NodeRecord {
+        id,
+        app: "mlp".into(),
+        state: NodeState::Bootstrapping {
+            instance_id: format!("i-{id}"),
+            offering: o.key(),
+            since: chrono::Utc::now(),
+        },
+        candidates: vec![CandidateRecord { offering: o.key(), price: o.price, slots: 8 }],
+        attempt: 0,
+        slots: 8,
+        price: Some(o.price),
+        billing_since: None,
+        billing_until: None,
+        cordoned: false,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+fn instance(id: u64, host_key: Option<String>) -> Instance {
+    Instance {
+        id: format!("i-{id}"),
+        offering: h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand).key(),
+        state: InstanceState::Running,
+        public_ip: Some("127.0.0.1".parse().unwrap()),
+        private_ip: None,
+        ssh_host_key: host_key,
+        launched_at: None,
+        tags: Default::default(),
+    }
+}
+
+fn bootstrapper(sshd: &SshServer, etcd: &str, store: Arc<dyn Store>, remote: &Path, model: &Path) -> SshBootstrap {
+    let port = sshd.port;
+    let cfg = SshBootstrapConfig {
+        fleet: "t".into(),
+        user: sshd.user.clone(),
+        key: Secret::new(sshd.user_key.clone()),
+        agent_binary: env!("CARGO_BIN_EXE_fleet-agent").into(),
+        remote_dir: remote.display().to_string(),
+        endpoints: vec![etcd.to_string()],
+        lease_ttl: "2s".into(),
+        models: [("mlp".to_string(), model.to_path_buf())].into(),
+        extra_agent_config: "[burn_in]\ncpu_size = 128\niterations = 2\nmin_cpu_tflops = 0.00001\n".into(),
+        connect_timeout: Duration::from_secs(10),
+        max_concurrent: 4,
+        // The "instances" are this machine: every one is reached on the test's sshd.
+        resolve: Some(Arc::new(move |_: &Instance| Some(SocketAddr::from(([127, 0, 0, 1], port))))),
+        credentials: None,
+    };
+    SshBootstrap::new(cfg, store).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_host_key() {
+    let etcd = EtcdServer::start();
+    let sshd = SshServer::start();
+    let store: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.client_url), None, Duration::from_secs(5)).await.unwrap(),
+    );
+    let keys = Keys::new("t");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mlp.safetensors");
+    write_mlp(&model, &[8, 16, 2], 1).unwrap();
+    let remote = dir.path().join("node-1");
+    let _guard = Supervisor(remote.clone());
+    let b = bootstrapper(&sshd, &etcd.client_url, store.clone(), &remote, &model);
+
+    // First contact: trust on first use, install, start; ready once the agent reports healthy.
+    let (n1, i1) = (node(1), instance(1, None));
+    let t = Instant::now();
+    loop {
+        match b.bootstrap(&n1, &i1).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => panic!("bootstrap failed: {e}\nsshd:\n{}", sshd.log()),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "agent not healthy in 60 s; its log:\n{}",
+            std::fs::read_to_string(remote.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("bootstrap to a healthy agent: {:?}", t.elapsed());
+    let (agent, _) = get_json::<AgentRecord>(&*store, &keys.agent(1)).await.unwrap().expect("agent registered");
+    let burn = agent.health.burn_in.expect("burn-in figures");
+    assert!(burn.passed && burn.device == "cpu", "{burn:?}");
+    // What was installed, with which permissions.
+    let mode = |f: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(remote.join(f)).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode("fleet-agent"), 0o755);
+    assert_eq!(mode("agent.toml"), 0o600);
+    assert_eq!(mode("models/mlp.safetensors"), 0o644);
+    assert_eq!(mode(""), 0o700, "the install dir is private");
+    let config = std::fs::read_to_string(remote.join("agent.toml")).unwrap();
+    assert!(config.contains("node = 1") && config.contains(&etcd.client_url), "{config}");
+    // The host key was recorded at first contact.
+    let pinned = store.get(&keys.host_key(1)).await.unwrap().expect("host key recorded");
+    assert_eq!(
+        String::from_utf8_lossy(&pinned.value).split_whitespace().nth(1),
+        sshd.host_key.split_whitespace().nth(1)
+    );
+
+    // A second bootstrap changes nothing: no upload, no restart, the same supervisor.
+    let pid = std::fs::read_to_string(remote.join("supervisor.pid")).unwrap();
+    let binary_mtime = std::fs::metadata(remote.join("fleet-agent")).unwrap().modified().unwrap();
+    let again = b.install(&n1, &i1).await.unwrap();
+    assert!(again.uploaded.is_empty() && !again.restarted, "{again:?}");
+    assert_eq!(std::fs::read_to_string(remote.join("supervisor.pid")).unwrap(), pid);
+    assert_eq!(std::fs::metadata(remote.join("fleet-agent")).unwrap().modified().unwrap(), binary_mtime);
+
+    // A wrong host key is refused: the one the cloud reported for the instance…
+    let wrong = sshd.other_host_key();
+    let err = b.install(&node(2), &instance(2, Some(wrong.clone()))).await.unwrap_err();
+    assert!(matches!(err, BootstrapError::Ssh(SshError::HostKeyMismatch { .. })), "{err}");
+    let msg = b.bootstrap(&node(2), &instance(2, Some(wrong.clone()))).await.unwrap_err();
+    assert!(msg.contains("host key mismatch") && msg.contains("refusing"), "{msg}");
+    // …and one recorded at an earlier first contact.
+    store.put(&keys.host_key(3), wrong.into_bytes(), None).await.unwrap();
+    let msg = b.bootstrap(&node(3), &instance(3, None)).await.unwrap_err();
+    assert!(msg.contains("host key mismatch"), "{msg}");
+    assert!(!remote.with_file_name("node-3").exists());
+}

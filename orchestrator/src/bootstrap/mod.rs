@@ -1,0 +1,360 @@
+//! Getting fleet onto a rented machine over SSH: verify the host, upload `fleet-agent`, its
+//! config and the apps' models, start it (a systemd unit where systemd runs, else a supervising
+//! shell loop), and call the node ready once its agent reports healthy in the store.
+//!
+//! Host keys: the key the cloud reported for the instance, else the one recorded at the node's
+//! first contact (trust on first use, kept under `hostkeys/{node}`); any other key is refused and
+//! the node fails, never silently accepted. Idempotent: files are compared by SHA-256 and only
+//! what differs is uploaded; a node already running this version is left alone. At most
+//! `max_concurrent` nodes are bootstrapped at once.
+
+pub mod ssh;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::keys::Keys;
+use fleet_providers::{Instance, InstanceState, Secret};
+use russh::keys::{PrivateKey, PublicKey};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use self::ssh::{Session, SshError, fingerprint};
+use crate::actors::Bootstrap;
+use crate::lifecycle::runner::NodeId;
+use crate::model::{AgentRecord, NodeRecord};
+use crate::store::{Compare, Op, Store, get_json};
+
+/// Where to reach an instance over SSH.
+pub type Resolve = Arc<dyn Fn(&Instance) -> Option<SocketAddr> + Send + Sync>;
+
+/// Gives each node's agent its own store credentials (see the agent's least-privilege user).
+#[async_trait]
+pub trait AgentCredentials: Send + Sync {
+    /// The user and password the agent of `node` logs into the store with.
+    async fn for_node(&self, node: NodeId, apps: &[String]) -> Result<(String, Secret), String>;
+}
+
+pub struct SshBootstrapConfig {
+    pub fleet: String,
+    pub user: String,
+    /// The fleet's private key (OpenSSH format).
+    pub key: Secret,
+    /// The `fleet-agent` binary to install.
+    pub agent_binary: PathBuf,
+    /// Where it goes on the node (letters, digits, `/._-` only).
+    pub remote_dir: String,
+    /// The store as the node reaches it.
+    pub endpoints: Vec<String>,
+    pub lease_ttl: String,
+    /// App → model file here; uploaded to `{remote_dir}/models/{app}.safetensors`.
+    pub models: BTreeMap<String, PathBuf>,
+    /// More agent config (TOML sections such as `[burn_in]` or `[interruption]`).
+    pub extra_agent_config: String,
+    pub connect_timeout: Duration,
+    pub max_concurrent: usize,
+    /// Default: the instance's public address, else its private one, port 22.
+    pub resolve: Option<Resolve>,
+    pub credentials: Option<Arc<dyn AgentCredentials>>,
+}
+
+impl std::fmt::Debug for SshBootstrapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshBootstrapConfig")
+            .field("user", &self.user)
+            .field("key", &self.key)
+            .field("agent_binary", &self.agent_binary)
+            .field("remote_dir", &self.remote_dir)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("bootstrap config: {0}")]
+    Config(String),
+    #[error("node {node}: {why}")]
+    Node { node: NodeId, why: String },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What one installation pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOutcome {
+    /// Files written (names under the remote dir); empty when everything matched.
+    pub uploaded: Vec<String>,
+    /// Whether the agent was (re)started.
+    pub restarted: bool,
+}
+
+struct File {
+    name: String,
+    mode: &'static str,
+    data: Arc<Vec<u8>>,
+    sha256: String,
+}
+
+impl File {
+    fn new(name: impl Into<String>, mode: &'static str, data: Vec<u8>) -> File {
+        let sha256 = hex(&Sha256::digest(&data));
+        File { name: name.into(), mode, data: Arc::new(data), sha256 }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub struct SshBootstrap {
+    cfg: SshBootstrapConfig,
+    store: Arc<dyn Store>,
+    keys: Keys,
+    key: PrivateKey,
+    binary: File,
+    models: Vec<File>,
+    pool: Semaphore,
+    /// Nodes installed by this daemon (after a restart each is checked once more, cheaply).
+    installed: Mutex<HashSet<NodeId>>,
+}
+
+impl std::fmt::Debug for SshBootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshBootstrap").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// The supervising loop used where systemd is not running: restarts the agent if it exits.
+const RUN_SCRIPT: &str = "#!/bin/sh\n# fleet-agent supervisor (written by fleetd's bootstrap)\ncd \"$(dirname \"$0\")\"\n\
+while :; do\n  ./fleet-agent run --config agent.toml >> agent.log 2>&1\n  sleep 1\ndone\n";
+
+impl SshBootstrap {
+    pub fn new(cfg: SshBootstrapConfig, store: Arc<dyn Store>) -> Result<SshBootstrap, BootstrapError> {
+        if cfg.remote_dir.is_empty()
+            || !cfg.remote_dir.starts_with('/')
+            || !cfg.remote_dir.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+        {
+            return Err(BootstrapError::Config(format!(
+                "remote_dir '{}' must be an absolute path of letters, digits and /._- only",
+                cfg.remote_dir
+            )));
+        }
+        for app in cfg.models.keys() {
+            if !app.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+                return Err(BootstrapError::Config(format!("app name '{app}' cannot name a model file")));
+            }
+        }
+        // The key's text is never shown, not even in the error.
+        let key = russh::keys::decode_secret_key(cfg.key.expose(), None)
+            .map_err(|_| BootstrapError::Config("the SSH private key is not a valid OpenSSH private key".into()))?;
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| BootstrapError::Config(format!("{}: {e}", p.display())));
+        let binary = File::new("fleet-agent", "0755", read(&cfg.agent_binary)?);
+        let mut models = Vec::new();
+        for (app, path) in &cfg.models {
+            models.push(File::new(format!("models/{app}.safetensors"), "0644", read(path)?));
+        }
+        let keys = Keys::new(&cfg.fleet);
+        let pool = Semaphore::new(cfg.max_concurrent.max(1));
+        Ok(SshBootstrap { cfg, store, keys, key, binary, models, pool, installed: Mutex::new(HashSet::new()) })
+    }
+
+    fn address(&self, inst: &Instance) -> Option<SocketAddr> {
+        if let Some(r) = &self.cfg.resolve {
+            return r(inst);
+        }
+        let ip: IpAddr = inst.public_ip.or(inst.private_ip)?;
+        Some(SocketAddr::new(ip, 22))
+    }
+
+    /// The host key to insist on: the cloud's word, else the one recorded at first contact.
+    async fn expected_host_key(&self, node: NodeId, inst: &Instance) -> Result<Option<PublicKey>, BootstrapError> {
+        if let Some(k) = &inst.ssh_host_key {
+            let k = PublicKey::from_openssh(k).map_err(|e| BootstrapError::Node {
+                node,
+                why: format!("the cloud reported an unreadable SSH host key ({e})"),
+            })?;
+            return Ok(Some(k));
+        }
+        self.recorded_host_key(node).await
+    }
+
+    async fn recorded_host_key(&self, node: NodeId) -> Result<Option<PublicKey>, BootstrapError> {
+        match self.store.get(&self.keys.host_key(node)).await? {
+            Some(kv) => {
+                let text = String::from_utf8_lossy(&kv.value).into_owned();
+                let k = PublicKey::from_openssh(&text)
+                    .map_err(|e| BootstrapError::Node { node, why: format!("recorded host key unreadable ({e})") })?;
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records the first host key seen; if another was recorded meanwhile, it must be the same.
+    async fn pin(&self, node: NodeId, key: &PublicKey) -> Result<(), BootstrapError> {
+        let text = key.to_openssh().map_err(|e| BootstrapError::Node { node, why: e.to_string() })?;
+        let k = self.keys.host_key(node);
+        let res = self.store.txn(vec![Compare::absent(&k)], vec![Op::put(&k, text.into_bytes())]).await?;
+        if !res.succeeded
+            && let Some(expected) = self.recorded_host_key(node).await?
+            && expected.key_data() != key.key_data()
+        {
+            return Err(BootstrapError::Node {
+                node,
+                why: format!(
+                    "host key changed during first contact ({} vs {})",
+                    fingerprint(&expected),
+                    fingerprint(key)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn agent_config(&self, node: NodeId, auth: Option<&(String, Secret)>) -> String {
+        let dir = &self.cfg.remote_dir;
+        let endpoints: Vec<String> = self.cfg.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let mut s = format!(
+            "# written by fleetd's bootstrap\nfleet = \"{}\"\nnode = {node}\nendpoints = [{}]\nlease_ttl = \"{}\"\n",
+            self.cfg.fleet,
+            endpoints.join(", "),
+            self.cfg.lease_ttl
+        );
+        if let Some((user, _)) = auth {
+            s += &format!("user = \"{user}\"\npassword_file = \"{dir}/agent.password\"\n");
+        }
+        for app in self.cfg.models.keys() {
+            s += &format!("[apps.{app}]\nmodel = \"{dir}/models/{app}.safetensors\"\n");
+        }
+        s += &self.cfg.extra_agent_config;
+        s
+    }
+
+    /// Connects to the node and makes it run this version of the agent with this config;
+    /// changes nothing where it already does.
+    pub async fn install(&self, node: &NodeRecord, inst: &Instance) -> Result<InstallOutcome, BootstrapError> {
+        let id = node.id;
+        let addr = self
+            .address(inst)
+            .ok_or_else(|| BootstrapError::Node { node: id, why: "the instance has no IP address yet".into() })?;
+        let expected = self.expected_host_key(id, inst).await?;
+        let _permit = self.pool.acquire().await.map_err(|e| BootstrapError::Config(e.to_string()))?;
+        let s = Session::connect(addr, &self.cfg.user, &self.key, expected.as_ref(), self.cfg.connect_timeout).await?;
+        if expected.is_none() {
+            self.pin(id, &s.host_key).await?;
+            tracing::info!(node = id, %addr, host_key = %fingerprint(&s.host_key), "host key recorded at first contact");
+        }
+        let result = self.install_over(&s, node).await;
+        s.close().await;
+        result
+    }
+
+    async fn install_over(&self, s: &Session, node: &NodeRecord) -> Result<InstallOutcome, BootstrapError> {
+        let dir = &self.cfg.remote_dir;
+        let auth = match &self.cfg.credentials {
+            Some(c) => {
+                let apps: Vec<String> = self.cfg.models.keys().cloned().collect();
+                Some(c.for_node(node.id, &apps).await.map_err(|why| BootstrapError::Node { node: node.id, why })?)
+            }
+            None => None,
+        };
+        let mut files = vec![
+            File::new("agent.toml", "0600", self.agent_config(node.id, auth.as_ref()).into_bytes()),
+            File::new("run-agent.sh", "0755", RUN_SCRIPT.as_bytes().to_vec()),
+        ];
+        if let Some((_, pw)) = &auth {
+            files.push(File::new("agent.password", "0600", pw.expose().as_bytes().to_vec()));
+        }
+        let names: Vec<&str> = std::iter::once(self.binary.name.as_str())
+            .chain(self.models.iter().map(|m| m.name.as_str()))
+            .chain(files.iter().map(|f| f.name.as_str()))
+            .collect();
+        // What is there now: hashes of our files, and whether the agent runs.
+        let probe = format!(
+            "mkdir -p {dir}/models && chmod 700 {dir} && cd {dir} && (sha256sum {} 2>/dev/null || true) && \
+             if [ -d /run/systemd/system ] && [ \"$(id -u)\" = 0 ]; then \
+               systemctl is-active --quiet fleet-agent && echo FLEET_RUNNING; \
+             elif [ -f supervisor.pid ] && kill -0 \"$(cat supervisor.pid)\" 2>/dev/null; then echo FLEET_RUNNING; fi",
+            names.join(" ")
+        );
+        let out = s.run(&probe, None).await?;
+        let running = out.lines().any(|l| l.trim() == "FLEET_RUNNING");
+        let have: BTreeMap<&str, &str> = out
+            .lines()
+            .filter_map(|l| {
+                let (h, n) = l.split_once("  ")?;
+                Some((n.trim(), h.trim()))
+            })
+            .collect();
+        let mut uploaded = Vec::new();
+        let all = std::iter::once(&self.binary).chain(self.models.iter()).chain(files.iter());
+        for f in all {
+            if have.get(f.name.as_str()) == Some(&f.sha256.as_str()) {
+                continue;
+            }
+            // Written beside, then renamed: a running agent never sees a half-written file.
+            let tmp = format!("{dir}/.{}.tmp", f.name.replace('/', "_"));
+            let cmd = format!("umask 077 && cat > {tmp} && chmod {} {tmp} && mv -f {tmp} {dir}/{}", f.mode, f.name);
+            s.run(&cmd, Some(&f.data)).await?;
+            uploaded.push(f.name.clone());
+        }
+        let restarted = !uploaded.is_empty() || !running;
+        if restarted {
+            let start = format!(
+                "cd {dir} && if [ -d /run/systemd/system ] && [ \"$(id -u)\" = 0 ]; then \
+                   printf '[Unit]\\nDescription=fleet agent\\nAfter=network-online.target\\n[Service]\\nExecStart={dir}/fleet-agent run --config {dir}/agent.toml\\nRestart=always\\nRestartSec=1\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/fleet-agent.service && \
+                   systemctl daemon-reload && systemctl enable --quiet fleet-agent && systemctl restart fleet-agent; \
+                 else \
+                   if [ -f supervisor.pid ]; then kill -TERM -- -\"$(cat supervisor.pid)\" 2>/dev/null; sleep 0.2; fi; \
+                   setsid sh {dir}/run-agent.sh > /dev/null 2>&1 < /dev/null & echo $! > supervisor.pid; \
+                 fi"
+            );
+            s.run(&start, None).await?;
+        }
+        tracing::info!(node = node.id, uploaded = ?uploaded, restarted, "agent installed");
+        Ok(InstallOutcome { uploaded, restarted })
+    }
+}
+
+#[async_trait]
+impl Bootstrap for SshBootstrap {
+    async fn bootstrap(&self, node: &NodeRecord, inst: &Instance) -> Result<bool, String> {
+        if inst.state != InstanceState::Running {
+            return Ok(false);
+        }
+        let done = self.installed.lock().expect("installed lock").contains(&node.id);
+        if !done {
+            match self.install(node, inst).await {
+                Ok(_) => {
+                    self.installed.lock().expect("installed lock").insert(node.id);
+                }
+                // Still booting (sshd not up): the node actor asks again, until its timeout.
+                Err(BootstrapError::Ssh(e)) if e.is_transient() => {
+                    tracing::debug!(node = node.id, error = %e, "not reachable yet");
+                    return Ok(false);
+                }
+                Err(BootstrapError::Store(e)) => {
+                    tracing::warn!(node = node.id, error = %e, "store unavailable during bootstrap; retrying");
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // Installed: ready once its agent says it is healthy.
+        match get_json::<AgentRecord>(&*self.store, &self.keys.agent(node.id)).await {
+            Ok(Some((a, _))) if a.health.ok => Ok(true),
+            Ok(Some((a, _))) => Err(format!(
+                "the agent reports the node unhealthy: {}",
+                a.health.reason.unwrap_or_else(|| "no reason given".into())
+            )),
+            Ok(None) | Err(_) => Ok(false),
+        }
+    }
+}
