@@ -111,6 +111,22 @@ pub struct Ctx {
     /// Wakes the fleet actor for a pass now (a spec was applied, a request came in) instead of
     /// at its next tick.
     pub nudge: Arc<tokio::sync::Notify>,
+    /// Per-node store users for agents (least privilege), where the store has users.
+    pub access: Option<Arc<dyn AgentAccess>>,
+}
+
+/// Gives each node's agent only the store access its work needs: its own health key, the
+/// runner records assigned to its node, and the queues of the apps it serves.
+#[async_trait]
+pub trait AgentAccess: Send + Sync + std::fmt::Debug {
+    /// Creates (or resets) the agent user of `node`, allowed to serve `apps`; returns its
+    /// user name and password.
+    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_providers::Secret), String>;
+    /// Lets the agent of `node` update runner `runner` (assigned to it).
+    async fn grant_runner(&self, node: u64, runner: u64) -> Result<(), String>;
+    async fn revoke_runner(&self, node: u64, runner: u64) -> Result<(), String>;
+    /// Deletes the node's agent user (the node is gone).
+    async fn forget_node(&self, node: u64) -> Result<(), String>;
 }
 
 impl Ctx {
@@ -134,6 +150,7 @@ impl Ctx {
             clock,
             launches: Default::default(),
             nudge: Default::default(),
+            access: None,
         }
     }
 }

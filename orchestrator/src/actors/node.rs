@@ -133,7 +133,13 @@ impl NodeActorState {
                         tracing::info!(node = id, instance = %instance_id, "terminated");
                         apply(&ctx, id, NodeEvent::TerminateConfirmed).await?;
                     }
-                    _ => {}
+                    _ => return Ok(true),
+                }
+                // Gone: its agent's store user goes too.
+                if let Some(access) = &ctx.access
+                    && let Err(e) = access.forget_node(id).await
+                {
+                    tracing::warn!(node = id, error = %e, "agent user not deleted");
                 }
             }
             NodeState::Terminated { .. } => return Ok(false),

@@ -67,6 +67,10 @@ async fn step(
         }
         _ => return Ok(true),
     };
+    // The node's agent may update this runner from now on (where agents have their own users).
+    if let (Some(RunnerEvent::Start), Some(access), Some(node)) = (&next, &ctx.access, r.node()) {
+        access.grant_runner(node, r.id).await.map_err(|e| StoreError::Unavailable(format!("runner access: {e}")))?;
+    }
     let rec = match next {
         Some(ev) => apply(ctx, r.id, ev).await?,
         None => Some(r.clone()),
@@ -77,6 +81,11 @@ async fn step(
         // Whatever it was serving goes back to the queue before the runner is forgotten.
         queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
         ctx.store.delete(&ctx.keys.runner(r.id)).await?;
+        if let (Some(access), Some(node)) = (&ctx.access, r.node())
+            && let Err(e) = access.revoke_runner(node, r.id).await
+        {
+            tracing::warn!(runner = r.id, error = %e, "runner access not revoked");
+        }
         return Ok(false);
     }
     Ok(true)

@@ -24,20 +24,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use self::ssh::{Session, SshError, fingerprint};
-use crate::actors::Bootstrap;
+use crate::actors::{AgentAccess, Bootstrap};
 use crate::lifecycle::runner::NodeId;
 use crate::model::{AgentRecord, NodeRecord};
 use crate::store::{Compare, Op, Store, get_json};
 
 /// Where to reach an instance over SSH.
 pub type Resolve = Arc<dyn Fn(&Instance) -> Option<SocketAddr> + Send + Sync>;
-
-/// Gives each node's agent its own store credentials (see the agent's least-privilege user).
-#[async_trait]
-pub trait AgentCredentials: Send + Sync {
-    /// The user and password the agent of `node` logs into the store with.
-    async fn for_node(&self, node: NodeId, apps: &[String]) -> Result<(String, Secret), String>;
-}
 
 pub struct SshBootstrapConfig {
     pub fleet: String,
@@ -59,7 +52,8 @@ pub struct SshBootstrapConfig {
     pub max_concurrent: usize,
     /// Default: the instance's public address, else its private one, port 22.
     pub resolve: Option<Resolve>,
-    pub credentials: Option<Arc<dyn AgentCredentials>>,
+    /// Per-node store users; absent when the store has no authentication.
+    pub credentials: Option<Arc<dyn AgentAccess>>,
 }
 
 impl std::fmt::Debug for SshBootstrapConfig {
@@ -261,7 +255,7 @@ impl SshBootstrap {
         let auth = match &self.cfg.credentials {
             Some(c) => {
                 let apps: Vec<String> = self.cfg.models.keys().cloned().collect();
-                Some(c.for_node(node.id, &apps).await.map_err(|why| BootstrapError::Node { node: node.id, why })?)
+                Some(c.credentials(node.id, &apps).await.map_err(|why| BootstrapError::Node { node: node.id, why })?)
             }
             None => None,
         };

@@ -22,6 +22,13 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
 }
 
+impl EtcdStore {
+    /// The underlying client (shares its connection), for etcd-only administration.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "EtcdStore({})", self.endpoints.join(","))
@@ -48,6 +55,8 @@ fn map_err(e: etcd_client::Error) -> StoreError {
                 StoreError::LeaseNotFound(0)
             } else if msg.contains("compacted") {
                 StoreError::Compacted { requested: 0, oldest: 0 }
+            } else if s.code() == tonic::Code::PermissionDenied || msg.contains("permission denied") {
+                StoreError::Denied(msg)
             } else if matches!(
                 s.code(),
                 tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED | tonic_code::UNKNOWN | tonic_code::CANCELLED

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_access;
 pub mod suite;
 
 use std::fmt;
@@ -169,6 +170,8 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
     #[error("the store refused the request: {0}")]
     Invalid(String),
+    #[error("the store denied access: {0}; check this process's etcd user and the permissions of its role")]
+    Denied(String),
     #[error("the store's data could not be read or written: {0}")]
     Io(String),
 }

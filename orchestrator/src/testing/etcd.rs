@@ -72,6 +72,16 @@ impl EtcdServer {
     }
 }
 
+impl EtcdServer {
+    /// Turns authentication on with a `root` user (role root) whose password is `root_password`.
+    pub async fn enable_auth(&self, root_password: &str) {
+        let mut c = etcd_client::Client::connect([self.client_url.as_str()], None).await.expect("etcd client");
+        c.user_add("root", root_password, None).await.expect("root user");
+        c.user_grant_role("root", "root").await.expect("root role");
+        c.auth_enable().await.expect("auth enable");
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
