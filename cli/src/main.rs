@@ -1,7 +1,9 @@
 //! fleetctl: the operator CLI for fleet.
 
 mod catalog;
+mod nodes;
 mod plan;
+mod server;
 mod simulate;
 mod table;
 
@@ -36,6 +38,43 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Simulate a fleet spec on a demand trace: cost, waits, preemptions, lower bound.
     Simulate(simulate::SimulateArgs),
+    /// List resources of a running fleetd.
+    #[command(
+        after_help = "Examples:\n  fleetctl get nodes\n  fleetctl get nodes -o json --server http://10.0.0.5:7070"
+    )]
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one resource of a running fleetd in detail.
+    #[command(after_help = "Example:\n  fleetctl describe node 12")]
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// fleetd's address.
+    #[arg(long, env = "FLEET_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
+    server: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum GetWhat {
+    /// Nodes with their state, offering and what their agents report.
+    Nodes,
+}
+
+#[derive(Debug, Subcommand)]
+enum DescribeWhat {
+    /// A node: record, agent, GPUs, burn-in, runners, interruption notice.
+    Node { id: String },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +83,10 @@ fn main() -> ExitCode {
         Command::Catalog(args) => catalog::run(args, cli.output),
         Command::Plan(args) => plan::run(args, cli.output),
         Command::Simulate(args) => simulate::run(args, cli.output),
+        Command::Get { what: GetWhat::Nodes, server } => nodes::get(&server::Server::new(&server.server), cli.output),
+        Command::Describe { what: DescribeWhat::Node { id }, server } => {
+            nodes::describe(&server::Server::new(&server.server), &id, cli.output)
+        }
     };
     fleet_core::exit::finish(result)
 }

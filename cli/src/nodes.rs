@@ -1,0 +1,171 @@
+//! `fleetctl get nodes` and `fleetctl describe node ID`: the nodes as fleetd sees them, with what
+//! each node's agent reports (GPUs, burn-in, runners, interruption notices) and why a node is
+//! unfit to serve.
+
+use serde_json::Value;
+
+use crate::Output;
+use crate::server::Server;
+use crate::table::Table;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        // 989.0 reads as 989.
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => {
+            format!("{}", n.as_f64().unwrap_or_default() as i64)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The node's state name (`ready`…): its record's state is tagged `{"state": "ready", ...}`.
+fn state(n: &Value) -> String {
+    s(&n["state"]["state"])
+}
+
+fn offering(n: &Value) -> String {
+    let o = n["state"].get("offering").filter(|o| !o.is_null()).or_else(|| {
+        let i = n["attempt"].as_u64().unwrap_or(0) as usize;
+        n["candidates"].get(i).map(|c| &c["offering"])
+    });
+    match o {
+        Some(o) => format!("{}/{}/{}", s(&o["cloud"]), s(&o["region"]), s(&o["instance_type"])),
+        None => "-".into(),
+    }
+}
+
+fn health(n: &Value) -> String {
+    if let Some(u) = n["unhealthy"].as_str() {
+        return format!("unhealthy: {u}");
+    }
+    match &n["agent"] {
+        Value::Null => "-".into(),
+        a if a["health"]["ok"].as_bool() == Some(true) => "healthy".into(),
+        a => format!("unhealthy: {}", s(&a["health"]["reason"])),
+    }
+}
+
+fn burn_in(a: &Value) -> String {
+    let b = &a["health"]["burn_in"];
+    match b["tflops"].as_f64() {
+        Some(t) => format!("{t:.1} TFLOP/s {}", s(&b["device"])),
+        None => "-".into(),
+    }
+}
+
+pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
+    let nodes = server.get("/v1/nodes")?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        ("ID", true),
+        ("APP", false),
+        ("STATE", false),
+        ("OFFERING", false),
+        ("GPUS", true),
+        ("BURN-IN", false),
+        ("RUNNERS", true),
+        ("HEALTH", false),
+    ]);
+    for n in nodes.as_array().into_iter().flatten() {
+        let a = &n["agent"];
+        t.row(vec![
+            s(&n["id"]),
+            s(&n["app"]),
+            state(n),
+            offering(n),
+            if a.is_null() { "-".into() } else { s(&a["gpus"]) },
+            burn_in(a),
+            a["health"]["runners"].as_array().map(|r| r.len().to_string()).unwrap_or_else(|| "-".into()),
+            health(n),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()> {
+    let n = server.get(&format!("/v1/nodes/{id}"))?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&n)?);
+        return Ok(());
+    }
+    let a = &n["agent"];
+    let h = &a["health"];
+    println!("Node:         {}", s(&n["id"]));
+    println!("App:          {}", s(&n["app"]));
+    println!("State:        {}", state(&n));
+    println!("Offering:     {}", offering(&n));
+    println!("Price:        {}", s(&n["price"]));
+    println!("Health:       {}", health(&n));
+    if a.is_null() {
+        println!("Agent:        none registered");
+        return Ok(());
+    }
+    println!("Agent:        version {} since {} (lease {})", s(&a["version"]), s(&a["since"]), s(&a["lease"]));
+    println!("Burn-in:      {}", burn_in(a));
+    if let Some(b) = h["burn_in"].as_object() {
+        println!(
+            "              {} {}×{} ×{}: required {}, expected {}, {}",
+            s(&b["dtype"]),
+            s(&b["size"]),
+            s(&b["size"]),
+            s(&b["iterations"]),
+            s(&b["required_tflops"]),
+            s(&b["expected_tflops"]),
+            if b["passed"].as_bool() == Some(true) { "passed" } else { "FAILED" }
+        );
+    }
+    let devices = h["devices"].as_array().cloned().unwrap_or_default();
+    if devices.is_empty() {
+        println!("GPUs:         0 (CPU only)");
+    } else {
+        println!("GPUs:");
+        let mut t = Table::new(&[
+            ("INDEX", true),
+            ("NAME", false),
+            ("MEMORY MIB", true),
+            ("USED MIB", true),
+            ("UTIL %", true),
+            ("TEMP C", true),
+            ("ECC", true),
+            ("THROTTLING", false),
+        ]);
+        for d in &devices {
+            let throttling = d["throttling"].as_array().map(|v| v.iter().map(s).collect::<Vec<_>>().join(","));
+            t.row(vec![
+                s(&d["index"]),
+                s(&d["name"]),
+                s(&d["memory_total_mib"]),
+                s(&d["memory_used_mib"]),
+                s(&d["utilization_pct"]),
+                s(&d["temperature_c"]),
+                s(&d["ecc_uncorrected"]),
+                throttling.filter(|x| !x.is_empty()).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        for line in t.render().lines() {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "Runners:      {}",
+        h["runners"].as_array().map(|r| r.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    );
+    println!("In flight:    {}", s(&h["in_flight"]));
+    match h["interruption"].as_object() {
+        Some(i) => println!(
+            "Interruption: {} '{}' (not before {}, noticed {})",
+            s(&i["source"]),
+            s(&i["kind"]),
+            s(&i["not_before"]),
+            s(&i["noticed_at"])
+        ),
+        None => println!("Interruption: none"),
+    }
+    Ok(())
+}
