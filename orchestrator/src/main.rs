@@ -12,11 +12,13 @@ use clap::Parser;
 use fleet_core::keys::Keys;
 use fleet_core::{Catalog, Cloud};
 use fleet_orchestrator::actors::root::RootActor;
-use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
+use fleet_orchestrator::actors::{AgentAccess, Bootstrap, Config, Ctx, InstanceRunning};
+use fleet_orchestrator::bootstrap::{SshBootstrap, SshBootstrapConfig};
 use fleet_orchestrator::clock::Clock;
 use fleet_orchestrator::store::Store;
 use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
+use fleet_orchestrator::store::etcd_access::EtcdAgentAccess;
 use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
 use fleet_providers::fake::{FakeConfig, FakeProvider};
 use fleet_providers::{Provider, Secret};
@@ -67,13 +69,43 @@ struct Args {
     /// model load, service time).
     #[arg(long, default_value_t = 1.0, hide = true)]
     fake_speed: f64,
+    /// How nodes get fleet's agent: `instance` (the machine image runs it; ready when the instance
+    /// runs) or `ssh` (fleetd installs fleet-agent over SSH and waits for it to report healthy;
+    /// needs --etcd, which the agents report to).
+    #[arg(long, default_value = "instance", value_parser = ["instance", "ssh"])]
+    bootstrap: String,
+    /// SSH user on the nodes (with --bootstrap ssh).
+    #[arg(long, default_value = "ubuntu")]
+    ssh_user: String,
+    /// The fleet's SSH private key (OpenSSH format), whose public half the nodes accept.
+    #[arg(long)]
+    ssh_key: Option<PathBuf>,
+    /// The fleet-agent binary to install (default: fleet-agent beside this fleetd).
+    #[arg(long)]
+    agent_binary: Option<PathBuf>,
+    /// Where the agent goes on each node.
+    #[arg(long, default_value = "/opt/fleet")]
+    agent_dir: String,
+    /// etcd endpoints as the nodes reach them (default: --etcd).
+    #[arg(long, value_delimiter = ',')]
+    agent_endpoints: Vec<String>,
+    /// A model for an app's runners, APP=FILE (safetensors), uploaded to every node; repeatable.
+    #[arg(long = "model", value_name = "APP=FILE")]
+    models: Vec<String>,
+    /// More agent configuration (TOML: [burn_in], [interruption]) appended to each node's config.
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+    /// Nodes bootstrapped at once.
+    #[arg(long, default_value_t = 16)]
+    bootstrap_concurrency: usize,
 }
 
-async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
+/// The store, and the etcd client itself when there is one (agent users are made with it).
+async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<EtcdStore>)> {
     if args.etcd.is_empty() {
         let s = EmbeddedStore::open(&args.data_dir)?;
         tracing::info!(dir = %args.data_dir.display(), "embedded store");
-        return Ok(Arc::new(s));
+        return Ok((Arc::new(s), None));
     }
     let auth = match &args.etcd_user {
         Some(user) => {
@@ -85,7 +117,55 @@ async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
     };
     let s = EtcdStore::connect(&args.etcd, auth, Duration::from_secs(5)).await?;
     tracing::info!(endpoints = %args.etcd.join(","), "etcd store");
-    Ok(Arc::new(s))
+    Ok((Arc::new(s.clone()), Some(s)))
+}
+
+/// `--bootstrap ssh`: the SSH bootstrap, with per-node etcd users when etcd has authentication.
+fn ssh_bootstrap(
+    args: &Args,
+    store: Arc<dyn Store>,
+    access: Option<Arc<dyn AgentAccess>>,
+) -> anyhow::Result<Arc<dyn Bootstrap>> {
+    if args.etcd.is_empty() {
+        bail!("--bootstrap ssh needs --etcd: the agents on the nodes report to etcd (the embedded store is local)");
+    }
+    let key_path = args.ssh_key.as_ref().context("--bootstrap ssh needs --ssh-key (the fleet's private key)")?;
+    let key = std::fs::read_to_string(key_path).with_context(|| format!("--ssh-key {}", key_path.display()))?;
+    let agent_binary = match &args.agent_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("fleet-agent"),
+    };
+    if !agent_binary.is_file() {
+        bail!("no fleet-agent binary at {} (build it, or point --agent-binary at it)", agent_binary.display());
+    }
+    let mut models = BTreeMap::new();
+    for m in &args.models {
+        let (app, path) = m
+            .split_once('=')
+            .with_context(|| format!("--model {m}: write APP=FILE (e.g. --model llm=/models/llm.safetensors)"))?;
+        models.insert(app.to_string(), PathBuf::from(path));
+    }
+    let extra = match &args.agent_config {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("--agent-config {}", p.display()))?,
+        None => String::new(),
+    };
+    let endpoints = if args.agent_endpoints.is_empty() { args.etcd.clone() } else { args.agent_endpoints.clone() };
+    let cfg = SshBootstrapConfig {
+        fleet: args.fleet.clone(),
+        user: args.ssh_user.clone(),
+        key: Secret::new(key),
+        agent_binary,
+        remote_dir: args.agent_dir.clone(),
+        endpoints,
+        lease_ttl: "10s".into(),
+        models,
+        extra_agent_config: extra,
+        connect_timeout: Duration::from_secs(10),
+        max_concurrent: args.bootstrap_concurrency,
+        resolve: None,
+        credentials: access,
+    };
+    Ok(Arc::new(SshBootstrap::new(cfg, store)?))
 }
 
 async fn providers(args: &Args, clock: Clock) -> anyhow::Result<BTreeMap<Cloud, Arc<dyn Provider>>> {
@@ -142,7 +222,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!(listen = %args.listen, "listening on a non-loopback address without authentication");
     }
     let clock = Clock::System;
-    let store = open_store(&args).await?;
+    let (store, etcd) = open_store(&args).await?;
+    // Agents get users of their own where etcd has authentication (fleetd's user needs root).
+    let access: Option<Arc<dyn AgentAccess>> = match (&etcd, &args.etcd_user) {
+        (Some(e), Some(_)) => Some(Arc::new(EtcdAgentAccess::new(e, &args.fleet))),
+        _ => None,
+    };
+    let bootstrap: Arc<dyn Bootstrap> = match args.bootstrap.as_str() {
+        "ssh" => ssh_bootstrap(&args, store.clone(), access.clone())?,
+        _ => Arc::new(InstanceRunning),
+    };
     let providers = providers(&args, clock).await?;
     if providers.is_empty() {
         tracing::warn!(
@@ -152,7 +241,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys = Keys::new(&args.fleet);
     let config =
         Config { reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)), ..Config::default() };
-    let ctx = Arc::new(Ctx::new(&args.fleet, store.clone(), providers, Arc::new(InstanceRunning), config, clock));
+    let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);
+    ctx.access = access;
+    let ctx = Arc::new(ctx);
     // Simulated clouds have no real agent on their machines: simulate those too.
     let _agents = (!args.fake_clouds.is_empty()).then(|| {
         let d = SimAgentConfig::default();
