@@ -91,7 +91,7 @@ struct Fleet {
     store: Arc<dyn Store>,
     keys: Keys,
     ctx: Arc<Ctx>,
-    _etcd: EtcdServer,
+    etcd: EtcdServer,
     dir: tempfile::TempDir,
 }
 
@@ -118,7 +118,7 @@ async fn fleet(runners: u32) -> Fleet {
     );
     apply_spec(&*store, &keys, "t", &spec, chrono::Utc::now()).await.unwrap();
     let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-    Fleet { store, keys, ctx, _etcd: etcd, dir: tempfile::tempdir().unwrap() }
+    Fleet { store, keys, ctx, etcd: etcd, dir: tempfile::tempdir().unwrap() }
 }
 
 async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
@@ -164,7 +164,7 @@ async fn agent_registers_serves_with_candle_and_its_death_is_seen_within_ttl() {
     write_mlp(&model, &[8, 32, 2], 3).unwrap();
     let node =
         wait("a ready node", Duration::from_secs(20), || async { ready_nodes(&f).await.first().map(|n| n.id) }).await;
-    let mut a = AgentProc::start(f.dir.path(), &f._etcd.client_url, node, &model);
+    let mut a = AgentProc::start(f.dir.path(), &f.etcd.client_url, node, &model);
     let rec = wait("agent registered", Duration::from_secs(30), || async { agent(&f, node).await }).await;
     assert!(rec.health.ok, "agent unhealthy: {:?}\n{}", rec.health, a.log());
     let burn = rec.health.burn_in.clone().expect("burn-in figures");
@@ -229,7 +229,7 @@ async fn a_request_whose_agent_dies_mid_way_is_served_once_elsewhere() {
         (n.len() == 2).then(|| (n[0].id, n[1].id))
     })
     .await;
-    let mut a = AgentProc::start(f.dir.path(), &f._etcd.client_url, nodes.0, &model);
+    let mut a = AgentProc::start(f.dir.path(), &f.etcd.client_url, nodes.0, &model);
     let runner_on = |node: u64| {
         let f = &f;
         async move {
@@ -254,7 +254,7 @@ async fn a_request_whose_agent_dies_mid_way_is_served_once_elsewhere() {
     );
 
     // B comes up; A's lease expires, the orchestrator re-queues the request, B serves it.
-    let _b = AgentProc::start(f.dir.path(), &f._etcd.client_url, nodes.1, &model);
+    let _b = AgentProc::start(f.dir.path(), &f.etcd.client_url, nodes.1, &model);
     let rb = wait("runner idle on B", Duration::from_secs(30), || runner_on(nodes.1)).await;
     let t = Instant::now();
     let done = loop {
@@ -315,7 +315,7 @@ async fn an_interruption_notice_reaches_the_store_within_one_poll() {
     let imds = fake_imds(notice.clone()).await;
     let poll = Duration::from_millis(500);
     let extra = format!("[interruption]\nsource = \"aws\"\nendpoint = \"{imds}\"\npoll = \"500ms\"\n");
-    let a = AgentProc::start_with(f.dir.path(), &f._etcd.client_url, node, &model, &extra);
+    let a = AgentProc::start_with(f.dir.path(), &f.etcd.client_url, node, &model, &extra);
     wait("agent registered", Duration::from_secs(30), || async { agent(&f, node).await }).await;
     // A few polls with nothing to say.
     tokio::time::sleep(poll * 3).await;
@@ -354,7 +354,7 @@ async fn a_result_too_large_for_the_store_fails_the_request_with_the_reason() {
     write_mlp(&model, &[1, 64], 9).unwrap();
     let node =
         wait("a ready node", Duration::from_secs(20), || async { ready_nodes(&f).await.first().map(|n| n.id) }).await;
-    let a = AgentProc::start(f.dir.path(), &f._etcd.client_url, node, &model);
+    let a = AgentProc::start(f.dir.path(), &f.etcd.client_url, node, &model);
     let x: Vec<Vec<f32>> = (0..20_000).map(|i| vec![i as f32]).collect();
     let id = queue::submit(&*f.store, &f.keys, "mlp", serde_json::json!({ "x": x }), chrono::Utc::now()).await.unwrap();
     let why = wait("request failed", Duration::from_secs(30), || async {
@@ -371,4 +371,44 @@ async fn a_result_too_large_for_the_store_fails_the_request_with_the_reason() {
         runners(&f).await.iter().any(|r| matches!(r.state, RunnerState::Idle { .. })).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_survives_losing_etcd_and_registers_again() {
+    let mut f = fleet(1).await;
+    let model = f.dir.path().join("mlp.safetensors");
+    write_mlp(&model, &[8, 32, 2], 3).unwrap();
+    let node =
+        wait("a ready node", Duration::from_secs(20), || async { ready_nodes(&f).await.first().map(|n| n.id) }).await;
+    let mut a = AgentProc::start(f.dir.path(), &f.etcd.client_url, node, &model);
+    wait("agent registered", Duration::from_secs(30), || async { agent(&f, node).await }).await;
+    wait("runner idle", Duration::from_secs(20), || async {
+        runners(&f).await.iter().any(|r| matches!(r.state, RunnerState::Idle { .. })).then_some(())
+    })
+    .await;
+
+    // etcd away for more than twice the agent's lease TTL.
+    f.etcd.stop();
+    tokio::time::sleep(Duration::from_secs(2 * TTL_S + 1)).await;
+    assert!(a.child.try_wait().unwrap().is_none(), "the agent died without its store:\n{}", a.log());
+    f.etcd.restart();
+
+    // It is registered again and serves.
+    let rec = wait("registered again", Duration::from_secs(20), || async { agent(&f, node).await }).await;
+    assert!(rec.health.ok);
+    let id = queue::submit(
+        &*f.store,
+        &f.keys,
+        "mlp",
+        serde_json::json!({"x": [0, 1, 2, 3, 4, 5, 6, 7]}),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    wait("served after the outage", Duration::from_secs(30), || async {
+        matches!(queue::get(&*f.store, &f.keys, "mlp", id).await.unwrap().state, RequestState::Done { .. })
+            .then_some(())
+    })
+    .await;
+    assert!(a.child.try_wait().unwrap().is_none(), "{}", a.log());
 }

@@ -9,12 +9,30 @@ use std::time::{Duration, Instant};
 pub struct EtcdServer {
     child: Child,
     pub client_url: String,
+    peer_url: String,
+    bin: String,
     _dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn spawn(bin: &str, dir: &std::path::Path, client_url: &str, peer_url: &str, log: &std::path::Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("etcd log file");
+    Command::new(bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start `{bin}` ({e}): install Debian's etcd-server (scripts/test does) or set FLEET_ETCD_BIN")
+        })
 }
 
 impl EtcdServer {
@@ -27,24 +45,23 @@ impl EtcdServer {
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = dir.path().join("etcd.log");
-        let out = std::fs::File::create(&log).expect("etcd log file");
-        let child = Command::new(&bin)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `{bin}` ({e}): install Debian's etcd-server (scripts/test does) or set FLEET_ETCD_BIN"
-                )
-            });
-        let mut server = EtcdServer { child, client_url, _dir: dir, log };
+        let child = spawn(&bin, dir.path(), &client_url, &peer_url, &log);
+        let mut server = EtcdServer { child, client_url, peer_url, bin, _dir: dir, log };
         server.wait_healthy(Duration::from_secs(30));
         server
+    }
+
+    /// Kills etcd (as a crash would); [`EtcdServer::restart`] brings it back with its data.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data dir, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.bin, self._dir.path(), &self.client_url, &self.peer_url, &self.log);
+        self.wait_healthy(Duration::from_secs(30));
     }
 
     fn wait_healthy(&mut self, limit: Duration) {
