@@ -118,7 +118,7 @@ async fn fleet(runners: u32) -> Fleet {
     );
     apply_spec(&*store, &keys, "t", &spec, chrono::Utc::now()).await.unwrap();
     let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-    Fleet { store, keys, ctx, etcd: etcd, dir: tempfile::tempdir().unwrap() }
+    Fleet { store, keys, ctx, etcd, dir: tempfile::tempdir().unwrap() }
 }
 
 async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
