@@ -26,6 +26,10 @@ use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
 use ractor::Actor;
 
+// The allocator fleetd runs with (see main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const APPS: usize = 10;
 const RUNNERS_PER_NODE: u64 = 8;
 
@@ -71,7 +75,8 @@ fn main() {
         // FLEET_BENCH_STORE=etcd: a real etcd in its own process (the daemon then holds only its
         // own state, as in production); default: the embedded store, inside this process.
         let _etcd;
-        let store: Arc<dyn Store> = if std::env::var("FLEET_BENCH_STORE").as_deref() == Ok("etcd") {
+        let store_is_etcd = std::env::var("FLEET_BENCH_STORE").as_deref() == Ok("etcd");
+        let store: Arc<dyn Store> = if store_is_etcd {
             let server = fleet_orchestrator::testing::etcd::EtcdServer::start();
             let s = fleet_orchestrator::store::etcd::EtcdStore::connect(
                 std::slice::from_ref(&server.client_url),
@@ -143,6 +148,15 @@ fn main() {
         println!("setup: {nodes} nodes, {runners} runners written in {:?}", t.elapsed());
         let min = per_app * RUNNERS_PER_NODE;
         apply_spec(&*store, &keys, "bench", &spec(min), now).await.unwrap();
+        // The daemon starts on that state as it would after a restart: the embedded store is
+        // opened again from its file (the setup's own buffers are gone).
+        drop(ops);
+        let store: Arc<dyn Store> = if store_is_etcd {
+            store
+        } else {
+            drop(store);
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap())
+        };
 
         let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
         providers.insert(Cloud::Lambda, fake.clone());

@@ -24,6 +24,12 @@ use fleet_providers::fake::{FakeConfig, FakeProvider};
 use fleet_providers::{Provider, Secret};
 use ractor::Actor;
 
+// mimalloc: glibc's per-thread arenas left fleetd's RSS ~80 MB (35 %) above what it uses at
+// 12,500 nodes / 100,000 runners (measured with MALLOC_ARENA_MAX=1); mimalloc returns freed
+// memory to the system.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fleetd",

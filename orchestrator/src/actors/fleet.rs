@@ -456,6 +456,14 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
                     }
                     continue;
                 }
+                if settled && !st.synced.contains_key(&n.id) {
+                    // First seen settled (the daemon just started): one list call per cloud
+                    // confirms its instance instead of an actor per node (12,500 actors at once
+                    // at scale); a missing instance brings its actor.
+                    audit.entry(cloud).or_default().push((**n).clone());
+                    st.synced.insert(n.id, print);
+                    continue;
+                }
                 let rs: Vec<Arc<RunnerRecord>> = rs.iter().map(|r| Arc::clone(r)).collect();
                 if let Some(actor) = st.clouds.get(&cloud)
                     && actor.send_message(CloudMsg::SyncNode { node: (**n).clone(), runners: rs }).is_ok()
