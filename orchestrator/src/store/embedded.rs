@@ -105,8 +105,9 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("fleet.redb");
-        // Every key is also in memory, so redb's own cache can stay small.
-        let db = Database::builder().set_cache_size(32 << 20).create(&path).map_err(|e| match e {
+        // Every key is also in memory (reads never touch redb), so its cache only has to hold what one
+        // commit writes: 16 MiB (4 MiB slowed large commits; 32 MiB cost ~25 MB more RSS at 100,000 records).
+        let db = Database::builder().set_cache_size(16 << 20).create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Io(format!(
                 "{} is in use by another fleetd: stop it, or give this one another --data-dir",
                 path.display()
