@@ -88,6 +88,8 @@ pub struct Metrics {
     pub reconcile_count: Counter,
     /// Ready nodes whose agent is missing, unhealthy or interrupted, by reason.
     pub nodes_unhealthy: Family<KindLabel, Gauge>,
+    /// Instances of the fleet with no node record, terminated, by cloud (`kind` = the cloud).
+    pub orphans_terminated: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -121,6 +123,7 @@ impl Metrics {
             nodes_requested: Counter::default(),
             reconcile_count: Counter::default(),
             nodes_unhealthy: Family::default(),
+            orphans_terminated: Family::default(),
         };
         r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
         r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
@@ -140,6 +143,11 @@ impl Metrics {
             "nodes_unhealthy",
             "Ready nodes not fit to serve, by reason (no_agent, reported, interrupted)",
             m.nodes_unhealthy.clone(),
+        );
+        r.register(
+            "orphans_terminated",
+            "Instances of the fleet that no node record held, terminated, by cloud",
+            m.orphans_terminated.clone(),
         );
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register("reconcile_seconds", "Time one reconcile pass takes", m.reconcile_seconds.clone());

@@ -10,6 +10,7 @@ use fleet_orchestrator::model::RequestState;
 use fleet_orchestrator::queue;
 use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
 use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
+use fleet_providers::Provider;
 use fleet_providers::fake::Call;
 
 const SPEC: &str = r#"
@@ -322,4 +323,35 @@ async fn an_instance_the_cloud_deletes_is_noticed_and_replaced() {
         .await;
     assert!(replaced, "{:#?}", h.nodes().await);
     assert_eq!(h.live_instances(), 1);
+}
+
+/// An instance of the fleet that no node record holds (its record lost, or a launch that went
+/// through after its node was given up) is terminated after the grace period; the fleet's own
+/// instances are not touched, and a young orphan is left alone until it is old enough.
+#[tokio::test(start_paused = true)]
+async fn orphan_instances_are_terminated_after_the_grace_period() {
+    let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let config = Config { orphan_grace: Duration::from_secs(300), ..Config::default() };
+    let h =
+        Harness::start(vec![CloudSetup::new(Cloud::Lambda, vec![o.clone()])], config, SimAgentConfig::default(), None)
+            .await;
+    h.apply("[fleet]\nname = \"test\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.scaling]\nmin_concurrency = 1\nkeep_alive = \"1h\"\n")
+        .await;
+    assert!(h.run_until(Duration::from_secs(120), || async { h.live_instances() == 1 }).await);
+    let fake = &h.fakes[&Cloud::Lambda];
+    let own = fake.live_instances()[0].id.clone();
+    // Tagged with the fleet, for a node no record names.
+    let req = fleet_providers::LaunchRequest::new("test", "999", "llm", o.key());
+    let orphan = fake.launch(&req).await.unwrap().id;
+    h.run_for(Duration::from_secs(200)).await;
+    let live: Vec<String> = fake.live_instances().iter().map(|i| i.id.clone()).collect();
+    assert!(live.contains(&orphan), "terminated before its grace period");
+    assert!(
+        h.run_until(Duration::from_secs(300), || async { !fake.live_instances().iter().any(|i| i.id == orphan) }).await,
+        "orphan not collected"
+    );
+    let live: Vec<String> = fake.live_instances().iter().map(|i| i.id.clone()).collect();
+    assert_eq!(live, vec![own], "the fleet's own instance stays");
+    let label = fleet_orchestrator::metrics::KindLabel::new("lambda");
+    assert_eq!(h.ctx.metrics.orphans_terminated.get_or_create(&label).get(), 1);
 }

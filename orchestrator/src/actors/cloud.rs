@@ -1,7 +1,7 @@
 //! One cloud account: routes launch orders and node syncs to the region actor of each node's
 //! offering, creating region actors as regions come into use and restarting them when they fail.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use fleet_core::Cloud;
@@ -24,6 +24,9 @@ pub enum CloudMsg {
     /// Ready nodes of this cloud that have no actor: one `list` call checks them all; a node
     /// whose instance is missing gets its actor back, which asks the cloud about it.
     Audit(Vec<NodeRecord>),
+    /// Orphan collection: instances of this fleet whose node is not one of `known` (node ids of
+    /// records that may hold an instance) are terminated once seen so for `grace`.
+    Collect { known: Arc<HashSet<String>>, grace: std::time::Duration },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -39,6 +42,9 @@ pub struct CloudState {
     args: CloudArgs,
     regions: BTreeMap<String, ActorRef<RegionMsg>>,
     restarts: HashMap<String, RestartBudget>,
+    /// Instances with no node record, and since when this daemon has seen them so (shared with
+    /// the collection task).
+    orphans: Arc<std::sync::Mutex<HashMap<String, tokio::time::Instant>>>,
 }
 
 impl CloudState {
@@ -62,6 +68,54 @@ impl CloudState {
     }
 }
 
+/// One orphan collection: lists the fleet's instances, and terminates those whose node has no
+/// record that may hold an instance, once seen so for `grace` (a launch whose record this
+/// daemon has not read yet is never that old). Records are written before every launch, so an
+/// orphan is an instance whose record is gone, or a node the cloud kept after it was deemed
+/// terminated.
+async fn collect(
+    provider: &dyn Provider,
+    cloud: Cloud,
+    ctx: &Ctx,
+    known: &HashSet<String>,
+    grace: std::time::Duration,
+    orphans: &std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
+) {
+    let live = match provider.list().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%cloud, error = %e, "orphan collection: cannot list instances");
+            return;
+        }
+    };
+    let now = tokio::time::Instant::now();
+    let mut due = Vec::new();
+    {
+        let mut seen = orphans.lock().expect("orphans lock");
+        let unknown: HashSet<&str> =
+            live.iter().filter(|i| i.node_id().is_none_or(|n| !known.contains(n))).map(|i| i.id.as_str()).collect();
+        seen.retain(|id, _| unknown.contains(id.as_str()));
+        for id in unknown {
+            let since = *seen.entry(id.to_string()).or_insert(now);
+            if now.duration_since(since) >= grace {
+                due.push(id.to_string());
+            }
+        }
+    }
+    for id in due {
+        match provider.terminate(&id).await {
+            Ok(()) => {
+                tracing::warn!(%cloud, instance = %id, "orphan instance terminated (no node record holds it)");
+                ctx.metrics.orphans_terminated.get_or_create(&crate::metrics::KindLabel::new(&cloud.to_string())).inc();
+                orphans.lock().expect("orphans lock").remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(%cloud, instance = %id, error = %e, "orphan not terminated; next collection retries")
+            }
+        }
+    }
+}
+
 #[ractor::async_trait]
 impl Actor for CloudActor {
     type Msg = CloudMsg;
@@ -70,7 +124,7 @@ impl Actor for CloudActor {
 
     async fn pre_start(&self, _myself: ActorRef<CloudMsg>, args: CloudArgs) -> Result<CloudState, ActorProcessingErr> {
         tracing::info!(cloud = %args.cloud, provider = %args.provider.name(), "cloud actor started");
-        Ok(CloudState { args, regions: BTreeMap::new(), restarts: HashMap::new() })
+        Ok(CloudState { args, regions: BTreeMap::new(), restarts: HashMap::new(), orphans: Default::default() })
     }
 
     async fn handle(
@@ -100,6 +154,11 @@ impl Actor for CloudActor {
                         }
                     }
                 });
+            }
+            CloudMsg::Collect { known, grace } => {
+                let (provider, orphans, ctx, cloud) =
+                    (st.args.provider.clone(), st.orphans.clone(), st.args.ctx.clone(), st.args.cloud);
+                tokio::spawn(async move { collect(&*provider, cloud, &ctx, &known, grace, &orphans).await });
             }
             CloudMsg::Crash(why) => panic!("cloud actor {} asked to crash: {why}", st.args.cloud),
         }

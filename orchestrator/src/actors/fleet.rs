@@ -478,6 +478,24 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             let _ = actor.send_message(CloudMsg::Audit(nodes));
         }
     }
+    // Orphan collection: every instance of the fleet must belong to a record that may hold one
+    // (the view is fresh here: a stale one returned above).
+    if st.passes.is_multiple_of(FULL_SYNC_EVERY) {
+        let known: Arc<HashSet<String>> = Arc::new(
+            nodes
+                .iter()
+                // A failed launch that left no instance id holds none: an instance of its node
+                // (a launch that timed out but went through) is an orphan too.
+                .filter(|n| {
+                    !matches!(n.state, NodeState::Terminated { .. } | NodeState::Failed { instance_id: None, .. })
+                })
+                .map(|n| n.id.to_string())
+                .collect(),
+        );
+        for actor in st.clouds.values() {
+            let _ = actor.send_message(CloudMsg::Collect { known: known.clone(), grace: ctx.config.orphan_grace });
+        }
+    }
     phases.mark("sync");
     st.passes += 1;
     let live: HashSet<NodeId> = nodes.iter().filter(|n| n.is_live()).map(|n| n.id).collect();

@@ -57,6 +57,8 @@ pub struct Config {
     pub runner_stop_timeout: Duration,
     /// A ready node's agent has this long to register before the node counts as unhealthy.
     pub agent_grace: Duration,
+    /// An instance of the fleet that no node record holds is terminated once seen so this long.
+    pub orphan_grace: Duration,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             runner_start_timeout: Duration::from_secs(900),
             runner_stop_timeout: Duration::from_secs(120),
             agent_grace: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(600),
         }
     }
 }
