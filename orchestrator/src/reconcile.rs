@@ -209,3 +209,29 @@ pub fn unhealthy_nodes<N: Borrow<NodeRecord>, A: Borrow<AgentRecord>>(
     }
     out
 }
+
+/// Which unhealthy ready nodes to drain now (their replacements follow from the plan, which no
+/// longer counts a draining node): an announced interruption at once; a lost or failing agent
+/// once it has been so for `after`, and only when the daemon itself has seen the store without
+/// a break for `after` (`view_since`): after a store outage agents get time to register again,
+/// so missing heartbeats the daemon could not see never terminate anything.
+pub fn drains(
+    unhealthy: &BTreeMap<NodeId, Unhealthy>,
+    unhealthy_since: &HashMap<NodeId, Time>,
+    view_since: Time,
+    now: Time,
+    after: std::time::Duration,
+) -> Vec<(NodeId, crate::lifecycle::node::DrainReason)> {
+    use crate::lifecycle::node::DrainReason;
+    let long = |t: Time| (now - t).to_std().unwrap_or_default() >= after;
+    unhealthy
+        .iter()
+        .filter_map(|(id, why)| match why {
+            Unhealthy::Interrupted { .. } => Some((*id, DrainReason::SpotInterruption)),
+            Unhealthy::NoAgent | Unhealthy::Reported(_) => {
+                let since = unhealthy_since.get(id).copied().unwrap_or(now);
+                (long(since) && long(view_since)).then_some((*id, DrainReason::AgentLost))
+            }
+        })
+        .collect()
+}

@@ -355,3 +355,53 @@ async fn orphan_instances_are_terminated_after_the_grace_period() {
     let label = fleet_orchestrator::metrics::KindLabel::new("lambda");
     assert_eq!(h.ctx.metrics.orphans_terminated.get_or_create(&label).get(), 1);
 }
+
+/// A node whose agent dies is drained once the agent has been gone for `agent_lost_after`: a
+/// replacement is launched before the old instance is terminated, its request is served once
+/// elsewhere, and the fleet ends with the same capacity on a new node.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_agent_is_lost_is_replaced_then_terminated() {
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let agents = SimAgentConfig { service_time: Duration::from_secs(20), ..SimAgentConfig::default() };
+    let cfg = Config { agent_lost_after: Duration::from_secs(20), ..config() };
+    let h = Harness::start(three_clouds(), cfg, agents, None).await;
+    h.apply(&spec).await;
+    let idle = || async {
+        h.runners()
+            .await
+            .iter()
+            .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+    };
+    assert!(h.run_until(Duration::from_secs(120), idle).await, "a runner up");
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let ids = h.submit("llm", 1).await;
+    h.run_for(Duration::from_secs(2)).await;
+    h.agents.kill(old.id);
+    let replaced = h
+        .run_until(Duration::from_secs(600), || async {
+            let nodes = h.nodes().await;
+            let old_gone = nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodeState::Terminated { .. }));
+            let new_ready = nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }));
+            old_gone && new_ready && results(&h, "llm").await.len() == 1
+        })
+        .await;
+    assert!(replaced, "nodes: {:?}", h.nodes().await.iter().map(|n| (n.id, n.state.name())).collect::<Vec<_>>());
+    // The replacement was launched before the old instance was terminated.
+    let calls: Vec<(Duration, Call)> = h.fakes.values().flat_map(|f| f.timed_calls()).collect();
+    let old_instance = old.state.instance_id().unwrap().to_string();
+    let terminated_at = calls
+        .iter()
+        .filter(|(_, c)| matches!(c, Call::Terminate { id } if *id == old_instance))
+        .map(|(t, _)| *t)
+        .min()
+        .expect("the old instance terminated");
+    let mut launched: Vec<Duration> =
+        calls.iter().filter(|(_, c)| matches!(c, Call::Launch { .. })).map(|(t, _)| *t).collect();
+    launched.sort();
+    assert!(launched.len() >= 2 && launched[1] < terminated_at, "replacement launched first: {calls:?}");
+    // Served once, elsewhere; one instance left.
+    let done = results(&h, "llm").await;
+    assert_eq!(done[0].id, ids[0]);
+    assert_eq!(h.agents.completed().len(), 1, "served exactly once");
+    assert_eq!(h.live_instances(), 1);
+}

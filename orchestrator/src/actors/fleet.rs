@@ -23,7 +23,7 @@ use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, Time, transition
 use crate::lifecycle::runner::{self, NodeId, RunnerEvent, RunnerState};
 use crate::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
 use crate::queue;
-use crate::reconcile::{Unhealthy, fleet_state, offering_ids, unhealthy_nodes};
+use crate::reconcile::{Unhealthy, drains, fleet_state, offering_ids, unhealthy_nodes};
 use crate::store::{Op, StoreError, to_json};
 
 pub struct FleetActor;
@@ -83,6 +83,10 @@ pub struct FleetState {
     unhealthy: BTreeMap<NodeId, Unhealthy>,
     /// Nodes whose agent has registered (a later absence means its lease expired).
     agent_seen: HashSet<NodeId>,
+    /// Since when each unhealthy node has been so.
+    unhealthy_since: HashMap<NodeId, Time>,
+    /// Since when this daemon has seen the store without a break (None while it cannot).
+    view_since: Option<Time>,
 }
 
 /// Settled ready nodes are audited (one `list` per cloud) this often, in passes.
@@ -172,6 +176,8 @@ impl Actor for FleetActor {
             synced: HashMap::new(),
             unhealthy: BTreeMap::new(),
             agent_seen: HashSet::new(),
+            unhealthy_since: HashMap::new(),
+            view_since: None,
         })
     }
 
@@ -405,8 +411,10 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
 
     if !st.informer.is_fresh() {
         // No decision on a stale view: a missed change could mean a double launch.
+        st.view_since = None;
         return Err(StoreError::Unavailable("the node and runner cache is being re-listed".into()));
     }
+    let view_since = *st.view_since.get_or_insert(now);
     let mut phases = Phases::new();
     let nodes = st.informer.nodes();
     let runners = st.informer.runners();
@@ -428,6 +436,23 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
         st.agent_seen.retain(|id| live.contains(id));
     }
     note_health(st, unhealthy_nodes(&nodes, &agents, &st.agent_seen, now, ctx.config.agent_grace));
+    st.unhealthy_since.retain(|id, _| st.unhealthy.contains_key(id));
+    for id in st.unhealthy.keys() {
+        st.unhealthy_since.entry(*id).or_insert(now);
+    }
+    for (id, reason) in drains(&st.unhealthy, &st.unhealthy_since, view_since, now, ctx.config.agent_lost_after) {
+        let updated = update_at(&*ctx.store, &keys.node(id), |cur: &NodeRecord| {
+            let state = transition(&cur.state, NodeEvent::Drain { reason: reason.clone() }, now).ok()?;
+            (state != cur.state).then(|| NodeRecord { state, ..cur.clone() })
+        })
+        .await?;
+        if let Some((r, rev)) = updated
+            && matches!(r.state, NodeState::Draining { .. })
+        {
+            tracing::warn!(node = id, ?reason, "node drained: a replacement is planned, then it is terminated");
+            st.informer.put_node(r, rev);
+        }
+    }
     phases.mark("metrics");
 
     // Carry existing nodes forward: launches not in flight, node actors that should exist.

@@ -59,6 +59,9 @@ pub struct Config {
     pub agent_grace: Duration,
     /// An instance of the fleet that no node record holds is terminated once seen so this long.
     pub orphan_grace: Duration,
+    /// A ready node without a live, healthy agent this long (while the daemon sees the store) is
+    /// drained and replaced.
+    pub agent_lost_after: Duration,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             runner_stop_timeout: Duration::from_secs(120),
             agent_grace: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(600),
+            agent_lost_after: Duration::from_secs(30),
         }
     }
 }

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::Ctx;
 use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
-use crate::lifecycle::node::{NodeEvent, NodeState, transition};
+use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, transition};
 use crate::lifecycle::runner::{NodeId, RunnerState};
 use crate::model::RunnerId;
 use crate::model::{NodeRecord, RunnerRecord, update};
@@ -199,9 +199,14 @@ impl Actor for NodeActor {
                     && runners.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
                 let node_ready = matches!(node.state, NodeState::Ready { .. });
                 let node_draining = matches!(node.state, NodeState::Draining { .. });
+                // A node drained because its agent is lost cannot stop its runners: they are lost
+                // (their requests go back to the queue), not waited for.
                 let node_gone = matches!(
                     node.state,
-                    NodeState::Terminating { .. } | NodeState::Terminated { .. } | NodeState::Failed { .. }
+                    NodeState::Terminating { .. }
+                        | NodeState::Terminated { .. }
+                        | NodeState::Failed { .. }
+                        | NodeState::Draining { reason: DrainReason::AgentLost, .. }
                 );
                 for r in runners {
                     // A serving runner needs nothing from the orchestrator (its agent serves,

@@ -153,3 +153,25 @@ fn unhealthy_nodes_from_agent_records() {
         Unhealthy::NoAgent
     );
 }
+
+#[test]
+fn unhealthy_nodes_are_drained_after_a_while_and_never_right_after_a_store_outage() {
+    use crate::lifecycle::node::DrainReason;
+    let now = t("2026-11-25T12:00:00Z");
+    let after = std::time::Duration::from_secs(30);
+    let u = BTreeMap::from([
+        (1, Unhealthy::NoAgent),
+        (2, Unhealthy::NoAgent),
+        (3, Unhealthy::Interrupted { kind: "terminate".into(), not_before: None }),
+        (4, Unhealthy::Reported("ECC errors".into())),
+    ]);
+    let since =
+        HashMap::from([(1, t("2026-11-25T11:59:00Z")), (2, t("2026-11-25T11:59:50Z")), (4, t("2026-11-25T11:50:00Z"))]);
+    // The store seen without a break for an hour: 1 and 4 have been unhealthy long enough, 2 not yet;
+    // 3 goes at once.
+    let d = drains(&u, &since, t("2026-11-25T11:00:00Z"), now, after);
+    assert_eq!(d, vec![(1, DrainReason::AgentLost), (3, DrainReason::SpotInterruption), (4, DrainReason::AgentLost)]);
+    // The store came back 10 s ago: no node is drained for a missing agent yet (only the notice counts).
+    let d = drains(&u, &since, t("2026-11-25T11:59:50Z"), now, after);
+    assert_eq!(d, vec![(3, DrainReason::SpotInterruption)]);
+}
