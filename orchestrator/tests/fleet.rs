@@ -405,3 +405,56 @@ async fn a_node_whose_agent_is_lost_is_replaced_then_terminated() {
     assert_eq!(h.agents.completed().len(), 1, "served exactly once");
     assert_eq!(h.live_instances(), 1);
 }
+
+/// A spot interruption notice from the node's agent drains the node at once: the replacement
+/// comes up, the request being served finishes, and the node is terminated.
+#[tokio::test(start_paused = true)]
+async fn an_interruption_notice_drains_and_replaces_the_node() {
+    use fleet_orchestrator::model::{AgentRecord, InterruptionNotice};
+    use fleet_orchestrator::store::{get_json, to_json};
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let agents = SimAgentConfig { service_time: Duration::from_secs(20), ..SimAgentConfig::default() };
+    let h = Harness::start(three_clouds(), config(), agents, None).await;
+    h.apply(&spec).await;
+    let idle = || async {
+        h.runners()
+            .await
+            .iter()
+            .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+    };
+    assert!(h.run_until(Duration::from_secs(120), idle).await, "a runner up");
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    h.submit("llm", 1).await;
+    h.run_for(Duration::from_secs(2)).await;
+    // The agent reports the cloud's notice (as fleet-agent does from the metadata endpoint).
+    let key = h.ctx.keys.agent(old.id);
+    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
+    rec.health.interruption = Some(InterruptionNotice {
+        source: "aws".into(),
+        kind: "terminate".into(),
+        not_before: None,
+        noticed_at: h.ctx.clock.now(),
+    });
+    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    h.run_for(Duration::from_secs(2)).await;
+    let drained = h.nodes().await.into_iter().find(|n| n.id == old.id).unwrap();
+    assert!(
+        matches!(
+            &drained.state,
+            NodeState::Draining { reason: fleet_orchestrator::lifecycle::node::DrainReason::SpotInterruption, .. }
+        ),
+        "{:?}",
+        drained.state
+    );
+    let replaced = h
+        .run_until(Duration::from_secs(600), || async {
+            let nodes = h.nodes().await;
+            nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodeState::Terminated { .. }))
+                && nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }))
+                && results(&h, "llm").await.len() == 1
+        })
+        .await;
+    assert!(replaced, "{:?}", h.nodes().await.iter().map(|n| (n.id, n.state.name())).collect::<Vec<_>>());
+    assert_eq!(h.agents.completed().len(), 1, "served exactly once");
+    assert_eq!(h.live_instances(), 1);
+}
