@@ -126,10 +126,39 @@ impl EtcdStore {
     }
 }
 
+/// A request that never reached a member (the member the client picked is down): safe to send
+/// again, and the client's balancer picks another member.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    let s = e.to_string();
+    s.contains("tcp connect error") || s.contains("Connection refused") || s.contains("error trying to connect")
+}
+
+impl EtcdStore {
+    /// Runs `f` on the client, again (up to twice per endpoint) while the request could not be
+    /// sent: one dead member of a cluster must not fail a third of the daemon's calls.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let tries = 2 * self.endpoints.len().max(1);
+        let mut i = 0;
+        loop {
+            match f(self.client.clone()).await {
+                Err(e) if not_sent(&e) && i + 1 < tries => {
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * i as u64)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        let resp = self.client.clone().get(key, None).await.map_err(map_err)?;
+        let resp = self.call(|mut c| async move { c.get(key, None).await }).await.map_err(map_err)?;
         resp.kvs().first().map(kv_of).transpose()
     }
 
@@ -137,7 +166,6 @@ impl Store for EtcdStore {
     /// snapshot): one response for 100,000 records would exceed gRPC's message size limit.
     async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
         let end = prefix_end(prefix);
-        let mut client = self.client.clone();
         let mut out = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut rev = 0;
@@ -146,7 +174,13 @@ impl Store for EtcdStore {
             if rev > 0 {
                 opts = opts.with_revision(rev);
             }
-            let resp = client.get(from.clone(), Some(opts)).await.map_err(map_err)?;
+            let resp = self
+                .call(|mut c| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.get(from, Some(opts)).await }
+                })
+                .await
+                .map_err(map_err)?;
             if rev == 0 {
                 rev = resp.header().map_or(0, |h| h.revision());
             }
@@ -165,15 +199,21 @@ impl Store for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = self.client.clone().put(key, value, opts).await.map_err(|e| match map_err(e) {
-            StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or(0)),
-            e => e,
-        })?;
+        let resp = self
+            .call(|mut c| {
+                let (value, opts) = (value.clone(), opts.clone());
+                async move { c.put(key, value, opts).await }
+            })
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or(0)),
+                e => e,
+            })?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let resp = self.client.clone().delete(key, None).await.map_err(map_err)?;
+        let resp = self.call(|mut c| async move { c.delete(key, None).await }).await.map_err(map_err)?;
         Ok(resp.deleted() > 0)
     }
 
@@ -191,8 +231,13 @@ impl Store for EtcdStore {
                 Op::Delete { key } => TxnOp::delete(key, None),
             })
             .collect();
-        let resp =
-            self.client.clone().txn(Txn::new().when(cmps).and_then(ops)).await.map_err(|e| match map_err(e) {
+        let resp = self
+            .call(|mut c| {
+                let txn = Txn::new().when(cmps.clone()).and_then(ops.clone());
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| match map_err(e) {
                 StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or(0)),
                 e => e,
             })?;
@@ -201,17 +246,17 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let resp = self.client.clone().lease_grant(secs, None).await.map_err(map_err)?;
+        let resp = self.call(|mut c| async move { c.lease_grant(secs, None).await }).await.map_err(map_err)?;
         Ok(resp.id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
-        let mut client = self.client.clone();
         let with_id = |e| match map_err(e) {
             StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
             e => e,
         };
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(with_id)?;
+        let (mut keeper, mut stream) =
+            self.call(|mut c| async move { c.lease_keep_alive(lease).await }).await.map_err(with_id)?;
         keeper.keep_alive().await.map_err(with_id)?;
         match stream.message().await.map_err(with_id)? {
             // etcd answers a keep-alive of an unknown lease with TTL 0.
@@ -222,7 +267,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> StoreResult<()> {
-        match self.client.clone().lease_revoke(lease).await.map_err(map_err) {
+        match self.call(|mut c| async move { c.lease_revoke(lease).await }).await.map_err(map_err) {
             Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -233,7 +278,13 @@ impl Store for EtcdStore {
         if from > 0 {
             opts = opts.with_start_revision(from);
         }
-        let mut stream = self.client.clone().watch(prefix, Some(opts)).await.map_err(map_err)?;
+        let mut stream = self
+            .call(|mut c| {
+                let opts = opts.clone();
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await
+            .map_err(map_err)?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
             loop {

@@ -105,3 +105,87 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+/// A cluster of real etcd members on loopback, each its own process with its own data dir.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    pub client_urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until each answers healthy (a leader is elected).
+    pub fn start(n: usize) -> EtcdCluster {
+        let bin = std::env::var("FLEET_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+        let cluster = cluster.join(",");
+        let mut members = Vec::new();
+        let mut client_urls = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let client = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).expect("log");
+            let child = Command::new(&bin)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "fleet-test",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start `{bin}` ({e}): install Debian's etcd-server (scripts/test does)")
+                });
+            members.push(Some(child));
+            client_urls.push(client);
+        }
+        let c = EtcdCluster { members, client_urls, _dir: dir };
+        for url in &c.client_urls {
+            let t = Instant::now();
+            while !healthy(url) {
+                assert!(t.elapsed() < Duration::from_secs(30), "etcd member {url} not healthy in 30 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c
+    }
+
+    /// Kills member `i` (as a crash would).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn healthy(client_url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(client_url.trim_start_matches("http://")) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
