@@ -12,6 +12,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod clock;
 pub mod informer;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

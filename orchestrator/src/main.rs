@@ -15,6 +15,7 @@ use fleet_orchestrator::actors::root::RootActor;
 use fleet_orchestrator::actors::{AgentAccess, Bootstrap, Config, Ctx, InstanceRunning};
 use fleet_orchestrator::bootstrap::{SshBootstrap, SshBootstrapConfig};
 use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::leader;
 use fleet_orchestrator::store::Store;
 use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
@@ -263,15 +264,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
         SimAgents::spawn(store.clone(), keys.clone(), clock, cfg)
     });
 
-    let (root, root_done) = Actor::spawn(None, RootActor, ctx.clone()).await.context("starting the actor tree")?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("cannot listen on {}: is another fleetd running? pick another --listen", args.listen)
     })?;
-    tracing::info!(listen = %args.listen, fleet = %args.fleet, "fleetd ready");
-    axum::serve(listener, fleet_orchestrator::api::router(ctx.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    // The API serves from the start (followers too: everything it does goes through the store).
+    let (stop_api, mut api_stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, fleet_orchestrator::api::router(ctx.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = api_stopped.changed().await;
+            })
+            .into_future(),
+    );
+    tracing::info!(listen = %args.listen, fleet = %args.fleet, "API ready");
+
+    // On etcd several fleetd may run: only the leader acts.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut leadership = None;
+    if etcd.is_some() {
+        let me = format!("fleetd pid {} on {}", std::process::id(), args.listen);
+        tokio::select! {
+            l = leader::acquire(store.clone(), &keys, &me, Duration::from_secs(10)) => leadership = Some(l?),
+            _ = &mut shutdown => {
+                let _ = stop_api.send(true);
+                let _ = server.await;
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
+        }
+    }
+    let (root, root_done) = Actor::spawn(None, RootActor, ctx.clone()).await.context("starting the actor tree")?;
+    tracing::info!(fleet = %args.fleet, "fleetd acting");
+    let lost = async {
+        match leadership.as_mut() {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let lost = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lost => true,
+    };
+    if lost {
+        // Another fleetd may lead already: stop acting at once, launches included.
+        root.stop_children(Some("leadership lost".into()));
+        root.stop(Some("leadership lost".into()));
+        let _ = stop_api.send(true);
+        bail!(
+            "lost the leadership lease (the store was out of reach too long); restart fleetd to follow the new leader"
+        );
+    }
+    let _ = stop_api.send(true);
+    server.await.context("HTTP server")?.context("HTTP server")?;
 
     tracing::info!(in_flight = ctx.launches.in_flight(), "shutting down: waiting for launch calls in flight");
     if tokio::time::timeout(Duration::from_secs(120), ctx.launches.close_and_wait()).await.is_err() {
