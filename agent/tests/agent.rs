@@ -4,7 +4,6 @@
 //! expires and the orchestrator sees the node unhealthy; a request it was serving is re-queued
 //! and served once by another node's agent.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,31 +11,17 @@ use std::time::{Duration, Instant};
 
 use fleet_agent::model::{Mlp, write_mlp};
 use fleet_core::keys::Keys;
-use fleet_core::{CapacityType, Cloud, Offering};
-use fleet_orchestrator::actors::root::RootActor;
-use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::actors::{Config, Ctx};
 use fleet_orchestrator::lifecycle::node::NodeState;
 use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{AgentRecord, NodeRecord, RequestState, RunnerRecord, apply_spec};
+use fleet_orchestrator::model::{AgentRecord, NodeRecord, RequestState, RunnerRecord};
 use fleet_orchestrator::queue;
 use fleet_orchestrator::store::etcd::EtcdStore;
 use fleet_orchestrator::store::{Store, get_json};
 use fleet_orchestrator::testing::etcd::EtcdServer;
-use fleet_orchestrator::testing::harness::h100x8;
-use fleet_providers::Provider;
-use fleet_providers::fake::{FakeConfig, FakeProvider};
-use ractor::Actor;
+use fleet_orchestrator::testing::live::{LiveFleet, fast_config, spec, wait_for as wait};
 
 const TTL_S: u64 = 2;
-
-/// One H100 per node, so each runner gets a node of its own.
-fn h100x1() -> Offering {
-    let mut o = h100x8(Cloud::Lambda, "us-east-1", "2.5", CapacityType::OnDemand);
-    o.instance.name = "gpu_1x_h100_sxm5".into();
-    o.instance.gpu_count = 1;
-    o
-}
 
 struct AgentProc {
     child: Child,
@@ -93,6 +78,7 @@ struct Fleet {
     ctx: Arc<Ctx>,
     etcd: EtcdServer,
     dir: tempfile::TempDir,
+    _live: LiveFleet,
 }
 
 async fn fleet(runners: u32) -> Fleet {
@@ -100,39 +86,15 @@ async fn fleet(runners: u32) -> Fleet {
     let store: Arc<dyn Store> = Arc::new(
         EtcdStore::connect(std::slice::from_ref(&etcd.client_url), None, Duration::from_secs(5)).await.unwrap(),
     );
-    let keys = Keys::new("t");
-    let mut fc = FakeConfig::new(Cloud::Lambda, "t", vec![h100x1()]);
-    fc.boot_after = Some(Duration::from_millis(100));
-    let fake = Arc::new(FakeProvider::new(fc));
-    let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
-    providers.insert(Cloud::Lambda, fake);
-    let config = Config {
-        reconcile_every: Duration::from_millis(200),
-        node_poll: Duration::from_millis(100),
-        agent_grace: Duration::from_secs(60),
-        ..Config::default()
-    };
-    let ctx = Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), config, Clock::System));
-    let spec = format!(
-        "[fleet]\nname = \"t\"\n[apps.mlp]\ngpu = \"H100\"\ngpus = 1\n[apps.mlp.scaling]\nmin_concurrency = {runners}\nmax_concurrency = {runners}\nkeep_alive = \"1h\"\n"
-    );
-    apply_spec(&*store, &keys, "t", &spec, chrono::Utc::now()).await.unwrap();
-    let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-    Fleet { store, keys, ctx, etcd, dir: tempfile::tempdir().unwrap() }
-}
-
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let config = Config { agent_grace: Duration::from_secs(60), ..fast_config() };
+    let live = LiveFleet::start(store.clone(), config, None, &spec("mlp", runners)).await;
+    Fleet {
+        store,
+        keys: live.keys.clone(),
+        ctx: live.ctx.clone(),
+        etcd,
+        dir: tempfile::tempdir().unwrap(),
+        _live: live,
     }
 }
 

@@ -2,43 +2,22 @@
 //! user, serves requests of its app through the real `fleet-agent` binary, and cannot touch
 //! another node's keys, the spec, the pinned host keys or another app's queue.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_agent::model::write_mlp;
 use fleet_core::keys::Keys;
-use fleet_core::{CapacityType, Cloud};
-use fleet_orchestrator::actors::root::RootActor;
-use fleet_orchestrator::actors::{AgentAccess, Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::actors::AgentAccess;
 use fleet_orchestrator::lifecycle::node::NodeState;
 use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{NodeRecord, RequestState, RunnerRecord, apply_spec};
+use fleet_orchestrator::model::{NodeRecord, RequestState, RunnerRecord};
 use fleet_orchestrator::queue;
 use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
 use fleet_orchestrator::store::etcd_access::EtcdAgentAccess;
 use fleet_orchestrator::store::{Store, StoreError};
 use fleet_orchestrator::testing::etcd::EtcdServer;
-use fleet_orchestrator::testing::harness::h100x8;
-use fleet_providers::fake::{FakeConfig, FakeProvider};
-use fleet_providers::{Provider, Secret};
-use ractor::Actor;
-
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use fleet_orchestrator::testing::live::{LiveFleet, fast_config, wait_for};
+use fleet_providers::Secret;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_user_reaches_only_its_node_and_its_apps() {
@@ -51,25 +30,11 @@ async fn an_agent_user_reaches_only_its_node_and_its_apps() {
     let store: Arc<dyn Store> = Arc::new(admin);
     let keys = Keys::new("t");
 
-    let mut o = h100x8(Cloud::Lambda, "us-east-1", "2.5", CapacityType::OnDemand);
-    o.instance.gpu_count = 1;
-    let mut fc = FakeConfig::new(Cloud::Lambda, "t", vec![o]);
-    fc.boot_after = Some(Duration::from_millis(100));
-    let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
-    providers.insert(Cloud::Lambda, Arc::new(FakeProvider::new(fc)));
-    let config = Config {
-        reconcile_every: Duration::from_millis(200),
-        node_poll: Duration::from_millis(100),
-        ..Config::default()
-    };
-    let mut ctx = Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), config, Clock::System);
-    ctx.access = Some(access.clone());
-    let ctx = Arc::new(ctx);
     let spec = "[fleet]\nname = \"t\"\n[apps.mlp]\ngpu = \"H100\"\ngpus = 1\n[apps.mlp.scaling]\nmin_concurrency = 2\nmax_concurrency = 2\nkeep_alive = \"1h\"\n\
                 [apps.other]\ngpu = \"H100\"\ngpus = 1\n";
-    apply_spec(&*store, &keys, "t", spec, chrono::Utc::now()).await.unwrap();
-    let (_root, _) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-    let nodes: Vec<u64> = wait("two ready nodes", Duration::from_secs(20), || async {
+    let access_dyn: Arc<dyn AgentAccess> = access.clone();
+    let _fleet = LiveFleet::start(store.clone(), fast_config(), Some(access_dyn), spec).await;
+    let nodes: Vec<u64> = wait_for("two ready nodes", Duration::from_secs(20), || async {
         let (kvs, _) = store.range(&keys.nodes()).await.unwrap();
         let ready: Vec<u64> = kvs
             .iter()
@@ -110,7 +75,7 @@ async fn an_agent_user_reaches_only_its_node_and_its_apps() {
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // With only its permissions it registers, brings its runner up and serves a request.
-    wait("runner idle on my node", Duration::from_secs(30), || async {
+    wait_for("runner idle on my node", Duration::from_secs(30), || async {
         let (kvs, _) = store.range(&keys.runners()).await.unwrap();
         kvs.iter()
             .map(|kv| kv.json::<RunnerRecord>().unwrap())
@@ -120,7 +85,7 @@ async fn an_agent_user_reaches_only_its_node_and_its_apps() {
     .await;
     let id =
         queue::submit(&*store, &keys, "mlp", serde_json::json!({"x": [1, 2, 3, 4]}), chrono::Utc::now()).await.unwrap();
-    wait("served under least privilege", Duration::from_secs(20), || async {
+    wait_for("served under least privilege", Duration::from_secs(20), || async {
         matches!(queue::get(&*store, &keys, "mlp", id).await.unwrap().state, RequestState::Done { .. }).then_some(())
     })
     .await;

@@ -3,5 +3,6 @@
 
 pub mod etcd;
 pub mod harness;
+pub mod live;
 pub mod sim_agent;
 pub mod sshd;
