@@ -458,3 +458,44 @@ async fn an_interruption_notice_drains_and_replaces_the_node() {
     assert_eq!(h.agents.completed().len(), 1, "served exactly once");
     assert_eq!(h.live_instances(), 1);
 }
+
+/// A spot node reclaimed by its cloud (interruption notice) makes its offering unavailable for a
+/// while: the replacement is placed on the next spot offering, not the same one.
+#[tokio::test(start_paused = true)]
+async fn a_preempted_spot_offering_is_avoided_by_the_replacement() {
+    use fleet_orchestrator::model::{AgentRecord, InterruptionNotice};
+    use fleet_orchestrator::store::{get_json, to_json};
+    let cheap = h100x8(Cloud::Lambda, "us-east-1", "8", CapacityType::Spot);
+    let other = h100x8(Cloud::Runpod, "us-ks-2", "9", CapacityType::Spot);
+    let clouds =
+        vec![CloudSetup::new(Cloud::Lambda, vec![cheap.clone()]), CloudSetup::new(Cloud::Runpod, vec![other.clone()])];
+    let spec = SPEC
+        .replace("spot = \"on-demand\"", "spot = \"spot\"")
+        .replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let h = Harness::start(clouds, config(), SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    let first = h.run_until(Duration::from_secs(120), || async {
+        h.nodes().await.iter().any(|n| matches!(n.state, NodeState::Ready { .. }))
+    });
+    assert!(first.await, "a spot node up");
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    assert_eq!(old.offering(), Some(&cheap.key()), "the cheapest spot offering first");
+    let key = h.ctx.keys.agent(old.id);
+    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
+    rec.health.interruption = Some(InterruptionNotice {
+        source: "aws".into(),
+        kind: "terminate".into(),
+        not_before: None,
+        noticed_at: h.ctx.clock.now(),
+    });
+    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    let replaced = h
+        .run_until(Duration::from_secs(300), || async {
+            h.nodes().await.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }))
+        })
+        .await;
+    assert!(replaced, "a replacement");
+    let new =
+        h.nodes().await.into_iter().find(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. })).unwrap();
+    assert_eq!(new.offering(), Some(&other.key()), "the preempted offering is avoided");
+}

@@ -450,6 +450,13 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             && matches!(r.state, NodeState::Draining { .. })
         {
             tracing::warn!(node = id, ?reason, "node drained: a replacement is planned, then it is terminated");
+            // A reclaimed spot offering is avoided for a while: its replacement goes elsewhere.
+            if matches!(reason, DrainReason::SpotInterruption)
+                && let Some(o) = r.offering()
+                && o.capacity == fleet_core::CapacityType::Spot
+            {
+                st.unavailable.mark(o.clone(), UnavailableReason::Preempted, now, ctx.config.unavailable_ttl);
+            }
             st.informer.put_node(r, rev);
         }
     }
