@@ -15,7 +15,20 @@ pub struct EtcdServer {
     log: PathBuf,
 }
 
+/// A free loopback port below Linux's ephemeral range (32768+): a port from that range can be
+/// taken by any outgoing connection while etcd is down, and a restart on it then fails to bind.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread over 20000–32767 from a per-process start, so parallel test processes rarely meet.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 12_000) as u16, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..12_768 {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = 20_000 + p.wrapping_sub(20_000) % 12_768;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
@@ -57,10 +70,22 @@ impl EtcdServer {
         let _ = self.child.wait();
     }
 
-    /// Starts etcd again on the same ports and data dir, and waits until it answers.
+    /// Starts etcd again on the same ports and data dir, and waits until it answers. Should a
+    /// port be held by someone else for a moment, it tries again (for 10 s).
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(&self.bin, self._dir.path(), &self.client_url, &self.peer_url, &self.log);
+        let start = Instant::now();
+        loop {
+            self.child = spawn(&self.bin, self._dir.path(), &self.client_url, &self.peer_url, &self.log);
+            std::thread::sleep(Duration::from_millis(300));
+            match self.child.try_wait() {
+                Ok(Some(_)) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                _ => break,
+            }
+        }
         self.wait_healthy(Duration::from_secs(30));
     }
 
