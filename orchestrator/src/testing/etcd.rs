@@ -17,14 +17,10 @@ pub struct EtcdServer {
 
 /// A free loopback port below Linux's ephemeral range (32768+): a port from that range can be
 /// taken by any outgoing connection while etcd is down, and a restart on it then fails to bind.
+/// Random, so parallel test processes rarely pick the same one (and a port already bound is skipped).
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Spread over 20000–32767 from a per-process start, so parallel test processes rarely meet.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 12_000) as u16, Ordering::SeqCst, Ordering::SeqCst);
-    for _ in 0..12_768 {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = 20_000 + p.wrapping_sub(20_000) % 12_768;
+    for _ in 0..1000 {
+        let p: u16 = rand::random_range(20_000..32_768);
         if TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
@@ -53,15 +49,22 @@ impl EtcdServer {
     /// binary is missing: `scripts/test` installs it.
     pub fn start() -> EtcdServer {
         let bin = std::env::var("FLEET_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.path().join("etcd.log");
-        let child = spawn(&bin, dir.path(), &client_url, &peer_url, &log);
-        let mut server = EtcdServer { child, client_url, peer_url, bin, _dir: dir, log };
-        server.wait_healthy(Duration::from_secs(30));
-        server
+        // A port another test process took between our check and etcd's bind: new ports, again.
+        for attempt in 0.. {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (client, peer) = (free_port(), free_port());
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = dir.path().join("etcd.log");
+            let child = spawn(&bin, dir.path(), &client_url, &peer_url, &log);
+            let mut server = EtcdServer { child, client_url, peer_url, bin: bin.clone(), _dir: dir, log };
+            match server.healthy_within(Duration::from_secs(30)) {
+                Ok(()) => return server,
+                Err(log) if attempt < 5 && log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Kills etcd (as a crash would); [`EtcdServer::restart`] brings it back with its data.
@@ -90,11 +93,19 @@ impl EtcdServer {
     }
 
     fn wait_healthy(&mut self, limit: Duration) {
+        if let Err(log) = self.healthy_within(limit) {
+            panic!("etcd not healthy:\n{log}");
+        }
+    }
+
+    /// Ok once etcd answers healthy; Err(its log) when it exits or does not answer in `limit`.
+    fn healthy_within(&mut self, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         let addr = self.client_url.trim_start_matches("http://").to_string();
+        let log = |s: &Self| std::fs::read_to_string(&s.log).unwrap_or_default();
         while start.elapsed() < limit {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited with {status}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                return Err(format!("etcd exited with {status}:\n{}", log(self)));
             }
             // etcd answers /health once it has a leader.
             if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
@@ -104,13 +115,13 @@ impl EtcdServer {
                     let mut body = String::new();
                     let _ = s.read_to_string(&mut body);
                     if body.contains("\"health\":\"true\"") {
-                        return;
+                        return Ok(());
                     }
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("etcd not healthy after {limit:?}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        Err(format!("etcd not healthy after {limit:?}:\n{}", log(self)))
     }
 }
 
