@@ -21,12 +21,12 @@ pub enum CloudMsg {
     Launch(NodeRecord),
     /// The node's latest record and runners; its node actor is created if missing.
     SyncNode { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
-    /// Ready nodes of this cloud that have no actor: one `list` call checks them all; a node
-    /// whose instance is missing gets its actor back, which asks the cloud about it.
-    Audit(Vec<NodeRecord>),
-    /// Orphan collection: instances of this fleet whose node is not one of `known` (node ids of
-    /// records that may hold an instance) are terminated once seen so for `grace`.
-    Collect { known: Arc<HashSet<String>>, grace: std::time::Duration },
+    /// One `list` call for both: ready nodes of this cloud that have no actor (a node whose
+    /// instance is missing gets its actor back, which asks the cloud about it), and, when
+    /// `collect` is given, orphan collection (instances of this fleet whose node is not one of
+    /// the known ids — records that may hold an instance — are terminated once seen so for the
+    /// grace period).
+    Audit { nodes: Vec<NodeRecord>, collect: Option<(Arc<HashSet<String>>, std::time::Duration)> },
     /// For chaos tests: panics in the handler.
     Crash(String),
 }
@@ -68,26 +68,20 @@ impl CloudState {
     }
 }
 
-/// One orphan collection: lists the fleet's instances, and terminates those whose node has no
+/// One orphan collection over the fleet's listed instances: terminates those whose node has no
 /// record that may hold an instance, once seen so for `grace` (a launch whose record this
 /// daemon has not read yet is never that old). Records are written before every launch, so an
 /// orphan is an instance whose record is gone, or a node the cloud kept after it was deemed
 /// terminated.
-async fn collect(
+async fn collect_orphans(
     provider: &dyn Provider,
     cloud: Cloud,
     ctx: &Ctx,
+    live: &[fleet_providers::Instance],
     known: &HashSet<String>,
     grace: std::time::Duration,
     orphans: &std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
 ) {
-    let live = match provider.list().await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(%cloud, error = %e, "orphan collection: cannot list instances");
-            return;
-        }
-    };
     let now = tokio::time::Instant::now();
     let mut due = Vec::new();
     {
@@ -142,23 +136,28 @@ impl Actor for CloudActor {
                 let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
                 st.region(&myself, &region).await?.send_message(RegionMsg::SyncNode { node, runners })?;
             }
-            CloudMsg::Audit(nodes) => {
-                let provider = st.args.provider.clone();
+            CloudMsg::Audit { nodes, collect } => {
+                let (provider, orphans, ctx, cloud) =
+                    (st.args.provider.clone(), st.orphans.clone(), st.args.ctx.clone(), st.args.cloud);
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let Ok(live) = provider.list().await else { return };
-                    let live: std::collections::HashSet<&str> = live.iter().map(|i| i.id.as_str()).collect();
+                    let live = match provider.list().await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(%cloud, error = %e, "audit: cannot list instances");
+                            return;
+                        }
+                    };
+                    let ids: HashSet<&str> = live.iter().map(|i| i.id.as_str()).collect();
                     for n in nodes {
-                        if n.state.instance_id().is_some_and(|id| !live.contains(id)) {
+                        if n.state.instance_id().is_some_and(|id| !ids.contains(id)) {
                             let _ = me.send_message(CloudMsg::SyncNode { node: n, runners: vec![] });
                         }
                     }
+                    if let Some((known, grace)) = collect {
+                        collect_orphans(&*provider, cloud, &ctx, &live, &known, grace, &orphans).await;
+                    }
                 });
-            }
-            CloudMsg::Collect { known, grace } => {
-                let (provider, orphans, ctx, cloud) =
-                    (st.args.provider.clone(), st.orphans.clone(), st.args.ctx.clone(), st.args.cloud);
-                tokio::spawn(async move { collect(&*provider, cloud, &ctx, &known, grace, &orphans).await });
             }
             CloudMsg::Crash(why) => panic!("cloud actor {} asked to crash: {why}", st.args.cloud),
         }

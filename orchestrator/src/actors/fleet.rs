@@ -505,14 +505,9 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
             }
         }
     }
-    for (cloud, nodes) in audit {
-        if let Some(actor) = st.clouds.get(&cloud) {
-            let _ = actor.send_message(CloudMsg::Audit(nodes));
-        }
-    }
-    // Orphan collection: every instance of the fleet must belong to a record that may hold one
-    // (the view is fresh here: a stale one returned above).
-    if st.passes.is_multiple_of(FULL_SYNC_EVERY) {
+    // Orphan collection rides on the audit's list call: every instance of the fleet must belong
+    // to a record that may hold one (the view is fresh here: a stale one returned above).
+    let collect = st.passes.is_multiple_of(FULL_SYNC_EVERY).then(|| {
         let known: Arc<HashSet<String>> = Arc::new(
             nodes
                 .iter()
@@ -524,9 +519,14 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
                 .map(|n| n.id.to_string())
                 .collect(),
         );
-        for actor in st.clouds.values() {
-            let _ = actor.send_message(CloudMsg::Collect { known: known.clone(), grace: ctx.config.orphan_grace });
+        (known, ctx.config.orphan_grace)
+    });
+    for (cloud, actor) in &st.clouds {
+        let nodes = audit.remove(cloud).unwrap_or_default();
+        if nodes.is_empty() && collect.is_none() {
+            continue;
         }
+        let _ = actor.send_message(CloudMsg::Audit { nodes, collect: collect.clone() });
     }
     phases.mark("sync");
     st.passes += 1;
