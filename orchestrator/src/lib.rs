@@ -11,6 +11,7 @@ pub mod actors;
 pub mod api;
 pub mod bootstrap;
 pub mod clock;
+pub mod crashpoint;
 pub mod informer;
 pub mod leader;
 pub mod lifecycle;

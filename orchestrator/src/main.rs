@@ -76,6 +76,10 @@ struct Args {
     /// model load, service time).
     #[arg(long, default_value_t = 1.0, hide = true)]
     fake_speed: f64,
+    /// Simulates the agents of every cloud's nodes, not only the simulated clouds': for tests
+    /// against an emulated cloud (moto) whose machines run no agent.
+    #[arg(long, hide = true)]
+    simulate_agents: bool,
     /// How nodes get fleet's agent: `instance` (the machine image runs it; ready when the instance
     /// runs) or `ssh` (fleetd installs fleet-agent over SSH and waits for it to report healthy;
     /// needs --etcd, which the agents report to).
@@ -252,7 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ctx.access = access;
     let ctx = Arc::new(ctx);
     // Simulated clouds have no real agent on their machines: simulate those too.
-    let _agents = (!args.fake_clouds.is_empty()).then(|| {
+    let _agents = (!args.fake_clouds.is_empty() || args.simulate_agents).then(|| {
         let d = SimAgentConfig::default();
         let speed = args.fake_speed.max(0.001);
         let cfg = SimAgentConfig {

@@ -1,10 +1,11 @@
 //! The real `fleetd` binary: starts on embedded defaults, serves its API over HTTP, runs requests
 //! on simulated clouds, stops cleanly on SIGTERM, and finds its state again after a restart.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use fleet_orchestrator::testing::http::http;
 
 struct Fleetd {
     child: Child,
@@ -41,23 +42,6 @@ fn start_fleetd(dir: &std::path::Path) -> Fleetd {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("fleetd did not answer /healthz within 30 s");
-}
-
-/// A minimal HTTP/1.1 client (one request per connection).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let ct = if body.starts_with('{') { "application/json" } else { "text/plain" };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
 }
 
 fn json(body: &str) -> serde_json::Value {

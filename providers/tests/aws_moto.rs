@@ -2,48 +2,17 @@
 //! `scripts/test` installs), started here on a free loopback port.
 #![cfg(feature = "aws")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
 use fleet_providers::aws::{AwsConfig, AwsProvider, StaticCredentials};
 use fleet_providers::conformance::{self, ConformanceEnv};
+use fleet_providers::moto::Moto;
 use fleet_providers::{InstanceState, LaunchRequest, Provider, ProviderError, Secret};
 
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn moto() -> Moto {
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server not found: install it with `pip install \"moto[server]\"` (scripts/test does)");
-    let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not listen on port {port} within 10 s");
+    tokio::task::spawn_blocking(Moto::start).await.expect("moto starts")
 }
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";

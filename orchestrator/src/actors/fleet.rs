@@ -737,6 +737,9 @@ async fn carry_out(
             })
             .await?;
             if let Some((rec, rev)) = done {
+                if matches!(rec.state, NodeState::Draining { .. }) {
+                    crate::crashpoint::hit("node.draining");
+                }
                 st.informer.put_node(rec, rev);
             }
         }
@@ -747,6 +750,7 @@ async fn carry_out(
     let built = std::time::Instant::now();
     write_all(store, &st.informer, node_ops).await?;
     if !created.is_empty() {
+        crate::crashpoint::hit("plan.written");
         tracing::debug!(nodes = created.len(), write = ?built.elapsed(), "plan written");
     }
     ctx.metrics.nodes_requested.inc_by(created.len() as u64);

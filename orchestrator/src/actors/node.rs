@@ -87,6 +87,7 @@ impl NodeActorState {
                     Ok(true) => {
                         tracing::info!(node = id, instance = %instance_id, "node ready");
                         apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?;
+                        crate::crashpoint::hit("node.ready");
                     }
                     Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
                         let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
@@ -123,10 +124,12 @@ impl NodeActorState {
                 return Box::pin(self.poll()).await;
             }
             NodeState::Terminating { instance_id, .. } => {
+                crate::crashpoint::hit("terminate.started");
                 if let Err(e) = p.terminate(instance_id).await {
                     tracing::warn!(node = id, error = %e, "terminate failed; retrying");
                     return Ok(true);
                 }
+                crate::crashpoint::hit("terminate.answered");
                 match p.get(instance_id).await {
                     Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::TerminateConfirmed).await?),
                     Ok(i) if i.state == InstanceState::Terminated => {
@@ -135,6 +138,7 @@ impl NodeActorState {
                     }
                     _ => return Ok(true),
                 }
+                crate::crashpoint::hit("terminate.confirmed");
                 // Gone: its agent's store user goes too.
                 if let Some(access) = &ctx.access
                     && let Err(e) = access.forget_node(id).await

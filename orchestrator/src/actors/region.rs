@@ -107,11 +107,13 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
             if token == req.idempotency_token && attempt == rec.attempt => {}
         _ => return Ok(Outcome::Stale),
     }
+    crate::crashpoint::hit("launch.started");
     let answer = provider.launch(&req).await;
     let now = ctx.clock.now();
     ctx.metrics.launches.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, "called")).inc();
     match answer {
         Ok(inst) => {
+            crate::crashpoint::hit("launch.answered");
             let billing = inst.launched_at.unwrap_or(now);
             let rec = update(&*ctx.store, &key, |cur: &NodeRecord| {
                 let ev = NodeEvent::Launched { instance_id: inst.id.clone() };
@@ -126,6 +128,7 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
             })
             .await?;
             tracing::info!(node = rec.as_ref().map(|r| r.id), instance = %inst.id, %offering, "launched");
+            crate::crashpoint::hit("launch.recorded");
             Ok(rec.map_or(Outcome::Stale, Outcome::Launched))
         }
         Err(e) if e.is_retryable() => {

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod harness;
+pub mod http;
 pub mod live;
 pub mod sim_agent;
 pub mod sshd;

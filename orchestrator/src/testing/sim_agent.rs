@@ -182,6 +182,14 @@ impl Sim {
                 self.transition(r.id, ev).await?;
                 continue;
             }
+            // Requests the record counts but this agent is not serving (it restarted, as the real
+            // agent does after a crash): their claims went with the old lease and they are
+            // queued again; the count comes down one at a time.
+            let mine = self.jobs.iter().filter(|j| j.runner == r.id).count() as u32;
+            if r.state.in_flight() > mine {
+                self.transition(r.id, RunnerEvent::Complete).await?;
+                continue;
+            }
             let mux = self.cfg.multiplexing.get(&r.app).copied().unwrap_or(1);
             if matches!(r.state, RunnerState::Idle { .. }) || r.state.in_flight() > 0 && r.state.in_flight() < mux {
                 let free = mux - r.state.in_flight();
@@ -190,6 +198,7 @@ impl Sim {
                     else {
                         break;
                     };
+                    crate::crashpoint::hit("request.claimed");
                     self.transition(r.id, RunnerEvent::Claim { max: mux }).await?;
                     let due = now + chrono::Duration::from_std(self.cfg.service_time).unwrap_or_default();
                     self.jobs.push(Job {
@@ -223,6 +232,7 @@ impl Sim {
             .await;
             match done {
                 Ok(_) => {
+                    crate::crashpoint::hit("request.completed");
                     self.stats.lock().expect("lock").completed.push((j.request, j.runner));
                     self.transition(j.runner, RunnerEvent::Complete).await?;
                 }

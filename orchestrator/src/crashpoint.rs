@@ -1,0 +1,55 @@
+//! Crash points: where the crash-safety test kills `fleetd` (`orchestrator/tests/crash.rs`).
+//!
+//! With `FLEETD_CRASH_AT=NAME:N` in its environment, the N-th time fleetd passes the point `NAME`
+//! it says so on stderr (`fleetd: crash point NAME#N reached`) and stops that thread there, so
+//! that the test's SIGKILL lands exactly between two steps that must survive a crash (a record
+//! written and the cloud call not yet made, a cloud call answered and not yet recorded, ...).
+//! Without the variable a point costs one relaxed load. The names are listed in [`POINTS`].
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Every crash point, in the order a node's life passes them.
+pub const POINTS: &[&str] = &[
+    "plan.written",        // new node records written; launch orders not sent yet
+    "launch.started",      // record Launching (with the token); cloud not called yet
+    "launch.answered",     // the cloud made the instance; its id not recorded yet
+    "launch.recorded",     // instance id recorded (Bootstrapping)
+    "node.ready",          // node Ready
+    "request.claimed",     // a runner claimed a request; no result yet
+    "request.completed",   // a request's result written
+    "node.draining",       // scale-down: node Draining
+    "terminate.started",   // record Terminating; terminate not called yet
+    "terminate.answered",  // the cloud accepted the terminate; not confirmed yet
+    "terminate.confirmed", // record Terminated
+];
+
+struct Target {
+    name: String,
+    nth: u32,
+    seen: AtomicU32,
+}
+
+fn target() -> Option<&'static Target> {
+    static T: OnceLock<Option<Target>> = OnceLock::new();
+    T.get_or_init(|| {
+        let v = std::env::var("FLEETD_CRASH_AT").ok()?;
+        let (name, nth) = v.rsplit_once(':').unwrap_or((&v, "1"));
+        let nth = nth.parse().ok()?;
+        Some(Target { name: name.to_string(), nth, seen: AtomicU32::new(0) })
+    })
+    .as_ref()
+}
+
+/// Passes the crash point `name` (see the module doc).
+pub fn hit(name: &'static str) {
+    let Some(t) = target() else { return };
+    if t.name != name || t.seen.fetch_add(1, Ordering::SeqCst) + 1 != t.nth {
+        return;
+    }
+    eprintln!("fleetd: crash point {name}#{} reached", t.nth);
+    // Block this thread (not just the task) until the test's SIGKILL arrives.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
