@@ -106,6 +106,10 @@ struct Args {
     /// More agent configuration (TOML: [burn_in], [interruption]) appended to each node's config.
     #[arg(long)]
     agent_config: Option<PathBuf>,
+    /// With --etcd: seconds the leader's lease lasts without renewal; a follower takes over within
+    /// this long after the leader dies.
+    #[arg(long, default_value_t = 10.0)]
+    leader_ttl: f64,
     /// Nodes bootstrapped at once.
     #[arg(long, default_value_t = 16)]
     bootstrap_concurrency: usize,
@@ -289,7 +293,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if etcd.is_some() {
         let me = format!("fleetd pid {} on {}", std::process::id(), args.listen);
         tokio::select! {
-            l = leader::acquire(store.clone(), &keys, &me, Duration::from_secs(10)) => leadership = Some(l?),
+            l = leader::acquire(store.clone(), &keys, &me, Duration::from_secs_f64(args.leader_ttl.max(1.0))) => leadership = Some(l?),
             _ = &mut shutdown => {
                 let _ = stop_api.send(true);
                 let _ = server.await;

@@ -463,8 +463,19 @@ async fn an_interruption_notice_drains_and_replaces_the_node() {
 /// while: the replacement is placed on the next spot offering, not the same one.
 #[tokio::test(start_paused = true)]
 async fn a_preempted_spot_offering_is_avoided_by_the_replacement() {
+    reclaimed_spot_offering_is_avoided(true).await;
+}
+
+/// The same when the cloud deletes the spot instance without any notice.
+#[tokio::test(start_paused = true)]
+async fn a_spot_offering_reclaimed_without_notice_is_avoided_too() {
+    reclaimed_spot_offering_is_avoided(false).await;
+}
+
+async fn reclaimed_spot_offering_is_avoided(notice: bool) {
     use fleet_orchestrator::model::{AgentRecord, InterruptionNotice};
     use fleet_orchestrator::store::{get_json, to_json};
+    use fleet_providers::Provider;
     let cheap = h100x8(Cloud::Lambda, "us-east-1", "8", CapacityType::Spot);
     let other = h100x8(Cloud::Runpod, "us-ks-2", "9", CapacityType::Spot);
     let clouds =
@@ -480,15 +491,19 @@ async fn a_preempted_spot_offering_is_avoided_by_the_replacement() {
     assert!(first.await, "a spot node up");
     let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
     assert_eq!(old.offering(), Some(&cheap.key()), "the cheapest spot offering first");
-    let key = h.ctx.keys.agent(old.id);
-    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
-    rec.health.interruption = Some(InterruptionNotice {
-        source: "aws".into(),
-        kind: "terminate".into(),
-        not_before: None,
-        noticed_at: h.ctx.clock.now(),
-    });
-    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    if notice {
+        let key = h.ctx.keys.agent(old.id);
+        let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
+        rec.health.interruption = Some(InterruptionNotice {
+            source: "aws".into(),
+            kind: "terminate".into(),
+            not_before: None,
+            noticed_at: h.ctx.clock.now(),
+        });
+        h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    } else {
+        h.fakes[&Cloud::Lambda].terminate(old.state.instance_id().unwrap()).await.unwrap();
+    }
     let replaced = h
         .run_until(Duration::from_secs(300), || async {
             h.nodes().await.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }))

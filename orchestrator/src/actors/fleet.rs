@@ -408,6 +408,11 @@ async fn reconcile(st: &mut FleetState) -> Result<(), StoreError> {
     let now = ctx.clock.now();
     load_spec(st).await?;
     st.unavailable.expire(now);
+    let reclaimed = std::mem::take(&mut *ctx.reclaimed.lock().expect("reclaimed lock"));
+    for o in reclaimed {
+        tracing::warn!(offering = %o, "spot capacity reclaimed without notice: offering avoided for a while");
+        st.unavailable.mark(o, UnavailableReason::Preempted, now, ctx.config.unavailable_ttl);
+    }
 
     if !st.informer.is_fresh() {
         // No decision on a stale view: a missed change could mean a double launch.

@@ -120,6 +120,9 @@ pub struct Ctx {
     pub nudge: Arc<tokio::sync::Notify>,
     /// Per-node store users for agents (least privilege), where the store has users.
     pub access: Option<Arc<dyn AgentAccess>>,
+    /// Spot offerings whose instance the cloud took back without a notice (found gone by a node
+    /// actor); the fleet's next pass marks them unavailable, as it does for notices.
+    pub reclaimed: Arc<std::sync::Mutex<Vec<fleet_core::OfferingKey>>>,
 }
 
 /// Gives each node's agent only the store access its work needs: its own health key, the
@@ -158,6 +161,7 @@ impl Ctx {
             launches: Default::default(),
             nudge: Default::default(),
             access: None,
+            reclaimed: Default::default(),
         }
     }
 }

@@ -68,6 +68,17 @@ async fn apply(ctx: &Ctx, id: NodeId, ev: NodeEvent) -> Result<Option<NodeRecord
     .await
 }
 
+/// A ready node's instance went without fleet asking: on spot, the cloud took the capacity back
+/// (with no notice, or one the agent never saw). The fleet avoids that offering for a while.
+fn reclaimed(ctx: &Ctx, rec: &NodeRecord) {
+    if let Some(o) = rec.offering()
+        && o.capacity == fleet_core::CapacityType::Spot
+    {
+        ctx.reclaimed.lock().expect("reclaimed lock").push(o.clone());
+        ctx.nudge.notify_one();
+    }
+}
+
 impl NodeActorState {
     /// One step of the lifecycle. Returns false once the node is Terminated (the actor stops).
     async fn poll(&mut self) -> Result<bool, StoreError> {
@@ -105,10 +116,12 @@ impl NodeActorState {
                 Err(e) if gone(&e) => {
                     tracing::warn!(node = id, instance = %instance_id, "the cloud lost the instance");
                     apply(&ctx, id, NodeEvent::InstanceGone).await?;
+                    reclaimed(&ctx, &rec);
                 }
                 Ok(i) if i.state == InstanceState::Terminated => {
                     tracing::warn!(node = id, instance = %instance_id, "instance terminated by the cloud");
                     apply(&ctx, id, NodeEvent::InstanceGone).await?;
+                    reclaimed(&ctx, &rec);
                 }
                 Ok(_) => self.running = true,
                 Err(_) => {}

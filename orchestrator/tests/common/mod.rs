@@ -1,0 +1,265 @@
+//! Shared by the tests that run the real `fleetd` binary against moto (crash safety, failover):
+//! the daemon as a child process, and what moto says about the fleet's instances.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fleet_orchestrator::testing::http::{http, request};
+use fleet_providers::moto::Moto;
+use serde_json::Value;
+
+/// A `fleetd` child process; SIGKILLed when dropped.
+pub struct Fleetd {
+    pub child: Child,
+    pub addr: String,
+    lines: mpsc::Receiver<String>,
+    /// The last lines read, for failure messages.
+    tail: std::cell::RefCell<VecDeque<String>>,
+}
+
+impl Drop for Fleetd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// fleetd's flags for fleet `fleet` on AWS against `moto`, fast enough for tests.
+pub fn aws_args(fleet: &str, moto: &Moto) -> Vec<String> {
+    [
+        "--fleet",
+        fleet,
+        "--aws-region",
+        "us-east-1",
+        "--aws-image",
+        "ami-12c6146b",
+        "--aws-endpoint",
+        &moto.url,
+        "--reconcile-every",
+        "0.2",
+        "--node-poll",
+        "0.3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Fleetd {
+    /// Starts `fleetd ARGS` on a free port (`FLEETD_CRASH_AT=crash_at` when given) and waits for
+    /// its API.
+    pub fn start(args: &[String], crash_at: Option<&str>) -> Fleetd {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetd"));
+        cmd.args(["--listen", &addr])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "moto-does-not-check-this")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,fleet_orchestrator::actors=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match crash_at {
+            Some(p) => cmd.env("FLEETD_CRASH_AT", p),
+            None => cmd.env_remove("FLEETD_CRASH_AT"),
+        };
+        let mut child = cmd.spawn().expect("fleetd starts");
+        // Drain stderr continuously (a full pipe would stall fleetd) into a channel.
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let f = Fleetd { child, addr, lines, tail: Default::default() };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Ok((200, _)) = http(&f.addr, "GET", "/healthz", "") {
+                return f;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fleetd did not answer /healthz within 30 s");
+    }
+
+    /// Waits up to `wait` for a stderr line containing `pat`.
+    pub fn saw(&self, pat: &str, wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains("reconcile pass") => {}
+                Ok(l) => {
+                    let found = l.contains(pat);
+                    let mut tail = self.tail.borrow_mut();
+                    tail.push_back(l);
+                    if tail.len() > 40 {
+                        tail.pop_front();
+                    }
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// The last lines [`Fleetd::saw`] read.
+    pub fn log(&self) -> String {
+        self.tail.borrow().iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (s, b) = http(&self.addr, "GET", path, "").unwrap();
+        assert_eq!(s, 200, "GET {path}: {b}");
+        serde_json::from_str(&b).unwrap()
+    }
+
+    pub fn put_spec(&self, spec: &str) {
+        let (s, b) = http(&self.addr, "PUT", "/v1/spec", spec).unwrap();
+        assert_eq!(s, 200, "{b}");
+    }
+
+    /// Submits `n` requests to `app`; returns their ids.
+    pub fn submit(&self, app: &str, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                let (s, b) = http(
+                    &self.addr,
+                    "POST",
+                    &format!("/v1/apps/{app}/requests"),
+                    &format!(r#"{{"input": {{"i": {i}}}}}"#),
+                )
+                .unwrap();
+                assert_eq!(s, 202, "{b}");
+                serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    /// Requests of `app` not finished yet.
+    pub fn unfinished(&self, app: &str, ids: &[u64]) -> Vec<u64> {
+        ids.iter()
+            .copied()
+            .filter(|id| self.get(&format!("/v1/apps/{app}/requests/{id}"))["state"]["state"] != "done")
+            .collect()
+    }
+
+    /// Instance ids that node records hold (records in a state with an instance) → node id.
+    pub fn recorded_instances(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for n in self.get("/v1/nodes").as_array().unwrap() {
+            if let Some(i) = n["state"]["instance_id"].as_str()
+                && n["state"]["state"] != "failed"
+            {
+                out.insert(i.to_string(), n["id"].as_u64().unwrap());
+            }
+        }
+        out
+    }
+
+    /// Every node record's id.
+    pub fn node_ids(&self) -> BTreeSet<String> {
+        self.get("/v1/nodes").as_array().unwrap().iter().map(|n| n["id"].as_u64().unwrap().to_string()).collect()
+    }
+
+    /// SIGKILL, and wait for the process to go.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// One EC2 query call to moto (moto checks the credential's form, not the signature).
+fn ec2(moto: &Moto, query: &str) -> String {
+    let auth = "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0";
+    let (s, b) = request(
+        &format!("127.0.0.1:{}", moto.port),
+        "POST",
+        "/",
+        &["Content-Type: application/x-www-form-urlencoded", auth],
+        &format!("{query}&Version=2016-11-15"),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{query}: {b}");
+    b
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let a = s.find(open)? + open.len();
+    Some(&s[a..a + s[a..].find(close)?])
+}
+
+/// Every instance moto ever made (terminated ones too) → its `fleet-node` tag.
+pub fn all_instances(moto: &Moto) -> BTreeMap<String, String> {
+    let body = ec2(
+        moto,
+        "Action=DescribeTags&Filter.1.Name=key&Filter.1.Value.1=fleet-node&Filter.2.Name=resource-type&Filter.2.Value.1=instance",
+    );
+    body.split("<item>")
+        .skip(1)
+        .filter_map(|item| {
+            Some((between(item, "<resourceId>", "<")?.to_string(), between(item, "<value>", "<")?.to_string()))
+        })
+        .collect()
+}
+
+/// Instances of fleet `fleet` moto has not terminated.
+pub fn live_instances(moto: &Moto, fleet: &str) -> BTreeSet<String> {
+    let body = ec2(
+        moto,
+        &format!(
+            "Action=DescribeInstances&Filter.1.Name=tag:fleet-name&Filter.1.Value.1={fleet}\
+             &Filter.2.Name=instance-state-name&Filter.2.Value.1=pending&Filter.2.Value.2=running\
+             &Filter.2.Value.3=stopping&Filter.2.Value.4=stopped&Filter.2.Value.5=shutting-down"
+        ),
+    );
+    body.match_indices("<instanceId>")
+        .map(|(i, _)| between(&body[i..], "<instanceId>", "<").unwrap().to_string())
+        .collect()
+}
+
+/// Waits until the instances node records hold are exactly the instances moto runs; panics with
+/// the difference after `within`.
+pub fn records_match_cloud(f: &Fleetd, moto: &Moto, fleet: &str, within: Duration) {
+    let t = Instant::now();
+    loop {
+        let recorded: BTreeSet<String> = f.recorded_instances().into_keys().collect();
+        let live = live_instances(moto, fleet);
+        if recorded == live {
+            return;
+        }
+        assert!(
+            t.elapsed() < within,
+            "after {within:?}: instances without a record {:?}, records without an instance {:?}",
+            live.difference(&recorded).collect::<Vec<_>>(),
+            recorded.difference(&live).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Nodes with more than one instance ever, and instances of nodes `f` has no record of.
+pub fn duplicates_and_unknown(f: &Fleetd, moto: &Moto) -> (Vec<String>, Vec<String>, usize) {
+    let nodes = f.node_ids();
+    let instances = all_instances(moto);
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in instances.values() {
+        *per_node.entry(node).or_default() += 1;
+    }
+    let dup = per_node.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("node {k}: {n} instances")).collect();
+    let unknown = per_node.keys().filter(|n| !nodes.contains(**n)).map(|n| n.to_string()).collect();
+    (dup, unknown, instances.len())
+}
