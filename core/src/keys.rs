@@ -11,6 +11,7 @@
 //! /fleet/{fleet}/claims/{app}/{request}    who serves it now, attached to the claimer's lease
 //! /fleet/{fleet}/results/{app}/{request}   a finished request (output or error)
 //! /fleet/{fleet}/leader                    the election key of the daemon that acts
+//! /fleet/{fleet}/tokens/{name}             an API token: its name, scope and SHA-256 (never the token)
 //! ```
 //!
 //! Ids are zero-padded to 20 digits so that the store's lexical order is numeric order (a
@@ -127,6 +128,14 @@ impl Keys {
 
     pub fn result(&self, app: &str, request: u64) -> String {
         format!("{}results/{app}/{}", self.root, id_segment(request))
+    }
+
+    pub fn tokens(&self) -> String {
+        format!("{}tokens/", self.root)
+    }
+
+    pub fn token(&self, name: &str) -> String {
+        format!("{}tokens/{name}", self.root)
     }
 
     pub fn leader(&self) -> String {

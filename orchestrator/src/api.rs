@@ -14,7 +14,13 @@
 //! POST /v1/apps/{app}/requests           submit {"input": ...} → 202 {"id": N}
 //! GET  /v1/apps/{app}/requests/{id}      a request's state and result
 //! GET  /v1/cost                          month to date, $/hour now, forecast to month end
+//! GET  /v1/tokens                        API tokens (names and scopes; admin)
+//! POST /v1/tokens                        make one {"name", "scope"} → the token, shown once (admin)
+//! DELETE /v1/tokens/{name}               revoke one (admin)
 //! ```
+//!
+//! Every endpoint but `/healthz` and `/metrics` needs a bearer token whose scope allows it
+//! ([`crate::auth`]): 401 without a valid one, 403 when its scope does not allow the call.
 //!
 //! Errors are JSON `{"error": "..."}` with a message that says what was wrong and what to do;
 //! nothing is half-applied (every change is one compare-and-swap or one put).
@@ -86,10 +92,58 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/apps/{app}/requests", post(submit))
         .route("/v1/apps/{app}/requests/{id}", get(request))
         .route("/v1/cost", get(cost))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/... in fleetd's docs")
         })
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), crate::auth::require))
         .with_state(ctx)
+}
+
+async fn list_tokens(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let tokens = crate::auth::list(&*ctx.store, &ctx.keys).await?;
+    Ok(Json(
+        tokens.into_iter().map(|t| json!({ "name": t.name, "scope": t.scope, "created_at": t.created_at })).collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    scope: String,
+}
+
+async fn create_token(
+    State(ctx): State<Arc<Ctx>>,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    use crate::auth::TokenError;
+    let Json(t) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{}: send {{\"name\": \"ci\", \"scope\": \"read\"}}", e.body_text()),
+        )
+    })?;
+    let scope: crate::auth::Scope = t.scope.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    match crate::auth::issue(&*ctx.store, &ctx.keys, &t.name, scope.clone(), ctx.clock.now()).await {
+        Ok(token) => {
+            tracing::info!(name = %t.name, %scope, "API token made");
+            Ok((StatusCode::CREATED, Json(json!({ "name": t.name, "scope": scope, "token": token }))))
+        }
+        Err(TokenError::Store(e)) => Err(e.into()),
+        Err(TokenError::Exists(n)) => Err(ApiError::new(StatusCode::CONFLICT, TokenError::Exists(n).to_string())),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+async fn revoke_token(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    if crate::auth::revoke(&*ctx.store, &ctx.keys, &name).await? {
+        tracing::info!(%name, "API token revoked");
+        Ok(Json(json!({ "revoked": name })))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no token named `{name}` (GET /v1/tokens lists them)")))
+    }
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {

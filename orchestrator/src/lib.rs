@@ -9,6 +9,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod crashpoint;
@@ -21,3 +22,4 @@ pub mod queue;
 pub mod reconcile;
 pub mod store;
 pub mod testing;
+pub mod tls;

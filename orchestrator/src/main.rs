@@ -41,9 +41,19 @@ struct Args {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Where the embedded store keeps its file (ignored with --etcd).
+    /// Where the embedded store keeps its file, and where fleetd writes its admin API token
+    /// (`admin.token`, mode 0600) at its first start.
     #[arg(long, default_value = "fleetd-data")]
     data_dir: PathBuf,
+    /// The API's TLS certificate chain (PEM); with --tls-key, the API is served over HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve the API in clear on a non-loopback address (tokens then cross the network unprotected).
+    #[arg(long)]
+    insecure_no_tls: bool,
     /// etcd endpoints, comma-separated (http://host:2379,...): use etcd instead of the embedded store.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
@@ -233,11 +243,26 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
-        tracing::warn!(listen = %args.listen, "listening on a non-loopback address without authentication");
+    // The API spends money: off loopback, only over TLS unless the operator says otherwise.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(fleet_orchestrator::tls::server_config(c, k)?),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        if !args.insecure_no_tls {
+            bail!(
+                "refusing to serve the API on {} without TLS (its tokens would cross the network in clear): give \
+                 --tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-no-tls on a network you trust",
+                args.listen
+            );
+        }
+        tracing::warn!(listen = %args.listen, "serving the API without TLS (--insecure-no-tls)");
     }
     let clock = Clock::System;
     let (store, etcd) = open_store(&args).await?;
+    let token_file = args.data_dir.join("admin.token");
+    fleet_orchestrator::auth::admin_token(&*store, &Keys::new(&args.fleet), &args.data_dir, clock.now()).await?;
+    tracing::info!(file = %token_file.display(), "admin API token (FLEET_TOKEN, or fleetctl's config)");
     // Agents get users of their own where etcd has authentication (fleetd's user needs root).
     let access: Option<Arc<dyn AgentAccess>> = match (&etcd, &args.etcd_user) {
         (Some(e), Some(_)) => Some(Arc::new(EtcdAgentAccess::new(e, &args.fleet))),
@@ -277,14 +302,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // The API serves from the start (followers too: everything it does goes through the store).
     let (stop_api, mut api_stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(
-        axum::serve(listener, fleet_orchestrator::api::router(ctx.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = api_stopped.changed().await;
-            })
-            .into_future(),
-    );
-    tracing::info!(listen = %args.listen, fleet = %args.fleet, "API ready");
+    let app = fleet_orchestrator::api::router(ctx.clone());
+    let stopped = async move {
+        let _ = api_stopped.changed().await;
+    };
+    let server = match tls {
+        Some(cfg) => {
+            let listener = fleet_orchestrator::tls::TlsListener::new(listener, cfg)?;
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+        }
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+    };
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    tracing::info!(url = %format!("{scheme}://{}", args.listen), fleet = %args.fleet, "API ready");
 
     // On etcd several fleetd may run: only the leader acts.
     let shutdown = shutdown_signal();

@@ -20,9 +20,30 @@ async fn harness() -> Harness {
     Harness::start(clouds, Config::default(), SimAgentConfig::default(), None).await
 }
 
+/// The admin token of the harness's store (made at the first call; a file per test process).
+async fn admin(h: &Harness) -> String {
+    let dir = std::env::temp_dir().join(format!("fleet-api-test-{}", std::process::id()));
+    fleet_orchestrator::auth::admin_token(&*h.ctx.store, &h.ctx.keys, &dir, h.ctx.clock.now()).await.unwrap()
+}
+
 async fn call(h: &Harness, method: Method, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    let token = admin(h).await;
+    call_as(h, Some(&token), method, uri, body).await
+}
+
+async fn call_as(
+    h: &Harness,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
     let app = fleet_orchestrator::api::router(h.ctx.clone());
-    let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).unwrap();
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Body::from(body.to_string())).unwrap();
     let req = if body.starts_with('{') {
         let (mut parts, b) = req.into_parts();
         parts.headers.insert("content-type", "application/json".parse().unwrap());
@@ -160,4 +181,69 @@ async fn nodes_can_be_listed_cordoned_and_drained_and_cost_is_reported() {
         assert!(m.contains(name), "{name} in {m}");
     }
     assert!(m.contains("fleet_budget_headroom_dollars_per_hour{scope=\"fleet\"} 100.0"), "{m}");
+}
+
+/// The API spends money: no token → 401, a token whose scope does not allow the call → 403;
+/// scoped tokens do what their scope says; revoked tokens stop working; health and metrics stay
+/// open; the token itself is never stored or listed.
+#[tokio::test(start_paused = true)]
+async fn every_call_needs_a_token_whose_scope_allows_it() {
+    let h = harness().await;
+    let (s, _) = call(&h, Method::PUT, "/v1/spec", SPEC).await;
+    assert_eq!(s, StatusCode::OK);
+    for (method, uri) in
+        [(Method::GET, "/v1/nodes"), (Method::PUT, "/v1/spec"), (Method::POST, "/v1/apps/llm/requests")]
+    {
+        let (s, b) = call_as(&h, None, method.clone(), uri, "{}").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {uri}: {b}");
+        assert!(b["error"].as_str().unwrap().contains("needs a token"), "{b}");
+    }
+    let (s, b) = call_as(&h, Some("flt_forged"), Method::GET, "/v1/nodes", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(call_as(&h, None, Method::GET, open, "").await.0, StatusCode::OK, "{open}");
+    }
+
+    // Scoped tokens, made by the admin.
+    let mut tokens = std::collections::BTreeMap::new();
+    for (name, scope) in [("dash", "read"), ("llm-client", "submit:llm")] {
+        let (s, b) =
+            call(&h, Method::POST, "/v1/tokens", &format!(r#"{{"name": "{name}", "scope": "{scope}"}}"#)).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        tokens.insert(name, b["token"].as_str().unwrap().to_string());
+    }
+    let (s, b) = call(&h, Method::POST, "/v1/tokens", r#"{"name": "dash", "scope": "read"}"#).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (s, b) = call(&h, Method::POST, "/v1/tokens", r#"{"name": "x", "scope": "root"}"#).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("use admin, read, or submit:APP"), "{b}");
+    let (read, submit) = (tokens["dash"].as_str(), tokens["llm-client"].as_str());
+
+    assert_eq!(call_as(&h, Some(read), Method::GET, "/v1/nodes", "").await.0, StatusCode::OK);
+    let (s, b) = call_as(&h, Some(read), Method::POST, "/v1/nodes/1/drain", "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("token `dash` has scope read"), "{b}");
+    assert_eq!(call_as(&h, Some(read), Method::PUT, "/v1/spec", SPEC).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(call_as(&h, Some(read), Method::GET, "/v1/tokens", "").await.0, StatusCode::FORBIDDEN);
+
+    let (s, b) = call_as(&h, Some(submit), Method::POST, "/v1/apps/llm/requests", r#"{"input": 1}"#).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id = b["id"].as_u64().unwrap();
+    let (s, _) = call_as(&h, Some(submit), Method::GET, &format!("/v1/apps/llm/requests/{id}"), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(call_as(&h, Some(submit), Method::GET, "/v1/nodes", "").await.0, StatusCode::FORBIDDEN);
+    let (s, _) = call_as(&h, Some(submit), Method::POST, "/v1/apps/other/requests", r#"{"input": 1}"#).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Listed by name and scope only; revoked → 401.
+    let (s, b) = call(&h, Method::GET, "/v1/tokens", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = b.to_string();
+    assert!(text.contains("\"dash\"") && text.contains("submit:llm") && !text.contains("flt_"), "{text}");
+    assert_eq!(call(&h, Method::DELETE, "/v1/tokens/dash", "").await.0, StatusCode::OK);
+    assert_eq!(call(&h, Method::DELETE, "/v1/tokens/dash", "").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call_as(&h, Some(read), Method::GET, "/v1/nodes", "").await.0, StatusCode::UNAUTHORIZED);
+    // The store holds digests, never a token.
+    let (kvs, _) = h.ctx.store.range(&h.ctx.keys.tokens()).await.unwrap();
+    assert!(kvs.iter().all(|kv| !String::from_utf8_lossy(&kv.value).contains(submit)));
 }

@@ -57,10 +57,16 @@ fn leader_killed_mid_scale_up_follower_leads_within_ttl_and_converges_without_du
 
     let mut args = aws_args(FLEET, &moto);
     args.extend(["--etcd".to_string(), etcd.client_url.clone(), "--leader-ttl".into(), TTL_S.to_string()]);
-    // Both would stop at their 2nd answered launch; only the leader launches.
-    let a = Fleetd::start(&args, Some("launch.answered:2"));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let with_dir = |d: &tempfile::TempDir| {
+        let mut a = args.clone();
+        a.extend(["--data-dir".to_string(), d.path().display().to_string()]);
+        a
+    };
+    // A stops at its 2nd answered launch (B never gets there while it follows).
+    let a = Fleetd::start(&with_dir(&dir_a), Some("launch.answered:2"));
     assert!(a.saw("fleetd acting", Duration::from_secs(20)), "A does not lead:\n{}", a.log());
-    let b = Fleetd::start(&args, None);
+    let b = Fleetd::start(&with_dir(&dir_b), None);
     assert!(!b.saw("fleetd acting", Duration::from_secs(1)), "B leads while A does:\n{}", b.log());
 
     b.put_spec(SPEC); // through the follower's API: it writes to the store the leader acts on

@@ -5,11 +5,19 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_orchestrator::testing::http::http;
+use fleet_orchestrator::testing::http::{http, request};
 
 struct Fleetd {
     child: Child,
     addr: String,
+    token: String,
+}
+
+impl Fleetd {
+    /// One API call with fleetd's admin token.
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        request(&self.addr, method, path, &[&format!("Authorization: Bearer {}", self.token)], body).unwrap()
+    }
 }
 
 impl Drop for Fleetd {
@@ -33,10 +41,11 @@ fn start_fleetd(dir: &std::path::Path) -> Fleetd {
         .stderr(Stdio::piped())
         .spawn()
         .expect("fleetd starts");
-    let f = Fleetd { child, addr };
+    let mut f = Fleetd { child, addr, token: String::new() };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if let Ok((200, _)) = http(&f.addr, "GET", "/healthz", "") {
+            f.token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
             return f;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -65,30 +74,30 @@ keep_alive = "3s"
 fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = start_fleetd(dir.path());
-    let (s, b) = http(&d.addr, "PUT", "/v1/spec", SPEC).unwrap();
+    let (s, b) = d.call("PUT", "/v1/spec", SPEC);
     assert_eq!(s, 200, "{b}");
-    let (s, b) = http(&d.addr, "PUT", "/v1/spec", "[fleet]\nname = 1").unwrap();
+    let (s, b) = d.call("PUT", "/v1/spec", "[fleet]\nname = 1");
     assert_eq!(s, 400, "{b}");
     assert!(json(&b)["error"].as_str().unwrap().contains("spec:"), "{b}");
 
     let mut ids = Vec::new();
     for i in 0..5 {
-        let (s, b) = http(&d.addr, "POST", "/v1/apps/llm/requests", &format!(r#"{{"input": {{"n": {i}}}}}"#)).unwrap();
+        let (s, b) = d.call("POST", "/v1/apps/llm/requests", &format!(r#"{{"input": {{"n": {i}}}}}"#));
         assert_eq!(s, 202, "{b}");
         ids.push(json(&b)["id"].as_u64().unwrap());
     }
     let start = Instant::now();
-    let done = |addr: &str| {
+    let done = |d: &Fleetd| {
         ids.iter().all(|id| {
-            let (_, b) = http(addr, "GET", &format!("/v1/apps/llm/requests/{id}"), "").unwrap();
+            let (_, b) = d.call("GET", &format!("/v1/apps/llm/requests/{id}"), "");
             json(&b)["state"]["state"] == "done"
         })
     };
-    while !done(&d.addr) {
+    while !done(&d) {
         assert!(start.elapsed() < Duration::from_secs(60), "requests not served within 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (_, m) = http(&d.addr, "GET", "/metrics", "").unwrap();
+    let (_, m) = d.call("GET", "/metrics", "");
     assert!(m.contains("fleet_launches_total{cloud=\"lambda\",kind=\"called\"}"), "{m}");
 
     // SIGTERM: a clean, prompt exit.
@@ -109,7 +118,54 @@ fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
 
     // Same data dir: the spec and the results are still there.
     let d2 = start_fleetd(dir.path());
-    let (s, b) = http(&d2.addr, "GET", "/v1/spec", "").unwrap();
+    let (s, b) = d2.call("GET", "/v1/spec", "");
     assert_eq!((s, json(&b)["toml"].as_str()), (200, Some(SPEC)));
-    assert!(done(&d2.addr), "results survive a restart");
+    assert!(done(&d2), "results survive a restart");
+    assert_eq!(d2.token, d.token, "the admin token is made once and kept");
+}
+
+/// The API is never open: the admin token fleetd made at its first start is private to its
+/// owner and needed for every call but /healthz and /metrics; off loopback fleetd refuses to
+/// serve without TLS unless told `--insecure-no-tls`; with a certificate it serves HTTPS.
+#[test]
+fn the_api_needs_a_token_and_tls_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_fleetd(dir.path());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
+    }
+    let (s, b) = http(&d.addr, "GET", "/v1/nodes", "").unwrap();
+    assert_eq!(s, 401, "{b}");
+    assert!(json(&b)["error"].as_str().unwrap().contains("admin.token"), "{b}");
+    assert_eq!(http(&d.addr, "GET", "/metrics", "").unwrap().0, 200);
+    assert_eq!(d.call("GET", "/v1/nodes", "").0, 200);
+
+    // Off loopback without TLS: refused at start, with what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refusing to serve the API on 0.0.0.0:0 without TLS") && err.contains("--tls-cert"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A key that is not one: one clear line, no key material.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&bad)
+        .arg("--tls-key")
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--tls-cert"), "{err}");
 }

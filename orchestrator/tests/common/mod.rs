@@ -16,6 +16,8 @@ use serde_json::Value;
 pub struct Fleetd {
     pub child: Child,
     pub addr: String,
+    /// Its admin API token (from `--data-dir`/admin.token).
+    pub token: String,
     lines: mpsc::Receiver<String>,
     /// The last lines read, for failure messages.
     tail: std::cell::RefCell<VecDeque<String>>,
@@ -82,10 +84,15 @@ impl Fleetd {
                 }
             }
         });
-        let f = Fleetd { child, addr, lines, tail: Default::default() };
+        let dir = args.iter().position(|a| a == "--data-dir").map(|i| args[i + 1].clone()).expect("--data-dir");
+        let mut f = Fleetd { child, addr, token: String::new(), lines, tail: Default::default() };
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
             if let Ok((200, _)) = http(&f.addr, "GET", "/healthz", "") {
+                f.token = std::fs::read_to_string(std::path::Path::new(&dir).join("admin.token"))
+                    .expect("fleetd wrote its admin token")
+                    .trim()
+                    .to_string();
                 return f;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -121,14 +128,19 @@ impl Fleetd {
         self.tail.borrow().iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
+    /// One API call with the admin token.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        request(&self.addr, method, path, &[&format!("Authorization: Bearer {}", self.token)], body).unwrap()
+    }
+
     pub fn get(&self, path: &str) -> Value {
-        let (s, b) = http(&self.addr, "GET", path, "").unwrap();
+        let (s, b) = self.call("GET", path, "");
         assert_eq!(s, 200, "GET {path}: {b}");
         serde_json::from_str(&b).unwrap()
     }
 
     pub fn put_spec(&self, spec: &str) {
-        let (s, b) = http(&self.addr, "PUT", "/v1/spec", spec).unwrap();
+        let (s, b) = self.call("PUT", "/v1/spec", spec);
         assert_eq!(s, 200, "{b}");
     }
 
@@ -136,13 +148,8 @@ impl Fleetd {
     pub fn submit(&self, app: &str, n: usize) -> Vec<u64> {
         (0..n)
             .map(|i| {
-                let (s, b) = http(
-                    &self.addr,
-                    "POST",
-                    &format!("/v1/apps/{app}/requests"),
-                    &format!(r#"{{"input": {{"i": {i}}}}}"#),
-                )
-                .unwrap();
+                let (s, b) =
+                    self.call("POST", &format!("/v1/apps/{app}/requests"), &format!(r#"{{"input": {{"i": {i}}}}}"#));
                 assert_eq!(s, 202, "{b}");
                 serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap()
             })
