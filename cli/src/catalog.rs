@@ -113,11 +113,10 @@ pub fn run(args: CatalogArgs, output: Output) -> Result<()> {
     let shown: Vec<&Offering> = all.into_iter().take(args.limit.unwrap_or(usize::MAX)).collect();
     let mut stdout = std::io::stdout().lock();
     match output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let views: Vec<OfferingView> =
                 shown.iter().map(|o| OfferingView { offering: o, price_per_gpu: o.price_per_gpu() }).collect();
-            serde_json::to_writer_pretty(&mut stdout, &views)?;
-            writeln!(stdout)?;
+            crate::output::print(&serde_json::to_value(&views)?, output == Output::Yaml);
         }
         Output::Csv => native::write(&mut stdout, shown.iter().copied()).context("writing CSV")?,
         Output::Table => {

@@ -2,21 +2,33 @@
 
 mod catalog;
 mod nodes;
+mod ops;
+mod output;
 mod plan;
 mod server;
 mod simulate;
 mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use server::{Server, ServerArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetctl", version, about = "Operate a fleet of rented GPUs across clouds.")]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Operate a fleet of rented GPUs across clouds.",
+    after_help = "Examples:\n  fleetctl catalog --gpu H100 --min-gpus 8 --sort price\n  fleetctl apply -f fleet.toml --dry-run\n  fleetctl get nodes -o yaml\n  fleetctl submit llm --input '{\"prompt\": \"hi\"}' --wait 60\n\nfleetd's address and token: --server / FLEET_SERVER, FLEET_TOKEN, or ~/.config/fleet/config.toml\n(server, token, ca_cert; FLEET_CONFIG names another file)."
+)]
 struct Cli {
-    /// Output format.
+    /// Output format (csv: catalog only).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+
+    #[command(flatten)]
+    server: ServerArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -26,8 +38,16 @@ struct Cli {
 pub enum Output {
     Table,
     Json,
+    Yaml,
     /// fleet's catalog CSV format (catalog only).
     Csv,
+}
+
+impl Output {
+    /// JSON or YAML: the resource as fleetd gives it.
+    pub fn structured(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,55 +58,153 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Simulate a fleet spec on a demand trace: cost, waits, preemptions, lower bound.
     Simulate(simulate::SimulateArgs),
+    /// Apply a fleet spec to fleetd (shows what changes).
+    #[command(after_help = "Examples:\n  fleetctl apply -f fleet.toml\n  fleetctl apply -f fleet.toml --dry-run")]
+    Apply {
+        /// The spec (TOML); `-` reads stdin.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Validate and show the diff; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what applying a spec would change (validated by fleetd).
+    #[command(after_help = "Example:\n  fleetctl diff -f fleet.toml")]
+    Diff {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
     /// List resources of a running fleetd.
-    #[command(
-        after_help = "Examples:\n  fleetctl get nodes\n  fleetctl get nodes -o json --server http://10.0.0.5:7070"
-    )]
+    #[command(after_help = "Examples:\n  fleetctl get nodes\n  fleetctl get apps -o json\n  fleetctl get offerings")]
     Get {
         #[command(subcommand)]
         what: GetWhat,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Show one resource of a running fleetd in detail.
-    #[command(after_help = "Example:\n  fleetctl describe node 12")]
+    #[command(after_help = "Examples:\n  fleetctl describe node 12\n  fleetctl describe app llm")]
     Describe {
         #[command(subcommand)]
         what: DescribeWhat,
-        #[command(flatten)]
-        server: ServerArgs,
     },
-}
-
-#[derive(Debug, clap::Args)]
-struct ServerArgs {
-    /// fleetd's address.
-    #[arg(long, env = "FLEET_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
-    server: String,
+    /// Drain a node: its replacement is launched first, then it is terminated.
+    #[command(after_help = "Example:\n  fleetctl drain 12")]
+    Drain { node: String },
+    /// Stop placing new runners on a node (`--undo` to resume).
+    #[command(after_help = "Examples:\n  fleetctl cordon 12\n  fleetctl cordon 12 --undo")]
+    Cordon {
+        node: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Spend: month to date, per hour now, forecast to month end, budget headroom.
+    #[command(after_help = "Example:\n  fleetctl cost -o json")]
+    Cost,
+    /// Submit a request to an app.
+    #[command(
+        after_help = "Examples:\n  fleetctl submit llm --input '{\"prompt\": \"hi\"}'\n  fleetctl submit llm --input '[1, 2]' --wait 60"
+    )]
+    Submit {
+        app: String,
+        /// The request's input (JSON).
+        #[arg(long)]
+        input: String,
+        /// Wait up to this many seconds for the result and print it.
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+    /// Make or revoke API tokens (admin).
+    #[command(
+        after_help = "Examples:\n  fleetctl token create dashboard --scope read\n  fleetctl token create llm-client --scope submit:llm\n  fleetctl token revoke dashboard"
+    )]
+    Token {
+        #[command(subcommand)]
+        what: TokenWhat,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  fleetctl completion bash > /etc/bash_completion.d/fleetctl\n  fleetctl completion zsh > \"${fpath[1]}/_fleetctl\"\n  fleetctl completion fish > ~/.config/fish/completions/fleetctl.fish"
+    )]
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
 enum GetWhat {
+    /// Apps: queue depth, in flight, runners, nodes, month to date.
+    Apps,
     /// Nodes with their state, offering and what their agents report.
     Nodes,
+    /// Runners that are not stopped.
+    Runners,
+    /// Enabled clouds with their nodes and $/hour.
+    Clouds,
+    /// What the enabled clouds sell now, cheapest $/GPU-hour first.
+    Offerings,
+    /// API tokens (names and scopes; admin).
+    Tokens,
 }
 
 #[derive(Debug, Subcommand)]
 enum DescribeWhat {
     /// A node: record, agent, GPUs, burn-in, runners, interruption notice.
     Node { id: String },
+    /// An app: queue, spend, runners, nodes.
+    App { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenWhat {
+    /// Make a token (printed once) with a scope: admin, read, or submit:APP.
+    Create {
+        name: String,
+        #[arg(long)]
+        scope: String,
+    },
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let o = cli.output;
+    let server = || Server::from_args(&cli.server);
+    match &cli.command {
+        Command::Catalog(_) | Command::Plan(_) | Command::Simulate(_) | Command::Completion { .. } => {}
+        _ if o == Output::Csv => anyhow::bail!("-o csv is for `fleetctl catalog`; use -o table, json or yaml"),
+        _ => {}
+    }
+    match cli.command {
+        Command::Catalog(args) => catalog::run(args, o),
+        Command::Plan(args) => plan::run(args, o),
+        Command::Simulate(args) => simulate::run(args, o),
+        Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),
+        Command::Diff { file } => ops::diff(&server()?, &file),
+        Command::Get { what } => {
+            let s = server()?;
+            match what {
+                GetWhat::Apps => ops::get_apps(&s, o),
+                GetWhat::Nodes => nodes::get(&s, o),
+                GetWhat::Runners => ops::get_runners(&s, o),
+                GetWhat::Clouds => ops::get_clouds(&s, o),
+                GetWhat::Offerings => ops::get_offerings(&s, o),
+                GetWhat::Tokens => ops::get_tokens(&s, o),
+            }
+        }
+        Command::Describe { what: DescribeWhat::Node { id } } => nodes::describe(&server()?, &id, o),
+        Command::Describe { what: DescribeWhat::App { name } } => ops::describe_app(&server()?, &name, o),
+        Command::Drain { node } => ops::node_action(&server()?, &node, "drain", o),
+        Command::Cordon { node, undo } => {
+            ops::node_action(&server()?, &node, if undo { "uncordon" } else { "cordon" }, o)
+        }
+        Command::Cost => ops::cost(&server()?, o),
+        Command::Submit { app, input, wait } => ops::submit(&server()?, &app, &input, wait, o),
+        Command::Token { what: TokenWhat::Create { name, scope } } => ops::create_token(&server()?, &name, &scope, o),
+        Command::Token { what: TokenWhat::Revoke { name } } => ops::revoke_token(&server()?, &name),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut std::io::stdout());
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Catalog(args) => catalog::run(args, cli.output),
-        Command::Plan(args) => plan::run(args, cli.output),
-        Command::Simulate(args) => simulate::run(args, cli.output),
-        Command::Get { what: GetWhat::Nodes, server } => nodes::get(&server::Server::new(&server.server), cli.output),
-        Command::Describe { what: DescribeWhat::Node { id }, server } => {
-            nodes::describe(&server::Server::new(&server.server), &id, cli.output)
-        }
-    };
-    fleet_core::exit::finish(result)
+    fleet_core::exit::finish(run(Cli::parse()))
 }

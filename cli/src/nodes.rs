@@ -57,8 +57,8 @@ fn burn_in(a: &Value) -> String {
 
 pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
     let nodes = server.get("/v1/nodes")?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
+    if output.structured() {
+        crate::output::print(&nodes, output == Output::Yaml);
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -90,8 +90,8 @@ pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
 
 pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()> {
     let n = server.get(&format!("/v1/nodes/{id}"))?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&n)?);
+    if output.structured() {
+        crate::output::print(&n, output == Output::Yaml);
         return Ok(());
     }
     let a = &n["agent"];

@@ -135,10 +135,7 @@ pub fn run(args: PlanArgs, output: Output) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json => {
-            serde_json::to_writer_pretty(&mut out, &reports)?;
-            writeln!(out)?;
-        }
+        Output::Json | Output::Yaml => crate::output::print(&serde_json::to_value(&reports)?, output == Output::Yaml),
         Output::Table => {
             for r in &reports {
                 write_app(&mut out, r, &index)?;

@@ -1,38 +1,177 @@
-//! Talking to fleetd's HTTP API: `--server URL` (or `FLEET_SERVER`, default http://127.0.0.1:7070).
+//! Talking to fleetd's HTTP API.
+//!
+//! Where to, and with which token, in this order:
+//! - `--server URL` / `FLEET_SERVER`, else `server` in the config file, else http://127.0.0.1:7070;
+//! - `FLEET_TOKEN`, else `token` in the config file, else — for a fleetd on this machine's
+//!   loopback — the admin token it wrote to `./fleetd-data/admin.token` (so the README's local
+//!   run needs no set-up);
+//! - HTTPS servers are checked against `--ca-cert` / `ca_cert` in the config (a private CA or a
+//!   self-signed certificate), else the Mozilla roots.
+//!
+//! The config file is `FLEET_CONFIG`, else `~/.config/fleet/config.toml`:
+//!
+//! ```toml
+//! server = "https://fleet.internal:7070"
+//! token = "flt_…"
+//! ca_cert = "/etc/fleet/ca.pem"
+//! ```
+//!
 //! Errors come back as one line: what fleetd said, or why it could not be reached.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde::Deserialize;
 use serde_json::Value;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// fleetd's address [env: FLEET_SERVER; config: server; default: http://127.0.0.1:7070].
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// A CA certificate (PEM) that fleetd's HTTPS certificate is checked against [config: ca_cert].
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<String>,
+    token: Option<String>,
+    ca_cert: Option<PathBuf>,
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLEET_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/fleet/config.toml"))
+}
+
+fn load_config() -> anyhow::Result<ConfigFile> {
+    let Some(path) = config_path() else { return Ok(ConfigFile::default()) };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {}: {} (keys: server, token, ca_cert)", path.display(), e.message())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("FLEET_CONFIG").is_none() => {
+            Ok(ConfigFile::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("config {}", path.display())),
+    }
+}
 
 pub struct Server {
     base: String,
+    token: Option<String>,
     agent: ureq::Agent,
 }
 
+/// A secret that never shows in Debug output.
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("base", &self.base).field("token", &self.token.as_ref().map(|_| "…")).finish()
+    }
+}
+
+fn is_local(base: &str) -> bool {
+    base.starts_with("http://127.0.0.1:") || base.starts_with("http://localhost:") || base == DEFAULT_SERVER
+}
+
 impl Server {
-    pub fn new(base: &str) -> Server {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .new_agent();
-        Server { base: base.trim_end_matches('/').to_string(), agent }
+    /// The server, token and TLS roots from flags, environment and config file.
+    pub fn from_args(args: &ServerArgs) -> anyhow::Result<Server> {
+        let cfg = load_config()?;
+        let base = args
+            .server
+            .clone()
+            .or_else(|| std::env::var("FLEET_SERVER").ok().filter(|s| !s.is_empty()))
+            .or(cfg.server)
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--server {base}: write the URL with its scheme, e.g. http://127.0.0.1:7070 or https://host:7070");
+        }
+        let base = base.trim_end_matches('/').to_string();
+        let token = std::env::var("FLEET_TOKEN").ok().filter(|t| !t.is_empty()).or(cfg.token).or_else(|| {
+            is_local(&base)
+                .then(|| std::fs::read_to_string("fleetd-data/admin.token").ok())
+                .flatten()
+                .map(|t| t.trim().to_string())
+        });
+        let ca = args.ca_cert.clone().or(cfg.ca_cert);
+        Server::new(&base, token, ca.as_deref())
     }
 
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self.agent.get(&url).call().with_context(|| {
-            format!("cannot reach fleetd at {} (is it running? --server / FLEET_SERVER)", self.base)
+    pub fn new(base: &str, token: Option<String>, ca_cert: Option<&Path>) -> anyhow::Result<Server> {
+        let mut b =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
+        if let Some(ca) = ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                bail!("--ca-cert {}: no PEM certificate in it", ca.display());
+            }
+            let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+            b = b.tls_config(tls);
+        }
+        Ok(Server { base: base.trim_end_matches('/').to_string(), token, agent: b.build().new_agent() })
+    }
+
+    fn answer(&self, url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
+        let mut resp = resp.map_err(|e| {
+            anyhow::anyhow!("cannot reach fleetd at {} ({e}): is it running? (--server / FLEET_SERVER)", self.base)
         })?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
         if status >= 400 {
             let msg = v.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            if status == 401 && self.token.is_none() {
+                bail!("fleetd answered 401: no token: set FLEET_TOKEN or `token` in the config file ({msg})");
+            }
             bail!("fleetd answered {status}: {msg}");
         }
         Ok(v)
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        self.answer(&url, req.call())
+    }
+
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.delete(&url);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        self.answer(&url, req.call())
+    }
+
+    /// POST (or PUT with `put`) of a body: JSON when it parses as JSON, else text.
+    pub fn send(&self, put: bool, path: &str, body: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = if put { self.agent.put(&url) } else { self.agent.post(&url) };
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        let ct = if serde_json::from_str::<Value>(body).is_ok() { "application/json" } else { "text/plain" };
+        self.answer(&url, req.header("content-type", ct).send(body))
     }
 }

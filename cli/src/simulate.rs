@@ -40,6 +40,7 @@ pub fn run(args: SimulateArgs, output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
         Output::Json => writeln!(out, "{}", r.to_json())?,
+        Output::Yaml => crate::output::print(&serde_json::from_str(&r.to_json())?, true),
         Output::Table => write!(out, "{}", Report::table(&[&r]))?,
         Output::Csv => anyhow::bail!("-o csv is for `fleetctl catalog`; use -o table or -o json with simulate"),
     }

@@ -17,8 +17,16 @@ use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::store::{Store, to_json};
 use fleet_orchestrator::testing::harness::h100x8;
 
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn fleetctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(args)
+        .env("FLEET_TOKEN", TOKEN.get().map(String::as_str).unwrap_or_default())
+        .env_remove("FLEET_CONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -95,6 +103,8 @@ async fn nodes_show_what_their_agents_report() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let token = fleet_orchestrator::auth::admin_token(&*store, &ctx.keys, dir.path(), now).await.unwrap();
+    TOKEN.set(token).unwrap();
     let app = fleet_orchestrator::api::router(ctx.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,6 +6,7 @@
 //! GET  /v1/spec                          the applied spec (TOML text + when)
 //! PUT  /v1/spec[?dry_run=true]           apply a spec (body: TOML); 400 lists every problem
 //! GET  /v1/clouds                        enabled clouds with their nodes and burn rate
+//! GET  /v1/offerings                     what the enabled clouds sell now, cheapest $/GPU-h first
 //! GET  /v1/nodes, /v1/nodes/{id}         node records
 //! POST /v1/nodes/{id}/drain              drain a ready node (operator)
 //! POST /v1/nodes/{id}/cordon|uncordon    stop / resume placing runners on it
@@ -82,6 +83,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/spec", get(get_spec).put(put_spec))
         .route("/v1/clouds", get(clouds))
+        .route("/v1/offerings", get(offerings))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node))
         .route("/v1/nodes/{id}/drain", post(drain))
@@ -267,6 +269,37 @@ async fn clouds(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<CloudView>>> 
     Ok(Json(out))
 }
 
+async fn offerings(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let mut out = Vec::new();
+    for (cloud, p) in &ctx.providers {
+        let offerings = p
+            .offerings()
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{cloud}: cannot list offerings: {e}")))?;
+        out.extend(offerings);
+    }
+    out.sort_by(|a, b| {
+        a.price_per_gpu()
+            .hourly()
+            .cmp(&b.price_per_gpu().hourly())
+            .then_with(|| a.key().to_string().cmp(&b.key().to_string()))
+    });
+    Ok(Json(
+        out.iter()
+            .map(|o| {
+                json!({
+                    "offering": o.key().to_string(),
+                    "gpus": o.instance.gpu_count,
+                    "gpu": o.instance.gpu.to_string(),
+                    "price_per_hour": o.price.hourly(),
+                    "price_per_gpu_hour": o.price_per_gpu().hourly(),
+                    "available": !matches!(o.availability, fleet_core::Availability::Unavailable { .. }),
+                })
+            })
+            .collect(),
+    ))
+}
+
 async fn nodes(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<NodeView>>> {
     let nodes = all_nodes(&ctx).await?;
     Ok(Json(node_views(&ctx, nodes).await?))
@@ -410,6 +443,11 @@ struct CostView {
     forecast_month_end: Money,
     by_app: BTreeMap<String, Money>,
     by_cloud: BTreeMap<String, Money>,
+    /// The fleet's budgets from the applied spec, and what is left of them (negative: over).
+    budget_per_hour: Option<Money>,
+    headroom_per_hour: Option<Money>,
+    budget_per_month: Option<Money>,
+    headroom_month: Option<Money>,
 }
 
 async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
@@ -439,5 +477,20 @@ async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
     .unwrap_or(now);
     let left = (next - now).to_std().unwrap_or_default();
     let forecast = mtd + fleet_core::Price::per_hour(burn).cost_for(left);
-    Ok(Json(CostView { month_to_date: mtd, burn_per_hour: burn, forecast_month_end: forecast, by_app, by_cloud }))
+    let budget = match get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? {
+        Some((s, _)) => fleet_core::spec::FleetSpec::parse("spec", &s.toml).ok().map(|s| s.budget),
+        None => None,
+    }
+    .unwrap_or(fleet_core::spec::Budget { max_per_hour: None, max_per_month: None });
+    Ok(Json(CostView {
+        month_to_date: mtd,
+        burn_per_hour: burn,
+        forecast_month_end: forecast,
+        by_app,
+        by_cloud,
+        budget_per_hour: budget.max_per_hour,
+        headroom_per_hour: budget.max_per_hour.map(|b| b - burn),
+        budget_per_month: budget.max_per_month,
+        headroom_month: budget.max_per_month.map(|b| b - forecast),
+    }))
 }

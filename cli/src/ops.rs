@@ -1,0 +1,359 @@
+//! Commands that act on a running fleetd: apply/diff, get, describe app, drain/cordon, cost,
+//! submit, tokens. Each prints a table (or `-o json|yaml`) and fails with one line.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::Output;
+use crate::server::Server;
+use crate::table::Table;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn read_spec(file: &Path) -> anyhow::Result<String> {
+    if file == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("reading the spec from stdin");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("-f {}", file.display()))
+}
+
+/// A line diff (longest common subsequence): `-` lines removed, `+` added, `  ` kept.
+pub fn diff_lines(old: &str, new: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The applied spec's text ("" when none is applied yet).
+fn applied(server: &Server) -> anyhow::Result<String> {
+    match server.get("/v1/spec") {
+        Ok(v) => Ok(v["toml"].as_str().unwrap_or_default().to_string()),
+        Err(e) if e.to_string().contains("answered 404") => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Prints what applying `new` would change; returns whether anything would.
+fn show_diff(old: &str, new: &str) -> bool {
+    let lines = diff_lines(old, new);
+    let changed = lines.iter().any(|l| !l.starts_with("  "));
+    if !changed {
+        println!("no change: the applied spec is the same");
+        return false;
+    }
+    // Changed lines with one line of context.
+    for (i, l) in lines.iter().enumerate() {
+        let near = |k: usize| lines.get(k).is_some_and(|x| !x.starts_with("  "));
+        if !l.starts_with("  ") || near(i + 1) || i > 0 && near(i - 1) {
+            println!("{l}");
+        }
+    }
+    true
+}
+
+pub fn diff(server: &Server, file: &Path) -> anyhow::Result<()> {
+    let new = read_spec(file)?;
+    // Validated by fleetd (a dry run) so that a diff of a broken spec says so.
+    server.send(true, "/v1/spec?dry_run=true", &new)?;
+    show_diff(&applied(server)?, &new);
+    Ok(())
+}
+
+pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> anyhow::Result<()> {
+    let new = read_spec(file)?;
+    let old = applied(server)?;
+    if dry_run {
+        let v = server.send(true, "/v1/spec?dry_run=true", &new)?;
+        if output.structured() {
+            crate::output::print(&v, output == Output::Yaml);
+            return Ok(());
+        }
+        show_diff(&old, &new);
+        println!("dry run: spec valid for fleet {}, nothing applied", s(&v["fleet"]));
+        return Ok(());
+    }
+    let v = server.send(true, "/v1/spec", &new)?;
+    if output.structured() {
+        crate::output::print(&v, output == Output::Yaml);
+        return Ok(());
+    }
+    show_diff(&old, &new);
+    let apps: Vec<String> = v["apps"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+    println!("applied: fleet {}, apps {}", s(&v["fleet"]), apps.join(", "));
+    Ok(())
+}
+
+fn structured(v: &Value, output: Output) -> bool {
+    if output.structured() {
+        crate::output::print(v, output == Output::Yaml);
+        return true;
+    }
+    false
+}
+
+pub fn get_apps(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/apps")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        ("APP", false),
+        ("QUEUED", true),
+        ("IN-FLIGHT", true),
+        ("RUNNERS", true),
+        ("NODES", true),
+        ("MONTH $", true),
+    ]);
+    for (app, a) in v.as_object().into_iter().flatten() {
+        t.row(vec![
+            app.clone(),
+            s(&a["queued"]),
+            s(&a["in_flight"]),
+            s(&a["runners"]),
+            s(&a["nodes"]),
+            s(&a["month_to_date"]),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Result<()> {
+    let apps = server.get("/v1/apps")?;
+    let Some(a) = apps.get(app) else {
+        let names: Vec<&String> = apps.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        bail!(
+            "no app `{app}` in the applied spec (apps: {})",
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let runners: Vec<Value> = server
+        .get("/v1/runners")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["app"] == app)
+        .collect();
+    let nodes: Vec<Value> = server
+        .get("/v1/nodes")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n["app"] == app)
+        .collect();
+    let v = serde_json::json!({ "app": app, "summary": a, "runners": runners, "nodes": nodes });
+    if structured(&v, output) {
+        return Ok(());
+    }
+    println!("App:          {app}");
+    println!("Queued:       {}", s(&a["queued"]));
+    println!("In flight:    {}", s(&a["in_flight"]));
+    println!("Month to date: ${}", s(&a["month_to_date"]));
+    println!("Runners:");
+    let mut t = Table::new(&[("ID", true), ("STATE", false), ("NODE", true)]);
+    for r in &runners {
+        let st = &r["state"];
+        t.row(vec![s(&r["id"]), s(&st["state"]), s(&st["node"])]);
+    }
+    print!("{}", indent(&t.render()));
+    println!("Nodes:");
+    let mut t = Table::new(&[("ID", true), ("STATE", false), ("INSTANCE", false)]);
+    for n in nodes.iter().filter(|n| n["state"]["state"] != "terminated") {
+        t.row(vec![s(&n["id"]), s(&n["state"]["state"]), s(&n["state"]["instance_id"])]);
+    }
+    print!("{}", indent(&t.render()));
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+pub fn get_runners(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/runners")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let mut t = Table::new(&[("ID", true), ("APP", false), ("STATE", false), ("NODE", true), ("IN-FLIGHT", true)]);
+    for r in v.as_array().into_iter().flatten().filter(|r| r["state"]["state"] != "stopped") {
+        let st = &r["state"];
+        t.row(vec![
+            s(&r["id"]),
+            s(&r["app"]),
+            s(&st["state"]),
+            s(&st["node"]),
+            st["in_flight"].as_u64().unwrap_or(0).to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn get_clouds(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/clouds")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let mut t = Table::new(&[("CLOUD", false), ("PROVIDER", false), ("NODES", true), ("$/HOUR", true)]);
+    for c in v.as_array().into_iter().flatten() {
+        t.row(vec![s(&c["cloud"]), s(&c["provider"]), s(&c["nodes"]), s(&c["burn_per_hour"])]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn get_offerings(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/offerings")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let mut t =
+        Table::new(&[("OFFERING", false), ("GPUS", true), ("$/HOUR", true), ("$/GPU-H", true), ("AVAILABLE", false)]);
+    for o in v.as_array().into_iter().flatten() {
+        let gpus = format!("{}×{}", s(&o["gpus"]), s(&o["gpu"]));
+        let avail = if o["available"] == true { "yes" } else { "no" };
+        t.row(vec![s(&o["offering"]), gpus, s(&o["price_per_hour"]), s(&o["price_per_gpu_hour"]), avail.into()]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn node_action(server: &Server, id: &str, action: &str, output: Output) -> anyhow::Result<()> {
+    if id.parse::<u64>().is_err() {
+        bail!("`{id}` is not a node id (a number; `fleetctl get nodes` lists them)");
+    }
+    let v = server.send(false, &format!("/v1/nodes/{id}/{action}"), "")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let done = match action {
+        "drain" => "draining: a replacement is planned first, then it is terminated",
+        "cordon" => "cordoned: no new runners are placed on it",
+        _ => "uncordoned: runners may be placed on it again",
+    };
+    println!("node {id} {done}");
+    Ok(())
+}
+
+pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/cost")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let money = |k: &str| v[k].as_str().map(|x| format!("${x}")).unwrap_or_else(|| "-".into());
+    println!("Month to date:       {}", money("month_to_date"));
+    println!("Per hour now:        {}", money("burn_per_hour"));
+    println!("Forecast, month end: {}", money("forecast_month_end"));
+    println!("Budget per hour:     {} (headroom {})", money("budget_per_hour"), money("headroom_per_hour"));
+    println!("Budget per month:    {} (headroom {})", money("budget_per_month"), money("headroom_month"));
+    let mut t = Table::new(&[("BY", false), ("MONTH TO DATE", true)]);
+    for (k, label) in [("by_app", "app"), ("by_cloud", "cloud")] {
+        for (name, c) in v[k].as_object().into_iter().flatten() {
+            t.row(vec![format!("{label} {name}"), format!("${}", s(c))]);
+        }
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn submit(server: &Server, app: &str, input: &str, wait: Option<f64>, output: Output) -> anyhow::Result<()> {
+    let input: Value = serde_json::from_str(input)
+        .with_context(|| format!("--input {input}: not JSON (e.g. --input '{{\"prompt\": \"hi\"}}')"))?;
+    let v =
+        server.send(false, &format!("/v1/apps/{app}/requests"), &serde_json::json!({ "input": input }).to_string())?;
+    let id = v["id"].as_u64().context("fleetd answered without a request id")?;
+    let Some(secs) = wait else {
+        if !structured(&v, output) {
+            println!("request {id} queued for {app} (fleetctl submit --wait to wait for its result)");
+        }
+        return Ok(());
+    };
+    let start = Instant::now();
+    loop {
+        let r = server.get(&format!("/v1/apps/{app}/requests/{id}"))?;
+        match r["state"]["state"].as_str() {
+            Some("done") | Some("failed") => {
+                if !structured(&r, output) {
+                    match r["state"]["state"].as_str() {
+                        Some("done") => println!("{}", r["state"]["output"]),
+                        _ => bail!("request {id} failed: {}", s(&r["state"]["error"])),
+                    }
+                }
+                return Ok(());
+            }
+            _ if start.elapsed() > Duration::from_secs_f64(secs) => {
+                bail!("request {id} not finished after {secs} s (it stays queued; fleetctl get apps shows the queue)")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+pub fn get_tokens(server: &Server, output: Output) -> anyhow::Result<()> {
+    let v = server.get("/v1/tokens")?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let mut t = Table::new(&[("NAME", false), ("SCOPE", false), ("CREATED", false)]);
+    for x in v.as_array().into_iter().flatten() {
+        t.row(vec![s(&x["name"]), s(&x["scope"]), s(&x["created_at"])]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn create_token(server: &Server, name: &str, scope: &str, output: Output) -> anyhow::Result<()> {
+    let v = server.send(false, "/v1/tokens", &serde_json::json!({ "name": name, "scope": scope }).to_string())?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    println!("{}", s(&v["token"]));
+    eprintln!("token `{name}` ({scope}) made: it is shown this once; put it in FLEET_TOKEN or the config file");
+    Ok(())
+}
+
+pub fn revoke_token(server: &Server, name: &str) -> anyhow::Result<()> {
+    server.delete(&format!("/v1/tokens/{name}"))?;
+    println!("token `{name}` revoked");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn diff_marks_added_removed_and_kept_lines() {
+        let d = super::diff_lines("a\nb\nc\n", "a\nc\nd\n");
+        assert_eq!(d, vec!["  a", "- b", "  c", "+ d"]);
+        assert!(super::diff_lines("x\n", "x\n").iter().all(|l| l.starts_with("  ")));
+    }
+}
