@@ -63,6 +63,10 @@ fn applied(server: &Server) -> anyhow::Result<String> {
 
 /// Prints what applying `new` would change; returns whether anything would.
 fn show_diff(old: &str, new: &str) -> bool {
+    if old.is_empty() {
+        println!("no spec applied yet: the whole spec is new ({} lines)", new.lines().count());
+        return true;
+    }
     let lines = diff_lines(old, new);
     let changed = lines.iter().any(|l| !l.starts_with("  "));
     if !changed {
