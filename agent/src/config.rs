@@ -1,6 +1,10 @@
 //! The agent's configuration file (TOML), written by the bootstrap next to the binary. Durations
 //! are written as in fleet specs (`"10s"`, `"250ms"`). The etcd password is read from
 //! `password_file` (mode 0600) or `FLEET_AGENT_PASSWORD`, never from the config itself.
+//!
+//! Instead of etcd `endpoints`, an agent may reach the store through fleetd's API: `gateway =
+//! "http://host:7070"` with its token in `token_file` (mode 0600) — for a fleetd on its embedded
+//! store, as the `local` provider's nodes are.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +22,12 @@ use crate::metadata::{NoticeConfig, NoticeSource};
 struct File {
     fleet: String,
     node: u64,
+    #[serde(default)]
     endpoints: Vec<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+    gateway: Option<String>,
+    token_file: Option<PathBuf>,
     lease_ttl: Option<String>,
     poll: Option<String>,
     #[serde(default)]
@@ -59,6 +66,8 @@ pub struct AgentConfig {
     pub endpoints: Vec<String>,
     /// etcd user and password (absent: etcd without auth).
     pub auth: Option<(String, Secret)>,
+    /// fleetd's API and this agent's token, when the store is reached through fleetd's gateway.
+    pub gateway: Option<(String, Secret)>,
     pub lease_ttl: Duration,
     pub poll: Duration,
     pub apps: BTreeMap<String, AppConfig>,
@@ -96,8 +105,23 @@ impl AgentConfig {
     pub fn parse(path: &str, text: &str, env_password: Option<String>) -> Result<AgentConfig, ConfigError> {
         let invalid = |why: String| ConfigError::Invalid { path: path.into(), why };
         let f: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        if f.endpoints.is_empty() {
-            return Err(invalid("endpoints is empty: name at least one etcd URL".into()));
+        let gateway = match (&f.gateway, &f.token_file) {
+            (Some(_), _) if !f.endpoints.is_empty() => {
+                return Err(invalid("give either endpoints (etcd) or gateway (fleetd), not both".into()));
+            }
+            (Some(g), Some(tf)) => {
+                let token = std::fs::read_to_string(tf)
+                    .map_err(|e| invalid(format!("token_file {}: {e}", tf.display())))?
+                    .trim()
+                    .to_string();
+                Some((g.clone(), Secret::new(token)))
+            }
+            (Some(_), None) => return Err(invalid("gateway needs token_file (the agent's fleetd token)".into())),
+            (None, Some(_)) => return Err(invalid("token_file is set but gateway is not".into())),
+            (None, None) => None,
+        };
+        if f.endpoints.is_empty() && gateway.is_none() {
+            return Err(invalid("endpoints is empty: name at least one etcd URL (or a fleetd gateway)".into()));
         }
         if f.fleet.is_empty() {
             return Err(invalid("fleet is empty".into()));
@@ -149,6 +173,7 @@ impl AgentConfig {
             node: f.node,
             endpoints: f.endpoints,
             auth,
+            gateway,
             lease_ttl,
             poll,
             apps,

@@ -206,7 +206,12 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::error!(%why, "node unhealthy: it will register but serve nothing");
     }
     let auth = cfg.auth.clone().map(|(user, password)| EtcdAuth { user, password });
-    let store: Arc<dyn Store> = loop {
+    let store: Arc<dyn Store> = match &cfg.gateway {
+        Some((url, token)) => {
+            tracing::info!(gateway = %url, "store through fleetd's gateway");
+            Arc::new(fleet_orchestrator::store::http::HttpStore::new(url, token.clone()))
+        }
+        None => loop {
         match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
             Ok(s) => break Arc::new(s),
             Err(e) => {
@@ -214,6 +219,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        },
     };
     let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health);
     let shutdown = async {

@@ -1,5 +1,33 @@
 //! fleetctl: the operator CLI for fleet.
 
+/// `println!` / `print!` that end quietly when the reader went away (`fleetctl get nodes | head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($t)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
+/// Output could not be written: a closed pipe ends the command quietly, anything else with a line.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("fleetctl: cannot write the output: {e}");
+    std::process::exit(1);
+}
+
 mod catalog;
 mod nodes;
 mod ops;

@@ -84,7 +84,7 @@ pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
             health(n),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -96,20 +96,20 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     }
     let a = &n["agent"];
     let h = &a["health"];
-    println!("Node:         {}", s(&n["id"]));
-    println!("App:          {}", s(&n["app"]));
-    println!("State:        {}", state(&n));
-    println!("Offering:     {}", offering(&n));
-    println!("Price:        {}", s(&n["price"]));
-    println!("Health:       {}", health(&n));
+    outln!("Node:         {}", s(&n["id"]));
+    outln!("App:          {}", s(&n["app"]));
+    outln!("State:        {}", state(&n));
+    outln!("Offering:     {}", offering(&n));
+    outln!("Price:        {}", s(&n["price"]));
+    outln!("Health:       {}", health(&n));
     if a.is_null() {
-        println!("Agent:        none registered");
+        outln!("Agent:        none registered");
         return Ok(());
     }
-    println!("Agent:        version {} since {} (lease {})", s(&a["version"]), s(&a["since"]), s(&a["lease"]));
-    println!("Burn-in:      {}", burn_in(a));
+    outln!("Agent:        version {} since {} (lease {})", s(&a["version"]), s(&a["since"]), s(&a["lease"]));
+    outln!("Burn-in:      {}", burn_in(a));
     if let Some(b) = h["burn_in"].as_object() {
-        println!(
+        outln!(
             "              {} {}×{} ×{}: required {}, expected {}, {}",
             s(&b["dtype"]),
             s(&b["size"]),
@@ -122,9 +122,9 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     }
     let devices = h["devices"].as_array().cloned().unwrap_or_default();
     if devices.is_empty() {
-        println!("GPUs:         0 (CPU only)");
+        outln!("GPUs:         0 (CPU only)");
     } else {
-        println!("GPUs:");
+        outln!("GPUs:");
         let mut t = Table::new(&[
             ("INDEX", true),
             ("NAME", false),
@@ -149,23 +149,23 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
             ]);
         }
         for line in t.render().lines() {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
-    println!(
+    outln!(
         "Runners:      {}",
         h["runners"].as_array().map(|r| r.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
     );
-    println!("In flight:    {}", s(&h["in_flight"]));
+    outln!("In flight:    {}", s(&h["in_flight"]));
     match h["interruption"].as_object() {
-        Some(i) => println!(
+        Some(i) => outln!(
             "Interruption: {} '{}' (not before {}, noticed {})",
             s(&i["source"]),
             s(&i["kind"]),
             s(&i["not_before"]),
             s(&i["noticed_at"])
         ),
-        None => println!("Interruption: none"),
+        None => outln!("Interruption: none"),
     }
     Ok(())
 }

@@ -64,20 +64,20 @@ fn applied(server: &Server) -> anyhow::Result<String> {
 /// Prints what applying `new` would change; returns whether anything would.
 fn show_diff(old: &str, new: &str) -> bool {
     if old.is_empty() {
-        println!("no spec applied yet: the whole spec is new ({} lines)", new.lines().count());
+        outln!("no spec applied yet: the whole spec is new ({} lines)", new.lines().count());
         return true;
     }
     let lines = diff_lines(old, new);
     let changed = lines.iter().any(|l| !l.starts_with("  "));
     if !changed {
-        println!("no change: the applied spec is the same");
+        outln!("no change: the applied spec is the same");
         return false;
     }
     // Changed lines with one line of context.
     for (i, l) in lines.iter().enumerate() {
         let near = |k: usize| lines.get(k).is_some_and(|x| !x.starts_with("  "));
         if !l.starts_with("  ") || near(i + 1) || i > 0 && near(i - 1) {
-            println!("{l}");
+            outln!("{l}");
         }
     }
     true
@@ -101,7 +101,7 @@ pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> any
             return Ok(());
         }
         show_diff(&old, &new);
-        println!("dry run: spec valid for fleet {}, nothing applied", s(&v["fleet"]));
+        outln!("dry run: spec valid for fleet {}, nothing applied", s(&v["fleet"]));
         return Ok(());
     }
     let v = server.send(true, "/v1/spec", &new)?;
@@ -111,7 +111,7 @@ pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> any
     }
     show_diff(&old, &new);
     let apps: Vec<String> = v["apps"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
-    println!("applied: fleet {}, apps {}", s(&v["fleet"]), apps.join(", "));
+    outln!("applied: fleet {}, apps {}", s(&v["fleet"]), apps.join(", "));
     Ok(())
 }
 
@@ -146,7 +146,7 @@ pub fn get_apps(server: &Server, output: Output) -> anyhow::Result<()> {
             s(&a["month_to_date"]),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -179,23 +179,23 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     if structured(&v, output) {
         return Ok(());
     }
-    println!("App:          {app}");
-    println!("Queued:       {}", s(&a["queued"]));
-    println!("In flight:    {}", s(&a["in_flight"]));
-    println!("Month to date: ${}", s(&a["month_to_date"]));
-    println!("Runners:");
+    outln!("App:          {app}");
+    outln!("Queued:       {}", s(&a["queued"]));
+    outln!("In flight:    {}", s(&a["in_flight"]));
+    outln!("Month to date: ${}", s(&a["month_to_date"]));
+    outln!("Runners:");
     let mut t = Table::new(&[("ID", true), ("STATE", false), ("NODE", true)]);
     for r in &runners {
         let st = &r["state"];
         t.row(vec![s(&r["id"]), s(&st["state"]), s(&st["node"])]);
     }
-    print!("{}", indent(&t.render()));
-    println!("Nodes:");
+    out!("{}", indent(&t.render()));
+    outln!("Nodes:");
     let mut t = Table::new(&[("ID", true), ("STATE", false), ("INSTANCE", false)]);
     for n in nodes.iter().filter(|n| n["state"]["state"] != "terminated") {
         t.row(vec![s(&n["id"]), s(&n["state"]["state"]), s(&n["state"]["instance_id"])]);
     }
-    print!("{}", indent(&t.render()));
+    out!("{}", indent(&t.render()));
     Ok(())
 }
 
@@ -219,7 +219,7 @@ pub fn get_runners(server: &Server, output: Output) -> anyhow::Result<()> {
             st["in_flight"].as_u64().unwrap_or(0).to_string(),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -232,7 +232,7 @@ pub fn get_clouds(server: &Server, output: Output) -> anyhow::Result<()> {
     for c in v.as_array().into_iter().flatten() {
         t.row(vec![s(&c["cloud"]), s(&c["provider"]), s(&c["nodes"]), s(&c["burn_per_hour"])]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -248,7 +248,7 @@ pub fn get_offerings(server: &Server, output: Output) -> anyhow::Result<()> {
         let avail = if o["available"] == true { "yes" } else { "no" };
         t.row(vec![s(&o["offering"]), gpus, s(&o["price_per_hour"]), s(&o["price_per_gpu_hour"]), avail.into()]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -265,7 +265,7 @@ pub fn node_action(server: &Server, id: &str, action: &str, output: Output) -> a
         "cordon" => "cordoned: no new runners are placed on it",
         _ => "uncordoned: runners may be placed on it again",
     };
-    println!("node {id} {done}");
+    outln!("node {id} {done}");
     Ok(())
 }
 
@@ -275,18 +275,18 @@ pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
         return Ok(());
     }
     let money = |k: &str| v[k].as_str().map(|x| format!("${x}")).unwrap_or_else(|| "-".into());
-    println!("Month to date:       {}", money("month_to_date"));
-    println!("Per hour now:        {}", money("burn_per_hour"));
-    println!("Forecast, month end: {}", money("forecast_month_end"));
-    println!("Budget per hour:     {} (headroom {})", money("budget_per_hour"), money("headroom_per_hour"));
-    println!("Budget per month:    {} (headroom {})", money("budget_per_month"), money("headroom_month"));
+    outln!("Month to date:       {}", money("month_to_date"));
+    outln!("Per hour now:        {}", money("burn_per_hour"));
+    outln!("Forecast, month end: {}", money("forecast_month_end"));
+    outln!("Budget per hour:     {} (headroom {})", money("budget_per_hour"), money("headroom_per_hour"));
+    outln!("Budget per month:    {} (headroom {})", money("budget_per_month"), money("headroom_month"));
     let mut t = Table::new(&[("BY", false), ("MONTH TO DATE", true)]);
     for (k, label) in [("by_app", "app"), ("by_cloud", "cloud")] {
         for (name, c) in v[k].as_object().into_iter().flatten() {
             t.row(vec![format!("{label} {name}"), format!("${}", s(c))]);
         }
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -298,7 +298,7 @@ pub fn submit(server: &Server, app: &str, input: &str, wait: Option<f64>, output
     let id = v["id"].as_u64().context("fleetd answered without a request id")?;
     let Some(secs) = wait else {
         if !structured(&v, output) {
-            println!("request {id} queued for {app} (fleetctl submit --wait to wait for its result)");
+            outln!("request {id} queued for {app} (fleetctl submit --wait to wait for its result)");
         }
         return Ok(());
     };
@@ -309,7 +309,7 @@ pub fn submit(server: &Server, app: &str, input: &str, wait: Option<f64>, output
             Some("done") | Some("failed") => {
                 if !structured(&r, output) {
                     match r["state"]["state"].as_str() {
-                        Some("done") => println!("{}", r["state"]["output"]),
+                        Some("done") => outln!("{}", r["state"]["output"]),
                         _ => bail!("request {id} failed: {}", s(&r["state"]["error"])),
                     }
                 }
@@ -332,7 +332,7 @@ pub fn get_tokens(server: &Server, output: Output) -> anyhow::Result<()> {
     for x in v.as_array().into_iter().flatten() {
         t.row(vec![s(&x["name"]), s(&x["scope"]), s(&x["created_at"])]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -341,14 +341,14 @@ pub fn create_token(server: &Server, name: &str, scope: &str, output: Output) ->
     if structured(&v, output) {
         return Ok(());
     }
-    println!("{}", s(&v["token"]));
+    outln!("{}", s(&v["token"]));
     eprintln!("token `{name}` ({scope}) made: it is shown this once; put it in FLEET_TOKEN or the config file");
     Ok(())
 }
 
 pub fn revoke_token(server: &Server, name: &str) -> anyhow::Result<()> {
     server.delete(&format!("/v1/tokens/{name}"))?;
-    println!("token `{name}` revoked");
+    outln!("token `{name}` revoked");
     Ok(())
 }
 

@@ -5,9 +5,9 @@ use serde_json::Value;
 /// Prints `v` as pretty JSON or YAML.
 pub fn print(v: &Value, yaml: bool) {
     if yaml {
-        print!("{}", to_yaml(v));
+        out!("{}", to_yaml(v));
     } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 }
 

@@ -15,6 +15,7 @@
 //! POST /v1/apps/{app}/requests           submit {"input": ...} → 202 {"id": N}
 //! GET  /v1/apps/{app}/requests/{id}      a request's state and result
 //! GET  /v1/cost                          month to date, $/hour now, forecast to month end
+//! POST /v1/store/call                    the store gateway for agents without etcd (agent tokens)
 //! GET  /v1/tokens                        API tokens (names and scopes; admin)
 //! POST /v1/tokens                        make one {"name", "scope"} → the token, shown once (admin)
 //! DELETE /v1/tokens/{name}               revoke one (admin)
@@ -94,6 +95,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/apps/{app}/requests", post(submit))
         .route("/v1/apps/{app}/requests/{id}", get(request))
         .route("/v1/cost", get(cost))
+        .route("/v1/store/call", post(gateway_call))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .fallback(|| async {
@@ -101,6 +103,67 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), crate::auth::require))
         .with_state(ctx)
+}
+
+async fn gateway_call(
+    State(ctx): State<Arc<Ctx>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    body: Result<Json<crate::store::gateway::Request>, JsonRejection>,
+) -> Response {
+    use crate::store::gateway::{AgentGrant, handle};
+    use crate::store::http::GatewayError;
+    let crate::auth::Scope::Agent { node, apps } = caller.0.scope else {
+        return ApiError::new(StatusCode::FORBIDDEN, "the store gateway is for agent tokens").into_response();
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let grant = AgentGrant { node, apps };
+    match handle(&*ctx.store, &ctx.keys, &ctx.gateway_leases, &grant, req).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            let status = match &e {
+                StoreError::Denied(_) => StatusCode::FORBIDDEN,
+                StoreError::LeaseNotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, Json(GatewayError::from_error(&e))).into_response()
+        }
+    }
+}
+
+/// Agents' credentials as gateway tokens (the `local` provider's nodes, and SSH-bootstrapped
+/// nodes of a fleetd on its embedded store): one token per node, `agent-{node}`, revoked when
+/// the node is gone. Runner permissions follow the runner records, so granting is a no-op.
+#[derive(Debug)]
+pub struct GatewayAccess {
+    pub store: Arc<dyn crate::store::Store>,
+    pub keys: fleet_core::keys::Keys,
+}
+
+#[async_trait::async_trait]
+impl crate::actors::AgentAccess for GatewayAccess {
+    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_providers::Secret), String> {
+        let name = format!("agent-{node}");
+        // A node bootstrapped again gets a new token; the old one goes.
+        crate::auth::revoke(&*self.store, &self.keys, &name).await.map_err(|e| e.to_string())?;
+        let scope = crate::auth::Scope::Agent { node, apps: apps.to_vec() };
+        let token = crate::auth::issue(&*self.store, &self.keys, &name, scope, chrono::Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((name, fleet_providers::Secret::new(token)))
+    }
+    async fn grant_runner(&self, _node: u64, _runner: u64) -> Result<(), String> {
+        Ok(())
+    }
+    async fn revoke_runner(&self, _node: u64, _runner: u64) -> Result<(), String> {
+        Ok(())
+    }
+    async fn forget_node(&self, node: u64) -> Result<(), String> {
+        crate::auth::revoke(&*self.store, &self.keys, &format!("agent-{node}")).await.map(drop).map_err(|e| e.to_string())
+    }
 }
 
 async fn list_tokens(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {

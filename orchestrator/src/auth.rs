@@ -5,7 +5,9 @@
 //! Scopes:
 //! - `admin`: everything, tokens included;
 //! - `read`: every GET;
-//! - `submit:APP`: submit requests to APP and read them back.
+//! - `submit:APP`: submit requests to APP and read them back;
+//! - `agent:NODE:APP,APP…`: a node's agent, through the store gateway only (`/v1/store/…`), and
+//!   there only the keys of its node and its apps ([`crate::store::gateway`]).
 //!
 //! `fleetd` makes an admin token at its first start (written to `DATA_DIR/admin.token`, mode
 //! 0600, named `admin-` + the start of its digest, so that several fleetd on one etcd each keep
@@ -32,6 +34,7 @@ pub enum Scope {
     Admin,
     Read,
     Submit(String),
+    Agent { node: u64, apps: Vec<String> },
 }
 
 impl fmt::Display for Scope {
@@ -40,6 +43,7 @@ impl fmt::Display for Scope {
             Scope::Admin => f.write_str("admin"),
             Scope::Read => f.write_str("read"),
             Scope::Submit(app) => write!(f, "submit:{app}"),
+            Scope::Agent { node, apps } => write!(f, "agent:{node}:{}", apps.join(",")),
         }
     }
 }
@@ -50,10 +54,21 @@ impl std::str::FromStr for Scope {
         match s {
             "admin" => Ok(Scope::Admin),
             "read" => Ok(Scope::Read),
-            _ => match s.strip_prefix("submit:") {
-                Some(app) if !app.is_empty() && !app.contains('/') => Ok(Scope::Submit(app.to_string())),
-                _ => Err(format!("unknown scope `{s}`: use admin, read, or submit:APP")),
-            },
+            _ => {
+                if let Some(app) = s.strip_prefix("submit:") {
+                    if !app.is_empty() && !app.contains('/') {
+                        return Ok(Scope::Submit(app.to_string()));
+                    }
+                } else if let Some((node, apps)) = s.strip_prefix("agent:").and_then(|r| r.split_once(':'))
+                    && let Ok(node) = node.parse()
+                {
+                    let apps: Vec<String> = apps.split(',').filter(|a| !a.is_empty()).map(String::from).collect();
+                    if apps.iter().all(|a| !a.contains('/')) {
+                        return Ok(Scope::Agent { node, apps });
+                    }
+                }
+                Err(format!("unknown scope `{s}`: use admin, read, or submit:APP"))
+            }
         }
     }
 }
@@ -76,7 +91,9 @@ impl Scope {
     pub fn allows(&self, method: &Method, path: &str) -> bool {
         match self {
             Scope::Admin => true,
-            Scope::Read => method == Method::GET && !path.starts_with("/v1/tokens"),
+            Scope::Read => method == Method::GET && !path.starts_with("/v1/tokens") && !path.starts_with("/v1/store"),
+            // Which keys, the gateway decides.
+            Scope::Agent { .. } => method == Method::POST && path.starts_with("/v1/store/"),
             Scope::Submit(app) => {
                 let mine = format!("/v1/apps/{app}/requests");
                 (method == Method::POST && path == mine)
@@ -261,6 +278,10 @@ mod tests {
         assert!(!Scope::Read.allows(&get, "/v1/tokens"));
         assert!(!Scope::Read.allows(&post, "/v1/apps/llm/requests"));
         assert!(!Scope::Read.allows(&Method::PUT, "/v1/spec"));
+        assert!(!Scope::Read.allows(&get, "/v1/store/range"));
+        let agent = Scope::Agent { node: 3, apps: vec!["llm".into()] };
+        assert!(agent.allows(&post, "/v1/store/txn"));
+        assert!(!agent.allows(&get, "/v1/nodes") && !agent.allows(&post, "/v1/apps/llm/requests"));
         let s = Scope::Submit("llm".into());
         assert!(s.allows(&post, "/v1/apps/llm/requests"));
         assert!(s.allows(&get, "/v1/apps/llm/requests/7"));
@@ -272,7 +293,7 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_print() {
-        for s in ["admin", "read", "submit:llm"] {
+        for s in ["admin", "read", "submit:llm", "agent:3:llm,sdxl", "agent:4:"] {
             assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
         }
         for bad in ["root", "submit:", "submit:a/b", ""] {

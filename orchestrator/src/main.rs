@@ -67,6 +67,14 @@ struct Args {
     /// trying fleetd without cloud accounts. Comma-separated cloud names.
     #[arg(long, value_delimiter = ',')]
     fake_clouds: Vec<String>,
+    /// The `local` provider: nodes on this machine, each a real fleet-agent (candle on CPU) that
+    /// reaches this fleetd's store through its API. Needs fleet-agent (beside fleetd, or
+    /// --agent-binary).
+    #[arg(long)]
+    local: bool,
+    /// Local nodes at once, at most.
+    #[arg(long, default_value_t = 4)]
+    local_capacity: usize,
     /// Enable AWS in this region (credentials from the standard AWS chain).
     #[arg(long)]
     aws_region: Option<String>,
@@ -156,20 +164,8 @@ fn ssh_bootstrap(
     }
     let key_path = args.ssh_key.as_ref().context("--bootstrap ssh needs --ssh-key (the fleet's private key)")?;
     let key = std::fs::read_to_string(key_path).with_context(|| format!("--ssh-key {}", key_path.display()))?;
-    let agent_binary = match &args.agent_binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("fleet-agent"),
-    };
-    if !agent_binary.is_file() {
-        bail!("no fleet-agent binary at {} (build it, or point --agent-binary at it)", agent_binary.display());
-    }
-    let mut models = BTreeMap::new();
-    for m in &args.models {
-        let (app, path) = m
-            .split_once('=')
-            .with_context(|| format!("--model {m}: write APP=FILE (e.g. --model llm=/models/llm.safetensors)"))?;
-        models.insert(app.to_string(), PathBuf::from(path));
-    }
+    let agent_binary = agent_binary(args)?;
+    let models = models(args)?;
     let extra = match &args.agent_config {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("--agent-config {}", p.display()))?,
         None => String::new(),
@@ -193,8 +189,65 @@ fn ssh_bootstrap(
     Ok(Arc::new(SshBootstrap::new(cfg, store)?))
 }
 
-async fn providers(args: &Args, clock: Clock) -> anyhow::Result<BTreeMap<Cloud, Arc<dyn Provider>>> {
+fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    let p = match &args.agent_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("fleet-agent"),
+    };
+    if !p.is_file() {
+        bail!("no fleet-agent binary at {} (build it: cargo build -p fleet-agent; or point --agent-binary at it)", p.display());
+    }
+    Ok(p)
+}
+
+fn models(args: &Args) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut models = BTreeMap::new();
+    for m in &args.models {
+        let (app, path) = m
+            .split_once('=')
+            .with_context(|| format!("--model {m}: write APP=FILE (e.g. --model llm=/models/llm.safetensors)"))?;
+        models.insert(app.to_string(), PathBuf::from(path));
+    }
+    Ok(models)
+}
+
+async fn providers(
+    args: &Args,
+    clock: Clock,
+    access: Option<Arc<dyn AgentAccess>>,
+) -> anyhow::Result<BTreeMap<Cloud, Arc<dyn Provider>>> {
     let mut out: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+    if args.local {
+        use fleet_orchestrator::bootstrap::local::LocalAgentStarter;
+        use fleet_providers::local::{LocalConfig, LocalProvider, local_offerings};
+        if args.tls_cert.is_some() {
+            bail!("--local nodes reach fleetd over loopback HTTP: run the local provider without --tls-cert");
+        }
+        if args.etcd_user.is_some() {
+            bail!("--local with --etcd-user is not supported: local nodes use fleetd's gateway tokens, not etcd users");
+        }
+        let access = access.context("--local needs agent credentials")?;
+        let port = args.listen.port();
+        let starter = LocalAgentStarter {
+            fleet: args.fleet.clone(),
+            gateway: format!("http://127.0.0.1:{port}"),
+            agent_binary: agent_binary(args)?,
+            models: models(args)?,
+            access,
+            extra_agent_config: match &args.agent_config {
+                Some(p) => std::fs::read_to_string(p).with_context(|| format!("--agent-config {}", p.display()))?,
+                None => String::new(),
+            },
+        };
+        let cfg = LocalConfig {
+            fleet: args.fleet.clone(),
+            dir: args.data_dir.join("local"),
+            offerings: local_offerings(),
+            capacity: args.local_capacity,
+        };
+        let p = LocalProvider::new(cfg, Arc::new(starter)).map_err(|e| anyhow::anyhow!("--local: {e}"))?;
+        out.insert(Cloud::Local, Arc::new(p));
+    }
     for name in &args.fake_clouds {
         let cloud: Cloud = name.parse().map_err(|e| anyhow::anyhow!("--fake-clouds: {e}"))?;
         let offerings: Vec<_> = Catalog::builtin().offerings().iter().filter(|o| o.cloud == cloud).cloned().collect();
@@ -264,15 +317,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     fleet_orchestrator::auth::admin_token(&*store, &Keys::new(&args.fleet), &args.data_dir, clock.now()).await?;
     tracing::info!(file = %token_file.display(), "admin API token (FLEET_TOKEN, or fleetctl's config)");
     // Agents get users of their own where etcd has authentication (fleetd's user needs root).
+    // Without etcd users, agents that need credentials (local nodes) get gateway tokens.
     let access: Option<Arc<dyn AgentAccess>> = match (&etcd, &args.etcd_user) {
         (Some(e), Some(_)) => Some(Arc::new(EtcdAgentAccess::new(e, &args.fleet))),
+        _ if args.local => Some(Arc::new(fleet_orchestrator::api::GatewayAccess {
+            store: store.clone(),
+            keys: Keys::new(&args.fleet),
+        })),
         _ => None,
     };
     let bootstrap: Arc<dyn Bootstrap> = match args.bootstrap.as_str() {
         "ssh" => ssh_bootstrap(&args, store.clone(), access.clone())?,
         _ => Arc::new(InstanceRunning),
     };
-    let providers = providers(&args, clock).await?;
+    let providers = providers(&args, clock, access.clone()).await?;
     if providers.is_empty() {
         tracing::warn!(
             "no cloud enabled: specs and requests are accepted but nothing is launched (try --fake-clouds lambda,runpod or --aws-region)"

@@ -10,6 +10,7 @@
 pub mod conformance;
 pub mod error;
 pub mod fake;
+pub mod local;
 pub mod moto;
 mod secret;
 

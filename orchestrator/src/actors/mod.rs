@@ -123,6 +123,8 @@ pub struct Ctx {
     /// Spot offerings whose instance the cloud took back without a notice (found gone by a node
     /// actor); the fleet's next pass marks them unavailable, as it does for notices.
     pub reclaimed: Arc<std::sync::Mutex<Vec<fleet_core::OfferingKey>>>,
+    /// Leases agents hold through the store gateway (`/v1/store/call`).
+    pub gateway_leases: Arc<crate::store::gateway::GatewayLeases>,
 }
 
 /// Gives each node's agent only the store access its work needs: its own health key, the
@@ -162,6 +164,7 @@ impl Ctx {
             nudge: Default::default(),
             access: None,
             reclaimed: Default::default(),
+            gateway_leases: Default::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! what differs is uploaded; a node already running this version is left alone. At most
 //! `max_concurrent` nodes are bootstrapped at once.
 
+pub mod local;
 pub mod ssh;
 
 use std::collections::{BTreeMap, HashSet};

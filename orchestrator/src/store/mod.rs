@@ -12,6 +12,8 @@
 pub mod embedded;
 pub mod etcd;
 pub mod etcd_access;
+pub mod gateway;
+pub mod http;
 pub mod suite;
 
 use std::fmt;

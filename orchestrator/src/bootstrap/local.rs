@@ -1,0 +1,72 @@
+//! What a `local` provider node runs: a real `fleet-agent`, configured to reach this fleetd's
+//! store through its API gateway with a token of its own (scope `agent:NODE:APP`, revoked when the
+//! node is terminated). Apps without a model file (`--model APP=FILE`) get a small MLP made by
+//! `fleet-agent make-model`, so the whole path serves real inference on the CPU.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fleet_providers::LaunchRequest;
+use fleet_providers::local::NodeStarter;
+
+use crate::actors::AgentAccess;
+
+/// The model every app without one gets: 16 inputs → 4 outputs (`{"x": [16 numbers]}`).
+pub const DEMO_MODEL_DIMS: &str = "16,64,4";
+
+#[derive(Debug)]
+pub struct LocalAgentStarter {
+    pub fleet: String,
+    /// fleetd's API as the agents reach it (`http://127.0.0.1:7070`).
+    pub gateway: String,
+    pub agent_binary: PathBuf,
+    pub models: BTreeMap<String, PathBuf>,
+    pub access: Arc<dyn AgentAccess>,
+    /// More agent config (TOML sections) appended to each node's.
+    pub extra_agent_config: String,
+}
+
+#[async_trait]
+impl NodeStarter for LocalAgentStarter {
+    async fn prepare(&self, req: &LaunchRequest, dir: &Path) -> Result<Command, String> {
+        let node: u64 = req.node_id.parse().map_err(|_| format!("node id `{}` is not a number", req.node_id))?;
+        let model = match self.models.get(&req.app) {
+            Some(m) => m.clone(),
+            None => {
+                let m = dir.join(format!("{}.safetensors", req.app));
+                let out = Command::new(&self.agent_binary)
+                    .args(["make-model", "--dims", DEMO_MODEL_DIMS])
+                    .arg(&m)
+                    .output()
+                    .map_err(|e| format!("{}: {e}", self.agent_binary.display()))?;
+                if !out.status.success() {
+                    return Err(format!("fleet-agent make-model: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                }
+                m
+            }
+        };
+        let (_, token) = self.access.credentials(node, std::slice::from_ref(&req.app)).await?;
+        let token_file = dir.join("agent.token");
+        let _ = std::fs::remove_file(&token_file);
+        crate::auth::write_private(&token_file, token.expose()).map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let config = format!(
+            "# written by fleetd for a local node\nfleet = \"{}\"\nnode = {node}\ngateway = \"{}\"\ntoken_file = \"{}\"\n\
+             lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\nmodel = \"{}\"\nmax_concurrency = 2\n\
+             [burn_in]\ncpu_size = 256\niterations = 2\n{}",
+            self.fleet,
+            self.gateway,
+            token_file.display(),
+            req.app,
+            model.display(),
+            self.extra_agent_config
+        );
+        let config_file = dir.join("agent.toml");
+        std::fs::write(&config_file, config).map_err(|e| format!("{}: {e}", config_file.display()))?;
+        let mut cmd = Command::new(&self.agent_binary);
+        cmd.arg("run").arg("--config").arg(&config_file);
+        Ok(cmd)
+    }
+}

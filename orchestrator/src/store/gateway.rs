@@ -1,0 +1,220 @@
+//! The store gateway: agents that cannot reach etcd (fleetd on its embedded store, the `local`
+//! provider's nodes) use fleetd's store through its API instead, with a token of scope
+//! `agent:NODE:APPS` and the same least privilege as an agent's etcd role
+//! ([`super::etcd_access`]): its own `agents/{node}`, every runner record read-only and the
+//! runners assigned to its node writable, the queue, claims and results of its apps. Nothing else.
+//!
+//! `POST /v1/store/{get,range,put,delete,txn,grant,keep_alive,revoke}` with JSON bodies
+//! ([`Request`]); values travel as UTF-8 text (fleet's records are JSON). [`super::http::HttpStore`]
+//! is the client. Watches are not offered (the agent polls).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, TxnResult};
+use crate::model::RunnerRecord;
+use fleet_core::keys::Keys;
+
+/// A key-value pair on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireKv {
+    pub key: String,
+    pub value: String,
+    pub mod_revision: Revision,
+    pub create_revision: Revision,
+    pub lease: Option<LeaseId>,
+}
+
+impl WireKv {
+    pub fn from_kv(kv: KeyValue) -> Result<WireKv, StoreError> {
+        let value = String::from_utf8(kv.value)
+            .map_err(|_| StoreError::Corrupt { key: kv.key.clone(), detail: "not UTF-8 text".into() })?;
+        Ok(WireKv { key: kv.key, value, mod_revision: kv.mod_revision, create_revision: kv.create_revision, lease: kv.lease })
+    }
+
+    pub fn into_kv(self) -> KeyValue {
+        KeyValue {
+            key: self.key,
+            value: self.value.into_bytes(),
+            mod_revision: self.mod_revision,
+            create_revision: self.create_revision,
+            lease: self.lease,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum WireOp {
+    Put { key: String, value: String, lease: Option<LeaseId> },
+    Delete { key: String },
+}
+
+/// One gateway call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Request {
+    Get { key: String },
+    Range { prefix: String },
+    Put { key: String, value: String, lease: Option<LeaseId> },
+    Delete { key: String },
+    Txn { compares: Vec<(String, Revision)>, ops: Vec<WireOp> },
+    Grant { ttl_ms: u64 },
+    KeepAlive { lease: LeaseId },
+    Revoke { lease: LeaseId },
+}
+
+/// Its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Response {
+    Kv { kv: Option<WireKv> },
+    Kvs { kvs: Vec<WireKv>, revision: Revision },
+    Revision { revision: Revision },
+    Deleted { existed: bool },
+    Txn { succeeded: bool, revision: Revision },
+    Lease { lease: LeaseId },
+    Done,
+}
+
+/// What an agent's token is for.
+#[derive(Debug, Clone)]
+pub struct AgentGrant {
+    pub node: u64,
+    pub apps: Vec<String>,
+}
+
+/// Leases granted through the gateway, by node: an agent may keep alive, revoke and attach keys
+/// to its own leases only. Kept in memory: after a fleetd restart an agent's keep-alive is
+/// refused, and it registers again with a new lease (its old one expires).
+#[derive(Debug, Default)]
+pub struct GatewayLeases(std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<LeaseId>>>);
+
+impl GatewayLeases {
+    fn owns(&self, node: u64, lease: LeaseId) -> bool {
+        self.0.lock().expect("lease map").get(&node).is_some_and(|s| s.contains(&lease))
+    }
+    fn add(&self, node: u64, lease: LeaseId) {
+        self.0.lock().expect("lease map").entry(node).or_default().insert(lease);
+    }
+    fn remove(&self, node: u64, lease: LeaseId) {
+        if let Some(s) = self.0.lock().expect("lease map").get_mut(&node) {
+            s.remove(&lease);
+        }
+    }
+}
+
+impl AgentGrant {
+    fn app_prefixes(&self, keys: &Keys) -> Vec<String> {
+        self.apps
+            .iter()
+            .flat_map(|a| [keys.queue(a), format!("{}{a}/", keys.claims()), keys.results(a)])
+            .collect()
+    }
+
+    /// Whether the agent may read `key` (or, for ranges, every key under the prefix).
+    fn may_read(&self, keys: &Keys, key: &str) -> bool {
+        key == keys.agent(self.node)
+            || key.starts_with(&keys.runners())
+            || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Whether the agent may write `key`: runner records only where the runner is on its node.
+    async fn may_write(&self, store: &dyn Store, keys: &Keys, key: &str) -> Result<bool, StoreError> {
+        if key == keys.agent(self.node) || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str())) {
+            return Ok(true);
+        }
+        if key.starts_with(&keys.runners()) {
+            let Some(kv) = store.get(key).await? else { return Ok(false) };
+            let r: RunnerRecord = kv.json()?;
+            return Ok(r.node() == Some(self.node));
+        }
+        Ok(false)
+    }
+}
+
+fn denied(key: &str) -> StoreError {
+    StoreError::Denied(format!("this agent's token does not cover {key}"))
+}
+
+/// Carries out one call for an agent, within its grant.
+pub async fn handle(
+    store: &dyn Store,
+    keys: &Keys,
+    leases: &GatewayLeases,
+    grant: &AgentGrant,
+    req: Request,
+) -> Result<Response, StoreError> {
+    let own = |lease: LeaseId| {
+        if leases.owns(grant.node, lease) { Ok(()) } else { Err(StoreError::LeaseNotFound(lease)) }
+    };
+    Ok(match req {
+        Request::Get { key } => {
+            if !grant.may_read(keys, &key) {
+                return Err(denied(&key));
+            }
+            Response::Kv { kv: store.get(&key).await?.map(WireKv::from_kv).transpose()? }
+        }
+        Request::Range { prefix } => {
+            if !grant.may_read(keys, &prefix) {
+                return Err(denied(&prefix));
+            }
+            let (kvs, revision) = store.range(&prefix).await?;
+            Response::Kvs { kvs: kvs.into_iter().map(WireKv::from_kv).collect::<Result<_, _>>()?, revision }
+        }
+        Request::Put { key, value, lease } => {
+            if !grant.may_write(store, keys, &key).await? {
+                return Err(denied(&key));
+            }
+            lease.map(own).transpose()?;
+            Response::Revision { revision: store.put(&key, value.into_bytes(), lease).await? }
+        }
+        Request::Delete { key } => {
+            if !grant.may_write(store, keys, &key).await? {
+                return Err(denied(&key));
+            }
+            Response::Deleted { existed: store.delete(&key).await? }
+        }
+        Request::Txn { compares, ops } => {
+            for (key, _) in &compares {
+                if !grant.may_read(keys, key) {
+                    return Err(denied(key));
+                }
+            }
+            let mut store_ops = Vec::with_capacity(ops.len());
+            for op in ops {
+                let key = match &op {
+                    WireOp::Put { key, .. } | WireOp::Delete { key } => key.clone(),
+                };
+                if !grant.may_write(store, keys, &key).await? {
+                    return Err(denied(&key));
+                }
+                if let WireOp::Put { lease: Some(l), .. } = &op {
+                    own(*l)?;
+                }
+                store_ops.push(match op {
+                    WireOp::Put { key, value, lease } => Op::Put { key, value: value.into_bytes(), lease },
+                    WireOp::Delete { key } => Op::Delete { key },
+                });
+            }
+            let compares = compares.into_iter().map(|(k, r)| Compare::at(k, r)).collect();
+            let TxnResult { succeeded, revision } = store.txn(compares, store_ops).await?;
+            Response::Txn { succeeded, revision }
+        }
+        Request::Grant { ttl_ms } => {
+            let lease = store.grant_lease(std::time::Duration::from_millis(ttl_ms)).await?;
+            leases.add(grant.node, lease);
+            Response::Lease { lease }
+        }
+        Request::KeepAlive { lease } => {
+            own(lease)?;
+            store.keep_alive(lease).await?;
+            Response::Done
+        }
+        Request::Revoke { lease } => {
+            own(lease)?;
+            store.revoke(lease).await?;
+            leases.remove(grant.node, lease);
+            Response::Done
+        }
+    })
+}
