@@ -212,13 +212,13 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
             Arc::new(fleet_orchestrator::store::http::HttpStore::new(url, token.clone()))
         }
         None => loop {
-        match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
-            Ok(s) => break Arc::new(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the store yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
+                Ok(s) => break Arc::new(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the store yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-        }
         },
     };
     let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health);

@@ -29,6 +29,7 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 }
 
 mod catalog;
+mod demo;
 mod nodes;
 mod ops;
 mod output;
@@ -148,6 +149,12 @@ enum Command {
         #[command(subcommand)]
         what: TokenWhat,
     },
+    /// Run the whole system on this machine: fleetd, local nodes with real agents, two apps, a
+    /// burst of requests, scale-up and back to zero, and a summary. No cloud account, no etcd.
+    #[command(
+        after_help = "Examples:\n  fleetctl demo\n  fleetctl demo --requests 100 --dir ./demo   (keeps the store and node logs)"
+    )]
+    Demo(demo::DemoArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  fleetctl completion bash > /etc/bash_completion.d/fleetctl\n  fleetctl completion zsh > \"${fpath[1]}/_fleetctl\"\n  fleetctl completion fish > ~/.config/fish/completions/fleetctl.fish"
@@ -196,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let server = || Server::from_args(&cli.server);
     match &cli.command {
         Command::Catalog(_) | Command::Plan(_) | Command::Simulate(_) | Command::Completion { .. } => {}
+        Command::Demo(_) if o != Output::Table => anyhow::bail!("fleetctl demo prints a table only"),
         _ if o == Output::Csv => anyhow::bail!("-o csv is for `fleetctl catalog`; use -o table, json or yaml"),
         _ => {}
     }
@@ -203,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(args) => catalog::run(args, o),
         Command::Plan(args) => plan::run(args, o),
         Command::Simulate(args) => simulate::run(args, o),
+        Command::Demo(args) => demo::run(args),
         Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),
         Command::Diff { file } => ops::diff(&server()?, &file),
         Command::Get { what } => {

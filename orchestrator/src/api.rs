@@ -162,7 +162,10 @@ impl crate::actors::AgentAccess for GatewayAccess {
         Ok(())
     }
     async fn forget_node(&self, node: u64) -> Result<(), String> {
-        crate::auth::revoke(&*self.store, &self.keys, &format!("agent-{node}")).await.map(drop).map_err(|e| e.to_string())
+        crate::auth::revoke(&*self.store, &self.keys, &format!("agent-{node}"))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -195,7 +195,10 @@ fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
         None => std::env::current_exe()?.with_file_name("fleet-agent"),
     };
     if !p.is_file() {
-        bail!("no fleet-agent binary at {} (build it: cargo build -p fleet-agent; or point --agent-binary at it)", p.display());
+        bail!(
+            "no fleet-agent binary at {} (build it: cargo build -p fleet-agent; or point --agent-binary at it)",
+            p.display()
+        );
     }
     Ok(p)
 }

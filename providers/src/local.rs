@@ -6,8 +6,8 @@
 //! What a node runs is the caller's ([`NodeStarter`]: fleetd writes the agent's config and
 //! token). Instances are kept in `DIR/instances.json`, so a restarted fleetd finds its nodes
 //! again (their processes outlive it, as a cloud's machines do); a launch with a token seen
-//! before returns that instance. An instance is live while its process is (checked in `/proc`
-//! with the node's directory on its command line, so a reused pid never passes for it).
+//! before returns that instance. An instance is live while its process is (checked in `/proc`:
+//! the pid's working directory must be the node's, so a reused pid never passes for it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,7 +48,10 @@ pub fn local_offerings() -> Vec<Offering> {
         instance: shape(name, gpus),
         capacity: cap,
         price: price(p),
-        source: Source { name: "fleet local catalog".into(), as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 26).expect("a date") },
+        source: Source {
+            name: "fleet local catalog".into(),
+            as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 26).expect("a date"),
+        },
         availability: Availability::Available,
     };
     vec![
@@ -128,13 +131,8 @@ impl LocalProvider {
             children.remove(&r.pid);
             return false;
         }
-        match std::fs::read(format!("/proc/{}/cmdline", r.pid)) {
-            Ok(cmd) => {
-                let needle = r.dir.to_string_lossy().into_owned();
-                String::from_utf8_lossy(&cmd).contains(&needle)
-            }
-            Err(_) => false,
-        }
+        // Its working directory is the node's: a reused pid never passes for it.
+        std::fs::read_link(format!("/proc/{}/cwd", r.pid)).is_ok_and(|cwd| cwd == r.dir)
     }
 
     fn instance(&self, r: &Record, live: bool) -> Instance {
@@ -198,7 +196,8 @@ impl Provider for LocalProvider {
         let id = format!("local-{}", req.idempotency_token);
         let dir = self.cfg.dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(io("node directory"))?;
-        let mut cmd = self.starter.prepare(req, &dir).await.map_err(|detail| ProviderError::InvalidRequest { detail })?;
+        let mut cmd =
+            self.starter.prepare(req, &dir).await.map_err(|detail| ProviderError::InvalidRequest { detail })?;
         let log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
         let child = cmd
             .current_dir(&dir)

@@ -51,7 +51,8 @@ impl NodeStarter for LocalAgentStarter {
         let (_, token) = self.access.credentials(node, std::slice::from_ref(&req.app)).await?;
         let token_file = dir.join("agent.token");
         let _ = std::fs::remove_file(&token_file);
-        crate::auth::write_private(&token_file, token.expose()).map_err(|e| format!("{}: {e}", token_file.display()))?;
+        crate::auth::write_private(&token_file, token.expose())
+            .map_err(|e| format!("{}: {e}", token_file.display()))?;
         let config = format!(
             "# written by fleetd for a local node\nfleet = \"{}\"\nnode = {node}\ngateway = \"{}\"\ntoken_file = \"{}\"\n\
              lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\nmodel = \"{}\"\nmax_concurrency = 2\n\

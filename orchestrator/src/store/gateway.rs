@@ -28,7 +28,13 @@ impl WireKv {
     pub fn from_kv(kv: KeyValue) -> Result<WireKv, StoreError> {
         let value = String::from_utf8(kv.value)
             .map_err(|_| StoreError::Corrupt { key: kv.key.clone(), detail: "not UTF-8 text".into() })?;
-        Ok(WireKv { key: kv.key, value, mod_revision: kv.mod_revision, create_revision: kv.create_revision, lease: kv.lease })
+        Ok(WireKv {
+            key: kv.key,
+            value,
+            mod_revision: kv.mod_revision,
+            create_revision: kv.create_revision,
+            lease: kv.lease,
+        })
     }
 
     pub fn into_kv(self) -> KeyValue {
@@ -105,10 +111,7 @@ impl GatewayLeases {
 
 impl AgentGrant {
     fn app_prefixes(&self, keys: &Keys) -> Vec<String> {
-        self.apps
-            .iter()
-            .flat_map(|a| [keys.queue(a), format!("{}{a}/", keys.claims()), keys.results(a)])
-            .collect()
+        self.apps.iter().flat_map(|a| [keys.queue(a), format!("{}{a}/", keys.claims()), keys.results(a)]).collect()
     }
 
     /// Whether the agent may read `key` (or, for ranges, every key under the prefix).

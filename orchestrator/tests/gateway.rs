@@ -1,0 +1,89 @@
+//! The store gateway (agents without etcd): an agent's token reaches only its node's keys, its
+//! runners and its apps' queues — the same least privilege as its etcd role — owns only the
+//! leases it was granted, and stops working when its node is gone. Through the real API
+//! (in-process on loopback) and the real client (`HttpStore`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::keys::Keys;
+use fleet_orchestrator::actors::{AgentAccess, Config, Ctx, InstanceRunning};
+use fleet_orchestrator::api::GatewayAccess;
+use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::lifecycle::runner::RunnerState;
+use fleet_orchestrator::model::RunnerRecord;
+use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::store::http::HttpStore;
+use fleet_orchestrator::store::{Store, StoreError, to_json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_reaches_only_its_node_and_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ctx = Arc::new(Ctx::new(
+        "t",
+        store.clone(),
+        Default::default(),
+        Arc::new(InstanceRunning),
+        Config::default(),
+        Clock::System,
+    ));
+    let keys = Keys::new("t");
+    let now = chrono::Utc::now();
+    for (id, node) in [(1, 1), (2, 2)] {
+        let r = RunnerRecord { id, app: "llm".into(), state: RunnerState::Pending { node }, created_at: now };
+        store.put(&keys.runner(id), to_json(&r), None).await.unwrap();
+    }
+    store.put(&keys.queued("other", 1), b"{}".to_vec(), None).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = fleet_orchestrator::api::router(ctx.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let access = GatewayAccess { store: store.clone(), keys: keys.clone() };
+    let (_, t1) = access.credentials(1, &["llm".into()]).await.unwrap();
+    let (_, t2) = access.credentials(2, &["llm".into()]).await.unwrap();
+    let a1 = HttpStore::new(&url, t1);
+    let a2 = HttpStore::new(&url, t2);
+
+    // Its own health key on its own lease.
+    let lease = a1.grant_lease(Duration::from_secs(5)).await.unwrap();
+    a1.put(&keys.agent(1), b"{}".to_vec(), Some(lease)).await.unwrap();
+    a1.keep_alive(lease).await.unwrap();
+    // Its runners and its apps' queue: yes. Everything else: denied.
+    a1.range(&keys.runners()).await.unwrap();
+    a1.range(&keys.queue("llm")).await.unwrap();
+    let r1 = a1.get(&keys.runner(1)).await.unwrap().unwrap();
+    a1.put(&keys.runner(1), r1.value.clone(), None).await.unwrap();
+    let denied = |e: StoreError| assert!(matches!(e, StoreError::Denied(_)), "{e}");
+    denied(a1.put(&keys.runner(2), r1.value.clone(), None).await.unwrap_err());
+    denied(a1.put(&keys.agent(2), b"{}".to_vec(), None).await.unwrap_err());
+    denied(a1.get(&keys.spec()).await.unwrap_err());
+    denied(a1.range(&keys.nodes()).await.unwrap_err());
+    denied(a1.range(&keys.queue("other")).await.unwrap_err());
+    denied(a1.range(&keys.tokens()).await.unwrap_err());
+    denied(a1.range(keys.root()).await.unwrap_err());
+    // Another node's lease is not its own: it can neither keep it alive, revoke it, nor use it.
+    let e = a2.keep_alive(lease).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseNotFound(_)), "{e}");
+    assert!(matches!(a2.revoke(lease).await.unwrap_err(), StoreError::LeaseNotFound(_)));
+    let e = a2.put(&keys.agent(2), b"{}".to_vec(), Some(lease)).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseNotFound(_)), "{e}");
+    // A transaction with one key outside the grant applies nothing.
+    let res = a1
+        .txn(
+            vec![],
+            vec![
+                fleet_orchestrator::store::Op::put(keys.queued("llm", 9), b"{}".to_vec()),
+                fleet_orchestrator::store::Op::put(keys.agent(2), b"{}".to_vec()),
+            ],
+        )
+        .await;
+    denied(res.unwrap_err());
+    assert!(store.get(&keys.queued("llm", 9)).await.unwrap().is_none(), "half-applied");
+
+    // Node gone: its token goes.
+    access.forget_node(1).await.unwrap();
+    let e = a1.range(&keys.runners()).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+}
