@@ -66,7 +66,8 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(fleet_agent::logtail::install())
+        .with_ansi(false)
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

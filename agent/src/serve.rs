@@ -51,6 +51,7 @@ async fn keep_lease(
     let mut lease: Option<LeaseId> = None;
     let mut since = now();
     let every = ttl / 3;
+    let mut log_seen = 0;
     loop {
         let result: StoreResult<()> = async {
             match lease {
@@ -68,7 +69,16 @@ async fn keep_lease(
         }
         .await;
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                // The log tail goes with the lease, when it moved.
+                if let (Some(l), Some((seq, lines))) = (lease, crate::logtail::since(log_seen)) {
+                    let v = serde_json::json!({ "lines": lines, "updated_at": now() });
+                    match store.put(&keys.agent_log(node), to_json(&v), Some(l)).await {
+                        Ok(_) => log_seen = seq,
+                        Err(e) => tracing::debug!(node, error = %e, "log tail not written; the next tick retries"),
+                    }
+                }
+            }
             Err(StoreError::LeaseNotFound(_)) => {
                 tracing::warn!(node, "lease expired (the store was out of reach too long); registering again");
                 lease = None;

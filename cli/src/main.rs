@@ -125,6 +125,12 @@ enum Command {
         #[arg(long)]
         undo: bool,
     },
+    /// The last lines of a node agent's log.
+    #[command(after_help = "Examples:\n  fleetctl logs node 12\n  fleetctl logs node 12 --tail 20")]
+    Logs {
+        #[command(subcommand)]
+        what: LogsWhat,
+    },
     /// Spend: month to date, per hour now, forecast to month end, budget headroom.
     #[command(after_help = "Example:\n  fleetctl cost -o json")]
     Cost,
@@ -187,6 +193,17 @@ enum DescribeWhat {
 }
 
 #[derive(Debug, Subcommand)]
+enum LogsWhat {
+    /// A node's agent.
+    Node {
+        id: String,
+        /// Lines to show (the agent keeps its last 200).
+        #[arg(long, default_value_t = 50)]
+        tail: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenWhat {
     /// Make a token (printed once) with a scope: admin, read, or submit:APP.
     Create {
@@ -232,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ops::node_action(&server()?, &node, if undo { "uncordon" } else { "cordon" }, o)
         }
         Command::Cost => ops::cost(&server()?, o),
+        Command::Logs { what: LogsWhat::Node { id, tail } } => ops::logs(&server()?, &id, tail, o),
         Command::Submit { app, input, wait } => ops::submit(&server()?, &app, &input, wait, o),
         Command::Token { what: TokenWhat::Create { name, scope } } => ops::create_token(&server()?, &name, &scope, o),
         Command::Token { what: TokenWhat::Revoke { name } } => ops::revoke_token(&server()?, &name),

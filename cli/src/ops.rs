@@ -269,6 +269,21 @@ pub fn node_action(server: &Server, id: &str, action: &str, output: Output) -> a
     Ok(())
 }
 
+pub fn logs(server: &Server, id: &str, tail: usize, output: Output) -> anyhow::Result<()> {
+    if id.parse::<u64>().is_err() {
+        bail!("`{id}` is not a node id (a number; `fleetctl get nodes` lists them)");
+    }
+    let v = server.get(&format!("/v1/nodes/{id}/logs"))?;
+    if structured(&v, output) {
+        return Ok(());
+    }
+    let lines: Vec<&str> = v["lines"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    for l in &lines[lines.len().saturating_sub(tail)..] {
+        outln!("{l}");
+    }
+    Ok(())
+}
+
 pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
     let v = server.get("/v1/cost")?;
     if structured(&v, output) {

@@ -56,3 +56,64 @@ fn demo_refuses_json_output_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("table only"), "{err}");
 }
+
+/// `fleetctl logs node ID`: the tail of a local node's real agent log, published through the
+/// store; a node with no agent log is a clear 404.
+#[test]
+fn logs_show_a_node_agents_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetctl")).with_file_name("fleetd");
+    assert!(bin.is_file(), "fleetd beside fleetctl (cargo build --workspace)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut fleetd = Command::new(&bin)
+        .args(["--fleet", "demo", "--local", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .args(["--reconcile-every", "0.2", "--node-poll", "0.3"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let ctl = |args: &[&str]| {
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap_or_default();
+        Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(args)
+            .env("FLEET_SERVER", &url)
+            .env("FLEET_TOKEN", token.trim())
+            .env("HOME", "/nonexistent")
+            .env_remove("FLEET_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "[fleet]\nname = \"demo\"\n[apps.chat]\ngpu = \"H100\"\ngpus = 1\n[apps.chat.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\nkeep_alive = \"1h\"\n",
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut applied = false;
+    let mut seen = String::new();
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        if !applied {
+            applied = ctl(&["apply", "-f", spec.to_str().unwrap()]).status.success();
+        } else {
+            let o = ctl(&["logs", "node", "1", "--tail", "100"]);
+            seen = String::from_utf8_lossy(&o.stdout).into_owned();
+            if seen.contains("runner loaded") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = Command::new("kill").args(["-TERM", &fleetd.id().to_string()]).status();
+    let _ = fleetd.wait();
+    // The local node outlives fleetd (as a machine would): stop it.
+    let instances = std::fs::read_to_string(dir.path().join("local/instances.json")).unwrap_or_default();
+    if let Ok(serde_json::Value::Array(rs)) = serde_json::from_str::<serde_json::Value>(&instances) {
+        for r in rs {
+            let _ = Command::new("kill").arg(r["pid"].to_string()).status();
+        }
+    }
+    assert!(seen.contains("registered") && seen.contains("runner loaded"), "{seen}");
+    assert!(seen.lines().all(|l| !l.contains('\u{1b}')), "no terminal colours in the tail: {seen}");
+}

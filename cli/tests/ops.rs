@@ -213,6 +213,10 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
     fails_with(&ctl(env.clone(), &["drain", "abc"]).await, "`abc` is not a node id");
     fails_with(&ctl(env.clone(), &["cordon", "999"]).await, "fleetd answered 404");
 
+    // logs: simulated agents publish no log tail; a bad id is named.
+    fails_with(&ctl(env.clone(), &["logs", "node", &id]).await, &format!("no log from node {id}'s agent"));
+    fails_with(&ctl(env.clone(), &["logs", "node", "x1"]).await, "`x1` is not a node id");
+
     // cost.
     let o = ctl(env.clone(), &["cost"]).await;
     assert!(o.ok && o.stdout.contains("Month to date:") && o.stdout.contains("Forecast, month end:"), "{}", o.stdout);

@@ -6,6 +6,7 @@
 //! /fleet/{fleet}/nodes/{node}              NodeRecord: lifecycle, offering candidates, instance id
 //! /fleet/{fleet}/runners/{runner}          RunnerRecord: app, node, lifecycle
 //! /fleet/{fleet}/agents/{node}             the node agent's health record, attached to the agent's lease
+//! /fleet/{fleet}/agentlogs/{node}         the last lines of the node agent's log, on the agent's lease
 //! /fleet/{fleet}/hostkeys/{node}           the node's SSH host key, pinned at first contact (trust on first use)
 //! /fleet/{fleet}/queue/{app}/{request}     a request not finished yet (queued or claimed)
 //! /fleet/{fleet}/claims/{app}/{request}    who serves it now, attached to the claimer's lease
@@ -94,6 +95,11 @@ impl Keys {
 
     pub fn agent(&self, node: u64) -> String {
         format!("{}agents/{}", self.root, id_segment(node))
+    }
+
+    /// The last lines of a node agent's log (`fleetctl logs node ID`).
+    pub fn agent_log(&self, node: u64) -> String {
+        format!("{}agentlogs/{}", self.root, id_segment(node))
     }
 
     /// The SSH host key recorded for a node at its first bootstrap.

@@ -8,6 +8,7 @@
 //! GET  /v1/clouds                        enabled clouds with their nodes and burn rate
 //! GET  /v1/offerings                     what the enabled clouds sell now, cheapest $/GPU-h first
 //! GET  /v1/nodes, /v1/nodes/{id}         node records
+//! GET  /v1/nodes/{id}/logs               the last lines of the node agent's log
 //! POST /v1/nodes/{id}/drain              drain a ready node (operator)
 //! POST /v1/nodes/{id}/cordon|uncordon    stop / resume placing runners on it
 //! GET  /v1/runners                       runner records
@@ -87,6 +88,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/offerings", get(offerings))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node))
+        .route("/v1/nodes/{id}/logs", get(node_logs))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/nodes/{id}/cordon", post(cordon))
         .route("/v1/nodes/{id}/uncordon", post(uncordon))
@@ -376,6 +378,17 @@ async fn node(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<
     match get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? {
         Some((n, _)) => Ok(Json(node_views(&ctx, vec![n]).await?.remove(0))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (GET /v1/nodes lists them)"))),
+    }
+}
+
+async fn node_logs(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id, "node")?;
+    match ctx.store.get(&ctx.keys.agent_log(id)).await? {
+        Some(kv) => Ok(Json(kv.json()?)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no log from node {id}'s agent: it has not reported yet, or the node is gone (fleetctl get nodes)"),
+        )),
     }
 }
 

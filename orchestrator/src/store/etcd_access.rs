@@ -1,7 +1,8 @@
 //! Least privilege for agents on etcd with authentication on: one user and one role per node,
 //! `fleet-{fleet}-agent-{node}`, allowed
 //!
-//! - read and write its own health key `agents/{node}` (attached to its lease),
+//! - read and write its own health key `agents/{node}` (attached to its lease) and its log tail
+//!   `agentlogs/{node}`,
 //! - read the runner records (no secrets in them) and write only the runners assigned to its
 //!   node (granted one by one as they are assigned, revoked when they go),
 //! - read and write the queue, claims and results of the apps it serves.
@@ -66,7 +67,11 @@ impl AgentAccess for EtcdAgentAccess {
             Err(e) => return Err(format!("etcd role {name}: {e}")),
         }
         let k = &self.keys;
-        let mut perms = vec![Permission::read_write(k.agent(node)), Permission::read(k.runners()).with_prefix()];
+        let mut perms = vec![
+            Permission::read_write(k.agent(node)),
+            Permission::read_write(k.agent_log(node)),
+            Permission::read(k.runners()).with_prefix(),
+        ];
         for app in apps {
             perms.push(Permission::read_write(k.queue(app)).with_prefix());
             perms.push(Permission::read_write(format!("{}{app}/", k.claims())).with_prefix());

@@ -117,13 +117,17 @@ impl AgentGrant {
     /// Whether the agent may read `key` (or, for ranges, every key under the prefix).
     fn may_read(&self, keys: &Keys, key: &str) -> bool {
         key == keys.agent(self.node)
+            || key == keys.agent_log(self.node)
             || key.starts_with(&keys.runners())
             || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
     }
 
     /// Whether the agent may write `key`: runner records only where the runner is on its node.
     async fn may_write(&self, store: &dyn Store, keys: &Keys, key: &str) -> Result<bool, StoreError> {
-        if key == keys.agent(self.node) || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str())) {
+        if key == keys.agent(self.node)
+            || key == keys.agent_log(self.node)
+            || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
+        {
             return Ok(true);
         }
         if key.starts_with(&keys.runners()) {
