@@ -112,16 +112,21 @@ struct Args {
     /// The fleet-agent binary to install (default: fleet-agent beside this fleetd).
     #[arg(long)]
     agent_binary: Option<PathBuf>,
-    /// Where the agent goes on each node.
+    /// Where the agent goes on each node (`{node}` is replaced by the node's id).
     #[arg(long, default_value = "/opt/fleet")]
     agent_dir: String,
+    /// Connect to this address for every node's SSH instead of the instance's (tests that map
+    /// emulated instances to one sshd on loopback).
+    #[arg(long, hide = true)]
+    ssh_connect_override: Option<std::net::SocketAddr>,
     /// etcd endpoints as the nodes reach them (default: --etcd).
     #[arg(long, value_delimiter = ',')]
     agent_endpoints: Vec<String>,
     /// A model for an app's runners, APP=FILE (safetensors), uploaded to every node; repeatable.
     #[arg(long = "model", value_name = "APP=FILE")]
     models: Vec<String>,
-    /// More agent configuration (TOML: [burn_in], [interruption]) appended to each node's config.
+    /// More agent configuration (TOML: [burn_in], [interruption]) appended to each node's config
+    /// (`{node}` is replaced by the node's id).
     #[arg(long)]
     agent_config: Option<PathBuf>,
     /// With --etcd: seconds the leader's lease lasts without renewal; a follower takes over within
@@ -183,7 +188,10 @@ fn ssh_bootstrap(
         extra_agent_config: extra,
         connect_timeout: Duration::from_secs(10),
         max_concurrent: args.bootstrap_concurrency,
-        resolve: None,
+        resolve: args.ssh_connect_override.map(|a| {
+            let f: fleet_orchestrator::bootstrap::Resolve = Arc::new(move |_: &fleet_providers::Instance| Some(a));
+            f
+        }),
         credentials: access,
     };
     Ok(Arc::new(SshBootstrap::new(cfg, store)?))

@@ -41,6 +41,8 @@ pub struct SshBootstrapConfig {
     /// The `fleet-agent` binary to install.
     pub agent_binary: PathBuf,
     /// Where it goes on the node (letters, digits, `/._-` only).
+    /// Where the agent goes on the node; `{node}` is replaced by the node's id (several nodes
+    /// on one host, as in a lab or the end-to-end test).
     pub remote_dir: String,
     /// The store as the node reaches it.
     pub endpoints: Vec<String>,
@@ -132,12 +134,13 @@ while :; do\n  ./fleet-agent run --config agent.toml >> agent.log 2>&1\n  sleep 
 
 impl SshBootstrap {
     pub fn new(cfg: SshBootstrapConfig, store: Arc<dyn Store>) -> Result<SshBootstrap, BootstrapError> {
-        if cfg.remote_dir.is_empty()
-            || !cfg.remote_dir.starts_with('/')
-            || !cfg.remote_dir.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+        let plain = cfg.remote_dir.replace("{node}", "0");
+        if plain.is_empty()
+            || !plain.starts_with('/')
+            || !plain.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
         {
             return Err(BootstrapError::Config(format!(
-                "remote_dir '{}' must be an absolute path of letters, digits and /._- only",
+                "remote_dir '{}' must be an absolute path of letters, digits and /._- only (and {{node}})",
                 cfg.remote_dir
             )));
         }
@@ -213,8 +216,13 @@ impl SshBootstrap {
         Ok(())
     }
 
+    /// The agent's directory on `node`.
+    fn dir(&self, node: NodeId) -> String {
+        self.cfg.remote_dir.replace("{node}", &node.to_string())
+    }
+
     fn agent_config(&self, node: NodeId, auth: Option<&(String, Secret)>) -> String {
-        let dir = &self.cfg.remote_dir;
+        let dir = &self.dir(node);
         let endpoints: Vec<String> = self.cfg.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         let mut s = format!(
             "# written by fleetd's bootstrap\nfleet = \"{}\"\nnode = {node}\nendpoints = [{}]\nlease_ttl = \"{}\"\n",
@@ -228,7 +236,7 @@ impl SshBootstrap {
         for app in self.cfg.models.keys() {
             s += &format!("[apps.{app}]\nmodel = \"{dir}/models/{app}.safetensors\"\n");
         }
-        s += &self.cfg.extra_agent_config;
+        s += &self.cfg.extra_agent_config.replace("{node}", &node.to_string());
         s
     }
 
@@ -252,7 +260,7 @@ impl SshBootstrap {
     }
 
     async fn install_over(&self, s: &Session, node: &NodeRecord) -> Result<InstallOutcome, BootstrapError> {
-        let dir = &self.cfg.remote_dir;
+        let dir = &self.dir(node.id);
         let auth = match &self.cfg.credentials {
             Some(c) => {
                 let apps: Vec<String> = self.cfg.models.keys().cloned().collect();
