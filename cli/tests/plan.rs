@@ -86,3 +86,12 @@ fn simulate_matches_fleetsim_byte_for_byte() {
     let lib = fleet_simulator::run(&sc).unwrap().to_json();
     assert_eq!(String::from_utf8(o.stdout).unwrap().trim_end(), lib);
 }
+
+#[test]
+fn simulate_names_a_missing_scenario_in_one_line() {
+    let o = fleetctl(&["simulate", "/nonexistent/scenario.toml"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("/nonexistent/scenario.toml") && !e.contains("panicked"), "{e}");
+}

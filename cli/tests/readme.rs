@@ -39,3 +39,26 @@ fn every_fleetctl_command_in_the_readme_exists() {
         );
     }
 }
+
+/// `--help` of every fleetctl command shows examples.
+#[test]
+fn every_command_has_examples_in_its_help() {
+    let top = Command::new(env!("CARGO_BIN_EXE_fleetctl")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&top.stdout).to_string();
+    let commands: Vec<String> = text
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 15, "{commands:?}");
+    for c in commands {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetctl")).args([c.as_str(), "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Example"), "`fleetctl {c} --help` shows no example:\n{help}");
+    }
+}
