@@ -6,19 +6,7 @@ use serde_json::Value;
 
 use crate::Output;
 use crate::server::Server;
-use crate::table::Table;
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(x) => x.clone(),
-        // 989.0 reads as 989.
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => {
-            format!("{}", n.as_f64().unwrap_or_default() as i64)
-        }
-        other => other.to_string(),
-    }
-}
+use crate::table::{Table, cell as s};
 
 /// The node's state name (`ready`…): its record's state is tagged `{"state": "ready", ...}`.
 fn state(n: &Value) -> String {

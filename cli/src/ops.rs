@@ -9,15 +9,7 @@ use serde_json::Value;
 
 use crate::Output;
 use crate::server::Server;
-use crate::table::Table;
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(x) => x.clone(),
-        other => other.to_string(),
-    }
-}
+use crate::table::{Table, cell as s};
 
 fn read_spec(file: &Path) -> anyhow::Result<String> {
     if file == Path::new("-") {

@@ -1,5 +1,19 @@
 //! Plain aligned tables, kubectl-style: upper-case headers, two spaces between columns.
 
+/// A JSON value as a table cell: `-` for null, strings bare, whole numbers without `.0`.
+pub fn cell(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        // 989.0 reads as 989.
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => {
+            format!("{}", n.as_f64().unwrap_or_default() as i64)
+        }
+        other => other.to_string(),
+    }
+}
+
 pub struct Table {
     headers: Vec<&'static str>,
     right: Vec<bool>,

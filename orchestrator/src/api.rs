@@ -136,41 +136,6 @@ async fn gateway_call(
     }
 }
 
-/// Agents' credentials as gateway tokens (the `local` provider's nodes, and SSH-bootstrapped
-/// nodes of a fleetd on its embedded store): one token per node, `agent-{node}`, revoked when
-/// the node is gone. Runner permissions follow the runner records, so granting is a no-op.
-#[derive(Debug)]
-pub struct GatewayAccess {
-    pub store: Arc<dyn crate::store::Store>,
-    pub keys: fleet_core::keys::Keys,
-}
-
-#[async_trait::async_trait]
-impl crate::actors::AgentAccess for GatewayAccess {
-    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_providers::Secret), String> {
-        let name = format!("agent-{node}");
-        // A node bootstrapped again gets a new token; the old one goes.
-        crate::auth::revoke(&*self.store, &self.keys, &name).await.map_err(|e| e.to_string())?;
-        let scope = crate::auth::Scope::Agent { node, apps: apps.to_vec() };
-        let token = crate::auth::issue(&*self.store, &self.keys, &name, scope, chrono::Utc::now())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((name, fleet_providers::Secret::new(token)))
-    }
-    async fn grant_runner(&self, _node: u64, _runner: u64) -> Result<(), String> {
-        Ok(())
-    }
-    async fn revoke_runner(&self, _node: u64, _runner: u64) -> Result<(), String> {
-        Ok(())
-    }
-    async fn forget_node(&self, node: u64) -> Result<(), String> {
-        crate::auth::revoke(&*self.store, &self.keys, &format!("agent-{node}"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-}
-
 async fn list_tokens(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let tokens = crate::auth::list(&*ctx.store, &ctx.keys).await?;
     Ok(Json(

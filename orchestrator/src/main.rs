@@ -331,7 +331,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Without etcd users, agents that need credentials (local nodes) get gateway tokens.
     let access: Option<Arc<dyn AgentAccess>> = match (&etcd, &args.etcd_user) {
         (Some(e), Some(_)) => Some(Arc::new(EtcdAgentAccess::new(e, &args.fleet))),
-        _ if args.local => Some(Arc::new(fleet_orchestrator::api::GatewayAccess {
+        _ if args.local => Some(Arc::new(fleet_orchestrator::store::gateway::GatewayAccess {
             store: store.clone(),
             keys: Keys::new(&args.fleet),
         })),

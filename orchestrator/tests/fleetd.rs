@@ -1,56 +1,22 @@
 //! The real `fleetd` binary: starts on embedded defaults, serves its API over HTTP, runs requests
 //! on simulated clouds, stops cleanly on SIGTERM, and finds its state again after a restart.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_orchestrator::testing::http::{http, request};
-
-struct Fleetd {
-    child: Child,
-    addr: String,
-    token: String,
-}
-
-impl Fleetd {
-    /// One API call with fleetd's admin token.
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        request(&self.addr, method, path, &[&format!("Authorization: Bearer {}", self.token)], body).unwrap()
-    }
-}
-
-impl Drop for Fleetd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::Fleetd;
+use fleet_orchestrator::testing::http::http;
 
 fn start_fleetd(dir: &std::path::Path) -> Fleetd {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
-        .args(["--listen", &addr, "--fleet", "test", "--fake-clouds", "lambda", "--fake-speed", "20"])
-        .args(["--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fleetd starts");
-    let mut f = Fleetd { child, addr, token: String::new() };
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if let Ok((200, _)) = http(&f.addr, "GET", "/healthz", "") {
-            f.token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
-            return f;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("fleetd did not answer /healthz within 30 s");
+    let args = ["--fleet", "test", "--fake-clouds", "lambda", "--fake-speed", "20"]
+        .into_iter()
+        .chain(["--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"])
+        .map(String::from)
+        .chain([dir.display().to_string()])
+        .collect::<Vec<_>>();
+    Fleetd::start(&args, None)
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -111,10 +77,8 @@ fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
         assert!(start.elapsed() < Duration::from_secs(30), "fleetd did not stop within 30 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut err = String::new();
-    d.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.success(), "exit status {status}: {err}");
-    assert!(err.contains("stopped"), "{err}");
+    assert!(status.success(), "exit status {status}: {}", d.log());
+    assert!(d.saw("stopped", Duration::from_secs(5)), "{}", d.log());
 
     // Same data dir: the spec and the results are still there.
     let d2 = start_fleetd(dir.path());

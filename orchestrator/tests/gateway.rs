@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use fleet_core::keys::Keys;
 use fleet_orchestrator::actors::{AgentAccess, Config, Ctx, InstanceRunning};
-use fleet_orchestrator::api::GatewayAccess;
 use fleet_orchestrator::clock::Clock;
 use fleet_orchestrator::lifecycle::runner::RunnerState;
 use fleet_orchestrator::model::RunnerRecord;
 use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::store::gateway::GatewayAccess;
 use fleet_orchestrator::store::http::HttpStore;
 use fleet_orchestrator::store::{Store, StoreError, to_json};
 

@@ -184,8 +184,7 @@ impl Provider for LocalProvider {
                 let alive = self.alive(r, children);
                 return Ok(self.instance(r, alive));
             }
-            let rs: Vec<Record> = records.clone();
-            rs.iter().filter(|r| !r.terminated && self.alive(r, children)).count()
+            records.iter().filter(|r| !r.terminated && self.alive(r, children)).count()
         };
         if live >= self.cfg.capacity {
             return Err(ProviderError::InsufficientCapacity {
@@ -226,18 +225,17 @@ impl Provider for LocalProvider {
     async fn get(&self, id: &str) -> ProviderResult<Instance> {
         let mut st = self.state.lock().expect("local state");
         let (records, children) = &mut *st;
-        let Some(r) = records.iter().find(|r| r.id == id).cloned() else {
+        let Some(r) = records.iter().find(|r| r.id == id) else {
             return Err(ProviderError::NotFound { what: format!("local instance {id}") });
         };
-        let alive = self.alive(&r, children);
-        Ok(self.instance(&r, alive))
+        let alive = self.alive(r, children);
+        Ok(self.instance(r, alive))
     }
 
     async fn list(&self) -> ProviderResult<Vec<Instance>> {
         let mut st = self.state.lock().expect("local state");
         let (records, children) = &mut *st;
-        let rs = records.clone();
-        Ok(rs.iter().filter(|r| self.alive(r, children)).map(|r| self.instance(r, true)).collect())
+        Ok(records.iter().filter(|r| self.alive(r, children)).map(|r| self.instance(r, true)).collect())
     }
 
     async fn terminate(&self, id: &str) -> ProviderResult<()> {
@@ -245,12 +243,10 @@ impl Provider for LocalProvider {
             let mut st = self.state.lock().expect("local state");
             let (records, children) = &mut *st;
             let Some(i) = records.iter().position(|r| r.id == id) else { return Ok(()) };
-            let r = records[i].clone();
-            let live = self.alive(&r, children);
+            let live = self.alive(&records[i], children);
             records[i].terminated = true;
-            let rs = records.clone();
-            self.save(&rs)?;
-            (r.pid, live)
+            self.save(records)?;
+            (records[i].pid, live)
         };
         if live {
             // SIGTERM: the agent stops serving and gives back its lease (a machine shutting down).
