@@ -1,7 +1,9 @@
 //! API tokens: the API spends money, so every call but `/healthz` and `/metrics` needs one.
 //!
-//! A token is `flt_` + 32 random bytes in hex, shown once when made. The store keeps only its
-//! SHA-256 with its name and scope (`tokens/{name}`), so a copy of the store grants nothing.
+//! A token is `flt_{name}:` + 32 random bytes in hex, shown once when made. The store keeps only
+//! its SHA-256 with its name and scope (`tokens/{name}`), so a copy of the store grants nothing;
+//! the name in the token lets every call check it with one read of its own record (agents call
+//! the store gateway several times a second, and there is a token per node).
 //! Scopes:
 //! - `admin`: everything, tokens included;
 //! - `read`: every GET;
@@ -10,7 +12,7 @@
 //!   there only the keys of its node and its apps ([`crate::store::gateway`]).
 //!
 //! `fleetd` makes an admin token at its first start (written to `DATA_DIR/admin.token`, mode
-//! 0600, named `admin-` + the start of its digest, so that several fleetd on one etcd each keep
+//! 0600, named `admin-` + 8 random hex digits, so that several fleetd on one etcd each keep
 //! theirs); later starts reuse it.
 
 use std::fmt;
@@ -117,9 +119,19 @@ fn digest(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn new_token() -> String {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_token(name: &str) -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("flt_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("flt_{name}:{}", hex(&bytes))
+}
+
+/// The name a token carries (`flt_{name}:{secret}`), if it is shaped like one.
+fn name_of(token: &str) -> Option<&str> {
+    let (name, secret) = token.strip_prefix("flt_")?.rsplit_once(':')?;
+    (check_name(name).is_ok() && secret.len() == 64).then_some(name)
 }
 
 /// Token names: what `tokens/{name}` and log lines can carry.
@@ -143,7 +155,7 @@ pub enum TokenError {
 /// Makes a token `name` with `scope`; returns the token (the only time it is seen).
 pub async fn issue(store: &dyn Store, keys: &Keys, name: &str, scope: Scope, now: Time) -> Result<String, TokenError> {
     check_name(name).map_err(TokenError::Invalid)?;
-    let token = new_token();
+    let token = new_token(name);
     let rec = TokenRecord { name: name.to_string(), scope, sha256: digest(&token), created_at: now };
     let key = keys.token(name);
     let res =
@@ -167,9 +179,9 @@ pub async fn revoke(store: &dyn Store, keys: &Keys, name: &str) -> StoreResult<b
 
 /// The record of `token`, if it is a valid one.
 pub async fn verify(store: &dyn Store, keys: &Keys, token: &str) -> StoreResult<Option<TokenRecord>> {
-    let want = digest(token);
-    // Tokens are few (operators, apps): a read of all of them beats an index to keep.
-    Ok(list(store, keys).await?.into_iter().find(|t| t.sha256 == want))
+    let Some(name) = name_of(token) else { return Ok(None) };
+    let rec = get_json::<TokenRecord>(store, &keys.token(name)).await?.map(|(r, _)| r);
+    Ok(rec.filter(|r| r.sha256 == digest(token)))
 }
 
 /// fleetd's admin token: read from `dir/admin.token`, or made (and written there, mode 0600) at
@@ -181,15 +193,19 @@ pub async fn admin_token(store: &dyn Store, keys: &Keys, dir: &Path, now: Time) 
     let token = match std::fs::read_to_string(&path) {
         Ok(t) => t.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let t = new_token();
+            let suffix: [u8; 4] = rand::random();
+            let t = new_token(&format!("admin-{}", hex(&suffix)));
             write_private(&path, &t).with_context(|| format!("writing {}", path.display()))?;
             t
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let sha256 = digest(&token);
-    let name = format!("admin-{}", &sha256[..8]);
-    let rec = TokenRecord { name: name.clone(), scope: Scope::Admin, sha256, created_at: now };
+    let name = name_of(&token)
+        .with_context(|| {
+            format!("{} does not hold a fleet token: delete it and restart fleetd to make a new one", path.display())
+        })?
+        .to_string();
+    let rec = TokenRecord { name: name.clone(), scope: Scope::Admin, sha256: digest(&token), created_at: now };
     match get_json::<TokenRecord>(store, &keys.token(&name)).await? {
         Some((r, _)) if r.sha256 == rec.sha256 => {}
         _ => drop(store.put(&keys.token(&name), to_json(&rec), None).await?),
@@ -305,10 +321,14 @@ mod tests {
 
     #[test]
     fn tokens_are_random_and_only_their_digest_is_kept() {
-        let (a, b) = (new_token(), new_token());
+        let (a, b) = (new_token("ci"), new_token("ci"));
         assert_ne!(a, b);
-        assert!(a.starts_with("flt_") && a.len() == 68);
+        assert!(a.starts_with("flt_ci:") && a.len() == 4 + 3 + 64, "{a}");
+        assert_eq!(name_of(&a), Some("ci"));
         assert_eq!(digest(&a).len(), 64);
         assert_ne!(digest(&a), digest(&b));
+        for bad in ["flt_forged", "flt_ci:short", "ci:0000", "flt_a/b:"] {
+            assert_eq!(name_of(bad), None, "{bad}");
+        }
     }
 }

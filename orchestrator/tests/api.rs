@@ -200,6 +200,11 @@ async fn every_call_needs_a_token_whose_scope_allows_it() {
     }
     let (s, b) = call_as(&h, Some("flt_forged"), Method::GET, "/v1/nodes", "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    // The admin token's name with another secret.
+    let admin_token = admin(&h).await;
+    let (name, _) = admin_token.rsplit_once(':').unwrap();
+    let forged = format!("{name}:{}", "0".repeat(64));
+    assert_eq!(call_as(&h, Some(&forged), Method::GET, "/v1/nodes", "").await.0, StatusCode::UNAUTHORIZED);
     for open in ["/healthz", "/metrics"] {
         assert_eq!(call_as(&h, None, Method::GET, open, "").await.0, StatusCode::OK, "{open}");
     }
