@@ -12,10 +12,17 @@ pub mod error;
 pub mod fake;
 pub mod local;
 pub mod moto;
+pub mod prices;
 mod secret;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "emulators")]
+pub mod emulators;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+#[cfg(any(feature = "lambda", feature = "runpod"))]
+mod rest;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,12 +85,53 @@ pub fn idempotency_token(fleet: &str, node_id: &str) -> String {
         return raw;
     }
     // FNV-1a: stable across processes and versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in raw.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(0xcbf2_9ce4_8422_2325, &raw);
     let prefix: String = raw.chars().filter(char::is_ascii_alphanumeric).take(47).collect();
     format!("{prefix}-{h:016x}")
+}
+
+fn fnv1a(seed: u64, s: &str) -> u64 {
+    let mut h: u64 = seed;
+    for b in s.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A resource name every cloud accepts, derived from an idempotency token: lower case letters,
+/// digits and '-', starting with a letter, at most 63 characters (GCP's rule, the strictest;
+/// Azure VM names allow 64). The same token always gives the same name, so a re-sent launch
+/// names the instance the first one made.
+pub fn instance_name(token: &str) -> String {
+    let mut s: String =
+        token.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        s.insert_str(0, "f-");
+    }
+    let lossless = s.len() <= 63 && token.len() == s.len() && token == s;
+    if !lossless {
+        // Different tokens may map onto one cleaned name ("A" and "a"): a hash of the token keeps them apart.
+        s.truncate(46);
+        s = format!("{}-{:016x}", s.trim_end_matches('-'), fnv1a(0xcbf2_9ce4_8422_2325, token));
+    }
+    s.trim_end_matches('-').to_string()
+}
+
+/// A UUID derived from a token (GCP's `requestId` must be a UUID): same token, same UUID.
+pub fn token_uuid(token: &str) -> String {
+    let a = fnv1a(0xcbf2_9ce4_8422_2325, token);
+    let b = fnv1a(0x6c62_272e_07bb_0142, token);
+    // Version 8 ("custom") and the RFC 4122 variant bits.
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_8000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -173,4 +221,37 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Terminates `id`. `Ok` once termination is accepted, and also when the instance is already
     /// terminated or unknown: callers may call it again until `get` says `Terminated`/`NotFound`.
     async fn terminate(&self, id: &str) -> ProviderResult<()>;
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_are_valid_everywhere_and_stable() {
+        let ok = |n: &str| {
+            n.len() <= 63
+                && n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !n.ends_with('-')
+        };
+        assert_eq!(instance_name("prod-12"), "prod-12");
+        for t in ["prod-12", "Prod-12", "9lives-1", "a_b.c", &"x".repeat(80), "prod-", "-"] {
+            let n = instance_name(t);
+            assert!(ok(&n), "{t} -> {n}");
+            assert_eq!(n, instance_name(t));
+        }
+        assert_ne!(instance_name("Prod-1"), instance_name("prod-1"));
+        assert_ne!(instance_name(&"x".repeat(70)), instance_name(&"x".repeat(71)));
+    }
+
+    #[test]
+    fn token_uuids_are_uuids() {
+        let u = token_uuid("prod-12");
+        assert_eq!(u, token_uuid("prod-12"));
+        assert_ne!(u, token_uuid("prod-13"));
+        let parts: Vec<&str> = u.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('8') && matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{u}");
+    }
 }

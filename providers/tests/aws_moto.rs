@@ -52,7 +52,7 @@ async fn conformance_against_moto() {
     let env = ConformanceEnv {
         fleet: "conformance".into(),
         on_demand: key("p5.48xlarge", Some("use1-az1"), CapacityType::OnDemand),
-        spot: key("p4d.24xlarge", None, CapacityType::Spot),
+        spot: Some(key("p4d.24xlarge", None, CapacityType::Spot)),
         missing_id: "i-0123456789abcdef0".into(),
         run_id: "conf".into(),
     };

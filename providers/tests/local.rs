@@ -40,7 +40,7 @@ async fn local_passes_the_conformance_suite() {
     let env = ConformanceEnv {
         fleet: "t".into(),
         on_demand: key(CapacityType::OnDemand),
-        spot: key(CapacityType::Spot),
+        spot: Some(key(CapacityType::Spot)),
         missing_id: "local-nope".into(),
         run_id: "conf".into(),
     };

@@ -43,7 +43,7 @@ fn env() -> ConformanceEnv {
     ConformanceEnv {
         fleet: "test-fleet".into(),
         on_demand: offerings()[0].key(),
-        spot: offerings()[1].key(),
+        spot: Some(offerings()[1].key()),
         missing_id: "fake-999999".into(),
         run_id: "conf".into(),
     }
