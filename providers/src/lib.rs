@@ -23,6 +23,8 @@ pub mod emulators;
 pub mod lambda;
 #[cfg(any(feature = "lambda", feature = "runpod"))]
 mod rest;
+#[cfg(feature = "runpod")]
+pub mod runpod;
 
 use std::collections::BTreeMap;
 use std::fmt;

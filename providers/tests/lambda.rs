@@ -93,6 +93,7 @@ async fn lambda_errors_map_to_what_the_orchestrator_acts_on() {
     emu.fail_next(Fault {
         method: "GET",
         path_contains: "/instances".into(),
+        body_contains: "",
         status: 429,
         headers: vec![("retry-after".into(), "5".into())],
         body: error_body("global/too-many-requests", "Too many requests.", None),
@@ -144,6 +145,7 @@ async fn lambda_prices_are_live_and_survive_a_failed_refresh() {
     emu.fail_next(Fault {
         method: "GET",
         path_contains: "/instance-types".into(),
+        body_contains: "",
         status: 503,
         headers: vec![],
         body: serde_json::json!({"error": {"code": "global/unknown", "message": "unavailable"}}),

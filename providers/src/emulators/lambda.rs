@@ -109,6 +109,7 @@ pub fn insufficient_capacity() -> Fault {
     Fault {
         method: "POST",
         path_contains: "/instance-operations/launch".into(),
+        body_contains: "",
         status: 400,
         headers: vec![],
         body: error_body(

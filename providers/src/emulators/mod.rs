@@ -7,6 +7,7 @@
 //! request with an injected error once ([`Fault`]), as a cloud does when it runs out of capacity.
 
 pub mod lambda;
+pub mod runpod;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,8 @@ pub struct Fault {
     pub method: &'static str,
     /// Matches when the path contains this.
     pub path_contains: String,
+    /// Matches when the request body contains this (`""`: any body); GraphQL's one path needs it.
+    pub body_contains: &'static str,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Value,
@@ -130,6 +133,7 @@ impl Running {
 async fn record_and_inject(State(base): State<Arc<Base>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, 16 << 20).await.unwrap_or_default();
+    let raw_body = String::from_utf8_lossy(&bytes).into_owned();
     let rec = Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -140,7 +144,9 @@ async fn record_and_inject(State(base): State<Arc<Base>>, req: Request, next: Ne
     let fault = {
         let mut faults = base.faults.lock().unwrap();
         let at = faults.iter().position(|f| {
-            (f.method.is_empty() || f.method == rec.method) && rec.path.contains(f.path_contains.as_str())
+            (f.method.is_empty() || f.method == rec.method)
+                && rec.path.contains(f.path_contains.as_str())
+                && raw_body.contains(f.body_contains)
         });
         at.and_then(|i| faults.remove(i))
     };
