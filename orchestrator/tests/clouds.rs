@@ -1,0 +1,119 @@
+//! Failover across clouds through the real actor tree: the cheapest cloud (the fake, as AWS)
+//! runs out of capacity at launch, the next (the Lambda adapter against a server answering as
+//! Lambda's API) answers "insufficient-capacity" too, and the node is launched on the third (the
+//! RunPod adapter against a server answering as RunPod's GraphQL API). Each cloud saw exactly the
+//! launch the plan's failover order says, and the node's record names the RunPod pod.
+#![cfg(all(feature = "lambda", feature = "runpod"))]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::keys::Keys;
+use fleet_core::{CapacityType, Catalog, Cloud};
+use fleet_orchestrator::actors::root::RootActor;
+use fleet_orchestrator::actors::{Ctx, InstanceRunning};
+use fleet_orchestrator::clock::Clock;
+use fleet_orchestrator::model::{NodeRecord, apply_spec};
+use fleet_orchestrator::store::Store;
+use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::testing::harness::h100x8;
+use fleet_orchestrator::testing::live::{fast_config, wait_for};
+use fleet_providers::emulators::lambda::{LambdaEmulator, insufficient_capacity};
+use fleet_providers::emulators::runpod::RunpodEmulator;
+use fleet_providers::fake::{Call, FakeConfig, FakeProvider, Op};
+use fleet_providers::lambda::{LambdaConfig, LambdaProvider};
+use fleet_providers::runpod::{RunpodConfig, RunpodProvider};
+use fleet_providers::{Provider, ProviderError, Secret};
+use ractor::Actor;
+
+const SPEC: &str = r#"
+[fleet]
+name = "t"
+[apps.chat]
+gpu = "H100"
+gpus = 1
+[apps.chat.placement]
+spot = "on-demand"
+[apps.chat.scaling]
+min_concurrency = 1
+max_concurrency = 1
+keep_alive = "1h"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_error_on_one_cloud_sends_the_launch_to_the_next() {
+    let catalog = Arc::new(Catalog::builtin().clone());
+
+    // Cheapest: a one-GPU H100 at $1/h on the fake "AWS", whose next launch finds no capacity.
+    let mut aws_offering = h100x8(Cloud::Aws, "us-east-1", "1.00", CapacityType::OnDemand);
+    aws_offering.instance.name = "p5.4xlarge".into();
+    aws_offering.instance.gpu_count = 1;
+    let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Aws, "t", vec![aws_offering.clone()])));
+    fake.fail_next(
+        Op::Launch,
+        ProviderError::InsufficientCapacity {
+            offering: aws_offering.key(),
+            detail: "InsufficientInstanceCapacity".into(),
+        },
+    );
+
+    // Next: Lambda's 1x H100 PCIe at $2.49/h in us-east-1; capacity is listed, then gone at launch.
+    let lambda_api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
+    lambda_api.fail_next(insufficient_capacity());
+    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
+    lc.endpoint = lambda_api.api_url();
+    lc.regions = vec!["us-east-1".into()];
+    let lambda = Arc::new(LambdaProvider::new(lc, catalog.clone()));
+
+    // Then: RunPod's 1x H100 SXM at $2.69/h in US-CA-1, which has GPUs.
+    let runpod_api = RunpodEmulator::start("rk", &["US-CA-1"], 4).await;
+    let mut rc = RunpodConfig::new("t", Secret::new("rk"), "runpod/base:0.6.2");
+    rc.endpoint = runpod_api.graphql_url();
+    rc.data_centers = vec!["US-CA-1".into()];
+    let runpod = Arc::new(RunpodProvider::new(rc, catalog));
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+    providers.insert(Cloud::Aws, fake.clone());
+    providers.insert(Cloud::Lambda, lambda);
+    providers.insert(Cloud::Runpod, runpod);
+    let ctx =
+        Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), fast_config(), Clock::System));
+    let keys = Keys::new("t");
+    apply_spec(&*store, &keys, "t", SPEC, chrono::Utc::now()).await.unwrap();
+    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
+
+    let node = wait_for("a node launched on runpod", Duration::from_secs(30), || {
+        let store = store.clone();
+        let keys = keys.clone();
+        async move {
+            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
+            kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).find(|n| {
+                n.state.instance_id().is_some()
+                    && n.candidates.get(n.attempt).is_some_and(|c| c.offering.cloud == Cloud::Runpod)
+            })
+        }
+    })
+    .await;
+
+    // The order: AWS tried once, then Lambda once (answered insufficient-capacity), then RunPod.
+    let aws_launches = fake.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count();
+    assert_eq!(aws_launches, 1, "{:?}", fake.calls());
+    let lambda_launches = lambda_api.requests_to("POST", "/instance-operations/launch");
+    assert_eq!(lambda_launches.len(), 1);
+    assert_eq!(lambda_launches[0].body["instance_type_name"], "gpu_1x_h100_pcie");
+    assert!(lambda_api.live().is_empty(), "lambda launched nothing");
+    let deploys: Vec<_> =
+        runpod_api.operations().into_iter().filter(|(op, _)| op == "podFindAndDeployOnDemand").collect();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert_eq!(deploys[0].1["input"]["gpuTypeId"], "NVIDIA H100 80GB HBM3");
+    let pods = runpod_api.live();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(node.state.instance_id(), pods[0]["id"].as_str(), "the record names the pod");
+    assert!(fake.live_instances().is_empty());
+
+    root.stop(None);
+    let _ = handle.await;
+}
