@@ -19,6 +19,8 @@ mod secret;
 pub mod aws;
 #[cfg(feature = "emulators")]
 pub mod emulators;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 #[cfg(any(feature = "lambda", feature = "runpod"))]

@@ -1,0 +1,338 @@
+//! Compute Engine's REST API v1 (`/compute/v1/projects/{project}/…`) for instances: insert
+//! (deduplicated by `requestId`, `alreadyExists` for a taken name), get, delete, aggregatedList
+//! with a `labels.KEY = "VALUE"` filter and pages, and zonal operations. Inserts answer a RUNNING
+//! operation and fail *in the operation*, as GCP does, with `ZONE_RESOURCE_POOL_EXHAUSTED` when a
+//! zone has no capacity left for the machine type or `QUOTA_EXCEEDED` past the GPU quota. HTTP
+//! errors carry Google's JSON error body (`{"error": {"code", "message", "errors": [{"reason"}],
+//! "status"}}`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{Running, json as answer, new_id, serve};
+
+#[derive(Debug, Default)]
+struct St {
+    /// Instances each (zone, machine type) can still take; absent means none.
+    capacity: HashMap<(String, String), u32>,
+    /// GPUs the project may have; each a2/a3 machine type's count is in its name.
+    gpu_quota: u32,
+    /// (zone, name) → instance JSON.
+    instances: BTreeMap<(String, String), Value>,
+    /// operation name → operation JSON (DONE once polled).
+    operations: HashMap<String, Value>,
+    /// requestId → operation name.
+    request_ids: HashMap<String, String>,
+    page_size: usize,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+pub struct GcpEmulator {
+    pub running: Running,
+    st: Arc<Mutex<St>>,
+}
+
+impl std::ops::Deref for GcpEmulator {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
+/// Google's JSON error body.
+pub fn error_body(code: u16, status: &str, reason: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}], "status": status}})
+}
+
+fn gpus_of(machine_type: &str) -> u32 {
+    // a3-highgpu-8g, a2-ultragpu-1g, a3-megagpu-8g …
+    machine_type.rsplit('-').next().and_then(|s| s.strip_suffix('g')).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+impl GcpEmulator {
+    /// `capacity`: instances of each (zone, machine type).
+    pub async fn start(capacity: &[(&str, &str, u32)]) -> GcpEmulator {
+        let st = St {
+            capacity: capacity.iter().map(|(z, t, n)| ((z.to_string(), t.to_string()), *n)).collect(),
+            gpu_quota: 64,
+            page_size: 500,
+            next_id: 8_123_456_789_000,
+            ..St::default()
+        };
+        let st = Arc::new(Mutex::new(st));
+        let app = Router::new()
+            .route("/compute/v1/projects/{project}/zones/{zone}/instances", axum::routing::post(insert))
+            .route("/compute/v1/projects/{project}/zones/{zone}/instances/{name}", get(get_one).delete(delete))
+            .route("/compute/v1/projects/{project}/zones/{zone}/operations/{op}", get(operation))
+            .route("/compute/v1/projects/{project}/aggregated/instances", get(aggregated))
+            .with_state(st.clone());
+        GcpEmulator { running: serve(app).await, st }
+    }
+
+    pub fn set_capacity(&self, zone: &str, machine_type: &str, n: u32) {
+        self.st.lock().unwrap().capacity.insert((zone.into(), machine_type.into()), n);
+    }
+
+    pub fn set_gpu_quota(&self, n: u32) {
+        self.st.lock().unwrap().gpu_quota = n;
+    }
+
+    /// Instances per aggregatedList page (to exercise paging).
+    pub fn set_page_size(&self, n: usize) {
+        self.st.lock().unwrap().page_size = n.max(1);
+    }
+
+    pub fn instances(&self) -> Vec<Value> {
+        self.st.lock().unwrap().instances.values().cloned().collect()
+    }
+}
+
+fn base(project: &str) -> String {
+    format!("https://www.googleapis.com/compute/v1/projects/{project}")
+}
+
+fn new_operation(st: &mut St, project: &str, zone: &str, kind: &str, target: &str, error: Option<Value>) -> Value {
+    st.next_id += 1;
+    let name = format!("operation-{}-{}", st.next_id, new_id(8));
+    let zone_url = format!("{}/zones/{zone}", base(project));
+    let mut op = json!({
+        "kind": "compute#operation",
+        "id": st.next_id.to_string(),
+        "name": name,
+        "zone": zone_url,
+        "operationType": kind,
+        "targetLink": format!("{zone_url}/instances/{target}"),
+        "status": "RUNNING",
+        "progress": 0,
+        "insertTime": chrono::Utc::now().to_rfc3339(),
+        "selfLink": format!("{zone_url}/operations/{name}"),
+    });
+    let mut done = op.clone();
+    done["status"] = json!("DONE");
+    done["progress"] = json!(100);
+    done["endTime"] = json!(chrono::Utc::now().to_rfc3339());
+    if let Some(e) = error {
+        done["error"] = json!({"errors": [e["error"].clone()]});
+        done["httpErrorStatusCode"] = e["http"].clone();
+        done["httpErrorMessage"] = e["httpMessage"].clone();
+    }
+    st.operations.insert(name.clone(), done);
+    op["status"] = json!("RUNNING");
+    op
+}
+
+async fn insert(
+    State(st): State<Arc<Mutex<St>>>,
+    Path((project, zone)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::Json<Value>,
+) -> Response {
+    let mut st = st.lock().unwrap();
+    let b = body.0;
+    if let Some(rid) = q.get("requestId") {
+        if let Some(name) = st.request_ids.get(rid) {
+            // The same request again: GCP answers the first request's operation.
+            let mut op = st.operations[name].clone();
+            op["status"] = json!("RUNNING");
+            return answer(200, op);
+        }
+    }
+    let Some(name) = b["name"].as_str().map(str::to_string) else {
+        return answer(
+            400,
+            error_body(400, "INVALID_ARGUMENT", "invalid", "Invalid value for field 'resource.name': ''."),
+        );
+    };
+    let valid_name = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid_name {
+        return answer(
+            400,
+            error_body(
+                400,
+                "INVALID_ARGUMENT",
+                "invalid",
+                &format!(
+                    "Invalid value for field 'resource.name': '{name}'. Must be a match of regex '(?:[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?)'"
+                ),
+            ),
+        );
+    }
+    if st.instances.contains_key(&(zone.clone(), name.clone())) {
+        return answer(
+            409,
+            error_body(
+                409,
+                "ALREADY_EXISTS",
+                "alreadyExists",
+                &format!("The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"),
+            ),
+        );
+    }
+    let mt = b["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+    let gpus = gpus_of(&mt);
+    let used: u32 = st
+        .instances
+        .values()
+        .map(|i| gpus_of(i["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("")))
+        .sum();
+    let error = if used + gpus > st.gpu_quota {
+        Some(json!({
+            "error": {"code": "QUOTA_EXCEEDED", "message": format!("Quota 'NVIDIA_H100_GPUS' exceeded.  Limit: {}.0 in region {}.", st.gpu_quota, zone.rsplit_once('-').map(|x| x.0).unwrap_or(&zone))},
+            "http": 403, "httpMessage": "FORBIDDEN"
+        }))
+    } else if st.capacity.get(&(zone.clone(), mt.clone())).copied().unwrap_or(0) == 0 {
+        Some(json!({
+            "error": {"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": format!("The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request.  Try a different zone, or try again later.")},
+            "http": 503, "httpMessage": "SERVICE UNAVAILABLE"
+        }))
+    } else {
+        None
+    };
+    if error.is_none() {
+        *st.capacity.get_mut(&(zone.clone(), mt.clone())).expect("checked") -= 1;
+        st.next_id += 1;
+        let mut i = b.clone();
+        let zone_url = format!("{}/zones/{zone}", base(&project));
+        i["kind"] = json!("compute#instance");
+        i["id"] = json!(st.next_id.to_string());
+        i["zone"] = json!(zone_url);
+        i["machineType"] = json!(format!("{zone_url}/machineTypes/{mt}"));
+        i["status"] = json!("PROVISIONING");
+        i["creationTimestamp"] = json!(chrono::Utc::now().to_rfc3339());
+        i["selfLink"] = json!(format!("{zone_url}/instances/{name}"));
+        let n = st.next_id % 250;
+        if let Some(nics) = i["networkInterfaces"].as_array_mut() {
+            for nic in nics {
+                nic["networkIP"] = json!(format!("10.128.0.{n}"));
+                if let Some(acs) = nic["accessConfigs"].as_array_mut() {
+                    for ac in acs {
+                        ac["natIP"] = json!(format!("34.70.0.{n}"));
+                    }
+                }
+            }
+        }
+        st.instances.insert((zone.clone(), name.clone()), i);
+    }
+    let op = new_operation(&mut st, &project, &zone, "insert", &name, error);
+    if let Some(rid) = q.get("requestId") {
+        st.request_ids.insert(rid.clone(), op["name"].as_str().unwrap_or("").to_string());
+    }
+    answer(200, op)
+}
+
+fn not_found(project: &str, zone: &str, name: &str) -> Response {
+    answer(
+        404,
+        error_body(
+            404,
+            "NOT_FOUND",
+            "notFound",
+            &format!("The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"),
+        ),
+    )
+}
+
+async fn get_one(
+    State(st): State<Arc<Mutex<St>>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
+    let mut st = st.lock().unwrap();
+    match st.instances.get_mut(&(zone.clone(), name.clone())) {
+        Some(i) => {
+            let shown = i.clone();
+            if i["status"] == "PROVISIONING" {
+                i["status"] = json!("RUNNING");
+            }
+            answer(200, shown)
+        }
+        None => not_found(&project, &zone, &name),
+    }
+}
+
+async fn delete(
+    State(st): State<Arc<Mutex<St>>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
+    let mut st = st.lock().unwrap();
+    let Some(i) = st.instances.remove(&(zone.clone(), name.clone())) else {
+        return not_found(&project, &zone, &name);
+    };
+    let mt = i["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+    *st.capacity.entry((zone.clone(), mt)).or_insert(0) += 1;
+    let op = new_operation(&mut st, &project, &zone, "delete", &name, None);
+    answer(200, op)
+}
+
+async fn operation(
+    State(st): State<Arc<Mutex<St>>>,
+    Path((project, zone, op)): Path<(String, String, String)>,
+) -> Response {
+    let st = st.lock().unwrap();
+    match st.operations.get(&op) {
+        Some(o) => answer(200, o.clone()),
+        None => answer(
+            404,
+            error_body(
+                404,
+                "NOT_FOUND",
+                "notFound",
+                &format!("The resource 'projects/{project}/zones/{zone}/operations/{op}' was not found"),
+            ),
+        ),
+    }
+}
+
+/// `labels.fleet-name = "t"` (quotes and spaces optional) → ("fleet-name", "t").
+fn label_filter(f: &str) -> Option<(String, String)> {
+    let (k, v) = f.split_once('=')?;
+    let k = k.trim().strip_prefix("labels.")?;
+    Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+}
+
+async fn aggregated(
+    State(st): State<Arc<Mutex<St>>>,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = st.lock().unwrap();
+    let filter = q.get("filter").filter(|f| !f.is_empty());
+    let wanted = match filter.map(|f| label_filter(f)) {
+        Some(None) => {
+            return answer(400, error_body(400, "INVALID_ARGUMENT", "invalid", "Invalid list filter expression."));
+        }
+        Some(Some(kv)) => Some(kv),
+        None => None,
+    };
+    let all: Vec<&Value> = st
+        .instances
+        .values()
+        .filter(|i| wanted.as_ref().is_none_or(|(k, v)| i["labels"][k].as_str() == Some(v)))
+        .collect();
+    let start: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let page: Vec<&Value> = all.iter().skip(start).take(st.page_size).copied().collect();
+    let mut items = serde_json::Map::new();
+    for i in &page {
+        let zone = i["zone"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+        let e = items.entry(format!("zones/{zone}")).or_insert_with(|| json!({"instances": []}));
+        e["instances"].as_array_mut().expect("array").push((*i).clone());
+    }
+    let mut out = json!({
+        "kind": "compute#instanceAggregatedList",
+        "id": format!("projects/{project}/aggregated/instances"),
+        "items": items,
+        "selfLink": format!("{}/aggregated/instances", base(&project)),
+    });
+    if start + page.len() < all.len() {
+        out["nextPageToken"] = json!((start + page.len()).to_string());
+    }
+    answer(200, out)
+}

@@ -1,0 +1,152 @@
+//! The GCP adapter — Google's own `google-cloud-compute-v1` client — against a local server
+//! answering as Compute Engine's REST API does (operations, aggregated lists, Google's error
+//! bodies): the conformance suite, what each insert carried, and the mapped errors, including
+//! those that arrive inside a finished operation.
+#![cfg(all(feature = "gcp", feature = "emulators"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey};
+use fleet_providers::conformance::{self, ConformanceEnv};
+use fleet_providers::emulators::Fault;
+use fleet_providers::emulators::gcp::{GcpEmulator, error_body};
+use fleet_providers::gcp::{GcpConfig, GcpProvider};
+use fleet_providers::{LaunchRequest, Provider, ProviderError, instance_name, token_uuid};
+
+const ZONE: &str = "us-central1-a";
+
+async fn provider(url: &str) -> GcpProvider {
+    let mut cfg = GcpConfig::new(
+        "t",
+        "fleet-test",
+        "projects/ubuntu-os-accelerator-images/global/images/family/ubuntu-accelerator-2204-amd64-with-nvidia-570",
+    );
+    cfg.endpoint = Some(url.into());
+    cfg.anonymous = true;
+    cfg.zones = vec![ZONE.into()];
+    cfg.ssh_public_key = Some("ssh-ed25519 AAAAC3Nza fleet".into());
+    cfg.poll_initial = Duration::from_millis(10);
+    GcpProvider::connect(cfg, Arc::new(Catalog::builtin().clone())).await.unwrap()
+}
+
+fn key(ty: &str, capacity: CapacityType) -> OfferingKey {
+    OfferingKey {
+        cloud: Cloud::Gcp,
+        region: "us-central1".into(),
+        zone: Some(ZONE.into()),
+        instance_type: ty.into(),
+        capacity,
+    }
+}
+
+#[tokio::test]
+async fn gcp_passes_the_conformance_suite_and_sends_what_compute_engine_expects() {
+    let emu = GcpEmulator::start(&[(ZONE, "a3-highgpu-8g", 2), (ZONE, "a2-ultragpu-1g", 2)]).await;
+    emu.set_page_size(1); // every list walks pages
+    let p = provider(&emu.running.url).await;
+    let env = ConformanceEnv {
+        fleet: "t".into(),
+        on_demand: key("a3-highgpu-8g", CapacityType::OnDemand),
+        spot: Some(key("a2-ultragpu-1g", CapacityType::Spot)),
+        missing_id: format!("{ZONE}/fleet-no-such-instance"),
+        run_id: "conf".into(),
+    };
+    conformance::run(&p, &env).await;
+
+    let inserts = emu.requests_to("POST", "/zones/us-central1-a/instances");
+    assert_eq!(inserts.len(), 2, "the relaunch found its instance by name: {inserts:#?}");
+    let (od, spot) = (&inserts[0], &inserts[1]);
+    assert_eq!(od.query_param("requestId"), Some(token_uuid("t-conf-a")), "requestId derived from the token");
+    assert_eq!(od.path, "/compute/v1/projects/fleet-test/zones/us-central1-a/instances");
+    let b = &od.body;
+    assert_eq!(b["name"], instance_name("t-conf-a"));
+    assert_eq!(b["machineType"], "zones/us-central1-a/machineTypes/a3-highgpu-8g");
+    assert_eq!(b["labels"]["fleet-name"], "t");
+    assert_eq!(b["labels"]["fleet-token"], "t-conf-a");
+    assert_eq!(b["labels"]["fleet-node"], "conf-a");
+    assert_eq!(b["scheduling"]["provisioningModel"], "STANDARD");
+    assert_eq!(b["scheduling"]["onHostMaintenance"], "TERMINATE");
+    assert_eq!(b["disks"][0]["initializeParams"]["sourceImage"].as_str().map(|s| s.contains("nvidia")), Some(true));
+    assert_eq!(b["networkInterfaces"][0]["accessConfigs"][0]["type"], "ONE_TO_ONE_NAT");
+    assert_eq!(b["metadata"]["items"][0]["key"], "ssh-keys");
+    assert_eq!(b["metadata"]["items"][0]["value"], "fleet:ssh-ed25519 AAAAC3Nza fleet");
+    let s = &spot.body["scheduling"];
+    assert_eq!(
+        (s["provisioningModel"].as_str(), s["instanceTerminationAction"].as_str()),
+        (Some("SPOT"), Some("DELETE"))
+    );
+    assert_eq!(spot.body["machineType"], "zones/us-central1-a/machineTypes/a2-ultragpu-1g");
+
+    // Lists filtered by the fleet's label, and walked every page.
+    let lists = emu.requests_to("GET", "/aggregated/instances");
+    assert!(lists.iter().all(|r| r.query_param("filter").as_deref() == Some("labels.fleet-name = \"t\"")), "{lists:?}");
+    assert!(lists.iter().any(|r| r.query_param("pageToken").is_some_and(|t| !t.is_empty())), "no second page was read");
+    // Both deletes were awaited: nothing is left.
+    assert!(emu.instances().is_empty(), "{:?}", emu.instances());
+}
+
+#[tokio::test]
+async fn gcp_errors_map_to_what_the_orchestrator_acts_on() {
+    let emu = GcpEmulator::start(&[(ZONE, "a3-highgpu-8g", 1)]).await;
+    let p = provider(&emu.running.url).await;
+    let h100 = key("a3-highgpu-8g", CapacityType::OnDemand);
+
+    // Capacity: the insert is accepted, its operation ends in ZONE_RESOURCE_POOL_EXHAUSTED.
+    p.launch(&LaunchRequest::new("t", "1", "a", h100.clone())).await.unwrap();
+    match p.launch(&LaunchRequest::new("t", "2", "a", h100.clone())).await {
+        Err(ProviderError::InsufficientCapacity { offering, detail }) => {
+            assert_eq!(offering, h100);
+            assert!(detail.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!emu.requests_to("GET", "/operations/").is_empty(), "the operation was polled");
+
+    // Quota, also in the operation.
+    emu.set_capacity(ZONE, "a3-highgpu-8g", 5);
+    emu.set_gpu_quota(8);
+    match p.launch(&LaunchRequest::new("t", "3", "a", h100.clone())).await {
+        Err(ProviderError::QuotaExceeded { offering, detail }) => {
+            assert_eq!(offering, h100);
+            assert!(detail.contains("NVIDIA_H100_GPUS"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // HTTP errors, with Google's bodies.
+    let fault = |method: &'static str, status: u16, s: &str, reason: &str, headers: Vec<(String, String)>| Fault {
+        method,
+        path_contains: "/compute/v1/".into(),
+        body_contains: "",
+        status,
+        headers,
+        body: error_body(status, s, reason, "m"),
+    };
+    emu.fail_next(fault(
+        "GET",
+        403,
+        "RESOURCE_EXHAUSTED",
+        "rateLimitExceeded",
+        vec![("retry-after".into(), "4".into())],
+    ));
+    match p.list().await {
+        Err(ProviderError::Throttled { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(4)),
+        other => panic!("{other:?}"),
+    }
+    emu.fail_next(fault("GET", 403, "PERMISSION_DENIED", "forbidden", vec![]));
+    assert_eq!(p.list().await.unwrap_err().kind(), "unauthorized");
+    emu.fail_next(fault("POST", 403, "PERMISSION_DENIED", "quotaExceeded", vec![]));
+    let e = p.launch(&LaunchRequest::new("t", "4", "a", h100.clone())).await.unwrap_err();
+    assert_eq!(e.kind(), "quota-exceeded", "{e}");
+    match p.get(&format!("{ZONE}/fleet-nothing")).await {
+        Err(ProviderError::NotFound { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // A re-sent insert of a node whose first insert went through (answer lost): adopted, not doubled.
+    let req = LaunchRequest::new("t", "1", "a", h100.clone());
+    let before = emu.instances().len();
+    assert_eq!(p.launch(&req).await.unwrap().id, format!("{ZONE}/{}", instance_name(&req.idempotency_token)));
+    assert_eq!(emu.instances().len(), before);
+}
