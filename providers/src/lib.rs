@@ -17,6 +17,8 @@ mod secret;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 #[cfg(feature = "emulators")]
 pub mod emulators;
 #[cfg(feature = "gcp")]

@@ -26,7 +26,7 @@ pub(crate) struct HttpFailure {
 impl HttpFailure {
     fn transport(e: &reqwest::Error) -> HttpFailure {
         // reqwest's Display names the URL, never headers: the key is safe here.
-        let text = format!("{}", e.without_url_ref());
+        let text = e.without_url_ref();
         HttpFailure { status: None, body: Value::Null, text, retry_after: None }
     }
 }

@@ -136,13 +136,11 @@ async fn insert(
 ) -> Response {
     let mut st = st.lock().unwrap();
     let b = body.0;
-    if let Some(rid) = q.get("requestId") {
-        if let Some(name) = st.request_ids.get(rid) {
-            // The same request again: GCP answers the first request's operation.
-            let mut op = st.operations[name].clone();
-            op["status"] = json!("RUNNING");
-            return answer(200, op);
-        }
+    if let Some(name) = q.get("requestId").and_then(|rid| st.request_ids.get(rid)) {
+        // The same request again: GCP answers the first request's operation.
+        let mut op = st.operations[name].clone();
+        op["status"] = json!("RUNNING");
+        return answer(200, op);
     }
     let Some(name) = b["name"].as_str().map(str::to_string) else {
         return answer(

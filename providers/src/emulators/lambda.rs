@@ -176,19 +176,19 @@ impl LambdaEmulator {
     }
 }
 
-fn authorized(st: &St, h: &HeaderMap) -> Result<(), Response> {
+fn authorized(st: &St, h: &HeaderMap) -> Result<(), Box<Response>> {
     let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", st.key));
     if ok {
         return Ok(());
     }
-    Err(answer(
+    Err(Box::new(answer(
         401,
         error_body(
             "global/invalid-api-key",
             "API key was invalid, expired, or deleted.",
             Some("Check your API key or create a new one, then try again."),
         ),
-    ))
+    )))
 }
 
 fn type_json(t: &LambdaType) -> Value {
@@ -204,7 +204,7 @@ fn type_json(t: &LambdaType) -> Value {
 async fn instance_types(State(st): State<Arc<Mutex<St>>>, h: HeaderMap) -> Response {
     let st = st.lock().unwrap();
     if let Err(r) = authorized(&st, &h) {
-        return r;
+        return *r;
     }
     let mut data = serde_json::Map::new();
     for t in &st.types {
@@ -220,7 +220,7 @@ async fn instance_types(State(st): State<Arc<Mutex<St>>>, h: HeaderMap) -> Respo
 async fn list(State(st): State<Arc<Mutex<St>>>, h: HeaderMap) -> Response {
     let st = st.lock().unwrap();
     if let Err(r) = authorized(&st, &h) {
-        return r;
+        return *r;
     }
     let data: Vec<&Value> = st.instances.values().filter(|i| i["status"] != "terminated").collect();
     answer(200, json!({ "data": data }))
@@ -229,7 +229,7 @@ async fn list(State(st): State<Arc<Mutex<St>>>, h: HeaderMap) -> Response {
 async fn get_one(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, Path(id): Path<String>) -> Response {
     let mut st = st.lock().unwrap();
     if let Err(r) = authorized(&st, &h) {
-        return r;
+        return *r;
     }
     match st.instances.get_mut(&id) {
         Some(i) => {
@@ -247,7 +247,7 @@ async fn get_one(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, Path(id): Path<
 async fn launch(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Json<Value>) -> Response {
     let mut st = st.lock().unwrap();
     if let Err(r) = authorized(&st, &h) {
-        return r;
+        return *r;
     }
     let b = body.0;
     let invalid = |m: &str| answer(400, error_body("global/invalid-parameters", m, None));
@@ -333,7 +333,7 @@ fn insufficient_capacity_response() -> Response {
 async fn terminate(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Json<Value>) -> Response {
     let mut st = st.lock().unwrap();
     if let Err(r) = authorized(&st, &h) {
-        return r;
+        return *r;
     }
     let ids: Vec<String> = body.0["instance_ids"]
         .as_array()
