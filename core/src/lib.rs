@@ -7,6 +7,7 @@
 //! - [`spec`]: the fleet spec (TOML), checked as a whole with positioned errors.
 //! - [`keys`]: the store key layout, in one place.
 
+pub mod accounts;
 pub mod catalog;
 pub mod cloud;
 pub mod exit;

@@ -53,6 +53,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::accounts::{AwsAccount, AzureAccount, CloudAccounts, GcpAccount, LambdaAccount, RunpodAccount};
 use crate::cloud::Cloud;
 use crate::gpu::GpuSelector;
 use crate::money::{Money, Price};
@@ -65,6 +66,8 @@ pub struct FleetSpec {
     pub name: String,
     pub budget: Budget,
     pub quotas: Vec<Quota>,
+    /// The cloud accounts fleetd uses (`[clouds.*]`); empty when the spec has none.
+    pub clouds: CloudAccounts,
     /// Sorted by name, so every decision walks apps in the same order.
     pub apps: Vec<AppSpec>,
 }
@@ -382,6 +385,7 @@ struct RawSpec {
     quotas: Vec<Spanned<RawQuota>>,
     #[serde(default)]
     apps: BTreeMap<Spanned<String>, Spanned<RawApp>>,
+    clouds: Option<crate::accounts::RawClouds>,
 }
 
 #[derive(Deserialize)]
@@ -674,8 +678,19 @@ impl FleetSpec {
             ck.err(0..0, "apps", "the spec has no apps; add one, e.g. [apps.my-model] with gpu = \"H100\"");
         }
         let apps: Vec<AppSpec> = raw.apps.iter().map(|(n, a)| ck.app(n, a)).collect();
+        let clouds = match &raw.clouds {
+            Some(c) => {
+                let mut found = Vec::new();
+                let accounts = crate::accounts::check(c, &mut |span, field, msg| found.push((span, field, msg)));
+                for (span, field, msg) in found {
+                    ck.err(span, field, msg);
+                }
+                accounts
+            }
+            None => CloudAccounts::default(),
+        };
         if ck.errors.is_empty() {
-            Ok(FleetSpec { name, budget, quotas, apps })
+            Ok(FleetSpec { name, budget, quotas, clouds, apps })
         } else {
             ck.errors.sort_by_key(|e| (e.line, e.column));
             Err(SpecErrors(ck.errors))
