@@ -140,7 +140,7 @@ type Secret = Option<Spanned<toml::Value>>;
 /// A section as written, plus the fields that would hold a credential (refused, with where
 /// credentials come from instead). serde's `flatten` would lose the spans, hence a macro.
 macro_rules! section {
-    ($name:ident { $($field:ident: $ty:ty,)* }) => {
+    ($name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct $name {
@@ -178,24 +178,9 @@ pub(crate) struct RawClouds {
     runpod: Option<Spanned<RawRunpod>>,
 }
 
-section!(RawAws {
-    region: S,
-    image: S,
-    subnet: S,
-    security_groups: L,
-    key_name: S,
-    endpoint: S,
-});
+section!(RawAws { region: S, image: S, subnet: S, security_groups: L, key_name: S, endpoint: S });
 
-section!(RawGcp {
-    project: S,
-    zones: L,
-    image: S,
-    network: S,
-    subnetwork: S,
-    ssh_public_key: S,
-    endpoint: S,
-});
+section!(RawGcp { project: S, zones: L, image: S, network: S, subnetwork: S, ssh_public_key: S, endpoint: S });
 
 section!(RawAzure {
     subscription_id: S,
@@ -208,18 +193,9 @@ section!(RawAzure {
     endpoint: S,
 });
 
-section!(RawLambda {
-    ssh_key_name: S,
-    regions: L,
-    endpoint: S,
-});
+section!(RawLambda { ssh_key_name: S, regions: L, endpoint: S });
 
-section!(RawRunpod {
-    image: S,
-    data_centers: L,
-    ssh_public_key: S,
-    endpoint: S,
-});
+section!(RawRunpod { image: S, data_centers: L, ssh_public_key: S, endpoint: S });
 
 /// Where the checks report: (span, field, message).
 pub(crate) type Report<'a> = dyn FnMut(std::ops::Range<usize>, String, String) + 'a;
@@ -277,7 +253,11 @@ impl Ck<'_, '_> {
     fn secrets(&mut self, fields: [(&'static str, &Secret); 6], from: &str) {
         for (name, v) in fields {
             if let Some(v) = v {
-                self.err(v.span(), name, format!("credentials never go in the spec (it is stored and shown); remove it: {from}"));
+                self.err(
+                    v.span(),
+                    name,
+                    format!("credentials never go in the spec (it is stored and shown); remove it: {from}"),
+                );
             }
         }
     }
@@ -288,7 +268,11 @@ impl Ck<'_, '_> {
         if !ok {
             let span = v.as_ref().map(Spanned::span).unwrap_or(0..0);
             if k.contains("PRIVATE KEY") {
-                self.err(span, field, "this is a private key: never put it in the spec; give the public key (ssh-ed25519 AAAA…)");
+                self.err(
+                    span,
+                    field,
+                    "this is a private key: never put it in the spec; give the public key (ssh-ed25519 AAAA…)",
+                );
             } else {
                 self.err(span, field, "expected an OpenSSH public key such as \"ssh-ed25519 AAAA… fleet\"");
             }
@@ -306,7 +290,11 @@ impl Ck<'_, '_> {
                 self.err(
                     s.span(),
                     field,
-                    format!("'{}' is not a {what} the catalog has GPU offerings in (e.g. {})", s.get_ref(), some.join(", ")),
+                    format!(
+                        "'{}' is not a {what} the catalog has GPU offerings in (e.g. {})",
+                        s.get_ref(),
+                        some.join(", ")
+                    ),
                 );
             }
         }
@@ -349,7 +337,10 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
     if let Some(r) = &raw.gcp {
         let mut ck = Ck { report, section: "gcp", at: r.span() };
         let r = r.get_ref();
-        ck.secrets(r.secrets(), "fleetd uses Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)");
+        ck.secrets(
+            r.secrets(),
+            "fleetd uses Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)",
+        );
         let project = ck.required(&r.project, "project", "the GCP project id");
         let valid = project.len() >= 6
             && project.len() <= 30
@@ -363,7 +354,11 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
         out.gcp = Some(GcpAccount {
             project,
             zones: Ck::list(&r.zones),
-            image: ck.required(&r.image, "image", "the boot image, e.g. \"projects/ubuntu-os-accelerator-images/global/images/family/…\""),
+            image: ck.required(
+                &r.image,
+                "image",
+                "the boot image, e.g. \"projects/ubuntu-os-accelerator-images/global/images/family/…\"",
+            ),
             network: ck.optional(&r.network, "network"),
             subnetwork: ck.optional(&r.subnetwork, "subnetwork"),
             ssh_public_key: ck.ssh_key(&r.ssh_public_key, "ssh_public_key"),
@@ -376,7 +371,10 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
         ck.secrets(r.secrets(), "fleetd uses the Azure credential chain (AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, managed identity, az login)");
         let sub = ck.required(&r.subscription_id, "subscription_id", "the subscription's id (a UUID)");
         let uuid = sub.len() == 36
-            && sub.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
+            && sub
+                .chars()
+                .enumerate()
+                .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
         if !sub.is_empty() && !uuid {
             let span = r.subscription_id.as_ref().map(Spanned::span).unwrap_or(0..0);
             ck.err(span, "subscription_id", format!("'{sub}' is not a subscription id (a UUID)"));
@@ -385,7 +383,11 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
         let subnet = ck.required(&r.subnet_id, "subnet_id", "the full resource id of the subnet VMs join");
         if !subnet.is_empty() && !(subnet.starts_with("/subscriptions/") && subnet.contains("/subnets/")) {
             let span = r.subnet_id.as_ref().map(Spanned::span).unwrap_or(0..0);
-            ck.err(span, "subnet_id", "expected /subscriptions/…/providers/Microsoft.Network/virtualNetworks/…/subnets/…");
+            ck.err(
+                span,
+                "subnet_id",
+                "expected /subscriptions/…/providers/Microsoft.Network/virtualNetworks/…/subnets/…",
+            );
         }
         let image = ck.required(&r.image, "image", "a marketplace image publisher:offer:sku:version");
         if !image.is_empty() && (image.split(':').count() != 4 || image.split(':').any(str::is_empty)) {
@@ -395,7 +397,11 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
         ck.known(&r.regions, "regions", "region", &catalog_values(Cloud::Azure, |o| Some(o.region.clone())));
         let key = ck.ssh_key(&r.ssh_public_key, "ssh_public_key");
         if r.ssh_public_key.is_none() {
-            ck.err(ck.at.clone(), "ssh_public_key", "is missing; Linux VMs are created with password login off, so give the public key fleet logs in with");
+            ck.err(
+                ck.at.clone(),
+                "ssh_public_key",
+                "is missing; Linux VMs are created with password login off, so give the public key fleet logs in with",
+            );
         }
         out.azure = Some(AzureAccount {
             subscription_id: sub,

@@ -87,9 +87,14 @@ endpoint = "ftp://x"
 fn credentials_in_the_spec_are_refused_without_echoing_them() {
     let errs = parse("[clouds.lambda]\nssh_key_name = \"fleet\"\napi_key = \"secret_abc123\"\n").unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].contains("clouds.lambda.api_key: credentials never go in the spec") && errs[0].contains("LAMBDA_API_KEY"), "{errs:?}");
+    assert!(
+        errs[0].contains("clouds.lambda.api_key: credentials never go in the spec")
+            && errs[0].contains("LAMBDA_API_KEY"),
+        "{errs:?}"
+    );
     assert!(!errs[0].contains("secret_abc123"));
-    let errs = parse("[clouds.aws]\nregion = \"us-east-1\"\nimage = \"ami-1\"\nsecret_access_key = \"wJalr\"\n").unwrap_err();
+    let errs =
+        parse("[clouds.aws]\nregion = \"us-east-1\"\nimage = \"ami-1\"\nsecret_access_key = \"wJalr\"\n").unwrap_err();
     assert!(errs[0].contains("clouds.aws.secret_access_key") && !errs[0].contains("wJalr"), "{errs:?}");
     // A misspelt field is still an error (not silently ignored).
     let errs = parse("[clouds.lambda]\nssh_key_name = \"fleet\"\nregion = \"us-east-1\"\n").unwrap_err();

@@ -206,6 +206,25 @@ async fn put_spec(
     Query(q): Query<DryRun>,
     body: String,
 ) -> ApiResult<Json<serde_json::Value>> {
+    // Cloud accounts are built when fleetd starts: a spec that changes them is refused whole
+    // rather than applied without them.
+    if let Ok(s) = fleet_core::spec::FleetSpec::parse("spec", &body)
+        && s.clouds != ctx.clouds
+    {
+        let names = |c: &fleet_core::spec::CloudAccounts| {
+            let v: Vec<String> = c.clouds().iter().map(ToString::to_string).collect();
+            if v.is_empty() { "none".to_string() } else { v.join(", ") }
+        };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this spec's [clouds] (accounts: {}) differ from those fleetd runs with ({}); cloud accounts change \
+                 only when fleetd starts: restart it with --spec FILE; nothing was applied",
+                names(&s.clouds),
+                names(&ctx.clouds)
+            ),
+        ));
+    }
     let spec = if q.dry_run {
         let spec = fleet_core::spec::FleetSpec::parse("spec", &body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;

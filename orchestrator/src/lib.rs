@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;
+pub mod clouds;
 pub mod crashpoint;
 pub mod informer;
 pub mod leader;

@@ -84,6 +84,10 @@ struct Args {
     /// Another EC2 endpoint (a VPC endpoint, or moto in tests).
     #[arg(long)]
     aws_endpoint: Option<String>,
+    /// A fleet spec to apply at start; its [clouds.*] sections are the cloud accounts fleetd
+    /// uses (without it, those of the spec last applied). API keys come from the environment.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Seconds between reconcile passes.
     #[arg(long, default_value_t = 1.0)]
     reconcile_every: f64,
@@ -222,6 +226,28 @@ fn models(args: &Args) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     Ok(models)
 }
 
+/// The cloud accounts to run with: `--spec FILE`'s (applied now), else the stored spec's.
+async fn cloud_accounts(
+    args: &Args,
+    store: &dyn fleet_orchestrator::store::Store,
+    clock: Clock,
+) -> anyhow::Result<fleet_core::spec::CloudAccounts> {
+    let keys = Keys::new(&args.fleet);
+    if let Some(path) = &args.spec {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--spec {}", path.display()))?;
+        let name = path.display().to_string();
+        // Parse under the file's own name first, so errors point into it.
+        fleet_core::spec::FleetSpec::parse(&name, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let spec = fleet_orchestrator::model::apply_spec(store, &keys, &args.fleet, &text, clock.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("--spec {name}: {e}"))?;
+        return Ok(spec.clouds);
+    }
+    let Some(kv) = store.get(&keys.spec()).await? else { return Ok(Default::default()) };
+    let stored: fleet_orchestrator::model::StoredSpec = kv.json()?;
+    Ok(fleet_core::spec::FleetSpec::parse("stored spec", &stored.toml).map(|s| s.clouds).unwrap_or_default())
+}
+
 async fn providers(
     args: &Args,
     clock: Clock,
@@ -341,7 +367,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "ssh" => ssh_bootstrap(&args, store.clone(), access.clone())?,
         _ => Arc::new(InstanceRunning),
     };
-    let providers = providers(&args, clock, access.clone()).await?;
+    let mut providers = providers(&args, clock, access.clone()).await?;
+    let accounts = cloud_accounts(&args, &*store, clock).await?;
+    for (cloud, p) in
+        fleet_orchestrator::clouds::build(&args.fleet, &accounts, Arc::new(Catalog::builtin().clone())).await?
+    {
+        if providers.contains_key(&cloud) {
+            bail!(
+                "{cloud} is configured twice: by a flag (--aws-region/--fake-clouds/--local) and by the spec's [clouds.{cloud}]; keep one"
+            );
+        }
+        tracing::info!(%cloud, name = %p.name(), "cloud account from the spec");
+        providers.insert(cloud, p);
+    }
     if providers.is_empty() {
         tracing::warn!(
             "no cloud enabled: specs and requests are accepted but nothing is launched (try --fake-clouds lambda,runpod or --aws-region)"
@@ -352,6 +390,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Config { reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)), ..Config::default() };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);
     ctx.access = access;
+    ctx.clouds = accounts;
     let ctx = Arc::new(ctx);
     // Simulated clouds have no real agent on their machines: simulate those too.
     let _agents = (!args.fake_clouds.is_empty() || args.simulate_agents).then(|| {

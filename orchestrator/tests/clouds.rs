@@ -3,7 +3,12 @@
 //! Lambda's API) answers "insufficient-capacity" too, and the node is launched on the third (the
 //! RunPod adapter against a server answering as RunPod's GraphQL API). Each cloud saw exactly the
 //! launch the plan's failover order says, and the node's record names the RunPod pod.
+//!
+//! And fleetd itself: cloud accounts from the spec's `[clouds.*]` (API keys from its environment),
+//! live prices through its API, and a spec that would change the accounts refused whole.
 #![cfg(all(feature = "lambda", feature = "runpod"))]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,4 +121,60 @@ async fn a_capacity_error_on_one_cloud_sends_the_launch_to_the_next() {
 
     root.stop(None);
     let _ = handle.await;
+}
+
+fn spec_with_lambda(endpoint: &str) -> String {
+    format!(
+        "[fleet]\nname = \"t\"\n[apps.chat]\ngpu = \"H100\"\n[clouds.lambda]\nssh_key_name = \"fleet\"\nregions = [\"us-east-1\"]\nendpoint = \"{endpoint}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetd_takes_its_cloud_accounts_from_the_spec() {
+    let api = LambdaEmulator::start("lk_secret_123", &["us-east-1"], 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("fleet.toml");
+    std::fs::write(&spec, spec_with_lambda(&api.api_url())).unwrap();
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["--fleet", "t", "--data-dir", data.to_str().unwrap(), "--spec", spec.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+
+    // Without the API key in the environment: a one-line refusal naming the variable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(&args)
+        .env_remove("LAMBDA_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LAMBDA_API_KEY is not set"), "{err}");
+
+    let f = tokio::task::spawn_blocking(move || {
+        common::Fleetd::start_with_env(&args, None, &[("LAMBDA_API_KEY", "lk_secret_123")])
+    })
+    .await
+    .unwrap();
+    // Offerings through the API carry Lambda's live price (the emulator's $23.92, not the catalog's).
+    let offerings = f.get("/v1/offerings");
+    let row = offerings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["offering"] == "lambda/us-east-1/gpu_8x_h100_sxm5/on-demand")
+        .unwrap_or_else(|| panic!("{offerings}"));
+    assert_eq!(row["price_per_hour"], "23.92");
+    assert!(!api.requests_to("GET", "/instance-types").is_empty());
+    assert!(!f.log().contains("lk_secret_123"), "the API key is in fleetd's log");
+
+    // A spec without the [clouds] fleetd runs with: refused, nothing applied.
+    let (status, body) = f.call("PUT", "/v1/spec", "[fleet]\nname = \"t\"\n[apps.other]\ngpu = \"H100\"\n");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("restart it with --spec FILE") && body.contains("nothing was applied"), "{body}");
+    let stored = f.get("/v1/spec");
+    assert!(stored.to_string().contains("chat") && !stored.to_string().contains("other"), "{stored}");
+    // The same accounts: applied.
+    let (status, body) = f.call("PUT", "/v1/spec", &spec_with_lambda(&api.api_url()).replace("chat", "chat2"));
+    assert_eq!(status, 200, "{body}");
 }

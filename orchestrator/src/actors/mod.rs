@@ -125,6 +125,9 @@ pub struct Ctx {
     pub reclaimed: Arc<std::sync::Mutex<Vec<fleet_core::OfferingKey>>>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::store::gateway::GatewayLeases>,
+    /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
+    /// (accounts change only with a restart, so a spec is never half applied).
+    pub clouds: fleet_core::spec::CloudAccounts,
 }
 
 /// Gives each node's agent only the store access its work needs: its own health key, the
@@ -165,6 +168,7 @@ impl Ctx {
             access: None,
             reclaimed: Default::default(),
             gateway_leases: Default::default(),
+            clouds: Default::default(),
         }
     }
 }

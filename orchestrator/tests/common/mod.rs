@@ -59,8 +59,14 @@ impl Fleetd {
     /// Starts `fleetd ARGS` on a free port (`FLEETD_CRASH_AT=crash_at` when given) and waits for
     /// its API.
     pub fn start(args: &[String], crash_at: Option<&str>) -> Fleetd {
+        Fleetd::start_with_env(args, crash_at, &[])
+    }
+
+    /// [`Fleetd::start`] with more environment variables (API keys).
+    pub fn start_with_env(args: &[String], crash_at: Option<&str>, env: &[(&str, &str)]) -> Fleetd {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetd"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", &addr])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
