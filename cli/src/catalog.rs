@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use fleet_core::catalog::{ImportNote, NoteKind, native};
 use fleet_core::{CapacityType, Catalog, Cloud, GpuSelector, Offering, Price, Query, SortKey};
 use serde::Serialize;
@@ -15,14 +15,24 @@ use crate::Output;
 use crate::table::Table;
 
 #[derive(Debug, Args)]
-#[command(after_help = "\
+#[command(
+    after_help = "\
 Examples:
   fleetctl catalog --gpu H100 --min-gpus 8 --sort price
   fleetctl catalog --gpu H100-SXM --spot --cloud aws,gcp -o json
   fleetctl catalog --gpu A100-80GB --region 'us-*' --limit 10
   fleetctl catalog --catalog ../shared/data/catalogs --gpu H100 --min-gpus 8
-  fleetctl catalog --catalog ./skypilot/v8 -o csv > my-catalog.csv")]
+  fleetctl catalog --catalog ./skypilot/v8 -o csv > my-catalog.csv
+  fleetctl catalog refresh                  live prices through fleetd into the local catalog
+
+Without --catalog, the local catalog that `fleetctl catalog refresh` wrote is used when there is
+one (FLEET_CATALOG, else ~/.config/fleet/catalog.csv), else the built-in one.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct CatalogArgs {
+    #[command(subcommand)]
+    pub cmd: Option<CatalogCmd>,
+
     /// GPU family (H100, A100) or exact model (H100-SXM, H100-PCIe, H100-NVL, A100-40GB, A100-80GB).
     #[arg(long)]
     gpu: Option<GpuSelector>,
@@ -70,6 +80,31 @@ pub struct CatalogArgs {
     /// List every row the import skipped or corrected, and why.
     #[arg(long, requires = "catalog")]
     show_notes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Fetch live prices through fleetd's cloud adapters into the local catalog; say what changed.
+    #[command(after_help = "\
+Examples:
+  fleetctl catalog refresh
+  fleetctl catalog refresh --file ./prices.csv -o json
+
+Each cloud fleetd has an account for is asked for its prices (Lambda instance types, RunPod GPU
+types, EC2 spot price history …); rows of other clouds in the local catalog are kept.")]
+    Refresh {
+        /// The local catalog to update (default: FLEET_CATALOG, else ~/.config/fleet/catalog.csv).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Where `fleetctl catalog refresh` keeps the catalog it fetched.
+pub fn local_catalog_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLEET_CATALOG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/fleet/catalog.csv"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,6 +203,12 @@ pub fn run(args: CatalogArgs, output: Output) -> Result<()> {
 /// The built-in catalog, or the files given with `--catalog` (with a summary of import notes).
 pub fn load(paths: &[PathBuf], as_of: Option<NaiveDate>, show_notes: bool) -> Result<Cow<'static, Catalog>> {
     if paths.is_empty() {
+        if let Some(local) = local_catalog_path().filter(|p| p.is_file()) {
+            let (c, _) = Catalog::load(std::slice::from_ref(&local), None)
+                .with_context(|| format!("the local catalog {} (from `fleetctl catalog refresh`)", local.display()))?;
+            eprintln!("note: prices from {} (fleetctl catalog refresh)", local.display());
+            return Ok(Cow::Owned(c));
+        }
         return Ok(Cow::Borrowed(Catalog::builtin()));
     }
     let (c, notes) = Catalog::load(paths, as_of)?;
@@ -191,4 +232,108 @@ fn report_notes(notes: &[ImportNote], all: bool) {
             notes.len() - corrected
         );
     }
+}
+
+/// One offering whose price moved, appeared or went.
+#[derive(Debug, Serialize)]
+struct Change {
+    offering: String,
+    old: Option<Price>,
+    new: Option<Price>,
+}
+
+/// `fleetctl catalog refresh`.
+pub fn refresh(server: &crate::server::Server, file: Option<PathBuf>, output: Output) -> Result<()> {
+    let path = file.or_else(local_catalog_path).context("no place for the local catalog: give --file or set HOME")?;
+    let fresh: Vec<Offering> = serde_json::from_value(server.get("/v1/offerings?full=true")?)
+        .context("fleetd's offerings are not in the expected form (is fleetctl older than fleetd?)")?;
+    if fresh.is_empty() {
+        anyhow::bail!(
+            "fleetd has no cloud to ask: give it accounts in the spec's [clouds.*] (or --aws-region), then refresh"
+        );
+    }
+    let clouds: std::collections::BTreeSet<Cloud> = fresh.iter().map(|o| o.cloud).collect();
+    let (old, against): (Vec<Offering>, String) = if path.is_file() {
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let imported = native::read(&path.display().to_string(), &text[..])?;
+        (imported.offerings, path.display().to_string())
+    } else {
+        (Catalog::builtin().offerings().to_vec(), "the built-in catalog".to_string())
+    };
+    let old_of: std::collections::BTreeMap<String, &Offering> = old.iter().map(|o| (o.key().to_string(), o)).collect();
+    let new_of: std::collections::BTreeMap<String, &Offering> =
+        fresh.iter().map(|o| (o.key().to_string(), o)).collect();
+    let mut changes = Vec::new();
+    for (k, n) in &new_of {
+        match old_of.get(k) {
+            Some(o) if o.price == n.price => {}
+            Some(o) => changes.push(Change { offering: k.clone(), old: Some(o.price), new: Some(n.price) }),
+            None => changes.push(Change { offering: k.clone(), old: None, new: Some(n.price) }),
+        }
+    }
+    for (k, o) in &old_of {
+        if clouds.contains(&o.cloud) && !new_of.contains_key(k) {
+            changes.push(Change { offering: k.clone(), old: Some(o.price), new: None });
+        }
+    }
+    // The local catalog: other clouds' rows as they were, these clouds' as fetched.
+    let mut merged: Vec<Offering> = old.iter().filter(|o| !clouds.contains(&o.cloud)).cloned().collect();
+    if !path.is_file() {
+        merged.clear();
+    }
+    merged.extend(fresh.iter().cloned());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("csv.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        native::write(&mut f, merged.iter()).context("writing the catalog")?;
+        f.flush()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+
+    let (moved, added, gone) = (
+        changes.iter().filter(|c| c.old.is_some() && c.new.is_some()).count(),
+        changes.iter().filter(|c| c.old.is_none()).count(),
+        changes.iter().filter(|c| c.new.is_none()).count(),
+    );
+    let names: Vec<String> = clouds.iter().map(ToString::to_string).collect();
+    match output {
+        Output::Json | Output::Yaml => {
+            let v = serde_json::json!({
+                "file": path.display().to_string(), "compared_with": against, "clouds": names,
+                "offerings": fresh.len(), "changes": changes,
+            });
+            crate::output::print(&v, output == Output::Yaml);
+        }
+        _ => {
+            outln!(
+                "{} offerings from {} (live where the cloud publishes prices) vs {against}: {moved} prices changed, {added} new, {gone} gone",
+                fresh.len(),
+                names.join(", ")
+            );
+            if !changes.is_empty() {
+                let mut t = Table::new(&[("OFFERING", false), ("WAS", true), ("NOW", true), ("CHANGE", true)]);
+                let money = |p: Option<Price>| {
+                    p.map(|p| format!("${}", p.hourly().to_decimal_string())).unwrap_or_else(|| "-".into())
+                };
+                for c in &changes {
+                    let pct = match (c.old, c.new) {
+                        (Some(o), Some(n)) if o.hourly() > fleet_core::Money::ZERO => {
+                            let (o, n) = (o.hourly().micros() as i128, n.hourly().micros() as i128);
+                            format!("{:+.1}%", ((n - o) * 1000 / o) as f64 / 10.0)
+                        }
+                        (None, Some(_)) => "new".into(),
+                        (Some(_), None) => "gone".into(),
+                        _ => String::new(),
+                    };
+                    t.row(vec![c.offering.clone(), money(c.old), money(c.new), pct]);
+                }
+                out!("{}", t.render());
+            }
+            outln!("written to {}", path.display());
+        }
+    }
+    Ok(())
 }

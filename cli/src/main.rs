@@ -225,6 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     match cli.command {
+        Command::Catalog(catalog::CatalogArgs { cmd: Some(catalog::CatalogCmd::Refresh { file }), .. }) => {
+            catalog::refresh(&server()?, file, o)
+        }
         Command::Catalog(args) => catalog::run(args, o),
         Command::Plan(args) => plan::run(args, o),
         Command::Simulate(args) => simulate::run(args, o),

@@ -321,7 +321,17 @@ async fn clouds(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<CloudView>>> 
     Ok(Json(out))
 }
 
-async fn offerings(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+#[derive(Deserialize)]
+struct OfferingsQuery {
+    /// Whole offerings (instance shape, price source and date, availability): `fleetctl catalog refresh`.
+    #[serde(default)]
+    full: bool,
+}
+
+async fn offerings(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<OfferingsQuery>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let mut out = Vec::new();
     for (cloud, p) in &ctx.providers {
         let offerings = p
@@ -336,6 +346,9 @@ async fn offerings(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json
             .cmp(&b.price_per_gpu().hourly())
             .then_with(|| a.key().to_string().cmp(&b.key().to_string()))
     });
+    if q.full {
+        return Ok(Json(out.iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect()));
+    }
     Ok(Json(
         out.iter()
             .map(|o| {

@@ -23,6 +23,7 @@ pub enum CloudsError {
     Provider { cloud: Cloud, detail: String },
 }
 
+#[cfg_attr(not(any(feature = "lambda", feature = "runpod")), allow(dead_code))]
 fn env_secret(cloud: Cloud, var: &'static str) -> Result<fleet_providers::Secret, CloudsError> {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(fleet_providers::Secret::new(v.trim())),
@@ -36,6 +37,7 @@ pub async fn build(
     accounts: &CloudAccounts,
     catalog: Arc<Catalog>,
 ) -> Result<BTreeMap<Cloud, Arc<dyn Provider>>, CloudsError> {
+    #[allow(unused_mut)] // without any cloud feature nothing is inserted
     let mut out: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
     let _ = (&catalog, fleet);
     if let Some(a) = &accounts.aws {

@@ -158,6 +158,13 @@ impl LambdaEmulator {
         self.st.lock().unwrap().capacity.insert((instance_type.into(), region.into()), n);
     }
 
+    /// Lambda changes a type's price.
+    pub fn set_price(&self, instance_type: &str, cents_per_hour: u64) {
+        for t in self.st.lock().unwrap().types.iter_mut().filter(|t| t.name == instance_type) {
+            t.price_cents_per_hour = cents_per_hour;
+        }
+    }
+
     pub fn set_quota(&self, n: usize) {
         self.st.lock().unwrap().quota = n;
     }
