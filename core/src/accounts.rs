@@ -381,7 +381,8 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
         }
         let rg = ck.required(&r.resource_group, "resource_group", "the resource group fleet's VMs live in");
         let subnet = ck.required(&r.subnet_id, "subnet_id", "the full resource id of the subnet VMs join");
-        if !subnet.is_empty() && !(subnet.starts_with("/subscriptions/") && subnet.contains("/subnets/")) {
+        let subnet_ok = subnet.starts_with("/subscriptions/") && subnet.contains("/subnets/");
+        if !subnet.is_empty() && !subnet_ok {
             let span = r.subnet_id.as_ref().map(Spanned::span).unwrap_or(0..0);
             ck.err(
                 span,

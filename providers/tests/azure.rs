@@ -32,6 +32,7 @@ fn provider(url: &str, token: &str) -> AzureProvider {
     cfg.regions = vec!["eastus".into()];
     cfg.max_retries = 1;
     cfg.poll_interval = Duration::from_millis(10);
+    cfg.prices_endpoint = format!("{url}/api/retail/prices");
     AzureProvider::new(cfg, Arc::new(Catalog::builtin().clone())).unwrap()
 }
 
@@ -92,7 +93,11 @@ async fn azure_passes_the_conformance_suite_and_sends_what_arm_expects() {
         (Some("Spot"), Some("Delete"), Some(-1.0))
     );
     // Every call carried the credential's token; every VM is gone (deletes were awaited).
-    assert!(emu.requests().iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))));
+    // ARM calls carry the token; the public Retail Prices API never gets it.
+    for r in emu.requests() {
+        let want = if r.path.starts_with("/api/retail/prices") { None } else { Some(format!("Bearer {TOKEN}")) };
+        assert_eq!(r.authorization, want, "{} {}", r.method, r.path);
+    }
     assert!(emu.vms().is_empty(), "{:?}", emu.vms());
     assert!(!emu.requests_to("GET", "/operations/").is_empty(), "async operations were polled");
 }
@@ -188,4 +193,50 @@ async fn azure_errors_map_to_what_the_orchestrator_acts_on() {
     p.launch(&spot).await.unwrap();
     let put = emu.requests_to("PUT", &instance_name(&spot.idempotency_token)).pop().unwrap();
     assert_eq!(put.body["properties"]["billingProfile"]["maxPrice"].as_f64(), Some(0.55));
+}
+
+#[tokio::test]
+async fn azure_prices_are_live_and_a_running_vm_has_its_addresses() {
+    let emu = AzureEmulator::start(TOKEN, &[("eastus", "Standard_ND96isr_H100_v5", 1)]).await;
+    let p = provider(&emu.running.url, TOKEN);
+    let rows = p.offerings().await.unwrap();
+    let find = |k: OfferingKey| rows.iter().find(|o| o.key() == k).cloned().unwrap_or_else(|| panic!("{k} missing"));
+    let od = find(key("Standard_ND96isr_H100_v5", CapacityType::OnDemand));
+    assert_eq!(
+        (od.price.hourly().to_decimal_string(), od.source.name.as_str()),
+        ("98.32".into(), "azure retail prices")
+    );
+    // The catalog has no Spot row for it: the live Spot meter adds one (Windows and Low Priority rows ignored).
+    let spot = find(key("Standard_ND96isr_H100_v5", CapacityType::Spot));
+    assert_eq!(spot.price.hourly().to_decimal_string(), "39.328");
+    assert_eq!(find(key("Standard_NC24ads_A100_v4", CapacityType::Spot)).price.hourly().to_decimal_string(), "0.7346");
+    let asked = emu.requests_to("GET", "/api/retail/prices");
+    let f = asked[0].query_param("$filter").unwrap();
+    assert!(f.contains("armRegionName eq 'eastus'") && f.contains("armSkuName eq 'Standard_ND96isr_H100_v5'"), "{f}");
+    assert!(asked.iter().any(|r| r.query_param("$skip").is_some()), "NextPageLink was not followed");
+
+    // Prices move; a failed refresh keeps the last ones.
+    emu.set_retail_price("eastus", "Standard_ND96isr_H100_v5", true, 41.5);
+    let moved = p.offerings().await.unwrap();
+    assert!(moved.iter().any(|o| o.key() == spot.key() && o.price.hourly().to_decimal_string() == "41.50"));
+    emu.fail_next(Fault {
+        method: "GET",
+        path_contains: "/api/retail/prices".into(),
+        body_contains: "",
+        status: 500,
+        headers: vec![],
+        body: serde_json::json!({}),
+    });
+    assert_eq!(p.offerings().await.unwrap(), moved);
+
+    // A running VM's addresses come from its NIC and public IP (Microsoft.Network), for bootstrap.
+    let i = p
+        .launch(&LaunchRequest::new("t", "1", "a", key("Standard_ND96isr_H100_v5", CapacityType::OnDemand)))
+        .await
+        .unwrap();
+    let got = p.get(&i.id).await.unwrap();
+    assert!(got.public_ip.is_some_and(|ip| ip.to_string().starts_with("20.1.2.")), "{got:?}");
+    assert!(got.private_ip.is_some_and(|ip| ip.to_string().starts_with("10.1.0.")), "{got:?}");
+    assert_eq!(emu.requests_to("GET", "/providers/Microsoft.Network/").len(), 2, "NIC, then public IP");
+    p.terminate(&i.id).await.unwrap();
 }

@@ -33,6 +33,9 @@ use crate::{
 };
 
 pub const DEFAULT_ENDPOINT: &str = "https://management.azure.com";
+pub const DEFAULT_PRICES_ENDPOINT: &str = "https://prices.azure.com/api/retail/prices";
+/// Microsoft.Network's API version for reading a VM's NIC and public IP.
+const NETWORK_API: &str = "2024-05-01";
 
 /// A bearer token fixed in advance (tests against a local server; or a token fetched elsewhere).
 pub struct FixedToken(pub Secret);
@@ -99,6 +102,8 @@ pub struct AzureConfig {
     pub max_retries: u32,
     /// Wait between polls of a long-running operation when Azure suggests none.
     pub poll_interval: Duration,
+    /// The Azure Retail Prices API ([`DEFAULT_PRICES_ENDPOINT`]; public, no credential).
+    pub prices_endpoint: String,
 }
 
 impl fmt::Debug for AzureConfig {
@@ -137,11 +142,13 @@ impl AzureConfig {
             credential: None,
             max_retries: 4,
             poll_interval: Duration::from_secs(5),
+            prices_endpoint: DEFAULT_PRICES_ENDPOINT.into(),
         }
     }
 }
 
 pub struct AzureProvider {
+    prices: crate::prices::PriceBook,
     cfg: AzureConfig,
     client: Client,
     credential: Arc<dyn TokenCredential>,
@@ -184,11 +191,151 @@ impl AzureProvider {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ProviderError::Transient { detail: format!("http client: {e}") })?;
-        Ok(AzureProvider { cfg, client, credential, http, catalog })
+        Ok(AzureProvider { prices: crate::prices::PriceBook::new(), cfg, client, credential, http, catalog })
     }
 
     fn region_allowed(&self, r: &str) -> bool {
         self.cfg.regions.is_empty() || self.cfg.regions.iter().any(|x| x.eq_ignore_ascii_case(r))
+    }
+
+    fn catalog_rows(&self) -> Vec<Offering> {
+        self.catalog
+            .offerings()
+            .iter()
+            .filter(|o| o.cloud == Cloud::Azure && self.region_allowed(&o.region))
+            .cloned()
+            .collect()
+    }
+
+    /// The catalog's rows priced from the Azure Retail Prices API (Linux, pay-as-you-go and
+    /// Spot), one query per region; a Spot price the catalog has no row for adds one.
+    async fn live_offerings(&self) -> ProviderResult<Vec<Offering>> {
+        let rows = self.catalog_rows();
+        let mut regions: Vec<&str> = rows.iter().map(|o| o.region.as_str()).collect();
+        regions.sort();
+        regions.dedup();
+        let today = chrono::Utc::now().date_naive();
+        let mut out = Vec::new();
+        for region in regions {
+            let mut sizes: Vec<&str> =
+                rows.iter().filter(|o| o.region == region).map(|o| o.instance.name.as_str()).collect();
+            sizes.sort();
+            sizes.dedup();
+            let skus: Vec<String> = sizes.iter().map(|s| format!("armSkuName eq '{s}'")).collect();
+            let filter = format!(
+                "serviceName eq 'Virtual Machines' and priceType eq 'Consumption' and armRegionName eq '{region}' and ({})",
+                skus.join(" or ")
+            );
+            // (size, spot) → $/h
+            let mut quotes: std::collections::HashMap<(String, bool), fleet_core::Price> = Default::default();
+            let mut next = Some(
+                reqwest::Url::parse_with_params(
+                    &self.cfg.prices_endpoint,
+                    &[("api-version", "2023-01-01-preview"), ("$filter", &filter)],
+                )
+                .map_err(|e| ProviderError::InvalidRequest { detail: format!("prices endpoint: {e}") })?
+                .to_string(),
+            );
+            while let Some(url) = next.take() {
+                let resp = self.http.get(&url).send().await.map_err(|e| ProviderError::Transient {
+                    detail: format!("azure retail prices: {}", e.without_url()),
+                })?;
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if status != 200 {
+                    return Err(errors::map(
+                        Some(status),
+                        str_at(&body, &["error", "code"]).unwrap_or(""),
+                        "azure retail prices",
+                        None,
+                    ));
+                }
+                for item in body["Items"].as_array().into_iter().flatten() {
+                    let (Some(size), Some(sku), Some(price)) =
+                        (item["armSkuName"].as_str(), item["skuName"].as_str(), item["retailPrice"].as_f64())
+                    else {
+                        continue;
+                    };
+                    let windows = item["productName"].as_str().is_some_and(|p| p.contains("Windows"));
+                    if windows || sku.ends_with(" Low Priority") || item["unitOfMeasure"] != "1 Hour" {
+                        continue;
+                    }
+                    if let Ok(p) = fleet_core::Price::parse_decimal(&format!("{price:.6}")) {
+                        quotes.insert((size.to_string(), sku.ends_with(" Spot")), p);
+                    }
+                }
+                next = body["NextPageLink"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            }
+            for o in rows.iter().filter(|o| o.region == region) {
+                let spot = o.capacity == CapacityType::Spot;
+                let mut o = o.clone();
+                match quotes.remove(&(o.instance.name.clone(), spot)) {
+                    Some(p) => {
+                        o.price = p;
+                        o.source = fleet_core::Source { name: "azure retail prices".into(), as_of: today };
+                    }
+                    None => {
+                        o.availability = fleet_core::Availability::Unavailable {
+                            reason: format!("no retail price for {} in {region}", o.instance.name),
+                        };
+                    }
+                }
+                out.push(o);
+            }
+            // Spot prices for sizes the catalog lists only on demand.
+            let mut extra: Vec<_> = quotes.into_iter().filter(|((_, spot), _)| *spot).collect();
+            extra.sort_by(|a, b| a.0.cmp(&b.0));
+            for ((size, _), p) in extra {
+                let Some(template) = rows.iter().find(|o| o.region == region && o.instance.name == size) else {
+                    continue;
+                };
+                let mut o = template.clone();
+                o.capacity = CapacityType::Spot;
+                o.price = p;
+                o.source = fleet_core::Source { name: "azure retail prices".into(), as_of: today };
+                o.availability = fleet_core::Availability::Unknown;
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// An ARM GET outside the compute SDK (Microsoft.Network), with the same credential.
+    async fn arm_get(&self, id: &str, api_version: &str) -> ProviderResult<Value> {
+        let scope = format!("{}/.default", self.cfg.endpoint.trim_end_matches('/'));
+        let token = self.credential.get_token(&[scope.as_str()]).await.map_err(|e| errors::from_sdk(&e, None))?;
+        let url = format!("{}{id}?api-version={api_version}", self.cfg.endpoint.trim_end_matches('/'));
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(token.token.secret())
+            .send()
+            .await
+            .map_err(|e| ProviderError::Transient { detail: format!("reading {id}: {}", e.without_url()) })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status != 200 {
+            let code = str_at(&body, &["error", "code"]).unwrap_or("");
+            return Err(errors::map(Some(status), code, str_at(&body, &["error", "message"]).unwrap_or(""), None));
+        }
+        Ok(body)
+    }
+
+    /// The VM's private and public addresses: its NIC, then the NIC's public IP resource.
+    async fn addresses(&self, vm: &Value) -> ProviderResult<(Option<std::net::IpAddr>, Option<std::net::IpAddr>)> {
+        let Some(nic_id) = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"].as_str() else {
+            return Ok((None, None));
+        };
+        let nic = self.arm_get(nic_id, NETWORK_API).await?;
+        let ipc = &nic["properties"]["ipConfigurations"][0]["properties"];
+        let private = ipc["privateIPAddress"].as_str().and_then(|s| s.parse().ok());
+        let public = match ipc["publicIPAddress"]["id"].as_str() {
+            Some(pip) => {
+                self.arm_get(pip, NETWORK_API).await?["properties"]["ipAddress"].as_str().and_then(|s| s.parse().ok())
+            }
+            None => None,
+        };
+        Ok((private, public))
     }
 
     fn vms(&self) -> azure_mgmt_compute::package_2024_07_01::virtual_machines::Client {
@@ -225,7 +372,7 @@ impl AzureProvider {
                 },
             },
             state,
-            // The public IP is a Microsoft.Network resource; the VM does not carry its address.
+            // Addresses are Microsoft.Network resources: `get` reads them.
             public_ip: None,
             private_ip: None,
             ssh_host_key: None,
@@ -350,13 +497,8 @@ impl Provider for AzureProvider {
     }
 
     async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
-        Ok(self
-            .catalog
-            .offerings()
-            .iter()
-            .filter(|o| o.cloud == Cloud::Azure && self.region_allowed(&o.region))
-            .cloned()
-            .collect())
+        let live = self.live_offerings().await;
+        self.prices.resolve(&self.name(), live, || self.catalog_rows()).map(|(rows, _)| rows)
     }
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
@@ -419,7 +561,14 @@ impl Provider for AzureProvider {
 
     async fn get(&self, id: &str) -> ProviderResult<Instance> {
         match self.fetch(id).await? {
-            Some(v) if self.ours(&v) => Ok(self.instance(&v)),
+            Some(v) if self.ours(&v) => {
+                let mut i = self.instance(&v);
+                // Addresses live in Microsoft.Network: read them once the VM is up (bootstrap needs one).
+                if i.state == InstanceState::Running {
+                    (i.private_ip, i.public_ip) = self.addresses(&v).await?;
+                }
+                Ok(i)
+            }
             _ => Err(ProviderError::NotFound { what: format!("VM {id} of fleet {}", self.cfg.fleet) }),
         }
     }

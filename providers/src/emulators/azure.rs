@@ -39,6 +39,11 @@ struct St {
     /// delete, whether the VM held capacity)).
     operations: HashMap<String, (Value, Option<Finishes>)>,
     page_size: usize,
+    /// Microsoft.Network resources made with VMs: id → JSON.
+    network: HashMap<String, Value>,
+    /// Retail price rows: (armRegionName, armSkuName, skuName, retailPrice, productName).
+    retail: Vec<(String, String, String, f64, String)>,
+    next_ip: u32,
 }
 
 #[derive(Debug)]
@@ -83,6 +88,7 @@ impl AzureEmulator {
             exhaustion_code: "AllocationFailed".into(),
             cores_quota: 1000,
             page_size: 50,
+            retail: default_retail(),
             ..St::default()
         }));
         let vm = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}";
@@ -93,6 +99,8 @@ impl AzureEmulator {
                 get(list_vms),
             )
             .route("/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{id}", get(operation))
+            .route("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/{kind}/{name}", get(network))
+            .route("/api/retail/prices", get(retail_prices))
             .with_state(st.clone());
         let running = serve(app).await;
         st.lock().unwrap().url = running.url.clone();
@@ -112,6 +120,19 @@ impl AzureEmulator {
         self.st.lock().unwrap().cores_quota = n;
     }
 
+    /// The Retail Prices API's base URL on this server.
+    pub fn prices_url(&self) -> String {
+        format!("{}/api/retail/prices", self.running.url)
+    }
+
+    /// Sets the retail price of a Linux VM size (spot: its " Spot" meter).
+    pub fn set_retail_price(&self, region: &str, arm_sku: &str, spot: bool, price: f64) {
+        let mut st = self.st.lock().unwrap();
+        let name = meter(arm_sku, spot);
+        st.retail.retain(|r| !(r.0 == region && r.1 == arm_sku && r.2 == name && !r.4.contains("Windows")));
+        st.retail.push((region.into(), arm_sku.into(), name, price, series(arm_sku)));
+    }
+
     pub fn set_page_size(&self, n: usize) {
         self.st.lock().unwrap().page_size = n.max(1);
     }
@@ -120,6 +141,32 @@ impl AzureEmulator {
     pub fn vms(&self) -> Vec<Value> {
         self.st.lock().unwrap().vms.values().cloned().collect()
     }
+}
+
+/// "Standard_ND96isr_H100_v5" → "ND96isr H100 v5" (+ " Spot").
+fn meter(arm_sku: &str, spot: bool) -> String {
+    let base = arm_sku.trim_start_matches("Standard_").replace('_', " ");
+    if spot { format!("{base} Spot") } else { base }
+}
+
+fn series(arm_sku: &str) -> String {
+    format!(
+        "Virtual Machines {} Series",
+        arm_sku.trim_start_matches("Standard_").split('_').skip(1).collect::<Vec<_>>().join("")
+    )
+}
+
+/// Published-looking rows for two sizes in eastus: Linux pay-as-you-go and Spot, plus the rows a
+/// client must skip (Windows, Low Priority).
+fn default_retail() -> Vec<(String, String, String, f64, String)> {
+    let mut v = Vec::new();
+    for (sku, od, spot) in [("Standard_ND96isr_H100_v5", 98.32, 39.3280), ("Standard_NC24ads_A100_v4", 3.673, 0.7346)] {
+        v.push(("eastus".into(), sku.into(), meter(sku, false), od, series(sku)));
+        v.push(("eastus".into(), sku.into(), meter(sku, true), spot, series(sku)));
+        v.push(("eastus".into(), sku.into(), meter(sku, false), od * 1.1, format!("{} Windows", series(sku))));
+        v.push(("eastus".into(), sku.into(), format!("{} Low Priority", meter(sku, false)), od * 0.2, series(sku)));
+    }
+    v
 }
 
 fn authorized(st: &St, h: &HeaderMap) -> Result<(), Box<Response>> {
@@ -201,6 +248,20 @@ async fn put_vm(
     vm["properties"]["provisioningState"] = json!("Creating");
     vm["properties"]["vmId"] = json!(format!("{}-{}", new_id(8), new_id(12)));
     vm["properties"]["timeCreated"] = json!(chrono::Utc::now().to_rfc3339());
+    // The NIC and public IP the VM's networkInterfaceConfigurations ask for.
+    let net = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network");
+    let (nic_id, pip_id) =
+        (format!("{net}/networkInterfaces/{name}-nic"), format!("{net}/publicIPAddresses/{name}-ip"));
+    st.next_ip += 1;
+    let n = st.next_ip % 250;
+    st.network.insert(
+        nic_id.clone(),
+        json!({"id": nic_id, "name": format!("{name}-nic"), "properties": {"ipConfigurations": [{"name": "ipconfig1",
+            "properties": {"privateIPAddress": format!("10.1.0.{n}"), "publicIPAddress": {"id": pip_id}}}]}}),
+    );
+    st.network.insert(pip_id.clone(), json!({"id": pip_id, "properties": {"ipAddress": format!("20.1.2.{n}")}}));
+    vm["properties"]["networkProfile"]["networkInterfaces"] =
+        json!([{"id": nic_id, "properties": {"primary": true, "deleteOption": "Delete"}}]);
     st.vms.insert(key, vm.clone());
     let done = if ok {
         json!({"startTime": chrono::Utc::now().to_rfc3339(), "status": "Succeeded", "name": "op"})
@@ -283,6 +344,11 @@ async fn operation(
         let deleting = st.vms.get(&key).is_some_and(|v| v["properties"]["provisioningState"] == "Deleting");
         if deleting {
             if let Some(vm) = st.vms.remove(&key) {
+                // The NIC and IP go with the VM (deleteOption Delete).
+                let prefix = format!("/{}-", key.1);
+                st.network.retain(|id, _| {
+                    !id.ends_with(&format!("{}nic", prefix)) && !id.ends_with(&format!("{}ip", prefix))
+                });
                 let region = vm["location"].as_str().unwrap_or("").to_string();
                 let size = vm["properties"]["hardwareProfile"]["vmSize"].as_str().unwrap_or("").to_string();
                 if succeeded {
@@ -318,4 +384,83 @@ async fn list_vms(
         ));
     }
     answer(200, out)
+}
+
+async fn network(
+    State(st): State<Arc<Mutex<St>>>,
+    h: HeaderMap,
+    Path((sub, rg, kind, name)): Path<(String, String, String, String)>,
+) -> Response {
+    let st = st.lock().unwrap();
+    if let Err(r) = authorized(&st, &h) {
+        return *r;
+    }
+    let id = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/{kind}/{name}");
+    match st.network.get(&id) {
+        Some(v) => answer(200, v.clone()),
+        None => arm_error(
+            404,
+            "ResourceNotFound",
+            &format!("The Resource 'Microsoft.Network/{kind}/{name}' under resource group '{rg}' was not found."),
+        ),
+    }
+}
+
+/// `armRegionName eq 'eastus' and (armSkuName eq 'A' or armSkuName eq 'B')` → region, skus.
+fn retail_filter(f: &str) -> (Option<String>, Vec<String>) {
+    let values = |field: &str| -> Vec<String> {
+        f.split(field)
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix("eq '")?.split('\'').next().map(str::to_string))
+            .collect()
+    };
+    (values("armRegionName").into_iter().next(), values("armSkuName"))
+}
+
+async fn retail_prices(State(st): State<Arc<Mutex<St>>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let st = st.lock().unwrap();
+    let (region, skus) = retail_filter(q.get("$filter").map(String::as_str).unwrap_or(""));
+    let rows: Vec<Value> = st
+        .retail
+        .iter()
+        .filter(|r| region.as_ref().is_none_or(|x| *x == r.0) && (skus.is_empty() || skus.contains(&r.1)))
+        .map(|(region, arm, sku, price, product)| {
+            json!({"currencyCode": "USD", "tierMinimumUnits": 0.0, "retailPrice": price, "unitPrice": price,
+                "armRegionName": region, "location": "US East", "effectiveStartDate": "2026-01-01T00:00:00Z",
+                "meterName": sku, "productName": product, "skuName": sku, "serviceName": "Virtual Machines",
+                "serviceFamily": "Compute", "unitOfMeasure": "1 Hour", "type": "Consumption", "isPrimaryMeterRegion": true,
+                "armSkuName": arm})
+        })
+        .collect();
+    // Two items a page, so clients must follow NextPageLink.
+    let skip: usize = q.get("$skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let page: Vec<Value> = rows.iter().skip(skip).take(2).cloned().collect();
+    let next = (skip + 2 < rows.len()).then(|| {
+        let filter = q.get("$filter").cloned().unwrap_or_default();
+        encode_url(
+            &format!("{}/api/retail/prices", st.url),
+            &[("$filter", &filter), ("$skip", &(skip + 2).to_string())],
+        )
+    });
+    answer(
+        200,
+        json!({"BillingCurrency": "USD", "CustomerEntityId": "Default", "CustomerEntityType": "Retail",
+        "Items": page, "NextPageLink": next, "Count": rows.len()}),
+    )
+}
+
+fn encode_url(base: &str, params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let q: Vec<String> = params.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect();
+    format!("{base}?{}", q.join("&"))
 }

@@ -41,7 +41,7 @@ impl Recorded {
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
-            (k == name).then(|| percent_decode(v))
+            (percent_decode(k) == name).then(|| percent_decode(v))
         })
     }
 }
