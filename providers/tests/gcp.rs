@@ -23,6 +23,7 @@ async fn provider(url: &str) -> GcpProvider {
         "projects/ubuntu-os-accelerator-images/global/images/family/ubuntu-accelerator-2204-amd64-with-nvidia-570",
     );
     cfg.endpoint = Some(url.into());
+    cfg.billing_endpoint = url.into();
     cfg.anonymous = true;
     cfg.zones = vec![ZONE.into()];
     cfg.ssh_public_key = Some("ssh-ed25519 AAAAC3Nza fleet".into());
@@ -149,4 +150,41 @@ async fn gcp_errors_map_to_what_the_orchestrator_acts_on() {
     let before = emu.instances().len();
     assert_eq!(p.launch(&req).await.unwrap().id, format!("{ZONE}/{}", instance_name(&req.idempotency_token)));
     assert_eq!(emu.instances().len(), before);
+}
+
+#[tokio::test]
+async fn gcp_prices_are_live_from_the_billing_catalog() {
+    let emu = GcpEmulator::start(&[]).await;
+    let mut cfg = GcpConfig::new("t", "fleet-test", "img");
+    cfg.endpoint = Some(emu.running.url.clone());
+    cfg.billing_endpoint = emu.running.url.clone();
+    cfg.anonymous = true;
+    cfg.zones = vec![ZONE.into()];
+    let p = GcpProvider::connect(cfg, Arc::new(Catalog::builtin().clone())).await.unwrap();
+    let rows = p.offerings().await.unwrap();
+    let find = |k: OfferingKey| rows.iter().find(|o| o.key() == k).cloned().unwrap_or_else(|| panic!("{k}"));
+    // a3-highgpu-8g: 8 × $2.934 (GPU) + 208 × $0.029 (vCPU) + 1,872 × $0.0039 (GiB) = $36.8048, exactly.
+    let a3 = find(key("a3-highgpu-8g", CapacityType::OnDemand));
+    assert_eq!(
+        (a3.price.hourly().to_decimal_string(), a3.source.name.as_str()),
+        ("36.8048".into(), "gcp billing catalog")
+    );
+    // a2-ultragpu-1g on Spot: $1.40 + 12 × $0.0126 + 170 × $0.00168 = $1.8368.
+    assert_eq!(find(key("a2-ultragpu-1g", CapacityType::Spot)).price.hourly().to_decimal_string(), "1.8368");
+    // No SKUs for a3-megagpu here: the catalog's price stays.
+    let mega = find(key("a3-megagpu-8g", CapacityType::OnDemand));
+    assert_ne!(mega.source.name, "gcp billing catalog");
+    let asked = emu.requests_to("GET", "/v1/services/6F81-5844-456A/skus");
+    assert!(asked.len() >= 3, "every page read: {asked:?}");
+    assert!(asked.iter().all(|r| r.query_param("currencyCode").as_deref() == Some("USD")));
+
+    emu.fail_next(Fault {
+        method: "GET",
+        path_contains: "/skus".into(),
+        body_contains: "",
+        status: 503,
+        headers: vec![],
+        body: serde_json::json!({}),
+    });
+    assert_eq!(p.offerings().await.unwrap(), rows, "a failed refresh keeps the last prices");
 }

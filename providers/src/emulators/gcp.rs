@@ -31,6 +31,8 @@ struct St {
     request_ids: HashMap<String, String>,
     page_size: usize,
     next_id: u64,
+    /// The billing catalog's Compute Engine SKUs.
+    skus: Vec<Value>,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,7 @@ impl GcpEmulator {
             gpu_quota: 64,
             page_size: 500,
             next_id: 8_123_456_789_000,
+            skus: default_skus(),
             ..St::default()
         };
         let st = Arc::new(Mutex::new(st));
@@ -72,6 +75,7 @@ impl GcpEmulator {
             .route("/compute/v1/projects/{project}/zones/{zone}/instances/{name}", get(get_one).delete(delete))
             .route("/compute/v1/projects/{project}/zones/{zone}/operations/{op}", get(operation))
             .route("/compute/v1/projects/{project}/aggregated/instances", get(aggregated))
+            .route("/v1/services/{service}/skus", get(skus))
             .with_state(st.clone());
         GcpEmulator { running: serve(app).await, st }
     }
@@ -92,6 +96,69 @@ impl GcpEmulator {
     pub fn instances(&self) -> Vec<Value> {
         self.st.lock().unwrap().instances.values().cloned().collect()
     }
+}
+
+/// One billing catalog SKU, as the Cloud Billing API shows it.
+pub fn sku(description: &str, usage: &str, regions: &[&str], units: i64, nanos: i64) -> Value {
+    let group = if description.contains("GPU") {
+        "GPU"
+    } else if description.contains("Ram") {
+        "RAM"
+    } else {
+        "CPU"
+    };
+    json!({
+        "name": format!("services/6F81-5844-456A/skus/{}", new_id(12).to_uppercase()),
+        "skuId": new_id(12).to_uppercase(),
+        "description": description,
+        "category": {"serviceDisplayName": "Compute Engine", "resourceFamily": "Compute", "resourceGroup": group, "usageType": usage},
+        "serviceRegions": regions,
+        "pricingInfo": [{
+            "effectiveTime": "2026-11-01T00:00:00Z",
+            "pricingExpression": {
+                "usageUnit": if group == "RAM" { "GiBy.h" } else { "h" },
+                "displayQuantity": 1,
+                "tieredRates": [{"startUsageAmount": 0, "unitPrice": {"currencyCode": "USD", "units": units.to_string(), "nanos": nanos}}],
+                "usageUnitDescription": if group == "RAM" { "gibibyte hour" } else { "hour" },
+            },
+            "currencyConversionRate": 1
+        }],
+        "serviceProviderName": "Google"
+    })
+}
+
+/// us-central1's H100 (A3) and A100 80 GB (A2 ultra) parts, on demand and Spot, plus SKUs a
+/// client must not use (a commitment, another family).
+pub fn default_skus() -> Vec<Value> {
+    let r = ["us-central1"];
+    vec![
+        sku("Nvidia H100 80GB GPU running in Americas", "OnDemand", &r, 2, 934_000_000),
+        sku(
+            "Nvidia H100 80GB GPU attached to Spot Preemptible VMs running in Americas",
+            "Preemptible",
+            &r,
+            1,
+            200_000_000,
+        ),
+        sku("A3 Instance Core running in Americas", "OnDemand", &r, 0, 29_000_000),
+        sku("Spot Preemptible A3 Instance Core running in Americas", "Preemptible", &r, 0, 11_600_000),
+        sku("A3 Instance Ram running in Americas", "OnDemand", &r, 0, 3_900_000),
+        sku("Spot Preemptible A3 Instance Ram running in Americas", "Preemptible", &r, 0, 1_560_000),
+        sku("Nvidia A100 80GB GPU running in Americas", "OnDemand", &r, 3, 500_000_000),
+        sku(
+            "Nvidia A100 80GB GPU attached to Spot Preemptible VMs running in Americas",
+            "Preemptible",
+            &r,
+            1,
+            400_000_000,
+        ),
+        sku("A2 Instance Core running in Americas", "OnDemand", &r, 0, 31_500_000),
+        sku("Spot Preemptible A2 Instance Core running in Americas", "Preemptible", &r, 0, 12_600_000),
+        sku("A2 Instance Ram running in Americas", "OnDemand", &r, 0, 4_200_000),
+        sku("Spot Preemptible A2 Instance Ram running in Americas", "Preemptible", &r, 0, 1_680_000),
+        sku("Commitment v1: A3 Cpu in Americas for 1 Year", "Commit1Yr", &r, 0, 18_000_000),
+        sku("N1 Predefined Instance Core running in Americas", "OnDemand", &r, 0, 31_611_000),
+    ]
 }
 
 fn base(project: &str) -> String {
@@ -333,4 +400,20 @@ async fn aggregated(
         out["nextPageToken"] = json!((start + page.len()).to_string());
     }
     answer(200, out)
+}
+
+async fn skus(
+    State(st): State<Arc<Mutex<St>>>,
+    Path(service): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = st.lock().unwrap();
+    if service != "6F81-5844-456A" {
+        return answer(404, error_body(404, "NOT_FOUND", "notFound", &format!("Service {service} not found")));
+    }
+    // Five a page, whatever pageSize says, so clients must follow nextPageToken.
+    let start: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let page: Vec<Value> = st.skus.iter().skip(start).take(5).cloned().collect();
+    let next = if start + 5 < st.skus.len() { (start + 5).to_string() } else { String::new() };
+    answer(200, json!({"skus": page, "nextPageToken": next}))
 }

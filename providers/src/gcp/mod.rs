@@ -9,11 +9,14 @@
 //! - get / terminate: `instances.get` / `instances.delete` (awaited). Instance ids are
 //!   `{zone}/{name}`: every call on an instance needs its zone.
 //! - list: `instances.aggregatedList` filtered by the fleet's label, every page.
-//! - offerings: the catalog's GCP rows for the configured zones.
+//! - offerings: the catalog's GCP rows for the configured zones, priced live from the Cloud
+//!   Billing Catalog (GPU + vCPU + memory SKUs of the machine family, on-demand and Spot; see
+//!   `prices.rs`); a failed refresh keeps the last prices.
 //! - credentials: Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's,
 //!   or the metadata server), unless told to be anonymous (a local server in tests).
 
 mod errors;
+mod prices;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,6 +63,8 @@ pub struct GcpConfig {
     pub anonymous: bool,
     /// First wait between polls of a long-running operation (they back off to 10 s).
     pub poll_initial: Duration,
+    /// The Cloud Billing API (live prices): `https://cloudbilling.googleapis.com`.
+    pub billing_endpoint: String,
 }
 
 impl GcpConfig {
@@ -77,6 +82,7 @@ impl GcpConfig {
             endpoint: None,
             anonymous: false,
             poll_initial: Duration::from_secs(1),
+            billing_endpoint: "https://cloudbilling.googleapis.com".into(),
         }
     }
 }
@@ -85,6 +91,9 @@ pub struct GcpProvider {
     cfg: GcpConfig,
     client: Instances,
     catalog: std::sync::Arc<Catalog>,
+    credentials: google_cloud_auth::credentials::Credentials,
+    http: reqwest::Client,
+    prices: crate::prices::PriceBook,
 }
 
 impl fmt::Debug for GcpProvider {
@@ -125,17 +134,92 @@ impl GcpProvider {
             .with_maximum_delay(Duration::from_secs(10).max(cfg.poll_initial))
             .build()
             .map_err(|e| ProviderError::InvalidRequest { detail: format!("poll backoff: {e}") })?;
-        let mut b = Instances::builder().with_polling_backoff_policy(backoff);
+        let credentials = if cfg.anonymous {
+            google_cloud_auth::credentials::anonymous::Builder::new().build()
+        } else {
+            google_cloud_auth::credentials::Builder::default().build().map_err(|e| ProviderError::Unauthorized {
+                detail: format!("no Application Default Credentials: {e}"),
+            })?
+        };
+        let mut b = Instances::builder().with_polling_backoff_policy(backoff).with_credentials(credentials.clone());
         if let Some(url) = &cfg.endpoint {
             b = b.with_endpoint(url.clone());
-        }
-        if cfg.anonymous {
-            b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
         let client = b.build().await.map_err(|e| ProviderError::Unauthorized {
             detail: format!("cannot build the Compute Engine client (Application Default Credentials?): {e}"),
         })?;
-        Ok(GcpProvider { cfg, client, catalog })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ProviderError::Transient { detail: format!("http client: {e}") })?;
+        Ok(GcpProvider { cfg, client, catalog, credentials, http, prices: crate::prices::PriceBook::new() })
+    }
+
+    fn catalog_rows(&self) -> Vec<Offering> {
+        self.catalog
+            .offerings()
+            .iter()
+            .filter(|o| o.cloud == Cloud::Gcp && self.zone_allowed(o.zone.as_deref()))
+            .cloned()
+            .collect()
+    }
+
+    /// Every Compute Engine SKU (all pages), then each catalog row priced from its parts.
+    async fn live_offerings(&self) -> ProviderResult<Vec<Offering>> {
+        let headers = match self.credentials.headers(Default::default()).await {
+            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => data,
+            Ok(google_cloud_auth::credentials::CacheableResource::NotModified) => Default::default(),
+            Err(e) => {
+                return Err(ProviderError::Unauthorized {
+                    detail: format!("no credentials for the billing catalog: {e}"),
+                });
+            }
+        };
+        let mut rates = prices::Rates::default();
+        let mut token = String::new();
+        loop {
+            let url =
+                format!("{}/v1/{}/skus", self.cfg.billing_endpoint.trim_end_matches('/'), prices::COMPUTE_SERVICE);
+            let resp = self
+                .http
+                .get(&url)
+                .headers(headers.clone())
+                .query(&[("currencyCode", "USD"), ("pageSize", "5000"), ("pageToken", token.as_str())])
+                .send()
+                .await
+                .map_err(|e| ProviderError::Transient {
+                    detail: format!("gcp billing catalog: {}", e.without_url()),
+                })?;
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if status != 200 {
+                let reason =
+                    body["error"]["errors"][0]["reason"].as_str().or(body["error"]["status"].as_str()).unwrap_or("");
+                let detail = format!("gcp billing catalog: HTTP {status} {reason}");
+                return Err(match status {
+                    401 | 403 => ProviderError::Unauthorized { detail },
+                    429 => ProviderError::Throttled { retry_after: Duration::from_secs(5), detail },
+                    _ => ProviderError::Transient { detail },
+                });
+            }
+            rates.add(&body["skus"]);
+            match body["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = t.to_string(),
+                _ => break,
+            }
+        }
+        if rates.is_empty() {
+            return Err(ProviderError::Transient { detail: "the billing catalog listed no GPU machine SKUs".into() });
+        }
+        let today = chrono::Utc::now().date_naive();
+        let mut rows = self.catalog_rows();
+        for o in &mut rows {
+            if let Some(p) = rates.price(o) {
+                o.price = p;
+                o.source = fleet_core::Source { name: "gcp billing catalog".into(), as_of: today };
+            }
+        }
+        Ok(rows)
     }
 
     fn zone_allowed(&self, zone: Option<&str>) -> bool {
@@ -255,13 +339,8 @@ impl Provider for GcpProvider {
     }
 
     async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
-        Ok(self
-            .catalog
-            .offerings()
-            .iter()
-            .filter(|o| o.cloud == Cloud::Gcp && self.zone_allowed(o.zone.as_deref()))
-            .cloned()
-            .collect())
+        let live = self.live_offerings().await;
+        self.prices.resolve(&self.name(), live, || self.catalog_rows()).map(|(rows, _)| rows)
     }
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
