@@ -178,3 +178,58 @@ async fn fleetd_takes_its_cloud_accounts_from_the_spec() {
     let (status, body) = f.call("PUT", "/v1/spec", &spec_with_lambda(&api.api_url()).replace("chat", "chat2"));
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_prices_are_gathered_again_while_the_fleet_runs() {
+    let api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
+    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
+    lc.endpoint = api.api_url();
+    lc.regions = vec!["us-east-1".into()];
+    let lambda: Arc<dyn Provider> = Arc::new(LambdaProvider::new(lc, Arc::new(Catalog::builtin().clone())));
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let config = fleet_orchestrator::actors::Config { prices_every: Duration::from_millis(300), ..fast_config() };
+    let ctx = Arc::new(Ctx::new(
+        "t",
+        store.clone(),
+        BTreeMap::from([(Cloud::Lambda, lambda)]),
+        Arc::new(InstanceRunning),
+        config,
+        Clock::System,
+    ));
+    let keys = Keys::new("t");
+    let spec = |n: u32| {
+        format!(
+            "[fleet]\nname = \"t\"\n[apps.chat]\ngpu = \"H100-PCIe\"\ngpus = 1\n[apps.chat.placement]\nspot = \"on-demand\"\n[apps.chat.scaling]\nmin_concurrency = {n}\nmax_concurrency = {n}\nkeep_alive = \"1h\"\n"
+        )
+    };
+    apply_spec(&*store, &keys, "t", &spec(1), chrono::Utc::now()).await.unwrap();
+    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
+    let nodes = || {
+        let (store, keys) = (store.clone(), keys.clone());
+        async move {
+            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
+            Some(kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).collect::<Vec<_>>())
+        }
+    };
+    let first =
+        wait_for("the first node", Duration::from_secs(20), || async { nodes().await.filter(|n| n.len() == 1) }).await;
+    assert_eq!(first[0].candidates[0].price.hourly().to_decimal_string(), "2.49", "Lambda's live price at start");
+
+    // Lambda lowers the price; the fleet hears of it without a restart.
+    api.set_price("gpu_1x_h100_pcie", 199);
+    let asked = api.requests_to("GET", "/instance-types").len();
+    wait_for("two more price refreshes", Duration::from_secs(10), || async {
+        (api.requests_to("GET", "/instance-types").len() >= asked + 2).then_some(())
+    })
+    .await;
+    apply_spec(&*store, &keys, "t", &spec(2), chrono::Utc::now()).await.unwrap();
+    ctx.nudge.notify_one();
+    let both =
+        wait_for("the second node", Duration::from_secs(20), || async { nodes().await.filter(|n| n.len() == 2) }).await;
+    let second = both.iter().find(|n| n.id != first[0].id).unwrap();
+    assert_eq!(second.candidates[0].price.hourly().to_decimal_string(), "1.99", "planned at the refreshed price");
+
+    root.stop(None);
+    let _ = handle.await;
+}

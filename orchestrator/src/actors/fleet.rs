@@ -38,6 +38,8 @@ pub enum FleetMsg {
     LaunchFailed { node: NodeId, offering: OfferingKey, error: ProviderError },
     /// The launch ended well, or no longer matters (`offering` proved to have capacity when `ok`).
     Launched { node: NodeId, offering: OfferingKey, ok: bool },
+    /// Offerings gathered again from every provider (live prices and availability).
+    Prices(Arc<Catalog>),
     /// Launch orders in flight were lost with a failed actor: the next pass re-sends them
     /// (the idempotency token makes a re-sent launch find the instance the first one made).
     ForgetLaunches,
@@ -147,6 +149,18 @@ impl Actor for FleetActor {
         }
         let informer = Informer::start(ctx.store.clone(), &ctx.keys, Some(ctx.nudge.clone())).await;
         myself.send_message(FleetMsg::Tick)?;
+        // Prices move (spot above all): gather every provider's offerings again now and then, off
+        // the reconcile pass (a billing catalog takes seconds to page through).
+        let (every, me, c) = (ctx.config.prices_every, myself.clone(), ctx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let catalog = Arc::new(gather_catalog(&c).await);
+                if me.send_message(FleetMsg::Prices(catalog)).is_err() {
+                    return;
+                }
+            }
+        });
         // Nudges become passes, at most one per 50 ms (a burst of submits is one pass).
         let (nudge, me) = (ctx.nudge.clone(), myself.clone());
         tokio::spawn(async move {
@@ -229,6 +243,15 @@ impl Actor for FleetActor {
                 st.probing.remove(&offering);
                 on_launch_failed(st, node, error).await?;
                 release_waiting(st).await?;
+            }
+            FleetMsg::Prices(catalog) => {
+                st.catalog = catalog;
+                // Offering ids are positions in the catalog: the placement index goes with it.
+                if let Some(a) = &mut st.applied {
+                    a.index = PlacementIndex::new(st.catalog.clone(), &a.spec);
+                    a.ids = offering_ids(&a.index);
+                }
+                tracing::debug!(offerings = st.catalog.len(), "offerings refreshed");
             }
             FleetMsg::ForgetLaunches => {
                 st.launching.clear();

@@ -62,6 +62,8 @@ pub struct Config {
     /// A ready node without a live, healthy agent this long (while the daemon sees the store) is
     /// drained and replaced.
     pub agent_lost_after: Duration,
+    /// How often every provider's offerings (live prices, availability) are gathered again.
+    pub prices_every: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             agent_grace: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(600),
             agent_lost_after: Duration::from_secs(30),
+            prices_every: Duration::from_secs(900),
         }
     }
 }
