@@ -84,6 +84,30 @@ impl LaunchRequest {
     }
 }
 
+impl LaunchRequest {
+    /// What every adapter checks first: the request is for `cloud`, buys on-demand or spot
+    /// (never reserved), and carries `fleet`'s tags with its token (built by [`LaunchRequest::new`]).
+    pub fn check(&self, cloud: Cloud, fleet: &str) -> ProviderResult<()> {
+        let o = &self.offering;
+        let invalid = |detail: String| Err(ProviderError::InvalidRequest { detail });
+        if o.cloud != cloud {
+            return invalid(format!("{o} is not a {cloud} offering"));
+        }
+        if o.capacity == fleet_core::CapacityType::Reserved {
+            return invalid("fleet does not launch into reserved capacity".into());
+        }
+        if self.tags.get(TAG_FLEET).map(String::as_str) != Some(fleet)
+            || self.tags.get(TAG_TOKEN) != Some(&self.idempotency_token)
+        {
+            return invalid(format!(
+                "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
+                self.node_id
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `fleet-node`, shortened with a stable hash when longer than EC2's 64-character limit.
 pub fn idempotency_token(fleet: &str, node_id: &str) -> String {
     let raw = format!("{fleet}-{node_id}");

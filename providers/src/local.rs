@@ -136,10 +136,11 @@ impl LocalProvider {
     }
 
     fn instance(&self, r: &Record, live: bool) -> Instance {
+        // A node told to terminate is Terminated at once, as EC2 reports shutting-down ones: its
+        // process may take a moment to exit, but it is going and will not be used again.
         let state = match (live, r.terminated) {
             (true, false) => InstanceState::Running,
-            (true, true) => InstanceState::Stopping,
-            (false, _) => InstanceState::Terminated,
+            (_, true) | (false, _) => InstanceState::Terminated,
         };
         Instance {
             id: r.id.clone(),
@@ -235,7 +236,11 @@ impl Provider for LocalProvider {
     async fn list(&self) -> ProviderResult<Vec<Instance>> {
         let mut st = self.state.lock().expect("local state");
         let (records, children) = &mut *st;
-        Ok(records.iter().filter(|r| self.alive(r, children)).map(|r| self.instance(r, true)).collect())
+        Ok(records
+            .iter()
+            .filter(|r| !r.terminated && self.alive(r, children))
+            .map(|r| self.instance(r, true))
+            .collect())
     }
 
     async fn terminate(&self, id: &str) -> ProviderResult<()> {

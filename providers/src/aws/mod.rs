@@ -251,16 +251,9 @@ impl Provider for AwsProvider {
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
-        if o.cloud != Cloud::Aws || o.region != self.cfg.region {
+        req.check(Cloud::Aws, &self.cfg.fleet)?;
+        if o.region != self.cfg.region {
             return Err(ProviderError::InvalidRequest { detail: format!("{o} is not in aws/{}", self.cfg.region) });
-        }
-        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
-            return Err(ProviderError::InvalidRequest {
-                detail: format!(
-                    "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
-                    req.node_id
-                ),
-            });
         }
         let existing = self
             .api
@@ -281,11 +274,7 @@ impl Provider for AwsProvider {
         let spot = match o.capacity {
             CapacityType::OnDemand => None,
             CapacityType::Spot => Some(req.max_price.map(|p| p.hourly().to_decimal_string())),
-            CapacityType::Reserved => {
-                return Err(ProviderError::InvalidRequest {
-                    detail: "fleet does not launch into reserved capacity".into(),
-                });
-            }
+            CapacityType::Reserved => unreachable!("LaunchRequest::check refuses reserved capacity"),
         };
         let spec = RunSpec {
             image_id: self.cfg.image_id.clone(),

@@ -503,19 +503,7 @@ impl Provider for AzureProvider {
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
-        let invalid = |detail: String| Err(ProviderError::InvalidRequest { detail });
-        if o.cloud != Cloud::Azure {
-            return invalid(format!("{o} is not an azure offering"));
-        }
-        if o.capacity == CapacityType::Reserved {
-            return invalid("fleet does not launch into reserved capacity".into());
-        }
-        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
-            return invalid(format!(
-                "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
-                req.node_id
-            ));
-        }
+        req.check(Cloud::Azure, &self.cfg.fleet)?;
         let name = instance_name(&req.idempotency_token);
         let adopt = |v: Value| -> ProviderResult<Instance> {
             if self.ours(&v) && str_at(&v, &["tags", TAG_TOKEN]) == Some(req.idempotency_token.as_str()) {

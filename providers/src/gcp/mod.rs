@@ -345,20 +345,10 @@ impl Provider for GcpProvider {
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
-        let invalid = |detail: String| Err(ProviderError::InvalidRequest { detail });
-        if o.cloud != Cloud::Gcp {
-            return invalid(format!("{o} is not a gcp offering"));
-        }
-        if o.capacity == CapacityType::Reserved {
-            return invalid("fleet does not launch into reserved capacity".into());
-        }
-        let Some(zone) = o.zone.as_deref() else { return invalid(format!("{o} names no zone")) };
-        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
-            return invalid(format!(
-                "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
-                req.node_id
-            ));
-        }
+        req.check(Cloud::Gcp, &self.cfg.fleet)?;
+        let Some(zone) = o.zone.as_deref() else {
+            return Err(ProviderError::InvalidRequest { detail: format!("{o} names no zone") });
+        };
         let name = instance_name(&req.idempotency_token);
         let adopt = |i: GceInstance| -> ProviderResult<Instance> {
             if self.ours(&i) && i.labels.get(TAG_TOKEN) == Some(&label_value(&req.idempotency_token)) {

@@ -232,19 +232,9 @@ impl Provider for LambdaProvider {
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
-        if o.cloud != Cloud::Lambda {
-            return Err(ProviderError::InvalidRequest { detail: format!("{o} is not a lambda offering") });
-        }
+        req.check(Cloud::Lambda, &self.cfg.fleet)?;
         if o.capacity != CapacityType::OnDemand {
             return Err(ProviderError::InvalidRequest { detail: format!("lambda sells only on-demand, not {o}") });
-        }
-        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
-            return Err(ProviderError::InvalidRequest {
-                detail: format!(
-                    "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
-                    req.node_id
-                ),
-            });
         }
         if let Some(v) = self
             .all()

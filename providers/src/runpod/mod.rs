@@ -290,19 +290,11 @@ impl Provider for RunpodProvider {
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
         let invalid = |detail: String| Err(ProviderError::InvalidRequest { detail });
-        if o.cloud != Cloud::Runpod {
-            return invalid(format!("{o} is not a runpod offering"));
-        }
+        req.check(Cloud::Runpod, &self.cfg.fleet)?;
         let Some((count, gpu_id, secure)) = parse_type(&o.instance_type) else {
             return invalid(format!("{} is not a RunPod instance type fleet knows", o.instance_type));
         };
         let Some(zone) = o.zone.as_deref() else { return invalid(format!("{o} names no data center")) };
-        if req.tags.get(TAG_FLEET) != Some(&self.cfg.fleet) || req.tags.get(TAG_TOKEN) != Some(&req.idempotency_token) {
-            return invalid(format!(
-                "launch request for {} lacks the fleet's tags; build it with LaunchRequest::new",
-                req.node_id
-            ));
-        }
         if let Some(p) = self
             .pods()
             .await?
@@ -338,7 +330,7 @@ impl Provider for RunpodProvider {
                 input["bidPerGpu"] = serde_json::from_str(&bid).unwrap_or(json!(0));
                 "podRentInterruptable"
             }
-            CapacityType::Reserved => return invalid("fleet does not launch into reserved capacity".into()),
+            CapacityType::Reserved => unreachable!("LaunchRequest::check refuses reserved capacity"),
         };
         let input_type =
             if field == "podRentInterruptable" { "PodRentInterruptableInput" } else { "PodFindAndDeployOnDemandInput" };
