@@ -233,3 +233,118 @@ async fn live_prices_are_gathered_again_while_the_fleet_runs() {
     root.stop(None);
     let _ = handle.await;
 }
+
+/// Every cloud in one failover chain, cheapest per GPU first: every H100 offering of the fake (as
+/// AWS), Lambda, RunPod and GCP (priced from its billing catalog) fails for want of capacity, each
+/// the way that cloud does (an EC2 code, Lambda's error body, RunPod's GraphQL message, an
+/// operation ending in ZONE_RESOURCE_POOL_EXHAUSTED); Azure's NC40ads H100 v5 launches the node.
+#[cfg(all(feature = "gcp", feature = "azure"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
+    use fleet_providers::azure::{AzureConfig, AzureProvider, FixedToken};
+    use fleet_providers::emulators::azure::AzureEmulator;
+    use fleet_providers::emulators::gcp::GcpEmulator;
+    use fleet_providers::gcp::{GcpConfig, GcpProvider};
+
+    let catalog = Arc::new(Catalog::builtin().clone());
+    let mut aws_offering = h100x8(Cloud::Aws, "us-east-1", "1.00", CapacityType::OnDemand);
+    aws_offering.instance.name = "p5.4xlarge".into();
+    aws_offering.instance.gpu_count = 1;
+    let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Aws, "t", vec![aws_offering.clone()])));
+    fake.fail_next(
+        Op::Launch,
+        ProviderError::InsufficientCapacity {
+            offering: aws_offering.key(),
+            detail: "InsufficientInstanceCapacity".into(),
+        },
+    );
+    let lambda_api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
+    // Listed with capacity, gone at launch: both of its H100 types.
+    lambda_api.fail_next(insufficient_capacity());
+    lambda_api.fail_next(insufficient_capacity());
+    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
+    lc.endpoint = lambda_api.api_url();
+    lc.regions = vec!["us-east-1".into()];
+    let runpod_api = RunpodEmulator::start("rk", &["US-CA-1"], 4).await;
+    runpod_api.set_free_gpus("NVIDIA H100 80GB HBM3", "US-CA-1", 0);
+    let mut rc = RunpodConfig::new("t", Secret::new("rk"), "runpod/base:0.6.2");
+    rc.endpoint = runpod_api.graphql_url();
+    rc.data_centers = vec!["US-CA-1".into()];
+    // GCP prices its A3 machines, but the zone has none left.
+    let gcp_api = GcpEmulator::start(&[]).await;
+    let mut gc = GcpConfig::new("t", "fleet-test", "img");
+    gc.endpoint = Some(gcp_api.running.url.clone());
+    gc.billing_endpoint = gcp_api.running.url.clone();
+    gc.anonymous = true;
+    gc.zones = vec!["us-central1-a".into()];
+    gc.poll_initial = Duration::from_millis(10);
+    let azure_api = AzureEmulator::start("tok", &[("eastus", "Standard_NC40ads_H100_v5", 1)]).await;
+    azure_api.set_retail_price("eastus", "Standard_NC40ads_H100_v5", false, 6.98);
+    let subnet = "/subscriptions/s/resourceGroups/fleet/providers/Microsoft.Network/virtualNetworks/v/subnets/n";
+    let mut ac = AzureConfig::new("t", "s", "fleet", subnet, "a:b:c:latest".parse().unwrap(), "ssh-ed25519 AAAA fleet");
+    ac.endpoint = azure_api.running.url.clone();
+    ac.prices_endpoint = azure_api.prices_url();
+    ac.credential = Some(Arc::new(FixedToken(Secret::new("tok"))));
+    ac.regions = vec!["eastus".into()];
+    ac.poll_interval = Duration::from_millis(10);
+
+    let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+    providers.insert(Cloud::Aws, fake.clone());
+    providers.insert(Cloud::Lambda, Arc::new(LambdaProvider::new(lc, catalog.clone())));
+    providers.insert(Cloud::Runpod, Arc::new(RunpodProvider::new(rc, catalog.clone())));
+    providers.insert(Cloud::Gcp, Arc::new(GcpProvider::connect(gc, catalog.clone()).await.unwrap()));
+    providers.insert(Cloud::Azure, Arc::new(AzureProvider::new(ac, catalog).unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ctx =
+        Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), fast_config(), Clock::System));
+    let keys = Keys::new("t");
+    apply_spec(&*store, &keys, "t", SPEC, chrono::Utc::now()).await.unwrap();
+    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
+
+    let node = wait_for("a node launched on azure", Duration::from_secs(30), || {
+        let (store, keys) = (store.clone(), keys.clone());
+        async move {
+            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
+
+            kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).find(|n| {
+                n.state.instance_id().is_some()
+                    && n.candidates.get(n.attempt).is_some_and(|c| c.offering.cloud == Cloud::Azure)
+            })
+        }
+    })
+    .await;
+    let tried = &node.candidates[..node.attempt];
+    let launched = &node.candidates[node.attempt];
+    assert_eq!(launched.offering.instance_type, "Standard_NC40ads_H100_v5");
+    let mut first_seen: Vec<Cloud> = Vec::new();
+    for c in node.candidates.iter().take(node.attempt + 1) {
+        if !first_seen.contains(&c.offering.cloud) {
+            first_seen.push(c.offering.cloud);
+        }
+    }
+    assert_eq!(
+        first_seen,
+        [Cloud::Aws, Cloud::Lambda, Cloud::Runpod, Cloud::Gcp, Cloud::Azure],
+        "{:?}",
+        node.candidates
+    );
+    let gcp_1g = node.candidates.iter().find(|c| c.offering.instance_type == "a3-highgpu-1g").unwrap();
+    assert_eq!(gcp_1g.price.hourly().to_decimal_string(), "4.6006", "GCP priced from its billing catalog");
+    // Each cloud was asked once per offering tried there, and only Azure has a machine.
+    let tried_on = |cloud: Cloud| tried.iter().filter(|c| c.offering.cloud == cloud).count();
+    assert_eq!(fake.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count(), tried_on(Cloud::Aws));
+    assert_eq!(lambda_api.requests_to("POST", "/instance-operations/launch").len(), tried_on(Cloud::Lambda));
+    let deploys = runpod_api.operations().iter().filter(|(op, _)| op == "podFindAndDeployOnDemand").count();
+    assert_eq!(deploys, tried_on(Cloud::Runpod));
+    assert_eq!(gcp_api.requests_to("POST", "/zones/us-central1-a/instances").len(), tried_on(Cloud::Gcp));
+    assert!(tried_on(Cloud::Runpod) >= 1 && tried_on(Cloud::Gcp) >= 1);
+    assert!(gcp_api.instances().is_empty() && lambda_api.live().is_empty() && runpod_api.live().is_empty());
+    let vms = azure_api.vms();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0]["properties"]["hardwareProfile"]["vmSize"], "Standard_NC40ads_H100_v5");
+    assert_eq!(node.state.instance_id(), vms[0]["name"].as_str());
+
+    root.stop(None);
+    let _ = handle.await;
+}
