@@ -26,6 +26,8 @@ fn config(fleet: &str, url: &str) -> AwsConfig {
             session_token: None,
         }),
         max_attempts: 1,
+        // No price list here unless a test starts one: nothing listens there, so prices stay the catalog's.
+        pricing_endpoint: Some("http://127.0.0.1:9".into()),
         // moto's images include this one (any id moto knows works).
         ..AwsConfig::new(fleet, "us-east-1", "ami-03cf127a")
     }
@@ -104,9 +106,58 @@ async fn instances_are_tagged_placed_and_isolated_by_fleet() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offerings_carry_live_spot_prices_and_availability() {
+    use fleet_providers::emulators::aws_pricing::{PricingEmulator, entry};
     let m = moto().await;
-    let p = provider("prices", &m.url).await;
+    // The price list: p5.48xlarge's Linux price (and a Windows one the query must not pick up).
+    let list = PricingEmulator::start(vec![
+        entry("p5.48xlarge", "us-east-1", "Linux", "Shared", "55.0400000000"),
+        entry("p5.48xlarge", "us-east-1", "Windows", "Shared", "63.8720000000"),
+        entry("p5.48xlarge", "us-west-2", "Linux", "Shared", "55.0400000000"),
+    ])
+    .await;
+    let p = AwsProvider::connect(
+        AwsConfig { pricing_endpoint: Some(list.running.url.clone()), ..config("prices", &m.url) },
+        Arc::new(Catalog::builtin().clone()),
+    )
+    .await;
     let offerings = p.offerings().await.unwrap();
+    // On-demand: the price list's, for the type it lists.
+    let p5: Vec<_> =
+        offerings.iter().filter(|o| o.instance.name == "p5.48xlarge" && o.capacity == CapacityType::OnDemand).collect();
+    assert!(!p5.is_empty());
+    for o in &p5 {
+        assert_eq!((o.price.hourly().to_decimal_string(), o.source.name.as_str()), ("55.04".into(), "aws price list"));
+    }
+    let asked = list.requests_to("POST", "/");
+    let p5_query = asked
+        .iter()
+        .find(|r| r.body["Filters"].as_array().unwrap().iter().any(|f| f["Value"] == "p5.48xlarge"))
+        .expect("p5.48xlarge was asked for");
+    assert_eq!(p5_query.body["ServiceCode"], "AmazonEC2");
+    for (field, value) in
+        [("regionCode", "us-east-1"), ("operatingSystem", "Linux"), ("tenancy", "Shared"), ("capacitystatus", "Used")]
+    {
+        assert!(
+            p5_query.body["Filters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["Field"] == field && f["Value"] == value && f["Type"] == "TERM_MATCH"),
+            "{field}={value} missing: {}",
+            p5_query.body
+        );
+    }
+    // The list fails next time: the last prices stay.
+    list.fail_next(fleet_providers::emulators::Fault {
+        method: "POST",
+        path_contains: "/".into(),
+        body_contains: "",
+        status: 500,
+        headers: vec![],
+        body: serde_json::json!({"__type": "InternalErrorException", "message": "internal"}),
+    });
+    let again = p.offerings().await.unwrap();
+    assert!(again.iter().any(|o| o.instance.name == "p5.48xlarge" && o.source.name == "aws price list"));
     assert!(offerings.iter().all(|o| o.cloud == Cloud::Aws && o.region == "us-east-1"));
     let live: Vec<_> = offerings.iter().filter(|o| o.source.name == "aws DescribeSpotPriceHistory").collect();
     assert!(!live.is_empty(), "no spot price came from DescribeSpotPriceHistory");
@@ -117,8 +168,8 @@ async fn offerings_carry_live_spot_prices_and_availability() {
         )
     );
     assert!(live.iter().any(|o| o.instance.name == "p5.48xlarge"));
-    // On-demand prices stay the catalog's.
-    assert!(offerings.iter().any(|o| o.instance.name == "p5.48xlarge"
+    // Types the price list does not list keep the catalog's on-demand price.
+    assert!(offerings.iter().any(|o| o.instance.name == "p4d.24xlarge"
         && o.capacity == CapacityType::OnDemand
         && o.source.name.starts_with("skypilot")));
     // moto offers p4de.24xlarge only in use1-az4 and use1-az6: elsewhere it is marked.

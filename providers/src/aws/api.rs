@@ -69,6 +69,82 @@ pub(crate) trait Ec2Api: Send + Sync {
     async fn type_offerings(&self, types: &[String]) -> Result<Vec<(String, String)>, ApiError>;
 }
 
+/// The AWS Price List Query API (GetProducts), narrowed to the one question fleet asks.
+#[async_trait]
+pub(crate) trait PriceListApi: Send + Sync {
+    /// The on-demand Linux price per hour (USD, decimal text) of each type in `region_code`.
+    async fn on_demand_prices(&self, region_code: &str, types: &[String]) -> Result<Vec<(String, String)>, ApiError>;
+}
+
+pub(crate) struct SdkPricing {
+    pub client: aws_sdk_pricing::Client,
+}
+
+/// The USD price of a GetProducts entry's on-demand term (`terms.OnDemand.*.priceDimensions.*`).
+pub(crate) fn on_demand_usd(entry: &serde_json::Value) -> Option<String> {
+    let terms = entry["terms"]["OnDemand"].as_object()?;
+    terms.values().find_map(|t| {
+        t["priceDimensions"]
+            .as_object()?
+            .values()
+            .find_map(|d| (d["unit"] == "Hrs").then(|| d["pricePerUnit"]["USD"].as_str().map(str::to_string)).flatten())
+    })
+}
+
+#[async_trait]
+impl PriceListApi for SdkPricing {
+    async fn on_demand_prices(&self, region_code: &str, types: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        use aws_sdk_pricing::types::{Filter as PFilter, FilterType};
+        let mut out = Vec::new();
+        for t in types {
+            // Shared tenancy, Linux without pre-installed software, capacity used (not reserved).
+            let filters = [
+                ("instanceType", t.as_str()),
+                ("regionCode", region_code),
+                ("operatingSystem", "Linux"),
+                ("tenancy", "Shared"),
+                ("preInstalledSw", "NA"),
+                ("capacitystatus", "Used"),
+            ];
+            let mut next: Option<String> = None;
+            loop {
+                let mut req = self.client.get_products().service_code("AmazonEC2").format_version("aws_v1");
+                for (field, value) in filters {
+                    let f =
+                        PFilter::builder().r#type(FilterType::TermMatch).field(field).value(value).build().map_err(
+                            |e| ApiError {
+                                code: None,
+                                message: e.to_string(),
+                                status: None,
+                                retry_after: None,
+                                transport: false,
+                            },
+                        )?;
+                    req = req.filters(f);
+                }
+                if let Some(n) = &next {
+                    req = req.next_token(n);
+                }
+                let page = req.send().await.map_err(api_error)?;
+                for entry in page.price_list() {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(entry) else { continue };
+                    if v["product"]["attributes"]["instanceType"] != t.as_str() {
+                        continue;
+                    }
+                    if let Some(usd) = on_demand_usd(&v) {
+                        out.push((t.clone(), usd));
+                    }
+                }
+                match page.next_token() {
+                    Some(n) if !n.is_empty() => next = Some(n.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 pub(crate) struct SdkEc2 {
     pub client: aws_sdk_ec2::Client,
 }

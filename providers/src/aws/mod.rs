@@ -5,9 +5,10 @@
 //!   has expired or is ignored (moto ignores it); TagSpecifications on the instance and its volumes;
 //!   spot through InstanceMarketOptions (one-time, terminate on interruption).
 //! - list: DescribeInstances filtered by the fleet tag and live states, every page.
-//! - offerings: the catalog's AWS rows for the region, spot prices replaced by live
-//!   DescribeSpotPriceHistory quotes, and rows DescribeInstanceTypeOfferings says the zone does
-//!   not offer marked unavailable.
+//! - offerings: the catalog's AWS rows for the region, on-demand prices from the AWS Price List
+//!   Query API (GetProducts: Linux, shared tenancy; the last read kept when it fails), spot prices
+//!   replaced by live DescribeSpotPriceHistory quotes, and rows DescribeInstanceTypeOfferings says
+//!   the zone does not offer marked unavailable.
 //! - credentials: the standard AWS chain (env, profile, SSO, IMDS …) unless static ones are given.
 
 mod api;
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Source};
 use tokio::sync::OnceCell;
 
-use self::api::{Ec2Api, Ec2Instance, RunSpec, SdkEc2};
+use self::api::{Ec2Api, Ec2Instance, PriceListApi, RunSpec, SdkEc2, SdkPricing};
 use crate::{
     Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
 };
@@ -62,6 +63,8 @@ pub struct AwsConfig {
     pub credentials: Option<StaticCredentials>,
     /// Attempts per API call including the first (the SDK's standard retry with backoff).
     pub max_attempts: u32,
+    /// Another Price List Query API endpoint (a test server); the service itself lives in us-east-1.
+    pub pricing_endpoint: Option<String>,
 }
 
 impl AwsConfig {
@@ -76,6 +79,7 @@ impl AwsConfig {
             key_name: None,
             credentials: None,
             max_attempts: 3,
+            pricing_endpoint: None,
         }
     }
 }
@@ -83,6 +87,9 @@ impl AwsConfig {
 pub struct AwsProvider {
     cfg: AwsConfig,
     api: Arc<dyn Ec2Api>,
+    pricing: Arc<dyn PriceListApi>,
+    /// On-demand prices last read from the price list (type → price), kept when a refresh fails.
+    on_demand: std::sync::Mutex<HashMap<String, (Price, chrono::NaiveDate)>>,
     catalog: Arc<Catalog>,
     /// Zone name ↔ zone id of the region (catalogs use ids, RunInstances takes names).
     zones: OnceCell<Vec<(String, String)>>,
@@ -102,6 +109,7 @@ impl AwsProvider {
         use aws_sdk_ec2::config::retry::RetryConfig;
         use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
         let region = Region::new(cfg.region.clone());
+        let pricing = Self::pricing_client(&cfg).await;
         let mut b = match &cfg.credentials {
             Some(c) => aws_sdk_ec2::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
@@ -123,7 +131,67 @@ impl AwsProvider {
         }
         b = b.retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)));
         let client = aws_sdk_ec2::Client::from_conf(b.build());
-        AwsProvider { cfg, api: Arc::new(SdkEc2 { client }), catalog, zones: OnceCell::new() }
+        AwsProvider {
+            cfg,
+            api: Arc::new(SdkEc2 { client }),
+            pricing: Arc::new(SdkPricing { client: pricing }),
+            on_demand: Default::default(),
+            catalog,
+            zones: OnceCell::new(),
+        }
+    }
+
+    /// The Price List Query API client: same credentials, in us-east-1 (where the API is).
+    async fn pricing_client(cfg: &AwsConfig) -> aws_sdk_pricing::Client {
+        use aws_sdk_pricing::config::{BehaviorVersion, Credentials, Region};
+        let region = Region::new("us-east-1");
+        let mut b = match &cfg.credentials {
+            Some(c) => aws_sdk_pricing::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region)
+                .credentials_provider(Credentials::new(
+                    &c.access_key_id,
+                    c.secret_access_key.expose(),
+                    c.session_token.as_ref().map(|t| t.expose().to_string()),
+                    None,
+                    "fleet-static",
+                )),
+            None => {
+                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+                aws_sdk_pricing::config::Builder::from(&shared)
+            }
+        };
+        if let Some(url) = &cfg.pricing_endpoint {
+            b = b.endpoint_url(url);
+        }
+        b = b.retry_config(
+            aws_sdk_pricing::config::retry::RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)),
+        );
+        aws_sdk_pricing::Client::from_conf(b.build())
+    }
+
+    /// Live on-demand prices for `types`; a failed call keeps the last ones read (or the
+    /// catalog's, for types never read), so a price-list outage never stops placement.
+    async fn on_demand_prices(&self, types: &[String]) -> HashMap<String, (Price, chrono::NaiveDate)> {
+        match self.pricing.on_demand_prices(&self.cfg.region, types).await {
+            Ok(quotes) => {
+                let today = chrono::Utc::now().date_naive();
+                let mut cache = self.on_demand.lock().unwrap_or_else(|p| p.into_inner());
+                for (t, usd) in quotes {
+                    // The list writes ten decimals ("98.3200000000"); money keeps six.
+                    let text = if usd.contains('.') { usd.trim_end_matches('0').trim_end_matches('.') } else { &usd };
+                    if let Ok(p) = Price::parse_decimal(text) {
+                        cache.insert(t, (p, today));
+                    }
+                }
+                cache.clone()
+            }
+            Err(e) => {
+                let e = errors::map(e, None);
+                tracing::warn!(region = %self.cfg.region, error = %e, "AWS price list unavailable; keeping the last on-demand prices");
+                self.on_demand.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        }
     }
 
     async fn zones(&self) -> ProviderResult<&[(String, String)]> {
@@ -196,6 +264,13 @@ impl Provider for AwsProvider {
             return Ok(rows);
         }
         let offered: Vec<(String, String)> = self.api.type_offerings(&types).await.map_err(|e| errors::map(e, None))?;
+        let list = self.on_demand_prices(&types).await;
+        for o in rows.iter_mut().filter(|o| o.capacity == CapacityType::OnDemand) {
+            if let Some((price, as_of)) = list.get(&o.instance.name) {
+                o.price = *price;
+                o.source = Source { name: "aws price list".into(), as_of: *as_of };
+            }
+        }
         let quotes = self.api.spot_prices(&types).await.map_err(|e| errors::map(e, None))?;
         let zones = self.zones().await?;
         // The newest quote per (type, zone id).

@@ -6,6 +6,7 @@
 //! *sent* (machine type, spot settings, labels, idempotency key), and answers the next matching
 //! request with an injected error once ([`Fault`]), as a cloud does when it runs out of capacity.
 
+pub mod aws_pricing;
 pub mod azure;
 pub mod gcp;
 pub mod lambda;
