@@ -253,3 +253,15 @@ async fn standard_credential_chain_reads_the_environment() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
 }
+
+#[tokio::test]
+async fn offerings_fall_back_to_the_catalog_when_ec2_cannot_be_reached() {
+    // Nothing listens on port 9: every EC2 call fails at once. Placement still gets the
+    // region's catalog rows, not an error.
+    let p = provider("down", "http://127.0.0.1:9").await;
+    let rows = p.offerings().await.unwrap();
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|o| o.cloud == Cloud::Aws && o.region == "us-east-1" && o.source.name.starts_with("skypilot"))
+    );
+}

@@ -88,6 +88,8 @@ pub struct AwsProvider {
     cfg: AwsConfig,
     api: Arc<dyn Ec2Api>,
     pricing: Arc<dyn PriceListApi>,
+    /// The last offerings gathered, kept when a refresh fails (EC2 unreachable, throttled …).
+    prices: crate::prices::PriceBook,
     /// On-demand prices last read from the price list (type → price), kept when a refresh fails.
     on_demand: std::sync::Mutex<HashMap<String, (Price, chrono::NaiveDate)>>,
     catalog: Arc<Catalog>,
@@ -100,6 +102,9 @@ impl fmt::Debug for AwsProvider {
         f.debug_struct("AwsProvider").field("config", &self.cfg).finish_non_exhaustive()
     }
 }
+
+/// A spot price and when it was quoted.
+type Quote = (Price, Option<chrono::DateTime<chrono::Utc>>);
 
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
@@ -136,6 +141,7 @@ impl AwsProvider {
             api: Arc::new(SdkEc2 { client }),
             pricing: Arc::new(SdkPricing { client: pricing }),
             on_demand: Default::default(),
+            prices: crate::prices::PriceBook::new(),
             catalog,
             zones: OnceCell::new(),
         }
@@ -234,22 +240,8 @@ impl AwsProvider {
         })
     }
 
-    fn ours(&self, i: &Ec2Instance) -> bool {
-        i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet)
-    }
-}
-
-#[async_trait]
-impl Provider for AwsProvider {
-    fn cloud(&self) -> Cloud {
-        Cloud::Aws
-    }
-
-    fn name(&self) -> String {
-        format!("aws/{}", self.cfg.region)
-    }
-
-    async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
+    /// The catalog's rows for the region with live prices and zone availability (see the module doc).
+    async fn live_offerings(&self) -> ProviderResult<Vec<Offering>> {
         let mut rows: Vec<Offering> = self
             .catalog
             .offerings()
@@ -274,7 +266,7 @@ impl Provider for AwsProvider {
         let quotes = self.api.spot_prices(&types).await.map_err(|e| errors::map(e, None))?;
         let zones = self.zones().await?;
         // The newest quote per (type, zone id).
-        let mut latest: HashMap<(String, String), (Price, Option<chrono::DateTime<chrono::Utc>>)> = HashMap::new();
+        let mut latest: HashMap<(String, String), Quote> = HashMap::new();
         for q in quotes {
             let Some((_, zone_id)) = zones.iter().find(|(n, _)| *n == q.zone_name) else { continue };
             let Ok(price) = Price::parse_decimal(&q.price) else { continue };
@@ -322,6 +314,34 @@ impl Provider for AwsProvider {
         }
         rows.extend(extra);
         Ok(rows)
+    }
+
+    fn ours(&self, i: &Ec2Instance) -> bool {
+        i.tags.get(TAG_FLEET) == Some(&self.cfg.fleet)
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn cloud(&self) -> Cloud {
+        Cloud::Aws
+    }
+
+    fn name(&self) -> String {
+        format!("aws/{}", self.cfg.region)
+    }
+
+    async fn offerings(&self) -> ProviderResult<Vec<Offering>> {
+        let live = self.live_offerings().await;
+        let catalog = || {
+            self.catalog
+                .offerings()
+                .iter()
+                .filter(|o| o.cloud == Cloud::Aws && o.region == self.cfg.region)
+                .cloned()
+                .collect()
+        };
+        self.prices.resolve(&self.name(), live, catalog).map(|(rows, _)| rows)
     }
 
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
