@@ -103,39 +103,51 @@ impl fmt::Debug for AwsProvider {
     }
 }
 
+/// Static credentials as the SDKs take them (one credentials type serves every AWS client).
+fn static_credentials(c: &StaticCredentials) -> aws_sdk_ec2::config::Credentials {
+    aws_sdk_ec2::config::Credentials::new(
+        &c.access_key_id,
+        c.secret_access_key.expose(),
+        c.session_token.as_ref().map(|t| t.expose().to_string()),
+        None,
+        "fleet-static",
+    )
+}
+
 /// A spot price and when it was quoted.
 type Quote = (Price, Option<chrono::DateTime<chrono::Utc>>);
 
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
 impl AwsProvider {
-    /// Builds the EC2 client. Nothing is called yet; a bad credential shows on the first call.
+    /// Builds the EC2 and price-list clients. Nothing is called yet; a bad credential shows on
+    /// the first call.
     pub async fn connect(cfg: AwsConfig, catalog: Arc<Catalog>) -> AwsProvider {
-        use aws_sdk_ec2::config::retry::RetryConfig;
-        use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-        let region = Region::new(cfg.region.clone());
-        let pricing = Self::pricing_client(&cfg).await;
-        let mut b = match &cfg.credentials {
-            Some(c) => aws_sdk_ec2::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region)
-                .credentials_provider(Credentials::new(
-                    &c.access_key_id,
-                    c.secret_access_key.expose(),
-                    c.session_token.as_ref().map(|t| t.expose().to_string()),
-                    None,
-                    "fleet-static",
-                )),
+        use aws_sdk_ec2::config::{BehaviorVersion, Region};
+        // The standard chain is resolved once and shared by both clients.
+        let chain = match &cfg.credentials {
+            Some(_) => None,
             None => {
-                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
-                aws_sdk_ec2::config::Builder::from(&shared)
+                let region = Region::new(cfg.region.clone());
+                Some(aws_config::defaults(BehaviorVersion::latest()).region(region).load().await)
             }
         };
+        let mut b = match (&cfg.credentials, &chain) {
+            (Some(c), _) => aws_sdk_ec2::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .credentials_provider(static_credentials(c)),
+            (None, Some(shared)) => aws_sdk_ec2::config::Builder::from(shared),
+            (None, None) => unreachable!("the chain is loaded when no static credentials are given"),
+        };
+        b = b.region(Region::new(cfg.region.clone()));
         if let Some(url) = &cfg.endpoint_url {
             b = b.endpoint_url(url);
         }
-        b = b.retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)));
+        b = b.retry_config(
+            aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)),
+        );
         let client = aws_sdk_ec2::Client::from_conf(b.build());
+        let pricing = Self::pricing_client(&cfg, chain.as_ref());
         AwsProvider {
             cfg,
             api: Arc::new(SdkEc2 { client }),
@@ -147,32 +159,23 @@ impl AwsProvider {
         }
     }
 
-    /// The Price List Query API client: same credentials, in us-east-1 (where the API is).
-    async fn pricing_client(cfg: &AwsConfig) -> aws_sdk_pricing::Client {
-        use aws_sdk_pricing::config::{BehaviorVersion, Credentials, Region};
-        let region = Region::new("us-east-1");
-        let mut b = match &cfg.credentials {
-            Some(c) => aws_sdk_pricing::Config::builder()
+    /// The Price List Query API client: the same credentials, in us-east-1 (where the API is).
+    fn pricing_client(cfg: &AwsConfig, chain: Option<&aws_config::SdkConfig>) -> aws_sdk_pricing::Client {
+        use aws_sdk_pricing::config::{BehaviorVersion, Region};
+        let mut b = match (&cfg.credentials, chain) {
+            (Some(c), _) => aws_sdk_pricing::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
-                .region(region)
-                .credentials_provider(Credentials::new(
-                    &c.access_key_id,
-                    c.secret_access_key.expose(),
-                    c.session_token.as_ref().map(|t| t.expose().to_string()),
-                    None,
-                    "fleet-static",
-                )),
-            None => {
-                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
-                aws_sdk_pricing::config::Builder::from(&shared)
-            }
+                .credentials_provider(static_credentials(c)),
+            (None, Some(shared)) => aws_sdk_pricing::config::Builder::from(shared),
+            (None, None) => unreachable!("the chain is loaded when no static credentials are given"),
         };
+        b = b.region(Region::new("us-east-1"));
         if let Some(url) = &cfg.pricing_endpoint {
             b = b.endpoint_url(url);
         }
-        b = b.retry_config(
-            aws_sdk_pricing::config::retry::RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)),
-        );
+        // One attempt: a failed price refresh costs nothing (the last prices stay, the next
+        // refresh tries again), while retries would hold up the offerings placement waits for.
+        b = b.retry_config(aws_sdk_pricing::config::retry::RetryConfig::standard().with_max_attempts(1));
         aws_sdk_pricing::Client::from_conf(b.build())
     }
 

@@ -31,7 +31,7 @@ use google_cloud_compute_v1::model::metadata::Items;
 use google_cloud_compute_v1::model::scheduling::{InstanceTerminationAction, OnHostMaintenance, ProvisioningModel};
 use google_cloud_compute_v1::model::{
     AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance as GceInstance, Metadata, NetworkInterface,
-    Operation, Scheduling,
+    Scheduling,
 };
 use google_cloud_lro::Poller;
 
@@ -321,11 +321,6 @@ impl GcpProvider {
         }
         i
     }
-
-    /// Awaits an operation; `Ok(None)` when it finished cleanly.
-    fn finished(op: ProviderResult<Operation>, offering: Option<&OfferingKey>) -> ProviderResult<Option<Failure>> {
-        Ok(errors::from_operation(&op?, offering))
-    }
 }
 
 #[async_trait]
@@ -377,7 +372,7 @@ impl Provider for GcpProvider {
             Failure::Other(e) => Some(e),
         });
         let failure = match op {
-            Ok(op) => Self::finished(Ok(op), Some(o))?,
+            Ok(op) => errors::from_operation(&op, Some(o)),
             Err(None) => Some(Failure::AlreadyExists),
             Err(Some(e)) => return Err(e),
         };
