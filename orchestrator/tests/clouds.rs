@@ -17,7 +17,7 @@ use std::time::Duration;
 use fleet_core::keys::Keys;
 use fleet_core::{CapacityType, Catalog, Cloud};
 use fleet_orchestrator::actors::root::RootActor;
-use fleet_orchestrator::actors::{Ctx, InstanceRunning};
+use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_orchestrator::clock::Clock;
 use fleet_orchestrator::model::{NodeRecord, apply_spec};
 use fleet_orchestrator::store::Store;
@@ -46,62 +46,93 @@ max_concurrency = 1
 keep_alive = "1h"
 "#;
 
+/// The fake as AWS selling a one-GPU H100 at $1/h (the cheapest), whose next launch finds no capacity.
+fn fake_aws_refusing_once() -> Arc<FakeProvider> {
+    let mut o = h100x8(Cloud::Aws, "us-east-1", "1.00", CapacityType::OnDemand);
+    o.instance.name = "p5.4xlarge".into();
+    o.instance.gpu_count = 1;
+    let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Aws, "t", vec![o.clone()])));
+    let detail = "InsufficientInstanceCapacity".into();
+    fake.fail_next(Op::Launch, ProviderError::InsufficientCapacity { offering: o.key(), detail });
+    fake
+}
+
+/// The Lambda adapter on `api` (key "lk"), in us-east-1.
+fn lambda_on(api: &LambdaEmulator) -> Arc<LambdaProvider> {
+    let mut c = LambdaConfig::new("t", Secret::new("lk"), "fleet");
+    c.endpoint = api.api_url();
+    c.regions = vec!["us-east-1".into()];
+    Arc::new(LambdaProvider::new(c, Arc::new(Catalog::builtin().clone())))
+}
+
+/// The RunPod adapter on `api` (key "rk"), in US-CA-1.
+fn runpod_on(api: &RunpodEmulator) -> Arc<RunpodProvider> {
+    let mut c = RunpodConfig::new("t", Secret::new("rk"), "runpod/base:0.6.2");
+    c.endpoint = api.graphql_url();
+    c.data_centers = vec!["US-CA-1".into()];
+    Arc::new(RunpodProvider::new(c, Arc::new(Catalog::builtin().clone())))
+}
+
+/// The actor tree for fleet `t` on an embedded store with `spec` applied.
+struct Running {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    ctx: Arc<Ctx>,
+    root: ractor::ActorRef<fleet_orchestrator::actors::root::RootMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn run_fleet(providers: BTreeMap<Cloud, Arc<dyn Provider>>, config: Config, spec: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ctx = Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), config, Clock::System));
+    let keys = Keys::new("t");
+    apply_spec(&*store, &keys, "t", spec, chrono::Utc::now()).await.unwrap();
+    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
+    Running { store, keys, ctx, root, handle, _dir: dir }
+}
+
+impl Running {
+    async fn nodes(&self) -> Vec<NodeRecord> {
+        match self.store.range(&self.keys.nodes()).await {
+            Ok((kvs, _)) => kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Waits for a node with an instance on `cloud`, launched there (the candidate it is on).
+    async fn node_launched_on(&self, cloud: Cloud) -> NodeRecord {
+        wait_for(&format!("a node launched on {cloud}"), Duration::from_secs(30), || async {
+            self.nodes().await.into_iter().find(|n| {
+                n.state.instance_id().is_some()
+                    && n.candidates.get(n.attempt).is_some_and(|c| c.offering.cloud == cloud)
+            })
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.root.stop(None);
+        let _ = self.handle.await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capacity_error_on_one_cloud_sends_the_launch_to_the_next() {
-    let catalog = Arc::new(Catalog::builtin().clone());
-
-    // Cheapest: a one-GPU H100 at $1/h on the fake "AWS", whose next launch finds no capacity.
-    let mut aws_offering = h100x8(Cloud::Aws, "us-east-1", "1.00", CapacityType::OnDemand);
-    aws_offering.instance.name = "p5.4xlarge".into();
-    aws_offering.instance.gpu_count = 1;
-    let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Aws, "t", vec![aws_offering.clone()])));
-    fake.fail_next(
-        Op::Launch,
-        ProviderError::InsufficientCapacity {
-            offering: aws_offering.key(),
-            detail: "InsufficientInstanceCapacity".into(),
-        },
-    );
-
+    // Cheapest: the fake "AWS", out of capacity at launch.
+    let fake = fake_aws_refusing_once();
     // Next: Lambda's 1x H100 PCIe at $2.49/h in us-east-1; capacity is listed, then gone at launch.
     let lambda_api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
     lambda_api.fail_next(insufficient_capacity());
-    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
-    lc.endpoint = lambda_api.api_url();
-    lc.regions = vec!["us-east-1".into()];
-    let lambda = Arc::new(LambdaProvider::new(lc, catalog.clone()));
-
     // Then: RunPod's 1x H100 SXM at $2.69/h in US-CA-1, which has GPUs.
     let runpod_api = RunpodEmulator::start("rk", &["US-CA-1"], 4).await;
-    let mut rc = RunpodConfig::new("t", Secret::new("rk"), "runpod/base:0.6.2");
-    rc.endpoint = runpod_api.graphql_url();
-    rc.data_centers = vec!["US-CA-1".into()];
-    let runpod = Arc::new(RunpodProvider::new(rc, catalog));
-
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
     providers.insert(Cloud::Aws, fake.clone());
-    providers.insert(Cloud::Lambda, lambda);
-    providers.insert(Cloud::Runpod, runpod);
-    let ctx =
-        Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), fast_config(), Clock::System));
-    let keys = Keys::new("t");
-    apply_spec(&*store, &keys, "t", SPEC, chrono::Utc::now()).await.unwrap();
-    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-
-    let node = wait_for("a node launched on runpod", Duration::from_secs(30), || {
-        let store = store.clone();
-        let keys = keys.clone();
-        async move {
-            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
-            kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).find(|n| {
-                n.state.instance_id().is_some()
-                    && n.candidates.get(n.attempt).is_some_and(|c| c.offering.cloud == Cloud::Runpod)
-            })
-        }
-    })
-    .await;
+    providers.insert(Cloud::Lambda, lambda_on(&lambda_api));
+    providers.insert(Cloud::Runpod, runpod_on(&runpod_api));
+    let fleet = run_fleet(providers, fast_config(), SPEC).await;
+    let node = fleet.node_launched_on(Cloud::Runpod).await;
 
     // The order: AWS tried once, then Lambda once (answered insufficient-capacity), then RunPod.
     let aws_launches = fake.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count();
@@ -118,9 +149,7 @@ async fn a_capacity_error_on_one_cloud_sends_the_launch_to_the_next() {
     assert_eq!(pods.len(), 1);
     assert_eq!(node.state.instance_id(), pods[0]["id"].as_str(), "the record names the pod");
     assert!(fake.live_instances().is_empty());
-
-    root.stop(None);
-    let _ = handle.await;
+    fleet.stop().await;
 }
 
 fn spec_with_lambda(endpoint: &str) -> String {
@@ -182,36 +211,15 @@ async fn fleetd_takes_its_cloud_accounts_from_the_spec() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_prices_are_gathered_again_while_the_fleet_runs() {
     let api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
-    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
-    lc.endpoint = api.api_url();
-    lc.regions = vec!["us-east-1".into()];
-    let lambda: Arc<dyn Provider> = Arc::new(LambdaProvider::new(lc, Arc::new(Catalog::builtin().clone())));
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let config = fleet_orchestrator::actors::Config { prices_every: Duration::from_millis(300), ..fast_config() };
-    let ctx = Arc::new(Ctx::new(
-        "t",
-        store.clone(),
-        BTreeMap::from([(Cloud::Lambda, lambda)]),
-        Arc::new(InstanceRunning),
-        config,
-        Clock::System,
-    ));
-    let keys = Keys::new("t");
+    let lambda: Arc<dyn Provider> = lambda_on(&api);
+    let config = Config { prices_every: Duration::from_millis(300), ..fast_config() };
     let spec = |n: u32| {
         format!(
             "[fleet]\nname = \"t\"\n[apps.chat]\ngpu = \"H100-PCIe\"\ngpus = 1\n[apps.chat.placement]\nspot = \"on-demand\"\n[apps.chat.scaling]\nmin_concurrency = {n}\nmax_concurrency = {n}\nkeep_alive = \"1h\"\n"
         )
     };
-    apply_spec(&*store, &keys, "t", &spec(1), chrono::Utc::now()).await.unwrap();
-    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-    let nodes = || {
-        let (store, keys) = (store.clone(), keys.clone());
-        async move {
-            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
-            Some(kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).collect::<Vec<_>>())
-        }
-    };
+    let fleet = run_fleet(BTreeMap::from([(Cloud::Lambda, lambda)]), config, &spec(1)).await;
+    let nodes = || async { Some(fleet.nodes().await) };
     let first =
         wait_for("the first node", Duration::from_secs(20), || async { nodes().await.filter(|n| n.len() == 1) }).await;
     assert_eq!(first[0].candidates[0].price.hourly().to_decimal_string(), "2.49", "Lambda's live price at start");
@@ -223,15 +231,13 @@ async fn live_prices_are_gathered_again_while_the_fleet_runs() {
         (api.requests_to("GET", "/instance-types").len() >= asked + 2).then_some(())
     })
     .await;
-    apply_spec(&*store, &keys, "t", &spec(2), chrono::Utc::now()).await.unwrap();
-    ctx.nudge.notify_one();
+    apply_spec(&*fleet.store, &fleet.keys, "t", &spec(2), chrono::Utc::now()).await.unwrap();
+    fleet.ctx.nudge.notify_one();
     let both =
         wait_for("the second node", Duration::from_secs(20), || async { nodes().await.filter(|n| n.len() == 2) }).await;
     let second = both.iter().find(|n| n.id != first[0].id).unwrap();
     assert_eq!(second.candidates[0].price.hourly().to_decimal_string(), "1.99", "planned at the refreshed price");
-
-    root.stop(None);
-    let _ = handle.await;
+    fleet.stop().await;
 }
 
 /// Every cloud in one failover chain, cheapest per GPU first: every H100 offering of the fake (as
@@ -247,29 +253,13 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
     use fleet_providers::gcp::{GcpConfig, GcpProvider};
 
     let catalog = Arc::new(Catalog::builtin().clone());
-    let mut aws_offering = h100x8(Cloud::Aws, "us-east-1", "1.00", CapacityType::OnDemand);
-    aws_offering.instance.name = "p5.4xlarge".into();
-    aws_offering.instance.gpu_count = 1;
-    let fake = Arc::new(FakeProvider::new(FakeConfig::new(Cloud::Aws, "t", vec![aws_offering.clone()])));
-    fake.fail_next(
-        Op::Launch,
-        ProviderError::InsufficientCapacity {
-            offering: aws_offering.key(),
-            detail: "InsufficientInstanceCapacity".into(),
-        },
-    );
+    let fake = fake_aws_refusing_once();
     let lambda_api = LambdaEmulator::start("lk", &["us-east-1"], 4).await;
     // Listed with capacity, gone at launch: both of its H100 types.
     lambda_api.fail_next(insufficient_capacity());
     lambda_api.fail_next(insufficient_capacity());
-    let mut lc = LambdaConfig::new("t", Secret::new("lk"), "fleet");
-    lc.endpoint = lambda_api.api_url();
-    lc.regions = vec!["us-east-1".into()];
     let runpod_api = RunpodEmulator::start("rk", &["US-CA-1"], 4).await;
     runpod_api.set_free_gpus("NVIDIA H100 80GB HBM3", "US-CA-1", 0);
-    let mut rc = RunpodConfig::new("t", Secret::new("rk"), "runpod/base:0.6.2");
-    rc.endpoint = runpod_api.graphql_url();
-    rc.data_centers = vec!["US-CA-1".into()];
     // GCP prices its A3 machines, but the zone has none left.
     let gcp_api = GcpEmulator::start(&[]).await;
     let mut gc = GcpConfig::new("t", "fleet-test", "img");
@@ -290,30 +280,12 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
 
     let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
     providers.insert(Cloud::Aws, fake.clone());
-    providers.insert(Cloud::Lambda, Arc::new(LambdaProvider::new(lc, catalog.clone())));
-    providers.insert(Cloud::Runpod, Arc::new(RunpodProvider::new(rc, catalog.clone())));
+    providers.insert(Cloud::Lambda, lambda_on(&lambda_api));
+    providers.insert(Cloud::Runpod, runpod_on(&runpod_api));
     providers.insert(Cloud::Gcp, Arc::new(GcpProvider::connect(gc, catalog.clone()).await.unwrap()));
     providers.insert(Cloud::Azure, Arc::new(AzureProvider::new(ac, catalog).unwrap()));
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let ctx =
-        Arc::new(Ctx::new("t", store.clone(), providers, Arc::new(InstanceRunning), fast_config(), Clock::System));
-    let keys = Keys::new("t");
-    apply_spec(&*store, &keys, "t", SPEC, chrono::Utc::now()).await.unwrap();
-    let (root, handle) = Actor::spawn(None, RootActor, ctx.clone()).await.unwrap();
-
-    let node = wait_for("a node launched on azure", Duration::from_secs(30), || {
-        let (store, keys) = (store.clone(), keys.clone());
-        async move {
-            let (kvs, _) = store.range(&keys.nodes()).await.ok()?;
-
-            kvs.iter().filter_map(|kv| kv.json::<NodeRecord>().ok()).find(|n| {
-                n.state.instance_id().is_some()
-                    && n.candidates.get(n.attempt).is_some_and(|c| c.offering.cloud == Cloud::Azure)
-            })
-        }
-    })
-    .await;
+    let fleet = run_fleet(providers, fast_config(), SPEC).await;
+    let node = fleet.node_launched_on(Cloud::Azure).await;
     let tried = &node.candidates[..node.attempt];
     let launched = &node.candidates[node.attempt];
     assert_eq!(launched.offering.instance_type, "Standard_NC40ads_H100_v5");
@@ -345,6 +317,5 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
     assert_eq!(vms[0]["properties"]["hardwareProfile"]["vmSize"], "Standard_NC40ads_H100_v5");
     assert_eq!(node.state.instance_id(), vms[0]["name"].as_str());
 
-    root.stop(None);
-    let _ = handle.await;
+    fleet.stop().await;
 }
