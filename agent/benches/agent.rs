@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use fleet_agent::model::write_mlp;
 use fleet_core::keys::Keys;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{RequestState, RunnerRecord};
-use fleet_orchestrator::queue;
-use fleet_orchestrator::store::etcd::EtcdStore;
-use fleet_orchestrator::store::{Store, to_json};
 use fleet_orchestrator::testing::etcd::EtcdServer;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{RequestState, RunnerRecord};
+use fleet_state::queue;
+use fleet_state::store::etcd::EtcdStore;
+use fleet_state::store::{Store, to_json};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -84,11 +84,11 @@ fn main() {
 
         // A runner assigned to the node, as the orchestrator would.
         let now = chrono::Utc::now();
-        let r = RunnerRecord { id: 1, app: "m".into(), state: RunnerState::Starting { node: 1, since: now }, created_at: now };
+        let r = RunnerRecord { id: 1, app: "m".into(), state: RunnerPhase::Starting { node: 1, since: now }, created_at: now };
         store.put(&keys.runner(1), to_json(&r), None).await.unwrap();
         loop {
-            let (v, _) = fleet_orchestrator::store::get_json::<RunnerRecord>(&*store, &keys.runner(1)).await.unwrap().unwrap();
-            if matches!(v.state, RunnerState::Idle { .. }) {
+            let (v, _) = fleet_state::store::get_json::<RunnerRecord>(&*store, &keys.runner(1)).await.unwrap().unwrap();
+            if matches!(v.state, RunnerPhase::Idle { .. }) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

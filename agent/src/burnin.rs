@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use fleet_orchestrator::lifecycle::node::Time;
-use fleet_orchestrator::model::{BurnInReport, GpuReport};
+use fleet_core::Time;
+use fleet_state::model::{BurnInReport, GpuReport};
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::{self, Discovery};

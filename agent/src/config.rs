@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_core::Secret;
 use fleet_core::spec::parse_duration;
-use fleet_providers::Secret;
 use serde::Deserialize;
 
 use crate::burnin::BurnInConfig;

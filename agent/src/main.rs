@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleet_agent::burnin::{self, BurnInConfig};
 use fleet_agent::config::AgentConfig;
 use fleet_agent::{gpu, model, serve};
-use fleet_orchestrator::model::AgentHealth;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
+use fleet_state::model::AgentHealth;
+use fleet_state::store::Store;
+#[cfg(feature = "etcd")]
+use fleet_state::store::etcd::{EtcdAuth, EtcdStore};
 
 #[derive(Parser)]
 #[command(name = "fleet-agent", version, about = "fleet's agent on a rented GPU node")]
@@ -206,21 +207,12 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(why) = &health.reason {
         tracing::error!(%why, "node unhealthy: it will register but serve nothing");
     }
-    let auth = cfg.auth.clone().map(|(user, password)| EtcdAuth { user, password });
     let store: Arc<dyn Store> = match &cfg.gateway {
         Some((url, token)) => {
             tracing::info!(gateway = %url, "store through fleetd's gateway");
-            Arc::new(fleet_orchestrator::store::http::HttpStore::new(url, token.clone()))
+            Arc::new(fleet_state::store::http::HttpStore::new(url, token.clone()))
         }
-        None => loop {
-            match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
-                Ok(s) => break Arc::new(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reach the store yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        },
+        None => connect_etcd(&cfg).await?,
     };
     let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health);
     let shutdown = async {
@@ -233,4 +225,26 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     agent.run(shutdown, Duration::from_secs(30)).await;
     Ok(())
+}
+
+/// The store at the config's etcd endpoints, retried until it answers (etcd may start after us).
+#[cfg(feature = "etcd")]
+async fn connect_etcd(cfg: &AgentConfig) -> anyhow::Result<Arc<dyn Store>> {
+    let auth = cfg.auth.clone().map(|(user, password)| EtcdAuth { user, password });
+    loop {
+        match EtcdStore::connect(&cfg.endpoints, auth.clone(), Duration::from_secs(5)).await {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the store yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_cfg: &AgentConfig) -> anyhow::Result<Arc<dyn Store>> {
+    anyhow::bail!(
+        "this fleet-agent was built without the `etcd` feature: give it fleetd's store gateway (`gateway` and `token_file` in its config), or rebuild with `--features etcd`"
+    )
 }

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use fleet_orchestrator::lifecycle::node::Time;
-use fleet_orchestrator::model::InterruptionNotice;
+use fleet_core::Time;
+use fleet_state::model::InterruptionNotice;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};

@@ -5,18 +5,19 @@
 //!
 //! Losing the store is survivable: every loop logs and retries; when the lease expired meanwhile
 //! the agent takes a new one and registers again. It goes through the same store operations as
-//! the simulated agents of the orchestrator's tests (`fleet_orchestrator::testing::sim_agent`).
+//! the simulated agents of `fleetd --fake-clouds` (`fleet_orchestrator::sim_agents`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_core::Time;
 use fleet_core::keys::Keys;
-use fleet_orchestrator::lifecycle::node::Time;
-use fleet_orchestrator::lifecycle::runner::{RunnerEvent, RunnerState, transition};
-use fleet_orchestrator::model::{AgentHealth, AgentRecord, RequestId, RunnerId, RunnerRecord, update};
-use fleet_orchestrator::queue;
-use fleet_orchestrator::store::{LeaseId, Store, StoreError, StoreResult, to_json};
+use fleet_core::{RequestId, RunnerId};
+use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
+use fleet_state::model::{AgentHealth, AgentRecord, RunnerRecord, update};
+use fleet_state::queue;
+use fleet_state::store::{LeaseId, Store, StoreError, StoreResult, to_json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -254,7 +255,7 @@ impl Agent {
     }
 
     async fn finish(&mut self, job: Job, out: Result<serde_json::Value, String>) {
-        use fleet_orchestrator::queue::QueueError;
+        use fleet_state::queue::QueueError;
         let t = now();
         let mut outcome =
             match queue::complete(&*self.store, &self.keys, &job.app, job.request, job.runner, out.clone(), t).await {
@@ -337,7 +338,7 @@ impl Agent {
         self.loaded.retain(|id, _| live.contains(id));
         for r in &mine {
             match &r.state {
-                RunnerState::Starting { .. } => {
+                RunnerPhase::Starting { .. } => {
                     let ev = match self.load(r.id, &r.app).await {
                         Ok(_) => RunnerEvent::Started,
                         Err(why) => {
@@ -347,13 +348,13 @@ impl Agent {
                     };
                     self.runner_event(r.id, ev).await?;
                 }
-                RunnerState::Stopping { .. } => {
+                RunnerPhase::Stopping { .. } => {
                     if self.serving.get(&r.id).copied().unwrap_or(0) == 0 {
                         self.loaded.remove(&r.id);
                         self.runner_event(r.id, RunnerEvent::Stopped).await?;
                     }
                 }
-                RunnerState::Idle { .. } | RunnerState::Busy { .. } => {
+                RunnerPhase::Idle { .. } | RunnerPhase::Busy { .. } => {
                     let mine_now = self.serving.get(&r.id).copied().unwrap_or(0);
                     // Requests the record counts but this agent is not serving (it restarted):
                     // their claims went with the old lease and they are queued again.
@@ -387,7 +388,7 @@ impl Agent {
                         });
                     }
                 }
-                RunnerState::Pending { .. } | RunnerState::Stopped { .. } => {}
+                RunnerPhase::Pending { .. } | RunnerPhase::Stopped { .. } => {}
             }
         }
         // Publish what changed (runners, load).

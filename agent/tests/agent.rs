@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use fleet_agent::model::{Mlp, write_mlp};
 use fleet_core::keys::Keys;
 use fleet_orchestrator::actors::{Config, Ctx};
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{AgentRecord, NodeRecord, RequestState, RunnerRecord};
-use fleet_orchestrator::queue;
-use fleet_orchestrator::store::etcd::EtcdStore;
-use fleet_orchestrator::store::{Store, get_json};
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::live::{LiveFleet, fast_config, spec, wait_for as wait};
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{AgentRecord, NodeRecord, RequestState, RunnerRecord};
+use fleet_state::queue;
+use fleet_state::store::etcd::EtcdStore;
+use fleet_state::store::{Store, get_json};
 
 const TTL_S: u64 = 2;
 
@@ -102,7 +102,7 @@ async fn ready_nodes(f: &Fleet) -> Vec<NodeRecord> {
     let (kvs, _) = f.store.range(&f.keys.nodes()).await.unwrap();
     kvs.iter()
         .map(|kv| kv.json::<NodeRecord>().unwrap())
-        .filter(|n| matches!(n.state, NodeState::Ready { .. }))
+        .filter(|n| matches!(n.state, NodePhase::Ready { .. }))
         .collect()
 }
 
@@ -136,7 +136,7 @@ async fn agent_registers_serves_with_candle_and_its_death_is_seen_within_ttl() {
 
     // The runner comes up on the agent (Pending → Starting by the orchestrator, → Idle by the agent).
     wait("runner idle", Duration::from_secs(20), || async {
-        runners(&f).await.iter().any(|r| matches!(r.state, RunnerState::Idle { .. })).then_some(())
+        runners(&f).await.iter().any(|r| matches!(r.state, RunnerPhase::Idle { .. })).then_some(())
     })
     .await;
 
@@ -195,7 +195,7 @@ async fn a_request_whose_agent_dies_mid_way_is_served_once_elsewhere() {
     let runner_on = |node: u64| {
         let f = &f;
         async move {
-            runners(f).await.into_iter().find(|r| r.node() == Some(node) && matches!(r.state, RunnerState::Idle { .. }))
+            runners(f).await.into_iter().find(|r| r.node() == Some(node) && matches!(r.state, RunnerPhase::Idle { .. }))
         }
     };
     let ra = wait("runner idle on A", Duration::from_secs(30), || runner_on(nodes.0)).await;
@@ -330,7 +330,7 @@ async fn a_result_too_large_for_the_store_fails_the_request_with_the_reason() {
     assert!(why.contains("the result could not be stored"), "{why}\n{}", a.log());
     // The runner is free again.
     wait("runner idle", Duration::from_secs(10), || async {
-        runners(&f).await.iter().any(|r| matches!(r.state, RunnerState::Idle { .. })).then_some(())
+        runners(&f).await.iter().any(|r| matches!(r.state, RunnerPhase::Idle { .. })).then_some(())
     })
     .await;
 }
@@ -345,7 +345,7 @@ async fn the_agent_survives_losing_etcd_and_registers_again() {
     let mut a = AgentProc::start(f.dir.path(), &f.etcd.client_url, node, &model);
     wait("agent registered", Duration::from_secs(30), || async { agent(&f, node).await }).await;
     wait("runner idle", Duration::from_secs(20), || async {
-        runners(&f).await.iter().any(|r| matches!(r.state, RunnerState::Idle { .. })).then_some(())
+        runners(&f).await.iter().any(|r| matches!(r.state, RunnerPhase::Idle { .. })).then_some(())
     })
     .await;
 

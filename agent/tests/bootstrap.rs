@@ -9,19 +9,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_agent::model::write_mlp;
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
 use fleet_core::{CapacityType, Cloud};
 use fleet_orchestrator::actors::Bootstrap;
 use fleet_orchestrator::bootstrap::ssh::SshError;
 use fleet_orchestrator::bootstrap::{BootstrapError, SshBootstrap, SshBootstrapConfig};
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::model::{AgentRecord, CandidateRecord, NodeRecord};
-use fleet_orchestrator::store::etcd::EtcdStore;
-use fleet_orchestrator::store::{Store, get_json};
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::harness::h100x8;
 use fleet_orchestrator::testing::sshd::SshServer;
-use fleet_providers::{Instance, InstanceState, Secret};
+use fleet_providers::{Instance, InstanceState};
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::{AgentRecord, CandidateRecord, NodeRecord};
+use fleet_state::store::etcd::EtcdStore;
+use fleet_state::store::{Store, get_json};
 
 /// Stops the agent the test started on "the node" (this machine) when the test ends.
 struct Supervisor(PathBuf);
@@ -39,7 +40,7 @@ fn node(id: u64) -> NodeRecord {
     NodeRecord {
         id,
         app: "mlp".into(),
-        state: NodeState::Bootstrapping {
+        state: NodePhase::Bootstrapping {
             instance_id: format!("i-{id}"),
             offering: o.key(),
             since: chrono::Utc::now(),

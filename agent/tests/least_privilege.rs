@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_agent::model::write_mlp;
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_orchestrator::actors::AgentAccess;
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{NodeRecord, RequestState, RunnerRecord};
-use fleet_orchestrator::queue;
-use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
-use fleet_orchestrator::store::etcd_access::EtcdAgentAccess;
-use fleet_orchestrator::store::{Store, StoreError};
+use fleet_orchestrator::access::AgentAccess;
+use fleet_orchestrator::access::etcd::EtcdAgentAccess;
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::live::{LiveFleet, fast_config, wait_for};
-use fleet_providers::Secret;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{NodeRecord, RequestState, RunnerRecord};
+use fleet_state::queue;
+use fleet_state::store::etcd::{EtcdAuth, EtcdStore};
+use fleet_state::store::{Store, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_user_reaches_only_its_node_and_its_apps() {
@@ -39,7 +39,7 @@ async fn an_agent_user_reaches_only_its_node_and_its_apps() {
         let ready: Vec<u64> = kvs
             .iter()
             .map(|kv| kv.json::<NodeRecord>().unwrap())
-            .filter(|n| matches!(n.state, NodeState::Ready { .. }))
+            .filter(|n| matches!(n.state, NodePhase::Ready { .. }))
             .map(|n| n.id)
             .collect();
         (ready.len() == 2).then_some(ready)
@@ -79,7 +79,7 @@ async fn an_agent_user_reaches_only_its_node_and_its_apps() {
         let (kvs, _) = store.range(&keys.runners()).await.unwrap();
         kvs.iter()
             .map(|kv| kv.json::<RunnerRecord>().unwrap())
-            .any(|r| r.node() == Some(me) && matches!(r.state, RunnerState::Idle { .. }))
+            .any(|r| r.node() == Some(me) && matches!(r.state, RunnerPhase::Idle { .. }))
             .then_some(())
     })
     .await;

@@ -248,9 +248,7 @@ pub fn refresh(server: &crate::server::Server, file: Option<PathBuf>, output: Ou
     let fresh: Vec<Offering> = serde_json::from_value(server.get("/v1/offerings?full=true")?)
         .context("fleetd's offerings are not in the expected form (is fleetctl older than fleetd?)")?;
     if fresh.is_empty() {
-        anyhow::bail!(
-            "fleetd has no cloud to ask: give it accounts in the spec's [clouds.*] (or --aws-region), then refresh"
-        );
+        anyhow::bail!("fleetd has no cloud to ask: give it accounts in the spec's [clouds.*], then refresh");
     }
     let clouds: std::collections::BTreeSet<Cloud> = fresh.iter().map(|o| o.cloud).collect();
     let (old, against): (Vec<Offering>, String) = if path.is_file() {

@@ -11,7 +11,7 @@ use clap::Args;
 use fleet_core::spec::FleetSpec;
 use fleet_core::{Money, Offering, Price};
 use fleet_policies::placement::{Candidate, PlacementIndex, RankInput, UnavailableCache};
-use fleet_policies::plan::{AppPlan, AppState, FleetState, PlanOptions, plan};
+use fleet_policies::plan::{AppPlan, AppView, FleetView, PlanOptions, plan};
 use serde::Serialize;
 
 use crate::Output;
@@ -89,18 +89,18 @@ pub fn run(args: PlanArgs, output: Output) -> Result<()> {
     let index = PlacementIndex::new(catalog, &spec);
     let now = args.now.unwrap_or_else(Utc::now);
     let cache = UnavailableCache::default();
-    let state = FleetState {
+    let state = FleetView {
         now,
         apps: spec
             .apps
             .iter()
             .map(|a| {
                 let waited = chrono::Duration::from_std(a.scaling.scaling_delay).unwrap_or(chrono::Duration::MAX);
-                let st = AppState {
+                let st = AppView {
                     queued: args.queue,
                     in_flight: args.in_flight,
                     scale_up_pending_since: (!args.fresh).then(|| now - waited),
-                    ..AppState::default()
+                    ..AppView::default()
                 };
                 (a.name.clone(), st)
             })

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use fleet_core::{CapacityType, Cloud};
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::model::{
+use fleet_orchestrator::testing::harness::h100x8;
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::{
     AgentHealth, AgentRecord, BurnInReport, CandidateRecord, GpuReport, InterruptionNotice, NodeRecord,
 };
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::{Store, to_json};
-use fleet_orchestrator::testing::harness::h100x8;
+use fleet_state::store::embedded::EmbeddedStore;
+use fleet_state::store::{Store, to_json};
 
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -49,7 +49,7 @@ async fn nodes_show_what_their_agents_report() {
         let n = NodeRecord {
             id,
             app: "llm".into(),
-            state: NodeState::Ready { instance_id: format!("i-{id}"), offering: o.key(), since: long_ago },
+            state: NodePhase::Ready { instance_id: format!("i-{id}"), offering: o.key(), since: long_ago },
             candidates: vec![CandidateRecord { offering: o.key(), price: o.price, slots: 8 }],
             attempt: 0,
             slots: 8,

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::keys::Keys;
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_orchestrator::sim_agents::{SimAgentConfig, SimAgents};
 use fleet_orchestrator::testing::live::{LiveFleet, fast_config, spec};
-use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
+use fleet_state::clock::Clock;
+use fleet_state::store::Store;
+use fleet_state::store::embedded::EmbeddedStore;
 
 struct Out {
     ok: bool,

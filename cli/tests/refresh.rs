@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 
+use fleet_core::Secret;
 use fleet_core::{Catalog, Cloud};
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
+use fleet_providers::Provider;
 use fleet_providers::emulators::lambda::LambdaEmulator;
 use fleet_providers::emulators::runpod::RunpodEmulator;
 use fleet_providers::lambda::{LambdaConfig, LambdaProvider};
 use fleet_providers::runpod::{RunpodConfig, RunpodProvider};
-use fleet_providers::{Provider, Secret};
+use fleet_state::clock::Clock;
+use fleet_state::store::Store;
+use fleet_state::store::embedded::EmbeddedStore;
 
 fn fleetctl(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_fleetctl"))

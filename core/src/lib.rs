@@ -6,22 +6,27 @@
 //! - [`names`]: normalising names and suggesting the closest known one.
 //! - [`spec`]: the fleet spec (TOML), checked as a whole with positioned errors.
 //! - [`keys`]: the store key layout, in one place.
+//! - [`ids`]: node, runner and request numbers and [`Time`]; [`Secret`]: credentials never printed.
 
 pub mod accounts;
 pub mod catalog;
 pub mod cloud;
 pub mod exit;
 pub mod gpu;
+pub mod ids;
 pub mod instance;
 pub mod keys;
 pub mod money;
 pub mod names;
 pub mod offering;
+mod secret;
 pub mod spec;
 
 pub use catalog::{Catalog, CatalogError, Query, SortKey};
 pub use cloud::Cloud;
 pub use gpu::{GpuFamily, GpuModel, GpuSelector};
+pub use ids::{NodeId, RequestId, RunnerId, Time};
 pub use instance::{InstanceType, Interconnect};
 pub use money::{Money, Price};
 pub use offering::{Availability, CapacityType, Offering, OfferingKey, Source};
+pub use secret::Secret;

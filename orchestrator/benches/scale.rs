@@ -15,15 +15,15 @@ use fleet_core::keys::{Counter, Keys};
 use fleet_core::{CapacityType, Cloud};
 use fleet_orchestrator::actors::root::RootActor;
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::{CandidateRecord, NodeRecord, RunnerRecord, apply_spec};
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::{Op, Store, to_json};
 use fleet_orchestrator::testing::harness::h100x8;
 use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{CandidateRecord, NodeRecord, RunnerRecord, apply_spec};
+use fleet_state::store::embedded::EmbeddedStore;
+use fleet_state::store::{Op, Store, to_json};
 use ractor::Actor;
 
 // The allocator fleetd runs with (see main.rs).
@@ -78,7 +78,7 @@ fn main() {
         let store_is_etcd = std::env::var("FLEET_BENCH_STORE").as_deref() == Ok("etcd");
         let store: Arc<dyn Store> = if store_is_etcd {
             let server = fleet_orchestrator::testing::etcd::EtcdServer::start();
-            let s = fleet_orchestrator::store::etcd::EtcdStore::connect(
+            let s = fleet_state::store::etcd::EtcdStore::connect(
                 std::slice::from_ref(&server.client_url),
                 None,
                 Duration::from_secs(5),
@@ -111,7 +111,7 @@ fn main() {
                 let rec = NodeRecord {
                     id: node_id,
                     app,
-                    state: NodeState::Ready { instance_id: inst.id, offering: offering.key(), since: now },
+                    state: NodePhase::Ready { instance_id: inst.id, offering: offering.key(), since: now },
                     candidates: vec![CandidateRecord { offering: offering.key(), price: offering.price, slots: 8 }],
                     attempt: 0,
                     slots: 8,
@@ -126,7 +126,7 @@ fn main() {
                     let r = RunnerRecord {
                         id: runner_id,
                         app: rec.app.clone(),
-                        state: RunnerState::Idle { node: node_id, since: now },
+                        state: RunnerPhase::Idle { node: node_id, since: now },
                         created_at: now,
                     };
                     ops.push(Op::put(keys.runner(runner_id), to_json(&r)));

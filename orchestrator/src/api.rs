@@ -43,11 +43,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::Ctx;
-use crate::lifecycle::node::{DrainReason, NodeEvent, transition};
-use crate::model::{AgentRecord, ApplyError, NodeRecord, RequestId, RunnerRecord, StoredSpec, update};
-use crate::queue::{self, QueueError};
 use crate::reconcile::{month_cost, month_start, unhealthy_nodes};
-use crate::store::{StoreError, get_json};
+use fleet_core::RequestId;
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, transition};
+use fleet_state::model::{AgentRecord, ApplyError, NodeRecord, RunnerRecord, StoredSpec, update};
+use fleet_state::queue::{self, QueueError};
+use fleet_state::store::{StoreError, get_json};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -110,10 +111,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
 async fn gateway_call(
     State(ctx): State<Arc<Ctx>>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
-    body: Result<Json<crate::store::gateway::Request>, JsonRejection>,
+    body: Result<Json<fleet_state::store::gateway::Request>, JsonRejection>,
 ) -> Response {
-    use crate::store::gateway::{AgentGrant, handle};
-    use crate::store::http::GatewayError;
+    use crate::access::gateway::{AgentGrant, handle};
+    use fleet_state::store::http::GatewayError;
     let crate::auth::Scope::Agent { node, apps } = caller.0.scope else {
         return ApiError::new(StatusCode::FORBIDDEN, "the store gateway is for agent tokens").into_response();
     };
@@ -236,7 +237,7 @@ async fn put_spec(
         }
         spec
     } else {
-        crate::model::apply_spec(&*ctx.store, &ctx.keys, &ctx.fleet, &body, ctx.clock.now()).await.map_err(
+        fleet_state::model::apply_spec(&*ctx.store, &ctx.keys, &ctx.fleet, &body, ctx.clock.now()).await.map_err(
             |e| match e {
                 ApplyError::Store(s) => ApiError::from(s),
                 e => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
@@ -499,7 +500,7 @@ async fn submit(
 async fn request(
     State(ctx): State<Arc<Ctx>>,
     Path((app, id)): Path<(String, String)>,
-) -> ApiResult<Json<crate::model::RequestRecord>> {
+) -> ApiResult<Json<fleet_state::model::RequestRecord>> {
     let id: RequestId = parse_id(&id, "request")?;
     match queue::get(&*ctx.store, &ctx.keys, &app, id).await {
         Ok(r) => Ok(Json(r)),

@@ -9,7 +9,7 @@
 //! - `read`: every GET;
 //! - `submit:APP`: submit requests to APP and read them back;
 //! - `agent:NODE:APP,APP…`: a node's agent, through the store gateway only (`/v1/store/…`), and
-//!   there only the keys of its node and its apps ([`crate::store::gateway`]).
+//!   there only the keys of its node and its apps ([`fleet_state::store::gateway`]).
 //!
 //! `fleetd` makes an admin token at its first start (written to `DATA_DIR/admin.token`, mode
 //! 0600, named `admin-` + 8 random hex digits, so that several fleetd on one etcd each keep
@@ -26,8 +26,8 @@ use fleet_core::keys::Keys;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::lifecycle::node::Time;
-use crate::store::{Store, StoreError, StoreResult, get_json, to_json};
+use fleet_core::Time;
+use fleet_state::store::{Store, StoreError, StoreResult, get_json, to_json};
 
 /// What a token may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +158,9 @@ pub async fn issue(store: &dyn Store, keys: &Keys, name: &str, scope: Scope, now
     let token = new_token(name);
     let rec = TokenRecord { name: name.to_string(), scope, sha256: digest(&token), created_at: now };
     let key = keys.token(name);
-    let res =
-        store.txn(vec![crate::store::Compare::absent(&key)], vec![crate::store::Op::put(key, to_json(&rec))]).await?;
+    let res = store
+        .txn(vec![fleet_state::store::Compare::absent(&key)], vec![fleet_state::store::Op::put(key, to_json(&rec))])
+        .await?;
     if !res.succeeded {
         return Err(TokenError::Exists(name.to_string()));
     }

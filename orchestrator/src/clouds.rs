@@ -24,9 +24,9 @@ pub enum CloudsError {
 }
 
 #[cfg_attr(not(any(feature = "lambda", feature = "runpod")), allow(dead_code))]
-fn env_secret(cloud: Cloud, var: &'static str) -> Result<fleet_providers::Secret, CloudsError> {
+fn env_secret(cloud: Cloud, var: &'static str) -> Result<fleet_core::Secret, CloudsError> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(fleet_providers::Secret::new(v.trim())),
+        Ok(v) if !v.trim().is_empty() => Ok(fleet_core::Secret::new(v.trim())),
         _ => Err(CloudsError::MissingKey { cloud, var }),
     }
 }
@@ -93,7 +93,7 @@ pub async fn build(
                 cfg.endpoint = e.clone();
             }
             if let Ok(t) = std::env::var("AZURE_ACCESS_TOKEN") {
-                cfg.credential = Some(Arc::new(FixedToken(fleet_providers::Secret::new(t.trim()))));
+                cfg.credential = Some(Arc::new(FixedToken(fleet_core::Secret::new(t.trim()))));
             }
             let p = AzureProvider::new(cfg, catalog.clone())
                 .map_err(|e| CloudsError::Provider { cloud: Cloud::Azure, detail: e.to_string() })?;

@@ -19,8 +19,8 @@ use fleet_core::keys::{Keys, id_of};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::model::{AgentRecord, NodeRecord, RunnerRecord};
-use crate::store::{Revision, Store, StoreResult, WatchEvent};
+use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
+use fleet_state::store::{Revision, Store, StoreResult, WatchEvent};
 
 #[derive(Debug)]
 struct Table<T> {

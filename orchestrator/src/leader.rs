@@ -9,7 +9,7 @@ use fleet_core::keys::Keys;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, get_json};
+use fleet_state::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, get_json};
 use std::sync::Arc;
 
 pub struct Leadership {
@@ -46,10 +46,13 @@ pub async fn acquire(store: Arc<dyn Store>, keys: &Keys, me: &str, ttl: Duration
     let key = keys.leader();
     let mut waited = false;
     loop {
-        let attempt: StoreResult<Result<LeaseId, crate::store::Revision>> = async {
+        let attempt: StoreResult<Result<LeaseId, fleet_state::store::Revision>> = async {
             let lease = store.grant_lease(ttl).await?;
             let res = store
-                .txn(vec![Compare::absent(&key)], vec![Op::put_with_lease(&key, crate::store::to_json(&me), lease)])
+                .txn(
+                    vec![Compare::absent(&key)],
+                    vec![Op::put_with_lease(&key, fleet_state::store::to_json(&me), lease)],
+                )
                 .await?;
             if res.succeeded {
                 Ok(Ok(lease))
@@ -77,7 +80,7 @@ pub async fn acquire(store: Arc<dyn Store>, keys: &Keys, me: &str, ttl: Duration
                 if let Ok(mut w) = store.watch(&key, rev + 1).await {
                     let gone = async {
                         while let Some(ev) = w.recv().await {
-                            if matches!(ev, Ok(crate::store::WatchEvent::Delete { .. }) | Err(_)) {
+                            if matches!(ev, Ok(fleet_state::store::WatchEvent::Delete { .. }) | Err(_)) {
                                 return;
                             }
                         }

@@ -1,26 +1,31 @@
 //! fleet-orchestrator: the `fleetd` daemon.
 //!
-//! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
-//! - [`store`]: the `Store` trait (etcd semantics) with etcd and embedded implementations.
-//! - [`model`]: the records kept in the store; [`queue`]: the request queue on top of it.
+//! What fleetd shares with the agent (the store, records, queue protocol, lifecycles, clock) is
+//! the `fleet-state` crate; this crate is what only the daemon does:
+//!
 //! - [`reconcile`]: records → the planner's view (pure); [`actors`]: the supervision tree that
 //!   reconciles and carries out decisions.
-//! - [`metrics`]: Prometheus metrics; [`clock`]: "now" for records and decisions.
+//! - [`access`]: agents' least-privilege store credentials (etcd users or gateway tokens) and the
+//!   gateway's server side; [`api`] and [`auth`]: the HTTP API and its tokens; [`tls`].
+//! - [`bootstrap`]: getting an agent onto a launched node (SSH or local).
+//! - [`clouds`]: the providers of the spec's cloud accounts; [`sim_agents`]: the simulated agents
+//!   of `fleetd --fake-clouds`.
+//! - [`informer`]: a watched cache of records; [`leader`]: one acting daemon per fleet.
+//! - [`metrics`]: Prometheus metrics; [`crashpoint`]: where the crash test kills fleetd.
+//! - [`testing`] (feature `testing`): real etcd and sshd harnesses, the fake-cloud harness.
 
+pub mod access;
 pub mod actors;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
-pub mod clock;
 pub mod clouds;
 pub mod crashpoint;
 pub mod informer;
 pub mod leader;
-pub mod lifecycle;
 pub mod metrics;
-pub mod model;
-pub mod queue;
 pub mod reconcile;
-pub mod store;
+pub mod sim_agents;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;

@@ -9,20 +9,24 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
 use fleet_core::{Catalog, Cloud};
+use fleet_orchestrator::access::AgentAccess;
+#[cfg(feature = "etcd")]
+use fleet_orchestrator::access::etcd::EtcdAgentAccess;
 use fleet_orchestrator::actors::root::RootActor;
-use fleet_orchestrator::actors::{AgentAccess, Bootstrap, Config, Ctx, InstanceRunning};
+use fleet_orchestrator::actors::{Bootstrap, Config, Ctx, InstanceRunning};
 use fleet_orchestrator::bootstrap::{SshBootstrap, SshBootstrapConfig};
-use fleet_orchestrator::clock::Clock;
 use fleet_orchestrator::leader;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::etcd::{EtcdAuth, EtcdStore};
-use fleet_orchestrator::store::etcd_access::EtcdAgentAccess;
-use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
+use fleet_orchestrator::sim_agents::{SimAgentConfig, SimAgents};
+use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
-use fleet_providers::{Provider, Secret};
+use fleet_state::clock::Clock;
+use fleet_state::store::Store;
+use fleet_state::store::embedded::EmbeddedStore;
+#[cfg(feature = "etcd")]
+use fleet_state::store::etcd::{EtcdAuth, EtcdStore};
 use ractor::Actor;
 
 // mimalloc: glibc's per-thread arenas left fleetd's RSS ~80 MB (35 %) above what it uses at
@@ -35,7 +39,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "fleetd",
     about = "The fleet daemon: rents GPUs across clouds for the applied spec and serves requests on them.",
-    after_help = "Examples:\n  fleetd                                   embedded store in ./fleetd-data, 127.0.0.1:7070\n  fleetd --fake-clouds lambda,runpod,aws   try it without cloud accounts (simulated clouds and agents)\n  fleetd --etcd http://10.0.0.5:2379 --aws-region us-east-1 --aws-image ami-0abc..."
+    after_help = "Examples:\n  fleetd                                   embedded store in ./fleetd-data, 127.0.0.1:7070\n  fleetd --fake-clouds lambda,runpod,aws   try it without cloud accounts (simulated clouds and agents)\n  fleetd --etcd http://10.0.0.5:2379 --spec fleet.toml   etcd store; cloud accounts from the spec's [clouds.*]"
 )]
 struct Args {
     /// Address of the HTTP API.
@@ -75,15 +79,6 @@ struct Args {
     /// Local nodes at once, at most.
     #[arg(long, default_value_t = 4)]
     local_capacity: usize,
-    /// Enable AWS in this region (credentials from the standard AWS chain).
-    #[arg(long)]
-    aws_region: Option<String>,
-    /// The AMI AWS nodes boot (required with --aws-region).
-    #[arg(long)]
-    aws_image: Option<String>,
-    /// Another EC2 endpoint (a VPC endpoint, or moto in tests).
-    #[arg(long)]
-    aws_endpoint: Option<String>,
     /// A fleet spec to apply at start; its [clouds.*] sections are the cloud accounts fleetd
     /// uses (without it, those of the spec last applied). API keys come from the environment.
     #[arg(long)]
@@ -142,13 +137,31 @@ struct Args {
     bootstrap_concurrency: usize,
 }
 
-/// The store, and the etcd client itself when there is one (agent users are made with it).
-async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<EtcdStore>)> {
+/// The etcd client itself, when fleetd runs on etcd (agent users are made with it).
+#[cfg(feature = "etcd")]
+type Etcd = EtcdStore;
+#[cfg(not(feature = "etcd"))]
+type Etcd = std::convert::Infallible;
+
+/// The store, and the etcd client itself when there is one.
+async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Etcd>)> {
     if args.etcd.is_empty() {
         let s = EmbeddedStore::open(&args.data_dir)?;
         tracing::info!(dir = %args.data_dir.display(), "embedded store");
         return Ok((Arc::new(s), None));
     }
+    open_etcd(args).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Etcd>)> {
+    bail!(
+        "--etcd: this fleetd was built without the `etcd` feature (its build needs protoc); rebuild with `--features etcd`, or run on the embedded store"
+    )
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Etcd>)> {
     let auth = match &args.etcd_user {
         Some(user) => {
             let pw = std::env::var("FLEET_ETCD_PASSWORD")
@@ -229,7 +242,7 @@ fn models(args: &Args) -> anyhow::Result<BTreeMap<String, PathBuf>> {
 /// The cloud accounts to run with: `--spec FILE`'s (applied now), else the stored spec's.
 async fn cloud_accounts(
     args: &Args,
-    store: &dyn fleet_orchestrator::store::Store,
+    store: &dyn fleet_state::store::Store,
     clock: Clock,
 ) -> anyhow::Result<fleet_core::spec::CloudAccounts> {
     let keys = Keys::new(&args.fleet);
@@ -238,13 +251,13 @@ async fn cloud_accounts(
         let name = path.display().to_string();
         // Parse under the file's own name first, so errors point into it.
         fleet_core::spec::FleetSpec::parse(&name, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let spec = fleet_orchestrator::model::apply_spec(store, &keys, &args.fleet, &text, clock.now())
+        let spec = fleet_state::model::apply_spec(store, &keys, &args.fleet, &text, clock.now())
             .await
             .map_err(|e| anyhow::anyhow!("--spec {name}: {e}"))?;
         return Ok(spec.clouds);
     }
     let Some(kv) = store.get(&keys.spec()).await? else { return Ok(Default::default()) };
-    let stored: fleet_orchestrator::model::StoredSpec = kv.json()?;
+    let stored: fleet_state::model::StoredSpec = kv.json()?;
     Ok(fleet_core::spec::FleetSpec::parse("stored spec", &stored.toml).map(|s| s.clouds).unwrap_or_default())
 }
 
@@ -298,19 +311,6 @@ async fn providers(
         cfg.epoch = clock.now();
         out.insert(cloud, Arc::new(FakeProvider::new(cfg)));
     }
-    if let Some(region) = &args.aws_region {
-        #[cfg(feature = "aws")]
-        {
-            use fleet_providers::aws::{AwsConfig, AwsProvider};
-            let image = args.aws_image.as_deref().context("--aws-region needs --aws-image (the GPU AMI nodes boot)")?;
-            let mut cfg = AwsConfig::new(&args.fleet, region, image);
-            cfg.endpoint_url = args.aws_endpoint.clone();
-            let p = AwsProvider::connect(cfg, Arc::new(Catalog::builtin().clone())).await;
-            out.insert(Cloud::Aws, Arc::new(p));
-        }
-        #[cfg(not(feature = "aws"))]
-        bail!("--aws-region {region}: this fleetd was built without the `aws` feature");
-    }
     Ok(out)
 }
 
@@ -356,8 +356,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Agents get users of their own where etcd has authentication (fleetd's user needs root).
     // Without etcd users, agents that need credentials (local nodes) get gateway tokens.
     let access: Option<Arc<dyn AgentAccess>> = match (&etcd, &args.etcd_user) {
+        #[cfg(feature = "etcd")]
         (Some(e), Some(_)) => Some(Arc::new(EtcdAgentAccess::new(e, &args.fleet))),
-        _ if args.local => Some(Arc::new(fleet_orchestrator::store::gateway::GatewayAccess {
+        _ if args.local => Some(Arc::new(fleet_orchestrator::access::gateway::GatewayAccess {
             store: store.clone(),
             keys: Keys::new(&args.fleet),
         })),
@@ -374,7 +375,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         if providers.contains_key(&cloud) {
             bail!(
-                "{cloud} is configured twice: by a flag (--aws-region/--fake-clouds/--local) and by the spec's [clouds.{cloud}]; keep one"
+                "{cloud} is configured twice: by a flag (--fake-clouds/--local) and by the spec's [clouds.{cloud}]; keep one"
             );
         }
         tracing::info!(%cloud, name = %p.name(), "cloud account from the spec");
@@ -382,7 +383,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if providers.is_empty() {
         tracing::warn!(
-            "no cloud enabled: specs and requests are accepted but nothing is launched (try --fake-clouds lambda,runpod or --aws-region)"
+            "no cloud enabled: specs and requests are accepted but nothing is launched (give the spec [clouds.*] accounts, or try --fake-clouds lambda,runpod)"
         );
     }
     let keys = Keys::new(&args.fleet);

@@ -13,10 +13,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::lifecycle::node::{NodeState, Time};
-use crate::model::{NodeRecord, RunnerRecord};
-use crate::queue::Depth;
+use fleet_state::lifecycle::node::NodePhase;
+
 use crate::reconcile::{month_cost_since, month_start};
+use fleet_core::Time;
+use fleet_state::model::{NodeRecord, RunnerRecord};
+use fleet_state::queue::Depth;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
@@ -222,7 +224,7 @@ pub fn observe<N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     let start = month_start(now);
     for n in nodes.iter().map(Borrow::borrow) {
         *by_node.entry((n.offering().map(|o| o.cloud), n.state.name())).or_default() += 1;
-        if n.is_live() && !matches!(n.state, NodeState::Requested { .. } | NodeState::Launching { .. }) {
+        if n.is_live() && !matches!(n.state, NodePhase::Requested { .. } | NodePhase::Launching { .. }) {
             burn += n.price.map_or(Money::ZERO, |p| p.hourly());
         }
         mtd += month_cost_since(n, start, now);

@@ -9,13 +9,15 @@ use chrono::{Datelike, TimeZone, Utc};
 use fleet_core::{Money, OfferingKey};
 use fleet_policies::autoscale::RunnerInfo;
 use fleet_policies::placement::{OfferingId, PlacementIndex, UnavailableCache};
-use fleet_policies::plan::{AppState, FleetState, NodeView, RunnerView};
+use fleet_policies::plan::{AppView, FleetView, NodeView, RunnerView};
 
-use crate::lifecycle::node::{NodeState, Time};
-use crate::lifecycle::runner::NodeId;
-use crate::lifecycle::runner::RunnerState;
-use crate::model::{AgentRecord, NodeRecord, RunnerRecord};
-use crate::queue::Depth;
+use fleet_state::lifecycle::node::NodePhase;
+
+use fleet_core::NodeId;
+use fleet_core::Time;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
+use fleet_state::queue::Depth;
 
 /// Offering keys → the index's ids.
 pub fn offering_ids(index: &PlacementIndex) -> HashMap<OfferingKey, OfferingId> {
@@ -48,23 +50,23 @@ pub fn month_cost_since(node: &NodeRecord, start: Time, now: Time) -> Money {
 fn counts_as_capacity(n: &NodeRecord) -> bool {
     matches!(
         n.state,
-        NodeState::Requested { .. }
-            | NodeState::Launching { .. }
-            | NodeState::Bootstrapping { .. }
-            | NodeState::Ready { .. }
+        NodePhase::Requested { .. }
+            | NodePhase::Launching { .. }
+            | NodePhase::Bootstrapping { .. }
+            | NodePhase::Ready { .. }
     )
 }
 
 /// Runners the planner counts: not stopping or stopped.
 fn counts_as_runner(r: &RunnerRecord) -> bool {
-    !matches!(r.state, RunnerState::Stopping { .. } | RunnerState::Stopped { .. })
+    !matches!(r.state, RunnerPhase::Stopping { .. } | RunnerPhase::Stopped { .. })
 }
 
 /// The planner's view.
 #[allow(clippy::too_many_arguments)]
 // each input is a distinct part of the world the plan sees Nodes whose offering is not in the index (a catalog change) are left out
 /// of planning; they keep running until drained by hand or released by a later spec.
-pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
+pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     index: &PlacementIndex,
     ids: &HashMap<OfferingKey, OfferingId>,
     nodes: &[N],
@@ -73,11 +75,11 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     pending_since: &HashMap<String, Time>,
     unavailable: &'a UnavailableCache,
     now: Time,
-) -> FleetState<'a> {
+) -> FleetView<'a> {
     // Apps by position; a runner's app is its node's (so runners are placed without reading
     // their app names: at 100,000 runners, memory latency is what a pass costs).
     let mut names: Vec<&str> = Vec::new();
-    let mut states: Vec<AppState> = Vec::new();
+    let mut states: Vec<AppView> = Vec::new();
     let mut position: HashMap<&str, usize> = HashMap::new();
     let mut fleet_mtd = Money::ZERO;
     // Node → (app position, $/GPU-hour) for nodes that count as capacity.
@@ -89,7 +91,7 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             Some(i) => *i,
             None => {
                 names.push(&n.app);
-                states.push(AppState::default());
+                states.push(AppView::default());
                 position.insert(&n.app, names.len() - 1);
                 names.len() - 1
             }
@@ -115,8 +117,8 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             *hosted.entry(node).or_default() += 1;
         }
         let (ready, in_flight, idle_since) = match &r.state {
-            RunnerState::Idle { since, .. } => (true, 0, Some(*since)),
-            RunnerState::Busy { in_flight, .. } => (true, *in_flight, None),
+            RunnerPhase::Idle { since, .. } => (true, 0, Some(*since)),
+            RunnerPhase::Busy { in_flight, .. } => (true, *in_flight, None),
             _ => (false, 0, None),
         };
         let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price };
@@ -127,7 +129,7 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
         let v = &mut states[i].nodes[k];
         v.slots = hosted.get(&v.id).copied().unwrap_or(0);
     }
-    let mut apps: BTreeMap<String, AppState> = names.into_iter().map(str::to_string).zip(states).collect();
+    let mut apps: BTreeMap<String, AppView> = names.into_iter().map(str::to_string).zip(states).collect();
     for (app, d) in depths {
         let a = apps.entry(app.clone()).or_default();
         a.queued = d.queued;
@@ -136,7 +138,7 @@ pub fn fleet_state<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     for (app, since) in pending_since {
         apps.entry(app.clone()).or_default().scale_up_pending_since = Some(*since);
     }
-    FleetState { now, apps, unavailable, fleet_month_to_date: fleet_mtd }
+    FleetView { now, apps, unavailable, fleet_month_to_date: fleet_mtd }
 }
 
 #[cfg(test)]
@@ -191,7 +193,7 @@ pub fn unhealthy_nodes<N: Borrow<NodeRecord>, A: Borrow<AgentRecord>>(
     let mut out = BTreeMap::new();
     for n in nodes {
         let n = n.borrow();
-        let NodeState::Ready { since, .. } = &n.state else { continue };
+        let NodePhase::Ready { since, .. } = &n.state else { continue };
         let verdict = match by_node.get(&n.id) {
             None if !seen.contains(&n.id) && (now - *since).to_std().unwrap_or_default() < grace => None,
             None => Some(Unhealthy::NoAgent),
@@ -221,8 +223,8 @@ pub fn drains(
     view_since: Time,
     now: Time,
     after: std::time::Duration,
-) -> Vec<(NodeId, crate::lifecycle::node::DrainReason)> {
-    use crate::lifecycle::node::DrainReason;
+) -> Vec<(NodeId, fleet_state::lifecycle::node::DrainReason)> {
+    use fleet_state::lifecycle::node::DrainReason;
     let long = |t: Time| (now - t).to_std().unwrap_or_default() >= after;
     unhealthy
         .iter()

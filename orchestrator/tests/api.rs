@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use fleet_core::{CapacityType, Cloud};
 use fleet_orchestrator::actors::Config;
+use fleet_orchestrator::sim_agents::SimAgentConfig;
 use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
-use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 

@@ -14,14 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
 use fleet_core::{CapacityType, Catalog, Cloud};
 use fleet_orchestrator::actors::root::RootActor;
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::model::{NodeRecord, apply_spec};
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
 use fleet_orchestrator::testing::harness::h100x8;
 use fleet_orchestrator::testing::live::{fast_config, wait_for};
 use fleet_providers::emulators::lambda::{LambdaEmulator, insufficient_capacity};
@@ -29,7 +26,11 @@ use fleet_providers::emulators::runpod::RunpodEmulator;
 use fleet_providers::fake::{Call, FakeConfig, FakeProvider, Op};
 use fleet_providers::lambda::{LambdaConfig, LambdaProvider};
 use fleet_providers::runpod::{RunpodConfig, RunpodProvider};
-use fleet_providers::{Provider, ProviderError, Secret};
+use fleet_providers::{Provider, ProviderError};
+use fleet_state::clock::Clock;
+use fleet_state::model::{NodeRecord, apply_spec};
+use fleet_state::store::Store;
+use fleet_state::store::embedded::EmbeddedStore;
 use ractor::Actor;
 
 const SPEC: &str = r#"

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_orchestrator::model::{RequestState, apply_spec};
-use fleet_orchestrator::queue;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::etcd::EtcdStore;
+use fleet_orchestrator::sim_agents::{SimAgentConfig, SimAgents};
 use fleet_orchestrator::testing::etcd::EtcdCluster;
 use fleet_orchestrator::testing::live::{LiveFleet, fast_config, spec, wait_for};
-use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
+use fleet_state::model::{RequestState, apply_spec};
+use fleet_state::queue;
+use fleet_state::store::Store;
+use fleet_state::store::etcd::EtcdStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_member_etcd_cluster_loses_a_member_and_the_fleet_keeps_working() {
@@ -26,7 +26,7 @@ async fn a_three_member_etcd_cluster_loses_a_member_and_the_fleet_keeps_working(
         lease_ttl: Duration::from_secs(5),
         ..SimAgentConfig::default()
     };
-    let _agents = SimAgents::spawn(store.clone(), keys.clone(), fleet_orchestrator::clock::Clock::System, agents);
+    let _agents = SimAgents::spawn(store.clone(), keys.clone(), fleet_state::clock::Clock::System, agents);
     wait_for("one ready node", Duration::from_secs(30), || async { (f.ready_nodes().await.len() == 1).then_some(()) })
         .await;
 

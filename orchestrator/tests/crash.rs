@@ -30,7 +30,7 @@ keep_alive = "2s"
 "#;
 
 fn start(dir: &std::path::Path, moto: &Moto, crash_at: Option<&str>) -> Fleetd {
-    let mut args = aws_args(FLEET, moto);
+    let mut args = aws_args(FLEET, moto, SPEC, dir);
     args.extend(["--simulate-agents", "--fake-speed", "20", "--data-dir"].map(String::from));
     args.push(dir.display().to_string());
     Fleetd::start(&args, crash_at)
@@ -44,11 +44,9 @@ fn sigkill_at_every_crash_point_leaks_nothing_and_serves_every_request_once() {
     let points: Vec<(&str, u32)> = [1, 2].iter().flat_map(|n| POINTS.iter().map(move |p| (*p, *n))).collect();
     assert!(points.len() >= 20);
     let mut report = Vec::new();
-    for (i, (point, nth)) in points.iter().enumerate() {
+    for (point, nth) in &points {
+        // The spec (with its AWS account) is applied at every start (`--spec`).
         let f = start(dir.path(), &moto, Some(&format!("{point}:{nth}")));
-        if i == 0 {
-            f.put_spec(SPEC);
-        }
         let t = Instant::now();
         let mut last_burst: Option<Instant> = None;
         loop {

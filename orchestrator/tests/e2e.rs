@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Fleetd, aws_args, duplicates_and_unknown, live_instances, records_match_cloud};
+use common::{Fleetd, aws_args, aws_spec, duplicates_and_unknown, live_instances, records_match_cloud};
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::sshd::SshServer;
 use fleet_providers::moto::Moto;
@@ -151,8 +151,9 @@ fn requests_survive_an_interruption_and_a_daemon_restart_on_real_components() {
     )
     .unwrap();
     let daemon = |name: &str| {
-        let mut a = aws_args(FLEET, &moto);
         let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut a = aws_args(FLEET, &moto, SPEC, &data);
         a.extend(
             [
                 "--etcd",
@@ -205,7 +206,7 @@ fn requests_survive_an_interruption_and_a_daemon_restart_on_real_components() {
 
     let a = Fleetd::start(&daemon("a"), None);
     assert!(a.saw("fleetd acting", Duration::from_secs(20)), "{}", a.log());
-    a.put_spec(SPEC);
+    a.put_spec(&aws_spec(SPEC, &moto));
     let mut ids = submit(&a, 6);
     let t = Instant::now();
     let ready = loop {

@@ -11,14 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Fleetd, aws_args, duplicates_and_unknown, live_instances, records_match_cloud};
+use common::{Fleetd, aws_args, aws_spec, duplicates_and_unknown, live_instances, records_match_cloud};
 use fleet_core::keys::Keys;
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::etcd::EtcdStore;
+use fleet_orchestrator::sim_agents::{SimAgentConfig, SimAgents};
 use fleet_orchestrator::testing::etcd::EtcdServer;
-use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
 use fleet_providers::moto::Moto;
+use fleet_state::clock::Clock;
+use fleet_state::store::Store;
+use fleet_state::store::etcd::EtcdStore;
 
 const FLEET: &str = "ha";
 const SPEC: &str = r#"
@@ -55,9 +55,10 @@ fn leader_killed_mid_scale_up_follower_leads_within_ttl_and_converges_without_du
         SimAgents::spawn(store, Keys::new(FLEET), Clock::System, cfg)
     };
 
-    let mut args = aws_args(FLEET, &moto);
-    args.extend(["--etcd".to_string(), etcd.client_url.clone(), "--leader-ttl".into(), TTL_S.to_string()]);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both daemons apply the spec (and its AWS account) at start; the test applies it again below.
+    let mut args = aws_args(FLEET, &moto, SPEC, dir_a.path());
+    args.extend(["--etcd".to_string(), etcd.client_url.clone(), "--leader-ttl".into(), TTL_S.to_string()]);
     let with_dir = |d: &tempfile::TempDir| {
         let mut a = args.clone();
         a.extend(["--data-dir".to_string(), d.path().display().to_string()]);
@@ -69,7 +70,7 @@ fn leader_killed_mid_scale_up_follower_leads_within_ttl_and_converges_without_du
     let b = Fleetd::start(&with_dir(&dir_b), None);
     assert!(!b.saw("fleetd acting", Duration::from_secs(1)), "B leads while A does:\n{}", b.log());
 
-    b.put_spec(SPEC); // through the follower's API: it writes to the store the leader acts on
+    b.put_spec(&aws_spec(SPEC, &moto)); // through the follower's API: it writes to the store the leader acts on
     let ids = b.submit("llm", 6); // 3 nodes' worth (2 per node)
     assert!(
         a.saw("crash point launch.answered#2 reached", Duration::from_secs(30)),

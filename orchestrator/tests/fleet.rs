@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use fleet_core::{CapacityType, Cloud};
 use fleet_orchestrator::actors::Config;
-use fleet_orchestrator::lifecycle::node::NodeState;
-use fleet_orchestrator::model::RequestState;
-use fleet_orchestrator::queue;
+use fleet_orchestrator::sim_agents::SimAgentConfig;
 use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
-use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
 use fleet_providers::Provider;
 use fleet_providers::fake::Call;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::RequestState;
+use fleet_state::queue;
 
 const SPEC: &str = r#"
 [fleet]
@@ -46,7 +46,7 @@ fn three_clouds() -> Vec<CloudSetup> {
     ]
 }
 
-async fn results(h: &Harness, app: &str) -> Vec<fleet_orchestrator::model::RequestRecord> {
+async fn results(h: &Harness, app: &str) -> Vec<fleet_state::model::RequestRecord> {
     let (kvs, _) = h.ctx.store.range(&h.ctx.keys.results(app)).await.unwrap();
     kvs.iter().map(|kv| kv.json().unwrap()).collect()
 }
@@ -83,7 +83,7 @@ async fn scales_from_zero_across_three_clouds_serves_and_scales_back_to_zero() {
     // Idle past keep_alive: runners stop, nodes drain and terminate, nothing keeps billing.
     let zero = h
         .run_until(Duration::from_secs(300), || async {
-            h.live_instances() == 0 && h.nodes().await.iter().all(|n| matches!(n.state, NodeState::Terminated { .. }))
+            h.live_instances() == 0 && h.nodes().await.iter().all(|n| matches!(n.state, NodePhase::Terminated { .. }))
         })
         .await;
     assert!(zero, "scaled back to zero: {:#?}", h.nodes().await);
@@ -121,7 +121,7 @@ async fn failover_reaches_capacity_with_ninety_percent_of_offerings_out_and_no_r
     h.apply(&spec).await;
     let reached = h
         .run_until(Duration::from_secs(120), || async {
-            h.nodes().await.iter().filter(|n| matches!(n.state, NodeState::Ready { .. })).count() == 2
+            h.nodes().await.iter().filter(|n| matches!(n.state, NodePhase::Ready { .. })).count() == 2
         })
         .await;
     assert!(reached, "two ready nodes: {:#?}", h.nodes().await);
@@ -268,7 +268,7 @@ async fn requests_of_a_dead_agent_are_queued_again_and_served_once_elsewhere() {
             h.runners()
                 .await
                 .iter()
-                .filter(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+                .filter(|r| matches!(r.state, fleet_state::lifecycle::runner::RunnerPhase::Idle { .. }))
                 .count()
                 == 2
         })
@@ -305,20 +305,20 @@ async fn an_instance_the_cloud_deletes_is_noticed_and_replaced() {
             h.runners()
                 .await
                 .iter()
-                .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+                .any(|r| matches!(r.state, fleet_state::lifecycle::runner::RunnerPhase::Idle { .. }))
         })
         .await;
     assert!(idle);
     // Settled: the node's actor has stopped; only the cloud audit watches it now.
     h.run_for(Duration::from_secs(20)).await;
-    let first = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let first = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     let cloud = first.offering().unwrap().cloud;
     h.fakes[&cloud].terminate(first.state.instance_id().unwrap()).await.unwrap();
     let replaced = h
         .run_until(Duration::from_secs(120), || async {
             let nodes = h.nodes().await;
-            let gone = nodes.iter().any(|n| n.id == first.id && matches!(n.state, NodeState::Terminated { .. }));
-            gone && nodes.iter().any(|n| n.id != first.id && matches!(n.state, NodeState::Ready { .. }))
+            let gone = nodes.iter().any(|n| n.id == first.id && matches!(n.state, NodePhase::Terminated { .. }));
+            gone && nodes.iter().any(|n| n.id != first.id && matches!(n.state, NodePhase::Ready { .. }))
         })
         .await;
     assert!(replaced, "{:#?}", h.nodes().await);
@@ -367,21 +367,18 @@ async fn a_node_whose_agent_is_lost_is_replaced_then_terminated() {
     let h = Harness::start(three_clouds(), cfg, agents, None).await;
     h.apply(&spec).await;
     let idle = || async {
-        h.runners()
-            .await
-            .iter()
-            .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+        h.runners().await.iter().any(|r| matches!(r.state, fleet_state::lifecycle::runner::RunnerPhase::Idle { .. }))
     };
     assert!(h.run_until(Duration::from_secs(120), idle).await, "a runner up");
-    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     let ids = h.submit("llm", 1).await;
     h.run_for(Duration::from_secs(2)).await;
     h.agents.kill(old.id);
     let replaced = h
         .run_until(Duration::from_secs(600), || async {
             let nodes = h.nodes().await;
-            let old_gone = nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodeState::Terminated { .. }));
-            let new_ready = nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }));
+            let old_gone = nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodePhase::Terminated { .. }));
+            let new_ready = nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. }));
             old_gone && new_ready && results(&h, "llm").await.len() == 1
         })
         .await;
@@ -410,20 +407,17 @@ async fn a_node_whose_agent_is_lost_is_replaced_then_terminated() {
 /// comes up, the request being served finishes, and the node is terminated.
 #[tokio::test(start_paused = true)]
 async fn an_interruption_notice_drains_and_replaces_the_node() {
-    use fleet_orchestrator::model::{AgentRecord, InterruptionNotice};
-    use fleet_orchestrator::store::{get_json, to_json};
+    use fleet_state::model::{AgentRecord, InterruptionNotice};
+    use fleet_state::store::{get_json, to_json};
     let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
     let agents = SimAgentConfig { service_time: Duration::from_secs(20), ..SimAgentConfig::default() };
     let h = Harness::start(three_clouds(), config(), agents, None).await;
     h.apply(&spec).await;
     let idle = || async {
-        h.runners()
-            .await
-            .iter()
-            .any(|r| matches!(r.state, fleet_orchestrator::lifecycle::runner::RunnerState::Idle { .. }))
+        h.runners().await.iter().any(|r| matches!(r.state, fleet_state::lifecycle::runner::RunnerPhase::Idle { .. }))
     };
     assert!(h.run_until(Duration::from_secs(120), idle).await, "a runner up");
-    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     h.submit("llm", 1).await;
     h.run_for(Duration::from_secs(2)).await;
     // The agent reports the cloud's notice (as fleet-agent does from the metadata endpoint).
@@ -441,7 +435,7 @@ async fn an_interruption_notice_drains_and_replaces_the_node() {
     assert!(
         matches!(
             &drained.state,
-            NodeState::Draining { reason: fleet_orchestrator::lifecycle::node::DrainReason::SpotInterruption, .. }
+            NodePhase::Draining { reason: fleet_state::lifecycle::node::DrainReason::SpotInterruption, .. }
         ),
         "{:?}",
         drained.state
@@ -449,8 +443,8 @@ async fn an_interruption_notice_drains_and_replaces_the_node() {
     let replaced = h
         .run_until(Duration::from_secs(600), || async {
             let nodes = h.nodes().await;
-            nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodeState::Terminated { .. }))
-                && nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }))
+            nodes.iter().any(|n| n.id == old.id && matches!(n.state, NodePhase::Terminated { .. }))
+                && nodes.iter().any(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. }))
                 && results(&h, "llm").await.len() == 1
         })
         .await;
@@ -473,9 +467,9 @@ async fn a_spot_offering_reclaimed_without_notice_is_avoided_too() {
 }
 
 async fn reclaimed_spot_offering_is_avoided(notice: bool) {
-    use fleet_orchestrator::model::{AgentRecord, InterruptionNotice};
-    use fleet_orchestrator::store::{get_json, to_json};
     use fleet_providers::Provider;
+    use fleet_state::model::{AgentRecord, InterruptionNotice};
+    use fleet_state::store::{get_json, to_json};
     let cheap = h100x8(Cloud::Lambda, "us-east-1", "8", CapacityType::Spot);
     let other = h100x8(Cloud::Runpod, "us-ks-2", "9", CapacityType::Spot);
     let clouds =
@@ -486,10 +480,10 @@ async fn reclaimed_spot_offering_is_avoided(notice: bool) {
     let h = Harness::start(clouds, config(), SimAgentConfig::default(), None).await;
     h.apply(&spec).await;
     let first = h.run_until(Duration::from_secs(120), || async {
-        h.nodes().await.iter().any(|n| matches!(n.state, NodeState::Ready { .. }))
+        h.nodes().await.iter().any(|n| matches!(n.state, NodePhase::Ready { .. }))
     });
     assert!(first.await, "a spot node up");
-    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodeState::Ready { .. })).unwrap();
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     assert_eq!(old.offering(), Some(&cheap.key()), "the cheapest spot offering first");
     if notice {
         let key = h.ctx.keys.agent(old.id);
@@ -506,11 +500,11 @@ async fn reclaimed_spot_offering_is_avoided(notice: bool) {
     }
     let replaced = h
         .run_until(Duration::from_secs(300), || async {
-            h.nodes().await.iter().any(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. }))
+            h.nodes().await.iter().any(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. }))
         })
         .await;
     assert!(replaced, "a replacement");
     let new =
-        h.nodes().await.into_iter().find(|n| n.id != old.id && matches!(n.state, NodeState::Ready { .. })).unwrap();
+        h.nodes().await.into_iter().find(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. })).unwrap();
     assert_eq!(new.offering(), Some(&other.key()), "the preempted offering is avoided");
 }

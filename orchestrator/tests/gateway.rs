@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::keys::Keys;
-use fleet_orchestrator::actors::{AgentAccess, Config, Ctx, InstanceRunning};
-use fleet_orchestrator::clock::Clock;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::RunnerRecord;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::gateway::GatewayAccess;
-use fleet_orchestrator::store::http::HttpStore;
-use fleet_orchestrator::store::{Store, StoreError, to_json};
+use fleet_orchestrator::access::AgentAccess;
+use fleet_orchestrator::access::gateway::GatewayAccess;
+use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::RunnerRecord;
+use fleet_state::store::embedded::EmbeddedStore;
+use fleet_state::store::http::HttpStore;
+use fleet_state::store::{Store, StoreError, to_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_token_reaches_only_its_node_and_apps() {
@@ -31,7 +32,7 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     let keys = Keys::new("t");
     let now = chrono::Utc::now();
     for (id, node) in [(1, 1), (2, 2)] {
-        let r = RunnerRecord { id, app: "llm".into(), state: RunnerState::Pending { node }, created_at: now };
+        let r = RunnerRecord { id, app: "llm".into(), state: RunnerPhase::Pending { node }, created_at: now };
         store.put(&keys.runner(id), to_json(&r), None).await.unwrap();
     }
     store.put(&keys.queued("other", 1), b"{}".to_vec(), None).await.unwrap();
@@ -74,8 +75,8 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
         .txn(
             vec![],
             vec![
-                fleet_orchestrator::store::Op::put(keys.queued("llm", 9), b"{}".to_vec()),
-                fleet_orchestrator::store::Op::put(keys.agent(2), b"{}".to_vec()),
+                fleet_state::store::Op::put(keys.queued("llm", 9), b"{}".to_vec()),
+                fleet_state::store::Op::put(keys.agent(2), b"{}".to_vec()),
             ],
         )
         .await;

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use fleet_core::keys::Keys;
 use fleet_orchestrator::informer::Informer;
-use fleet_orchestrator::lifecycle::runner::RunnerState;
-use fleet_orchestrator::model::RunnerRecord;
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::{Store, to_json};
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::RunnerRecord;
+use fleet_state::store::embedded::EmbeddedStore;
+use fleet_state::store::{Store, to_json};
 
 fn runner(id: u64, node: u64) -> RunnerRecord {
     let now = chrono::Utc::now();
-    RunnerRecord { id, app: "a".into(), state: RunnerState::Pending { node }, created_at: now }
+    RunnerRecord { id, app: "a".into(), state: RunnerPhase::Pending { node }, created_at: now }
 }
 
 #[tokio::test(start_paused = true)]

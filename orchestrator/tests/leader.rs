@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use fleet_core::keys::Keys;
 use fleet_orchestrator::leader::{acquire, current};
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::etcd::EtcdStore;
 use fleet_orchestrator::testing::etcd::EtcdServer;
+use fleet_state::store::Store;
+use fleet_state::store::etcd::EtcdStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_over_within_one_ttl_of_the_leaders_death() {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_orchestrator::actors::Config;
-use fleet_orchestrator::store::Store;
-use fleet_orchestrator::store::etcd::EtcdStore;
+use fleet_orchestrator::sim_agents::{SimAgentConfig, SimAgents};
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::live::{LiveFleet, fast_config, spec, wait_for};
-use fleet_orchestrator::testing::sim_agent::{SimAgentConfig, SimAgents};
 use fleet_providers::fake::Call;
+use fleet_state::store::Store;
+use fleet_state::store::etcd::EtcdStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60_second_etcd_outage_terminates_nothing_and_the_fleet_converges() {
@@ -28,8 +28,8 @@ async fn a_60_second_etcd_outage_terminates_nothing_and_the_fleet_converges() {
         lease_ttl: Duration::from_secs(3),
         ..SimAgentConfig::default()
     };
-    let _agents = SimAgents::spawn(store.clone(), f.keys.clone(), fleet_orchestrator::clock::Clock::System, agents);
-    let ids = |nodes: Vec<fleet_orchestrator::model::NodeRecord>| nodes.iter().map(|n| n.id).collect::<Vec<_>>();
+    let _agents = SimAgents::spawn(store.clone(), f.keys.clone(), fleet_state::clock::Clock::System, agents);
+    let ids = |nodes: Vec<fleet_state::model::NodeRecord>| nodes.iter().map(|n| n.id).collect::<Vec<_>>();
     let before = wait_for("two ready nodes", Duration::from_secs(30), || async {
         let r = ids(f.ready_nodes().await);
         (r.len() == 2).then_some(r)

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_orchestrator::store::embedded::EmbeddedStore;
-use fleet_orchestrator::store::etcd::EtcdStore;
-use fleet_orchestrator::store::{Store, StoreError, suite};
 use fleet_orchestrator::testing::etcd::EtcdServer;
+use fleet_state::store::embedded::EmbeddedStore;
+use fleet_state::store::etcd::EtcdStore;
+use fleet_state::store::{Store, StoreError, suite};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_passes_the_store_suite() {

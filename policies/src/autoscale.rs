@@ -12,10 +12,11 @@
 //! A runner with requests in flight is never stopped.
 
 use fleet_core::Price;
+use fleet_core::RunnerId;
 use fleet_core::spec::ScalingSpec;
 use serde::Serialize;
 
-use crate::Timestamp;
+use fleet_core::Time;
 
 /// How many runners demand calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,9 +37,6 @@ pub fn target(spec: &ScalingSpec, demand: u32) -> ScaleTarget {
     ScaleTarget { demand, needed, buffer, desired }
 }
 
-/// A runner's id, assigned by the caller (the orchestrator's runner number, the simulator's index).
-pub type RunnerId = u64;
-
 /// A runner as the autoscaler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunnerInfo {
@@ -47,7 +45,7 @@ pub struct RunnerInfo {
     pub ready: bool,
     pub in_flight: u32,
     /// When it last became idle; `None` while it serves requests.
-    pub idle_since: Option<Timestamp>,
+    pub idle_since: Option<Time>,
     /// Effective $/GPU-hour of its node, to stop the most expensive first.
     pub gpu_price: Price,
 }
@@ -60,7 +58,7 @@ pub struct ScaleDecision {
     /// Runners to stop, in the order chosen.
     pub stop: Vec<RunnerId>,
     /// Since when demand has wanted more runners than run (keep it for the next decision).
-    pub pending_since: Option<Timestamp>,
+    pub pending_since: Option<Time>,
 }
 
 /// Decides one app's runner changes.
@@ -68,9 +66,9 @@ pub fn decide(
     spec: &ScalingSpec,
     queued: u32,
     in_flight: u32,
-    pending_since: Option<Timestamp>,
+    pending_since: Option<Time>,
     runners: &[RunnerInfo],
-    now: Timestamp,
+    now: Time,
 ) -> ScaleDecision {
     let t = target(spec, queued.saturating_add(in_flight));
     let current = u32::try_from(runners.len()).unwrap_or(u32::MAX);
@@ -89,8 +87,8 @@ pub fn decide(
     }
     let above_max = current.saturating_sub(spec.max_concurrency);
     let keep_alive = chrono::Duration::from_std(spec.keep_alive).unwrap_or(chrono::Duration::MAX);
-    let expired = |since: Timestamp| now.signed_duration_since(since) >= keep_alive;
-    let mut idle: Vec<(&RunnerInfo, Timestamp)> = runners
+    let expired = |since: Time| now.signed_duration_since(since) >= keep_alive;
+    let mut idle: Vec<(&RunnerInfo, Time)> = runners
         .iter()
         .filter(|r| r.ready && r.in_flight == 0)
         .filter_map(|r| r.idle_since.map(|s| (r, s)))
@@ -119,7 +117,7 @@ mod tests {
     use proptest::prelude::*;
     use std::time::Duration;
 
-    fn t0() -> Timestamp {
+    fn t0() -> Time {
         chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
     }
 

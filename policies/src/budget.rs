@@ -15,7 +15,7 @@ use fleet_core::Money;
 use fleet_core::spec::Budget;
 use serde::Serialize;
 
-use crate::Timestamp;
+use fleet_core::Time;
 
 /// What is being spent now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -86,20 +86,20 @@ impl Headroom {
 }
 
 /// The first instant of the next calendar month (UTC).
-pub fn month_end(now: Timestamp) -> Timestamp {
+pub fn month_end(now: Time) -> Time {
     let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
     let d = NaiveDate::from_ymd_opt(y, m, 1).expect("valid date").and_hms_opt(0, 0, 0).expect("valid time");
     chrono::Utc.from_utc_datetime(&d)
 }
 
 /// The monthly-cap horizon: one hour, or the time left in the month if less.
-pub fn horizon_millis(now: Timestamp) -> i64 {
+pub fn horizon_millis(now: Time) -> i64 {
     (month_end(now) - now).num_milliseconds().clamp(0, ChronoDuration::hours(1).num_milliseconds())
 }
 
 /// Room for more hourly burn under `budget`, given `spend`. `app` names the app for an app
 /// budget, `None` for the fleet's.
-pub fn headroom(budget: &Budget, spend: &Spend, now: Timestamp, app: Option<&str>) -> Headroom {
+pub fn headroom(budget: &Budget, spend: &Spend, now: Time, app: Option<&str>) -> Headroom {
     let mut h = Headroom::UNLIMITED;
     if let Some(cap) = budget.max_per_hour {
         let room = (cap - spend.burn_per_hour).max(Money::ZERO);
@@ -132,7 +132,7 @@ pub fn headroom(budget: &Budget, spend: &Spend, now: Timestamp, app: Option<&str
 }
 
 /// Is `spend` plus `added` hourly burn within `budget` (the invariant every decision keeps)?
-pub fn within(budget: &Budget, spend: &Spend, added: Money, now: Timestamp) -> bool {
+pub fn within(budget: &Budget, spend: &Spend, added: Money, now: Time) -> bool {
     let burn = spend.burn_per_hour + added;
     let hourly_ok = budget.max_per_hour.is_none_or(|cap| burn <= cap);
     let monthly_ok = budget.max_per_month.is_none_or(|cap| {
@@ -147,7 +147,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Time {
         chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
     }
 

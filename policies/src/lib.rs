@@ -16,6 +16,3 @@ pub mod plan;
 pub mod spot;
 
 pub use chrono::{DateTime, Utc};
-
-/// The time decisions are made at; always passed in, never read from a clock.
-pub type Timestamp = DateTime<Utc>;

@@ -23,8 +23,8 @@ use fleet_core::spec::{AppSpec, FleetSpec, Quota, SpotPolicy};
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, GpuModel, Money, Offering, OfferingKey, Price};
 use serde::Serialize;
 
-use crate::Timestamp;
 use crate::budget::BudgetCap;
+use fleet_core::Time;
 
 /// Position of an offering in the index's catalog.
 pub type OfferingId = u32;
@@ -78,7 +78,7 @@ pub enum Reason {
     },
     RecentlyFailed {
         why: UnavailableReason,
-        until: Timestamp,
+        until: Time,
     },
     QuotaFull {
         cloud: Cloud,
@@ -206,7 +206,7 @@ pub struct UnavailableEntry {
     /// With `zone: None`, the entry covers every zone of the region.
     pub key: OfferingKey,
     pub why: UnavailableReason,
-    pub until: Timestamp,
+    pub until: Time,
 }
 
 /// Offerings that recently answered "insufficient capacity", "quota exceeded", or lost a spot
@@ -222,7 +222,7 @@ pub struct UnavailableCache {
 
 impl UnavailableCache {
     /// Marks `key` unavailable for `ttl` from `now`; an entry that already lasts longer is kept.
-    pub fn mark(&mut self, key: OfferingKey, why: UnavailableReason, now: Timestamp, ttl: Duration) {
+    pub fn mark(&mut self, key: OfferingKey, why: UnavailableReason, now: Time, ttl: Duration) {
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let fp = key_fingerprint(&key);
         let region_fp = fingerprint(key.cloud, &key.region, None, &key.instance_type, key.capacity);
@@ -237,7 +237,7 @@ impl UnavailableCache {
     }
 
     /// Drops entries that have expired by `now`.
-    pub fn expire(&mut self, now: Timestamp) {
+    pub fn expire(&mut self, now: Time) {
         let regions = &mut self.regions;
         self.entries.retain(|_, e| {
             let keep = e.until > now;
@@ -268,14 +268,14 @@ impl UnavailableCache {
     }
 
     /// The live entry covering offering `o`, if any.
-    pub fn covering(&self, o: &Offering, now: Timestamp) -> Option<&UnavailableEntry> {
+    pub fn covering(&self, o: &Offering, now: Time) -> Option<&UnavailableEntry> {
         let zone_fp = fingerprint(o.cloud, &o.region, o.zone.as_deref(), &o.instance.name, o.capacity);
         let region_fp = fingerprint(o.cloud, &o.region, None, &o.instance.name, o.capacity);
         self.lookup(zone_fp, region_fp, now)
     }
 
     /// The live entry covering the offering with key `k`, if any.
-    pub fn covering_key(&self, k: &OfferingKey, now: Timestamp) -> Option<&UnavailableEntry> {
+    pub fn covering_key(&self, k: &OfferingKey, now: Time) -> Option<&UnavailableEntry> {
         let zone_fp = key_fingerprint(k);
         let region_fp = fingerprint(k.cloud, &k.region, None, &k.instance_type, k.capacity);
         self.lookup(zone_fp, region_fp, now)
@@ -284,7 +284,7 @@ impl UnavailableCache {
     /// Entries are found by 64-bit fingerprints of their keys, without comparing the strings: a
     /// collision (about one in 10^13 per decision with a thousand entries) could only make an
     /// offering be skipped for one TTL, never make an unavailable one be tried.
-    fn lookup(&self, zone_fp: u64, region_fp: u64, now: Timestamp) -> Option<&UnavailableEntry> {
+    fn lookup(&self, zone_fp: u64, region_fp: u64, now: Time) -> Option<&UnavailableEntry> {
         if !self.regions.contains_key(&region_fp) {
             return None;
         }
@@ -327,7 +327,7 @@ impl CapacityWanted {
 /// What changes between decisions.
 #[derive(Debug, Clone)]
 pub struct RankInput<'a> {
-    pub now: Timestamp,
+    pub now: Time,
     pub unavailable: &'a UnavailableCache,
     /// GPUs in use per quota of the spec, in the spec's order (see [`PlacementIndex::quota_usage`]);
     /// an empty slice means none in use.
@@ -342,7 +342,7 @@ pub struct RankInput<'a> {
 
 impl<'a> RankInput<'a> {
     /// No quotas used, no budget limit, any capacity type.
-    pub fn new(now: Timestamp, unavailable: &'a UnavailableCache) -> RankInput<'a> {
+    pub fn new(now: Time, unavailable: &'a UnavailableCache) -> RankInput<'a> {
         RankInput {
             now,
             unavailable,

@@ -14,14 +14,12 @@ use fleet_core::spec::{FleetSpec, SpotPolicy};
 use fleet_core::{CapacityType, Money};
 use serde::Serialize;
 
-use crate::Timestamp;
-use crate::autoscale::{self, RunnerId, RunnerInfo, ScaleDecision};
+use crate::autoscale::{self, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
 use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, UnavailableCache};
 use crate::spot::{self, CapacitySplit};
-
-/// A node's id, assigned by the caller.
-pub type NodeId = u64;
+use fleet_core::Time;
+use fleet_core::{NodeId, RunnerId};
 
 /// A node of an app, running or launching.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,20 +38,20 @@ pub struct RunnerView {
 
 /// What is true of one app now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AppState {
+pub struct AppView {
     pub queued: u32,
     pub in_flight: u32,
-    pub scale_up_pending_since: Option<Timestamp>,
+    pub scale_up_pending_since: Option<Time>,
     pub runners: Vec<RunnerView>,
     pub nodes: Vec<NodeView>,
     pub month_to_date: Money,
 }
 
 #[derive(Debug, Clone)]
-pub struct FleetState<'a> {
-    pub now: Timestamp,
+pub struct FleetView<'a> {
+    pub now: Time,
     /// Apps missing here have no runners, nodes or demand.
-    pub apps: BTreeMap<String, AppState>,
+    pub apps: BTreeMap<String, AppView>,
     pub unavailable: &'a UnavailableCache,
     pub fleet_month_to_date: Money,
 }
@@ -162,9 +160,9 @@ fn fill(
 }
 
 /// Plans the whole fleet. Pure: same inputs, same plan.
-pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetState, opts: &PlanOptions) -> FleetPlan {
+pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &PlanOptions) -> FleetPlan {
     let now = state.now;
-    let empty = AppState::default();
+    let empty = AppView::default();
     let all_nodes = || state.apps.values().flat_map(|a| a.nodes.iter());
     let mut quota_used = index.quota_usage(all_nodes().map(|n| n.offering));
     let fleet_burn: Money = all_nodes().map(|n| index.offering(n.offering).price.hourly()).sum();

@@ -7,13 +7,14 @@
 //! - [`conformance`]: the checks every adapter must pass.
 //! - [`aws`] (feature `aws`): EC2 through aws-sdk-ec2.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod error;
 pub mod fake;
 pub mod local;
+#[cfg(any(test, feature = "testing"))]
 pub mod moto;
 pub mod prices;
-mod secret;
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -40,7 +41,6 @@ use fleet_core::{Cloud, Offering, OfferingKey, Price};
 use serde::Serialize;
 
 pub use error::{ProviderError, ProviderResult};
-pub use secret::Secret;
 
 /// Tag (label) keys every instance fleet launches carries, valid on every cloud (lower case,
 /// digits and '-': GCP labels allow nothing else).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::Secret;
+use fleet_core::Secret;
 
 /// How the API key travels.
 #[derive(Debug, Clone, Copy)]

@@ -5,11 +5,12 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use fleet_core::Secret;
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
 use fleet_providers::aws::{AwsConfig, AwsProvider, StaticCredentials};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::moto::Moto;
-use fleet_providers::{InstanceState, LaunchRequest, Provider, ProviderError, Secret};
+use fleet_providers::{InstanceState, LaunchRequest, Provider, ProviderError};
 
 async fn moto() -> Moto {
     tokio::task::spawn_blocking(Moto::start).await.expect("moto starts")

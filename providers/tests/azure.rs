@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::Secret;
 use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey, Price};
 use fleet_providers::azure::{AzureConfig, AzureProvider, FixedToken};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::azure::{AzureEmulator, error_body};
-use fleet_providers::{LaunchRequest, Provider, ProviderError, Secret, instance_name};
+use fleet_providers::{LaunchRequest, Provider, ProviderError, instance_name};
 
 const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret";
 const SUB: &str = "00000000-0000-0000-0000-000000000001";

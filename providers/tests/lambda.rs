@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::Secret;
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::lambda::{LambdaEmulator, error_body, insufficient_capacity};
 use fleet_providers::lambda::{LambdaConfig, LambdaProvider};
-use fleet_providers::{LaunchRequest, Provider, ProviderError, Secret, TAG_FLEET, TAG_TOKEN};
+use fleet_providers::{LaunchRequest, Provider, ProviderError, TAG_FLEET, TAG_TOKEN};
 
 const KEY: &str = "secret_lambda_key_0123456789";
 

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
+use fleet_core::Secret;
 use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey, Price};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::runpod::{RunpodEmulator, no_capacity};
 use fleet_providers::runpod::{RunpodConfig, RunpodProvider};
-use fleet_providers::{LaunchRequest, Provider, ProviderError, Secret};
+use fleet_providers::{LaunchRequest, Provider, ProviderError};
 
 const KEY: &str = "rpa_SECRETRUNPODKEY0123456789";
 

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
+use fleet_core::Time;
 use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price};
-use fleet_policies::Timestamp;
 use fleet_policies::autoscale::RunnerInfo;
 use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
-use fleet_policies::plan::{AppState, FleetState, NodeView, PlanOptions, RunnerView, plan};
+use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView, plan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -97,14 +97,14 @@ const NONE: u32 = u32::MAX;
 pub const MAX_DURATION: Duration = Duration::from_millis(u32::MAX as u64 - 1);
 
 /// The simulation's start: midnight UTC on the first of a month, so monthly budgets see a whole month.
-pub fn start_time() -> Timestamp {
+pub fn start_time() -> Time {
     chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("valid time")
 }
 
 pub struct Engine<'a> {
     sc: &'a Scenario,
     /// [`start_time`], computed once: building it from a calendar date is not free.
-    start: Timestamp,
+    start: Time,
     index: PlacementIndex,
     demand_app: usize,
     arrivals: Vec<Arrival>,
@@ -132,7 +132,7 @@ pub struct Engine<'a> {
     /// Nodes not ended and runners not stopped: what a tick looks at (the vectors keep history).
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
-    pending_since: Vec<Option<Timestamp>>,
+    pending_since: Vec<Option<Time>>,
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
     closed_cost: Money,
@@ -191,7 +191,7 @@ impl<'a> Engine<'a> {
         self.heap.push(Reverse((at, self.seq, ev.pack())));
     }
 
-    fn at(&self, t_ms: u64) -> Timestamp {
+    fn at(&self, t_ms: u64) -> Time {
         self.start + chrono::Duration::milliseconds(t_ms as i64)
     }
 
@@ -457,7 +457,7 @@ impl<'a> Engine<'a> {
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
             let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
-            let st = AppState {
+            let st = AppView {
                 queued,
                 in_flight,
                 scale_up_pending_since: self.pending_since[i],
@@ -472,7 +472,7 @@ impl<'a> Engine<'a> {
         for st in apps.values_mut() {
             st.month_to_date = mtd;
         }
-        let state = FleetState { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
+        let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
         let p = plan(&self.index, &self.sc.spec, &state, &PlanOptions::default());
         for (i, ap) in p.apps.iter().enumerate() {
             self.pending_since[i] = ap.decision.pending_since;

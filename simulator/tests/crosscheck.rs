@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use fleet_core::{CapacityType, Cloud, Money};
 use fleet_orchestrator::actors::Config;
-use fleet_orchestrator::lifecycle::node::NodeState;
+use fleet_orchestrator::sim_agents::SimAgentConfig;
 use fleet_orchestrator::testing::harness::{CloudSetup, Harness, h100x8};
-use fleet_orchestrator::testing::sim_agent::SimAgentConfig;
 use fleet_simulator::scenario::Scenario;
+use fleet_state::lifecycle::node::NodePhase;
 
 const REQUESTS: u64 = 40;
 const EVERY_S: u64 = 15;
@@ -70,7 +70,7 @@ async fn orchestrate() -> (u64, Money) {
     }
     let settled = h
         .run_until(Duration::from_secs(600), || async {
-            h.live_instances() == 0 && h.nodes().await.iter().all(|n| matches!(n.state, NodeState::Terminated { .. }))
+            h.live_instances() == 0 && h.nodes().await.iter().all(|n| matches!(n.state, NodePhase::Terminated { .. }))
         })
         .await;
     assert!(settled, "scaled back to zero");

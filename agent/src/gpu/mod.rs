@@ -5,7 +5,7 @@
 pub mod cuda;
 
 use fleet_core::GpuModel;
-use fleet_orchestrator::model::GpuReport;
+use fleet_state::model::GpuReport;
 use serde::Serialize;
 
 /// What discovery found.

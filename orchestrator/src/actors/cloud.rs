@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::fleet::FleetMsg;
 use super::region::{RegionActor, RegionArgs, RegionMsg};
 use super::{Ctx, RestartBudget};
-use crate::model::{NodeRecord, RunnerRecord};
+use fleet_state::model::{NodeRecord, RunnerRecord};
 
 pub struct CloudActor;
 

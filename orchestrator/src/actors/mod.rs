@@ -31,9 +31,10 @@ use fleet_core::Cloud;
 use fleet_core::keys::Keys;
 use fleet_providers::{Instance, Provider};
 
+use crate::access::AgentAccess;
 use crate::metrics::Metrics;
-use crate::model::NodeRecord;
-use crate::store::Store;
+use fleet_state::model::NodeRecord;
+use fleet_state::store::Store;
 
 /// Timings of the control loops. Defaults suit real clouds; tests shorten them.
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ pub struct Ctx {
     pub bootstrap: Arc<dyn Bootstrap>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub clock: crate::clock::Clock,
+    pub clock: fleet_state::clock::Clock,
     pub launches: Arc<LaunchGate>,
     /// Wakes the fleet actor for a pass now (a spec was applied, a request came in) instead of
     /// at its next tick.
@@ -127,24 +128,10 @@ pub struct Ctx {
     /// actor); the fleet's next pass marks them unavailable, as it does for notices.
     pub reclaimed: Arc<std::sync::Mutex<Vec<fleet_core::OfferingKey>>>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
-    pub gateway_leases: Arc<crate::store::gateway::GatewayLeases>,
+    pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
     /// (accounts change only with a restart, so a spec is never half applied).
     pub clouds: fleet_core::spec::CloudAccounts,
-}
-
-/// Gives each node's agent only the store access its work needs: its own health key, the
-/// runner records assigned to its node, and the queues of the apps it serves.
-#[async_trait]
-pub trait AgentAccess: Send + Sync + std::fmt::Debug {
-    /// Creates (or resets) the agent user of `node`, allowed to serve `apps`; returns its
-    /// user name and password.
-    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_providers::Secret), String>;
-    /// Lets the agent of `node` update runner `runner` (assigned to it).
-    async fn grant_runner(&self, node: u64, runner: u64) -> Result<(), String>;
-    async fn revoke_runner(&self, node: u64, runner: u64) -> Result<(), String>;
-    /// Deletes the node's agent user (the node is gone).
-    async fn forget_node(&self, node: u64) -> Result<(), String>;
 }
 
 impl Ctx {
@@ -155,7 +142,7 @@ impl Ctx {
         providers: BTreeMap<Cloud, Arc<dyn Provider>>,
         bootstrap: Arc<dyn Bootstrap>,
         config: Config,
-        clock: crate::clock::Clock,
+        clock: fleet_state::clock::Clock,
     ) -> Ctx {
         Ctx {
             fleet: fleet.to_string(),

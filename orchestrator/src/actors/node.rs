@@ -12,11 +12,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::Ctx;
 use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
-use crate::lifecycle::node::{DrainReason, NodeEvent, NodeState, transition};
-use crate::lifecycle::runner::{NodeId, RunnerState};
-use crate::model::RunnerId;
-use crate::model::{NodeRecord, RunnerRecord, update};
-use crate::store::StoreError;
+use fleet_core::NodeId;
+use fleet_core::RunnerId;
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{NodeRecord, RunnerRecord, update};
+use fleet_state::store::StoreError;
 
 pub struct NodeActor;
 
@@ -36,7 +37,7 @@ pub struct NodeArgs {
     pub provider: Arc<dyn Provider>,
 }
 
-pub struct NodeActorState {
+pub struct NodeState {
     args: NodeArgs,
     runners: HashMap<RunnerId, ActorRef<RunnerMsg>>,
     /// Runners on this node not yet stopped, as of the last sync.
@@ -60,7 +61,7 @@ async fn apply(ctx: &Ctx, id: NodeId, ev: NodeEvent) -> Result<Option<NodeRecord
             return None;
         }
         let billing_until = match state {
-            NodeState::Terminated { .. } if cur.billing_since.is_some() => Some(now),
+            NodePhase::Terminated { .. } if cur.billing_since.is_some() => Some(now),
             _ => cur.billing_until,
         };
         Some(NodeRecord { state, billing_until, ..cur.clone() })
@@ -79,19 +80,19 @@ fn reclaimed(ctx: &Ctx, rec: &NodeRecord) {
     }
 }
 
-impl NodeActorState {
+impl NodeState {
     /// One step of the lifecycle. Returns false once the node is Terminated (the actor stops).
     async fn poll(&mut self) -> Result<bool, StoreError> {
         let ctx = self.args.ctx.clone();
         let id = self.args.id;
-        let Some((rec, _)) = crate::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? else {
+        let Some((rec, _)) = fleet_state::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? else {
             return Ok(false);
         };
         let now = ctx.clock.now();
         let p = &*self.args.provider;
         self.running = false;
         match &rec.state {
-            NodeState::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
+            NodePhase::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
                 Ok(i) if i.state == InstanceState::Terminated => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
                 Ok(inst) => match ctx.bootstrap.bootstrap(&rec, &inst).await {
@@ -112,7 +113,7 @@ impl NodeActorState {
                 },
                 Err(e) => tracing::debug!(node = id, error = %e, "instance check failed; next poll retries"),
             },
-            NodeState::Ready { instance_id, .. } => match p.get(instance_id).await {
+            NodePhase::Ready { instance_id, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => {
                     tracing::warn!(node = id, instance = %instance_id, "the cloud lost the instance");
                     apply(&ctx, id, NodeEvent::InstanceGone).await?;
@@ -126,17 +127,17 @@ impl NodeActorState {
                 Ok(_) => self.running = true,
                 Err(_) => {}
             },
-            NodeState::Draining { .. } => {
+            NodePhase::Draining { .. } => {
                 if self.live_runners == 0 {
                     apply(&ctx, id, NodeEvent::Drained).await?;
                     return Box::pin(self.poll()).await;
                 }
             }
-            NodeState::Failed { instance_id: Some(_), .. } => {
+            NodePhase::Failed { instance_id: Some(_), .. } => {
                 apply(&ctx, id, NodeEvent::Terminate).await?;
                 return Box::pin(self.poll()).await;
             }
-            NodeState::Terminating { instance_id, .. } => {
+            NodePhase::Terminating { instance_id, .. } => {
                 crate::crashpoint::hit("terminate.started");
                 if let Err(e) = p.terminate(instance_id).await {
                     tracing::warn!(node = id, error = %e, "terminate failed; retrying");
@@ -159,8 +160,8 @@ impl NodeActorState {
                     tracing::warn!(node = id, error = %e, "agent user not deleted");
                 }
             }
-            NodeState::Terminated { .. } => return Ok(false),
-            NodeState::Requested { .. } | NodeState::Launching { .. } | NodeState::Failed { instance_id: None, .. } => {
+            NodePhase::Terminated { .. } => return Ok(false),
+            NodePhase::Requested { .. } | NodePhase::Launching { .. } | NodePhase::Failed { instance_id: None, .. } => {
             }
         }
         Ok(true)
@@ -170,12 +171,12 @@ impl NodeActorState {
 #[ractor::async_trait]
 impl Actor for NodeActor {
     type Msg = NodeMsg;
-    type State = NodeActorState;
+    type State = NodeState;
     type Arguments = NodeArgs;
 
-    async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeActorState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
         myself.send_message(NodeMsg::Poll)?;
-        Ok(NodeActorState {
+        Ok(NodeState {
             args,
             runners: HashMap::new(),
             live_runners: usize::MAX,
@@ -188,7 +189,7 @@ impl Actor for NodeActor {
         &self,
         myself: ActorRef<NodeMsg>,
         msg: NodeMsg,
-        st: &mut NodeActorState,
+        st: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Poll => {
@@ -211,24 +212,24 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Sync { node, runners } => {
-                st.live_runners = runners.iter().filter(|r| !matches!(r.state, RunnerState::Stopped { .. })).count();
-                st.runners_settled = matches!(node.state, NodeState::Ready { .. })
-                    && runners.iter().all(|r| matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. }));
-                let node_ready = matches!(node.state, NodeState::Ready { .. });
-                let node_draining = matches!(node.state, NodeState::Draining { .. });
+                st.live_runners = runners.iter().filter(|r| !matches!(r.state, RunnerPhase::Stopped { .. })).count();
+                st.runners_settled = matches!(node.state, NodePhase::Ready { .. })
+                    && runners.iter().all(|r| matches!(r.state, RunnerPhase::Idle { .. } | RunnerPhase::Busy { .. }));
+                let node_ready = matches!(node.state, NodePhase::Ready { .. });
+                let node_draining = matches!(node.state, NodePhase::Draining { .. });
                 // A node drained because its agent is lost cannot stop its runners: they are lost
                 // (their requests go back to the queue), not waited for.
                 let node_gone = matches!(
                     node.state,
-                    NodeState::Terminating { .. }
-                        | NodeState::Terminated { .. }
-                        | NodeState::Failed { .. }
-                        | NodeState::Draining { reason: DrainReason::AgentLost, .. }
+                    NodePhase::Terminating { .. }
+                        | NodePhase::Terminated { .. }
+                        | NodePhase::Failed { .. }
+                        | NodePhase::Draining { reason: DrainReason::AgentLost, .. }
                 );
                 for r in runners {
                     // A serving runner needs nothing from the orchestrator (its agent serves,
                     // the planner stops it when idle): no actor unless one is already there.
-                    let settled = matches!(r.state, RunnerState::Idle { .. } | RunnerState::Busy { .. });
+                    let settled = matches!(r.state, RunnerPhase::Idle { .. } | RunnerPhase::Busy { .. });
                     if settled && !node_draining && !node_gone && !st.runners.contains_key(&r.id) {
                         continue;
                     }
@@ -261,7 +262,7 @@ impl Actor for NodeActor {
         &self,
         _myself: ActorRef<NodeMsg>,
         evt: SupervisionEvent,
-        st: &mut NodeActorState,
+        st: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match &evt {
             SupervisionEvent::ActorFailed(cell, err) => {

@@ -17,10 +17,10 @@ use tokio::sync::Semaphore;
 use super::fleet::FleetMsg;
 use super::node::{NodeActor, NodeArgs, NodeMsg};
 use super::{Ctx, backoff};
-use crate::lifecycle::node::{NodeEvent, NodeState, transition};
-use crate::lifecycle::runner::NodeId;
-use crate::model::{NodeRecord, RunnerRecord, update};
-use crate::store::StoreError;
+use fleet_core::NodeId;
+use fleet_state::lifecycle::node::{NodeEvent, NodePhase, transition};
+use fleet_state::model::{NodeRecord, RunnerRecord, update};
+use fleet_state::store::StoreError;
 
 pub struct RegionActor;
 
@@ -95,7 +95,7 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
     // A record already Launching (a retry, or a pass after a restart) keeps its token and is
     // launched again: the cloud answers with the instance the first call made, if any.
     let started = update(&*ctx.store, &key, |cur: &NodeRecord| match &cur.state {
-        NodeState::Requested { .. } if cur.attempt == rec.attempt => {
+        NodePhase::Requested { .. } if cur.attempt == rec.attempt => {
             let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: req.idempotency_token.clone() };
             Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
         }
@@ -103,7 +103,7 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
     })
     .await?;
     match started {
-        Some(NodeRecord { state: NodeState::Launching { token, .. }, attempt, .. })
+        Some(NodeRecord { state: NodePhase::Launching { token, .. }, attempt, .. })
             if token == req.idempotency_token && attempt == rec.attempt => {}
         _ => return Ok(Outcome::Stale),
     }
@@ -194,7 +194,7 @@ impl Actor for RegionActor {
                     .send_message(NodeMsg::Sync { node: Box::new(node), runners: vec![] })?;
             }
             RegionMsg::SyncNode { node, runners } => {
-                if matches!(node.state, NodeState::Terminated { .. }) {
+                if matches!(node.state, NodePhase::Terminated { .. }) {
                     return Ok(());
                 }
                 let id = node.id;
@@ -269,12 +269,14 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
                     *t = (*t).max(tokio::time::Instant::now() + wait);
                 }
                 // The record is Launching now: re-read it so the retry re-sends the same token.
-                let fresh = crate::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await;
+                let fresh = fleet_state::store::get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await;
                 match fresh {
                     Ok(Some((rec, _))) => {
                         let rec = match rec.state {
-                            // Retry from Launching: reset to a Requested view of the same attempt.
-                            NodeState::Launching { .. } => rec,
+                            // Still Launching: retried as it is, so the launch re-sends the token
+                            // recorded with it (a first call that did make the instance is found
+                            // again, not doubled). Any other state: someone moved it on; no retry.
+                            NodePhase::Launching { .. } => rec,
                             _ => return,
                         };
                         me.send_after(wait, move || RegionMsg::Retry { node: rec, attempt: attempt + 1 });

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::Ctx;
-use crate::lifecycle::runner::{RunnerEvent, RunnerState, transition};
-use crate::model::{RunnerId, RunnerRecord, update};
-use crate::queue;
-use crate::store::StoreError;
+use fleet_core::RunnerId;
+use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
+use fleet_state::model::{RunnerRecord, update};
+use fleet_state::queue;
+use fleet_state::store::StoreError;
 
 pub struct RunnerActor;
 
@@ -50,19 +51,19 @@ async fn step(
     node_gone: bool,
 ) -> Result<bool, StoreError> {
     let now = ctx.clock.now();
-    let age = |since: &crate::lifecycle::node::Time| (now - *since).to_std().unwrap_or_default();
+    let age = |since: &fleet_core::Time| (now - *since).to_std().unwrap_or_default();
     let next = match &r.state {
-        RunnerState::Stopped { .. } => None,
+        RunnerPhase::Stopped { .. } => None,
         _ if node_gone => Some(RunnerEvent::Lost),
         // A draining node's runners stop once they are idle (busy ones finish first).
-        RunnerState::Pending { .. } if draining => Some(RunnerEvent::Lost),
-        RunnerState::Starting { .. } | RunnerState::Idle { .. } if draining => Some(RunnerEvent::Stop),
-        RunnerState::Pending { .. } if node_ready => Some(RunnerEvent::Start),
-        RunnerState::Starting { since, .. } if age(since) > ctx.config.runner_start_timeout => {
+        RunnerPhase::Pending { .. } if draining => Some(RunnerEvent::Lost),
+        RunnerPhase::Starting { .. } | RunnerPhase::Idle { .. } if draining => Some(RunnerEvent::Stop),
+        RunnerPhase::Pending { .. } if node_ready => Some(RunnerEvent::Start),
+        RunnerPhase::Starting { since, .. } if age(since) > ctx.config.runner_start_timeout => {
             tracing::warn!(runner = r.id, "runner did not come up in time");
             Some(RunnerEvent::StartFailed)
         }
-        RunnerState::Stopping { since, .. } if age(since) > ctx.config.runner_stop_timeout => {
+        RunnerPhase::Stopping { since, .. } if age(since) > ctx.config.runner_stop_timeout => {
             Some(RunnerEvent::Stopped)
         }
         _ => return Ok(true),
@@ -76,7 +77,7 @@ async fn step(
         None => Some(r.clone()),
     };
     if let Some(rec) = rec
-        && let RunnerState::Stopped { .. } = rec.state
+        && let RunnerPhase::Stopped { .. } = rec.state
     {
         // Whatever it was serving goes back to the queue before the runner is forgotten.
         queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;

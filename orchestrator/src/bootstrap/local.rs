@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use fleet_providers::LaunchRequest;
 use fleet_providers::local::NodeStarter;
 
-use crate::actors::AgentAccess;
+use crate::access::AgentAccess;
 
 /// The model every app without one gets: 16 inputs → 4 outputs (`{"x": [16 numbers]}`).
 pub const DEMO_MODEL_DIMS: &str = "16,64,4";

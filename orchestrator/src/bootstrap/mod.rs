@@ -18,17 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_providers::{Instance, InstanceState, Secret};
+use fleet_providers::{Instance, InstanceState};
 use russh::keys::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use self::ssh::{Session, SshError, fingerprint};
-use crate::actors::{AgentAccess, Bootstrap};
-use crate::lifecycle::runner::NodeId;
-use crate::model::{AgentRecord, NodeRecord};
-use crate::store::{Compare, Op, Store, get_json};
+use crate::access::AgentAccess;
+use crate::actors::Bootstrap;
+use fleet_core::NodeId;
+use fleet_state::model::{AgentRecord, NodeRecord};
+use fleet_state::store::{Compare, Op, Store, get_json};
 
 /// Where to reach an instance over SSH.
 pub type Resolve = Arc<dyn Fn(&Instance) -> Option<SocketAddr> + Send + Sync>;
@@ -80,7 +82,7 @@ pub enum BootstrapError {
     #[error("node {node}: {why}")]
     Node { node: NodeId, why: String },
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] fleet_state::store::StoreError),
 }
 
 /// What one installation pass did.

@@ -7,14 +7,14 @@ use fleet_core::{CapacityType, Catalog, Cloud, Money, Price};
 use fleet_policies::placement::{PlacementIndex, UnavailableCache};
 
 use super::*;
-use crate::model::CandidateRecord;
 use crate::testing::harness::h100x8;
+use fleet_state::model::CandidateRecord;
 
 fn t(s: &str) -> Time {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn node(id: u64, state: NodeState, price: &str, since: Option<&str>, until: Option<&str>) -> NodeRecord {
+fn node(id: u64, state: NodePhase, price: &str, since: Option<&str>, until: Option<&str>) -> NodeRecord {
     let o = h100x8(Cloud::Lambda, "us-east-1", price, CapacityType::OnDemand);
     NodeRecord {
         id,
@@ -37,7 +37,7 @@ fn month_cost_counts_only_this_month_and_stops_at_billing_end() {
     // Billing since October: only November's 24.5 days count, at $20/h.
     let n = node(
         1,
-        NodeState::Ready {
+        NodePhase::Ready {
             instance_id: "i".into(),
             offering: h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand).key(),
             since: now,
@@ -49,10 +49,10 @@ fn month_cost_counts_only_this_month_and_stops_at_billing_end() {
     assert_eq!(month_cost(&n, now), Money::from_dollars(20 * (24 * 24 + 12)));
     // Ended 90 minutes after it started: $30.
     let n =
-        node(2, NodeState::Terminated { since: now }, "20", Some("2026-11-02T00:00:00Z"), Some("2026-11-02T01:30:00Z"));
+        node(2, NodePhase::Terminated { since: now }, "20", Some("2026-11-02T00:00:00Z"), Some("2026-11-02T01:30:00Z"));
     assert_eq!(month_cost(&n, now), Money::from_dollars(30));
     // Never launched: nothing.
-    let n = node(3, NodeState::Requested { since: now }, "20", None, None);
+    let n = node(3, NodePhase::Requested { since: now }, "20", None, None);
     assert_eq!(month_cost(&n, now), Money::ZERO);
     assert_eq!(month_start(now), t("2026-11-01T00:00:00Z"));
 }
@@ -65,25 +65,25 @@ fn fleet_state_counts_capacity_runners_and_queue() {
     let spec = FleetSpec::parse("t", "[fleet]\nname = \"t\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n").unwrap();
     let index = PlacementIndex::new(catalog, &spec);
     let ids = offering_ids(&index);
-    let ready = NodeState::Ready { instance_id: "i-1".into(), offering: o.key(), since: now };
+    let ready = NodePhase::Ready { instance_id: "i-1".into(), offering: o.key(), since: now };
     let nodes = vec![
         node(1, ready, "20", Some("2026-11-25T11:00:00Z"), None),
-        node(2, NodeState::Terminated { since: now }, "20", Some("2026-11-25T10:00:00Z"), Some("2026-11-25T10:30:00Z")),
-        NodeRecord { cordoned: true, slots: 4, ..node(3, NodeState::Requested { since: now }, "20", None, None) },
+        node(2, NodePhase::Terminated { since: now }, "20", Some("2026-11-25T10:00:00Z"), Some("2026-11-25T10:30:00Z")),
+        NodeRecord { cordoned: true, slots: 4, ..node(3, NodePhase::Requested { since: now }, "20", None, None) },
     ];
     let runners = vec![
-        RunnerRecord { id: 10, app: "llm".into(), state: RunnerState::Idle { node: 1, since: now }, created_at: now },
+        RunnerRecord { id: 10, app: "llm".into(), state: RunnerPhase::Idle { node: 1, since: now }, created_at: now },
         RunnerRecord {
             id: 11,
             app: "llm".into(),
-            state: RunnerState::Stopping { node: 1, since: now },
+            state: RunnerPhase::Stopping { node: 1, since: now },
             created_at: now,
         },
-        RunnerRecord { id: 12, app: "llm".into(), state: RunnerState::Pending { node: 3 }, created_at: now },
+        RunnerRecord { id: 12, app: "llm".into(), state: RunnerPhase::Pending { node: 3 }, created_at: now },
     ];
     let depths = BTreeMap::from([("llm".to_string(), Depth { queued: 5, in_flight: 2 })]);
     let unavailable = UnavailableCache::default();
-    let s = fleet_state(&index, &ids, &nodes, &runners, &depths, &HashMap::new(), &unavailable, now);
+    let s = fleet_view(&index, &ids, &nodes, &runners, &depths, &HashMap::new(), &unavailable, now);
     let app = &s.apps["llm"];
     // The terminated node is not capacity; the cordoned one offers only the slot it uses.
     assert_eq!(app.nodes.iter().map(|n| (n.id, n.slots)).collect::<Vec<_>>(), vec![(1, 1), (3, 1)]);
@@ -99,11 +99,11 @@ fn fleet_state_counts_capacity_runners_and_queue() {
 
 #[test]
 fn unhealthy_nodes_from_agent_records() {
-    use crate::model::{AgentHealth, AgentRecord, InterruptionNotice};
+    use fleet_state::model::{AgentHealth, AgentRecord, InterruptionNotice};
     let now = t("2026-11-25T12:00:00Z");
     let ready = |id: u64, since: &str| {
         let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand).key();
-        node(id, NodeState::Ready { instance_id: format!("i-{id}"), offering: o, since: t(since) }, "20", None, None)
+        node(id, NodePhase::Ready { instance_id: format!("i-{id}"), offering: o, since: t(since) }, "20", None, None)
     };
     let agent = |node: u64, ok: bool, reason: Option<&str>, interruption: Option<&str>| AgentRecord {
         node,
@@ -129,7 +129,7 @@ fn unhealthy_nodes_from_agent_records() {
         ready(3, "2026-11-25T11:59:55Z"),                               // no agent yet, within grace
         ready(4, "2026-11-25T11:00:00Z"),                               // burn-in failed
         ready(5, "2026-11-25T11:00:00Z"),                               // spot notice
-        node(6, NodeState::Requested { since: now }, "20", None, None), // not ready: not judged
+        node(6, NodePhase::Requested { since: now }, "20", None, None), // not ready: not judged
     ];
     let agents = vec![
         agent(1, true, None, None),
@@ -156,7 +156,7 @@ fn unhealthy_nodes_from_agent_records() {
 
 #[test]
 fn unhealthy_nodes_are_drained_after_a_while_and_never_right_after_a_store_outage() {
-    use crate::lifecycle::node::DrainReason;
+    use fleet_state::lifecycle::node::DrainReason;
     let now = t("2026-11-25T12:00:00Z");
     let after = std::time::Duration::from_secs(30);
     let u = BTreeMap::from([

@@ -13,14 +13,15 @@ use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
 use ractor::{Actor, ActorRef};
 
-use super::sim_agent::{SimAgentConfig, SimAgents};
 use crate::actors::fleet::FleetMsg;
 use crate::actors::root::{RootActor, RootMsg};
 use crate::actors::{Config, Ctx, InstanceRunning};
-use crate::clock::Clock;
-use crate::model::{NodeRecord, RequestId, RunnerRecord};
-use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use crate::sim_agents::{SimAgentConfig, SimAgents};
+use fleet_core::RequestId;
+use fleet_state::clock::Clock;
+use fleet_state::model::{NodeRecord, RunnerRecord};
+use fleet_state::store::Store;
+use fleet_state::store::embedded::EmbeddedStore;
 
 /// An 8 × H100 on-demand offering at `price` dollars per hour.
 pub fn h100x8(cloud: Cloud, region: &str, price: &str, capacity: CapacityType) -> Offering {
@@ -109,7 +110,7 @@ impl Harness {
     }
 
     pub async fn apply(&self, toml: &str) {
-        crate::model::apply_spec(&*self.ctx.store, &self.ctx.keys, &self.ctx.fleet, toml, self.ctx.clock.now())
+        fleet_state::model::apply_spec(&*self.ctx.store, &self.ctx.keys, &self.ctx.fleet, toml, self.ctx.clock.now())
             .await
             .expect("spec applies");
     }
@@ -119,7 +120,7 @@ impl Harness {
         for i in 0..n {
             let input = serde_json::json!({ "prompt": format!("request {i}") });
             ids.push(
-                crate::queue::submit(&*self.ctx.store, &self.ctx.keys, app, input, self.ctx.clock.now())
+                fleet_state::queue::submit(&*self.ctx.store, &self.ctx.keys, app, input, self.ctx.clock.now())
                     .await
                     .expect("submit"),
             );

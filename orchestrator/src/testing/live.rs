@@ -13,12 +13,13 @@ use fleet_providers::fake::{FakeConfig, FakeProvider};
 use ractor::{Actor, ActorRef};
 
 use super::harness::h100x8;
+use crate::access::AgentAccess;
 use crate::actors::root::{RootActor, RootMsg};
-use crate::actors::{AgentAccess, Config, Ctx, InstanceRunning};
-use crate::clock::Clock;
-use crate::lifecycle::node::NodeState;
-use crate::model::{NodeRecord, apply_spec};
-use crate::store::Store;
+use crate::actors::{Config, Ctx, InstanceRunning};
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::{NodeRecord, apply_spec};
+use fleet_state::store::Store;
 
 /// One H100 per node, $2.50/h on Lambda, so each runner gets a node of its own.
 pub fn h100x1() -> Offering {
@@ -81,7 +82,7 @@ impl LiveFleet {
             Ok((kvs, _)) => kvs
                 .iter()
                 .filter_map(|kv| kv.json::<NodeRecord>().ok())
-                .filter(|n| matches!(n.state, NodeState::Ready { .. }))
+                .filter(|n| matches!(n.state, NodePhase::Ready { .. }))
                 .collect(),
             Err(_) => vec![],
         }

@@ -34,25 +34,20 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// fleetd's flags for fleet `fleet` on AWS against `moto`, fast enough for tests.
-pub fn aws_args(fleet: &str, moto: &Moto) -> Vec<String> {
-    [
-        "--fleet",
-        fleet,
-        "--aws-region",
-        "us-east-1",
-        "--aws-image",
-        "ami-12c6146b",
-        "--aws-endpoint",
-        &moto.url,
-        "--reconcile-every",
-        "0.2",
-        "--node-poll",
-        "0.3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// `spec` with the AWS account of the tests: `moto` as its EC2 endpoint.
+pub fn aws_spec(spec: &str, moto: &Moto) -> String {
+    format!("{spec}\n[clouds.aws]\nregion = \"us-east-1\"\nimage = \"ami-12c6146b\"\nendpoint = \"{}\"\n", moto.url)
+}
+
+/// fleetd's flags for fleet `fleet` on AWS against `moto`, fast enough for tests: `spec` with the
+/// AWS account ([`aws_spec`]), written into `dir` and applied at start (`--spec`).
+pub fn aws_args(fleet: &str, moto: &Moto, spec: &str, dir: &std::path::Path) -> Vec<String> {
+    let file = dir.join("fleet-spec.toml");
+    std::fs::write(&file, aws_spec(spec, moto)).unwrap();
+    ["--fleet", fleet, "--spec", &file.display().to_string(), "--reconcile-every", "0.2", "--node-poll", "0.3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 impl Fleetd {

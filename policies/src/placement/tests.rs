@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-pub(crate) fn t0() -> Timestamp {
+pub(crate) fn t0() -> Time {
     chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
 }
 

@@ -30,8 +30,8 @@ max_concurrency = 20
 max_multiplexing = 4
 "#;
 
-fn state<'a>(cache: &'a UnavailableCache, apps: Vec<(&str, AppState)>) -> FleetState<'a> {
-    FleetState {
+fn state<'a>(cache: &'a UnavailableCache, apps: Vec<(&str, AppView)>) -> FleetView<'a> {
+    FleetView {
         now: t0(),
         apps: apps.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         unavailable: cache,
@@ -39,8 +39,8 @@ fn state<'a>(cache: &'a UnavailableCache, apps: Vec<(&str, AppState)>) -> FleetS
     }
 }
 
-fn queued(n: u32) -> AppState {
-    AppState { queued: n, ..AppState::default() }
+fn queued(n: u32) -> AppView {
+    AppView { queued: n, ..AppView::default() }
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
         node,
     };
     // Nodes: 10 on-demand, 11 spot, 12 spot and empty.
-    let st = AppState {
+    let st = AppView {
         queued: 8,
         in_flight: 8,
         runners: vec![busy(1, 10), busy(2, 11)],
@@ -82,7 +82,7 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
             NodeView { id: 11, offering: 1, slots: 4 },
             NodeView { id: 12, offering: 1, slots: 4 },
         ],
-        ..AppState::default()
+        ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
     let a = &p.apps[0];
@@ -146,7 +146,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
     let s = spec("[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nkeep_alive = \"60s\"\n");
     let index = PlacementIndex::new(catalog(), &s);
     let cache = UnavailableCache::default();
-    let idle = |secs: i64| AppState {
+    let idle = |secs: i64| AppView {
         runners: vec![RunnerView {
             runner: RunnerInfo {
                 id: 1,
@@ -158,7 +158,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
             node: 7,
         }],
         nodes: vec![NodeView { id: 7, offering: 0, slots: 8 }],
-        ..AppState::default()
+        ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("a", idle(59))]), &PlanOptions::default());
     assert!(p.apps[0].decision.stop.is_empty() && p.apps[0].release_nodes.is_empty());
@@ -182,9 +182,9 @@ fn arb_budget() -> impl Strategy<Value = String> {
     })
 }
 
-fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppState> {
+fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppView> {
     (0u32..200, proptest::collection::vec((0usize..64, 1u32..4), 0..4), 0i64..200_000_000_000).prop_map(
-        move |(q, nodes, mtd)| AppState {
+        move |(q, nodes, mtd)| AppView {
             queued: q,
             nodes: nodes
                 .into_iter()
@@ -193,7 +193,7 @@ fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppState> {
                 .map(|(i, (o, slots))| NodeView { id: i as u64, offering: o as u32, slots })
                 .collect(),
             month_to_date: Money::from_micros(mtd),
-            ..AppState::default()
+            ..AppView::default()
         },
     )
 }
@@ -221,9 +221,9 @@ proptest! {
         let n = offerings.len();
         let index = PlacementIndex::new(Arc::new(Catalog::new(offerings)), &s);
         let cache = UnavailableCache::default();
-        let keep = |st: AppState| AppState { nodes: st.nodes.into_iter().filter(|x| (x.offering as usize) < n).collect(), ..st };
+        let keep = |st: AppView| AppView { nodes: st.nodes.into_iter().filter(|x| (x.offering as usize) < n).collect(), ..st };
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().to_utc() + chrono::Duration::minutes(minute);
-        let st = FleetState {
+        let st = FleetView {
             now,
             apps: [("a".to_string(), keep(a_state)), ("b".to_string(), keep(b_state))].into_iter().collect(),
             unavailable: &cache,

@@ -14,6 +14,7 @@
 mod api;
 mod errors;
 
+use fleet_core::Secret;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -23,9 +24,7 @@ use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingK
 use tokio::sync::OnceCell;
 
 use self::api::{Ec2Api, Ec2Instance, PriceListApi, RunSpec, SdkEc2, SdkPricing};
-use crate::{
-    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
-};
+use crate::{Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, TAG_FLEET, TAG_TOKEN};
 
 /// Static credentials (tests, or where no credential chain is available).
 #[derive(Clone)]

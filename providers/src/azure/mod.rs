@@ -15,6 +15,7 @@
 
 mod errors;
 
+use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::{
-    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
+    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, TAG_FLEET, TAG_TOKEN,
     instance_name,
 };
 

@@ -11,6 +11,7 @@
 
 mod errors;
 
+use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -25,9 +26,7 @@ use serde_json::{Value, json};
 
 use crate::prices::PriceBook;
 use crate::rest::{Auth, Rest};
-use crate::{
-    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
-};
+use crate::{Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, TAG_FLEET, TAG_TOKEN};
 
 pub const DEFAULT_ENDPOINT: &str = "https://cloud.lambda.ai/api/v1";
 

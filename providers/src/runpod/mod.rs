@@ -12,6 +12,7 @@
 
 mod errors;
 
+use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -24,9 +25,7 @@ use serde_json::{Value, json};
 
 use crate::prices::PriceBook;
 use crate::rest::{Auth, Rest};
-use crate::{
-    Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, Secret, TAG_FLEET, TAG_TOKEN,
-};
+use crate::{Instance, InstanceState, LaunchRequest, Provider, ProviderError, ProviderResult, TAG_FLEET, TAG_TOKEN};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.runpod.io/graphql";
 

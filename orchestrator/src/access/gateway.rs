@@ -1,86 +1,12 @@
-//! The store gateway: agents that cannot reach etcd (fleetd on its embedded store, the `local`
-//! provider's nodes) use fleetd's store through its API instead, with a token of scope
-//! `agent:NODE:APPS` and the same least privilege as an agent's etcd role
-//! ([`super::etcd_access`]): its own `agents/{node}`, every runner record read-only and the
-//! runners assigned to its node writable, the queue, claims and results of its apps. Nothing else.
-//!
-//! `POST /v1/store/{get,range,put,delete,txn,grant,keep_alive,revoke}` with JSON bodies
-//! ([`Request`]); values travel as UTF-8 text (fleet's records are JSON). [`super::http::HttpStore`]
-//! is the client. Watches are not offered (the agent polls).
+//! The store gateway's server side: each call of an agent's token ([`fleet_state::store::gateway`],
+//! the wire protocol) checked against the same least privilege as an agent's etcd role
+//! ([`super::etcd`]): its own `agents/{node}`, every runner record read-only and the runners
+//! assigned to its node writable, the queue, claims and results of its apps. Nothing else.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, TxnResult};
-use crate::model::RunnerRecord;
 use fleet_core::keys::Keys;
-
-/// A key-value pair on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireKv {
-    pub key: String,
-    pub value: String,
-    pub mod_revision: Revision,
-    pub create_revision: Revision,
-    pub lease: Option<LeaseId>,
-}
-
-impl WireKv {
-    pub fn from_kv(kv: KeyValue) -> Result<WireKv, StoreError> {
-        let value = String::from_utf8(kv.value)
-            .map_err(|_| StoreError::Corrupt { key: kv.key.clone(), detail: "not UTF-8 text".into() })?;
-        Ok(WireKv {
-            key: kv.key,
-            value,
-            mod_revision: kv.mod_revision,
-            create_revision: kv.create_revision,
-            lease: kv.lease,
-        })
-    }
-
-    pub fn into_kv(self) -> KeyValue {
-        KeyValue {
-            key: self.key,
-            value: self.value.into_bytes(),
-            mod_revision: self.mod_revision,
-            create_revision: self.create_revision,
-            lease: self.lease,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum WireOp {
-    Put { key: String, value: String, lease: Option<LeaseId> },
-    Delete { key: String },
-}
-
-/// One gateway call.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "call", rename_all = "snake_case")]
-pub enum Request {
-    Get { key: String },
-    Range { prefix: String },
-    Put { key: String, value: String, lease: Option<LeaseId> },
-    Delete { key: String },
-    Txn { compares: Vec<(String, Revision)>, ops: Vec<WireOp> },
-    Grant { ttl_ms: u64 },
-    KeepAlive { lease: LeaseId },
-    Revoke { lease: LeaseId },
-}
-
-/// Its answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "answer", rename_all = "snake_case")]
-pub enum Response {
-    Kv { kv: Option<WireKv> },
-    Kvs { kvs: Vec<WireKv>, revision: Revision },
-    Revision { revision: Revision },
-    Deleted { existed: bool },
-    Txn { succeeded: bool, revision: Revision },
-    Lease { lease: LeaseId },
-    Done,
-}
+use fleet_state::model::RunnerRecord;
+use fleet_state::store::gateway::{Request, Response, WireKv, WireOp};
+use fleet_state::store::{Compare, LeaseId, Op, Store, StoreError, TxnResult};
 
 /// What an agent's token is for.
 #[derive(Debug, Clone)]
@@ -236,8 +162,8 @@ pub struct GatewayAccess {
 }
 
 #[async_trait::async_trait]
-impl crate::actors::AgentAccess for GatewayAccess {
-    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_providers::Secret), String> {
+impl super::AgentAccess for GatewayAccess {
+    async fn credentials(&self, node: u64, apps: &[String]) -> Result<(String, fleet_core::Secret), String> {
         let name = format!("agent-{node}");
         // A node bootstrapped again gets a new token; the old one goes.
         crate::auth::revoke(&*self.store, &self.keys, &name).await.map_err(|e| e.to_string())?;
@@ -245,7 +171,7 @@ impl crate::actors::AgentAccess for GatewayAccess {
         let token = crate::auth::issue(&*self.store, &self.keys, &name, scope, chrono::Utc::now())
             .await
             .map_err(|e| e.to_string())?;
-        Ok((name, fleet_providers::Secret::new(token)))
+        Ok((name, fleet_core::Secret::new(token)))
     }
     async fn grant_runner(&self, _node: u64, _runner: u64) -> Result<(), String> {
         Ok(())

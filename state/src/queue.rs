@@ -10,10 +10,11 @@
 
 use fleet_core::keys::{Counter, Keys, id_of};
 
-use crate::lifecycle::node::Time;
-use crate::lifecycle::runner::NodeId;
-use crate::model::{RequestId, RequestRecord, RequestState, RunnerId};
+use crate::model::{RequestRecord, RequestState};
 use crate::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, allocate_ids, to_json};
+use fleet_core::NodeId;
+use fleet_core::Time;
+use fleet_core::{RequestId, RunnerId};
 
 /// What the API needs to say about submitting.
 #[derive(Debug, thiserror::Error)]

@@ -10,17 +10,15 @@
 //! agent is lost goes straight to Stopped and its in-flight requests are handed back to the queue
 //! by the caller (the transition says how many).
 
+use fleet_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::InvalidTransition;
-use super::node::Time;
-
-/// A node's number (the store key's id).
-pub type NodeId = u64;
+use fleet_core::Time;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
-pub enum RunnerState {
+pub enum RunnerPhase {
     /// Assigned to a node that is not ready yet.
     Pending {
         node: NodeId,
@@ -66,21 +64,21 @@ pub enum RunnerEvent {
     Lost,
 }
 
-impl RunnerState {
+impl RunnerPhase {
     pub fn name(&self) -> &'static str {
         match self {
-            RunnerState::Pending { .. } => "Pending",
-            RunnerState::Starting { .. } => "Starting",
-            RunnerState::Idle { .. } => "Idle",
-            RunnerState::Busy { .. } => "Busy",
-            RunnerState::Stopping { .. } => "Stopping",
-            RunnerState::Stopped { .. } => "Stopped",
+            RunnerPhase::Pending { .. } => "Pending",
+            RunnerPhase::Starting { .. } => "Starting",
+            RunnerPhase::Idle { .. } => "Idle",
+            RunnerPhase::Busy { .. } => "Busy",
+            RunnerPhase::Stopping { .. } => "Stopping",
+            RunnerPhase::Stopped { .. } => "Stopped",
         }
     }
 
     pub fn in_flight(&self) -> u32 {
         match self {
-            RunnerState::Busy { in_flight, .. } => *in_flight,
+            RunnerPhase::Busy { in_flight, .. } => *in_flight,
             _ => 0,
         }
     }
@@ -102,9 +100,9 @@ impl RunnerEvent {
 }
 
 /// The one transition function of a runner.
-pub fn transition(state: &RunnerState, event: RunnerEvent, now: Time) -> Result<RunnerState, InvalidTransition> {
+pub fn transition(state: &RunnerPhase, event: RunnerEvent, now: Time) -> Result<RunnerPhase, InvalidTransition> {
     use RunnerEvent as E;
-    use RunnerState as S;
+    use RunnerPhase as S;
     let invalid =
         |hint: &'static str| InvalidTransition { machine: "runner", state: state.name(), event: event.name(), hint };
     Ok(match (state, &event) {

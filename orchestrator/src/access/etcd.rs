@@ -12,12 +12,12 @@
 
 use async_trait::async_trait;
 use etcd_client::{Client, Permission};
+use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_providers::Secret;
 use rand::Rng;
 
-use super::etcd::EtcdStore;
-use crate::actors::AgentAccess;
+use super::AgentAccess;
+use fleet_state::store::etcd::EtcdStore;
 
 #[derive(Clone)]
 pub struct EtcdAgentAccess {

@@ -17,13 +17,11 @@
 //! Terminated through the cloud's confirmation (`TerminateConfirmed`) or its report that the
 //! instance is gone (`InstanceGone`), never by forgetting.
 
-use chrono::{DateTime, Utc};
 use fleet_core::OfferingKey;
+use fleet_core::Time;
 use serde::{Deserialize, Serialize};
 
 use super::InvalidTransition;
-
-pub type Time = DateTime<Utc>;
 
 /// Why a node is drained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +35,7 @@ pub enum DrainReason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
-pub enum NodeState {
+pub enum NodePhase {
     /// Decided; no launch call made yet.
     Requested {
         since: Time,
@@ -112,35 +110,35 @@ pub enum NodeEvent {
     InstanceGone,
 }
 
-impl NodeState {
+impl NodePhase {
     pub fn name(&self) -> &'static str {
         match self {
-            NodeState::Requested { .. } => "Requested",
-            NodeState::Launching { .. } => "Launching",
-            NodeState::Bootstrapping { .. } => "Bootstrapping",
-            NodeState::Ready { .. } => "Ready",
-            NodeState::Draining { .. } => "Draining",
-            NodeState::Terminating { .. } => "Terminating",
-            NodeState::Terminated { .. } => "Terminated",
-            NodeState::Failed { .. } => "Failed",
+            NodePhase::Requested { .. } => "Requested",
+            NodePhase::Launching { .. } => "Launching",
+            NodePhase::Bootstrapping { .. } => "Bootstrapping",
+            NodePhase::Ready { .. } => "Ready",
+            NodePhase::Draining { .. } => "Draining",
+            NodePhase::Terminating { .. } => "Terminating",
+            NodePhase::Terminated { .. } => "Terminated",
+            NodePhase::Failed { .. } => "Failed",
         }
     }
 
     /// The instance this node may be paying for.
     pub fn instance_id(&self) -> Option<&str> {
         match self {
-            NodeState::Bootstrapping { instance_id, .. }
-            | NodeState::Ready { instance_id, .. }
-            | NodeState::Draining { instance_id, .. }
-            | NodeState::Terminating { instance_id, .. } => Some(instance_id),
-            NodeState::Failed { instance_id, .. } => instance_id.as_deref(),
+            NodePhase::Bootstrapping { instance_id, .. }
+            | NodePhase::Ready { instance_id, .. }
+            | NodePhase::Draining { instance_id, .. }
+            | NodePhase::Terminating { instance_id, .. } => Some(instance_id),
+            NodePhase::Failed { instance_id, .. } => instance_id.as_deref(),
             _ => None,
         }
     }
 
     /// Whether runners may be placed here.
     pub fn accepts_work(&self) -> bool {
-        matches!(self, NodeState::Ready { .. })
+        matches!(self, NodePhase::Ready { .. })
     }
 }
 
@@ -162,9 +160,9 @@ impl NodeEvent {
 }
 
 /// The one transition function of a node.
-pub fn transition(state: &NodeState, event: NodeEvent, now: Time) -> Result<NodeState, InvalidTransition> {
+pub fn transition(state: &NodePhase, event: NodeEvent, now: Time) -> Result<NodePhase, InvalidTransition> {
     use NodeEvent as E;
-    use NodeState as S;
+    use NodePhase as S;
     let invalid =
         |hint: &'static str| InvalidTransition { machine: "node", state: state.name(), event: event.name(), hint };
     Ok(match (state, &event) {

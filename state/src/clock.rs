@@ -4,7 +4,7 @@
 //! tokio's clock, so `#[tokio::test(start_paused = true)]` + `time::advance` moves keep-alive,
 //! budgets and timeouts without sleeping.
 
-use crate::lifecycle::node::Time;
+use fleet_core::Time;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Clock {

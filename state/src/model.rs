@@ -1,13 +1,14 @@
 //! The records fleetd keeps in the store (JSON, under the keys of [`fleet_core::keys`]).
 
 use fleet_core::{Money, OfferingKey, Price};
+use fleet_core::{RequestId, RunnerId};
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::node::{NodeState, Time};
-use crate::lifecycle::runner::{NodeId, RunnerState};
+use crate::lifecycle::node::NodePhase;
 
-pub type RunnerId = u64;
-pub type RequestId = u64;
+use crate::lifecycle::runner::RunnerPhase;
+use fleet_core::NodeId;
+use fleet_core::Time;
 
 /// One rented (or to-be-rented) instance. Written *before* the launch call, so a crash between
 /// the call and the answer leaves a record whose idempotency token finds the instance again.
@@ -15,7 +16,7 @@ pub type RequestId = u64;
 pub struct NodeRecord {
     pub id: NodeId,
     pub app: String,
-    pub state: NodeState,
+    pub state: NodePhase,
     /// Offerings to try, cheapest first (the plan's failover order).
     pub candidates: Vec<CandidateRecord>,
     /// The candidate being tried (or launched): index into `candidates`.
@@ -51,7 +52,7 @@ impl NodeRecord {
 
     /// Still billing (or may be): counts towards burn rate and quotas.
     pub fn is_live(&self) -> bool {
-        !matches!(self.state, NodeState::Terminated { .. })
+        !matches!(self.state, NodePhase::Terminated { .. })
     }
 }
 
@@ -75,19 +76,19 @@ pub struct StoredSpec {
 pub struct RunnerRecord {
     pub id: RunnerId,
     pub app: String,
-    pub state: RunnerState,
+    pub state: RunnerPhase,
     pub created_at: Time,
 }
 
 impl RunnerRecord {
     pub fn node(&self) -> Option<NodeId> {
         match &self.state {
-            RunnerState::Pending { node }
-            | RunnerState::Starting { node, .. }
-            | RunnerState::Idle { node, .. }
-            | RunnerState::Busy { node, .. }
-            | RunnerState::Stopping { node, .. } => Some(*node),
-            RunnerState::Stopped { .. } => None,
+            RunnerPhase::Pending { node }
+            | RunnerPhase::Starting { node, .. }
+            | RunnerPhase::Idle { node, .. }
+            | RunnerPhase::Busy { node, .. }
+            | RunnerPhase::Stopping { node, .. } => Some(*node),
+            RunnerPhase::Stopped { .. } => None,
         }
     }
 }

@@ -1,4 +1,5 @@
 use chrono::TimeZone;
+use fleet_core::Time;
 use fleet_core::{CapacityType, Cloud};
 
 use super::*;
@@ -18,21 +19,21 @@ fn offering() -> OfferingKey {
 }
 
 /// One state of every kind (Failed twice: with and without an instance).
-fn states() -> Vec<(&'static str, NodeState)> {
+fn states() -> Vec<(&'static str, NodePhase)> {
     let (o, id) = (offering(), "i-1".to_string());
     vec![
-        ("Requested", NodeState::Requested { since: t(0) }),
-        ("Launching", NodeState::Launching { offering: o.clone(), token: "tok".into(), since: t(0) }),
-        ("Bootstrapping", NodeState::Bootstrapping { instance_id: id.clone(), offering: o.clone(), since: t(0) }),
-        ("Ready", NodeState::Ready { instance_id: id.clone(), offering: o.clone(), since: t(0) }),
+        ("Requested", NodePhase::Requested { since: t(0) }),
+        ("Launching", NodePhase::Launching { offering: o.clone(), token: "tok".into(), since: t(0) }),
+        ("Bootstrapping", NodePhase::Bootstrapping { instance_id: id.clone(), offering: o.clone(), since: t(0) }),
+        ("Ready", NodePhase::Ready { instance_id: id.clone(), offering: o.clone(), since: t(0) }),
         (
             "Draining",
-            NodeState::Draining { instance_id: id.clone(), offering: o, reason: DrainReason::ScaleDown, since: t(0) },
+            NodePhase::Draining { instance_id: id.clone(), offering: o, reason: DrainReason::ScaleDown, since: t(0) },
         ),
-        ("Terminating", NodeState::Terminating { instance_id: id.clone(), since: t(0) }),
-        ("Terminated", NodeState::Terminated { since: t(0) }),
-        ("Failed+instance", NodeState::Failed { instance_id: Some(id), reason: "x".into(), since: t(0) }),
-        ("Failed", NodeState::Failed { instance_id: None, reason: "x".into(), since: t(0) }),
+        ("Terminating", NodePhase::Terminating { instance_id: id.clone(), since: t(0) }),
+        ("Terminated", NodePhase::Terminated { since: t(0) }),
+        ("Failed+instance", NodePhase::Failed { instance_id: Some(id), reason: "x".into(), since: t(0) }),
+        ("Failed", NodePhase::Failed { instance_id: None, reason: "x".into(), since: t(0) }),
     ]
 }
 
@@ -90,7 +91,7 @@ fn no_instance_is_forgotten() {
     // From any state that may hold an instance, Terminated comes only from the cloud's word.
     for (label, state) in states() {
         for (ev_label, ev) in events() {
-            if let Ok(NodeState::Terminated { .. }) = transition(&state, ev.clone(), t(5))
+            if let Ok(NodePhase::Terminated { .. }) = transition(&state, ev.clone(), t(5))
                 && state.instance_id().is_some()
             {
                 assert!(
@@ -105,7 +106,7 @@ fn no_instance_is_forgotten() {
 
 #[test]
 fn a_happy_life_carries_its_data() {
-    let mut s = NodeState::Requested { since: t(0) };
+    let mut s = NodePhase::Requested { since: t(0) };
     let steps = [
         NodeEvent::LaunchStarted { offering: offering(), token: "fleet-n1".into() },
         NodeEvent::Launched { instance_id: "i-0abc".into() },
@@ -118,14 +119,14 @@ fn a_happy_life_carries_its_data() {
     ];
     for (i, e) in steps.into_iter().enumerate() {
         s = transition(&s, e, t(i as i64)).unwrap();
-        if let NodeState::Draining { reason, since, .. } = &s {
+        if let NodePhase::Draining { reason, since, .. } = &s {
             assert_eq!((reason, *since), (&DrainReason::ScaleDown, t(3)), "the first drain's reason and time are kept");
         }
         if (1..7).contains(&i) {
             assert_eq!(s.instance_id(), Some("i-0abc"));
         }
     }
-    assert_eq!(s, NodeState::Terminated { since: t(7) });
+    assert_eq!(s, NodePhase::Terminated { since: t(7) });
     let e = transition(&s, NodeEvent::BootstrapSucceeded, t(8)).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -137,6 +138,6 @@ fn a_happy_life_carries_its_data() {
 fn states_round_trip_through_json_for_the_store() {
     for (_, s) in states() {
         let j = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<NodeState>(&j).unwrap(), s);
+        assert_eq!(serde_json::from_str::<NodePhase>(&j).unwrap(), s);
     }
 }

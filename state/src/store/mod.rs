@@ -4,16 +4,20 @@
 //! writes with a global revision, multi-key transactions guarded by compare-on-revision (the only
 //! way fleet changes a record someone else may change), leases that delete their keys when not kept
 //! alive, and prefix watches that can resume from a revision. Two implementations pass the same
-//! suite ([`suite`]): [`etcd::EtcdStore`] (etcd-client against a real cluster) and
-//! [`embedded::EmbeddedStore`] (redb file + in-process leases and watches, for zero set-up).
+//! suite (`suite`, feature `testing`): `etcd::EtcdStore` (etcd-client against a real cluster;
+//! feature `etcd`, whose build needs protoc) and [`embedded::EmbeddedStore`] (redb file +
+//! in-process leases and watches, for zero set-up). [`http::HttpStore`] is the client of fleetd's
+//! store gateway, for agents that cannot reach etcd.
 //!
 //! The key layout is [`fleet_core::keys`].
 
+#[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "etcd")]
 pub mod etcd;
-pub mod etcd_access;
 pub mod gateway;
 pub mod http;
+#[cfg(any(test, feature = "testing"))]
 pub mod suite;
 
 use std::fmt;

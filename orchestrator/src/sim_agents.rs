@@ -1,6 +1,6 @@
 //! Simulated node agents: the agent side of the store protocol, for every ready node of a fleet,
-//! in one task. Until the real `fleet-agent` runs on a node (the agent issue), this is what serves
-//! requests in tests and in `fleetd --fake-clouds`: it keeps a lease per ready node and an agent
+//! in one task. Nodes of `fleetd --fake-clouds` have no machine to run a real `fleet-agent` on, so
+//! this is what serves their requests (and those of the fake-cloud tests): it keeps a lease per ready node and an agent
 //! record on it, brings starting runners up after `load_time`, stops stopping ones, claims queued
 //! requests for idle capacity and completes them after `service_time` (output: the input echoed).
 //!
@@ -14,12 +14,15 @@ use std::time::Duration;
 use fleet_core::keys::Keys;
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
-use crate::lifecycle::node::{NodeState, Time};
-use crate::lifecycle::runner::{NodeId, RunnerEvent, RunnerState, transition};
-use crate::model::{AgentHealth, AgentRecord, NodeRecord, RequestId, RunnerId, RunnerRecord, update};
-use crate::queue;
-use crate::store::{LeaseId, Store, StoreResult, to_json};
+use fleet_core::NodeId;
+use fleet_core::Time;
+use fleet_core::{RequestId, RunnerId};
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
+use fleet_state::model::{AgentHealth, AgentRecord, NodeRecord, RunnerRecord, update};
+use fleet_state::queue;
+use fleet_state::store::{LeaseId, Store, StoreResult, to_json};
 
 #[derive(Debug, Clone)]
 pub struct SimAgentConfig {
@@ -138,7 +141,7 @@ impl Sim {
         // Leases: one per node whose instance runs fleet's agent (ready or draining).
         let serving: HashSet<NodeId> = nodes
             .iter()
-            .filter(|n| matches!(n.state, NodeState::Ready { .. } | NodeState::Draining { .. }))
+            .filter(|n| matches!(n.state, NodePhase::Ready { .. } | NodePhase::Draining { .. }))
             .map(|n| n.id)
             .filter(|id| !killed.contains(id))
             .collect();
@@ -170,12 +173,12 @@ impl Sim {
             let Some(node) = r.node() else { continue };
             let Some(&lease) = self.leases.get(&node) else { continue };
             let ev = match &r.state {
-                RunnerState::Starting { since, .. }
+                RunnerPhase::Starting { since, .. }
                     if (now - *since).to_std().unwrap_or_default() >= self.cfg.load_time =>
                 {
                     Some(RunnerEvent::Started)
                 }
-                RunnerState::Stopping { .. } => Some(RunnerEvent::Stopped),
+                RunnerPhase::Stopping { .. } => Some(RunnerEvent::Stopped),
                 _ => None,
             };
             if let Some(ev) = ev {
@@ -191,7 +194,7 @@ impl Sim {
                 continue;
             }
             let mux = self.cfg.multiplexing.get(&r.app).copied().unwrap_or(1);
-            if matches!(r.state, RunnerState::Idle { .. }) || r.state.in_flight() > 0 && r.state.in_flight() < mux {
+            if matches!(r.state, RunnerPhase::Idle { .. }) || r.state.in_flight() > 0 && r.state.in_flight() < mux {
                 let free = mux - r.state.in_flight();
                 for _ in 0..free {
                     let Some(req) = queue::claim(self.store(), self.keys(), &r.app, r.id, node, lease, now).await?

@@ -14,7 +14,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch, WatchEvent};
-use fleet_providers::Secret;
+use fleet_core::Secret;
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -23,8 +23,8 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// The underlying client (shares its connection), for etcd-only administration.
-    pub(crate) fn client(&self) -> Client {
+    /// The underlying client (shares its connection), for what the `Store` trait does not cover (users and roles, elections).
+    pub fn client(&self) -> Client {
         self.client.clone()
     }
 }

@@ -6,16 +6,16 @@ fn t(s: i64) -> Time {
     chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap() + chrono::Duration::seconds(s)
 }
 
-fn states() -> Vec<(&'static str, RunnerState)> {
+fn states() -> Vec<(&'static str, RunnerPhase)> {
     let n = || 1u64;
     vec![
-        ("Pending", RunnerState::Pending { node: n() }),
-        ("Starting", RunnerState::Starting { node: n(), since: t(0) }),
-        ("Idle", RunnerState::Idle { node: n(), since: t(0) }),
-        ("Busy1", RunnerState::Busy { node: n(), in_flight: 1, since: t(0) }),
-        ("Busy-full", RunnerState::Busy { node: n(), in_flight: 2, since: t(0) }),
-        ("Stopping", RunnerState::Stopping { node: n(), since: t(0) }),
-        ("Stopped", RunnerState::Stopped { since: t(0), lost_requests: 0 }),
+        ("Pending", RunnerPhase::Pending { node: n() }),
+        ("Starting", RunnerPhase::Starting { node: n(), since: t(0) }),
+        ("Idle", RunnerPhase::Idle { node: n(), since: t(0) }),
+        ("Busy1", RunnerPhase::Busy { node: n(), in_flight: 1, since: t(0) }),
+        ("Busy-full", RunnerPhase::Busy { node: n(), in_flight: 2, since: t(0) }),
+        ("Stopping", RunnerPhase::Stopping { node: n(), since: t(0) }),
+        ("Stopped", RunnerPhase::Stopped { since: t(0), lost_requests: 0 }),
     ]
 }
 
@@ -44,9 +44,9 @@ const TABLE: &[(&str, &[&str])] = &[
     ("Stopped", &["-", "-", "-", "-", "-", "Stopped", "Stopped", "Stopped"]),
 ];
 
-fn label(s: &RunnerState) -> String {
+fn label(s: &RunnerPhase) -> String {
     match s {
-        RunnerState::Busy { in_flight, .. } => format!("Busy{in_flight}"),
+        RunnerPhase::Busy { in_flight, .. } => format!("Busy{in_flight}"),
         other => other.name().to_string(),
     }
 }
@@ -68,22 +68,22 @@ fn every_state_and_event_pair_is_as_the_table_says() {
 
 #[test]
 fn busy_runners_are_never_stopped_and_lost_ones_hand_back_their_requests() {
-    let busy = RunnerState::Busy { node: 1, in_flight: 3, since: t(0) };
+    let busy = RunnerPhase::Busy { node: 1, in_flight: 3, since: t(0) };
     let e = transition(&busy, RunnerEvent::Stop, t(1)).unwrap_err();
     assert!(e.to_string().contains("requests in flight is not stopped"), "{e}");
     assert_eq!(
         transition(&busy, RunnerEvent::Lost, t(1)).unwrap(),
-        RunnerState::Stopped { since: t(1), lost_requests: 3 }
+        RunnerPhase::Stopped { since: t(1), lost_requests: 3 }
     );
     // Claims keep the time it became busy; the last completion makes it idle from then.
-    let mut s = RunnerState::Idle { node: 1, since: t(0) };
+    let mut s = RunnerPhase::Idle { node: 1, since: t(0) };
     for i in 1..=4 {
         s = transition(&s, RunnerEvent::Claim { max: 4 }, t(i)).unwrap();
     }
-    assert_eq!(s, RunnerState::Busy { node: 1, in_flight: 4, since: t(1) });
+    assert_eq!(s, RunnerPhase::Busy { node: 1, in_flight: 4, since: t(1) });
     assert!(transition(&s, RunnerEvent::Claim { max: 4 }, t(5)).is_err());
     for i in 0..4 {
         s = transition(&s, RunnerEvent::Complete, t(10 + i)).unwrap();
     }
-    assert_eq!(s, RunnerState::Idle { node: 1, since: t(13) });
+    assert_eq!(s, RunnerPhase::Idle { node: 1, since: t(13) });
 }

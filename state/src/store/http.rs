@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_providers::Secret;
+use fleet_core::Secret;
 
 use super::gateway::{Request, Response, WireKv, WireOp};
 use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch};

@@ -1,0 +1,262 @@
+//! One reconcile pass (kube-runtime's `reconcile(obj, ctx) -> Result<Action>`): load the spec,
+//! take the cached view of nodes and runners, check health, carry existing nodes forward (launches
+//! not in flight, node actors that should exist, the audit and orphan collection), plan, write the
+//! plan, send its launches. Its [`error_policy`] decides when a failed pass is tried again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::NodeId;
+use fleet_core::spec::FleetSpec;
+use fleet_policies::placement::{PlacementIndex, UnavailableReason};
+use fleet_policies::plan::{self, PlanOptions};
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{NodeRecord, RunnerRecord};
+use fleet_state::queue;
+use fleet_state::store::{Op, StoreError};
+
+use super::{Applied, FleetState, health, launch, write};
+use crate::actors::cloud::CloudMsg;
+use crate::actors::{Ctx, backoff};
+use crate::reconcile::{fleet_view, offering_ids};
+
+/// What the actor does after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    /// The next periodic pass comes this long after this one (nudges may bring one sooner).
+    pub requeue_after: Duration,
+}
+
+impl Action {
+    pub fn requeue(after: Duration) -> Action {
+        Action { requeue_after: after }
+    }
+}
+
+/// The error policy: a failed pass is tried again after a backoff with jitter that grows with
+/// the failures in a row (a store that is down is not hammered), and nothing else changes.
+pub(super) fn error_policy(_error: &StoreError, failed_passes: u32, ctx: &Ctx) -> Action {
+    Action::requeue(backoff(&ctx.config, failed_passes))
+}
+
+/// Settled ready nodes are audited (one `list` per cloud) this often, in passes.
+pub(super) const FULL_SYNC_EVERY: u64 = 10;
+
+/// Identifies a node's record and runners as of one pass: the informer replaces a record's `Arc`
+/// whenever it changes, so the addresses change with the content.
+fn sync_print(n: &Arc<NodeRecord>, runners: &[&Arc<RunnerRecord>]) -> u64 {
+    // FNV-1a over the addresses: cheap, and only compared with itself.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |x: usize| h = (h ^ x as u64).wrapping_mul(0x0100_0000_01b3);
+    mix(Arc::as_ptr(n) as usize);
+    for r in runners {
+        mix(Arc::as_ptr(*r) as usize);
+    }
+    h
+}
+
+/// The applied spec, parsed and indexed again only when its store revision moved.
+async fn load_spec(st: &mut FleetState) -> Result<(), StoreError> {
+    let key = st.ctx.keys.spec();
+    let Some(kv) = st.ctx.store.get(&key).await? else {
+        st.applied = None;
+        return Ok(());
+    };
+    if st.applied.as_ref().is_some_and(|a| a.revision == kv.mod_revision) {
+        return Ok(());
+    }
+    let stored: fleet_state::model::StoredSpec = kv.json()?;
+    let spec = FleetSpec::parse("store:spec", &stored.toml)
+        .map_err(|e| StoreError::Corrupt { key: key.clone(), detail: e.to_string() })?;
+    let index = PlacementIndex::new(st.catalog.clone(), &spec);
+    let ids = offering_ids(&index);
+    tracing::info!(revision = kv.mod_revision, apps = spec.apps.len(), "spec applied");
+    st.applied = Some(Applied { revision: kv.mod_revision, spec: Arc::new(spec), index, ids });
+    Ok(())
+}
+
+/// One pass of the reconcile loop: idempotent by contract (see the module doc of `fleet`).
+pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, StoreError> {
+    let store = &*ctx.store;
+    let keys = &ctx.keys;
+    let now = ctx.clock.now();
+    load_spec(st).await?;
+    st.unavailable.expire(now);
+    let reclaimed = std::mem::take(&mut *ctx.reclaimed.lock().expect("reclaimed lock"));
+    for o in reclaimed {
+        tracing::warn!(offering = %o, "spot capacity reclaimed without notice: offering avoided for a while");
+        st.unavailable.mark(o, UnavailableReason::Preempted, now, ctx.config.unavailable_ttl);
+    }
+
+    if !st.informer.is_fresh() {
+        // No decision on a stale view: a missed change could mean a double launch.
+        st.view_since = None;
+        return Err(StoreError::Unavailable("the node and runner cache is being re-listed".into()));
+    }
+    let view_since = *st.view_since.get_or_insert(now);
+    let mut phases = Phases::new();
+    let nodes = st.informer.nodes();
+    let runners = st.informer.runners();
+    phases.mark("snapshot");
+    let (mut depths, requeued) = queue::scan(store, keys).await?;
+    if requeued > 0 {
+        ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
+    }
+    // Every app of the spec shows in the metrics, idle ones with zeros.
+    for app in st.applied.iter().flat_map(|a| a.spec.apps.iter()) {
+        depths.entry(app.name.clone()).or_default();
+    }
+    phases.mark("queue");
+    crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
+    health::check(st, ctx, &nodes, view_since, now).await?;
+    phases.mark("metrics");
+
+    // Carry existing nodes forward: launches not in flight, node actors that should exist.
+    let mut audit: BTreeMap<fleet_core::Cloud, Vec<NodeRecord>> = BTreeMap::new();
+    let mut by_node: HashMap<NodeId, Vec<&Arc<RunnerRecord>>> = HashMap::with_capacity(nodes.len());
+    for r in &runners {
+        by_node.entry(r.node().unwrap_or(0)).or_default().push(r);
+    }
+    for n in &nodes {
+        match &n.state {
+            NodePhase::Requested { .. } | NodePhase::Launching { .. } => launch::dispatch(st, (**n).clone()).await?,
+            NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. } => {}
+            _ => {
+                let Some(cloud) = n.offering().map(|o| o.cloud) else { continue };
+                let rs: &[&Arc<RunnerRecord>] = by_node.get(&n.id).map_or(&[], Vec::as_slice);
+                // A ready node whose record and runners did not change, and whose runners all
+                // serve, needs nothing from its actor: skip it.
+                let settled = matches!(n.state, NodePhase::Ready { .. })
+                    && rs.iter().all(|r| matches!(r.state, RunnerPhase::Idle { .. } | RunnerPhase::Busy { .. }));
+                let print = sync_print(n, rs);
+                if settled && st.synced.get(&n.id) == Some(&print) {
+                    // Nothing changed: its actor (if any) has nothing to do; the audit below
+                    // checks that the cloud still runs it.
+                    if st.passes.is_multiple_of(FULL_SYNC_EVERY) {
+                        audit.entry(cloud).or_default().push((**n).clone());
+                    }
+                    continue;
+                }
+                if settled && !st.synced.contains_key(&n.id) {
+                    // First seen settled (the daemon just started): one list call per cloud
+                    // confirms its instance instead of an actor per node (12,500 actors at once
+                    // at scale); a missing instance brings its actor.
+                    audit.entry(cloud).or_default().push((**n).clone());
+                    st.synced.insert(n.id, print);
+                    continue;
+                }
+                let rs: Vec<Arc<RunnerRecord>> = rs.iter().map(|r| Arc::clone(r)).collect();
+                if let Some(actor) = st.clouds.get(&cloud)
+                    && actor.send_message(CloudMsg::SyncNode { node: (**n).clone(), runners: rs }).is_ok()
+                {
+                    st.synced.insert(n.id, print);
+                }
+            }
+        }
+    }
+    // Orphan collection rides on the audit's list call: every instance of the fleet must belong
+    // to a record that may hold one (the view is fresh here: a stale one returned above).
+    let collect = st.passes.is_multiple_of(FULL_SYNC_EVERY).then(|| {
+        let known: Arc<HashSet<String>> = Arc::new(
+            nodes
+                .iter()
+                // A failed launch that left no instance id holds none: an instance of its node
+                // (a launch that timed out but went through) is an orphan too.
+                .filter(|n| {
+                    !matches!(n.state, NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. })
+                })
+                .map(|n| n.id.to_string())
+                .collect(),
+        );
+        (known, ctx.config.orphan_grace)
+    });
+    for (cloud, actor) in &st.clouds {
+        let nodes = audit.remove(cloud).unwrap_or_default();
+        if nodes.is_empty() && collect.is_none() {
+            continue;
+        }
+        let _ = actor.send_message(CloudMsg::Audit { nodes, collect: collect.clone() });
+    }
+    phases.mark("sync");
+    st.passes += 1;
+    let live: HashSet<NodeId> = nodes.iter().filter(|n| n.is_live()).map(|n| n.id).collect();
+    st.synced.retain(|id, _| live.contains(id));
+    // Runners whose node will never host them (launch given up, node gone): stopped here.
+    let node_state: HashMap<NodeId, &NodePhase> = nodes.iter().map(|n| (n.id, &n.state)).collect();
+    for (node, rs) in &by_node {
+        let orphaned = match node_state.get(node) {
+            None => true,
+            Some(s) => matches!(s, NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. }),
+        };
+        if orphaned {
+            for r in rs {
+                write::retire_runner(ctx, &st.informer, r, now).await?;
+            }
+        }
+    }
+    // Failed launches that never made an instance cost nothing and are forgotten.
+    for n in nodes.iter().filter(|n| matches!(n.state, NodePhase::Failed { instance_id: None, .. })) {
+        if !by_node.contains_key(&n.id) {
+            let kv = store.get(&keys.node(n.id)).await?;
+            if let Some(kv) = kv {
+                let res =
+                    store.txn(vec![fleet_state::store::Compare::unchanged(&kv)], vec![Op::delete(&kv.key)]).await?;
+                if res.succeeded {
+                    st.informer.delete_node(n.id, res.revision);
+                }
+            }
+        }
+    }
+
+    phases.mark("orphans");
+    let next = Action::requeue(ctx.config.reconcile_every);
+    let Some(applied) = &st.applied else { return Ok(next) };
+    let state =
+        fleet_view(&applied.index, &applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
+    phases.mark("state");
+    let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
+    phases.mark("plan");
+    let (new_nodes, runner_ops) = write::carry_out(st, &plan, &nodes, now).await?;
+    phases.mark("write");
+    for rec in new_nodes {
+        launch::dispatch(st, rec).await?;
+    }
+    phases.mark("dispatch");
+    write::write_all(store, &st.informer, runner_ops).await?;
+    phases.mark("runners");
+    phases.log(nodes.len(), runners.len());
+    Ok(next)
+}
+
+/// Where a reconcile pass spends its time (logged at debug, or at warn when a pass is slow).
+struct Phases {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let now = std::time::Instant::now();
+        Phases { start: now, last: now, marks: Vec::new() }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, nodes: usize, runners: usize) {
+        let total = self.start.elapsed();
+        let parts: Vec<String> =
+            self.marks.iter().map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3)).collect();
+        if total > std::time::Duration::from_secs(1) {
+            tracing::warn!(?total, nodes, runners, phases = %parts.join(" "), "slow reconcile pass");
+        } else {
+            tracing::debug!(?total, nodes, runners, phases = %parts.join(" "), "reconcile pass");
+        }
+    }
+}

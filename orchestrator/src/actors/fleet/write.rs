@@ -1,0 +1,212 @@
+//! The plan written to the store: runner stops, runners on existing nodes, new nodes (each
+//! with its runners) and releases. New node records are written before any launch call, so a
+//! crash at any moment leaves every instance findable by its record's token.
+
+use std::sync::Arc;
+
+use fleet_core::keys::Counter;
+use fleet_core::{NodeId, Time};
+use fleet_policies::plan::FleetPlan;
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
+use fleet_state::lifecycle::runner::{self, RunnerEvent, RunnerPhase};
+use fleet_state::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
+use fleet_state::queue;
+use fleet_state::store::{Op, StoreError, to_json};
+
+use super::FleetState;
+use crate::actors::Ctx;
+use crate::informer::Informer;
+
+/// Stops a runner that cannot run any more and hands its requests back.
+pub(super) async fn retire_runner(
+    ctx: &Ctx,
+    informer: &Informer,
+    r: &RunnerRecord,
+    now: Time,
+) -> Result<(), StoreError> {
+    let key = ctx.keys.runner(r.id);
+    if !matches!(r.state, RunnerPhase::Stopped { .. }) {
+        update_at(&*ctx.store, &key, |cur: &RunnerRecord| {
+            let next = runner::transition(&cur.state, RunnerEvent::Lost, now).ok()?;
+            Some(RunnerRecord { state: next, ..cur.clone() })
+        })
+        .await?;
+    }
+    queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
+    let res = ctx.store.txn(vec![], vec![Op::delete(&key)]).await?;
+    informer.delete_runner(r.id, res.revision);
+    Ok(())
+}
+
+/// Writes what the plan decided: runner stops, runners on existing nodes, new nodes (each with its
+/// runners, in one transaction, before any launch call), releases. Returns the new nodes.
+pub(super) async fn carry_out(
+    st: &mut FleetState,
+    plan: &FleetPlan,
+    nodes: &[Arc<NodeRecord>],
+    now: Time,
+) -> Result<(Vec<NodeRecord>, Vec<(Op, Written)>), StoreError> {
+    let ctx = st.ctx.clone();
+    let store = &*ctx.store;
+    let keys = &ctx.keys;
+    let Some(applied) = &st.applied else { return Ok((vec![], vec![])) };
+    let mut created = Vec::new();
+    // Ids for every new runner and node of every app, in two compare-and-swaps.
+    let runners_wanted: u64 = plan
+        .apps
+        .iter()
+        .map(|ap| {
+            u64::from(
+                ap.on_existing.iter().map(|(_, n)| n).sum::<u32>()
+                    + ap.new_nodes.iter().map(|n| n.runners).sum::<u32>(),
+            )
+        })
+        .sum();
+    let nodes_wanted: u64 = plan.apps.iter().map(|ap| ap.new_nodes.len() as u64).sum();
+    let (mut next_runner, mut next_node) = if runners_wanted + nodes_wanted > 0 {
+        let (rk, nk) = (keys.counter(Counter::Runner), keys.counter(Counter::Node));
+        let ids = fleet_state::store::allocate_many(store, &[(&rk, runners_wanted), (&nk, nodes_wanted)]).await?;
+        (ids[0], ids[1])
+    } else {
+        (0, 0)
+    };
+    // New node records go to the store before their launch orders; runner records right after
+    // (a node whose runners were lost to a crash in between is a node with free slots, which the
+    // next plan fills).
+    let mut node_ops: Vec<(Op, Written)> = Vec::new();
+    let mut runner_ops: Vec<(Op, Written)> = Vec::new();
+    for ap in &plan.apps {
+        match ap.decision.pending_since {
+            Some(t) => st.pending_since.insert(ap.app.clone(), t),
+            None => st.pending_since.remove(&ap.app),
+        };
+        for id in &ap.decision.stop {
+            let done = update_at(store, &keys.runner(*id), |cur: &RunnerRecord| {
+                let next = runner::transition(&cur.state, RunnerEvent::Stop, now).ok()?;
+                Some(RunnerRecord { state: next, ..cur.clone() })
+            })
+            .await?;
+            if let Some((rec, rev)) = done {
+                st.informer.put_runner(rec, rev);
+            }
+        }
+        let mut new_runner = |node: NodeId| {
+            let rec = RunnerRecord {
+                id: next_runner,
+                app: ap.app.clone(),
+                state: RunnerPhase::Pending { node },
+                created_at: now,
+            };
+            next_runner += 1;
+            (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
+        };
+        for (node, n) in &ap.on_existing {
+            runner_ops.extend((0..*n).map(|_| new_runner(*node)));
+        }
+        for np in &ap.new_nodes {
+            let id = next_node;
+            next_node += 1;
+            let candidates: Vec<CandidateRecord> = np
+                .candidates
+                .iter()
+                .map(|c| CandidateRecord {
+                    offering: applied.index.offering(c.offering).key(),
+                    price: c.node_price,
+                    slots: c.runners_per_node,
+                })
+                .collect();
+            let slots = candidates.first().map_or(np.runners, |c| c.slots);
+            let rec = NodeRecord {
+                id,
+                app: ap.app.clone(),
+                state: NodePhase::Requested { since: now },
+                candidates,
+                attempt: 0,
+                slots,
+                price: None,
+                billing_since: None,
+                billing_until: None,
+                cordoned: false,
+                created_at: now,
+            };
+            node_ops.push((Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone())));
+            runner_ops.extend((0..np.runners).map(|_| new_runner(id)));
+            created.push(rec);
+        }
+        if !ap.new_nodes.is_empty() {
+            tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
+        }
+        for id in &ap.release_nodes {
+            let Some(n) = nodes.iter().find(|n| n.id == *id) else { continue };
+            if !matches!(n.state, NodePhase::Ready { .. } | NodePhase::Bootstrapping { .. }) {
+                continue;
+            }
+            let done = update_at(store, &keys.node(*id), |cur: &NodeRecord| {
+                let ev = match cur.state {
+                    NodePhase::Ready { .. } => NodeEvent::Drain { reason: DrainReason::ScaleDown },
+                    _ => NodeEvent::Terminate,
+                };
+                let next = transition(&cur.state, ev, now).ok()?;
+                Some(NodeRecord { state: next, ..cur.clone() })
+            })
+            .await?;
+            if let Some((rec, rev)) = done {
+                if matches!(rec.state, NodePhase::Draining { .. }) {
+                    crate::crashpoint::hit("node.draining");
+                }
+                st.informer.put_node(rec, rev);
+            }
+        }
+        for u in &ap.unplaced {
+            tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
+        }
+    }
+    let built = std::time::Instant::now();
+    write_all(store, &st.informer, node_ops).await?;
+    if !created.is_empty() {
+        crate::crashpoint::hit("plan.written");
+        tracing::debug!(nodes = created.len(), write = ?built.elapsed(), "plan written");
+    }
+    ctx.metrics.nodes_requested.inc_by(created.len() as u64);
+    ctx.metrics.set_budgets(&applied.spec, nodes, now);
+    Ok((created, runner_ops))
+}
+
+/// Writes fresh records in as few transactions as the store allows (the ids are new: there is
+/// nothing to compare against), and into the cache.
+pub(super) async fn write_all(
+    store: &dyn fleet_state::store::Store,
+    informer: &Informer,
+    ops: Vec<(Op, Written)>,
+) -> Result<(), StoreError> {
+    let max = store.max_txn_ops().max(1);
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let batch: Vec<(Op, Written)> = ops.by_ref().take(max).collect();
+        write_batch(store, informer, batch).await?;
+    }
+    Ok(())
+}
+
+/// A record written by a plan, to write through to the cache once the store has it.
+pub(super) enum Written {
+    Node(NodeRecord),
+    Runner(RunnerRecord),
+}
+
+/// Writes one batch of fresh records in one transaction and into the cache.
+async fn write_batch(
+    store: &dyn fleet_state::store::Store,
+    informer: &Informer,
+    batch: Vec<(Op, Written)>,
+) -> Result<(), StoreError> {
+    let (ops, recs): (Vec<Op>, Vec<Written>) = batch.into_iter().unzip();
+    let res = store.txn(vec![], ops).await?;
+    for w in recs {
+        match w {
+            Written::Node(n) => informer.put_node(n, res.revision),
+            Written::Runner(r) => informer.put_runner(r, res.revision),
+        }
+    }
+    Ok(())
+}

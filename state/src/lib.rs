@@ -1,0 +1,14 @@
+//! fleet-state: what fleetd and the agent share, so that both sides of every store operation are
+//! the same code.
+//!
+//! - [`store`]: the `Store` trait (etcd semantics) with its etcd (feature `etcd`), embedded and
+//!   gateway-client implementations.
+//! - [`model`]: the records kept in the store; [`queue`]: the request queue protocol on top of it.
+//! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
+//! - [`clock`]: "now" for records and decisions.
+
+pub mod clock;
+pub mod lifecycle;
+pub mod model;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,80 @@
+//! The store gateway's wire protocol: agents that cannot reach etcd (fleetd on its embedded store,
+//! the `local` provider's nodes) use fleetd's store through its API instead, with a token of scope
+//! `agent:NODE:APPS` and the same least privilege as an agent's etcd role.
+//!
+//! `POST /v1/store/{get,range,put,delete,txn,grant,keep_alive,revoke}` with JSON bodies
+//! ([`Request`]); values travel as UTF-8 text (fleet's records are JSON). [`super::http::HttpStore`]
+//! is the client; fleetd's `access::gateway` serves it, checking each call against the token.
+//! Watches are not offered (the agent polls).
+
+use serde::{Deserialize, Serialize};
+
+use super::{KeyValue, LeaseId, Revision, StoreError};
+
+/// A key-value pair on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireKv {
+    pub key: String,
+    pub value: String,
+    pub mod_revision: Revision,
+    pub create_revision: Revision,
+    pub lease: Option<LeaseId>,
+}
+
+impl WireKv {
+    pub fn from_kv(kv: KeyValue) -> Result<WireKv, StoreError> {
+        let value = String::from_utf8(kv.value)
+            .map_err(|_| StoreError::Corrupt { key: kv.key.clone(), detail: "not UTF-8 text".into() })?;
+        Ok(WireKv {
+            key: kv.key,
+            value,
+            mod_revision: kv.mod_revision,
+            create_revision: kv.create_revision,
+            lease: kv.lease,
+        })
+    }
+
+    pub fn into_kv(self) -> KeyValue {
+        KeyValue {
+            key: self.key,
+            value: self.value.into_bytes(),
+            mod_revision: self.mod_revision,
+            create_revision: self.create_revision,
+            lease: self.lease,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum WireOp {
+    Put { key: String, value: String, lease: Option<LeaseId> },
+    Delete { key: String },
+}
+
+/// One gateway call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Request {
+    Get { key: String },
+    Range { prefix: String },
+    Put { key: String, value: String, lease: Option<LeaseId> },
+    Delete { key: String },
+    Txn { compares: Vec<(String, Revision)>, ops: Vec<WireOp> },
+    Grant { ttl_ms: u64 },
+    KeepAlive { lease: LeaseId },
+    Revoke { lease: LeaseId },
+}
+
+/// Its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Response {
+    Kv { kv: Option<WireKv> },
+    Kvs { kvs: Vec<WireKv>, revision: Revision },
+    Revision { revision: Revision },
+    Deleted { existed: bool },
+    Txn { succeeded: bool, revision: Revision },
+    Lease { lease: LeaseId },
+    Done,
+}
