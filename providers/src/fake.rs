@@ -171,6 +171,16 @@ impl FakeProvider {
         self.lock().calls.iter().map(|(_, c)| c.clone()).collect()
     }
 
+    /// How many calls were made (cheap: for waiting on a count without copying the record).
+    pub fn call_count(&self) -> usize {
+        self.lock().calls.len()
+    }
+
+    /// Tokio time since the fake was created: the clock of [`FakeProvider::timed_calls`].
+    pub fn elapsed(&self) -> Duration {
+        self.created.elapsed()
+    }
+
     /// Calls with when they were made (tokio time since the fake was created).
     pub fn timed_calls(&self) -> Vec<(Duration, Call)> {
         self.lock().calls.clone()

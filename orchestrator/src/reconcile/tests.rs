@@ -58,7 +58,7 @@ fn month_cost_counts_only_this_month_and_stops_at_billing_end() {
 }
 
 #[test]
-fn fleet_state_counts_capacity_runners_and_queue() {
+fn fleet_view_counts_capacity_runners_and_queue() {
     let now = t("2026-11-25T12:00:00Z");
     let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
     let catalog = Arc::new(Catalog::new(vec![o.clone()]));

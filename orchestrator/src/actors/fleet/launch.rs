@@ -3,7 +3,11 @@
 //! offering that has not launched recently gets one probing launch at a time while the other
 //! nodes for it wait; a refusal marks the offering and moves the node to its next candidate.
 
-use fleet_core::NodeId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::{NodeId, OfferingKey, Time};
 use fleet_policies::placement::UnavailableReason;
 use fleet_providers::ProviderError;
 use fleet_state::lifecycle::node::NodePhase;
@@ -108,4 +112,78 @@ pub(super) async fn dispatch(st: &mut FleetState, mut rec: NodeRecord) -> Result
         tracing::warn!(%cloud, "cloud actor is gone; the next reconcile retries");
     }
     Ok(())
+}
+
+/// Offerings that launched within `ttl` of `now`, as the records say (a live node whose instance
+/// started billing then), each with its latest launch. After a restart this is what the launch
+/// gate knows: launches go to them in parallel again instead of one probe at a time.
+pub(super) fn launched_recently(nodes: &[Arc<NodeRecord>], now: Time, ttl: Duration) -> HashMap<OfferingKey, Time> {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or_default();
+    let mut out: HashMap<OfferingKey, Time> = HashMap::new();
+    for n in nodes {
+        let (Some(since), Some(offering)) = (n.billing_since, n.offering()) else { continue };
+        if n.is_live() && now - since < ttl {
+            let t = out.entry(offering.clone()).or_insert(since);
+            *t = (*t).max(since);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fleet_core::{CapacityType, Cloud, OfferingKey};
+    use fleet_state::lifecycle::node::NodePhase;
+    use fleet_state::model::{CandidateRecord, NodeRecord};
+
+    use super::launched_recently;
+    use crate::testing::harness::h100x8;
+
+    fn node(
+        id: u64,
+        offering: &OfferingKey,
+        state: NodePhase,
+        billing_since: Option<fleet_core::Time>,
+    ) -> Arc<NodeRecord> {
+        Arc::new(NodeRecord {
+            id,
+            app: "llm".into(),
+            state,
+            candidates: vec![CandidateRecord {
+                offering: offering.clone(),
+                price: fleet_core::Price::parse_decimal("20").unwrap(),
+                slots: 1,
+            }],
+            attempt: 0,
+            slots: 1,
+            price: None,
+            billing_since,
+            billing_until: None,
+            cordoned: false,
+            created_at: billing_since.unwrap_or_default(),
+        })
+    }
+
+    #[test]
+    fn recent_launches_of_live_nodes_prove_their_offering_and_nothing_else_does() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap().to_utc();
+        let min = |m: i64| now - chrono::Duration::minutes(m);
+        let ttl = Duration::from_secs(600);
+        let [a, b, c, d] = ["us-east-1", "us-west-1", "eu-west-1", "ap-south-1"]
+            .map(|r| h100x8(Cloud::Lambda, r, "20", CapacityType::OnDemand).key());
+        let ready = |since| NodePhase::Ready { instance_id: "i".into(), offering: a.clone(), since };
+        let nodes = vec![
+            node(1, &a, ready(min(3)), Some(min(3))),
+            node(2, &a, ready(min(1)), Some(min(1))), // the latest launch on `a` counts
+            node(3, &b, ready(min(30)), Some(min(30))), // too long ago
+            node(4, &c, NodePhase::Terminated { since: min(1) }, Some(min(2))), // gone
+            node(5, &d, NodePhase::Requested { since: min(1) }, None), // never launched
+        ];
+        let got = launched_recently(&nodes, now, ttl);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[&a], min(1));
+    }
 }

@@ -113,6 +113,13 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     health::check(st, ctx, &nodes, view_since, now).await?;
     phases.mark("metrics");
 
+    if st.passes == 0 {
+        // After a (re)start the launch gate knows only what the records say.
+        for (offering, at) in launch::launched_recently(&nodes, now, ctx.config.unavailable_ttl) {
+            let t = st.proven.entry(offering).or_insert(at);
+            *t = (*t).max(at);
+        }
+    }
     // Carry existing nodes forward: launches not in flight, node actors that should exist.
     let mut audit: BTreeMap<fleet_core::Cloud, Vec<NodeRecord>> = BTreeMap::new();
     let mut by_node: HashMap<NodeId, Vec<&Arc<RunnerRecord>>> = HashMap::with_capacity(nodes.len());
