@@ -210,13 +210,13 @@ fn main() {
                 }
             }
         });
-        let calls_before = fake.call_count();
+        let (calls_before, launches_before) = (fake.call_count(), fake.launch_count());
         let t = Instant::now();
         let fake_t0 = fake.elapsed();
         apply_spec(&*store, &keys, "bench", &spec(new_min), clock.now()).await.unwrap();
         ctx.nudge.notify_one();
         wait_for("launch calls and runner records", Duration::from_secs(600), || {
-            fake.call_count() >= calls_before + want as usize && runners_done.lock().unwrap().is_some()
+            fake.launch_count() >= launches_before + want as usize && runners_done.lock().unwrap().is_some()
         })
         .await;
         // The clock stops at the later of the two events, each taken where it happened: the

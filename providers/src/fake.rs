@@ -84,6 +84,7 @@ struct State {
     live_per_offering: HashMap<OfferingKey, u32>,
     capacity: HashMap<OfferingKey, u32>,
     calls: Vec<(Duration, Call)>,
+    launch_calls: usize,
 }
 
 pub struct FakeProvider {
@@ -112,6 +113,7 @@ impl FakeProvider {
             live_per_offering: HashMap::new(),
             capacity: cfg.capacity.clone(),
             calls: Vec::new(),
+            launch_calls: 0,
         };
         FakeProvider { cfg, created: tokio::time::Instant::now(), state: Mutex::new(state) }
     }
@@ -176,6 +178,11 @@ impl FakeProvider {
         self.lock().calls.len()
     }
 
+    /// How many launch calls were made (as cheap as [`FakeProvider::call_count`]).
+    pub fn launch_count(&self) -> usize {
+        self.lock().launch_calls
+    }
+
     /// Tokio time since the fake was created: the clock of [`FakeProvider::timed_calls`].
     pub fn elapsed(&self) -> Duration {
         self.created.elapsed()
@@ -195,6 +202,7 @@ impl FakeProvider {
     fn enter(&self, op: Op, call: Call) -> ProviderResult<()> {
         let at = self.created.elapsed();
         let mut s = self.lock();
+        s.launch_calls += usize::from(matches!(call, Call::Launch { .. }));
         s.calls.push((at, call));
         if s.throttled_calls > 0 {
             s.throttled_calls -= 1;
