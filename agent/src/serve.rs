@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_core::Time;
 use fleet_core::keys::Keys;
-use fleet_core::{RequestId, RunnerId};
+use fleet_core::{RequestId, RunnerId, Time};
 use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
 use fleet_state::model::{AgentHealth, AgentRecord, RunnerRecord, update};
 use fleet_state::queue;

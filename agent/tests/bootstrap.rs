@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_agent::model::write_mlp;
-use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_core::{CapacityType, Cloud};
+use fleet_core::{CapacityType, Cloud, Secret};
 use fleet_orchestrator::actors::Bootstrap;
 use fleet_orchestrator::bootstrap::ssh::SshError;
 use fleet_orchestrator::bootstrap::{BootstrapError, SshBootstrap, SshBootstrapConfig};

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 
-use fleet_core::Secret;
-use fleet_core::{Catalog, Cloud};
+use fleet_core::{Catalog, Cloud, Secret};
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_providers::Provider;
 use fleet_providers::emulators::lambda::LambdaEmulator;

@@ -38,17 +38,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Datelike;
-use fleet_core::Money;
+use fleet_core::{Money, RequestId};
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, transition};
+use fleet_state::model::{AgentRecord, ApplyError, NodeRecord, RunnerRecord, StoredSpec, update};
+use fleet_state::queue::{self, QueueError};
+use fleet_state::store::{StoreError, get_json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::Ctx;
 use crate::reconcile::{month_cost, month_start, unhealthy_nodes};
-use fleet_core::RequestId;
-use fleet_state::lifecycle::node::{DrainReason, NodeEvent, transition};
-use fleet_state::model::{AgentRecord, ApplyError, NodeRecord, RunnerRecord, StoredSpec, update};
-use fleet_state::queue::{self, QueueError};
-use fleet_state::store::{StoreError, get_json};
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -22,12 +22,11 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use fleet_core::Time;
 use fleet_core::keys::Keys;
+use fleet_state::store::{Store, StoreError, StoreResult, get_json, to_json};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use fleet_core::Time;
-use fleet_state::store::{Store, StoreError, StoreResult, get_json, to_json};
 
 /// What a token may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,16 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-
 use std::time::Duration;
-use tokio::sync::Notify;
 
 use fleet_core::keys::{Keys, id_of};
-use serde::de::DeserializeOwned;
-use tokio::task::JoinHandle;
-
 use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
 use fleet_state::store::{Revision, Store, StoreResult, WatchEvent};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 #[derive(Debug)]
 struct Table<T> {

@@ -3,14 +3,13 @@
 //! death) and take it. A leader that cannot renew its lease before it would expire steps down
 //! (`lost` fires): another may be leading by then, so it must stop acting at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::keys::Keys;
+use fleet_state::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, get_json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-use fleet_state::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, get_json};
-use std::sync::Arc;
 
 pub struct Leadership {
     pub lease: LeaseId,

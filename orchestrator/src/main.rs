@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_core::{Catalog, Cloud};
+use fleet_core::{Catalog, Cloud, Secret};
 use fleet_orchestrator::access::AgentAccess;
 #[cfg(feature = "etcd")]
 use fleet_orchestrator::access::etcd::EtcdAgentAccess;

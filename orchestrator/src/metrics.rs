@@ -5,7 +5,10 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 
-use fleet_core::{Cloud, Money};
+use fleet_core::{Cloud, Money, Time};
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::{NodeRecord, RunnerRecord};
+use fleet_state::queue::Depth;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,12 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use fleet_state::lifecycle::node::NodePhase;
-
 use crate::reconcile::{month_cost_since, month_start};
-use fleet_core::Time;
-use fleet_state::model::{NodeRecord, RunnerRecord};
-use fleet_state::queue::Depth;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {

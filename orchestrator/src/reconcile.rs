@@ -6,15 +6,11 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike, TimeZone, Utc};
-use fleet_core::{Money, OfferingKey};
+use fleet_core::{Money, NodeId, OfferingKey, Time};
 use fleet_policies::autoscale::RunnerInfo;
 use fleet_policies::placement::{OfferingId, PlacementIndex, UnavailableCache};
 use fleet_policies::plan::{AppView, FleetView, NodeView, RunnerView};
-
 use fleet_state::lifecycle::node::NodePhase;
-
-use fleet_core::NodeId;
-use fleet_core::Time;
 use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
 use fleet_state::queue::Depth;

@@ -12,17 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_core::keys::Keys;
-use tokio::task::JoinHandle;
-
-use fleet_core::NodeId;
-use fleet_core::Time;
-use fleet_core::{RequestId, RunnerId};
+use fleet_core::{NodeId, RequestId, RunnerId, Time};
 use fleet_state::clock::Clock;
 use fleet_state::lifecycle::node::NodePhase;
 use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
 use fleet_state::model::{AgentHealth, AgentRecord, NodeRecord, RunnerRecord, update};
 use fleet_state::queue;
 use fleet_state::store::{LeaseId, Store, StoreResult, to_json};
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct SimAgentConfig {

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::Secret;
 use fleet_core::keys::Keys;
-use fleet_core::{CapacityType, Catalog, Cloud};
+use fleet_core::{CapacityType, Catalog, Cloud, Secret};
 use fleet_orchestrator::actors::root::RootActor;
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_orchestrator::testing::harness::h100x8;

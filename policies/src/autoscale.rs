@@ -11,12 +11,9 @@
 //! `max_concurrency` need not wait out keep-alive); longest idle first, then the most expensive.
 //! A runner with requests in flight is never stopped.
 
-use fleet_core::Price;
-use fleet_core::RunnerId;
 use fleet_core::spec::ScalingSpec;
+use fleet_core::{Price, RunnerId, Time};
 use serde::Serialize;
-
-use fleet_core::Time;
 
 /// How many runners demand calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,11 +11,9 @@
 use std::fmt;
 
 use chrono::{Datelike, Duration as ChronoDuration, NaiveDate, TimeZone};
-use fleet_core::Money;
 use fleet_core::spec::Budget;
+use fleet_core::{Money, Time};
 use serde::Serialize;
-
-use fleet_core::Time;
 
 /// What is being spent now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::spec::{AppSpec, FleetSpec, Quota, SpotPolicy};
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, GpuModel, Money, Offering, OfferingKey, Price};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, GpuModel, Money, Offering, OfferingKey, Price, Time};
 use serde::Serialize;
 
 use crate::budget::BudgetCap;
-use fleet_core::Time;
 
 /// Position of an offering in the index's catalog.
 pub type OfferingId = u32;

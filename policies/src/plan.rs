@@ -11,15 +11,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use fleet_core::spec::{FleetSpec, SpotPolicy};
-use fleet_core::{CapacityType, Money};
+use fleet_core::{CapacityType, Money, NodeId, RunnerId, Time};
 use serde::Serialize;
 
 use crate::autoscale::{self, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
 use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, UnavailableCache};
 use crate::spot::{self, CapacitySplit};
-use fleet_core::Time;
-use fleet_core::{NodeId, RunnerId};
 
 /// A node of an app, running or launching.
 #[derive(Debug, Clone, PartialEq, Eq)]

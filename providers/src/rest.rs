@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use fleet_core::Secret;
+use serde_json::Value;
 
 /// How the API key travels.
 #[derive(Debug, Clone, Copy)]

@@ -6,8 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_core::Secret;
-use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey};
+use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey, Secret};
 use fleet_providers::aws::{AwsConfig, AwsProvider, StaticCredentials};
 use fleet_providers::{LaunchRequest, Provider, ProviderError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,8 +5,7 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use fleet_core::Secret;
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey, Secret};
 use fleet_providers::aws::{AwsConfig, AwsProvider, StaticCredentials};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::moto::Moto;

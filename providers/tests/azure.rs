@@ -7,8 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::Secret;
-use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey, Price};
+use fleet_core::{CapacityType, Catalog, Cloud, OfferingKey, Price, Secret};
 use fleet_providers::azure::{AzureConfig, AzureProvider, FixedToken};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::Secret;
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey, Secret};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::lambda::{LambdaEmulator, error_body, insufficient_capacity};

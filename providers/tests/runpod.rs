@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use fleet_core::Secret;
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey, Price};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, OfferingKey, Price, Secret};
 use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::runpod::{RunpodEmulator, no_capacity};

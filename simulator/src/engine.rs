@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
-use fleet_core::Time;
-use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price};
+use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price, Time};
 use fleet_policies::autoscale::RunnerInfo;
 use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
 use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView, plan};

@@ -1,14 +1,10 @@
 //! The records fleetd keeps in the store (JSON, under the keys of [`fleet_core::keys`]).
 
-use fleet_core::{Money, OfferingKey, Price};
-use fleet_core::{RequestId, RunnerId};
+use fleet_core::{Money, NodeId, OfferingKey, Price, RequestId, RunnerId, Time};
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::node::NodePhase;
-
 use crate::lifecycle::runner::RunnerPhase;
-use fleet_core::NodeId;
-use fleet_core::Time;
 
 /// One rented (or to-be-rented) instance. Written *before* the launch call, so a crash between
 /// the call and the answer leaves a record whose idempotency token finds the instance again.

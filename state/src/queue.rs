@@ -9,12 +9,10 @@
 //! and never lost.
 
 use fleet_core::keys::{Counter, Keys, id_of};
+use fleet_core::{NodeId, RequestId, RunnerId, Time};
 
 use crate::model::{RequestRecord, RequestState};
 use crate::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, allocate_ids, to_json};
-use fleet_core::NodeId;
-use fleet_core::Time;
-use fleet_core::{RequestId, RunnerId};
 
 /// What the API needs to say about submitting.
 #[derive(Debug, thiserror::Error)]

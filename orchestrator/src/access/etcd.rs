@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use etcd_client::{Client, Permission};
 use fleet_core::Secret;
 use fleet_core::keys::Keys;
+use fleet_state::store::etcd::EtcdStore;
 use rand::Rng;
 
 use super::AgentAccess;
-use fleet_state::store::etcd::EtcdStore;
 
 #[derive(Clone)]
 pub struct EtcdAgentAccess {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use fleet_core::Cloud;
 use fleet_providers::Provider;
+use fleet_state::model::{NodeRecord, RunnerRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::fleet::FleetMsg;
 use super::region::{RegionActor, RegionArgs, RegionMsg};
 use super::{Ctx, RestartBudget};
-use fleet_state::model::{NodeRecord, RunnerRecord};
 
 pub struct CloudActor;
 

@@ -30,11 +30,11 @@ use async_trait::async_trait;
 use fleet_core::Cloud;
 use fleet_core::keys::Keys;
 use fleet_providers::{Instance, Provider};
+use fleet_state::model::NodeRecord;
+use fleet_state::store::Store;
 
 use crate::access::AgentAccess;
 use crate::metrics::Metrics;
-use fleet_state::model::NodeRecord;
-use fleet_state::store::Store;
 
 /// Timings of the control loops. Defaults suit real clouds; tests shorten them.
 #[derive(Debug, Clone)]

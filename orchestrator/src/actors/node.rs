@@ -7,17 +7,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fleet_core::{NodeId, RunnerId};
 use fleet_providers::{InstanceState, Provider, ProviderError};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-
-use super::Ctx;
-use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
-use fleet_core::NodeId;
-use fleet_core::RunnerId;
 use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::{NodeRecord, RunnerRecord, update};
 use fleet_state::store::StoreError;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::Ctx;
+use super::runner::{RunnerActor, RunnerArgs, RunnerMsg};
 
 pub struct NodeActor;
 

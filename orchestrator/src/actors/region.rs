@@ -10,17 +10,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fleet_core::NodeId;
 use fleet_providers::{LaunchRequest, Provider, ProviderError};
+use fleet_state::lifecycle::node::{NodeEvent, NodePhase, transition};
+use fleet_state::model::{NodeRecord, RunnerRecord, update};
+use fleet_state::store::StoreError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Semaphore;
 
 use super::fleet::FleetMsg;
 use super::node::{NodeActor, NodeArgs, NodeMsg};
 use super::{Ctx, backoff};
-use fleet_core::NodeId;
-use fleet_state::lifecycle::node::{NodeEvent, NodePhase, transition};
-use fleet_state::model::{NodeRecord, RunnerRecord, update};
-use fleet_state::store::StoreError;
 
 pub struct RegionActor;
 

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-
-use super::Ctx;
 use fleet_core::RunnerId;
 use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
 use fleet_state::model::{RunnerRecord, update};
 use fleet_state::queue;
 use fleet_state::store::StoreError;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::Ctx;
 
 pub struct RunnerActor;
 

@@ -18,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::Secret;
 use fleet_core::keys::Keys;
+use fleet_core::{NodeId, Secret};
 use fleet_providers::{Instance, InstanceState};
+use fleet_state::model::{AgentRecord, NodeRecord};
+use fleet_state::store::{Compare, Op, Store, get_json};
 use russh::keys::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -28,9 +30,6 @@ use tokio::sync::Semaphore;
 use self::ssh::{Session, SshError, fingerprint};
 use crate::access::AgentAccess;
 use crate::actors::Bootstrap;
-use fleet_core::NodeId;
-use fleet_state::model::{AgentRecord, NodeRecord};
-use fleet_state::store::{Compare, Op, Store, get_json};
 
 /// Where to reach an instance over SSH.
 pub type Resolve = Arc<dyn Fn(&Instance) -> Option<SocketAddr> + Send + Sync>;

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use fleet_core::spec::FleetSpec;
 use fleet_core::{CapacityType, Catalog, Cloud, Money, Price};
 use fleet_policies::placement::{PlacementIndex, UnavailableCache};
+use fleet_state::model::CandidateRecord;
 
 use super::*;
 use crate::testing::harness::h100x8;
-use fleet_state::model::CandidateRecord;
 
 fn t(s: &str) -> Time {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use fleet_core::keys::Keys;
-use fleet_core::{Availability, CapacityType, Cloud, GpuModel, InstanceType, Offering, OfferingKey, Price, Source};
+use fleet_core::{
+    Availability, CapacityType, Cloud, GpuModel, InstanceType, Offering, OfferingKey, Price, RequestId, Source,
+};
 use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
 use ractor::{Actor, ActorRef};
@@ -17,7 +19,6 @@ use crate::actors::fleet::FleetMsg;
 use crate::actors::root::{RootActor, RootMsg};
 use crate::actors::{Config, Ctx, InstanceRunning};
 use crate::sim_agents::{SimAgentConfig, SimAgents};
-use fleet_core::RequestId;
 use fleet_state::clock::Clock;
 use fleet_state::model::{NodeRecord, RunnerRecord};
 use fleet_state::store::Store;

@@ -10,16 +10,16 @@ use fleet_core::keys::Keys;
 use fleet_core::{CapacityType, Cloud, Offering};
 use fleet_providers::Provider;
 use fleet_providers::fake::{FakeConfig, FakeProvider};
+use fleet_state::clock::Clock;
+use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::model::{NodeRecord, apply_spec};
+use fleet_state::store::Store;
 use ractor::{Actor, ActorRef};
 
 use super::harness::h100x8;
 use crate::access::AgentAccess;
 use crate::actors::root::{RootActor, RootMsg};
 use crate::actors::{Config, Ctx, InstanceRunning};
-use fleet_state::clock::Clock;
-use fleet_state::lifecycle::node::NodePhase;
-use fleet_state::model::{NodeRecord, apply_spec};
-use fleet_state::store::Store;
 
 /// One H100 per node, $2.50/h on Lambda, so each runner gets a node of its own.
 pub fn h100x1() -> Offering {

@@ -14,13 +14,12 @@
 mod api;
 mod errors;
 
-use fleet_core::Secret;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Source};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Secret, Source};
 use tokio::sync::OnceCell;
 
 use self::api::{Ec2Api, Ec2Instance, PriceListApi, RunSpec, SdkEc2, SdkPricing};

@@ -15,7 +15,6 @@
 
 mod errors;
 
-use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::auth::{AccessToken, TokenCredential};
 use azure_mgmt_compute::package_2024_07_01::{Client, models};
-use fleet_core::{CapacityType, Catalog, Cloud, Offering, OfferingKey};
+use fleet_core::{CapacityType, Catalog, Cloud, Offering, OfferingKey, Secret};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 

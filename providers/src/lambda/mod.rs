@@ -11,12 +11,12 @@
 
 mod errors;
 
-use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fleet_core::Secret;
 use fleet_core::{
     Availability, CapacityType, Catalog, Cloud, GpuModel, InstanceType, Interconnect, Offering, OfferingKey, Price,
     Source,

@@ -12,14 +12,13 @@
 
 mod errors;
 
-use fleet_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Source};
+use fleet_core::{Availability, CapacityType, Catalog, Cloud, Offering, OfferingKey, Price, Secret, Source};
 use reqwest::Method;
 use serde_json::{Value, json};
 

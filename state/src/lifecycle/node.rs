@@ -17,8 +17,7 @@
 //! Terminated through the cloud's confirmation (`TerminateConfirmed`) or its report that the
 //! instance is gone (`InstanceGone`), never by forgetting.
 
-use fleet_core::OfferingKey;
-use fleet_core::Time;
+use fleet_core::{OfferingKey, Time};
 use serde::{Deserialize, Serialize};
 
 use super::InvalidTransition;

@@ -10,11 +10,10 @@
 //! agent is lost goes straight to Stopped and its in-flight requests are handed back to the queue
 //! by the caller (the transition says how many).
 
-use fleet_core::NodeId;
+use fleet_core::{NodeId, Time};
 use serde::{Deserialize, Serialize};
 
 use super::InvalidTransition;
-use fleet_core::Time;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]

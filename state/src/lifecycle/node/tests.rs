@@ -1,6 +1,5 @@
 use chrono::TimeZone;
-use fleet_core::Time;
-use fleet_core::{CapacityType, Cloud};
+use fleet_core::{CapacityType, Cloud, Time};
 
 use super::*;
 
