@@ -194,6 +194,10 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
         for line in tbl.render().lines() {
             writeln!(out, "    {line}")?;
         }
+        writeln!(out, "  why these node sizes:")?;
+        for (i, n) in p.new_nodes.iter().enumerate() {
+            writeln!(out, "    node {}: {}", i + 1, n.why)?;
+        }
     }
     for u in &p.unplaced {
         writeln!(out, "  NOT PLACED: {} runners: {}", u.runners, u.why)?;

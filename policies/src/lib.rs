@@ -13,6 +13,7 @@ pub mod autoscale;
 pub mod budget;
 pub mod placement;
 pub mod plan;
+pub mod sizing;
 pub mod spot;
 
 pub use chrono::{DateTime, Utc};

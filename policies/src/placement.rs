@@ -154,6 +154,16 @@ impl fmt::Display for Reason {
     }
 }
 
+/// One node size an app can have: the cheapest offering whose nodes fit `fits` of its runners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SizeClass {
+    pub fits: u32,
+    pub capacity: CapacityType,
+    /// Per hour.
+    pub price: Money,
+    pub offering: OfferingId,
+}
+
 /// An offering an app can use, with what it costs the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Candidate {
@@ -374,6 +384,9 @@ struct Meta {
 struct AppCandidates {
     /// Sorted best first; `meta[i]` belongs to `candidates[i]`.
     candidates: Vec<Candidate>,
+    /// Positions in `candidates` by node price (then the same tie-breaks): the order a node of a
+    /// known size fails over in, where what counts is what the node costs, not its $/GPU.
+    by_node_price: Vec<u32>,
     meta: Vec<Meta>,
     /// The quota ids of every candidate, concatenated.
     quota_ids: Vec<u16>,
@@ -519,7 +532,10 @@ impl PlacementIndex {
                         }
                     })
                     .collect();
-                AppCandidates { candidates, meta, quota_ids, excluded }
+                let mut by_node_price: Vec<u32> = (0..candidates.len() as u32).collect();
+                // Stable: equal node prices keep the $/GPU order (and its tie-breaks).
+                by_node_price.sort_by_key(|i| candidates[*i as usize].node_price);
+                AppCandidates { candidates, by_node_price, meta, quota_ids, excluded }
             })
             .collect();
         PlacementIndex {
@@ -612,6 +628,58 @@ impl PlacementIndex {
                 out.push(a.candidates[i]);
             }
         }
+        out
+    }
+
+    /// The failover list of a node that will host `input.min_runners` runners: up to `limit`
+    /// offerings that fit them and pass every check, cheapest node first. Unlike
+    /// [`PlacementIndex::rank`] ($/GPU first), a node for one small runner fails over to other
+    /// small nodes before a large one that would leave most of its GPUs paid for and unused.
+    pub fn rank_for_runners(&self, app: usize, input: &RankInput, limit: usize) -> Vec<Candidate> {
+        let a = &self.apps[app];
+        let mut out = Vec::with_capacity(limit.min(16));
+        for i in &a.by_node_price {
+            if out.len() >= limit {
+                break;
+            }
+            if self.check(a, *i as usize, input).is_ok() {
+                out.push(a.candidates[*i as usize]);
+            }
+        }
+        out
+    }
+
+    /// The node sizes app number `app` can have now: for each number of runners a node fits,
+    /// the cheapest offering that passes every check of `input` (its `min_runners` and budget are
+    /// ignored), without the sizes another size makes pointless (one that fits as many runners or
+    /// more for no more money). Fewest runners first.
+    pub fn size_classes(&self, app: usize, input: &RankInput) -> Vec<SizeClass> {
+        let a = &self.apps[app];
+        let input = RankInput { min_runners: 0, max_node_price: None, ..input.clone() };
+        let mut best: std::collections::BTreeMap<u32, SizeClass> = std::collections::BTreeMap::new();
+        for i in &a.by_node_price {
+            let c = &a.candidates[*i as usize];
+            if best.contains_key(&c.runners_per_node) || self.check(a, *i as usize, &input).is_err() {
+                continue;
+            }
+            best.insert(
+                c.runners_per_node,
+                SizeClass {
+                    fits: c.runners_per_node,
+                    capacity: c.capacity,
+                    price: c.node_price.hourly(),
+                    offering: c.offering,
+                },
+            );
+        }
+        // Dominated: a size that fits more runners costs no more.
+        let mut out: Vec<SizeClass> = Vec::new();
+        for c in best.into_values().rev() {
+            if out.last().is_none_or(|bigger: &SizeClass| bigger.price > c.price) {
+                out.push(c);
+            }
+        }
+        out.reverse();
         out
     }
 

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::autoscale::{self, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
-use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, UnavailableCache};
+use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, SizeClass, UnavailableCache};
+use crate::sizing::{self, SizedNode};
 use crate::spot::{self, CapacitySplit};
 
 /// A node of an app, running or launching.
@@ -74,6 +75,9 @@ pub struct NodePlan {
     pub candidates: Vec<Candidate>,
     /// The dearest candidate's price: what this node holds of the budget.
     pub reserved_per_hour: Money,
+    /// Why this node has the size it has (the mix it belongs to, and what the lowest-$/GPU
+    /// offering would have cost for the same runners).
+    pub why: String,
 }
 
 /// Runners demand wants that this decision does not place, and why.
@@ -157,6 +161,37 @@ fn fill(
     left
 }
 
+/// Says why a mix of node sizes was chosen: its nodes, its price, and what nodes of the lowest
+/// $/GPU offering would have cost for the same runners.
+fn describe_mix(
+    index: &PlacementIndex,
+    app: usize,
+    input: &RankInput,
+    classes: &[SizeClass],
+    nodes: &[SizedNode],
+    price: Money,
+    runners: u32,
+) -> String {
+    let mut counts: BTreeMap<(u32, CapacityType), (u32, Money)> = BTreeMap::new();
+    for n in nodes {
+        let c = classes[n.class];
+        counts.entry((c.fits, c.capacity)).or_insert((0, c.price)).0 += 1;
+    }
+    let parts: Vec<String> =
+        counts.iter().rev().map(|((fits, cap), (k, p))| format!("{k} × {fits}-runner {cap} node at {p}/h")).collect();
+    let mut s = format!("cheapest mix for {runners} runner(s): {} = {price}/h", parts.join(" + "));
+    if let Some(top) = index.best(app, input) {
+        let per_gpu = top.node_price.hourly().times(runners.div_ceil(top.runners_per_node.max(1)));
+        if per_gpu > price {
+            s += &format!(
+                "; the lowest $/GPU offering ({} runners per node) would cost {per_gpu}/h",
+                top.runners_per_node
+            );
+        }
+    }
+    s
+}
+
 /// Plans the whole fleet. Pure: same inputs, same plan.
 pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &PlanOptions) -> FleetPlan {
     let now = state.now;
@@ -230,21 +265,50 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         let mut new_nodes = Vec::new();
         let mut unplaced = Vec::new();
         let mut added = Money::ZERO;
-        for (capacity, mut left) in [(CapacityWanted::OnDemand, od_left), (CapacityWanted::Spot, spot_left)] {
+        // Spot runners of an `auto` app may go on on-demand nodes where that is the cheaper way to
+        // host them (a small on-demand node against a large spot one); each node keeps to one
+        // capacity type, so its failover list does too.
+        let spot_kinds: &[CapacityWanted] = if app.placement.spot == SpotPolicy::Auto {
+            &[CapacityWanted::Spot, CapacityWanted::OnDemand]
+        } else {
+            &[CapacityWanted::Spot]
+        };
+        for (capacity, kinds, wanted) in [
+            (CapacityWanted::OnDemand, &[CapacityWanted::OnDemand][..], od_left),
+            (CapacityWanted::Spot, spot_kinds, spot_left),
+        ] {
+            let mut left = wanted;
+            // The cheapest mix of node sizes for the runners left (see `sizing`), taken one node
+            // at a time; made again when a node's price moved (a quota filled meanwhile).
+            let mut mix: std::collections::VecDeque<(SizeClass, u32)> = Default::default();
+            let mut mix_note = String::new();
             while left > 0 {
                 let base = RankInput { capacity, quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
-                let Some(top) = index.best(i, &base) else {
-                    let why = if capacity == CapacityWanted::Spot {
-                        "no spot offering can be had now; waiting for spot (policy \"spot\")".to_string()
-                    } else {
-                        "no offering can be had now: every one is excluded or recently failed".to_string()
+                if mix.is_empty() {
+                    let classes: Vec<SizeClass> = kinds
+                        .iter()
+                        .flat_map(|k| index.size_classes(i, &RankInput { capacity: *k, ..base.clone() }))
+                        .collect();
+                    let Some((price, nodes)) = sizing::cheapest_mix(&classes, left) else {
+                        let why = if capacity == CapacityWanted::Spot {
+                            "no spot offering can be had now; waiting for spot (policy \"spot\")".to_string()
+                        } else {
+                            "no offering can be had now: every one is excluded or recently failed".to_string()
+                        };
+                        unplaced.push(Unplaced { runners: left, capacity, why, budget_cap: None });
+                        break;
                     };
-                    unplaced.push(Unplaced { runners: left, capacity, why, budget_cap: None });
-                    break;
+                    mix = nodes.iter().map(|n| (classes[n.class], n.runners)).collect();
+                    mix_note = describe_mix(index, i, &base, &classes, &nodes, price, left);
+                }
+                let (class, r) = mix.pop_front().expect("mix is not empty");
+                let node_capacity = match class.capacity {
+                    CapacityType::Spot => CapacityWanted::Spot,
+                    _ => CapacityWanted::OnDemand,
                 };
-                let r = left.min(top.runners_per_node);
+                let base = RankInput { capacity: node_capacity, ..base };
                 let room = app_room.clone().min(fleet_room.clone());
-                let nodes_left = left.div_ceil(r);
+                let nodes_left = mix.len() as u32 + 1;
                 let share = room.per_hour.map(|h| h.divided_by(nodes_left));
                 let rank_with = |max: Option<Money>| {
                     let input = RankInput {
@@ -253,7 +317,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         budget_cap: room.bound_by.as_ref(),
                         ..base.clone()
                     };
-                    index.rank(i, &input, opts.max_candidates)
+                    index.rank_for_runners(i, &input, opts.max_candidates)
                 };
                 let mut candidates = rank_with(share);
                 if candidates.is_empty() && share != room.per_hour {
@@ -264,8 +328,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         runners: left,
                         capacity,
                         why: format!(
-                            "budget: the cheapest offering, {}, exceeds the room left ({}/h)",
-                            top.node_price,
+                            "budget: the cheapest node for {r} runner(s), {}/h, exceeds the room left ({}/h)",
+                            class.price,
                             room.per_hour.unwrap_or(Money::ZERO)
                         ),
                         budget_cap: room.bound_by.clone(),
@@ -283,13 +347,25 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         hit[*q as usize] = true;
                     }
                 }
+                let quota_moved = hit.iter().any(|h| *h);
                 for (q, h) in hit.iter().enumerate() {
                     if *h {
                         quota_used[q] += candidates.iter().map(|c| c.gpus).max().unwrap_or(0);
                     }
                 }
-                new_nodes.push(NodePlan { capacity, runners: r, candidates, reserved_per_hour: reserved });
+                let why = format!("{r} of {} runners it fits; {mix_note}", candidates[0].runners_per_node);
+                new_nodes.push(NodePlan {
+                    capacity: node_capacity,
+                    runners: r,
+                    candidates,
+                    reserved_per_hour: reserved,
+                    why,
+                });
                 left -= r;
+                if quota_moved {
+                    // A quota filled a little: the sizes still to come may cost more now.
+                    mix.clear();
+                }
             }
         }
 

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::{Catalog, Cloud, GpuModel, OfferingKey, Price};
+use fleet_core::{Catalog, Cloud, GpuModel, Offering, OfferingKey, Price};
 use proptest::prelude::*;
 
 use super::*;
@@ -253,4 +253,115 @@ proptest! {
             prop_assert!(budget::within(&s.budget, &spend, fleet_added, now), "fleet adds {} over {:?}", fleet_added, s.budget);
         }
     }
+}
+
+/// The cheapest way to host `n` runners with nodes of these (runners per node, $/h) offerings,
+/// found by trying every count of every offering.
+fn exhaustive_min(offerings: &[(u32, Money)], n: u32) -> Option<Money> {
+    fn go(o: &[(u32, Money)], n: u32, i: usize, hosted: u32, cost: Money, best: &mut Option<Money>) {
+        if hosted >= n {
+            if best.is_none_or(|b| cost < b) {
+                *best = Some(cost);
+            }
+            return;
+        }
+        if i == o.len() {
+            return;
+        }
+        let (fits, price) = o[i];
+        if fits == 0 {
+            return go(o, n, i + 1, hosted, cost, best);
+        }
+        for k in 0..=(n - hosted).div_ceil(fits) {
+            go(o, n, i + 1, hosted + k * fits, cost + price.times(k), best);
+        }
+    }
+    let mut best = None;
+    go(offerings, n, 0, 0, Money::ZERO, &mut best);
+    best
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Right-sized nodes: whatever the catalog's node sizes and prices and however many runners
+    /// must start, the plan's new nodes cost (at their first choices) what the cheapest of every
+    /// possible mix of nodes costs, and every node's failover list hosts its runners at no more
+    /// than the price it reserved.
+    #[test]
+    fn the_plan_costs_what_an_exhaustive_search_finds(
+        offerings in prop::collection::vec((prop::sample::select(vec![1u32, 2, 4, 8]), 100u32..=6000), 1..=4),
+        gpus in 1u32..=2,
+        n in 1u32..=12,
+    ) {
+        let catalog = Arc::new(Catalog::new(
+            offerings
+                .iter()
+                .enumerate()
+                .map(|(k, (count, cents))| {
+                    let price = format!("{}.{:02}", cents / 100, cents % 100);
+                    off(Cloud::Lambda, &format!("us-east-{k}"), None, &format!("gpu_{count}x_h100"), GpuModel::H100Sxm,
+                        *count, CapacityType::OnDemand, &price)
+                })
+                .collect(),
+        ));
+        let s = spec(&format!(
+            "[apps.a]\ngpu = \"H100\"\ngpus = {gpus}\n[apps.a.placement]\nspot = \"on-demand\"\n\
+             [apps.a.scaling]\nmin_concurrency = {n}\nmax_concurrency = {n}\n"
+        ));
+        let index = PlacementIndex::new(catalog.clone(), &s);
+        let cache = UnavailableCache::default();
+        let p = plan(&index, &s, &state(&cache, vec![]), &PlanOptions::default());
+        let a = &p.apps[0];
+        let sizes: Vec<(u32, Money)> =
+            catalog.offerings().iter().map(|o| (o.instance.gpu_count / gpus, o.price.hourly())).collect();
+        match exhaustive_min(&sizes, n) {
+            None => prop_assert!(a.new_nodes.is_empty() && !a.unplaced.is_empty()),
+            Some(best) => {
+                prop_assert_eq!(a.decision.start, n);
+                prop_assert_eq!(a.new_nodes.iter().map(|x| x.runners).sum::<u32>(), n);
+                let cost: Money = a.new_nodes.iter().map(|x| x.candidates[0].node_price.hourly()).sum();
+                prop_assert_eq!(cost, best, "plan {:?}", a.new_nodes);
+                for node in &a.new_nodes {
+                    for c in &node.candidates {
+                        prop_assert!(c.runners_per_node >= node.runners);
+                        prop_assert!(c.node_price.hourly() <= node.reserved_per_hour);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn one_small_runner_rents_a_small_node_and_auto_takes_on_demand_where_that_is_cheaper() {
+    use CapacityType::*;
+    use GpuModel::*;
+    let big_spot = off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, Spot, "10.24");
+    let small_spot = off(Cloud::Gcp, "us-central1", Some("us-central1-a"), "a3-highgpu-1g", H100Sxm, 1, Spot, "1.54");
+    let small_od = off(Cloud::Lambda, "us-east-1", None, "gpu_1x_h100_sxm5", H100Sxm, 1, OnDemand, "2.49");
+    let app = |policy: &str| {
+        spec(&format!(
+            "[apps.a]\ngpu = \"H100\"\ngpus = 1\n[apps.a.placement]\nspot = \"{policy}\"\n\
+             [apps.a.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n"
+        ))
+    };
+    let first = |offerings: Vec<Offering>, policy: &str| {
+        let s = app(policy);
+        let index = PlacementIndex::new(Arc::new(Catalog::new(offerings)), &s);
+        let cache = UnavailableCache::default();
+        let p = plan(&index, &s, &state(&cache, vec![]), &PlanOptions::default());
+        let n = &p.apps[0].new_nodes;
+        assert_eq!(n.len(), 1, "{n:?}");
+        let o = index.offering(n[0].candidates[0].offering).clone();
+        (o.instance.name, o.capacity, n[0].why.clone())
+    };
+    // $1.28 per GPU on the 8-GPU node, but $10.24 for the one runner: the $1.54 node is rented.
+    let (name, cap, why) = first(vec![big_spot.clone(), small_spot, small_od.clone()], "auto");
+    assert_eq!((name.as_str(), cap), ("a3-highgpu-1g", Spot));
+    assert!(why.contains("lowest $/GPU offering (8 runners per node) would cost $10.24"), "{why}");
+    // No small spot node: `auto` takes the small on-demand one ($2.49) over the large spot one.
+    assert_eq!(first(vec![big_spot.clone(), small_od.clone()], "auto").0, "gpu_1x_h100_sxm5");
+    // `spot` never pays on-demand: the large spot node it is.
+    assert_eq!(first(vec![big_spot, small_od], "spot").0, "p5.48xlarge");
 }
