@@ -6,7 +6,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike, TimeZone, Utc};
-use fleet_core::{Money, NodeId, OfferingKey, Time};
+use fleet_core::{Money, NodeId, OfferingKey, Price, Time};
 use fleet_policies::autoscale::RunnerInfo;
 use fleet_policies::placement::{OfferingId, PlacementIndex, UnavailableCache};
 use fleet_policies::plan::{AppView, FleetView, NodeView, RunnerView};
@@ -58,12 +58,11 @@ fn counts_as_runner(r: &RunnerRecord) -> bool {
     !matches!(r.state, RunnerPhase::Stopping { .. } | RunnerPhase::Stopped { .. })
 }
 
-/// The planner's view.
-#[allow(clippy::too_many_arguments)]
-// each input is a distinct part of the world the plan sees Nodes whose offering is not in the index (a catalog change) are left out
+/// The planner's view. Nodes whose offering is not in the index (a catalog change) are left out
 /// of planning; they keep running until drained by hand or released by a later spec.
+// Each input is a distinct part of the world the plan sees.
+#[allow(clippy::too_many_arguments)]
 pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
-    index: &PlacementIndex,
     ids: &HashMap<OfferingKey, OfferingId>,
     nodes: &[N],
     runners: &[R],
@@ -79,7 +78,7 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     let mut position: HashMap<&str, usize> = HashMap::new();
     let mut fleet_mtd = Money::ZERO;
     // Node → (app position, $/GPU-hour) for nodes that count as capacity.
-    let mut capacity: HashMap<u64, (usize, fleet_core::Price)> = HashMap::with_capacity(nodes.len());
+    let mut capacity: HashMap<u64, usize> = HashMap::with_capacity(nodes.len());
     let mut cordoned: Vec<(usize, usize)> = Vec::new();
     let start = month_start(now);
     for n in nodes.iter().map(Borrow::borrow) {
@@ -99,7 +98,7 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             continue;
         }
         let Some(&oid) = n.offering().and_then(|k| ids.get(k)) else { continue };
-        capacity.insert(n.id, (i, index.offering(oid).price_per_gpu()));
+        capacity.insert(n.id, i);
         if n.cordoned {
             cordoned.push((i, states[i].nodes.len()));
         }
@@ -108,7 +107,7 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     let mut hosted: HashMap<u64, u32> = HashMap::new();
     for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {
         let Some(node) = r.node() else { continue };
-        let Some(&(i, gpu_price)) = capacity.get(&node) else { continue };
+        let Some(&i) = capacity.get(&node) else { continue };
         if !cordoned.is_empty() {
             *hosted.entry(node).or_default() += 1;
         }
@@ -117,7 +116,8 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             RunnerPhase::Busy { in_flight, .. } => (true, *in_flight, None),
             _ => (false, 0, None),
         };
-        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, gpu_price };
+        // The slot price is the planner's to set (from the node's price and its runners).
+        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, slot_price: Price::ZERO };
         states[i].runners.push(RunnerView { runner: info, node });
     }
     // A cordoned node offers no free slot: only the ones its runners use.

@@ -8,7 +8,8 @@
 //! Scale-up: runners below `min_concurrency` start at once; the rest only once demand has wanted
 //! them for `scaling_delay` (the caller keeps `pending_since` between decisions). Scale-down: only
 //! runners that are ready, serve nothing, and have been idle for `keep_alive` stop (runners beyond
-//! `max_concurrency` need not wait out keep-alive); longest idle first, then the most expensive.
+//! `max_concurrency` need not wait out keep-alive); first those whose node costs most per runner
+//! it hosts (so the dearest nodes per used slot empty and go), then the longest idle.
 //! A runner with requests in flight is never stopped.
 
 use fleet_core::spec::ScalingSpec;
@@ -43,8 +44,10 @@ pub struct RunnerInfo {
     pub in_flight: u32,
     /// When it last became idle; `None` while it serves requests.
     pub idle_since: Option<Time>,
-    /// Effective $/GPU-hour of its node, to stop the most expensive first.
-    pub gpu_price: Price,
+    /// What its node costs per hour for each runner on it (node price over the runners it
+    /// hosts): scale-down empties the dearest nodes per used slot first. [`crate::plan::plan`]
+    /// sets it from the nodes it is given; callers of [`decide`] alone set it themselves.
+    pub slot_price: Price,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,7 +96,7 @@ pub fn decide(
         // decision for every app, and keeps the list short).
         .filter(|(_, s)| above_max > 0 || expired(*s))
         .collect();
-    idle.sort_by(|(a, sa), (b, sb)| sa.cmp(sb).then(b.gpu_price.cmp(&a.gpu_price)).then(a.id.cmp(&b.id)));
+    idle.sort_by(|(a, sa), (b, sb)| b.slot_price.cmp(&a.slot_price).then(sa.cmp(sb)).then(a.id.cmp(&b.id)));
     let mut stop = Vec::new();
     for (i, (r, since)) in idle.into_iter().enumerate() {
         if stop.len() as u32 >= excess {
@@ -140,12 +143,12 @@ mod tests {
             ready: true,
             in_flight: 0,
             idle_since: Some(t0() - secs(idle_for)),
-            gpu_price: Price::parse_decimal(price).unwrap(),
+            slot_price: Price::parse_decimal(price).unwrap(),
         }
     }
 
     fn busy(id: RunnerId, n: u32) -> RunnerInfo {
-        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, gpu_price: Price::ZERO }
+        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO }
     }
 
     #[test]
@@ -177,13 +180,15 @@ mod tests {
     }
 
     #[test]
-    fn scale_down_longest_idle_then_most_expensive_never_busy() {
+    fn scale_down_dearest_slot_first_then_longest_idle_never_busy() {
         let s = ScalingSpec { min_concurrency: 0, concurrency_buffer: 0, concurrency_buffer_perc: 0, ..spec() };
-        // 1 busy; 2 idle 10 s; 3 idle 900 s cheap; 4 idle 900 s dear; 5 idle 1000 s.
-        let runners = [busy(1, 2), idle(2, 10, "9"), idle(3, 900, "2"), idle(4, 900, "4"), idle(5, 1000, "1")];
-        // Demand 2 (in flight on 1) needs 1 runner: 4 excess; 2 is inside keep-alive.
+        // 1 busy; 2 idle 10 s dear; 3 idle 900 s at $2 a slot; 4 idle 900 s at $4; 5 idle 1000 s
+        // at $1; 6 idle 950 s at $2.
+        let runners =
+            [busy(1, 2), idle(2, 10, "9"), idle(3, 900, "2"), idle(4, 900, "4"), idle(5, 1000, "1"), idle(6, 950, "2")];
+        // Demand 2 (in flight on 1) needs 1 runner: 5 excess; 2 is inside keep-alive.
         let d = decide(&s, 0, 2, None, &runners, t0());
-        assert_eq!(d.stop, [5, 4, 3]);
+        assert_eq!(d.stop, [4, 6, 3, 5]);
         assert!(!d.stop.contains(&1));
     }
 
@@ -208,7 +213,7 @@ mod tests {
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,
-                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), gpu_price: Price::ZERO,
+                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), slot_price: Price::ZERO,
             }).collect();
             let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
             let d = decide(&s, queued, in_flight, pending.map(|p| t0() - secs(p)), &rs, t0());

@@ -217,7 +217,22 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             now,
             Some(&app.name),
         );
-        let infos: Vec<RunnerInfo> = st.runners.iter().map(|r| r.runner).collect();
+        // Each runner's slot price: its node's price over the runners on it now, so scale-down
+        // empties the dearest nodes per used slot first.
+        let mut on_node: HashMap<NodeId, u32, IdBuild> = HashMap::default();
+        for r in &st.runners {
+            *on_node.entry(r.node).or_default() += 1;
+        }
+        let node_price: HashMap<NodeId, fleet_core::Price, IdBuild> =
+            st.nodes.iter().map(|n| (n.id, index.offering(n.offering).price)).collect();
+        let infos: Vec<RunnerInfo> = st
+            .runners
+            .iter()
+            .map(|r| RunnerInfo {
+                slot_price: node_price.get(&r.node).map_or(r.runner.slot_price, |p| p.per_gpu(on_node[&r.node])),
+                ..r.runner
+            })
+            .collect();
         let decision = autoscale::decide(&app.scaling, st.queued, st.in_flight, st.scale_up_pending_since, &infos, now);
 
         // Runners that stay, per node.

@@ -69,8 +69,6 @@ impl Ev {
 struct Node {
     app: usize,
     offering: u32,
-    /// The offering's $/GPU-hour, computed once (every tick reports it for each runner).
-    gpu_price: Price,
     slots: u32,
     launched_ms: u64,
     up: bool,
@@ -442,7 +440,8 @@ impl<'a> Engine<'a> {
                         ready: r.ready,
                         in_flight: r.in_flight.len() as u32,
                         idle_since: r.idle_since_ms.map(|t| self.at(t)),
-                        gpu_price: self.nodes[r.node].gpu_price,
+                        // Set by the planner from the node's price and its runners.
+                        slot_price: Price::ZERO,
                     },
                     node: r.node as u64,
                 })
@@ -568,7 +567,6 @@ impl<'a> Engine<'a> {
             self.nodes.push(Node {
                 app,
                 offering: c.offering,
-                gpu_price: o.price_per_gpu(),
                 slots: c.runners_per_node,
                 launched_ms: self.now,
                 up: false,

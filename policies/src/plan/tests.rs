@@ -69,7 +69,7 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
     let index = PlacementIndex::new(catalog(), &s);
     let cache = UnavailableCache::default();
     let busy = |id: u64, node: u64| RunnerView {
-        runner: RunnerInfo { id, ready: true, in_flight: 4, idle_since: None, gpu_price: Price::ZERO },
+        runner: RunnerInfo { id, ready: true, in_flight: 4, idle_since: None, slot_price: Price::ZERO },
         node,
     };
     // Nodes: 10 on-demand, 11 spot, 12 spot and empty.
@@ -153,7 +153,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
                 ready: true,
                 in_flight: 0,
                 idle_since: Some(t0() - chrono::Duration::seconds(secs)),
-                gpu_price: Price::ZERO,
+                slot_price: Price::ZERO,
             },
             node: 7,
         }],
@@ -364,4 +364,39 @@ fn one_small_runner_rents_a_small_node_and_auto_takes_on_demand_where_that_is_ch
     assert_eq!(first(vec![big_spot.clone(), small_od.clone()], "auto").0, "gpu_1x_h100_sxm5");
     // `spot` never pays on-demand: the large spot node it is.
     assert_eq!(first(vec![big_spot, small_od], "spot").0, "p5.48xlarge");
+}
+
+#[test]
+fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 2\n[apps.llm.placement]\nspot = \"on-demand\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 10\nmax_multiplexing = 4\nkeep_alive = \"60s\"\n",
+    );
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let runner = |id: u64, node: u64, in_flight: u32, idle_s: i64| RunnerView {
+        runner: RunnerInfo {
+            id,
+            ready: true,
+            in_flight,
+            idle_since: (in_flight == 0).then(|| t0() - chrono::Duration::seconds(idle_s)),
+            slot_price: Price::ZERO,
+        },
+        node,
+    };
+    // Two Lambda nodes at $23.92/h: node 10 hosts a busy runner and two idle a long while
+    // ($7.97 per runner), node 11 one idle runner, idle for less long ($23.92 per runner).
+    let st = AppView {
+        queued: 4,
+        in_flight: 4,
+        runners: vec![runner(1, 10, 4, 0), runner(2, 10, 0, 300), runner(3, 10, 0, 300), runner(4, 11, 0, 100)],
+        nodes: vec![NodeView { id: 10, offering: 0, slots: 4 }, NodeView { id: 11, offering: 0, slots: 4 }],
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let a = &p.apps[0];
+    // 8 requests / 4 = 2 runners wanted of 4: two stop. Longest idle first would stop 2 and 3 and
+    // keep both nodes; the dearest slot first stops 4 and empties node 11.
+    assert_eq!(a.decision.stop, [4, 2]);
+    assert_eq!(a.release_nodes, [11]);
 }

@@ -220,8 +220,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     phases.mark("orphans");
     let next = Action::requeue(ctx.config.reconcile_every);
     let Some(applied) = &st.applied else { return Ok(next) };
-    let state =
-        fleet_view(&applied.index, &applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
+    let state = fleet_view(&applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
     phases.mark("state");
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
     phases.mark("plan");
