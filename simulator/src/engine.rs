@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::TimeZone;
 use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price, Time};
 use fleet_policies::autoscale::RunnerInfo;
-use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
+use fleet_policies::placement::{CapacityWanted, PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
 use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView, plan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -579,6 +579,9 @@ impl<'a> Engine<'a> {
             self.live_price_launch += price * i128::from(self.now);
             *self.live_per_offering.entry(c.offering).or_default() += 1;
             self.report.nodes_launched += 1;
+            if self.oversized(app, c, runners) {
+                self.report.oversized_nodes += 1;
+            }
             self.push(ready_at, Ev::NodeReady(n));
             if c.capacity == CapacityType::Spot && model.preemptions_per_hour > 0.0 {
                 let hours = -(1.0 - self.rng.random::<f64>()).ln() / model.preemptions_per_hour;
@@ -590,6 +593,27 @@ impl<'a> Engine<'a> {
             return;
         }
         self.report.launch_failures += 1;
+    }
+
+    /// Whether a node of candidate `c` for `runners` runners costs more than the cheapest offering
+    /// of the same capacity type that the app may use, fits them, and is not marked unavailable
+    /// now (quotas aside): checked against every offering of the catalog, not through the
+    /// planner's sizing.
+    fn oversized(&self, app: usize, c: &fleet_policies::placement::Candidate, runners: u32) -> bool {
+        let capacity = match c.capacity {
+            CapacityType::Spot => CapacityWanted::Spot,
+            _ => CapacityWanted::OnDemand,
+        };
+        let input = RankInput { capacity, ..RankInput::new(self.at(self.now), &self.cache) };
+        let cheapest = self
+            .index
+            .explain(app, &input)
+            .ranked
+            .iter()
+            .filter(|x| x.runners_per_node >= runners)
+            .map(|x| x.node_price)
+            .min();
+        cheapest.is_some_and(|p| c.node_price > p)
     }
 
     fn finish(mut self) -> Report {

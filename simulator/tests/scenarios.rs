@@ -201,3 +201,34 @@ fn every_example_scenario_loads() {
     }
     assert!(n >= 4, "{n} example scenarios");
 }
+
+#[test]
+fn no_example_scenario_rents_a_node_larger_than_the_cheapest_fit() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let shared = fleet_core::catalog::shared_data_dir().is_some();
+    let mut ran = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        if !(p.extension().is_some_and(|x| x == "toml") && text.contains("\n[demand]")) {
+            continue;
+        }
+        if text.contains("shared/data") && !shared {
+            eprintln!("{}: skipped, ../shared/data is absent", p.display());
+            continue;
+        }
+        let r = fleet_simulator::run(&Scenario::load(&p).unwrap()).unwrap();
+        assert!(r.nodes_launched > 0, "{}: nothing launched, nothing checked", p.display());
+        assert_eq!(
+            r.oversized_nodes,
+            0,
+            "{}: {} of {} nodes oversized",
+            p.display(),
+            r.oversized_nodes,
+            r.nodes_launched
+        );
+        ran.push(format!("{} ({} nodes)", r.scenario, r.nodes_launched));
+    }
+    assert!(ran.len() >= 2, "{ran:?}");
+    eprintln!("right-sized: {}", ran.join(", "));
+}
