@@ -35,7 +35,7 @@
 //! concurrency_buffer = 1
 //! concurrency_buffer_perc = 20
 //! max_multiplexing = 4
-//! keep_alive = "5m"
+//! keep_alive = "5m"             # or "auto": kept while re-creating would cost more (KeepAlive)
 //! scaling_delay = "30s"
 //!
 //! [apps.llama-70b.budget]
@@ -127,8 +127,8 @@ pub struct ScalingSpec {
     pub concurrency_buffer_perc: u32,
     /// Requests one runner serves at once.
     pub max_multiplexing: u32,
-    /// How long an idle runner stays warm.
-    pub keep_alive: Duration,
+    /// How long an idle runner stays warm: a fixed time, or `"auto"` (see [`KeepAlive`]).
+    pub keep_alive: KeepAlive,
     /// How long demand must persist before scaling up.
     pub scaling_delay: Duration,
 }
@@ -142,10 +142,25 @@ impl Default for ScalingSpec {
             concurrency_buffer: 0,
             concurrency_buffer_perc: 0,
             max_multiplexing: 1,
-            keep_alive: Duration::from_secs(60),
+            keep_alive: KeepAlive::For(Duration::from_secs(60)),
             scaling_delay: Duration::ZERO,
         }
     }
+}
+
+/// How long an idle runner stays warm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// fal's fixed keep-alive: an idle runner stops once idle this long (and not needed).
+    For(Duration),
+    /// Cost-aware (`keep_alive = "auto"`): an idle runner is kept while re-creating it would cost
+    /// more than keeping it until the app's next request is expected. Re-creating costs the cold
+    /// start (provision + boot + model load, all billed) plus the minimum billing of a new node;
+    /// keeping costs the same slot price for the expected gap, n × the app's recent mean
+    /// inter-arrival time when n runners share its requests. Both are priced per slot, so a
+    /// runner is stopped once `n × mean gap ≥ cold start + minimum billing` (at once when no
+    /// request arrived recently). See `fleet_policies::autoscale`.
+    Auto,
 }
 
 /// Hard dollar caps. `None` means no cap.
@@ -601,7 +616,16 @@ impl Checker<'_> {
             concurrency_buffer: self.int(&s.concurrency_buffer, &sf("concurrency_buffer"), 0, 0, 100_000),
             concurrency_buffer_perc: self.int(&s.concurrency_buffer_perc, &sf("concurrency_buffer_perc"), 0, 0, 1000),
             max_multiplexing: self.int(&s.max_multiplexing, &sf("max_multiplexing"), d.max_multiplexing, 1, 10_000),
-            keep_alive: self.duration(&s.keep_alive, &sf("keep_alive"), d.keep_alive),
+            keep_alive: match s.keep_alive.as_ref().map(|v| v.get_ref()) {
+                Some(toml::Value::String(a)) if a == "auto" => KeepAlive::Auto,
+                _ => {
+                    let fixed = match d.keep_alive {
+                        KeepAlive::For(t) => t,
+                        KeepAlive::Auto => Duration::from_secs(60),
+                    };
+                    KeepAlive::For(self.duration(&s.keep_alive, &sf("keep_alive"), fixed))
+                }
+            },
             scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
         };
         AppSpec {
@@ -768,7 +792,7 @@ gpu = "H100-PCIe"
         assert!(a.placement.allows_region("us-east-1") && !a.placement.allows_region("usa-1"));
         assert!(a.placement.allows_cloud(Cloud::Gcp) && !a.placement.allows_cloud(Cloud::Azure));
         assert_eq!(a.placement.max_price_per_gpu_hour, Some(Price::parse_decimal("4.5").unwrap()));
-        assert_eq!(a.scaling.keep_alive, Duration::from_secs(300));
+        assert_eq!(a.scaling.keep_alive, KeepAlive::For(Duration::from_secs(300)));
         assert_eq!(a.scaling.scaling_delay, Duration::from_secs(30));
         let b = &s.apps[1];
         assert_eq!(b.scaling, ScalingSpec::default());
@@ -834,6 +858,19 @@ keep_alive = "5 minutes"
         let e = errors("[apps.a]\ngpu = \"H100\"\ngpus = 0\n[budget]\nmax_per_hour = \"-5\"\n");
         assert!(e[0].contains("apps.a.gpus: 0 is out of range; use 1 to 16"), "{e:?}");
         assert!(e[1].contains("budget.max_per_hour: must be more than zero"), "{e:?}");
+    }
+
+    #[test]
+    fn keep_alive_is_a_duration_or_auto() {
+        let parse = |v: &str| {
+            let text = format!("[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nkeep_alive = {v}\n");
+            FleetSpec::parse("f.toml", &text).map(|s| s.apps[0].scaling.keep_alive)
+        };
+        assert_eq!(parse("\"auto\"").unwrap(), KeepAlive::Auto);
+        assert_eq!(parse("\"90s\"").unwrap(), KeepAlive::For(Duration::from_secs(90)));
+        assert_eq!(parse("30").unwrap(), KeepAlive::For(Duration::from_secs(30)));
+        let e = parse("\"automatic\"").unwrap_err().to_string();
+        assert!(e.contains("apps.a.scaling.keep_alive: expected a duration"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,10 @@ struct Args {
     /// Seconds between reconcile passes.
     #[arg(long, default_value_t = 1.0)]
     reconcile_every: f64,
+    /// For apps with `keep_alive = "auto"`: what re-creating a runner costs, in seconds billed
+    /// (provision + boot + model load, plus a new node's minimum billing).
+    #[arg(long, default_value_t = 240.0)]
+    recreate_seconds: f64,
     /// Seconds between a node's instance checks.
     #[arg(long, default_value_t = 5.0)]
     node_poll: f64,
@@ -386,8 +390,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let keys = Keys::new(&args.fleet);
-    let config =
-        Config { reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)), ..Config::default() };
+    let config = Config {
+        reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)),
+        recreate: Duration::from_secs_f64(args.recreate_seconds.max(0.0)),
+        ..Config::default()
+    };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);
     ctx.access = access;
     ctx.clouds = accounts;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fleet_core::spec::{FleetSpec, ScalingSpec};
+use fleet_core::spec::{FleetSpec, KeepAlive, ScalingSpec};
 use fleet_core::{Catalog, Price};
 use fleet_policies::autoscale::{self, RunnerInfo};
 use fleet_policies::placement::{PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
@@ -90,7 +90,7 @@ fn autoscaling(c: &mut Criterion) {
         concurrency_buffer: 1,
         concurrency_buffer_perc: 20,
         max_multiplexing: 4,
-        keep_alive: Duration::from_secs(300),
+        keep_alive: KeepAlive::For(Duration::from_secs(300)),
         scaling_delay: Duration::from_secs(30),
     };
     // 1,000 apps, each with 0-19 runners in mixed states and its own demand.

@@ -10,9 +10,21 @@
 //! runners that are ready, serve nothing, and have been idle for `keep_alive` stop (runners beyond
 //! `max_concurrency` need not wait out keep-alive); first those whose node costs most per runner
 //! it hosts (so the dearest nodes per used slot empty and go), then the longest idle.
-//! A runner with requests in flight is never stopped.
+//!
+//! With `keep_alive = "auto"` ([`KeepAlive::Auto`]) "idle long enough" is a cost decision instead
+//! of a fixed time. Re-creating a runner costs its slot price over `recreate` (cold start:
+//! provision + boot + model load, all billed, plus the minimum billing of a new node); keeping it
+//! idle costs the same slot price over the gap until demand needs it again. An excess runner
+//! whose stop would leave `n` runners is needed again when the app's desired runners reach
+//! `n + 1`; that gap is learned from the app's recent demand ([`DemandHistory`]: desired runners,
+//! pass by pass): the mean time between the episodes in which demand reached `n + 1`, or the
+//! time since it last did once that is longer. The runner stays while `gap < recreate` and stops
+//! otherwise — at once when demand never reached that level in the window. Both sides are priced
+//! per slot, so the rule compares times (a ski-rental decision with the gap learned).
 
-use fleet_core::spec::ScalingSpec;
+use std::time::Duration;
+
+use fleet_core::spec::{KeepAlive, ScalingSpec};
 use fleet_core::{Price, RunnerId, Time};
 use serde::Serialize;
 
@@ -61,13 +73,67 @@ pub struct ScaleDecision {
     pub pending_since: Option<Time>,
 }
 
-/// Decides one app's runner changes.
+/// What `keep_alive = "auto"` weighs, kept by the caller: the app's desired runners at each
+/// recent decision (oldest first), and what re-creating a runner costs in time billed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemandHistory {
+    pub samples: Vec<(Time, u32)>,
+    pub recreate: Duration,
+}
+
+/// How far back a caller keeps the history: ten minutes, or three re-creations if longer.
+pub fn history_window(recreate: Duration) -> Duration {
+    Duration::from_secs(600).max(recreate.saturating_mul(3))
+}
+
+impl DemandHistory {
+    /// The expected time until demand next wants `level` runners: the mean time between the
+    /// starts of the episodes in which it did within the history (the history's span for a single
+    /// one), or the time since it last did once that is longer; `None` when it never did.
+    pub fn expected_gap(&self, level: u32, now: Time) -> Option<Duration> {
+        let mut starts: Vec<Time> = Vec::new();
+        let mut last = None;
+        let mut above = false;
+        for (t, desired) in &self.samples {
+            let now_above = *desired >= level;
+            if now_above && !above {
+                starts.push(*t);
+            }
+            if now_above {
+                last = Some(*t);
+            }
+            above = now_above;
+        }
+        let last = last?;
+        let span = |a: Time, b: Time| (b - a).to_std().unwrap_or_default();
+        let mean = match starts.len() {
+            0 | 1 => span(self.samples.first()?.0, now),
+            k => span(starts[0], starts[k - 1]) / (k as u32 - 1),
+        };
+        Some(mean.max(span(last, now)))
+    }
+}
+
+/// Decides one app's runner changes (with no demand history: see [`decide_with`]).
 pub fn decide(
     spec: &ScalingSpec,
     queued: u32,
     in_flight: u32,
     pending_since: Option<Time>,
     runners: &[RunnerInfo],
+    now: Time,
+) -> ScaleDecision {
+    decide_with(spec, queued, in_flight, pending_since, runners, &DemandHistory::default(), now)
+}
+
+/// Decides one app's runner changes; `history` is what `keep_alive = "auto"` weighs.
+pub fn decide_with(
+    spec: &ScalingSpec,
+    queued: u32,
+    in_flight: u32,
+    pending_since: Option<Time>,
+    runners: &[RunnerInfo],
+    history: &DemandHistory,
     now: Time,
 ) -> ScaleDecision {
     let t = target(spec, queued.saturating_add(in_flight));
@@ -86,15 +152,20 @@ pub fn decide(
         return ScaleDecision { target: t, start: 0, stop: Vec::new(), pending_since: None };
     }
     let above_max = current.saturating_sub(spec.max_concurrency);
-    let keep_alive = chrono::Duration::from_std(spec.keep_alive).unwrap_or(chrono::Duration::MAX);
-    let expired = |since: Time| now.signed_duration_since(since) >= keep_alive;
+    // Whether an idle runner (idle since `since`) may stop, `remaining` runners staying after it.
+    let expired = |since: Time, remaining: u32| match spec.keep_alive {
+        KeepAlive::For(t) => {
+            now.signed_duration_since(since) >= chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
+        }
+        KeepAlive::Auto => history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate),
+    };
     let mut idle: Vec<(&RunnerInfo, Time)> = runners
         .iter()
         .filter(|r| r.ready && r.in_flight == 0)
         .filter_map(|r| r.idle_since.map(|s| (r, s)))
         // Within max only runners past keep-alive may stop: sort just those (this runs every
         // decision for every app, and keeps the list short).
-        .filter(|(_, s)| above_max > 0 || expired(*s))
+        .filter(|(_, s)| above_max > 0 || expired(*s, current.saturating_sub(1)))
         .collect();
     idle.sort_by(|(a, sa), (b, sb)| b.slot_price.cmp(&a.slot_price).then(sa.cmp(sb)).then(a.id.cmp(&b.id)));
     let mut stop = Vec::new();
@@ -103,7 +174,8 @@ pub fn decide(
             break;
         }
         // The first `above_max` stops need no keep-alive: those runners should not exist.
-        if (i as u32) < above_max || expired(since) {
+        let remaining = current - stop.len() as u32 - 1;
+        if (i as u32) < above_max || expired(since, remaining) {
             stop.push(r.id);
         }
     }
@@ -132,7 +204,7 @@ mod tests {
             concurrency_buffer: 1,
             concurrency_buffer_perc: 20,
             max_multiplexing: 4,
-            keep_alive: Duration::from_secs(300),
+            keep_alive: KeepAlive::For(Duration::from_secs(300)),
             scaling_delay: Duration::from_secs(30),
         }
     }
@@ -193,6 +265,47 @@ mod tests {
     }
 
     #[test]
+    fn auto_keep_alive_keeps_a_runner_while_recreating_it_costs_more_than_the_expected_gap() {
+        let s = ScalingSpec {
+            min_concurrency: 0,
+            concurrency_buffer: 0,
+            concurrency_buffer_perc: 0,
+            keep_alive: KeepAlive::Auto,
+            ..spec()
+        };
+        // Three idle runners (one idle for an hour), no demand now: all three are excess.
+        let runners = [idle(1, 3600, "2"), idle(2, 5, "2"), idle(3, 5, "2")];
+        let recreate = Duration::from_secs(180); // cold start + minimum billing
+        // Desired runners every 10 s over the last ten minutes: `level` runners for 10 s every
+        // `every` seconds (the last burst `ago` seconds ago), none otherwise.
+        let history = |level: u32, every: i64, ago: i64| DemandHistory {
+            samples: (0..60)
+                .map(|i| {
+                    let t = -600 + i * 10;
+                    let burst = (t + ago) % every == 0 && t <= -ago;
+                    (t0() + secs(t), if burst { level } else { 0 })
+                })
+                .collect(),
+            recreate,
+        };
+        let stops = |h: &DemandHistory| decide_with(&s, 0, 0, None, &runners, h, t0()).stop.len();
+        // Bursts of 3 runners every 60 s, the last 10 s ago: all three will be needed within a
+        // minute, well before a re-creation would pay: none stops.
+        assert_eq!(stops(&history(3, 60, 10)), 0);
+        // Bursts of 1 runner every 60 s: one is kept, the two others never wanted go.
+        assert_eq!(stops(&history(1, 60, 10)), 2);
+        // Bursts of 3 every 300 s: each waits longer than re-creating costs: all go.
+        assert_eq!(stops(&history(3, 300, 10)), 3);
+        // Bursts every 60 s that stopped 200 s ago: the silence is the gap now: all go.
+        assert_eq!(stops(&history(3, 60, 200)), 3);
+        // No history: nothing to wait for.
+        assert_eq!(stops(&DemandHistory { samples: vec![], recreate }), 3);
+        // The fixed keep-alive ignores the history: only the runner idle past 300 s goes.
+        let fixed = ScalingSpec { keep_alive: KeepAlive::For(Duration::from_secs(300)), ..s };
+        assert_eq!(decide_with(&fixed, 0, 0, None, &runners, &history(3, 60, 10), t0()).stop, [1]);
+    }
+
+    #[test]
     fn above_max_need_not_wait_for_keep_alive() {
         let s = ScalingSpec { max_concurrency: 1, min_concurrency: 0, ..spec() };
         let d = decide(&s, 0, 0, None, &[idle(1, 1, "1"), idle(2, 2, "1")], t0());
@@ -209,7 +322,7 @@ mod tests {
             let s = ScalingSpec {
                 min_concurrency: min, max_concurrency: min + extra.max(1), concurrency_buffer: buffer,
                 concurrency_buffer_perc: perc, max_multiplexing: mux,
-                keep_alive: Duration::from_secs(300), scaling_delay: Duration::from_secs(delay),
+                keep_alive: KeepAlive::For(Duration::from_secs(300)), scaling_delay: Duration::from_secs(delay),
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,

@@ -14,7 +14,7 @@ use fleet_core::spec::{FleetSpec, SpotPolicy};
 use fleet_core::{CapacityType, Money, NodeId, RunnerId, Time};
 use serde::Serialize;
 
-use crate::autoscale::{self, RunnerInfo, ScaleDecision};
+use crate::autoscale::{self, DemandHistory, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
 use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, SizeClass, UnavailableCache};
 use crate::sizing::{self, SizedNode};
@@ -44,6 +44,8 @@ pub struct AppView {
     pub runners: Vec<RunnerView>,
     pub nodes: Vec<NodeView>,
     pub month_to_date: Money,
+    /// The app's recent desired runners and what re-creating one costs (for `keep_alive = "auto"`).
+    pub demand: DemandHistory,
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +235,15 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 ..r.runner
             })
             .collect();
-        let decision = autoscale::decide(&app.scaling, st.queued, st.in_flight, st.scale_up_pending_since, &infos, now);
+        let decision = autoscale::decide_with(
+            &app.scaling,
+            st.queued,
+            st.in_flight,
+            st.scale_up_pending_since,
+            &infos,
+            &st.demand,
+            now,
+        );
 
         // Runners that stay, per node.
         let stopping: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price, Time};
-use fleet_policies::autoscale::RunnerInfo;
+use fleet_policies::autoscale::{DemandHistory, RunnerInfo};
 use fleet_policies::placement::{CapacityWanted, PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
 use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView, plan};
 use rand::rngs::StdRng;
@@ -130,6 +130,8 @@ pub struct Engine<'a> {
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
     pending_since: Vec<Option<Time>>,
+    /// Each app's desired runners at each recent tick (ms, runners), for `keep_alive = "auto"`.
+    desired: Vec<std::collections::VecDeque<(u64, u32)>>,
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
     closed_cost: Money,
@@ -173,6 +175,7 @@ impl<'a> Engine<'a> {
             live_nodes: BTreeSet::new(),
             live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
+            desired: vec![std::collections::VecDeque::new(); apps],
             live_per_offering: BTreeMap::new(),
             cache: UnavailableCache::default(),
             closed_cost: Money::ZERO,
@@ -428,6 +431,7 @@ impl<'a> Engine<'a> {
         let now_ts = self.at(self.now);
         self.cache.expire(now_ts);
         let mut apps = BTreeMap::new();
+        let mut recreate = Vec::with_capacity(self.sc.spec.apps.len());
         for (i, app) in self.sc.spec.apps.iter().enumerate() {
             let runners: Vec<RunnerView> = self
                 .live_runners
@@ -455,6 +459,8 @@ impl<'a> Engine<'a> {
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
             let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
+            let demand = self.demand_history(i);
+            recreate.push(demand.recreate);
             let st = AppView {
                 queued,
                 in_flight,
@@ -462,6 +468,7 @@ impl<'a> Engine<'a> {
                 runners,
                 nodes,
                 month_to_date: Money::ZERO,
+                demand,
             };
             apps.insert(app.name.clone(), st);
         }
@@ -474,6 +481,13 @@ impl<'a> Engine<'a> {
         let p = plan(&self.index, &self.sc.spec, &state, &PlanOptions::default());
         for (i, ap) in p.apps.iter().enumerate() {
             self.pending_since[i] = ap.decision.pending_since;
+            // Desired runners, kept as long back as fleetd keeps them.
+            let window = ms(fleet_policies::autoscale::history_window(recreate[i]));
+            let h = &mut self.desired[i];
+            h.push_back((self.now, ap.decision.target.desired));
+            while h.front().is_some_and(|(t, _)| t + window < self.now) {
+                h.pop_front();
+            }
             for id in &ap.decision.stop {
                 self.stop_runner(*id as usize);
             }
@@ -514,6 +528,19 @@ impl<'a> Engine<'a> {
         }
         self.dispatch();
         self.push(self.now + ms(self.sc.tick), Ev::Tick);
+    }
+
+    /// What `keep_alive = "auto"` weighs for app `app`, as fleetd keeps it: its desired runners at
+    /// each recent tick, and a re-creation's cold start (provision + boot + model load) plus
+    /// minimum billing on the cloud of the app's cheapest offering.
+    fn demand_history(&self, app: usize) -> DemandHistory {
+        let model = match self.index.best(app, &RankInput::new(self.at(self.now), &self.cache)) {
+            Some(c) => self.sc.cloud(self.index.offering(c.offering).cloud).clone(),
+            None => self.sc.default_cloud.clone(),
+        };
+        let recreate = model.provision_delay + model.boot + self.sc.service.model_load + model.min_billing;
+        let samples = self.desired[app].iter().map(|(t, d)| (self.at(*t), *d)).collect();
+        DemandHistory { samples, recreate }
     }
 
     fn add_runner(&mut self, app: usize, node: usize) {

@@ -65,6 +65,10 @@ pub struct Config {
     pub agent_lost_after: Duration,
     /// How often every provider's offerings (live prices, availability) are gathered again.
     pub prices_every: Duration,
+    /// What re-creating a runner costs, in time billed: cold start (provision + boot + model
+    /// load) plus the minimum billing of a new node. `keep_alive = "auto"` weighs it against the
+    /// app's recent arrival gaps (`fleet_policies::autoscale`).
+    pub recreate: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +87,8 @@ impl Default for Config {
             orphan_grace: Duration::from_secs(600),
             agent_lost_after: Duration::from_secs(30),
             prices_every: Duration::from_secs(900),
+            // 90 s provision + 60 s boot + 30 s model load + 60 s minimum billing.
+            recreate: Duration::from_secs(240),
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct FleetState {
     pub(super) applied: Option<Applied>,
     pub(super) unavailable: UnavailableCache,
     pub(super) pending_since: HashMap<String, Time>,
+    /// Each app's desired runners at each recent pass (for `keep_alive = "auto"`).
+    pub(super) demand: HashMap<String, std::collections::VecDeque<(Time, u32)>>,
     pub(super) clouds: BTreeMap<Cloud, ActorRef<CloudMsg>>,
     pub(super) restarts: HashMap<Cloud, RestartBudget>,
     /// Nodes with a launch order out (so a reconcile does not send a second one).
@@ -168,6 +170,7 @@ impl Actor for FleetActor {
             applied: None,
             unavailable: UnavailableCache::default(),
             pending_since: HashMap::new(),
+            demand: HashMap::new(),
             clouds,
             restarts: HashMap::new(),
             launching: HashSet::new(),

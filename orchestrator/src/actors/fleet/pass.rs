@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fleet_core::NodeId;
 use fleet_core::spec::FleetSpec;
+use fleet_policies::autoscale::DemandHistory;
 use fleet_policies::placement::{PlacementIndex, UnavailableReason};
 use fleet_policies::plan::{self, PlanOptions};
 use fleet_state::lifecycle::node::NodePhase;
@@ -220,9 +221,15 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     phases.mark("orphans");
     let next = Action::requeue(ctx.config.reconcile_every);
     let Some(applied) = &st.applied else { return Ok(next) };
-    let state = fleet_view(&applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
+    let mut state = fleet_view(&applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
+    let recreate = ctx.config.recreate;
+    for (app, view) in state.apps.iter_mut() {
+        let samples = st.demand.get(app).map(|h| h.iter().copied().collect()).unwrap_or_default();
+        view.demand = DemandHistory { samples, recreate };
+    }
     phases.mark("state");
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
+    remember_demand(&mut st.demand, &plan, now, recreate);
     phases.mark("plan");
     let (new_nodes, runner_ops) = write::carry_out(st, &plan, &nodes, now).await?;
     phases.mark("write");
@@ -265,4 +272,23 @@ impl Phases {
             tracing::debug!(?total, nodes, runners, phases = %parts.join(" "), "reconcile pass");
         }
     }
+}
+
+/// Keeps each app's desired runners of this pass, for as long back as `keep_alive = "auto"`
+/// learns from (`autoscale::history_window`).
+fn remember_demand(
+    demand: &mut HashMap<String, std::collections::VecDeque<(fleet_core::Time, u32)>>,
+    plan: &plan::FleetPlan,
+    now: fleet_core::Time,
+    recreate: Duration,
+) {
+    let window = chrono::Duration::from_std(fleet_policies::autoscale::history_window(recreate)).unwrap_or_default();
+    for ap in &plan.apps {
+        let h = demand.entry(ap.app.clone()).or_default();
+        h.push_back((now, ap.decision.target.desired));
+        while h.front().is_some_and(|(t, _)| now - *t > window) {
+            h.pop_front();
+        }
+    }
+    demand.retain(|app, _| plan.apps.iter().any(|a| a.app == *app));
 }
