@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleet_core::Catalog;
 use fleet_core::spec::FleetSpec;
-use fleet_simulator::scenario::{CloudModel, Demand, DemandSource, Scenario, ServiceModel};
+use fleet_simulator::scenario::{CloudModel, Demand, DemandSource, Policy, Scenario, ServiceModel};
 
 const SPEC: &str = r#"
 [apps.llm]
@@ -32,6 +32,7 @@ fn main() {
     let trace: PathBuf = data.join("traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv");
     let sc = Scenario {
         name: "month-code-1000-gpus".into(),
+        policy: Policy::Spec,
         spec: FleetSpec::parse("bench.toml", SPEC).unwrap(),
         seed: 1,
         duration: Duration::from_secs(

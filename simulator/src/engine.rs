@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
+use fleet_core::spec::{FleetSpec, KeepAlive};
 use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price, Time};
 use fleet_policies::autoscale::{DemandHistory, RunnerInfo};
 use fleet_policies::placement::{CapacityWanted, PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
@@ -27,7 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::demand::Arrival;
 use crate::report::{Report, Sample};
-use crate::scenario::Scenario;
+use crate::scenario::{Policy, Scenario};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ev {
@@ -100,6 +101,11 @@ pub fn start_time() -> Time {
 
 pub struct Engine<'a> {
     sc: &'a Scenario,
+    /// The scenario's spec, with the demand app's scaling as a baseline policy sets it.
+    spec: FleetSpec,
+    /// `TargetQps`: the replicas decided, and since when a lower count has been wanted.
+    qps_replicas: u32,
+    qps_lower_since: Option<u64>,
     /// [`start_time`], computed once: building it from a calendar date is not free.
     start: Time,
     index: PlacementIndex,
@@ -154,6 +160,9 @@ impl<'a> Engine<'a> {
         let report = Report::new(sc, n as u64);
         let mut e = Engine {
             sc,
+            spec: sc.spec.clone(),
+            qps_replicas: 0,
+            qps_lower_since: None,
             start: start_time(),
             index,
             demand_app,
@@ -255,7 +264,7 @@ impl<'a> Engine<'a> {
     }
 
     fn mux(&self, app: usize) -> usize {
-        self.sc.spec.apps[app].scaling.max_multiplexing.max(1) as usize
+        self.spec.apps[app].scaling.max_multiplexing.max(1) as usize
     }
 
     /// Hands queued requests to runners with a free slot, lowest runner id first.
@@ -301,7 +310,7 @@ impl<'a> Engine<'a> {
     }
 
     fn gpus_per_runner(&self, app: usize) -> u128 {
-        u128::from(self.sc.spec.apps[app].gpu.count)
+        u128::from(self.spec.apps[app].gpu.count)
     }
 
     fn end_busy(&mut self, r: usize) {
@@ -431,8 +440,9 @@ impl<'a> Engine<'a> {
         let now_ts = self.at(self.now);
         self.cache.expire(now_ts);
         let mut apps = BTreeMap::new();
-        let mut recreate = Vec::with_capacity(self.sc.spec.apps.len());
-        for (i, app) in self.sc.spec.apps.iter().enumerate() {
+        self.apply_baseline();
+        let mut recreate = Vec::with_capacity(self.spec.apps.len());
+        for (i, app) in self.spec.apps.iter().enumerate() {
             let runners: Vec<RunnerView> = self
                 .live_runners
                 .iter()
@@ -478,7 +488,7 @@ impl<'a> Engine<'a> {
             st.month_to_date = mtd;
         }
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
-        let p = plan(&self.index, &self.sc.spec, &state, &PlanOptions::default());
+        let p = plan(&self.index, &self.spec, &state, &PlanOptions::default());
         for (i, ap) in p.apps.iter().enumerate() {
             self.pending_since[i] = ap.decision.pending_since;
             // Desired runners, kept as long back as fleetd keeps them.
@@ -528,6 +538,43 @@ impl<'a> Engine<'a> {
         }
         self.dispatch();
         self.push(self.now + ms(self.sc.tick), Ev::Tick);
+    }
+
+    /// Sets the demand app's scaling as the scenario's baseline policy decides (nothing for the
+    /// spec's own): a fixed count is `min = max`, started at once and stopped at once.
+    fn apply_baseline(&mut self) {
+        let want = match self.sc.policy {
+            Policy::Spec => return,
+            Policy::StaticPeak { runners } => runners,
+            Policy::TargetQps { per_runner_qps, downscale_delay } => {
+                const WINDOW_MS: u64 = 60_000;
+                let from = self.arrivals.partition_point(|a| a.at_ms + WINDOW_MS <= self.now);
+                let to = self.arrivals.partition_point(|a| a.at_ms <= self.now);
+                let rate = (to - from) as f64 / (WINDOW_MS as f64 / 1000.0);
+                let max = self.sc.spec.apps[self.demand_app].scaling.max_concurrency;
+                let wanted = ((rate / per_runner_qps).ceil() as u32).min(max);
+                if wanted >= self.qps_replicas {
+                    self.qps_lower_since = None;
+                    self.qps_replicas = wanted;
+                } else {
+                    let since = *self.qps_lower_since.get_or_insert(self.now);
+                    if self.now - since >= ms(downscale_delay) {
+                        self.qps_replicas = wanted;
+                        self.qps_lower_since = None;
+                    }
+                }
+                self.qps_replicas
+            }
+        };
+        let s = &mut self.spec.apps[self.demand_app].scaling;
+        s.min_concurrency = want;
+        s.max_concurrency = want;
+        s.concurrency_buffer = 0;
+        s.concurrency_buffer_perc = 0;
+        s.keep_alive = KeepAlive::For(Duration::ZERO);
+        if matches!(self.sc.policy, Policy::StaticPeak { .. }) {
+            s.scaling_delay = Duration::ZERO;
+        }
     }
 
     /// What `keep_alive = "auto"` weighs for app `app`, as fleetd keeps it: its desired runners at

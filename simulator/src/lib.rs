@@ -42,7 +42,7 @@ use std::sync::Arc;
 use fleet_core::Catalog;
 
 use crate::report::Report;
-use crate::scenario::{DemandSource, Scenario};
+use crate::scenario::{DemandSource, Policy, Scenario};
 
 /// Loads the scenario's demand and catalog, then runs it.
 pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
@@ -51,6 +51,51 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
 
 /// [`run`], reporting progress as (virtual ms done, virtual ms in all) every tick.
 pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Report> {
+    let (catalog, arrivals) = inputs(sc)?;
+    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress))
+}
+
+/// The scenario under its spec's own policies and under two baselines, on the same demand and
+/// seed, in that order:
+///
+/// - `static-peak`: a fixed fleet from start to end, as many runners as the spec's run ever had
+///   demand for (⌈peak of queued + in-flight ÷ max_multiplexing⌉), placed as the spec places them;
+/// - `target-qps`: replicas = ⌈requests/s over the last minute ÷ target⌉ with a 10-minute
+///   downscale cooldown (SkyPilot Serve's and dstack's way), the target being 80 % of what one
+///   runner serves at full multiplexing on an H100 with the scenario's mean request.
+pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
+    let (catalog, arrivals) = inputs(sc)?;
+    let app = &sc.spec.apps.iter().find(|a| a.name == sc.demand.app).expect("scenario checked the app").scaling;
+    let mux = app.max_multiplexing.max(1);
+    let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run();
+    let peak = own.timeline.iter().map(|s| s.demand.div_ceil(mux)).max().unwrap_or(0).max(1);
+    let mean_s = if arrivals.is_empty() {
+        1.0
+    } else {
+        let s = &sc.service;
+        arrivals
+            .iter()
+            .map(|a| {
+                f64::from(a.context_tokens) / s.prefill_tokens_per_s
+                    + f64::from(a.generated_tokens) / s.decode_tokens_per_s
+            })
+            .sum::<f64>()
+            / arrivals.len() as f64
+    };
+    let per_runner_qps = 0.8 * f64::from(mux) / mean_s.max(1e-3);
+    let variant = |name: &str, policy: Policy| Scenario { name: format!("{} {name}", sc.name), policy, ..sc.clone() };
+    let stat = variant("static-peak", Policy::StaticPeak { runners: peak });
+    let qps = variant(
+        "target-qps",
+        Policy::TargetQps { per_runner_qps, downscale_delay: std::time::Duration::from_secs(600) },
+    );
+    let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run();
+    let qps = engine::Engine::new(&qps, catalog, arrivals).run();
+    Ok(vec![own, stat, qps])
+}
+
+/// The catalog and the arrivals a scenario runs on.
+fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, Vec<demand::Arrival>)> {
     let catalog = if sc.catalog.is_empty() {
         Arc::new(Catalog::builtin().clone())
     } else {
@@ -98,5 +143,5 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
             sc.seed,
         ),
     };
-    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress))
+    Ok((catalog, arrivals))
 }

@@ -41,11 +41,15 @@ enum Command {
     },
     /// Run several scenarios on the same demand and seed, side by side.
     #[command(
-        after_help = "Example:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml"
+        after_help = "Examples:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml\n  fleetsim compare --baselines simulator/examples/diurnal.toml"
     )]
     Compare {
         #[arg(required = true, num_args = 1..)]
         scenarios: Vec<PathBuf>,
+        /// Each scenario under its spec's policies and under the baselines `static-peak` (a fixed
+        /// fleet for the peak) and `target-qps` (replicas from the request rate, with a cooldown).
+        #[arg(long)]
+        baselines: bool,
         #[arg(long)]
         seed: Option<u64>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
@@ -86,7 +90,29 @@ fn main() -> ExitCode {
                     Output::Table => out(&Report::table(&[&r]))?,
                 }
             }
-            Command::Compare { scenarios, seed, output } => {
+            Command::Compare { scenarios, seed, output, baselines: true } => {
+                let mut reports = Vec::new();
+                for p in &scenarios {
+                    let sc = load(p, seed, None)?;
+                    reports.extend(fleet_simulator::baselines(&sc)?);
+                }
+                match output {
+                    Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
+                    Output::Table => {
+                        out(&Report::table(&reports.iter().collect::<Vec<_>>()))?;
+                        for three in reports.chunks(3) {
+                            let ratio = |r: &Report| r.cost.micros() as f64 / three[0].cost.micros().max(1) as f64;
+                            out(&format!(
+                                "{}: its own policies cost {:.2}× static-peak's and {:.2}× target-qps's\n",
+                                three[0].scenario,
+                                1.0 / ratio(&three[1]),
+                                1.0 / ratio(&three[2])
+                            ))?;
+                        }
+                    }
+                }
+            }
+            Command::Compare { scenarios, seed, output, baselines: false } => {
                 let mut reports = Vec::new();
                 let mut first_demand = None;
                 for p in &scenarios {

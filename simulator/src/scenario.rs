@@ -89,6 +89,9 @@ impl Default for ServiceModel {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
+    /// Who decides the demand app's runners: the spec's own policies, or a baseline (set by
+    /// `fleetsim compare --baselines`, not read from the file).
+    pub policy: Policy,
     pub spec: FleetSpec,
     pub seed: u64,
     pub duration: Duration,
@@ -104,6 +107,19 @@ pub struct Scenario {
     /// Instances of one offering that can be live at once, overriding its cloud's `capacity`.
     /// Keyed as offerings print: `cloud/region[/zone]/instance-type/capacity`.
     pub capacity: BTreeMap<String, u32>,
+}
+
+/// Who decides the demand app's runners (the rest of the spec, placement included, applies alike).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// The spec's own scaling.
+    Spec,
+    /// A fixed fleet: `runners` from the start to the end, never scaled.
+    StaticPeak { runners: u32 },
+    /// Replicas = ⌈requests/s over the last minute ÷ `per_runner_qps`⌉, as SkyPilot Serve and
+    /// dstack scale: more at once, fewer only after the lower count has held for
+    /// `downscale_delay` (their cooldown).
+    TargetQps { per_runner_qps: f64, downscale_delay: Duration },
 }
 
 impl Scenario {
@@ -287,6 +303,7 @@ impl Scenario {
         }
         Ok(Scenario {
             name: raw.name.unwrap_or_else(|| file.to_string()),
+            policy: Policy::Spec,
             spec,
             seed: raw.seed.unwrap_or(1),
             duration,

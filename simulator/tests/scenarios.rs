@@ -232,3 +232,35 @@ fn no_example_scenario_rents_a_node_larger_than_the_cheapest_fit() {
     assert!(ran.len() >= 2, "{ran:?}");
     eprintln!("right-sized: {}", ran.join(", "));
 }
+
+#[test]
+fn baselines_run_on_the_same_demand_static_peak_costs_what_the_hand_computes() {
+    // One request every 3 s (2.1 s of work each, one per runner) for an hour, one $3.60/h 1-GPU
+    // offering, provisioning and boot as the defaults say.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+    write_trace(&c.path("trace.csv"), 1200, 3);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let (own, stat, qps) = (&r[0], &r[1], &r[2]);
+    assert_eq!(
+        (own.scenario.as_str(), stat.scenario.as_str(), qps.scenario.as_str()),
+        ("case", "case static-peak", "case target-qps")
+    );
+    for x in &r {
+        assert_eq!(x.requests, 1200, "{}: same demand", x.scenario);
+        assert_eq!(x.served, 1200, "{}: all served", x.scenario);
+    }
+    // Static peak: as many runners as the spec's run ever had demand for, from t = 0 to the end,
+    // one node each, never stopped: peak × $3.60 exactly (per-second billing, one hour).
+    let peak = own.timeline.iter().map(|s| s.demand).max().unwrap();
+    assert!(peak >= 1);
+    assert_eq!(stat.cold_starts, u64::from(peak));
+    assert_eq!(stat.nodes_launched, u64::from(peak));
+    assert_eq!(stat.cost, usd("3.60").times(peak));
+    // Target QPS: 1/3 request per second against 80% of 1/2.1 s per runner: one replica, started
+    // once and kept (the rate never drops for its 10-minute cooldown).
+    assert_eq!(qps.cold_starts, 1);
+    assert!(qps.cost <= stat.cost && qps.cost >= qps.lower_bound);
+    // Every policy pays at least the lower bound.
+    assert!(r.iter().all(|x| x.cost >= x.lower_bound));
+}
