@@ -96,7 +96,10 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     }
     outln!("Agent:        version {} since {} (lease {})", s(&a["version"]), s(&a["since"]), s(&a["lease"]));
     outln!("Burn-in:      {}", burn_in(a));
-    if let Some(b) = h["burn_in"].as_object() {
+    // Index the JSON value, not its map: a key the record leaves out (a CPU burn-in has no
+    // expected TFLOP/s) reads as null instead of panicking.
+    let b = &h["burn_in"];
+    if b.is_object() {
         outln!(
             "              {} {}×{} ×{}: required {}, expected {}, {}",
             s(&b["dtype"]),

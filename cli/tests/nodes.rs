@@ -134,6 +134,30 @@ async fn nodes_show_what_their_agents_report() {
     assert!(out.contains("Interruption: aws 'terminate' (not before 2026-11-26T09:00:00Z"), "{out}");
     assert!(out.contains("required 494.5, expected 989, passed"), "{out}");
 
+    // An agent on a machine without a GPU (every `--local` and demo node): a CPU burn-in, which
+    // has no expected TFLOP/s, and no devices.
+    let mut cpu = agent.clone();
+    cpu.health.devices.clear();
+    cpu.health.burn_in = Some(BurnInReport {
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        size: 512,
+        iterations: 5,
+        tflops: 0.2,
+        expected_tflops: None,
+        required_tflops: 0.05,
+        passed: true,
+        at: now,
+    });
+    store.put(&ctx.keys.agent(1), to_json(&cpu), None).await.unwrap();
+    let u = url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&["describe", "node", "1", "--server", &u])).await.unwrap();
+    assert!(ok, "describe node on a CPU agent: {err}");
+    assert!(out.contains("f32 512×512 ×5: required 0.05, expected -, passed"), "{out}");
+    assert!(out.contains("GPUs:         0 (CPU only)"), "{out}");
+    store.put(&ctx.keys.agent(1), to_json(&agent), None).await.unwrap();
+
     let u = url.clone();
     let (ok, out, _) =
         tokio::task::spawn_blocking(move || fleetctl(&["get", "nodes", "-o", "json", "--server", &u])).await.unwrap();
