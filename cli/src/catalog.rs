@@ -274,11 +274,9 @@ pub fn refresh(server: &crate::server::Server, file: Option<PathBuf>, output: Ou
             changes.push(Change { offering: k.clone(), old: Some(o.price), new: None });
         }
     }
-    // The local catalog: other clouds' rows as they were, these clouds' as fetched.
+    // The local catalog: other clouds' rows as they were (the built-in catalog's at the first
+    // refresh), these clouds' as fetched; `plan` and `catalog` lose no cloud fleetd was not asked.
     let mut merged: Vec<Offering> = old.iter().filter(|o| !clouds.contains(&o.cloud)).cloned().collect();
-    if !path.is_file() {
-        merged.clear();
-    }
     merged.extend(fresh.iter().cloned());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

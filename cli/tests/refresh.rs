@@ -81,6 +81,16 @@ async fn refresh_writes_live_prices_and_says_what_changed() {
         written.contains("gpu_8x_h100_sxm5") && written.contains("23.92") && written.contains("runpod gpuTypes"),
         "{written}"
     );
+    // The clouds fleetd was not asked about keep the built-in catalog's rows.
+    let refreshed = native_offerings(&written);
+    for cloud in Catalog::builtin().offerings().iter().map(|o| o.cloud).collect::<std::collections::BTreeSet<_>>() {
+        if cloud == Cloud::Lambda || cloud == Cloud::Runpod {
+            continue;
+        }
+        let want = Catalog::builtin().offerings().iter().filter(|o| o.cloud == cloud).count();
+        let got = refreshed.iter().filter(|o| o.cloud == cloud).count();
+        assert_eq!(got, want, "{cloud}: the built-in rows are kept");
+    }
 
     // Lambda raises a price: the second refresh names exactly that change.
     lambda_api.set_price("gpu_8x_h100_sxm5", 2500);
@@ -108,4 +118,8 @@ async fn refresh_writes_live_prices_and_says_what_changed() {
     let (ok, _, err) = ctl(&bad, &["catalog", "refresh"]).await;
     assert!(!ok && err.trim().lines().count() == 1, "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), written.lines().count());
+}
+
+fn native_offerings(text: &str) -> Vec<fleet_core::Offering> {
+    fleet_core::catalog::native::read("catalog.csv", text.as_bytes()).unwrap().offerings
 }
