@@ -257,7 +257,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { what: TokenWhat::Create { name, scope } } => ops::create_token(&server()?, &name, &scope, o),
         Command::Token { what: TokenWhat::Revoke { name } } => ops::revoke_token(&server()?, &name),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut std::io::stdout());
+            // Into a buffer first: clap_complete panics when its writer fails (`| head` closes
+            // the pipe); written here, a closed pipe ends fleetctl quietly like every output.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut script);
+            use std::io::Write as _;
+            if let Err(e) = std::io::stdout().lock().write_all(&script) {
+                stdout_failed(e)
+            }
             Ok(())
         }
     }

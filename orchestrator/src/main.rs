@@ -37,6 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(
     name = "fleetd",
+    version,
     about = "The fleet daemon: rents GPUs across clouds for the applied spec and serves requests on them.",
     after_help = "Examples:\n  fleetd                                   embedded store in ./fleetd-data, 127.0.0.1:7070\n  fleetd --fake-clouds lambda,runpod,aws   try it without cloud accounts (simulated clouds and agents)\n  fleetd --etcd http://10.0.0.5:2379 --spec fleet.toml   etcd store; cloud accounts from the spec's [clouds.*]"
 )]

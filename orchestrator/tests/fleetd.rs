@@ -133,3 +133,10 @@ fn the_api_needs_a_token_and_tls_off_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--tls-cert"), "{err}");
 }
+
+#[test]
+fn fleetd_says_its_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("fleetd {}", env!("CARGO_PKG_VERSION")));
+}
