@@ -284,6 +284,12 @@ pub async fn apply_spec(
     if spec.name != fleet {
         return Err(ApplyError::WrongFleet { spec: spec.name, daemon: fleet.to_string() });
     }
+    // The same text again changes nothing: no new revision, no pass re-planning a spec it has.
+    if let Some(kv) = store.get(&keys.spec()).await?
+        && kv.json::<StoredSpec>().is_ok_and(|cur| cur.toml == toml)
+    {
+        return Ok(spec);
+    }
     let rec = StoredSpec { toml: toml.to_string(), applied_at: now };
     store.put(&keys.spec(), crate::store::to_json(&rec), None).await?;
     Ok(spec)
