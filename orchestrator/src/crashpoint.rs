@@ -5,8 +5,13 @@
 //! that the test's SIGKILL lands exactly between two steps that must survive a crash (a record
 //! written and the cloud call not yet made, a cloud call answered and not yet recorded, ...).
 //! Without the variable a point costs one relaxed load. The names are listed in [`POINTS`].
+//!
+//! A test hook: only a fleetd built with the `testing` feature (as the tests build it) reads the
+//! variable; in any other build [`hit`] is empty.
 
+#[cfg(feature = "testing")]
 use std::sync::OnceLock;
+#[cfg(feature = "testing")]
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Every crash point, in the order a node's life passes them.
@@ -24,12 +29,14 @@ pub const POINTS: &[&str] = &[
     "terminate.confirmed", // record Terminated
 ];
 
+#[cfg(feature = "testing")]
 struct Target {
     name: String,
     nth: u32,
     seen: AtomicU32,
 }
 
+#[cfg(feature = "testing")]
 fn target() -> Option<&'static Target> {
     static T: OnceLock<Option<Target>> = OnceLock::new();
     T.get_or_init(|| {
@@ -42,6 +49,12 @@ fn target() -> Option<&'static Target> {
 }
 
 /// Passes the crash point `name` (see the module doc).
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub fn hit(_name: &'static str) {}
+
+/// Passes the crash point `name` (see the module doc).
+#[cfg(feature = "testing")]
 pub fn hit(name: &'static str) {
     let Some(t) = target() else { return };
     if t.name != name || t.seen.fetch_add(1, Ordering::SeqCst) + 1 != t.nth {

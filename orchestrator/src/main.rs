@@ -99,6 +99,7 @@ struct Args {
     fake_speed: f64,
     /// Simulates the agents of every cloud's nodes, not only the simulated clouds': for tests
     /// against an emulated cloud (moto) whose machines run no agent.
+    #[cfg(feature = "testing")]
     #[arg(long, hide = true)]
     simulate_agents: bool,
     /// How nodes get fleet's agent: `instance` (the machine image runs it; ready when the instance
@@ -120,6 +121,7 @@ struct Args {
     agent_dir: String,
     /// Connect to this address for every node's SSH instead of the instance's (tests that map
     /// emulated instances to one sshd on loopback).
+    #[cfg(feature = "testing")]
     #[arg(long, hide = true)]
     ssh_connect_override: Option<std::net::SocketAddr>,
     /// etcd endpoints as the nodes reach them (default: --etcd).
@@ -209,13 +211,31 @@ fn ssh_bootstrap(
         extra_agent_config: extra,
         connect_timeout: Duration::from_secs(10),
         max_concurrent: args.bootstrap_concurrency,
-        resolve: args.ssh_connect_override.map(|a| {
+        resolve: ssh_connect_override(args).map(|a| {
             let f: fleet_orchestrator::bootstrap::Resolve = Arc::new(move |_: &fleet_providers::Instance| Some(a));
             f
         }),
         credentials: access,
     };
     Ok(Arc::new(SshBootstrap::new(cfg, store)?))
+}
+
+// Test hooks (the end-to-end and crash tests): flags only a fleetd built with `testing` has.
+#[cfg(feature = "testing")]
+fn ssh_connect_override(args: &Args) -> Option<SocketAddr> {
+    args.ssh_connect_override
+}
+#[cfg(not(feature = "testing"))]
+fn ssh_connect_override(_: &Args) -> Option<SocketAddr> {
+    None
+}
+#[cfg(feature = "testing")]
+fn simulate_agents(args: &Args) -> bool {
+    args.simulate_agents
+}
+#[cfg(not(feature = "testing"))]
+fn simulate_agents(_: &Args) -> bool {
+    false
 }
 
 fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
@@ -401,7 +421,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ctx.clouds = accounts;
     let ctx = Arc::new(ctx);
     // Simulated clouds have no real agent on their machines: simulate those too.
-    let _agents = (!args.fake_clouds.is_empty() || args.simulate_agents).then(|| {
+    let _agents = (!args.fake_clouds.is_empty() || simulate_agents(&args)).then(|| {
         let d = SimAgentConfig::default();
         let speed = args.fake_speed.max(0.001);
         let cfg = SimAgentConfig {

@@ -28,6 +28,7 @@ pub enum CloudMsg {
     /// grace period).
     Audit { nodes: Vec<NodeRecord>, collect: Option<(Arc<HashSet<String>>, std::time::Duration)> },
     /// For chaos tests: panics in the handler.
+    #[cfg(feature = "testing")]
     Crash(String),
 }
 
@@ -159,6 +160,7 @@ impl Actor for CloudActor {
                     }
                 });
             }
+            #[cfg(feature = "testing")]
             CloudMsg::Crash(why) => panic!("cloud actor {} asked to crash: {why}", st.args.cloud),
         }
         Ok(())

@@ -27,6 +27,7 @@ pub enum NodeMsg {
     /// The latest record and the runners on this node, from the fleet's reconcile.
     Sync { node: Box<NodeRecord>, runners: Vec<Arc<RunnerRecord>> },
     /// For chaos tests: panics in the handler.
+    #[cfg(feature = "testing")]
     Crash(String),
 }
 
@@ -252,6 +253,7 @@ impl Actor for NodeActor {
                     myself.stop(Some("settled".into()));
                 }
             }
+            #[cfg(feature = "testing")]
             NodeMsg::Crash(why) => panic!("node actor {} asked to crash: {why}", st.args.id),
         }
         Ok(())

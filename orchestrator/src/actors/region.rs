@@ -39,6 +39,7 @@ pub enum RegionMsg {
         runners: Vec<Arc<RunnerRecord>>,
     },
     /// For chaos tests: panics in the handler.
+    #[cfg(feature = "testing")]
     Crash(String),
 }
 
@@ -200,6 +201,7 @@ impl Actor for RegionActor {
                 let id = node.id;
                 st.node_actor(&myself, id).await?.send_message(NodeMsg::Sync { node: Box::new(node), runners })?;
             }
+            #[cfg(feature = "testing")]
             RegionMsg::Crash(why) => panic!("region actor {} asked to crash: {why}", st.args.region),
         }
         Ok(())

@@ -25,6 +25,7 @@ pub enum RunnerMsg {
         node_gone: bool,
     },
     /// For chaos tests: panics in the handler.
+    #[cfg(feature = "testing")]
     Crash(String),
 }
 
@@ -120,6 +121,7 @@ impl Actor for RunnerActor {
                     Err(e) => tracing::warn!(runner = st.id, error = %e, "runner step failed; next sync retries"),
                 }
             }
+            #[cfg(feature = "testing")]
             RunnerMsg::Crash(why) => panic!("runner actor {} asked to crash: {why}", st.id),
         }
         Ok(())

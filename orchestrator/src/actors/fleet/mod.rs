@@ -54,6 +54,7 @@ pub enum FleetMsg {
     /// (the idempotency token makes a re-sent launch find the instance the first one made).
     ForgetLaunches,
     /// For chaos tests: panics in the handler.
+    #[cfg(feature = "testing")]
     Crash(String),
 }
 
@@ -219,6 +220,7 @@ impl Actor for FleetActor {
                 st.launching.clear();
                 st.probing.clear();
             }
+            #[cfg(feature = "testing")]
             FleetMsg::Crash(why) => panic!("fleet actor asked to crash: {why}"),
         }
         Ok(())
