@@ -37,6 +37,7 @@
 //! max_multiplexing = 4
 //! keep_alive = "5m"             # or "auto": kept while re-creating would cost more (KeepAlive)
 //! scaling_delay = "30s"
+//! predict = false               # true: scale up for the rate forecast one cold start ahead
 //!
 //! [apps.llama-70b.budget]
 //! max_per_hour = "200"
@@ -131,6 +132,11 @@ pub struct ScalingSpec {
     pub keep_alive: KeepAlive,
     /// How long demand must persist before scaling up.
     pub scaling_delay: Duration,
+    /// Predictive scale-up (`predict = true`): size for the arrival rate forecast one cold start
+    /// ahead (the recent rate, raised by the daily shape learned from the days seen) and the
+    /// service time measured, instead of one slot per queued request (fal's rule). See
+    /// `fleet_policies::autoscale`.
+    pub predict: bool,
 }
 
 impl Default for ScalingSpec {
@@ -144,6 +150,7 @@ impl Default for ScalingSpec {
             max_multiplexing: 1,
             keep_alive: KeepAlive::For(Duration::from_secs(60)),
             scaling_delay: Duration::ZERO,
+            predict: false,
         }
     }
 }
@@ -460,6 +467,7 @@ struct RawScaling {
     max_multiplexing: Option<Spanned<i64>>,
     keep_alive: Option<Spanned<toml::Value>>,
     scaling_delay: Option<Spanned<toml::Value>>,
+    predict: Option<bool>,
 }
 
 impl Checker<'_> {
@@ -627,6 +635,7 @@ impl Checker<'_> {
                 }
             },
             scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
+            predict: s.predict.unwrap_or(d.predict),
         };
         AppSpec {
             name: n.clone(),

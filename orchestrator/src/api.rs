@@ -492,6 +492,7 @@ async fn submit(
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
     }
     let id = queue::submit(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now()).await?;
+    *ctx.arrivals.lock().expect("arrivals lock").entry(app.clone()).or_default() += 1;
     ctx.nudge.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
 }

@@ -90,6 +90,10 @@ struct Args {
     /// (provision + boot + model load, plus a new node's minimum billing).
     #[arg(long, default_value_t = 240.0)]
     recreate_seconds: f64,
+    /// For apps with `predict = true`: how long a runner started now takes to serve, in seconds
+    /// (provision + boot + model load); scale-up sizes for the arrival rate this far ahead.
+    #[arg(long, default_value_t = 180.0)]
+    cold_start_seconds: f64,
     /// Seconds between a node's instance checks.
     #[arg(long, default_value_t = 5.0)]
     node_poll: f64,
@@ -414,6 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)),
         recreate: Duration::from_secs_f64(args.recreate_seconds.max(0.0)),
+        cold_start: Duration::from_secs_f64(args.cold_start_seconds.max(0.0)),
         ..Config::default()
     };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);

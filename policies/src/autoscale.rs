@@ -39,8 +39,11 @@ pub struct ScaleTarget {
 }
 
 pub fn target(spec: &ScalingSpec, demand: u32) -> ScaleTarget {
-    let mux = spec.max_multiplexing.max(1);
-    let needed = demand.div_ceil(mux);
+    target_for(spec, demand, demand.div_ceil(spec.max_multiplexing.max(1)))
+}
+
+/// The target when `needed` runners serve `demand` (fal's buffer, minimum and maximum applied).
+fn target_for(spec: &ScalingSpec, demand: u32, needed: u32) -> ScaleTarget {
     let perc = (u64::from(needed) * u64::from(spec.concurrency_buffer_perc)).div_ceil(100);
     let buffer = spec.concurrency_buffer.max(u32::try_from(perc).unwrap_or(u32::MAX));
     let desired = spec.min_concurrency.max(needed.saturating_add(buffer)).min(spec.max_concurrency);
@@ -73,20 +76,167 @@ pub struct ScaleDecision {
     pub pending_since: Option<Time>,
 }
 
-/// What `keep_alive = "auto"` weighs, kept by the caller: the app's desired runners at each
-/// recent decision (oldest first), and what re-creating a runner costs in time billed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DemandHistory {
-    pub samples: Vec<(Time, u32)>,
-    pub recreate: Duration,
+/// One decision's view of an app's demand, as the caller records it after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemandSample {
+    pub at: Time,
+    /// Runners the decision wanted.
+    pub desired: u32,
+    /// Requests submitted to the app since the caller started counting (monotonic).
+    pub arrived: u64,
+    pub queued: u32,
+    pub in_flight: u32,
 }
+
+/// What the autoscaler learns from an app's recent demand, kept by the caller between decisions
+/// ([`DemandHistory::record`] after each): the samples of the last [`history_window`] (for
+/// `keep_alive = "auto"` and the recent arrival rate), the service time measured from them
+/// (kept after they age out), and arrivals per time-of-day bin over the last week (the daily
+/// shape `predict = true` forecasts with).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DemandHistory {
+    pub samples: std::collections::VecDeque<DemandSample>,
+    /// What re-creating a runner costs in time billed: its cold start plus a new node's minimum
+    /// billing.
+    pub recreate: Duration,
+    /// How long a runner started now takes to serve: provision + boot + model load.
+    pub cold_start: Duration,
+    /// Mean seconds a request is in service (Little's law over the samples), once measured.
+    pub service_s: Option<f64>,
+    /// Arrivals per [`DAY_BIN`] bin: (bin number since the epoch, requests), oldest first.
+    pub bins: std::collections::VecDeque<(i64, u64)>,
+}
+
+/// The daily shape's resolution, and how many days of it are kept.
+pub const DAY_BIN: Duration = Duration::from_secs(900);
+const BINS_PER_DAY: i64 = 96;
+const DAYS_KEPT: i64 = 7;
+/// The recent arrival rate is measured over this much of the history.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Completions a service-time measurement needs before it replaces the last one.
+const MIN_COMPLETIONS: f64 = 20.0;
 
 /// How far back a caller keeps the history: ten minutes, or three re-creations if longer.
 pub fn history_window(recreate: Duration) -> Duration {
     Duration::from_secs(600).max(recreate.saturating_mul(3))
 }
 
+fn secs_between(a: Time, b: Time) -> f64 {
+    (b - a).num_milliseconds() as f64 / 1000.0
+}
+
 impl DemandHistory {
+    pub fn new(recreate: Duration, cold_start: Duration) -> DemandHistory {
+        DemandHistory { recreate, cold_start, ..DemandHistory::default() }
+    }
+
+    /// Adds one decision's sample: trims the samples to [`history_window`], counts the new
+    /// arrivals into their time-of-day bin, and re-measures the service time.
+    pub fn record(&mut self, sample: DemandSample) {
+        if let Some(last) = self.samples.back() {
+            let new = sample.arrived.saturating_sub(last.arrived);
+            let bin = sample.at.timestamp().div_euclid(DAY_BIN.as_secs() as i64);
+            match self.bins.back_mut() {
+                Some((b, n)) if *b == bin => *n += new,
+                _ => self.bins.push_back((bin, new)),
+            }
+            while self.bins.front().is_some_and(|(b, _)| *b <= bin - DAYS_KEPT * BINS_PER_DAY) {
+                self.bins.pop_front();
+            }
+        }
+        self.samples.push_back(sample);
+        let window = chrono::Duration::from_std(history_window(self.recreate)).unwrap_or(chrono::Duration::MAX);
+        while self.samples.front().is_some_and(|s| sample.at - s.at > window) {
+            self.samples.pop_front();
+        }
+        if let Some(s) = self.measure_service() {
+            self.service_s = Some(s);
+        }
+    }
+
+    /// Little's law over the samples: requests completed = arrivals − growth of queued + in
+    /// flight; mean in flight = completion rate × service time.
+    fn measure_service(&self) -> Option<f64> {
+        let (first, last) = (self.samples.front()?, self.samples.back()?);
+        let span = secs_between(first.at, last.at);
+        let open = |s: &DemandSample| f64::from(s.queued) + f64::from(s.in_flight);
+        let completed = (last.arrived - first.arrived) as f64 - (open(last) - open(first));
+        if span <= 0.0 || completed < MIN_COMPLETIONS {
+            return None;
+        }
+        // Time-weighted mean in flight (trapezoids between samples).
+        let busy: f64 = self
+            .samples
+            .iter()
+            .zip(self.samples.iter().skip(1))
+            .map(|(a, b)| (f64::from(a.in_flight) + f64::from(b.in_flight)) / 2.0 * secs_between(a.at, b.at))
+            .sum();
+        Some(busy / completed)
+    }
+
+    /// Requests per second over the last [`RATE_WINDOW`] of samples.
+    pub fn recent_rate(&self, now: Time) -> f64 {
+        let Some(last) = self.samples.back() else { return 0.0 };
+        let from = now - chrono::Duration::from_std(RATE_WINDOW).unwrap_or_default();
+        let first = self.samples.iter().find(|s| s.at >= from).unwrap_or(last);
+        let span = secs_between(first.at, last.at);
+        if span <= 0.0 { 0.0 } else { (last.arrived - first.arrived) as f64 / span }
+    }
+
+    /// The highest rate over any [`RATE_WINDOW`] within the history: what the capacity kept
+    /// warm is sized for, so that a burst like the recent ones finds it (as SkyPilot's and
+    /// dstack's autoscalers hold replicas through a downscale delay).
+    pub fn peak_rate(&self) -> f64 {
+        let w = RATE_WINDOW.as_secs_f64();
+        let mut best = 0.0f64;
+        let mut j = 0;
+        let v = &self.samples;
+        let history = match (v.front(), v.back()) {
+            (Some(a), Some(b)) => secs_between(a.at, b.at),
+            _ => return 0.0,
+        };
+        for i in 0..v.len() {
+            // The first sample at most one window before sample i.
+            while secs_between(v[j].at, v[i].at) > w {
+                j += 1;
+            }
+            // Never over less than a window, unless the whole history is shorter.
+            let span = secs_between(v[j].at, v[i].at).max(w.min(history));
+            if span > 0.0 {
+                best = best.max((v[i].arrived - v[j].arrived) as f64 / span);
+            }
+        }
+        best
+    }
+
+    /// The arrival rate to provision for, one cold start ahead: the recent rate, or the mean
+    /// rate of the days seen at the same time of day over the next cold start (and the bin it
+    /// ends in), whichever is higher. Days count only once a whole day of bins precedes now.
+    pub fn forecast_rate(&self, now: Time) -> f64 {
+        let recent = self.peak_rate();
+        let bin_s = DAY_BIN.as_secs() as i64;
+        let now_bin = now.timestamp().div_euclid(bin_s);
+        let Some(&(oldest, _)) = self.bins.front() else { return recent };
+        let days = (now_bin - oldest) / BINS_PER_DAY;
+        if days < 1 {
+            return recent;
+        }
+        let ahead = (self.cold_start.as_secs() as i64).div_euclid(bin_s) + 1;
+        let mut best = 0.0f64;
+        for k in 0..=ahead {
+            let mut total = 0u64;
+            for d in 1..=days {
+                let b = now_bin + k - d * BINS_PER_DAY;
+                // Bins are sorted: a binary search finds the day's count (0 when absent).
+                if let Ok(i) = self.bins.binary_search_by_key(&b, |(x, _)| *x) {
+                    total += self.bins[i].1;
+                }
+            }
+            best = best.max(total as f64 / days as f64 / bin_s as f64);
+        }
+        recent.max(best)
+    }
+
     /// The expected time until demand next wants `level` runners: the mean time between the
     /// starts of the episodes in which it did within the history (the history's span for a single
     /// one), or the time since it last did once that is longer; `None` when it never did.
@@ -94,24 +244,38 @@ impl DemandHistory {
         let mut starts: Vec<Time> = Vec::new();
         let mut last = None;
         let mut above = false;
-        for (t, desired) in &self.samples {
-            let now_above = *desired >= level;
+        for s in &self.samples {
+            let now_above = s.desired >= level;
             if now_above && !above {
-                starts.push(*t);
+                starts.push(s.at);
             }
             if now_above {
-                last = Some(*t);
+                last = Some(s.at);
             }
             above = now_above;
         }
         let last = last?;
         let span = |a: Time, b: Time| (b - a).to_std().unwrap_or_default();
         let mean = match starts.len() {
-            0 | 1 => span(self.samples.first()?.0, now),
+            0 | 1 => span(self.samples.front()?.at, now),
             k => span(starts[0], starts[k - 1]) / (k as u32 - 1),
         };
         Some(mean.max(span(last, now)))
     }
+}
+
+/// Runners `predict = true` wants for this demand: enough slots for the forecast rate times the
+/// measured service time, plus what drains the queue within one cold start (runners started now
+/// help only after it), and never fewer than the requests in flight occupy. `None` until a
+/// service time has been measured.
+pub fn predicted_needed(spec: &ScalingSpec, history: &DemandHistory, queued: u32, in_flight: u32, now: Time) -> Option<u32> {
+    let s = history.service_s?;
+    let mux = f64::from(spec.max_multiplexing.max(1));
+    let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
+    let concurrency = history.forecast_rate(now) * s + f64::from(queued) * s / horizon;
+    let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
+    let wanted = (concurrency / mux).ceil().min(f64::from(u32::MAX)) as u32;
+    Some(busy.max(wanted))
 }
 
 /// Decides one app's runner changes (with no demand history: see [`decide_with`]).
@@ -136,8 +300,20 @@ pub fn decide_with(
     history: &DemandHistory,
     now: Time,
 ) -> ScaleDecision {
-    let t = target(spec, queued.saturating_add(in_flight));
+    let demand = queued.saturating_add(in_flight);
     let current = u32::try_from(runners.len()).unwrap_or(u32::MAX);
+    let t = if !spec.predict {
+        target(spec, demand)
+    } else if let Some(needed) = predicted_needed(spec, history, queued, in_flight, now) {
+        target_for(spec, demand, needed)
+    } else {
+        // Nothing measured yet (a new app, or a restarted fleetd): one runner probes the service
+        // time and the count holds until it is known, rather than one slot per queued request
+        // piling up during the first cold start. Never more than fal's rule would start.
+        let fal = target(spec, demand);
+        let probe = if demand == 0 { 0 } else { current.max(1) };
+        ScaleTarget { desired: fal.desired.min(probe.max(spec.min_concurrency)), ..fal }
+    };
     if t.desired > current {
         let immediate = spec.min_concurrency.saturating_sub(current).min(t.desired - current);
         let since = pending_since.unwrap_or(now);
@@ -157,6 +333,10 @@ pub fn decide_with(
         KeepAlive::For(t) => {
             now.signed_duration_since(since) >= chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
         }
+        // The app's last runner is priced differently: stopping it means the next request waits
+        // a whole cold start, which the billed-time rule does not price. It stays until the app
+        // has had no demand for the whole history window.
+        KeepAlive::Auto if remaining == 0 => history.expected_gap(1, now).is_none(),
         KeepAlive::Auto => history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate),
     };
     let mut idle: Vec<(&RunnerInfo, Time)> = runners
@@ -206,6 +386,7 @@ mod tests {
             max_multiplexing: 4,
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             scaling_delay: Duration::from_secs(30),
+            predict: false,
         }
     }
 
@@ -283,10 +464,10 @@ mod tests {
                 .map(|i| {
                     let t = -600 + i * 10;
                     let burst = (t + ago) % every == 0 && t <= -ago;
-                    (t0() + secs(t), if burst { level } else { 0 })
+                    sample(t, if burst { level } else { 0 }, 0, 0)
                 })
                 .collect(),
-            recreate,
+            ..DemandHistory::new(recreate, recreate)
         };
         let stops = |h: &DemandHistory| decide_with(&s, 0, 0, None, &runners, h, t0()).stop.len();
         // Bursts of 3 runners every 60 s, the last 10 s ago: all three will be needed within a
@@ -294,15 +475,99 @@ mod tests {
         assert_eq!(stops(&history(3, 60, 10)), 0);
         // Bursts of 1 runner every 60 s: one is kept, the two others never wanted go.
         assert_eq!(stops(&history(1, 60, 10)), 2);
-        // Bursts of 3 every 300 s: each waits longer than re-creating costs: all go.
-        assert_eq!(stops(&history(3, 300, 10)), 3);
-        // Bursts every 60 s that stopped 200 s ago: the silence is the gap now: all go.
-        assert_eq!(stops(&history(3, 60, 200)), 3);
-        // No history: nothing to wait for.
-        assert_eq!(stops(&DemandHistory { samples: vec![], recreate }), 3);
+        // Bursts of 3 every 300 s: each waits longer than re-creating costs: all go but the
+        // app's last, kept while demand came within the history window.
+        assert_eq!(stops(&history(3, 300, 10)), 2);
+        // Bursts every 60 s that stopped 200 s ago: the silence is the gap now: the same.
+        assert_eq!(stops(&history(3, 60, 200)), 2);
+        // No demand in the whole window (or no history): nothing to wait for, the last goes too.
+        assert_eq!(stops(&history(0, 60, 10)), 3);
+        assert_eq!(stops(&DemandHistory::new(recreate, recreate)), 3);
         // The fixed keep-alive ignores the history: only the runner idle past 300 s goes.
         let fixed = ScalingSpec { keep_alive: KeepAlive::For(Duration::from_secs(300)), ..s };
         assert_eq!(decide_with(&fixed, 0, 0, None, &runners, &history(3, 60, 10), t0()).stop, [1]);
+    }
+
+    fn sample(at: i64, desired: u32, arrived: u64, in_flight: u32) -> DemandSample {
+        DemandSample { at: t0() + secs(at), desired, arrived, queued: 0, in_flight }
+    }
+
+    #[test]
+    fn service_time_and_rate_are_measured_from_the_samples() {
+        // Two requests a second, each in service 3 s: six in flight on average.
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        assert_eq!(h.service_s, None);
+        for i in 0..=30 {
+            h.record(sample(-300 + i * 10, 1, 20 * i as u64, 6));
+        }
+        let s = h.service_s.expect("measured");
+        assert!((s - 3.0).abs() < 0.01, "{s}");
+        assert!((h.recent_rate(t0()) - 2.0).abs() < 0.01);
+        // Silence afterwards: the rate falls to zero, the service time is remembered.
+        for i in 1..=70 {
+            h.record(sample(i * 10, 0, 600, 0));
+        }
+        assert_eq!(h.recent_rate(t0() + secs(700)), 0.0);
+        assert!(h.service_s.is_some());
+        assert!(h.samples.len() <= 73, "trimmed to the 720 s window: {}", h.samples.len());
+    }
+
+    #[test]
+    fn predict_sizes_for_rate_times_service_time_not_one_slot_per_queued_request() {
+        let s = ScalingSpec {
+            min_concurrency: 0,
+            max_concurrency: 100,
+            concurrency_buffer: 0,
+            concurrency_buffer_perc: 0,
+            max_multiplexing: 8,
+            keep_alive: KeepAlive::For(Duration::from_secs(300)),
+            scaling_delay: Duration::ZERO,
+            predict: true,
+        };
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        // Nothing measured yet, 360 requests queued behind one starting runner: fal would want
+        // 45 runners; predict holds at the probe runner.
+        let starting = [RunnerInfo { id: 1, ready: false, in_flight: 0, idle_since: None, slot_price: Price::ZERO }];
+        let d = decide_with(&s, 360, 0, None, &starting, &h, t0());
+        assert_eq!((d.target.desired, d.start), (1, 0));
+        assert_eq!(decide_with(&ScalingSpec { predict: false, ..s.clone() }, 360, 0, None, &starting, &h, t0()).start, 44);
+        // No runner at all: the probe starts.
+        assert_eq!(decide_with(&s, 5, 0, None, &[], &h, t0()).start, 1);
+        // Measured: 2 requests/s of 2.1 s each = 4.2 slots; a backlog of 360 drains within the
+        // 180 s cold start with 360 × 2.1 / 180 = 4.2 more: ⌈8.4 / 8⌉ = 2 runners.
+        for i in 0..=30 {
+            h.record(DemandSample { at: t0() + secs(-300 + i * 10), desired: 1, arrived: 20 * i as u64, queued: 0, in_flight: 0 });
+        }
+        h.service_s = Some(2.1);
+        assert_eq!(predicted_needed(&s, &h, 360, 0, t0()), Some(2));
+        assert_eq!(predicted_needed(&s, &h, 0, 0, t0()), Some(1));
+        // Never below what the requests in flight occupy.
+        assert_eq!(predicted_needed(&s, &h, 0, 40, t0()), Some(5));
+    }
+
+    #[test]
+    fn forecast_rises_ahead_of_a_daily_wave() {
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(1200));
+        // Two days of samples every minute: quiet (1 request a minute), but 10 a second from
+        // 09:00 to 10:00 each day.
+        let start = chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let mut arrived = 0;
+        let mut at = start;
+        while at < start + chrono::Duration::days(2) + chrono::Duration::hours(8) + chrono::Duration::minutes(50) {
+            let wave = (9..10).contains(&chrono::Timelike::hour(&at));
+            arrived += if wave { 600 } else { 1 };
+            h.record(DemandSample { at, desired: 0, arrived, queued: 0, in_flight: 0 });
+            at += chrono::Duration::minutes(1);
+        }
+        let now = at - chrono::Duration::minutes(1);
+        // 08:49 on day 3: recent rate is quiet, the 20-minute cold start ends in the wave.
+        assert!(h.recent_rate(now) < 0.1);
+        let f = h.forecast_rate(now);
+        assert!(f > 5.0, "{f}");
+        // Without the days seen the forecast is the recent rate.
+        let mut fresh = h.clone();
+        fresh.bins.retain(|(b, _)| *b >= now.timestamp() / 900 - 20);
+        assert!(fresh.forecast_rate(now) < 0.1);
     }
 
     #[test]
@@ -323,6 +588,7 @@ mod tests {
                 min_concurrency: min, max_concurrency: min + extra.max(1), concurrency_buffer: buffer,
                 concurrency_buffer_perc: perc, max_multiplexing: mux,
                 keep_alive: KeepAlive::For(Duration::from_secs(300)), scaling_delay: Duration::from_secs(delay),
+                predict: false,
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,

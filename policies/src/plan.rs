@@ -36,7 +36,7 @@ pub struct RunnerView {
 }
 
 /// What is true of one app now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppView {
     pub queued: u32,
     pub in_flight: u32,
@@ -107,7 +107,7 @@ pub struct AppPlan {
     pub max_added_per_hour: Money,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FleetPlan {
     pub apps: Vec<AppPlan>,
     pub burn_per_hour: Money,

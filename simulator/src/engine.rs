@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::TimeZone;
 use fleet_core::spec::{FleetSpec, KeepAlive};
 use fleet_core::{CapacityType, Catalog, GpuModel, Money, Price, Time};
-use fleet_policies::autoscale::{DemandHistory, RunnerInfo};
+use fleet_policies::autoscale::{DemandHistory, DemandSample, RunnerInfo};
 use fleet_policies::placement::{CapacityWanted, PlacementIndex, RankInput, UnavailableCache, UnavailableReason};
 use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView, plan};
 use rand::rngs::StdRng;
@@ -37,6 +37,9 @@ enum Ev {
     RunnerReady(usize),
     Done { runner: usize, req: usize },
     Preempt(usize),
+    /// The oracle's booking `i` launches, and ends.
+    Book(usize),
+    Unbook(usize),
 }
 
 impl Ev {
@@ -49,6 +52,8 @@ impl Ev {
             Ev::RunnerReady(r) => (2, r, 0),
             Ev::Done { runner, req } => (3, runner, req),
             Ev::Preempt(n) => (4, n, 0),
+            Ev::Book(i) => (5, i, 0),
+            Ev::Unbook(i) => (6, i, 0),
         };
         assert!(a < 1 << 29 && b < 1 << 32, "more than 2^29 runners or 2^32 requests");
         kind << 61 | (a as u64) << 32 | b as u64
@@ -62,7 +67,9 @@ impl Ev {
             1 => Ev::NodeReady(a),
             2 => Ev::RunnerReady(a),
             3 => Ev::Done { runner: a, req: b },
-            _ => Ev::Preempt(a),
+            4 => Ev::Preempt(a),
+            5 => Ev::Book(a),
+            _ => Ev::Unbook(a),
         }
     }
 }
@@ -112,7 +119,6 @@ pub struct Engine<'a> {
     demand_app: usize,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
-    rng: StdRng,
     /// (time, sequence, packed event): ties at one time keep the order events were scheduled.
     heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
     seq: u64,
@@ -136,13 +142,15 @@ pub struct Engine<'a> {
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
     pending_since: Vec<Option<Time>>,
-    /// Each app's desired runners at each recent tick (ms, runners), for `keep_alive = "auto"`.
-    desired: Vec<std::collections::VecDeque<(u64, u32)>>,
+    /// What each app's autoscaler has learned of its demand, kept as fleetd keeps it.
+    history: Vec<DemandHistory>,
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
     closed_cost: Money,
     report: Report,
     busy_gpu_ms: u128,
+    /// The node of each oracle booking, once launched.
+    booked: Vec<Option<usize>>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -168,7 +176,6 @@ impl<'a> Engine<'a> {
             demand_app,
             arrivals,
             next_arrival: 0,
-            rng: StdRng::seed_from_u64(sc.seed),
             heap: BinaryHeap::new(),
             seq: 0,
             now: 0,
@@ -184,14 +191,22 @@ impl<'a> Engine<'a> {
             live_nodes: BTreeSet::new(),
             live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
-            desired: vec![std::collections::VecDeque::new(); apps],
+            history: vec![DemandHistory::default(); apps],
             live_per_offering: BTreeMap::new(),
             cache: UnavailableCache::default(),
             closed_cost: Money::ZERO,
             report,
             busy_gpu_ms: 0,
+            booked: Vec::new(),
         };
         e.push(0, Ev::Tick);
+        if let Policy::Oracle { bookings } = &sc.policy {
+            e.booked = vec![None; bookings.len()];
+            for (i, b) in bookings.iter().enumerate() {
+                e.push(b.launch_ms, Ev::Book(i));
+                e.push(b.end_ms, Ev::Unbook(i));
+            }
+        }
         e
     }
 
@@ -245,6 +260,13 @@ impl<'a> Engine<'a> {
                 Ev::RunnerReady(r) => self.runner_ready(r),
                 Ev::Done { runner, req } => self.done(runner, req),
                 Ev::Preempt(n) => self.preempt(n),
+                Ev::Book(i) => self.book(i),
+                Ev::Unbook(i) => {
+                    if let Some(n) = self.booked[i] {
+                        self.end_node(n);
+                        self.dispatch();
+                    }
+                }
             }
         }
         self.finish()
@@ -255,12 +277,7 @@ impl<'a> Engine<'a> {
     }
 
     fn service_ms(&self, req: usize, node: usize) -> u64 {
-        let a = &self.arrivals[req];
-        let scale = f64::from(self.gpu_of(node).bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
-        let s = &self.sc.service;
-        let secs = f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
-            + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale);
-        (secs * 1000.0).ceil().max(1.0) as u64
+        service_ms(self.sc, &self.arrivals[req], self.gpu_of(node))
     }
 
     fn mux(&self, app: usize) -> usize {
@@ -386,11 +403,7 @@ impl<'a> Engine<'a> {
         let node = &self.nodes[n];
         let o = self.index.offering(node.offering);
         let model = self.sc.cloud(o.cloud);
-        let ran = Duration::from_millis(until_ms - node.launched_ms);
-        let step = model.billing_step.max(Duration::from_millis(1));
-        let steps = ran.as_millis().div_ceil(step.as_millis());
-        let billed = (step * u32::try_from(steps).unwrap_or(u32::MAX)).max(model.min_billing);
-        o.price.cost_for(billed)
+        o.price.cost_for(model.billed(Duration::from_millis(until_ms - node.launched_ms)))
     }
 
     fn end_node(&mut self, n: usize) {
@@ -441,7 +454,7 @@ impl<'a> Engine<'a> {
         self.cache.expire(now_ts);
         let mut apps = BTreeMap::new();
         self.apply_baseline();
-        let mut recreate = Vec::with_capacity(self.spec.apps.len());
+        let mut histories: Vec<DemandHistory> = (0..self.spec.apps.len()).map(|i| self.demand_history(i)).collect();
         for (i, app) in self.spec.apps.iter().enumerate() {
             let runners: Vec<RunnerView> = self
                 .live_runners
@@ -469,8 +482,7 @@ impl<'a> Engine<'a> {
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
             let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
-            let demand = self.demand_history(i);
-            recreate.push(demand.recreate);
+            let demand = std::mem::take(&mut histories[i]);
             let st = AppView {
                 queued,
                 in_flight,
@@ -488,16 +500,28 @@ impl<'a> Engine<'a> {
             st.month_to_date = mtd;
         }
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
-        let p = plan(&self.index, &self.spec, &state, &PlanOptions::default());
+        // The oracle's nodes come and go by its bookings: nothing to decide.
+        let oracle = matches!(self.sc.policy, Policy::Oracle { .. });
+        let p = if oracle {
+            fleet_policies::plan::FleetPlan::default()
+        } else {
+            plan(&self.index, &self.spec, &state, &PlanOptions::default())
+        };
+        let mut views = state.apps;
         for (i, ap) in p.apps.iter().enumerate() {
             self.pending_since[i] = ap.decision.pending_since;
-            // Desired runners, kept as long back as fleetd keeps them.
-            let window = ms(fleet_policies::autoscale::history_window(recreate[i]));
-            let h = &mut self.desired[i];
-            h.push_back((self.now, ap.decision.target.desired));
-            while h.front().is_some_and(|(t, _)| t + window < self.now) {
-                h.pop_front();
-            }
+            // The history goes back to the engine with this tick's sample, as fleetd keeps it.
+            let v = views.get_mut(&ap.app).expect("every app has a view");
+            let mut h = std::mem::take(&mut v.demand);
+            let arrived = if i == self.demand_app { self.next_arrival as u64 } else { 0 };
+            h.record(DemandSample {
+                at: now_ts,
+                desired: ap.decision.target.desired,
+                arrived,
+                queued: v.queued,
+                in_flight: v.in_flight,
+            });
+            self.history[i] = h;
             for id in &ap.decision.stop {
                 self.stop_runner(*id as usize);
             }
@@ -544,7 +568,7 @@ impl<'a> Engine<'a> {
     /// spec's own): a fixed count is `min = max`, started at once and stopped at once.
     fn apply_baseline(&mut self) {
         let want = match self.sc.policy {
-            Policy::Spec => return,
+            Policy::Spec | Policy::Oracle { .. } => return,
             Policy::StaticPeak { runners } => runners,
             Policy::TargetQps { per_runner_qps, downscale_delay } => {
                 const WINDOW_MS: u64 = 60_000;
@@ -577,17 +601,18 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// What `keep_alive = "auto"` weighs for app `app`, as fleetd keeps it: its desired runners at
-    /// each recent tick, and a re-creation's cold start (provision + boot + model load) plus
-    /// minimum billing on the cloud of the app's cheapest offering.
-    fn demand_history(&self, app: usize) -> DemandHistory {
+    /// What app `app`'s autoscaler has learned (taken out for the tick and put back after it),
+    /// with a cold start (provision + boot + model load) and a re-creation (that plus minimum
+    /// billing) on the cloud of the app's cheapest offering now.
+    fn demand_history(&mut self, app: usize) -> DemandHistory {
         let model = match self.index.best(app, &RankInput::new(self.at(self.now), &self.cache)) {
             Some(c) => self.sc.cloud(self.index.offering(c.offering).cloud).clone(),
             None => self.sc.default_cloud.clone(),
         };
-        let recreate = model.provision_delay + model.boot + self.sc.service.model_load + model.min_billing;
-        let samples = self.desired[app].iter().map(|(t, d)| (self.at(*t), *d)).collect();
-        DemandHistory { samples, recreate }
+        let mut h = std::mem::take(&mut self.history[app]);
+        h.cold_start = model.provision_delay + model.boot + self.sc.service.model_load;
+        h.recreate = h.cold_start + model.min_billing;
+        h
     }
 
     fn add_runner(&mut self, app: usize, node: usize) {
@@ -610,9 +635,41 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Launches the oracle's booking `i`: its offering, no capacity error, no preemption, the
+    /// mean provisioning delay.
+    fn book(&mut self, i: usize) {
+        let Policy::Oracle { bookings } = &self.sc.policy else { return };
+        let b = bookings[i].clone();
+        let o = self.index.offering(b.offering);
+        let model = self.sc.cloud(o.cloud).clone();
+        let n = self.new_node(self.demand_app, b.offering, b.runners, ms(model.provision_delay + model.boot));
+        self.booked[i] = Some(n);
+        for _ in 0..b.runners {
+            self.add_runner(self.demand_app, n);
+        }
+    }
+
+    /// Records a launched node (ready after `ready_in` ms) and starts billing it.
+    fn new_node(&mut self, app: usize, offering: u32, slots: u32, ready_in: u64) -> usize {
+        let n = self.nodes.len();
+        self.nodes.push(Node { app, offering, slots, launched_ms: self.now, up: false, ended_ms: None, runners: Vec::new() });
+        self.live_nodes.insert(n);
+        let price = i128::from(self.index.offering(offering).price.hourly().micros());
+        self.live_price += price;
+        self.live_price_launch += price * i128::from(self.now);
+        *self.live_per_offering.entry(offering).or_default() += 1;
+        self.report.nodes_launched += 1;
+        self.push(self.now + ready_in, Ev::NodeReady(n));
+        n
+    }
+
     /// Walks the candidates as the orchestrator does: on simulated insufficient capacity, mark
     /// the offering unavailable and try the next.
     fn launch(&mut self, app: usize, candidates: &[fleet_policies::placement::Candidate], runners: u32) {
+        // The n-th node launched draws from its own stream (common random numbers): policies
+        // compared on one seed meet the same provisioning delays, capacity errors and
+        // preemptions for their first, second, … node, so their differences are theirs.
+        let mut rng = self.node_rng(self.nodes.len() as u64);
         for c in candidates {
             let o = self.index.offering(c.offering);
             let model = self.sc.cloud(o.cloud).clone();
@@ -622,7 +679,7 @@ impl<'a> Engine<'a> {
             } else {
                 self.sc.capacity.get(&o.key().to_string()).copied().unwrap_or(model.capacity)
             };
-            let ice = model.ice_probability > 0.0 && self.rng.random::<f64>() < model.ice_probability;
+            let ice = model.ice_probability > 0.0 && rng.random::<f64>() < model.ice_probability;
             if live >= capacity || ice {
                 self.report.failovers += 1;
                 let key = o.key();
@@ -635,30 +692,14 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let jitter = ms(model.provision_jitter);
-            let delay = ms(model.provision_delay) + if jitter > 0 { self.rng.random_range(0..=2 * jitter) } else { 0 };
-            let ready_at = (self.now + delay).saturating_sub(jitter) + ms(model.boot);
-            let n = self.nodes.len();
-            self.nodes.push(Node {
-                app,
-                offering: c.offering,
-                slots: c.runners_per_node,
-                launched_ms: self.now,
-                up: false,
-                ended_ms: None,
-                runners: Vec::new(),
-            });
-            self.live_nodes.insert(n);
-            let price = i128::from(o.price.hourly().micros());
-            self.live_price += price;
-            self.live_price_launch += price * i128::from(self.now);
-            *self.live_per_offering.entry(c.offering).or_default() += 1;
-            self.report.nodes_launched += 1;
+            let delay = ms(model.provision_delay) + if jitter > 0 { rng.random_range(0..=2 * jitter) } else { 0 };
+            let ready_in = delay.saturating_sub(jitter) + ms(model.boot);
+            let n = self.new_node(app, c.offering, c.runners_per_node, ready_in);
             if self.oversized(app, c, runners) {
                 self.report.oversized_nodes += 1;
             }
-            self.push(ready_at, Ev::NodeReady(n));
             if c.capacity == CapacityType::Spot && model.preemptions_per_hour > 0.0 {
-                let hours = -(1.0 - self.rng.random::<f64>()).ln() / model.preemptions_per_hour;
+                let hours = -(1.0 - rng.random::<f64>()).ln() / model.preemptions_per_hour;
                 self.push(self.now + (hours * 3_600_000.0) as u64, Ev::Preempt(n));
             }
             for _ in 0..runners {
@@ -667,6 +708,10 @@ impl<'a> Engine<'a> {
             return;
         }
         self.report.launch_failures += 1;
+    }
+
+    fn node_rng(&self, n: u64) -> StdRng {
+        StdRng::seed_from_u64(self.sc.seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     /// Whether a node of candidate `c` for `runners` runners costs more than the cheapest offering
@@ -701,6 +746,16 @@ impl<'a> Engine<'a> {
         self.report.finish(self.sc);
         self.report
     }
+}
+
+/// How long request `a` takes on a `gpu`: prefill plus decode at the scenario's H100 token rates,
+/// scaled by the GPU's bf16 TFLOP/s.
+pub(crate) fn service_ms(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> u64 {
+    let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
+    let s = &sc.service;
+    let secs = f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
+        + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale);
+    (secs * 1000.0).ceil().max(1.0) as u64
 }
 
 /// The least any policy could pay for this demand: all of it served on the single cheapest
@@ -741,6 +796,8 @@ mod tests {
             Ev::RunnerReady((1 << 29) - 1),
             Ev::Done { runner: 123_456, req: u32::MAX as usize },
             Ev::Preempt(0),
+            Ev::Book(3),
+            Ev::Unbook((1 << 29) - 1),
         ] {
             assert_eq!(Ev::unpack(ev.pack()), ev);
         }

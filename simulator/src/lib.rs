@@ -5,9 +5,11 @@
 //!   shape), Poisson sources.
 //! - [`engine`]: the discrete-event simulation, calling `fleet_policies::plan` each tick.
 //! - [`report`]: cost, waits, events, lower bound; table and JSON.
+//! - [`oracle`]: the hindsight oracle's schedule, for [`baselines`].
 
 pub mod demand;
 pub mod engine;
+pub mod oracle;
 pub mod plots;
 pub mod report;
 pub mod scenario;
@@ -55,20 +57,24 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
     Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress))
 }
 
-/// The scenario under its spec's own policies and under two baselines, on the same demand and
-/// seed, in that order:
+/// The scenario under its spec's own policies, three baselines and the hindsight oracle, on the
+/// same demand and seed, in that order:
 ///
-/// - `static-peak`: a fixed fleet from start to end, as many runners as the spec's run ever had
-///   demand for (⌈peak of queued + in-flight ÷ max_multiplexing⌉), placed as the spec places them;
+/// - `static-peak`: a fixed fleet from start to end, placed as the spec places it, with as many
+///   runners as the demand's peak needs: ⌈most requests ever in service at once ÷
+///   max_multiplexing⌉, each request in service from its arrival for its H100 service time;
 /// - `target-qps`: replicas = ⌈requests/s over the last minute ÷ target⌉ with a 10-minute
 ///   downscale cooldown (SkyPilot Serve's and dstack's way), the target being 80 % of what one
-///   runner serves at full multiplexing on an H100 with the scenario's mean request.
+///   runner serves at full multiplexing on an H100 with the scenario's mean request;
+/// - `oracle`: [`oracle::schedule`]'s nodes.
+///
+/// Every report carries the oracle's cost (`oracle_cost`) for the ratio.
 pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     let (catalog, arrivals) = inputs(sc)?;
     let app = &sc.spec.apps.iter().find(|a| a.name == sc.demand.app).expect("scenario checked the app").scaling;
     let mux = app.max_multiplexing.max(1);
     let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run();
-    let peak = own.timeline.iter().map(|s| s.demand.div_ceil(mux)).max().unwrap_or(0).max(1);
+    let peak = peak_in_service(sc, &arrivals).div_ceil(mux).clamp(1, app.max_concurrency.max(1));
     let mean_s = if arrivals.is_empty() {
         1.0
     } else {
@@ -89,9 +95,34 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
         "target-qps",
         Policy::TargetQps { per_runner_qps, downscale_delay: std::time::Duration::from_secs(600) },
     );
+    let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), &sc.spec);
+    let app_ix = index.app_index(&sc.demand.app).expect("scenario checked the app");
+    let booked = oracle::schedule(sc, &index, app_ix, &arrivals);
+    let orc = variant("oracle", Policy::Oracle { bookings: booked.bookings });
     let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run();
-    let qps = engine::Engine::new(&qps, catalog, arrivals).run();
-    Ok(vec![own, stat, qps])
+    let qps = engine::Engine::new(&qps, catalog.clone(), arrivals.clone()).run();
+    let orc = engine::Engine::new(&orc, catalog, arrivals).run();
+    let mut out = vec![own, stat, qps, orc];
+    let oracle_cost = out[3].cost;
+    for r in &mut out {
+        r.set_oracle(oracle_cost);
+    }
+    Ok(out)
+}
+
+/// The most requests in service at once if each started at its arrival and took its H100
+/// service time.
+fn peak_in_service(sc: &Scenario, arrivals: &[demand::Arrival]) -> u32 {
+    let mut ends = std::collections::BinaryHeap::new();
+    let mut peak = 0;
+    for a in arrivals {
+        while ends.peek().is_some_and(|std::cmp::Reverse(e)| *e <= a.at_ms) {
+            ends.pop();
+        }
+        ends.push(std::cmp::Reverse(a.at_ms + engine::service_ms(sc, a, fleet_core::GpuModel::H100Sxm)));
+        peak = peak.max(ends.len());
+    }
+    u32::try_from(peak).unwrap_or(u32::MAX)
 }
 
 /// The catalog and the arrivals a scenario runs on.

@@ -65,6 +65,11 @@ pub struct Report {
     pub max_burn_per_hour: Money,
     pub lower_bound: Money,
     pub cost_over_lower_bound: f64,
+    /// The hindsight oracle's cost on the same demand, where computed (`compare --baselines`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_cost: Option<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_over_oracle: Option<f64>,
     pub events: u64,
     #[serde(skip)]
     pub(crate) waits_ms: Vec<u32>,
@@ -113,6 +118,8 @@ impl Report {
             max_burn_per_hour: Money::ZERO,
             lower_bound: Money::ZERO,
             cost_over_lower_bound: 0.0,
+            oracle_cost: None,
+            cost_over_oracle: None,
             events: 0,
             waits_ms: Vec::with_capacity(usize::try_from(requests).unwrap_or(0)),
             timeline: Vec::new(),
@@ -144,6 +151,12 @@ impl Report {
         };
     }
 
+    /// Records the oracle's cost on the same demand, and this run's cost over it.
+    pub fn set_oracle(&mut self, oracle: Money) {
+        self.oracle_cost = Some(oracle);
+        self.cost_over_oracle = (oracle > Money::ZERO).then(|| self.cost.micros() as f64 / oracle.micros() as f64);
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report serialises")
     }
@@ -159,6 +172,7 @@ impl Report {
             ("cost", Box::new(|r| r.cost.to_string())),
             ("lower bound", Box::new(|r| r.lower_bound.to_string())),
             ("cost / lower bound", Box::new(|r| format!("{:.2}", r.cost_over_lower_bound))),
+            ("cost / oracle", Box::new(|r| r.cost_over_oracle.map_or("-".to_string(), |x| format!("{x:.2}")))),
             ("GPU-hours", Box::new(|r| format!("{:.1}", r.gpu_hours))),
             ("utilisation", Box::new(|r| format!("{:.1}%", r.utilisation * 100.0))),
             ("wait p50", Box::new(|r| format!("{:.2}s", r.wait_p50_s))),

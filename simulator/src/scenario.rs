@@ -38,6 +38,15 @@ pub struct CloudModel {
     pub capacity: u32,
 }
 
+impl CloudModel {
+    /// The time billed for a node up `ran`: whole billing steps, at least the minimum.
+    pub fn billed(&self, ran: Duration) -> Duration {
+        let step = self.billing_step.max(Duration::from_millis(1));
+        let steps = ran.as_millis().div_ceil(step.as_millis());
+        (step * u32::try_from(steps).unwrap_or(u32::MAX)).max(self.min_billing)
+    }
+}
+
 impl Default for CloudModel {
     /// Per-second billing with a one-minute minimum (AWS/GCP/Azure Linux), 90 ± 30 s to launch,
     /// 60 s to boot and burn in, no capacity errors, no preemptions, 1,000 instances per offering.
@@ -120,6 +129,9 @@ pub enum Policy {
     /// dstack scale: more at once, fewer only after the lower count has held for
     /// `downscale_delay` (their cooldown).
     TargetQps { per_runner_qps: f64, downscale_delay: Duration },
+    /// The hindsight oracle's nodes ([`crate::oracle`]), launched and ended when it says, with
+    /// no capacity errors, no preemptions and mean delays.
+    Oracle { bookings: Vec<crate::oracle::Booking> },
 }
 
 impl Scenario {

@@ -155,7 +155,11 @@ fn the_azure_code_trace_replays_end_to_end() {
         assert!(svg.starts_with("<svg") && svg.contains("<polyline") || svg.contains("<polygon"), "{}", p.display());
         assert!(svg.contains("code-trace"), "{} lacks its title", p.display());
     }
-    assert!(std::fs::read_to_string(&paths[1]).unwrap().contains("\naws\n"), "the stacked plot names its clouds");
+    let stacked = std::fs::read_to_string(&paths[1]).unwrap();
+    assert!(!r.cost_by_cloud.is_empty());
+    for cloud in r.cost_by_cloud.keys() {
+        assert!(stacked.contains(&format!("\n{cloud}\n")), "the stacked plot names {cloud}");
+    }
 }
 
 #[test]
@@ -241,26 +245,88 @@ fn baselines_run_on_the_same_demand_static_peak_costs_what_the_hand_computes() {
     let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
     write_trace(&c.path("trace.csv"), 1200, 3);
     let r = fleet_simulator::baselines(&c.scenario()).unwrap();
-    let (own, stat, qps) = (&r[0], &r[1], &r[2]);
-    assert_eq!(
-        (own.scenario.as_str(), stat.scenario.as_str(), qps.scenario.as_str()),
-        ("case", "case static-peak", "case target-qps")
-    );
+    let names: Vec<&str> = r.iter().map(|x| x.scenario.as_str()).collect();
+    assert_eq!(names, ["case", "case static-peak", "case target-qps", "case oracle"]);
+    let (stat, qps, orc) = (&r[1], &r[2], &r[3]);
     for x in &r {
         assert_eq!(x.requests, 1200, "{}: same demand", x.scenario);
         assert_eq!(x.served, 1200, "{}: all served", x.scenario);
+        assert_eq!(x.oracle_cost, Some(orc.cost), "{}: carries the oracle's cost", x.scenario);
     }
-    // Static peak: as many runners as the spec's run ever had demand for, from t = 0 to the end,
-    // one node each, never stopped: peak × $3.60 exactly (per-second billing, one hour).
-    let peak = own.timeline.iter().map(|s| s.demand).max().unwrap();
-    assert!(peak >= 1);
-    assert_eq!(stat.cold_starts, u64::from(peak));
-    assert_eq!(stat.nodes_launched, u64::from(peak));
-    assert_eq!(stat.cost, usd("3.60").times(peak));
+    // Static peak: never more than one request in service (2.1 s of work every 3 s): one runner
+    // from t = 0 to the end, never stopped: $3.60 exactly (per-second billing, one hour).
+    assert_eq!(stat.cold_starts, 1);
+    assert_eq!(stat.nodes_launched, 1);
+    assert_eq!(stat.cost, usd("3.60"));
     // Target QPS: 1/3 request per second against 80% of 1/2.1 s per runner: one replica, started
     // once and kept (the rate never drops for its 10-minute cooldown).
     assert_eq!(qps.cold_starts, 1);
     assert!(qps.cost <= stat.cost && qps.cost >= qps.lower_bound);
-    // Every policy pays at least the lower bound.
-    assert!(r.iter().all(|x| x.cost >= x.lower_bound));
+    // The oracle: every 30 s bucket holds 21 s of work, one runner; one node from the first tick
+    // to the end: $3.60.
+    assert_eq!(orc.nodes_launched, 1);
+    assert_eq!(orc.cost, usd("3.60"));
+    // Lower bound ≤ oracle ≤ every policy.
+    assert!(r.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&r));
+}
+
+fn costs(r: &[fleet_simulator::report::Report]) -> Vec<(String, String)> {
+    r.iter().map(|x| (x.scenario.clone(), x.cost.to_string())).collect()
+}
+
+/// A trace of 1000-token/100-token requests (2.1 s each on an H100) at the given seconds.
+fn write_trace_at(path: &Path, at_s: &[f64]) {
+    let mut s = String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n");
+    for t in at_s {
+        let whole = *t as u64;
+        let frac = ((t - whole as f64) * 1e7).round() as u64;
+        s += &format!("2023-11-16 10:{:02}:{:02}.{frac:07},1000,100\n", whole / 60, whole % 60);
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn the_oracle_bridges_a_gap_only_when_that_is_cheaper_by_hand() {
+    // One $3.60/h (= $0.001/s) 1-GPU offering, per-second billing, 60 s minimum; cold start 90 s
+    // provision + 60 s boot + 30 s load = 180 s; 30 s buckets; one request per runner.
+    // Burst 1: ten requests in 0..27 s (21 s of work: one runner in bucket 0). Its node launches
+    // at the first tick (0 s), is ready at 180 s, so the bucket's work moves 180 s late: up
+    // 0..240 s, $0.24. Burst 2: ten requests in 600..627 s and ten in 660..687 s (buckets 20 and
+    // 22, one idle bucket between: one interval 600..720 s); launched 180 s ahead at 420 s: up
+    // 420..720 s, $0.30. Bridging 240..420 s would cost $0.72 for one node instead of $0.54.
+    let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "trace = \"trace.csv\"", "duration = \"15m\"", "");
+    let mut at: Vec<f64> = (0..10).map(|i| f64::from(i) * 3.0).collect();
+    at.extend((0..10).map(|i| 600.0 + f64::from(i) * 3.0));
+    at.extend((0..10).map(|i| 660.0 + f64::from(i) * 3.0));
+    write_trace_at(&c.path("trace.csv"), &at);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let orc = &r[3];
+    assert_eq!(orc.served, 30);
+    assert_eq!(orc.nodes_launched, 2);
+    assert_eq!(orc.cost, usd("0.54"));
+    assert!(r.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&r));
+}
+
+#[test]
+fn the_oracle_picks_the_node_size_that_makes_the_whole_cheapest_by_hand() {
+    // 1×H100 at $3.60/h and 8×H100 at $20.00/h. n requests in the first 30 s need ⌈n × 2.1 s ÷
+    // 30 s⌉ runners for one bucket; the nodes are up 0..240 s (see the test above). Five
+    // runners: five small nodes, 5 × $0.24 = $1.20 < one large one, $1.333333. Six runners:
+    // 6 × $0.24 = $1.44 > $1.333333: one large node.
+    const TWO: &str = "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
+lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60,test,2026-11-25
+lambda,us-east-1,,gpu_8x_h100_sxm5,H100-SXM,8,208,1800,,on-demand,20.00,test,2026-11-25
+";
+    for (n, nodes, cost) in [(60, 5, "1.20"), (80, 1, "1.333333")] {
+        let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "trace = \"trace.csv\"", "duration = \"10m\"", "");
+        std::fs::write(c.path("catalog.csv"), TWO).unwrap();
+        let at: Vec<f64> = (0..n).map(|i| f64::from(i) * 29.0 / f64::from(n)).collect();
+        write_trace_at(&c.path("trace.csv"), &at);
+        let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+        let orc = &r[3];
+        assert_eq!(orc.served, n as u64, "{n} requests");
+        assert_eq!(orc.nodes_launched, nodes, "{n} requests");
+        assert_eq!(orc.cost, usd(cost), "{n} requests");
+        assert!(r.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&r));
+    }
 }

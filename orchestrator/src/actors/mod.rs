@@ -69,6 +69,9 @@ pub struct Config {
     /// load) plus the minimum billing of a new node. `keep_alive = "auto"` weighs it against the
     /// app's recent arrival gaps (`fleet_policies::autoscale`).
     pub recreate: Duration,
+    /// How long a runner started now takes to serve (provision + boot + model load):
+    /// `predict = true` sizes for the arrival rate this far ahead.
+    pub cold_start: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +92,8 @@ impl Default for Config {
             prices_every: Duration::from_secs(900),
             // 90 s provision + 60 s boot + 30 s model load + 60 s minimum billing.
             recreate: Duration::from_secs(240),
+            // 90 s provision + 60 s boot + 30 s model load.
+            cold_start: Duration::from_secs(180),
         }
     }
 }
@@ -133,6 +138,9 @@ pub struct Ctx {
     /// Spot offerings whose instance the cloud took back without a notice (found gone by a node
     /// actor); the fleet's next pass marks them unavailable, as it does for notices.
     pub reclaimed: Arc<std::sync::Mutex<Vec<fleet_core::OfferingKey>>>,
+    /// Requests submitted per app since this fleetd started (the API counts, the autoscaler
+    /// reads arrival rates from it).
+    pub arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
@@ -163,6 +171,7 @@ impl Ctx {
             nudge: Default::default(),
             access: None,
             reclaimed: Default::default(),
+            arrivals: Default::default(),
             gateway_leases: Default::default(),
             clouds: Default::default(),
         }

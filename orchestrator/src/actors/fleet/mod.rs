@@ -78,8 +78,8 @@ pub struct FleetState {
     pub(super) applied: Option<Applied>,
     pub(super) unavailable: UnavailableCache,
     pub(super) pending_since: HashMap<String, Time>,
-    /// Each app's desired runners at each recent pass (for `keep_alive = "auto"`).
-    pub(super) demand: HashMap<String, std::collections::VecDeque<(Time, u32)>>,
+    /// What each app's autoscaler has learned of its demand (`keep_alive = "auto"`, `predict`).
+    pub(super) demand: HashMap<String, fleet_policies::autoscale::DemandHistory>,
     pub(super) clouds: BTreeMap<Cloud, ActorRef<CloudMsg>>,
     pub(super) restarts: HashMap<Cloud, RestartBudget>,
     /// Nodes with a launch order out (so a reconcile does not send a second one).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleet_core::NodeId;
 use fleet_core::spec::FleetSpec;
-use fleet_policies::autoscale::DemandHistory;
+use fleet_policies::autoscale::{DemandHistory, DemandSample};
 use fleet_policies::placement::{PlacementIndex, UnavailableReason};
 use fleet_policies::plan::{self, PlanOptions};
 use fleet_state::lifecycle::node::NodePhase;
@@ -222,14 +222,17 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     let next = Action::requeue(ctx.config.reconcile_every);
     let Some(applied) = &st.applied else { return Ok(next) };
     let mut state = fleet_view(&applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
-    let recreate = ctx.config.recreate;
+    let (recreate, cold_start) = (ctx.config.recreate, ctx.config.cold_start);
     for (app, view) in state.apps.iter_mut() {
-        let samples = st.demand.get(app).map(|h| h.iter().copied().collect()).unwrap_or_default();
-        view.demand = DemandHistory { samples, recreate };
+        // Taken out for the pass, put back with this pass's sample by `remember_demand`.
+        let mut h = st.demand.remove(app).unwrap_or_default();
+        (h.recreate, h.cold_start) = (recreate, cold_start);
+        view.demand = h;
     }
     phases.mark("state");
     let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
-    remember_demand(&mut st.demand, &plan, now, recreate);
+    let arrived = ctx.arrivals.lock().expect("arrivals lock").clone();
+    remember_demand(&mut st.demand, &plan, state.apps, &arrived, now);
     phases.mark("plan");
     let (new_nodes, runner_ops) = write::carry_out(st, &plan, &nodes, now).await?;
     phases.mark("write");
@@ -274,21 +277,26 @@ impl Phases {
     }
 }
 
-/// Keeps each app's desired runners of this pass, for as long back as `keep_alive = "auto"`
-/// learns from (`autoscale::history_window`).
+/// Puts each app's demand history back with this pass's sample (desired runners, arrivals,
+/// queue depth); apps gone from the plan are forgotten.
 fn remember_demand(
-    demand: &mut HashMap<String, std::collections::VecDeque<(fleet_core::Time, u32)>>,
+    demand: &mut HashMap<String, DemandHistory>,
     plan: &plan::FleetPlan,
+    mut views: std::collections::BTreeMap<String, plan::AppView>,
+    arrived: &HashMap<String, u64>,
     now: fleet_core::Time,
-    recreate: Duration,
 ) {
-    let window = chrono::Duration::from_std(fleet_policies::autoscale::history_window(recreate)).unwrap_or_default();
     for ap in &plan.apps {
-        let h = demand.entry(ap.app.clone()).or_default();
-        h.push_back((now, ap.decision.target.desired));
-        while h.front().is_some_and(|(t, _)| now - *t > window) {
-            h.pop_front();
-        }
+        let Some(view) = views.remove(&ap.app) else { continue };
+        let mut h = view.demand;
+        h.record(DemandSample {
+            at: now,
+            desired: ap.decision.target.desired,
+            arrived: arrived.get(&ap.app).copied().unwrap_or(0),
+            queued: view.queued,
+            in_flight: view.in_flight,
+        });
+        demand.insert(ap.app.clone(), h);
     }
     demand.retain(|app, _| plan.apps.iter().any(|a| a.app == *app));
 }

@@ -1,0 +1,197 @@
+//! The hindsight oracle: what serving this demand costs someone who knows every arrival in
+//! advance but pays what every policy pays — whole nodes, the cold start (provision + boot +
+//! model load) billed before a node serves, each cloud's billing step and minimum — and meets
+//! none of the surprises (no capacity errors, no preemptions, every delay at its mean).
+//!
+//! The algorithm, in four steps:
+//!
+//! 1. **Runners per bucket.** Time is cut into buckets as long as the scenario's SLO wait `W`.
+//!    Bucket `b` needs ⌈work(b) ÷ (max_multiplexing × W)⌉ runners, work(b) being the service time
+//!    of the requests that arrive in it on the GPU considered. This is a fluid relaxation:
+//!    requests are treated as divisible, and may wait for about a bucket.
+//! 2. **Levels.** The k-th runner is needed in the buckets where at least k are. A level's busy
+//!    buckets form intervals; a node serving a level is up from the start of an interval to one
+//!    bucket after its end (to finish what arrived last), launched one cold start earlier — but
+//!    never before the first tick that sees a request, the first moment any policy can act (a
+//!    node launched later than that serves its interval's work that much later, and stays up
+//!    that much longer).
+//! 3. **Gaps.** Consecutive intervals of a level share one node when keeping it through the gap
+//!    costs no more than ending it and launching again — the two bills compared exactly, cold
+//!    start, billing step and minimum billing included — deciding greedily from the first.
+//! 4. **Node sizes.** A node of `k` runners serves levels j+1 … j+k and is up whenever level j+1
+//!    is. A dynamic programme over the levels chooses for each block of levels the offering (and
+//!    so the node size) that makes the whole cheapest. One GPU model serves the whole run: the
+//!    cheapest such plan over the GPU models the app may use.
+//!
+//! It leaves out capacity limits, budgets, quotas, `base_on_demand` and the spec's other apps.
+//! The engine then carries the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits
+//! and SLO attainment are measured like every other policy's, and its cost is billed the same way.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fleet_core::{GpuModel, Money};
+use fleet_policies::placement::{Candidate, PlacementIndex, RankInput, UnavailableCache};
+
+use crate::demand::Arrival;
+use crate::engine::{service_ms, start_time};
+use crate::scenario::Scenario;
+
+/// One node the oracle rents: launched at `launch_ms`, ended at `end_ms`, hosting `runners`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booking {
+    pub offering: u32,
+    pub launch_ms: u64,
+    pub end_ms: u64,
+    pub runners: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub bookings: Vec<Booking>,
+    /// What the bookings cost as billed.
+    pub cost: Money,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The oracle's nodes for the scenario's demand app (see the module's documentation).
+pub fn schedule(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Schedule {
+    let cache = UnavailableCache::default();
+    let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
+    let mut gpus: Vec<GpuModel> = Vec::new();
+    for c in &ranked {
+        let g = index.offering(c.offering).instance.gpu;
+        if !gpus.contains(&g) {
+            gpus.push(g);
+        }
+    }
+    gpus.into_iter()
+        .map(|g| {
+            let cands: Vec<&Candidate> =
+                ranked.iter().filter(|c| index.offering(c.offering).instance.gpu == g).collect();
+            for_gpu(sc, index, app, arrivals, g, &cands)
+        })
+        .min_by_key(|s| s.cost)
+        .unwrap_or(Schedule { bookings: Vec::new(), cost: Money::ZERO })
+}
+
+/// Each level's busy intervals in ms (start, end), for runners needed per bucket.
+fn level_intervals(need: &[u32], w: u64, end: u64) -> Vec<Vec<(u64, u64)>> {
+    let top = need.iter().copied().max().unwrap_or(0) as usize;
+    let mut levels = vec![Vec::new(); top];
+    let mut open = vec![0usize; top];
+    let mut prev = 0usize;
+    for b in 0..=need.len() {
+        let n = need.get(b).copied().unwrap_or(0) as usize;
+        for o in open.iter_mut().take(n).skip(prev) {
+            *o = b;
+        }
+        for l in n..prev {
+            // Busy from bucket open[l] through b − 1; up one bucket more to finish.
+            let e = ((b as u64 + 1) * w).min(end);
+            levels[l].push((open[l] as u64 * w, e));
+        }
+        prev = n;
+    }
+    levels
+}
+
+fn for_gpu(
+    sc: &Scenario,
+    index: &PlacementIndex,
+    app: usize,
+    arrivals: &[Arrival],
+    gpu: GpuModel,
+    cands: &[&Candidate],
+) -> Schedule {
+    let w = ms(sc.slo_wait).max(1000);
+    let end = ms(sc.duration);
+    let mux = u64::from(sc.spec.apps[app].scaling.max_multiplexing.max(1));
+    let mut work = vec![0u64; end.div_ceil(w) as usize];
+    for a in arrivals.iter().filter(|a| a.at_ms < end) {
+        work[(a.at_ms / w) as usize] += service_ms(sc, a, gpu);
+    }
+    let need: Vec<u32> = work.iter().map(|x| u32::try_from(x.div_ceil(mux * w)).unwrap_or(u32::MAX)).collect();
+    let levels = level_intervals(&need, w, end);
+    let tick = ms(sc.tick).max(1);
+    let first_tick = arrivals.first().map_or(0, |a| a.at_ms.div_ceil(tick) * tick);
+    // Per candidate: cold start and the bill for a node up so long.
+    let bill = |c: &Candidate, ran: u64| -> Money {
+        let model = sc.cloud(index.offering(c.offering).cloud);
+        c.node_price.cost_for(model.billed(Duration::from_millis(ran)))
+    };
+    let cold = |c: &Candidate| -> u64 {
+        let model = sc.cloud(index.offering(c.offering).cloud);
+        ms(model.provision_delay + model.boot + sc.service.model_load)
+    };
+    // The nodes one level needs on one candidate, gaps bridged where that is cheaper.
+    let blocks = |level: usize, c: &Candidate| -> (Money, Vec<(u64, u64)>) {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut cur: Option<(u64, u64)> = None;
+        for &(s, e) in &levels[level] {
+            let launch = s.saturating_sub(cold(c)).max(first_tick);
+            // A node that cannot be ready by the interval's start serves its work late: the
+            // interval moves back by that much.
+            let e = (e + (launch + cold(c)).saturating_sub(s)).min(end).max(launch);
+            cur = Some(match cur {
+                None => (launch, e),
+                Some((l0, e0)) if e0 >= launch => (l0, e.max(e0)),
+                Some((l0, e0)) if bill(c, e - l0) <= bill(c, e0 - l0) + bill(c, e - launch) => (l0, e),
+                Some(done) => {
+                    out.push(done);
+                    (launch, e)
+                }
+            });
+        }
+        out.extend(cur);
+        let cost = out.iter().map(|(l, e)| bill(c, e - l)).sum();
+        (cost, out)
+    };
+    let top = levels.len();
+    let mut memo: HashMap<(usize, usize), (Money, Vec<(u64, u64)>)> = HashMap::new();
+    // best[l]: the cheapest nodes for levels 1..=l; choice[l]: (candidate, j) covering j+1..=l.
+    let mut best = vec![Money::ZERO; top + 1];
+    let mut choice = vec![(0usize, 0usize); top + 1];
+    for l in 1..=top {
+        let mut b: Option<(Money, usize, usize)> = None;
+        for (ci, c) in cands.iter().enumerate() {
+            let j = l.saturating_sub(c.runners_per_node.max(1) as usize);
+            let cost = memo.entry((j, ci)).or_insert_with(|| blocks(j, c)).0;
+            let total = best[j] + cost;
+            if b.is_none_or(|(x, _, _)| total < x) {
+                b = Some((total, ci, j));
+            }
+        }
+        let (total, ci, j) = b.expect("an app with demand has candidates");
+        best[l] = total;
+        choice[l] = (ci, j);
+    }
+    let mut bookings = Vec::new();
+    let mut l = top;
+    while l > 0 {
+        let (ci, j) = choice[l];
+        for &(launch_ms, end_ms) in &memo[&(j, ci)].1 {
+            bookings.push(Booking { offering: cands[ci].offering, launch_ms, end_ms, runners: (l - j) as u32 });
+        }
+        l = j;
+    }
+    bookings.sort_by_key(|b| (b.launch_ms, b.end_ms, b.offering));
+    Schedule { bookings, cost: best[top] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::level_intervals;
+
+    #[test]
+    fn levels_nest_and_end_a_bucket_late() {
+        // Runners per 10 s bucket: 1 2 0 2 1; the run ends at 45 s.
+        let l = level_intervals(&[1, 2, 0, 2, 1], 10, 45);
+        assert_eq!(l[0], [(0, 30), (30, 45)]);
+        assert_eq!(l[1], [(10, 30), (30, 45)]);
+        assert_eq!(l.len(), 2);
+    }
+}
