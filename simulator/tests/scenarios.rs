@@ -206,8 +206,10 @@ fn every_example_scenario_loads() {
     assert!(n >= 4, "{n} example scenarios");
 }
 
+/// Every example under its spec's policies, the baselines and the oracle: no node larger than
+/// the cheapest fit for the runners it gets, and lower bound ≤ oracle ≤ every policy.
 #[test]
-fn no_example_scenario_rents_a_node_larger_than_the_cheapest_fit() {
+fn every_example_right_sizes_and_costs_between_the_bound_and_the_oracle_and_every_policy() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
     let shared = fleet_core::catalog::shared_data_dir().is_some();
     let mut ran = Vec::new();
@@ -221,20 +223,22 @@ fn no_example_scenario_rents_a_node_larger_than_the_cheapest_fit() {
             eprintln!("{}: skipped, ../shared/data is absent", p.display());
             continue;
         }
-        let r = fleet_simulator::run(&Scenario::load(&p).unwrap()).unwrap();
-        assert!(r.nodes_launched > 0, "{}: nothing launched, nothing checked", p.display());
-        assert_eq!(
-            r.oversized_nodes,
-            0,
-            "{}: {} of {} nodes oversized",
-            p.display(),
-            r.oversized_nodes,
-            r.nodes_launched
-        );
-        ran.push(format!("{} ({} nodes)", r.scenario, r.nodes_launched));
+        let r = fleet_simulator::baselines(&Scenario::load(&p).unwrap()).unwrap();
+        let (own, orc) = (&r[0], &r[3]);
+        assert!(own.nodes_launched > 0, "{}: nothing launched, nothing checked", p.display());
+        assert_eq!(own.oversized_nodes, 0, "{}: {} of {} nodes oversized", p.display(), own.oversized_nodes, own.nodes_launched);
+        for x in &r {
+            assert!(x.lower_bound <= orc.cost && orc.cost <= x.cost, "{}: {:?}", p.display(), costs(&r));
+        }
+        ran.push(format!(
+            "{} ({} nodes, {:.2}× the oracle)",
+            own.scenario,
+            own.nodes_launched,
+            own.cost_over_oracle.unwrap_or(f64::NAN)
+        ));
     }
     assert!(ran.len() >= 2, "{ran:?}");
-    eprintln!("right-sized: {}", ran.join(", "));
+    eprintln!("checked: {}", ran.join(", "));
 }
 
 #[test]
