@@ -467,7 +467,7 @@ struct RawScaling {
     max_multiplexing: Option<Spanned<i64>>,
     keep_alive: Option<Spanned<toml::Value>>,
     scaling_delay: Option<Spanned<toml::Value>>,
-    predict: Option<bool>,
+    predict: Option<Spanned<toml::Value>>,
 }
 
 impl Checker<'_> {
@@ -635,7 +635,16 @@ impl Checker<'_> {
                 }
             },
             scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
-            predict: s.predict.unwrap_or(d.predict),
+            predict: match s.predict.as_ref() {
+                None => d.predict,
+                Some(v) => match v.get_ref() {
+                    toml::Value::Boolean(b) => *b,
+                    other => {
+                        self.err(v.span(), sf("predict"), format!("expected true or false, not {other}"));
+                        d.predict
+                    }
+                },
+            },
         };
         AppSpec {
             name: n.clone(),
@@ -867,6 +876,18 @@ keep_alive = "5 minutes"
         let e = errors("[apps.a]\ngpu = \"H100\"\ngpus = 0\n[budget]\nmax_per_hour = \"-5\"\n");
         assert!(e[0].contains("apps.a.gpus: 0 is out of range; use 1 to 16"), "{e:?}");
         assert!(e[1].contains("budget.max_per_hour: must be more than zero"), "{e:?}");
+    }
+
+    #[test]
+    fn predict_is_off_unless_asked_for_and_must_be_a_boolean() {
+        let parse = |v: &str| {
+            let text = format!("[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\n{v}\n");
+            FleetSpec::parse("f.toml", &text).map(|s| s.apps[0].scaling.predict)
+        };
+        assert!(!parse("").unwrap());
+        assert!(parse("predict = true").unwrap());
+        let e = parse("predict = \"yes\"").unwrap_err().to_string();
+        assert!(e.contains("f.toml:4:11: apps.a.scaling.predict: expected true or false"), "{e}");
     }
 
     #[test]

@@ -543,3 +543,29 @@ async fn auto_keep_alive_lets_idle_runners_go_once_waiting_costs_more_than_recre
     println!("with a 20-minute re-creation: {dear} s");
     assert!(dear > fixed_one, "auto with a dear re-creation: {dear} s");
 }
+
+/// Runners after a burst of 20 requests, 20 s in (within the first cold start), and whether all
+/// 20 were served within 20 minutes.
+async fn runners_after_a_burst(predict: bool) -> (usize, bool) {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    let spec = SPEC.replace("keep_alive = \"60s\"", &format!("keep_alive = \"60s\"\npredict = {predict}"));
+    h.apply(&spec).await;
+    h.submit("llm", 20).await;
+    h.run_until(Duration::from_secs(20), || async { false }).await;
+    let early = h.runners().await.len();
+    let served = h.run_until(Duration::from_secs(1200), || async { results(&h, "llm").await.len() == 20 }).await;
+    (early, served)
+}
+
+#[tokio::test(start_paused = true)]
+async fn predict_probes_with_one_runner_where_fal_starts_one_per_queued_request() {
+    // fal's rule: 20 queued requests, one per runner, capped at max_concurrency = 6. predict:
+    // nothing measured yet (fleetd counted 20 arrivals but no service time): one probe runner,
+    // and the count holds until it has served enough to measure one.
+    let (fal, fal_served) = runners_after_a_burst(false).await;
+    let (predict, predict_served) = runners_after_a_burst(true).await;
+    println!("runners 20 s after a burst of 20: fal {fal}, predict {predict}");
+    assert_eq!(fal, 6);
+    assert_eq!(predict, 1);
+    assert!(fal_served && predict_served, "all served: fal {fal_served}, predict {predict_served}");
+}
