@@ -51,6 +51,7 @@ fn node(id: u64) -> NodeRecord {
         billing_since: None,
         billing_until: None,
         cordoned: false,
+        leaving: None,
         created_at: chrono::Utc::now(),
     }
 }

@@ -57,6 +57,7 @@ async fn nodes_show_what_their_agents_report() {
             billing_since: Some(long_ago),
             billing_until: None,
             cordoned: false,
+            leaving: None,
             created_at: long_ago,
         };
         store.put(&ctx.keys.node(id), to_json(&n), None).await.unwrap();

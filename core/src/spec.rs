@@ -38,6 +38,7 @@
 //! keep_alive = "5m"             # or "auto": kept while re-creating would cost more (KeepAlive)
 //! scaling_delay = "30s"
 //! predict = false               # true: scale up for the rate forecast one cold start ahead
+//! consolidation = true          # false: never move runners to fewer, smaller or cheaper nodes
 //!
 //! [apps.llama-70b.budget]
 //! max_per_hour = "200"
@@ -137,6 +138,9 @@ pub struct ScalingSpec {
     /// service time measured, instead of one slot per queued request (fal's rule). See
     /// `fleet_policies::autoscale`.
     pub predict: bool,
+    /// Whether fleet may move this app's runners to fewer, smaller or cheaper nodes
+    /// (`consolidation = false` forbids it). See `fleet_policies::consolidate`.
+    pub consolidation: bool,
 }
 
 impl Default for ScalingSpec {
@@ -151,6 +155,7 @@ impl Default for ScalingSpec {
             keep_alive: KeepAlive::For(Duration::from_secs(60)),
             scaling_delay: Duration::ZERO,
             predict: false,
+            consolidation: true,
         }
     }
 }
@@ -258,6 +263,18 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A `true` / `false` field.
+    fn boolean(&mut self, v: &Option<Spanned<toml::Value>>, field: &str, default: bool) -> bool {
+        let Some(v) = v else { return default };
+        match v.get_ref() {
+            toml::Value::Boolean(b) => *b,
+            other => {
+                self.err(v.span(), field.to_string(), format!("expected true or false, not {other}"));
+                default
+            }
+        }
+    }
+
     fn err(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         self.errors.push(SpecError {
@@ -468,6 +485,7 @@ struct RawScaling {
     keep_alive: Option<Spanned<toml::Value>>,
     scaling_delay: Option<Spanned<toml::Value>>,
     predict: Option<Spanned<toml::Value>>,
+    consolidation: Option<Spanned<toml::Value>>,
 }
 
 impl Checker<'_> {
@@ -635,16 +653,8 @@ impl Checker<'_> {
                 }
             },
             scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
-            predict: match s.predict.as_ref() {
-                None => d.predict,
-                Some(v) => match v.get_ref() {
-                    toml::Value::Boolean(b) => *b,
-                    other => {
-                        self.err(v.span(), sf("predict"), format!("expected true or false, not {other}"));
-                        d.predict
-                    }
-                },
-            },
+            predict: self.boolean(&s.predict, &sf("predict"), d.predict),
+            consolidation: self.boolean(&s.consolidation, &sf("consolidation"), d.consolidation),
         };
         AppSpec {
             name: n.clone(),
@@ -888,6 +898,9 @@ keep_alive = "5 minutes"
         assert!(parse("predict = true").unwrap());
         let e = parse("predict = \"yes\"").unwrap_err().to_string();
         assert!(e.contains("f.toml:4:11: apps.a.scaling.predict: expected true or false"), "{e}");
+        let text = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nconsolidation = false\n";
+        assert!(!FleetSpec::parse("f.toml", text).unwrap().apps[0].scaling.consolidation);
+        assert!(FleetSpec::parse("f.toml", "[apps.a]\ngpu = \"H100\"\n").unwrap().apps[0].scaling.consolidation);
     }
 
     #[test]

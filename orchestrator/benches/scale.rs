@@ -124,6 +124,7 @@ fn main() {
                     billing_since: Some(now),
                     billing_until: None,
                     cordoned: false,
+                    leaving: None,
                     created_at: now,
                 };
                 ops.push(Op::put(keys.node(node_id), to_json(&rec)));

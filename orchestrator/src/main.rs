@@ -94,6 +94,11 @@ struct Args {
     /// (provision + boot + model load); scale-up sizes for the arrival rate this far ahead.
     #[arg(long, default_value_t = 180.0)]
     cold_start_seconds: f64,
+    /// Consolidation (moving runners to fewer or cheaper nodes) makes a move only when its
+    /// saving over this many seconds (at most the node's age) exceeds what the move costs; 0
+    /// turns consolidation off for every app.
+    #[arg(long, default_value_t = 3600.0)]
+    consolidation_horizon_seconds: f64,
     /// Seconds between a node's instance checks.
     #[arg(long, default_value_t = 5.0)]
     node_poll: f64,
@@ -419,6 +424,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)),
         recreate: Duration::from_secs_f64(args.recreate_seconds.max(0.0)),
         cold_start: Duration::from_secs_f64(args.cold_start_seconds.max(0.0)),
+        consolidation_horizon: (args.consolidation_horizon_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(args.consolidation_horizon_seconds)),
         ..Config::default()
     };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Histogram,
     pub requests_requeued: Counter,
+    /// Nodes marked for consolidation (their runners moved to fewer or cheaper nodes).
+    pub consolidations: Counter,
     /// Node records written by plans (each followed by its launch order).
     pub nodes_requested: Counter,
     pub reconcile_count: Counter,
@@ -120,6 +122,7 @@ impl Metrics {
             reconcile_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
+            consolidations: Counter::default(),
             nodes_requested: Counter::default(),
             reconcile_count: Counter::default(),
             nodes_unhealthy: Family::default(),
@@ -155,6 +158,11 @@ impl Metrics {
             "requests_requeued",
             "Requests queued again after their runner was lost",
             m.requests_requeued.clone(),
+        );
+        r.register(
+            "consolidations",
+            "Nodes marked to be consolidated away (runners moved to fewer or cheaper nodes)",
+            m.consolidations.clone(),
         );
         r.register("reconcile_passes", "Reconcile passes completed", m.reconcile_count.clone());
         r.register("nodes_requested", "Nodes the planner decided to launch", m.nodes_requested.clone());

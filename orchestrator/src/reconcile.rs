@@ -102,7 +102,12 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
         if n.cordoned {
             cordoned.push((i, states[i].nodes.len()));
         }
-        states[i].nodes.push(NodeView { id: n.id, offering: oid, slots: n.slots });
+        states[i].nodes.push(NodeView {
+            leaving: n.leaving.is_some(),
+            replaced: n.leaving.as_ref().map_or(0, |l| l.replaced),
+            billed_since: n.billing_since,
+            ..NodeView::new(n.id, oid, n.slots)
+        });
     }
     let mut hosted: HashMap<u64, u32> = HashMap::new();
     for r in runners.iter().map(Borrow::borrow).filter(|r| counts_as_runner(r)) {

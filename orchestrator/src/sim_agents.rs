@@ -175,7 +175,11 @@ impl Sim {
                 {
                     Some(RunnerEvent::Started)
                 }
-                RunnerPhase::Stopping { .. } => Some(RunnerEvent::Stopped),
+                // A stopping runner drains: Stopped once its requests in flight have finished.
+                RunnerPhase::Stopping { .. } if !self.jobs.iter().any(|j| j.runner == r.id) => {
+                    Some(RunnerEvent::Stopped)
+                }
+                RunnerPhase::Stopping { .. } => continue,
                 _ => None,
             };
             if let Some(ev) = ev {

@@ -569,3 +569,50 @@ async fn predict_probes_with_one_runner_where_fal_starts_one_per_queued_request(
     assert_eq!(predict, 1);
     assert!(fal_served && predict_served, "all served: fal {fal_served}, predict {predict_served}");
 }
+
+/// Consolidation through the actor tree: a runner placed on on-demand while spot had no capacity
+/// moves to spot once spot has room again — the replacement starts first, the old runner drains,
+/// the on-demand node is terminated — and every request is served exactly once.
+#[tokio::test(start_paused = true)]
+async fn a_runner_on_on_demand_moves_to_spot_when_spot_returns_and_nothing_is_lost() {
+    let od = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let spot = h100x8(Cloud::Runpod, "us-ks-2", "8", CapacityType::Spot);
+    let clouds = vec![
+        CloudSetup::new(Cloud::Lambda, vec![od.clone()]),
+        CloudSetup::new(Cloud::Runpod, vec![spot.clone()]).capacity(&spot, 0),
+    ];
+    let spec = SPEC
+        .replace("spot = \"on-demand\"", "spot = \"auto\"")
+        .replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let agents = SimAgentConfig { service_time: Duration::from_secs(10), ..SimAgentConfig::default() };
+    let h = Harness::start(clouds, config(), agents, None).await;
+    h.apply(&spec).await;
+    // 300 requests of 10 s each, one at a time: the runner serves for ~50 minutes.
+    let ids = h.submit("llm", 300).await;
+    let on_od = h
+        .run_until(Duration::from_secs(300), || async {
+            h.nodes().await.iter().any(|n| n.offering() == Some(&od.key()) && matches!(n.state, NodePhase::Ready { .. }))
+        })
+        .await;
+    assert!(on_od, "spot had no room: on-demand");
+    let old = h.nodes().await.into_iter().find(|n| n.offering() == Some(&od.key())).unwrap();
+    // Spot has room again; its unavailable mark expires after ten minutes.
+    h.fakes[&Cloud::Runpod].set_capacity(spot.key(), 4);
+    let moved = h
+        .run_until(Duration::from_secs(1800), || async {
+            let nodes = h.nodes().await;
+            let old_gone = nodes.iter().find(|n| n.id == old.id).is_none_or(|n| matches!(n.state, NodePhase::Terminated { .. }));
+            let on_spot = nodes.iter().any(|n| n.offering() == Some(&spot.key()) && matches!(n.state, NodePhase::Ready { .. }));
+            old_gone && on_spot
+        })
+        .await;
+    assert!(moved, "moved to spot and the on-demand node terminated: {:?}", h.nodes().await);
+    assert!(h.ctx.metrics.consolidations.get() >= 1);
+    assert!(h.run_until(Duration::from_secs(7200), || async { results(&h, "llm").await.len() == ids.len() }).await);
+    let mut done = h.agents.completed();
+    done.sort_unstable();
+    let n = done.len();
+    done.dedup();
+    assert_eq!((n, done.len()), (ids.len(), ids.len()), "every request served exactly once");
+    assert_eq!(h.live_instances(), 1, "only the spot node is left: {:?}", h.fakes[&Cloud::Lambda].live_instances());
+}

@@ -93,6 +93,7 @@ fn autoscaling(c: &mut Criterion) {
         keep_alive: KeepAlive::For(Duration::from_secs(300)),
         scaling_delay: Duration::from_secs(30),
         predict: false,
+        consolidation: true,
     };
     // 1,000 apps, each with 0-19 runners in mixed states and its own demand.
     let apps: Vec<(u32, u32, Vec<RunnerInfo>)> = (0..1000u32)

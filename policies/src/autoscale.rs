@@ -387,6 +387,7 @@ mod tests {
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             scaling_delay: Duration::from_secs(30),
             predict: false,
+            consolidation: true,
         }
     }
 
@@ -523,6 +524,7 @@ mod tests {
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             scaling_delay: Duration::ZERO,
             predict: true,
+            consolidation: true,
         };
         let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         // Nothing measured yet, 360 requests queued behind one starting runner: fal would want
@@ -588,7 +590,7 @@ mod tests {
                 min_concurrency: min, max_concurrency: min + extra.max(1), concurrency_buffer: buffer,
                 concurrency_buffer_perc: perc, max_multiplexing: mux,
                 keep_alive: KeepAlive::For(Duration::from_secs(300)), scaling_delay: Duration::from_secs(delay),
-                predict: false,
+                predict: false, consolidation: true,
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,

@@ -7,10 +7,12 @@
 //!   keep-alive, scaling delay, scale to zero) and which runners to stop.
 //! - [`spot`]: the on-demand base and spot for the rest, with fallback while spot is unavailable.
 //! - [`budget`]: hard $/hour and $/month caps, per app and fleet-wide.
+//! - [`consolidate`]: when moving an app's runners to fewer or cheaper nodes pays.
 //! - [`plan`]: all of the above for a whole fleet in one call.
 
 pub mod autoscale;
 pub mod budget;
+pub mod consolidate;
 pub mod placement;
 pub mod plan;
 pub mod sizing;

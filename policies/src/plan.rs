@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::autoscale::{self, DemandHistory, RunnerInfo, ScaleDecision};
 use crate::budget::{self, BudgetCap, Spend};
+use crate::consolidate::{self, Move};
 use crate::placement::{Candidate, CapacityWanted, OfferingId, PlacementIndex, RankInput, SizeClass, UnavailableCache};
 use crate::sizing::{self, SizedNode};
 use crate::spot::{self, CapacitySplit};
@@ -27,6 +28,20 @@ pub struct NodeView {
     pub offering: OfferingId,
     /// How many of the app's runners it can host.
     pub slots: u32,
+    /// Being consolidated away: it takes no new runners, its runners are replaced elsewhere
+    /// and stop once the replacements serve (see [`crate::consolidate`]).
+    pub leaving: bool,
+    /// Of a leaving node: how many replacements of its runners have been started so far (the
+    /// caller keeps the count from [`AppPlan::replaced`]).
+    pub replaced: u32,
+    /// When its billing started (a launched node), for the minimum billing left on it.
+    pub billed_since: Option<Time>,
+}
+
+impl NodeView {
+    pub fn new(id: NodeId, offering: OfferingId, slots: u32) -> NodeView {
+        NodeView { id, offering, slots, leaving: false, replaced: 0, billed_since: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +76,14 @@ pub struct FleetView<'a> {
 pub struct PlanOptions {
     /// How many offerings each new node may fail over through.
     pub max_candidates: usize,
+    /// Consolidation: a move must pay for itself within this long (`None`: never consolidate).
+    pub consolidation_horizon: Option<std::time::Duration>,
 }
 
 impl Default for PlanOptions {
+    /// 16 failover candidates; consolidation moves that pay within an hour.
     fn default() -> Self {
-        PlanOptions { max_candidates: 16 }
+        PlanOptions { max_candidates: 16, consolidation_horizon: Some(std::time::Duration::from_secs(3600)) }
     }
 }
 
@@ -101,6 +119,13 @@ pub struct AppPlan {
     pub new_nodes: Vec<NodePlan>,
     /// Nodes left with no runners: terminate them.
     pub release_nodes: Vec<NodeId>,
+    /// A node to consolidate away: mark it leaving (see [`crate::consolidate`]).
+    pub consolidate: Option<Move>,
+    /// Replacements started this decision for leaving nodes' runners (counted in
+    /// `decision.start`): add them to the nodes' `replaced`.
+    pub replaced: Vec<(NodeId, u32)>,
+    /// Leaving nodes whose runners cannot be replaced now: unmark them (they stay, serving).
+    pub cancel_moves: Vec<NodeId>,
     pub unplaced: Vec<Unplaced>,
     pub burn_per_hour: Money,
     /// The most the new nodes can add per hour.
@@ -227,15 +252,28 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         }
         let node_price: HashMap<NodeId, fleet_core::Price, IdBuild> =
             st.nodes.iter().map(|n| (n.id, index.offering(n.offering).price)).collect();
+        // A leaving node's runners are replaced one for one: those not replaced yet count for
+        // the autoscaler as they are; a replaced one is represented by its replacement.
+        let leaving: HashMap<NodeId, u32, IdBuild> =
+            st.nodes.iter().filter(|n| n.leaving).map(|n| (n.id, n.replaced)).collect();
+        let mut seen: HashMap<NodeId, u32, IdBuild> = HashMap::default();
         let infos: Vec<RunnerInfo> = st
             .runners
             .iter()
+            .filter(|r| match leaving.get(&r.node) {
+                None => true,
+                Some(replaced) => {
+                    let k = seen.entry(r.node).or_default();
+                    *k += 1;
+                    *k > *replaced
+                }
+            })
             .map(|r| RunnerInfo {
                 slot_price: node_price.get(&r.node).map_or(r.runner.slot_price, |p| p.per_gpu(on_node[&r.node])),
                 ..r.runner
             })
             .collect();
-        let decision = autoscale::decide_with(
+        let mut decision = autoscale::decide_with(
             &app.scaling,
             st.queued,
             st.in_flight,
@@ -245,6 +283,48 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             now,
         );
 
+        let mut replaced: Vec<(NodeId, u32)> = Vec::new();
+        let mut move_cap: Option<Money> = None;
+        if !leaving.is_empty() {
+            let autoscaler_stops: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();
+            // Replacements still owed per leaving node: its runners the autoscaler keeps, less
+            // those already replaced. They start now (a move waits for no scaling delay).
+            let mut all_replaced = true;
+            for (node, done) in &leaving {
+                let kept = st
+                    .runners
+                    .iter()
+                    .filter(|r| r.node == *node && !autoscaler_stops.contains(&r.runner.id))
+                    .count() as u32;
+                let owed = kept.saturating_sub(*done);
+                if owed > 0 {
+                    replaced.push((*node, owed));
+                    decision.start += owed;
+                    all_replaced = false;
+                }
+            }
+            replaced.sort_unstable();
+            // Replacement nodes must cost less than the node they replace, whatever candidate
+            // a launch ends up on (a failover to a dearer offering would undo the saving).
+            move_cap = replaced
+                .iter()
+                .filter_map(|(id, _)| node_price.get(id))
+                .map(|p| p.hourly() - Money::from_micros(1))
+                .min();
+            // Once every replacement serves, the leaving nodes' runners stop: a stop drains (no
+            // new request is claimed, those in flight finish), so nothing is lost or served
+            // twice. Ones still starting there serve nothing and stop at once.
+            let starting =
+                !all_replaced || st.runners.iter().any(|r| !r.runner.ready && !leaving.contains_key(&r.node));
+            for r in st.runners.iter().filter(|r| leaving.contains_key(&r.node)) {
+                if autoscaler_stops.contains(&r.runner.id) {
+                    continue;
+                }
+                if !r.runner.ready || !starting {
+                    decision.stop.push(r.runner.id);
+                }
+            }
+        }
         // Runners that stay, per node.
         let stopping: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();
         let mut hosted: HashMap<NodeId, u32, IdBuild> = st.nodes.iter().map(|n| (n.id, 0)).collect();
@@ -254,7 +334,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         let on_demand_running: u32 = st
             .nodes
             .iter()
-            .filter(|n| capacity_of(index, n.offering) == CapacityType::OnDemand)
+            .filter(|n| !n.leaving && capacity_of(index, n.offering) == CapacityType::OnDemand)
             .map(|n| hosted[&n.id])
             .sum();
         let spot_available = app.placement.spot != SpotPolicy::OnDemand && {
@@ -277,6 +357,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         let mut free: Vec<(NodeId, CapacityType, u32)> = st
             .nodes
             .iter()
+            .filter(|n| !n.leaving)
             .map(|n| (n.id, capacity_of(index, n.offering), n.slots.saturating_sub(hosted[&n.id])))
             .filter(|(_, _, f)| *f > 0)
             .collect();
@@ -334,7 +415,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 let base = RankInput { capacity: node_capacity, ..base };
                 let room = app_room.clone().min(fleet_room.clone());
                 let nodes_left = mix.len() as u32 + 1;
-                let share = room.per_hour.map(|h| h.divided_by(nodes_left));
+                let cap = |m: Option<Money>| match (m, move_cap) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let share = cap(room.per_hour.map(|h| h.divided_by(nodes_left)));
                 let rank_with = |max: Option<Money>| {
                     let input = RankInput {
                         min_runners: r,
@@ -345,8 +430,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     index.rank_for_runners(i, &input, opts.max_candidates)
                 };
                 let mut candidates = rank_with(share);
-                if candidates.is_empty() && share != room.per_hour {
-                    candidates = rank_with(room.per_hour);
+                if candidates.is_empty() && share != cap(room.per_hour) {
+                    candidates = rank_with(cap(room.per_hour));
                 }
                 if candidates.is_empty() {
                     unplaced.push(Unplaced {
@@ -394,8 +479,54 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             }
         }
 
-        let release_nodes =
+        let release_nodes: Vec<NodeId> =
             st.nodes.iter().filter(|n| hosted[&n.id] == 0 && !on_existing.contains_key(&n.id)).map(|n| n.id).collect();
+        // A move whose replacements cannot be placed is called off; the node stays, serving.
+        let cancel_moves: Vec<NodeId> = if unplaced.is_empty() {
+            Vec::new()
+        } else {
+            st.nodes.iter().filter(|n| n.leaving && hosted[&n.id] > 0).map(|n| n.id).collect()
+        };
+        // A new move only while the app is steady: nothing starting, stopping, leaving or
+        // waiting to be placed.
+        let steady = leaving.is_empty()
+            && decision.start == 0
+            && decision.stop.is_empty()
+            && unplaced.is_empty()
+            && new_nodes.is_empty()
+            && st.runners.iter().all(|r| r.runner.ready);
+        let consolidate = match opts.consolidation_horizon {
+            Some(horizon) if steady && app.scaling.consolidation && !st.nodes.is_empty() => {
+                let live: Vec<NodeView> = st.nodes.iter().filter(|n| hosted[&n.id] > 0).cloned().collect();
+                let used: Vec<u32> = live.iter().map(|n| hosted[&n.id]).collect();
+                let idle: Vec<u32> = live
+                    .iter()
+                    .map(|n| {
+                        st.runners.iter().filter(|r| r.node == n.id && r.runner.in_flight == 0).count() as u32
+                    })
+                    .collect();
+                let room = app_room.clone().min(fleet_room.clone());
+                consolidate::consider(&consolidate::Input {
+                    index,
+                    app: i,
+                    spec: app,
+                    nodes: &live,
+                    hosted: &used,
+                    idle: &idle,
+                    rank: RankInput {
+                        quota_used: &quota_used,
+                        max_node_price: room.per_hour,
+                        budget_cap: room.bound_by.as_ref(),
+                        ..RankInput::new(now, state.unavailable)
+                    },
+                    horizon,
+                    cold_start: st.demand.cold_start,
+                    min_billing: st.demand.recreate.saturating_sub(st.demand.cold_start),
+                    now,
+                })
+            }
+            _ => None,
+        };
         fleet_added += added;
         apps.push(AppPlan {
             app: app.name.clone(),
@@ -404,6 +535,9 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             on_existing: on_existing.into_iter().collect(),
             new_nodes,
             release_nodes,
+            consolidate,
+            replaced,
+            cancel_moves,
             unplaced,
             burn_per_hour: burn,
             max_added_per_hour: added,

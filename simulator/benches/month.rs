@@ -41,6 +41,7 @@ fn main() {
         tick: Duration::from_secs(10),
         slo_wait: Duration::from_secs(30),
         unavailable_ttl: Duration::from_secs(600),
+        consolidation_horizon: Some(Duration::from_secs(3600)),
         catalog: Vec::new(),
         demand: Demand {
             app: "llm".into(),

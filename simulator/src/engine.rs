@@ -78,6 +78,11 @@ struct Node {
     app: usize,
     offering: u32,
     slots: u32,
+    /// Being consolidated away, and how many of its runners have been replaced.
+    leaving: bool,
+    replaced: u32,
+    /// Released while a runner drains: ends when the last one stops.
+    releasing: bool,
     launched_ms: u64,
     up: bool,
     ended_ms: Option<u64>,
@@ -93,6 +98,8 @@ struct Runner {
     idle_since_ms: Option<u64>,
     busy_since_ms: Option<u64>,
     in_spare: bool,
+    /// Told to stop while serving: takes no new request, stops when the last one finishes.
+    draining: bool,
 }
 
 /// "No runner" / "not started" in the per-request tables.
@@ -291,7 +298,7 @@ impl<'a> Engine<'a> {
             let mux = self.mux(self.runners[r].app);
             let usable = {
                 let x = &self.runners[r];
-                x.ready && !x.stopped && x.in_flight.len() < mux
+                x.ready && !x.stopped && !x.draining && x.in_flight.len() < mux
             };
             if !usable {
                 self.spare.pop();
@@ -350,7 +357,18 @@ impl<'a> Engine<'a> {
             runner.idle_since_ms = Some(self.now);
             self.end_busy(r);
         }
-        if !self.runners[r].stopped && self.runners[r].ready && self.runners[r].app == self.demand_app {
+        if self.runners[r].draining && self.runners[r].in_flight.is_empty() {
+            self.stop_runner(r);
+            let n = self.runners[r].node;
+            if self.nodes[n].releasing && self.nodes[n].runners.iter().all(|x| self.runners[*x].stopped) {
+                self.end_node(n);
+            }
+        }
+        if !self.runners[r].stopped
+            && !self.runners[r].draining
+            && self.runners[r].ready
+            && self.runners[r].app == self.demand_app
+        {
             self.make_spare(r);
         }
         self.dispatch();
@@ -382,7 +400,29 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Stops a runner; its in-flight requests go back to the front of the queue.
+    /// Stops a runner as fleetd does: at once when it serves nothing, else it drains (claims no
+    /// more, stops when its requests finish).
+    fn drain_runner(&mut self, r: usize) {
+        if self.runners[r].in_flight.is_empty() {
+            self.stop_runner(r);
+        } else {
+            self.runners[r].draining = true;
+        }
+    }
+
+    /// Releases a node as fleetd does: it ends once its runners have drained.
+    fn release_node(&mut self, n: usize) {
+        if self.nodes[n].runners.iter().any(|r| !self.runners[*r].stopped && !self.runners[*r].in_flight.is_empty()) {
+            for r in self.nodes[n].runners.clone() {
+                self.drain_runner(r);
+            }
+            self.nodes[n].releasing = true;
+        } else {
+            self.end_node(n);
+        }
+    }
+
+    /// Stops a runner now; its in-flight requests go back to the front of the queue (a node lost).
     fn stop_runner(&mut self, r: usize) {
         if self.runners[r].stopped {
             return;
@@ -478,7 +518,12 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|&id| (id, &self.nodes[id]))
                 .filter(|(_, n)| n.app == i)
-                .map(|(id, n)| NodeView { id: id as u64, offering: n.offering, slots: n.slots })
+                .map(|(id, n)| NodeView {
+                    leaving: n.leaving,
+                    replaced: n.replaced,
+                    billed_since: Some(self.at(n.launched_ms)),
+                    ..NodeView::new(id as u64, n.offering, n.slots)
+                })
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
             let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
@@ -505,7 +550,8 @@ impl<'a> Engine<'a> {
         let p = if oracle {
             fleet_policies::plan::FleetPlan::default()
         } else {
-            plan(&self.index, &self.spec, &state, &PlanOptions::default())
+            let opts = PlanOptions { consolidation_horizon: self.sc.consolidation_horizon, ..PlanOptions::default() };
+            plan(&self.index, &self.spec, &state, &opts)
         };
         let mut views = state.apps;
         for (i, ap) in p.apps.iter().enumerate() {
@@ -523,7 +569,18 @@ impl<'a> Engine<'a> {
             });
             self.history[i] = h;
             for id in &ap.decision.stop {
-                self.stop_runner(*id as usize);
+                self.drain_runner(*id as usize);
+            }
+            if let Some(m) = &ap.consolidate {
+                self.nodes[m.node as usize].leaving = true;
+                self.report.consolidations += 1;
+            }
+            for (node, n) in &ap.replaced {
+                self.nodes[*node as usize].replaced += n;
+            }
+            for node in &ap.cancel_moves {
+                let n = &mut self.nodes[*node as usize];
+                (n.leaving, n.replaced) = (false, 0);
             }
             for (node, count) in &ap.on_existing {
                 for _ in 0..*count {
@@ -534,7 +591,7 @@ impl<'a> Engine<'a> {
                 self.launch(i, &np.candidates, np.runners);
             }
             for node in &ap.release_nodes {
-                self.end_node(*node as usize);
+                self.release_node(*node as usize);
             }
             self.report.budget_events += ap.unplaced.iter().filter(|u| u.budget_cap.is_some()).count() as u64;
         }
@@ -626,6 +683,7 @@ impl<'a> Engine<'a> {
             idle_since_ms: None,
             busy_since_ms: None,
             in_spare: false,
+            draining: false,
         });
         self.nodes[node].runners.push(id);
         self.live_runners.insert(id);
@@ -652,7 +710,18 @@ impl<'a> Engine<'a> {
     /// Records a launched node (ready after `ready_in` ms) and starts billing it.
     fn new_node(&mut self, app: usize, offering: u32, slots: u32, ready_in: u64) -> usize {
         let n = self.nodes.len();
-        self.nodes.push(Node { app, offering, slots, launched_ms: self.now, up: false, ended_ms: None, runners: Vec::new() });
+        self.nodes.push(Node {
+            app,
+            offering,
+            slots,
+            leaving: false,
+            replaced: 0,
+            releasing: false,
+            launched_ms: self.now,
+            up: false,
+            ended_ms: None,
+            runners: Vec::new(),
+        });
         self.live_nodes.insert(n);
         let price = i128::from(self.index.offering(offering).price.hourly().micros());
         self.live_price += price;

@@ -60,6 +60,8 @@ pub struct Report {
     /// Nodes rented larger (dearer) than the cheapest offering that fit their runners and could
     /// be had when they launched (of the capacity type launched): 0 when nodes are right-sized.
     pub oversized_nodes: u64,
+    /// Nodes consolidated away (their runners moved to fewer or cheaper nodes).
+    pub consolidations: u64,
     /// Decisions in which a budget cap held runners back.
     pub budget_events: u64,
     pub max_burn_per_hour: Money,
@@ -114,6 +116,7 @@ impl Report {
             failovers: 0,
             launch_failures: 0,
             oversized_nodes: 0,
+            consolidations: 0,
             budget_events: 0,
             max_burn_per_hour: Money::ZERO,
             lower_bound: Money::ZERO,
@@ -185,6 +188,7 @@ impl Report {
             ("failovers", Box::new(|r| r.failovers.to_string())),
             ("launch failures", Box::new(|r| r.launch_failures.to_string())),
             ("oversized nodes", Box::new(|r| r.oversized_nodes.to_string())),
+            ("consolidations", Box::new(|r| r.consolidations.to_string())),
             ("budget events", Box::new(|r| r.budget_events.to_string())),
             ("max burn", Box::new(|r| format!("{}/h", r.max_burn_per_hour))),
         ];

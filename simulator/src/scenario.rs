@@ -107,6 +107,8 @@ pub struct Scenario {
     pub tick: Duration,
     pub slo_wait: Duration,
     pub unavailable_ttl: Duration,
+    /// Consolidation moves must pay for themselves within this long; `None` (`"off"`): none.
+    pub consolidation_horizon: Option<Duration>,
     /// Catalog files; empty means the built-in catalog.
     pub catalog: Vec<PathBuf>,
     pub demand: Demand,
@@ -150,6 +152,7 @@ struct Raw {
     tick: Option<String>,
     slo_wait: Option<String>,
     unavailable_ttl: Option<String>,
+    consolidation_horizon: Option<String>,
     #[serde(default)]
     catalog: Vec<String>,
     demand: RawDemand,
@@ -322,6 +325,14 @@ impl Scenario {
             tick,
             slo_wait: dur(&raw.slo_wait, "slo_wait", Duration::from_secs(30))?,
             unavailable_ttl: dur(&raw.unavailable_ttl, "unavailable_ttl", Duration::from_secs(600))?,
+            consolidation_horizon: match raw.consolidation_horizon.as_deref() {
+                Some("off") => None,
+                _ => Some(dur(
+                    &raw.consolidation_horizon,
+                    "consolidation_horizon",
+                    fleet_policies::plan::PlanOptions::default().consolidation_horizon.unwrap_or_default(),
+                )?),
+            },
             catalog: raw.catalog.iter().map(|c| base.join(c)).collect(),
             demand,
             service,

@@ -27,7 +27,22 @@ pub struct NodeRecord {
     /// No new runners go here (operator's `cordon`).
     #[serde(default)]
     pub cordoned: bool,
+    /// Being consolidated away (`fleet_policies::consolidate`): takes no new runners; its
+    /// runners are replaced elsewhere, then drained, then it is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<Leaving>,
     pub created_at: Time,
+}
+
+/// A consolidation move under way on a node. Kept in the store, so a move survives a fleetd
+/// restart and is neither lost nor done twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    pub since: Time,
+    /// Why (the saving and what the move costs).
+    pub why: String,
+    /// Replacements of its runners started so far.
+    pub replaced: u32,
 }
 
 impl NodeRecord {

@@ -72,6 +72,8 @@ pub struct Config {
     /// How long a runner started now takes to serve (provision + boot + model load):
     /// `predict = true` sizes for the arrival rate this far ahead.
     pub cold_start: Duration,
+    /// Consolidation moves must pay for themselves within this long (`None`: no consolidation).
+    pub consolidation_horizon: Option<Duration>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             recreate: Duration::from_secs(240),
             // 90 s provision + 60 s boot + 30 s model load.
             cold_start: Duration::from_secs(180),
+            consolidation_horizon: Some(Duration::from_secs(3600)),
         }
     }
 }

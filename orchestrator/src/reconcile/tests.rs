@@ -27,6 +27,7 @@ fn node(id: u64, state: NodePhase, price: &str, since: Option<&str>, until: Opti
         billing_since: since.map(t),
         billing_until: until.map(t),
         cordoned: false,
+        leaving: None,
         created_at: t("2026-10-01T00:00:00Z"),
     }
 }

@@ -78,9 +78,9 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
         in_flight: 8,
         runners: vec![busy(1, 10), busy(2, 11)],
         nodes: vec![
-            NodeView { id: 10, offering: 0, slots: 4 },
-            NodeView { id: 11, offering: 1, slots: 4 },
-            NodeView { id: 12, offering: 1, slots: 4 },
+            NodeView::new(10, 0, 4),
+            NodeView::new(11, 1, 4),
+            NodeView::new(12, 1, 4),
         ],
         ..AppView::default()
     };
@@ -157,7 +157,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
             },
             node: 7,
         }],
-        nodes: vec![NodeView { id: 7, offering: 0, slots: 8 }],
+        nodes: vec![NodeView::new(7, 0, 8)],
         ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("a", idle(59))]), &PlanOptions::default());
@@ -190,7 +190,7 @@ fn arb_app_state(n_offerings: usize) -> impl Strategy<Value = AppView> {
                 .into_iter()
                 .enumerate()
                 .filter(|(_, (o, _))| *o < n_offerings)
-                .map(|(i, (o, slots))| NodeView { id: i as u64, offering: o as u32, slots })
+                .map(|(i, (o, slots))| NodeView::new(i as u64, o as u32, slots))
                 .collect(),
             month_to_date: Money::from_micros(mtd),
             ..AppView::default()
@@ -229,7 +229,7 @@ proptest! {
             unavailable: &cache,
             fleet_month_to_date: Money::from_micros(fleet_mtd),
         };
-        let p = plan(&index, &s, &st, &PlanOptions { max_candidates: 8 });
+        let p = plan(&index, &s, &st, &PlanOptions { max_candidates: 8, ..PlanOptions::default() });
         let price = |c: &Candidate| index.offering(c.offering).price.hourly();
         let mut fleet_added = Money::ZERO;
         for (app, ap) in s.apps.iter().zip(&p.apps) {
@@ -390,7 +390,7 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
         queued: 4,
         in_flight: 4,
         runners: vec![runner(1, 10, 4, 0), runner(2, 10, 0, 300), runner(3, 10, 0, 300), runner(4, 11, 0, 100)],
-        nodes: vec![NodeView { id: 10, offering: 0, slots: 4 }, NodeView { id: 11, offering: 0, slots: 4 }],
+        nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 0, 4)],
         ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
@@ -399,4 +399,145 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
     // keep both nodes; the dearest slot first stops 4 and empties node 11.
     assert_eq!(a.decision.stop, [4, 2]);
     assert_eq!(a.release_nodes, [11]);
+}
+
+fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
+    RunnerView {
+        runner: RunnerInfo { id, ready, in_flight: 0, idle_since: ready.then(t0), slot_price: Price::ZERO },
+        node,
+    }
+}
+
+fn serving_runner(id: u64, node: u64) -> RunnerView {
+    RunnerView { runner: RunnerInfo { id, ready: true, in_flight: 1, idle_since: None, slot_price: Price::ZERO }, node }
+}
+
+fn money(s: &str) -> Money {
+    Money::parse_decimal(s).unwrap()
+}
+
+const ONE_PER_NODE: &str = r#"
+[apps.llm]
+gpu = "H100"
+gpus = 8
+[apps.llm.placement]
+spot = "auto"
+[apps.llm.scaling]
+max_concurrency = 4
+keep_alive = "10m"
+"#;
+
+/// One serving runner on an AWS on-demand p5 ($98.32/h, up for `age` seconds), cold start 180 s,
+/// one minute of minimum billing.
+fn on_demand_node_app_aged(age: i64) -> AppView {
+    let node = NodeView { billed_since: Some(t0() - chrono::Duration::seconds(age)), ..NodeView::new(10, 2, 1) };
+    AppView {
+        in_flight: 1,
+        runners: vec![serving_runner(1, 10)],
+        nodes: vec![node],
+        demand: DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180)),
+        ..AppView::default()
+    }
+}
+
+fn on_demand_node_app() -> AppView {
+    on_demand_node_app_aged(7200)
+}
+
+#[test]
+fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_the_move() {
+    use crate::consolidate::MoveKind;
+    let s = spec(ONE_PER_NODE);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let run = |st: AppView, opts: PlanOptions, s: &FleetSpec| plan(&index, s, &state(&cache, vec![("llm", st)]), &opts);
+    let p = run(on_demand_node_app(), PlanOptions::default(), &s);
+    let m = p.apps[0].consolidate.clone().expect("a move");
+    assert_eq!((m.node, m.kind), (10, MoveKind::Replace));
+    // AWS spot p5 at $16/h: $82.32/h less. The move: 180 s of $16/h billed before it serves
+    // ($0.80); the old node is past its minimum billing.
+    assert_eq!(m.saving_per_hour, money("82.32"));
+    assert_eq!(m.cost, money("0.80"));
+    assert!(m.why.contains("spot"), "{}", m.why);
+    // Within 30 s the saving ($0.686) does not pay for the move: none.
+    let short = PlanOptions { consolidation_horizon: Some(Duration::from_secs(30)), ..PlanOptions::default() };
+    assert_eq!(run(on_demand_node_app(), short, &s).apps[0].consolidate, None);
+    // A node up for 20 s is expected to stay about 20 s more ($0.457 saved) and still owes 40 s
+    // of minimum billing ($1.092): no move. Up for 30 minutes: a move.
+    assert_eq!(run(on_demand_node_app_aged(20), PlanOptions::default(), &s).apps[0].consolidate, None);
+    assert!(run(on_demand_node_app_aged(1800), PlanOptions::default(), &s).apps[0].consolidate.is_some());
+    // An idle runner is the autoscaler's to stop, not to move.
+    let idle = AppView { in_flight: 0, runners: vec![idle_runner(1, 10, true)], ..on_demand_node_app() };
+    assert_eq!(run(idle, PlanOptions::default(), &s).apps[0].consolidate, None);
+    // Off when the app forbids it, or the fleet turns it off.
+    let off = spec(&ONE_PER_NODE.replace("keep_alive = \"10m\"", "keep_alive = \"10m\"\nconsolidation = false"));
+    let index_off = PlacementIndex::new(catalog(), &off);
+    let p = plan(&index_off, &off, &state(&cache, vec![("llm", on_demand_node_app())]), &PlanOptions::default());
+    assert_eq!(p.apps[0].consolidate, None);
+    let never = PlanOptions { consolidation_horizon: None, ..PlanOptions::default() };
+    assert_eq!(run(on_demand_node_app(), never, &s).apps[0].consolidate, None);
+    // Not while the app is scaling: a queued request wants a runner.
+    assert_eq!(run(AppView { queued: 8, ..on_demand_node_app() }, PlanOptions::default(), &s).apps[0].consolidate, None);
+    // Not beyond the budget: $1.68/h of room cannot hold a $16/h node, even for a while.
+    let capped = spec(&format!("{ONE_PER_NODE}[apps.llm.budget]\nmax_per_hour = \"100\"\n"));
+    let index_capped = PlacementIndex::new(catalog(), &capped);
+    let p = plan(&index_capped, &capped, &state(&cache, vec![("llm", on_demand_node_app())]), &PlanOptions::default());
+    assert_eq!(p.apps[0].consolidate, None);
+}
+
+#[test]
+fn consolidation_deletes_a_node_whose_runners_fit_on_the_others() {
+    use crate::consolidate::MoveKind;
+    let s = spec(&FLEET.replace("base_on_demand = 1", "spot = \"on-demand\""));
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    // Two Lambda nodes of four slots, one serving runner each: one node can go.
+    let st = AppView {
+        in_flight: 2,
+        runners: vec![serving_runner(1, 10), serving_runner(2, 11)],
+        nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 0, 4)],
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let m = p.apps[0].consolidate.clone().expect("a move");
+    assert_eq!((m.node, m.kind, m.saving_per_hour, m.cost), (10, MoveKind::Delete, money("23.92"), Money::ZERO));
+}
+
+#[test]
+fn a_move_starts_replacements_first_then_stops_the_old_runners_then_releases_the_node() {
+    let s = spec(ONE_PER_NODE);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let run = |st: AppView| plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default()).apps.remove(0);
+    let leaving = NodeView { leaving: true, ..on_demand_node_app().nodes[0].clone() };
+    // Pass 1: the runner on the leaving node is replaced by one on a new spot node; it keeps
+    // serving meanwhile.
+    let a = run(AppView { nodes: vec![leaving.clone()], ..on_demand_node_app() });
+    assert_eq!(a.replaced, [(10, 1)]);
+    assert_eq!(a.decision.start, 1);
+    assert_eq!(a.new_nodes.len(), 1);
+    assert_eq!(a.new_nodes[0].candidates[0].capacity, CapacityType::Spot);
+    assert!(a.decision.stop.is_empty() && a.release_nodes.is_empty());
+    assert_eq!(a.consolidate, None, "one move at a time");
+    // Pass 2: the replacement (runner 2 on node 20) is starting: nothing more starts, nothing stops.
+    let replaced = NodeView { replaced: 1, ..leaving };
+    let starting = AppView {
+        runners: vec![idle_runner(1, 10, true), idle_runner(2, 20, false)],
+        nodes: vec![replaced.clone(), NodeView::new(20, 1, 1)],
+        ..on_demand_node_app()
+    };
+    let a = run(starting.clone());
+    assert!(a.replaced.is_empty() && a.decision.start == 0 && a.new_nodes.is_empty());
+    assert!(a.decision.stop.is_empty() && a.release_nodes.is_empty());
+    // Pass 3: it serves: the old runner stops and its node is released (a release drains).
+    let ready = AppView { runners: vec![idle_runner(1, 10, true), idle_runner(2, 20, true)], ..starting.clone() };
+    let a = run(ready);
+    assert_eq!(a.decision.stop, [1]);
+    assert_eq!(a.release_nodes, [10]);
+    // A busy old runner stops too: a stop drains it (its requests finish, it claims no more).
+    let mut busy = idle_runner(1, 10, true);
+    busy.runner.in_flight = 2;
+    busy.runner.idle_since = None;
+    let a = run(AppView { runners: vec![busy, idle_runner(2, 20, true)], ..starting });
+    assert_eq!(a.decision.stop, [1]);
 }

@@ -6,9 +6,10 @@
 //!                        └──────Stop─────────┴──Stop──▶ Stopping ──Stopped──▶ Stopped
 //! ```
 //!
-//! A busy runner is never stopped (the autoscaler only stops idle ones); a runner whose node or
-//! agent is lost goes straight to Stopped and its in-flight requests are handed back to the queue
-//! by the caller (the transition says how many).
+//! The autoscaler stops only idle runners; a busy one is stopped only to move it (consolidation)
+//! and then drains: Stopping claims nothing new, and its agent reports Stopped once the requests
+//! in flight have finished. A runner whose node or agent is lost goes straight to Stopped and its
+//! in-flight requests are handed back to the queue by the caller (the transition says how many).
 
 use fleet_core::{NodeId, Time};
 use serde::{Deserialize, Serialize};
@@ -121,11 +122,10 @@ pub fn transition(state: &RunnerPhase, event: RunnerEvent, now: Time) -> Result<
         }
         (S::Pending { .. }, E::Stop) => S::Stopped { since: now, lost_requests: 0 },
         (S::Starting { node, .. } | S::Idle { node, .. }, E::Stop) => S::Stopping { node: *node, since: now },
-        (S::Busy { .. }, E::Stop) => {
-            return Err(invalid(
-                "a runner with requests in flight is not stopped; wait until it is idle, or drain its node",
-            ));
-        }
+        // A busy runner drains: it claims nothing more, and its agent reports Stopped once the
+        // requests in flight have finished (their results are still written).
+        (S::Busy { node, .. }, E::Stop) => S::Stopping { node: *node, since: now },
+        (S::Stopping { .. }, E::Complete) => state.clone(),
         (S::Stopping { .. }, E::Stop) => state.clone(),
         (S::Stopping { .. }, E::Stopped) => S::Stopped { since: now, lost_requests: 0 },
         (S::Stopped { .. }, E::Stop | E::Stopped | E::Lost) => state.clone(),

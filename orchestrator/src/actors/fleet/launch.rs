@@ -163,6 +163,7 @@ mod tests {
             billing_since,
             billing_until: None,
             cordoned: false,
+            leaving: None,
             created_at: billing_since.unwrap_or_default(),
         })
     }

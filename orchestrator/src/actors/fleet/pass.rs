@@ -230,7 +230,8 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
         view.demand = h;
     }
     phases.mark("state");
-    let plan = plan::plan(&applied.index, &applied.spec, &state, &PlanOptions::default());
+    let opts = PlanOptions { consolidation_horizon: ctx.config.consolidation_horizon, ..PlanOptions::default() };
+    let plan = plan::plan(&applied.index, &applied.spec, &state, &opts);
     let arrived = ctx.arrivals.lock().expect("arrivals lock").clone();
     remember_demand(&mut st.demand, &plan, state.apps, &arrived, now);
     phases.mark("plan");

@@ -9,7 +9,7 @@ use fleet_core::{NodeId, Time};
 use fleet_policies::plan::FleetPlan;
 use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::lifecycle::runner::{self, RunnerEvent, RunnerPhase};
-use fleet_state::model::{CandidateRecord, NodeRecord, RunnerRecord, update_at};
+use fleet_state::model::{CandidateRecord, Leaving, NodeRecord, RunnerRecord, update_at};
 use fleet_state::queue;
 use fleet_state::store::{Op, StoreError, to_json};
 
@@ -127,6 +127,7 @@ pub(super) async fn carry_out(
                 billing_since: None,
                 billing_until: None,
                 cordoned: false,
+                leaving: None,
                 created_at: now,
             };
             node_ops.push((Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone())));
@@ -135,6 +136,45 @@ pub(super) async fn carry_out(
         }
         if !ap.new_nodes.is_empty() {
             tracing::info!(app = %ap.app, nodes = ap.new_nodes.len(), "nodes requested");
+        }
+        // Consolidation: a node marked leaving, replacements counted, moves called off. Each a
+        // compare-and-swap on the node record, so a move survives a restart and is never done
+        // twice.
+        if let Some(m) = &ap.consolidate {
+            let why = m.why.clone();
+            let done = update_at(store, &keys.node(m.node), |cur: &NodeRecord| {
+                (cur.leaving.is_none() && matches!(cur.state, NodePhase::Ready { .. })).then(|| NodeRecord {
+                    leaving: Some(Leaving { since: now, why: why.clone(), replaced: 0 }),
+                    ..cur.clone()
+                })
+            })
+            .await?;
+            if let Some((rec, rev)) = done {
+                tracing::info!(app = %ap.app, node = m.node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
+                ctx.metrics.consolidations.inc();
+                st.informer.put_node(rec, rev);
+                crate::crashpoint::hit("node.leaving");
+            }
+        }
+        for (id, n) in &ap.replaced {
+            let done = update_at(store, &keys.node(*id), |cur: &NodeRecord| {
+                let l = cur.leaving.as_ref()?;
+                Some(NodeRecord { leaving: Some(Leaving { replaced: l.replaced + n, ..l.clone() }), ..cur.clone() })
+            })
+            .await?;
+            if let Some((rec, rev)) = done {
+                st.informer.put_node(rec, rev);
+            }
+        }
+        for id in &ap.cancel_moves {
+            let done = update_at(store, &keys.node(*id), |cur: &NodeRecord| {
+                cur.leaving.is_some().then(|| NodeRecord { leaving: None, ..cur.clone() })
+            })
+            .await?;
+            if let Some((rec, rev)) = done {
+                tracing::warn!(app = %ap.app, node = id, "consolidation called off: its runners cannot be replaced now");
+                st.informer.put_node(rec, rev);
+            }
         }
         for id in &ap.release_nodes {
             let Some(n) = nodes.iter().find(|n| n.id == *id) else { continue };

@@ -38,9 +38,9 @@ const TABLE: &[(&str, &[&str])] = &[
     ("Pending", &["Starting", "-", "-", "-", "-", "Stopped", "-", "Stopped"]),
     ("Starting", &["-", "Idle", "Stopped", "-", "-", "Stopping", "-", "Stopped"]),
     ("Idle", &["-", "-", "-", "Busy1", "-", "Stopping", "-", "Stopped"]),
-    ("Busy1", &["-", "-", "-", "Busy2", "Idle", "-", "-", "Stopped"]),
-    ("Busy-full", &["-", "-", "-", "-", "Busy1", "-", "-", "Stopped"]),
-    ("Stopping", &["-", "-", "-", "-", "-", "Stopping", "Stopped", "Stopped"]),
+    ("Busy1", &["-", "-", "-", "Busy2", "Idle", "Stopping", "-", "Stopped"]),
+    ("Busy-full", &["-", "-", "-", "-", "Busy1", "Stopping", "-", "Stopped"]),
+    ("Stopping", &["-", "-", "-", "-", "Stopping", "Stopping", "Stopped", "Stopped"]),
     ("Stopped", &["-", "-", "-", "-", "-", "Stopped", "Stopped", "Stopped"]),
 ];
 
@@ -67,10 +67,13 @@ fn every_state_and_event_pair_is_as_the_table_says() {
 }
 
 #[test]
-fn busy_runners_are_never_stopped_and_lost_ones_hand_back_their_requests() {
+fn busy_runners_drain_when_stopped_and_lost_ones_hand_back_their_requests() {
     let busy = RunnerPhase::Busy { node: 1, in_flight: 3, since: t(0) };
-    let e = transition(&busy, RunnerEvent::Stop, t(1)).unwrap_err();
-    assert!(e.to_string().contains("requests in flight is not stopped"), "{e}");
+    // Stopped while busy: it drains (claims nothing more; its requests finish).
+    let draining = transition(&busy, RunnerEvent::Stop, t(1)).unwrap();
+    assert_eq!(draining, RunnerPhase::Stopping { node: 1, since: t(1) });
+    assert!(transition(&draining, RunnerEvent::Claim { max: 4 }, t(2)).is_err());
+    assert_eq!(transition(&draining, RunnerEvent::Complete, t(2)).unwrap(), draining);
     assert_eq!(
         transition(&busy, RunnerEvent::Lost, t(1)).unwrap(),
         RunnerPhase::Stopped { since: t(1), lost_requests: 3 }

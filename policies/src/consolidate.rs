@@ -1,0 +1,174 @@
+//! Consolidation (Karpenter's word for it): moving an app's runners to fewer or cheaper nodes
+//! when that saves more over a stated horizon than the move costs.
+//!
+//! One node of an app is considered at a time, and only while the app is steady (every runner
+//! ready, nothing to start or stop, no node already leaving), and only nodes whose runners all
+//! serve (an idle runner is the autoscaler's to stop; moved, it would start idle anew). For each
+//! such node:
+//!
+//! - **Delete**: its runners fit on the free slots of the app's other nodes. Saving: its price
+//!   per hour. Cost: the minimum billing still owed on it (paid whether it runs or not).
+//! - **Replace**: one node of another offering hosts its runners for less (a smaller size, spot
+//!   where the app allows it and its on-demand base stays whole, a price that fell elsewhere).
+//!   Saving: the price difference per hour. Cost: the new node's cold start (provision + boot +
+//!   model load, billed before it serves) plus the minimum billing still owed on the old one.
+//!   The new node must fit the budget room left, as any new node must.
+//!
+//! A move is made when saving × min(horizon, the node's age) exceeds its cost (a node is expected
+//! to stay about as long again as it has stayed); the best net saving wins. Carrying it
+//! out is the plan's ([`crate::plan`]): the node is marked leaving (it takes no new runners); each
+//! of its runners is replaced one for one (the caller counts the replacements started, so a
+//! crash in between never starts them twice), where the plan places new runners — free slots,
+//! else the cheapest node mix, each candidate cheaper than the leaving node (a failover to a
+//! dearer offering would undo the saving); once every replacement serves, the leaving node's
+//! runners stop — a stop drains: no new request is claimed, those in flight finish, so nothing is
+//! lost or served twice — and the node, empty, is released. A move whose replacements cannot be
+//! placed is called off ([`crate::plan::AppPlan::cancel_moves`]).
+
+use std::time::Duration;
+
+use fleet_core::spec::{AppSpec, SpotPolicy};
+use fleet_core::{CapacityType, Money, NodeId, Price, Time};
+use serde::Serialize;
+
+use crate::placement::{CapacityWanted, PlacementIndex, RankInput};
+use crate::plan::NodeView;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveKind {
+    /// Its runners move to free slots of the app's other nodes.
+    Delete,
+    /// Its runners move to one new, cheaper node.
+    Replace,
+}
+
+/// One node to consolidate away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub node: NodeId,
+    pub kind: MoveKind,
+    pub saving_per_hour: Money,
+    /// What the move itself costs (cold start billed, minimum billing left).
+    pub cost: Money,
+    pub why: String,
+}
+
+/// What [`consider`] weighs for one app.
+pub struct Input<'a> {
+    pub index: &'a PlacementIndex,
+    pub app: usize,
+    pub spec: &'a AppSpec,
+    /// The app's nodes, the runners each hosts, and how many of those are idle (same order).
+    pub nodes: &'a [NodeView],
+    pub hosted: &'a [u32],
+    pub idle: &'a [u32],
+    pub rank: RankInput<'a>,
+    /// The saving must pay for the move within this long.
+    pub horizon: Duration,
+    /// Provision + boot + model load of a new node.
+    pub cold_start: Duration,
+    /// A new node's minimum billing.
+    pub min_billing: Duration,
+    pub now: Time,
+}
+
+/// The minimum billing still owed on node `n` (at `price` per hour): paid whether it runs or not.
+fn owed(input: &Input, n: &NodeView, price: Money) -> Money {
+    let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default()).unwrap_or_default();
+    Price::per_hour(price).cost_for(input.min_billing.saturating_sub(age))
+}
+
+/// The best move for one app now, if one pays.
+pub fn consider(input: &Input) -> Option<Move> {
+    let idx = input.index;
+    let price_of = |n: &NodeView| idx.offering(n.offering).price.hourly();
+    let capacity_of = |n: &NodeView| idx.offering(n.offering).capacity;
+    let on_demand_runners: u32 = input
+        .nodes
+        .iter()
+        .zip(input.hosted)
+        .filter(|(n, _)| capacity_of(n) == CapacityType::OnDemand)
+        .map(|(_, h)| *h)
+        .sum();
+    let mut best: Option<(Money, Move)> = None;
+    for (k, n) in input.nodes.iter().enumerate() {
+        let h = input.hosted[k];
+        // A node with an idle runner is the autoscaler's to shrink, not this module's to move:
+        // a moved runner starts idle anew, and its node would outlive the one it replaced.
+        if h == 0 || n.leaving || input.idle[k] > 0 {
+            continue;
+        }
+        let price = price_of(n);
+        let owed = owed(input, n, price);
+        // How long the saving would last: the horizon, but no longer than the node has lived so
+        // far (a node is expected to stay about as long again as it has stayed: one launched
+        // for a burst is likely gone before a move pays).
+        let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default());
+        let lasts = age.map_or(input.horizon, |a| a.min(input.horizon));
+        let mut offer = |kind: MoveKind, saving: Money, cost: Money, why: String| {
+            let gain = Price::per_hour(saving).cost_for(lasts);
+            if gain > cost {
+                let net = gain - cost;
+                if best.as_ref().is_none_or(|(b, _)| net > *b) {
+                    best = Some((net, Move { node: n.id, kind, saving_per_hour: saving, cost, why }));
+                }
+            }
+        };
+        // Delete: the others' free slots hold its runners.
+        let free: u32 = input
+            .nodes
+            .iter()
+            .zip(input.hosted)
+            .enumerate()
+            .filter(|(j, (m, _))| *j != k && !m.leaving)
+            .map(|(_, (m, used))| m.slots.saturating_sub(*used))
+            .sum();
+        // On-demand runners kept on on-demand capacity where the base needs them.
+        let base_ok = |to: CapacityType| {
+            capacity_of(n) != CapacityType::OnDemand
+                || to == CapacityType::OnDemand
+                || on_demand_runners.saturating_sub(h) >= input.spec.placement.base_on_demand
+        };
+        if free >= h && base_ok(CapacityType::Spot) {
+            offer(
+                MoveKind::Delete,
+                price,
+                owed,
+                format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {price}/h"),
+            );
+        }
+        // Replace: the cheapest single node for its runners, of the kinds the app may use.
+        let kinds: &[CapacityWanted] = match input.spec.placement.spot {
+            SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
+            SpotPolicy::Spot => &[CapacityWanted::Spot],
+            SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
+        };
+        for kind in kinds {
+            let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
+            let Some(c) = idx.rank_for_runners(input.app, &rank, 1).into_iter().next() else { continue };
+            let new_price = c.node_price.hourly();
+            if c.offering == n.offering || new_price >= price || !base_ok(c.capacity) {
+                continue;
+            }
+            let cold = c.node_price.cost_for(input.cold_start);
+            let o = idx.offering(c.offering);
+            offer(
+                MoveKind::Replace,
+                price - new_price,
+                cold + owed,
+                format!(
+                    "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{})",
+                    o.instance.name,
+                    o.capacity,
+                    new_price,
+                    price - new_price,
+                    cold + owed,
+                    input.cold_start.as_secs(),
+                    if owed > Money::ZERO { format!(", {owed} of minimum billing left") } else { String::new() }
+                ),
+            );
+        }
+    }
+    best.map(|(_, m)| m)
+}
