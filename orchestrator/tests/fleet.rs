@@ -575,6 +575,19 @@ async fn predict_probes_with_one_runner_where_fal_starts_one_per_queued_request(
 /// the on-demand node is terminated — and every request is served exactly once.
 #[tokio::test(start_paused = true)]
 async fn a_runner_on_on_demand_moves_to_spot_when_spot_returns_and_nothing_is_lost() {
+    move_to_spot(false).await;
+}
+
+/// The same with the fleet actor crashing (and restarted, with nothing but the store) right after
+/// the node is marked leaving, and again once its replacement is counted: the move carries on
+/// from the store, with one replacement, not two.
+#[tokio::test(start_paused = true)]
+async fn a_move_in_flight_survives_fleet_actor_crashes() {
+    move_to_spot(true).await;
+}
+
+async fn move_to_spot(crash: bool) {
+    use fleet_orchestrator::actors::fleet::FleetMsg;
     let od = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
     let spot = h100x8(Cloud::Runpod, "us-ks-2", "8", CapacityType::Spot);
     let clouds = vec![
@@ -598,6 +611,19 @@ async fn a_runner_on_on_demand_moves_to_spot_when_spot_returns_and_nothing_is_lo
     let old = h.nodes().await.into_iter().find(|n| n.offering() == Some(&od.key())).unwrap();
     // Spot has room again; its unavailable mark expires after ten minutes.
     h.fakes[&Cloud::Runpod].set_capacity(spot.key(), 4);
+    if crash {
+        let leaving = |replaced: u32| {
+            let h = &h;
+            let id = old.id;
+            move || async move {
+                h.nodes().await.iter().any(|n| n.id == id && n.leaving.as_ref().is_some_and(|l| l.replaced >= replaced))
+            }
+        };
+        assert!(h.run_until(Duration::from_secs(1800), leaving(0)).await, "marked leaving");
+        h.fleet().await.send_message(FleetMsg::Crash("consolidation: marked".into())).unwrap();
+        assert!(h.run_until(Duration::from_secs(600), leaving(1)).await, "replacement counted");
+        h.fleet().await.send_message(FleetMsg::Crash("consolidation: replaced".into())).unwrap();
+    }
     let moved = h
         .run_until(Duration::from_secs(1800), || async {
             let nodes = h.nodes().await;
@@ -615,4 +641,10 @@ async fn a_runner_on_on_demand_moves_to_spot_when_spot_returns_and_nothing_is_lo
     done.dedup();
     assert_eq!((n, done.len()), (ids.len(), ids.len()), "every request served exactly once");
     assert_eq!(h.live_instances(), 1, "only the spot node is left: {:?}", h.fakes[&Cloud::Lambda].live_instances());
+    let spot_nodes = h.nodes().await.iter().filter(|n| n.offering() == Some(&spot.key())).count();
+    assert_eq!(spot_nodes, 1, "one replacement: {:?}", h.nodes().await);
+    if crash {
+        let metrics = h.ctx.metrics.encode();
+        assert!(metrics.contains("fleet_actor_restarts_total{kind=\"fleet\"} 2"), "{metrics}");
+    }
 }

@@ -2,9 +2,9 @@
 //! when that saves more over a stated horizon than the move costs.
 //!
 //! One node of an app is considered at a time, and only while the app is steady (every runner
-//! ready, nothing to start or stop, no node already leaving), and only nodes whose runners all
-//! serve (an idle runner is the autoscaler's to stop; moved, it would start idle anew). For each
-//! such node:
+//! ready, nothing to start or stop, no node already leaving), and only nodes whose runners have
+//! served within the last cold start (a runner idle for longer is the autoscaler's to stop;
+//! moved, it would start idle anew). For each such node:
 //!
 //! - **Delete**: its runners fit on the free slots of the app's other nodes. Saving: its price
 //!   per hour. Cost: the minimum billing still owed on it (paid whether it runs or not).
@@ -59,10 +59,11 @@ pub struct Input<'a> {
     pub index: &'a PlacementIndex,
     pub app: usize,
     pub spec: &'a AppSpec,
-    /// The app's nodes, the runners each hosts, and how many of those are idle (same order).
+    /// The app's nodes, the runners each hosts, and how long the longest idle of those has been
+    /// idle (zero while all serve; same order).
     pub nodes: &'a [NodeView],
     pub hosted: &'a [u32],
-    pub idle: &'a [u32],
+    pub idle_for: &'a [Duration],
     pub rank: RankInput<'a>,
     /// The saving must pay for the move within this long.
     pub horizon: Duration,
@@ -94,9 +95,10 @@ pub fn consider(input: &Input) -> Option<Move> {
     let mut best: Option<(Money, Move)> = None;
     for (k, n) in input.nodes.iter().enumerate() {
         let h = input.hosted[k];
-        // A node with an idle runner is the autoscaler's to shrink, not this module's to move:
-        // a moved runner starts idle anew, and its node would outlive the one it replaced.
-        if h == 0 || n.leaving || input.idle[k] > 0 {
+        // A node with a runner idle for longer than a cold start is the autoscaler's to shrink,
+        // not this module's to move: a moved runner starts idle anew, and its node would outlive
+        // the one it replaced.
+        if h == 0 || n.leaving || input.idle_for[k] > input.cold_start {
             continue;
         }
         let price = price_of(n);

@@ -499,10 +499,16 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             Some(horizon) if steady && app.scaling.consolidation && !st.nodes.is_empty() => {
                 let live: Vec<NodeView> = st.nodes.iter().filter(|n| hosted[&n.id] > 0).cloned().collect();
                 let used: Vec<u32> = live.iter().map(|n| hosted[&n.id]).collect();
-                let idle: Vec<u32> = live
+                let idle_for: Vec<std::time::Duration> = live
                     .iter()
                     .map(|n| {
-                        st.runners.iter().filter(|r| r.node == n.id && r.runner.in_flight == 0).count() as u32
+                        st.runners
+                            .iter()
+                            .filter(|r| r.node == n.id && r.runner.in_flight == 0)
+                            .filter_map(|r| r.runner.idle_since)
+                            .map(|t| (now - t).to_std().unwrap_or_default())
+                            .max()
+                            .unwrap_or_default()
                     })
                     .collect();
                 let room = app_room.clone().min(fleet_room.clone());
@@ -512,7 +518,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     spec: app,
                     nodes: &live,
                     hosted: &used,
-                    idle: &idle,
+                    idle_for: &idle_for,
                     rank: RankInput {
                         quota_used: &quota_used,
                         max_node_price: room.per_hour,

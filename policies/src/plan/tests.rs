@@ -466,9 +466,14 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
     // of minimum billing ($1.092): no move. Up for 30 minutes: a move.
     assert_eq!(run(on_demand_node_app_aged(20), PlanOptions::default(), &s).apps[0].consolidate, None);
     assert!(run(on_demand_node_app_aged(1800), PlanOptions::default(), &s).apps[0].consolidate.is_some());
-    // An idle runner is the autoscaler's to stop, not to move.
-    let idle = AppView { in_flight: 0, runners: vec![idle_runner(1, 10, true)], ..on_demand_node_app() };
-    assert_eq!(run(idle, PlanOptions::default(), &s).apps[0].consolidate, None);
+    // A runner idle for longer than a cold start is the autoscaler's to stop, not to move; one
+    // idle for a moment (between requests) moves.
+    let mut idle = idle_runner(1, 10, true);
+    idle.runner.idle_since = Some(t0() - chrono::Duration::seconds(181));
+    let long_idle = AppView { in_flight: 0, runners: vec![idle], ..on_demand_node_app() };
+    assert_eq!(run(long_idle, PlanOptions::default(), &s).apps[0].consolidate, None);
+    let between = AppView { in_flight: 0, runners: vec![idle_runner(1, 10, true)], ..on_demand_node_app() };
+    assert!(run(between, PlanOptions::default(), &s).apps[0].consolidate.is_some());
     // Off when the app forbids it, or the fleet turns it off.
     let off = spec(&ONE_PER_NODE.replace("keep_alive = \"10m\"", "keep_alive = \"10m\"\nconsolidation = false"));
     let index_off = PlacementIndex::new(catalog(), &off);

@@ -1,0 +1,141 @@
+//! Consolidation on the `local` provider: the real fleetd, real fleet-agents serving a model with
+//! candle on the CPU. An app placed on on-demand is allowed spot: its runner moves to a spot node
+//! (replacement first, the old runner drained, the old node terminated) while requests keep
+//! coming, and every request is served once. Needs fleet-agent beside fleetd (`cargo build
+//! --workspace`, which scripts/test does before the tests).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Fleetd;
+use serde_json::Value;
+
+const SPEC: &str = r#"
+[fleet]
+name = "local-move"
+
+[apps.chat]
+gpu = "H100"
+gpus = 1
+
+[apps.chat.placement]
+spot = "on-demand"
+
+[apps.chat.scaling]
+min_concurrency = 1
+max_concurrency = 1
+keep_alive = "1h"
+"#;
+
+/// (id, state, capacity) of every node record.
+fn nodes(f: &Fleetd) -> Vec<(u64, String, String)> {
+    f.get("/v1/nodes")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let state = n["state"]["state"].as_str().unwrap_or_default().to_string();
+            let attempt = n["attempt"].as_u64().unwrap_or(0) as usize;
+            let capacity = n["candidates"][attempt]["offering"]["capacity"].as_str().unwrap_or_default().to_string();
+            (n["id"].as_u64().unwrap(), state, capacity)
+        })
+        .collect()
+}
+
+struct Machines(std::path::PathBuf);
+
+impl Drop for Machines {
+    /// Local nodes outlive fleetd, as machines would: stop whatever is left.
+    fn drop(&mut self) {
+        let instances = std::fs::read_to_string(self.0.join("local/instances.json")).unwrap_or_default();
+        if let Ok(Value::Array(rs)) = serde_json::from_str::<Value>(&instances) {
+            for r in rs {
+                let _ = std::process::Command::new("kill").arg(r["pid"].to_string()).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once() {
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    assert!(agent_bin.is_file(), "fleet-agent beside fleetd: build the workspace first (cargo build --workspace)");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    // A one-second cold start and no minimum billing: a move pays for itself within seconds.
+    let args: Vec<String> = [
+        "--fleet",
+        "local-move",
+        "--local",
+        "--local-capacity",
+        "4",
+        "--reconcile-every",
+        "0.2",
+        "--node-poll",
+        "0.3",
+        "--cold-start-seconds",
+        "1",
+        "--recreate-seconds",
+        "1",
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let f = Fleetd::start(&args, None);
+    f.put_spec(SPEC);
+    let submit = |i: usize| -> u64 {
+        let x: Vec<f64> = (0..16).map(|k| ((i * 16 + k) % 7) as f64 / 7.0).collect();
+        let (s, b) = f.call("POST", "/v1/apps/chat/requests", &serde_json::json!({ "input": { "x": x } }).to_string());
+        assert_eq!(s, 202, "{b}");
+        serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap()
+    };
+    let mut ids = Vec::new();
+    // Up on on-demand, serving.
+    let t = Instant::now();
+    loop {
+        ids.push(submit(ids.len()));
+        let done = ids.iter().any(|id| f.get(&format!("/v1/apps/chat/requests/{id}"))["state"]["state"] == "done");
+        if done {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "nothing served within 90 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let first = nodes(&f);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (old, _, capacity) = &first[0];
+    assert_eq!(capacity, "on-demand");
+    // Spot allowed: the runner moves while requests keep coming.
+    f.put_spec(&SPEC.replace("spot = \"on-demand\"", "spot = \"auto\""));
+    let t = Instant::now();
+    loop {
+        ids.push(submit(ids.len()));
+        let now = nodes(&f);
+        let old_gone = now.iter().any(|(id, state, _)| id == old && state == "terminated");
+        let spot_ready = now.iter().any(|(_, state, cap)| state == "ready" && cap == "spot");
+        if old_gone && spot_ready {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no move within 120 s: {now:?}\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(f.saw("consolidating a node away", Duration::from_secs(1)), "{}", f.log());
+    // Every request done, each claimed once (a drained runner hands nothing back to the queue).
+    let t = Instant::now();
+    while !f.unfinished("chat", &ids).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "unfinished: {:?}", f.unfinished("chat", &ids));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for id in &ids {
+        let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
+        assert_eq!(r["attempts"], 1, "request {id} was claimed more than once: {r}");
+        assert!(r["state"]["output"].is_object(), "request {id} has a model's answer: {r}");
+    }
+    let live: Vec<_> = nodes(&f).into_iter().filter(|(_, s, _)| s != "terminated").collect();
+    assert_eq!(live.len(), 1, "only the spot node is left: {live:?}");
+    eprintln!("local consolidation: {} requests served once each across the move", ids.len());
+    f.kill();
+}
