@@ -92,6 +92,11 @@ pub fn consider(input: &Input) -> Option<Move> {
         .filter(|(n, _)| capacity_of(n) == CapacityType::OnDemand)
         .map(|(_, h)| *h)
         .sum();
+    let free_total: u32 =
+        input.nodes.iter().zip(input.hosted).filter(|(m, _)| !m.leaving).map(|(m, used)| m.slots.saturating_sub(*used)).sum();
+    // The cheapest single node for `h` runners of each kind depends on `h` alone: look it up once.
+    let mut cheapest: std::collections::HashMap<(u32, usize), Option<crate::placement::Candidate>> =
+        std::collections::HashMap::new();
     let mut best: Option<(Money, Move)> = None;
     for (k, n) in input.nodes.iter().enumerate() {
         let h = input.hosted[k];
@@ -118,14 +123,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             }
         };
         // Delete: the others' free slots hold its runners.
-        let free: u32 = input
-            .nodes
-            .iter()
-            .zip(input.hosted)
-            .enumerate()
-            .filter(|(j, (m, _))| *j != k && !m.leaving)
-            .map(|(_, (m, used))| m.slots.saturating_sub(*used))
-            .sum();
+        let free = free_total - n.slots.saturating_sub(h);
         // On-demand runners kept on on-demand capacity where the base needs them.
         let base_ok = |to: CapacityType| {
             capacity_of(n) != CapacityType::OnDemand
@@ -146,9 +144,12 @@ pub fn consider(input: &Input) -> Option<Move> {
             SpotPolicy::Spot => &[CapacityWanted::Spot],
             SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
         };
-        for kind in kinds {
-            let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
-            let Some(c) = idx.rank_for_runners(input.app, &rank, 1).into_iter().next() else { continue };
+        for (ki, kind) in kinds.iter().enumerate() {
+            let found = cheapest.entry((h, ki)).or_insert_with(|| {
+                let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
+                idx.rank_for_runners(input.app, &rank, 1).into_iter().next()
+            });
+            let Some(c) = *found else { continue };
             let new_price = c.node_price.hourly();
             if c.offering == n.offering || new_price >= price || !base_ok(c.capacity) {
                 continue;

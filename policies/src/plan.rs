@@ -499,18 +499,17 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             Some(horizon) if steady && app.scaling.consolidation && !st.nodes.is_empty() => {
                 let live: Vec<NodeView> = st.nodes.iter().filter(|n| hosted[&n.id] > 0).cloned().collect();
                 let used: Vec<u32> = live.iter().map(|n| hosted[&n.id]).collect();
-                let idle_for: Vec<std::time::Duration> = live
-                    .iter()
-                    .map(|n| {
-                        st.runners
-                            .iter()
-                            .filter(|r| r.node == n.id && r.runner.in_flight == 0)
-                            .filter_map(|r| r.runner.idle_since)
-                            .map(|t| (now - t).to_std().unwrap_or_default())
-                            .max()
-                            .unwrap_or_default()
-                    })
-                    .collect();
+                // The longest idle runner per node (one pass over the runners).
+                let mut longest: HashMap<NodeId, std::time::Duration, IdBuild> = HashMap::default();
+                for r in st.runners.iter().filter(|r| r.runner.in_flight == 0) {
+                    if let Some(t) = r.runner.idle_since {
+                        let d = (now - t).to_std().unwrap_or_default();
+                        let e = longest.entry(r.node).or_default();
+                        *e = (*e).max(d);
+                    }
+                }
+                let idle_for: Vec<std::time::Duration> =
+                    live.iter().map(|n| longest.get(&n.id).copied().unwrap_or_default()).collect();
                 let room = app_room.clone().min(fleet_room.clone());
                 consolidate::consider(&consolidate::Input {
                     index,
