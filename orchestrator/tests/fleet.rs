@@ -534,7 +534,9 @@ async fn auto_keep_alive_lets_idle_runners_go_once_waiting_costs_more_than_recre
     // stop would make the next request wait a whole cold start.
     let (auto_one, auto_none) = idle_runners_last("\"auto\"", Duration::from_secs(60)).await;
     let (fixed_one, fixed_none) = idle_runners_last("\"5m\"", Duration::from_secs(60)).await;
-    println!("idle runners down to one {auto_one} s and gone {auto_none} s after the burst with auto; {fixed_one} s / {fixed_none} s with 5m");
+    println!(
+        "idle runners down to one {auto_one} s and gone {auto_none} s after the burst with auto; {fixed_one} s / {fixed_none} s with 5m"
+    );
     assert!(auto_one < 60, "auto: {auto_one} s");
     assert!((500..=700).contains(&auto_none), "auto, the last runner: {auto_none} s");
     assert!(fixed_one >= 300 && fixed_none >= 300, "fixed: {fixed_one} s / {fixed_none} s");
@@ -604,7 +606,10 @@ async fn move_to_spot(crash: bool) {
     let ids = h.submit("llm", 300).await;
     let on_od = h
         .run_until(Duration::from_secs(300), || async {
-            h.nodes().await.iter().any(|n| n.offering() == Some(&od.key()) && matches!(n.state, NodePhase::Ready { .. }))
+            h.nodes()
+                .await
+                .iter()
+                .any(|n| n.offering() == Some(&od.key()) && matches!(n.state, NodePhase::Ready { .. }))
         })
         .await;
     assert!(on_od, "spot had no room: on-demand");
@@ -627,8 +632,10 @@ async fn move_to_spot(crash: bool) {
     let moved = h
         .run_until(Duration::from_secs(1800), || async {
             let nodes = h.nodes().await;
-            let old_gone = nodes.iter().find(|n| n.id == old.id).is_none_or(|n| matches!(n.state, NodePhase::Terminated { .. }));
-            let on_spot = nodes.iter().any(|n| n.offering() == Some(&spot.key()) && matches!(n.state, NodePhase::Ready { .. }));
+            let old_gone =
+                nodes.iter().find(|n| n.id == old.id).is_none_or(|n| matches!(n.state, NodePhase::Terminated { .. }));
+            let on_spot =
+                nodes.iter().any(|n| n.offering() == Some(&spot.key()) && matches!(n.state, NodePhase::Ready { .. }));
             old_gone && on_spot
         })
         .await;

@@ -268,7 +268,13 @@ impl DemandHistory {
 /// measured service time, plus what drains the queue within one cold start (runners started now
 /// help only after it), and never fewer than the requests in flight occupy. `None` until a
 /// service time has been measured.
-pub fn predicted_needed(spec: &ScalingSpec, history: &DemandHistory, queued: u32, in_flight: u32, now: Time) -> Option<u32> {
+pub fn predicted_needed(
+    spec: &ScalingSpec,
+    history: &DemandHistory,
+    queued: u32,
+    in_flight: u32,
+    now: Time,
+) -> Option<u32> {
     let s = history.service_s?;
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
@@ -532,13 +538,22 @@ mod tests {
         let starting = [RunnerInfo { id: 1, ready: false, in_flight: 0, idle_since: None, slot_price: Price::ZERO }];
         let d = decide_with(&s, 360, 0, None, &starting, &h, t0());
         assert_eq!((d.target.desired, d.start), (1, 0));
-        assert_eq!(decide_with(&ScalingSpec { predict: false, ..s.clone() }, 360, 0, None, &starting, &h, t0()).start, 44);
+        assert_eq!(
+            decide_with(&ScalingSpec { predict: false, ..s.clone() }, 360, 0, None, &starting, &h, t0()).start,
+            44
+        );
         // No runner at all: the probe starts.
         assert_eq!(decide_with(&s, 5, 0, None, &[], &h, t0()).start, 1);
         // Measured: 2 requests/s of 2.1 s each = 4.2 slots; a backlog of 360 drains within the
         // 180 s cold start with 360 × 2.1 / 180 = 4.2 more: ⌈8.4 / 8⌉ = 2 runners.
         for i in 0..=30 {
-            h.record(DemandSample { at: t0() + secs(-300 + i * 10), desired: 1, arrived: 20 * i as u64, queued: 0, in_flight: 0 });
+            h.record(DemandSample {
+                at: t0() + secs(-300 + i * 10),
+                desired: 1,
+                arrived: 20 * i as u64,
+                queued: 0,
+                in_flight: 0,
+            });
         }
         h.service_s = Some(2.1);
         assert_eq!(predicted_needed(&s, &h, 360, 0, t0()), Some(2));

@@ -92,8 +92,13 @@ pub fn consider(input: &Input) -> Option<Move> {
         .filter(|(n, _)| capacity_of(n) == CapacityType::OnDemand)
         .map(|(_, h)| *h)
         .sum();
-    let free_total: u32 =
-        input.nodes.iter().zip(input.hosted).filter(|(m, _)| !m.leaving).map(|(m, used)| m.slots.saturating_sub(*used)).sum();
+    let free_total: u32 = input
+        .nodes
+        .iter()
+        .zip(input.hosted)
+        .filter(|(m, _)| !m.leaving)
+        .map(|(m, used)| m.slots.saturating_sub(*used))
+        .sum();
     // The cheapest single node for `h` runners of each kind depends on `h` alone: look it up once.
     let mut cheapest: std::collections::HashMap<(u32, usize), Option<crate::placement::Candidate>> =
         std::collections::HashMap::new();

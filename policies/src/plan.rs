@@ -291,11 +291,9 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             // those already replaced. They start now (a move waits for no scaling delay).
             let mut all_replaced = true;
             for (node, done) in &leaving {
-                let kept = st
-                    .runners
-                    .iter()
-                    .filter(|r| r.node == *node && !autoscaler_stops.contains(&r.runner.id))
-                    .count() as u32;
+                let kept =
+                    st.runners.iter().filter(|r| r.node == *node && !autoscaler_stops.contains(&r.runner.id)).count()
+                        as u32;
                 let owed = kept.saturating_sub(*done);
                 if owed > 0 {
                     replaced.push((*node, owed));

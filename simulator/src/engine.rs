@@ -35,7 +35,10 @@ enum Ev {
     Tick,
     NodeReady(usize),
     RunnerReady(usize),
-    Done { runner: usize, req: usize },
+    Done {
+        runner: usize,
+        req: usize,
+    },
     Preempt(usize),
     /// The oracle's booking `i` launches, and ends.
     Book(usize),

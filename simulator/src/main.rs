@@ -41,7 +41,7 @@ enum Command {
     },
     /// Run several scenarios on the same demand and seed, side by side.
     #[command(
-        after_help = "Examples:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml\n  fleetsim compare --baselines simulator/examples/diurnal.toml"
+        after_help = "Examples:\n  fleetsim compare simulator/examples/poisson.toml simulator/examples/poisson-on-demand.toml\n  fleetsim compare --baselines simulator/examples/diurnal.toml --plots plots/"
     )]
     Compare {
         #[arg(required = true, num_args = 1..)]
@@ -53,6 +53,10 @@ enum Command {
         baselines: bool,
         #[arg(long)]
         seed: Option<u64>,
+        /// Write burn_by_policy.svg and wait_cdf_by_policy.svg here (one folder per scenario,
+        /// named after it, when several are compared with --baselines).
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -91,11 +95,19 @@ fn main() -> ExitCode {
                     Output::Table => out(&Report::table(&[&r]))?,
                 }
             }
-            Command::Compare { scenarios, seed, output, baselines: true } => {
+            Command::Compare { scenarios, seed, output, baselines: true, plots } => {
                 let mut reports = Vec::new();
                 for p in &scenarios {
                     let sc = load(p, seed, None)?;
                     reports.extend(fleet_simulator::baselines(&sc)?);
+                }
+                if let Some(dir) = &plots {
+                    for four in reports.chunks(4) {
+                        let d = if scenarios.len() > 1 { dir.join(&four[0].scenario) } else { dir.clone() };
+                        for p in fleet_simulator::plots::compare(&four.iter().collect::<Vec<_>>(), &d)? {
+                            eprintln!("wrote {}", p.display());
+                        }
+                    }
                 }
                 match output {
                     Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
@@ -114,7 +126,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Compare { scenarios, seed, output, baselines: false } => {
+            Command::Compare { scenarios, seed, output, baselines: false, plots } => {
                 let mut reports = Vec::new();
                 let mut first_demand = None;
                 for p in &scenarios {
@@ -127,6 +139,11 @@ fn main() -> ExitCode {
                     }
                     reports
                         .push(fleet_simulator::run_with_progress(&sc, &mut fleet_simulator::progress_bar(&sc.name))?);
+                }
+                if let Some(dir) = &plots {
+                    for p in fleet_simulator::plots::compare(&reports.iter().collect::<Vec<_>>(), dir)? {
+                        eprintln!("wrote {}", p.display());
+                    }
                 }
                 match output {
                     Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,

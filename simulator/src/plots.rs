@@ -1,5 +1,6 @@
 //! The report's plots, as SVG: demand vs capacity over time, hourly burn by cloud (stacked), and
-//! the CDF of queue waits.
+//! the CDF of queue waits; for several runs side by side (`compare`), burn over time and the wait
+//! CDF of each run in one chart.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,83 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     burn_by_cloud(r, &paths[1])?;
     wait_cdf(r, &paths[2])?;
     Ok(paths)
+}
+
+/// Writes `burn_by_policy.svg` and `wait_cdf_by_policy.svg` into `dir`: one line per report
+/// (the spec's policies, the baselines, the oracle). Returns their paths.
+pub fn compare(reports: &[&Report], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let paths = vec![dir.join("burn_by_policy.svg"), dir.join("wait_cdf_by_policy.svg")];
+    let title = reports.first().map(|r| r.scenario.clone()).unwrap_or_default();
+    let dollars = |m: fleet_core::Money| m.micros() as f64 / 1e6;
+    // Burn over time.
+    {
+        let root = SVGBackend::new(&paths[0], (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let x_max = reports.iter().map(|r| hours(r.duration_s)).fold(1e-3, f64::max);
+        let y_max = reports.iter().map(|r| dollars(r.max_burn_per_hour)).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{title}: burn by policy ($/hour)"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("hours").y_desc("$ per hour").draw().map_err(err)?;
+        for (k, r) in reports.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            let pts = thin(&r.timeline, |s| u32::try_from(s.burn_per_hour.micros() / 1000).unwrap_or(u32::MAX));
+            chart
+                .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), dollars(s.burn_per_hour))), &colour))
+                .map_err(err)?
+                .label(format!("{} ({})", r.scenario, r.cost))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    // Wait CDFs.
+    {
+        let root = SVGBackend::new(&paths[1], (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let cdfs: Vec<Vec<(f64, f64)>> = reports.iter().map(|r| cdf(&r.waits_ms)).collect();
+        let x_max = cdfs.iter().filter_map(|c| c.last().map(|p| p.0)).fold(1.0, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{title}: queue wait CDF by policy"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, 0f64..1.0)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("wait (s)").y_desc("share of requests").draw().map_err(err)?;
+        for (k, (r, pts)) in reports.iter().zip(cdfs).enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(pts, &colour))
+                .map_err(err)?
+                .label(format!("{} ({:.1}% ≤ {}s)", r.scenario, r.slo_attainment * 100.0, r.slo_wait_s))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(paths)
+}
+
+/// 201 points of the CDF of `waits_ms`, in seconds.
+fn cdf(waits_ms: &[u32]) -> Vec<(f64, f64)> {
+    let mut w = waits_ms.to_vec();
+    w.sort_unstable();
+    let n = w.len().max(1);
+    (0..=200)
+        .filter_map(|i| w.get(((i * (n - 1)) / 200).min(n - 1)).map(|x| (*x as f64 / 1000.0, i as f64 / 200.0)))
+        .collect()
 }
 
 fn hours(t_s: u64) -> f64 {
@@ -110,12 +188,7 @@ fn burn_by_cloud(r: &Report, path: &Path) -> anyhow::Result<()> {
 fn wait_cdf(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut w = r.waits_ms.clone();
-    w.sort_unstable();
-    let n = w.len().max(1);
-    let pts: Vec<(f64, f64)> = (0..=200)
-        .filter_map(|i| w.get(((i * (n - 1)) / 200).min(n - 1)).map(|x| (*x as f64 / 1000.0, i as f64 / 200.0)))
-        .collect();
+    let pts = cdf(&r.waits_ms);
     let x_max = pts.last().map(|p| p.0).unwrap_or(1.0).max(1.0) * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{}: queue wait CDF", r.scenario), ("sans-serif", 20))

@@ -226,7 +226,14 @@ fn every_example_right_sizes_and_costs_between_the_bound_and_the_oracle_and_ever
         let r = fleet_simulator::baselines(&Scenario::load(&p).unwrap()).unwrap();
         let (own, orc) = (&r[0], &r[3]);
         assert!(own.nodes_launched > 0, "{}: nothing launched, nothing checked", p.display());
-        assert_eq!(own.oversized_nodes, 0, "{}: {} of {} nodes oversized", p.display(), own.oversized_nodes, own.nodes_launched);
+        assert_eq!(
+            own.oversized_nodes,
+            0,
+            "{}: {} of {} nodes oversized",
+            p.display(),
+            own.oversized_nodes,
+            own.nodes_launched
+        );
         for x in &r {
             assert!(x.lower_bound <= orc.cost && orc.cost <= x.cost, "{}: {:?}", p.display(), costs(&r));
         }
@@ -317,7 +324,8 @@ fn the_oracle_picks_the_node_size_that_makes_the_whole_cheapest_by_hand() {
     // 30 s⌉ runners for one bucket; the nodes are up 0..240 s (see the test above). Five
     // runners: five small nodes, 5 × $0.24 = $1.20 < one large one, $1.333333. Six runners:
     // 6 × $0.24 = $1.44 > $1.333333: one large node.
-    const TWO: &str = "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
+    const TWO: &str =
+        "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of
 lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60,test,2026-11-25
 lambda,us-east-1,,gpu_8x_h100_sxm5,H100-SXM,8,208,1800,,on-demand,20.00,test,2026-11-25
 ";
@@ -332,5 +340,23 @@ lambda,us-east-1,,gpu_8x_h100_sxm5,H100-SXM,8,208,1800,,on-demand,20.00,test,202
         assert_eq!(orc.nodes_launched, nodes, "{n} requests");
         assert_eq!(orc.cost, usd(cost), "{n} requests");
         assert!(r.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&r));
+    }
+}
+
+#[test]
+fn compare_plots_draw_every_policy_side_by_side() {
+    let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "trace = \"trace.csv\"", "duration = \"15m\"", "");
+    write_trace(&c.path("trace.csv"), 200, 3);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = fleet_simulator::plots::compare(&r.iter().collect::<Vec<_>>(), dir.path()).unwrap();
+    assert_eq!(paths.len(), 2);
+    for p in &paths {
+        let svg = std::fs::read_to_string(p).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", p.display());
+        assert!(svg.matches("<polyline").count() >= r.len(), "{}: a line per policy", p.display());
+        for x in &r {
+            assert!(svg.contains(&x.scenario), "{} names {}", p.display(), x.scenario);
+        }
     }
 }

@@ -77,11 +77,7 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
         queued: 8,
         in_flight: 8,
         runners: vec![busy(1, 10), busy(2, 11)],
-        nodes: vec![
-            NodeView::new(10, 0, 4),
-            NodeView::new(11, 1, 4),
-            NodeView::new(12, 1, 4),
-        ],
+        nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 1, 4), NodeView::new(12, 1, 4)],
         ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
@@ -482,7 +478,10 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
     let never = PlanOptions { consolidation_horizon: None, ..PlanOptions::default() };
     assert_eq!(run(on_demand_node_app(), never, &s).apps[0].consolidate, None);
     // Not while the app is scaling: a queued request wants a runner.
-    assert_eq!(run(AppView { queued: 8, ..on_demand_node_app() }, PlanOptions::default(), &s).apps[0].consolidate, None);
+    assert_eq!(
+        run(AppView { queued: 8, ..on_demand_node_app() }, PlanOptions::default(), &s).apps[0].consolidate,
+        None
+    );
     // Not beyond the budget: $1.68/h of room cannot hold a $16/h node, even for a while.
     let capped = spec(&format!("{ONE_PER_NODE}[apps.llm.budget]\nmax_per_hour = \"100\"\n"));
     let index_capped = PlacementIndex::new(catalog(), &capped);
