@@ -93,6 +93,7 @@ pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> any
             return Ok(());
         }
         show_diff(&old, &new);
+        show_removed(&v, "would go");
         outln!("dry run: spec valid for fleet {}, nothing applied", s(&v["fleet"]));
         return Ok(());
     }
@@ -102,9 +103,26 @@ pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> any
         return Ok(());
     }
     show_diff(&old, &new);
+    show_removed(&v, "go");
     let apps: Vec<String> = v["apps"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
     outln!("applied: fleet {}, apps {}", s(&v["fleet"]), apps.join(", "));
     Ok(())
+}
+
+/// The nodes of apps the spec no longer has: they drain and terminate.
+fn show_removed(v: &Value, verb: &str) {
+    let Some(nodes) = v["nodes_removed"].as_array().filter(|n| !n.is_empty()) else { return };
+    outln!("nodes of removed apps {verb} (drained, then terminated): {}/h in all", s(&v["removed_per_hour"]));
+    for n in nodes {
+        outln!(
+            "  node {} (app {}, {}, {}): {}/h",
+            s(&n["id"]),
+            s(&n["app"]),
+            s(&n["offering"]),
+            s(&n["state"]),
+            s(&n["price_per_hour"])
+        );
+    }
 }
 
 fn structured(v: &Value, output: Output) -> bool {

@@ -538,12 +538,19 @@ impl Checker<'_> {
                                 );
                                 continue;
                             };
-                            // Array elements carry no span: find the element's text after the previous one.
+                            // Array elements carry no span: find the element's text after the previous
+                            // one. Written another way (a 'literal' string, escapes) it is not found:
+                            // then the whole array's span stands for it.
                             let quoted = format!("\"{s}\"");
-                            let at =
-                                self.text[from..g.span().end].find(&quoted).map(|i| from + i).unwrap_or(g.span().start);
-                            from = at + quoted.len().min(g.span().end - at);
-                            out.push(Spanned::new(at..at + quoted.len(), s.to_string()));
+                            let found = self.text.get(from..g.span().end).and_then(|t| t.find(&quoted));
+                            let span = match found {
+                                Some(i) => {
+                                    from += i + quoted.len();
+                                    from - quoted.len()..from
+                                }
+                                None => g.span(),
+                            };
+                            out.push(Spanned::new(span, s.to_string()));
                         }
                         out
                     }
@@ -886,6 +893,27 @@ keep_alive = "5 minutes"
         let e = errors("[apps.a]\ngpu = \"H100\"\ngpus = 0\n[budget]\nmax_per_hour = \"-5\"\n");
         assert!(e[0].contains("apps.a.gpus: 0 is out of range; use 1 to 16"), "{e:?}");
         assert!(e[1].contains("budget.max_per_hour: must be more than zero"), "{e:?}");
+    }
+
+    #[test]
+    fn gpu_names_written_any_way_never_panic_the_checker() {
+        for v in [
+            r#"['é', "H100"]"#,
+            r#"["\u00e9x", "H100"]"#,
+            r#"["ÄÖ", "é", 'ü']"#,
+            r#"['H100', "é"]"#,
+            r#"["H100", 'é', "Ä100"]"#,
+            // An escaped quote before a non-ASCII letter: the search for the element's text
+            // used to resume inside the letter and panic.
+            r#"["\"é", "x"]"#,
+        ] {
+            let text = format!("[apps.a]\ngpu = {v}\n");
+            let e = FleetSpec::parse("f.toml", &text).unwrap_err().to_string();
+            assert!(e.contains("apps.a.gpu"), "{v}: {e}");
+        }
+        // A literal string that is a GPU name is fine.
+        let ok = FleetSpec::parse("f.toml", "[apps.a]\ngpu = ['H100', \"A100\"]\n").unwrap();
+        assert_eq!(ok.apps[0].gpu.models.len(), 2);
     }
 
     #[test]

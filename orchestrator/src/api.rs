@@ -39,7 +39,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Datelike;
 use fleet_core::{Money, RequestId};
-use fleet_state::lifecycle::node::{DrainReason, NodeEvent, transition};
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::model::{AgentRecord, ApplyError, NodeRecord, RunnerRecord, StoredSpec, update};
 use fleet_state::queue::{self, QueueError};
 use fleet_state::store::{StoreError, get_json};
@@ -247,17 +247,58 @@ async fn put_spec(
         ctx.nudge.notify_one();
     }
     let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
-    Ok(Json(json!({ "fleet": spec.name, "apps": apps, "applied": !q.dry_run })))
+    // Nodes of apps this spec no longer has: they drain and terminate (say which, and what they
+    // cost, before and after applying).
+    let (kvs, _) = ctx.store.range(&ctx.keys.nodes()).await?;
+    let mut going = Vec::new();
+    let mut burn = Money::ZERO;
+    for kv in kvs {
+        let Ok(n) = kv.json::<NodeRecord>() else { continue };
+        let leaving = matches!(n.state, NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. });
+        if leaving || apps.contains(&n.app.as_str()) {
+            continue;
+        }
+        let price = n.price.or_else(|| n.candidates.get(n.attempt).map(|c| c.price)).unwrap_or_default();
+        burn += price.hourly();
+        going.push(json!({
+            "id": n.id,
+            "app": n.app,
+            "offering": n.offering().map(ToString::to_string),
+            "state": n.state.name(),
+            "price_per_hour": price.hourly(),
+        }));
+    }
+    Ok(Json(json!({
+        "fleet": spec.name,
+        "apps": apps,
+        "applied": !q.dry_run,
+        "nodes_removed": going,
+        "removed_per_hour": burn,
+    })))
+}
+
+/// The records under `prefix` that decode; an unreadable one is logged and skipped (an agent can
+/// write its runner records: one bad value must not take the listing down).
+async fn readable<T: serde::de::DeserializeOwned>(ctx: &Ctx, prefix: &str) -> ApiResult<Vec<T>> {
+    let (kvs, _) = ctx.store.range(prefix).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| match kv.json() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "unreadable record skipped");
+                None
+            }
+        })
+        .collect())
 }
 
 async fn all_nodes(ctx: &Ctx) -> ApiResult<Vec<NodeRecord>> {
-    let (kvs, _) = ctx.store.range(&ctx.keys.nodes()).await?;
-    Ok(kvs.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?)
+    readable(ctx, &ctx.keys.nodes()).await
 }
 
 async fn all_runners(ctx: &Ctx) -> ApiResult<Vec<RunnerRecord>> {
-    let (kvs, _) = ctx.store.range(&ctx.keys.runners()).await?;
-    Ok(kvs.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?)
+    readable(ctx, &ctx.keys.runners()).await
 }
 
 /// A node as the API shows it: its record, what its agent reports, and why it is unfit to

@@ -131,7 +131,11 @@ async fn follow<T, F>(
             let mut rows = BTreeMap::new();
             for kv in &kvs {
                 if let Some(id) = id_of(&kv.key) {
-                    rows.insert(id, (kv.json::<T>()?, kv.mod_revision));
+                    // One unreadable record is skipped, not a reason to stop following them all.
+                    match kv.json::<T>() {
+                        Ok(t) => drop(rows.insert(id, (t, kv.mod_revision))),
+                        Err(e) => tracing::error!(key = %kv.key, error = %e, "unreadable record ignored"),
+                    }
                 }
             }
             let watch = store.watch(&prefix, rev + 1).await?;

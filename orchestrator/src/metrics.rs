@@ -85,6 +85,10 @@ pub struct Metrics {
     pub requests_requeued: Counter,
     /// Nodes marked for consolidation (their runners moved to fewer or cheaper nodes).
     pub consolidations: Counter,
+    /// Nodes drained because their app left the spec (none is left running unaccounted for).
+    pub removed_app_nodes: Counter,
+    /// Queue records skipped as unreadable or inconsistent with their key (since start).
+    pub quarantined: Gauge,
     /// Node records written by plans (each followed by its launch order).
     pub nodes_requested: Counter,
     pub reconcile_count: Counter,
@@ -123,6 +127,8 @@ impl Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
             consolidations: Counter::default(),
+            removed_app_nodes: Counter::default(),
+            quarantined: Gauge::default(),
             nodes_requested: Counter::default(),
             reconcile_count: Counter::default(),
             nodes_unhealthy: Family::default(),
@@ -158,6 +164,16 @@ impl Metrics {
             "requests_requeued",
             "Requests queued again after their runner was lost",
             m.requests_requeued.clone(),
+        );
+        r.register(
+            "queue_records_quarantined",
+            "Queue records skipped as unreadable or inconsistent with their key, since start",
+            m.quarantined.clone(),
+        );
+        r.register(
+            "removed_app_nodes",
+            "Nodes drained and terminated because their app left the applied spec",
+            m.removed_app_nodes.clone(),
         );
         r.register(
             "consolidations",

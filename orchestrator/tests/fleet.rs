@@ -655,3 +655,44 @@ async fn move_to_spot(crash: bool) {
         assert!(metrics.contains("fleet_actor_restarts_total{kind=\"fleet\"} 2"), "{metrics}");
     }
 }
+
+/// An app removed from the spec: its runners stop and its nodes drain and terminate; no paid
+/// machine is left running for an app nobody asked for.
+#[tokio::test(start_paused = true)]
+async fn nodes_of_an_app_removed_from_the_spec_are_drained_and_terminated() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(
+        &SPEC
+            .replace("max_concurrency = 6", "max_concurrency = 2\nmin_concurrency = 2\nkeep_alive = \"1h\"")
+            .replace("keep_alive = \"60s\"\n", ""),
+    )
+    .await;
+    h.submit("llm", 4).await;
+    assert!(h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 4 }).await);
+    assert_eq!(h.live_instances(), 2, "min_concurrency = 2 keeps two nodes");
+    // The spec now has another app only.
+    h.apply(&SPEC.replace("[apps.llm]", "[apps.embed]").replace("[apps.llm.", "[apps.embed.")).await;
+    let gone = h
+        .run_until(Duration::from_secs(300), || async {
+            h.live_instances() == 0
+                && h.nodes().await.iter().all(|n| matches!(n.state, NodePhase::Terminated { .. }))
+                && h.runners().await.is_empty()
+        })
+        .await;
+    assert!(gone, "still there: {:?}", h.nodes().await);
+    assert_eq!(h.ctx.metrics.removed_app_nodes.get(), 2);
+}
+
+/// One bad value under an app's queue (an agent's token may write there) used to fail every
+/// reconcile pass; now it is quarantined and the fleet carries on.
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_queue_record_does_not_stop_the_fleet() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(SPEC).await;
+    h.ctx.store.put(&h.ctx.keys.queued("llm", 999_999), b"\xff not json".to_vec(), None).await.unwrap();
+    h.submit("llm", 4).await;
+    assert!(h.run_until(Duration::from_secs(600), || async { results(&h, "llm").await.len() == 4 }).await);
+    let metrics = h.ctx.metrics.encode();
+    assert!(!metrics.contains("fleet_queue_records_quarantined 0\n"), "{metrics}");
+    assert!(metrics.contains("fleet_queue_records_quarantined"), "{metrics}");
+}

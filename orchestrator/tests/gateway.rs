@@ -83,6 +83,27 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     denied(res.unwrap_err());
     assert!(store.get(&keys.queued("llm", 9)).await.unwrap().is_none(), "half-applied");
 
+    // A value its token may write but that is not a request (or is another app's, or another
+    // id's) is quarantined: depths, scans and claims skip it and go on.
+    a1.put(&keys.queued("llm", 7), b"not json".to_vec(), None).await.unwrap();
+    let alien = fleet_state::model::RequestRecord {
+        id: 8,
+        app: "other".into(),
+        input: serde_json::json!({}),
+        submitted_at: now,
+        attempts: 0,
+        state: fleet_state::model::RequestState::Queued,
+    };
+    a1.put(&keys.queued("llm", 8), to_json(&alien), None).await.unwrap();
+    let good = fleet_state::queue::submit(&*store, &keys, "llm", serde_json::json!({"x": 1}), now).await.unwrap();
+    let depths = fleet_state::queue::depths(&*store, &keys).await.unwrap();
+    assert_eq!(depths["llm"].queued, 1, "{depths:?}");
+    let (scanned, _) = fleet_state::queue::scan(&*store, &keys).await.unwrap();
+    assert_eq!(scanned["llm"].queued, 1);
+    let claimed = fleet_state::queue::claim(&a1, &keys, "llm", 1, 1, lease, now).await.unwrap();
+    assert_eq!(claimed.map(|r| r.id), Some(good));
+    assert!(fleet_state::queue::quarantined() >= 2);
+
     // Node gone: its token goes.
     access.forget_node(1).await.unwrap();
     let e = a1.range(&keys.runners()).await.unwrap_err();

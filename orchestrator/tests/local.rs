@@ -139,3 +139,60 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
     eprintln!("local consolidation: {} requests served once each across the move", ids.len());
     f.kill();
 }
+
+/// The same on the local provider with real agents, through the API: a dry run says which node
+/// would go and what it costs, and changes nothing; applying drains and terminates it, and its
+/// agent process ends.
+#[test]
+fn removing_an_app_says_which_nodes_go_and_terminates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    let args: Vec<String> = [
+        "--fleet",
+        "local-move",
+        "--local",
+        "--reconcile-every",
+        "0.2",
+        "--node-poll",
+        "0.3",
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let f = Fleetd::start(&args, None);
+    f.put_spec(SPEC);
+    let t = Instant::now();
+    while !nodes(&f).iter().any(|(_, state, _)| state == "ready") {
+        assert!(t.elapsed() < Duration::from_secs(90), "no node ready within 90 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (id, _, _) = nodes(&f)[0].clone();
+    let other = SPEC.replace("[apps.chat]", "[apps.embed]").replace("[apps.chat.", "[apps.embed.");
+    let other = other.replace("min_concurrency = 1", "min_concurrency = 0");
+    // Dry run: named, priced, nothing changes.
+    let (s, b) = f.call("PUT", "/v1/spec?dry_run=true", &other);
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["nodes_removed"][0]["id"], id, "{v}");
+    assert_eq!(v["nodes_removed"][0]["app"], "chat", "{v}");
+    assert_eq!(v["removed_per_hour"], "2.00", "the local on-demand 1×H100: {v}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(nodes(&f).iter().any(|(n, state, _)| *n == id && state == "ready"), "a dry run changes nothing");
+    // Applied: it goes.
+    let (s, b) = f.call("PUT", "/v1/spec", &other);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["nodes_removed"][0]["id"], id);
+    let t = Instant::now();
+    while !nodes(&f).iter().all(|(_, state, _)| state == "terminated") {
+        assert!(t.elapsed() < Duration::from_secs(60), "not terminated within 60 s: {:?}", nodes(&f));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let instances = std::fs::read_to_string(dir.path().join("local/instances.json")).unwrap();
+    for r in serde_json::from_str::<Value>(&instances).unwrap().as_array().unwrap() {
+        let pid = r["pid"].as_u64().unwrap();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        assert!(cwd.is_none_or(|c| c.to_str() != r["dir"].as_str()), "node process {pid} still runs");
+    }
+    f.kill();
+}

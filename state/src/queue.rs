@@ -25,6 +25,39 @@ pub enum QueueError {
     ClaimLost { runner: RunnerId, request: RequestId },
 }
 
+/// Records under the queues that did not decode, or disagreed with their key, since start.
+static QUARANTINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many queue records were quarantined (skipped as unreadable or inconsistent) so far.
+pub fn quarantined() -> u64 {
+    QUARANTINED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A queue record that decodes and agrees with its key (the app and id in the key are the
+/// record's), or `None`: quarantined — counted, logged once per key, skipped — so that one bad
+/// value (an agent's token can write under its apps' queues) never stops a reconcile pass, a
+/// listing or a claim.
+fn checked(keys: &Keys, kv: &crate::store::KeyValue) -> Option<RequestRecord> {
+    let why = match kv.json::<RequestRecord>() {
+        Ok(rec) => {
+            let app = kv.key.strip_prefix(&keys.queues()).and_then(|rest| rest.split('/').next());
+            if app == Some(rec.app.as_str()) && id_of(&kv.key) == Some(rec.id) {
+                return Some(rec);
+            }
+            format!("its app {:?} and id {} are not the key's", rec.app, rec.id)
+        }
+        Err(e) => format!("it does not decode: {e}"),
+    };
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    if seen.len() < 10_000 && seen.insert(kv.key.clone()) {
+        QUARANTINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(key = %kv.key, %why, "queue record quarantined: skipped");
+    }
+    None
+}
+
 /// Queues a request; returns its id.
 pub async fn submit(
     store: &dyn Store,
@@ -61,7 +94,7 @@ pub async fn depths(store: &dyn Store, keys: &Keys) -> StoreResult<std::collecti
     let (kvs, _) = store.range(&keys.queues()).await?;
     let mut out = std::collections::BTreeMap::<String, Depth>::new();
     for kv in kvs {
-        let rec: RequestRecord = kv.json()?;
+        let Some(rec) = checked(keys, &kv) else { continue };
         let d = out.entry(rec.app).or_default();
         match rec.state {
             RequestState::Queued => d.queued += 1,
@@ -86,7 +119,7 @@ pub async fn claim(
         let (kvs, _) = store.range(&keys.queue(app)).await?;
         let mut contended = false;
         for kv in kvs {
-            let mut rec: RequestRecord = kv.json()?;
+            let Some(mut rec) = checked(keys, &kv) else { continue };
             if rec.state != RequestState::Queued {
                 continue;
             }
@@ -173,7 +206,7 @@ async fn requeue_and_count(
         .collect();
     let mut n = 0;
     for kv in kvs {
-        let mut rec: RequestRecord = kv.json()?;
+        let Some(mut rec) = checked(keys, &kv) else { continue };
         let depth = depths.entry(rec.app.clone()).or_default();
         let RequestState::Claimed { runner, .. } = rec.state else {
             depth.queued += 1;

@@ -237,7 +237,8 @@ fn load_file(path: &Path, as_of: Option<NaiveDate>) -> Result<Imported, CatalogE
 }
 
 /// `../shared/data` beside the repository (real catalogs and traces for tests and benchmarks), or
-/// `$FLEET_SHARED_DATA`. `None`, after saying so on stderr, when it is absent: callers skip.
+/// `$FLEET_SHARED_DATA`. `None`, after saying so on stderr, when it is absent: callers skip —
+/// unless `$FLEET_REQUIRE_SHARED_DATA` is set (CI sets it), when its absence is a test failure.
 pub fn shared_data_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("FLEET_SHARED_DATA") {
         Some(d) => PathBuf::from(d),
@@ -245,6 +246,12 @@ pub fn shared_data_dir() -> Option<PathBuf> {
     };
     if dir.is_dir() {
         Some(dir)
+    } else if std::env::var_os("FLEET_REQUIRE_SHARED_DATA").is_some_and(|v| !v.is_empty() && v != "0") {
+        // CI sets it: a test that needs the data must run there, not pass by skipping.
+        panic!(
+            "{} not found and FLEET_REQUIRE_SHARED_DATA is set: this test needs ../shared/data (or FLEET_SHARED_DATA)",
+            dir.display()
+        );
     } else {
         eprintln!("SKIP: {} not found; this needs ../shared/data (or set FLEET_SHARED_DATA)", dir.display());
         None

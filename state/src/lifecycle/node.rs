@@ -30,6 +30,8 @@ pub enum DrainReason {
     Operator,
     SpotInterruption,
     AgentLost,
+    /// Its app is no longer in the applied spec.
+    AppRemoved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use fleet_core::spec::FleetSpec;
 use fleet_policies::autoscale::{DemandHistory, DemandSample};
 use fleet_policies::placement::{PlacementIndex, UnavailableReason};
 use fleet_policies::plan::{self, PlanOptions};
-use fleet_state::lifecycle::node::NodePhase;
+use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::{NodeRecord, RunnerRecord};
 use fleet_state::queue;
@@ -102,6 +102,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     let runners = st.informer.runners();
     phases.mark("snapshot");
     let (mut depths, requeued) = queue::scan(store, keys).await?;
+    ctx.metrics.quarantined.set(i64::try_from(queue::quarantined()).unwrap_or(i64::MAX));
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
     }
@@ -221,6 +222,29 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     phases.mark("orphans");
     let next = Action::requeue(ctx.config.reconcile_every);
     let Some(applied) = &st.applied else { return Ok(next) };
+    // Nodes of apps no longer in the spec: nothing plans for them, so they go here (drained: their
+    // runners finish what they serve), never left running unaccounted for. Nodes still launching
+    // are caught once they are up.
+    for n in &nodes {
+        if applied.spec.apps.iter().any(|a| a.name == n.app) {
+            continue;
+        }
+        let ev = match n.state {
+            NodePhase::Ready { .. } => NodeEvent::Drain { reason: DrainReason::AppRemoved },
+            NodePhase::Bootstrapping { .. } => NodeEvent::Terminate,
+            _ => continue,
+        };
+        let done = fleet_state::model::update_at(store, &keys.node(n.id), |cur: &NodeRecord| {
+            let next = transition(&cur.state, ev.clone(), now).ok()?;
+            Some(NodeRecord { state: next, ..cur.clone() })
+        })
+        .await?;
+        if let Some((rec, rev)) = done {
+            tracing::warn!(node = n.id, app = %n.app, price = ?n.price, "app removed from the spec: its node goes");
+            ctx.metrics.removed_app_nodes.inc();
+            st.informer.put_node(rec, rev);
+        }
+    }
     let mut state = fleet_view(&applied.ids, &nodes, &runners, &depths, &st.pending_since, &st.unavailable, now);
     let (recreate, cold_start) = (ctx.config.recreate, ctx.config.cold_start);
     for (app, view) in state.apps.iter_mut() {
