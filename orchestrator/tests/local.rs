@@ -44,6 +44,17 @@ fn nodes(f: &Fleetd) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// fleetd with local nodes, passes every 0.2 s, data in `dir`, and `extra` flags.
+fn local_fleetd(dir: &std::path::Path, extra: &[&str]) -> Fleetd {
+    let mut args: Vec<String> =
+        ["--fleet", "local-move", "--local", "--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+    args.push(dir.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Fleetd::start(&args, None)
+}
+
 struct Machines(std::path::PathBuf);
 
 impl Drop for Machines {
@@ -65,26 +76,8 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
     let dir = tempfile::tempdir().unwrap();
     let _machines = Machines(dir.path().to_path_buf());
     // A one-second cold start and no minimum billing: a move pays for itself within seconds.
-    let args: Vec<String> = [
-        "--fleet",
-        "local-move",
-        "--local",
-        "--local-capacity",
-        "4",
-        "--reconcile-every",
-        "0.2",
-        "--node-poll",
-        "0.3",
-        "--cold-start-seconds",
-        "1",
-        "--recreate-seconds",
-        "1",
-        "--data-dir",
-        &dir.path().display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let f = Fleetd::start(&args, None);
+    let f =
+        local_fleetd(dir.path(), &["--local-capacity", "4", "--cold-start-seconds", "1", "--recreate-seconds", "1"]);
     f.put_spec(SPEC);
     let submit = |i: usize| -> u64 {
         let x: Vec<f64> = (0..16).map(|k| ((i * 16 + k) % 7) as f64 / 7.0).collect();
@@ -147,20 +140,7 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
 fn removing_an_app_says_which_nodes_go_and_terminates_them() {
     let dir = tempfile::tempdir().unwrap();
     let _machines = Machines(dir.path().to_path_buf());
-    let args: Vec<String> = [
-        "--fleet",
-        "local-move",
-        "--local",
-        "--reconcile-every",
-        "0.2",
-        "--node-poll",
-        "0.3",
-        "--data-dir",
-        &dir.path().display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let f = Fleetd::start(&args, None);
+    let f = local_fleetd(dir.path(), &[]);
     f.put_spec(SPEC);
     let t = Instant::now();
     while !nodes(&f).iter().any(|(_, state, _)| state == "ready") {
