@@ -190,6 +190,21 @@ pub async fn admin_token(store: &dyn Store, keys: &Keys, dir: &Path, now: Time) 
     use anyhow::Context;
     let path = dir.join("admin.token");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // It holds the admin token (and, on the embedded store, every record): its owner's only.
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting {} to its owner", dir.display()))?;
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{} can be read by others (mode {mode:o}): an admin token spends money; `chmod 600` it, or delete \
+                 it and restart fleetd to make a new one",
+                path.display()
+            );
+        }
+    }
     let token = match std::fs::read_to_string(&path) {
         Ok(t) => t.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

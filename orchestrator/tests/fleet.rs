@@ -343,17 +343,27 @@ async fn orphan_instances_are_terminated_after_the_grace_period() {
     // Tagged with the fleet, for a node no record names.
     let req = fleet_providers::LaunchRequest::new("test", "999", "llm", o.key());
     let orphan = fake.launch(&req).await.unwrap().id;
+    // Tagged with a live node's id, but not the instance its record holds: what an earlier launch
+    // attempt of that node left behind (another token).
+    let node = h.nodes().await[0].id.to_string();
+    let mut earlier = fleet_providers::LaunchRequest::new("test", &node, "llm", o.key());
+    earlier.idempotency_token = "an-earlier-attempt".into();
+    earlier.tags.insert(fleet_providers::TAG_TOKEN.into(), "an-earlier-attempt".into());
+    let leftover = fake.launch(&earlier).await.unwrap().id;
+    assert_ne!(leftover, own);
     h.run_for(Duration::from_secs(200)).await;
     let live: Vec<String> = fake.live_instances().iter().map(|i| i.id.clone()).collect();
-    assert!(live.contains(&orphan), "terminated before its grace period");
-    assert!(
-        h.run_until(Duration::from_secs(300), || async { !fake.live_instances().iter().any(|i| i.id == orphan) }).await,
-        "orphan not collected"
-    );
+    assert!(live.contains(&orphan) && live.contains(&leftover), "terminated before its grace period");
+    let collected = h
+        .run_until(Duration::from_secs(300), || async {
+            !fake.live_instances().iter().any(|i| i.id == orphan || i.id == leftover)
+        })
+        .await;
+    assert!(collected, "orphans not collected: {:?}", fake.live_instances());
     let live: Vec<String> = fake.live_instances().iter().map(|i| i.id.clone()).collect();
     assert_eq!(live, vec![own], "the fleet's own instance stays");
     let label = fleet_orchestrator::metrics::KindLabel::new("lambda");
-    assert_eq!(h.ctx.metrics.orphans_terminated.get_or_create(&label).get(), 1);
+    assert_eq!(h.ctx.metrics.orphans_terminated.get_or_create(&label).get(), 2);
 }
 
 /// A node whose agent dies is drained once the agent has been gone for `agent_lost_after`: a

@@ -140,3 +140,30 @@ fn fleetd_says_its_version() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("fleetd {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// The data directory holds the store and the admin token: its owner's only (0700, the store and
+/// the token 0600), and fleetd refuses an admin token file others can read.
+#[test]
+fn the_data_dir_is_private_and_a_readable_admin_token_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = start_fleetd(&dir);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("fleet.redb")), 0o600);
+    assert_eq!(mode(&dir.join("admin.token")), 0o600);
+    f.kill();
+    // Someone loosened the token: fleetd will not start on it, and says what to do.
+    std::fs::set_permissions(dir.join("admin.token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--fleet", "test", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("admin.token can be read by others (mode 644)") && err.contains("chmod 600"), "{err}");
+}

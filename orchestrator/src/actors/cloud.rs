@@ -26,7 +26,7 @@ pub enum CloudMsg {
     /// `collect` is given, orphan collection (instances of this fleet whose node is not one of
     /// the known ids — records that may hold an instance — are terminated once seen so for the
     /// grace period).
-    Audit { nodes: Vec<NodeRecord>, collect: Option<(Arc<HashSet<String>>, std::time::Duration)> },
+    Audit { nodes: Vec<NodeRecord>, collect: Option<(Arc<KnownNodes>, std::time::Duration)> },
     /// For chaos tests: panics in the handler.
     #[cfg(feature = "testing")]
     Crash(String),
@@ -69,17 +69,32 @@ impl CloudState {
     }
 }
 
-/// One orphan collection over the fleet's listed instances: terminates those whose node has no
-/// record that may hold an instance, once seen so for `grace` (a launch whose record this
-/// daemon has not read yet is never that old). Records are written before every launch, so an
-/// orphan is an instance whose record is gone, or a node the cloud kept after it was deemed
-/// terminated.
+/// The node records that may hold an instance (by node id), and the instance each holds once it
+/// has one.
+pub type KnownNodes = HashMap<String, Option<String>>;
+
+/// Whether a listed instance of the fleet is one no record accounts for: its node has no record
+/// that may hold an instance, or the record holds another instance (a leftover of an earlier
+/// launch attempt of that node).
+pub fn is_orphan(i: &fleet_providers::Instance, known: &KnownNodes) -> bool {
+    match i.node_id().and_then(|n| known.get(n)) {
+        None => true,
+        Some(Some(held)) => *held != i.id,
+        Some(None) => false,
+    }
+}
+
+/// One orphan collection over the fleet's listed instances: terminates those no record accounts
+/// for ([`is_orphan`]), once seen so for `grace` (a launch whose record this daemon has not read
+/// yet is never that old). Records are written before every launch, so an orphan is an instance
+/// whose record is gone, a node the cloud kept after it was deemed terminated, or an earlier
+/// attempt's instance beside the one the record holds.
 async fn collect_orphans(
     provider: &dyn Provider,
     cloud: Cloud,
     ctx: &Ctx,
     live: &[fleet_providers::Instance],
-    known: &HashSet<String>,
+    known: &KnownNodes,
     grace: std::time::Duration,
     orphans: &std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
 ) {
@@ -87,8 +102,7 @@ async fn collect_orphans(
     let mut due = Vec::new();
     {
         let mut seen = orphans.lock().expect("orphans lock");
-        let unknown: HashSet<&str> =
-            live.iter().filter(|i| i.node_id().is_none_or(|n| !known.contains(n))).map(|i| i.id.as_str()).collect();
+        let unknown: HashSet<&str> = live.iter().filter(|i| is_orphan(i, known)).map(|i| i.id.as_str()).collect();
         seen.retain(|id, _| unknown.contains(id.as_str()));
         for id in unknown {
             let since = *seen.entry(id.to_string()).or_insert(now);

@@ -103,7 +103,7 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` (file `fleet.redb`). Must be called inside a tokio
     /// runtime: a task expires leases.
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        private_dir(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("fleet.redb");
         // Every key is also in memory (reads never touch redb), so its cache only has to hold what one
         // commit writes: 16 MiB (4 MiB slowed large commits; 32 MiB cost ~25 MB more RSS at 100,000 records).
@@ -114,6 +114,10 @@ impl EmbeddedStore {
             )),
             e => StoreError::Io(format!("cannot open {}: {e}", path.display())),
         })?;
+        // The store holds token digests, agent credentials and every record: its owner's only.
+        #[cfg(unix)]
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
         let mut state =
             State { revision: 0, next_lease: 1, kv: BTreeMap::new(), leases: HashMap::new(), history: VecDeque::new() };
         {
@@ -448,4 +452,13 @@ impl Store for EmbeddedStore {
         });
         Ok(rx)
     }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it its owner's only (0700): it holds the
+/// store and the admin token.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
 }

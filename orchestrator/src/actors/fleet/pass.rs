@@ -168,7 +168,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     // Orphan collection rides on the audit's list call: every instance of the fleet must belong
     // to a record that may hold one (the view is fresh here: a stale one returned above).
     let collect = st.passes.is_multiple_of(FULL_SYNC_EVERY).then(|| {
-        let known: Arc<HashSet<String>> = Arc::new(
+        let known: Arc<crate::actors::cloud::KnownNodes> = Arc::new(
             nodes
                 .iter()
                 // A failed launch that left no instance id holds none: an instance of its node
@@ -176,7 +176,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
                 .filter(|n| {
                     !matches!(n.state, NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. })
                 })
-                .map(|n| n.id.to_string())
+                .map(|n| (n.id.to_string(), n.state.instance_id().map(str::to_string)))
                 .collect(),
         );
         (known, ctx.config.orphan_grace)
