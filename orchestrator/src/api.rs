@@ -517,6 +517,7 @@ struct SubmitBody {
 
 async fn submit(
     State(ctx): State<Arc<Ctx>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     Path(app): Path<String>,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
@@ -532,7 +533,8 @@ async fn submit(
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
     }
-    let id = queue::submit(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now()).await?;
+    let owner = caller.as_ref().map(|c| c.0.0.name.clone());
+    let id = queue::submit_as(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now(), owner.as_deref()).await?;
     *ctx.arrivals.lock().expect("arrivals lock").entry(app.clone()).or_default() += 1;
     ctx.nudge.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
@@ -540,14 +542,23 @@ async fn submit(
 
 async fn request(
     State(ctx): State<Arc<Ctx>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<fleet_state::model::RequestRecord>> {
     let id: RequestId = parse_id(&id, "request")?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("request {id} of app `{app}` not found"));
     match queue::get(&*ctx.store, &ctx.keys, &app, id).await {
-        Ok(r) => Ok(Json(r)),
-        Err(QueueError::NotFound(_)) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("request {id} of app `{app}` not found")))
-        }
+        // A submit-scoped token reads only the requests it submitted (ids are sequential: another
+        // client's would otherwise be one guess away); to it, others' do not exist.
+        Ok(r) => match caller.as_ref().map(|c| &c.0.0) {
+            Some(c)
+                if matches!(c.scope, crate::auth::Scope::Submit(_)) && r.owner.as_deref() != Some(c.name.as_str()) =>
+            {
+                Err(not_found())
+            }
+            _ => Ok(Json(r)),
+        },
+        Err(QueueError::NotFound(_)) => Err(not_found()),
         Err(QueueError::Store(e)) => Err(e.into()),
         Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }

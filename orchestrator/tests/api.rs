@@ -211,7 +211,7 @@ async fn every_call_needs_a_token_whose_scope_allows_it() {
 
     // Scoped tokens, made by the admin.
     let mut tokens = std::collections::BTreeMap::new();
-    for (name, scope) in [("dash", "read"), ("llm-client", "submit:llm")] {
+    for (name, scope) in [("dash", "read"), ("llm-client", "submit:llm"), ("llm-other", "submit:llm")] {
         let (s, b) =
             call(&h, Method::POST, "/v1/tokens", &format!(r#"{{"name": "{name}", "scope": "{scope}"}}"#)).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -236,6 +236,18 @@ async fn every_call_needs_a_token_whose_scope_allows_it() {
     let id = b["id"].as_u64().unwrap();
     let (s, _) = call_as(&h, Some(submit), Method::GET, &format!("/v1/apps/llm/requests/{id}"), "").await;
     assert_eq!(s, StatusCode::OK);
+    // Another client of the same app cannot read it (ids are sequential: one guess away); to it
+    // the request does not exist. Read and admin tokens can.
+    let other = tokens["llm-other"].as_str();
+    let (s, b) = call_as(&h, Some(other), Method::GET, &format!("/v1/apps/llm/requests/{id}"), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert!(!b.to_string().contains("input"), "{b}");
+    assert_eq!(
+        call_as(&h, Some(read), Method::GET, &format!("/v1/apps/llm/requests/{id}"), "").await.0,
+        StatusCode::OK
+    );
+    let (s, b) = call(&h, Method::GET, &format!("/v1/apps/llm/requests/{id}"), "").await;
+    assert_eq!((s, b["owner"].as_str()), (StatusCode::OK, Some("llm-client")), "{b}");
     assert_eq!(call_as(&h, Some(submit), Method::GET, "/v1/nodes", "").await.0, StatusCode::FORBIDDEN);
     let (s, _) = call_as(&h, Some(submit), Method::POST, "/v1/apps/other/requests", r#"{"input": 1}"#).await;
     assert_eq!(s, StatusCode::FORBIDDEN);

@@ -93,6 +93,7 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
         submitted_at: now,
         attempts: 0,
         state: fleet_state::model::RequestState::Queued,
+        owner: None,
     };
     a1.put(&keys.queued("llm", 8), to_json(&alien), None).await.unwrap();
     let good = fleet_state::queue::submit(&*store, &keys, "llm", serde_json::json!({"x": 1}), now).await.unwrap();

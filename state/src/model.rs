@@ -114,6 +114,9 @@ pub struct RequestRecord {
     /// Times it was claimed (more than one after a runner or node died while serving it).
     pub attempts: u32,
     pub state: RequestState,
+    /// The name of the token that submitted it: a submit-scoped token reads only its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -66,8 +66,28 @@ pub async fn submit(
     input: serde_json::Value,
     now: Time,
 ) -> StoreResult<RequestId> {
+    submit_as(store, keys, app, input, now, None).await
+}
+
+/// [`submit`], recording the submitting token's name as the request's owner.
+pub async fn submit_as(
+    store: &dyn Store,
+    keys: &Keys,
+    app: &str,
+    input: serde_json::Value,
+    now: Time,
+    owner: Option<&str>,
+) -> StoreResult<RequestId> {
     let id = allocate_ids(store, &keys.counter(Counter::Request), 1).await?;
-    let rec = RequestRecord { id, app: app.into(), input, submitted_at: now, attempts: 0, state: RequestState::Queued };
+    let rec = RequestRecord {
+        id,
+        app: app.into(),
+        input,
+        submitted_at: now,
+        attempts: 0,
+        state: RequestState::Queued,
+        owner: owner.map(str::to_string),
+    };
     store.put(&keys.queued(app, id), to_json(&rec), None).await?;
     Ok(id)
 }
