@@ -77,8 +77,21 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Whether `base` is plain HTTP to this machine: its host (parsed, not a prefix: in
+/// `http://127.0.0.1:7070@example.com` the host is example.com) is 127.0.0.1, localhost or [::1].
+/// Only then does fleetctl offer a local fleetd's admin token by itself.
 fn is_local(base: &str) -> bool {
-    base.starts_with("http://127.0.0.1:") || base.starts_with("http://localhost:") || base == DEFAULT_SERVER
+    let Some(rest) = base.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some(_) if !authority.ends_with(']') => return false,
+        _ => authority,
+    };
+    matches!(host.to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "[::1]")
 }
 
 impl Server {
@@ -101,6 +114,12 @@ impl Server {
                 .flatten()
                 .map(|t| t.trim().to_string())
         });
+        if token.is_some() && base.starts_with("http://") && !is_local(&base) {
+            eprintln!(
+                "warning: sending a token in clear to {base}: anyone on the path can read it and spend money; \
+                 use https:// (fleetd --tls-cert) off this machine"
+            );
+        }
         let ca = args.ca_cert.clone().or(cfg.ca_cert);
         Server::new(&base, token, ca.as_deref())
     }
@@ -173,5 +192,35 @@ impl Server {
         }
         let ct = if serde_json::from_str::<Value>(body).is_ok() { "application/json" } else { "text/plain" };
         self.answer(&url, req.header("content-type", ct).send(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn only_a_loopback_host_is_local() {
+        for yes in [
+            "http://127.0.0.1:7070",
+            "http://localhost:7070",
+            "http://LOCALHOST:1/x",
+            "http://[::1]:7070",
+            "http://127.0.0.1",
+        ] {
+            assert!(is_local(yes), "{yes}");
+        }
+        for no in [
+            "http://127.0.0.1:7070@attacker.example",
+            "http://localhost:7070@attacker.example/",
+            "http://127.0.0.1.attacker.example:7070",
+            "http://localhost.attacker.example",
+            "http://localhost:7070.attacker.example",
+            "https://127.0.0.1:7070",
+            "http://10.0.0.5:7070",
+            "http://[::1]x:7070",
+        ] {
+            assert!(!is_local(no), "{no}");
+        }
     }
 }
