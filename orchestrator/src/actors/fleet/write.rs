@@ -153,7 +153,6 @@ pub(super) async fn carry_out(
                 tracing::info!(app = %ap.app, node = m.node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
                 ctx.metrics.consolidations.inc();
                 st.informer.put_node(rec, rev);
-                crate::crashpoint::hit("node.leaving");
             }
         }
         for (id, n) in &ap.replaced {
