@@ -63,6 +63,7 @@ fn instance(id: u64, host_key: Option<String>) -> Instance {
         state: InstanceState::Running,
         public_ip: Some("127.0.0.1".parse().unwrap()),
         private_ip: None,
+        ssh: Some("127.0.0.1:22".parse().unwrap()),
         ssh_host_key: host_key,
         launched_at: None,
         tags: Default::default(),
@@ -71,7 +72,15 @@ fn instance(id: u64, host_key: Option<String>) -> Instance {
 
 fn bootstrapper(sshd: &SshServer, etcd: &str, store: Arc<dyn Store>, remote: &Path, model: &Path) -> SshBootstrap {
     let port = sshd.port;
-    let cfg = SshBootstrapConfig {
+    let mut cfg = config(sshd, etcd, remote, model);
+    // The "instances" are this machine: every one is reached on the test's sshd.
+    cfg.resolve = Some(Arc::new(move |_: &Instance| Some(SocketAddr::from(([127, 0, 0, 1], port)))));
+    SshBootstrap::new(cfg, store).unwrap()
+}
+
+/// Dials where the instance says its sshd is (no override).
+fn config(sshd: &SshServer, etcd: &str, remote: &Path, model: &Path) -> SshBootstrapConfig {
+    SshBootstrapConfig {
         fleet: "t".into(),
         user: sshd.user.clone(),
         key: Secret::new(sshd.user_key.clone()),
@@ -83,11 +92,9 @@ fn bootstrapper(sshd: &SshServer, etcd: &str, store: Arc<dyn Store>, remote: &Pa
         extra_agent_config: "[burn_in]\ncpu_size = 128\niterations = 2\nmin_cpu_tflops = 0.00001\n".into(),
         connect_timeout: Duration::from_secs(10),
         max_concurrent: 4,
-        // The "instances" are this machine: every one is reached on the test's sshd.
-        resolve: Some(Arc::new(move |_: &Instance| Some(SocketAddr::from(([127, 0, 0, 1], port))))),
+        resolve: None,
         credentials: None,
-    };
-    SshBootstrap::new(cfg, store).unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,4 +169,53 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
     let msg = b.bootstrap(&node(3), &instance(3, None)).await.unwrap_err();
     assert!(msg.contains("host key mismatch"), "{msg}");
     assert!(!remote.with_file_name("node-3").exists());
+}
+
+/// A RunPod pod publishes its sshd on a port RunPod picks (`runtime.ports[].publicPort`): the
+/// adapter carries that endpoint and bootstrap dials it, with no override. (Before, bootstrap
+/// dialled port 22 of the pod's address, where nothing of the pod answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_dials_the_ssh_port_runpod_maps() {
+    use fleet_providers::emulators::runpod::RunpodEmulator;
+    use fleet_providers::runpod::{RunpodConfig, RunpodProvider};
+    use fleet_providers::{LaunchRequest, Provider};
+
+    let etcd = EtcdServer::start();
+    let sshd = SshServer::start();
+    let store: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.client_url), None, Duration::from_secs(5)).await.unwrap(),
+    );
+    let emu = RunpodEmulator::start("rpa_KEY", &["US-CA-1"], 8).await;
+    emu.set_ssh_endpoint("127.0.0.1", sshd.port);
+    let mut rc = RunpodConfig::new("t", Secret::new("rpa_KEY"), "runpod/base:0.6.2-cuda12.4.1");
+    rc.endpoint = emu.graphql_url();
+    let runpod = RunpodProvider::new(rc, Arc::new(fleet_core::Catalog::builtin().clone()));
+    let offering = fleet_core::OfferingKey {
+        cloud: Cloud::Runpod,
+        region: "us".into(),
+        zone: Some("us-ca-1".into()),
+        instance_type: "1x_H100-SXM_SECURE".into(),
+        capacity: CapacityType::OnDemand,
+    };
+    let launched = runpod.launch(&LaunchRequest::new("t", "1", "mlp", offering)).await.unwrap();
+    let pod = runpod.get(&launched.id).await.unwrap();
+    assert_eq!(pod.ssh.map(|a| a.port()), Some(sshd.port));
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mlp.safetensors");
+    write_mlp(&model, &[8, 16, 2], 1).unwrap();
+    let remote = dir.path().join("node-1");
+    let _guard = Supervisor(remote.clone());
+    let b = SshBootstrap::new(config(&sshd, &etcd.client_url, &remote, &model), store).unwrap();
+    let t = Instant::now();
+    loop {
+        match b.bootstrap(&node(1), &pod).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => panic!("bootstrap of the pod failed: {e}\nsshd:\n{}", sshd.log()),
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "agent not healthy in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(remote.join("fleet-agent").exists(), "installed through the mapped port");
 }

@@ -33,7 +33,7 @@ pub mod runpod;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -202,10 +202,19 @@ pub struct Instance {
     pub state: InstanceState,
     pub public_ip: Option<IpAddr>,
     pub private_ip: Option<IpAddr>,
+    /// Where fleet reaches the instance's sshd: its address and port as this cloud maps them (port
+    /// 22 on the public, else private, address for most clouds; RunPod maps 22 to another public
+    /// port). `None` until the cloud reports an address.
+    pub ssh: Option<SocketAddr>,
     /// The SSH host public key (OpenSSH format) where the cloud reports it.
     pub ssh_host_key: Option<String>,
     pub launched_at: Option<DateTime<Utc>>,
     pub tags: BTreeMap<String, String>,
+}
+
+/// sshd's usual endpoint: port 22 on the public address, else the private one.
+pub fn ssh_on_22(public: Option<IpAddr>, private: Option<IpAddr>) -> Option<SocketAddr> {
+    public.or(private).map(|ip| SocketAddr::new(ip, 22))
 }
 
 impl Instance {

@@ -148,6 +148,8 @@ impl LocalProvider {
             state,
             public_ip: None,
             private_ip: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            // Local nodes are agents started by fleetd itself: nothing to SSH into.
+            ssh: None,
             ssh_host_key: None,
             launched_at: Some(r.launched_at),
             tags: r.tags.clone(),

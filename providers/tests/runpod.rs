@@ -57,7 +57,7 @@ async fn runpod_passes_the_conformance_suite_and_sends_what_runpod_expects() {
     assert!(env_has("FLEET_TAG_FLEET_NAME", "t") && env_has("FLEET_TAG_FLEET_TOKEN", "t-conf-a"), "{i}");
     assert!(env_has("PUBLIC_KEY", "ssh-ed25519 AAAAC3Nza fleet"));
 
-    // The interruptible pod bid the live spot price (1.19 per GPU): the launch had no cap.
+    // The interruptible pod bid RunPod's live minimum (1.19 per GPU here): the launch had no cap.
     let rents: Vec<_> = ops.iter().filter(|(op, _)| op == "podRentInterruptable").collect();
     assert_eq!(rents.len(), 1);
     assert_eq!(rents[0].1["input"]["bidPerGpu"], serde_json::json!(1.19));
@@ -148,4 +148,59 @@ async fn runpod_prices_are_live_and_survive_a_failed_refresh() {
     let cold = provider("http://127.0.0.1:9/graphql", KEY);
     let rows = cold.offerings().await.unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|o| o.cloud == Cloud::Runpod && o.source.name != "runpod gpuTypes"));
+}
+
+/// The bid follows RunPod's live minimum (`lowestPrice.minimumBidPrice`), not the price list's
+/// spot price: when the minimum moves up, a bid at the static price would be refused.
+#[tokio::test]
+async fn runpod_spot_bids_the_live_minimum_within_the_cap() {
+    let emu = RunpodEmulator::start(KEY, &["US-CA-1"], 8).await;
+    let p = provider(&emu.graphql_url(), KEY);
+    let spot = key("2x_A100-80GB_SECURE", CapacityType::Spot);
+    // Prices are read (1.19 per GPU), then the market moves.
+    p.offerings().await.unwrap();
+    emu.set_min_bid("NVIDIA A100 80GB PCIe", 1.35);
+    let i = p.launch(&LaunchRequest::new("t", "1", "a", spot.clone())).await.unwrap();
+    let rent = emu.operations().into_iter().find(|(op, _)| op == "podRentInterruptable").expect("rented");
+    assert_eq!(rent.1["input"]["bidPerGpu"], serde_json::json!(1.35), "bid the live minimum");
+    assert_eq!(rent.1["input"]["gpuCount"], 2);
+    let ask =
+        emu.requests().into_iter().find(|r| r.body["query"].as_str().unwrap_or("").contains("lowestPrice")).unwrap();
+    let q = ask.body["query"].as_str().unwrap();
+    assert!(q.contains("gpuCount: 2") && q.contains("secureCloud: true"), "{q}");
+    assert_eq!(ask.body["variables"]["input"]["id"], "NVIDIA A100 80GB PCIe");
+    p.terminate(&i.id).await.unwrap();
+
+    // A cap of $2.60/h for two GPUs is 1.30 per GPU: under the 1.35 minimum, so no pod is asked for.
+    emu.clear_requests();
+    let mut capped = LaunchRequest::new("t", "2", "a", spot.clone());
+    capped.max_price = Some(Price::parse_decimal("2.60").unwrap());
+    match p.launch(&capped).await {
+        Err(ProviderError::InsufficientCapacity { offering, detail }) => {
+            assert_eq!(offering, spot);
+            assert!(detail.contains("1.35") && detail.contains("1.3"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(emu.operations().iter().all(|(op, _)| op != "podRentInterruptable"));
+    // Within the cap: bids the minimum, not the cap.
+    capped.max_price = Some(Price::parse_decimal("3.00").unwrap());
+    p.launch(&capped).await.unwrap();
+    let rent = emu.operations().into_iter().find(|(op, _)| op == "podRentInterruptable").expect("rented");
+    assert_eq!(rent.1["input"]["bidPerGpu"], serde_json::json!(1.35));
+}
+
+/// RunPod publishes a pod's sshd on another port of its public address; the instance says so,
+/// so bootstrap dials that port (port 22 on that address is not the pod's).
+#[tokio::test]
+async fn runpod_instances_carry_the_mapped_ssh_port() {
+    let emu = RunpodEmulator::start(KEY, &["US-CA-1"], 8).await;
+    let p = provider(&emu.graphql_url(), KEY);
+    emu.set_ssh_endpoint("198.51.100.7", 40_123);
+    let on_demand = key("1x_H100-SXM_SECURE", CapacityType::OnDemand);
+    let launched = p.launch(&LaunchRequest::new("t", "1", "a", on_demand)).await.unwrap();
+    let i = p.get(&launched.id).await.unwrap();
+    assert_eq!(i.ssh, Some("198.51.100.7:40123".parse().unwrap()), "{i:?}");
+    assert_eq!(i.public_ip, Some("198.51.100.7".parse().unwrap()));
+    assert_eq!(p.list().await.unwrap()[0].ssh, i.ssh);
 }

@@ -12,7 +12,7 @@ pub mod local;
 pub mod ssh;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,8 +168,8 @@ impl SshBootstrap {
         if let Some(r) = &self.cfg.resolve {
             return r(inst);
         }
-        let ip: IpAddr = inst.public_ip.or(inst.private_ip)?;
-        Some(SocketAddr::new(ip, 22))
+        // The adapter says where sshd answers (RunPod maps it to a port of its own choosing).
+        inst.ssh
     }
 
     /// The host key to insist on: the cloud's word, else the one recorded at first contact.

@@ -223,6 +223,8 @@ impl AwsProvider {
             "stopped" => InstanceState::Stopped,
             _ => InstanceState::Terminated, // shutting-down, terminated
         };
+        let public_ip = i.public_ip.and_then(|s| s.parse().ok());
+        let private_ip = i.private_ip.and_then(|s| s.parse().ok());
         Ok(Instance {
             offering: OfferingKey {
                 cloud: Cloud::Aws,
@@ -232,8 +234,9 @@ impl AwsProvider {
                 capacity: if i.spot { CapacityType::Spot } else { CapacityType::OnDemand },
             },
             state,
-            public_ip: i.public_ip.and_then(|s| s.parse().ok()),
-            private_ip: i.private_ip.and_then(|s| s.parse().ok()),
+            public_ip,
+            private_ip,
+            ssh: crate::ssh_on_22(public_ip, private_ip),
             ssh_host_key: None, // EC2 reports host keys only in the console output, after boot
             launched_at: i.launch_time,
             tags: i.tags,

@@ -375,6 +375,7 @@ impl AzureProvider {
             // Addresses are Microsoft.Network resources: `get` reads them.
             public_ip: None,
             private_ip: None,
+            ssh: None,
             ssh_host_key: None,
             launched_at: str_at(v, &["properties", "timeCreated"])
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -554,6 +555,7 @@ impl Provider for AzureProvider {
                 // Addresses live in Microsoft.Network: read them once the VM is up (bootstrap needs one).
                 if i.state == InstanceState::Running {
                     (i.private_ip, i.public_ip) = self.addresses(&v).await?;
+                    i.ssh = crate::ssh_on_22(i.public_ip, i.private_ip);
                 }
                 Ok(i)
             }

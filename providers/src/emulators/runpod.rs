@@ -1,6 +1,9 @@
 //! RunPod's GraphQL API (`POST /graphql`), the API its own SDKs and CLI use: `gpuTypes` with
 //! per-GPU prices, `podFindAndDeployOnDemand`, `podRentInterruptable`, `podTerminate`,
-//! `myself { pods }` and `pod(input)`. Errors come as GraphQL does: HTTP 200 with
+//! `myself { pods }` and `pod(input)`, and `gpuTypes(input) { lowestPrice { minimumBidPrice } }`:
+//! the minimum bid for interruptible pods, which moves ([`RunpodEmulator::set_min_bid`]); a bid
+//! under it is refused as RunPod refuses it. A running pod's port 22 is mapped to another public
+//! port (`runtime.ports[].publicPort`), as RunPod maps it. Errors come as GraphQL does: HTTP 200 with
 //! `{"errors": [{"message": …}], "data": null}`, except a bad API key (HTTP 401).
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,6 +75,10 @@ struct St {
     /// Dollars left in the account; a deploy needs at least an hour of the pod's cost.
     balance: f64,
     next_ip: u32,
+    /// Minimum bid per GPU for interruptible pods, by GPU type (else its spot price).
+    min_bid: HashMap<String, f64>,
+    /// Where every pod's sshd is published: (public ip, public port) for the pod's port 22.
+    ssh: Option<(String, u16)>,
 }
 
 #[derive(Debug)]
@@ -121,6 +128,8 @@ impl RunpodEmulator {
             pods: BTreeMap::new(),
             balance: 1000.0,
             next_ip: 10,
+            min_bid: HashMap::new(),
+            ssh: None,
         }));
         let app = Router::new().route("/graphql", post(graphql)).with_state(st.clone());
         RunpodEmulator { running: serve(app).await, st }
@@ -132,6 +141,16 @@ impl RunpodEmulator {
 
     pub fn set_free_gpus(&self, gpu_type: &str, data_center: &str, n: u32) {
         self.st.lock().unwrap().free.insert((gpu_type.into(), data_center.into()), n);
+    }
+
+    /// RunPod's minimum bid per GPU for `gpu_type`'s interruptible pods moves to `per_gpu`.
+    pub fn set_min_bid(&self, gpu_type: &str, per_gpu: f64) {
+        self.st.lock().unwrap().min_bid.insert(gpu_type.into(), per_gpu);
+    }
+
+    /// Publishes every pod's sshd at `ip:port` (a test's own sshd), instead of a made-up address.
+    pub fn set_ssh_endpoint(&self, ip: &str, port: u16) {
+        self.st.lock().unwrap().ssh = Some((ip.into(), port));
     }
 
     pub fn set_balance(&self, dollars: f64) {
@@ -177,6 +196,22 @@ async fn graphql(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Jso
     let q = body.0["query"].as_str().unwrap_or("").to_string();
     let input = &body.0["variables"]["input"];
     match operation(&q).as_str() {
+        "gpuTypes" if q.contains("lowestPrice") => {
+            // `lowestPrice(input: {gpuCount: N, secureCloud: B})`, read from the document's text.
+            let secure = !q.contains("secureCloud: false");
+            let types: Vec<Value> = st
+                .gpu_types
+                .iter()
+                .filter(|g| input["id"].as_str().is_none_or(|id| id == g.id))
+                .map(|g| {
+                    let spot = if secure { g.secure_spot_price } else { g.community_spot_price };
+                    let min = st.min_bid.get(g.id).copied().unwrap_or(spot);
+                    let on_demand = if secure { g.secure_price } else { g.community_price };
+                    json!({"id": g.id, "lowestPrice": {"minimumBidPrice": min, "uninterruptablePrice": on_demand}})
+                })
+                .collect();
+            data("gpuTypes", json!(types))
+        }
         "gpuTypes" => {
             let types: Vec<Value> = st
                 .gpu_types
@@ -208,11 +243,13 @@ async fn graphql(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Jso
             };
             if spot {
                 let Some(bid) = input["bidPerGpu"].as_f64() else { return error("bidPerGpu is required") };
-                if bid + 1e-9 < per_gpu {
-                    return error(&format!("Your bid price of {bid} is below the minimum bid of {per_gpu}."));
+                let min = st.min_bid.get(gpu).copied().unwrap_or(per_gpu);
+                if bid + 1e-9 < min {
+                    return error(&format!("Your bid price of {bid} is below the minimum bid of {min}."));
                 }
             }
-            let cost = per_gpu * count as f64;
+            // Interruptible pods are billed at their bid.
+            let cost = if spot { input["bidPerGpu"].as_f64().unwrap_or(per_gpu) } else { per_gpu } * count as f64;
             if st.balance < cost {
                 return error("You do not have enough funds to deploy this pod. Please add funds to your account.");
             }
@@ -238,6 +275,7 @@ async fn graphql(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Jso
                         .collect()
                 })
                 .unwrap_or_default();
+            let (ssh_ip, ssh_port) = st.ssh.clone().unwrap_or((format!("203.0.113.{}", st.next_ip), 22022));
             let pod = json!({
                 "id": id,
                 "name": input["name"],
@@ -250,7 +288,8 @@ async fn graphql(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Jso
                 "machineId": new_id(12),
                 "machine": {"gpuTypeId": gpu, "dataCenterId": dc},
                 "runtime": null,
-                "publicIp": format!("203.0.113.{}", st.next_ip),
+                "publicIp": ssh_ip,
+                "sshPort": ssh_port,
             });
             st.pods.insert(id.clone(), pod.clone());
             data(op, pod)
@@ -287,10 +326,14 @@ async fn graphql(State(st): State<Arc<Mutex<St>>>, h: HeaderMap, body: axum::Jso
 fn shown(p: &Value) -> Value {
     let mut p = p.clone();
     let ip = p["publicIp"].clone();
-    p["runtime"] =
-        json!({"ports": [{"ip": ip, "isIpPublic": true, "privatePort": 22, "publicPort": 22022, "type": "tcp"}]});
+    let port = p["sshPort"].clone();
+    p["runtime"] = json!({"ports": [
+        {"ip": ip, "isIpPublic": true, "privatePort": 22, "publicPort": port, "type": "tcp"},
+        {"ip": "10.0.0.2", "isIpPublic": false, "privatePort": 22, "publicPort": 22, "type": "tcp"}
+    ]});
     if let Some(o) = p.as_object_mut() {
         o.remove("publicIp");
+        o.remove("sshPort");
     }
     p
 }

@@ -244,6 +244,9 @@ impl GcpProvider {
             _ => InstanceState::Pending,
         };
         let nic = i.network_interfaces.first();
+        let public_ip =
+            nic.and_then(|n| n.access_configs.first()).and_then(|a| a.nat_ip.as_deref()).and_then(|s| s.parse().ok());
+        let private_ip = nic.and_then(|n| n.network_ip.as_deref()).and_then(|s| s.parse().ok());
         Instance {
             id: format!("{zone}/{name}"),
             offering: OfferingKey {
@@ -254,11 +257,9 @@ impl GcpProvider {
                 capacity: if spot { CapacityType::Spot } else { CapacityType::OnDemand },
             },
             state,
-            public_ip: nic
-                .and_then(|n| n.access_configs.first())
-                .and_then(|a| a.nat_ip.as_deref())
-                .and_then(|s| s.parse().ok()),
-            private_ip: nic.and_then(|n| n.network_ip.as_deref()).and_then(|s| s.parse().ok()),
+            public_ip,
+            private_ip,
+            ssh: crate::ssh_on_22(public_ip, private_ip),
             ssh_host_key: None,
             launched_at: i
                 .creation_timestamp

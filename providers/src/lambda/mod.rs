@@ -186,6 +186,8 @@ impl LambdaProvider {
 
     fn instance(&self, v: &Value) -> ProviderResult<Instance> {
         let id = v["id"].as_str().ok_or_else(|| ProviderError::Transient { detail: "instance without id".into() })?;
+        let public_ip = v["ip"].as_str().and_then(|s| s.parse().ok());
+        let private_ip = v["private_ip"].as_str().and_then(|s| s.parse().ok());
         Ok(Instance {
             id: id.to_string(),
             offering: OfferingKey {
@@ -196,8 +198,9 @@ impl LambdaProvider {
                 capacity: CapacityType::OnDemand,
             },
             state: state_of(v["status"].as_str().unwrap_or("")),
-            public_ip: v["ip"].as_str().and_then(|s| s.parse().ok()),
-            private_ip: v["private_ip"].as_str().and_then(|s| s.parse().ok()),
+            public_ip,
+            private_ip,
+            ssh: crate::ssh_on_22(public_ip, private_ip),
             ssh_host_key: None,
             launched_at: None, // the API does not say
             tags: tags_of(&v["tags"]),
@@ -270,6 +273,7 @@ impl Provider for LambdaProvider {
                 state: InstanceState::Pending,
                 public_ip: None,
                 private_ip: None,
+                ssh: None,
                 ssh_host_key: None,
                 launched_at: None,
                 tags: req.tags.clone(),

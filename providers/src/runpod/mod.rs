@@ -4,7 +4,8 @@
 //!   priced live from `gpuTypes` (per-GPU secure/community prices; spot = interruptible, at the
 //!   `…SpotPrice`); a failed refresh keeps the last prices ([`PriceBook`]).
 //! - launch: `podFindAndDeployOnDemand` (on-demand) or `podRentInterruptable` (spot, bidding
-//!   `max_price` per GPU, or the current spot price) in the offering's data center. Pods carry no
+//!   RunPod's live minimum bid, read just before, if it is within fleet's cap) in the offering's
+//!   data center. Pods carry no
 //!   tags, so the fleet's tags travel as environment variables (`FLEET_TAG_*`), with the offering;
 //!   the pod is named after the idempotency token, and a launch first looks for a pod carrying it.
 //! - list/get: `myself { pods }` / `pod(input)`, keeping this fleet's pods.
@@ -220,13 +221,22 @@ impl RunpodProvider {
             .as_deref()
             .and_then(parse_offering)
             .ok_or_else(|| ProviderError::Transient { detail: format!("pod {id} carries no valid {ENV_OFFERING}") })?;
-        let public_ip = p["runtime"]["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let ports: Vec<&Value> = p["runtime"]["ports"].as_array().into_iter().flatten().collect();
+        let public_ip = ports
+            .iter()
             .find(|port| port["isIpPublic"] == true)
             .and_then(|port| port["ip"].as_str())
             .and_then(|s| s.parse().ok());
+        // RunPod maps the pod's port 22 to another port on its public address (`publicPort`):
+        // bootstrap must dial that one, never 22.
+        let ssh = ports
+            .iter()
+            .find(|port| port["isIpPublic"] == true && port["privatePort"] == 22 && port["type"] == "tcp")
+            .and_then(|port| {
+                let ip: std::net::IpAddr = port["ip"].as_str()?.parse().ok()?;
+                let public_port = u16::try_from(port["publicPort"].as_u64()?).ok()?;
+                Some(std::net::SocketAddr::new(ip, public_port))
+            });
         let state = match p["desiredStatus"].as_str() {
             Some("RUNNING") if p["runtime"].is_null() => InstanceState::Pending,
             Some("RUNNING") => InstanceState::Running,
@@ -239,6 +249,7 @@ impl RunpodProvider {
             state,
             public_ip,
             private_ip: None,
+            ssh,
             ssh_host_key: None,
             launched_at: None,
             tags,
@@ -254,19 +265,44 @@ impl RunpodProvider {
         Ok(me["pods"].as_array().cloned().unwrap_or_default())
     }
 
-    /// What to bid per GPU for a spot pod: the caller's cap, else the current spot price.
-    async fn bid_per_gpu(&self, req: &LaunchRequest, gpus: u32) -> ProviderResult<String> {
-        let hourly = match req.max_price {
-            Some(p) => p.hourly(),
-            None => {
-                let rows = self.offerings().await?;
-                let o = rows.iter().find(|o| o.key() == req.offering).ok_or_else(|| ProviderError::InvalidRequest {
-                    detail: format!("no spot price known for {}", req.offering),
-                })?;
-                o.price.hourly()
+    /// What to bid per GPU for a spot pod: RunPod's live minimum bid for this GPU type, count and
+    /// cloud (`gpuTypes { lowestPrice { minimumBidPrice } }`, as RunPod's own clients read it; it
+    /// moves with demand, and a bid under it is refused). Interruptible pods are billed at the
+    /// bid, so fleet bids the minimum, never more than its cap (`max_price`): a minimum above the
+    /// cap means the offering cannot be had at the price fleet reserved for it.
+    async fn bid_per_gpu(&self, req: &LaunchRequest, gpu_id: &str, gpus: u32, secure: bool) -> ProviderResult<String> {
+        let o = &req.offering;
+        let q = format!(
+            "query LowestPrice($input: GpuTypeFilter) {{ gpuTypes(input: $input) {{ id lowestPrice(input: {{gpuCount: {gpus}, secureCloud: {secure}}}) {{ minimumBidPrice uninterruptablePrice }} }} }}"
+        );
+        let types = self.gql("gpuTypes", &q, Some(json!({"id": gpu_id})), Some(o)).await?;
+        let min = types
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["id"] == gpu_id)
+            .and_then(|t| t["lowestPrice"]["minimumBidPrice"].as_f64())
+            .filter(|p| *p > 0.0)
+            .ok_or_else(|| ProviderError::InsufficientCapacity {
+                offering: o.clone(),
+                detail: format!("runpod quotes no minimum bid for {gpus}x {gpu_id}: none interruptible now"),
+            })?;
+        let min = Price::parse_decimal(&format!("{min:.4}"))
+            .map_err(|e| ProviderError::Transient { detail: format!("minimumBidPrice {min}: {e}") })?;
+        if let Some(cap) = req.max_price {
+            let cap = cap.per_gpu(gpus);
+            if min.hourly() > cap.hourly() {
+                return Err(ProviderError::InsufficientCapacity {
+                    offering: o.clone(),
+                    detail: format!(
+                        "runpod's minimum bid {} per GPU is above fleet's cap {} per GPU",
+                        min.hourly().to_decimal_string(),
+                        cap.hourly().to_decimal_string()
+                    ),
+                });
             }
-        };
-        Ok(Price::per_hour(hourly).per_gpu(gpus).hourly().to_decimal_string())
+        }
+        Ok(min.hourly().to_decimal_string())
     }
 }
 
@@ -323,7 +359,7 @@ impl Provider for RunpodProvider {
         let field = match o.capacity {
             CapacityType::OnDemand => "podFindAndDeployOnDemand",
             CapacityType::Spot => {
-                let bid = self.bid_per_gpu(req, count).await?;
+                let bid = self.bid_per_gpu(req, gpu_id, count, secure).await?;
                 // GraphQL Float: the decimal text as a JSON number.
                 input["bidPerGpu"] = serde_json::from_str(&bid).unwrap_or(json!(0));
                 "podRentInterruptable"
