@@ -12,7 +12,7 @@ use fleet_providers::conformance::{self, ConformanceEnv};
 use fleet_providers::emulators::Fault;
 use fleet_providers::emulators::gcp::{GcpEmulator, error_body};
 use fleet_providers::gcp::{GcpConfig, GcpProvider};
-use fleet_providers::{LaunchRequest, Provider, ProviderError, instance_name, token_uuid};
+use fleet_providers::{LaunchRequest, Provider, ProviderError, instance_name};
 
 const ZONE: &str = "us-central1-a";
 
@@ -58,7 +58,9 @@ async fn gcp_passes_the_conformance_suite_and_sends_what_compute_engine_expects(
     let inserts = emu.requests_to("POST", "/zones/us-central1-a/instances");
     assert_eq!(inserts.len(), 2, "the relaunch found its instance by name: {inserts:#?}");
     let (od, spot) = (&inserts[0], &inserts[1]);
-    assert_eq!(od.query_param("requestId"), Some(token_uuid("t-conf-a")), "requestId derived from the token");
+    let rid = od.query_param("requestId").expect("a requestId");
+    assert_eq!(rid.len(), 36, "a UUID: {rid}");
+    assert_ne!(Some(rid), spot.query_param("requestId"), "one requestId per attempt");
     assert_eq!(od.path, "/compute/v1/projects/fleet-test/zones/us-central1-a/instances");
     let b = &od.body;
     assert_eq!(b["name"], instance_name("t-conf-a"));
@@ -69,6 +71,8 @@ async fn gcp_passes_the_conformance_suite_and_sends_what_compute_engine_expects(
     assert_eq!(b["scheduling"]["provisioningModel"], "STANDARD");
     assert_eq!(b["scheduling"]["onHostMaintenance"], "TERMINATE");
     assert_eq!(b["disks"][0]["initializeParams"]["sourceImage"].as_str().map(|s| s.contains("nvidia")), Some(true));
+    // A3 refuses pd-standard, the API's default: the boot disk names a type A3 supports.
+    assert_eq!(b["disks"][0]["initializeParams"]["diskType"], "zones/us-central1-a/diskTypes/pd-balanced");
     assert_eq!(b["networkInterfaces"][0]["accessConfigs"][0]["type"], "ONE_TO_ONE_NAT");
     assert_eq!(b["metadata"]["items"][0]["key"], "ssh-keys");
     assert_eq!(b["metadata"]["items"][0]["value"], "fleet:ssh-ed25519 AAAAC3Nza fleet");
@@ -145,6 +149,15 @@ async fn gcp_errors_map_to_what_the_orchestrator_acts_on() {
         other => panic!("{other:?}"),
     }
 
+    // UNSUPPORTED_OPERATION in the operation: the zone cannot host it now; fail over, as on a stockout.
+    emu.fail_next_operation(
+        "UNSUPPORTED_OPERATION",
+        "The resource 'projects/fleet-test/zones/us-central1-a/acceleratorTypes/nvidia-h100-80gb' is not available in this zone for this operation.",
+        400,
+    );
+    let e = p.launch(&LaunchRequest::new("t", "5", "a", h100.clone())).await.unwrap_err();
+    assert!(matches!(&e, ProviderError::InsufficientCapacity { offering, .. } if *offering == h100), "{e:?}");
+
     // A re-sent insert of a node whose first insert went through (answer lost): adopted, not doubled.
     let req = LaunchRequest::new("t", "1", "a", h100.clone());
     let before = emu.instances().len();
@@ -163,14 +176,22 @@ async fn gcp_prices_are_live_from_the_billing_catalog() {
     let p = GcpProvider::connect(cfg, Arc::new(Catalog::builtin().clone())).await.unwrap();
     let rows = p.offerings().await.unwrap();
     let find = |k: OfferingKey| rows.iter().find(|o| o.key() == k).cloned().unwrap_or_else(|| panic!("{k}"));
-    // a3-highgpu-8g: 8 × $2.934 (GPU) + 208 × $0.029 (vCPU) + 1,872 × $0.0039 (GiB) = $36.8048, exactly.
+    // a3-highgpu-8g: 8 × $2.934 (GPU) + 208 × $0.029 (vCPU) + 1,872 × $0.0039 (GiB) = $36.8048, plus
+    // its bundled 6,000 GiB of Local SSD at $0.08 per GiB-month: $480 / 730 h = $0.657534 → $37.462334.
     let a3 = find(key("a3-highgpu-8g", CapacityType::OnDemand));
     assert_eq!(
         (a3.price.hourly().to_decimal_string(), a3.source.name.as_str()),
-        ("36.8048".into(), "gcp billing catalog")
+        ("37.462334".into(), "gcp billing catalog")
     );
-    // a2-ultragpu-1g on Spot: $1.40 + 12 × $0.0126 + 170 × $0.00168 = $1.8368.
-    assert_eq!(find(key("a2-ultragpu-1g", CapacityType::Spot)).price.hourly().to_decimal_string(), "1.8368");
+    // a2-ultragpu-1g on Spot ("Nvidia Tesla A100 80GB GPU …" SKUs): $1.40 + 12 × $0.0126 +
+    // 170 × $0.00168 = $1.8368, plus 375 GiB of Local SSD at $0.048: $18 / 730 = $0.024658.
+    let a2 = find(key("a2-ultragpu-1g", CapacityType::Spot));
+    assert_eq!(
+        (a2.price.hourly().to_decimal_string(), a2.source.name.as_str()),
+        ("1.861458".into(), "gcp billing catalog")
+    );
+    // On demand: $3.50 + 12 × $0.0315 + 170 × $0.0042 + 375 × $0.08 / 730 = $4.592 + $0.041096.
+    assert_eq!(find(key("a2-ultragpu-1g", CapacityType::OnDemand)).price.hourly().to_decimal_string(), "4.633096");
     // No SKUs for a3-megagpu here: the catalog's price stays.
     let mega = find(key("a3-megagpu-8g", CapacityType::OnDemand));
     assert_ne!(mega.source.name, "gcp billing catalog");
@@ -187,4 +208,49 @@ async fn gcp_prices_are_live_from_the_billing_catalog() {
         body: serde_json::json!({}),
     });
     assert_eq!(p.offerings().await.unwrap(), rows, "a failed refresh keeps the last prices");
+}
+
+/// GCP remembers a `requestId` and answers a re-send with the first request's operation, even a
+/// failed one: a node tried again in a zone after a stockout must not be answered with the old
+/// failure. (Before, the id was fixed per node and zone: the second attempt failed again.)
+#[tokio::test]
+async fn gcp_a_second_attempt_is_not_answered_with_the_first_ones_failure() {
+    let emu = GcpEmulator::start(&[(ZONE, "a3-highgpu-8g", 0)]).await;
+    let p = provider(&emu.running.url).await;
+    let req = LaunchRequest::new("t", "1", "a", key("a3-highgpu-8g", CapacityType::OnDemand));
+    assert_eq!(p.launch(&req).await.unwrap_err().kind(), "insufficient-capacity");
+    emu.set_capacity(ZONE, "a3-highgpu-8g", 1);
+    let i = p.launch(&req).await.expect("the second attempt reaches the zone again");
+    let ids: Vec<_> = emu.requests_to("POST", "/instances").iter().filter_map(|r| r.query_param("requestId")).collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    // Deletes too: two attempts, two ids, and the instance goes.
+    p.terminate(&i.id).await.unwrap();
+    p.terminate(&i.id).await.unwrap();
+    assert!(emu.instances().is_empty());
+}
+
+/// What GCP refuses about boot disks, the emulator refuses too (so the adapter's choice is tested).
+#[tokio::test]
+async fn gcp_boot_disk_types_are_ones_the_family_supports() {
+    use fleet_providers::gcp::boot_disk_type;
+    assert_eq!(boot_disk_type("a3-highgpu-8g"), "pd-balanced");
+    assert_eq!(boot_disk_type("a2-ultragpu-1g"), "pd-balanced");
+    assert_eq!(boot_disk_type("a3-ultragpu-8g"), "hyperdisk-balanced");
+    assert_eq!(boot_disk_type("a4-highgpu-8g"), "hyperdisk-balanced");
+    let emu = GcpEmulator::start(&[(ZONE, "a3-highgpu-8g", 1)]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/compute/v1/projects/p/zones/{ZONE}/instances", emu.running.url);
+    let body = |disk: serde_json::Value| {
+        serde_json::json!({"name": "x", "machineType": format!("zones/{ZONE}/machineTypes/a3-highgpu-8g"),
+            "disks": [{"boot": true, "initializeParams": disk}]})
+    };
+    for disk in [serde_json::json!({}), serde_json::json!({"diskType": format!("zones/{ZONE}/diskTypes/pd-standard")})]
+    {
+        let r = http.post(&url).json(&body(disk)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("pd-standard"), "{v}");
+    }
+    assert!(emu.instances().is_empty());
 }

@@ -2,7 +2,11 @@
 //! (deduplicated by `requestId`, `alreadyExists` for a taken name), get, delete, aggregatedList
 //! with a `labels.KEY = "VALUE"` filter and pages, and zonal operations. Inserts answer a RUNNING
 //! operation and fail *in the operation*, as GCP does, with `ZONE_RESOURCE_POOL_EXHAUSTED` when a
-//! zone has no capacity left for the machine type or `QUOTA_EXCEEDED` past the GPU quota. HTTP
+//! zone has no capacity left for the machine type or `QUOTA_EXCEEDED` past the GPU quota (or an
+//! injected operation error, [`GcpEmulator::fail_next_operation`]). An insert whose boot disk type
+//! the machine family does not support is refused as GCP refuses it — no `diskType` means
+//! `pd-standard`, which A3 machines refuse; A3 Ultra and A4 take Hyperdisk only. A `requestId`
+//! seen before (insert or delete) is answered with the first request's operation. HTTP
 //! errors carry Google's JSON error body (`{"error": {"code", "message", "errors": [{"reason"}],
 //! "status"}}`).
 
@@ -33,6 +37,8 @@ struct St {
     next_id: u64,
     /// The billing catalog's Compute Engine SKUs.
     skus: Vec<Value>,
+    /// Errors the next inserts' operations end with: (code, message, HTTP status).
+    op_faults: std::collections::VecDeque<(String, String, u16)>,
 }
 
 #[derive(Debug)]
@@ -93,6 +99,12 @@ impl GcpEmulator {
         self.st.lock().unwrap().page_size = n.max(1);
     }
 
+    /// The next insert is accepted and its operation ends with this error (e.g.
+    /// `UNSUPPORTED_OPERATION`), as GCP does for failures found after the request was accepted.
+    pub fn fail_next_operation(&self, code: &str, message: &str, http: u16) {
+        self.st.lock().unwrap().op_faults.push_back((code.into(), message.into(), http));
+    }
+
     pub fn instances(&self) -> Vec<Value> {
         self.st.lock().unwrap().instances.values().cloned().collect()
     }
@@ -102,6 +114,8 @@ impl GcpEmulator {
 pub fn sku(description: &str, usage: &str, regions: &[&str], units: i64, nanos: i64) -> Value {
     let group = if description.contains("GPU") {
         "GPU"
+    } else if description.contains("Local Storage") {
+        "LocalSSD"
     } else if description.contains("Ram") {
         "RAM"
     } else {
@@ -116,10 +130,10 @@ pub fn sku(description: &str, usage: &str, regions: &[&str], units: i64, nanos: 
         "pricingInfo": [{
             "effectiveTime": "2026-11-01T00:00:00Z",
             "pricingExpression": {
-                "usageUnit": if group == "RAM" { "GiBy.h" } else { "h" },
+                "usageUnit": match group { "RAM" => "GiBy.h", "LocalSSD" => "GiBy.mo", _ => "h" },
                 "displayQuantity": 1,
                 "tieredRates": [{"startUsageAmount": 0, "unitPrice": {"currencyCode": "USD", "units": units.to_string(), "nanos": nanos}}],
-                "usageUnitDescription": if group == "RAM" { "gibibyte hour" } else { "hour" },
+                "usageUnitDescription": match group { "RAM" => "gibibyte hour", "LocalSSD" => "gibibyte month", _ => "hour" },
             },
             "currencyConversionRate": 1
         }],
@@ -144,9 +158,10 @@ pub fn default_skus() -> Vec<Value> {
         sku("Spot Preemptible A3 Instance Core running in Americas", "Preemptible", &r, 0, 11_600_000),
         sku("A3 Instance Ram running in Americas", "OnDemand", &r, 0, 3_900_000),
         sku("Spot Preemptible A3 Instance Ram running in Americas", "Preemptible", &r, 0, 1_560_000),
-        sku("Nvidia A100 80GB GPU running in Americas", "OnDemand", &r, 3, 500_000_000),
+        // The billing catalog's own words for A2 Ultra's GPU ("Tesla", unlike the H100's).
+        sku("Nvidia Tesla A100 80GB GPU running in Americas", "OnDemand", &r, 3, 500_000_000),
         sku(
-            "Nvidia A100 80GB GPU attached to Spot Preemptible VMs running in Americas",
+            "Nvidia Tesla A100 80GB GPU attached to Spot Preemptible VMs running in Americas",
             "Preemptible",
             &r,
             1,
@@ -156,6 +171,9 @@ pub fn default_skus() -> Vec<Value> {
         sku("Spot Preemptible A2 Instance Core running in Americas", "Preemptible", &r, 0, 12_600_000),
         sku("A2 Instance Ram running in Americas", "OnDemand", &r, 0, 4_200_000),
         sku("Spot Preemptible A2 Instance Ram running in Americas", "Preemptible", &r, 0, 1_680_000),
+        // Local SSD, bundled with A2 Ultra and A3 machines, per GiB-month.
+        sku("SSD backed Local Storage", "OnDemand", &r, 0, 80_000_000),
+        sku("SSD backed Local Storage attached to Spot Preemptible VMs", "Preemptible", &r, 0, 48_000_000),
         sku("Commitment v1: A3 Cpu in Americas for 1 Year", "Commit1Yr", &r, 0, 18_000_000),
         sku("N1 Predefined Instance Core running in Americas", "OnDemand", &r, 0, 31_611_000),
     ]
@@ -243,13 +261,33 @@ async fn insert(
         );
     }
     let mt = b["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+    for disk in b["disks"].as_array().into_iter().flatten() {
+        // Through the API, no diskType is pd-standard.
+        let t = disk["initializeParams"]["diskType"].as_str().unwrap_or("pd-standard").rsplit('/').next().unwrap_or("");
+        let hyperdisk_only = mt.starts_with("a3-ultragpu") || mt.starts_with("a4");
+        let refused =
+            if hyperdisk_only { !t.starts_with("hyperdisk-") } else { mt.starts_with("a3-") && t == "pd-standard" };
+        if refused {
+            return answer(
+                400,
+                error_body(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "badRequest",
+                    &format!("[{t}] features are not compatible for creating instance."),
+                ),
+            );
+        }
+    }
     let gpus = gpus_of(&mt);
     let used: u32 = st
         .instances
         .values()
         .map(|i| gpus_of(i["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("")))
         .sum();
-    let error = if used + gpus > st.gpu_quota {
+    let error = if let Some((code, message, http)) = st.op_faults.pop_front() {
+        Some(json!({"error": {"code": code, "message": message}, "http": http, "httpMessage": "BAD REQUEST"}))
+    } else if used + gpus > st.gpu_quota {
         Some(json!({
             "error": {"code": "QUOTA_EXCEEDED", "message": format!("Quota 'NVIDIA_H100_GPUS' exceeded.  Limit: {}.0 in region {}.", st.gpu_quota, zone.rsplit_once('-').map(|x| x.0).unwrap_or(&zone))},
             "http": 403, "httpMessage": "FORBIDDEN"
@@ -326,14 +364,21 @@ async fn get_one(
 async fn delete(
     State(st): State<Arc<Mutex<St>>>,
     Path((project, zone, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let mut st = st.lock().unwrap();
+    if let Some(op) = q.get("requestId").and_then(|rid| st.request_ids.get(rid)) {
+        return answer(200, st.operations[op].clone());
+    }
     let Some(i) = st.instances.remove(&(zone.clone(), name.clone())) else {
         return not_found(&project, &zone, &name);
     };
     let mt = i["machineType"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
     *st.capacity.entry((zone.clone(), mt)).or_insert(0) += 1;
     let op = new_operation(&mut st, &project, &zone, "delete", &name, None);
+    if let Some(rid) = q.get("requestId") {
+        st.request_ids.insert(rid.clone(), op["name"].as_str().unwrap_or("").to_string());
+    }
     answer(200, op)
 }
 

@@ -103,7 +103,10 @@ pub(crate) fn from_operation(op: &Operation, offering: Option<&OfferingKey>) -> 
             "ZONE_RESOURCE_POOL_EXHAUSTED"
             | "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
             | "RESOURCE_POOL_EXHAUSTED"
-            | "STOCKOUT",
+            | "STOCKOUT"
+            // In practice GCP answers an insert with this when the zone cannot host the machine
+            // type or its accelerators now (SkyPilot fails over to the next zone on it too).
+            | "UNSUPPORTED_OPERATION",
             Some(o),
         ) => ProviderError::InsufficientCapacity { offering: o.clone(), detail },
         ("QUOTA_EXCEEDED", Some(o)) => ProviderError::QuotaExceeded { offering: o.clone(), detail },
@@ -153,6 +156,7 @@ mod tests {
         assert_eq!(kind("QUOTA_EXCEEDED", 403), "quota-exceeded");
         assert_eq!(kind("RESOURCE_ALREADY_EXISTS", 409), "already-exists");
         assert_eq!(kind("INVALID_FIELD_VALUE", 400), "invalid-request");
+        assert_eq!(kind("UNSUPPORTED_OPERATION", 400), "insufficient-capacity");
         assert!(from_operation(&Operation::new(), Some(&key)).is_none());
     }
 }

@@ -1,8 +1,10 @@
 //! Google Compute Engine through Google's official Rust client (`google-cloud-compute-v1`).
 //!
-//! - launch: `instances.insert` with a `requestId` derived from the idempotency token (GCP
-//!   dedupes a re-sent insert for a while) *and* a name derived from it (an instance name is
-//!   unique in its zone, so a later re-send answers `alreadyExists` and fleet adopts the instance);
+//! - launch: `instances.insert` with a `requestId` per attempt (GCP dedupes a re-sent insert for a
+//!   while, so the client's retries of one attempt are safe, and a later attempt is not answered
+//!   with an earlier one's failed operation) and a name derived from the idempotency token (an
+//!   instance name is unique in its zone, so a later re-send answers `alreadyExists` and fleet
+//!   adopts the instance); the boot disk's type one the machine family supports;
 //!   the fleet's tags as labels; spot through `scheduling.provisioningModel = SPOT` with
 //!   `instanceTerminationAction = DELETE`; the long-running operation is awaited and its error
 //!   (`ZONE_RESOURCE_POOL_EXHAUSTED`, `QUOTA_EXCEEDED` …) mapped.
@@ -119,6 +121,27 @@ fn last_segment(s: &str) -> &str {
 /// `us-central1-a` → `us-central1`.
 fn region_of(zone: &str) -> String {
     zone.rsplit_once('-').map(|(r, _)| r.to_string()).unwrap_or_else(|| zone.to_string())
+}
+
+/// The boot disk type `machine_type` supports. Through the API an unset `diskType` means
+/// `pd-standard`, which A3 machines refuse, so fleet always names one: `hyperdisk-balanced` where
+/// the family supports Hyperdisk only (A3 Ultra, A4), `pd-balanced` elsewhere (A2, A3 High / Mega
+/// / Edge, G2). Source: Compute Engine's "Machine series and disk types" table (GPU families).
+pub fn boot_disk_type(machine_type: &str) -> &'static str {
+    if machine_type.starts_with("a3-ultragpu") || machine_type.starts_with("a4") {
+        "hyperdisk-balanced"
+    } else {
+        "pd-balanced"
+    }
+}
+
+/// A `requestId` for one attempt of a mutating call. GCP remembers a request id for a while and
+/// answers a re-send with the first request's operation, even a failed one; so each new attempt
+/// (a launch tried again after a capacity failure, a delete tried again) gets its own id, while
+/// the client's own retries of one attempt re-send the same one (the id is set once per call).
+/// Duplicates across attempts are prevented by the instance name, unique in its zone.
+fn attempt_request_id(what: &str) -> String {
+    token_uuid(&format!("{what}/{:016x}", rand::random::<u64>()))
 }
 
 fn split_id(id: &str) -> ProviderResult<(&str, &str)> {
@@ -298,7 +321,8 @@ impl GcpProvider {
         let disk = AttachedDisk::new().set_boot(true).set_auto_delete(true).set_initialize_params(
             AttachedDiskInitializeParams::new()
                 .set_source_image(&self.cfg.image)
-                .set_disk_size_gb(self.cfg.boot_disk_gb),
+                .set_disk_size_gb(self.cfg.boot_disk_gb)
+                .set_disk_type(format!("zones/{zone}/diskTypes/{}", boot_disk_type(&o.instance_type))),
         );
         let mut nic = NetworkInterface::new()
             .set_network(self.cfg.network.clone().unwrap_or_else(|| "global/networks/default".into()))
@@ -363,7 +387,7 @@ impl Provider for GcpProvider {
             .insert()
             .set_project(&self.cfg.project)
             .set_zone(zone)
-            .set_request_id(token_uuid(&req.idempotency_token))
+            .set_request_id(attempt_request_id(&req.idempotency_token))
             .set_body(self.body(req, zone, &name))
             .poller()
             .until_done()
@@ -442,7 +466,7 @@ impl Provider for GcpProvider {
             .set_project(&self.cfg.project)
             .set_zone(zone)
             .set_instance(name)
-            .set_request_id(token_uuid(&format!("delete-{id}")))
+            .set_request_id(attempt_request_id(&format!("delete-{id}")))
             .poller()
             .until_done()
             .await;

@@ -1,7 +1,10 @@
 //! Live GCP prices from the Cloud Billing Catalog API (Compute Engine's SKUs). GPU machine types
 //! are billed in parts: each GPU, each vCPU and each GiB of memory of the machine family, with
-//! separate Spot ("Preemptible") SKUs, priced per region (`serviceRegions`). An offering's price
-//! is the sum of its parts, in exact micro-dollars (`units` + `nanos` of each unit price).
+//! separate Spot ("Preemptible") SKUs, priced per region (`serviceRegions`). A2 Ultra and A3
+//! machines also come with Local SSD disks that Google bills with them, per GiB-month ("SSD backed
+//! Local Storage", 730 hours a month), so their price includes it. An offering's price is the sum
+//! of its parts, in exact micro-dollars (`units` + `nanos` of each unit price), the Local SSD's
+//! monthly total divided by 730 and rounded once, at the end.
 
 use std::collections::HashMap;
 
@@ -18,6 +21,27 @@ enum Part {
     Core(&'static str),
     /// GiB of memory of a machine family.
     Ram(&'static str),
+    /// GiB-month of Local SSD.
+    LocalSsd,
+}
+
+/// Hours in a billing month, as Google converts monthly disk prices.
+const HOURS_PER_MONTH: i64 = 730;
+
+/// GiB of Local SSD bundled with a machine type (375 GiB disks): A2 Ultra has one per GPU, A3
+/// High two per GPU, A3 Mega and Edge sixteen (Compute Engine's GPU machine types table).
+fn bundled_local_ssd_gib(machine_type: &str) -> u32 {
+    let gpus: u32 =
+        machine_type.rsplit('-').next().and_then(|s| s.strip_suffix('g')).and_then(|n| n.parse().ok()).unwrap_or(0);
+    if machine_type.starts_with("a2-ultragpu") {
+        375 * gpus
+    } else if machine_type.starts_with("a3-highgpu") {
+        750 * gpus
+    } else if machine_type.starts_with("a3-megagpu") || machine_type.starts_with("a3-edgegpu") {
+        6000
+    } else {
+        0
+    }
 }
 
 /// (part, region, spot) → price per unit-hour.
@@ -36,8 +60,12 @@ fn part_of(desc: &str) -> Option<Part> {
     if d.contains("nvidia h100 80gb gpu") {
         return Some(Part::Gpu(GpuModel::H100Sxm));
     }
-    if d.contains("nvidia a100 80gb gpu") {
+    // The billing catalog writes "Nvidia Tesla A100 80GB GPU …" (older listings without "Tesla").
+    if d.contains("nvidia tesla a100 80gb gpu") || d.contains("nvidia a100 80gb gpu") {
         return Some(Part::Gpu(GpuModel::A100_80GB));
+    }
+    if d.starts_with("ssd backed local storage") && !d.contains("dws") {
+        return Some(Part::LocalSsd);
     }
     if d.contains("nvidia tesla a100 gpu") {
         return Some(Part::Gpu(GpuModel::A100_40GB));
@@ -109,8 +137,16 @@ impl Rates {
         let core = rate(Part::Core(fam))?;
         let ram = rate(Part::Ram(fam))?;
         let times = |m: Money, n: u32| -> Money { std::iter::repeat_n(m, n as usize).sum() };
+        let ssd_gib = bundled_local_ssd_gib(&o.instance.name);
+        let ssd = if ssd_gib == 0 {
+            Money::ZERO
+        } else {
+            let per_month = rate(Part::LocalSsd)?.micros().checked_mul(i64::from(ssd_gib))?;
+            // Rounded half up, once.
+            Money::from_micros((per_month + HOURS_PER_MONTH / 2) / HOURS_PER_MONTH)
+        };
         Some(Price::per_hour(
-            times(gpu, o.instance.gpu_count) + times(core, o.instance.vcpus) + times(ram, o.instance.memory_gib),
+            times(gpu, o.instance.gpu_count) + times(core, o.instance.vcpus) + times(ram, o.instance.memory_gib) + ssd,
         ))
     }
 }
@@ -127,6 +163,18 @@ mod tests {
             Some(Part::Gpu(GpuModel::H100Sxm))
         );
         assert_eq!(part_of("Nvidia Tesla A100 GPU running in Americas"), Some(Part::Gpu(GpuModel::A100_40GB)));
+        assert_eq!(part_of("Nvidia Tesla A100 80GB GPU running in Americas"), Some(Part::Gpu(GpuModel::A100_80GB)));
+        assert_eq!(
+            part_of("Nvidia Tesla A100 80GB GPU attached to Spot Preemptible VMs running in Americas"),
+            Some(Part::Gpu(GpuModel::A100_80GB))
+        );
+        assert_eq!(part_of("SSD backed Local Storage"), Some(Part::LocalSsd));
+        assert_eq!(part_of("SSD backed Local Storage attached to Spot Preemptible VMs"), Some(Part::LocalSsd));
+        assert_eq!(part_of("SSD backed PD Capacity"), None);
+        assert_eq!(bundled_local_ssd_gib("a2-ultragpu-8g"), 3000);
+        assert_eq!(bundled_local_ssd_gib("a3-highgpu-8g"), 6000);
+        assert_eq!(bundled_local_ssd_gib("a3-highgpu-1g"), 750);
+        assert_eq!(bundled_local_ssd_gib("a2-highgpu-1g"), 0);
         assert_eq!(part_of("A3 Instance Core running in Americas"), Some(Part::Core("A3")));
         assert_eq!(part_of("Spot Preemptible A2 Instance Ram running in Americas"), Some(Part::Ram("A2")));
         assert_eq!(part_of("Commitment v1: A3 Cpu in Americas for 1 Year"), None);
