@@ -22,6 +22,7 @@
 //! subscription_id = "00000000-0000-0000-0000-000000000000"
 //! resource_group = "fleet"
 //! subnet_id = "/subscriptions/…/resourceGroups/fleet/providers/Microsoft.Network/virtualNetworks/fleet/subnets/nodes"
+//! network_security_group = "/subscriptions/…/resourceGroups/fleet/providers/Microsoft.Network/networkSecurityGroups/fleet-ssh"
 //! image = "microsoft-dsvm:ubuntu-hpc:2204:latest"
 //! regions = ["eastus"]
 //! ssh_public_key = "ssh-ed25519 AAAA… fleet"
@@ -106,6 +107,9 @@ pub struct AzureAccount {
     pub subscription_id: String,
     pub resource_group: String,
     pub subnet_id: String,
+    /// The NSG on every VM's NIC; it must admit TCP 22 from fleetd (Standard public IPs admit
+    /// nothing inbound without one).
+    pub network_security_group: String,
     /// `publisher:offer:sku:version`.
     pub image: String,
     pub regions: Vec<String>,
@@ -186,6 +190,7 @@ section!(RawAzure {
     subscription_id: S,
     resource_group: S,
     subnet_id: S,
+    network_security_group: S,
     image: S,
     regions: L,
     admin_username: S,
@@ -390,6 +395,19 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
                 "expected /subscriptions/…/providers/Microsoft.Network/virtualNetworks/…/subnets/…",
             );
         }
+        let nsg = ck.required(
+            &r.network_security_group,
+            "network_security_group",
+            "the full resource id of a network security group that admits TCP 22 from fleetd (a Standard public IP admits no SSH without one)",
+        );
+        if !nsg.is_empty() && !(nsg.starts_with("/subscriptions/") && nsg.contains("/networkSecurityGroups/")) {
+            let span = r.network_security_group.as_ref().map(Spanned::span).unwrap_or(0..0);
+            ck.err(
+                span,
+                "network_security_group",
+                "expected /subscriptions/…/providers/Microsoft.Network/networkSecurityGroups/…",
+            );
+        }
         let image = ck.required(&r.image, "image", "a marketplace image publisher:offer:sku:version");
         if !image.is_empty() && (image.split(':').count() != 4 || image.split(':').any(str::is_empty)) {
             let span = r.image.as_ref().map(Spanned::span).unwrap_or(0..0);
@@ -408,6 +426,7 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
             subscription_id: sub,
             resource_group: rg,
             subnet_id: subnet,
+            network_security_group: nsg,
             image,
             regions: Ck::list(&r.regions),
             admin_username: ck.optional(&r.admin_username, "admin_username").unwrap_or_else(|| "fleet".into()),

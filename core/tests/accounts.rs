@@ -27,6 +27,7 @@ ssh_public_key = "ssh-ed25519 AAAAC3Nza fleet"
 subscription_id = "00000000-0000-0000-0000-000000000001"
 resource_group = "fleet"
 subnet_id = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/fleet/providers/Microsoft.Network/virtualNetworks/v/subnets/nodes"
+network_security_group = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/fleet/providers/Microsoft.Network/networkSecurityGroups/fleet-ssh"
 image = "microsoft-dsvm:ubuntu-hpc:2204:latest"
 regions = ["eastus"]
 ssh_public_key = "ssh-ed25519 AAAAC3Nza fleet"
@@ -77,6 +78,7 @@ endpoint = "ftp://x"
     assert!(has("clouds.azure.subnet_id: expected /subscriptions/"), "{errs:#?}");
     assert!(has("clouds.azure.image: 'ubuntu' is not publisher:offer:sku:version"), "{errs:#?}");
     assert!(has("clouds.azure.ssh_public_key: is missing"), "{errs:#?}");
+    assert!(has("clouds.azure.network_security_group: is missing"), "{errs:#?}");
     assert!(has("clouds.runpod.ssh_public_key: this is a private key"), "{errs:#?}");
     assert!(has("clouds.runpod.endpoint: 'ftp://x' is not an http(s) URL"), "{errs:#?}");
     // No private key material is echoed back.

@@ -88,6 +88,7 @@ pub async fn build(
             let mut cfg =
                 AzureConfig::new(fleet, &a.subscription_id, &a.resource_group, &a.subnet_id, image, &a.ssh_public_key);
             cfg.regions = a.regions.clone();
+            cfg.network_security_group = Some(a.network_security_group.clone());
             cfg.admin_username = a.admin_username.clone();
             if let Some(e) = &a.endpoint {
                 cfg.endpoint = e.clone();

@@ -273,6 +273,9 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
     let subnet = "/subscriptions/s/resourceGroups/fleet/providers/Microsoft.Network/virtualNetworks/v/subnets/n";
     let mut ac = AzureConfig::new("t", "s", "fleet", subnet, "a:b:c:latest".parse().unwrap(), "ssh-ed25519 AAAA fleet");
     ac.endpoint = azure_api.running.url.clone();
+    ac.network_security_group = Some(
+        "/subscriptions/s/resourceGroups/fleet/providers/Microsoft.Network/networkSecurityGroups/fleet-ssh".into(),
+    );
     ac.prices_endpoint = azure_api.prices_url();
     ac.credential = Some(Arc::new(FixedToken(Secret::new("tok"))));
     ac.regions = vec!["eastus".into()];
@@ -302,7 +305,8 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
         node.candidates
     );
     let gcp_1g = node.candidates.iter().find(|c| c.offering.instance_type == "a3-highgpu-1g").unwrap();
-    assert_eq!(gcp_1g.price.hourly().to_decimal_string(), "4.6006", "GCP priced from its billing catalog");
+    // GPU + vCPU + memory parts ($4.6006) and the bundled 750 GiB of Local SSD ($60 / 730 h).
+    assert_eq!(gcp_1g.price.hourly().to_decimal_string(), "4.682792", "GCP priced from its billing catalog");
     // Each cloud was asked once per offering tried there, and only Azure has a machine.
     let tried_on = |cloud: Cloud| tried.iter().filter(|c| c.offering.cloud == cloud).count();
     assert_eq!(fake.calls().iter().filter(|c| matches!(c, Call::Launch { .. })).count(), tried_on(Cloud::Aws));

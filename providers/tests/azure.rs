@@ -18,6 +18,8 @@ const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret";
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
 const SUBNET: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/fleet/providers/Microsoft.Network/virtualNetworks/fleet/subnets/nodes";
 
+const NSG: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/fleet/providers/Microsoft.Network/networkSecurityGroups/fleet-ssh";
+
 fn provider(url: &str, token: &str) -> AzureProvider {
     let mut cfg = AzureConfig::new(
         "t",
@@ -28,6 +30,7 @@ fn provider(url: &str, token: &str) -> AzureProvider {
         "ssh-ed25519 AAAAC3Nza fleet",
     );
     cfg.endpoint = url.into();
+    cfg.network_security_group = Some(NSG.into());
     cfg.credential = Some(Arc::new(FixedToken(Secret::new(token))));
     cfg.regions = vec!["eastus".into()];
     cfg.max_retries = 1;
@@ -86,6 +89,12 @@ async fn azure_passes_the_conformance_suite_and_sends_what_arm_expects() {
     );
     let ipc = &b["properties"]["networkProfile"]["networkInterfaceConfigurations"][0]["properties"];
     assert_eq!(ipc["deleteOption"], "Delete", "the NIC goes with the VM");
+    assert_eq!(ipc["networkSecurityGroup"]["id"], NSG, "the NSG that admits SSH is on the NIC");
+    let pip = &ipc["ipConfigurations"][0]["properties"]["publicIPAddressConfiguration"];
+    assert_eq!(
+        (pip["sku"]["name"].as_str(), pip["properties"]["publicIPAllocationMethod"].as_str()),
+        (Some("Standard"), Some("Static"))
+    );
     assert_eq!(ipc["ipConfigurations"][0]["properties"]["subnet"]["id"], SUBNET);
     let spot = &puts[1].body["properties"];
     assert_eq!(
@@ -186,13 +195,39 @@ async fn azure_errors_map_to_what_the_orchestrator_acts_on() {
         other => panic!("{other:?}"),
     }
 
-    // A spot launch with fleet's cap sends it as billingProfile.maxPrice.
+    // A spot launch with fleet's cap sends it as billingProfile.maxPrice; a cap under the current
+    // Spot price ($0.7346) is refused with SpotPriceGreaterThanProvidedMaxPrice: fail over.
     emu.set_capacity("eastus", "Standard_NC24ads_A100_v4", 1);
-    let mut spot = LaunchRequest::new("t", "5", "a", key("Standard_NC24ads_A100_v4", CapacityType::Spot));
+    let a100_spot = key("Standard_NC24ads_A100_v4", CapacityType::Spot);
+    let mut spot = LaunchRequest::new("t", "5", "a", a100_spot.clone());
     spot.max_price = Some(Price::parse_decimal("0.55").unwrap());
+    match p.launch(&spot).await {
+        Err(ProviderError::InsufficientCapacity { offering, detail }) => {
+            assert_eq!(offering, a100_spot);
+            assert!(detail.starts_with("SpotPriceGreaterThanProvidedMaxPrice"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    spot.max_price = Some(Price::parse_decimal("0.80").unwrap());
     p.launch(&spot).await.unwrap();
     let put = emu.requests_to("PUT", &instance_name(&spot.idempotency_token)).pop().unwrap();
-    assert_eq!(put.body["properties"]["billingProfile"]["maxPrice"].as_f64(), Some(0.55));
+    assert_eq!(put.body["properties"]["billingProfile"]["maxPrice"].as_f64(), Some(0.8));
+    for (code, kind) in [
+        ("AzureSpotIsNotSupportedForThisVMSize", "insufficient-capacity"),
+        ("AzureSpotFeatureNotEnabledForSubscriptionType", "quota-exceeded"),
+        ("MaxPriceValueInvalid", "invalid-request"),
+    ] {
+        emu.fail_next(Fault {
+            method: "PUT",
+            path_contains: "/virtualMachines/".into(),
+            body_contains: "",
+            status: 400,
+            headers: vec![],
+            body: error_body(code, "m"),
+        });
+        let req = LaunchRequest::new("t", &format!("spot-{code}"), "a", a100_spot.clone());
+        assert_eq!(p.launch(&req).await.unwrap_err().kind(), kind, "{code}");
+    }
 }
 
 #[tokio::test]
@@ -214,6 +249,12 @@ async fn azure_prices_are_live_and_a_running_vm_has_its_addresses() {
     let f = asked[0].query_param("$filter").unwrap();
     assert!(f.contains("armRegionName eq 'eastus'") && f.contains("armSkuName eq 'Standard_ND96isr_H100_v5'"), "{f}");
     assert!(asked.iter().any(|r| r.query_param("$skip").is_some()), "NextPageLink was not followed");
+
+    // A non-primary meter listed after the primary one does not overwrite it.
+    emu.add_non_primary_retail_price("eastus", "Standard_ND96isr_H100_v5", false, 120.0);
+    let again = p.offerings().await.unwrap();
+    let od2 = again.iter().find(|o| o.key() == od.key()).unwrap();
+    assert_eq!(od2.price.hourly().to_decimal_string(), "98.32", "the primary meter's price stays");
 
     // Prices move; a failed refresh keeps the last ones.
     emu.set_retail_price("eastus", "Standard_ND96isr_H100_v5", true, 41.5);
@@ -239,4 +280,31 @@ async fn azure_prices_are_live_and_a_running_vm_has_its_addresses() {
     assert!(got.private_ip.is_some_and(|ip| ip.to_string().starts_with("10.1.0.")), "{got:?}");
     assert_eq!(emu.requests_to("GET", "/providers/Microsoft.Network/").len(), 2, "NIC, then public IP");
     p.terminate(&i.id).await.unwrap();
+}
+
+/// Without a network security group a VM's Standard public IP admits no SSH: fleet would pay for
+/// a node it can never bootstrap, so the launch is refused before anything is created.
+#[tokio::test]
+async fn azure_refuses_to_launch_a_vm_nobody_can_ssh_into() {
+    let emu = AzureEmulator::start(TOKEN, &[("eastus", "Standard_ND96isr_H100_v5", 1)]).await;
+    let mut cfg = AzureConfig::new(
+        "t",
+        SUB,
+        "fleet",
+        SUBNET,
+        "microsoft-dsvm:ubuntu-hpc:2204:latest".parse().unwrap(),
+        "ssh-ed25519 AAAAC3Nza fleet",
+    );
+    cfg.endpoint = emu.running.url.clone();
+    cfg.credential = Some(Arc::new(FixedToken(Secret::new(TOKEN))));
+    let p = AzureProvider::new(cfg, Arc::new(Catalog::builtin().clone())).unwrap();
+    let e = p
+        .launch(&LaunchRequest::new("t", "1", "a", key("Standard_ND96isr_H100_v5", CapacityType::OnDemand)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ProviderError::InvalidRequest { detail } if detail.contains("network_security_group")),
+        "{e:?}"
+    );
+    assert!(emu.requests_to("PUT", "/virtualMachines/").is_empty());
 }

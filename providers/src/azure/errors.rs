@@ -23,13 +23,22 @@ pub(crate) fn map(status: Option<u16>, code: &str, message: &str, offering: Opti
             | "OverconstrainedAllocationRequest"
             | "OverconstrainedZonalAllocationRequest"
             | "AllocationFailedWithLowPriority"
-            // A spot VM's max price is below the current spot price.
-            | "SkuNotAvailableForSpot"
-            | "OperationNotAllowedMaxPriceBelowCurrentPrice"
+            // Spot codes (Microsoft's "Azure Spot Virtual Machines" error-code table): the current
+            // Spot price is above the max price fleet gave, or this size is not sold as Spot.
+            | "SpotPriceGreaterThanProvidedMaxPrice"
+            | "AzureSpotIsNotSupportedForThisVMSize"
     );
     // OperationNotAllowed is ARM's quota refusal ("Operation could not be completed as it results
     // in exceeding approved standardNDSH100v5Family Cores quota…").
-    let quota = matches!(code, "QuotaExceeded" | "OperationNotAllowed" | "SpotQuotaExceeded" | "ResourceQuotaExceeded");
+    // AzureSpotFeatureNotEnabledForSubscriptionType: this subscription may not buy Spot at all.
+    let quota = matches!(
+        code,
+        "QuotaExceeded"
+            | "OperationNotAllowed"
+            | "SpotQuotaExceeded"
+            | "ResourceQuotaExceeded"
+            | "AzureSpotFeatureNotEnabledForSubscriptionType"
+    );
     match offering {
         Some(o) if capacity => return ProviderError::InsufficientCapacity { offering: o.clone(), detail },
         Some(o) if quota => return ProviderError::QuotaExceeded { offering: o.clone(), detail },
@@ -55,7 +64,15 @@ pub(crate) fn map(status: Option<u16>, code: &str, message: &str, offering: Opti
         | "ImageNotFound"
         | "PlatformImageNotFound"
         | "InvalidTemplate"
-        | "MissingSubscriptionRegistration" => ProviderError::InvalidRequest { detail },
+        | "MissingSubscriptionRegistration"
+        // The request itself is wrong (the rest of the Spot table, and the public IP's).
+        | "MaxPriceValueInvalid"
+        | "MaxPriceIsSupportedOnlyForAzureSpotVirtualMachines"
+        | "EvictionPolicyCanBeSetOnlyOnAzureSpotVirtualMachines"
+        | "AzureSpotVMNotSupportedInAvailabilitySet"
+        | "VMPriorityCannotBeApplied"
+        | "AzureSpotIsNotSupportedForThisAPIVersion"
+        | "StandardSkuPublicIPAddressesMustBeStatic" => ProviderError::InvalidRequest { detail },
         _ => match status {
             Some(429) => ProviderError::Throttled { retry_after: DEFAULT_RETRY_AFTER, detail },
             Some(401 | 403) => ProviderError::Unauthorized { detail },
@@ -103,6 +120,10 @@ mod tests {
             assert_eq!(k(409, c, true), "insufficient-capacity", "{c}");
         }
         assert_eq!(k(409, "OperationNotAllowed", true), "quota-exceeded");
+        assert_eq!(k(409, "SpotPriceGreaterThanProvidedMaxPrice", true), "insufficient-capacity");
+        assert_eq!(k(400, "AzureSpotIsNotSupportedForThisVMSize", true), "insufficient-capacity");
+        assert_eq!(k(400, "AzureSpotFeatureNotEnabledForSubscriptionType", true), "quota-exceeded");
+        assert_eq!(k(400, "StandardSkuPublicIPAddressesMustBeStatic", true), "invalid-request");
         assert_eq!(k(409, "QuotaExceeded", true), "quota-exceeded");
         assert_eq!(k(429, "TooManyRequests", false), "throttled");
         assert_eq!(k(403, "AuthorizationFailed", false), "unauthorized");

@@ -89,6 +89,10 @@ pub struct AzureConfig {
     pub regions: Vec<String>,
     /// The subnet new VMs join (its full resource id), in the VM's region.
     pub subnet_id: String,
+    /// The network security group put on each VM's NIC (its full resource id). Standard public
+    /// IPs are closed to inbound traffic unless an NSG allows it, so this one must allow TCP 22
+    /// from fleetd, or no node can be bootstrapped. Required to launch.
+    pub network_security_group: Option<String>,
     pub image: ImageRef,
     pub admin_username: String,
     /// Required: Linux VMs are created with password login disabled.
@@ -134,6 +138,7 @@ impl AzureConfig {
             resource_group: resource_group.into(),
             regions: Vec::new(),
             subnet_id: subnet_id.into(),
+            network_security_group: None,
             image,
             admin_username: "fleet".into(),
             ssh_public_key: ssh_public_key.into(),
@@ -257,7 +262,10 @@ impl AzureProvider {
                         continue;
                     };
                     let windows = item["productName"].as_str().is_some_and(|p| p.contains("Windows"));
-                    if windows || sku.ends_with(" Low Priority") || item["unitOfMeasure"] != "1 Hour" {
+                    // A meter that is not its region's primary one (billed through another
+                    // region) must not overwrite the primary's price.
+                    let primary = item["isPrimaryMeterRegion"].as_bool() != Some(false);
+                    if windows || !primary || sku.ends_with(" Low Priority") || item["unitOfMeasure"] != "1 Hour" {
                         continue;
                     }
                     if let Ok(p) = fleet_core::Price::parse_decimal(&format!("{price:.6}")) {
@@ -419,11 +427,14 @@ impl AzureProvider {
                         "primary": true,
                         "deleteOption": "Delete",
                         "enableAcceleratedNetworking": true,
+                        "networkSecurityGroup": {"id": c.network_security_group},
                         "ipConfigurations": [{
                             "name": "ipconfig1",
                             "properties": {
                                 "subnet": {"id": c.subnet_id},
-                                "publicIPAddressConfiguration": {"name": format!("{name}-ip"), "sku": {"name": "Standard"}, "properties": {"deleteOption": "Delete"}}
+                                // Azure refuses a Standard public IP that is not Static.
+                                "publicIPAddressConfiguration": {"name": format!("{name}-ip"), "sku": {"name": "Standard", "tier": "Regional"},
+                                    "properties": {"deleteOption": "Delete", "publicIPAllocationMethod": "Static"}}
                             }
                         }]
                     }
@@ -505,6 +516,12 @@ impl Provider for AzureProvider {
     async fn launch(&self, req: &LaunchRequest) -> ProviderResult<Instance> {
         let o = &req.offering;
         req.check(Cloud::Azure, &self.cfg.fleet)?;
+        if self.cfg.network_security_group.is_none() {
+            // A VM nobody can SSH into bills without ever serving: refuse before creating it.
+            return Err(ProviderError::InvalidRequest {
+                detail: "no network security group configured ([clouds.azure] network_security_group): a Standard public IP admits no SSH without one".into(),
+            });
+        }
         let name = instance_name(&req.idempotency_token);
         let adopt = |v: Value| -> ProviderResult<Instance> {
             if self.ours(&v) && str_at(&v, &["tags", TAG_TOKEN]) == Some(req.idempotency_token.as_str()) {

@@ -42,7 +42,7 @@ struct St {
     /// Microsoft.Network resources made with VMs: id → JSON.
     network: HashMap<String, Value>,
     /// Retail price rows: (armRegionName, armSkuName, skuName, retailPrice, productName).
-    retail: Vec<(String, String, String, f64, String)>,
+    retail: Vec<(String, String, String, f64, String, bool)>,
     next_ip: u32,
 }
 
@@ -129,8 +129,15 @@ impl AzureEmulator {
     pub fn set_retail_price(&self, region: &str, arm_sku: &str, spot: bool, price: f64) {
         let mut st = self.st.lock().unwrap();
         let name = meter(arm_sku, spot);
-        st.retail.retain(|r| !(r.0 == region && r.1 == arm_sku && r.2 == name && !r.4.contains("Windows")));
-        st.retail.push((region.into(), arm_sku.into(), name, price, series(arm_sku)));
+        st.retail.retain(|r| !(r.0 == region && r.1 == arm_sku && r.2 == name && !r.4.contains("Windows") && r.5));
+        st.retail.push((region.into(), arm_sku.into(), name, price, series(arm_sku), true));
+    }
+
+    /// Adds a meter for the size that is not its region's primary meter (`isPrimaryMeterRegion:
+    /// false`: the same meter billed through another region), listed after the primary one.
+    pub fn add_non_primary_retail_price(&self, region: &str, arm_sku: &str, spot: bool, price: f64) {
+        let mut st = self.st.lock().unwrap();
+        st.retail.push((region.into(), arm_sku.into(), meter(arm_sku, spot), price, series(arm_sku), false));
     }
 
     pub fn set_page_size(&self, n: usize) {
@@ -158,13 +165,20 @@ fn series(arm_sku: &str) -> String {
 
 /// Published-looking rows for two sizes in eastus: Linux pay-as-you-go and Spot, plus the rows a
 /// client must skip (Windows, Low Priority).
-fn default_retail() -> Vec<(String, String, String, f64, String)> {
+fn default_retail() -> Vec<(String, String, String, f64, String, bool)> {
     let mut v = Vec::new();
     for (sku, od, spot) in [("Standard_ND96isr_H100_v5", 98.32, 39.3280), ("Standard_NC24ads_A100_v4", 3.673, 0.7346)] {
-        v.push(("eastus".into(), sku.into(), meter(sku, false), od, series(sku)));
-        v.push(("eastus".into(), sku.into(), meter(sku, true), spot, series(sku)));
-        v.push(("eastus".into(), sku.into(), meter(sku, false), od * 1.1, format!("{} Windows", series(sku))));
-        v.push(("eastus".into(), sku.into(), format!("{} Low Priority", meter(sku, false)), od * 0.2, series(sku)));
+        v.push(("eastus".into(), sku.into(), meter(sku, false), od, series(sku), true));
+        v.push(("eastus".into(), sku.into(), meter(sku, true), spot, series(sku), true));
+        v.push(("eastus".into(), sku.into(), meter(sku, false), od * 1.1, format!("{} Windows", series(sku)), true));
+        v.push((
+            "eastus".into(),
+            sku.into(),
+            format!("{} Low Priority", meter(sku, false)),
+            od * 0.2,
+            series(sku),
+            true,
+        ));
     }
     v
 }
@@ -216,6 +230,40 @@ async fn put_vm(
     }
     if b["properties"]["priority"] == "Spot" && b["properties"]["evictionPolicy"].is_null() {
         return arm_error(400, "InvalidParameter", "Eviction policy must be set for Spot priority virtual machines.");
+    }
+    // Standard public IPs (the only kind since Basic's retirement) must be Static.
+    for nic in b["properties"]["networkProfile"]["networkInterfaceConfigurations"].as_array().into_iter().flatten() {
+        for ipc in nic["properties"]["ipConfigurations"].as_array().into_iter().flatten() {
+            let pip = &ipc["properties"]["publicIPAddressConfiguration"];
+            if pip.is_object() && pip["properties"]["publicIPAllocationMethod"] != "Static" {
+                let id = format!(
+                    "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/publicIPAddresses/{}",
+                    pip["name"].as_str().unwrap_or("")
+                );
+                return arm_error(
+                    400,
+                    "StandardSkuPublicIPAddressesMustBeStatic",
+                    &format!("Standard sku publicIp {id} must have AllocationMethod set to Static."),
+                );
+            }
+        }
+    }
+    // A Spot VM whose max price is under the current Spot price is refused (-1: up to on-demand).
+    if let Some(max) = b["properties"]["billingProfile"]["maxPrice"].as_f64().filter(|m| *m >= 0.0) {
+        let current = st
+            .retail
+            .iter()
+            .find(|r| r.0 == location && r.1 == size && r.2 == meter(&size, true) && r.5 && !r.4.contains("Windows"))
+            .map(|r| r.3);
+        if let Some(current) = current.filter(|c| max < *c) {
+            return arm_error(
+                409,
+                "SpotPriceGreaterThanProvidedMaxPrice",
+                &format!(
+                    "Unable to perform operation 'Create VM' since the provided max price '{max} USD' is lower than the current spot price '{current} USD' for Azure Spot VM size '{size}'. For more information, see http://aka.ms/AzureSpot/errormessages."
+                ),
+            );
+        }
     }
     let used: u32 = st
         .vms
@@ -424,11 +472,11 @@ async fn retail_prices(State(st): State<Arc<Mutex<St>>>, Query(q): Query<HashMap
         .retail
         .iter()
         .filter(|r| region.as_ref().is_none_or(|x| *x == r.0) && (skus.is_empty() || skus.contains(&r.1)))
-        .map(|(region, arm, sku, price, product)| {
+        .map(|(region, arm, sku, price, product, primary)| {
             json!({"currencyCode": "USD", "tierMinimumUnits": 0.0, "retailPrice": price, "unitPrice": price,
                 "armRegionName": region, "location": "US East", "effectiveStartDate": "2026-01-01T00:00:00Z",
                 "meterName": sku, "productName": product, "skuName": sku, "serviceName": "Virtual Machines",
-                "serviceFamily": "Compute", "unitOfMeasure": "1 Hour", "type": "Consumption", "isPrimaryMeterRegion": true,
+                "serviceFamily": "Compute", "unitOfMeasure": "1 Hour", "type": "Consumption", "isPrimaryMeterRegion": primary,
                 "armSkuName": arm})
         })
         .collect();
