@@ -106,13 +106,21 @@ async fn instances_are_tagged_placed_and_isolated_by_fleet() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offerings_carry_live_spot_prices_and_availability() {
-    use fleet_providers::emulators::aws_pricing::{PricingEmulator, entry};
+    use fleet_providers::emulators::aws_pricing::{PricingEmulator, capacity_block_entry, entry};
     let m = moto().await;
-    // The price list: p5.48xlarge's Linux price (and a Windows one the query must not pick up).
+    // The price list: p5.48xlarge's Linux price (and a Windows one the query must not pick up),
+    // then what a query without the market filter also matches, listed last: the Capacity Block
+    // product and a $0 dimension. p4d.24xlarge is quoted twice at two prices: ambiguous.
+    let mut zero = entry("p5.48xlarge", "us-east-1", "Linux", "Shared", "0.0000000000");
+    zero["product"]["sku"] = serde_json::json!("ZEROSKU");
     let list = PricingEmulator::start(vec![
         entry("p5.48xlarge", "us-east-1", "Linux", "Shared", "55.0400000000"),
         entry("p5.48xlarge", "us-east-1", "Windows", "Shared", "63.8720000000"),
         entry("p5.48xlarge", "us-west-2", "Linux", "Shared", "55.0400000000"),
+        capacity_block_entry("p5.48xlarge", "us-east-1", "31.4640000000"),
+        zero,
+        entry("p4d.24xlarge", "us-east-1", "Linux", "Shared", "21.9576000000"),
+        entry("p4d.24xlarge", "us-east-1", "Linux", "Shared", "32.7726000000"),
     ])
     .await;
     let p = AwsProvider::connect(
@@ -134,9 +142,13 @@ async fn offerings_carry_live_spot_prices_and_availability() {
         .find(|r| r.body["Filters"].as_array().unwrap().iter().any(|f| f["Value"] == "p5.48xlarge"))
         .expect("p5.48xlarge was asked for");
     assert_eq!(p5_query.body["ServiceCode"], "AmazonEC2");
-    for (field, value) in
-        [("regionCode", "us-east-1"), ("operatingSystem", "Linux"), ("tenancy", "Shared"), ("capacitystatus", "Used")]
-    {
+    for (field, value) in [
+        ("regionCode", "us-east-1"),
+        ("operatingSystem", "Linux"),
+        ("tenancy", "Shared"),
+        ("capacitystatus", "Used"),
+        ("marketoption", "OnDemand"),
+    ] {
         assert!(
             p5_query.body["Filters"]
                 .as_array()
@@ -147,6 +159,12 @@ async fn offerings_carry_live_spot_prices_and_availability() {
             p5_query.body
         );
     }
+    // Two different prices for one offering: neither is used (the catalog's stays, an error is logged).
+    let p4d: Vec<_> = offerings
+        .iter()
+        .filter(|o| o.instance.name == "p4d.24xlarge" && o.capacity == CapacityType::OnDemand)
+        .collect();
+    assert!(!p4d.is_empty() && p4d.iter().all(|o| o.source.name != "aws price list"), "{p4d:?}");
     // The list fails next time: the last prices stay.
     list.fail_next(fleet_providers::emulators::Fault {
         method: "POST",

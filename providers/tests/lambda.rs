@@ -52,6 +52,7 @@ async fn lambda_passes_the_conformance_suite_and_sends_what_lambda_expects() {
     assert_eq!(b["region_name"], "us-east-1");
     assert_eq!(b["ssh_key_names"], serde_json::json!(["fleet"]));
     assert_eq!(b["name"], "t-conf-a", "the instance is named after its idempotency token");
+    assert!(b.get("quantity").is_none(), "the current launch spec has no quantity: {b}");
     let tags = b["tags"].as_array().unwrap();
     for (k, v) in [(TAG_FLEET, "t"), (TAG_TOKEN, "t-conf-a"), ("fleet-node", "conf-a"), ("fleet-app", "conformance")] {
         assert!(tags.iter().any(|t| t["key"] == k && t["value"] == v), "tag {k}={v} missing in {tags:?}");
@@ -75,6 +76,25 @@ async fn lambda_errors_map_to_what_the_orchestrator_acts_on() {
             assert!(detail.contains("insufficient-capacity"), "{detail}");
         }
         other => panic!("{other:?}"),
+    }
+
+    // Upstream providers' errors (`provider/…`, per the published spec): unavailable and quota
+    // are about this offering, whatever the HTTP status; neither is a bad request.
+    for (status, code, kind) in [
+        (503, "provider/internal-unavailable", "insufficient-capacity"),
+        (400, "provider/quota-exceeded", "quota-exceeded"),
+    ] {
+        emu.fail_next(Fault {
+            method: "POST",
+            path_contains: "/instance-operations/launch".into(),
+            body_contains: "",
+            status,
+            headers: vec![],
+            body: error_body(code, "Provider unavailable", Some("Try again shortly")),
+        });
+        let e = p.launch(&LaunchRequest::new("t", code, "a", o.clone())).await.unwrap_err();
+        assert_eq!(e.kind(), kind, "{code}: {e}");
+        assert_eq!(e.unavailable_offering(), Some(&o));
     }
 
     emu.set_quota(0);

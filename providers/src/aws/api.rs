@@ -80,14 +80,17 @@ pub(crate) struct SdkPricing {
     pub client: aws_sdk_pricing::Client,
 }
 
-/// The USD price of a GetProducts entry's on-demand term (`terms.OnDemand.*.priceDimensions.*`).
+/// The USD price of a GetProducts entry's on-demand term (`terms.OnDemand.*.priceDimensions.*`):
+/// an hourly dimension with a price above zero (the list carries $0 dimensions, e.g. for
+/// reservations' unused hours, which are no price at all).
 pub(crate) fn on_demand_usd(entry: &serde_json::Value) -> Option<String> {
     let terms = entry["terms"]["OnDemand"].as_object()?;
+    let nonzero = |s: &str| s.bytes().any(|b| (b'1'..=b'9').contains(&b));
     terms.values().find_map(|t| {
-        t["priceDimensions"]
-            .as_object()?
-            .values()
-            .find_map(|d| (d["unit"] == "Hrs").then(|| d["pricePerUnit"]["USD"].as_str().map(str::to_string)).flatten())
+        t["priceDimensions"].as_object()?.values().find_map(|d| {
+            let usd = d["pricePerUnit"]["USD"].as_str()?;
+            (d["unit"] == "Hrs" && nonzero(usd)).then(|| usd.to_string())
+        })
     })
 }
 
@@ -97,8 +100,10 @@ impl PriceListApi for SdkPricing {
         use aws_sdk_pricing::types::{Filter as PFilter, FilterType};
         let mut out = Vec::new();
         for t in types {
-            // Shared tenancy, Linux without pre-installed software, capacity used (not reserved).
+            // Shared tenancy, Linux without pre-installed software, capacity used (not reserved),
+            // bought on demand (not a Capacity Block), as the published pricing clients filter.
             let filters = [
+                ("marketoption", "OnDemand"),
                 ("instanceType", t.as_str()),
                 ("regionCode", region_code),
                 ("operatingSystem", "Linux"),

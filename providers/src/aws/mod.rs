@@ -184,11 +184,18 @@ impl AwsProvider {
             Ok(quotes) => {
                 let today = chrono::Utc::now().date_naive();
                 let mut cache = self.on_demand.lock().unwrap_or_else(|p| p.into_inner());
-                for (t, usd) in quotes {
-                    // The list writes ten decimals ("98.3200000000"); money keeps six.
-                    let text = if usd.contains('.') { usd.trim_end_matches('0').trim_end_matches('.') } else { &usd };
-                    if let Ok(p) = Price::parse_decimal(text) {
-                        cache.insert(t, (p, today));
+                for (t, prices) in distinct_prices(quotes) {
+                    match prices.as_slice() {
+                        [p] => {
+                            cache.insert(t, (*p, today));
+                        }
+                        _ => {
+                            // Two products, two prices, one offering: which is right cannot be
+                            // told, so neither is used (the last good or the catalog's stays).
+                            let listed: Vec<String> = prices.iter().map(|p| p.hourly().to_decimal_string()).collect();
+                            tracing::error!(region = %self.cfg.region, instance_type = %t, prices = ?listed,
+                                "the AWS price list gives several on-demand prices for one offering; keeping the last good price");
+                        }
                     }
                 }
                 cache.clone()
@@ -425,4 +432,20 @@ impl Provider for AwsProvider {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The price list's quotes, by instance type: the distinct prices each was quoted at (the list
+/// writes ten decimals, "98.3200000000"; money keeps six).
+fn distinct_prices(quotes: Vec<(String, String)>) -> std::collections::BTreeMap<String, Vec<Price>> {
+    let mut out: std::collections::BTreeMap<String, Vec<Price>> = Default::default();
+    for (t, usd) in quotes {
+        let text = if usd.contains('.') { usd.trim_end_matches('0').trim_end_matches('.') } else { &usd };
+        if let Ok(p) = Price::parse_decimal(text) {
+            let v = out.entry(t).or_default();
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+    }
+    out
 }

@@ -35,7 +35,8 @@ pub fn entry(instance_type: &str, region: &str, os: &str, tenancy: &str, usd: &s
             "productFamily": "Compute Instance",
             "attributes": {
                 "instanceType": instance_type, "regionCode": region, "operatingSystem": os, "tenancy": tenancy,
-                "preInstalledSw": "NA", "capacitystatus": "Used", "servicecode": "AmazonEC2", "usagetype": format!("BoxUsage:{instance_type}")
+                "preInstalledSw": "NA", "capacitystatus": "Used", "marketoption": "OnDemand",
+                "servicecode": "AmazonEC2", "usagetype": format!("BoxUsage:{instance_type}")
             },
             "sku": sku
         },
@@ -51,6 +52,15 @@ pub fn entry(instance_type: &str, region: &str, os: &str, tenancy: &str, usd: &s
         "version": "20261101000000",
         "publicationDate": "2026-11-01T00:00:00Z"
     })
+}
+
+/// The same product bought as an EC2 Capacity Block (`marketoption: CapacityBlock`): listed with
+/// the on-demand ones, under the same attributes otherwise, at another price.
+pub fn capacity_block_entry(instance_type: &str, region: &str, usd: &str) -> Value {
+    let mut e = entry(instance_type, region, "Linux", "Shared", usd);
+    e["product"]["attributes"]["marketoption"] = json!("CapacityBlock");
+    e["product"]["sku"] = json!(format!("CB{}", e["product"]["sku"].as_str().unwrap_or("")));
+    e
 }
 
 impl PricingEmulator {

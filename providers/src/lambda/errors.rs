@@ -20,6 +20,9 @@ pub(crate) fn map(f: HttpFailure, offering: Option<&OfferingKey>) -> ProviderErr
         (c, _) => format!("{c}: {message}"),
     };
     let Some(status) = f.status else { return ProviderError::Transient { detail } };
+    if let Some(what) = code.strip_prefix("provider/") {
+        return provider_error(what, offering, detail, f.retry_after);
+    }
     match (code.as_str(), offering) {
         ("instance-operations/launch/insufficient-capacity", Some(o)) => {
             ProviderError::InsufficientCapacity { offering: o.clone(), detail }
@@ -41,6 +44,29 @@ pub(crate) fn map(f: HttpFailure, offering: Option<&OfferingKey>) -> ProviderErr
             400..=499 => ProviderError::InvalidRequest { detail },
             _ => ProviderError::Transient { detail },
         },
+    }
+}
+
+/// `provider/…` codes: errors of Lambda's upstream providers, whatever the HTTP status. The
+/// published spec names three sorts: outages and connectivity (retry), service unavailability
+/// (`provider/internal-unavailable`: at a launch, this offering cannot be had now), and quota
+/// limits or resource exhaustion. None of them is a bad request.
+fn provider_error(
+    what: &str,
+    offering: Option<&OfferingKey>,
+    detail: String,
+    retry_after: Option<std::time::Duration>,
+) -> ProviderError {
+    let has = |w: &str| what.contains(w);
+    match offering {
+        Some(o) if has("quota") => ProviderError::QuotaExceeded { offering: o.clone(), detail },
+        Some(o) if has("capacity") || has("exhaust") || has("unavailable") => {
+            ProviderError::InsufficientCapacity { offering: o.clone(), detail }
+        }
+        _ if has("rate") || has("throttl") => {
+            ProviderError::Throttled { retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER), detail }
+        }
+        _ => ProviderError::Transient { detail },
     }
 }
 
@@ -78,6 +104,12 @@ mod tests {
         assert_eq!(kind(404, "global/object-does-not-exist", true), "invalid-request");
         assert_eq!(kind(400, "global/invalid-parameters", true), "invalid-request");
         assert_eq!(kind(500, "", false), "transient");
+        // Upstream providers' errors, by their documented sorts, whatever the status.
+        assert_eq!(kind(503, "provider/internal-unavailable", true), "insufficient-capacity");
+        assert_eq!(kind(400, "provider/internal-unavailable", false), "transient");
+        assert_eq!(kind(400, "provider/quota-exceeded", true), "quota-exceeded");
+        assert_eq!(kind(400, "provider/resource-exhausted", true), "insufficient-capacity");
+        assert_eq!(kind(400, "provider/network-outage", true), "transient");
         match map(failure(429, ""), None) {
             ProviderError::Throttled { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(7)),
             e => panic!("{e:?}"),

@@ -252,7 +252,6 @@ impl Provider for LambdaProvider {
             "instance_type_name": o.instance_type,
             "ssh_key_names": [self.cfg.ssh_key_name],
             "name": req.idempotency_token,
-            "quantity": 1,
             "tags": tags,
         });
         let v = self
