@@ -186,7 +186,7 @@ async fn offerings_carry_live_spot_prices_and_availability() {
         )
     );
     assert!(live.iter().any(|o| o.instance.name == "p5.48xlarge"));
-    // Types the price list does not list keep the catalog's on-demand price.
+    // Types the price list quotes ambiguously (p4d.24xlarge, above) keep the catalog's on-demand price.
     assert!(offerings.iter().any(|o| o.instance.name == "p4d.24xlarge"
         && o.capacity == CapacityType::OnDemand
         && o.source.name.starts_with("skypilot")));
@@ -198,6 +198,7 @@ async fn offerings_carry_live_spot_prices_and_availability() {
         let offered = matches!(o.zone.as_deref(), Some("use1-az4" | "use1-az6"));
         assert_eq!(matches!(o.availability, Availability::Unavailable { .. }), !offered, "{}", o.key());
     }
+    fleet_providers::emulators::shapes::assert_conforms("aws-pricing", &list.requests());
 }
 
 #[tokio::test(flavor = "multi_thread")]

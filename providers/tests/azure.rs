@@ -109,6 +109,7 @@ async fn azure_passes_the_conformance_suite_and_sends_what_arm_expects() {
     }
     assert!(emu.vms().is_empty(), "{:?}", emu.vms());
     assert!(!emu.requests_to("GET", "/operations/").is_empty(), "async operations were polled");
+    fleet_providers::emulators::shapes::assert_conforms("azure", &emu.requests());
 }
 
 #[tokio::test]
@@ -228,6 +229,7 @@ async fn azure_errors_map_to_what_the_orchestrator_acts_on() {
         let req = LaunchRequest::new("t", &format!("spot-{code}"), "a", a100_spot.clone());
         assert_eq!(p.launch(&req).await.unwrap_err().kind(), kind, "{code}");
     }
+    fleet_providers::emulators::shapes::assert_conforms("azure", &emu.requests());
 }
 
 #[tokio::test]
@@ -280,6 +282,7 @@ async fn azure_prices_are_live_and_a_running_vm_has_its_addresses() {
     assert!(got.private_ip.is_some_and(|ip| ip.to_string().starts_with("10.1.0.")), "{got:?}");
     assert_eq!(emu.requests_to("GET", "/providers/Microsoft.Network/").len(), 2, "NIC, then public IP");
     p.terminate(&i.id).await.unwrap();
+    fleet_providers::emulators::shapes::assert_conforms("azure", &emu.requests());
 }
 
 /// Without a network security group a VM's Standard public IP admits no SSH: fleet would pay for

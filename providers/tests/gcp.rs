@@ -89,6 +89,7 @@ async fn gcp_passes_the_conformance_suite_and_sends_what_compute_engine_expects(
     assert!(lists.iter().any(|r| r.query_param("pageToken").is_some_and(|t| !t.is_empty())), "no second page was read");
     // Both deletes were awaited: nothing is left.
     assert!(emu.instances().is_empty(), "{:?}", emu.instances());
+    fleet_providers::emulators::shapes::assert_conforms("gcp", &emu.requests());
 }
 
 #[tokio::test]
@@ -163,6 +164,7 @@ async fn gcp_errors_map_to_what_the_orchestrator_acts_on() {
     let before = emu.instances().len();
     assert_eq!(p.launch(&req).await.unwrap().id, format!("{ZONE}/{}", instance_name(&req.idempotency_token)));
     assert_eq!(emu.instances().len(), before);
+    fleet_providers::emulators::shapes::assert_conforms("gcp", &emu.requests());
 }
 
 #[tokio::test]
@@ -208,6 +210,7 @@ async fn gcp_prices_are_live_from_the_billing_catalog() {
         body: serde_json::json!({}),
     });
     assert_eq!(p.offerings().await.unwrap(), rows, "a failed refresh keeps the last prices");
+    fleet_providers::emulators::shapes::assert_conforms("gcp", &emu.requests());
 }
 
 /// GCP remembers a `requestId` and answers a re-send with the first request's operation, even a
@@ -228,6 +231,7 @@ async fn gcp_a_second_attempt_is_not_answered_with_the_first_ones_failure() {
     p.terminate(&i.id).await.unwrap();
     p.terminate(&i.id).await.unwrap();
     assert!(emu.instances().is_empty());
+    fleet_providers::emulators::shapes::assert_conforms("gcp", &emu.requests());
 }
 
 /// What GCP refuses about boot disks, the emulator refuses too (so the adapter's choice is tested).

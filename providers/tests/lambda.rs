@@ -61,6 +61,7 @@ async fn lambda_passes_the_conformance_suite_and_sends_what_lambda_expects() {
     let terminates = emu.requests_to("POST", "/instance-operations/terminate");
     assert!(terminates.iter().all(|r| r.body["instance_ids"].as_array().map(Vec::len) == Some(1)));
     assert!(emu.live().is_empty(), "the suite left {:?}", emu.live());
+    fleet_providers::emulators::shapes::assert_conforms("lambda", &emu.requests());
 }
 
 #[tokio::test]
@@ -144,6 +145,7 @@ async fn lambda_errors_map_to_what_the_orchestrator_acts_on() {
 
     // Sessions' instances: only the two that launched, both still ours to list.
     assert_eq!(p.list().await.unwrap().len(), 1);
+    fleet_providers::emulators::shapes::assert_conforms("lambda", &emu.requests());
 }
 
 #[tokio::test]
@@ -179,4 +181,5 @@ async fn lambda_prices_are_live_and_survive_a_failed_refresh() {
     assert!(
         !rows.is_empty() && rows.iter().all(|o| o.cloud == Cloud::Lambda && o.source.name != "lambda instance-types")
     );
+    fleet_providers::emulators::shapes::assert_conforms("lambda", &emu.requests());
 }

@@ -64,6 +64,7 @@ async fn runpod_passes_the_conformance_suite_and_sends_what_runpod_expects() {
     assert_eq!(rents[0].1["input"]["gpuTypeId"], "NVIDIA A100 80GB PCIe");
     assert!(emu.requests().iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
     assert!(emu.live().is_empty(), "the suite left {:?}", emu.live());
+    fleet_providers::emulators::shapes::assert_conforms("runpod", &emu.requests());
 }
 
 #[tokio::test]
@@ -117,6 +118,7 @@ async fn runpod_errors_map_to_what_the_orchestrator_acts_on() {
         assert!(!text.contains("rpa_WRONGKEY") && !text.contains(KEY), "{text}");
     }
     assert_eq!(p.list().await.unwrap().len(), 1);
+    fleet_providers::emulators::shapes::assert_conforms("runpod", &emu.requests());
 }
 
 #[tokio::test]
@@ -148,6 +150,7 @@ async fn runpod_prices_are_live_and_survive_a_failed_refresh() {
     let cold = provider("http://127.0.0.1:9/graphql", KEY);
     let rows = cold.offerings().await.unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|o| o.cloud == Cloud::Runpod && o.source.name != "runpod gpuTypes"));
+    fleet_providers::emulators::shapes::assert_conforms("runpod", &emu.requests());
 }
 
 /// The bid follows RunPod's live minimum (`lowestPrice.minimumBidPrice`), not the price list's
@@ -188,6 +191,7 @@ async fn runpod_spot_bids_the_live_minimum_within_the_cap() {
     p.launch(&capped).await.unwrap();
     let rent = emu.operations().into_iter().find(|(op, _)| op == "podRentInterruptable").expect("rented");
     assert_eq!(rent.1["input"]["bidPerGpu"], serde_json::json!(1.35));
+    fleet_providers::emulators::shapes::assert_conforms("runpod", &emu.requests());
 }
 
 /// RunPod publishes a pod's sshd on another port of its public address; the instance says so,
@@ -203,4 +207,5 @@ async fn runpod_instances_carry_the_mapped_ssh_port() {
     assert_eq!(i.ssh, Some("198.51.100.7:40123".parse().unwrap()), "{i:?}");
     assert_eq!(i.public_ip, Some("198.51.100.7".parse().unwrap()));
     assert_eq!(p.list().await.unwrap()[0].ssh, i.ssh);
+    fleet_providers::emulators::shapes::assert_conforms("runpod", &emu.requests());
 }

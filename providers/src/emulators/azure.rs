@@ -307,7 +307,7 @@ async fn put_vm(
         json!({"id": nic_id, "name": format!("{name}-nic"), "properties": {"ipConfigurations": [{"name": "ipconfig1",
             "properties": {"privateIPAddress": format!("10.1.0.{n}"), "publicIPAddress": {"id": pip_id}}}]}}),
     );
-    st.network.insert(pip_id.clone(), json!({"id": pip_id, "properties": {"ipAddress": format!("20.1.2.{n}")}}));
+    st.network.insert(pip_id.clone(), json!({"id": pip_id, "sku": {"name": "Standard", "tier": "Regional"}, "properties": {"ipAddress": format!("20.1.2.{n}"), "publicIPAllocationMethod": "Static"}}));
     vm["properties"]["networkProfile"]["networkInterfaces"] =
         json!([{"id": nic_id, "properties": {"primary": true, "deleteOption": "Delete"}}]);
     st.vms.insert(key, vm.clone());

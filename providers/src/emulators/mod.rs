@@ -11,6 +11,7 @@ pub mod azure;
 pub mod gcp;
 pub mod lambda;
 pub mod runpod;
+pub mod shapes;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,9 @@ pub struct Recorded {
     /// The JSON body (`Null` when empty or not JSON).
     pub body: Value,
     pub authorization: Option<String>,
+    /// The answer's status and JSON body (`Null` when empty or not JSON).
+    pub status: u16,
+    pub response: Value,
 }
 
 impl Recorded {
@@ -143,6 +147,8 @@ async fn record_and_inject(State(base): State<Arc<Base>>, req: Request, next: Ne
         query: parts.uri.query().unwrap_or("").to_string(),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         authorization: parts.headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+        status: 0,
+        response: Value::Null,
     };
     let fault = {
         let mut faults = base.faults.lock().unwrap();
@@ -153,8 +159,7 @@ async fn record_and_inject(State(base): State<Arc<Base>>, req: Request, next: Ne
         });
         at.and_then(|i| faults.remove(i))
     };
-    base.log.lock().unwrap().push(rec);
-    if let Some(f) = fault {
+    let resp = if let Some(f) = fault {
         let mut resp =
             (StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(f.body))
                 .into_response();
@@ -163,9 +168,18 @@ async fn record_and_inject(State(base): State<Arc<Base>>, req: Request, next: Ne
                 resp.headers_mut().insert(k, v);
             }
         }
-        return resp;
-    }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+        resp
+    } else {
+        next.run(Request::from_parts(parts, Body::from(bytes))).await
+    };
+    // The answer is recorded too, so tests can check it against the API's definition.
+    let (parts, body) = resp.into_parts();
+    let bytes = to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let mut rec = rec;
+    rec.status = parts.status.as_u16();
+    rec.response = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    base.log.lock().unwrap().push(rec);
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Serves `router` on a free loopback port, recording and injecting as described above.
