@@ -207,6 +207,11 @@ async fn bootstrap_dials_the_ssh_port_runpod_maps() {
     let remote = dir.path().join("node-1");
     let _guard = Supervisor(remote.clone());
     let b = SshBootstrap::new(config(&sshd, &etcd.client_url, &remote, &model), store).unwrap();
+    // Port 22 of the pod's address is not the pod's sshd: what dialling it used to do fails.
+    let mut at_22 = pod.clone();
+    at_22.ssh = Some(SocketAddr::new(pod.ssh.unwrap().ip(), 22));
+    let r = b.bootstrap(&node(2), &at_22).await;
+    assert!(!matches!(r, Ok(true)) && !remote.join("fleet-agent").exists(), "nothing of the pod answers on 22: {r:?}");
     let t = Instant::now();
     loop {
         match b.bootstrap(&node(1), &pod).await {
