@@ -320,6 +320,11 @@ async fn a_node_fails_over_through_every_cloud_until_one_has_capacity() {
     assert_eq!(vms.len(), 1);
     assert_eq!(vms[0]["properties"]["hardwareProfile"]["vmSize"], "Standard_NC40ads_H100_v5");
     assert_eq!(node.state.instance_id(), vms[0]["name"].as_str());
-
     fleet.stop().await;
+    // What the running fleet exchanged with each cloud is what each cloud's definition allows.
+    use fleet_providers::emulators::shapes::assert_conforms;
+    assert_conforms("gcp", &gcp_api.requests());
+    assert_conforms("azure", &azure_api.requests());
+    assert_conforms("lambda", &lambda_api.requests());
+    assert_conforms("runpod", &runpod_api.requests());
 }
