@@ -239,6 +239,23 @@ fn ssh_connect_override(_: &Args) -> Option<SocketAddr> {
     None
 }
 #[cfg(feature = "testing")]
+/// `--fake-clouds` and real accounts in one fleetd: refused. Simulated agents stand in for the
+/// simulated clouds' nodes, and a fleet that also rents real machines must never have a request
+/// "served" by a simulation or a node that bills judged by one.
+fn mixes_simulation_with_real_accounts(
+    fake_clouds: &[String],
+    accounts: &fleet_core::accounts::CloudAccounts,
+) -> Option<String> {
+    let real = accounts.clouds();
+    (!fake_clouds.is_empty() && !real.is_empty()).then(|| {
+        let real: Vec<String> = real.iter().map(|c| c.to_string()).collect();
+        format!(
+            "--fake-clouds cannot run beside real cloud accounts (the spec's [clouds.{}]): simulated agents must never serve or vouch for machines that bill; run the simulation in a fleetd of its own",
+            real.join("], [clouds.")
+        )
+    })
+}
+
 fn simulate_agents(args: &Args) -> bool {
     args.simulate_agents
 }
@@ -403,6 +420,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut providers = providers(&args, clock, access.clone()).await?;
     let accounts = cloud_accounts(&args, &*store, clock).await?;
+    if let Some(why) = mixes_simulation_with_real_accounts(&args.fake_clouds, &accounts) {
+        bail!(why);
+    }
     for (cloud, p) in
         fleet_orchestrator::clouds::build(&args.fleet, &accounts, Arc::new(Catalog::builtin().clone())).await?
     {
@@ -436,7 +456,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _agents = (!args.fake_clouds.is_empty() || simulate_agents(&args)).then(|| {
         let d = SimAgentConfig::default();
         let speed = args.fake_speed.max(0.001);
+        // Only the simulated clouds' nodes (every node under the test hook, which drives real
+        // adapters against emulators with no agent to run).
+        let clouds =
+            (!simulate_agents(&args)).then(|| args.fake_clouds.iter().filter_map(|c| c.parse().ok()).collect());
         let cfg = SimAgentConfig {
+            clouds,
             poll: d.poll.div_f64(speed).max(Duration::from_millis(20)),
             load_time: d.load_time.div_f64(speed),
             service_time: d.service_time.div_f64(speed),

@@ -29,6 +29,9 @@ pub struct SimAgentConfig {
     pub lease_ttl: Duration,
     /// Requests one runner serves at once, per app (default 1).
     pub multiplexing: BTreeMap<String, u32>,
+    /// The clouds whose nodes these agents stand in for (`--fake-clouds`); `None`: every node
+    /// (tests). A node of any other cloud has a real agent, or none: never a simulated one.
+    pub clouds: Option<std::collections::BTreeSet<fleet_core::Cloud>>,
 }
 
 impl Default for SimAgentConfig {
@@ -39,6 +42,7 @@ impl Default for SimAgentConfig {
             service_time: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(10),
             multiplexing: BTreeMap::new(),
+            clouds: None,
         }
     }
 }
@@ -136,9 +140,13 @@ impl Sim {
         let nodes: Vec<NodeRecord> =
             self.store().range(&self.keys().nodes()).await?.0.iter().map(|kv| kv.json()).collect::<Result<_, _>>()?;
         // Leases: one per node whose instance runs fleet's agent (ready or draining).
+        let simulated = |o: &fleet_core::OfferingKey| self.cfg.clouds.as_ref().is_none_or(|c| c.contains(&o.cloud));
         let serving: HashSet<NodeId> = nodes
             .iter()
-            .filter(|n| matches!(n.state, NodePhase::Ready { .. } | NodePhase::Draining { .. }))
+            .filter(|n| match &n.state {
+                NodePhase::Ready { offering, .. } | NodePhase::Draining { offering, .. } => simulated(offering),
+                _ => false,
+            })
             .map(|n| n.id)
             .filter(|id| !killed.contains(id))
             .collect();
@@ -254,5 +262,75 @@ impl Sim {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use fleet_core::{CapacityType, Cloud, OfferingKey};
+    use fleet_state::clock::Clock;
+    use fleet_state::model::{CandidateRecord, NodeRecord};
+    use fleet_state::store::embedded::EmbeddedStore;
+    use fleet_state::store::get_json;
+
+    use super::*;
+
+    fn ready(id: NodeId, cloud: Cloud) -> NodeRecord {
+        let offering = OfferingKey {
+            cloud,
+            region: "r".into(),
+            zone: None,
+            instance_type: "t".into(),
+            capacity: CapacityType::OnDemand,
+        };
+        let price = fleet_core::Price::parse_decimal("1").unwrap();
+        NodeRecord {
+            id,
+            app: "a".into(),
+            state: NodePhase::Ready {
+                instance_id: format!("i-{id}"),
+                offering: offering.clone(),
+                since: chrono::Utc::now(),
+            },
+            candidates: vec![CandidateRecord { offering, price, slots: 1 }],
+            attempt: 0,
+            slots: 1,
+            price: Some(price),
+            billing_since: None,
+            billing_until: None,
+            cordoned: false,
+            leaving: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Simulated agents stand in for the simulated clouds' nodes only: a local (real-agent) node
+    /// beside them gets no simulated agent record.
+    #[tokio::test]
+    async fn simulated_agents_serve_only_the_simulated_clouds_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let keys = Keys::new("t");
+        for n in [ready(1, Cloud::Lambda), ready(2, Cloud::Local)] {
+            store.put(&keys.node(n.id), to_json(&n), None).await.unwrap();
+        }
+        let cfg = SimAgentConfig {
+            clouds: Some(BTreeSet::from([Cloud::Lambda])),
+            poll: Duration::from_millis(10),
+            ..SimAgentConfig::default()
+        };
+        let _agents = SimAgents::spawn(store.clone(), keys.clone(), Clock::System, cfg);
+        let t = std::time::Instant::now();
+        while get_json::<AgentRecord>(&*store, &keys.agent(1)).await.unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(10), "the lambda node got no simulated agent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            get_json::<AgentRecord>(&*store, &keys.agent(2)).await.unwrap().is_none(),
+            "a local node was simulated"
+        );
     }
 }

@@ -197,6 +197,19 @@ async fn fleetd_takes_its_cloud_accounts_from_the_spec() {
     assert!(!api.requests_to("GET", "/instance-types").is_empty());
     assert!(!f.log().contains("lk_secret_123"), "the API key is in fleetd's log");
 
+    // Simulated clouds beside a real account: refused at start (simulated agents must never serve
+    // or vouch for machines that bill).
+    let data2 = dir.path().join("data2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--listen", "127.0.0.1:0", "--fleet", "t", "--fake-clouds", "runpod"])
+        .args(["--data-dir", data2.to_str().unwrap(), "--spec", spec.to_str().unwrap()])
+        .env("LAMBDA_API_KEY", "lk_secret_123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fake-clouds cannot run beside real cloud accounts (the spec's [clouds.lambda])"), "{err}");
+
     // A spec without the [clouds] fleetd runs with: refused, nothing applied.
     let (status, body) = f.call("PUT", "/v1/spec", "[fleet]\nname = \"t\"\n[apps.other]\ngpu = \"H100\"\n");
     assert_eq!(status, 409, "{body}");
