@@ -2,10 +2,12 @@
 
 /// `println!` / `print!` that end quietly when the reader went away (`fleetctl get nodes | head`)
 /// instead of panicking.
+// Every line goes through `terminal::printable`: parts of it come from agents fleetctl does not trust.
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+        let text = $crate::terminal::printable(&format!($($t)*));
+        if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
             $crate::stdout_failed(e)
         }
     }};
@@ -13,7 +15,8 @@ macro_rules! outln {
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = write!(std::io::stdout().lock(), $($t)*) {
+        let text = $crate::terminal::printable(&format!($($t)*));
+        if let Err(e) = write!(std::io::stdout().lock(), "{text}") {
             $crate::stdout_failed(e)
         }
     }};
@@ -37,6 +40,7 @@ mod plan;
 mod server;
 mod simulate;
 mod table;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -38,7 +38,10 @@ pub fn finish<E: AsRef<dyn Error + Send + Sync + 'static>>(result: Result<(), E>
     if is_broken_pipe(e) {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {}", one_line(e));
+    // Error texts may quote what a server or an agent said: no control character reaches the
+    // terminal (an ESC made inert cannot start a sequence), and the error stays one line.
+    let text: String = one_line(e).chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    eprintln!("error: {text}");
     ExitCode::from(2)
 }
 
