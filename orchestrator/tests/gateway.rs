@@ -110,3 +110,51 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     let e = a1.range(&keys.runners()).await.unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
 }
+
+/// Leases an agent token may grant are bounded: a TTL within what an agent needs, at most a few
+/// at once per node (a grant beyond that revokes the node's oldest, and its keys go with it), and
+/// all of them revoked when the node is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_hoard_leases() {
+    use fleet_orchestrator::access::gateway::{LEASE_TTL_MAX, LEASES_PER_NODE};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ctx = Arc::new(Ctx::new(
+        "t",
+        store.clone(),
+        Default::default(),
+        Arc::new(InstanceRunning),
+        Config::default(),
+        Clock::System,
+    ));
+    let keys = Keys::new("t");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = fleet_orchestrator::api::router(ctx.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let access = GatewayAccess { store: store.clone(), keys: keys.clone() };
+    let (_, t1) = access.credentials(1, &["llm".into()]).await.unwrap();
+    let a1 = HttpStore::new(&url, t1);
+
+    // A lease that would outlive any agent's need (a day): refused, saying the bound.
+    let e = a1.grant_lease(Duration::from_secs(86_400)).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Denied(m) if m.contains("60 s")), "{e}");
+    assert!(a1.grant_lease(LEASE_TTL_MAX).await.is_ok());
+
+    // Twenty grants: only the last LEASES_PER_NODE stay; the oldest were revoked with their keys.
+    let mut granted = Vec::new();
+    for _ in 0..20 {
+        granted.push(a1.grant_lease(Duration::from_secs(30)).await.unwrap());
+    }
+    assert_eq!(ctx.gateway_leases.held(1), LEASES_PER_NODE);
+    let oldest = granted[0];
+    assert!(a1.keep_alive(oldest).await.is_err(), "the oldest lease is no longer the agent's");
+    let newest = *granted.last().unwrap();
+    a1.put(&keys.agent(1), b"{}".to_vec(), Some(newest)).await.unwrap();
+    a1.keep_alive(newest).await.unwrap();
+    // The node is gone: its leases are revoked, and the keys on them vanish.
+    for lease in ctx.gateway_leases.forget(1) {
+        store.revoke(lease).await.unwrap();
+    }
+    assert!(store.get(&keys.agent(1)).await.unwrap().is_none());
+}

@@ -15,23 +15,45 @@ pub struct AgentGrant {
     pub apps: Vec<String>,
 }
 
-/// Leases granted through the gateway, by node: an agent may keep alive, revoke and attach keys
-/// to its own leases only. Kept in memory: after a fleetd restart an agent's keep-alive is
-/// refused, and it registers again with a new lease (its old one expires).
+/// Leases granted through the gateway, by node, oldest first: an agent may keep alive, revoke and
+/// attach keys to its own leases only. Kept in memory: after a fleetd restart an agent's
+/// keep-alive is refused, and it registers again with a new lease (its old one expires).
+///
+/// Bounded, so no agent token can fill the store with leases: a TTL within
+/// [`LEASE_TTL_MIN`]..=[`LEASE_TTL_MAX`], and at most [`LEASES_PER_NODE`] per node (a grant
+/// beyond that revokes the node's oldest: an agent holds one, plus one while it registers
+/// again). A node that is gone has its leases revoked ([`GatewayLeases::forget`]).
 #[derive(Debug, Default)]
-pub struct GatewayLeases(std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<LeaseId>>>);
+pub struct GatewayLeases(std::sync::Mutex<std::collections::HashMap<u64, Vec<LeaseId>>>);
+
+pub const LEASE_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub const LEASE_TTL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+pub const LEASES_PER_NODE: usize = 2;
 
 impl GatewayLeases {
     fn owns(&self, node: u64, lease: LeaseId) -> bool {
         self.0.lock().expect("lease map").get(&node).is_some_and(|s| s.contains(&lease))
     }
-    fn add(&self, node: u64, lease: LeaseId) {
-        self.0.lock().expect("lease map").entry(node).or_default().insert(lease);
+    /// Records `lease`; returns the node's leases beyond the bound (oldest), to be revoked.
+    fn add(&self, node: u64, lease: LeaseId) -> Vec<LeaseId> {
+        let mut map = self.0.lock().expect("lease map");
+        let held = map.entry(node).or_default();
+        held.push(lease);
+        let over = held.len().saturating_sub(LEASES_PER_NODE);
+        held.drain(..over).collect()
     }
     fn remove(&self, node: u64, lease: LeaseId) {
         if let Some(s) = self.0.lock().expect("lease map").get_mut(&node) {
-            s.remove(&lease);
+            s.retain(|l| *l != lease);
         }
+    }
+    /// The node is gone: its leases, to be revoked.
+    pub fn forget(&self, node: u64) -> Vec<LeaseId> {
+        self.0.lock().expect("lease map").remove(&node).unwrap_or_default()
+    }
+    /// Leases held for `node` (tests, metrics).
+    pub fn held(&self, node: u64) -> usize {
+        self.0.lock().expect("lease map").get(&node).map_or(0, Vec::len)
     }
 }
 
@@ -134,8 +156,21 @@ pub async fn handle(
             Response::Txn { succeeded, revision }
         }
         Request::Grant { ttl_ms } => {
-            let lease = store.grant_lease(std::time::Duration::from_millis(ttl_ms)).await?;
-            leases.add(grant.node, lease);
+            let ttl = std::time::Duration::from_millis(ttl_ms);
+            if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&ttl) {
+                return Err(StoreError::Denied(format!(
+                    "a lease TTL of {ttl_ms} ms is outside what an agent may ask ({} to {} s); set the agent's lease_ttl within it",
+                    LEASE_TTL_MIN.as_secs(),
+                    LEASE_TTL_MAX.as_secs()
+                )));
+            }
+            let lease = store.grant_lease(ttl).await?;
+            for old in leases.add(grant.node, lease) {
+                // Its keys go with it; the agent that held it has registered again on the new one.
+                if let Err(e) = store.revoke(old).await {
+                    tracing::debug!(node = grant.node, lease = old, error = %e, "old gateway lease not revoked (expired?)");
+                }
+            }
             Response::Lease { lease }
         }
         Request::KeepAlive { lease } => {

@@ -153,7 +153,12 @@ impl NodeState {
                     _ => return Ok(true),
                 }
                 crate::crashpoint::hit("terminate.confirmed");
-                // Gone: its agent's store user goes too.
+                // Gone: its agent's store user goes too, and any lease it held through the gateway.
+                for lease in ctx.gateway_leases.forget(id) {
+                    if let Err(e) = ctx.store.revoke(lease).await {
+                        tracing::debug!(node = id, lease, error = %e, "gateway lease not revoked (expired?)");
+                    }
+                }
                 if let Some(access) = &ctx.access
                     && let Err(e) = access.forget_node(id).await
                 {
