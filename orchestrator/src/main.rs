@@ -238,7 +238,6 @@ fn ssh_connect_override(args: &Args) -> Option<SocketAddr> {
 fn ssh_connect_override(_: &Args) -> Option<SocketAddr> {
     None
 }
-#[cfg(feature = "testing")]
 /// `--fake-clouds` and real accounts in one fleetd: refused. Simulated agents stand in for the
 /// simulated clouds' nodes, and a fleet that also rents real machines must never have a request
 /// "served" by a simulation or a node that bills judged by one.
@@ -256,6 +255,7 @@ fn mixes_simulation_with_real_accounts(
     })
 }
 
+#[cfg(feature = "testing")]
 fn simulate_agents(args: &Args) -> bool {
     args.simulate_agents
 }
