@@ -42,6 +42,12 @@
 //!
 //! [apps.llama-70b.budget]
 //! max_per_hour = "200"
+//!
+//! [apps.llama-70b.requests]      # what callers may ask (defaults shown)
+//! max_queue = 10000              # queued or in flight; beyond: 429
+//! max_input_bytes = 1048576      # one request's input, as JSON; beyond: 413 (at most 16 MiB)
+//! rate_per_token = 100           # submits per second per token; beyond: 429
+//! result_ttl = "24h"             # finished requests' results are removed after this
 //! ```
 //!
 //! [`FleetSpec::parse`] checks the whole file and returns every problem at once, each naming file,
@@ -81,6 +87,37 @@ pub struct AppSpec {
     pub placement: PlacementRules,
     pub scaling: ScalingSpec,
     pub budget: Budget,
+    pub requests: RequestLimits,
+}
+
+/// What callers may ask of an app (`[apps.X.requests]`); the API enforces each, answering 413 or
+/// 429 with the field to change, so no caller can fill the store or starve the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Requests queued or in flight at once; a submit beyond it is refused (429).
+    pub max_queue: u32,
+    /// Bytes of one request's input (as JSON); a larger one is refused (413).
+    pub max_input_bytes: u32,
+    /// Submits per second one token may make (a burst of as many); beyond it, 429.
+    pub rate_per_token: u32,
+    /// How long a finished request's result is kept before it is removed.
+    pub result_ttl: Duration,
+}
+
+impl RequestLimits {
+    /// The largest `max_input_bytes` a spec may set (the API's body limit is set from it).
+    pub const MAX_INPUT_BYTES: u32 = 16 << 20;
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_queue: 10_000,
+            max_input_bytes: 1 << 20,
+            rate_per_token: 100,
+            result_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// What one runner of an app needs.
@@ -327,6 +364,30 @@ impl Checker<'_> {
         Some(m)
     }
 
+    fn requests(&mut self, r: Option<&RawRequests>, path: &str) -> RequestLimits {
+        let empty = RawRequests::default();
+        let r = r.unwrap_or(&empty);
+        let d = RequestLimits::default();
+        let f = |x: &str| format!("{path}.{x}");
+        let result_ttl = self.duration(&r.result_ttl, &f("result_ttl"), d.result_ttl);
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&result_ttl) {
+            let span = r.result_ttl.as_ref().map(Spanned::span).unwrap_or(0..0);
+            self.err(span, f("result_ttl"), "is out of range; keep results for 1m to 30d");
+        }
+        RequestLimits {
+            max_queue: self.int(&r.max_queue, &f("max_queue"), d.max_queue, 1, 1_000_000),
+            max_input_bytes: self.int(
+                &r.max_input_bytes,
+                &f("max_input_bytes"),
+                d.max_input_bytes,
+                1,
+                RequestLimits::MAX_INPUT_BYTES,
+            ),
+            rate_per_token: self.int(&r.rate_per_token, &f("rate_per_token"), d.rate_per_token, 1, 100_000),
+            result_ttl,
+        }
+    }
+
     fn duration(&mut self, v: &Option<Spanned<toml::Value>>, field: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         let parsed = match v.get_ref() {
@@ -460,6 +521,16 @@ struct RawApp {
     placement: Option<RawPlacement>,
     scaling: Option<RawScaling>,
     budget: Option<RawBudget>,
+    requests: Option<RawRequests>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRequests {
+    max_queue: Option<Spanned<i64>>,
+    max_input_bytes: Option<Spanned<i64>>,
+    rate_per_token: Option<Spanned<i64>>,
+    result_ttl: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -677,6 +748,7 @@ impl Checker<'_> {
             },
             scaling,
             budget: self.budget(&a.budget, &format!("{path}.budget")),
+            requests: self.requests(a.requests.as_ref(), &format!("{path}.requests")),
         }
     }
 }

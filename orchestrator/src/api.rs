@@ -53,17 +53,25 @@ use crate::reconcile::{month_cost, month_start, unhealthy_nodes};
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds to wait before trying again (429), sent as `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = s.to_string().parse()
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
@@ -94,7 +102,14 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/nodes/{id}/uncordon", post(uncordon))
         .route("/v1/runners", get(runners))
         .route("/v1/apps", get(apps))
-        .route("/v1/apps/{app}/requests", post(submit))
+        // The body may be as large as the largest input a spec may allow; each app's own
+        // `max_input_bytes` is checked in `submit` (413 naming it).
+        .route(
+            "/v1/apps/{app}/requests",
+            post(submit).layer(axum::extract::DefaultBodyLimit::max(
+                fleet_core::spec::RequestLimits::MAX_INPUT_BYTES as usize + (64 << 10),
+            )),
+        )
         .route("/v1/apps/{app}/requests/{id}", get(request))
         .route("/v1/cost", get(cost))
         .route("/v1/store/call", post(gateway_call))
@@ -482,10 +497,14 @@ struct AppView {
 }
 
 async fn applied_apps(ctx: &Ctx) -> ApiResult<Vec<String>> {
-    let Some((s, _)) = get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? else { return Ok(vec![]) };
+    Ok(applied_spec(ctx).await?.map(|s| s.apps.into_iter().map(|a| a.name).collect()).unwrap_or_default())
+}
+
+async fn applied_spec(ctx: &Ctx) -> ApiResult<Option<fleet_core::spec::FleetSpec>> {
+    let Some((s, _)) = get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? else { return Ok(None) };
     let spec = fleet_core::spec::FleetSpec::parse("spec", &s.toml)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(spec.apps.into_iter().map(|a| a.name).collect())
+    Ok(Some(spec))
 }
 
 async fn apps(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<BTreeMap<String, AppView>>> {
@@ -524,16 +543,45 @@ async fn submit(
     let Json(body) = body.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("{}; send a JSON object like {{\"input\": ...}}", e.body_text()))
     })?;
-    let known = applied_apps(&ctx).await?;
-    if !known.contains(&app) {
+    let spec = applied_spec(&ctx).await?;
+    let Some(limits) = spec.as_ref().and_then(|s| s.apps.iter().find(|a| a.name == app)).map(|a| a.requests) else {
+        let known: Vec<String> = spec.iter().flat_map(|s| s.apps.iter().map(|a| a.name.clone())).collect();
         let hint = match fleet_core::names::closest(&app, known.iter().map(String::as_str)) {
             Some(c) => format!("; did you mean `{c}`?"),
             None if known.is_empty() => "; no spec is applied yet".to_string(),
             None => format!("; apps: {}", known.join(", ")),
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
+    };
+    let size = serde_json::to_vec(&body.input).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limits.max_input_bytes as usize {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the input is {size} bytes, over app `{app}`'s max_input_bytes of {}; send a smaller input or raise [apps.{app}.requests] max_input_bytes",
+                limits.max_input_bytes
+            ),
+        ));
     }
     let owner = caller.as_ref().map(|c| c.0.0.name.clone());
+    let refused = |r: crate::admission::Refused| match r {
+        crate::admission::Refused::RateLimited { rate, retry_after } => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "this token may submit {rate} requests per second to app `{app}`; slow down, or raise [apps.{app}.requests] rate_per_token"
+            ),
+            retry_after: Some(retry_after.as_secs().max(1)),
+        },
+        crate::admission::Refused::QueueFull { queued, max } => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "app `{app}`'s queue is full ({queued} requests queued or in flight, max_queue {max}); retry later, or raise [apps.{app}.requests] max_queue"
+            ),
+            retry_after: Some(1),
+        },
+    };
+    ctx.admission.take(owner.as_deref().unwrap_or("anonymous"), &app, limits.rate_per_token).map_err(refused)?;
+    ctx.admission.queue_room(&*ctx.store, &ctx.keys, &app, limits.max_queue).await?.map_err(refused)?;
     let id = queue::submit_as(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now(), owner.as_deref()).await?;
     *ctx.arrivals.lock().expect("arrivals lock").entry(app.clone()).or_default() += 1;
     ctx.nudge.notify_one();

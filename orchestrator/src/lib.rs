@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod actors;
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Histogram,
     pub requests_requeued: Counter,
+    pub results_expired: Counter,
     /// Nodes marked for consolidation (their runners moved to fewer or cheaper nodes).
     pub consolidations: Counter,
     /// Nodes drained because their app left the spec (none is left running unaccounted for).
@@ -126,6 +127,7 @@ impl Metrics {
             reconcile_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
+            results_expired: Counter::default(),
             consolidations: Counter::default(),
             removed_app_nodes: Counter::default(),
             quarantined: Gauge::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             "requests_requeued",
             "Requests queued again after their runner was lost",
             m.requests_requeued.clone(),
+        );
+        r.register(
+            "results_expired",
+            "Finished requests' results removed after their app's result_ttl",
+            m.results_expired.clone(),
         );
         r.register(
             "queue_records_quarantined",

@@ -264,3 +264,80 @@ async fn every_call_needs_a_token_whose_scope_allows_it() {
     let (kvs, _) = h.ctx.store.range(&h.ctx.keys.tokens()).await.unwrap();
     assert!(kvs.iter().all(|kv| !String::from_utf8_lossy(&kv.value).contains(submit)));
 }
+
+/// Each app's `[apps.X.requests]` limits: an input over `max_input_bytes` is 413, a full queue
+/// and a token past its rate are 429 with `Retry-After`, each answer naming the field to change;
+/// results past `result_ttl` are removed.
+#[tokio::test(start_paused = true)]
+async fn requests_past_an_apps_limits_are_refused_saying_which_limit() {
+    let h = harness().await;
+    // Nothing can place these apps (AWS only, the harness has Lambda): their requests stay queued.
+    let spec = "[fleet]\nname = \"test\"\n\
+        [apps.q]\ngpu = \"H100\"\n[apps.q.placement]\nclouds = [\"aws\"]\n[apps.q.requests]\nmax_queue = 2\nmax_input_bytes = 64\n\
+        [apps.r]\ngpu = \"H100\"\n[apps.r.placement]\nclouds = [\"aws\"]\n[apps.r.requests]\nrate_per_token = 2\n";
+    let (s, v) = call(&h, Method::PUT, "/v1/spec", spec).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let big = format!("{{\"input\": \"{}\"}}", "x".repeat(100));
+    let (s, v) = call(&h, Method::POST, "/v1/apps/q/requests", &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(error_of(&v).contains("max_input_bytes of 64") && error_of(&v).contains("[apps.q.requests]"), "{v}");
+
+    for _ in 0..2 {
+        let (s, v) = call(&h, Method::POST, "/v1/apps/q/requests", "{\"input\": [1]}").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    let (s, v) = call(&h, Method::POST, "/v1/apps/q/requests", "{\"input\": [1]}").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(error_of(&v).contains("queue is full (2 requests") && error_of(&v).contains("max_queue"), "{v}");
+    // Read again from the store a second later: still full (nothing serves app q).
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (s, _) = call(&h, Method::POST, "/v1/apps/q/requests", "{\"input\": [1]}").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+
+    // Rate: two at once, then 429 with Retry-After; another second, room again.
+    for _ in 0..2 {
+        let (s, v) = call(&h, Method::POST, "/v1/apps/r/requests", "{\"input\": [1]}").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    let token = admin(&h).await;
+    let app = fleet_orchestrator::api::router(h.ctx.clone());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/apps/r/requests")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{\"input\": [1]}"))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("rate_per_token"));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (s, _) = call(&h, Method::POST, "/v1/apps/r/requests", "{\"input\": [1]}").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    // Results past their TTL go; newer ones stay.
+    use fleet_state::model::{RequestRecord, RequestState};
+    let now = chrono::Utc::now();
+    for (id, age_h) in [(901, 30), (902, 1)] {
+        let finished_at = now - chrono::Duration::hours(age_h);
+        let r = RequestRecord {
+            id,
+            app: "q".into(),
+            input: serde_json::json!(null),
+            submitted_at: finished_at,
+            attempts: 1,
+            state: RequestState::Done { output: serde_json::json!(1), runner: 1, finished_at },
+            owner: None,
+        };
+        h.ctx.store.put(&h.ctx.keys.result("q", id), fleet_state::store::to_json(&r), None).await.unwrap();
+    }
+    let gone = fleet_state::queue::expire_results(&*h.ctx.store, &h.ctx.keys, "q", now - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(gone, 1);
+    assert!(h.ctx.store.get(&h.ctx.keys.result("q", 901)).await.unwrap().is_none());
+    assert!(h.ctx.store.get(&h.ctx.keys.result("q", 902)).await.unwrap().is_some());
+}

@@ -102,6 +102,24 @@ pub async fn get(store: &dyn Store, keys: &Keys, app: &str, id: RequestId) -> Re
     Err(QueueError::NotFound(id))
 }
 
+/// Removes `app`'s results that finished before `before`; returns how many went. A result that
+/// does not decode is left to the quarantine (counted there), never removed blind.
+pub async fn expire_results(store: &dyn Store, keys: &Keys, app: &str, before: Time) -> StoreResult<u64> {
+    let (kvs, _) = store.range(&keys.results(app)).await?;
+    let mut gone = 0;
+    for kv in kvs {
+        let Ok(r) = kv.json::<RequestRecord>() else { continue };
+        let finished = match &r.state {
+            RequestState::Done { finished_at, .. } | RequestState::Failed { finished_at, .. } => *finished_at,
+            _ => continue,
+        };
+        if finished < before && store.delete(&kv.key).await? {
+            gone += 1;
+        }
+    }
+    Ok(gone)
+}
+
 /// Queued and claimed requests of one app.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depth {

@@ -146,6 +146,8 @@ pub struct Ctx {
     pub arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
+    /// What the API lets in per app: queue bound, rate per token.
+    pub admission: Arc<crate::admission::Admission>,
     /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
     /// (accounts change only with a restart, so a spec is never half applied).
     pub clouds: fleet_core::spec::CloudAccounts,
@@ -176,6 +178,7 @@ impl Ctx {
             reclaimed: Default::default(),
             arrivals: Default::default(),
             gateway_leases: Default::default(),
+            admission: Default::default(),
             clouds: Default::default(),
         }
     }

@@ -102,6 +102,8 @@ pub struct FleetState {
     pub(super) unhealthy_since: HashMap<NodeId, Time>,
     /// Since when this daemon has seen the store without a break (None while it cannot).
     pub(super) view_since: Option<Time>,
+    /// When results past their app's `result_ttl` were last removed (once a minute).
+    pub(super) results_expired_at: Option<Time>,
 }
 
 async fn spawn_cloud(
@@ -185,6 +187,7 @@ impl Actor for FleetActor {
             agent_seen: HashSet::new(),
             unhealthy_since: HashMap::new(),
             view_since: None,
+            results_expired_at: None,
         })
     }
 

@@ -110,6 +110,19 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     for app in st.applied.iter().flat_map(|a| a.spec.apps.iter()) {
         depths.entry(app.name.clone()).or_default();
     }
+    if st.results_expired_at.is_none_or(|t| now - t >= chrono::Duration::seconds(60))
+        && let Some(applied) = &st.applied
+    {
+        for app in &applied.spec.apps {
+            let ttl = chrono::Duration::from_std(app.requests.result_ttl).unwrap_or(chrono::Duration::MAX);
+            let gone = queue::expire_results(store, keys, &app.name, now - ttl).await?;
+            if gone > 0 {
+                tracing::info!(app = %app.name, results = gone, "results past result_ttl removed");
+                ctx.metrics.results_expired.inc_by(gone);
+            }
+        }
+        st.results_expired_at = Some(now);
+    }
     phases.mark("queue");
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
     health::check(st, ctx, &nodes, view_since, now).await?;
