@@ -39,6 +39,7 @@
 //! scaling_delay = "30s"
 //! predict = false               # true: scale up for the rate forecast one cold start ahead
 //! consolidation = true          # false: never move runners to fewer, smaller or cheaper nodes
+//! keep_min_over_budget = false  # true: min_concurrency runners stay when a monthly cap runs out
 //!
 //! [apps.llama-70b.budget]
 //! max_per_hour = "200"
@@ -178,6 +179,9 @@ pub struct ScalingSpec {
     /// Whether fleet may move this app's runners to fewer, smaller or cheaper nodes
     /// (`consolidation = false` forbids it). See `fleet_policies::consolidate`.
     pub consolidation: bool,
+    /// When a monthly cap's money runs out, keep `min_concurrency` runners anyway (the cap may
+    /// then be overrun by their cost); `false` (default): wind down to none.
+    pub keep_min_over_budget: bool,
 }
 
 impl Default for ScalingSpec {
@@ -193,6 +197,7 @@ impl Default for ScalingSpec {
             scaling_delay: Duration::ZERO,
             predict: false,
             consolidation: true,
+            keep_min_over_budget: false,
         }
     }
 }
@@ -557,6 +562,7 @@ struct RawScaling {
     scaling_delay: Option<Spanned<toml::Value>>,
     predict: Option<Spanned<toml::Value>>,
     consolidation: Option<Spanned<toml::Value>>,
+    keep_min_over_budget: Option<Spanned<toml::Value>>,
 }
 
 impl Checker<'_> {
@@ -733,6 +739,11 @@ impl Checker<'_> {
             scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
             predict: self.boolean(&s.predict, &sf("predict"), d.predict),
             consolidation: self.boolean(&s.consolidation, &sf("consolidation"), d.consolidation),
+            keep_min_over_budget: self.boolean(
+                &s.keep_min_over_budget,
+                &sf("keep_min_over_budget"),
+                d.keep_min_over_budget,
+            ),
         };
         AppSpec {
             name: n.clone(),

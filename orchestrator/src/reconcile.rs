@@ -58,6 +58,18 @@ fn counts_as_runner(r: &RunnerRecord) -> bool {
     !matches!(r.state, RunnerPhase::Stopping { .. } | RunnerPhase::Stopped { .. })
 }
 
+/// What a node holds of the budget per hour: until it is Ready, the dearest candidate it may
+/// still fail over to (a later pass cannot plan into room a launching node may need); once it
+/// runs, the price it was launched at (a node whose offering left the catalog still counts).
+fn held_per_hour(n: &NodeRecord) -> Option<Money> {
+    match &n.state {
+        NodePhase::Requested { .. } | NodePhase::Launching { .. } => {
+            n.candidates.iter().skip(n.attempt).map(|c| c.price.hourly()).max().or(n.price.map(|p| p.hourly()))
+        }
+        _ => n.price.map(|p| p.hourly()),
+    }
+}
+
 /// The planner's view. Nodes whose offering is not in the index (a catalog change) are left out
 /// of planning; they keep running until drained by hand or released by a later spec.
 // Each input is a distinct part of the world the plan sees.
@@ -97,7 +109,12 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
         if !counts_as_capacity(n) {
             continue;
         }
-        let Some(&oid) = n.offering().and_then(|k| ids.get(k)) else { continue };
+        let held = held_per_hour(n);
+        let Some(&oid) = n.offering().and_then(|k| ids.get(k)) else {
+            // Its offering left the catalog: not capacity the plan can use, but it bills.
+            states[i].outside_burn += held.unwrap_or(Money::ZERO);
+            continue;
+        };
         capacity.insert(n.id, i);
         if n.cordoned {
             cordoned.push((i, states[i].nodes.len()));
@@ -106,6 +123,7 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             leaving: n.leaving.is_some(),
             replaced: n.leaving.as_ref().map_or(0, |l| l.replaced),
             billed_since: n.billing_since,
+            held_per_hour: held,
             ..NodeView::new(n.id, oid, n.slots)
         });
     }

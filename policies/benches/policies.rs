@@ -94,6 +94,7 @@ fn autoscaling(c: &mut Criterion) {
         scaling_delay: Duration::from_secs(30),
         predict: false,
         consolidation: true,
+        keep_min_over_budget: false,
     };
     // 1,000 apps, each with 0-19 runners in mixed states and its own demand.
     let apps: Vec<(u32, u32, Vec<RunnerInfo>)> = (0..1000u32)

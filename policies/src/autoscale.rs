@@ -394,6 +394,7 @@ mod tests {
             scaling_delay: Duration::from_secs(30),
             predict: false,
             consolidation: true,
+            keep_min_over_budget: false,
         }
     }
 
@@ -531,6 +532,7 @@ mod tests {
             scaling_delay: Duration::ZERO,
             predict: true,
             consolidation: true,
+            keep_min_over_budget: false,
         };
         let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         // Nothing measured yet, 360 requests queued behind one starting runner: fal would want
@@ -605,7 +607,7 @@ mod tests {
                 min_concurrency: min, max_concurrency: min + extra.max(1), concurrency_buffer: buffer,
                 concurrency_buffer_perc: perc, max_multiplexing: mux,
                 keep_alive: KeepAlive::For(Duration::from_secs(300)), scaling_delay: Duration::from_secs(delay),
-                predict: false, consolidation: true,
+                predict: false, consolidation: true, keep_min_over_budget: false,
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,

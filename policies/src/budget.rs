@@ -129,6 +129,17 @@ pub fn headroom(budget: &Budget, spend: &Spend, now: Time, app: Option<&str>) ->
     h
 }
 
+/// The monthly cap whose money runs out within the horizon at `spend`'s burn (month-to-date
+/// plus burn × horizon above it), if any: the caller winds spending down.
+pub fn month_exhausted(budget: &Budget, spend: &Spend, now: Time, app: Option<&str>) -> Option<BudgetCap> {
+    let cap = budget.max_per_month?;
+    let committed = i128::from(spend.burn_per_hour.micros()) * i128::from(horizon_millis(now)) / 3_600_000;
+    (i128::from(spend.month_to_date.micros()) + committed > i128::from(cap.micros())).then(|| match app {
+        Some(a) => BudgetCap::AppMonthly { app: a.to_string(), cap },
+        None => BudgetCap::FleetMonthly { cap },
+    })
+}
+
 /// Is `spend` plus `added` hourly burn within `budget` (the invariant every decision keeps)?
 pub fn within(budget: &Budget, spend: &Spend, added: Money, now: Time) -> bool {
     let burn = spend.burn_per_hour + added;

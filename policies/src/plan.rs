@@ -36,11 +36,15 @@ pub struct NodeView {
     pub replaced: u32,
     /// When its billing started (a launched node), for the minimum billing left on it.
     pub billed_since: Option<Time>,
+    /// What it holds of the budget per hour, when the caller knows better than the offering's
+    /// price now: a node not yet Ready holds the dearest candidate it may still fail over to;
+    /// a running one, the price it was launched at. `None`: the offering's current price.
+    pub held_per_hour: Option<Money>,
 }
 
 impl NodeView {
     pub fn new(id: NodeId, offering: OfferingId, slots: u32) -> NodeView {
-        NodeView { id, offering, slots, leaving: false, replaced: 0, billed_since: None }
+        NodeView { id, offering, slots, leaving: false, replaced: 0, billed_since: None, held_per_hour: None }
     }
 }
 
@@ -61,6 +65,9 @@ pub struct AppView {
     pub month_to_date: Money,
     /// The app's recent desired runners and what re-creating one costs (for `keep_alive = "auto"`).
     pub demand: DemandHistory,
+    /// Hourly price of the app's billing nodes the plan cannot see as capacity (their offering
+    /// left the catalog): they still count against every budget.
+    pub outside_burn: Money,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +134,9 @@ pub struct AppPlan {
     /// Leaving nodes whose runners cannot be replaced now: unmark them (they stay, serving).
     pub cancel_moves: Vec<NodeId>,
     pub unplaced: Vec<Unplaced>,
+    /// The monthly cap whose money runs out within the hour: the app winds down to its floor
+    /// (`min_concurrency` where `keep_min_over_budget`, else none).
+    pub winding_down: Option<BudgetCap>,
     pub burn_per_hour: Money,
     /// The most the new nodes can add per hour.
     pub max_added_per_hour: Money,
@@ -219,13 +229,35 @@ fn describe_mix(
     s
 }
 
+/// Over a monthly cap: nothing starts, and runners beyond `floor` stop — those not serving yet
+/// first, then idle ones, then the dearest slots.
+fn wind_down(decision: &mut ScaleDecision, runners: &[RunnerInfo], floor: u32) {
+    decision.start = 0;
+    decision.pending_since = None;
+    let stopping: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();
+    let mut staying: Vec<&RunnerInfo> = runners.iter().filter(|r| !stopping.contains(&r.id)).collect();
+    let excess = staying.len().saturating_sub(floor as usize);
+    staying.sort_by(|a, b| {
+        (a.ready, a.in_flight > 0, std::cmp::Reverse(a.slot_price), a.id).cmp(&(
+            b.ready,
+            b.in_flight > 0,
+            std::cmp::Reverse(b.slot_price),
+            b.id,
+        ))
+    });
+    decision.stop.extend(staying.iter().take(excess).map(|r| r.id));
+    decision.target.desired = decision.target.desired.min(floor);
+}
+
 /// Plans the whole fleet. Pure: same inputs, same plan.
 pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &PlanOptions) -> FleetPlan {
     let now = state.now;
     let empty = AppView::default();
     let all_nodes = || state.apps.values().flat_map(|a| a.nodes.iter());
     let mut quota_used = index.quota_usage(all_nodes().map(|n| n.offering));
-    let fleet_burn: Money = all_nodes().map(|n| index.offering(n.offering).price.hourly()).sum();
+    let held = |n: &NodeView| n.held_per_hour.unwrap_or_else(|| index.offering(n.offering).price.hourly());
+    let fleet_burn: Money =
+        all_nodes().map(held).sum::<Money>() + state.apps.values().map(|a| a.outside_burn).sum::<Money>();
     let mut fleet_room = budget::headroom(
         &spec.budget,
         &Spend { burn_per_hour: fleet_burn, month_to_date: state.fleet_month_to_date },
@@ -237,13 +269,15 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
 
     for (i, app) in spec.apps.iter().enumerate() {
         let st = state.apps.get(&app.name).unwrap_or(&empty);
-        let burn: Money = st.nodes.iter().map(|n| index.offering(n.offering).price.hourly()).sum();
-        let mut app_room = budget::headroom(
-            &app.budget,
-            &Spend { burn_per_hour: burn, month_to_date: st.month_to_date },
-            now,
-            Some(&app.name),
-        );
+        let burn: Money = st.nodes.iter().map(held).sum::<Money>() + st.outside_burn;
+        let app_spend = Spend { burn_per_hour: burn, month_to_date: st.month_to_date };
+        let mut app_room = budget::headroom(&app.budget, &app_spend, now, Some(&app.name));
+        // The month's money runs out within the hour at this burn: no new runner, and runners
+        // above the floor wind down (stopping drains them: what they serve finishes).
+        let winding_down = budget::month_exhausted(&app.budget, &app_spend, now, Some(&app.name)).or_else(|| {
+            let fleet_spend = Spend { burn_per_hour: fleet_burn, month_to_date: state.fleet_month_to_date };
+            budget::month_exhausted(&spec.budget, &fleet_spend, now, None)
+        });
         // Each runner's slot price: its node's price over the runners on it now, so scale-down
         // empties the dearest nodes per used slot first.
         let mut on_node: HashMap<NodeId, u32, IdBuild> = HashMap::default();
@@ -282,6 +316,13 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             &st.demand,
             now,
         );
+        if winding_down.is_some() {
+            wind_down(
+                &mut decision,
+                &infos,
+                if app.scaling.keep_min_over_budget { app.scaling.min_concurrency } else { 0 },
+            );
+        }
 
         let mut replaced: Vec<(NodeId, u32)> = Vec::new();
         let mut move_cap: Option<Money> = None;
@@ -542,6 +583,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             replaced,
             cancel_moves,
             unplaced,
+            winding_down,
             burn_per_hour: burn,
             max_added_per_hour: added,
         });

@@ -539,6 +539,7 @@ impl<'a> Engine<'a> {
                 nodes,
                 month_to_date: Money::ZERO,
                 demand,
+                outside_burn: Money::ZERO,
             };
             apps.insert(app.name.clone(), st);
         }

@@ -545,3 +545,94 @@ fn a_move_starts_replacements_first_then_stops_the_old_runners_then_releases_the
     let a = run(AppView { runners: vec![busy, idle_runner(2, 20, true)], ..starting });
     assert_eq!(a.decision.stop, [1]);
 }
+
+/// A launching node holds the dearest candidate it may still fail over to: a later pass cannot
+/// plan into that room; a node whose offering left the catalog still counts (outside_burn).
+#[test]
+fn a_launching_node_holds_its_dearest_candidate_and_unseen_nodes_still_count() {
+    let s = spec(&format!("{FLEET}[apps.llm.budget]\nmax_per_hour = \"60\"\n"));
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    // One on-demand Lambda node ($23.92) launching, its failover list up to $43.07 (GCP).
+    let launching =
+        NodeView { held_per_hour: Some(Money::parse_decimal("43.06615").unwrap()), ..NodeView::new(10, 0, 4) };
+    let app = |nodes: Vec<NodeView>, outside: &str| AppView {
+        queued: 24,
+        nodes,
+        outside_burn: Money::parse_decimal(outside).unwrap(),
+        ..AppView::default()
+    };
+    // At the offering's price, $36.08 of room is left: a $16 spot node fits.
+    let p = plan(
+        &index,
+        &s,
+        &state(&cache, vec![("llm", app(vec![NodeView::new(10, 0, 4)], "0"))]),
+        &PlanOptions::default(),
+    );
+    assert!(!p.apps[0].new_nodes.is_empty(), "{:?}", p.apps[0]);
+    // Held at its dearest candidate: $16.93 left, still one spot node.
+    let p = plan(&index, &s, &state(&cache, vec![("llm", app(vec![launching.clone()], "0"))]), &PlanOptions::default());
+    assert_eq!(p.apps[0].burn_per_hour, Money::parse_decimal("43.06615").unwrap());
+    assert!(
+        p.apps[0].new_nodes.iter().map(|n| n.reserved_per_hour).sum::<Money>()
+            <= Money::parse_decimal("16.93385").unwrap()
+    );
+    // Plus a $10/h node outside the catalog: no room for any node.
+    let p = plan(&index, &s, &state(&cache, vec![("llm", app(vec![launching], "10"))]), &PlanOptions::default());
+    assert!(p.apps[0].new_nodes.is_empty(), "{:?}", p.apps[0].new_nodes);
+    assert_eq!(p.apps[0].unplaced.iter().filter(|u| u.budget_cap.is_some()).count(), 1, "{:?}", p.apps[0].unplaced);
+}
+
+/// As the month's money runs out (month to date + an hour at this burn > the cap), nothing
+/// starts and the app winds down to its floor: none, or `min_concurrency` where the app keeps it.
+#[test]
+fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
+    let budget = "[budget]\nmax_per_month = \"1000\"\n";
+    let runner = |id: u64, node: u64, in_flight: u32| RunnerView {
+        runner: RunnerInfo {
+            id,
+            ready: true,
+            in_flight,
+            idle_since: (in_flight == 0).then(t0),
+            slot_price: Price::ZERO,
+        },
+        node,
+    };
+    let app = || AppView {
+        queued: 20,
+        in_flight: 4,
+        runners: vec![runner(1, 10, 4), runner(2, 10, 0), runner(3, 11, 0)],
+        nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 1, 4)],
+        ..AppView::default()
+    };
+    let view = |cache, mtd: &str| {
+        let mut v = state(cache, vec![("llm", app())]);
+        v.fleet_month_to_date = Money::parse_decimal(mtd).unwrap();
+        v
+    };
+    let cache = UnavailableCache::default();
+    // Burn $39.92/h: with $900 spent the hour fits; with $970 it does not.
+    let s = spec(&format!("{budget}{FLEET}"));
+    let index = PlacementIndex::new(catalog(), &s);
+    let p = plan(&index, &s, &view(&cache, "900"), &PlanOptions::default());
+    assert!(p.apps[0].winding_down.is_none());
+    let p = plan(&index, &s, &view(&cache, "970"), &PlanOptions::default());
+    let a = &p.apps[0];
+    assert!(matches!(a.winding_down, Some(BudgetCap::FleetMonthly { .. })), "{a:?}");
+    assert_eq!(a.decision.start, 0);
+    assert!(a.new_nodes.is_empty());
+    let mut stopped = a.decision.stop.clone();
+    stopped.sort_unstable();
+    assert_eq!(stopped, [1, 2, 3], "every runner winds down (the busy one drains)");
+    assert_eq!(a.release_nodes.len(), 2);
+    // An app that keeps min_concurrency over budget keeps that many: the idle ones go first.
+    let s = spec(&format!(
+        "{budget}{}",
+        FLEET.replace("max_concurrency = 20", "max_concurrency = 20\nmin_concurrency = 1\nkeep_min_over_budget = true")
+    ));
+    let index = PlacementIndex::new(catalog(), &s);
+    let p = plan(&index, &s, &view(&cache, "970"), &PlanOptions::default());
+    let mut stopped = p.apps[0].decision.stop.clone();
+    stopped.sort_unstable();
+    assert_eq!(stopped, [2, 3], "the busy runner stays as the floor");
+}

@@ -199,6 +199,10 @@ pub(super) async fn carry_out(
         for u in &ap.unplaced {
             tracing::debug!(app = %ap.app, runners = u.runners, why = %u.why, "runners not placed");
         }
+        if let Some(cap) = &ap.winding_down {
+            tracing::warn!(app = %ap.app, %cap, stopping = ap.decision.stop.len(),
+                "the month's money runs out within the hour: no new runners, the app winds down to its floor");
+        }
     }
     let built = std::time::Instant::now();
     write_all(store, &st.informer, node_ops).await?;
