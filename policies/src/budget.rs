@@ -129,11 +129,17 @@ pub fn headroom(budget: &Budget, spend: &Spend, now: Time, app: Option<&str>) ->
     h
 }
 
-/// The monthly cap whose money runs out within the horizon at `spend`'s burn (month-to-date
-/// plus burn × horizon above it), if any: the caller winds spending down.
+/// How long before a monthly cap's money runs out, at the current burn, the fleet winds down:
+/// long enough for runners to drain and nodes to be released. Shorter than the hour new
+/// launches must fit in, so a fleet that just used its room does not wind down at once.
+pub const WIND_DOWN_NOTICE_MS: i64 = 10 * 60 * 1000;
+
+/// The monthly cap whose money runs out within [`WIND_DOWN_NOTICE_MS`] at `spend`'s burn
+/// (month-to-date plus burn × that above it), if any: the caller winds spending down.
 pub fn month_exhausted(budget: &Budget, spend: &Spend, now: Time, app: Option<&str>) -> Option<BudgetCap> {
     let cap = budget.max_per_month?;
-    let committed = i128::from(spend.burn_per_hour.micros()) * i128::from(horizon_millis(now)) / 3_600_000;
+    let notice = horizon_millis(now).min(WIND_DOWN_NOTICE_MS);
+    let committed = i128::from(spend.burn_per_hour.micros()) * i128::from(notice) / 3_600_000;
     (i128::from(spend.month_to_date.micros()) + committed > i128::from(cap.micros())).then(|| match app {
         Some(a) => BudgetCap::AppMonthly { app: a.to_string(), cap },
         None => BudgetCap::FleetMonthly { cap },

@@ -134,7 +134,7 @@ pub struct AppPlan {
     /// Leaving nodes whose runners cannot be replaced now: unmark them (they stay, serving).
     pub cancel_moves: Vec<NodeId>,
     pub unplaced: Vec<Unplaced>,
-    /// The monthly cap whose money runs out within the hour: the app winds down to its floor
+    /// The monthly cap whose money runs out within ten minutes: the app winds down to its floor
     /// (`min_concurrency` where `keep_min_over_budget`, else none).
     pub winding_down: Option<BudgetCap>,
     pub burn_per_hour: Money,
@@ -272,8 +272,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         let burn: Money = st.nodes.iter().map(held).sum::<Money>() + st.outside_burn;
         let app_spend = Spend { burn_per_hour: burn, month_to_date: st.month_to_date };
         let mut app_room = budget::headroom(&app.budget, &app_spend, now, Some(&app.name));
-        // The month's money runs out within the hour at this burn: no new runner, and runners
-        // above the floor wind down (stopping drains them: what they serve finishes).
+        // The month's money runs out within ten minutes at this burn: no new runner, and
+        // runners above the floor wind down (stopping drains them: what they serve finishes).
         let winding_down = budget::month_exhausted(&app.budget, &app_spend, now, Some(&app.name)).or_else(|| {
             let fleet_spend = Spend { burn_per_hour: fleet_burn, month_to_date: state.fleet_month_to_date };
             budget::month_exhausted(&spec.budget, &fleet_spend, now, None)

@@ -11,8 +11,12 @@ use fleet_simulator::scenario::{CloudModel, Demand, DemandSource, Policy, Scenar
 use proptest::prelude::*;
 
 fn scenario(seed: u64, rate: f64, cap: u32, horizon_min: u64, ice: f64, preempt: f64) -> Scenario {
+    with_budget(seed, rate, &format!("max_per_hour = \"{cap}\""), horizon_min, ice, preempt)
+}
+
+fn with_budget(seed: u64, rate: f64, budget: &str, horizon_min: u64, ice: f64, preempt: f64) -> Scenario {
     let spec = format!(
-        "[budget]\nmax_per_hour = \"{cap}\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 1\n[apps.llm.placement]\n\
+        "[budget]\n{budget}\n[apps.llm]\ngpu = \"H100\"\ngpus = 1\n[apps.llm.placement]\n\
          clouds = [\"aws\", \"gcp\", \"lambda\", \"runpod\"]\nspot = \"auto\"\n[apps.llm.scaling]\n\
          max_concurrency = 40\nmax_multiplexing = 4\nkeep_alive = \"auto\"\npredict = true\n"
     );
@@ -59,6 +63,36 @@ proptest! {
         prop_assert!(r.max_burn_per_hour <= cap, "burned {}/h against a {cap}/h cap", r.max_burn_per_hour);
         prop_assert!(r.nodes_launched > 0);
     }
+
+    /// The monthly cap is enforced, not only respected when planning: as the month's money runs
+    /// out the fleet stops launching and winds down (min_concurrency 0: no overrun is allowed),
+    /// so what the run spent in the month never passes the cap — through failovers, preemptions
+    /// and consolidation.
+    #[test]
+    fn the_monthly_cap_holds_over_the_month(
+        seed in 0u64..10_000,
+        rate in 0.5f64..6.0,
+        cap in 2u32..20,
+        ice in 0.0f64..0.6,
+        preempt in 0.0f64..3.0,
+    ) {
+        let budget = format!("max_per_month = \"{cap}\"");
+        let sc = with_budget(seed, rate, &budget, 60, ice, preempt);
+        let r = fleet_simulator::run(&sc).unwrap();
+        let cap = Money::parse_decimal(&cap.to_string()).unwrap();
+        prop_assert!(r.cost <= cap, "spent {} in the month against a {cap} cap", r.cost);
+    }
+}
+
+/// The monthly property is not vacuous: with demand enough, such a run spends most of its
+/// month's money (uncapped, it would spend twice the cap or more) and is then held at the cap.
+#[test]
+fn a_monthly_cap_is_reached_and_held() {
+    let free = fleet_simulator::run(&with_budget(7, 6.0, "max_per_hour = \"1000\"", 60, 0.2, 1.0)).unwrap();
+    let r = fleet_simulator::run(&with_budget(7, 6.0, "max_per_month = \"6\"", 60, 0.2, 1.0)).unwrap();
+    let cap = Money::parse_decimal("6").unwrap();
+    assert!(free.cost > cap.times(2), "uncapped, the run spends {}", free.cost);
+    assert!(r.cost <= cap && r.cost >= Money::parse_decimal("4").unwrap(), "spent {} of {cap}", r.cost);
 }
 
 /// The property above is not vacuous: across such runs consolidation does move nodes, and the

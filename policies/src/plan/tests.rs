@@ -583,7 +583,7 @@ fn a_launching_node_holds_its_dearest_candidate_and_unseen_nodes_still_count() {
     assert_eq!(p.apps[0].unplaced.iter().filter(|u| u.budget_cap.is_some()).count(), 1, "{:?}", p.apps[0].unplaced);
 }
 
-/// As the month's money runs out (month to date + an hour at this burn > the cap), nothing
+/// As the month's money runs out (month to date + ten minutes at this burn > the cap), nothing
 /// starts and the app winds down to its floor: none, or `min_concurrency` where the app keeps it.
 #[test]
 fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
@@ -611,12 +611,13 @@ fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
         v
     };
     let cache = UnavailableCache::default();
-    // Burn $39.92/h: with $900 spent the hour fits; with $970 it does not.
+    // Burn $39.92/h ($6.65 in ten minutes): with $990 spent it fits; with $995 it does not.
     let s = spec(&format!("{budget}{FLEET}"));
     let index = PlacementIndex::new(catalog(), &s);
-    let p = plan(&index, &s, &view(&cache, "900"), &PlanOptions::default());
+    let p = plan(&index, &s, &view(&cache, "990"), &PlanOptions::default());
     assert!(p.apps[0].winding_down.is_none());
-    let p = plan(&index, &s, &view(&cache, "970"), &PlanOptions::default());
+    assert!(p.apps[0].new_nodes.is_empty(), "but no room for a new node's hour");
+    let p = plan(&index, &s, &view(&cache, "995"), &PlanOptions::default());
     let a = &p.apps[0];
     assert!(matches!(a.winding_down, Some(BudgetCap::FleetMonthly { .. })), "{a:?}");
     assert_eq!(a.decision.start, 0);
@@ -631,7 +632,7 @@ fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
         FLEET.replace("max_concurrency = 20", "max_concurrency = 20\nmin_concurrency = 1\nkeep_min_over_budget = true")
     ));
     let index = PlacementIndex::new(catalog(), &s);
-    let p = plan(&index, &s, &view(&cache, "970"), &PlanOptions::default());
+    let p = plan(&index, &s, &view(&cache, "995"), &PlanOptions::default());
     let mut stopped = p.apps[0].decision.stop.clone();
     stopped.sort_unstable();
     assert_eq!(stopped, [2, 3], "the busy runner stays as the floor");
