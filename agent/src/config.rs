@@ -35,6 +35,19 @@ struct File {
     #[serde(default)]
     burn_in: BurnInConfig,
     interruption: Option<NoticeFile>,
+    rented: Option<RentedFile>,
+}
+
+/// What fleetd rented this node as (written by its bootstrap from the node's offering).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RentedFile {
+    gpu_model: String,
+    gpus: u32,
+    /// How often the GPUs are checked against it (default 60s).
+    check_every: Option<String>,
+    /// How long hardware throttling must last to count (default 5m).
+    throttle_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +86,15 @@ pub struct AgentConfig {
     pub apps: BTreeMap<String, AppConfig>,
     pub burn_in: BurnInConfig,
     pub interruption: Option<NoticeConfig>,
+    /// What the node was rented as, with how often and how strictly it is held to it.
+    pub rented: Option<RentedConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RentedConfig {
+    pub rented: crate::gpu::fit::Rented,
+    pub check_every: Duration,
+    pub throttle_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +190,33 @@ impl AgentConfig {
                 Some(NoticeConfig { source, endpoint, poll })
             }
         };
+        let rented = match f.rented {
+            None => None,
+            Some(r) => {
+                let model: fleet_core::GpuModel =
+                    r.gpu_model.parse().map_err(|e| invalid(format!("rented.gpu_model = \"{}\": {e}", r.gpu_model)))?;
+                if r.gpus == 0 {
+                    return Err(invalid("rented.gpus must be at least 1".into()));
+                }
+                Some(RentedConfig {
+                    rented: crate::gpu::fit::Rented { model, gpus: r.gpus },
+                    check_every: duration(
+                        path,
+                        "rented.check_every",
+                        r.check_every.as_deref(),
+                        Duration::from_secs(60),
+                    )?,
+                    throttle_for: duration(
+                        path,
+                        "rented.throttle_for",
+                        r.throttle_for.as_deref(),
+                        Duration::from_secs(300),
+                    )?,
+                })
+            }
+        };
         Ok(AgentConfig {
+            rented,
             fleet: f.fleet,
             node: f.node,
             endpoints: f.endpoints,

@@ -214,7 +214,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         None => connect_etcd(&cfg).await?,
     };
-    let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health);
+    let agent = serve::Agent::start(cfg, store, d.gpus.len() as u32, health, Arc::new(gpu::fit::Nvml));
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -155,7 +155,15 @@ impl Drop for Agent {
 
 impl Agent {
     /// `health`: discovery and burn-in as measured at start (`ok` false keeps the node from serving).
-    pub fn start(cfg: AgentConfig, store: Arc<dyn Store>, gpus: u32, health: AgentHealth) -> Agent {
+    /// `backend`: where GPU figures come from, for holding the machine to what was rented
+    /// (`cfg.rented`), at once and every `check_every` after.
+    pub fn start(
+        cfg: AgentConfig,
+        store: Arc<dyn Store>,
+        gpus: u32,
+        health: AgentHealth,
+        backend: Arc<dyn crate::gpu::fit::GpuBackend>,
+    ) -> Agent {
         let keys = Keys::new(&cfg.fleet);
         let published = Arc::new(Mutex::new(Published { gpus, health }));
         let (lease_tx, lease) = watch::channel(None);
@@ -193,6 +201,34 @@ impl Agent {
                         }
                         Ok(None) => {}
                         Err(e) => tracing::debug!(error = %e, "metadata endpoint"),
+                    }
+                }
+            }));
+        }
+        if let Some(rc) = cfg.rented {
+            let (published, republish) = (published.clone(), republish.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut check = crate::gpu::fit::FitCheck::new(rc.rented, rc.throttle_for);
+                let mut tick = tokio::time::interval(rc.check_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    let b = backend.clone();
+                    let Ok(d) = tokio::task::spawn_blocking(move || b.discover()).await else { continue };
+                    let verdict = check.judge(&d, now());
+                    let mut p = published.lock().expect("published lock");
+                    p.health.devices = d.gpus;
+                    // A machine found unfit stays so: fleetd replaces it.
+                    if let Some(why) = verdict
+                        && p.health.hardware.is_none()
+                    {
+                        tracing::error!(%why, "this machine is not what was rented: unhealthy, fleetd will replace it");
+                        p.health.ok = false;
+                        p.health.reason = Some(why.clone());
+                        p.health.hardware = Some(why);
+                        p.health.updated_at = Some(now());
+                        drop(p);
+                        let _ = republish.try_send(());
                     }
                 }
             }));

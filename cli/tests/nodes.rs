@@ -77,6 +77,7 @@ async fn nodes_show_what_their_agents_report() {
     let health = AgentHealth {
         ok: true,
         reason: None,
+        hardware: None,
         devices: (0..8).map(gpu).collect(),
         burn_in: Some(BurnInReport {
             device: "cuda:3".into(),

@@ -150,6 +150,11 @@ struct Args {
     /// Nodes bootstrapped at once.
     #[arg(long, default_value_t = 16)]
     bootstrap_concurrency: usize,
+    /// Do not hold bootstrapped machines to the GPUs they were rented with (for machines whose
+    /// agent cannot see them, e.g. a test on a CPU machine). By default an agent that finds
+    /// fewer GPUs, another model, ECC errors or persistent throttling has its node replaced.
+    #[arg(long)]
+    skip_hardware_check: bool,
 }
 
 /// The etcd client itself, when fleetd runs on etcd (agent users are made with it).
@@ -225,6 +230,7 @@ fn ssh_bootstrap(
             f
         }),
         credentials: access,
+        check_hardware: !args.skip_hardware_check,
     };
     Ok(Arc::new(SshBootstrap::new(cfg, store)?))
 }

@@ -169,8 +169,11 @@ pub enum Unhealthy {
     /// No agent record: the agent never registered, or its lease expired (it died, its machine
     /// went, or it lost the store for longer than its TTL).
     NoAgent,
-    /// The agent says so (burn-in failed, a GPU gone bad).
+    /// The agent says so (burn-in failed).
     Reported(String),
+    /// The agent says the machine is not what was rented (fewer GPUs, another model, ECC
+    /// errors, persistent throttling): drained at once, and its offering avoided for a while.
+    Hardware(String),
     /// The cloud announced it will take the instance.
     Interrupted { kind: String, not_before: Option<String> },
 }
@@ -180,6 +183,7 @@ impl Unhealthy {
         match self {
             Unhealthy::NoAgent => "no_agent",
             Unhealthy::Reported(_) => "reported",
+            Unhealthy::Hardware(_) => "hardware",
             Unhealthy::Interrupted { .. } => "interrupted",
         }
     }
@@ -190,6 +194,7 @@ impl std::fmt::Display for Unhealthy {
         match self {
             Unhealthy::NoAgent => f.write_str("no live agent (its lease expired or it never registered)"),
             Unhealthy::Reported(why) => write!(f, "agent reports: {why}"),
+            Unhealthy::Hardware(why) => write!(f, "not the machine rented: {why}"),
             Unhealthy::Interrupted { kind, not_before } => match not_before {
                 Some(t) => write!(f, "the cloud announced '{kind}' at {t}"),
                 None => write!(f, "the cloud announced '{kind}'"),
@@ -218,9 +223,10 @@ pub fn unhealthy_nodes<N: Borrow<NodeRecord>, A: Borrow<AgentRecord>>(
             None => Some(Unhealthy::NoAgent),
             Some(a) => match (&a.health.interruption, a.health.ok) {
                 (Some(i), _) => Some(Unhealthy::Interrupted { kind: i.kind.clone(), not_before: i.not_before.clone() }),
-                (None, false) => {
-                    Some(Unhealthy::Reported(a.health.reason.clone().unwrap_or_else(|| "not healthy".into())))
-                }
+                (None, false) => Some(match &a.health.hardware {
+                    Some(why) => Unhealthy::Hardware(why.clone()),
+                    None => Unhealthy::Reported(a.health.reason.clone().unwrap_or_else(|| "not healthy".into())),
+                }),
                 (None, true) => None,
             },
         };
@@ -249,6 +255,7 @@ pub fn drains(
         .iter()
         .filter_map(|(id, why)| match why {
             Unhealthy::Interrupted { .. } => Some((*id, DrainReason::SpotInterruption)),
+            Unhealthy::Hardware(_) => Some((*id, DrainReason::HardwareFault)),
             Unhealthy::NoAgent | Unhealthy::Reported(_) => {
                 let since = unhealthy_since.get(id).copied().unwrap_or(now);
                 (long(since) && long(view_since)).then_some((*id, DrainReason::AgentLost))

@@ -36,6 +36,8 @@ pub enum UnavailableReason {
     QuotaExceeded,
     /// A spot node there was reclaimed.
     Preempted,
+    /// A machine launched there was not what was rented (fewer GPUs, another model, ECC errors).
+    Faulty,
 }
 
 impl fmt::Display for UnavailableReason {
@@ -44,6 +46,7 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::InsufficientCapacity => "insufficient capacity",
             UnavailableReason::QuotaExceeded => "quota exceeded",
             UnavailableReason::Preempted => "spot preempted",
+            UnavailableReason::Faulty => "a machine was not what was rented",
         })
     }
 }

@@ -184,6 +184,10 @@ pub struct AgentHealth {
     /// A spot interruption or maintenance notice from the cloud's metadata endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<InterruptionNotice>,
+    /// The machine is not what was rented (fewer GPUs, another model, uncorrected ECC errors,
+    /// persistent hardware throttling): fleetd replaces it and avoids its offering for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
 }

@@ -3,6 +3,7 @@
 //! the NVIDIA driver both are absent and discovery says so: "0 GPUs, CPU only".
 
 pub mod cuda;
+pub mod fit;
 
 use fleet_core::GpuModel;
 use fleet_state::model::GpuReport;

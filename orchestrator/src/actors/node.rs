@@ -229,7 +229,7 @@ impl Actor for NodeActor {
                     NodePhase::Terminating { .. }
                         | NodePhase::Terminated { .. }
                         | NodePhase::Failed { .. }
-                        | NodePhase::Draining { reason: DrainReason::AgentLost, .. }
+                        | NodePhase::Draining { reason: DrainReason::AgentLost | DrainReason::HardwareFault, .. }
                 );
                 for r in runners {
                     // A serving runner needs nothing from the orchestrator (its agent serves,

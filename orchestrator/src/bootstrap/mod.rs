@@ -58,6 +58,10 @@ pub struct SshBootstrapConfig {
     pub resolve: Option<Resolve>,
     /// Per-node store users; absent when the store has no authentication.
     pub credentials: Option<Arc<dyn AgentAccess>>,
+    /// Tell each agent what its node was rented as (`[rented]`: the offering's GPU model and
+    /// count), so it holds the machine to it. Off only where the agent cannot see the GPUs it
+    /// was rented with (tests on a CPU machine: `fleetd --skip-hardware-check`).
+    pub check_hardware: bool,
 }
 
 impl std::fmt::Debug for SshBootstrapConfig {
@@ -222,7 +226,17 @@ impl SshBootstrap {
         self.cfg.remote_dir.replace("{node}", &node.to_string())
     }
 
-    fn agent_config(&self, node: NodeId, auth: Option<&(String, Secret)>) -> String {
+    fn agent_config(&self, node: &NodeRecord, auth: Option<&(String, Secret)>) -> String {
+        let mut s = self.agent_config_for(node.id, auth);
+        if self.cfg.check_hardware
+            && let Some((gpu, count)) = node.offering().and_then(rented_shape)
+        {
+            s += &format!("[rented]\ngpu_model = \"{}\"\ngpus = {count}\n", gpu.name());
+        }
+        s
+    }
+
+    fn agent_config_for(&self, node: NodeId, auth: Option<&(String, Secret)>) -> String {
         let dir = &self.dir(node);
         let endpoints: Vec<String> = self.cfg.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         let mut s = format!(
@@ -270,7 +284,7 @@ impl SshBootstrap {
             None => None,
         };
         let mut files = vec![
-            File::new("agent.toml", "0600", self.agent_config(node.id, auth.as_ref()).into_bytes()),
+            File::new("agent.toml", "0600", self.agent_config(node, auth.as_ref()).into_bytes()),
             File::new("run-agent.sh", "0755", RUN_SCRIPT.as_bytes().to_vec()),
         ];
         if let Some((_, pw)) = &auth {
@@ -325,6 +339,19 @@ impl SshBootstrap {
         tracing::info!(node = node.id, uploaded = ?uploaded, restarted, "agent installed");
         Ok(InstallOutcome { uploaded, restarted })
     }
+}
+
+/// The GPU model and count an offering rents: the documented shapes of the hyperscalers', else
+/// the built-in catalog's row.
+fn rented_shape(o: &fleet_core::OfferingKey) -> Option<(fleet_core::GpuModel, u32)> {
+    if let Some(k) = fleet_core::instance::known_shape(o.cloud, &o.instance_type) {
+        return Some((k.gpu, k.gpu_count));
+    }
+    fleet_core::Catalog::builtin()
+        .offerings()
+        .iter()
+        .find(|x| x.cloud == o.cloud && x.instance.name == o.instance_type)
+        .map(|x| (x.instance.gpu, x.instance.gpu_count))
 }
 
 #[async_trait]

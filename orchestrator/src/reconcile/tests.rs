@@ -175,3 +175,16 @@ fn unhealthy_nodes_are_drained_after_a_while_and_never_right_after_a_store_outag
     let d = drains(&u, &since, t("2026-11-25T11:59:50Z"), now, after);
     assert_eq!(d, vec![(3, DrainReason::SpotInterruption)]);
 }
+
+/// An agent that says its machine is not what was rented: that node is drained at once (no
+/// grace: the machine will not get better), even right after a store outage.
+#[test]
+fn a_machine_unlike_its_rental_is_drained_at_once() {
+    use fleet_state::lifecycle::node::DrainReason;
+    let now = t("2026-11-25T12:00:00Z");
+    let u = BTreeMap::from([(7, Unhealthy::Hardware("rented as 8× H100, the machine shows 7 GPUs".into()))]);
+    let d = drains(&u, &HashMap::new(), now, now, std::time::Duration::from_secs(30));
+    assert_eq!(d, vec![(7, DrainReason::HardwareFault)]);
+    assert_eq!(u[&7].label(), "hardware");
+    assert!(u[&7].to_string().starts_with("not the machine rented: rented as 8× H100"));
+}

@@ -32,6 +32,9 @@ pub enum DrainReason {
     AgentLost,
     /// Its app is no longer in the applied spec.
     AppRemoved,
+    /// The machine is not what was rented (its agent says: fewer GPUs, another model, ECC
+    /// errors, persistent throttling).
+    HardwareFault,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

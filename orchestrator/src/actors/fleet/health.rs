@@ -56,6 +56,13 @@ pub(super) async fn check(
             {
                 st.unavailable.mark(o.clone(), UnavailableReason::Preempted, now, ctx.config.unavailable_ttl);
             }
+            // So is an offering that handed over a machine unlike what was rented.
+            if matches!(reason, DrainReason::HardwareFault)
+                && let Some(o) = r.offering()
+            {
+                tracing::warn!(node = id, offering = %o, "offering avoided for a while: its machine was not what was rented");
+                st.unavailable.mark(o.clone(), UnavailableReason::Faulty, now, ctx.config.unavailable_ttl);
+            }
             st.informer.put_node(r, rev);
         }
     }
@@ -74,7 +81,7 @@ fn note_health(st: &mut FleetState, now: BTreeMap<NodeId, Unhealthy>) {
             tracing::info!(node = id, "node healthy again (or no longer ready)");
         }
     }
-    for label in ["no_agent", "reported", "interrupted"] {
+    for label in ["no_agent", "reported", "hardware", "interrupted"] {
         let n = now.values().filter(|u| u.label() == label).count();
         st.ctx.metrics.nodes_unhealthy.get_or_create(&crate::metrics::KindLabel::new(label)).set(n as i64);
     }
