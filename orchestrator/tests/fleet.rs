@@ -706,3 +706,49 @@ async fn a_poisoned_queue_record_does_not_stop_the_fleet() {
     assert!(!metrics.contains("fleet_queue_records_quarantined 0\n"), "{metrics}");
     assert!(metrics.contains("fleet_queue_records_quarantined"), "{metrics}");
 }
+
+/// An agent that finds its machine unlike what was rented (here: a GPU gone) reports a hardware
+/// fault: the node is drained at once (HardwareFault), its offering is avoided for a while, and
+/// the replacement is placed elsewhere — on-demand capacity too, not only spot.
+#[tokio::test(start_paused = true)]
+async fn a_machine_unlike_its_rental_is_replaced_elsewhere() {
+    use fleet_state::model::AgentRecord;
+    use fleet_state::store::{get_json, to_json};
+    let cheap = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let other = h100x8(Cloud::Runpod, "us-ks-2", "22", CapacityType::OnDemand);
+    let clouds =
+        vec![CloudSetup::new(Cloud::Lambda, vec![cheap.clone()]), CloudSetup::new(Cloud::Runpod, vec![other.clone()])];
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
+    let h = Harness::start(clouds, config(), SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    let up = h.run_until(Duration::from_secs(120), || async {
+        h.nodes().await.iter().any(|n| matches!(n.state, NodePhase::Ready { .. }))
+    });
+    assert!(up.await, "a node up");
+    let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
+    assert_eq!(old.offering(), Some(&cheap.key()));
+    let key = h.ctx.keys.agent(old.id);
+    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
+    rec.health.ok = false;
+    rec.health.hardware = Some("rented as 8× H100-SXM, the machine shows 7 GPUs".into());
+    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    h.run_for(Duration::from_secs(2)).await;
+    let drained = h.nodes().await.into_iter().find(|n| n.id == old.id).unwrap();
+    assert!(
+        matches!(
+            &drained.state,
+            NodePhase::Draining { reason: fleet_state::lifecycle::node::DrainReason::HardwareFault, .. }
+        ),
+        "drained at once: {:?}",
+        drained.state
+    );
+    let replaced = h
+        .run_until(Duration::from_secs(300), || async {
+            h.nodes().await.iter().any(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. }))
+        })
+        .await;
+    assert!(replaced, "a replacement");
+    let new =
+        h.nodes().await.into_iter().find(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. })).unwrap();
+    assert_eq!(new.offering(), Some(&other.key()), "the faulty machine's offering is avoided");
+}
