@@ -26,6 +26,7 @@ pub mod informer;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod serve;
 pub mod sim_agents;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -155,6 +155,13 @@ struct Args {
     /// fewer GPUs, another model, ECC errors or persistent throttling has its node replaced.
     #[arg(long)]
     skip_hardware_check: bool,
+    /// API connections open at once; more are closed at once (agents hold one each).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds a client has to send a whole request head (also how long an idle kept-alive
+    /// connection stays open).
+    #[arg(long, default_value_t = 10.0)]
+    header_read_timeout_seconds: f64,
 }
 
 /// The etcd client itself, when fleetd runs on etcd (agent users are made with it).
@@ -485,12 +492,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stopped = async move {
         let _ = api_stopped.changed().await;
     };
+    let limits = fleet_orchestrator::serve::Limits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs_f64(args.header_read_timeout_seconds.max(0.1)),
+    };
     let server = match tls {
         Some(cfg) => {
             let listener = fleet_orchestrator::tls::TlsListener::new(listener, cfg)?;
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+            tokio::spawn(fleet_orchestrator::serve::serve(listener, app, limits, stopped))
         }
-        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+        None => tokio::spawn(fleet_orchestrator::serve::serve(listener, app, limits, stopped)),
     };
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(url = %format!("{scheme}://{}", args.listen), fleet = %args.fleet, "API ready");
@@ -533,7 +544,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let _ = stop_api.send(true);
-    server.await.context("HTTP server")?.context("HTTP server")?;
+    server.await.context("HTTP server")?;
 
     tracing::info!(in_flight = ctx.launches.in_flight(), "shutting down: waiting for launch calls in flight");
     if tokio::time::timeout(Duration::from_secs(120), ctx.launches.close_and_wait()).await.is_err() {

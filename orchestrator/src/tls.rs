@@ -38,6 +38,9 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
 
 /// A listener whose connections are TLS: handshakes run concurrently (a slow client never holds
 /// up the others) and those that fail or take over 10 s are dropped.
+/// TLS handshakes in progress at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
     addr: SocketAddr,
@@ -55,6 +58,9 @@ impl TlsListener {
         let addr = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(cfg);
         let (tx, ready) = mpsc::channel(64);
+        // At most this many handshakes at once: a flood of clients that never finish theirs is
+        // turned away at the door instead of piling up tasks.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accept_loop = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
@@ -65,8 +71,13 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes at once: connection closed");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => drop(tx.send((tls, peer)).await),
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
