@@ -214,9 +214,12 @@ impl Scenario {
         let dur = |v: &Option<String>, field: &str, default: Duration| -> Result<Duration, ScenarioError> {
             match v {
                 None => Ok(default),
-                Some(s) => parse_duration(s).ok_or_else(|| {
-                    invalid(format!("{field}: '{s}' is not a duration such as \"90s\", \"5m\", \"30d\""))
-                }),
+                Some(s) => match parse_duration(s) {
+                    // Every duration is bounded by what one run can simulate (its clock's range).
+                    Some(d) if d <= crate::engine::MAX_DURATION => Ok(d),
+                    Some(_) => Err(invalid(format!("{field}: '{s}' is longer than a run can be; at most 49 days"))),
+                    None => Err(invalid(format!("{field}: '{s}' is not a duration such as \"90s\", \"5m\", \"30d\""))),
+                },
             }
         };
         let spec_path = base.join(&raw.spec);
@@ -229,16 +232,27 @@ impl Scenario {
         }
         let source = match (&d.trace, d.poisson_rate) {
             (Some(t), None) => DemandSource::Trace { path: base.join(t), tile: d.tile },
-            (None, Some(rate)) if rate > 0.0 => DemandSource::Poisson {
+            (None, Some(rate)) if rate > 0.0 && rate <= 100_000.0 => DemandSource::Poisson {
                 rate_per_s: rate,
                 context_tokens: d.context_tokens.unwrap_or(1000),
                 generated_tokens: d.generated_tokens.unwrap_or(100),
             },
-            _ => return Err(invalid("demand: give either trace = \"FILE\" or poisson_rate = N (> 0)".into())),
+            _ => {
+                return Err(invalid(
+                    "demand: give either trace = \"FILE\" or poisson_rate = N (more than 0, at most 100000 per second)"
+                        .into(),
+                ));
+            }
         };
+        // Scales and rates are bounded too: a run's events must fit in memory and its clock.
         let positive = |v: Option<f64>, field: &str, default: f64| -> Result<f64, ScenarioError> {
             let x = v.unwrap_or(default);
-            if x.is_finite() && x > 0.0 { Ok(x) } else { Err(invalid(format!("{field}: must be a positive number"))) }
+            let max = if field.starts_with("service.") { 1e9 } else { 10_000.0 };
+            if x.is_finite() && x > 0.0 && x <= max {
+                Ok(x)
+            } else {
+                Err(invalid(format!("{field}: must be a positive number, at most {max}")))
+            }
         };
         let demand = Demand {
             app: d.app.clone(),
@@ -281,8 +295,8 @@ impl Scenario {
                 }
             };
             let preempt = r.preemptions_per_hour.unwrap_or(base.preemptions_per_hour);
-            if !(preempt.is_finite() && preempt >= 0.0) {
-                return Err(invalid(format!("{}: must be 0 or more", f("preemptions_per_hour"))));
+            if !(preempt.is_finite() && (0.0..=3600.0).contains(&preempt)) {
+                return Err(invalid(format!("{}: must be 0 to 3600", f("preemptions_per_hour"))));
             }
             Ok(CloudModel {
                 provision_delay: dur(&r.provision_delay, &f("provision_delay"), base.provision_delay)?,
