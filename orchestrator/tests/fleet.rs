@@ -417,8 +417,6 @@ async fn a_node_whose_agent_is_lost_is_replaced_then_terminated() {
 /// comes up, the request being served finishes, and the node is terminated.
 #[tokio::test(start_paused = true)]
 async fn an_interruption_notice_drains_and_replaces_the_node() {
-    use fleet_state::model::{AgentRecord, InterruptionNotice};
-    use fleet_state::store::{get_json, to_json};
     let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1");
     let agents = SimAgentConfig { service_time: Duration::from_secs(20), ..SimAgentConfig::default() };
     let h = Harness::start(three_clouds(), config(), agents, None).await;
@@ -431,15 +429,7 @@ async fn an_interruption_notice_drains_and_replaces_the_node() {
     h.submit("llm", 1).await;
     h.run_for(Duration::from_secs(2)).await;
     // The agent reports the cloud's notice (as fleet-agent does from the metadata endpoint).
-    let key = h.ctx.keys.agent(old.id);
-    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
-    rec.health.interruption = Some(InterruptionNotice {
-        source: "aws".into(),
-        kind: "terminate".into(),
-        not_before: None,
-        noticed_at: h.ctx.clock.now(),
-    });
-    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    report_terminate_notice(&h, old.id).await;
     h.run_for(Duration::from_secs(2)).await;
     let drained = h.nodes().await.into_iter().find(|n| n.id == old.id).unwrap();
     assert!(
@@ -478,8 +468,6 @@ async fn a_spot_offering_reclaimed_without_notice_is_avoided_too() {
 
 async fn reclaimed_spot_offering_is_avoided(notice: bool) {
     use fleet_providers::Provider;
-    use fleet_state::model::{AgentRecord, InterruptionNotice};
-    use fleet_state::store::{get_json, to_json};
     let cheap = h100x8(Cloud::Lambda, "us-east-1", "8", CapacityType::Spot);
     let other = h100x8(Cloud::Runpod, "us-ks-2", "9", CapacityType::Spot);
     let clouds =
@@ -496,15 +484,7 @@ async fn reclaimed_spot_offering_is_avoided(notice: bool) {
     let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     assert_eq!(old.offering(), Some(&cheap.key()), "the cheapest spot offering first");
     if notice {
-        let key = h.ctx.keys.agent(old.id);
-        let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
-        rec.health.interruption = Some(InterruptionNotice {
-            source: "aws".into(),
-            kind: "terminate".into(),
-            not_before: None,
-            noticed_at: h.ctx.clock.now(),
-        });
-        h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+        report_terminate_notice(&h, old.id).await;
     } else {
         h.fakes[&Cloud::Lambda].terminate(old.state.instance_id().unwrap()).await.unwrap();
     }
@@ -712,8 +692,6 @@ async fn a_poisoned_queue_record_does_not_stop_the_fleet() {
 /// the replacement is placed elsewhere — on-demand capacity too, not only spot.
 #[tokio::test(start_paused = true)]
 async fn a_machine_unlike_its_rental_is_replaced_elsewhere() {
-    use fleet_state::model::AgentRecord;
-    use fleet_state::store::{get_json, to_json};
     let cheap = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
     let other = h100x8(Cloud::Runpod, "us-ks-2", "22", CapacityType::OnDemand);
     let clouds =
@@ -727,11 +705,11 @@ async fn a_machine_unlike_its_rental_is_replaced_elsewhere() {
     assert!(up.await, "a node up");
     let old = h.nodes().await.into_iter().find(|n| matches!(n.state, NodePhase::Ready { .. })).unwrap();
     assert_eq!(old.offering(), Some(&cheap.key()));
-    let key = h.ctx.keys.agent(old.id);
-    let (mut rec, _) = get_json::<AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
-    rec.health.ok = false;
-    rec.health.hardware = Some("rented as 8× H100-SXM, the machine shows 7 GPUs".into());
-    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+    edit_agent_record(&h, old.id, |rec| {
+        rec.health.ok = false;
+        rec.health.hardware = Some("rented as 8× H100-SXM, the machine shows 7 GPUs".into());
+    })
+    .await;
     h.run_for(Duration::from_secs(2)).await;
     let drained = h.nodes().await.into_iter().find(|n| n.id == old.id).unwrap();
     assert!(
@@ -751,4 +729,29 @@ async fn a_machine_unlike_its_rental_is_replaced_elsewhere() {
     let new =
         h.nodes().await.into_iter().find(|n| n.id != old.id && matches!(n.state, NodePhase::Ready { .. })).unwrap();
     assert_eq!(new.offering(), Some(&other.key()), "the faulty machine's offering is avoided");
+}
+
+/// Changes what a node's agent reports, as fleet-agent would (on the agent's own lease).
+async fn edit_agent_record(h: &Harness, node: u64, edit: impl FnOnce(&mut fleet_state::model::AgentRecord)) {
+    use fleet_state::store::{get_json, to_json};
+    let key = h.ctx.keys.agent(node);
+    let (mut rec, _) =
+        get_json::<fleet_state::model::AgentRecord>(&*h.ctx.store, &key).await.unwrap().expect("agent record");
+    edit(&mut rec);
+    h.ctx.store.put(&key, to_json(&rec), Some(rec.lease)).await.unwrap();
+}
+
+/// The node's agent reports the cloud's terminate notice (as fleet-agent does from the metadata
+/// endpoint).
+async fn report_terminate_notice(h: &Harness, node: u64) {
+    let now = h.ctx.clock.now();
+    edit_agent_record(h, node, |rec| {
+        rec.health.interruption = Some(fleet_state::model::InterruptionNotice {
+            source: "aws".into(),
+            kind: "terminate".into(),
+            not_before: None,
+            noticed_at: now,
+        });
+    })
+    .await;
 }

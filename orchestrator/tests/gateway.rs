@@ -17,8 +17,16 @@ use fleet_state::store::embedded::EmbeddedStore;
 use fleet_state::store::http::HttpStore;
 use fleet_state::store::{Store, StoreError, to_json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_token_reaches_only_its_node_and_apps() {
+/// fleetd's API on loopback over an embedded store (in this process), and what tests reach it with.
+struct Api {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    ctx: Arc<Ctx>,
+    keys: Keys,
+    url: String,
+}
+
+async fn api_on_loopback() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let ctx = Arc::new(Ctx::new(
@@ -29,17 +37,23 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
         Config::default(),
         Clock::System,
     ));
-    let keys = Keys::new("t");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = fleet_orchestrator::api::router(ctx.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Api { _dir: dir, store, ctx, keys: Keys::new("t"), url }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_reaches_only_its_node_and_apps() {
+    let api = api_on_loopback().await;
+    let (store, keys, url) = (api.store.clone(), api.keys.clone(), api.url.clone());
     let now = chrono::Utc::now();
     for (id, node) in [(1, 1), (2, 2)] {
         let r = RunnerRecord { id, app: "llm".into(), state: RunnerPhase::Pending { node }, created_at: now };
         store.put(&keys.runner(id), to_json(&r), None).await.unwrap();
     }
     store.put(&keys.queued("other", 1), b"{}".to_vec(), None).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = fleet_orchestrator::api::router(ctx.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let access = GatewayAccess { store: store.clone(), keys: keys.clone() };
     let (_, t1) = access.credentials(1, &["llm".into()]).await.unwrap();
@@ -117,21 +131,8 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_hoard_leases() {
     use fleet_orchestrator::access::gateway::{LEASE_TTL_MAX, LEASES_PER_NODE};
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let ctx = Arc::new(Ctx::new(
-        "t",
-        store.clone(),
-        Default::default(),
-        Arc::new(InstanceRunning),
-        Config::default(),
-        Clock::System,
-    ));
-    let keys = Keys::new("t");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = fleet_orchestrator::api::router(ctx.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = api_on_loopback().await;
+    let (store, ctx, keys, url) = (api.store.clone(), api.ctx.clone(), api.keys.clone(), api.url.clone());
     let access = GatewayAccess { store: store.clone(), keys: keys.clone() };
     let (_, t1) = access.credentials(1, &["llm".into()]).await.unwrap();
     let a1 = HttpStore::new(&url, t1);

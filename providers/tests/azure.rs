@@ -21,6 +21,10 @@ const SUBNET: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resour
 const NSG: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/fleet/providers/Microsoft.Network/networkSecurityGroups/fleet-ssh";
 
 fn provider(url: &str, token: &str) -> AzureProvider {
+    AzureProvider::new(config(url, token), Arc::new(Catalog::builtin().clone())).unwrap()
+}
+
+fn config(url: &str, token: &str) -> AzureConfig {
     let mut cfg = AzureConfig::new(
         "t",
         SUB,
@@ -36,7 +40,7 @@ fn provider(url: &str, token: &str) -> AzureProvider {
     cfg.max_retries = 1;
     cfg.poll_interval = Duration::from_millis(10);
     cfg.prices_endpoint = format!("{url}/api/retail/prices");
-    AzureProvider::new(cfg, Arc::new(Catalog::builtin().clone())).unwrap()
+    cfg
 }
 
 fn key(ty: &str, capacity: CapacityType) -> OfferingKey {
@@ -290,16 +294,7 @@ async fn azure_prices_are_live_and_a_running_vm_has_its_addresses() {
 #[tokio::test]
 async fn azure_refuses_to_launch_a_vm_nobody_can_ssh_into() {
     let emu = AzureEmulator::start(TOKEN, &[("eastus", "Standard_ND96isr_H100_v5", 1)]).await;
-    let mut cfg = AzureConfig::new(
-        "t",
-        SUB,
-        "fleet",
-        SUBNET,
-        "microsoft-dsvm:ubuntu-hpc:2204:latest".parse().unwrap(),
-        "ssh-ed25519 AAAAC3Nza fleet",
-    );
-    cfg.endpoint = emu.running.url.clone();
-    cfg.credential = Some(Arc::new(FixedToken(Secret::new(TOKEN))));
+    let cfg = AzureConfig { network_security_group: None, ..config(&emu.running.url, TOKEN) };
     let p = AzureProvider::new(cfg, Arc::new(Catalog::builtin().clone())).unwrap();
     let e = p
         .launch(&LaunchRequest::new("t", "1", "a", key("Standard_ND96isr_H100_v5", CapacityType::OnDemand)))
