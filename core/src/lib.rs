@@ -27,6 +27,6 @@ pub use cloud::Cloud;
 pub use gpu::{GpuFamily, GpuModel, GpuSelector};
 pub use ids::{NodeId, RequestId, RunnerId, Time};
 pub use instance::{InstanceType, Interconnect};
-pub use money::{Money, Price};
+pub use money::{Money, MoneyOverflow, Price};
 pub use offering::{Availability, CapacityType, Offering, OfferingKey, Source};
 pub use secret::Secret;

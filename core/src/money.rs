@@ -5,6 +5,15 @@
 //! per second) and it is round-half-to-even, in one place ([`div_round`]). Prices are never held in
 //! `f64`: a month of per-second charges summed in floating point drifts by cents, and budgets are
 //! compared against those sums.
+//!
+//! Nothing here wraps, truncates or panics. Every amount read from outside (spec, catalog, cloud
+//! price APIs, scenarios) is at most [`Money::MAX_INPUT`] ($1,000,000,000) in size, refused with an
+//! error naming it otherwise. The `try_*` methods return a [`MoneyOverflow`] naming the operands
+//! when a result would leave the ±$9.2 trillion an `i64` of micro-dollars can hold; batch
+//! computations (fleetsim's bill) use them and fail with that error. The operators (`+`, `-`, sums,
+//! [`Money::times`], [`Price::cost_for`]) saturate at [`Money::MAX`] / [`Money::MIN`] instead: a
+//! daemon must not stop managing a fleet over an absurd price, and a saturated spend compares above
+//! every budget, so a cap still holds (it errs toward spending nothing).
 
 use std::fmt;
 use std::iter::Sum;
@@ -22,6 +31,13 @@ pub struct Money(i64);
 
 impl Money {
     pub const ZERO: Money = Money(0);
+    /// The largest amount fleet can count (about $9.2 trillion); operators saturate here.
+    pub const MAX: Money = Money(i64::MAX);
+    /// The most negative amount (operators saturate here).
+    pub const MIN: Money = Money(i64::MIN);
+    /// The largest amount, in size, that fleet reads from any input: $1,000,000,000 (a price per
+    /// hour, a budget per month). Ten thousand such amounts still sum without overflow.
+    pub const MAX_INPUT: Money = Money(1_000_000_000 * MICROS_PER_USD);
 
     pub const fn from_micros(micros: i64) -> Money {
         Money(micros)
@@ -48,15 +64,40 @@ impl Money {
         self.0.checked_mul(n).map(Money)
     }
 
-    /// Multiplies by a count. Panics on overflow (±9.2 trillion dollars), which no fleet reaches.
-    pub fn times(self, n: u32) -> Money {
-        Money(self.0.checked_mul(i64::from(n)).expect("money overflow"))
+    /// `self + other`, or an error naming both when the sum cannot be counted.
+    pub fn try_add(self, other: Money) -> Result<Money, MoneyOverflow> {
+        self.checked_add(other).ok_or_else(|| MoneyOverflow::new(format!("{self} + {other}")))
     }
 
-    /// Divides by a count, rounding half to even. `n` must not be zero.
+    /// `self - other`, or an error naming both when the difference cannot be counted.
+    pub fn try_sub(self, other: Money) -> Result<Money, MoneyOverflow> {
+        self.0.checked_sub(other.0).map(Money).ok_or_else(|| MoneyOverflow::new(format!("{self} - {other}")))
+    }
+
+    /// `self × n`, or an error naming both when the product cannot be counted.
+    pub fn try_times(self, n: u32) -> Result<Money, MoneyOverflow> {
+        self.checked_mul(i64::from(n)).ok_or_else(|| MoneyOverflow::new(format!("{self} × {n}")))
+    }
+
+    /// Multiplies by a count, saturating at [`Money::MAX`] / [`Money::MIN`] (see the module docs;
+    /// [`Money::try_times`] says when).
+    pub fn times(self, n: u32) -> Money {
+        Money(self.0.saturating_mul(i64::from(n)))
+    }
+
+    /// Divides by a count, rounding half to even. Dividing by zero gives zero (a rate shared by
+    /// nothing is charged to nothing); callers check counts before they get here.
     pub fn divided_by(self, n: u32) -> Money {
-        assert!(n > 0, "dividing money by zero");
-        Money(div_round(i128::from(self.0), i128::from(n)) as i64)
+        if n == 0 {
+            return Money::ZERO;
+        }
+        // |num / n| <= |num| for n >= 1, so the quotient always fits back into an i64.
+        Money(saturate(div_round(i128::from(self.0), i128::from(n))))
+    }
+
+    /// `micros` as money, saturating at [`Money::MAX`] / [`Money::MIN`] (for sums kept in `i128`).
+    pub fn from_micros_saturating(micros: i128) -> Money {
+        Money(saturate(micros))
     }
 
     /// Parses a decimal string such as `"98.32"`, `"1.8214000000000001"` or `"-0.5"`.
@@ -85,8 +126,9 @@ impl Money {
         if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err("only digits and one '.' are allowed"));
         }
-        if int_part.len() > 12 {
-            return Err(err("too large"));
+        // Refuse early what cannot be an amount (the exact bound is checked below).
+        if int_part.trim_start_matches('0').len() > 12 {
+            return Err(err("more than $1,000,000,000, the most fleet reads"));
         }
         let int: i128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err("bad integer part"))? };
         // Keep seven decimals (six plus one to round on) and note whether anything non-zero follows.
@@ -102,8 +144,32 @@ impl Money {
         if last > 5 || (last == 5 && (sticky || micros % 2 == 1)) {
             micros += 1;
         }
+        if micros > i128::from(Money::MAX_INPUT.0) {
+            return Err(err("more than $1,000,000,000, the most fleet reads"));
+        }
         let micros = if negative { -micros } else { micros };
         Ok(Money(micros as i64))
+    }
+}
+
+/// `x` clamped into an `i64`.
+fn saturate(x: i128) -> i64 {
+    i64::try_from(x).unwrap_or(if x < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// A sum, difference or product of money too large to count exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "money overflow: {expression} is beyond the ±$9,223,372,036,854.78 fleet can count; an input \
+     (a price, a budget, a count or a duration) is far larger than any real one — check it"
+)]
+pub struct MoneyOverflow {
+    pub expression: String,
+}
+
+impl MoneyOverflow {
+    fn new(expression: String) -> MoneyOverflow {
+        MoneyOverflow { expression }
     }
 }
 
@@ -177,10 +243,11 @@ impl<'de> Deserialize<'de> for Money {
     }
 }
 
+// The operators saturate (module docs): never a wrap, never a panic.
 impl Add for Money {
     type Output = Money;
     fn add(self, o: Money) -> Money {
-        Money(self.0.checked_add(o.0).expect("money overflow"))
+        Money(self.0.saturating_add(o.0))
     }
 }
 impl AddAssign for Money {
@@ -191,7 +258,7 @@ impl AddAssign for Money {
 impl Sub for Money {
     type Output = Money;
     fn sub(self, o: Money) -> Money {
-        Money(self.0.checked_sub(o.0).expect("money overflow"))
+        Money(self.0.saturating_sub(o.0))
     }
 }
 impl SubAssign for Money {
@@ -202,7 +269,7 @@ impl SubAssign for Money {
 impl Neg for Money {
     type Output = Money;
     fn neg(self) -> Money {
-        Money(-self.0)
+        Money(self.0.saturating_neg())
     }
 }
 impl Sum for Money {
@@ -239,10 +306,25 @@ impl Price {
     }
 
     /// What running for `d` costs, rounded half to even to the micro-dollar. Billing in fleet is
-    /// per second or coarser, so `d` is taken in whole milliseconds.
+    /// per second or coarser, so `d` is taken in whole milliseconds. Saturates (module docs);
+    /// [`Price::try_cost_for`] says when.
     pub fn cost_for(self, d: Duration) -> Money {
-        let millis = i128::try_from(d.as_millis()).expect("duration overflow");
-        Money(div_round(i128::from(self.0.micros()) * millis, 3_600_000) as i64)
+        Money(saturate(self.cost_micros(d)))
+    }
+
+    /// What running for `d` costs, or an error naming the price and the duration when it cannot
+    /// be counted.
+    pub fn try_cost_for(self, d: Duration) -> Result<Money, MoneyOverflow> {
+        i64::try_from(self.cost_micros(d))
+            .map(Money)
+            .map_err(|_| MoneyOverflow::new(format!("{self} for {} s", d.as_secs())))
+    }
+
+    fn cost_micros(self, d: Duration) -> i128 {
+        // u64::MAX seconds in ms is below 2^75 and a price below 2^63: the product fits in i128.
+        let millis = i128::try_from(d.as_millis()).unwrap_or(i128::MAX / (1 << 64));
+        let millis = millis.min(i128::from(u64::MAX) * 1000);
+        div_round(i128::from(self.0.micros()) * millis, 3_600_000)
     }
 
     pub fn parse_decimal(s: &str) -> Result<Price, MoneyParseError> {
@@ -342,6 +424,43 @@ mod tests {
         assert_eq!(p.cost_for(Duration::from_secs(3600)), m("98.32"));
         assert_eq!(p.cost_for(Duration::from_secs(60)), m("1.638667"));
         assert_eq!(p.cost_for(Duration::ZERO), Money::ZERO);
+    }
+
+    #[test]
+    fn amounts_beyond_the_input_bound_are_refused_by_name() {
+        assert_eq!(m("1000000000").micros(), Money::MAX_INPUT.micros());
+        assert_eq!(m("-1000000000"), -Money::MAX_INPUT);
+        assert_eq!(m("000000000000000000001.5"), m("1.5"), "leading zeros are not size");
+        for big in ["1000000000.000001", "1000000001", "9999999999999", "99999999999999999999999"] {
+            let e = Money::parse_decimal(big).unwrap_err().to_string();
+            assert!(e.contains(big) && e.contains("$1,000,000,000"), "{big}: {e}");
+        }
+    }
+
+    #[test]
+    fn arithmetic_never_wraps_or_panics() {
+        let max = Money::MAX;
+        assert_eq!(max + Money::from_micros(1), Money::MAX);
+        assert_eq!(Money::MIN - Money::from_micros(1), Money::MIN);
+        assert_eq!(-Money::MIN, Money::MAX);
+        assert_eq!(max.times(3), Money::MAX);
+        assert_eq!(Money::MIN.times(2), Money::MIN);
+        assert_eq!(max.divided_by(0), Money::ZERO);
+        assert_eq!([max, max, max].iter().sum::<Money>(), Money::MAX);
+        let p = Price::per_hour(Money::MAX_INPUT);
+        assert_eq!(p.cost_for(Duration::MAX), Money::MAX);
+        assert_eq!(p.cost_for(Duration::from_secs(3600)), Money::MAX_INPUT);
+
+        let e = max.try_add(m("0.01")).unwrap_err().to_string();
+        assert!(e.contains("money overflow") && e.contains("$9223372036854.775807 + $0.01"), "{e}");
+        let e = Money::MIN.try_sub(m("2")).unwrap_err().to_string();
+        assert!(e.contains("- $2.00"), "{e}");
+        let e = Money::MAX_INPUT.try_times(10_000_000).unwrap_err().to_string();
+        assert!(e.contains("$1000000000.00 × 10000000"), "{e}");
+        let e = p.try_cost_for(Duration::from_secs(400 * 24 * 3600 * 100)).unwrap_err().to_string();
+        assert!(e.contains("$1000000000.00/h for 3456000000 s"), "{e}");
+        assert_eq!(Money::MAX_INPUT.try_times(9_000), Ok(Money::from_dollars(9_000_000_000_000)));
+        assert_eq!(p.try_cost_for(Duration::from_secs(1800)), Ok(Money::from_dollars(500_000_000)));
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub struct Engine<'a> {
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
     closed_cost: Money,
+    /// The first bill that could not be counted exactly; the run then fails with it.
+    overflow: Option<fleet_core::MoneyOverflow>,
     report: Report,
     busy_gpu_ms: u128,
     /// The node of each oracle booking, once launched.
@@ -205,6 +207,7 @@ impl<'a> Engine<'a> {
             live_per_offering: BTreeMap::new(),
             cache: UnavailableCache::default(),
             closed_cost: Money::ZERO,
+            overflow: None,
             report,
             busy_gpu_ms: 0,
             booked: Vec::new(),
@@ -229,13 +232,17 @@ impl<'a> Engine<'a> {
         self.start + chrono::Duration::milliseconds(t_ms as i64)
     }
 
-    /// Runs to the scenario's end and returns the report.
-    pub fn run(self) -> Report {
+    /// Runs to the scenario's end and returns the report, or the first bill too large to count
+    /// exactly (prices and durations far beyond any real ones).
+    pub fn run(self) -> Result<Report, fleet_core::MoneyOverflow> {
         self.run_with_progress(&mut |_, _| {})
     }
 
     /// Like [`Engine::run`], calling `progress(virtual ms done, virtual ms in all)` every tick.
-    pub fn run_with_progress(mut self, progress: &mut dyn FnMut(u64, u64)) -> Report {
+    pub fn run_with_progress(
+        mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Report, fleet_core::MoneyOverflow> {
         loop {
             let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
             let next_arr = self.arrivals.get(self.next_arrival).map(|a| a.at_ms);
@@ -442,11 +449,23 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn node_cost(&self, n: usize, until_ms: u64) -> Money {
+    fn node_cost(&mut self, n: usize, until_ms: u64) -> Money {
         let node = &self.nodes[n];
         let o = self.index.offering(node.offering);
         let model = self.sc.cloud(o.cloud);
-        o.price.cost_for(model.billed(Duration::from_millis(until_ms - node.launched_ms)))
+        let ran = model.billed(Duration::from_millis(until_ms - node.launched_ms));
+        match o.price.try_cost_for(ran) {
+            Ok(c) => c,
+            Err(e) => {
+                self.overflowed(e);
+                Money::MAX
+            }
+        }
+    }
+
+    /// Keeps the first overflow; the run reports it at the end.
+    fn overflowed(&mut self, e: fleet_core::MoneyOverflow) {
+        self.overflow.get_or_insert(e);
     }
 
     fn end_node(&mut self, n: usize) {
@@ -463,7 +482,13 @@ impl<'a> Engine<'a> {
         self.live_price -= price;
         self.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
         let cost = self.node_cost(n, self.now);
-        self.closed_cost += cost;
+        self.closed_cost = match self.closed_cost.try_add(cost) {
+            Ok(c) => c,
+            Err(e) => {
+                self.overflowed(e);
+                Money::MAX
+            }
+        };
         let o = self.index.offering(self.nodes[n].offering);
         self.report.charge(o, cost, self.now - self.nodes[n].launched_ms);
         if let Some(c) = self.live_per_offering.get_mut(&self.nodes[n].offering) {
@@ -483,13 +508,13 @@ impl<'a> Engine<'a> {
     }
 
     fn burn(&self) -> Money {
-        Money::from_micros(self.live_price as i64)
+        Money::from_micros_saturating(self.live_price)
     }
 
     /// Spend so far this month: closed bills plus live nodes' running cost (unrounded billing).
     fn month_to_date(&self) -> Money {
         let open = (self.live_price * i128::from(self.now) - self.live_price_launch) / 3_600_000;
-        self.closed_cost + Money::from_micros(open as i64)
+        self.closed_cost + Money::from_micros_saturating(open)
     }
 
     fn tick(&mut self) {
@@ -808,7 +833,7 @@ impl<'a> Engine<'a> {
         cheapest.is_some_and(|p| c.node_price > p)
     }
 
-    fn finish(mut self) -> Report {
+    fn finish(mut self) -> Result<Report, fleet_core::MoneyOverflow> {
         self.now = self.end;
         for n in self.live_nodes.clone() {
             self.end_node(n);
@@ -817,7 +842,10 @@ impl<'a> Engine<'a> {
         self.report.busy_gpu_hours = self.busy_gpu_ms as f64 / 3_600_000.0;
         self.report.lower_bound = lower_bound(self.sc, &self.index, self.demand_app, &self.arrivals);
         self.report.finish(self.sc);
-        self.report
+        match self.overflow {
+            Some(e) => Err(e),
+            None => Ok(self.report),
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
 /// [`run`], reporting progress as (virtual ms done, virtual ms in all) every tick.
 pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Report> {
     let (catalog, arrivals) = inputs(sc)?;
-    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress))
+    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress)?)
 }
 
 /// The scenario under its spec's own policies, three baselines and the hindsight oracle, on the
@@ -73,7 +73,7 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     let (catalog, arrivals) = inputs(sc)?;
     let app = &sc.spec.apps.iter().find(|a| a.name == sc.demand.app).expect("scenario checked the app").scaling;
     let mux = app.max_multiplexing.max(1);
-    let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run();
+    let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run()?;
     let peak = peak_in_service(sc, &arrivals).div_ceil(mux).clamp(1, app.max_concurrency.max(1));
     let mean_s = if arrivals.is_empty() {
         1.0
@@ -99,9 +99,9 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     let app_ix = index.app_index(&sc.demand.app).expect("scenario checked the app");
     let booked = oracle::schedule(sc, &index, app_ix, &arrivals);
     let orc = variant("oracle", Policy::Oracle { bookings: booked.bookings });
-    let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run();
-    let qps = engine::Engine::new(&qps, catalog.clone(), arrivals.clone()).run();
-    let orc = engine::Engine::new(&orc, catalog, arrivals).run();
+    let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run()?;
+    let qps = engine::Engine::new(&qps, catalog.clone(), arrivals.clone()).run()?;
+    let orc = engine::Engine::new(&orc, catalog, arrivals).run()?;
     let mut out = vec![own, stat, qps, orc];
     let oracle_cost = out[3].cost;
     for r in &mut out {

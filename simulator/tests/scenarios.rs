@@ -360,3 +360,25 @@ fn compare_plots_draw_every_policy_side_by_side() {
         }
     }
 }
+
+#[test]
+fn bills_too_large_to_count_fail_naming_them_and_absurd_prices_are_refused() {
+    // Ten nodes at the largest price fleet reads, for 49 days: each bill fits (≈ $1.18 trillion),
+    // their sum does not. The run fails with the sum named, never wrapping, truncating or panicking.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 10\nmax_concurrency = 10\n";
+    let c = Case::new(fleet, "poisson_rate = 0.0001", "duration = \"49d\"\ntick = \"1h\"", "");
+    let catalog = CATALOG.replace("3.60", "1000000000");
+    std::fs::write(c.path("catalog.csv"), catalog).unwrap();
+    let sc = std::fs::read_to_string(c.path("scenario.toml")).unwrap().replace("tick = \"5s\"\n", "");
+    std::fs::write(c.path("scenario.toml"), sc).unwrap();
+    let e = fleet_simulator::run(&c.scenario()).unwrap_err().to_string();
+    assert!(e.contains("money overflow") && e.contains(" + $1176000000000.00"), "{e}");
+
+    // One dollar more per hour is not an amount fleet reads: the catalog is refused by name.
+    std::fs::write(c.path("catalog.csv"), CATALOG.replace("3.60", "1000000001")).unwrap();
+    let e = match Scenario::load(&c.path("scenario.toml")).map(|sc| fleet_simulator::run(&sc)) {
+        Err(e) => e.to_string(),
+        Ok(r) => r.map(|_| String::new()).unwrap_err().to_string(),
+    };
+    assert!(e.contains("1000000001") && e.contains("$1,000,000,000"), "{e}");
+}
