@@ -186,6 +186,22 @@ enum GetWhat {
     Offerings,
     /// API tokens (names and scopes; admin).
     Tokens,
+    /// The fleet's decisions with their reasons, oldest first: launches, failovers, drains, demand
+    /// not placed, budgets holding back, orphans collected.
+    #[command(
+        after_help = "Examples:\n  fleetctl get events\n  fleetctl get events --app llm --last 20\n  fleetctl get events --node 3"
+    )]
+    Events {
+        /// Only this app's events.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this node's events.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Only the newest N.
+        #[arg(long, default_value_t = 100)]
+        last: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GetWhat::Clouds => ops::get_clouds(&s, o),
                 GetWhat::Offerings => ops::get_offerings(&s, o),
                 GetWhat::Tokens => ops::get_tokens(&s, o),
+                GetWhat::Events { app, node, last } => nodes::get_events(&s, app.as_deref(), node, last, o),
             }
         }
         Command::Describe { what: DescribeWhat::Node { id } } => nodes::describe(&server()?, &id, o),

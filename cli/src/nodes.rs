@@ -82,6 +82,13 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
         crate::output::print(&n, output == Output::Yaml);
         return Ok(());
     }
+    let events = server.get(&format!("/v1/events?node={id}&last=50"))?;
+    if output.structured() {
+        let mut n = n;
+        n["events"] = events;
+        crate::output::print(&n, output == Output::Yaml);
+        return Ok(());
+    }
     let a = &n["agent"];
     let h = &a["health"];
     outln!("Node:         {}", s(&n["id"]));
@@ -89,11 +96,32 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     outln!("State:        {}", state(&n));
     outln!("Offering:     {}", offering(&n));
     outln!("Price:        {}", s(&n["price"]));
+    let tried = n["candidates"].as_array().map_or(0, Vec::len);
+    let attempt = n["attempt"].as_u64().unwrap_or(0) + 1;
+    outln!("Attempt:      {attempt} of {tried} offerings");
+    outln!("Created:      {}", s(&n["created_at"]));
+    outln!(
+        "Billing:      since {}{}",
+        s(&n["billing_since"]),
+        match n["billing_until"].as_str() {
+            Some(u) => format!(" until {u}"),
+            None => String::new(),
+        }
+    );
+    outln!("Cordoned:     {}", if n["cordoned"].as_bool() == Some(true) { "yes" } else { "no" });
     outln!("Health:       {}", health(&n));
     if a.is_null() {
         outln!("Agent:        none registered");
-        return Ok(());
+    } else {
+        describe_agent(a, h);
     }
+    outln!("Events:");
+    print_events(&events, false);
+    Ok(())
+}
+
+/// The agent part of `describe node`.
+fn describe_agent(a: &Value, h: &Value) {
     outln!("Agent:        version {} since {} (lease {})", s(&a["version"]), s(&a["since"]), s(&a["lease"]));
     outln!("Burn-in:      {}", burn_in(a));
     // Index the JSON value, not its map: a key the record leaves out (a CPU burn-in has no
@@ -158,5 +186,56 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
         ),
         None => outln!("Interruption: none"),
     }
+}
+
+/// `fleetctl get events`.
+pub fn get_events(
+    server: &Server,
+    app: Option<&str>,
+    node: Option<u64>,
+    last: usize,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut q = format!("/v1/events?last={}", last.clamp(1, 10_000));
+    if let Some(a) = app {
+        if a.is_empty() || !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            anyhow::bail!("`{a}` is not an app name (lower case, digits and '-'; `fleetctl get apps` lists them)");
+        }
+        q += &format!("&app={a}");
+    }
+    if let Some(n) = node {
+        q += &format!("&node={n}");
+    }
+    let v = server.get(&q)?;
+    if output.structured() {
+        crate::output::print(&v, output == Output::Yaml);
+        return Ok(());
+    }
+    print_events(&v, true);
     Ok(())
+}
+
+fn print_events(v: &Value, with_node: bool) {
+    let events = v.as_array().cloned().unwrap_or_default();
+    if events.is_empty() && !with_node {
+        outln!("  (none)");
+        return;
+    }
+    let mut cols = vec![("TIME", false), ("KIND", false), ("APP", false)];
+    if with_node {
+        cols.push(("NODE", true));
+    }
+    cols.push(("MESSAGE", false));
+    let mut t = Table::new(&cols);
+    for e in &events {
+        let mut row = vec![s(&e["at"]), s(&e["kind"]), s(&e["app"])];
+        if with_node {
+            row.push(s(&e["node"]));
+        }
+        row.push(s(&e["message"]));
+        t.row(row);
+    }
+    for line in t.render().lines() {
+        outln!("{}{line}", if with_node { "" } else { "  " });
+    }
 }

@@ -135,6 +135,33 @@ async fn nodes_show_what_their_agents_report() {
     assert!(out.contains("Runners:      11, 12") && out.contains("In flight:    1"), "{out}");
     assert!(out.contains("Interruption: aws 'terminate' (not before 2026-11-26T09:00:00Z"), "{out}");
     assert!(out.contains("required 494.5, expected 989, passed"), "{out}");
+    assert!(out.contains("Events:\n  (none)"), "{out}");
+
+    // The node's events, in `describe node` and `get events --node 1`; what a cloud's error body
+    // carried into a message never reaches the terminal as control sequences.
+    use fleet_state::events::{EventKind, NewEvent, record};
+    let failed = NewEvent {
+        kind: EventKind::LaunchFailed,
+        app: Some("llm".into()),
+        node: Some(1),
+        message: "aws/us-east-1/p5.48xlarge refused: capacity \u{1b}[2J\u{1b}]0;owned\u{7}gone; failing over".into(),
+    };
+    record(&*store, &ctx.keys, now, failed).await.unwrap();
+    let other = NewEvent { kind: EventKind::Ready, app: Some("llm".into()), node: Some(2), message: "node two".into() };
+    record(&*store, &ctx.keys, now, other).await.unwrap();
+    let u = url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&["describe", "node", "1", "--server", &u])).await.unwrap();
+    assert!(ok, "{err}");
+    let events = out.split("Events:").nth(1).unwrap();
+    assert!(events.contains("launch-failed") && events.contains("capacity gone; failing over"), "{out}");
+    assert!(!events.contains("node two") && !out.contains('\u{1b}'), "{out}");
+    let u = url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&["get", "events", "--node", "2", "--server", &u])).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("TIME") && out.contains("ready") && out.contains("node two"), "{out}");
+    assert!(!out.contains("launch-failed"), "{out}");
 
     // An agent on a machine without a GPU (every `--local` and demo node): a CPU burn-in, which
     // has no expected TFLOP/s, and no devices.

@@ -173,7 +173,7 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
     assert!(o.ok && serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"].is_u64(), "{}", o.stdout);
 
     // get …, table / json / yaml.
-    for what in ["apps", "nodes", "runners", "clouds", "offerings", "tokens"] {
+    for what in ["apps", "nodes", "runners", "clouds", "offerings", "tokens", "events"] {
         let o = ctl(env.clone(), &["get", what]).await;
         assert!(o.ok, "get {what}: {}", o.stderr);
         let header = o.stdout.lines().next().unwrap_or_default().to_string();

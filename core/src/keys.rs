@@ -13,6 +13,7 @@
 //! /fleet/{fleet}/results/{app}/{request}   a finished request (output or error)
 //! /fleet/{fleet}/leader                    the election key of the daemon that acts
 //! /fleet/{fleet}/tokens/{name}             an API token: its name, scope and SHA-256 (never the token)
+//! /fleet/{fleet}/events/{event}            a decision and its reason (bounded history, oldest trimmed)
 //! ```
 //!
 //! Ids are zero-padded to 20 digits so that the store's lexical order is numeric order (a
@@ -31,6 +32,7 @@ pub enum Counter {
     Node,
     Runner,
     Request,
+    Event,
 }
 
 impl Counter {
@@ -39,6 +41,7 @@ impl Counter {
             Counter::Node => "node",
             Counter::Runner => "runner",
             Counter::Request => "request",
+            Counter::Event => "event",
         }
     }
 }
@@ -142,6 +145,15 @@ impl Keys {
 
     pub fn token(&self, name: &str) -> String {
         format!("{}tokens/{name}", self.root)
+    }
+
+    /// The fleet's decisions with their reasons, oldest first (`fleetctl get events`).
+    pub fn events(&self) -> String {
+        format!("{}events/", self.root)
+    }
+
+    pub fn event(&self, id: u64) -> String {
+        format!("{}events/{}", self.root, id_segment(id))
     }
 
     pub fn leader(&self) -> String {

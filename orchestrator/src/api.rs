@@ -112,6 +112,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/apps/{app}/requests/{id}", get(request))
         .route("/v1/cost", get(cost))
+        .route("/v1/events", get(events))
         .route("/v1/store/call", post(gateway_call))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
@@ -462,17 +463,67 @@ async fn drain(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult
     match (rec, refused) {
         (None, _) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found"))),
         (Some(_), Some(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
-        (Some(r), None) => Ok(Json(r)),
+        (Some(r), None) => {
+            crate::events::node(&ctx, &r, &NodeEvent::Drain { reason: DrainReason::Operator }).await;
+            Ok(Json(r))
+        }
     }
 }
 
 async fn set_cordon(ctx: &Ctx, id: &str, cordoned: bool) -> ApiResult<Json<NodeRecord>> {
     let id = parse_id(id, "node")?;
+    let mut changed = false;
     let rec = update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
-        (cur.cordoned != cordoned).then(|| NodeRecord { cordoned, ..cur.clone() })
+        changed = cur.cordoned != cordoned;
+        changed.then(|| NodeRecord { cordoned, ..cur.clone() })
     })
     .await?;
+    if let Some(r) = &rec
+        && changed
+    {
+        let what = if cordoned { "cordoned: no new runners go here" } else { "uncordoned: takes runners again" };
+        crate::events::emit(
+            ctx,
+            fleet_state::events::NewEvent::node(fleet_state::events::EventKind::Operator, r, what),
+        )
+        .await;
+    }
     rec.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found")))
+}
+
+/// `GET /v1/events?app=A&node=N&after=ID&last=K`: the fleet's decisions with their reasons,
+/// oldest first (`last`: only the newest K; default 1000).
+async fn events(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Vec<fleet_state::events::EventRecord>>> {
+    let mut filter = fleet_state::events::EventFilter { last: Some(1000), ..Default::default() };
+    for (k, v) in &q {
+        match k.as_str() {
+            "app" => filter.app = Some(v.clone()),
+            "node" => filter.node = Some(parse_id(v, "node")?),
+            "after" => filter.after = Some(parse_id(v, "event")?),
+            "last" => {
+                filter.last = Some(
+                    v.parse().ok().filter(|n| (1..=fleet_state::events::HISTORY as usize).contains(n)).ok_or_else(
+                        || {
+                            ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                format!("last={v}: give a number of events from 1 to {}", fleet_state::events::HISTORY),
+                            )
+                        },
+                    )?,
+                )
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter '{other}': events take app, node, after and last"),
+                ));
+            }
+        }
+    }
+    Ok(Json(fleet_state::events::list(&*ctx.store, &ctx.keys, &filter).await?))
 }
 
 async fn cordon(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<Json<NodeRecord>> {

@@ -11,7 +11,7 @@
 //! - [`clouds`]: the providers of the spec's cloud accounts; [`sim_agents`]: the simulated agents
 //!   of `fleetd --fake-clouds`.
 //! - [`informer`]: a watched cache of records; [`leader`]: one acting daemon per fleet.
-//! - [`metrics`]: Prometheus metrics; [`crashpoint`]: where the crash test kills fleetd.
+//! - [`events`]: recording each decision with its reason; [`metrics`]: Prometheus metrics; [`crashpoint`]: where the crash test kills fleetd.
 //! - [`testing`] (feature `testing`): real etcd and sshd harnesses, the fake-cloud harness.
 
 pub mod access;
@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clouds;
 pub mod crashpoint;
+pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod metrics;

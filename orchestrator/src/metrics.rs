@@ -80,6 +80,8 @@ pub struct Metrics {
     pub month_to_date: FloatGauge,
     pub budget_headroom: Family<ScopeLabel, FloatGauge>,
     pub actor_restarts: Family<KindLabel, Counter>,
+    /// Events recorded (`fleetctl get events`), by kind.
+    pub events: Family<KindLabel, Counter>,
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Histogram,
     pub requests_requeued: Counter,
@@ -124,6 +126,7 @@ impl Metrics {
             month_to_date: FloatGauge::default(),
             budget_headroom: Family::default(),
             actor_restarts: Family::default(),
+            events: Family::default(),
             reconcile_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
@@ -149,6 +152,7 @@ impl Metrics {
             "How much more per hour the budgets allow, by scope (fleet or app)",
             m.budget_headroom.clone(),
         );
+        r.register("events", "Decisions recorded in the fleet's events, by kind", m.events.clone());
         r.register("actor_restarts", "Supervised actors restarted after a failure, by kind", m.actor_restarts.clone());
         r.register(
             "nodes_unhealthy",

@@ -46,6 +46,16 @@ fn three_clouds() -> Vec<CloudSetup> {
     ]
 }
 
+/// The fleet's events (`fleetctl get events`) as (node, kind, message).
+async fn events(h: &Harness) -> Vec<(Option<u64>, String, String)> {
+    let all = fleet_state::events::list(&*h.ctx.store, &h.ctx.keys, &Default::default()).await.unwrap();
+    all.into_iter().map(|e| (e.node, e.kind.name().to_string(), e.message)).collect()
+}
+
+fn kinds_of(events: &[(Option<u64>, String, String)], node: u64) -> Vec<&str> {
+    events.iter().filter(|e| e.0 == Some(node)).map(|e| e.1.as_str()).collect()
+}
+
 async fn results(h: &Harness, app: &str) -> Vec<fleet_state::model::RequestRecord> {
     let (kvs, _) = h.ctx.store.range(&h.ctx.keys.results(app)).await.unwrap();
     kvs.iter().map(|kv| kv.json().unwrap()).collect()
@@ -255,6 +265,22 @@ async fn the_next_offering_is_tried_within_a_second_of_a_capacity_error() {
     let gap = next_at.checked_sub(refused_at).expect("the next launch comes after the refusal");
     println!("next launch {gap:?} after the capacity error");
     assert!(gap < Duration::from_secs(1), "next launch {gap:?} after the capacity error");
+    // The events say why the node is on RunPod: planned with both offerings, Lambda's refusal,
+    // the failover, the launch after one refused offering, ready.
+    assert!(
+        h.run_until(Duration::from_secs(120), || async {
+            h.nodes().await.iter().any(|n| matches!(n.state, NodePhase::Ready { .. }))
+        })
+        .await
+    );
+    let ev = events(&h).await;
+    let node = h.nodes().await[0].id;
+    assert_eq!(kinds_of(&ev, node), ["planned", "launch-failed", "launched", "ready"], "{ev:#?}");
+    let msg = |k: &str| ev.iter().find(|e| e.1 == k).unwrap().2.clone();
+    assert!(msg("planned").contains("lambda/us-east-1") && msg("planned").contains("1 offering to fail over to"));
+    let failed = msg("launch-failed");
+    assert!(failed.starts_with("lambda/us-east-1") && failed.contains("failing over to runpod/us-ks-2"), "{failed}");
+    assert!(msg("launched").contains("runpod/us-ks-2") && msg("launched").ends_with("after 1 refused offering"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,6 +390,12 @@ async fn orphan_instances_are_terminated_after_the_grace_period() {
     assert_eq!(live, vec![own], "the fleet's own instance stays");
     let label = fleet_orchestrator::metrics::KindLabel::new("lambda");
     assert_eq!(h.ctx.metrics.orphans_terminated.get_or_create(&label).get(), 2);
+    // Each is in the events, with why.
+    let ev = events(&h).await;
+    let collected: Vec<&String> = ev.iter().filter(|e| e.1 == "orphan-collected").map(|e| &e.2).collect();
+    assert_eq!(collected.len(), 2, "{ev:#?}");
+    assert!(collected.iter().any(|m| m.contains(&orphan) && m.ends_with("no node record holds it")));
+    assert!(collected.iter().any(|m| m.contains(&leftover) && m.contains("leftover of an earlier launch attempt")));
 }
 
 /// A node whose agent dies is drained once the agent has been gone for `agent_lost_after`: a
@@ -671,6 +703,34 @@ async fn nodes_of_an_app_removed_from_the_spec_are_drained_and_terminated() {
         .await;
     assert!(gone, "still there: {:?}", h.nodes().await);
     assert_eq!(h.ctx.metrics.removed_app_nodes.get(), 2);
+    let ev = events(&h).await;
+    for n in h.nodes().await {
+        let of_node: Vec<&(Option<u64>, String, String)> = ev.iter().filter(|e| e.0 == Some(n.id)).collect();
+        assert!(of_node.iter().any(|e| e.1 == "draining" && e.2.contains("its app was removed from the spec")));
+        let last = of_node.last().unwrap();
+        assert!(last.1 == "terminated" && last.2.contains("billed $"), "{of_node:#?}");
+    }
+}
+
+/// Demand no enabled cloud can place is said once in the events with its reason (not every
+/// pass), and said again only when the reason changes.
+#[tokio::test(start_paused = true)]
+async fn demand_that_cannot_be_placed_is_an_event_with_its_reason_once() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    h.apply(&SPEC.replace(
+        "gpus = 8",
+        "gpus = 8
+[apps.llm.budget]
+max_per_hour = \"10\"",
+    ))
+    .await;
+    h.submit("llm", 2).await;
+    h.run_for(Duration::from_secs(120)).await;
+    assert_eq!(h.live_instances(), 0, "$10/h buys no 8×H100 node here");
+    let ev = events(&h).await;
+    let held: Vec<&(Option<u64>, String, String)> = ev.iter().filter(|e| e.1 == "budget-held").collect();
+    assert_eq!(held.len(), 1, "said once over many passes: {ev:#?}");
+    assert!(held[0].2.contains("not placed") && held[0].2.contains("$10"), "{}", held[0].2);
 }
 
 /// One bad value under an app's queue (an agent's token may write there) used to fail every

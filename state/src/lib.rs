@@ -5,9 +5,10 @@
 //!   gateway-client implementations.
 //! - [`model`]: the records kept in the store; [`queue`]: the request queue protocol on top of it.
 //! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
-//! - [`clock`]: "now" for records and decisions.
+//! - [`clock`]: "now" for records and decisions; [`events`]: the fleet's decisions with reasons.
 
 pub mod clock;
+pub mod events;
 pub mod lifecycle;
 pub mod model;
 pub mod queue;

@@ -115,6 +115,19 @@ async fn collect_orphans(
         match provider.terminate(&id).await {
             Ok(()) => {
                 tracing::warn!(%cloud, instance = %id, "orphan instance terminated (no node record holds it)");
+                let inst = live.iter().find(|i| i.id == id);
+                let node = inst.and_then(|i| i.node_id()).and_then(|n| n.parse().ok());
+                let why = match inst.and_then(|i| i.node_id()).and_then(|n| known.get(n)) {
+                    Some(Some(held)) => format!("node's record holds {held}: a leftover of an earlier launch attempt"),
+                    _ => "no node record holds it".to_string(),
+                };
+                let ev = fleet_state::events::NewEvent {
+                    kind: fleet_state::events::EventKind::OrphanCollected,
+                    app: inst.and_then(|i| i.tags.get(fleet_providers::TAG_APP).cloned()),
+                    node,
+                    message: format!("{cloud} instance {id} terminated: {why}"),
+                };
+                crate::events::emit(ctx, ev).await;
                 ctx.metrics.orphans_terminated.get_or_create(&crate::metrics::KindLabel::new(&cloud.to_string())).inc();
                 orphans.lock().expect("orphans lock").remove(&id);
             }

@@ -55,7 +55,7 @@ fn gone(e: &ProviderError) -> bool {
 /// Applies `ev` to the node record (compare-and-swap); returns the record as it now is.
 async fn apply(ctx: &Ctx, id: NodeId, ev: NodeEvent) -> Result<Option<NodeRecord>, StoreError> {
     let now = ctx.clock.now();
-    update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
+    let after = update(&*ctx.store, &ctx.keys.node(id), |cur: &NodeRecord| {
         let state = transition(&cur.state, ev.clone(), now).ok()?;
         if state == cur.state {
             return None;
@@ -66,7 +66,11 @@ async fn apply(ctx: &Ctx, id: NodeId, ev: NodeEvent) -> Result<Option<NodeRecord
         };
         Some(NodeRecord { state, billing_until, ..cur.clone() })
     })
-    .await
+    .await?;
+    if let Some(rec) = &after {
+        crate::events::node(ctx, rec, &ev).await;
+    }
+    Ok(after)
 }
 
 /// A ready node's instance went without fleet asking: on spot, the cloud took the capacity back

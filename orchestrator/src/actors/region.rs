@@ -128,6 +128,9 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
                 })
             })
             .await?;
+            if let Some(r) = &rec {
+                crate::events::node(ctx, r, &NodeEvent::Launched { instance_id: inst.id.clone() }).await;
+            }
             tracing::info!(node = rec.as_ref().map(|r| r.id), instance = %inst.id, %offering, "launched");
             crate::crashpoint::hit("launch.recorded");
             Ok(rec.map_or(Outcome::Stale, Outcome::Launched))
@@ -146,13 +149,17 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
                 .get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, e.kind()))
                 .inc();
             let reason = e.to_string();
-            update(&*ctx.store, &key, |cur: &NodeRecord| {
+            let failed = update(&*ctx.store, &key, |cur: &NodeRecord| {
                 let more = cur.attempt + 1 < cur.candidates.len();
                 let ev = NodeEvent::LaunchFailed { reason: reason.clone(), retry: more };
                 let state = transition(&cur.state, ev, now).ok()?;
                 Some(NodeRecord { state, attempt: if more { cur.attempt + 1 } else { cur.attempt }, ..cur.clone() })
             })
             .await?;
+            if let Some(r) = &failed {
+                let retry = matches!(r.state, NodePhase::Requested { .. });
+                crate::events::node(ctx, r, &NodeEvent::LaunchFailed { reason: reason.clone(), retry }).await;
+            }
             tracing::info!(node = rec.id, %offering, error = %e, "launch refused; trying the next offering");
             Ok(Outcome::Failed(e))
         }

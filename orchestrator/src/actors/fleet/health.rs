@@ -48,6 +48,7 @@ pub(super) async fn check(
         if let Some((r, rev)) = updated
             && matches!(r.state, NodePhase::Draining { .. })
         {
+            crate::events::node(ctx, &r, &NodeEvent::Drain { reason: reason.clone() }).await;
             tracing::warn!(node = id, ?reason, "node drained: a replacement is planned, then it is terminated");
             // A reclaimed spot offering is avoided for a while: its replacement goes elsewhere.
             if matches!(reason, DrainReason::SpotInterruption)

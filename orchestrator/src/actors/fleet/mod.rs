@@ -104,6 +104,9 @@ pub struct FleetState {
     pub(super) view_since: Option<Time>,
     /// When results past their app's `result_ttl` were last removed (once a minute).
     pub(super) results_expired_at: Option<Time>,
+    /// Per app, what the last event said about demand not placed (an event is recorded when
+    /// this changes, not every pass).
+    pub(super) unplaced_said: HashMap<String, String>,
 }
 
 async fn spawn_cloud(
@@ -188,6 +191,7 @@ impl Actor for FleetActor {
             unhealthy_since: HashMap::new(),
             view_since: None,
             results_expired_at: None,
+            unplaced_said: HashMap::new(),
         })
     }
 

@@ -253,6 +253,11 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
         })
         .await?;
         if let Some((rec, rev)) = done {
+            let ev = match ev {
+                NodeEvent::Drain { .. } => NodeEvent::Drain { reason: DrainReason::AppRemoved },
+                _ => NodeEvent::Terminate,
+            };
+            crate::events::node(ctx, &rec, &ev).await;
             tracing::warn!(node = n.id, app = %n.app, price = ?n.price, "app removed from the spec: its node goes");
             ctx.metrics.removed_app_nodes.inc();
             st.informer.put_node(rec, rev);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use fleet_core::keys::Counter;
 use fleet_core::{NodeId, Time};
 use fleet_policies::plan::FleetPlan;
+use fleet_state::events::{EventKind, NewEvent};
 use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::lifecycle::runner::{self, RunnerEvent, RunnerPhase};
 use fleet_state::model::{CandidateRecord, Leaving, NodeRecord, RunnerRecord, update_at};
@@ -75,6 +76,7 @@ pub(super) async fn carry_out(
     // next plan fills).
     let mut node_ops: Vec<(Op, Written)> = Vec::new();
     let mut runner_ops: Vec<(Op, Written)> = Vec::new();
+    let mut planned: Vec<NewEvent> = Vec::new();
     for ap in &plan.apps {
         match ap.decision.pending_since {
             Some(t) => st.pending_since.insert(ap.app.clone(), t),
@@ -130,6 +132,18 @@ pub(super) async fn carry_out(
                 leaving: None,
                 created_at: now,
             };
+            let first = rec.candidates.first().map(|c| format!("{} at {}", c.offering, c.price)).unwrap_or_default();
+            let message = format!(
+                "for {} runner{} of {}: {first} first, {} offering{} to fail over to, {}/h reserved of the budget; {}",
+                np.runners,
+                if np.runners == 1 { "" } else { "s" },
+                ap.app,
+                rec.candidates.len().saturating_sub(1),
+                if rec.candidates.len() == 2 { "" } else { "s" },
+                np.reserved_per_hour,
+                np.why
+            );
+            planned.push(NewEvent::node(EventKind::Planned, &rec, message));
             node_ops.push((Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone())));
             runner_ops.extend((0..np.runners).map(|_| new_runner(id)));
             created.push(rec);
@@ -150,6 +164,7 @@ pub(super) async fn carry_out(
             })
             .await?;
             if let Some((rec, rev)) = done {
+                crate::events::emit(&ctx, NewEvent::node(EventKind::Consolidating, &rec, m.why.clone())).await;
                 tracing::info!(app = %ap.app, node = m.node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
                 ctx.metrics.consolidations.inc();
                 st.informer.put_node(rec, rev);
@@ -190,6 +205,11 @@ pub(super) async fn carry_out(
             })
             .await?;
             if let Some((rec, rev)) = done {
+                let ev = match rec.state {
+                    NodePhase::Draining { .. } => NodeEvent::Drain { reason: DrainReason::ScaleDown },
+                    _ => NodeEvent::Terminate,
+                };
+                crate::events::node(&ctx, &rec, &ev).await;
                 if matches!(rec.state, NodePhase::Draining { .. }) {
                     crate::crashpoint::hit("node.draining");
                 }
@@ -203,9 +223,13 @@ pub(super) async fn carry_out(
             tracing::warn!(app = %ap.app, %cap, stopping = ap.decision.stop.len(),
                 "the month's money runs out within the hour: no new runners, the app winds down to its floor");
         }
+        note_unplaced(&mut st.unplaced_said, &ctx, ap).await;
     }
     let built = std::time::Instant::now();
     write_all(store, &st.informer, node_ops).await?;
+    for ev in planned {
+        crate::events::emit(&ctx, ev).await;
+    }
     if !created.is_empty() {
         crate::crashpoint::hit("plan.written");
         tracing::debug!(nodes = created.len(), write = ?built.elapsed(), "plan written");
@@ -252,4 +276,37 @@ async fn write_batch(
         }
     }
     Ok(())
+}
+
+/// Records an event when what an app's demand could not be placed changes (or the app winds
+/// down, or everything is placed again after it was not): one event per change, not per pass.
+async fn note_unplaced(
+    said_before: &mut std::collections::HashMap<String, String>,
+    ctx: &crate::actors::Ctx,
+    ap: &fleet_policies::plan::AppPlan,
+) {
+    let mut parts: Vec<String> = ap
+        .unplaced
+        .iter()
+        .map(|u| format!("{} runner{} not placed: {}", u.runners, if u.runners == 1 { "" } else { "s" }, u.why))
+        .collect();
+    if let Some(cap) = &ap.winding_down {
+        parts.push(format!(
+            "{cap}: the month's money runs out within the hour; no new runners, the app winds down to its floor"
+        ));
+    }
+    let said = parts.join("; ");
+    let before = said_before.get(&ap.app).cloned().unwrap_or_default();
+    if said == before {
+        return;
+    }
+    let budget = ap.winding_down.is_some() || ap.unplaced.iter().any(|u| u.budget_cap.is_some());
+    let kind = if budget { EventKind::BudgetHeld } else { EventKind::NotPlaced };
+    if said.is_empty() {
+        said_before.remove(&ap.app);
+        crate::events::emit(ctx, NewEvent::app(kind, &ap.app, "all demand placed again")).await;
+    } else {
+        said_before.insert(ap.app.clone(), said.clone());
+        crate::events::emit(ctx, NewEvent::app(kind, &ap.app, said)).await;
+    }
 }
