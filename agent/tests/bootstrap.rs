@@ -64,7 +64,7 @@ fn instance(id: u64, host_key: Option<String>) -> Instance {
         public_ip: Some("127.0.0.1".parse().unwrap()),
         private_ip: None,
         ssh: Some("127.0.0.1:22".parse().unwrap()),
-        ssh_host_key: host_key,
+        ssh_host_keys: host_key.into_iter().collect(),
         launched_at: None,
         tags: Default::default(),
     }
@@ -145,7 +145,11 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
     assert_eq!(mode(""), 0o700, "the install dir is private");
     let config = std::fs::read_to_string(remote.join("agent.toml")).unwrap();
     assert!(config.contains("node = 1") && config.contains(&etcd.client_url), "{config}");
-    // The host key was recorded at first contact.
+    // The host key was recorded at first contact, and the node's events say so.
+    let ev = fleet_state::events::list(&*store, &keys, &Default::default()).await.unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].node), (fleet_state::events::EventKind::HostKey, Some(1)));
+    assert!(ev[0].message.contains("pinned at first contact: the cloud reports none"), "{}", ev[0].message);
     let pinned = store.get(&keys.host_key(1)).await.unwrap().expect("host key recorded");
     assert_eq!(
         String::from_utf8_lossy(&pinned.value).split_whitespace().nth(1),
@@ -225,4 +229,83 @@ async fn bootstrap_dials_the_ssh_port_runpod_maps() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(remote.join("fleet-agent").exists(), "installed through the mapped port");
+}
+
+/// Compute Engine relays the host keys the guest publishes (guest attributes): bootstrap insists
+/// on them before sending anything, and says so in the node's events; a server presenting
+/// another key gets nothing, and nothing is pinned for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_verifies_the_host_key_gcp_reports_before_sending_secrets() {
+    use fleet_providers::emulators::gcp::GcpEmulator;
+    use fleet_providers::gcp::{GcpConfig, GcpProvider};
+    use fleet_providers::{LaunchRequest, Provider};
+
+    let etcd = EtcdServer::start();
+    let sshd = SshServer::start();
+    let store: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.client_url), None, Duration::from_secs(5)).await.unwrap(),
+    );
+    let keys = Keys::new("t");
+    let zone = "us-central1-a";
+    let emu = GcpEmulator::start(&[(zone, "a3-highgpu-8g", 2)]).await;
+    let mut cfg = GcpConfig::new("t", "fleet-test", "projects/p/global/images/family/f");
+    cfg.endpoint = Some(emu.running.url.clone());
+    cfg.billing_endpoint = emu.running.url.clone();
+    cfg.anonymous = true;
+    cfg.zones = vec![zone.into()];
+    cfg.poll_initial = Duration::from_millis(10);
+    let gcp = GcpProvider::connect(cfg, Arc::new(fleet_core::Catalog::builtin().clone())).await.unwrap();
+    let offering = fleet_core::OfferingKey {
+        cloud: Cloud::Gcp,
+        region: "us-central1".into(),
+        zone: Some(zone.into()),
+        instance_type: "a3-highgpu-8g".into(),
+        capacity: CapacityType::OnDemand,
+    };
+    let launch = |n: &str| LaunchRequest::new("t", n, "mlp", offering.clone());
+    let (one, two) = (gcp.launch(&launch("1")).await.unwrap(), gcp.launch(&launch("2")).await.unwrap());
+    let name = |id: &str| id.rsplit('/').next().unwrap().to_string();
+    emu.set_host_keys(&name(&one.id), &[&sshd.host_key]);
+    let other = sshd.other_host_key();
+    emu.set_host_keys(&name(&two.id), &[&other]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mlp.safetensors");
+    write_mlp(&model, &[8, 16, 2], 1).unwrap();
+    let remote = dir.path().join("node-1");
+    let _guard = Supervisor(remote.clone());
+    let b = bootstrapper(&sshd, &etcd.client_url, store.clone(), &remote, &model);
+
+    // Node 2: the cloud vouches for another key than the one the server presents.
+    let mut i2 = gcp.get(&two.id).await.unwrap();
+    i2.ssh_host_keys = gcp.host_keys(&two.id).await.unwrap().unwrap();
+    assert_eq!(i2.ssh_host_keys.len(), 1);
+    let err = b.bootstrap(&node(2), &i2).await.unwrap_err();
+    assert!(err.contains("host key mismatch") && err.contains("refusing"), "{err}");
+    assert!(!remote.join("agent.toml").exists(), "nothing was sent");
+    assert!(store.get(&keys.host_key(2)).await.unwrap().is_none(), "nothing pinned for a refused host");
+
+    // Node 1: the key the cloud reports is the server's: verified, installed, said once.
+    let mut i1 = gcp.get(&one.id).await.unwrap();
+    i1.ssh_host_keys = gcp.host_keys(&one.id).await.unwrap().unwrap();
+    let t = Instant::now();
+    loop {
+        match b.bootstrap(&node(1), &i1).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => panic!("bootstrap failed: {e}\nsshd:\n{}", sshd.log()),
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "agent not healthy in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(remote.join("agent.toml").exists());
+    let ev = fleet_state::events::list(&*store, &keys, &Default::default()).await.unwrap();
+    assert_eq!(ev.len(), 1, "said once however many polls: {ev:?}");
+    assert_eq!(ev[0].node, Some(1));
+    assert!(ev[0].message.contains("verified against the 1 key the cloud reports"), "{}", ev[0].message);
+    let pinned = store.get(&keys.host_key(1)).await.unwrap().expect("the verified key is recorded");
+    assert_eq!(
+        String::from_utf8_lossy(&pinned.value).split_whitespace().nth(1),
+        sshd.host_key.split_whitespace().nth(1)
+    );
 }

@@ -277,7 +277,7 @@ impl Provider for FakeProvider {
             public_ip: Some(IpAddr::V4(Ipv4Addr::new(203, 0, (n >> 8) as u8, n as u8))),
             private_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, (n >> 8) as u8, n as u8))),
             ssh: Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, (n >> 8) as u8, n as u8)), 22)),
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: Some(now),
             tags: req.tags.clone(),
         };

@@ -206,8 +206,10 @@ pub struct Instance {
     /// 22 on the public, else private, address for most clouds; RunPod maps 22 to another public
     /// port). `None` until the cloud reports an address.
     pub ssh: Option<SocketAddr>,
-    /// The SSH host public key (OpenSSH format) where the cloud reports it.
-    pub ssh_host_key: Option<String>,
+    /// The SSH host public keys (OpenSSH lines, `ssh-ed25519 AAAA…`) the cloud reported for the
+    /// instance ([`Provider::host_keys`]): the server must present one of them. Empty where the
+    /// cloud reports none (fleet then pins the key it sees at first contact).
+    pub ssh_host_keys: Vec<String>,
     pub launched_at: Option<DateTime<Utc>>,
     pub tags: BTreeMap<String, String>,
 }
@@ -260,6 +262,81 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Terminates `id`. `Ok` once termination is accepted, and also when the instance is already
     /// terminated or unknown: callers may call it again until `get` says `Terminated`/`NotFound`.
     async fn terminate(&self, id: &str) -> ProviderResult<()>;
+
+    /// The SSH host public keys of instance `id` as the cloud reports them from outside the
+    /// machine (OpenSSH lines, `ssh-ed25519 AAAA…`), so fleet can verify the host before it sends
+    /// any secret. AWS: the instance's console output, where cloud-init prints them; GCP: the
+    /// `hostkeys/` guest attributes the guest environment publishes.
+    ///
+    /// `Ok(None)`: this cloud reports no host keys (fleet pins the key at first contact and says
+    /// so in the node's events). `Ok(Some(empty))`: it does, but not for this instance yet (the
+    /// guest has not finished booting); ask again later.
+    async fn host_keys(&self, _id: &str) -> ProviderResult<Option<Vec<String>>> {
+        Ok(None)
+    }
+}
+
+/// The SSH host keys in text a machine printed at boot: the lines between cloud-init's
+/// `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` (the last such block,
+/// the one of the current boot) that read as `<type> <base64> [comment]` of a known key type.
+/// Anything else is ignored: a console log is written by the guest and proves nothing by itself
+/// beyond what the cloud relays.
+pub fn host_keys_in_console(text: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN SSH HOST KEY KEYS-----";
+    const END: &str = "-----END SSH HOST KEY KEYS-----";
+    let Some(start) = text.rfind(BEGIN) else { return Vec::new() };
+    let rest = &text[start + BEGIN.len()..];
+    let Some(end) = rest.find(END) else { return Vec::new() };
+    rest[..end]
+        .lines()
+        .filter_map(|l| {
+            // Console lines may carry a kernel timestamp or "ec2: " prefix before the key.
+            let mut words = l.split_whitespace().skip_while(|w| !is_host_key_type(w));
+            let (kind, blob) = (words.next()?, words.next()?);
+            let base64_ok = blob.len() >= 16
+                && blob.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+            base64_ok.then(|| format!("{kind} {blob}"))
+        })
+        .collect()
+}
+
+fn is_host_key_type(w: &str) -> bool {
+    matches!(w, "ssh-ed25519" | "ssh-rsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521")
+}
+
+#[cfg(test)]
+mod host_key_tests {
+    use super::host_keys_in_console;
+
+    #[test]
+    fn host_keys_are_read_from_cloud_init_console_output() {
+        // As an EC2 Ubuntu instance's console prints them (keys shortened).
+        let console = "[   12.3] cloud-init[1023]: Cloud-init v. 24.1 running 'modules:final'\n\
+            ec2: #############################################################\n\
+            -----BEGIN SSH HOST KEY KEYS-----\n\
+            ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY= root@ip-10-0-0-5\n\
+            ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx7tYkE2 root@ip-10-0-0-5\n\
+            not a key line\n\
+            ssh-rsa short\n\
+            -----END SSH HOST KEY KEYS-----\n\
+            [   13.0] cloud-init[1023]: finished\n";
+        assert_eq!(
+            host_keys_in_console(console),
+            vec![
+                "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=".to_string(),
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx7tYkE2".to_string(),
+            ]
+        );
+        // The block of the latest boot wins; an unfinished block or none gives nothing.
+        let two = format!(
+            "{console}\n-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5BBBBnewboot\n-----END SSH HOST KEY KEYS-----\n"
+        );
+        assert_eq!(host_keys_in_console(&two), vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5BBBBnewboot".to_string()]);
+        assert!(
+            host_keys_in_console("-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA").is_empty()
+        );
+        assert!(host_keys_in_console("Linux version 6.8 booting").is_empty());
+    }
 }
 
 #[cfg(test)]

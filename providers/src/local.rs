@@ -150,7 +150,7 @@ impl LocalProvider {
             private_ip: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             // Local nodes are agents started by fleetd itself: nothing to SSH into.
             ssh: None,
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: Some(r.launched_at),
             tags: r.tags.clone(),
         }

@@ -284,3 +284,20 @@ async fn offerings_fall_back_to_the_catalog_when_ec2_cannot_be_reached() {
         rows.iter().all(|o| o.cloud == Cloud::Aws && o.region == "us-east-1" && o.source.name.starts_with("skypilot"))
     );
 }
+
+/// `host_keys` reads the instance's console output through EC2's GetConsoleOutput (moto's is a
+/// fixed boot log without cloud-init's key block: no keys yet, not an error), and is NotFound
+/// for an instance that is not the fleet's. The block's parsing is `host_keys_in_console`'s test.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_keys_are_read_from_the_console_output() {
+    let m = moto().await;
+    let p = provider("hostkeys", &m.url).await;
+    let i = p
+        .launch(&LaunchRequest::new("hostkeys", "1", "llm", key("p5.48xlarge", None, CapacityType::OnDemand)))
+        .await
+        .unwrap();
+    assert_eq!(p.host_keys(&i.id).await.unwrap(), Some(vec![]), "a console without the key block");
+    let other = provider("another-fleet", &m.url).await;
+    let e = other.host_keys(&i.id).await.unwrap_err();
+    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+}

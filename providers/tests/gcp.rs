@@ -74,8 +74,10 @@ async fn gcp_passes_the_conformance_suite_and_sends_what_compute_engine_expects(
     // A3 refuses pd-standard, the API's default: the boot disk names a type A3 supports.
     assert_eq!(b["disks"][0]["initializeParams"]["diskType"], "zones/us-central1-a/diskTypes/pd-balanced");
     assert_eq!(b["networkInterfaces"][0]["accessConfigs"][0]["type"], "ONE_TO_ONE_NAT");
-    assert_eq!(b["metadata"]["items"][0]["key"], "ssh-keys");
-    assert_eq!(b["metadata"]["items"][0]["value"], "fleet:ssh-ed25519 AAAAC3Nza fleet");
+    assert_eq!(b["metadata"]["items"][0]["key"], "enable-guest-attributes");
+    assert_eq!(b["metadata"]["items"][0]["value"], "TRUE");
+    assert_eq!(b["metadata"]["items"][1]["key"], "ssh-keys");
+    assert_eq!(b["metadata"]["items"][1]["value"], "fleet:ssh-ed25519 AAAAC3Nza fleet");
     let s = &spot.body["scheduling"];
     assert_eq!(
         (s["provisioningModel"].as_str(), s["instanceTerminationAction"].as_str()),
@@ -257,4 +259,24 @@ async fn gcp_boot_disk_types_are_ones_the_family_supports() {
         assert!(v["error"]["message"].as_str().unwrap().contains("pd-standard"), "{v}");
     }
     assert!(emu.instances().is_empty());
+}
+
+/// The host keys Compute Engine relays from the guest (`hostkeys/` guest attributes): none until
+/// the guest has published them, then exactly those, and NotFound for an instance not the fleet's.
+#[tokio::test]
+async fn gcp_host_keys_come_from_the_guest_attributes() {
+    let emu = GcpEmulator::start(&[(ZONE, "a3-highgpu-8g", 1)]).await;
+    let p = provider(&emu.running.url).await;
+    let i = p.launch(&LaunchRequest::new("t", "1", "llm", key("a3-highgpu-8g", CapacityType::OnDemand))).await.unwrap();
+    assert_eq!(p.host_keys(&i.id).await.unwrap(), Some(vec![]), "not published yet: ask again later");
+    let name = i.id.rsplit('/').next().unwrap();
+    let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfTheGuest";
+    let ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=";
+    emu.set_host_keys(name, &[ed, ecdsa]);
+    assert_eq!(p.host_keys(&i.id).await.unwrap(), Some(vec![ed.to_string(), ecdsa.to_string()]));
+    let e = p.host_keys(&format!("{ZONE}/fleet-no-such-instance")).await.unwrap_err();
+    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+    let asked = emu.requests_to("GET", "/getGuestAttributes");
+    assert!(asked.iter().all(|r| r.query_param("queryPath").as_deref() == Some("hostkeys/")), "{asked:?}");
+    fleet_providers::emulators::shapes::assert_conforms("gcp", &emu.requests());
 }

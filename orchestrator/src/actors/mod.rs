@@ -74,6 +74,10 @@ pub struct Config {
     pub cold_start: Duration,
     /// Consolidation moves must pay for themselves within this long (`None`: no consolidation).
     pub consolidation_horizon: Option<Duration>,
+    /// Where a cloud reports host keys (`Provider::host_keys`) but has none for a booting
+    /// instance yet, bootstrap waits this long for them before it pins the key at first contact
+    /// (and says so in the node's events).
+    pub host_key_wait: Duration,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             // 90 s provision + 60 s boot + 30 s model load.
             cold_start: Duration::from_secs(180),
             consolidation_horizon: Some(Duration::from_secs(3600)),
+            host_key_wait: Duration::from_secs(300),
         }
     }
 }

@@ -84,7 +84,58 @@ fn reclaimed(ctx: &Ctx, rec: &NodeRecord) {
     }
 }
 
+/// What to do about host keys before bootstrapping a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyStep {
+    /// Verify the host against these (the cloud's word).
+    Verify(Vec<String>),
+    /// The cloud reports keys but has none for the instance yet: ask again at the next poll.
+    Wait,
+    /// Pin the key seen at first contact (the cloud reports none, or none came within the wait).
+    FirstContact,
+}
+
+/// Decides from the cloud's answer to `host_keys` after `waited` since the instance came up.
+pub fn host_key_step(
+    reported: &Result<Option<Vec<String>>, ProviderError>,
+    waited: std::time::Duration,
+    wait: std::time::Duration,
+) -> HostKeyStep {
+    match reported {
+        Ok(None) => HostKeyStep::FirstContact,
+        Ok(Some(keys)) if !keys.is_empty() => HostKeyStep::Verify(keys.clone()),
+        // None yet, or the cloud could not say now: wait while the wait lasts.
+        Ok(Some(_)) | Err(_) if waited < wait => HostKeyStep::Wait,
+        Ok(Some(_)) | Err(_) => HostKeyStep::FirstContact,
+    }
+}
+
 impl NodeState {
+    /// Puts the keys the cloud reports for `inst` into it (unless a key is already recorded for
+    /// the node, which bootstrap then insists on). False: wait for them (next poll).
+    async fn host_keys(
+        &self,
+        inst: &mut fleet_providers::Instance,
+        waited: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let ctx = &self.args.ctx;
+        if ctx.store.get(&ctx.keys.host_key(self.args.id)).await?.is_some() {
+            return Ok(true);
+        }
+        let reported = self.args.provider.host_keys(&inst.id).await;
+        if let Err(e) = &reported {
+            tracing::debug!(node = self.args.id, error = %e, "host keys not read; next poll asks again");
+        }
+        Ok(match host_key_step(&reported, waited, ctx.config.host_key_wait) {
+            HostKeyStep::Verify(keys) => {
+                inst.ssh_host_keys = keys;
+                true
+            }
+            HostKeyStep::Wait => false,
+            HostKeyStep::FirstContact => true,
+        })
+    }
+
     /// One step of the lifecycle. Returns false once the node is Terminated (the actor stops).
     async fn poll(&mut self) -> Result<bool, StoreError> {
         let ctx = self.args.ctx.clone();
@@ -99,21 +150,24 @@ impl NodeState {
             NodePhase::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
                 Ok(i) if i.state == InstanceState::Terminated => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
-                Ok(inst) => match ctx.bootstrap.bootstrap(&rec, &inst).await {
-                    Ok(true) => {
-                        tracing::info!(node = id, instance = %instance_id, "node ready");
-                        apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?;
-                        crate::crashpoint::hit("node.ready");
-                    }
-                    Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
-                        let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
-                        apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
-                    }
-                    Ok(false) => {}
-                    Err(reason) => {
-                        tracing::warn!(node = id, %reason, "bootstrap failed");
-                        apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
-                    }
+                Ok(mut inst) => match self.host_keys(&mut inst, (now - *since).to_std().unwrap_or_default()).await? {
+                    false => {}
+                    true => match ctx.bootstrap.bootstrap(&rec, &inst).await {
+                        Ok(true) => {
+                            tracing::info!(node = id, instance = %instance_id, "node ready");
+                            apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?;
+                            crate::crashpoint::hit("node.ready");
+                        }
+                        Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
+                            let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
+                            apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                        }
+                        Ok(false) => {}
+                        Err(reason) => {
+                            tracing::warn!(node = id, %reason, "bootstrap failed");
+                            apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                        }
+                    },
                 },
                 Err(e) => tracing::debug!(node = id, error = %e, "instance check failed; next poll retries"),
             },
@@ -287,5 +341,27 @@ impl Actor for NodeActor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn host_keys_are_verified_where_reported_waited_for_then_pinned_at_first_contact() {
+        let wait = Duration::from_secs(300);
+        let early = Duration::from_secs(10);
+        let late = Duration::from_secs(301);
+        let k = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA".to_string()];
+        assert_eq!(host_key_step(&Ok(Some(k.clone())), late, wait), HostKeyStep::Verify(k));
+        assert_eq!(host_key_step(&Ok(None), early, wait), HostKeyStep::FirstContact, "the cloud reports none");
+        assert_eq!(host_key_step(&Ok(Some(vec![])), early, wait), HostKeyStep::Wait, "not published yet");
+        assert_eq!(host_key_step(&Ok(Some(vec![])), late, wait), HostKeyStep::FirstContact);
+        let e = Err(ProviderError::Transient { detail: "503".into() });
+        assert_eq!(host_key_step(&e, early, wait), HostKeyStep::Wait);
+        assert_eq!(host_key_step(&e, late, wait), HostKeyStep::FirstContact);
     }
 }

@@ -2,9 +2,10 @@
 //! config and the apps' models, start it (a systemd unit where systemd runs, else a supervising
 //! shell loop), and call the node ready once its agent reports healthy in the store.
 //!
-//! Host keys: the key the cloud reported for the instance, else the one recorded at the node's
-//! first contact (trust on first use, kept under `hostkeys/{node}`); any other key is refused and
-//! the node fails, never silently accepted. Idempotent: files are compared by SHA-256 and only
+//! Host keys: the keys the cloud reports for the instance (AWS console output, GCP guest
+//! attributes: `Provider::host_keys`), else the one recorded at the node's first contact (trust
+//! on first use, kept under `hostkeys/{node}`, and said so in the node's events); any other key is
+//! refused and the node fails, never silently accepted. Secrets go only over a verified session. Idempotent: files are compared by SHA-256 and only
 //! what differs is uploaded; a node already running this version is left alone. At most
 //! `max_concurrent` nodes are bootstrapped at once.
 
@@ -28,6 +29,17 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use self::ssh::{Session, SshError, fingerprint};
+
+/// Where the host keys a connection insists on come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKeySource {
+    /// Reported by the cloud for the instance (`Provider::host_keys`).
+    Cloud,
+    /// Recorded at an earlier contact.
+    Recorded,
+    /// Neither: the key seen now is pinned.
+    FirstContact,
+}
 use crate::access::AgentAccess;
 use crate::actors::Bootstrap;
 
@@ -176,16 +188,30 @@ impl SshBootstrap {
         inst.ssh
     }
 
-    /// The host key to insist on: the cloud's word, else the one recorded at first contact.
-    async fn expected_host_key(&self, node: NodeId, inst: &Instance) -> Result<Option<PublicKey>, BootstrapError> {
-        if let Some(k) = &inst.ssh_host_key {
-            let k = PublicKey::from_openssh(k).map_err(|e| BootstrapError::Node {
-                node,
-                why: format!("the cloud reported an unreadable SSH host key ({e})"),
-            })?;
-            return Ok(Some(k));
+    /// The host keys to insist on: the cloud's word, else the one recorded at first contact
+    /// (none: this is the first contact).
+    async fn expected_host_keys(
+        &self,
+        node: NodeId,
+        inst: &Instance,
+    ) -> Result<(Vec<PublicKey>, HostKeySource), BootstrapError> {
+        if !inst.ssh_host_keys.is_empty() {
+            let keys = inst
+                .ssh_host_keys
+                .iter()
+                .map(|k| {
+                    PublicKey::from_openssh(k).map_err(|e| BootstrapError::Node {
+                        node,
+                        why: format!("the cloud reported an unreadable SSH host key ({e})"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((keys, HostKeySource::Cloud));
         }
-        self.recorded_host_key(node).await
+        Ok(match self.recorded_host_key(node).await? {
+            Some(k) => (vec![k], HostKeySource::Recorded),
+            None => (Vec::new(), HostKeySource::FirstContact),
+        })
     }
 
     async fn recorded_host_key(&self, node: NodeId) -> Result<Option<PublicKey>, BootstrapError> {
@@ -200,13 +226,16 @@ impl SshBootstrap {
         }
     }
 
-    /// Records the first host key seen; if another was recorded meanwhile, it must be the same.
-    async fn pin(&self, node: NodeId, key: &PublicKey) -> Result<(), BootstrapError> {
+    /// Records the first host key seen (true when this call recorded it); if another was
+    /// recorded meanwhile, it must be the same.
+    async fn pin(&self, node: NodeId, key: &PublicKey) -> Result<bool, BootstrapError> {
         let text = key.to_openssh().map_err(|e| BootstrapError::Node { node, why: e.to_string() })?;
         let k = self.keys.host_key(node);
         let res = self.store.txn(vec![Compare::absent(&k)], vec![Op::put(&k, text.into_bytes())]).await?;
-        if !res.succeeded
-            && let Some(expected) = self.recorded_host_key(node).await?
+        if res.succeeded {
+            return Ok(true);
+        }
+        if let Some(expected) = self.recorded_host_key(node).await?
             && expected.key_data() != key.key_data()
         {
             return Err(BootstrapError::Node {
@@ -218,7 +247,7 @@ impl SshBootstrap {
                 ),
             });
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The agent's directory on `node`.
@@ -262,12 +291,32 @@ impl SshBootstrap {
         let addr = self
             .address(inst)
             .ok_or_else(|| BootstrapError::Node { node: id, why: "the instance has no IP address yet".into() })?;
-        let expected = self.expected_host_key(id, inst).await?;
+        let (expected, source) = self.expected_host_keys(id, inst).await?;
         let _permit = self.pool.acquire().await.map_err(|e| BootstrapError::Config(e.to_string()))?;
-        let s = Session::connect(addr, &self.cfg.user, &self.key, expected.as_ref(), self.cfg.connect_timeout).await?;
-        if expected.is_none() {
-            self.pin(id, &s.host_key).await?;
-            tracing::info!(node = id, %addr, host_key = %fingerprint(&s.host_key), "host key recorded at first contact");
+        let s = Session::connect(addr, &self.cfg.user, &self.key, &expected, self.cfg.connect_timeout).await?;
+        // Verified (or first contact): record the key, and say once in the node's events how it
+        // came to be trusted. Nothing secret has been sent yet.
+        let said = match source {
+            HostKeySource::Recorded => None,
+            HostKeySource::Cloud => Some(format!(
+                "host key {} verified against the {} key{} the cloud reports for the instance, before any secret was sent",
+                fingerprint(&s.host_key),
+                expected.len(),
+                if expected.len() == 1 { "" } else { "s" }
+            )),
+            HostKeySource::FirstContact => Some(format!(
+                "host key {} pinned at first contact: the cloud reports none for this instance (trust on first use; any other key is refused from now on)",
+                fingerprint(&s.host_key)
+            )),
+        };
+        if let Some(message) = said
+            && self.pin(id, &s.host_key).await?
+        {
+            tracing::info!(node = id, %addr, host_key = %fingerprint(&s.host_key), "{message}");
+            let ev = fleet_state::events::NewEvent::node(fleet_state::events::EventKind::HostKey, node, message);
+            if let Err(e) = fleet_state::events::record(&*self.store, &self.keys, chrono::Utc::now(), ev).await {
+                tracing::warn!(node = id, error = %e, "host key event not recorded");
+            }
         }
         let result = self.install_over(&s, node).await;
         s.close().await;

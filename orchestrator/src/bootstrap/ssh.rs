@@ -46,7 +46,8 @@ pub fn fingerprint(key: &PublicKey) -> String {
 }
 
 struct Client {
-    expected: Option<PublicKey>,
+    /// The keys the server may present; any when empty (first contact).
+    expected: Vec<PublicKey>,
     offered: Arc<Mutex<Option<PublicKey>>>,
 }
 
@@ -57,10 +58,7 @@ impl client::Handler for Client {
         // Host certificates are not used by the clouds fleet rents from.
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else { return Ok(false) };
         *self.offered.lock().expect("offered lock") = Some(key.clone());
-        Ok(match &self.expected {
-            Some(e) => e.key_data() == key.key_data(),
-            None => true,
-        })
+        Ok(self.expected.is_empty() || self.expected.iter().any(|e| e.key_data() == key.key_data()))
     }
 }
 
@@ -72,19 +70,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, checks the host key against `expected` (any key when `None`: the caller records
-    /// [`Session::host_key`]), and authenticates as `user` with `key`.
+    /// Connects, checks that the server's host key is one of `expected` (any key when empty: the
+    /// caller records [`Session::host_key`]), and authenticates as `user` with `key`.
     pub async fn connect(
         addr: SocketAddr,
         user: &str,
         key: &PrivateKey,
-        expected: Option<&PublicKey>,
+        expected: &[PublicKey],
         timeout: Duration,
     ) -> Result<Session, SshError> {
         let config =
             Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(120)), ..Default::default() });
         let offered = Arc::new(Mutex::new(None));
-        let handler = Client { expected: expected.cloned(), offered: offered.clone() };
+        let handler = Client { expected: expected.to_vec(), offered: offered.clone() };
         let connected = tokio::time::timeout(timeout, client::connect(config, addr, handler))
             .await
             .map_err(|_| SshError::Timeout { addr, timeout })?;
@@ -92,9 +90,10 @@ impl Session {
         let mut handle = match connected {
             Ok(h) => h,
             Err(e) => {
-                return Err(match (expected, &offered_key) {
-                    (Some(exp), Some(got)) if exp.key_data() != got.key_data() => {
-                        SshError::HostKeyMismatch { addr, expected: fingerprint(exp), offered: fingerprint(got) }
+                return Err(match &offered_key {
+                    Some(got) if !expected.is_empty() && !expected.iter().any(|k| k.key_data() == got.key_data()) => {
+                        let expected = expected.iter().map(fingerprint).collect::<Vec<_>>().join(" or ");
+                        SshError::HostKeyMismatch { addr, expected, offered: fingerprint(got) }
                     }
                     _ => SshError::Connect { addr, why: e.to_string() },
                 });

@@ -61,6 +61,8 @@ pub(crate) trait Ec2Api: Send + Sync {
         filters: &[(&str, Vec<String>)],
     ) -> Result<Vec<Ec2Instance>, ApiError>;
     async fn terminate_instance(&self, id: &str) -> Result<(), ApiError>;
+    /// The instance's console output (decoded text; `None` while EC2 has none yet).
+    async fn console_output(&self, id: &str) -> Result<Option<String>, ApiError>;
     /// Latest Linux/UNIX spot prices for these types, all pages.
     async fn spot_prices(&self, types: &[String]) -> Result<Vec<SpotQuote>, ApiError>;
     /// (zone name, zone id) of the region's zones.
@@ -271,6 +273,20 @@ impl Ec2Api for SdkEc2 {
     async fn terminate_instance(&self, id: &str) -> Result<(), ApiError> {
         self.client.terminate_instances().instance_ids(id).send().await.map_err(api_error)?;
         Ok(())
+    }
+
+    async fn console_output(&self, id: &str) -> Result<Option<String>, ApiError> {
+        use base64::Engine as _;
+        let out = self.client.get_console_output().instance_id(id).latest(true).send().await.map_err(api_error)?;
+        let Some(encoded) = out.output() else { return Ok(None) };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|e| ApiError {
+            code: None,
+            message: format!("console output of {id} is not base64: {e}"),
+            status: None,
+            retry_after: None,
+            transport: false,
+        })?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     async fn spot_prices(&self, types: &[String]) -> Result<Vec<SpotQuote>, ApiError> {

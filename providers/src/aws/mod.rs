@@ -244,7 +244,7 @@ impl AwsProvider {
             public_ip,
             private_ip,
             ssh: crate::ssh_on_22(public_ip, private_ip),
-            ssh_host_key: None, // EC2 reports host keys only in the console output, after boot
+            ssh_host_keys: Vec::new(), // EC2 reports them in the console output, after boot: `host_keys`
             launched_at: i.launch_time,
             tags: i.tags,
             id: i.id,
@@ -431,6 +431,14 @@ impl Provider for AwsProvider {
             Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// From the console output, where cloud-init prints the host keys at first boot (EC2 keeps
+    /// the latest output; before boot finishes it has none: `Some(empty)`).
+    async fn host_keys(&self, id: &str) -> ProviderResult<Option<Vec<String>>> {
+        self.get(id).await?; // this fleet's, or NotFound
+        let text = self.api.console_output(id).await.map_err(|e| errors::map(e, None))?;
+        Ok(Some(text.map(|t| crate::host_keys_in_console(&t)).unwrap_or_default()))
     }
 }
 

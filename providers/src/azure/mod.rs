@@ -384,7 +384,7 @@ impl AzureProvider {
             public_ip: None,
             private_ip: None,
             ssh: None,
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: str_at(v, &["properties", "timeCreated"])
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc)),

@@ -39,6 +39,8 @@ struct St {
     skus: Vec<Value>,
     /// Errors the next inserts' operations end with: (code, message, HTTP status).
     op_faults: std::collections::VecDeque<(String, String, u16)>,
+    /// Instance name → the SSH host keys its guest environment has published (`hostkeys/`).
+    host_keys: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,10 @@ impl GcpEmulator {
         let app = Router::new()
             .route("/compute/v1/projects/{project}/zones/{zone}/instances", axum::routing::post(insert))
             .route("/compute/v1/projects/{project}/zones/{zone}/instances/{name}", get(get_one).delete(delete))
+            .route(
+                "/compute/v1/projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes",
+                get(guest_attributes),
+            )
             .route("/compute/v1/projects/{project}/zones/{zone}/operations/{op}", get(operation))
             .route("/compute/v1/projects/{project}/aggregated/instances", get(aggregated))
             .route("/v1/services/{service}/skus", get(skus))
@@ -108,6 +114,57 @@ impl GcpEmulator {
     pub fn instances(&self) -> Vec<Value> {
         self.st.lock().unwrap().instances.values().cloned().collect()
     }
+
+    /// What instance `name`'s guest environment publishes as its SSH host keys (OpenSSH lines),
+    /// readable as `hostkeys/` guest attributes where the instance enables them.
+    pub fn set_host_keys(&self, name: &str, keys: &[&str]) {
+        self.st.lock().unwrap().host_keys.insert(name.into(), keys.iter().map(|k| k.to_string()).collect());
+    }
+}
+
+/// `instances.getGuestAttributes`: the instance's guest attributes under `queryPath`. Compute
+/// Engine refuses the call where the instance's metadata does not set `enable-guest-attributes`
+/// to TRUE, and answers 404 for a namespace the guest has not written yet.
+async fn guest_attributes(
+    State(st): State<Arc<Mutex<St>>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = st.lock().unwrap();
+    let Some(i) = st.instances.get(&(zone.clone(), name.clone())) else { return not_found(&project, &zone, &name) };
+    let enabled = i["metadata"]["items"].as_array().into_iter().flatten().any(|it| {
+        it["key"] == "enable-guest-attributes" && it["value"].as_str().is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    });
+    if !enabled {
+        let msg = format!(
+            "Guest attributes are disabled for instance '{name}'. Set the metadata key enable-guest-attributes to TRUE."
+        );
+        return answer(400, error_body(400, "INVALID_ARGUMENT", "badRequest", &msg));
+    }
+    let path = q.get("queryPath").cloned().unwrap_or_default();
+    let keys = st.host_keys.get(&name).filter(|k| !k.is_empty() && path == "hostkeys/");
+    let Some(keys) = keys else {
+        let msg = format!(
+            "The resource 'projects/{project}/zones/{zone}/instances/{name}/guestAttributes/{path}' was not found"
+        );
+        return answer(404, error_body(404, "NOT_FOUND", "notFound", &msg));
+    };
+    let items: Vec<Value> = keys
+        .iter()
+        .filter_map(|k| {
+            let mut w = k.split_whitespace();
+            Some(json!({"namespace": "hostkeys", "key": w.next()?, "value": w.next()?}))
+        })
+        .collect();
+    answer(
+        200,
+        json!({
+            "kind": "compute#guestAttributes",
+            "queryPath": path,
+            "queryValue": {"items": items},
+            "selfLink": format!("{}/zones/{zone}/instances/{name}/guestAttributes/{path}", base(&project)),
+        }),
+    )
 }
 
 /// One billing catalog SKU, as the Cloud Billing API shows it.

@@ -283,7 +283,7 @@ impl GcpProvider {
             public_ip,
             private_ip,
             ssh: crate::ssh_on_22(public_ip, private_ip),
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: i
                 .creation_timestamp
                 .as_deref()
@@ -330,21 +330,20 @@ impl GcpProvider {
         if let Some(s) = &self.cfg.subnetwork {
             nic = nic.set_subnetwork(s);
         }
-        let mut i = GceInstance::new()
+        let i = GceInstance::new()
             .set_name(name)
             .set_machine_type(format!("zones/{zone}/machineTypes/{}", o.instance_type))
             .set_labels(req.tags.iter().map(|(k, v)| (k.clone(), label_value(v))))
             .set_scheduling(scheduling)
             .set_disks([disk])
             .set_network_interfaces([nic]);
+        // The guest environment publishes the host keys as guest attributes (`hostkeys/`), which
+        // fleet reads from outside the machine before it trusts the host (`host_keys`).
+        let mut items = vec![Items::new().set_key("enable-guest-attributes").set_value("TRUE")];
         if let Some(key) = &self.cfg.ssh_public_key {
-            i = i.set_metadata(Metadata::new().set_items([Items::new().set_key("ssh-keys").set_value(format!(
-                "{}:{}",
-                self.cfg.ssh_user,
-                key.trim()
-            ))]));
+            items.push(Items::new().set_key("ssh-keys").set_value(format!("{}:{}", self.cfg.ssh_user, key.trim())));
         }
-        i
+        i.set_metadata(Metadata::new().set_items(items))
     }
 }
 
@@ -485,6 +484,46 @@ impl Provider for GcpProvider {
             Some(Failure::Other(e)) => Err(e),
             Some(Failure::AlreadyExists) => Ok(()),
         }
+    }
+
+    /// From the `hostkeys/` guest attributes (key: the key type, value: its base64), which the
+    /// guest environment writes once sshd has its keys. Until then Compute Engine answers 404:
+    /// `Some(empty)`.
+    async fn host_keys(&self, id: &str) -> ProviderResult<Option<Vec<String>>> {
+        let (zone, name) = split_id(id)?;
+        self.get(id).await?; // this fleet's, or NotFound
+        let r = self
+            .client
+            .get_guest_attributes()
+            .set_project(&self.cfg.project)
+            .set_zone(zone)
+            .set_instance(name)
+            .set_query_path("hostkeys/")
+            .send()
+            .await;
+        let attrs = match r {
+            Ok(a) => a,
+            Err(e) => {
+                return match errors::from_gax(&e, None) {
+                    Failure::Other(ProviderError::NotFound { .. }) => Ok(Some(Vec::new())),
+                    Failure::Other(e) => Err(e),
+                    Failure::AlreadyExists => Ok(Some(Vec::new())),
+                };
+            }
+        };
+        let items = attrs.query_value.map(|v| v.items).unwrap_or_default();
+        let keys = items
+            .into_iter()
+            .filter(|e| e.namespace.as_deref() == Some("hostkeys"))
+            .filter_map(|e| {
+                let (kind, blob) = (e.key?, e.value?);
+                crate::host_keys_in_console(&format!(
+                    "-----BEGIN SSH HOST KEY KEYS-----\n{kind} {blob}\n-----END SSH HOST KEY KEYS-----"
+                ))
+                .pop()
+            })
+            .collect();
+        Ok(Some(keys))
     }
 }
 

@@ -201,7 +201,7 @@ impl LambdaProvider {
             public_ip,
             private_ip,
             ssh: crate::ssh_on_22(public_ip, private_ip),
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: None, // the API does not say
             tags: tags_of(&v["tags"]),
         })
@@ -273,7 +273,7 @@ impl Provider for LambdaProvider {
                 public_ip: None,
                 private_ip: None,
                 ssh: None,
-                ssh_host_key: None,
+                ssh_host_keys: Vec::new(),
                 launched_at: None,
                 tags: req.tags.clone(),
             }),

@@ -250,7 +250,7 @@ impl RunpodProvider {
             public_ip,
             private_ip: None,
             ssh,
-            ssh_host_key: None,
+            ssh_host_keys: Vec::new(),
             launched_at: None,
             tags,
         })
