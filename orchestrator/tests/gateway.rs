@@ -159,3 +159,46 @@ async fn an_agent_cannot_hoard_leases() {
     }
     assert!(store.get(&keys.agent(1)).await.unwrap().is_none());
 }
+
+/// A queue of large inputs (16 requests of 1 MiB: more than an HTTP client reads in one answer by
+/// default) is read through the gateway in pages of at most 4 MiB, every request once and in
+/// order; one gateway answer never carries the whole queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_queue_is_read_through_the_gateway_in_bounded_pages() {
+    use fleet_state::store::gateway::RANGE_PAGE_BYTES;
+    let api = api_on_loopback().await;
+    let (store, keys, url) = (api.store.clone(), api.keys.clone(), api.url.clone());
+    let now = chrono::Utc::now();
+    let big = "x".repeat(1 << 20);
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        ids.push(
+            fleet_state::queue::submit(&*store, &keys, "llm", serde_json::json!({"text": big}), now).await.unwrap(),
+        );
+    }
+    let access = GatewayAccess { store: store.clone(), keys: keys.clone() };
+    let (_, token) = access.credentials(1, &["llm".into()]).await.unwrap();
+
+    // One raw call: the first page only, under the budget, with `more`.
+    let addr = url.trim_start_matches("http://").to_string();
+    let auth = format!("Authorization: Bearer {}", token.expose());
+    let body = serde_json::json!({"call": "range", "prefix": keys.queue("llm")}).to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        fleet_orchestrator::testing::http::request(&addr, "POST", "/v1/store/call", &[&auth], &body)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let n = page["kvs"].as_array().unwrap().len();
+    assert!(n >= 1 && n < 16 && page["more"] == true, "{n} of 16 in the first page");
+    assert!(answer.len() <= RANGE_PAGE_BYTES + (64 << 10), "a page of {} bytes", answer.len());
+
+    // The client pages through: every request once, in order, each whole.
+    let agent = HttpStore::new(&url, token);
+    let (kvs, _) = agent.range(&keys.queue("llm")).await.unwrap();
+    let got: Vec<u64> = kvs.iter().filter_map(|kv| fleet_core::keys::id_of(&kv.key)).collect();
+    assert_eq!(got, ids);
+    assert!(kvs.iter().all(|kv| kv.value.len() > 1 << 20));
+}

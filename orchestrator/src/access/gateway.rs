@@ -109,12 +109,17 @@ pub async fn handle(
             }
             Response::Kv { kv: store.get(&key).await?.map(WireKv::from_kv).transpose()? }
         }
-        Request::Range { prefix } => {
+        Request::Range { prefix, after } => {
             if !grant.may_read(keys, &prefix) {
                 return Err(denied(&prefix));
             }
-            let (kvs, revision) = store.range(&prefix).await?;
-            Response::Kvs { kvs: kvs.into_iter().map(WireKv::from_kv).collect::<Result<_, _>>()?, revision }
+            let page =
+                store.range_page(&prefix, after.as_deref(), fleet_state::store::gateway::RANGE_PAGE_BYTES).await?;
+            Response::Kvs {
+                kvs: page.kvs.into_iter().map(WireKv::from_kv).collect::<Result<_, _>>()?,
+                revision: page.revision,
+                more: page.more,
+            }
         }
         Request::Put { key, value, lease } => {
             if !grant.may_write(store, keys, &key).await? {

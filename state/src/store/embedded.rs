@@ -339,6 +339,20 @@ impl Store for EmbeddedStore {
         Ok((kvs, st.revision))
     }
 
+    async fn range_page(&self, prefix: &str, after: Option<&str>, max_bytes: usize) -> StoreResult<super::Page> {
+        let st = self.inner.state.lock().expect("store lock");
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+            _ => std::ops::Bound::Included(prefix),
+        };
+        let kvs = st
+            .kv
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| kv_of(k, e));
+        Ok(super::Page::cut(kvs, None, max_bytes, st.revision))
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
         let ops = [Op::Put { key: key.to_string(), value, lease }];
         let mut st = self.inner.state.lock().expect("store lock");

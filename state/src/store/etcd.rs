@@ -85,6 +85,16 @@ mod tonic_code {
 /// Keys per page of a range read.
 const RANGE_PAGE: i64 = 2_000;
 
+/// The client refused an answer over gRPC's message size limit.
+fn too_large(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::OutOfRange || s.message().contains("message length too large")
+        }
+        _ => false,
+    }
+}
+
 /// The first key after every key starting with `prefix` (etcd's range end for a prefix).
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -162,25 +172,36 @@ impl Store for EtcdStore {
         resp.kvs().first().map(kv_of).transpose()
     }
 
-    /// In pages of [`RANGE_PAGE`] keys, all read at the first page's revision (one consistent
-    /// snapshot): one response for 100,000 records would exceed gRPC's message size limit.
+    /// In pages of at most [`RANGE_PAGE`] keys, all read at the first page's revision (one
+    /// consistent snapshot): one response for 100,000 records would exceed gRPC's message size
+    /// limit (4 MiB by default). A page that still does (large values: a queue of big inputs) is
+    /// asked again with half the keys, down to one key, which always fits (etcd refuses a value
+    /// over its 1.5 MiB request limit); the next page starts at the full size again.
     async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
         let end = prefix_end(prefix);
         let mut out = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut rev = 0;
+        let mut limit = RANGE_PAGE;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(RANGE_PAGE);
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if rev > 0 {
                 opts = opts.with_revision(rev);
             }
-            let resp = self
+            let answer = self
                 .call(|mut c| {
                     let (from, opts) = (from.clone(), opts.clone());
                     async move { c.get(from, Some(opts)).await }
                 })
-                .await
-                .map_err(map_err)?;
+                .await;
+            let resp = match answer {
+                Err(e) if limit > 1 && too_large(&e) => {
+                    limit = (limit / 2).max(1);
+                    continue;
+                }
+                other => other.map_err(map_err)?,
+            };
+            limit = RANGE_PAGE;
             if rev == 0 {
                 rev = resp.header().map_or(0, |h| h.revision());
             }

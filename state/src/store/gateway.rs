@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{KeyValue, LeaseId, Revision, StoreError};
 
+/// Keys and values one range answer carries at most (beyond one key): far under the 10 MB an
+/// HTTP client reads by default and what a proxy lets through, whatever the queue holds. Each
+/// page is read at its own revision: the gateway's readers (agents polling their queue) claim
+/// by compare-and-swap and need no snapshot across pages.
+pub const RANGE_PAGE_BYTES: usize = 4 << 20;
+
+/// The most one answer may be: one value as large as an app may admit (`max_input_bytes`
+/// is at most 16 MiB, its JSON escaped once more on the wire) in a page of its own.
+pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
+
 /// A key-value pair on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireKv {
@@ -56,25 +66,64 @@ pub enum WireOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum Request {
-    Get { key: String },
-    Range { prefix: String },
-    Put { key: String, value: String, lease: Option<LeaseId> },
-    Delete { key: String },
-    Txn { compares: Vec<(String, Revision)>, ops: Vec<WireOp> },
-    Grant { ttl_ms: u64 },
-    KeepAlive { lease: LeaseId },
-    Revoke { lease: LeaseId },
+    Get {
+        key: String,
+    },
+    /// One page of the range: keys after `after` (from the first when absent), at most
+    /// [`RANGE_PAGE_BYTES`] of them; the answer's `more` says whether to ask for the next.
+    Range {
+        prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
+    Put {
+        key: String,
+        value: String,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+    Txn {
+        compares: Vec<(String, Revision)>,
+        ops: Vec<WireOp>,
+    },
+    Grant {
+        ttl_ms: u64,
+    },
+    KeepAlive {
+        lease: LeaseId,
+    },
+    Revoke {
+        lease: LeaseId,
+    },
 }
 
 /// Its answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Response {
-    Kv { kv: Option<WireKv> },
-    Kvs { kvs: Vec<WireKv>, revision: Revision },
-    Revision { revision: Revision },
-    Deleted { existed: bool },
-    Txn { succeeded: bool, revision: Revision },
-    Lease { lease: LeaseId },
+    Kv {
+        kv: Option<WireKv>,
+    },
+    Kvs {
+        kvs: Vec<WireKv>,
+        revision: Revision,
+        #[serde(default)]
+        more: bool,
+    },
+    Revision {
+        revision: Revision,
+    },
+    Deleted {
+        existed: bool,
+    },
+    Txn {
+        succeeded: bool,
+        revision: Revision,
+    },
+    Lease {
+        lease: LeaseId,
+    },
     Done,
 }

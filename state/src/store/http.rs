@@ -50,7 +50,12 @@ impl HttpStore {
                 .send(body)
                 .map_err(|e| StoreError::Unavailable(format!("fleetd's store gateway: {e}")))?;
             let status = resp.status().as_u16();
-            let text = resp.body_mut().read_to_string().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(super::gateway::MAX_ANSWER_BYTES)
+                .read_to_string()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             match status {
                 200 => serde_json::from_str(&text).map_err(|e| StoreError::Invalid(format!("gateway answer: {e}"))),
                 _ => Err(serde_json::from_str::<GatewayError>(&text)
@@ -105,10 +110,23 @@ impl Store for HttpStore {
         }
     }
 
+    /// Page by page ([`super::gateway::RANGE_PAGE_BYTES`] each); the revision is the first page's.
     async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
-        match self.call(Request::Range { prefix: prefix.into() }).await? {
-            Response::Kvs { kvs, revision } => Ok((kvs.into_iter().map(WireKv::into_kv).collect(), revision)),
-            r => Err(unexpected(r)),
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut first_revision = None;
+        loop {
+            let after = out.last().map(|kv| kv.key.clone());
+            match self.call(Request::Range { prefix: prefix.into(), after }).await? {
+                Response::Kvs { kvs, revision, more } => {
+                    first_revision.get_or_insert(revision);
+                    let got = kvs.len();
+                    out.extend(kvs.into_iter().map(WireKv::into_kv));
+                    if !more || got == 0 {
+                        return Ok((out, first_revision.unwrap_or(revision)));
+                    }
+                }
+                r => return Err(unexpected(r)),
+            }
         }
     }
 

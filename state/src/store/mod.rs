@@ -184,6 +184,34 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One page of a range read ([`Store::range_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    pub revision: Revision,
+    /// Keys of the range follow the last of `kvs`.
+    pub more: bool,
+}
+
+impl Page {
+    /// The page of `kvs` (in key order) after `after`, up to `max_bytes` of keys and values.
+    pub fn cut(kvs: impl Iterator<Item = KeyValue>, after: Option<&str>, max_bytes: usize, revision: Revision) -> Page {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for kv in kvs.skip_while(|kv| after.is_some_and(|a| kv.key.as_str() <= a)) {
+            let size = kv.key.len() + kv.value.len();
+            if !out.is_empty() && bytes + size > max_bytes {
+                more = true;
+                break;
+            }
+            bytes += size;
+            out.push(kv);
+        }
+        Page { kvs: out, revision, more }
+    }
+}
+
 /// The operations fleet needs from a consistent key-value store. Implementations are cheap to
 /// share (`Arc<dyn Store>`) and safe to call concurrently.
 #[async_trait]
@@ -194,6 +222,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Every key starting with `prefix`, in key order, and the store revision the read saw
     /// (watch from `revision + 1` to miss nothing after it).
     async fn range(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)>;
+
+    /// The keys starting with `prefix` and greater than `after` (from the first when `None`), in
+    /// key order, until their keys and values add up to `max_bytes` (always at least one key),
+    /// with the revision the read saw and whether more follow. For readers that must bound one
+    /// answer (the store gateway's HTTP responses). The default reads the whole range.
+    async fn range_page(&self, prefix: &str, after: Option<&str>, max_bytes: usize) -> StoreResult<Page> {
+        let (kvs, revision) = self.range(prefix).await?;
+        Ok(Page::cut(kvs.into_iter(), after, max_bytes, revision))
+    }
 
     /// Puts unconditionally; returns the new revision. With `lease`, the key is deleted when the
     /// lease ends (`LeaseNotFound` if it already has).

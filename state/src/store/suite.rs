@@ -14,6 +14,41 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) {
     watches(&*store, &format!("{prefix}/watch/")).await;
     counters(store.clone(), &format!("{prefix}/ids/")).await;
     large_range(&*store, &format!("{prefix}/large/")).await;
+    large_values(&*store, &format!("{prefix}/big/")).await;
+}
+
+/// Values of 1 MiB (under etcd's 1.5 MiB request limit), 24 MiB in all: far over gRPC's 4 MiB
+/// answer limit and an HTTP client's 10 MB. `range` still returns every one, in order, and
+/// `range_page` pages through them without a page over its byte budget (beyond a single key).
+pub async fn large_values(s: &dyn Store, p: &str) {
+    let n = 24;
+    let keys: Vec<String> = (0..n).map(|i| format!("{p}{i:03}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s.put(k, vec![b'a' + (i % 26) as u8; 1 << 20], None).await.unwrap();
+    }
+    let (kvs, _) = s.range(p).await.unwrap();
+    assert_eq!(kvs.len(), n, "large values: every key");
+    assert!(kvs.iter().map(|k| &k.key).eq(keys.iter()), "large values: in order");
+    assert!(kvs.iter().enumerate().all(|(i, kv)| kv.value.len() == 1 << 20 && kv.value[0] == b'a' + (i % 26) as u8));
+    let budget = 3 << 20;
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.range_page(p, after.as_deref(), budget).await.unwrap();
+        let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        assert!(!page.kvs.is_empty(), "large values: a page has at least one key");
+        assert!(bytes <= budget || page.kvs.len() == 1, "large values: a page of {bytes} bytes");
+        seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+        after = seen.last().cloned();
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, keys, "large values: the pages cover the range once, in order");
+    let tiny = s.range_page(p, None, 1).await.unwrap();
+    assert_eq!((tiny.kvs.len(), tiny.more), (1, true), "large values: one key over the budget still comes");
+    let past = s.range_page(p, Some(&keys[n - 1]), budget).await.unwrap();
+    assert!(past.kvs.is_empty() && !past.more, "large values: nothing after the last key");
 }
 
 /// A prefix with more keys (and bytes) than one response carries comes back whole and in order.
