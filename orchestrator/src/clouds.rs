@@ -145,3 +145,142 @@ pub async fn build(
     }
     Ok(out)
 }
+
+/// Nodes that may hold an instance on a cloud this fleetd has no provider for (its account was
+/// removed from the spec, or a flag's cloud not given again): nothing could drain, check or
+/// terminate them, so fleetd refuses to start while there are any, naming them, unless the
+/// operator has `forget` them (terminated by hand): their records are then closed, with an event.
+pub async fn check_stranded(
+    store: &dyn fleet_state::store::Store,
+    keys: &fleet_core::keys::Keys,
+    enabled: &std::collections::BTreeSet<Cloud>,
+    forget: &std::collections::BTreeSet<Cloud>,
+    now: fleet_core::Time,
+) -> Result<Vec<fleet_core::NodeId>, String> {
+    use fleet_state::lifecycle::node::NodePhase;
+    use fleet_state::model::NodeRecord;
+    let (kvs, _) = store.range(&keys.nodes()).await.map_err(|e| e.to_string())?;
+    let stranded: Vec<NodeRecord> = kvs
+        .iter()
+        .filter_map(|kv| kv.json::<NodeRecord>().ok())
+        .filter(|n| {
+            n.is_live() && !matches!(n.state, NodePhase::Requested { .. } | NodePhase::Failed { instance_id: None, .. })
+        })
+        .filter(|n| n.offering().is_some_and(|o| !enabled.contains(&o.cloud)))
+        .collect();
+    let (forgotten, kept): (Vec<NodeRecord>, Vec<NodeRecord>) =
+        stranded.into_iter().partition(|n| n.offering().is_some_and(|o| forget.contains(&o.cloud)));
+    if !kept.is_empty() {
+        let lines: Vec<String> = kept
+            .iter()
+            .map(|n| {
+                let o = n.offering().expect("filtered on its offering");
+                format!(
+                    "  node {} of {} on {o}, instance {}, {}",
+                    n.id,
+                    n.app,
+                    n.state.instance_id().unwrap_or("(launch in flight)"),
+                    n.price.map_or_else(|| "price unknown".to_string(), |p| p.to_string())
+                )
+            })
+            .collect();
+        let clouds: std::collections::BTreeSet<String> =
+            kept.iter().filter_map(|n| n.offering()).map(|o| o.cloud.to_string()).collect();
+        let clouds: Vec<String> = clouds.into_iter().collect();
+        return Err(format!(
+            "{} node{} may still bill on {}, which this fleetd has no account for, so nothing would drain or terminate {}:\n{}\n\
+             Start fleetd with the [clouds.*] account again (the fleet drains and terminates what it no longer plans for), \
+             or terminate those instances in the cloud's console and start with --forget-cloud {} to close their records.",
+            kept.len(),
+            if kept.len() == 1 { "" } else { "s" },
+            clouds.join(", "),
+            if kept.len() == 1 { "it" } else { "them" },
+            lines.join("\n"),
+            clouds.join(",")
+        ));
+    }
+    let mut closed = Vec::new();
+    for n in forgotten {
+        let done = fleet_state::model::update(store, &keys.node(n.id), |cur: &NodeRecord| {
+            cur.is_live().then(|| NodeRecord {
+                state: NodePhase::Terminated { since: now },
+                billing_until: cur.billing_since.map(|_| now),
+                ..cur.clone()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(rec) = done {
+            let message = format!(
+                "record closed by the operator (--forget-cloud {}): its instance {} is no longer fleet's to manage",
+                n.offering().map(|o| o.cloud.to_string()).unwrap_or_default(),
+                n.state.instance_id().unwrap_or("-")
+            );
+            let ev = fleet_state::events::NewEvent::node(fleet_state::events::EventKind::Operator, &rec, message);
+            fleet_state::events::record(store, keys, now, ev).await.map_err(|e| e.to_string())?;
+            closed.push(n.id);
+        }
+    }
+    Ok(closed)
+}
+
+#[cfg(test)]
+mod stranded_tests {
+    use std::collections::BTreeSet;
+
+    use fleet_core::CapacityType;
+    use fleet_core::keys::Keys;
+    use fleet_state::lifecycle::node::NodePhase;
+    use fleet_state::model::{CandidateRecord, NodeRecord};
+    use fleet_state::store::Store;
+    use fleet_state::store::embedded::EmbeddedStore;
+
+    use super::*;
+
+    fn node(id: u64, cloud: Cloud, state: NodePhase) -> NodeRecord {
+        let o = crate::testing::harness::h100x8(cloud, "us-east-1", "20", CapacityType::OnDemand);
+        NodeRecord {
+            id,
+            app: "llm".into(),
+            state,
+            candidates: vec![CandidateRecord { offering: o.key(), price: o.price, slots: 8 }],
+            attempt: 0,
+            slots: 8,
+            price: Some(o.price),
+            billing_since: Some(chrono::Utc::now()),
+            billing_until: None,
+            cordoned: false,
+            leaving: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn fleetd_refuses_to_leave_nodes_on_a_cloud_it_has_no_account_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let keys = Keys::new("t");
+        let now = chrono::Utc::now();
+        let o = crate::testing::harness::h100x8(Cloud::Aws, "us-east-1", "20", CapacityType::OnDemand).key();
+        let ready = NodePhase::Ready { instance_id: "i-0abc".into(), offering: o.clone(), since: now };
+        let gone = NodePhase::Terminated { since: now };
+        for n in [node(1, Cloud::Aws, ready.clone()), node(2, Cloud::Lambda, ready), node(3, Cloud::Aws, gone)] {
+            store.put(&keys.node(n.id), fleet_state::store::to_json(&n), None).await.unwrap();
+        }
+        let lambda: BTreeSet<Cloud> = [Cloud::Lambda].into();
+        let e = check_stranded(&store, &keys, &lambda, &BTreeSet::new(), now).await.unwrap_err();
+        assert!(e.starts_with("1 node may still bill on aws"), "{e}");
+        assert!(e.contains("node 1 of llm") && e.contains("i-0abc") && e.contains("$20.00/h"), "{e}");
+        assert!(e.contains("--forget-cloud aws") && !e.contains("node 2") && !e.contains("node 3"), "{e}");
+        // With both accounts nothing is stranded; forgetting closes the record with an event.
+        let both: BTreeSet<Cloud> = [Cloud::Lambda, Cloud::Aws].into();
+        assert_eq!(check_stranded(&store, &keys, &both, &BTreeSet::new(), now).await, Ok(vec![]));
+        let aws: BTreeSet<Cloud> = [Cloud::Aws].into();
+        assert_eq!(check_stranded(&store, &keys, &lambda, &aws, now).await, Ok(vec![1]));
+        let (n1, _) = fleet_state::store::get_json::<NodeRecord>(&store, &keys.node(1)).await.unwrap().unwrap();
+        assert!(matches!(n1.state, NodePhase::Terminated { .. }) && n1.billing_until == Some(now));
+        let ev = fleet_state::events::list(&store, &keys, &Default::default()).await.unwrap();
+        assert!(ev[0].message.contains("--forget-cloud aws") && ev[0].message.contains("i-0abc"), "{ev:?}");
+        assert_eq!(check_stranded(&store, &keys, &lambda, &BTreeSet::new(), now).await, Ok(vec![]));
+    }
+}

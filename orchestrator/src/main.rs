@@ -67,6 +67,11 @@ struct Args {
     /// The fleet this daemon runs: its store keys and the tag on every instance.
     #[arg(long, default_value = "default")]
     fleet: String,
+    /// Clouds whose nodes' records fleetd may close at start, the operator having terminated
+    /// their instances by hand (fleetd refuses to start while nodes may bill on a cloud it has
+    /// no account for). Comma-separated cloud names.
+    #[arg(long, value_delimiter = ',')]
+    forget_cloud: Vec<String>,
     /// Simulated clouds (prices from the built-in catalog, instances and agents simulated): for
     /// trying fleetd without cloud accounts. Comma-separated cloud names.
     #[arg(long, value_delimiter = ',')]
@@ -446,6 +451,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!(%cloud, name = %p.name(), "cloud account from the spec");
         providers.insert(cloud, p);
+    }
+    // No node may be left billing on a cloud nothing here can manage.
+    let enabled: std::collections::BTreeSet<fleet_core::Cloud> = providers.keys().copied().collect();
+    let forget = args
+        .forget_cloud
+        .iter()
+        .map(|c| c.parse::<fleet_core::Cloud>().map_err(|e| anyhow::anyhow!("--forget-cloud {c}: {e}")))
+        .collect::<anyhow::Result<std::collections::BTreeSet<_>>>()?;
+    let closed =
+        fleet_orchestrator::clouds::check_stranded(&*store, &Keys::new(&args.fleet), &enabled, &forget, clock.now())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    if !closed.is_empty() {
+        tracing::warn!(nodes = ?closed, "records closed at the operator's word (--forget-cloud)");
     }
     if providers.is_empty() {
         tracing::warn!(

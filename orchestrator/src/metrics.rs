@@ -90,6 +90,8 @@ pub struct Metrics {
     pub consolidations: Counter,
     /// Nodes drained because their app left the spec (none is left running unaccounted for).
     pub removed_app_nodes: Counter,
+    /// Nodes drained because their offering is no longer one the plan may use.
+    pub offering_gone_nodes: Counter,
     /// Queue records skipped as unreadable or inconsistent with their key (since start).
     pub quarantined: Gauge,
     /// Node records written by plans (each followed by its launch order).
@@ -133,6 +135,7 @@ impl Metrics {
             results_expired: Counter::default(),
             consolidations: Counter::default(),
             removed_app_nodes: Counter::default(),
+            offering_gone_nodes: Counter::default(),
             quarantined: Gauge::default(),
             nodes_requested: Counter::default(),
             reconcile_count: Counter::default(),
@@ -180,6 +183,11 @@ impl Metrics {
             "queue_records_quarantined",
             "Queue records skipped as unreadable or inconsistent with their key, since start",
             m.quarantined.clone(),
+        );
+        r.register(
+            "offering_gone_nodes",
+            "Nodes drained and terminated because their offering left the catalog or the spec",
+            m.offering_gone_nodes.clone(),
         );
         r.register(
             "removed_app_nodes",

@@ -71,7 +71,7 @@ fn held_per_hour(n: &NodeRecord) -> Option<Money> {
 }
 
 /// The planner's view. Nodes whose offering is not in the index (a catalog change) are left out
-/// of planning; they keep running until drained by hand or released by a later spec.
+/// of planning but count against budgets; the fleet's pass drains them (`DrainReason::OfferingGone`).
 // Each input is a distinct part of the world the plan sees.
 #[allow(clippy::too_many_arguments)]
 pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(

@@ -1,6 +1,7 @@
 //! The orchestrator end to end on fake clouds and simulated agents, in paused tokio time.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::{CapacityType, Cloud};
@@ -710,6 +711,46 @@ async fn nodes_of_an_app_removed_from_the_spec_are_drained_and_terminated() {
         let last = of_node.last().unwrap();
         assert!(last.1 == "terminated" && last.2.contains("billed $"), "{of_node:#?}");
     }
+}
+
+/// A node whose offering leaves the catalog is not left billing outside the plan: its runners are
+/// replaced on an offering the plan may use, and it is drained and terminated, with why in its
+/// events and a metric.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_offering_left_the_catalog_is_replaced_and_terminated() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 1\nmin_concurrency = 1\nkeep_alive = \"1h\"");
+    h.apply(&spec.replace("keep_alive = \"60s\"\n", "")).await;
+    let ready = || async {
+        h.nodes().await.into_iter().filter(|n| matches!(n.state, NodePhase::Ready { .. })).collect::<Vec<_>>()
+    };
+    assert!(h.run_until(Duration::from_secs(300), || async { ready().await.len() == 1 }).await);
+    let first = ready().await.remove(0);
+    let gone = first.offering().unwrap().clone();
+    assert_eq!(gone.cloud, Cloud::Lambda, "the cheapest first");
+    // The next price refresh no longer lists that offering.
+    let rest: Vec<fleet_core::Offering> =
+        three_clouds().into_iter().flat_map(|c| c.offerings).filter(|o| o.key() != gone).collect();
+    let fleet = h.fleet().await;
+    fleet
+        .send_message(fleet_orchestrator::actors::fleet::FleetMsg::Prices(Arc::new(fleet_core::Catalog::new(rest))))
+        .unwrap();
+    let moved = h
+        .run_until(Duration::from_secs(600), || async {
+            let nodes = h.nodes().await;
+            let old_gone = nodes.iter().any(|n| n.id == first.id && matches!(n.state, NodePhase::Terminated { .. }));
+            let new_ready = nodes.iter().any(|n| n.id != first.id && matches!(n.state, NodePhase::Ready { .. }));
+            old_gone && new_ready
+        })
+        .await;
+    assert!(moved, "{:#?}", h.nodes().await);
+    assert_eq!(h.live_instances(), 1);
+    assert_eq!(h.ctx.metrics.offering_gone_nodes.get(), 1);
+    let ev = events(&h).await;
+    assert!(
+        ev.iter().any(|e| e.0 == Some(first.id) && e.1 == "draining" && e.2.contains("no longer one the plan may use")),
+        "{ev:#?}"
+    );
 }
 
 /// Demand no enabled cloud can place is said once in the events with its reason (not every

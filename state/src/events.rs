@@ -178,6 +178,7 @@ pub fn drain_reason(r: &DrainReason) -> &'static str {
         DrainReason::SpotInterruption => "the cloud sent a spot interruption notice",
         DrainReason::AgentLost => "its agent stopped renewing its lease",
         DrainReason::AppRemoved => "its app was removed from the spec",
+        DrainReason::OfferingGone => "its offering is no longer one the plan may use (catalog or spec changed)",
         DrainReason::HardwareFault => "its hardware is not what was rented (see the agent's health)",
     }
 }

@@ -32,6 +32,9 @@ pub enum DrainReason {
     AgentLost,
     /// Its app is no longer in the applied spec.
     AppRemoved,
+    /// Its offering is no longer one the plan may use (it left the catalog, or its cloud, region
+    /// or GPU left the spec): its runners are placed elsewhere, then it goes.
+    OfferingGone,
     /// The machine is not what was rented (its agent says: fewer GPUs, another model, ECC
     /// errors, persistent throttling).
     HardwareFault,

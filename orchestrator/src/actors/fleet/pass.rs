@@ -238,12 +238,19 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     // Nodes of apps no longer in the spec: nothing plans for them, so they go here (drained: their
     // runners finish what they serve), never left running unaccounted for. Nodes still launching
     // are caught once they are up.
+    // So do nodes whose offering the plan may no longer use (it left the catalog, or the spec
+    // no longer enables its cloud): not capacity the plan counts, so their runners are replaced
+    // elsewhere as demand asks, and they are drained, never left billing unplanned.
     for n in &nodes {
-        if applied.spec.apps.iter().any(|a| a.name == n.app) {
-            continue;
-        }
+        let app_gone = !applied.spec.apps.iter().any(|a| a.name == n.app);
+        let offering_gone = n.offering().is_some_and(|o| !applied.ids.contains_key(o));
+        let reason = match (app_gone, offering_gone) {
+            (true, _) => DrainReason::AppRemoved,
+            (false, true) => DrainReason::OfferingGone,
+            (false, false) => continue,
+        };
         let ev = match n.state {
-            NodePhase::Ready { .. } => NodeEvent::Drain { reason: DrainReason::AppRemoved },
+            NodePhase::Ready { .. } => NodeEvent::Drain { reason: reason.clone() },
             NodePhase::Bootstrapping { .. } => NodeEvent::Terminate,
             _ => continue,
         };
@@ -253,13 +260,15 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
         })
         .await?;
         if let Some((rec, rev)) = done {
-            let ev = match ev {
-                NodeEvent::Drain { .. } => NodeEvent::Drain { reason: DrainReason::AppRemoved },
-                _ => NodeEvent::Terminate,
-            };
             crate::events::node(ctx, &rec, &ev).await;
-            tracing::warn!(node = n.id, app = %n.app, price = ?n.price, "app removed from the spec: its node goes");
-            ctx.metrics.removed_app_nodes.inc();
+            if matches!(reason, DrainReason::AppRemoved) {
+                tracing::warn!(node = n.id, app = %n.app, price = ?n.price, "app removed from the spec: its node goes");
+                ctx.metrics.removed_app_nodes.inc();
+            } else {
+                tracing::warn!(node = n.id, app = %n.app, offering = ?n.offering(), price = ?n.price,
+                    "the node's offering is no longer one the plan may use: its node goes");
+                ctx.metrics.offering_gone_nodes.inc();
+            }
             st.informer.put_node(rec, rev);
         }
     }
