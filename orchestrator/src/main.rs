@@ -99,6 +99,11 @@ struct Args {
     /// (provision + boot + model load); scale-up sizes for the arrival rate this far ahead.
     #[arg(long, default_value_t = 180.0)]
     cold_start_seconds: f64,
+    /// Where a cloud reports instances' SSH host keys (AWS console output, GCP guest attributes)
+    /// but has none yet for a booting one: seconds to wait for them before pinning the key seen
+    /// at first contact (said in the node's events). 0: do not wait.
+    #[arg(long, default_value_t = 300.0)]
+    host_key_wait_seconds: f64,
     /// Consolidation (moving runners to fewer or cheaper nodes) makes a move only when its
     /// saving over this many seconds (at most the node's age) exceeds what the move costs; 0
     /// turns consolidation off for every app.
@@ -476,6 +481,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)),
         recreate: Duration::from_secs_f64(args.recreate_seconds.max(0.0)),
         cold_start: Duration::from_secs_f64(args.cold_start_seconds.max(0.0)),
+        host_key_wait: Duration::from_secs_f64(args.host_key_wait_seconds.clamp(0.0, 86_400.0)),
         consolidation_horizon: (args.consolidation_horizon_seconds > 0.0)
             .then(|| Duration::from_secs_f64(args.consolidation_horizon_seconds)),
         ..Config::default()

@@ -44,10 +44,23 @@ pub fn aws_spec(spec: &str, moto: &Moto) -> String {
 pub fn aws_args(fleet: &str, moto: &Moto, spec: &str, dir: &std::path::Path) -> Vec<String> {
     let file = dir.join("fleet-spec.toml");
     std::fs::write(&file, aws_spec(spec, moto)).unwrap();
-    ["--fleet", fleet, "--spec", &file.display().to_string(), "--reconcile-every", "0.2", "--node-poll", "0.3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    // moto's console output never carries cloud-init's host key block: pin at first contact
+    // without waiting (the wait itself is the node actor's unit test).
+    [
+        "--fleet",
+        fleet,
+        "--spec",
+        &file.display().to_string(),
+        "--reconcile-every",
+        "0.2",
+        "--node-poll",
+        "0.3",
+        "--host-key-wait-seconds",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 impl Fleetd {
