@@ -382,7 +382,13 @@ async fn providers(
         cfg.boot_after = Some(Duration::from_secs(20).div_f64(speed));
         cfg.launch_latency = Duration::from_secs(2).div_f64(speed);
         cfg.epoch = clock.now();
-        out.insert(cloud, Arc::new(FakeProvider::new(cfg)));
+        // Its instances live in the data directory: a restarted fleetd finds them again, as it
+        // would a real cloud's, instead of seeing every one vanish.
+        cfg.persist = Some(args.data_dir.join(format!("fake-{cloud}.json")));
+        out.insert(
+            cloud,
+            Arc::new(FakeProvider::open(cfg).map_err(|e| anyhow::anyhow!("--fake-clouds {cloud}: {e}"))?),
+        );
     }
     Ok(out)
 }

@@ -27,11 +27,15 @@ pub struct SimAgentConfig {
     pub load_time: Duration,
     pub service_time: Duration,
     pub lease_ttl: Duration,
-    /// Requests one runner serves at once, per app (default 1).
+    /// Requests one runner serves at once, per app; an app not named here serves what the
+    /// applied spec's `max_multiplexing` says (1 without a spec).
     pub multiplexing: BTreeMap<String, u32>,
     /// The clouds whose nodes these agents stand in for (`--fake-clouds`); `None`: every node
     /// (tests). A node of any other cloud has a real agent, or none: never a simulated one.
     pub clouds: Option<std::collections::BTreeSet<fleet_core::Cloud>>,
+    /// What the simulated clouds sell (the GPUs a node's agent reports); the built-in catalog
+    /// where an offering is not among them.
+    pub offerings: Vec<fleet_core::Offering>,
 }
 
 impl Default for SimAgentConfig {
@@ -43,6 +47,7 @@ impl Default for SimAgentConfig {
             lease_ttl: Duration::from_secs(10),
             multiplexing: BTreeMap::new(),
             clouds: None,
+            offerings: Vec::new(),
         }
     }
 }
@@ -81,6 +86,9 @@ impl SimAgents {
             killed: killed.clone(),
             leases: HashMap::new(),
             jobs: Vec::new(),
+            spec_mux: (0, BTreeMap::new()),
+            reported: HashMap::new(),
+            logs: HashMap::new(),
         };
         let task = tokio::spawn(async move {
             loop {
@@ -121,6 +129,39 @@ struct Sim {
     killed: Arc<Mutex<HashSet<NodeId>>>,
     leases: HashMap<NodeId, LeaseId>,
     jobs: Vec<Job>,
+    /// The applied spec's `max_multiplexing` per app, as of the spec's revision.
+    spec_mux: (fleet_state::store::Revision, BTreeMap<String, u32>),
+    /// What each node's agent record last said (runners, in flight): written again on change.
+    reported: HashMap<NodeId, (Vec<RunnerId>, u32)>,
+    /// Each node's log lines (`fleetctl logs node N`), as a real agent keeps its last lines.
+    logs: HashMap<NodeId, std::collections::VecDeque<String>>,
+}
+
+/// Lines of a simulated agent's log kept and published.
+const LOG_LINES: usize = 200;
+
+/// The GPUs a machine of `offering` has, as the simulated agent reports them (the catalog's
+/// model and count; healthy, idle figures).
+fn sim_devices(
+    known: &[fleet_core::Offering],
+    offering: &fleet_core::OfferingKey,
+) -> Vec<fleet_state::model::GpuReport> {
+    let found = known.iter().chain(fleet_core::Catalog::builtin().offerings()).find(|o| o.key() == *offering);
+    let Some(o) = found else { return Vec::new() };
+    let model = o.instance.gpu;
+    (0..o.instance.gpu_count)
+        .map(|index| fleet_state::model::GpuReport {
+            index,
+            name: format!("NVIDIA {} (simulated)", model.name()),
+            model: Some(model.name().to_string()),
+            memory_total_mib: u64::from(model.memory_gb()) * 1024,
+            memory_used_mib: Some(0),
+            utilization_pct: Some(0),
+            temperature_c: Some(35),
+            ecc_uncorrected: Some(0),
+            throttling: Vec::new(),
+        })
+        .collect()
 }
 
 impl Sim {
@@ -157,17 +198,19 @@ impl Sim {
             };
             if !ok {
                 let lease = self.store().grant_lease(self.cfg.lease_ttl).await?;
-                let health = AgentHealth { ok: true, updated_at: Some(now), ..AgentHealth::default() };
-                let rec = AgentRecord { node: *id, lease, version: "sim".into(), gpus: 0, since: now, health };
-                self.store().put(&self.keys().agent(*id), to_json(&rec), Some(lease)).await?;
                 self.leases.insert(*id, lease);
+                self.reported.remove(id);
+                self.log(*id, now, format!("simulated agent up: lease {lease}"));
             }
         }
+        self.refresh_mux().await?;
         // A node that stopped serving (terminated, or its agent killed) loses its lease: a real
         // agent dies with its machine, and its lease then expires.
         let gone: Vec<NodeId> = self.leases.keys().filter(|id| !serving.contains(id)).copied().collect();
         for id in gone {
             self.leases.remove(&id);
+            self.reported.remove(&id);
+            self.logs.remove(&id);
             // Its work dies with it; the claims go with the lease and the requests are re-queued.
             self.jobs.retain(|j| j.node != id);
         }
@@ -202,7 +245,7 @@ impl Sim {
                 self.transition(r.id, RunnerEvent::Complete).await?;
                 continue;
             }
-            let mux = self.cfg.multiplexing.get(&r.app).copied().unwrap_or(1);
+            let mux = self.mux(&r.app);
             if matches!(r.state, RunnerPhase::Idle { .. }) || r.state.in_flight() > 0 && r.state.in_flight() < mux {
                 let free = mux - r.state.in_flight();
                 for _ in 0..free {
@@ -245,12 +288,96 @@ impl Sim {
             match done {
                 Ok(_) => {
                     crate::crashpoint::hit("request.completed");
+                    self.log(j.node, now, format!("request {} of {} served by runner {}", j.request, j.app, j.runner));
                     self.stats.lock().expect("lock").completed.push((j.request, j.runner));
                     self.transition(j.runner, RunnerEvent::Complete).await?;
                 }
                 Err(_) => self.stats.lock().expect("lock").refused += 1,
             }
         }
+        self.publish(&nodes, now).await
+    }
+
+    /// Appends a line to the node's log.
+    fn log(&mut self, node: NodeId, now: Time, line: String) {
+        let l = self.logs.entry(node).or_default();
+        l.push_back(format!(
+            "{} INFO fleet_agent(sim): {line}",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
+        while l.len() > LOG_LINES {
+            l.pop_front();
+        }
+    }
+
+    /// Each serving node's agent record (GPUs, runners, requests in flight) and log, on its
+    /// lease, written again whenever what it says changed.
+    async fn publish(&mut self, nodes: &[NodeRecord], now: Time) -> StoreResult<()> {
+        let runners: Vec<RunnerRecord> =
+            self.store().range(&self.keys().runners()).await?.0.iter().filter_map(|kv| kv.json().ok()).collect();
+        let leases: Vec<(NodeId, LeaseId)> = self.leases.iter().map(|(n, l)| (*n, *l)).collect();
+        for (id, lease) in leases {
+            let Some(n) = nodes.iter().find(|n| n.id == id) else { continue };
+            let mut on: Vec<RunnerId> = runners
+                .iter()
+                .filter(|r| {
+                    r.node() == Some(id) && matches!(r.state, RunnerPhase::Idle { .. } | RunnerPhase::Busy { .. })
+                })
+                .map(|r| r.id)
+                .collect();
+            on.sort_unstable();
+            let in_flight = self.jobs.iter().filter(|j| j.node == id).count() as u32;
+            let now_says = (on.clone(), in_flight);
+            if self.reported.get(&id) == Some(&now_says) {
+                continue;
+            }
+            let before = self.reported.get(&id).map(|(r, _)| r.clone()).unwrap_or_default();
+            for r in on.iter().filter(|r| !before.contains(r)) {
+                self.log(id, now, format!("runner {r} serving"));
+            }
+            for r in before.iter().filter(|r| !on.contains(r)) {
+                self.log(id, now, format!("runner {r} stopped"));
+            }
+            let devices = n.offering().map(|o| sim_devices(&self.cfg.offerings, o)).unwrap_or_default();
+            let health = AgentHealth {
+                ok: true,
+                runners: on,
+                in_flight,
+                updated_at: Some(now),
+                devices: devices.clone(),
+                ..AgentHealth::default()
+            };
+            let rec =
+                AgentRecord { node: id, lease, version: "sim".into(), gpus: devices.len() as u32, since: now, health };
+            self.store().put(&self.keys().agent(id), to_json(&rec), Some(lease)).await?;
+            let lines: Vec<&String> = self.logs.get(&id).map(|l| l.iter().collect()).unwrap_or_default();
+            let log = serde_json::json!({ "lines": lines, "updated_at": now });
+            self.store().put(&self.keys().agent_log(id), to_json(&log), Some(lease)).await?;
+            self.reported.insert(id, now_says);
+        }
+        Ok(())
+    }
+
+    /// Requests one runner of `app` serves at once.
+    fn mux(&self, app: &str) -> u32 {
+        self.cfg.multiplexing.get(app).or_else(|| self.spec_mux.1.get(app)).copied().unwrap_or(1).max(1)
+    }
+
+    /// Reads the applied spec's `max_multiplexing` when the spec changed.
+    async fn refresh_mux(&mut self) -> StoreResult<()> {
+        let Some(kv) = self.store().get(&self.keys().spec()).await? else { return Ok(()) };
+        if kv.mod_revision == self.spec_mux.0 {
+            return Ok(());
+        }
+        let mut mux = BTreeMap::new();
+        if let Ok(stored) = kv.json::<fleet_state::model::StoredSpec>()
+            && let Ok(spec) = fleet_core::spec::FleetSpec::parse("applied spec", &stored.toml)
+        {
+            for a in &spec.apps {
+                mux.insert(a.name.clone(), a.scaling.max_multiplexing);
+            }
+        }
+        self.spec_mux = (kv.mod_revision, mux);
         Ok(())
     }
 

@@ -856,3 +856,28 @@ async fn report_terminate_notice(h: &Harness, node: u64) {
     })
     .await;
 }
+
+/// Simulated agents serve as many requests per runner as the applied spec's `max_multiplexing`
+/// (they served one at a time, whatever the spec said), and report the node's GPUs and runners.
+#[tokio::test(start_paused = true)]
+async fn simulated_agents_multiplex_as_the_spec_says_and_report_gpus_and_runners() {
+    let h = Harness::start(three_clouds(), config(), SimAgentConfig::default(), None).await;
+    let spec = SPEC
+        .replace("max_concurrency = 6", "max_concurrency = 1")
+        .replace("max_multiplexing = 1", "max_multiplexing = 8");
+    h.apply(&spec).await;
+    h.submit("llm", 8).await;
+    let eight = h
+        .run_until(Duration::from_secs(300), || async { h.runners().await.iter().any(|r| r.state.in_flight() == 8) })
+        .await;
+    assert!(eight, "{:#?}", h.runners().await);
+    let node = h.nodes().await[0].id;
+    let (agent, _) =
+        fleet_state::store::get_json::<fleet_state::model::AgentRecord>(&*h.ctx.store, &h.ctx.keys.agent(node))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!((agent.gpus, agent.health.devices.len()), (8, 8), "an 8×H100 offering");
+    assert_eq!(agent.health.runners.len(), 1);
+    assert!(h.ctx.store.get(&h.ctx.keys.agent_log(node)).await.unwrap().is_some(), "a log to show");
+}

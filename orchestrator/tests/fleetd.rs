@@ -167,3 +167,38 @@ fn the_data_dir_is_private_and_a_readable_admin_token_is_refused() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("admin.token can be read by others (mode 644)") && err.contains("chmod 600"), "{err}");
 }
+
+/// Simulated clouds outlive a fleetd restart as real ones do: a ready node is still ready after
+/// it, not "lost by the cloud" (its offering marked, a replacement launched), and its simulated
+/// agent reports the offering's GPUs, its runners and a log.
+#[test]
+fn a_restart_on_simulated_clouds_keeps_their_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_fleetd(dir.path());
+    let spec = SPEC.replace("keep_alive = \"3s\"", "min_concurrency = 1\nkeep_alive = \"1h\"\nmax_multiplexing = 4");
+    assert_eq!(d.call("PUT", "/v1/spec", &spec).0, 200);
+    let ready = |d: &Fleetd| {
+        let nodes = d.get("/v1/nodes");
+        nodes.as_array().unwrap().iter().filter(|n| n["state"]["state"] == "ready").count()
+    };
+    let start = Instant::now();
+    while ready(&d) < 1 || d.get("/v1/nodes")[0]["agent"]["health"]["runners"].as_array().is_none_or(|r| r.is_empty()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no ready node with a runner: {}", d.get("/v1/nodes"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let node = d.get("/v1/nodes")[0].clone();
+    let gpus = node["agent"]["gpus"].as_u64().unwrap();
+    assert!(gpus >= 1 && node["agent"]["health"]["devices"].as_array().unwrap().len() as u64 == gpus, "{node}");
+    let (s, log) = d.call("GET", "/v1/nodes/1/logs", "");
+    assert_eq!(s, 200, "{log}");
+    assert!(log.contains("runner") && log.contains("serving"), "{log}");
+    d.kill();
+
+    let d2 = start_fleetd(dir.path());
+    std::thread::sleep(Duration::from_secs(3));
+    let events = d2.get("/v1/events");
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(!kinds.contains(&"instance-lost"), "{events}");
+    assert_eq!(kinds.iter().filter(|k| **k == "launched").count(), 1, "no replacement: {events}");
+    assert_eq!(ready(&d2), 1, "{}", d2.get("/v1/nodes"));
+}

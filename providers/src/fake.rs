@@ -55,6 +55,17 @@ pub struct FakeConfig {
     pub seed: u64,
     /// What `launched_at` counts from (plus the tokio clock's progress since creation).
     pub epoch: DateTime<Utc>,
+    /// Where the simulated cloud keeps its instances (`fleetd --fake-clouds`: in the data
+    /// directory), so they outlive a fleetd restart as a real cloud's do. `None`: in memory.
+    pub persist: Option<std::path::PathBuf>,
+}
+
+/// What a persisted fake cloud keeps.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Saved {
+    next_id: u64,
+    instances: BTreeMap<String, Instance>,
+    by_token: HashMap<String, String>,
 }
 
 impl FakeConfig {
@@ -68,6 +79,7 @@ impl FakeConfig {
             boot_after: None,
             seed: 0,
             epoch: DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z").expect("valid").to_utc(),
+            persist: None,
         }
     }
 }
@@ -100,6 +112,46 @@ impl std::fmt::Debug for FakeProvider {
 }
 
 impl FakeProvider {
+    /// A fake cloud; with `cfg.persist`, the instances saved there by an earlier one (an
+    /// unreadable file is an error naming it, never a silently empty cloud).
+    pub fn open(cfg: FakeConfig) -> Result<FakeProvider, String> {
+        let saved = match &cfg.persist {
+            Some(path) if path.exists() => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str::<Saved>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            _ => Saved { next_id: 1, ..Saved::default() },
+        };
+        let p = FakeProvider::new(cfg);
+        {
+            let mut s = p.lock();
+            for i in saved.instances.values().filter(|i| i.state.is_live()) {
+                *s.live_per_offering.entry(i.offering.clone()).or_default() += 1;
+            }
+            s.next_id = saved.next_id.max(1);
+            s.instances = saved.instances;
+            s.by_token = saved.by_token;
+        }
+        Ok(p)
+    }
+
+    /// Writes the instances where `cfg.persist` says (atomically: a temp file renamed).
+    fn save(&self, s: &State) {
+        let Some(path) = &self.cfg.persist else { return };
+        let saved = Saved { next_id: s.next_id, instances: s.instances.clone(), by_token: s.by_token.clone() };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension("tmp");
+        let res = serde_json::to_vec(&saved)
+            .map_err(|e| e.to_string())
+            .and_then(|b| std::fs::write(&tmp, b).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+        if let Err(e) = res {
+            tracing::warn!(path = %path.display(), error = %e, "simulated cloud state not saved");
+        }
+    }
+
     pub fn new(cfg: FakeConfig) -> FakeProvider {
         let state = State {
             rng: StdRng::seed_from_u64(cfg.seed),
@@ -157,6 +209,7 @@ impl FakeProvider {
         if let Some(n) = s.live_per_offering.get_mut(&key) {
             *n -= 1;
         }
+        self.save(&s);
         true
     }
 
@@ -284,6 +337,7 @@ impl Provider for FakeProvider {
         *s.live_per_offering.entry(req.offering.clone()).or_default() += 1;
         s.by_token.insert(req.idempotency_token.clone(), id.clone());
         s.instances.insert(id, inst.clone());
+        self.save(&s);
         Ok(inst)
     }
 
@@ -296,6 +350,7 @@ impl Provider for FakeProvider {
             && i.launched_at.is_some_and(|t| now - t >= chrono::Duration::from_std(boot).unwrap_or_default())
         {
             i.state = InstanceState::Running;
+            self.save(&s);
         }
         s.instances
             .get(id)
@@ -324,6 +379,7 @@ impl Provider for FakeProvider {
             if let Some(n) = s.live_per_offering.get_mut(&key) {
                 *n -= 1;
             }
+            self.save(&s);
         }
         Ok(())
     }
@@ -331,3 +387,36 @@ impl Provider for FakeProvider {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod persist_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_persisted_fake_cloud_keeps_its_instances_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = fleet_core::Catalog::builtin().offerings().iter().find(|o| o.cloud == Cloud::Lambda).unwrap().clone();
+        let mut cfg = FakeConfig::new(Cloud::Lambda, "t", vec![o.clone()]);
+        cfg.persist = Some(dir.path().join("fake-lambda.json"));
+        cfg.capacity.insert(o.key(), 2);
+        let first = FakeProvider::open(cfg.clone()).unwrap();
+        let a = first.launch(&LaunchRequest::new("t", "1", "llm", o.key())).await.unwrap();
+        let b = first.launch(&LaunchRequest::new("t", "2", "llm", o.key())).await.unwrap();
+        first.terminate(&b.id).await.unwrap();
+        drop(first);
+
+        let again = FakeProvider::open(cfg.clone()).unwrap();
+        assert_eq!(again.get(&a.id).await.unwrap().id, a.id, "a live instance is still there");
+        assert_eq!(again.get(&b.id).await.unwrap().state, InstanceState::Terminated);
+        // The same token finds the same instance; ids go on; the pool counts the live one.
+        assert_eq!(again.launch(&LaunchRequest::new("t", "1", "llm", o.key())).await.unwrap().id, a.id);
+        let c = again.launch(&LaunchRequest::new("t", "3", "llm", o.key())).await.unwrap();
+        assert!(c.id != a.id && c.id != b.id);
+        let e = again.launch(&LaunchRequest::new("t", "4", "llm", o.key())).await.unwrap_err();
+        assert!(matches!(e, ProviderError::InsufficientCapacity { .. }), "{e}");
+
+        std::fs::write(cfg.persist.as_ref().unwrap(), "not json").unwrap();
+        let e = FakeProvider::open(cfg).unwrap_err();
+        assert!(e.contains("fake-lambda.json"), "{e}");
+    }
+}

@@ -38,7 +38,7 @@ use std::net::{IpAddr, SocketAddr};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fleet_core::{Cloud, Offering, OfferingKey, Price};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use error::{ProviderError, ProviderResult};
 
@@ -164,7 +164,7 @@ pub fn token_uuid(token: &str) -> String {
     )
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceState {
     Pending,
@@ -195,7 +195,7 @@ impl fmt::Display for InstanceState {
 }
 
 /// An instance as the cloud reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: String,
     pub offering: OfferingKey,

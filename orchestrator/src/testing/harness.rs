@@ -93,6 +93,8 @@ impl Harness {
         let clock = Clock::tokio(chrono::DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z").expect("date").to_utc());
         let mut fakes = BTreeMap::new();
         let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
+        let mut agent = agent;
+        agent.offerings.extend(clouds.iter().flat_map(|c| c.offerings.iter().cloned()));
         for c in clouds {
             let mut cfg = FakeConfig::new(c.cloud, fleet, c.offerings);
             cfg.capacity = c.capacity;
