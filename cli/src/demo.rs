@@ -116,7 +116,18 @@ fn secs(a: &Value, b: &Value) -> Option<f64> {
     Some((b - a).num_milliseconds() as f64 / 1000.0)
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(args: DemoArgs, output: crate::Output) -> anyhow::Result<()> {
+    // With -o json/yaml the progress goes to stderr and the summary, as data, to stdout.
+    let structured = output.structured();
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            if structured {
+                eprintln!("{}", crate::terminal::printable(&format!($($t)*)));
+            } else {
+                outln!($($t)*);
+            }
+        }};
+    }
     let fleetd = sibling("fleetd")?;
     sibling("fleet-agent")?;
     let (dir, _tmp) = match &args.dir {
@@ -130,9 +141,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("fleetd.log")).context("fleetd.log")?;
-    outln!("fleet demo: fleetd at {url} (embedded store)");
-    outln!("            local nodes: real fleet-agents, candle on the CPU");
-    outln!("            files: {}", dir.display());
+    say!("fleet demo: fleetd at {url} (embedded store)");
+    say!("            local nodes: real fleet-agents, candle on the CPU");
+    say!("            files: {}", dir.display());
     let child = Command::new(&fleetd)
         .args(["--fleet", "demo", "--local", "--local-capacity", "6", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"])
@@ -157,7 +168,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let server = Server::new(&url, Some(token), None)?;
     server.send(true, "/v1/spec", SPEC)?;
-    outln!("applied: apps chat (spot + 1 on-demand) and embed (spot), budget $20/h");
+    say!("applied: apps chat (spot + 1 on-demand) and embed (spot), budget $20/h");
 
     let mut ids: Vec<(String, u64)> = Vec::new();
     for i in 0..args.requests {
@@ -170,8 +181,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         )?;
         ids.push((app.to_string(), v["id"].as_u64().context("no request id")?));
     }
-    outln!("submitted {} requests\n", ids.len());
-    outln!(
+    say!("submitted {} requests\n", ids.len());
+    say!(
         "{:>6}  {:>5}  {:>5}  {:>7}  {:>7}  {:>9}  {:>10}  {:>8}",
         "TIME",
         "NODES",
@@ -213,7 +224,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             running += a["in_flight"].as_u64().unwrap_or(0);
         }
         let cost = server.get("/v1/cost")?;
-        outln!(
+        say!(
             "{:>5.1}s  {:>5}  {:>5}  {:>7}  {:>7}  {:>9}  {:>10}  {:>8}",
             t0.elapsed().as_secs_f64(),
             live.len(),
@@ -226,7 +237,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         if done.len() == ids.len() && phase_done.is_none() {
             phase_done = Some(t0.elapsed());
-            outln!("        all {} requests answered; nodes stay warm for keep_alive (5 s), then go", ids.len());
+            say!("        all {} requests answered; nodes stay warm for keep_alive (5 s), then go", ids.len());
         }
         if phase_done.is_some() && live.is_empty() {
             break;
@@ -261,30 +272,43 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         done.values().filter_map(|r| secs(&r["submitted_at"], &r["state"]["finished_at"])).collect();
     waits.sort_by(f64::total_cmp);
     let cost = server.get("/v1/cost")?;
-    outln!("\nsummary");
-    outln!(
+    say!("\nsummary");
+    say!(
         "  requests   {} answered ({} failed), {} chat / {} embed",
         done.len(),
         failed,
         ids.iter().filter(|(a, _)| a == "chat").count(),
         ids.iter().filter(|(a, _)| a == "embed").count()
     );
-    outln!(
+    say!(
         "  latency    p50 {:.2} s, p95 {:.2} s, max {:.2} s (cold starts included)",
         percentile(&waits, 0.5),
         percentile(&waits, 0.95),
         percentile(&waits, 1.0)
     );
-    outln!(
+    say!(
         "  nodes      {launched} launched ({spot} spot, {} on-demand), {peak} at once, 0 left running",
         launched - spot
     );
-    outln!("  cost       ${} at local prices, budget $20/h", money(&cost["month_to_date"], 4));
-    outln!(
+    say!("  cost       ${} at local prices, budget $20/h", money(&cost["month_to_date"], 4));
+    say!(
         "  time       served in {:.1} s, back to zero nodes at {:.1} s",
         phase_done.unwrap_or(total).as_secs_f64(),
         total.as_secs_f64()
     );
+    if structured {
+        let summary = serde_json::json!({
+            "requests": { "answered": done.len(), "failed": failed,
+                "chat": ids.iter().filter(|(a, _)| a == "chat").count(),
+                "embed": ids.iter().filter(|(a, _)| a == "embed").count() },
+            "latency_seconds": { "p50": percentile(&waits, 0.5), "p95": percentile(&waits, 0.95), "max": percentile(&waits, 1.0) },
+            "nodes": { "launched": launched, "spot": spot, "on_demand": launched - spot, "peak": peak, "left_running": 0 },
+            "cost": cost["month_to_date"],
+            "served_seconds": phase_done.unwrap_or(total).as_secs_f64(),
+            "back_to_zero_seconds": total.as_secs_f64(),
+        });
+        crate::output::print(&summary, output == crate::Output::Yaml);
+    }
     drop(daemon);
     let left = stop_leftover_nodes(&dir);
     if left > 0 {

@@ -120,14 +120,27 @@ enum Command {
         what: DescribeWhat,
     },
     /// Drain a node: its replacement is launched first, then it is terminated.
-    #[command(after_help = "Example:\n  fleetctl drain 12")]
-    Drain { node: String },
-    /// Stop placing new runners on a node (`--undo` to resume).
-    #[command(after_help = "Examples:\n  fleetctl cordon 12\n  fleetctl cordon 12 --undo")]
+    #[command(after_help = "Example:\n  fleetctl drain node 12   (or: fleetctl drain 12)")]
+    Drain {
+        /// `node ID` (as in `describe node ID`), or just the ID.
+        #[arg(num_args = 1..=2, value_name = "node ID")]
+        node: Vec<String>,
+    },
+    /// Stop placing new runners on a node (`uncordon`, or `--undo`, to resume).
+    #[command(after_help = "Examples:\n  fleetctl cordon node 12\n  fleetctl uncordon node 12")]
     Cordon {
-        node: String,
+        /// `node ID` (as in `describe node ID`), or just the ID.
+        #[arg(num_args = 1..=2, value_name = "node ID")]
+        node: Vec<String>,
         #[arg(long)]
         undo: bool,
+    },
+    /// Place runners on a cordoned node again.
+    #[command(after_help = "Example:\n  fleetctl uncordon node 12")]
+    Uncordon {
+        /// `node ID` (as in `describe node ID`), or just the ID.
+        #[arg(num_args = 1..=2, value_name = "node ID")]
+        node: Vec<String>,
     },
     /// The last lines of a node agent's log.
     #[command(after_help = "Examples:\n  fleetctl logs node 12\n  fleetctl logs node 12 --tail 20")]
@@ -235,12 +248,24 @@ enum TokenWhat {
     Revoke { name: String },
 }
 
+/// `node 12` or `12`: the same syntax as `describe node 12` and `logs node 12`, or the short one.
+fn node_id(words: &[String]) -> anyhow::Result<&str> {
+    match words {
+        [id] => Ok(id),
+        [kind, id] if kind == "node" || kind == "nodes" => Ok(id),
+        [kind, _] => anyhow::bail!(
+            "`{kind}` is not something this command acts on: give `node ID` (fleetctl get nodes lists them)"
+        ),
+        _ => anyhow::bail!("give `node ID` (fleetctl get nodes lists them)"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let o = cli.output;
     let server = || Server::from_args(&cli.server);
     match &cli.command {
         Command::Catalog(_) | Command::Plan(_) | Command::Simulate(_) | Command::Completion { .. } => {}
-        Command::Demo(_) if o != Output::Table => anyhow::bail!("fleetctl demo prints a table only"),
+        Command::Demo(_) if o == Output::Csv => anyhow::bail!("fleetctl demo prints a table, json or yaml"),
         _ if o == Output::Csv => anyhow::bail!("-o csv is for `fleetctl catalog`; use -o table, json or yaml"),
         _ => {}
     }
@@ -251,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(args) => catalog::run(args, o),
         Command::Plan(args) => plan::run(args, o),
         Command::Simulate(args) => simulate::run(args, o),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(args, o),
         Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),
         Command::Diff { file } => ops::diff(&server()?, &file),
         Command::Get { what } => {
@@ -268,10 +293,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Describe { what: DescribeWhat::Node { id } } => nodes::describe(&server()?, &id, o),
         Command::Describe { what: DescribeWhat::App { name } } => ops::describe_app(&server()?, &name, o),
-        Command::Drain { node } => ops::node_action(&server()?, &node, "drain", o),
+        Command::Drain { node } => ops::node_action(&server()?, node_id(&node)?, "drain", o),
         Command::Cordon { node, undo } => {
-            ops::node_action(&server()?, &node, if undo { "uncordon" } else { "cordon" }, o)
+            ops::node_action(&server()?, node_id(&node)?, if undo { "uncordon" } else { "cordon" }, o)
         }
+        Command::Uncordon { node } => ops::node_action(&server()?, node_id(&node)?, "uncordon", o),
         Command::Cost => ops::cost(&server()?, o),
         Command::Logs { what: LogsWhat::Node { id, tail } } => ops::logs(&server()?, &id, tail, o),
         Command::Submit { app, input, wait } => ops::submit(&server()?, &app, &input, wait, o),

@@ -9,8 +9,16 @@ use crate::server::Server;
 use crate::table::{Table, cell as s};
 
 /// The node's state name (`ready`…): its record's state is tagged `{"state": "ready", ...}`.
+/// Cordoned and leaving (consolidated away) nodes say so: they take no new runners.
 fn state(n: &Value) -> String {
-    s(&n["state"]["state"])
+    let mut st = s(&n["state"]["state"]);
+    if n["cordoned"].as_bool() == Some(true) {
+        st += ",cordoned";
+    }
+    if n["leaving"].is_object() {
+        st += ",leaving";
+    }
+    st
 }
 
 fn offering(n: &Value) -> String {
@@ -95,7 +103,7 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     outln!("App:          {}", s(&n["app"]));
     outln!("State:        {}", state(&n));
     outln!("Offering:     {}", offering(&n));
-    outln!("Price:        {}", s(&n["price"]));
+    outln!("Price:        {}", n["price"].as_str().map_or_else(|| "-".to_string(), |p| format!("${p}/h")));
     let tried = n["candidates"].as_array().map_or(0, Vec::len);
     let attempt = n["attempt"].as_u64().unwrap_or(0) + 1;
     outln!("Attempt:      {attempt} of {tried} offerings");

@@ -39,8 +39,20 @@ pub fn finish<E: AsRef<dyn Error + Send + Sync + 'static>>(result: Result<(), E>
         return ExitCode::SUCCESS;
     }
     // Error texts may quote what a server or an agent said: no control character reaches the
-    // terminal (an ESC made inert cannot start a sequence), and the error stays one line.
-    let text: String = one_line(e).chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    // terminal (an ESC made inert cannot start a sequence). A newline stays only where it starts
+    // an indented line of a list (a spec's problems, one per line); any other is a space, so a
+    // quoted text cannot print a line of its own.
+    let msg = one_line(e);
+    let mut text = String::with_capacity(msg.len());
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' if chars.peek() == Some(&' ') => text.push('\n'),
+            '\n' | '\r' | '\t' => text.push(' '),
+            c if c.is_control() => text.push('\u{fffd}'),
+            c => text.push(c),
+        }
+    }
     eprintln!("error: {text}");
     ExitCode::from(2)
 }

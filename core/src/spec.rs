@@ -478,6 +478,33 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// Replaces with spaces the line holding byte `at` (an unknown key and its value, on one line)
+/// or, where that line is a table header (`[apps.x.scalingg]`), the header and the table's lines
+/// up to the next header. Lengths are kept, so offsets into the text stay valid.
+fn blank_out(text: &mut String, at: usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = |from: usize| text[from..].find('\n').map_or(text.len(), |i| from + i);
+    let mut end = line_end(start);
+    if text[start..end].trim_start().starts_with('[') {
+        while end < text.len() {
+            let next = end + 1;
+            let next_end = line_end(next);
+            if text[next..next_end].trim_start().starts_with('[') {
+                break;
+            }
+            end = next_end;
+        }
+    }
+    let blanked: String = text[start..end].chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
+    // Multi-byte characters become one space each: pad to keep the byte length.
+    let pad = (end - start).saturating_sub(blanked.len());
+    text.replace_range(start..end, &format!("{blanked}{}", " ".repeat(pad)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The file as written
 
@@ -768,18 +795,40 @@ impl FleetSpec {
     /// Parses and checks a spec. `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<FleetSpec, SpecErrors> {
         let mut ck = Checker { file, text, errors: Vec::new() };
-        let raw: RawSpec = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                let msg = e.message().trim().to_string();
-                let msg = if msg.starts_with("unknown field") {
-                    format!("{msg}; check the spelling (see the spec format in the README)")
-                } else {
-                    msg
-                };
-                ck.err(span, "", msg);
-                return Err(SpecErrors(ck.errors));
+        // An unknown field stops the TOML reader at the first one; so that every problem is
+        // listed at once, each unknown field is noted and blanked out (spaces, so every span
+        // still points into `text`), and the rest is read and checked as usual.
+        let mut cleaned = text.to_string();
+        let mut unknown = 0;
+        let raw: RawSpec = loop {
+            match toml::from_str(&cleaned) {
+                Ok(r) => break r,
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    let msg = e.message().trim().to_string();
+                    let mut at = span.start.min(cleaned.len());
+                    while !cleaned.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    let blanked = cleaned[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let already = cleaned[blanked..].lines().next().is_some_and(|l| l.trim().is_empty());
+                    if msg.starts_with("unknown field") && unknown < 100 && !already {
+                        ck.err(
+                            span.clone(),
+                            "",
+                            format!("{msg}; check the spelling (see the spec format in the README)"),
+                        );
+                        unknown += 1;
+                        blank_out(&mut cleaned, span.start);
+                        continue;
+                    }
+                    // After blanking, what remains may not read (a value over several lines):
+                    // the unknown fields already listed say what to fix first.
+                    if unknown == 0 {
+                        ck.err(span, "", msg);
+                    }
+                    return Err(SpecErrors(ck.errors));
+                }
             }
         };
         let name = match raw.fleet.as_ref().and_then(|f| f.name.as_ref()) {
@@ -959,6 +1008,32 @@ keep_alive = "5 minutes"
         }
         let all = FleetSpec::parse("f.toml", text).unwrap_err().to_string();
         assert!(all.starts_with("f.toml has 7 errors; nothing was applied\n  f.toml:3:8"), "{all}");
+    }
+
+    #[test]
+    fn unknown_fields_do_not_hide_the_other_problems() {
+        // Two unknown keys (one with a non-ASCII value), an unknown table with keys of its own,
+        // and two value errors: every one is listed, at its own line.
+        let text = "[fleet]\nname = \"t\"\n[apps.llm]\ngpu = \"H1000\"\ncolour = \"rouge é\"\n\
+                    [apps.llm.scalingg]\nmax = 3\nmin = 1\n[apps.llm.scaling]\nmax_concurrency = 2\n\
+                    min_concurrency = 5\nkeepalive = \"5m\"\n";
+        let e: Vec<String> = FleetSpec::parse("f.toml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect();
+        let want = [
+            "f.toml:4:7: apps.llm.gpu: unknown GPU 'H1000'",
+            "f.toml:5:1: unknown field `colour`",
+            "f.toml:6:11: unknown field `scalingg`",
+            "f.toml:11:19: apps.llm.scaling.min_concurrency: 5 is above max_concurrency 2",
+            "f.toml:12:1: unknown field `keepalive`",
+        ];
+        let mut got = e.clone();
+        got.sort_by_key(|l| {
+            let mut p = l.split(':').skip(1).take(2).map(|n| n.parse::<u32>().unwrap_or(0));
+            (p.next(), p.next())
+        });
+        assert_eq!(got.len(), want.len(), "{e:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w), "{g}\n  does not start with\n{w}\nall: {e:#?}");
+        }
     }
 
     #[test]
