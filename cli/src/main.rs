@@ -53,7 +53,7 @@ use server::{Server, ServerArgs};
     name = "fleetctl",
     version,
     about = "Operate a fleet of rented GPUs across clouds.",
-    after_help = "Examples:\n  fleetctl catalog --gpu H100 --min-gpus 8 --sort price\n  fleetctl apply -f fleet.toml --dry-run\n  fleetctl get nodes -o yaml\n  fleetctl submit llm --input '{\"prompt\": \"hi\"}' --wait 60\n\nfleetd's address and token: --server / FLEET_SERVER, FLEET_TOKEN, or ~/.config/fleet/config.toml\n(server, token, ca_cert; FLEET_CONFIG names another file)."
+    after_help = "Examples:\n  fleetctl catalog --gpu H100 --min-gpus 8 --sort price\n  fleetctl apply -f fleet.toml --dry-run\n  fleetctl get nodes -o yaml\n  fleetctl submit llm --input '{\"x\": [1, 2, 3]}' --wait 180\n\nfleetd's address and token: --server / FLEET_SERVER, FLEET_TOKEN, or ~/.config/fleet/config.toml\n(server, token, ca_cert; FLEET_CONFIG names another file)."
 )]
 struct Cli {
     /// Output format (csv: catalog only).
@@ -153,7 +153,7 @@ enum Command {
     Cost,
     /// Submit a request to an app.
     #[command(
-        after_help = "Examples:\n  fleetctl submit llm --input '{\"prompt\": \"hi\"}'\n  fleetctl submit llm --input '[1, 2]' --wait 60"
+        after_help = "Examples:\n  fleetctl submit llm --input '{\"x\": [1, 2, 3]}'\n  fleetctl submit llm --input '{\"x\": [1, 2, 3]}' --wait 180\n\nThe input is what the app's runners take: the demo's and --local's model takes {\"x\": [16 numbers]}."
     )]
     Submit {
         app: String,

@@ -109,8 +109,12 @@ pub fn apply(server: &Server, file: &Path, dry_run: bool, output: Output) -> any
     Ok(())
 }
 
-/// The nodes of apps the spec no longer has: they drain and terminate.
+/// The nodes of apps the spec no longer has: they drain and terminate. Then fleetd's warnings
+/// (an app no enabled cloud can place), on stderr: the spec is applied all the same.
 fn show_removed(v: &Value, verb: &str) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", crate::terminal::printable(&s(w)));
+    }
     let Some(nodes) = v["nodes_removed"].as_array().filter(|n| !n.is_empty()) else { return };
     outln!("nodes of removed apps {verb} (drained, then terminated): {}/h in all", s(&v["removed_per_hour"]));
     for n in nodes {
@@ -185,7 +189,18 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
         .into_iter()
         .filter(|n| n["app"] == app)
         .collect();
-    let v = serde_json::json!({ "app": app, "summary": a, "runners": runners, "nodes": nodes });
+    let events = server.get(&format!("/v1/events?app={app}&last=20"))?;
+    // Why demand waits: the last word on placement (not placed, held by a budget), unless
+    // everything was placed again since.
+    let waiting = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|e| matches!(e["kind"].as_str(), Some("not-placed" | "budget-held")));
+    let waiting = waiting.map(|e| s(&e["message"])).filter(|m| m != "all demand placed again");
+    let v = serde_json::json!({ "app": app, "summary": a, "runners": runners, "nodes": nodes,
+        "waiting_because": waiting, "events": events });
     if structured(&v, output) {
         return Ok(());
     }
@@ -193,6 +208,9 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     outln!("Queued:       {}", s(&a["queued"]));
     outln!("In flight:    {}", s(&a["in_flight"]));
     outln!("Month to date: ${}", s(&a["month_to_date"]));
+    if let Some(w) = &waiting {
+        outln!("Waiting:      {w}");
+    }
     outln!("Runners:");
     let mut t = Table::new(&[("ID", true), ("STATE", false), ("NODE", true)]);
     for r in &runners {
@@ -204,6 +222,12 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     let mut t = Table::new(&[("ID", true), ("STATE", false), ("INSTANCE", false)]);
     for n in nodes.iter().filter(|n| n["state"]["state"] != "terminated") {
         t.row(vec![s(&n["id"]), s(&n["state"]["state"]), s(&n["state"]["instance_id"])]);
+    }
+    out!("{}", indent(&t.render()));
+    outln!("Events:");
+    let mut t = Table::new(&[("TIME", false), ("KIND", false), ("NODE", true), ("MESSAGE", false)]);
+    for e in events.as_array().into_iter().flatten() {
+        t.row(vec![s(&e["at"]), s(&e["kind"]), s(&e["node"]), s(&e["message"])]);
     }
     out!("{}", indent(&t.render()));
     Ok(())

@@ -284,13 +284,53 @@ async fn put_spec(
             "price_per_hour": price.hourly(),
         }));
     }
+    let warnings = unplaceable_apps(&ctx, &spec);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     Ok(Json(json!({
         "fleet": spec.name,
         "apps": apps,
         "applied": !q.dry_run,
         "nodes_removed": going,
         "removed_per_hour": burn,
+        "warnings": warnings,
     })))
+}
+
+/// Apps of `spec` that no offering of the enabled clouds can host, each with why (the reasons
+/// offerings were excluded, most common first): such an app's requests would wait forever.
+pub fn unplaceable_apps(ctx: &Ctx, spec: &fleet_core::spec::FleetSpec) -> Vec<String> {
+    let catalog = ctx.offerings();
+    let enabled: Vec<String> = ctx.providers.keys().map(ToString::to_string).collect();
+    let enabled = if enabled.is_empty() { "none".to_string() } else { enabled.join(", ") };
+    let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), spec);
+    let cache = fleet_policies::placement::UnavailableCache::default();
+    let mut out = Vec::new();
+    for (i, app) in spec.apps.iter().enumerate() {
+        let input = fleet_policies::placement::RankInput::new(ctx.clock.now(), &cache);
+        let explained = index.explain(i, &input);
+        if !explained.ranked.is_empty() {
+            continue;
+        }
+        // The reasons by kind, most common first, each with one example.
+        let mut kinds: Vec<(&str, usize, String)> = Vec::new();
+        for (_, r) in &explained.excluded {
+            match kinds.iter_mut().find(|k| k.0 == r.kind()) {
+                Some(k) => k.1 += 1,
+                None => kinds.push((r.kind(), 1, r.to_string())),
+            }
+        }
+        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        let why: Vec<String> = kinds.iter().take(4).map(|(_, n, e)| format!("{n} × {e}")).collect();
+        out.push(format!(
+            "app {}: no offering of the enabled clouds ({enabled}; {} offerings) can host it, so its requests would wait: {}; change its gpu, gpus or placement, or run fleetd with the clouds it names",
+            app.name,
+            catalog.len(),
+            if why.is_empty() { "there are no offerings".to_string() } else { why.join("; ") }
+        ));
+    }
+    out
 }
 
 /// The records under `prefix` that decode; an unreadable one is logged and skipped (an agent can

@@ -156,6 +156,22 @@ pub struct Ctx {
     /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
     /// (accounts change only with a restart, so a spec is never half applied).
     pub clouds: fleet_core::spec::CloudAccounts,
+    /// What the enabled clouds sell, as last gathered by the fleet actor (empty before): the API
+    /// checks an applied spec against it (an app nothing can place is said at once).
+    pub offerings: std::sync::RwLock<Arc<fleet_core::Catalog>>,
+}
+
+impl Ctx {
+    /// The offerings last gathered, or (before the first gathering) the built-in catalog's rows
+    /// of the enabled clouds.
+    pub fn offerings(&self) -> Arc<fleet_core::Catalog> {
+        let c = self.offerings.read().expect("offerings lock").clone();
+        if !c.is_empty() {
+            return c;
+        }
+        let rows = fleet_core::Catalog::builtin().offerings().iter().filter(|o| self.providers.contains_key(&o.cloud));
+        Arc::new(fleet_core::Catalog::new(rows.cloned().collect()))
+    }
 }
 
 impl Ctx {
@@ -185,6 +201,7 @@ impl Ctx {
             gateway_leases: Default::default(),
             admission: Default::default(),
             clouds: Default::default(),
+            offerings: std::sync::RwLock::new(Arc::new(fleet_core::Catalog::new(Vec::new()))),
         }
     }
 }

@@ -151,6 +151,7 @@ impl Actor for FleetActor {
     async fn pre_start(&self, myself: ActorRef<FleetMsg>, args: FleetArgs) -> Result<FleetState, ActorProcessingErr> {
         let ctx = args.ctx;
         let catalog = Arc::new(prices::gather(&ctx).await);
+        *ctx.offerings.write().expect("offerings lock") = catalog.clone();
         let mut clouds = BTreeMap::new();
         for cloud in ctx.providers.keys() {
             clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);

@@ -46,6 +46,7 @@ pub(super) fn spawn_refresh(fleet: &ActorRef<FleetMsg>, ctx: &Arc<Ctx>) {
 /// Takes a gathered catalog: offering ids are positions in the catalog, so the placement index
 /// is rebuilt with it.
 pub(super) fn apply(st: &mut FleetState, catalog: Arc<Catalog>) {
+    *st.ctx.offerings.write().expect("offerings lock") = catalog.clone();
     st.catalog = catalog;
     if let Some(a) = &mut st.applied {
         a.index = PlacementIndex::new(st.catalog.clone(), &a.spec);

@@ -223,7 +223,7 @@ pub(super) async fn carry_out(
             tracing::warn!(app = %ap.app, %cap, stopping = ap.decision.stop.len(),
                 "the month's money runs out within the hour: no new runners, the app winds down to its floor");
         }
-        note_unplaced(&mut st.unplaced_said, &ctx, ap).await;
+        note_unplaced(&mut st.unplaced_said, &ctx, ap, &applied.spec).await;
     }
     let built = std::time::Instant::now();
     write_all(store, &st.informer, node_ops).await?;
@@ -284,11 +284,23 @@ async fn note_unplaced(
     said_before: &mut std::collections::HashMap<String, String>,
     ctx: &crate::actors::Ctx,
     ap: &fleet_policies::plan::AppPlan,
+    spec: &fleet_core::spec::FleetSpec,
 ) {
+    // Where no offering of the enabled clouds can ever host the app, say why (the apply said so
+    // too) rather than "none can be had now".
+    let never = if ap.unplaced.is_empty() {
+        None
+    } else {
+        let apps = spec.apps.iter().filter(|a| a.name == ap.app).cloned().collect();
+        crate::api::unplaceable_apps(ctx, &fleet_core::spec::FleetSpec { apps, ..spec.clone() }).pop()
+    };
     let mut parts: Vec<String> = ap
         .unplaced
         .iter()
-        .map(|u| format!("{} runner{} not placed: {}", u.runners, if u.runners == 1 { "" } else { "s" }, u.why))
+        .map(|u| {
+            let why = never.clone().unwrap_or_else(|| u.why.clone());
+            format!("{} runner{} not placed: {why}", u.runners, if u.runners == 1 { "" } else { "s" })
+        })
         .collect();
     if let Some(cap) = &ap.winding_down {
         parts.push(format!(
