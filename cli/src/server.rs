@@ -146,7 +146,15 @@ impl Server {
 
     fn answer(&self, url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
         let mut resp = resp.map_err(|e| {
-            anyhow::anyhow!("cannot reach fleetd at {} ({e}): is it running? (--server / FLEET_SERVER)", self.base)
+            let text = e.to_string();
+            // rustls's words for a server that answered TLS with plain HTTP.
+            if self.base.starts_with("https://") && (text.contains("InvalidContentType") || text.contains("corrupt message")) {
+                return anyhow::anyhow!(
+                    "fleetd at {} answered in plain HTTP, not TLS: use http:// (fleetd serves HTTPS only with --tls-cert and --tls-key)",
+                    self.base
+                );
+            }
+            anyhow::anyhow!("cannot reach fleetd at {} ({text}): is it running? (--server / FLEET_SERVER)", self.base)
         })?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;

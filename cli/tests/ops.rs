@@ -235,6 +235,11 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
     let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     assert!(v["burn_per_hour"].is_string() && v.get("headroom_month").is_some(), "{v}");
     fails_with(&ctl(vec![("FLEET_SERVER".into(), "ftp://x".into())], &["cost"]).await, "write the URL with its scheme");
+    // https:// to this plain-HTTP fleetd: said so, not "corrupt message".
+    let tls_url = r.url.replace("http://", "https://");
+    let token = env.iter().find(|(k, _)| k == "FLEET_TOKEN").unwrap().1.clone();
+    let o = ctl(vec![("FLEET_SERVER".into(), tls_url), ("FLEET_TOKEN".into(), token)], &["cost"]).await;
+    fails_with(&o, "answered in plain HTTP, not TLS: use http://");
 
     // tokens: create (shown once), use, revoke.
     let o = ctl(env.clone(), &["token", "create", "dash", "--scope", "read"]).await;

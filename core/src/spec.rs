@@ -435,11 +435,19 @@ impl Checker<'_> {
             }
             // Keep a trailing separator of a prefix pattern: "us-*" must not match "usa".
             let keep_dash = star && base.ends_with(['-', '_']);
-            out.push(format!(
-                "{s}{}{}",
-                if keep_dash && !s.is_empty() { "-" } else { "" },
-                if star { "*" } else { "" }
-            ));
+            let pattern =
+                format!("{s}{}{}", if keep_dash && !s.is_empty() { "-" } else { "" }, if star { "*" } else { "" });
+            // A pattern that matches no region any cloud sells is a typo ("us-est-1"), never a
+            // silent "nowhere" (the local cloud's region is "local").
+            let known = crate::Catalog::builtin().regions();
+            if !known.iter().any(|k| region_matches(&pattern, k)) && !region_matches(&pattern, "local") {
+                let hint = crate::names::closest(&s, known.iter().map(String::as_str))
+                    .map(|h| format!(" (did you mean '{h}'?)"))
+                    .unwrap_or_default();
+                self.err(r.span(), field, format!("'{raw}' matches no region of any cloud{hint}"));
+                continue;
+            }
+            out.push(pattern);
         }
         out
     }
@@ -1008,6 +1016,15 @@ keep_alive = "5 minutes"
         }
         let all = FleetSpec::parse("f.toml", text).unwrap_err().to_string();
         assert!(all.starts_with("f.toml has 7 errors; nothing was applied\n  f.toml:3:8"), "{all}");
+    }
+
+    #[test]
+    fn a_region_no_cloud_sells_is_refused_with_a_suggestion() {
+        let text = "[apps.a]\ngpu = \"H100\"\n[apps.a.placement]\nregions = [\"us-est-1\", \"us-*\", \"mars-*\", \"europe-west4\"]\n";
+        let e: Vec<String> = FleetSpec::parse("f.toml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains("'us-est-1' matches no region of any cloud (did you mean 'us-east-1'?)"), "{e:#?}");
+        assert!(e[1].contains("'mars-*' matches no region of any cloud"), "{e:#?}");
     }
 
     #[test]

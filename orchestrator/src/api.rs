@@ -193,7 +193,10 @@ async fn revoke_token(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> 
         tracing::info!(%name, "API token revoked");
         Ok(Json(json!({ "revoked": name })))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no token named `{name}` (GET /v1/tokens lists them)")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no token named `{name}` (fleetctl get tokens, or GET /v1/tokens, lists them)"),
+        ))
     }
 }
 
@@ -471,7 +474,10 @@ async fn node(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult<
     let id = parse_id(&id, "node")?;
     match get_json::<NodeRecord>(&*ctx.store, &ctx.keys.node(id)).await? {
         Some((n, _)) => Ok(Json(node_views(&ctx, vec![n]).await?.remove(0))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (GET /v1/nodes lists them)"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("node {id} not found (fleetctl get nodes, or GET /v1/nodes, lists them)"),
+        )),
     }
 }
 
@@ -501,7 +507,9 @@ async fn drain(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> ApiResult
     })
     .await?;
     match (rec, refused) {
-        (None, _) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found"))),
+        (None, _) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (fleetctl get nodes lists them)")))
+        }
         (Some(_), Some(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
         (Some(r), None) => {
             crate::events::node(&ctx, &r, &NodeEvent::Drain { reason: DrainReason::Operator }).await;
@@ -528,7 +536,9 @@ async fn set_cordon(ctx: &Ctx, id: &str, cordoned: bool) -> ApiResult<Json<NodeR
         )
         .await;
     }
-    rec.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found")))
+    rec.map(Json).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (fleetctl get nodes lists them)"))
+    })
 }
 
 /// `GET /v1/events?app=A&node=N&after=ID&last=K`: the fleet's decisions with their reasons,

@@ -114,6 +114,33 @@ fn dollars(m: Money) -> f64 {
 }
 
 impl Metrics {
+    /// Creates every counter series fleetd may report for `clouds` at zero, so that each metric
+    /// the README lists is there from the start (a series that appears only once incremented
+    /// breaks `rate()` and alerts on absence).
+    pub fn zero_series(&self, clouds: impl IntoIterator<Item = Cloud>) {
+        for cloud in clouds {
+            let _ = self.launches.get_or_create(&LaunchLabels::new(cloud, "called"));
+            for kind in [
+                "insufficient-capacity",
+                "quota-exceeded",
+                "throttled",
+                "not-found",
+                "unauthorized",
+                "invalid-request",
+                "transient",
+            ] {
+                let _ = self.launch_failures.get_or_create(&LaunchLabels::new(cloud, kind));
+            }
+            let _ = self.orphans_terminated.get_or_create(&KindLabel::new(&cloud.to_string()));
+        }
+        for kind in ["fleet", "cloud", "region", "node", "runner"] {
+            let _ = self.actor_restarts.get_or_create(&KindLabel::new(kind));
+        }
+        for kind in fleet_state::events::EventKind::ALL {
+            let _ = self.events.get_or_create(&KindLabel::new(kind.name()));
+        }
+    }
+
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("fleet");
         let m = Metrics {

@@ -202,3 +202,26 @@ fn a_restart_on_simulated_clouds_keeps_their_nodes() {
     assert_eq!(kinds.iter().filter(|k| **k == "launched").count(), 1, "no replacement: {events}");
     assert_eq!(ready(&d2), 1, "{}", d2.get("/v1/nodes"));
 }
+
+/// Every counter the README lists is exported from the start, at zero, before anything happened
+/// (a series that appears only once incremented breaks rate() and alerts on absence).
+#[test]
+fn the_readme_counters_are_there_at_zero_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_fleetd(dir.path());
+    let (s, m) = d.call("GET", "/metrics", "");
+    assert_eq!(s, 200);
+    for series in [
+        "fleet_launches_total{cloud=\"lambda\",kind=\"called\"} 0",
+        "fleet_launch_failures_total{cloud=\"lambda\",kind=\"insufficient-capacity\"} 0",
+        "fleet_orphans_terminated_total{kind=\"lambda\"} 0",
+        "fleet_actor_restarts_total{kind=\"node\"} 0",
+        "fleet_events_total{kind=\"launch-failed\"} 0",
+        "fleet_requests_requeued_total 0",
+        "fleet_consolidations_total 0",
+        "fleet_removed_app_nodes_total 0",
+        "fleet_offering_gone_nodes_total 0",
+    ] {
+        assert!(m.contains(series), "{series} missing from:\n{m}");
+    }
+}

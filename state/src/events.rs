@@ -58,6 +58,24 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        EventKind::Planned,
+        EventKind::Launched,
+        EventKind::LaunchFailed,
+        EventKind::Ready,
+        EventKind::BootstrapFailed,
+        EventKind::Draining,
+        EventKind::Terminating,
+        EventKind::Terminated,
+        EventKind::InstanceLost,
+        EventKind::NotPlaced,
+        EventKind::BudgetHeld,
+        EventKind::Consolidating,
+        EventKind::OrphanCollected,
+        EventKind::HostKey,
+        EventKind::Operator,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Planned => "planned",

@@ -143,6 +143,12 @@ impl Catalog {
         self.offerings.is_empty()
     }
 
+    /// Every region of the catalog's offerings, once each (computed on each call).
+    pub fn regions(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.offerings.iter().map(|o| o.region.as_str()).collect();
+        set.into_iter().map(str::to_string).collect()
+    }
+
     pub fn clouds(&self) -> BTreeSet<Cloud> {
         self.offerings.iter().map(|o| o.cloud).collect()
     }

@@ -184,6 +184,8 @@ impl Ctx {
         config: Config,
         clock: fleet_state::clock::Clock,
     ) -> Ctx {
+        let metrics = Arc::new(Metrics::new());
+        metrics.zero_series(providers.keys().copied());
         Ctx {
             fleet: fleet.to_string(),
             keys: Keys::new(fleet),
@@ -191,7 +193,7 @@ impl Ctx {
             providers,
             bootstrap,
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             clock,
             launches: Default::default(),
             nudge: Default::default(),
