@@ -246,14 +246,15 @@ impl Provider for LocalProvider {
     }
 
     async fn terminate(&self, id: &str) -> ProviderResult<()> {
-        let (pid, live) = {
+        let (pid, live, child) = {
             let mut st = self.state.lock().expect("local state");
             let (records, children) = &mut *st;
             let Some(i) = records.iter().position(|r| r.id == id) else { return Ok(()) };
             let live = self.alive(&records[i], children);
             records[i].terminated = true;
             self.save(records)?;
-            (records[i].pid, live)
+            let pid = records[i].pid;
+            (pid, live, children.remove(&pid))
         };
         if live {
             // SIGTERM: the agent stops serving and gives back its lease (a machine shutting down).
@@ -261,6 +262,24 @@ impl Provider for LocalProvider {
             if !ok.success() {
                 tracing::debug!(pid, "kill -TERM found no process (it had exited)");
             }
+        }
+        // A process this fleetd started is waited for once it exits (SIGKILL after 30 s), so a
+        // terminated node leaves no zombie behind: nothing else would reap it.
+        if let Some(mut child) = child {
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(_)) | Err(_) => return,
+                        Ok(None) if std::time::Instant::now() >= deadline => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return;
+                        }
+                        Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    }
+                }
+            });
         }
         Ok(())
     }

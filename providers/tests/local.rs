@@ -74,3 +74,30 @@ async fn nodes_are_found_again_after_a_restart_and_capacity_is_enforced() {
     assert_eq!(state, InstanceState::Terminated);
     assert!(p.list().await.unwrap().is_empty());
 }
+
+/// A terminated node's process is reaped: no zombie is left under the process that launched it
+/// (fleetd), which nothing else would ever wait for.
+#[tokio::test]
+async fn a_terminated_node_leaves_no_zombie() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path(), 1);
+    let a = p.launch(&LaunchRequest::new("t", "1", "app", key(CapacityType::OnDemand))).await.unwrap();
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("instances.json")).unwrap()).unwrap();
+    let pid = records[0]["pid"].as_u64().unwrap();
+    p.terminate(&a.id).await.unwrap();
+    let state = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(str::to_string))
+    };
+    let mut last = state(pid);
+    for _ in 0..100 {
+        if last.is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        last = state(pid);
+    }
+    assert_eq!(last, None, "process {pid} still there (state {last:?}: Z is a zombie)");
+}
