@@ -274,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             catalog::refresh(&server()?, file, o)
         }
         Command::Catalog(args) => catalog::run(args, o),
-        Command::Plan(args) => plan::run(args, o),
+        Command::Plan(args) => plan::run(args, o, Server::from_args(&cli.server).ok()),
         Command::Simulate(args) => simulate::run(args, o),
         Command::Demo(args) => demo::run(args, o),
         Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),

@@ -56,6 +56,11 @@ pub struct PlanArgs {
     /// Decide as of this time (RFC 3339); default now. Monthly budgets use its calendar month.
     #[arg(long, value_name = "TIME")]
     now: Option<DateTime<Utc>>,
+
+    /// Plan against the built-in catalog even when a fleetd is reachable (by default plan uses
+    /// the enabled clouds and live offerings of the fleetd at --server / FLEET_SERVER).
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Serialize)]
@@ -76,7 +81,44 @@ struct AppReport<'a> {
     plan: &'a AppPlan,
 }
 
-pub fn run(args: PlanArgs, output: Output) -> Result<()> {
+/// The offerings to plan against and a sentence saying which they are: the catalog files given;
+/// else, where a fleetd answers, its enabled clouds' live offerings (what it would really rent);
+/// else the built-in catalog.
+fn offerings(args: &PlanArgs, server: Option<crate::server::Server>) -> Result<(fleet_core::Catalog, String)> {
+    if !args.catalog.is_empty() {
+        let c = crate::catalog::load(&args.catalog, None, false)?.into_owned();
+        let n = c.len();
+        return Ok((c, format!("the catalog files given ({n} offerings)")));
+    }
+    let builtin = || crate::catalog::load(&[], None, false).map(|c| c.into_owned());
+    if args.offline {
+        return Ok((builtin()?, "the built-in catalog (--offline)".to_string()));
+    }
+    let Some(server) = server else {
+        return Ok((builtin()?, "the built-in catalog (no fleetd configured)".to_string()));
+    };
+    match server.get("/v1/offerings?full=true") {
+        Ok(v) => {
+            let rows: Vec<Offering> =
+                serde_json::from_value(v).context("fleetd's /v1/offerings answer is not a list of offerings")?;
+            let catalog = fleet_core::Catalog::new(rows);
+            let clouds: Vec<String> = catalog.clouds().iter().map(ToString::to_string).collect();
+            let clouds = if clouds.is_empty() { "none".to_string() } else { clouds.join(", ") };
+            let n = catalog.len();
+            Ok((catalog, format!("fleetd at {}: its enabled clouds ({clouds}), {n} live offerings", server.base())))
+        }
+        Err(e) => Ok((
+            builtin()?,
+            format!(
+                "the built-in catalog, offline: fleetd at {} not used ({})",
+                server.base(),
+                crate::terminal::printable(&e.to_string())
+            ),
+        )),
+    }
+}
+
+pub fn run(args: PlanArgs, output: Output, server: Option<crate::server::Server>) -> Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let spec = FleetSpec::parse(&args.file.display().to_string(), &text)?;
     if let Some(a) = &args.app
@@ -85,8 +127,8 @@ pub fn run(args: PlanArgs, output: Output) -> Result<()> {
         let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
         anyhow::bail!("no app '{a}' in {}; its apps are: {}", args.file.display(), names.join(", "));
     }
-    let catalog = Arc::new(crate::catalog::load(&args.catalog, None, false)?.into_owned());
-    let index = PlacementIndex::new(catalog, &spec);
+    let (catalog, source) = offerings(&args, server)?;
+    let index = PlacementIndex::new(Arc::new(catalog), &spec);
     let now = args.now.unwrap_or_else(Utc::now);
     let cache = UnavailableCache::default();
     let state = FleetView {
@@ -135,8 +177,12 @@ pub fn run(args: PlanArgs, output: Output) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json | Output::Yaml => crate::output::print(&serde_json::to_value(&reports)?, output == Output::Yaml),
+        Output::Json | Output::Yaml => {
+            eprintln!("planned against {source}");
+            crate::output::print(&serde_json::to_value(&reports)?, output == Output::Yaml)
+        }
         Output::Table => {
+            writeln!(out, "planned against {source}")?;
             for r in &reports {
                 write_app(&mut out, r, &index)?;
             }

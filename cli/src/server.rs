@@ -169,6 +169,11 @@ impl Server {
         Ok(v)
     }
 
+    /// fleetd's address as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn auth(&self) -> Option<String> {
         self.token.as_ref().map(|t| format!("Bearer {t}"))
     }

@@ -165,6 +165,20 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
     let o = ctl(env.clone(), &["diff", "-f", bad.to_str().unwrap()]).await;
     assert!(!o.ok && o.stderr.contains("H1000") && !o.stderr.contains("panicked"), "{}", o.stderr);
 
+    // plan: against this fleetd's enabled clouds and live offerings (it says so), or offline.
+    let o = ctl(env.clone(), &["plan", "-f", spec2.to_str().unwrap(), "--queue", "4"]).await;
+    let first = o.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(
+        o.ok && first.starts_with(&format!("planned against fleetd at {}: its enabled clouds (lambda)", r.url)),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    let ranked: Vec<&str> = o.stdout.lines().filter(|l| l.contains("/us-") || l.contains("/eu")).collect();
+    assert!(!ranked.is_empty() && ranked.iter().all(|l| l.contains("lambda/")), "only fleetd's cloud: {}", o.stdout);
+    let o = ctl(env.clone(), &["plan", "-f", spec2.to_str().unwrap(), "--offline"]).await;
+    assert!(o.ok && o.stdout.starts_with("planned against the built-in catalog (--offline)"), "{}", o.stdout);
+
     // submit, and wait for the result.
     let o = ctl(env.clone(), &["submit", "llm", "--input", r#"{"prompt": "hi"}"#, "--wait", "30"]).await;
     assert!(o.ok && o.stdout.contains("echo") && o.stdout.contains("hi"), "{}{}", o.stdout, o.stderr);
