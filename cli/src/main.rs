@@ -108,10 +108,16 @@ enum Command {
         file: PathBuf,
     },
     /// List resources of a running fleetd.
-    #[command(after_help = "Examples:\n  fleetctl get nodes\n  fleetctl get apps -o json\n  fleetctl get offerings")]
+    #[command(
+        after_help = "Examples:\n  fleetctl get nodes\n  fleetctl get nodes -w\n  fleetctl get apps -o json\n  fleetctl get events --app llm -w\n  fleetctl get offerings"
+    )]
     Get {
         #[command(subcommand)]
         what: GetWhat,
+        /// Keep watching: print again each time fleetd says the listing changed (nodes, runners,
+        /// apps), or each new event (events), until interrupted.
+        #[arg(short = 'w', long, global = true)]
+        watch: bool,
     },
     /// Show one resource of a running fleetd in detail.
     #[command(after_help = "Examples:\n  fleetctl describe node 12\n  fleetctl describe app llm")]
@@ -279,7 +285,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args, o),
         Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),
         Command::Diff { file } => ops::diff(&server()?, &file),
-        Command::Get { what } => {
+        Command::Get { what, watch: true } => {
+            let s = server()?;
+            match what {
+                GetWhat::Apps => ops::watch(&s, "apps", "", o),
+                GetWhat::Nodes => ops::watch(&s, "nodes", "", o),
+                GetWhat::Runners => ops::watch(&s, "runners", "", o),
+                GetWhat::Events { app, node, .. } => {
+                    let mut q = Vec::new();
+                    if let Some(a) = app {
+                        if !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                            anyhow::bail!("`{a}` is not an app name (`fleetctl get apps` lists them)");
+                        }
+                        q.push(format!("app={a}"));
+                    }
+                    if let Some(n) = node {
+                        q.push(format!("node={n}"));
+                    }
+                    let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+                    ops::watch(&s, "events", &q, o)
+                }
+                _ => anyhow::bail!("-w watches nodes, runners, apps or events"),
+            }
+        }
+        Command::Get { what, watch: false } => {
             let s = server()?;
             match what {
                 GetWhat::Apps => ops::get_apps(&s, o),

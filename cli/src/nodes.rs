@@ -52,10 +52,14 @@ fn burn_in(a: &Value) -> String {
 }
 
 pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
-    let nodes = server.get("/v1/nodes")?;
+    render_nodes(&server.get("/v1/nodes")?, output);
+    Ok(())
+}
+
+pub fn render_nodes(nodes: &Value, output: Output) {
     if output.structured() {
-        crate::output::print(&nodes, output == Output::Yaml);
-        return Ok(());
+        crate::output::print(nodes, output == Output::Yaml);
+        return;
     }
     let mut t = Table::new(&[
         ("ID", true),
@@ -81,7 +85,6 @@ pub fn get(server: &Server, output: Output) -> anyhow::Result<()> {
         ]);
     }
     out!("{}", t.render());
-    Ok(())
 }
 
 pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()> {
@@ -215,12 +218,30 @@ pub fn get_events(
         q += &format!("&node={n}");
     }
     let v = server.get(&q)?;
-    if output.structured() {
-        crate::output::print(&v, output == Output::Yaml);
-        return Ok(());
-    }
-    print_events(&v, true);
+    render_events(&v, output, true);
     Ok(())
+}
+
+/// Events as a table (with its header when `header`), or as data.
+pub fn render_events(v: &Value, output: Output, header: bool) {
+    if output.structured() {
+        crate::output::print(v, output == Output::Yaml);
+        return;
+    }
+    if header {
+        print_events(v, true);
+        return;
+    }
+    let rendered = {
+        let mut t = Table::new(&[("TIME", false), ("KIND", false), ("APP", false), ("NODE", true), ("MESSAGE", false)]);
+        for e in v.as_array().into_iter().flatten() {
+            t.row(vec![s(&e["at"]), s(&e["kind"]), s(&e["app"]), s(&e["node"]), s(&e["message"])]);
+        }
+        t.render()
+    };
+    for line in rendered.lines().skip(1) {
+        outln!("{line}");
+    }
 }
 
 fn print_events(v: &Value, with_node: bool) {

@@ -138,9 +138,13 @@ fn structured(v: &Value, output: Output) -> bool {
 }
 
 pub fn get_apps(server: &Server, output: Output) -> anyhow::Result<()> {
-    let v = server.get("/v1/apps")?;
-    if structured(&v, output) {
-        return Ok(());
+    render_apps(&server.get("/v1/apps")?, output);
+    Ok(())
+}
+
+pub fn render_apps(v: &Value, output: Output) {
+    if structured(v, output) {
+        return;
     }
     let mut t = Table::new(&[
         ("APP", false),
@@ -161,7 +165,6 @@ pub fn get_apps(server: &Server, output: Output) -> anyhow::Result<()> {
         ]);
     }
     out!("{}", t.render());
-    Ok(())
 }
 
 pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Result<()> {
@@ -238,9 +241,13 @@ fn indent(text: &str) -> String {
 }
 
 pub fn get_runners(server: &Server, output: Output) -> anyhow::Result<()> {
-    let v = server.get("/v1/runners")?;
-    if structured(&v, output) {
-        return Ok(());
+    render_runners(&server.get("/v1/runners")?, output);
+    Ok(())
+}
+
+pub fn render_runners(v: &Value, output: Output) {
+    if structured(v, output) {
+        return;
     }
     let mut t = Table::new(&[("ID", true), ("APP", false), ("STATE", false), ("NODE", true), ("IN-FLIGHT", true)]);
     for r in v.as_array().into_iter().flatten().filter(|r| r["state"]["state"] != "stopped") {
@@ -254,7 +261,30 @@ pub fn get_runners(server: &Server, output: Output) -> anyhow::Result<()> {
         ]);
     }
     out!("{}", t.render());
-    Ok(())
+}
+
+/// `get … -w`: the listing, then again (after a blank line and the time) each time fleetd says
+/// it changed; for events, each new event as it is recorded. Until interrupted.
+pub fn watch(server: &Server, what: &str, query: &str, output: Output) -> anyhow::Result<()> {
+    let path = format!("/v1/watch/{what}{query}");
+    let mut first = true;
+    server.watch(&path, |v| {
+        match what {
+            "events" => crate::nodes::render_events(&v, output, first),
+            _ => {
+                if !first && !output.structured() {
+                    outln!("\n{}", chrono::Utc::now().format("%H:%M:%S"));
+                }
+                match what {
+                    "nodes" => crate::nodes::render_nodes(&v, output),
+                    "runners" => render_runners(&v, output),
+                    _ => render_apps(&v, output),
+                }
+            }
+        }
+        first = false;
+        std::io::Write::flush(&mut std::io::stdout()).map_err(anyhow::Error::from)
+    })
 }
 
 pub fn get_clouds(server: &Server, output: Output) -> anyhow::Result<()> {

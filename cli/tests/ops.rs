@@ -309,3 +309,73 @@ async fn fleetctl_talks_https_to_a_certificate_it_trusts() {
         ctl(vec![("FLEET_TOKEN".into(), r.env[0].1.clone()), ("FLEET_SERVER".into(), plain)], &["get", "apps"]).await;
     assert!(!o.ok, "{}", o.stdout);
 }
+
+/// `get nodes -w` and `get events -w` stream from fleetd: the listing first, then again when it
+/// changes (a cordon), and each new event as it is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_as_they_happen() {
+    use std::io::BufRead;
+    let r = running(false).await;
+    let env = r.env.clone();
+    // A ready node first (the spec keeps one runner).
+    let t = std::time::Instant::now();
+    let id = loop {
+        let nodes: serde_json::Value =
+            serde_json::from_str(&ctl(env.clone(), &["get", "nodes", "-o", "json"]).await.stdout).unwrap();
+        if let Some(n) = nodes.as_array().unwrap().iter().find(|n| n["state"]["state"] == "ready") {
+            break n["id"].to_string();
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "no ready node");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let spawn = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+        c.args(args).env_remove("FLEET_CONFIG").env("HOME", "/nonexistent").stdout(std::process::Stdio::piped());
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let mut nodes = spawn(&["get", "nodes", "-w"]);
+    let mut events = spawn(&["get", "events", "-w"]);
+    // Lines as they come, on a thread each (reads block).
+    let lines = |child: &mut std::process::Child| {
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let (node_lines, event_lines) = (lines(&mut nodes), lines(&mut events));
+    let wait_for = |rx: &std::sync::mpsc::Receiver<String>, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                let hit = l.contains(what);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("`{what}` never came; saw:\n{}", seen.join("\n"));
+    };
+    let first = wait_for(&node_lines, "ready");
+    assert!(first.iter().any(|l| l.starts_with("ID")), "{first:?}");
+    wait_for(&event_lines, "TIME");
+    let o = ctl(env.clone(), &["cordon", "node", &id]).await;
+    assert!(o.ok, "{}", o.stderr);
+    wait_for(&node_lines, "ready,cordoned");
+    let ev = wait_for(&event_lines, "cordoned: no new runners go here");
+    assert!(ev.last().unwrap().contains("operator"), "{ev:?}");
+    for mut c in [nodes, events] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

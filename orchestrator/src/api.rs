@@ -113,6 +113,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/apps/{app}/requests/{id}", get(request))
         .route("/v1/cost", get(cost))
         .route("/v1/events", get(events))
+        .route("/v1/watch/{what}", get(watch))
         .route("/v1/store/call", post(gateway_call))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
@@ -539,6 +540,80 @@ async fn set_cordon(ctx: &Ctx, id: &str, cordoned: bool) -> ApiResult<Json<NodeR
     rec.map(Json).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("node {id} not found (fleetctl get nodes lists them)"))
     })
+}
+
+/// How often a watch looks for a change (the store is read; nothing is sent when nothing changed).
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /v1/watch/{nodes|runners|apps|events}` (`fleetctl get … -w`): server-sent events. For
+/// nodes, runners and apps, an event with the whole listing (as `GET /v1/{what}` answers) first
+/// and again each time it changes; for events (`?app=&node=` as `GET /v1/events`), the events
+/// recorded since the last one sent. A comment line every 15 s keeps idle connections open.
+async fn watch(
+    State(ctx): State<Arc<Ctx>>,
+    Path(what): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if !matches!(what.as_str(), "nodes" | "runners" | "apps" | "events") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("cannot watch '{what}': watch nodes, runners, apps or events"),
+        ));
+    }
+    let mut filter = fleet_state::events::EventFilter { last: Some(100), ..Default::default() };
+    if let Some(a) = q.get("app") {
+        filter.app = Some(a.clone());
+    }
+    if let Some(n) = q.get("node") {
+        filter.node = Some(parse_id(n, "node")?);
+    }
+    // One snapshot: the listing as JSON text, and (events) the last id it holds.
+    async fn snapshot(
+        ctx: &Arc<Ctx>,
+        what: &str,
+        filter: &fleet_state::events::EventFilter,
+    ) -> Option<(String, Option<u64>)> {
+        let v = match what {
+            "nodes" => serde_json::to_string(&nodes(State(ctx.clone())).await.ok()?.0),
+            "runners" => serde_json::to_string(&runners(State(ctx.clone())).await.ok()?.0),
+            "apps" => serde_json::to_string(&apps(State(ctx.clone())).await.ok()?.0),
+            _ => {
+                let list = fleet_state::events::list(&*ctx.store, &ctx.keys, filter).await.ok()?;
+                let last = list.last().map(|e| e.id);
+                return Some((serde_json::to_string(&list).ok()?, last));
+            }
+        };
+        v.ok().map(|t| (t, None))
+    }
+    let state = (ctx, what, filter, None::<String>, true);
+    let stream = futures_util::stream::unfold(state, |(ctx, what, mut filter, mut last, mut first)| async move {
+        loop {
+            if !first {
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+            first = false;
+            let Some((text, last_event)) = snapshot(&ctx, &what, &filter).await else { continue };
+            if what == "events" {
+                if last_event.is_none() {
+                    continue;
+                }
+                filter.after = last_event;
+                filter.last = None;
+            } else if last.as_deref() == Some(text.as_str()) {
+                continue;
+            } else {
+                last = Some(text.clone());
+            }
+            let ev = Event::default().event(what.clone()).data(text);
+            return Some((Ok(ev), (ctx, what, filter, last, first)));
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
 /// `GET /v1/events?app=A&node=N&after=ID&last=K`: the fleet's decisions with their reasons,
