@@ -223,9 +223,49 @@ impl Money {
         format!("{int}.{frac_s}")
     }
 
+    /// This amount rounded to whole cents, half away from zero (`$3.765` → `$3.77`).
+    pub fn rounded_to_cents(self) -> Money {
+        const CENT: i128 = 10_000;
+        let m = i128::from(self.0);
+        let half = CENT / 2;
+        let r = if m >= 0 { (m + half) / CENT } else { -((-m + half) / CENT) };
+        Money::from_micros_saturating(r * CENT)
+    }
+
+    /// How fleet's tables and summaries show money to people: always to the cent (`$98.32`,
+    /// `$0.00`, `-$1.50`), rounded half away from zero. One precision everywhere a person reads
+    /// money (fleetctl, fleetsim's tables, the demo); JSON and error messages stay exact.
+    pub fn cents(self) -> Cents {
+        Cents(self.rounded_to_cents())
+    }
+
     /// Decimal text as used in CSV and JSON: `98.32`, `-0.5` becomes `-0.50`.
     pub fn to_decimal_string(&self) -> String {
         format!("{}{}", if self.0 < 0 { "-" } else { "" }, self.plain())
+    }
+}
+
+/// [`Money::cents`]: an amount shown to the cent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Cents(Money);
+
+impl fmt::Display for Cents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0.micros();
+        let abs = m.unsigned_abs();
+        let s = format!(
+            "{}${}.{:02}",
+            if m < 0 { "-" } else { "" },
+            abs / MICROS_PER_USD as u64,
+            (abs % MICROS_PER_USD as u64) / 10_000
+        );
+        f.pad(&s)
+    }
+}
+
+impl fmt::Debug for Cents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cents({self})")
     }
 }
 
@@ -409,6 +449,15 @@ mod tests {
     fn displays_with_at_least_two_decimals() {
         assert_eq!(m("98.32").to_string(), "$98.32");
         assert_eq!(m("3.76223").to_string(), "$3.76223");
+        assert_eq!(m("3.76223").cents().to_string(), "$3.76");
+        assert_eq!(m("3.765").cents().to_string(), "$3.77");
+        assert_eq!(m("3.764999").cents().to_string(), "$3.76");
+        assert_eq!(m("-1.505").cents().to_string(), "-$1.51");
+        assert_eq!(m("-0.004").cents().to_string(), "$0.00");
+        assert_eq!(m("98").cents().to_string(), "$98.00");
+        assert_eq!(format!("{:>8}", m("1.5").cents()), "   $1.50");
+        assert_eq!(Money::MAX.cents().to_string(), "$9223372036854.77");
+
         assert_eq!(m("7").to_string(), "$7.00");
         assert_eq!(m("-0.5").to_string(), "-$0.50");
         assert_eq!(Price::parse_decimal("87.83247").unwrap().to_string(), "$87.83247/h");

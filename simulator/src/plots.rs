@@ -62,43 +62,13 @@ pub fn compare(reports: &[&Report], dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
             chart
                 .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), dollars(s.burn_per_hour))), &colour))
                 .map_err(err)?
-                .label(format!("{} ({})", r.scenario, r.cost))
+                .label(format!("{} ({})", r.scenario, r.cost.cents()))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
         root.present().map_err(err)?;
     }
-    // Wait CDFs.
-    {
-        let root = SVGBackend::new(&paths[1], (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let cdfs: Vec<Vec<(f64, f64)>> = reports.iter().map(|r| cdf(&r.waits_ms)).collect();
-        let x_max = cdfs.iter().filter_map(|c| c.last().map(|p| p.0)).fold(1.0, f64::max) * 1.05;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{title}: queue wait CDF by policy"), ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_max, 0f64..1.0)
-            .map_err(err)?;
-        chart.configure_mesh().x_desc("wait (s)").y_desc("share of requests").draw().map_err(err)?;
-        for (k, (r, pts)) in reports.iter().zip(cdfs).enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(pts, &colour))
-                .map_err(err)?
-                .label(format!("{} ({:.1}% ≤ {}s)", r.scenario, r.slo_attainment * 100.0, r.slo_wait_s))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
+    wait_cdf_chart(&format!("{title}: queue wait CDF by policy"), reports, &paths[1])?;
     Ok(paths)
 }
 
@@ -186,18 +156,83 @@ fn burn_by_cloud(r: &Report, path: &Path) -> anyhow::Result<()> {
 }
 
 fn wait_cdf(r: &Report, path: &Path) -> anyhow::Result<()> {
+    wait_cdf_chart(&format!("{}: queue wait CDF", r.scenario), &[r], path)
+}
+
+/// Waits shorter than this are drawn at it: a log axis has no zero, and below 10 ms a wait is
+/// nothing a person notices.
+const WAIT_FLOOR_S: f64 = 0.01;
+
+/// The wait CDF of each report on a log time axis (waits span milliseconds to many minutes),
+/// with each run's p50 and p99 marked and labelled; the legend gives its max wait and SLO share.
+fn wait_cdf_chart(title: &str, reports: &[&Report], path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let pts = cdf(&r.waits_ms);
-    let x_max = pts.last().map(|p| p.0).unwrap_or(1.0).max(1.0) * 1.05;
+    let floor = |s: f64| s.max(WAIT_FLOOR_S);
+    let cdfs: Vec<Vec<(f64, f64)>> =
+        reports.iter().map(|r| cdf(&r.waits_ms).into_iter().map(|(x, y)| (floor(x), y)).collect()).collect();
+    let longest = reports.iter().map(|r| r.wait_max_s).fold(1.0, f64::max);
+    // Whole decades, so the ticks fall on 0.01 s, 0.1 s, 1 s, 10 s …
+    let x_max = 10f64.powf(longest.log10().floor() + 1.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: queue wait CDF", r.scenario), ("sans-serif", 20))
+        .caption(title, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, 0f64..1.0)
+        .build_cartesian_2d((WAIT_FLOOR_S..x_max).log_scale(), 0f64..1.0)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("wait (s)").y_desc("share of requests").draw().map_err(err)?;
-    chart.draw_series(LineSeries::new(pts, &COLOURS[0])).map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("wait (s, log scale; waits under {WAIT_FLOOR_S} s drawn at {WAIT_FLOOR_S} s)"))
+        .y_desc("share of requests served within")
+        .x_label_formatter(&|x| if *x >= 1.0 { format!("{x:.0}") } else { format!("{x}") })
+        .draw()
+        .map_err(err)?;
+    for (k, (r, pts)) in reports.iter().zip(cdfs).enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, &colour))
+            .map_err(err)?
+            .label(format!(
+                "{} ({:.1}% ≤ {}s, max {:.1}s)",
+                r.scenario,
+                r.slo_attainment * 100.0,
+                r.slo_wait_s,
+                r.wait_max_s
+            ))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
+        // p50 and p99: a dot on the curve and the figure beside it.
+        for (name, q, exact) in [("p50", 0.5, r.wait_p50_s), ("p99", 0.99, r.wait_p99_s)] {
+            let at = floor(exact);
+            chart.draw_series(std::iter::once(Circle::new((at, q), 4, colour.filled()))).map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{name} {}", seconds(exact)),
+                    (at, q - 0.04 - 0.05 * k as f64),
+                    ("sans-serif", 13).into_font().color(&colour),
+                )))
+                .map_err(err)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
     root.present().map_err(err)
+}
+
+/// `0.004 s`, `1.2 s`, `95 s`.
+fn seconds(s: f64) -> String {
+    if s == 0.0 {
+        "0 s".to_string()
+    } else if s < 1.0 {
+        format!("{s:.3} s")
+    } else if s < 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.0} s")
+    }
 }

@@ -47,6 +47,8 @@ pub struct Report {
     pub wait_p50_s: f64,
     pub wait_p95_s: f64,
     pub wait_p99_s: f64,
+    /// The longest any served request waited.
+    pub wait_max_s: f64,
     pub slo_wait_s: f64,
     /// Share of served requests that waited at most `slo_wait_s`.
     pub slo_attainment: f64,
@@ -108,6 +110,7 @@ impl Report {
             wait_p50_s: 0.0,
             wait_p95_s: 0.0,
             wait_p99_s: 0.0,
+            wait_max_s: 0.0,
             slo_wait_s: sc.slo_wait.as_secs_f64(),
             slo_attainment: 0.0,
             cold_starts: 0,
@@ -143,6 +146,7 @@ impl Report {
         self.wait_p50_s = percentile(&mut self.waits_ms, 50.0);
         self.wait_p95_s = percentile(&mut self.waits_ms, 95.0);
         self.wait_p99_s = percentile(&mut self.waits_ms, 99.0);
+        self.wait_max_s = percentile(&mut self.waits_ms, 100.0);
         let slo = sc.slo_wait.as_millis();
         let within = self.waits_ms.iter().filter(|w| u128::from(**w) <= slo).count();
         self.slo_attainment = if self.waits_ms.is_empty() { 0.0 } else { within as f64 / self.waits_ms.len() as f64 };
@@ -172,8 +176,8 @@ impl Report {
             ("requests", Box::new(|r| r.requests.to_string())),
             ("served", Box::new(|r| r.served.to_string())),
             ("unserved", Box::new(|r| r.unserved.to_string())),
-            ("cost", Box::new(|r| r.cost.to_string())),
-            ("lower bound", Box::new(|r| r.lower_bound.to_string())),
+            ("cost", Box::new(|r| r.cost.cents().to_string())),
+            ("lower bound", Box::new(|r| r.lower_bound.cents().to_string())),
             ("cost / lower bound", Box::new(|r| format!("{:.2}", r.cost_over_lower_bound))),
             ("cost / oracle", Box::new(|r| r.cost_over_oracle.map_or("-".to_string(), |x| format!("{x:.2}")))),
             ("GPU-hours", Box::new(|r| format!("{:.1}", r.gpu_hours))),
@@ -181,6 +185,7 @@ impl Report {
             ("wait p50", Box::new(|r| format!("{:.2}s", r.wait_p50_s))),
             ("wait p95", Box::new(|r| format!("{:.2}s", r.wait_p95_s))),
             ("wait p99", Box::new(|r| format!("{:.2}s", r.wait_p99_s))),
+            ("wait max", Box::new(|r| format!("{:.2}s", r.wait_max_s))),
             ("SLO attainment", Box::new(|r| format!("{:.1}% ≤ {}s", r.slo_attainment * 100.0, r.slo_wait_s))),
             ("cold starts", Box::new(|r| r.cold_starts.to_string())),
             ("nodes launched", Box::new(|r| r.nodes_launched.to_string())),
@@ -190,7 +195,7 @@ impl Report {
             ("oversized nodes", Box::new(|r| r.oversized_nodes.to_string())),
             ("consolidations", Box::new(|r| r.consolidations.to_string())),
             ("budget events", Box::new(|r| r.budget_events.to_string())),
-            ("max burn", Box::new(|r| format!("{}/h", r.max_burn_per_hour))),
+            ("max burn", Box::new(|r| format!("{}/h", r.max_burn_per_hour.cents()))),
         ];
         let mut clouds: Vec<String> = reports.iter().flat_map(|r| r.cost_by_cloud.keys().cloned()).collect();
         clouds.sort();
@@ -205,7 +210,9 @@ impl Report {
             .collect();
         for c in clouds {
             let mut v = vec![format!("cost on {c}")];
-            v.extend(reports.iter().map(|r| r.cost_by_cloud.get(&c).copied().unwrap_or(Money::ZERO).to_string()));
+            v.extend(
+                reports.iter().map(|r| r.cost_by_cloud.get(&c).copied().unwrap_or(Money::ZERO).cents().to_string()),
+            );
             cells.push(v);
         }
         let widths: Vec<usize> =

@@ -155,6 +155,17 @@ fn the_azure_code_trace_replays_end_to_end() {
         assert!(svg.starts_with("<svg") && svg.contains("<polyline") || svg.contains("<polygon"), "{}", p.display());
         assert!(svg.contains("code-trace"), "{} lacks its title", p.display());
     }
+    // The wait CDF on a log axis (decade ticks), p50 and p99 marked with their figures, the
+    // max wait in the legend; the summary has the max wait too.
+    assert!(r.wait_max_s >= r.wait_p99_s && r.wait_max_s > 0.0);
+    let cdf = std::fs::read_to_string(&paths[2]).unwrap();
+    assert!(cdf.contains("log scale"), "the wait axis says it is logarithmic");
+    for tick in ["\n0.1\n", "\n1\n", "\n10\n"] {
+        assert!(cdf.contains(tick), "wait CDF lacks the decade tick {tick}");
+    }
+    assert!(cdf.contains("p50 ") && cdf.contains("p99 "), "p50 and p99 are marked");
+    assert!(cdf.contains(&format!("max {:.1}s", r.wait_max_s)), "the legend gives the max wait");
+    assert!(fleet_simulator::report::Report::table(&[&r]).contains("wait max"));
     let stacked = std::fs::read_to_string(&paths[1]).unwrap();
     assert!(!r.cost_by_cloud.is_empty());
     for cloud in r.cost_by_cloud.keys() {
