@@ -184,8 +184,8 @@ pub fn run(args: CatalogArgs, output: Output) -> Result<()> {
                     o.instance.gpu.to_string(),
                     o.instance.gpu_count.to_string(),
                     o.capacity.to_string(),
-                    o.price_per_gpu().hourly().to_string(),
-                    o.price.hourly().to_string(),
+                    o.price_per_gpu().hourly().cents().to_string(),
+                    o.price.hourly().cents().to_string(),
                     o.instance.vcpus.to_string(),
                     o.instance.memory_gib.to_string(),
                     o.source.as_of.to_string(),
@@ -311,9 +311,7 @@ pub fn refresh(server: &crate::server::Server, file: Option<PathBuf>, output: Ou
             );
             if !changes.is_empty() {
                 let mut t = Table::new(&[("OFFERING", false), ("WAS", true), ("NOW", true), ("CHANGE", true)]);
-                let money = |p: Option<Price>| {
-                    p.map(|p| format!("${}", p.hourly().to_decimal_string())).unwrap_or_else(|| "-".into())
-                };
+                let money = |p: Option<Price>| p.map(|p| p.hourly().cents().to_string()).unwrap_or_else(|| "-".into());
                 for c in &changes {
                     let pct = match (c.old, c.new) {
                         (Some(o), Some(n)) if o.hourly() > fleet_core::Money::ZERO => {

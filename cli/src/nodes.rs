@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::Output;
 use crate::server::Server;
-use crate::table::{Table, cell as s};
+use crate::table::{Table, cell as s, usd, usd_per_hour};
 
 /// The node's state name (`ready`…): its record's state is tagged `{"state": "ready", ...}`.
 /// Cordoned and leaving (consolidated away) nodes say so: they take no new runners.
@@ -70,6 +70,8 @@ pub fn render_nodes(nodes: &Value, output: Output) {
         ("BURN-IN", false),
         ("RUNNERS", true),
         ("HEALTH", false),
+        ("$/HOUR", true),
+        ("MONTH TO DATE", true),
     ]);
     for n in nodes.as_array().into_iter().flatten() {
         let a = &n["agent"];
@@ -82,6 +84,8 @@ pub fn render_nodes(nodes: &Value, output: Output) {
             burn_in(a),
             a["health"]["runners"].as_array().map(|r| r.len().to_string()).unwrap_or_else(|| "-".into()),
             health(n),
+            usd(&n["burn_per_hour"]),
+            usd(&n["month_to_date"]),
         ]);
     }
     out!("{}", t.render());
@@ -106,7 +110,8 @@ pub fn describe(server: &Server, id: &str, output: Output) -> anyhow::Result<()>
     outln!("App:          {}", s(&n["app"]));
     outln!("State:        {}", state(&n));
     outln!("Offering:     {}", offering(&n));
-    outln!("Price:        {}", n["price"].as_str().map_or_else(|| "-".to_string(), |p| format!("${p}/h")));
+    outln!("Price:        {}", usd_per_hour(&n["price"]));
+    outln!("Cost:         {} now, {} this month", usd_per_hour(&n["burn_per_hour"]), usd(&n["month_to_date"]));
     let tried = n["candidates"].as_array().map_or(0, Vec::len);
     let attempt = n["attempt"].as_u64().unwrap_or(0) + 1;
     outln!("Attempt:      {attempt} of {tried} offerings");

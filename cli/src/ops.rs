@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::Output;
 use crate::server::Server;
-use crate::table::{Table, cell as s};
+use crate::table::{Table, cell as s, usd, usd_per_hour};
 
 fn read_spec(file: &Path) -> anyhow::Result<String> {
     if file == Path::new("-") {
@@ -152,7 +152,8 @@ pub fn render_apps(v: &Value, output: Output) {
         ("IN-FLIGHT", true),
         ("RUNNERS", true),
         ("NODES", true),
-        ("MONTH $", true),
+        ("$/HOUR", true),
+        ("MONTH TO DATE", true),
     ]);
     for (app, a) in v.as_object().into_iter().flatten() {
         t.row(vec![
@@ -161,7 +162,8 @@ pub fn render_apps(v: &Value, output: Output) {
             s(&a["in_flight"]),
             s(&a["runners"]),
             s(&a["nodes"]),
-            s(&a["month_to_date"]),
+            usd(&a["burn_per_hour"]),
+            usd(&a["month_to_date"]),
         ]);
     }
     out!("{}", t.render());
@@ -210,7 +212,7 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     outln!("App:          {app}");
     outln!("Queued:       {}", s(&a["queued"]));
     outln!("In flight:    {}", s(&a["in_flight"]));
-    outln!("Month to date: ${}", s(&a["month_to_date"]));
+    outln!("Cost:         {} now, {} this month", usd_per_hour(&a["burn_per_hour"]), usd(&a["month_to_date"]));
     if let Some(w) = &waiting {
         outln!("Waiting:      {w}");
     }
@@ -222,9 +224,16 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     }
     out!("{}", indent(&t.render()));
     outln!("Nodes:");
-    let mut t = Table::new(&[("ID", true), ("STATE", false), ("INSTANCE", false)]);
+    let mut t =
+        Table::new(&[("ID", true), ("STATE", false), ("INSTANCE", false), ("$/HOUR", true), ("MONTH TO DATE", true)]);
     for n in nodes.iter().filter(|n| n["state"]["state"] != "terminated") {
-        t.row(vec![s(&n["id"]), s(&n["state"]["state"]), s(&n["state"]["instance_id"])]);
+        t.row(vec![
+            s(&n["id"]),
+            s(&n["state"]["state"]),
+            s(&n["state"]["instance_id"]),
+            usd(&n["burn_per_hour"]),
+            usd(&n["month_to_date"]),
+        ]);
     }
     out!("{}", indent(&t.render()));
     outln!("Events:");
@@ -294,7 +303,7 @@ pub fn get_clouds(server: &Server, output: Output) -> anyhow::Result<()> {
     }
     let mut t = Table::new(&[("CLOUD", false), ("PROVIDER", false), ("NODES", true), ("$/HOUR", true)]);
     for c in v.as_array().into_iter().flatten() {
-        t.row(vec![s(&c["cloud"]), s(&c["provider"]), s(&c["nodes"]), s(&c["burn_per_hour"])]);
+        t.row(vec![s(&c["cloud"]), s(&c["provider"]), s(&c["nodes"]), usd(&c["burn_per_hour"])]);
     }
     out!("{}", t.render());
     Ok(())
@@ -310,7 +319,7 @@ pub fn get_offerings(server: &Server, output: Output) -> anyhow::Result<()> {
     for o in v.as_array().into_iter().flatten() {
         let gpus = format!("{}×{}", s(&o["gpus"]), s(&o["gpu"]));
         let avail = if o["available"] == true { "yes" } else { "no" };
-        t.row(vec![s(&o["offering"]), gpus, s(&o["price_per_hour"]), s(&o["price_per_gpu_hour"]), avail.into()]);
+        t.row(vec![s(&o["offering"]), gpus, usd(&o["price_per_hour"]), usd(&o["price_per_gpu_hour"]), avail.into()]);
     }
     out!("{}", t.render());
     Ok(())
@@ -353,19 +362,47 @@ pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
     if structured(&v, output) {
         return Ok(());
     }
-    let money = |k: &str| v[k].as_str().map(|x| format!("${x}")).unwrap_or_else(|| "-".into());
+    let money = |k: &str| usd(&v[k]);
     outln!("Month to date:       {}", money("month_to_date"));
-    outln!("Per hour now:        {}", money("burn_per_hour"));
+    outln!("Per hour now:        {}", usd_per_hour(&v["burn_per_hour"]));
     outln!("Forecast, month end: {}", money("forecast_month_end"));
-    outln!("Budget per hour:     {} (headroom {})", money("budget_per_hour"), money("headroom_per_hour"));
+    outln!(
+        "Budget per hour:     {} (headroom {})",
+        usd_per_hour(&v["budget_per_hour"]),
+        usd_per_hour(&v["headroom_per_hour"])
+    );
     outln!("Budget per month:    {} (headroom {})", money("budget_per_month"), money("headroom_month"));
-    let mut t = Table::new(&[("BY", false), ("MONTH TO DATE", true)]);
-    for (k, label) in [("by_app", "app"), ("by_cloud", "cloud")] {
+    outln!("");
+    let mut t = Table::new(&[("BY", false), ("$/HOUR", true), ("MONTH TO DATE", true)]);
+    for (k, burn, label) in [("by_app", "burn_by_app", "app"), ("by_cloud", "burn_by_cloud", "cloud")] {
         for (name, c) in v[k].as_object().into_iter().flatten() {
-            t.row(vec![format!("{label} {name}"), format!("${}", s(c))]);
+            t.row(vec![format!("{label} {name}"), usd(&v[burn][name]), usd(c)]);
         }
     }
     out!("{}", t.render());
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    if !nodes.is_empty() {
+        outln!("");
+        let mut t = Table::new(&[
+            ("NODE", true),
+            ("APP", false),
+            ("STATE", false),
+            ("OFFERING", false),
+            ("$/HOUR", true),
+            ("MONTH TO DATE", true),
+        ]);
+        for n in &nodes {
+            t.row(vec![
+                s(&n["id"]),
+                s(&n["app"]),
+                s(&n["state"]),
+                s(&n["offering"]),
+                usd(&n["burn_per_hour"]),
+                usd(&n["month_to_date"]),
+            ]);
+        }
+        out!("{}", t.render());
+    }
     Ok(())
 }
 

@@ -232,9 +232,9 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
                 n.capacity.to_string(),
                 n.runners.to_string(),
                 first.key().to_string(),
-                first.price.hourly().to_string(),
+                first.price.hourly().cents().to_string(),
                 (n.candidates.len() - 1).to_string(),
-                n.reserved_per_hour.to_string(),
+                n.reserved_per_hour.cents().to_string(),
             ]);
         }
         for line in tbl.render().lines() {
@@ -248,7 +248,12 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
     for u in &p.unplaced {
         writeln!(out, "  NOT PLACED: {} runners: {}", u.runners, u.why)?;
     }
-    writeln!(out, "  cost: {}/h now, at most {}/h more after this plan", p.burn_per_hour, p.max_added_per_hour)?;
+    writeln!(
+        out,
+        "  cost: {}/h now, at most {}/h more after this plan",
+        p.burn_per_hour.cents(),
+        p.max_added_per_hour.cents()
+    )?;
     writeln!(out, "  ranked offerings ({} of {}):", r.ranked.len(), r.ranked_total)?;
     let mut tbl = Table::new(&[
         ("#", true),
@@ -273,8 +278,8 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
             format!("{}x{}", o.instance.gpu_count, o.instance.gpu),
             o.capacity.to_string(),
             v.runners_per_node.to_string(),
-            v.effective_gpu_price.hourly().to_string(),
-            o.price.hourly().to_string(),
+            v.effective_gpu_price.hourly().cents().to_string(),
+            o.price.hourly().cents().to_string(),
         ]);
     }
     for line in tbl.render().lines() {

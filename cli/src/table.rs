@@ -1,6 +1,25 @@
 //! Plain aligned tables, kubectl-style: upper-case headers, two spaces between columns.
 
 /// A JSON value as a table cell: `-` for null, strings bare, whole numbers without `.0`.
+/// An amount of money from fleetd's JSON (a decimal string, exact) as people read it: to the
+/// cent, like every amount fleetctl prints (`$12.35`); `-` for null.
+pub fn usd(v: &serde_json::Value) -> String {
+    match v.as_str().map(str::parse::<fleet_core::Money>) {
+        Some(Ok(m)) => m.cents().to_string(),
+        Some(Err(_)) => cell(v),
+        None if v.is_null() => "-".into(),
+        None => cell(v),
+    }
+}
+
+/// A price per hour (`$2.49/h`), to the cent.
+pub fn usd_per_hour(v: &serde_json::Value) -> String {
+    match usd(v).as_str() {
+        "-" => "-".into(),
+        x => format!("{x}/h"),
+    }
+}
+
 pub fn cell(v: &serde_json::Value) -> String {
     use serde_json::Value;
     match v {
@@ -78,6 +97,10 @@ mod tests {
     #[test]
     fn aligns_columns() {
         let mut t = Table::new(&[("NAME", false), ("PRICE", true)]);
+        assert_eq!(super::usd(&serde_json::json!("3.765")), "$3.77");
+        assert_eq!(super::usd(&serde_json::json!("98")), "$98.00");
+        assert_eq!(super::usd(&serde_json::Value::Null), "-");
+        assert_eq!(super::usd_per_hour(&serde_json::json!("2.4929")), "$2.49/h");
         t.row(vec!["a".into(), "$1.00".into()]);
         t.row(vec!["longer".into(), "$10.50".into()]);
         assert_eq!(t.render(), "NAME     PRICE\na        $1.00\nlonger  $10.50\n");

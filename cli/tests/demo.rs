@@ -1,15 +1,19 @@
-//! `fleetctl demo` end to end: it starts fleetd and real agents on local nodes, serves a burst
-//! of requests, scales back to zero, prints a correct summary in 80 columns, and leaves nothing
-//! running. Needs fleetd and fleet-agent beside fleetctl (`cargo build --workspace`, which
-//! scripts/test does before the tests).
+//! `fleetctl demo` end to end: it starts fleetd with five simulated clouds at the built-in
+//! catalog's prices, and shows what fleet is for: the cheapest offering chosen and explained, a
+//! capacity error failed over, a spot notice answered by a replacement before the cloud takes the
+//! node, a budget holding back a scale-up, back to zero nodes, and the bill beside one
+//! hyperscaler's on-demand price — in 80 columns, leaving nothing running. Needs fleetd beside
+//! fleetctl (`cargo build --workspace`, which scripts/test does before the tests).
 
 use std::process::Command;
 
+use fleet_core::Money;
+
 #[test]
-fn demo_serves_a_burst_scales_to_zero_and_summarises() {
+fn demo_shows_the_money_failover_spot_and_budget_and_scales_to_zero() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["demo", "--requests", "30", "--dir"])
+        .args(["demo", "--dir"])
         .arg(dir.path())
         .env_remove("FLEET_SERVER")
         .env_remove("FLEET_TOKEN")
@@ -22,32 +26,56 @@ fn demo_serves_a_burst_scales_to_zero_and_summarises() {
     for l in stdout.lines() {
         assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}");
     }
-    assert!(stdout.contains("requests   30 answered (0 failed), 18 chat / 12 embed"), "{stdout}");
-    assert!(stdout.contains("0 left running"), "{stdout}");
-    // The summary's node count is what fleetd's records say, and every node really ran an agent
-    // that served through the gateway with candle.
-    let line = stdout.lines().find(|l| l.trim_start().starts_with("nodes")).unwrap();
-    let launched: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(launched >= 2, "{line}");
-    let nodes: Vec<_> = std::fs::read_dir(dir.path().join("local"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .collect();
-    assert_eq!(nodes.len(), launched, "{line}");
-    let served = nodes
-        .iter()
-        .filter(|n| std::fs::read_to_string(n.path().join("agent.log")).unwrap_or_default().contains("runner loaded"))
-        .count();
-    assert!(served >= 2, "agents that loaded a model: {served}");
-    // Nothing left: no agent process of this demo runs.
-    let instances = std::fs::read_to_string(dir.path().join("local/instances.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&instances).unwrap();
-    for r in v.as_array().unwrap() {
-        let pid = r["pid"].as_u64().unwrap();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        assert!(cwd.is_none_or(|c| c.to_str() != r["dir"].as_str()), "node process {pid} still runs");
+    let line = |start: &str| {
+        stdout
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with(start))
+            .take_while(|l| l.trim_start().starts_with(start) || l.starts_with("      "))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(stdout.contains("requests   40 answered (0 failed), 27 chat / 13 embed"), "{stdout}");
+    assert!(line("left").contains("0 instances running"), "{stdout}");
+    // The cheapest offering is chosen first, explained, refused for capacity, and failed over.
+    assert!(stdout.contains("cheapest mix for 1 runner(s)"), "the plan says why: {stdout}");
+    assert!(stdout.contains("> launch failed: node") && stdout.contains("failing over to"), "{stdout}");
+    let failover = line("failover");
+    assert!(failover.contains("refused for capacity") && !failover.contains("failover   0 "), "{failover}");
+    // The spot notice: drained, and a node launched in its place within the cloud's two minutes.
+    assert!(stdout.contains("spot interruption notice"), "{stdout}");
+    assert!(line("spot").contains("launched in its place"), "{}", line("spot"));
+    // The budget held a scale-up back (embed's own $2/h cap), and the burn never passed the
+    // fleet's $14/h cap.
+    assert!(stdout.contains("> budget: app embed"), "{stdout}");
+    let budget = line("budget");
+    let held: u32 = budget.split("held back ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(held >= 1, "{budget}");
+    let max_burn: Money = budget.rsplit('$').next().unwrap().trim().parse().unwrap();
+    assert!(max_burn > Money::ZERO && max_burn <= Money::from_dollars(14), "{budget}");
+    // Several clouds' real prices; the bill beside the hyperscaler's, and cheaper.
+    let nodes = line("nodes");
+    let launched: usize = nodes.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(launched >= 3, "{nodes}");
+    let bill: Money = line("bill").split_whitespace().nth(1).unwrap().trim_start_matches('$').parse().unwrap();
+    let vs = line("vs aws");
+    let compared: Money = vs.split_whitespace().nth(2).unwrap().trim_start_matches('$').parse().unwrap();
+    assert!(bill > Money::ZERO && compared > bill, "{vs} / {bill}");
+    let ratio: f64 = vs.split(": ").last().unwrap().split('x').next().unwrap().parse().unwrap();
+    assert!(ratio > 1.5, "{vs}");
+    // The fake clouds' own records: every instance fleet launched is terminated.
+    let mut instances = 0;
+    for f in std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()) {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name.starts_with("fake-") && name.ends_with(".json") {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.path()).unwrap()).unwrap();
+            for i in v["instances"].as_object().unwrap().values() {
+                instances += 1;
+                assert_eq!(i["state"], "terminated", "{name}: {i}");
+            }
+        }
     }
+    assert_eq!(instances, launched, "{nodes}");
 }
 
 /// `-o json` (listed in `--help` for every command) works: progress on stderr, the summary as
@@ -55,7 +83,7 @@ fn demo_serves_a_burst_scales_to_zero_and_summarises() {
 #[test]
 fn demo_summarises_as_json_with_progress_on_stderr() {
     let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["demo", "--requests", "10", "-o", "json"])
+        .args(["demo", "--requests", "12", "--seconds", "3", "-o", "json"])
         .env_remove("FLEET_SERVER")
         .env_remove("FLEET_TOKEN")
         .output()
@@ -63,10 +91,11 @@ fn demo_summarises_as_json_with_progress_on_stderr() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    assert_eq!(v["requests"]["answered"], 10, "{v}");
+    assert_eq!(v["requests"]["answered"], 12, "{v}");
     assert_eq!(v["nodes"]["left_running"], 0);
     assert!(v["nodes"]["launched"].as_u64().unwrap() >= 1 && v["cost"].is_string(), "{v}");
-    assert!(stderr.contains("submitted 10 requests") && stderr.contains("summary"), "{stderr}");
+    assert_eq!(v["compared"]["cloud"], "aws", "{v}");
+    assert!(stderr.contains("sending 12 requests") && stderr.contains("summary"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_fleetctl")).args(["demo", "-o", "csv"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("table, json or yaml"), "{err}");

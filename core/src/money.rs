@@ -234,7 +234,9 @@ impl Money {
 
     /// How fleet's tables and summaries show money to people: always to the cent (`$98.32`,
     /// `$0.00`, `-$1.50`), rounded half away from zero. One precision everywhere a person reads
-    /// money (fleetctl, fleetsim's tables, the demo); JSON and error messages stay exact.
+    /// money (fleetctl, fleetsim's tables, events, the demo). JSON stays exact, and so do the
+    /// reasons that compare two amounts (a price against a budget's room), where cents could
+    /// show two unequal amounts as one.
     pub fn cents(self) -> Cents {
         Cents(self.rounded_to_cents())
     }

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::Ctx;
-use crate::reconcile::{month_cost, month_start, unhealthy_nodes};
+use crate::reconcile::{burn_per_hour, month_cost, month_start, unhealthy_nodes};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -369,6 +369,9 @@ pub struct NodeView {
     pub node: NodeRecord,
     pub agent: Option<AgentRecord>,
     pub unhealthy: Option<String>,
+    /// What the node costs per hour now (0 unless it is live and billed) and has cost this month.
+    pub burn_per_hour: Money,
+    pub month_to_date: Money,
 }
 
 async fn node_views(ctx: &Ctx, nodes: Vec<NodeRecord>) -> ApiResult<Vec<NodeView>> {
@@ -376,11 +379,14 @@ async fn node_views(ctx: &Ctx, nodes: Vec<NodeRecord>) -> ApiResult<Vec<NodeView
     let agents: Vec<AgentRecord> = kvs.iter().filter_map(|kv| kv.json().ok()).collect();
     let unhealthy = unhealthy_nodes(&nodes, &agents, &Default::default(), ctx.clock.now(), ctx.config.agent_grace);
     let mut by_node: BTreeMap<u64, AgentRecord> = agents.into_iter().map(|a| (a.node, a)).collect();
+    let now = ctx.clock.now();
     Ok(nodes
         .into_iter()
         .map(|n| NodeView {
             agent: by_node.remove(&n.id),
             unhealthy: unhealthy.get(&n.id).map(|u| u.to_string()),
+            burn_per_hour: burn_per_hour(&n),
+            month_to_date: month_cost(&n, now),
             node: n,
         })
         .collect())
@@ -410,12 +416,7 @@ async fn clouds(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<CloudView>>> 
                 cloud: cloud.to_string(),
                 provider: p.name(),
                 nodes: mine.len(),
-                burn_per_hour: mine
-                    .iter()
-                    .filter(|n| n.billing_since.is_some())
-                    .filter_map(|n| n.price)
-                    .map(|p| p.hourly())
-                    .sum(),
+                burn_per_hour: mine.iter().map(|n| burn_per_hour(n)).sum(),
             }
         })
         .collect();
@@ -669,6 +670,7 @@ struct AppView {
     in_flight: u32,
     runners: usize,
     nodes: usize,
+    burn_per_hour: Money,
     month_to_date: Money,
 }
 
@@ -698,6 +700,7 @@ async fn apps(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<BTreeMap<String, Ap
     for n in all_nodes(&ctx).await? {
         let v = out.entry(n.app.clone()).or_default();
         v.month_to_date += month_cost(&n, now);
+        v.burn_per_hour += burn_per_hour(&n);
         if n.is_live() {
             v.nodes += 1;
         }
@@ -796,6 +799,11 @@ struct CostView {
     forecast_month_end: Money,
     by_app: BTreeMap<String, Money>,
     by_cloud: BTreeMap<String, Money>,
+    /// What each app's and each cloud's live nodes cost per hour now.
+    burn_by_app: BTreeMap<String, Money>,
+    burn_by_cloud: BTreeMap<String, Money>,
+    /// Every node that cost anything this month or is live, dearest per hour first.
+    nodes: Vec<NodeCost>,
     /// The fleet's budgets from the applied spec, and what is left of them (negative: over).
     budget_per_hour: Option<Money>,
     headroom_per_hour: Option<Money>,
@@ -803,24 +811,52 @@ struct CostView {
     headroom_month: Option<Money>,
 }
 
+#[derive(Serialize)]
+struct NodeCost {
+    id: u64,
+    app: String,
+    offering: Option<String>,
+    state: &'static str,
+    burn_per_hour: Money,
+    month_to_date: Money,
+}
+
 async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
     let now = ctx.clock.now();
     let nodes = all_nodes(&ctx).await?;
     let mut by_app: BTreeMap<String, Money> = BTreeMap::new();
     let mut by_cloud: BTreeMap<String, Money> = BTreeMap::new();
+    let mut burn_by_app: BTreeMap<String, Money> = BTreeMap::new();
+    let mut burn_by_cloud: BTreeMap<String, Money> = BTreeMap::new();
+    let mut per_node = Vec::new();
     let mut mtd = Money::ZERO;
     let mut burn = Money::ZERO;
     for n in &nodes {
         let c = month_cost(n, now);
+        let b = burn_per_hour(n);
         mtd += c;
-        *by_app.entry(n.app.clone()).or_default() += c;
-        if let Some(o) = n.offering() {
-            *by_cloud.entry(o.cloud.to_string()).or_default() += c;
+        burn += b;
+        let cloud = n.offering().map(|o| o.cloud.to_string());
+        if c > Money::ZERO || b > Money::ZERO {
+            *by_app.entry(n.app.clone()).or_default() += c;
+            *burn_by_app.entry(n.app.clone()).or_default() += b;
+            if let Some(cloud) = &cloud {
+                *by_cloud.entry(cloud.clone()).or_default() += c;
+                *burn_by_cloud.entry(cloud.clone()).or_default() += b;
+            }
         }
-        if n.is_live() && n.billing_since.is_some() {
-            burn += n.price.map_or(Money::ZERO, |p| p.hourly());
+        if c > Money::ZERO || n.is_live() {
+            per_node.push(NodeCost {
+                id: n.id,
+                app: n.app.clone(),
+                offering: n.offering().map(|o| o.to_string()),
+                state: n.state.name(),
+                burn_per_hour: b,
+                month_to_date: c,
+            });
         }
     }
+    per_node.sort_by(|a, b| b.burn_per_hour.cmp(&a.burn_per_hour).then(b.month_to_date.cmp(&a.month_to_date)));
     let start = month_start(now);
     let next = if start.month() == 12 {
         start.with_year(start.year() + 1).and_then(|d| d.with_month(1))
@@ -841,6 +877,9 @@ async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
         forecast_month_end: forecast,
         by_app,
         by_cloud,
+        burn_by_app,
+        burn_by_cloud,
+        nodes: per_node,
         budget_per_hour: budget.max_per_hour,
         headroom_per_hour: budget.max_per_hour.map(|b| b - burn),
         budget_per_month: budget.max_per_month,

@@ -116,6 +116,17 @@ struct Args {
     /// model load, service time).
     #[arg(long, default_value_t = 1.0, hide = true)]
     fake_speed: f64,
+    /// Simulated clouds' capacity: `OFFERING=N` lets offering OFFERING (as `fleetctl catalog`
+    /// names it, e.g. lambda/us-east-1/gpu_1x_h100_sxm5/on-demand) have at most N instances at
+    /// once; launches beyond it fail with the cloud's insufficient-capacity error. Comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    fake_capacity: Vec<String>,
+    /// Simulated spot interruptions: the first N spot nodes of the simulated clouds get the
+    /// two-minute interruption notice once they have served for --fake-spot-notice-after seconds.
+    #[arg(long, default_value_t = 0)]
+    fake_spot_notices: u32,
+    #[arg(long, default_value_t = 60.0)]
+    fake_spot_notice_after: f64,
     /// Simulates the agents of every cloud's nodes, not only the simulated clouds': for tests
     /// against an emulated cloud (moto) whose machines run no agent.
     #[cfg(feature = "testing")]
@@ -371,6 +382,25 @@ async fn providers(
         let p = LocalProvider::new(cfg, Arc::new(starter)).map_err(|e| anyhow::anyhow!("--local: {e}"))?;
         out.insert(Cloud::Local, Arc::new(p));
     }
+    // Every --fake-capacity names an offering of a simulated cloud.
+    let fake_offerings: Vec<fleet_core::Offering> = Catalog::builtin()
+        .offerings()
+        .iter()
+        .filter(|o| args.fake_clouds.iter().any(|c| c.parse::<Cloud>().ok() == Some(o.cloud)))
+        .cloned()
+        .collect();
+    for item in &args.fake_capacity {
+        let name = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
+        if !fake_offerings.iter().any(|o| o.key().to_string() == name) {
+            let hint = fleet_core::names::closest(
+                name,
+                fake_offerings.iter().map(|o| o.key().to_string()).collect::<Vec<_>>().iter().map(String::as_str),
+            )
+            .map(|c| format!("; did you mean {c}?"))
+            .unwrap_or_default();
+            bail!("--fake-capacity {item}: {name} is not an offering of the simulated clouds (--fake-clouds){hint}");
+        }
+    }
     for name in &args.fake_clouds {
         let cloud: Cloud = name.parse().map_err(|e| anyhow::anyhow!("--fake-clouds: {e}"))?;
         let offerings: Vec<_> = Catalog::builtin().offerings().iter().filter(|o| o.cloud == cloud).cloned().collect();
@@ -385,10 +415,32 @@ async fn providers(
         // Its instances live in the data directory: a restarted fleetd finds them again, as it
         // would a real cloud's, instead of seeing every one vanish.
         cfg.persist = Some(args.data_dir.join(format!("fake-{cloud}.json")));
+        cfg.capacity = fake_capacity(&args.fake_capacity, &cfg.offerings)?;
         out.insert(
             cloud,
             Arc::new(FakeProvider::open(cfg).map_err(|e| anyhow::anyhow!("--fake-clouds {cloud}: {e}"))?),
         );
+    }
+    Ok(out)
+}
+
+/// `--fake-capacity OFFERING=N` entries that name one of `offerings`.
+fn fake_capacity(
+    items: &[String],
+    offerings: &[fleet_core::Offering],
+) -> anyhow::Result<std::collections::HashMap<fleet_core::OfferingKey, u32>> {
+    let mut out = std::collections::HashMap::new();
+    for item in items {
+        let Some((name, n)) = item.split_once('=') else {
+            bail!("--fake-capacity {item}: write OFFERING=N, e.g. lambda/us-east-1/gpu_1x_h100_sxm5/on-demand=0");
+        };
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--fake-capacity {item}: `{n}` is not a count of instances"))?;
+        if let Some(o) = offerings.iter().find(|o| o.key().to_string() == name.trim()) {
+            out.insert(o.key(), n);
+        }
     }
     Ok(out)
 }
@@ -509,6 +561,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             poll: d.poll.div_f64(speed).max(Duration::from_millis(20)),
             load_time: d.load_time.div_f64(speed),
             service_time: d.service_time.div_f64(speed),
+            spot_notices: args.fake_spot_notices,
+            spot_notice_after: Duration::from_secs_f64(args.fake_spot_notice_after.max(0.0)),
             ..d
         };
         SimAgents::spawn(store.clone(), keys.clone(), clock, cfg)

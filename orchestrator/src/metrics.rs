@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 
 use fleet_core::{Cloud, Money, Time};
-use fleet_state::lifecycle::node::NodePhase;
 use fleet_state::model::{NodeRecord, RunnerRecord};
 use fleet_state::queue::Depth;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::reconcile::{month_cost_since, month_start};
+use crate::reconcile::{burn_per_hour, month_cost_since, month_start};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
@@ -33,6 +32,15 @@ pub struct RunnerLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabel {
     pub app: String,
+}
+
+/// One node's money series: its id, app and cloud (live nodes only, so the set stays the fleet's
+/// size, not its history).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeMoneyLabels {
+    pub node: String,
+    pub app: String,
+    pub cloud: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +86,12 @@ pub struct Metrics {
     pub launch_failures: Family<LaunchLabels, Counter>,
     pub burn_per_hour: FloatGauge,
     pub month_to_date: FloatGauge,
+    /// Burn and month to date per app (every app that has cost anything this month).
+    pub app_burn_per_hour: Family<AppLabel, FloatGauge>,
+    pub app_month_to_date: Family<AppLabel, FloatGauge>,
+    /// Burn and month to date per live node.
+    pub node_burn_per_hour: Family<NodeMoneyLabels, FloatGauge>,
+    pub node_month_to_date: Family<NodeMoneyLabels, FloatGauge>,
     pub budget_headroom: Family<ScopeLabel, FloatGauge>,
     pub actor_restarts: Family<KindLabel, Counter>,
     /// Events recorded (`fleetctl get events`), by kind.
@@ -153,6 +167,10 @@ impl Metrics {
             launch_failures: Family::default(),
             burn_per_hour: FloatGauge::default(),
             month_to_date: FloatGauge::default(),
+            app_burn_per_hour: Family::default(),
+            app_month_to_date: Family::default(),
+            node_burn_per_hour: Family::default(),
+            node_month_to_date: Family::default(),
             budget_headroom: Family::default(),
             actor_restarts: Family::default(),
             events: Family::default(),
@@ -177,6 +195,26 @@ impl Metrics {
         r.register("launch_failures", "Launch calls that failed, by cloud and error kind", m.launch_failures.clone());
         r.register("burn_dollars_per_hour", "What the live nodes cost per hour now", m.burn_per_hour.clone());
         r.register("month_to_date_dollars", "What the fleet has cost this month", m.month_to_date.clone());
+        r.register(
+            "app_burn_dollars_per_hour",
+            "What each app's live nodes cost per hour now",
+            m.app_burn_per_hour.clone(),
+        );
+        r.register(
+            "app_month_to_date_dollars",
+            "What each app's nodes have cost this month",
+            m.app_month_to_date.clone(),
+        );
+        r.register(
+            "node_burn_dollars_per_hour",
+            "What each live node costs per hour now (0 until billing starts)",
+            m.node_burn_per_hour.clone(),
+        );
+        r.register(
+            "node_month_to_date_dollars",
+            "What each live node has cost this month",
+            m.node_month_to_date.clone(),
+        );
         r.register(
             "budget_headroom_dollars_per_hour",
             "How much more per hour the budgets allow, by scope (fleet or app)",
@@ -290,12 +328,35 @@ pub fn observe<N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
     let mut burn = Money::ZERO;
     let mut mtd = Money::ZERO;
     let start = month_start(now);
+    let mut per_app: HashMap<&str, (Money, Money)> = HashMap::new();
+    m.node_burn_per_hour.clear();
+    m.node_month_to_date.clear();
     for n in nodes.iter().map(Borrow::borrow) {
         *by_node.entry((n.offering().map(|o| o.cloud), n.state.name())).or_default() += 1;
-        if n.is_live() && !matches!(n.state, NodePhase::Requested { .. } | NodePhase::Launching { .. }) {
-            burn += n.price.map_or(Money::ZERO, |p| p.hourly());
+        let node_burn = burn_per_hour(n);
+        let node_mtd = month_cost_since(n, start, now);
+        burn += node_burn;
+        mtd += node_mtd;
+        if node_burn > Money::ZERO || node_mtd > Money::ZERO {
+            let e = per_app.entry(n.app.as_str()).or_default();
+            e.0 += node_burn;
+            e.1 += node_mtd;
         }
-        mtd += month_cost_since(n, start, now);
+        if n.is_live() {
+            let labels = NodeMoneyLabels {
+                node: n.id.to_string(),
+                app: n.app.clone(),
+                cloud: n.offering().map_or_else(|| "-".to_string(), |o| o.cloud.to_string()),
+            };
+            m.node_burn_per_hour.get_or_create(&labels).set(dollars(node_burn));
+            m.node_month_to_date.get_or_create(&labels).set(dollars(node_mtd));
+        }
+    }
+    m.app_burn_per_hour.clear();
+    m.app_month_to_date.clear();
+    for (app, (b, c)) in per_app {
+        m.app_burn_per_hour.get_or_create(&AppLabel { app: app.to_string() }).set(dollars(b));
+        m.app_month_to_date.get_or_create(&AppLabel { app: app.to_string() }).set(dollars(c));
     }
     m.nodes.clear();
     for ((cloud, state), count) in by_node {

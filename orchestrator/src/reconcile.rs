@@ -42,6 +42,16 @@ pub fn month_cost_since(node: &NodeRecord, start: Time, now: Time) -> Money {
     }
 }
 
+/// What `node` costs per hour now: its price while it is live and billed (from the moment the
+/// cloud started charging until it stopped), nothing otherwise. Every per-hour figure fleet shows
+/// (`get`, `describe`, `cost`, the metrics) is a sum of these.
+pub fn burn_per_hour(node: &NodeRecord) -> Money {
+    match (node.price, node.billing_since) {
+        (Some(p), Some(_)) if node.is_live() && node.billing_until.is_none() => p.hourly(),
+        _ => Money::ZERO,
+    }
+}
+
 /// Nodes the planner counts as the app's capacity: launched or on the way, not leaving.
 fn counts_as_capacity(n: &NodeRecord) -> bool {
     matches!(
@@ -107,6 +117,12 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
         fleet_mtd += cost;
         states[i].month_to_date += cost;
         if !counts_as_capacity(n) {
+            // Leaving (draining, terminating) but still billed until the cloud confirms it gone:
+            // its price still counts against the budgets, or a replacement planned beside it
+            // would take the burn over the cap.
+            if n.is_live() && n.billing_until.is_none() && !matches!(n.state, NodePhase::Requested { .. }) {
+                states[i].outside_burn += n.price.map_or(Money::ZERO, |p| p.hourly());
+            }
             continue;
         }
         let held = held_per_hour(n);

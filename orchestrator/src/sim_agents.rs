@@ -36,6 +36,11 @@ pub struct SimAgentConfig {
     /// What the simulated clouds sell (the GPUs a node's agent reports); the built-in catalog
     /// where an offering is not among them.
     pub offerings: Vec<fleet_core::Offering>,
+    /// Spot interruption notices to simulate (`fleetd --fake-spot-notices`): the agents of the
+    /// first this many spot nodes that have been ready for `spot_notice_after` report the
+    /// notice a cloud's metadata endpoint gives two minutes before it takes a spot machine.
+    pub spot_notices: u32,
+    pub spot_notice_after: Duration,
 }
 
 impl Default for SimAgentConfig {
@@ -48,6 +53,8 @@ impl Default for SimAgentConfig {
             multiplexing: BTreeMap::new(),
             clouds: None,
             offerings: Vec::new(),
+            spot_notices: 0,
+            spot_notice_after: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +95,7 @@ impl SimAgents {
             jobs: Vec::new(),
             spec_mux: (0, BTreeMap::new()),
             reported: HashMap::new(),
+            notices: HashMap::new(),
             logs: HashMap::new(),
         };
         let task = tokio::spawn(async move {
@@ -132,7 +140,9 @@ struct Sim {
     /// The applied spec's `max_multiplexing` per app, as of the spec's revision.
     spec_mux: (fleet_state::store::Revision, BTreeMap<String, u32>),
     /// What each node's agent record last said (runners, in flight): written again on change.
-    reported: HashMap<NodeId, (Vec<RunnerId>, u32)>,
+    reported: HashMap<NodeId, (Vec<RunnerId>, u32, bool)>,
+    /// The spot interruption notices given so far (`SimAgentConfig::spot_notices`), by node.
+    notices: HashMap<NodeId, fleet_state::model::InterruptionNotice>,
     /// Each node's log lines (`fleetctl logs node N`), as a real agent keeps its last lines.
     logs: HashMap<NodeId, std::collections::VecDeque<String>>,
 }
@@ -327,11 +337,13 @@ impl Sim {
                 .collect();
             on.sort_unstable();
             let in_flight = self.jobs.iter().filter(|j| j.node == id).count() as u32;
-            let now_says = (on.clone(), in_flight);
+            self.maybe_notice(n, now);
+            let notice = self.notices.get(&id).cloned();
+            let now_says = (on.clone(), in_flight, notice.is_some());
             if self.reported.get(&id) == Some(&now_says) {
                 continue;
             }
-            let before = self.reported.get(&id).map(|(r, _)| r.clone()).unwrap_or_default();
+            let before = self.reported.get(&id).map(|(r, _, _)| r.clone()).unwrap_or_default();
             for r in on.iter().filter(|r| !before.contains(r)) {
                 self.log(id, now, format!("runner {r} serving"));
             }
@@ -345,6 +357,7 @@ impl Sim {
                 in_flight,
                 updated_at: Some(now),
                 devices: devices.clone(),
+                interruption: notice,
                 ..AgentHealth::default()
             };
             let rec =
@@ -356,6 +369,29 @@ impl Sim {
             self.reported.insert(id, now_says);
         }
         Ok(())
+    }
+
+    /// Gives `n` a spot interruption notice when it is among the first `spot_notices` spot
+    /// nodes to have been ready for `spot_notice_after`.
+    fn maybe_notice(&mut self, n: &NodeRecord, now: Time) {
+        if self.notices.len() >= self.cfg.spot_notices as usize || self.notices.contains_key(&n.id) {
+            return;
+        }
+        let spot = n.offering().is_some_and(|o| o.capacity == fleet_core::CapacityType::Spot);
+        let NodePhase::Ready { since, .. } = &n.state else { return };
+        if !spot || (now - *since).to_std().unwrap_or_default() < self.cfg.spot_notice_after {
+            return;
+        }
+        // Clouds give two minutes' warning (AWS, and GCP's 30 s is shorter still).
+        let at = now + chrono::Duration::seconds(120);
+        let notice = fleet_state::model::InterruptionNotice {
+            source: n.offering().map_or_else(String::new, |o| o.cloud.to_string()),
+            kind: "terminate".into(),
+            not_before: Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            noticed_at: now,
+        };
+        self.log(n.id, now, format!("spot interruption notice (simulated): the cloud takes this machine at {at}"));
+        self.notices.insert(n.id, notice);
     }
 
     /// Requests one runner of `app` serves at once.

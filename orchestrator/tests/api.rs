@@ -341,3 +341,64 @@ async fn requests_past_an_apps_limits_are_refused_saying_which_limit() {
     assert!(h.ctx.store.get(&h.ctx.keys.result("q", 901)).await.unwrap().is_none());
     assert!(h.ctx.store.get(&h.ctx.keys.result("q", 902)).await.unwrap().is_some());
 }
+
+/// Money per thing: each node's and each app's $/hour now and month to date, in `/v1/nodes`,
+/// `/v1/apps`, `/v1/cost` and the metrics, adding up to the fleet's figures; a terminated node
+/// burns nothing and keeps what it cost.
+#[tokio::test(start_paused = true)]
+async fn money_is_shown_per_node_and_per_app_now_and_this_month() {
+    use fleet_core::Money;
+    let usd = |v: &serde_json::Value| -> Money {
+        v.as_str().unwrap_or_else(|| panic!("money as a string: {v}")).parse().unwrap()
+    };
+    let h = harness().await;
+    call(&h, Method::PUT, "/v1/spec", SPEC).await;
+    call(&h, Method::POST, "/v1/apps/llm/requests", r#"{"input": 1}"#).await;
+    h.run_for(Duration::from_secs(60)).await;
+    let (_, nodes) = call(&h, Method::GET, "/v1/nodes", "").await;
+    let node = &nodes[0];
+    let id = node["id"].as_u64().unwrap();
+    assert_eq!(usd(&node["burn_per_hour"]), Money::from_dollars(20), "a ready $20/h node: {node}");
+    let node_mtd = usd(&node["month_to_date"]);
+    assert!(node_mtd > Money::ZERO && node_mtd < Money::from_dollars(1), "under a minute billed: {node}");
+
+    let (_, apps) = call(&h, Method::GET, "/v1/apps", "").await;
+    assert_eq!(usd(&apps["llm"]["burn_per_hour"]), Money::from_dollars(20), "{apps}");
+    assert_eq!(usd(&apps["llm"]["month_to_date"]), node_mtd, "{apps}");
+
+    let (_, cost) = call(&h, Method::GET, "/v1/cost", "").await;
+    assert_eq!(usd(&cost["burn_by_app"]["llm"]), Money::from_dollars(20), "{cost}");
+    assert_eq!(usd(&cost["burn_by_cloud"]["lambda"]), Money::from_dollars(20), "{cost}");
+    let listed = cost["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{cost}");
+    assert_eq!((listed[0]["id"].as_u64(), listed[0]["app"].as_str()), (Some(id), Some("llm")));
+    assert_eq!(usd(&listed[0]["burn_per_hour"]), Money::from_dollars(20));
+    assert_eq!(usd(&listed[0]["month_to_date"]), usd(&cost["month_to_date"]), "one node: it is the whole bill");
+
+    let metrics = || async { call(&h, Method::GET, "/metrics", "").await.1.as_str().unwrap().to_string() };
+    let m = metrics().await;
+    assert!(m.contains("fleet_app_burn_dollars_per_hour{app=\"llm\"} 20.0"), "{m}");
+    assert!(
+        m.contains(&format!("fleet_node_burn_dollars_per_hour{{node=\"{id}\",app=\"llm\",cloud=\"lambda\"}} 20.0")),
+        "{m}"
+    );
+    assert!(m.contains("fleet_app_month_to_date_dollars{app=\"llm\"}"), "{m}");
+    assert!(m.contains(&format!("fleet_node_month_to_date_dollars{{node=\"{id}\"")), "{m}");
+
+    // Drained and terminated: no burn, the month's cost kept (and no longer growing).
+    call(&h, Method::POST, &format!("/v1/nodes/{id}/drain"), "").await;
+    h.run_for(Duration::from_secs(60)).await;
+    let (_, v) = call(&h, Method::GET, &format!("/v1/nodes/{id}"), "").await;
+    assert_eq!(v["state"]["state"], "terminated", "{v}");
+    let (_, nodes) = call(&h, Method::GET, "/v1/nodes", "").await;
+    assert_eq!(usd(&nodes[0]["burn_per_hour"]), Money::ZERO, "{nodes}");
+    let final_mtd = usd(&nodes[0]["month_to_date"]);
+    assert!(final_mtd >= node_mtd, "{nodes}");
+    h.run_for(Duration::from_secs(600)).await;
+    let (_, apps) = call(&h, Method::GET, "/v1/apps", "").await;
+    assert_eq!(usd(&apps["llm"]["burn_per_hour"]), Money::ZERO, "{apps}");
+    assert_eq!(usd(&apps["llm"]["month_to_date"]), final_mtd, "a terminated node's bill stops: {apps}");
+    let m = metrics().await;
+    assert!(!m.contains(&format!("fleet_node_burn_dollars_per_hour{{node=\"{id}\"")), "no series for a gone node: {m}");
+    assert!(m.contains("fleet_app_burn_dollars_per_hour{app=\"llm\"} 0.0"), "{m}");
+}

@@ -140,7 +140,7 @@ pub fn consider(input: &Input) -> Option<Move> {
                 MoveKind::Delete,
                 price,
                 owed,
-                format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {price}/h"),
+                format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {}/h", price.cents()),
             );
         }
         // Replace: the cheapest single node for its runners, of the kinds the app may use.
@@ -169,11 +169,15 @@ pub fn consider(input: &Input) -> Option<Move> {
                     "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{})",
                     o.instance.name,
                     o.capacity,
-                    new_price,
-                    price - new_price,
-                    cold + owed,
+                    new_price.cents(),
+                    (price - new_price).cents(),
+                    (cold + owed).cents(),
                     input.cold_start.as_secs(),
-                    if owed > Money::ZERO { format!(", {owed} of minimum billing left") } else { String::new() }
+                    if owed > Money::ZERO {
+                        format!(", {} of minimum billing left", owed.cents())
+                    } else {
+                        String::new()
+                    }
                 ),
             );
         }

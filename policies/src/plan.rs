@@ -66,7 +66,8 @@ pub struct AppView {
     /// The app's recent desired runners and what re-creating one costs (for `keep_alive = "auto"`).
     pub demand: DemandHistory,
     /// Hourly price of the app's billing nodes the plan cannot see as capacity (their offering
-    /// left the catalog): they still count against every budget.
+    /// left the catalog, or they are draining or terminating): they still count against every
+    /// budget until the cloud stops billing them.
     pub outside_burn: Money,
 }
 
@@ -214,15 +215,19 @@ fn describe_mix(
         let c = classes[n.class];
         counts.entry((c.fits, c.capacity)).or_insert((0, c.price)).0 += 1;
     }
-    let parts: Vec<String> =
-        counts.iter().rev().map(|((fits, cap), (k, p))| format!("{k} × {fits}-runner {cap} node at {p}/h")).collect();
-    let mut s = format!("cheapest mix for {runners} runner(s): {} = {price}/h", parts.join(" + "));
+    let parts: Vec<String> = counts
+        .iter()
+        .rev()
+        .map(|((fits, cap), (k, p))| format!("{k} × {fits}-runner {cap} node at {}/h", p.cents()))
+        .collect();
+    let mut s = format!("cheapest mix for {runners} runner(s): {} = {}/h", parts.join(" + "), price.cents());
     if let Some(top) = index.best(app, input) {
         let per_gpu = top.node_price.hourly().times(runners.div_ceil(top.runners_per_node.max(1)));
         if per_gpu > price {
             s += &format!(
-                "; the lowest $/GPU offering ({} runners per node) would cost {per_gpu}/h",
-                top.runners_per_node
+                "; the lowest $/GPU offering ({} runners per node) would cost {}/h",
+                top.runners_per_node,
+                per_gpu.cents()
             );
         }
     }

@@ -204,7 +204,8 @@ pub fn drain_reason(r: &DrainReason) -> &'static str {
 /// The event for a node lifecycle step `ev` that turned a node into `after` (None where the step
 /// is not worth an event of its own: the launch call starting, a drain finishing).
 pub fn node_step(after: &NodeRecord, ev: &NodeEvent) -> Option<NewEvent> {
-    let offering = |i: usize| after.candidates.get(i).map(|c| format!("{} at {}", c.offering, c.price));
+    let offering =
+        |i: usize| after.candidates.get(i).map(|c| format!("{} at {}/h", c.offering, c.price.hourly().cents()));
     let (kind, message) = match ev {
         NodeEvent::LaunchStarted { .. } | NodeEvent::Drained => return None,
         NodeEvent::Launched { instance_id } => {
@@ -233,7 +234,7 @@ pub fn node_step(after: &NodeRecord, ev: &NodeEvent) -> Option<NewEvent> {
             let bill = match (after.billing_since, after.billing_until) {
                 (Some(since), Some(until)) => format!(
                     "; billed {} for {} s",
-                    after.cost_until(until),
+                    after.cost_until(until).cents(),
                     (until - since).num_seconds().max(0)
                 ),
                 _ => String::new(),

@@ -188,3 +188,46 @@ fn a_machine_unlike_its_rental_is_drained_at_once() {
     assert_eq!(u[&7].label(), "hardware");
     assert!(u[&7].to_string().starts_with("not the machine rented: rented as 8× H100"));
 }
+
+/// A draining node bills until the cloud confirms it gone: its price holds budget room, so a
+/// replacement planned beside it cannot take the burn over the cap (found by `fleetctl demo`: a
+/// spot node drained on its notice, and its replacement took the fleet to $8.55/h under an $8 cap).
+#[test]
+fn a_draining_node_still_holds_its_price_against_the_budget() {
+    let now = t("2026-11-25T12:00:00Z");
+    let o = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let catalog = Arc::new(Catalog::new(vec![o.clone()]));
+    let toml = "[fleet]\nname = \"t\"\n[budget]\nmax_per_hour = \"30\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.scaling]\nmax_concurrency = 4\n";
+    let spec = FleetSpec::parse("t", toml).unwrap();
+    let index = PlacementIndex::new(catalog, &spec);
+    let ids = offering_ids(&index);
+    let draining = NodePhase::Draining {
+        instance_id: "i-1".into(),
+        offering: o.key(),
+        reason: fleet_state::lifecycle::node::DrainReason::SpotInterruption,
+        since: now,
+    };
+    let terminating = NodePhase::Terminating { instance_id: "i-1".into(), since: now };
+    let depths = BTreeMap::from([("llm".to_string(), Depth { queued: 5, in_flight: 0 })]);
+    let unavailable = UnavailableCache::default();
+    let opts = fleet_policies::plan::PlanOptions::default();
+    for leaving in [draining, terminating] {
+        let nodes = vec![node(1, leaving.clone(), "20", Some("2026-11-25T11:00:00Z"), None)];
+        let s = fleet_view(&ids, &nodes, &Vec::<RunnerRecord>::new(), &depths, &HashMap::new(), &unavailable, now);
+        assert_eq!(s.apps["llm"].outside_burn, Money::from_dollars(20), "{leaving:?}");
+        let p = fleet_policies::plan::plan(&index, &spec, &s, &opts);
+        assert!(
+            p.apps[0].new_nodes.is_empty(),
+            "$20/h more would take $20/h to $40/h under a $30 cap: {:?}",
+            p.apps[0]
+        );
+        assert!(p.burn_per_hour <= Money::from_dollars(30), "{}", p.burn_per_hour);
+    }
+    // Once the cloud confirms it gone, the room is back.
+    let gone =
+        node(1, NodePhase::Terminated { since: now }, "20", Some("2026-11-25T11:00:00Z"), Some("2026-11-25T12:00:00Z"));
+    let s = fleet_view(&ids, &[gone], &Vec::<RunnerRecord>::new(), &depths, &HashMap::new(), &unavailable, now);
+    assert_eq!(s.apps["llm"].outside_burn, Money::ZERO);
+    let p = fleet_policies::plan::plan(&index, &spec, &s, &opts);
+    assert_eq!(p.apps[0].new_nodes.len(), 1, "{:?}", p.apps[0]);
+}

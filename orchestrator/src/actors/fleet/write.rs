@@ -132,7 +132,11 @@ pub(super) async fn carry_out(
                 leaving: None,
                 created_at: now,
             };
-            let first = rec.candidates.first().map(|c| format!("{} at {}", c.offering, c.price)).unwrap_or_default();
+            let first = rec
+                .candidates
+                .first()
+                .map(|c| format!("{} at {}/h", c.offering, c.price.hourly().cents()))
+                .unwrap_or_default();
             let message = format!(
                 "for {} runner{} of {}: {first} first, {} offering{} to fail over to, {}/h reserved of the budget; {}",
                 np.runners,
@@ -140,7 +144,7 @@ pub(super) async fn carry_out(
                 ap.app,
                 rec.candidates.len().saturating_sub(1),
                 if rec.candidates.len() == 2 { "" } else { "s" },
-                np.reserved_per_hour,
+                np.reserved_per_hour.cents(),
                 np.why
             );
             planned.push(NewEvent::node(EventKind::Planned, &rec, message));
