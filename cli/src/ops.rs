@@ -391,7 +391,9 @@ pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
             ("$/HOUR", true),
             ("MONTH TO DATE", true),
         ]);
-        for n in &nodes {
+        // The dearest first; a large fleet's full list is in -o json.
+        const SHOWN: usize = 20;
+        for n in nodes.iter().take(SHOWN) {
             t.row(vec![
                 s(&n["id"]),
                 s(&n["app"]),
@@ -402,6 +404,9 @@ pub fn cost(server: &Server, output: Output) -> anyhow::Result<()> {
             ]);
         }
         out!("{}", t.render());
+        if nodes.len() > SHOWN {
+            outln!("({} more nodes; fleetctl cost -o json lists them all)", nodes.len() - SHOWN);
+        }
     }
     Ok(())
 }

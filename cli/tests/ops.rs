@@ -218,6 +218,36 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
         serde_json::from_str(&ctl(env.clone(), &["get", "nodes", "-o", "json"]).await.stdout).unwrap();
     let ready = nodes.as_array().unwrap().iter().find(|n| n["state"]["state"] == "ready").expect("a ready node");
     let id = ready["id"].to_string();
+    // Money per thing, to the cent: the node's $/hour now (its price) and month to date in
+    // get nodes, describe node, get apps and cost's list of nodes.
+    let price: fleet_core::Money = ready["price"].as_str().unwrap().parse().unwrap();
+    let cents = price.cents().to_string();
+    assert_eq!(ready["burn_per_hour"], ready["price"], "a ready node burns its price: {ready}");
+    let row_of =
+        |out: &str| out.lines().find(|l| l.trim_start().starts_with(&format!("{id} "))).unwrap_or_default().to_string();
+    let o = ctl(env.clone(), &["get", "nodes"]).await;
+    let header = o.stdout.lines().next().unwrap_or_default();
+    assert!(header.contains("$/HOUR") && header.contains("MONTH TO DATE"), "{}", o.stdout);
+    assert!(row_of(&o.stdout).contains(&cents), "{cents} in {}", o.stdout);
+    let o = ctl(env.clone(), &["describe", "node", &id]).await;
+    assert!(o.stdout.contains(&format!("Cost:         {cents}/h now, $")), "{}", o.stdout);
+    let o = ctl(env.clone(), &["get", "apps"]).await;
+    assert!(o.stdout.lines().next().unwrap_or_default().contains("$/HOUR"), "{}", o.stdout);
+    let o = ctl(env.clone(), &["cost"]).await;
+    assert!(o.stdout.contains("NODE") && row_of(&o.stdout).contains(&cents), "{}", o.stdout);
+    for l in o.stdout.lines().filter(|l| l.contains('$')) {
+        let is_amount = |w: &&str| {
+            w.trim_start_matches("(-")
+                .trim_start_matches('-')
+                .trim_start_matches('$')
+                .starts_with(|c: char| c.is_ascii_digit())
+                && w.contains('$')
+        };
+        for amount in l.split_whitespace().filter(is_amount) {
+            let digits = amount.trim_end_matches("/h").trim_end_matches(')').rsplit('.').next().unwrap_or_default();
+            assert_eq!(digits.len(), 2, "money to the cent: {amount} in {l}");
+        }
+    }
     // One syntax for every node command (`describe node ID`, `cordon node ID`, …), the short
     // one too; a cordoned node says so in the table and in describe.
     let o = ctl(env.clone(), &["cordon", "node", &id]).await;

@@ -154,6 +154,32 @@ fn the_readme_tour_works_as_written() {
             _ => vec![args],
         };
         for a in expanded {
+            // `-w` keeps watching until stopped: it must print the listing and keep running.
+            if a.iter().any(|w| w == "-w" || w == "--watch") {
+                let mut child = Command::new(&bin)
+                    .args(&a)
+                    .current_dir(dir.path())
+                    .env("FLEET_SERVER", &url)
+                    .env("FLEET_TOKEN", &token)
+                    .env("HOME", dir.path())
+                    .env_remove("FLEET_CONFIG")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                let still = child.try_wait().unwrap().is_none();
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    still && stdout.lines().next().is_some_and(|h| h.starts_with("ID")),
+                    "`fleetctl {}` should print the listing and keep watching:\n{stdout}{}",
+                    a.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                continue;
+            }
             let out = run(&url, &token, &a);
             assert!(
                 out.status.success(),

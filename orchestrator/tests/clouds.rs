@@ -250,6 +250,18 @@ async fn live_prices_are_gathered_again_while_the_fleet_runs() {
         wait_for("the second node", Duration::from_secs(20), || async { nodes().await.filter(|n| n.len() == 2) }).await;
     let second = both.iter().find(|n| n.id != first[0].id).unwrap();
     assert_eq!(second.candidates[0].price.hourly().to_decimal_string(), "1.99", "planned at the refreshed price");
+    // The move is in the fleet's events, once (later refreshes found nothing new to say).
+    let events = fleet_state::events::list(&*fleet.store, &fleet.keys, &fleet_state::events::EventFilter::default())
+        .await
+        .unwrap();
+    let moved: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == fleet_state::events::EventKind::PriceChanged)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(moved[0].contains("(1 down, 0 up)") && moved[0].contains("gpu_1x_h100_pcie"), "{moved:?}");
+    assert!(moved[0].contains("$2.49/h -> $1.99/h"), "{moved:?}");
     fleet.stop().await;
 }
 

@@ -225,3 +225,25 @@ fn the_readme_counters_are_there_at_zero_from_the_start() {
         assert!(m.contains(series), "{series} missing from:\n{m}");
     }
 }
+
+/// `--fake-capacity` names an offering of the simulated clouds and a count; anything else is
+/// refused at start with what to write, before anything runs.
+#[test]
+fn fake_capacity_must_name_a_simulated_offering_and_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    for (value, says) in [
+        ("lambda/us-east-1/gpu_1x_h100_pcie/on-demandd=0", "did you mean lambda/us-east-1/gpu_1x_h100_pcie/on-demand"),
+        ("nebius/eu-north1/gpu-h100-sxm_1gpu-16vcpu-200gb/spot=0", "is not an offering of the simulated clouds"),
+        ("lambda/us-east-1/gpu_1x_h100_pcie/on-demand", "write OFFERING=N"),
+        ("lambda/us-east-1/gpu_1x_h100_pcie/on-demand=many", "`many` is not a count of instances"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+            .args(["--fleet", "test", "--fake-clouds", "lambda", "--fake-capacity", value, "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{value}: {err}");
+    }
+}

@@ -55,10 +55,13 @@ pub enum EventKind {
     HostKey,
     /// An operator's action (cordon, uncordon, drain).
     Operator,
+    /// The clouds' live prices moved at a refresh: how many offerings, the largest moves, and
+    /// what fleet's live nodes now pay against what they would pay if launched now.
+    PriceChanged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Planned,
         EventKind::Launched,
         EventKind::LaunchFailed,
@@ -74,6 +77,7 @@ impl EventKind {
         EventKind::OrphanCollected,
         EventKind::HostKey,
         EventKind::Operator,
+        EventKind::PriceChanged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl EventKind {
             EventKind::OrphanCollected => "orphan-collected",
             EventKind::HostKey => "host-key",
             EventKind::Operator => "operator",
+            EventKind::PriceChanged => "price-changed",
         }
     }
 }

@@ -223,7 +223,17 @@ impl Actor for FleetActor {
                 launch::on_launch_failed(st, node, error).await?;
                 launch::release_waiting(st).await?;
             }
-            FleetMsg::Prices(catalog) => prices::apply(st, catalog),
+            FleetMsg::Prices(catalog) => {
+                if let Some(moved) = prices::apply(st, catalog) {
+                    let ev = fleet_state::events::NewEvent {
+                        kind: fleet_state::events::EventKind::PriceChanged,
+                        app: None,
+                        node: None,
+                        message: moved,
+                    };
+                    crate::events::emit(&st.ctx, ev).await;
+                }
+            }
             FleetMsg::ForgetLaunches => {
                 st.launching.clear();
                 st.probing.clear();
