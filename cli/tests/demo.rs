@@ -29,8 +29,10 @@ fn demo_shows_the_money_failover_spot_and_budget_and_scales_to_zero() {
     let line = |start: &str| {
         stdout
             .lines()
-            .skip_while(|l| !l.trim_start().starts_with(start))
-            .take_while(|l| l.trim_start().starts_with(start) || l.starts_with("      "))
+            .skip_while(|l| !l.starts_with(&format!("  {start} ")))
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || l.starts_with("      "))
+            .map(|(_, l)| l)
             .map(str::trim)
             .collect::<Vec<_>>()
             .join(" ")
@@ -48,6 +50,15 @@ fn demo_shows_the_money_failover_spot_and_budget_and_scales_to_zero() {
     // The budget held a scale-up back (embed's own $2/h cap), and the burn never passed the
     // fleet's $14/h cap.
     assert!(stdout.contains("> budget: app embed"), "{stdout}");
+    let said = stdout.split("> budget: app embed").nth(1).unwrap_or_default();
+    let said: String = said
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("      "))
+        .flat_map(|(_, l)| l.split_whitespace())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(said.contains("under the app embed budget $2.00/hour"), "the cap is named: {said}");
     let budget = line("budget");
     let held: u32 = budget.split("held back ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(held >= 1, "{budget}");
