@@ -399,38 +399,26 @@ pub fn run(args: DemoArgs, output: crate::Output) -> anyhow::Result<()> {
     // Summary, from fleetd's records.
     let nodes = server.get("/v1/nodes")?;
     let all: Vec<&Value> = nodes.as_array().into_iter().flatten().filter(|n| !n["billing_since"].is_null()).collect();
-    let capacity_of = |n: &Value| {
+    // The offering each node ran on, as the catalog knows it (its GPU count with it).
+    let offering_of = |n: &Value| -> Option<fleet_core::Offering> {
         let i = n["attempt"].as_u64().unwrap_or(0) as usize;
-        n["candidates"][i]["offering"]["capacity"].as_str().unwrap_or("-").to_string()
+        let key: fleet_core::OfferingKey = serde_json::from_value(n["candidates"][i]["offering"].clone()).ok()?;
+        Catalog::builtin().offerings().iter().find(|o| o.key() == key).cloned()
     };
-    let spot = all.iter().filter(|n| capacity_of(n) == "spot").count();
-    let mut used_clouds: Vec<String> = all
-        .iter()
-        .filter_map(|n| {
-            let i = n["attempt"].as_u64().unwrap_or(0) as usize;
-            n["candidates"][i]["offering"]["cloud"].as_str().map(str::to_string)
-        })
-        .collect();
+    let ran_on: Vec<(&Value, Option<fleet_core::Offering>)> = all.iter().map(|n| (*n, offering_of(n))).collect();
+    let spot = ran_on.iter().filter(|(_, o)| o.as_ref().is_some_and(|o| o.capacity == CapacityType::Spot)).count();
+    let mut used_clouds: Vec<String> =
+        ran_on.iter().filter_map(|(_, o)| o.as_ref().map(|o| o.cloud.to_string())).collect();
     used_clouds.sort();
     used_clouds.dedup();
-    // GPU-seconds billed (every demo node has one GPU: the app asks for 1 per runner and fleet
-    // rents the smallest node that fits), and what they would have cost at the hyperscaler's price.
-    let gpus_of = |n: &Value| -> u32 {
-        let i = n["attempt"].as_u64().unwrap_or(0) as usize;
-        let key = &n["candidates"][i]["offering"];
-        Catalog::builtin()
-            .offerings()
-            .iter()
-            .find(|o| serde_json::to_value(o.key()).ok().as_ref() == Some(key))
-            .map_or(1, |o| o.instance.gpu_count)
-    };
+    // GPU-seconds billed, and what they would have cost at the hyperscaler's price per GPU-hour.
     let mut gpu_hours = 0.0;
     let mut compared = Money::ZERO;
-    for n in &all {
+    for (n, o) in &ran_on {
         let Some(billed) = secs(&n["billing_since"], &n["billing_until"]) else { continue };
-        let d = Duration::from_secs_f64(billed.max(0.0));
-        gpu_hours += billed * f64::from(gpus_of(n)) / 3600.0;
-        compared += compared_price.cost_for(d).times(gpus_of(n));
+        let gpus = o.as_ref().map_or(1, |o| o.instance.gpu_count);
+        gpu_hours += billed * f64::from(gpus) / 3600.0;
+        compared += compared_price.cost_for(Duration::from_secs_f64(billed.max(0.0))).times(gpus);
     }
     let failed = done.values().filter(|r| r["state"]["state"] == "failed").count();
     let mut waits: Vec<f64> =

@@ -117,7 +117,7 @@ struct Args {
     #[arg(long, default_value_t = 1.0, hide = true)]
     fake_speed: f64,
     /// Simulated clouds' capacity: `OFFERING=N` lets offering OFFERING (as `fleetctl catalog`
-    /// names it, e.g. lambda/us-east-1/gpu_1x_h100_sxm5/on-demand) have at most N instances at
+    /// names it, e.g. lambda/us-east-1/gpu_1x_h100_pcie/on-demand) have at most N instances at
     /// once; launches beyond it fail with the cloud's insufficient-capacity error. Comma-separated.
     #[arg(long, value_delimiter = ',')]
     fake_capacity: Vec<String>,
@@ -382,25 +382,14 @@ async fn providers(
         let p = LocalProvider::new(cfg, Arc::new(starter)).map_err(|e| anyhow::anyhow!("--local: {e}"))?;
         out.insert(Cloud::Local, Arc::new(p));
     }
-    // Every --fake-capacity names an offering of a simulated cloud.
+    // Every --fake-capacity names an offering of a simulated cloud: checked once, for all of them.
     let fake_offerings: Vec<fleet_core::Offering> = Catalog::builtin()
         .offerings()
         .iter()
         .filter(|o| args.fake_clouds.iter().any(|c| c.parse::<Cloud>().ok() == Some(o.cloud)))
         .cloned()
         .collect();
-    for item in &args.fake_capacity {
-        let name = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
-        if !fake_offerings.iter().any(|o| o.key().to_string() == name) {
-            let hint = fleet_core::names::closest(
-                name,
-                fake_offerings.iter().map(|o| o.key().to_string()).collect::<Vec<_>>().iter().map(String::as_str),
-            )
-            .map(|c| format!("; did you mean {c}?"))
-            .unwrap_or_default();
-            bail!("--fake-capacity {item}: {name} is not an offering of the simulated clouds (--fake-clouds){hint}");
-        }
-    }
+    let capacity = fake_capacity(&args.fake_capacity, &fake_offerings)?;
     for name in &args.fake_clouds {
         let cloud: Cloud = name.parse().map_err(|e| anyhow::anyhow!("--fake-clouds: {e}"))?;
         let offerings: Vec<_> = Catalog::builtin().offerings().iter().filter(|o| o.cloud == cloud).cloned().collect();
@@ -415,7 +404,7 @@ async fn providers(
         // Its instances live in the data directory: a restarted fleetd finds them again, as it
         // would a real cloud's, instead of seeing every one vanish.
         cfg.persist = Some(args.data_dir.join(format!("fake-{cloud}.json")));
-        cfg.capacity = fake_capacity(&args.fake_capacity, &cfg.offerings)?;
+        cfg.capacity = capacity.iter().filter(|(k, _)| k.cloud == cloud).map(|(k, n)| (k.clone(), *n)).collect();
         out.insert(
             cloud,
             Arc::new(FakeProvider::open(cfg).map_err(|e| anyhow::anyhow!("--fake-clouds {cloud}: {e}"))?),
@@ -424,23 +413,29 @@ async fn providers(
     Ok(out)
 }
 
-/// `--fake-capacity OFFERING=N` entries that name one of `offerings`.
+/// `--fake-capacity OFFERING=N` entries, each naming one of the simulated clouds' `offerings`.
 fn fake_capacity(
     items: &[String],
     offerings: &[fleet_core::Offering],
 ) -> anyhow::Result<std::collections::HashMap<fleet_core::OfferingKey, u32>> {
+    let names: Vec<String> = offerings.iter().map(|o| o.key().to_string()).collect();
     let mut out = std::collections::HashMap::new();
     for item in items {
         let Some((name, n)) = item.split_once('=') else {
-            bail!("--fake-capacity {item}: write OFFERING=N, e.g. lambda/us-east-1/gpu_1x_h100_sxm5/on-demand=0");
+            bail!("--fake-capacity {item}: write OFFERING=N, e.g. lambda/us-east-1/gpu_1x_h100_pcie/on-demand=0");
+        };
+        let name = name.trim();
+        let Some(i) = names.iter().position(|k| k == name) else {
+            let hint = fleet_core::names::closest(name, names.iter().map(String::as_str))
+                .map(|c| format!("; did you mean {c}?"))
+                .unwrap_or_default();
+            bail!("--fake-capacity {item}: {name} is not an offering of the simulated clouds (--fake-clouds){hint}");
         };
         let n: u32 = n
             .trim()
             .parse()
             .map_err(|_| anyhow::anyhow!("--fake-capacity {item}: `{n}` is not a count of instances"))?;
-        if let Some(o) = offerings.iter().find(|o| o.key().to_string() == name.trim()) {
-            out.insert(o.key(), n);
-        }
+        out.insert(offerings[i].key(), n);
     }
     Ok(out)
 }
