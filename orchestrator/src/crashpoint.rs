@@ -4,7 +4,8 @@
 //! it says so on stderr (`fleetd: crash point NAME#N reached`) and stops that thread there, so
 //! that the test's SIGKILL lands exactly between two steps that must survive a crash (a record
 //! written and the cloud call not yet made, a cloud call answered and not yet recorded, ...).
-//! Without the variable a point costs one relaxed load. The names are listed in [`POINTS`].
+//! Without the variable a point costs one relaxed load. The names are listed in [`POINTS`]
+//! and [`MOVE_POINTS`].
 //!
 //! A test hook: only a fleetd built with the `testing` feature (as the tests build it) reads the
 //! variable; in any other build [`hit`] is empty.
@@ -27,6 +28,15 @@ pub const POINTS: &[&str] = &[
     "terminate.started",   // record Terminating; terminate not called yet
     "terminate.answered",  // the cloud accepted the terminate; not confirmed yet
     "terminate.confirmed", // record Terminated
+];
+
+/// Crash points inside a consolidation move, in the order a move passes them (a separate list: a
+/// move needs a cheaper node to move to, which the node-life test's fleet never has).
+pub const MOVE_POINTS: &[&str] = &[
+    "consolidate.marked",   // node record marked leaving; no replacement counted or started yet
+    "consolidate.replaced", // replacements counted on the leaving record; their runners not written
+    "node.draining",        // every replacement serves: the emptied node Draining
+    "terminate.started",    // record Terminating; terminate not called yet
 ];
 
 #[cfg(feature = "testing")]

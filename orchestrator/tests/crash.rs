@@ -5,6 +5,11 @@
 //! same data dir; after the last restart the fleet settles and the test checks, against moto:
 //! no instance without a record, no record without an instance, no node launched twice, every
 //! request served exactly once, and nothing left running once the fleet is idle.
+//!
+//! A second test kills fleetd at every crash point inside a consolidation move
+//! (`crashpoint::MOVE_POINTS`): an app on on-demand is allowed spot, its runner moves to a spot
+//! node; after the restarts the move is finished once (one replacement node, the old one
+//! terminated), nothing leaks and every request is served once.
 #![cfg(feature = "aws")]
 
 mod common;
@@ -12,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Fleetd, aws_args, duplicates_and_unknown, live_instances, records_match_cloud};
-use fleet_orchestrator::crashpoint::POINTS;
+use fleet_orchestrator::crashpoint::{MOVE_POINTS, POINTS};
 use fleet_providers::moto::Moto;
 
 const FLEET: &str = "crash";
@@ -117,5 +122,117 @@ fn sigkill_at_every_crash_point_leaks_nothing_and_serves_every_request_once() {
         submitted.len(),
         served.as_secs_f64(),
         idle.as_secs_f64()
+    );
+}
+
+const MOVE_SPEC: &str = r#"
+[fleet]
+name = "crash-move"
+
+[apps.llm]
+gpu = "H100"
+gpus = 8
+
+[apps.llm.placement]
+spot = "on-demand"
+
+[apps.llm.scaling]
+min_concurrency = 1
+max_concurrency = 1
+keep_alive = "1h"
+"#;
+
+#[test]
+fn sigkill_inside_a_consolidation_move_finishes_it_once_and_serves_every_request_once() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A one-second cold start and no minimum billing (recreate = cold start): a move to spot pays
+    // for itself within seconds.
+    let start = |spec: &str, crash_at: Option<&str>| {
+        let mut args = aws_args("crash-move", &moto, spec, dir.path());
+        args.extend(
+            ["--simulate-agents", "--fake-speed", "20", "--cold-start-seconds", "1", "--recreate-seconds", "1"]
+                .map(String::from),
+        );
+        args.extend(["--data-dir".to_string(), dir.path().display().to_string()]);
+        Fleetd::start(&args, crash_at)
+    };
+    let mut submitted: Vec<u64> = Vec::new();
+    // On on-demand, serving.
+    let f = start(MOVE_SPEC, None);
+    let t = Instant::now();
+    loop {
+        submitted.extend(f.submit("llm", 1));
+        if f.unfinished("llm", &submitted).len() < submitted.len() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "nothing served within 60 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let first = f.nodes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (old, _, capacity) = first[0].clone();
+    assert_eq!(capacity, "on-demand");
+    f.kill();
+
+    // Spot allowed (the spec is applied at each start): the move starts; fleetd is killed at each
+    // point of it in turn while requests keep coming.
+    let spot = MOVE_SPEC.replace("spot = \"on-demand\"", "spot = \"auto\"");
+    let mut report = Vec::new();
+    for point in MOVE_POINTS {
+        let f = start(&spot, Some(&format!("{point}:1")));
+        let t = Instant::now();
+        while !f.saw(&format!("crash point {point}#1 reached"), Duration::from_millis(300)) {
+            submitted.extend(f.submit("llm", 1));
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "crash point {point}#1 not reached within 60 s; nodes {:?}; fleetd's last lines:\n{}",
+                f.nodes(),
+                f.log()
+            );
+        }
+        report.push(format!("{point} after {:.1} s", t.elapsed().as_secs_f64()));
+        eprintln!("killed at {}", report.last().unwrap());
+        f.kill();
+    }
+
+    // The last restart: the move is finished, once.
+    let f = start(&spot, None);
+    let t = Instant::now();
+    loop {
+        let nodes = f.nodes();
+        let old_gone = nodes.iter().any(|(id, state, _)| *id == old && state == "terminated");
+        let live: Vec<_> = nodes.iter().filter(|(_, state, _)| state != "terminated").collect();
+        if old_gone && live.len() == 1 && live[0].1 == "ready" && live[0].2 == "spot" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the move did not finish within 60 s: {nodes:?}\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = Instant::now();
+    while !f.unfinished("llm", &submitted).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "unfinished: {:?}", f.unfinished("llm", &submitted));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    records_match_cloud(&f, &moto, "crash-move", Duration::from_secs(60));
+    let nodes = f.nodes();
+    assert_eq!(nodes.len(), 2, "one node before the move, one replacement after it: {nodes:?}");
+    let (duplicates, unknown, instances) = duplicates_and_unknown(&f, &moto);
+    assert!(duplicates.is_empty(), "nodes launched more than once: {duplicates:?}");
+    assert!(unknown.is_empty(), "instances of nodes fleetd has no record of: {unknown:?}");
+    let mut retried = 0;
+    for id in &submitted {
+        let r = f.get(&format!("/v1/apps/llm/requests/{id}"));
+        assert_eq!(r["state"]["state"], "done", "request {id}: {r}");
+        if r["attempts"].as_u64().unwrap() > 1 {
+            retried += 1;
+        }
+    }
+    eprintln!(
+        "move crash test: {} SIGKILLs ({}); {instances} instances for 2 nodes, 0 duplicates, 0 leaked; \
+         {} requests served, each done ({retried} after a re-queue)",
+        MOVE_POINTS.len(),
+        report.join(", "),
+        submitted.len()
     );
 }

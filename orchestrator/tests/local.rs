@@ -28,22 +28,6 @@ max_concurrency = 1
 keep_alive = "1h"
 "#;
 
-/// (id, state, capacity) of every node record.
-fn nodes(f: &Fleetd) -> Vec<(u64, String, String)> {
-    f.get("/v1/nodes")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            let state = n["state"]["state"].as_str().unwrap_or_default().to_string();
-            let attempt = n["attempt"].as_u64().unwrap_or(0) as usize;
-            let capacity = n["candidates"][attempt]["offering"]["capacity"].as_str().unwrap_or_default().to_string();
-            (n["id"].as_u64().unwrap(), state, capacity)
-        })
-        .collect()
-}
-
 /// fleetd with local nodes, passes every 0.2 s, data in `dir`, and `extra` flags.
 fn local_fleetd(dir: &std::path::Path, extra: &[&str]) -> Fleetd {
     let mut args: Vec<String> =
@@ -97,7 +81,7 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
         assert!(t.elapsed() < Duration::from_secs(90), "nothing served within 90 s:\n{}", f.log());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let first = nodes(&f);
+    let first = f.nodes();
     assert_eq!(first.len(), 1, "{first:?}");
     let (old, _, capacity) = &first[0];
     assert_eq!(capacity, "on-demand");
@@ -106,7 +90,7 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
     let t = Instant::now();
     loop {
         ids.push(submit(ids.len()));
-        let now = nodes(&f);
+        let now = f.nodes();
         let old_gone = now.iter().any(|(id, state, _)| id == old && state == "terminated");
         let spot_ready = now.iter().any(|(_, state, cap)| state == "ready" && cap == "spot");
         if old_gone && spot_ready {
@@ -127,7 +111,7 @@ fn a_local_runner_moves_from_on_demand_to_spot_and_every_request_is_served_once(
         assert_eq!(r["attempts"], 1, "request {id} was claimed more than once: {r}");
         assert!(r["state"]["output"].is_object(), "request {id} has a model's answer: {r}");
     }
-    let live: Vec<_> = nodes(&f).into_iter().filter(|(_, s, _)| s != "terminated").collect();
+    let live: Vec<_> = f.nodes().into_iter().filter(|(_, s, _)| s != "terminated").collect();
     assert_eq!(live.len(), 1, "only the spot node is left: {live:?}");
     eprintln!("local consolidation: {} requests served once each across the move", ids.len());
     f.kill();
@@ -143,11 +127,11 @@ fn removing_an_app_says_which_nodes_go_and_terminates_them() {
     let f = local_fleetd(dir.path(), &[]);
     f.put_spec(SPEC);
     let t = Instant::now();
-    while !nodes(&f).iter().any(|(_, state, _)| state == "ready") {
+    while !f.nodes().iter().any(|(_, state, _)| state == "ready") {
         assert!(t.elapsed() < Duration::from_secs(90), "no node ready within 90 s:\n{}", f.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (id, _, _) = nodes(&f)[0].clone();
+    let (id, _, _) = f.nodes()[0].clone();
     let other = SPEC.replace("[apps.chat]", "[apps.embed]").replace("[apps.chat.", "[apps.embed.");
     let other = other.replace("min_concurrency = 1", "min_concurrency = 0");
     // Dry run: named, priced, nothing changes.
@@ -158,14 +142,14 @@ fn removing_an_app_says_which_nodes_go_and_terminates_them() {
     assert_eq!(v["nodes_removed"][0]["app"], "chat", "{v}");
     assert_eq!(v["removed_per_hour"], "2.00", "the local on-demand 1×H100: {v}");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(nodes(&f).iter().any(|(n, state, _)| *n == id && state == "ready"), "a dry run changes nothing");
+    assert!(f.nodes().iter().any(|(n, state, _)| *n == id && state == "ready"), "a dry run changes nothing");
     // Applied: it goes.
     let (s, b) = f.call("PUT", "/v1/spec", &other);
     assert_eq!(s, 200, "{b}");
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["nodes_removed"][0]["id"], id);
     let t = Instant::now();
-    while !nodes(&f).iter().all(|(_, state, _)| state == "terminated") {
-        assert!(t.elapsed() < Duration::from_secs(60), "not terminated within 60 s: {:?}", nodes(&f));
+    while !f.nodes().iter().all(|(_, state, _)| state == "terminated") {
+        assert!(t.elapsed() < Duration::from_secs(60), "not terminated within 60 s: {:?}", f.nodes());
         std::thread::sleep(Duration::from_millis(200));
     }
     let instances = std::fs::read_to_string(dir.path().join("local/instances.json")).unwrap();

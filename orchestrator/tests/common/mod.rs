@@ -191,6 +191,23 @@ impl Fleetd {
         out
     }
 
+    /// (id, state, capacity type of the offering it is on or tries) of every node record.
+    pub fn nodes(&self) -> Vec<(u64, String, String)> {
+        self.get("/v1/nodes")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|n| {
+                let state = n["state"]["state"].as_str().unwrap_or_default().to_string();
+                let attempt = n["attempt"].as_u64().unwrap_or(0) as usize;
+                let capacity =
+                    n["candidates"][attempt]["offering"]["capacity"].as_str().unwrap_or_default().to_string();
+                (n["id"].as_u64().unwrap(), state, capacity)
+            })
+            .collect()
+    }
+
     /// Every node record's id.
     pub fn node_ids(&self) -> BTreeSet<String> {
         self.get("/v1/nodes").as_array().unwrap().iter().map(|n| n["id"].as_u64().unwrap().to_string()).collect()

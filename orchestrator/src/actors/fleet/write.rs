@@ -172,6 +172,7 @@ pub(super) async fn carry_out(
                 tracing::info!(app = %ap.app, node = m.node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
                 ctx.metrics.consolidations.inc();
                 st.informer.put_node(rec, rev);
+                crate::crashpoint::hit("consolidate.marked");
             }
         }
         for (id, n) in &ap.replaced {
@@ -182,6 +183,7 @@ pub(super) async fn carry_out(
             .await?;
             if let Some((rec, rev)) = done {
                 st.informer.put_node(rec, rev);
+                crate::crashpoint::hit("consolidate.replaced");
             }
         }
         for id in &ap.cancel_moves {
