@@ -13,14 +13,20 @@
 //!   Saving: the price difference per hour. Cost: the new node's cold start (provision + boot +
 //!   model load, billed before it serves) plus the minimum billing still owed on the old one.
 //!   The new node must fit the budget room left, as any new node must.
+//! - **Merge**: several part-full nodes give way to one node that hosts all their runners for
+//!   less than they cost together (seven 1-GPU nodes at $3/h → one 8-GPU node at $20/h). The
+//!   groups tried: the app's movable nodes ordered by price per hosted runner, dearest first
+//!   (the least used and dearest go first), and each prefix of two or more of that order.
+//!   Saving: their prices less the new node's. Cost: the new node's cold start plus the minimum
+//!   billing owed on all of them. The horizon is the youngest one's age.
 //!
 //! A move is made when saving × min(horizon, the node's age) exceeds its cost (a node is expected
 //! to stay about as long again as it has stayed); the best net saving wins. Carrying it
-//! out is the plan's ([`crate::plan`]): the node is marked leaving (it takes no new runners); each
-//! of its runners is replaced one for one (the caller counts the replacements started, so a
-//! crash in between never starts them twice), where the plan places new runners — free slots,
-//! else the cheapest node mix, each candidate cheaper than the leaving node (a failover to a
-//! dearer offering would undo the saving); once every replacement serves, the leaving node's
+//! out is the plan's ([`crate::plan`]): the nodes are marked leaving (they take no new runners);
+//! each of their runners is replaced one for one (the caller counts the replacements started, so
+//! a crash in between never starts them twice), where the plan places new runners — free slots,
+//! else the cheapest node mix, each candidate cheaper than the leaving nodes together (a failover
+//! to a dearer offering would undo the saving); once every replacement serves, the leaving nodes'
 //! runners stop — a stop drains: no new request is claimed, those in flight finish, so nothing is
 //! lost or served twice — and the node, empty, is released. A move whose replacements cannot be
 //! placed is called off ([`crate::plan::AppPlan::cancel_moves`]).
@@ -41,12 +47,14 @@ pub enum MoveKind {
     Delete,
     /// Its runners move to one new, cheaper node.
     Replace,
+    /// The runners of several nodes move to one new node that costs less than they do together.
+    Merge,
 }
 
-/// One node to consolidate away.
+/// Nodes to consolidate away: one (delete, replace) or several (merge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Move {
-    pub node: NodeId,
+    pub nodes: Vec<NodeId>,
     pub kind: MoveKind,
     pub saving_per_hour: Money,
     /// What the move itself costs (cold start billed, minimum billing left).
@@ -123,7 +131,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             if gain > cost {
                 let net = gain - cost;
                 if best.as_ref().is_none_or(|(b, _)| net > *b) {
-                    best = Some((net, Move { node: n.id, kind, saving_per_hour: saving, cost, why }));
+                    best = Some((net, Move { nodes: vec![n.id], kind, saving_per_hour: saving, cost, why }));
                 }
             }
         };
@@ -144,11 +152,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             );
         }
         // Replace: the cheapest single node for its runners, of the kinds the app may use.
-        let kinds: &[CapacityWanted] = match input.spec.placement.spot {
-            SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
-            SpotPolicy::Spot => &[CapacityWanted::Spot],
-            SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
-        };
+        let kinds = kinds_of(input.spec.placement.spot);
         for (ki, kind) in kinds.iter().enumerate() {
             let found = cheapest.entry((h, ki)).or_insert_with(|| {
                 let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
@@ -182,5 +186,93 @@ pub fn consider(input: &Input) -> Option<Move> {
             );
         }
     }
+    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, &mut best);
     best.map(|(_, m)| m)
+}
+
+fn kinds_of(spot: SpotPolicy) -> &'static [CapacityWanted] {
+    match spot {
+        SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
+        SpotPolicy::Spot => &[CapacityWanted::Spot],
+        SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
+    }
+}
+
+/// Merges (see the module doc): prefixes of two or more of the movable nodes, dearest per hosted
+/// runner first, each onto the cheapest single node of a kind the app may use; `best` is
+/// replaced where one nets more.
+fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: &mut Option<(Money, Move)>) {
+    let idx = input.index;
+    let price_of = |n: &NodeView| idx.offering(n.offering).price.hourly();
+    let mut order: Vec<usize> = (0..input.nodes.len())
+        .filter(|k| input.hosted[*k] > 0 && !input.nodes[*k].leaving && input.idle_for[*k] <= input.cold_start)
+        .collect();
+    if order.len() < 2 {
+        return;
+    }
+    // Dearest per hosted runner first: price / hosted compared as price_a × hosted_b.
+    order.sort_by(|a, b| {
+        let (pa, pb) = (price_of(&input.nodes[*a]), price_of(&input.nodes[*b]));
+        pb.times(input.hosted[*a]).cmp(&pa.times(input.hosted[*b])).then(a.cmp(b))
+    });
+    let (mut runners, mut price, mut owed_total, mut on_demand) = (0u32, Money::ZERO, Money::ZERO, 0u32);
+    let mut youngest: Option<std::time::Duration> = None;
+    for (g, k) in order.iter().enumerate() {
+        let n = &input.nodes[*k];
+        let h = input.hosted[*k];
+        runners += h;
+        price += price_of(n);
+        owed_total += owed(input, n, price_of(n));
+        if idx.offering(n.offering).capacity == CapacityType::OnDemand {
+            on_demand += h;
+        }
+        if let Some(a) = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default()) {
+            youngest = Some(youngest.map_or(a, |y| y.min(a)));
+        }
+        if g == 0 {
+            continue;
+        }
+        let lasts = youngest.map_or(input.horizon, |a| a.min(input.horizon));
+        for kind in kinds {
+            let rank = RankInput { capacity: *kind, min_runners: runners, ..input.rank.clone() };
+            let Some(c) = idx.rank_for_runners(input.app, &rank, 1).into_iter().next() else { continue };
+            let new_price = c.node_price.hourly();
+            let base_ok = c.capacity == CapacityType::OnDemand
+                || on_demand_runners.saturating_sub(on_demand) >= input.spec.placement.base_on_demand;
+            if new_price >= price || !base_ok {
+                continue;
+            }
+            let saving = price - new_price;
+            let cold = c.node_price.cost_for(input.cold_start);
+            let cost = cold + owed_total;
+            let gain = Price::per_hour(saving).cost_for(lasts);
+            if gain <= cost {
+                continue;
+            }
+            let net = gain - cost;
+            if best.as_ref().is_some_and(|(b, _)| net <= *b) {
+                continue;
+            }
+            let o = idx.offering(c.offering);
+            let nodes: Vec<NodeId> = order[..=g].iter().map(|k| input.nodes[*k].id).collect();
+            let why = format!(
+                "one {} {} node ({}/h) hosts the {runners} runner(s) of {} nodes ({}/h together) for {}/h less; \
+                 the move costs {} (cold start {}s billed{})",
+                o.instance.name,
+                o.capacity,
+                new_price.cents(),
+                nodes.len(),
+                price.cents(),
+                saving.cents(),
+                cost.cents(),
+                input.cold_start.as_secs(),
+                if owed_total > Money::ZERO {
+                    format!(", {} of minimum billing left", owed_total.cents())
+                } else {
+                    String::new()
+                }
+            );
+            *best = Some((net, Move { nodes, kind: MoveKind::Merge, saving_per_hour: saving, cost, why }));
+        }
+    }
 }

@@ -127,7 +127,7 @@ pub struct AppPlan {
     pub new_nodes: Vec<NodePlan>,
     /// Nodes left with no runners: terminate them.
     pub release_nodes: Vec<NodeId>,
-    /// A node to consolidate away: mark it leaving (see [`crate::consolidate`]).
+    /// Nodes to consolidate away: mark them leaving (see [`crate::consolidate`]).
     pub consolidate: Option<Move>,
     /// Replacements started this decision for leaving nodes' runners (counted in
     /// `decision.start`): add them to the nodes' `replaced`.
@@ -348,13 +348,13 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 }
             }
             replaced.sort_unstable();
-            // Replacement nodes must cost less than the node they replace, whatever candidate
-            // a launch ends up on (a failover to a dearer offering would undo the saving).
-            move_cap = replaced
-                .iter()
-                .filter_map(|(id, _)| node_price.get(id))
-                .map(|p| p.hourly() - Money::from_micros(1))
-                .min();
+            // Each replacement node must cost less than the nodes it replaces together (one
+            // node, or the nodes of a merge), whatever candidate a launch ends up on (a failover
+            // to a dearer offering would undo the saving).
+            move_cap = (!replaced.is_empty()).then(|| {
+                replaced.iter().filter_map(|(id, _)| node_price.get(id)).map(|p| p.hourly()).sum::<Money>()
+                    - Money::from_micros(1)
+            });
             // Once every replacement serves, the leaving nodes' runners stop: a stop drains (no
             // new request is claimed, those in flight finish), so nothing is lost or served
             // twice. Ones still starting there serve nothing and stop at once.

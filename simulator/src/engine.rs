@@ -601,7 +601,9 @@ impl<'a> Engine<'a> {
                 self.drain_runner(*id as usize);
             }
             if let Some(m) = &ap.consolidate {
-                self.nodes[m.node as usize].leaving = true;
+                for n in &m.nodes {
+                    self.nodes[*n as usize].leaving = true;
+                }
                 self.report.consolidations += 1;
             }
             for (node, n) in &ap.replaced {

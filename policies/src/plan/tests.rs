@@ -449,7 +449,7 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
     let run = |st: AppView, opts: PlanOptions, s: &FleetSpec| plan(&index, s, &state(&cache, vec![("llm", st)]), &opts);
     let p = run(on_demand_node_app(), PlanOptions::default(), &s);
     let m = p.apps[0].consolidate.clone().expect("a move");
-    assert_eq!((m.node, m.kind), (10, MoveKind::Replace));
+    assert_eq!((m.nodes.as_slice(), m.kind), ([10].as_slice(), MoveKind::Replace));
     // AWS spot p5 at $16/h: $82.32/h less. The move: 180 s of $16/h billed before it serves
     // ($0.80); the old node is past its minimum billing.
     assert_eq!(m.saving_per_hour, money("82.32"));
@@ -504,7 +504,81 @@ fn consolidation_deletes_a_node_whose_runners_fit_on_the_others() {
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
     let m = p.apps[0].consolidate.clone().expect("a move");
-    assert_eq!((m.node, m.kind, m.saving_per_hour, m.cost), (10, MoveKind::Delete, money("23.92"), Money::ZERO));
+    assert_eq!(
+        (m.nodes.as_slice(), m.kind, m.saving_per_hour, m.cost),
+        ([10].as_slice(), MoveKind::Delete, money("23.92"), Money::ZERO)
+    );
+}
+
+#[test]
+fn consolidation_merges_part_full_nodes_into_one_larger_node_that_costs_less() {
+    use crate::consolidate::MoveKind;
+    use CapacityType::*;
+    // Runners of one GPU; a 1-GPU node costs $3/h, a 4-GPU one $13/h, an 8-GPU one $20/h.
+    let cat = Arc::new(Catalog::new(vec![
+        off(Cloud::Lambda, "us-east-1", None, "gpu_1x_h100_sxm5", GpuModel::H100Sxm, 1, OnDemand, "3"),
+        off(Cloud::Lambda, "us-east-1", None, "gpu_4x_h100_sxm5", GpuModel::H100Sxm, 4, OnDemand, "13"),
+        off(Cloud::Lambda, "us-east-1", None, "gpu_8x_h100_sxm5", GpuModel::H100Sxm, 8, OnDemand, "20"),
+    ]));
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 1\n[apps.llm.placement]\nspot = \"on-demand\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 20\nkeep_alive = \"10m\"\n",
+    );
+    let index = PlacementIndex::new(cat, &s);
+    let cache = UnavailableCache::default();
+    let aged = |id: u64, offering: u32, slots: u32| NodeView {
+        billed_since: Some(t0() - chrono::Duration::seconds(7200)),
+        ..NodeView::new(id, offering, slots)
+    };
+    // Seven 1-GPU nodes, one serving runner each: $21/h. No free slot anywhere (no delete), no
+    // single node cheaper than $3/h (no replace); one 8-GPU node hosts all seven for $20/h.
+    let seven = AppView {
+        in_flight: 7,
+        runners: (0..7).map(|k| serving_runner(k + 1, 10 + k)).collect(),
+        nodes: (0..7).map(|k| aged(10 + k, 0, 1)).collect(),
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", seven.clone())]), &PlanOptions::default());
+    let m = p.apps[0].consolidate.clone().expect("a merge");
+    assert_eq!(m.kind, MoveKind::Merge);
+    assert_eq!(m.nodes, (10..17).collect::<Vec<_>>(), "all seven go");
+    assert_eq!(m.saving_per_hour, money("1"));
+    assert!(m.why.contains("gpu_8x_h100_sxm5") && m.why.contains("7 nodes"), "{}", m.why);
+    // Four of them cost $12/h together, less than any node that holds four: no merge.
+    let four = AppView {
+        in_flight: 4,
+        runners: seven.runners[..4].to_vec(),
+        nodes: seven.nodes[..4].to_vec(),
+        ..AppView::default()
+    };
+    assert_eq!(
+        plan(&index, &s, &state(&cache, vec![("llm", four)]), &PlanOptions::default()).apps[0].consolidate,
+        None
+    );
+    // Carried out: the seven leaving nodes' runners are replaced on one node whose every
+    // candidate costs less than the seven together ($21/h).
+    let leaving = AppView {
+        nodes: seven.nodes.iter().map(|n| NodeView { leaving: true, ..n.clone() }).collect(),
+        ..seven.clone()
+    };
+    let a = plan(&index, &s, &state(&cache, vec![("llm", leaving)]), &PlanOptions::default()).apps.remove(0);
+    assert_eq!(a.decision.start, 7);
+    assert_eq!(a.new_nodes.len(), 1, "{:?}", a.new_nodes);
+    assert_eq!(a.new_nodes[0].runners, 7);
+    assert!(a.new_nodes[0].candidates.iter().all(|c| c.node_price.hourly() < money("21")));
+    // Two part-full 4-GPU nodes (two runners each, $26/h) → one 4-GPU node ($13/h) would be a
+    // delete (the other's free slots hold them): the cheaper move of the same saving.
+    let two = AppView {
+        in_flight: 4,
+        runners: vec![serving_runner(1, 10), serving_runner(2, 10), serving_runner(3, 11), serving_runner(4, 11)],
+        nodes: vec![aged(10, 1, 4), aged(11, 1, 4)],
+        ..AppView::default()
+    };
+    let m = plan(&index, &s, &state(&cache, vec![("llm", two)]), &PlanOptions::default()).apps[0]
+        .consolidate
+        .clone()
+        .expect("a move");
+    assert_eq!((m.kind, m.saving_per_hour), (MoveKind::Delete, money("13")));
 }
 
 #[test]

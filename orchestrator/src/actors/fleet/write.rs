@@ -160,19 +160,25 @@ pub(super) async fn carry_out(
         // twice.
         if let Some(m) = &ap.consolidate {
             let why = m.why.clone();
-            let done = update_at(store, &keys.node(m.node), |cur: &NodeRecord| {
-                (cur.leaving.is_none() && matches!(cur.state, NodePhase::Ready { .. })).then(|| NodeRecord {
-                    leaving: Some(Leaving { since: now, why: why.clone(), replaced: 0 }),
-                    ..cur.clone()
+            let mut marked = 0;
+            for node in &m.nodes {
+                let done = update_at(store, &keys.node(*node), |cur: &NodeRecord| {
+                    (cur.leaving.is_none() && matches!(cur.state, NodePhase::Ready { .. })).then(|| NodeRecord {
+                        leaving: Some(Leaving { since: now, why: why.clone(), replaced: 0 }),
+                        ..cur.clone()
+                    })
                 })
-            })
-            .await?;
-            if let Some((rec, rev)) = done {
-                crate::events::emit(&ctx, NewEvent::node(EventKind::Consolidating, &rec, m.why.clone())).await;
-                tracing::info!(app = %ap.app, node = m.node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
+                .await?;
+                if let Some((rec, rev)) = done {
+                    crate::events::emit(&ctx, NewEvent::node(EventKind::Consolidating, &rec, m.why.clone())).await;
+                    tracing::info!(app = %ap.app, node, kind = ?m.kind, saving_per_hour = %m.saving_per_hour, cost = %m.cost, why = %m.why, "consolidating a node away");
+                    st.informer.put_node(rec, rev);
+                    marked += 1;
+                    crate::crashpoint::hit("consolidate.marked");
+                }
+            }
+            if marked > 0 {
                 ctx.metrics.consolidations.inc();
-                st.informer.put_node(rec, rev);
-                crate::crashpoint::hit("consolidate.marked");
             }
         }
         for (id, n) in &ap.replaced {
