@@ -7,6 +7,7 @@
 pub mod burnin;
 pub mod config;
 pub mod gpu;
+pub mod llm;
 pub mod logtail;
 pub mod metadata;
 pub mod model;

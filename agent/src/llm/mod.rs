@@ -1,0 +1,500 @@
+//! The LLM runner kind: a causal language model loaded from a directory laid out as model hubs
+//! publish them, decoded with candle-transformers.
+//!
+//! A model directory holds `config.json` (its `model_type` names the family: `llama` — Llama 2
+//! and 3 —, `mistral`, `qwen2`), `tokenizer.json` (the `tokenizers` crate), and the weights: one
+//! `model.safetensors`, or shards named by `model.safetensors.index.json`'s `weight_map`. f32 on
+//! the CPU; bf16 on CUDA (the agent's `cuda` feature).
+//!
+//! Each request is a [`Sequence`] with its own KV cache: the loaded weights are shared (candle
+//! tensors are reference-counted; a sequence's model is a clone that owns only its cache). The
+//! prompt is run once (prefill), then one token per step (decode). [`Batch`] keeps up to
+//! `max_multiplexing` sequences and advances every one of them by one token per step; new
+//! sequences join between steps and finished ones leave (continuous batching). Each step runs
+//! one forward per sequence: the sequences' caches have different lengths, and candle-
+//! transformers' models take one offset per forward, so stacking them into one matrix product
+//! would need padding and per-row masks that these models do not take.
+//!
+//! Sampling is candle-transformers' [`LogitsProcessor`]: greedy (arg-max) when `temperature`
+//! is 0 or absent, which is deterministic; otherwise temperature with nucleus (`top_p`) sampling
+//! from a generator seeded by `seed` (so a seeded request is reproducible too).
+
+pub mod testmodel;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{llama, mistral, qwen2};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot read model {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("model {path}: {why}")]
+    Layout { path: String, why: String },
+    #[error("bad request: {0}")]
+    Input(String),
+    #[error("inference failed: {0}")]
+    Compute(String),
+}
+
+fn compute(e: candle_core::Error) -> LlmError {
+    LlmError::Compute(e.to_string())
+}
+
+/// The model families this runner loads, by `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Llama, Family::Mistral, Family::Qwen2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// One sequence's model: the shared weights plus this sequence's KV cache.
+#[derive(Clone)]
+enum SeqModel {
+    Llama(Arc<llama::Llama>, llama::Cache),
+    Mistral(mistral::Model),
+    Qwen2(qwen2::ModelForCausalLM),
+}
+
+impl SeqModel {
+    /// Logits (vocab, f32) of the last position after feeding `tokens` at offset `pos`.
+    fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor, LlmError> {
+        let input = Tensor::new(tokens, device).and_then(|t| t.unsqueeze(0)).map_err(compute)?;
+        let logits = match self {
+            SeqModel::Llama(m, cache) => m.forward(&input, pos, cache),
+            SeqModel::Mistral(m) => m.forward(&input, pos),
+            SeqModel::Qwen2(m) => m.forward(&input, pos),
+        }
+        .map_err(compute)?;
+        // Llama gives (1, vocab); the others (1, 1, vocab).
+        let logits = logits.flatten_all().map_err(compute)?;
+        logits.to_dtype(DType::F32).map_err(compute)
+    }
+}
+
+/// A loaded model: weights, tokenizer, and what ends a sequence.
+pub struct Llm {
+    family: Family,
+    template: SeqModel,
+    tokenizer: tokenizers::Tokenizer,
+    eos: Vec<u32>,
+    max_positions: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for Llm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llm").field("family", &self.family).field("device", &self.device).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    model_type: Option<String>,
+    max_position_embeddings: Option<usize>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+/// The weight files of `dir`: the index's shards, or `model.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LlmError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| LlmError::Read { path: p.display().to_string(), why: e.to_string() })
+    };
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&read(&index)?)
+            .map_err(|e| LlmError::Layout { path: index.display().to_string(), why: format!("not JSON: {e}") })?;
+        let map = v["weight_map"].as_object().ok_or_else(|| LlmError::Layout {
+            path: index.display().to_string(),
+            why: "no weight_map object".into(),
+        })?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        let mut out = Vec::new();
+        for f in files {
+            // A shard is a file name beside the index, never a path elsewhere.
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                return Err(LlmError::Layout {
+                    path: index.display().to_string(),
+                    why: format!("shard {f:?} is not a file name in the model directory"),
+                });
+            }
+            out.push(dir.join(f));
+        }
+        if out.is_empty() {
+            return Err(LlmError::Layout {
+                path: index.display().to_string(),
+                why: "weight_map names no shard".into(),
+            });
+        }
+        return Ok(out);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(LlmError::Layout {
+        path: dir.display().to_string(),
+        why: "no model.safetensors and no model.safetensors.index.json".into(),
+    })
+}
+
+impl Llm {
+    /// Loads the model in `dir` onto `device` (f32 on the CPU, bf16 on CUDA).
+    pub fn load(dir: &Path, device: &Device) -> Result<Llm, LlmError> {
+        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        let config_path = dir.join("config.json");
+        let config = std::fs::read_to_string(&config_path)
+            .map_err(|e| LlmError::Read { path: config_path.display().to_string(), why: e.to_string() })?;
+        let layout = |why: String| LlmError::Layout { path: config_path.display().to_string(), why };
+        let head: Head = serde_json::from_str(&config).map_err(|e| layout(format!("not a model config: {e}")))?;
+        let family = match head.model_type.as_deref() {
+            Some("llama") => Family::Llama,
+            Some("mistral") => Family::Mistral,
+            Some("qwen2") => Family::Qwen2,
+            Some(other) => {
+                return Err(layout(format!("model_type {other:?} is not supported (llama, mistral, qwen2)")));
+            }
+            None => return Err(layout("no model_type".into())),
+        };
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| LlmError::Read { path: tok_path.display().to_string(), why: e.to_string() })?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in weight_files(dir)? {
+            let t = candle_core::safetensors::load(&f, device)
+                .map_err(|e| LlmError::Read { path: f.display().to_string(), why: e.to_string() })?;
+            tensors.extend(t);
+        }
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let weights = |e: candle_core::Error| LlmError::Layout {
+            path: dir.display().to_string(),
+            why: format!("weights do not match config.json: {e}"),
+        };
+        let template = match family {
+            Family::Llama => {
+                let c: llama::LlamaConfig =
+                    serde_json::from_str(&config).map_err(|e| layout(format!("not a llama config: {e}")))?;
+                let c = c.into_config(false);
+                let model = llama::Llama::load(vb, &c).map_err(weights)?;
+                let cache = llama::Cache::new(true, dtype, &c, device).map_err(compute)?;
+                SeqModel::Llama(Arc::new(model), cache)
+            }
+            Family::Mistral => {
+                let c: mistral::Config =
+                    serde_json::from_str(&config).map_err(|e| layout(format!("not a mistral config: {e}")))?;
+                SeqModel::Mistral(mistral::Model::new(&c, vb).map_err(weights)?)
+            }
+            Family::Qwen2 => {
+                let c: qwen2::Config =
+                    serde_json::from_str(&config).map_err(|e| layout(format!("not a qwen2 config: {e}")))?;
+                SeqModel::Qwen2(qwen2::ModelForCausalLM::new(&c, vb).map_err(weights)?)
+            }
+        };
+        let mut eos: Vec<u32> = match &head.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64().map(|n| n as u32)).collect(),
+            _ => Vec::new(),
+        };
+        for t in ["</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>"] {
+            if let Some(id) = tokenizer.token_to_id(t)
+                && !eos.contains(&id)
+            {
+                eos.push(id);
+            }
+        }
+        Ok(Llm {
+            family,
+            template,
+            tokenizer,
+            eos,
+            max_positions: head.max_position_embeddings.unwrap_or(4096),
+            device: device.clone(),
+        })
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let enc = self.tokenizer.encode(text, true).map_err(|e| LlmError::Input(format!("cannot tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn detokenize(&self, tokens: &[u32]) -> Result<String, LlmError> {
+        self.tokenizer.decode(tokens, true).map_err(|e| LlmError::Compute(format!("cannot decode tokens: {e}")))
+    }
+
+    /// A new sequence for `prompt` (already tokenized) with `params`.
+    pub fn start(&self, prompt: Vec<u32>, params: &Params) -> Result<Sequence, LlmError> {
+        params.check()?;
+        if prompt.is_empty() {
+            return Err(LlmError::Input("the prompt is empty".into()));
+        }
+        if prompt.len() + params.max_tokens as usize > self.max_positions {
+            return Err(LlmError::Input(format!(
+                "prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {} tokens",
+                prompt.len(),
+                params.max_tokens,
+                self.max_positions
+            )));
+        }
+        let sampling = match params.temperature {
+            Some(t) if t > 0.0 => match params.top_p {
+                Some(p) if p < 1.0 => Sampling::TopP { p, temperature: t },
+                _ => Sampling::All { temperature: t },
+            },
+            _ => Sampling::ArgMax,
+        };
+        Ok(Sequence {
+            model: self.template.clone(),
+            sampler: LogitsProcessor::from_sampling(params.seed.unwrap_or(0), sampling),
+            prompt_len: prompt.len(),
+            pending: prompt,
+            pos: 0,
+            generated: Vec::new(),
+            max_tokens: params.max_tokens,
+            stop: params.stop.clone(),
+            finish: None,
+        })
+    }
+
+    /// Advances `seq` by one token (the first call also runs the prompt). Returns the token, or
+    /// `None` once the sequence has finished (see [`Sequence::finish`]).
+    pub fn step(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
+        if seq.finish.is_some() {
+            return Ok(None);
+        }
+        if seq.generated.len() as u32 >= seq.max_tokens {
+            seq.finish = Some(Finish::Length);
+            return Ok(None);
+        }
+        let input = std::mem::take(&mut seq.pending);
+        let logits = seq.model.forward(&input, seq.pos, &self.device)?;
+        seq.pos += input.len();
+        let token = seq.sampler.sample(&logits).map_err(compute)?;
+        if self.eos.contains(&token) {
+            seq.finish = Some(Finish::Stop);
+            return Ok(None);
+        }
+        seq.generated.push(token);
+        seq.pending = vec![token];
+        if !seq.stop.is_empty() {
+            let text = self.detokenize(&seq.generated)?;
+            if let Some(cut) = seq.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                seq.finish = Some(Finish::StopSequence(cut));
+                return Ok(Some(token));
+            }
+        }
+        if seq.generated.len() as u32 >= seq.max_tokens {
+            seq.finish = Some(Finish::Length);
+        }
+        Ok(Some(token))
+    }
+
+    /// The text a finished (or running) sequence has produced, cut before a stop sequence.
+    pub fn text(&self, seq: &Sequence) -> Result<String, LlmError> {
+        let text = self.detokenize(&seq.generated)?;
+        Ok(match seq.finish {
+            Some(Finish::StopSequence(cut)) => text[..cut].to_string(),
+            _ => text,
+        })
+    }
+
+    /// Runs `prompt` to the end alone (no batch): its tokens and why it ended.
+    pub fn generate(&self, prompt: Vec<u32>, params: &Params) -> Result<(Vec<u32>, Finish), LlmError> {
+        let mut seq = self.start(prompt, params)?;
+        while self.step(&mut seq)?.is_some() {}
+        Ok((seq.generated.clone(), seq.finish.expect("a sequence ends with a reason")))
+    }
+
+    /// Greedy decoding by the book, for checking: every step runs candle-transformers' forward
+    /// over the whole sequence from position 0 without reusing any cache.
+    pub fn reference_greedy(&self, prompt: &[u32], max_tokens: u32) -> Result<Vec<u32>, LlmError> {
+        let mut tokens = prompt.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..max_tokens {
+            // A fresh model each step; Llama's with its KV cache switched off altogether.
+            let mut fresh = match &self.template {
+                SeqModel::Llama(m, c) => {
+                    let mut c = c.clone();
+                    c.use_kv_cache = false;
+                    SeqModel::Llama(m.clone(), c)
+                }
+                other => other.clone(),
+            };
+            let logits = fresh.forward(&tokens, 0, &self.device)?;
+            let token = logits.argmax(0).and_then(|t| t.to_scalar::<u32>()).map_err(compute)?;
+            if self.eos.contains(&token) {
+                break;
+            }
+            out.push(token);
+            tokens.push(token);
+        }
+        Ok(out)
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced an end-of-sequence token.
+    Stop,
+    /// A stop sequence appeared (at this byte of the text, which is cut there).
+    StopSequence(usize),
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Finish::Stop | Finish::StopSequence(_) => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a request asks of generation (OpenAI's names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+fn default_max_tokens() -> u32 {
+    16
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { max_tokens: default_max_tokens(), temperature: None, top_p: None, seed: None, stop: Vec::new() }
+    }
+}
+
+impl Params {
+    fn check(&self) -> Result<(), LlmError> {
+        if self.max_tokens == 0 {
+            return Err(LlmError::Input("max_tokens must be at least 1".into()));
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(LlmError::Input(format!("temperature {t} is outside 0..=2")));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(LlmError::Input(format!("top_p {p} is outside (0, 1]")));
+        }
+        if self.stop.len() > 4 || self.stop.iter().any(|s| s.is_empty()) {
+            return Err(LlmError::Input("stop takes up to 4 non-empty strings".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One request being decoded: its own KV cache, sampler and output so far.
+pub struct Sequence {
+    model: SeqModel,
+    sampler: LogitsProcessor,
+    /// Tokens to feed at the next step: the prompt first, then the last token.
+    pending: Vec<u32>,
+    pos: usize,
+    pub prompt_len: usize,
+    pub generated: Vec<u32>,
+    max_tokens: u32,
+    stop: Vec<String>,
+    pub finish: Option<Finish>,
+}
+
+/// Continuous batching: up to `capacity` sequences, each advanced one token per [`Batch::step`];
+/// sequences join and leave between steps.
+pub struct Batch<K> {
+    capacity: usize,
+    running: Vec<(K, Sequence)>,
+}
+
+impl<K: Clone> Batch<K> {
+    pub fn new(capacity: usize) -> Batch<K> {
+        Batch { capacity: capacity.max(1), running: Vec::new() }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.running.len() < self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Adds a sequence; refused (given back) when the batch is full.
+    pub fn join(&mut self, key: K, seq: Sequence) -> Result<(), Box<(K, Sequence)>> {
+        if !self.has_room() {
+            return Err(Box::new((key, seq)));
+        }
+        self.running.push((key, seq));
+        Ok(())
+    }
+
+    /// One decode step for every running sequence: the tokens produced (key, token) and the
+    /// sequences that finished (removed from the batch). A sequence whose step fails finishes
+    /// with its error; the others go on.
+    #[allow(clippy::type_complexity)]
+    pub fn step(&mut self, llm: &Llm) -> (Vec<(K, u32)>, Vec<(K, Result<Sequence, LlmError>)>) {
+        let mut tokens = Vec::new();
+        let mut done = Vec::new();
+        let mut keep = Vec::with_capacity(self.running.len());
+        for (key, mut seq) in self.running.drain(..) {
+            match llm.step(&mut seq) {
+                Ok(Some(t)) => {
+                    tokens.push((key.clone(), t));
+                    if seq.finish.is_some() {
+                        done.push((key, Ok(seq)));
+                    } else {
+                        keep.push((key, seq));
+                    }
+                }
+                Ok(None) => done.push((key, Ok(seq))),
+                Err(e) => done.push((key, Err(e))),
+            }
+        }
+        self.running = keep;
+        (tokens, done)
+    }
+}

@@ -1,0 +1,168 @@
+//! The LLM runner on small random-weight models of each family (generated, laid out as a hub
+//! publishes them): fleet's decoding — KV cache, continuous batching, sampling, stop sequences —
+//! against candle-transformers' own forward over the whole sequence, token for token.
+
+use candle_core::Device;
+use fleet_agent::llm::testmodel::{self, Shape};
+use fleet_agent::llm::{Batch, Family, Finish, Llm, Params};
+
+fn model(family: Family, shards: usize) -> (tempfile::TempDir, Llm) {
+    let dir = tempfile::tempdir().unwrap();
+    testmodel::write(dir.path(), family, Shape::default(), shards).unwrap();
+    let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(llm.family(), family);
+    (dir, llm)
+}
+
+const PROMPTS: &[&str] = &[
+    "the fleet rents gpus across clouds",
+    "a spot node serves tokens",
+    "hello world",
+    "the oracle is cheap and the budget cap holds",
+];
+
+fn greedy(max_tokens: u32) -> Params {
+    Params { max_tokens, ..Params::default() }
+}
+
+#[test]
+fn greedy_decoding_matches_candle_transformers_forward_for_every_family() {
+    for family in Family::ALL {
+        // Llama from two shards and an index, the others from one file.
+        let (_dir, llm) = model(family, if family == Family::Llama { 2 } else { 1 });
+        let mut produced = 0;
+        for p in PROMPTS {
+            let prompt = llm.tokenize(p).unwrap();
+            assert!(prompt.len() >= 2, "{p}: {prompt:?}");
+            let (tokens, finish) = llm.generate(prompt.clone(), &greedy(12)).unwrap();
+            let reference = llm.reference_greedy(&prompt, 12).unwrap();
+            assert_eq!(tokens, reference, "{family:?} on {p:?}");
+            if tokens.len() == 12 {
+                assert_eq!(finish, Finish::Length);
+            } else {
+                assert_eq!(finish, Finish::Stop, "ended before max_tokens only at end of sequence");
+            }
+            produced += tokens.len();
+            // Deterministic: the same again.
+            assert_eq!(llm.generate(prompt, &greedy(12)).unwrap().0, tokens);
+        }
+        assert!(produced > 0, "{family:?} produced nothing at all");
+        eprintln!("{family:?}: {produced} greedy tokens equal to the reference");
+    }
+}
+
+#[test]
+fn sequences_joining_a_running_batch_decode_exactly_as_alone() {
+    for family in Family::ALL {
+        let (_dir, llm) = model(family, 1);
+        let alone: Vec<Vec<u32>> =
+            PROMPTS.iter().map(|p| llm.generate(llm.tokenize(p).unwrap(), &greedy(10)).unwrap().0).collect();
+        // Capacity 3 for 4 prompts: one joins at each of steps 0, 2 and 4; the fourth waits for
+        // a free place, then joins.
+        let mut batch: Batch<usize> = Batch::new(3);
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); PROMPTS.len()];
+        let mut finished = vec![false; PROMPTS.len()];
+        let mut next = 0;
+        let mut step = 0;
+        let mut max_together = 0;
+        while finished.iter().any(|f| !f) {
+            if next < PROMPTS.len() && step % 2 == 0 && batch.has_room() {
+                let seq = llm.start(llm.tokenize(PROMPTS[next]).unwrap(), &greedy(10)).unwrap();
+                batch.join(next, seq).map_err(|_| "room").unwrap();
+                next += 1;
+            }
+            max_together = max_together.max(batch.len());
+            let (tokens, done) = batch.step(&llm);
+            for (k, t) in tokens {
+                out[k].push(t);
+            }
+            for (k, r) in done {
+                let seq = r.unwrap();
+                assert_eq!(seq.generated, out[k]);
+                finished[k] = true;
+            }
+            step += 1;
+            assert!(step < 200, "the batch never drained");
+        }
+        assert_eq!(out, alone, "{family:?}: batched output differs from alone");
+        assert!(max_together >= 2, "{family:?}: sequences never ran together");
+        assert!(!batch.has_room() || batch.is_empty());
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_the_seed_matters() {
+    let (_dir, llm) = model(Family::Qwen2, 1);
+    let prompt = llm.tokenize(PROMPTS[0]).unwrap();
+    let sampled = |seed: u64| {
+        let p = Params { max_tokens: 16, temperature: Some(1.5), top_p: Some(0.95), seed: Some(seed), stop: vec![] };
+        llm.generate(prompt.clone(), &p).unwrap().0
+    };
+    assert_eq!(sampled(7), sampled(7));
+    let distinct: std::collections::BTreeSet<Vec<u32>> = (0..6).map(sampled).collect();
+    assert!(distinct.len() > 1, "six seeds gave one output: {distinct:?}");
+}
+
+#[test]
+fn a_stop_sequence_ends_the_text_before_it() {
+    let (_dir, llm) = model(Family::Llama, 1);
+    // Find a prompt whose greedy output has at least three words, and stop at its third.
+    for p in PROMPTS {
+        let prompt = llm.tokenize(p).unwrap();
+        let (tokens, _) = llm.generate(prompt.clone(), &greedy(12)).unwrap();
+        let text = llm.detokenize(&tokens).unwrap();
+        let words: Vec<&str> = text.split(' ').collect();
+        if words.len() < 3 {
+            continue;
+        }
+        let stop = words[2].to_string();
+        let cut = text.find(&stop).unwrap();
+        let params = Params { stop: vec![stop.clone()], ..greedy(12) };
+        let mut seq = llm.start(prompt, &params).unwrap();
+        while llm.step(&mut seq).unwrap().is_some() {}
+        assert_eq!(seq.finish, Some(Finish::StopSequence(cut)));
+        assert_eq!(llm.text(&seq).unwrap(), text[..cut]);
+        assert!(seq.generated.len() < tokens.len() || tokens.len() == 3);
+        return;
+    }
+    panic!("no prompt gave three words to stop at");
+}
+
+#[test]
+fn bad_models_and_requests_get_errors_that_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    testmodel::write(dir.path(), Family::Mistral, Shape::default(), 2).unwrap();
+    // A shard path that leaves the model directory.
+    let index = dir.path().join("model.safetensors.index.json");
+    let good = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, good.replacen("model-00001-of-00002.safetensors", "../../etc/passwd", 1)).unwrap();
+    let e = Llm::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not a file name in the model directory"), "{e}");
+    // A shard missing.
+    std::fs::write(&index, &good).unwrap();
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = Llm::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+    // A family not supported.
+    let cfg = dir.path().join("config.json");
+    let c = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, c.replace("\"mistral\"", "\"gpt2\"")).unwrap();
+    let e = Llm::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("model_type \"gpt2\" is not supported"), "{e}");
+    // Weights that do not match the config.
+    let (dir2, _) = model(Family::Qwen2, 1);
+    let cfg = dir2.path().join("config.json");
+    let c = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, c.replace("\"hidden_size\": 32", "\"hidden_size\": 48")).unwrap();
+    let e = Llm::load(dir2.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("weights do not match config.json"), "{e}");
+    // Requests.
+    let (_d, llm) = model(Family::Llama, 1);
+    let prompt = llm.tokenize("hello world").unwrap();
+    let err = |p: Params| llm.start(prompt.clone(), &p).err().expect("refused").to_string();
+    assert!(err(Params { max_tokens: 0, ..Params::default() }).contains("max_tokens must be at least 1"));
+    assert!(err(Params { max_tokens: 1000, ..Params::default() }).contains("exceeds the model's context of 256"));
+    assert!(err(Params { temperature: Some(3.0), ..Params::default() }).contains("temperature 3"));
+    assert!(err(Params { top_p: Some(0.0), ..Params::default() }).contains("top_p 0"));
+    assert!(llm.start(Vec::new(), &Params::default()).err().unwrap().to_string().contains("the prompt is empty"));
+}
