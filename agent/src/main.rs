@@ -1,4 +1,4 @@
-//! `fleet-agent`: `gpus`, `burn-in`, `run --config FILE`, `make-model`.
+//! `fleet-agent`: `gpus`, `burn-in`, `run --config FILE`, `make-model`, `make-llm`, `generate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,37 @@ enum Cmd {
         seed: u64,
         path: PathBuf,
     },
+    /// Runs one prompt through a language model directory here, alone (no batch), and prints the
+    /// answer as a runner gives it (`{"text", "finish_reason", "usage"}`): to try a model.
+    #[command(after_help = "Example:\n  fleet-agent generate --model ./tiny-qwen2 --max-tokens 8 \"hello world\"")]
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        prompt: String,
+    },
+    /// Writes a small random-weight language model as a hub lays it out (config.json,
+    /// tokenizer.json, safetensors; sharded with an index when --shards > 1): for tests and demos.
+    #[command(after_help = "Example:\n  fleet-agent make-llm --family qwen2 ./tiny-qwen2")]
+    MakeLlm {
+        #[arg(long, value_enum, default_value = "llama")]
+        family: LlmFamily,
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LlmFamily {
+    Llama,
+    Mistral,
+    Qwen2,
 }
 
 fn main() -> ExitCode {
@@ -166,6 +197,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::MakeModel { dims, seed, path } => {
             model::write_mlp(&path, &dims, seed)?;
             println!("wrote {} (layers {:?})", path.display(), dims);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Generate { model, max_tokens, temperature, seed, prompt } => {
+            let llm = fleet_agent::llm::Llm::load(&model, &model::device())?;
+            let params = fleet_agent::llm::Params { max_tokens, temperature, seed, ..Default::default() };
+            let (tokens, finish) = llm.generate(llm.tokenize(&prompt)?, &params)?;
+            let prompt_tokens = llm.tokenize(&prompt)?.len();
+            let answer = serde_json::json!({
+                "text": llm.detokenize(&tokens)?,
+                "finish_reason": finish.reason(),
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens.len(),
+                          "total_tokens": prompt_tokens + tokens.len()},
+            });
+            println!("{answer}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::MakeLlm { family, shards, dir } => {
+            let family = match family {
+                LlmFamily::Llama => fleet_agent::llm::Family::Llama,
+                LlmFamily::Mistral => fleet_agent::llm::Family::Mistral,
+                LlmFamily::Qwen2 => fleet_agent::llm::Family::Qwen2,
+            };
+            fleet_agent::llm::testmodel::write(&dir, family, Default::default(), shards)?;
+            println!("wrote a random-weight {} model to {}", family.name(), dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { config } => {

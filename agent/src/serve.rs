@@ -21,8 +21,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::AgentConfig;
+use crate::llm::worker::LlmRunner;
 use crate::metadata::Poller;
 use crate::model::Mlp;
+
+/// A loaded runner: the tensor-in/tensor-out MLP (a `.safetensors` file), or a language model
+/// (a model directory: `config.json`, `tokenizer.json`, weights) decoding in a batch.
+#[derive(Clone)]
+enum Loaded {
+    Mlp(Arc<Mlp>),
+    Llm(Arc<LlmRunner>),
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -135,7 +144,7 @@ pub struct Agent {
     republish: mpsc::Sender<()>,
     lease: watch::Receiver<Option<LeaseId>>,
     /// Loaded runners: model per runner id.
-    loaded: HashMap<RunnerId, (String, Arc<Mlp>)>,
+    loaded: HashMap<RunnerId, (String, Loaded)>,
     jobs: JoinSet<(Job, Result<serde_json::Value, String>)>,
     /// Requests being served (or with a result not yet written), per runner.
     serving: HashMap<RunnerId, u32>,
@@ -336,20 +345,29 @@ impl Agent {
         .await
     }
 
-    async fn load(&mut self, runner: RunnerId, app: &str) -> Result<Arc<Mlp>, String> {
+    async fn load(&mut self, runner: RunnerId, app: &str) -> Result<Loaded, String> {
         if let Some((_, m)) = self.loaded.get(&runner) {
             return Ok(m.clone());
         }
         let Some(a) = self.cfg.apps.get(app) else {
             return Err(format!("this agent has no model configured for app '{app}'"));
         };
-        let (path, device) = (a.model.clone(), self.device.clone());
-        let m = tokio::task::spawn_blocking(move || Mlp::load(&path, &device))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let m = Arc::new(m);
-        tracing::info!(runner, app, dims = ?m.dims(), "runner loaded");
+        let (path, device, batch) = (a.model.clone(), self.device.clone(), a.max_concurrency as usize);
+        let m = if path.is_dir() {
+            let llm = tokio::task::spawn_blocking(move || crate::llm::Llm::load(&path, &device))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(runner, app, family = ?llm.family(), batch, "LLM runner loaded");
+            Loaded::Llm(Arc::new(LlmRunner::start(Arc::new(llm), batch)))
+        } else {
+            let m = tokio::task::spawn_blocking(move || Mlp::load(&path, &device))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(runner, app, dims = ?m.dims(), "runner loaded");
+            Loaded::Mlp(Arc::new(m))
+        };
         self.loaded.insert(runner, (app.to_string(), m.clone()));
         Ok(m)
     }
@@ -416,11 +434,23 @@ impl Agent {
                         serving += 1;
                         self.serving.insert(r.id, serving);
                         let job = Job { app: r.app.clone(), runner: r.id, request: req.id };
-                        let (m, input) = (model.clone(), req.input);
-                        self.jobs.spawn_blocking(move || {
-                            let out = m.infer(&input).map_err(|e| e.to_string());
-                            (job, out)
-                        });
+                        match &model {
+                            Loaded::Mlp(m) => {
+                                let (m, input) = (m.clone(), req.input);
+                                self.jobs.spawn_blocking(move || {
+                                    let out = m.infer(&input).map_err(|e| e.to_string());
+                                    (job, out)
+                                });
+                            }
+                            Loaded::Llm(l) => {
+                                // Joins the runner's batch at its next step.
+                                let answer = l.submit(&req.input);
+                                self.jobs.spawn(async move {
+                                    let out = answer.await.unwrap_or_else(|_| Err("the decode loop stopped".into()));
+                                    (job, out)
+                                });
+                            }
+                        }
                     }
                 }
                 RunnerPhase::Pending { .. } | RunnerPhase::Stopped { .. } => {}

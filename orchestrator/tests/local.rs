@@ -1,7 +1,8 @@
 //! Consolidation on the `local` provider: the real fleetd, real fleet-agents serving a model with
 //! candle on the CPU. An app placed on on-demand is allowed spot: its runner moves to a spot node
 //! (replacement first, the old runner drained, the old node terminated) while requests keep
-//! coming, and every request is served once. Needs fleet-agent beside fleetd (`cargo build
+//! coming, and every request is served once. An LLM app (a generated Qwen2 model directory)
+//! answers prompts through the queue. Needs fleet-agent beside fleetd (`cargo build
 //! --workspace`, which scripts/test does before the tests).
 
 mod common;
@@ -157,6 +158,73 @@ fn removing_an_app_says_which_nodes_go_and_terminates_them() {
         let pid = r["pid"].as_u64().unwrap();
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
         assert!(cwd.is_none_or(|c| c.to_str() != r["dir"].as_str()), "node process {pid} still runs");
+    }
+    f.kill();
+}
+
+/// An LLM app on the local provider: the model a directory as a hub lays it out (a random-weight
+/// Qwen2 made by `fleet-agent make-llm`, two shards), the real agent decoding prompts through the
+/// durable queue, two at a time in one batch; each answer is what the model gives that prompt
+/// alone (`fleet-agent generate`, greedy), with OpenAI's finish_reason and usage.
+#[test]
+fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    assert!(agent_bin.is_file(), "fleet-agent beside fleetd: build the workspace first (cargo build --workspace)");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    let model = dir.path().join("tiny-qwen2");
+    let out = std::process::Command::new(&agent_bin)
+        .args(["make-llm", "--family", "qwen2", "--shards", "2"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display())]);
+    f.put_spec(SPEC);
+    let prompts = ["the fleet rents gpus", "hello world", "a spot node serves tokens", "the budget cap holds"];
+    let ids: Vec<u64> = prompts
+        .iter()
+        .map(|p| {
+            let body = serde_json::json!({ "input": { "prompt": p, "max_tokens": 6 } }).to_string();
+            let (s, b) = f.call("POST", "/v1/apps/chat/requests", &body);
+            assert_eq!(s, 202, "{b}");
+            serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    while !f.unfinished("chat", &ids).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "unanswered after 120 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (id, p) in ids.iter().zip(prompts) {
+        let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
+        let answer = &r["state"]["output"];
+        let alone = std::process::Command::new(&agent_bin)
+            .args(["generate", "--max-tokens", "6", "--model"])
+            .arg(&model)
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+        let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+        assert_eq!(answer["text"], alone["text"], "prompt {p:?}: {r}");
+        assert_eq!(answer["usage"], alone["usage"], "prompt {p:?}: {r}");
+        assert_eq!(answer["finish_reason"], alone["finish_reason"]);
+        assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() >= 2, "{answer}");
+    }
+    // A request that is not a prompt fails with the reason, and the runner goes on.
+    let (s, b) = f.call("POST", "/v1/apps/chat/requests", r#"{"input": {"x": [1, 2]}}"#);
+    assert_eq!(s, 202, "{b}");
+    let bad = serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap();
+    let t = Instant::now();
+    loop {
+        let r = f.get(&format!("/v1/apps/chat/requests/{bad}"));
+        if r["state"]["state"] == "failed" {
+            assert!(r.to_string().contains("needs \\\"prompt\\\""), "{r}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{r}");
+        std::thread::sleep(Duration::from_millis(200));
     }
     f.kill();
 }

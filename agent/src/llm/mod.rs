@@ -20,6 +20,7 @@
 //! from a generator seeded by `seed` (so a seeded request is reproducible too).
 
 pub mod testmodel;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

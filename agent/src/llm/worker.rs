@@ -1,0 +1,142 @@
+//! A runner's decode loop: one thread per loaded LLM runner owns its [`Batch`]; requests come in
+//! over a channel and join between steps, each answered on its own channel when it finishes.
+//! The thread ends when the runner is unloaded (every sender dropped) and its batch is empty.
+//!
+//! A request through the queue is `{"prompt": "...", "max_tokens": 16, "temperature": 0.7,
+//! "top_p": 0.9, "seed": 1, "stop": ["."]}` (OpenAI's names; only `prompt` is required); the
+//! answer is `{"text": "...", "finish_reason": "stop" | "length", "usage": {"prompt_tokens": n,
+//! "completion_tokens": m, "total_tokens": n + m}}`.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Batch, Llm, LlmError, Params, Sequence};
+
+type Reply = oneshot::Sender<Result<Value, String>>;
+
+/// The handle fleet's agent keeps per LLM runner.
+pub struct LlmRunner {
+    tx: mpsc::Sender<(Sequence, Reply)>,
+    llm: Arc<Llm>,
+}
+
+impl std::fmt::Debug for LlmRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmRunner").field("family", &self.llm.family()).finish()
+    }
+}
+
+/// A request's input as the queue carries it: the prompt and OpenAI's sampling parameters.
+pub fn parse(input: &Value) -> Result<(String, Params), LlmError> {
+    let prompt = input
+        .get("prompt")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LlmError::Input("an LLM request needs \"prompt\": a string".into()))?
+        .to_string();
+    let mut rest = input.clone();
+    if let Some(o) = rest.as_object_mut() {
+        o.remove("prompt");
+        // OpenAI accepts one stop string as well as a list.
+        if let Some(Value::String(s)) = o.get("stop").cloned() {
+            o.insert("stop".into(), json!([s]));
+        }
+        if o.get("stop").is_some_and(Value::is_null) {
+            o.remove("stop");
+        }
+    }
+    let params: Params = serde_json::from_value(rest).map_err(|e| LlmError::Input(e.to_string()))?;
+    Ok((prompt, params))
+}
+
+impl LlmRunner {
+    /// Starts the decode thread for `llm`, up to `max_multiplexing` sequences at once.
+    pub fn start(llm: Arc<Llm>, max_multiplexing: usize) -> LlmRunner {
+        let (tx, rx) = mpsc::channel::<(Sequence, Reply)>();
+        let l = llm.clone();
+        std::thread::Builder::new()
+            .name("llm-decode".into())
+            .spawn(move || decode_loop(&l, rx, max_multiplexing))
+            .expect("spawn the decode thread");
+        LlmRunner { tx, llm }
+    }
+
+    /// Runs one request through the batch; the answer comes on the returned channel.
+    pub fn submit(&self, input: &Value) -> oneshot::Receiver<Result<Value, String>> {
+        let (reply, rx) = oneshot::channel();
+        let started = parse(input).and_then(|(prompt, params)| {
+            let tokens = self.llm.tokenize(&prompt)?;
+            self.llm.start(tokens, &params)
+        });
+        match started {
+            Ok(seq) => {
+                if let Err(mpsc::SendError((_, reply))) = self.tx.send((seq, reply)) {
+                    let _ = reply.send(Err("the runner's decode loop has stopped".into()));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+        rx
+    }
+}
+
+fn answer(llm: &Llm, seq: &Sequence) -> Result<Value, String> {
+    let text = llm.text(seq).map_err(|e| e.to_string())?;
+    let finish = seq.finish.map(|f| f.reason()).unwrap_or("length");
+    let (p, c) = (seq.prompt_len, seq.generated.len());
+    Ok(json!({
+        "text": text,
+        "finish_reason": finish,
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+    }))
+}
+
+fn decode_loop(llm: &Llm, rx: mpsc::Receiver<(Sequence, Reply)>, capacity: usize) {
+    let mut batch: Batch<usize> = Batch::new(capacity);
+    let mut replies: Vec<Option<Reply>> = Vec::new();
+    let mut waiting: std::collections::VecDeque<(Sequence, Reply)> = Default::default();
+    let mut open = true;
+    loop {
+        // Take what has arrived: block only when there is nothing to decode.
+        if batch.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(_) => return,
+            }
+        }
+        while open {
+            match rx.try_recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        while batch.has_room() {
+            let Some((seq, reply)) = waiting.pop_front() else { break };
+            let key = replies.len();
+            replies.push(Some(reply));
+            if let Err(back) = batch.join(key, seq) {
+                let (_, seq) = *back;
+                waiting.push_front((seq, replies.pop().flatten().expect("just pushed")));
+                break;
+            }
+        }
+        let (_tokens, done) = batch.step(llm);
+        for (key, result) in done {
+            let out = result.map_err(|e| e.to_string()).and_then(|seq| answer(llm, &seq));
+            if let Some(reply) = replies[key].take() {
+                let _ = reply.send(out);
+            }
+        }
+        if batch.is_empty() && waiting.is_empty() {
+            replies.clear();
+            if !open {
+                return;
+            }
+        }
+    }
+}
