@@ -322,9 +322,9 @@ fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
 fn models(args: &Args) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut models = BTreeMap::new();
     for m in &args.models {
-        let (app, path) = m
-            .split_once('=')
-            .with_context(|| format!("--model {m}: write APP=PATH (e.g. --model llm=/models/llm.safetensors, or a model directory)"))?;
+        let (app, path) = m.split_once('=').with_context(|| {
+            format!("--model {m}: write APP=PATH (e.g. --model llm=/models/llm.safetensors, or a model directory)")
+        })?;
         models.insert(app.to_string(), PathBuf::from(path));
     }
     Ok(models)
