@@ -84,6 +84,9 @@ enum Cmd {
         family: LlmFamily,
         #[arg(long, default_value_t = 1)]
         shards: usize,
+        /// The same seed writes the same weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         dir: PathBuf,
     },
 }
@@ -213,13 +216,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{answer}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::MakeLlm { family, shards, dir } => {
+        Cmd::MakeLlm { family, shards, seed, dir } => {
             let family = match family {
                 LlmFamily::Llama => fleet_agent::llm::Family::Llama,
                 LlmFamily::Mistral => fleet_agent::llm::Family::Mistral,
                 LlmFamily::Qwen2 => fleet_agent::llm::Family::Qwen2,
             };
-            fleet_agent::llm::testmodel::write(&dir, family, Default::default(), shards)?;
+            fleet_agent::llm::testmodel::write(&dir, family, Default::default(), shards, seed)?;
             println!("wrote a random-weight {} model to {}", family.name(), dir.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -8,7 +8,7 @@ use fleet_agent::llm::{Batch, Family, Finish, Llm, Params};
 
 fn model(family: Family, shards: usize) -> (tempfile::TempDir, Llm) {
     let dir = tempfile::tempdir().unwrap();
-    testmodel::write(dir.path(), family, Shape::default(), shards).unwrap();
+    testmodel::write(dir.path(), family, Shape::default(), shards, 1).unwrap();
     let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(llm.family(), family);
     (dir, llm)
@@ -131,7 +131,7 @@ fn a_stop_sequence_ends_the_text_before_it() {
 #[test]
 fn bad_models_and_requests_get_errors_that_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    testmodel::write(dir.path(), Family::Mistral, Shape::default(), 2).unwrap();
+    testmodel::write(dir.path(), Family::Mistral, Shape::default(), 2, 1).unwrap();
     // A shard path that leaves the model directory.
     let index = dir.path().join("model.safetensors.index.json");
     let good = std::fs::read_to_string(&index).unwrap();
@@ -165,4 +165,19 @@ fn bad_models_and_requests_get_errors_that_name_the_problem() {
     assert!(err(Params { temperature: Some(3.0), ..Params::default() }).contains("temperature 3"));
     assert!(err(Params { top_p: Some(0.0), ..Params::default() }).contains("top_p 0"));
     assert!(llm.start(Vec::new(), &Params::default()).err().unwrap().to_string().contains("the prompt is empty"));
+}
+
+#[test]
+fn the_same_seed_writes_the_same_model() {
+    let write = |seed: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        testmodel::write(dir.path(), Family::Qwen2, Shape::default(), 1, seed).unwrap();
+        let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        (dir, bytes)
+    };
+    let (_a, one) = write(5);
+    let (_b, again) = write(5);
+    let (_c, other) = write(6);
+    assert_eq!(one, again);
+    assert_ne!(one, other);
 }

@@ -216,6 +216,9 @@ pub fn describe_app(server: &Server, app: &str, output: Output) -> anyhow::Resul
     if let Some(w) = &waiting {
         outln!("Waiting:      {w}");
     }
+    if let Some(line) = serving_line(&a["serving"]) {
+        outln!("Serving:      {line}");
+    }
     outln!("Runners:");
     let mut t = Table::new(&[("ID", true), ("STATE", false), ("NODE", true)]);
     for r in &runners {
@@ -480,5 +483,57 @@ mod tests {
         let d = super::diff_lines("a\nb\nc\n", "a\nc\nd\n");
         assert_eq!(d, vec!["  a", "- b", "  c", "+ d"]);
         assert!(super::diff_lines("x\n", "x\n").iter().all(|l| l.starts_with("  ")));
+    }
+}
+
+/// `fleetctl describe app`'s serving line: requests done and failed, latency and queue wait
+/// p50/p99, and for language models time to first token, inter-token latency and tokens/s.
+fn serving_line(v: &Value) -> Option<String> {
+    let done = v.get("done")?.as_u64()?;
+    let failed = v["failed"].as_u64().unwrap_or(0);
+    let sec =
+        |k: &str| v[k].as_f64().map(|x| if x < 1.0 { format!("{:.0} ms", x * 1000.0) } else { format!("{x:.2} s") });
+    let pair = |a: &str, b: &str| match (sec(a), sec(b)) {
+        (Some(a), Some(b)) => Some(format!("{a} / {b}")),
+        _ => None,
+    };
+    let mut parts = vec![format!("{done} done, {failed} failed")];
+    if let Some(p) = pair("latency_p50_s", "latency_p99_s") {
+        parts.push(format!("latency p50/p99 {p}"));
+    }
+    if let Some(p) = pair("queue_wait_p50_s", "queue_wait_p99_s") {
+        parts.push(format!("queue wait {p}"));
+    }
+    if let Some(p) = pair("ttft_p50_s", "ttft_p99_s") {
+        parts.push(format!("time to first token {p}"));
+    }
+    if let Some(i) = sec("itl_p50_s") {
+        parts.push(format!("inter-token {i}"));
+    }
+    if let Some(t) = v["tokens_per_s"].as_f64() {
+        parts.push(format!("{t:.1} tokens/s"));
+    }
+    Some(parts.join("; "))
+}
+
+#[cfg(test)]
+mod serving_tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_line_says_what_was_measured_and_nothing_else() {
+        assert_eq!(serving_line(&Value::Null), None);
+        let mlp = serde_json::json!({"done": 3, "failed": 1, "latency_p50_s": 0.0123, "latency_p99_s": 2.5,
+                                     "queue_wait_p50_s": 0.001, "queue_wait_p99_s": 0.2});
+        assert_eq!(
+            serving_line(&mlp).unwrap(),
+            "3 done, 1 failed; latency p50/p99 12 ms / 2.50 s; queue wait 1 ms / 200 ms"
+        );
+        let llm = serde_json::json!({"done": 2, "failed": 0, "ttft_p50_s": 0.05, "ttft_p99_s": 0.08,
+                                     "itl_p50_s": 0.004, "tokens_per_s": 250.0});
+        assert_eq!(
+            serving_line(&llm).unwrap(),
+            "2 done, 0 failed; time to first token 50 ms / 80 ms; inter-token 4 ms; 250.0 tokens/s"
+        );
     }
 }

@@ -51,8 +51,8 @@ use crate::reconcile::{burn_per_hour, month_cost, month_start, unhealthy_nodes};
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
     /// Seconds to wait before trying again (429), sent as `Retry-After`.
     retry_after: Option<u64>,
 }
@@ -85,7 +85,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
@@ -111,6 +111,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             )),
         )
         .route("/v1/apps/{app}/requests/{id}", get(request))
+        .route("/v1/completions", post(crate::openai::completions))
+        .route("/v1/chat/completions", post(crate::openai::chat_completions))
         .route("/v1/cost", get(cost))
         .route("/v1/events", get(events))
         .route("/v1/watch/{what}", get(watch))
@@ -672,6 +674,9 @@ struct AppView {
     nodes: usize,
     burn_per_hour: Money,
     month_to_date: Money,
+    /// Serving figures from its finished requests since this fleetd started (none before one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serving: Option<crate::serving::ServingView>,
 }
 
 async fn applied_apps(ctx: &Ctx) -> ApiResult<Vec<String>> {
@@ -705,6 +710,9 @@ async fn apps(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<BTreeMap<String, Ap
             v.nodes += 1;
         }
     }
+    for (app, v) in out.iter_mut() {
+        v.serving = ctx.serving.view(app);
+    }
     Ok(Json(out))
 }
 
@@ -722,17 +730,32 @@ async fn submit(
     let Json(body) = body.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("{}; send a JSON object like {{\"input\": ...}}", e.body_text()))
     })?;
-    let spec = applied_spec(&ctx).await?;
+    let owner = caller.as_ref().map(|c| c.0.0.name.clone());
+    let id = enqueue(&ctx, owner.as_deref(), &app, body.input).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
+}
+
+/// Puts `input` on `app`'s durable queue for the token named `owner`: the app must be in the
+/// applied spec, the input within its size, the token within its rate and the queue within its
+/// bound (each refusal says which limit to change). Shared by the queue API and the
+/// OpenAI-compatible endpoints.
+pub(crate) async fn enqueue(
+    ctx: &Ctx,
+    owner: Option<&str>,
+    app: &str,
+    input: serde_json::Value,
+) -> ApiResult<RequestId> {
+    let spec = applied_spec(ctx).await?;
     let Some(limits) = spec.as_ref().and_then(|s| s.apps.iter().find(|a| a.name == app)).map(|a| a.requests) else {
         let known: Vec<String> = spec.iter().flat_map(|s| s.apps.iter().map(|a| a.name.clone())).collect();
-        let hint = match fleet_core::names::closest(&app, known.iter().map(String::as_str)) {
+        let hint = match fleet_core::names::closest(app, known.iter().map(String::as_str)) {
             Some(c) => format!("; did you mean `{c}`?"),
             None if known.is_empty() => "; no spec is applied yet".to_string(),
             None => format!("; apps: {}", known.join(", ")),
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
     };
-    let size = serde_json::to_vec(&body.input).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&input).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > limits.max_input_bytes as usize {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -742,7 +765,6 @@ async fn submit(
             ),
         ));
     }
-    let owner = caller.as_ref().map(|c| c.0.0.name.clone());
     let refused = |r: crate::admission::Refused| match r {
         crate::admission::Refused::RateLimited { rate, retry_after } => ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -759,12 +781,12 @@ async fn submit(
             retry_after: Some(1),
         },
     };
-    ctx.admission.take(owner.as_deref().unwrap_or("anonymous"), &app, limits.rate_per_token).map_err(refused)?;
-    ctx.admission.queue_room(&*ctx.store, &ctx.keys, &app, limits.max_queue).await?.map_err(refused)?;
-    let id = queue::submit_as(&*ctx.store, &ctx.keys, &app, body.input, ctx.clock.now(), owner.as_deref()).await?;
-    *ctx.arrivals.lock().expect("arrivals lock").entry(app.clone()).or_default() += 1;
+    ctx.admission.take(owner.unwrap_or("anonymous"), app, limits.rate_per_token).map_err(refused)?;
+    ctx.admission.queue_room(&*ctx.store, &ctx.keys, app, limits.max_queue).await?.map_err(refused)?;
+    let id = queue::submit_as(&*ctx.store, &ctx.keys, app, input, ctx.clock.now(), owner).await?;
+    *ctx.arrivals.lock().expect("arrivals lock").entry(app.to_string()).or_default() += 1;
     ctx.nudge.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "app": app }))))
+    Ok(id)
 }
 
 async fn request(

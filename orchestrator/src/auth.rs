@@ -97,7 +97,9 @@ impl Scope {
             Scope::Agent { .. } => method == Method::POST && path.starts_with("/v1/store/"),
             Scope::Submit(app) => {
                 let mine = format!("/v1/apps/{app}/requests");
-                (method == Method::POST && path == mine)
+                // The OpenAI-compatible endpoints name the app in the body: checked there.
+                let openai = path == "/v1/completions" || path == "/v1/chat/completions";
+                (method == Method::POST && (path == mine || openai))
                     || (method == Method::GET && path.strip_prefix(&mine).is_some_and(|rest| rest.starts_with('/')))
             }
         }
@@ -320,6 +322,11 @@ mod tests {
         assert!(!s.allows(&get, "/v1/apps/llm2/requests/7"));
         assert!(!s.allows(&get, "/v1/nodes"));
         assert!(!s.allows(&post, "/v1/nodes/1/drain"));
+        // The OpenAI-compatible endpoints: the app is in the body, checked by the handler.
+        assert!(s.allows(&post, "/v1/completions") && s.allows(&post, "/v1/chat/completions"));
+        assert!(!s.allows(&get, "/v1/completions"));
+        assert!(!Scope::Read.allows(&post, "/v1/chat/completions"));
+        assert!(!agent.allows(&post, "/v1/chat/completions"));
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod metrics;
+pub mod openai;
 pub mod reconcile;
 pub mod serve;
+pub mod serving;
 pub mod sim_agents;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

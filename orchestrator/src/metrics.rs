@@ -34,6 +34,26 @@ pub struct AppLabel {
     pub app: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub app: String,
+    /// `done` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunnerTokenLabels {
+    pub app: String,
+    pub runner: String,
+}
+
+/// Seconds from 1 ms to ~9 minutes, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+type Latencies = Family<AppLabel, Histogram, fn() -> Histogram>;
+
 /// One node's money series: its id, app and cloud (live nodes only, so the set stays the fleet's
 /// size, not its history).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +135,13 @@ pub struct Metrics {
     pub nodes_unhealthy: Family<KindLabel, Gauge>,
     /// Instances of the fleet with no node record, terminated, by cloud (`kind` = the cloud).
     pub orphans_terminated: Family<KindLabel, Counter>,
+    /// Serving ([`crate::serving`]): per app, from each finished request.
+    pub requests_finished: Family<OutcomeLabels, Counter>,
+    pub request_seconds: Latencies,
+    pub queue_wait_seconds: Latencies,
+    pub time_to_first_token_seconds: Latencies,
+    pub inter_token_seconds: Latencies,
+    pub generated_tokens: Family<RunnerTokenLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -186,6 +213,12 @@ impl Metrics {
             reconcile_count: Counter::default(),
             nodes_unhealthy: Family::default(),
             orphans_terminated: Family::default(),
+            requests_finished: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            queue_wait_seconds: Family::new_with_constructor(latency_histogram),
+            time_to_first_token_seconds: Family::new_with_constructor(latency_histogram),
+            inter_token_seconds: Family::new_with_constructor(latency_histogram),
+            generated_tokens: Family::default(),
         };
         r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
         r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
@@ -265,6 +298,32 @@ impl Metrics {
             m.consolidations.clone(),
         );
         r.register("reconcile_passes", "Reconcile passes completed", m.reconcile_count.clone());
+        r.register(
+            "requests_finished",
+            "Requests finished, by app and outcome (done, failed)",
+            m.requests_finished.clone(),
+        );
+        r.register("request_seconds", "From submit to result, per request, by app", m.request_seconds.clone());
+        r.register(
+            "request_queue_wait_seconds",
+            "From submit to the claim of the runner that served it, by app",
+            m.queue_wait_seconds.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Language models: queue wait plus the runner's time to the first token, by app",
+            m.time_to_first_token_seconds.clone(),
+        );
+        r.register(
+            "inter_token_seconds",
+            "Language models: decode time over tokens after the first, one figure per request, by app",
+            m.inter_token_seconds.clone(),
+        );
+        r.register(
+            "generated_tokens",
+            "Language models: tokens generated, by app and runner (rate() is tokens/s)",
+            m.generated_tokens.clone(),
+        );
         r.register("nodes_requested", "Nodes the planner decided to launch", m.nodes_requested.clone());
         Metrics { registry: r, ..m }
     }

@@ -329,7 +329,7 @@ async fn requests_past_an_apps_limits_are_refused_saying_which_limit() {
             input: serde_json::json!(null),
             submitted_at: finished_at,
             attempts: 1,
-            state: RequestState::Done { output: serde_json::json!(1), runner: 1, finished_at },
+            state: RequestState::Done { output: serde_json::json!(1), runner: 1, finished_at, started_at: None },
             owner: None,
         };
         h.ctx.store.put(&h.ctx.keys.result("q", id), fleet_state::store::to_json(&r), None).await.unwrap();

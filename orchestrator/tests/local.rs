@@ -196,9 +196,13 @@ fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
         assert!(t.elapsed() < Duration::from_secs(120), "unanswered after 120 s:\n{}", f.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (mut generated, mut with_tokens) = (0, 0);
     for (id, p) in ids.iter().zip(prompts) {
         let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
         let answer = &r["state"]["output"];
+        let n = answer["usage"]["completion_tokens"].as_u64().unwrap();
+        generated += n;
+        with_tokens += u64::from(n > 0);
         let alone = std::process::Command::new(&agent_bin)
             .args(["generate", "--max-tokens", "6", "--model"])
             .arg(&model)
@@ -212,6 +216,31 @@ fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
         assert_eq!(answer["finish_reason"], alone["finish_reason"]);
         assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() >= 2, "{answer}");
     }
+    // Serving figures from those requests: per app on /v1/apps, and on /metrics.
+    let t = Instant::now();
+    let serving = loop {
+        let v = f.get("/v1/apps")["chat"]["serving"].clone();
+        if v["done"].as_u64() >= Some(prompts.len() as u64) {
+            break v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no serving figures: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for k in ["latency_p50_s", "queue_wait_p50_s", "ttft_p50_s", "itl_p50_s", "tokens_per_s"] {
+        assert!(serving[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {serving}");
+    }
+    assert!(serving["ttft_p50_s"].as_f64() <= serving["latency_p99_s"].as_f64(), "{serving}");
+    let (_, metrics) = f.call("GET", "/metrics", "");
+    let tokens: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("fleet_generated_tokens_total{app=\"chat\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(tokens, generated as f64, "every token the answers counted: {metrics}");
+    assert!(generated > 0);
+    // A first token is timed for each answer that has one.
+    let ttft = format!("fleet_time_to_first_token_seconds_count{{app=\"chat\"}} {with_tokens}");
+    assert!(metrics.contains(&ttft), "{ttft}: {metrics}");
     // A request that is not a prompt fails with the reason, and the runner goes on.
     let (s, b) = f.call("POST", "/v1/apps/chat/requests", r#"{"input": {"x": [1, 2]}}"#);
     assert_eq!(s, 202, "{b}");
@@ -226,5 +255,113 @@ fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
         assert!(t.elapsed() < Duration::from_secs(30), "{r}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    f.kill();
+}
+
+/// The official `openai` Python client (from PyPI), unchanged, against fleetd's
+/// OpenAI-compatible endpoints on an LLM app of the local provider: completions and chat
+/// completions, streaming and not, usage counted, errors in OpenAI's shape, and a token scoped
+/// to another app refused.
+#[test]
+fn the_official_openai_client_completes_and_streams_against_fleetd() {
+    let has_client = std::process::Command::new("python3").args(["-c", "import openai"]).status();
+    assert!(
+        has_client.is_ok_and(|s| s.success()),
+        "needs the official openai client: python3 -m pip install openai (scripts/test installs it)"
+    );
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    let model = dir.path().join("tiny-llama");
+    let out =
+        std::process::Command::new(&agent_bin).args(["make-llm", "--family", "llama"]).arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display())]);
+    f.put_spec(SPEC);
+    let (s, b) = f.call("POST", "/v1/tokens", r#"{"name": "other-app", "scope": "submit:embed"}"#);
+    assert_eq!(s, 201, "{b}");
+    let other: Value = serde_json::from_str(&b).unwrap();
+    let script = r#"
+import json, os, sys
+import openai
+c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["TOKEN"], max_retries=0, timeout=120)
+out = {}
+r = c.completions.create(model="chat", prompt="hello world", max_tokens=6, temperature=0)
+out["completion"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump()}
+text = ""
+for chunk in c.completions.create(model="chat", prompt="hello world", max_tokens=6, stream=True):
+    text += chunk.choices[0].text
+out["completion_stream"] = text
+msgs = [{"role": "system", "content": "the fleet"}, {"role": "user", "content": "rents gpus"}]
+r = c.chat.completions.create(model="chat", messages=msgs, max_tokens=5)
+out["chat"] = {"content": r.choices[0].message.content, "role": r.choices[0].message.role,
+               "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump()}
+text, usage, finish = "", None, None
+for chunk in c.chat.completions.create(model="chat", messages=msgs, max_tokens=5, stream=True,
+                                       stream_options={"include_usage": True}):
+    if chunk.usage is not None:
+        usage = chunk.usage.model_dump()
+    for ch in chunk.choices:
+        text += ch.delta.content or ""
+        finish = ch.finish_reason or finish
+out["chat_stream"] = {"content": text, "usage": usage, "finish": finish}
+errors = {}
+for name, call in [
+    ("unknown_model", lambda: c.completions.create(model="chta", prompt="x", max_tokens=2)),
+    ("zero_tokens", lambda: c.completions.create(model="chat", prompt="x", max_tokens=0)),
+    ("other_app", lambda: openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["OTHER"],
+                                        max_retries=0).completions.create(model="chat", prompt="x", max_tokens=2)),
+]:
+    try:
+        call()
+        errors[name] = "no error"
+    except openai.APIStatusError as e:
+        errors[name] = {"class": type(e).__name__, "status": e.status_code, "message": e.message}
+out["errors"] = errors
+print(json.dumps(out))
+"#;
+    let py = dir.path().join("client.py");
+    std::fs::write(&py, script).unwrap();
+    let run = std::process::Command::new("python3")
+        .arg(&py)
+        .env("BASE", format!("http://{}", f.addr))
+        .env("TOKEN", &f.token)
+        .env("OTHER", other["token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}\n{}", String::from_utf8_lossy(&run.stderr), f.log());
+    let got: Value = serde_json::from_slice(&run.stdout).unwrap();
+    // What the model gives the prompt alone, greedy.
+    let alone = std::process::Command::new(&agent_bin)
+        .args(["generate", "--max-tokens", "6", "--model"])
+        .arg(&model)
+        .arg("hello world")
+        .output()
+        .unwrap();
+    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(got["completion"]["text"], alone["text"], "{got}");
+    assert_eq!(got["completion"]["finish"], alone["finish_reason"], "{got}");
+    assert_eq!(got["completion"]["usage"]["completion_tokens"], alone["usage"]["completion_tokens"], "{got}");
+    assert_eq!(got["completion"]["usage"]["prompt_tokens"], 2, "{got}");
+    assert_eq!(got["completion_stream"], alone["text"], "streamed = not streamed: {got}");
+    assert_eq!(got["chat"]["role"], "assistant");
+    assert!(matches!(got["chat"]["finish"].as_str(), Some("stop" | "length")), "{got}");
+    let u = &got["chat"]["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(u["prompt_tokens"].as_u64().unwrap() >= 4, "both messages reach the model: {got}");
+    assert_eq!(got["chat_stream"]["content"], got["chat"]["content"], "{got}");
+    assert_eq!(got["chat_stream"]["usage"], got["chat"]["usage"], "{got}");
+    assert_eq!(got["chat_stream"]["finish"], got["chat"]["finish"], "{got}");
+    let e = &got["errors"];
+    assert_eq!(e["unknown_model"]["class"], "NotFoundError", "{e}");
+    assert!(e["unknown_model"]["message"].as_str().unwrap().contains("did you mean `chat`"), "{e}");
+    assert_eq!(e["zero_tokens"]["class"], "BadRequestError", "{e}");
+    assert!(e["zero_tokens"]["message"].as_str().unwrap().contains("max_tokens"), "{e}");
+    assert_eq!(e["other_app"]["class"], "PermissionDeniedError", "{e}");
+    assert!(e["other_app"]["message"].as_str().unwrap().contains("may call app `embed` only"), "{e}");
+    eprintln!("openai client: {got}");
     f.kill();
 }

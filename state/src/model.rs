@@ -133,10 +133,15 @@ pub enum RequestState {
         output: serde_json::Value,
         runner: RunnerId,
         finished_at: Time,
+        /// When the runner that finished it claimed it (the end of its queue wait).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<Time>,
     },
     Failed {
         error: String,
         finished_at: Time,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<Time>,
     },
 }
 

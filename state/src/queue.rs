@@ -200,9 +200,13 @@ pub async fn complete(
     };
     let mut rec: RequestRecord = kv.json()?;
     let finished_at = now;
+    let started_at = match rec.state {
+        RequestState::Claimed { since, .. } => Some(since),
+        _ => None,
+    };
     rec.state = match outcome {
-        Ok(output) => RequestState::Done { output, runner, finished_at },
-        Err(error) => RequestState::Failed { error, finished_at },
+        Ok(output) => RequestState::Done { output, runner, finished_at, started_at },
+        Err(error) => RequestState::Failed { error, finished_at, started_at },
     };
     let res = store
         .txn(

@@ -279,12 +279,23 @@ impl Llm {
             max_tokens: params.max_tokens,
             stop: params.stop.clone(),
             finish: None,
+            created: std::time::Instant::now(),
+            first_token: None,
+            ended: None,
         })
     }
 
     /// Advances `seq` by one token (the first call also runs the prompt). Returns the token, or
     /// `None` once the sequence has finished (see [`Sequence::finish`]).
     pub fn step(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
+        let out = self.step_inner(seq);
+        if seq.finish.is_some() && seq.ended.is_none() {
+            seq.ended = Some(std::time::Instant::now());
+        }
+        out
+    }
+
+    fn step_inner(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
         if seq.finish.is_some() {
             return Ok(None);
         }
@@ -301,6 +312,9 @@ impl Llm {
             return Ok(None);
         }
         seq.generated.push(token);
+        if seq.first_token.is_none() {
+            seq.first_token = Some(std::time::Instant::now());
+        }
         seq.pending = vec![token];
         if !seq.stop.is_empty() {
             let text = self.detokenize(&seq.generated)?;
@@ -438,6 +452,20 @@ pub struct Sequence {
     max_tokens: u32,
     stop: Vec<String>,
     pub finish: Option<Finish>,
+    /// When it reached the runner, produced its first token, and ended.
+    created: std::time::Instant,
+    first_token: Option<std::time::Instant>,
+    ended: Option<std::time::Instant>,
+}
+
+impl Sequence {
+    /// Seconds from reaching the runner to the first token, and from the first token to the
+    /// end (`None` before there is a first token).
+    pub fn timing(&self) -> Option<(f64, f64)> {
+        let first = self.first_token?;
+        let end = self.ended.unwrap_or_else(std::time::Instant::now);
+        Some(((first - self.created).as_secs_f64(), end.saturating_duration_since(first).as_secs_f64()))
+    }
 }
 
 /// Continuous batching: up to `capacity` sequences, each advanced one token per [`Batch::step`];

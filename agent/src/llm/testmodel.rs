@@ -76,8 +76,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> LlmError {
 }
 
 /// Writes a random-weight model of `family` and `shape` into `dir`: one safetensors file, or
-/// `shards` files with `model.safetensors.index.json` when `shards > 1`.
-pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize) -> Result<(), LlmError> {
+/// `shards` files with `model.safetensors.index.json` when `shards > 1`. The same seed writes
+/// the same weights.
+pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize, seed: u64) -> Result<(), LlmError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let vocab = vocab();
     let v = vocab.len();
@@ -131,6 +132,9 @@ pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize) -> Result<
             qwen2::ModelForCausalLM::new(&c, vb).map_err(compute)?;
         }
     }
+    // Candle's own initialisation draws from an unseeded generator: overwrite every tensor
+    // from a seeded one, with the same spread (so the same seed writes the same model).
+    reseed(&varmap, seed).map_err(compute)?;
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, text).map_err(|e| io(&cfg_path, e))?;
     let tok_path = dir.join("tokenizer.json");
@@ -160,5 +164,41 @@ pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize) -> Result<
     let index = json!({"metadata": {}, "weight_map": weight_map});
     let p = dir.join("model.safetensors.index.json");
     std::fs::write(&p, index.to_string()).map_err(|e| io(&p, e))?;
+    Ok(())
+}
+
+/// Replaces every variable of `varmap` with seeded uniform values of the spread candle's own
+/// initialisation gives it: norms stay ones, embeddings get unit variance, weight matrices
+/// √(3 / fan-in) (Kaiming-uniform), biases 0.1.
+fn reseed(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    // splitmix64: small, seedable, and good enough for test weights.
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        if name.contains("norm") {
+            continue;
+        }
+        let bound = if name.contains("embed_tokens") {
+            3f32.sqrt()
+        } else if dims.len() == 2 {
+            (3.0 / dims[1] as f32).sqrt()
+        } else {
+            0.1
+        };
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| next() * bound).collect();
+        var.set(&Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?)?;
+    }
     Ok(())
 }

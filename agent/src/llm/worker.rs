@@ -5,7 +5,7 @@
 //! A request through the queue is `{"prompt": "...", "max_tokens": 16, "temperature": 0.7,
 //! "top_p": 0.9, "seed": 1, "stop": ["."]}` (OpenAI's names; only `prompt` is required); the
 //! answer is `{"text": "...", "finish_reason": "stop" | "length", "usage": {"prompt_tokens": n,
-//! "completion_tokens": m, "total_tokens": n + m}}`.
+//! "completion_tokens": m, "total_tokens": n + m}, "timing": {"first_token_s", "decode_s"}}`.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -29,16 +29,42 @@ impl std::fmt::Debug for LlmRunner {
     }
 }
 
-/// A request's input as the queue carries it: the prompt and OpenAI's sampling parameters.
+/// A chat as one prompt: each message on its own line as `role: content`, then `assistant:` for
+/// the model to continue. (A model's own chat template, from its `tokenizer_config.json`, is not
+/// applied yet.)
+pub fn chat_prompt(messages: &[Value]) -> Result<String, LlmError> {
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        let (Some(role), Some(content)) =
+            (m.get("role").and_then(Value::as_str), m.get("content").and_then(Value::as_str))
+        else {
+            return Err(LlmError::Input(format!("messages[{i}] needs a role and a text content")));
+        };
+        out.push_str(role);
+        out.push_str(": ");
+        out.push_str(content);
+        out.push('\n');
+    }
+    out.push_str("assistant:");
+    Ok(out)
+}
+
+/// A request's input as the queue carries it: the prompt (or chat `messages`) and OpenAI's
+/// sampling parameters.
 pub fn parse(input: &Value) -> Result<(String, Params), LlmError> {
-    let prompt = input
-        .get("prompt")
-        .and_then(Value::as_str)
-        .ok_or_else(|| LlmError::Input("an LLM request needs \"prompt\": a string".into()))?
-        .to_string();
+    let prompt = match (input.get("prompt"), input.get("messages")) {
+        (Some(Value::String(p)), None) => p.clone(),
+        (None, Some(Value::Array(m))) if !m.is_empty() => chat_prompt(m)?,
+        _ => {
+            return Err(LlmError::Input(
+                "an LLM request needs \"prompt\": a string, or \"messages\": a list of {role, content}".into(),
+            ));
+        }
+    };
     let mut rest = input.clone();
     if let Some(o) = rest.as_object_mut() {
         o.remove("prompt");
+        o.remove("messages");
         // OpenAI accepts one stop string as well as a list.
         if let Some(Value::String(s)) = o.get("stop").cloned() {
             o.insert("stop".into(), json!([s]));
@@ -88,11 +114,17 @@ fn answer(llm: &Llm, seq: &Sequence) -> Result<Value, String> {
     let text = llm.text(seq).map_err(|e| e.to_string())?;
     let finish = seq.finish.map(|f| f.reason()).unwrap_or("length");
     let (p, c) = (seq.prompt_len, seq.generated.len());
-    Ok(json!({
+    let mut out = json!({
         "text": text,
         "finish_reason": finish,
         "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
-    }))
+    });
+    // Measured on the runner: from the request reaching it to its first token, and from there
+    // to the end (fleetd adds the queue wait for time to first token).
+    if let Some((first, decode)) = seq.timing() {
+        out["timing"] = json!({"first_token_s": first, "decode_s": decode});
+    }
+    Ok(out)
 }
 
 fn decode_loop(llm: &Llm, rx: mpsc::Receiver<(Sequence, Reply)>, capacity: usize) {

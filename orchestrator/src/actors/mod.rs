@@ -149,6 +149,8 @@ pub struct Ctx {
     /// Requests submitted per app since this fleetd started (the API counts, the autoscaler
     /// reads arrival rates from it).
     pub arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Serving figures per app from finished requests ([`crate::serving`]).
+    pub serving: Arc<crate::serving::Serving>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// What the API lets in per app: queue bound, rate per token.
@@ -200,6 +202,7 @@ impl Ctx {
             access: None,
             reclaimed: Default::default(),
             arrivals: Default::default(),
+            serving: Default::default(),
             gateway_leases: Default::default(),
             admission: Default::default(),
             clouds: Default::default(),

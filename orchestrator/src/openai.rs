@@ -1,0 +1,444 @@
+//! OpenAI-compatible endpoints: `POST /v1/completions` and `POST /v1/chat/completions`, so the
+//! clients people already use (the official `openai` packages, anything that speaks that API)
+//! reach an LLM app unchanged. `model` is the app's name; the token is the same as the queue
+//! API's (`submit:APP` may call these for its own app only, an admin token for any).
+//!
+//! A call goes through the app's durable queue like any request — the same admission (rate per
+//! token, queue bound, input size), the same runners, served once — and waits for its result
+//! (a watch on the result's key; polling where the store cannot watch), up to
+//! [`WAIT`]. The answer is OpenAI's shape with `usage` counted by the model's tokenizer;
+//! errors are OpenAI's error object (`{"error": {"message", "type", "param", "code"}}`).
+//!
+//! `stream: true` answers as server-sent events in OpenAI's chunk format, ending with
+//! `data: [DONE]` (`stream_options.include_usage` adds the usage chunk). Until requests are
+//! routed to runners by push (issue 19), the runner's tokens reach fleetd with the finished
+//! result, so the text arrives in one chunk at the end rather than token by token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use fleet_core::RequestId;
+use fleet_state::model::{RequestRecord, RequestState};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::actors::Ctx;
+use crate::api::{ApiError, enqueue};
+
+/// How long a call waits for its result before answering 504 (the request stays queued; its
+/// result can be read later through the queue API).
+pub const WAIT: Duration = Duration::from_secs(600);
+
+/// OpenAI's error object, with the status it goes with.
+fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Response {
+    let (kind, code) = match status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", Value::Null),
+        StatusCode::NOT_FOUND => ("invalid_request_error", json!("model_not_found")),
+        StatusCode::UNAUTHORIZED => ("authentication_error", Value::Null),
+        StatusCode::FORBIDDEN => ("permission_error", Value::Null),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limit_exceeded", json!("rate_limit_exceeded")),
+        StatusCode::GATEWAY_TIMEOUT => ("timeout", Value::Null),
+        _ => ("server_error", Value::Null),
+    };
+    let body = json!({"error": {"message": message.into(), "type": kind, "param": param, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+fn from_api(e: ApiError) -> Response {
+    let mut r = error(e.status, e.message.clone(), None);
+    if let Some(after) = e.into_response().headers().get(axum::http::header::RETRY_AFTER).cloned() {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, after);
+    }
+    r
+}
+
+fn bad(message: impl Into<String>, param: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, message, Some(param))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+/// The queue input for an OpenAI body: `prompt` or `messages`, and the sampling parameters the
+/// runner takes (OpenAI's names). Everything else a client sends is ignored, as OpenAI's own
+/// server ignores what it does not know; what fleet cannot do (`n` > 1, several prompts) is
+/// refused by name.
+#[allow(clippy::result_large_err)] // the error is the answer itself, made once per call
+fn input_of(kind: Kind, body: &Value) -> Result<(String, Value, bool, bool), Response> {
+    let Some(obj) = body.as_object() else { return Err(bad("the body must be a JSON object", "body")) };
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(bad("`model` is required: the name of the fleet app to call", "model")),
+    };
+    let mut input = serde_json::Map::new();
+    match kind {
+        Kind::Completion => match obj.get("prompt") {
+            Some(Value::String(p)) => {
+                input.insert("prompt".into(), json!(p));
+            }
+            Some(Value::Array(_)) => {
+                return Err(bad("one prompt per request: send `prompt` as a string", "prompt"));
+            }
+            _ => return Err(bad("`prompt` is required: a string", "prompt")),
+        },
+        Kind::Chat => {
+            let Some(Value::Array(messages)) = obj.get("messages") else {
+                return Err(bad("`messages` is required: a list of {role, content}", "messages"));
+            };
+            if messages.is_empty() {
+                return Err(bad("`messages` is empty", "messages"));
+            }
+            let mut out = Vec::with_capacity(messages.len());
+            for (i, m) in messages.iter().enumerate() {
+                let role = m.get("role").and_then(Value::as_str);
+                // Content as a string, or a list of text parts.
+                let content = match m.get("content") {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Array(parts)) => parts
+                        .iter()
+                        .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => Some(t.to_string()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<String>>>()
+                        .map(|v| v.join("")),
+                    _ => None,
+                };
+                match (role, content) {
+                    (Some(r @ ("system" | "developer" | "user" | "assistant")), Some(c)) => {
+                        out.push(json!({"role": r, "content": c}));
+                    }
+                    _ => {
+                        return Err(bad(
+                            format!("messages[{i}]: give a role (system, user or assistant) and text content"),
+                            "messages",
+                        ));
+                    }
+                }
+            }
+            input.insert("messages".into(), Value::Array(out));
+        }
+    }
+    if let Some(n) = obj.get("n").and_then(Value::as_u64)
+        && n != 1
+    {
+        return Err(bad(format!("n = {n}: fleet answers one choice per request"), "n"));
+    }
+    let max = obj.get("max_completion_tokens").or_else(|| obj.get("max_tokens"));
+    match max {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && n <= u32::MAX as u64 => {
+                input.insert("max_tokens".into(), json!(n));
+            }
+            _ => return Err(bad("`max_tokens` must be a whole number ≥ 1", "max_tokens")),
+        },
+    }
+    for (name, lo, hi) in [("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)] {
+        match obj.get(name) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_f64() {
+                Some(x) if (lo..=hi).contains(&x) => {
+                    input.insert(name.into(), json!(x));
+                }
+                _ => return Err(bad(format!("`{name}` must be a number from {lo} to {hi}"), name)),
+            },
+        }
+    }
+    match obj.get("seed") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_i64() {
+            Some(s) => {
+                input.insert("seed".into(), json!(s as u64));
+            }
+            None => return Err(bad("`seed` must be an integer", "seed")),
+        },
+    }
+    match obj.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            input.insert("stop".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty())) => {
+            input.insert("stop".into(), Value::Array(a.clone()));
+        }
+        Some(_) => return Err(bad("`stop` takes a string or up to 4 non-empty strings", "stop")),
+    }
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let usage_in_stream =
+        obj.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    Ok((model, Value::Object(input), stream, usage_in_stream))
+}
+
+/// Waits for request `id` of `app` to finish: a watch on its result key, the record read again
+/// at each change (and at least every second, so a lost watch only slows the answer).
+async fn wait_result(ctx: &Ctx, app: &str, id: RequestId) -> Result<RequestRecord, Response> {
+    let key = ctx.keys.result(app, id);
+    let mut watch = ctx.store.watch(&key, 0).await.ok();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match ctx.store.get(&key).await {
+            Ok(Some(kv)) => match kv.json::<RequestRecord>() {
+                Ok(r) => return Ok(r),
+                Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)),
+            },
+            Ok(None) => {}
+            Err(e) => return Err(from_api(e.into())),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "request {id} of app `{app}` is not finished after {} s; it stays queued: read its result later \
+                     with GET /v1/apps/{app}/requests/{id}",
+                    WAIT.as_secs()
+                ),
+                None,
+            ));
+        }
+        match &mut watch {
+            Some(w) => match tokio::time::timeout(Duration::from_secs(1), w.recv()).await {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(_) => watch = None,
+            },
+            None => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The runner's answer, or the OpenAI error for a failed request.
+#[allow(clippy::result_large_err)] // as input_of
+fn output_of(r: &RequestRecord) -> Result<(String, String, Value), Response> {
+    match &r.state {
+        RequestState::Done { output, .. } => {
+            let text = output.get("text").and_then(Value::as_str);
+            let Some(text) = text else {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("app `{}` does not serve a language model (its runner answered without text)", r.app),
+                    Some("model"),
+                ));
+            };
+            let finish = output.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string();
+            let usage = output.get("usage").cloned().unwrap_or(Value::Null);
+            Ok((text.to_string(), finish, usage))
+        }
+        RequestState::Failed { error: why, .. } => {
+            // The runner refuses bad input as "bad request: …": the caller's to fix.
+            let status = if why.starts_with("bad request:") {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            Err(error(status, why.clone(), None))
+        }
+        other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("request ended {}", other.name()), None)),
+    }
+}
+
+async fn handle(
+    ctx: Arc<Ctx>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Result<Json<Value>, JsonRejection>,
+    kind: Kind,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(format!("{}; send a JSON object", e.body_text()), "body"),
+    };
+    let (app, input, stream, usage_in_stream) = match input_of(kind, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // The middleware lets a submit-scoped token in; its app is checked here, in the body.
+    if let Some(c) = caller.as_ref().map(|c| &c.0.0)
+        && let crate::auth::Scope::Submit(own) = &c.scope
+        && *own != app
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("token `{}` may call app `{own}` only, not `{app}`", c.name),
+            Some("model"),
+        );
+    }
+    let owner = caller.as_ref().map(|c| c.0.0.name.clone());
+    let id = match enqueue(&ctx, owner.as_deref(), &app, input).await {
+        Ok(id) => id,
+        Err(e) => return from_api(e),
+    };
+    let created = ctx.clock.now().timestamp();
+    let (prefix, object, chunk_object) = match kind {
+        Kind::Completion => ("cmpl", "text_completion", "text_completion"),
+        Kind::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
+    };
+    let oid = format!("{prefix}-{id}");
+    if !stream {
+        let r = match wait_result(&ctx, &app, id).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        let (text, finish, usage) = match output_of(&r) {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        let choice = match kind {
+            Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
+                                 "logprobs": null, "finish_reason": finish}),
+        };
+        return Json(json!({"id": oid, "object": object, "created": created, "model": app,
+                           "choices": [choice], "usage": usage}))
+        .into_response();
+    }
+    // Streaming: the chunks once the result is in (see the module doc), then [DONE].
+    let events = async move {
+        let chunk = |choice: Value| json!({"id": oid, "object": chunk_object, "created": created, "model": app, "choices": [choice]});
+        let mut out: Vec<Event> = Vec::new();
+        let r = wait_result(&ctx, &app, id).await;
+        let result = match r {
+            Ok(r) => output_of(&r).map_err(|_| r),
+            Err(_) => {
+                let e = json!({"error": {"message": format!("request {id} did not finish within {} s", WAIT.as_secs()),
+                                         "type": "timeout", "param": null, "code": null}});
+                out.push(Event::default().data(e.to_string()));
+                return out;
+            }
+        };
+        match result {
+            Ok((text, finish, usage)) => {
+                match kind {
+                    Kind::Completion => {
+                        out.push(
+                            Event::default().data(
+                                chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null}))
+                                    .to_string(),
+                            ),
+                        );
+                        out.push(
+                            Event::default().data(
+                                chunk(json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish}))
+                                    .to_string(),
+                            ),
+                        );
+                    }
+                    Kind::Chat => {
+                        for delta in [json!({"role": "assistant", "content": ""}), json!({"content": text})] {
+                            out.push(
+                                Event::default().data(
+                                    chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}))
+                                        .to_string(),
+                                ),
+                            );
+                        }
+                        out.push(
+                            Event::default().data(
+                                chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}))
+                                    .to_string(),
+                            ),
+                        );
+                    }
+                }
+                if usage_in_stream {
+                    let mut last = chunk(json!(null));
+                    last["choices"] = json!([]);
+                    last["usage"] = usage;
+                    out.push(Event::default().data(last.to_string()));
+                }
+            }
+            Err(r) => {
+                let why = match &r.state {
+                    RequestState::Failed { error, .. } => error.clone(),
+                    _ => format!("app `{app}` does not serve a language model"),
+                };
+                let e = json!({"error": {"message": why, "type": "server_error", "param": null, "code": null}});
+                out.push(Event::default().data(e.to_string()));
+                return out;
+            }
+        }
+        out.push(Event::default().data("[DONE]"));
+        out
+    };
+    let stream = futures_util::stream::once(events)
+        .flat_map(|evs| futures_util::stream::iter(evs.into_iter().map(Ok::<Event, std::convert::Infallible>)));
+    Sse::new(stream).into_response()
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    handle(ctx, caller, body, Kind::Completion).await
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    handle(ctx, caller, body, Kind::Chat).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: Kind, body: Value) -> StatusCode {
+        input_of(kind, &body).expect_err("refused").status()
+    }
+
+    #[test]
+    fn openai_bodies_become_queue_inputs_and_bad_ones_are_refused_by_name() {
+        let (model, input, stream, usage) = input_of(
+            Kind::Completion,
+            &json!({"model": "chat", "prompt": "hello", "max_tokens": 5, "temperature": 0, "seed": 3,
+                    "stop": ".", "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"}),
+        )
+        .unwrap();
+        assert_eq!(model, "chat");
+        assert_eq!(input, json!({"prompt": "hello", "max_tokens": 5, "temperature": 0.0, "seed": 3, "stop": ["."]}));
+        assert!(stream && usage);
+        let (_, input, stream, _) = input_of(
+            Kind::Chat,
+            &json!({"model": "chat", "messages": [{"role": "system", "content": "be brief"},
+                     {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 7}),
+        )
+        .unwrap();
+        assert_eq!(
+            input,
+            json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                   "max_tokens": 7})
+        );
+        assert!(!stream);
+        for body in [
+            json!({"prompt": "x"}),
+            json!({"model": "chat"}),
+            json!({"model": "chat", "prompt": ["a", "b"]}),
+            json!({"model": "chat", "prompt": "x", "n": 2}),
+            json!({"model": "chat", "prompt": "x", "max_tokens": 0}),
+            json!({"model": "chat", "prompt": "x", "temperature": 3}),
+            json!({"model": "chat", "prompt": "x", "top_p": 1.5}),
+            json!({"model": "chat", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+        ] {
+            assert_eq!(refused(Kind::Completion, body.clone()), StatusCode::BAD_REQUEST, "{body}");
+        }
+        for body in [
+            json!({"model": "chat", "messages": []}),
+            json!({"model": "chat", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "chat", "messages": [{"role": "user"}]}),
+        ] {
+            assert_eq!(refused(Kind::Chat, body.clone()), StatusCode::BAD_REQUEST, "{body}");
+        }
+    }
+}
