@@ -36,6 +36,23 @@ struct File {
     burn_in: BurnInConfig,
     interruption: Option<NoticeFile>,
     rented: Option<RentedFile>,
+    push: Option<PushFile>,
+}
+
+/// Where fleetd pushes requests to this node's language-model runners, and the credential it
+/// must present (minted by fleetd for this node).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushFile {
+    listen: String,
+    token_file: PathBuf,
+}
+
+/// The push endpoint: a loopback address (no TLS yet) and the node's push credential.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    pub listen: std::net::SocketAddr,
+    pub token: Secret,
 }
 
 /// What fleetd rented this node as (written by its bootstrap from the node's offering).
@@ -88,6 +105,8 @@ pub struct AgentConfig {
     pub interruption: Option<NoticeConfig>,
     /// What the node was rented as, with how often and how strictly it is held to it.
     pub rented: Option<RentedConfig>,
+    /// fleetd pushes requests here (absent: the runners take work from the queue only).
+    pub push: Option<PushConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,7 +234,33 @@ impl AgentConfig {
                 })
             }
         };
+        let push = match f.push {
+            None => None,
+            Some(p) => {
+                let listen: std::net::SocketAddr = p.listen.parse().map_err(|_| {
+                    invalid(format!("push.listen = \"{}\" is not an address like 127.0.0.1:0", p.listen))
+                })?;
+                // Requests and tokens cross this socket in the clear until the endpoint has TLS.
+                if !listen.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "push.listen = \"{listen}\": only a loopback address for now (the push endpoint has no TLS yet)"
+                    )));
+                }
+                let token = std::fs::read_to_string(&p.token_file)
+                    .map_err(|e| invalid(format!("push.token_file {}: {e}", p.token_file.display())))?
+                    .trim()
+                    .to_string();
+                if token.len() < 32 {
+                    return Err(invalid(format!(
+                        "push.token_file {}: the credential is too short",
+                        p.token_file.display()
+                    )));
+                }
+                Some(PushConfig { listen, token: Secret::new(token) })
+            }
+        };
         Ok(AgentConfig {
+            push,
             rented,
             fleet: f.fleet,
             node: f.node,

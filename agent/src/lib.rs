@@ -11,4 +11,5 @@ pub mod llm;
 pub mod logtail;
 pub mod metadata;
 pub mod model;
+pub mod push;
 pub mod serve;

@@ -152,6 +152,8 @@ pub struct Agent {
     unwritten: Vec<(Job, Result<serde_json::Value, String>)>,
     device: candle_core::Device,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Language-model runners, as the push endpoint sees them.
+    push_runners: crate::push::Runners,
 }
 
 impl Drop for Agent {
@@ -174,10 +176,30 @@ impl Agent {
         backend: Arc<dyn crate::gpu::fit::GpuBackend>,
     ) -> Agent {
         let keys = Keys::new(&cfg.fleet);
+        let mut health = health;
+        let push_runners: crate::push::Runners = Default::default();
+        let mut push_task = None;
+        if let Some(p) = &cfg.push {
+            // Bound before registering, so the record names an endpoint that answers.
+            match std::net::TcpListener::bind(p.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .and_then(|l| Ok((l.local_addr()?, tokio::net::TcpListener::from_std(l)?)))
+            {
+                Ok((addr, listener)) => {
+                    tracing::info!(%addr, "push endpoint listening");
+                    health.push_addr = Some(addr.to_string());
+                    push_task = Some(tokio::spawn(crate::push::serve(listener, p.token.clone(), push_runners.clone())));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %p.listen, error = %e, "push endpoint cannot listen; runners take work from the queue only");
+                }
+            }
+        }
         let published = Arc::new(Mutex::new(Published { gpus, health }));
         let (lease_tx, lease) = watch::channel(None);
         let (republish, rx) = mpsc::channel(16);
-        let mut tasks = vec![tokio::spawn(keep_lease(
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = push_task.into_iter().collect();
+        tasks.push(tokio::spawn(keep_lease(
             store.clone(),
             keys.clone(),
             cfg.node,
@@ -185,7 +207,7 @@ impl Agent {
             published.clone(),
             lease_tx,
             rx,
-        ))];
+        )));
         if let Some(n) = cfg.interruption.clone() {
             let (published, republish) = (published.clone(), republish.clone());
             tasks.push(tokio::spawn(async move {
@@ -255,6 +277,7 @@ impl Agent {
             unwritten: Vec::new(),
             device: crate::model::device(),
             tasks,
+            push_runners,
         }
     }
 
@@ -359,7 +382,9 @@ impl Agent {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             tracing::info!(runner, app, family = ?llm.family(), batch, "LLM runner loaded");
-            Loaded::Llm(Arc::new(LlmRunner::start(Arc::new(llm), batch)))
+            let r = Arc::new(LlmRunner::start(Arc::new(llm), batch));
+            self.push_runners.lock().expect("runners lock").insert(runner, r.clone());
+            Loaded::Llm(r)
         } else {
             let m = tokio::task::spawn_blocking(move || Mlp::load(&path, &device))
                 .await
@@ -389,6 +414,7 @@ impl Agent {
         let live: std::collections::HashSet<RunnerId> = mine.iter().map(|r| r.id).collect();
         // Runners the orchestrator deleted or moved: unload.
         self.loaded.retain(|id, _| live.contains(id));
+        self.push_runners.lock().expect("runners lock").retain(|id, _| live.contains(id));
         for r in &mine {
             match &r.state {
                 RunnerPhase::Starting { .. } => {
@@ -404,6 +430,7 @@ impl Agent {
                 RunnerPhase::Stopping { .. } => {
                     if self.serving.get(&r.id).copied().unwrap_or(0) == 0 {
                         self.loaded.remove(&r.id);
+                        self.push_runners.lock().expect("runners lock").remove(&r.id);
                         self.runner_event(r.id, RunnerEvent::Stopped).await?;
                     }
                 }

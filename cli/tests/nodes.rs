@@ -76,6 +76,7 @@ async fn nodes_show_what_their_agents_report() {
     };
     let health = AgentHealth {
         ok: true,
+        push_addr: None,
         reason: None,
         hardware: None,
         devices: (0..8).map(gpu).collect(),

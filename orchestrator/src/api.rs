@@ -745,8 +745,20 @@ pub(crate) async fn enqueue(
     app: &str,
     input: serde_json::Value,
 ) -> ApiResult<RequestId> {
+    let limits = admit(ctx, owner, app, &input).await?.requests;
+    enqueue_admitted(ctx, owner, app, input, limits).await
+}
+
+/// The checks every request passes whichever way it goes (queue or push): the app is in the
+/// applied spec, the input within its size, the token within its rate. Returns the app's spec.
+pub(crate) async fn admit(
+    ctx: &Ctx,
+    owner: Option<&str>,
+    app: &str,
+    input: &serde_json::Value,
+) -> ApiResult<fleet_core::spec::AppSpec> {
     let spec = applied_spec(ctx).await?;
-    let Some(limits) = spec.as_ref().and_then(|s| s.apps.iter().find(|a| a.name == app)).map(|a| a.requests) else {
+    let Some(app_spec) = spec.as_ref().and_then(|s| s.apps.iter().find(|a| a.name == app)).cloned() else {
         let known: Vec<String> = spec.iter().flat_map(|s| s.apps.iter().map(|a| a.name.clone())).collect();
         let hint = match fleet_core::names::closest(app, known.iter().map(String::as_str)) {
             Some(c) => format!("; did you mean `{c}`?"),
@@ -755,7 +767,8 @@ pub(crate) async fn enqueue(
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("app `{app}` is not in the applied spec{hint}")));
     };
-    let size = serde_json::to_vec(&input).map(|v| v.len()).unwrap_or(usize::MAX);
+    let limits = app_spec.requests;
+    let size = serde_json::to_vec(input).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > limits.max_input_bytes as usize {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -782,6 +795,27 @@ pub(crate) async fn enqueue(
         },
     };
     ctx.admission.take(owner.unwrap_or("anonymous"), app, limits.rate_per_token).map_err(refused)?;
+    Ok(app_spec)
+}
+
+/// Puts an admitted request ([`admit`]) on the queue, within the queue's bound.
+pub(crate) async fn enqueue_admitted(
+    ctx: &Ctx,
+    owner: Option<&str>,
+    app: &str,
+    input: serde_json::Value,
+    limits: fleet_core::spec::RequestLimits,
+) -> ApiResult<RequestId> {
+    let refused = |r: crate::admission::Refused| match r {
+        crate::admission::Refused::QueueFull { queued, max } => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "app `{app}`'s queue is full ({queued} requests queued or in flight, max_queue {max}); retry later, or raise [apps.{app}.requests] max_queue"
+            ),
+            retry_after: Some(1),
+        },
+        other => ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{other:?}")),
+    };
     ctx.admission.queue_room(&*ctx.store, &ctx.keys, app, limits.max_queue).await?.map_err(refused)?;
     let id = queue::submit_as(&*ctx.store, &ctx.keys, app, input, ctx.clock.now(), owner).await?;
     *ctx.arrivals.lock().expect("arrivals lock").entry(app.to_string()).or_default() += 1;

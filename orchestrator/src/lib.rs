@@ -27,6 +27,7 @@ pub mod informer;
 pub mod leader;
 pub mod metrics;
 pub mod openai;
+pub mod push;
 pub mod reconcile;
 pub mod serve;
 pub mod serving;

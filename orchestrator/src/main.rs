@@ -319,6 +319,12 @@ fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// The fleet's push key (`DATA_DIR/push.key`, made on first use).
+fn push_key(args: &Args) -> anyhow::Result<fleet_core::Secret> {
+    fleet_orchestrator::push::load_or_make_key(&args.data_dir)
+        .with_context(|| format!("{}: the push key", args.data_dir.join("push.key").display()))
+}
+
 fn models(args: &Args) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut models = BTreeMap::new();
     for m in &args.models {
@@ -379,6 +385,7 @@ async fn providers(
                 Some(p) => std::fs::read_to_string(p).with_context(|| format!("--agent-config {}", p.display()))?,
                 None => String::new(),
             },
+            push_key: Some(push_key(args)?),
         };
         let cfg = LocalConfig {
             fleet: args.fleet.clone(),
@@ -548,6 +555,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);
     ctx.access = access;
+    // Local nodes take pushed requests (loopback; see fleet_orchestrator::push).
+    if args.local {
+        ctx.push_key = Some(push_key(&args)?);
+    }
     ctx.clouds = accounts;
     let ctx = Arc::new(ctx);
     // Simulated clouds have no real agent on their machines: simulate those too.

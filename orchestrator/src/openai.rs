@@ -3,16 +3,19 @@
 //! reach an LLM app unchanged. `model` is the app's name; the token is the same as the queue
 //! API's (`submit:APP` may call these for its own app only, an admin token for any).
 //!
-//! A call goes through the app's durable queue like any request — the same admission (rate per
-//! token, queue bound, input size), the same runners, served once — and waits for its result
-//! (a watch on the result's key; polling where the store cannot watch), up to
-//! [`WAIT`]. The answer is OpenAI's shape with `usage` counted by the model's tokenizer;
-//! errors are OpenAI's error object (`{"error": {"message", "type", "param", "code"}}`).
+//! A call passes the same admission as any request (rate per token, input size). Then it is
+//! pushed to a ready runner with room ([`crate::push`]: fewest outstanding first) and its text
+//! streams back as the runner produces it; when no runner has room (or fleetd's nodes take no
+//! pushes), it goes through the app's durable queue like any request — same runners, served
+//! once — and the call waits for its result (a watch on the result's key; polling where the
+//! store cannot watch), up to [`WAIT`]. The answer is OpenAI's shape with `usage` counted by the
+//! model's tokenizer; errors are OpenAI's error object (`{"error": {"message", "type", "param",
+//! "code"}}`).
 //!
 //! `stream: true` answers as server-sent events in OpenAI's chunk format, ending with
-//! `data: [DONE]` (`stream_options.include_usage` adds the usage chunk). Until requests are
-//! routed to runners by push (issue 19), the runner's tokens reach fleetd with the finished
-//! result, so the text arrives in one chunk at the end rather than token by token.
+//! `data: [DONE]` (`stream_options.include_usage` adds the usage chunk): a chunk per piece of
+//! text for a pushed request; for one served from the queue the text comes with the finished
+//! result, in one chunk. A runner lost after text was sent ends the stream with an error event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::actors::Ctx;
-use crate::api::{ApiError, enqueue};
+use crate::api::{ApiError, admit, enqueue_admitted};
+use crate::push::PushEvent;
 
 /// How long a call waits for its result before answering 504 (the request stays queued; its
 /// result can be read later through the queue API).
@@ -271,14 +275,36 @@ async fn handle(
         );
     }
     let owner = caller.as_ref().map(|c| c.0.0.name.clone());
-    let id = match enqueue(&ctx, owner.as_deref(), &app, input).await {
-        Ok(id) => id,
+    let app_spec = match admit(&ctx, owner.as_deref(), &app, &input).await {
+        Ok(a) => a,
         Err(e) => return from_api(e),
     };
     let created = ctx.clock.now().timestamp();
     let (prefix, object, chunk_object) = match kind {
         Kind::Completion => ("cmpl", "text_completion", "text_completion"),
         Kind::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
+    };
+    // A ready runner with room takes it directly (crate::push); else the durable queue.
+    if let Some(key) = ctx.push_key.clone() {
+        match pushed(&ctx, &key, &app, &input, app_spec.scaling.max_multiplexing).await {
+            Ok(Some((first, rest, runner))) => {
+                count_arrival(&ctx, &app);
+                let submitted = ctx.clock.now();
+                let oid = format!("{prefix}-push-{runner}-{}", submitted.timestamp_micros());
+                let names = Names { oid, app: app.clone(), created, chunk_object, kind, usage_in_stream };
+                return if stream {
+                    stream_pushed(ctx, names, first, rest, runner, submitted)
+                } else {
+                    collect_pushed(ctx, names, object, first, rest, runner, submitted).await
+                };
+            }
+            Ok(None) => {}
+            Err(resp) => return resp,
+        }
+    }
+    let id = match enqueue_admitted(&ctx, owner.as_deref(), &app, input, app_spec.requests).await {
+        Ok(id) => id,
+        Err(e) => return from_api(e),
     };
     let oid = format!("{prefix}-{id}");
     if !stream {
@@ -369,6 +395,191 @@ async fn handle(
     };
     let stream = futures_util::stream::once(events)
         .flat_map(|evs| futures_util::stream::iter(evs.into_iter().map(Ok::<Event, std::convert::Infallible>)));
+    Sse::new(stream).into_response()
+}
+
+/// A request counts as demand whichever way it goes (the autoscaler reads arrivals).
+fn count_arrival(ctx: &Ctx, app: &str) {
+    *ctx.arrivals.lock().expect("arrivals lock").entry(app.to_string()).or_default() += 1;
+    ctx.nudge.notify_one();
+}
+
+/// Tries the app's runners in the push order until one starts answering: its first event, the
+/// rest, and the runner. `Ok(None)`: none could take it now (the queue will). A runner that
+/// fails before its first event is skipped; one that refuses the input answers the caller.
+#[allow(clippy::result_large_err)] // the error is the answer itself
+async fn pushed(
+    ctx: &Ctx,
+    key: &fleet_core::Secret,
+    app: &str,
+    input: &Value,
+    capacity: u32,
+) -> Result<Option<(PushEvent, tokio::sync::mpsc::Receiver<PushEvent>, fleet_core::RunnerId)>, Response> {
+    for t in crate::push::targets(ctx, app, capacity).await {
+        match crate::push::start(ctx, key, &t, input).await {
+            Ok(mut rx) => match rx.recv().await {
+                Some(PushEvent::Error(why)) => {
+                    tracing::warn!(app, runner = t.runner, %why, "pushed request failed before its first token; trying elsewhere");
+                }
+                Some(first) => return Ok(Some((first, rx, t.runner))),
+                None => {}
+            },
+            Err(crate::push::NotStarted::Retry(why)) => {
+                tracing::debug!(app, %why, "push not taken; trying the next runner");
+            }
+            Err(crate::push::NotStarted::Refused(why)) => {
+                return Err(error(StatusCode::BAD_REQUEST, why, None));
+            }
+        }
+    }
+    Ok(None)
+}
+
+struct Names {
+    oid: String,
+    app: String,
+    created: i64,
+    chunk_object: &'static str,
+    kind: Kind,
+    usage_in_stream: bool,
+}
+
+impl Names {
+    fn chunk(&self, choice: Value) -> Value {
+        json!({"id": self.oid, "object": self.chunk_object, "created": self.created, "model": self.app,
+               "choices": [choice]})
+    }
+
+    fn delta(&self, text: &str) -> Value {
+        match self.kind {
+            Kind::Completion => self.chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})),
+            Kind::Chat => {
+                self.chunk(json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}))
+            }
+        }
+    }
+
+    fn finish(&self, reason: &str) -> Value {
+        match self.kind {
+            Kind::Completion => self.chunk(json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason})),
+            Kind::Chat => self.chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})),
+        }
+    }
+}
+
+/// Counts a pushed request's figures as the results watch counts queued ones.
+fn observe_pushed(ctx: &Ctx, app: &str, runner: fleet_core::RunnerId, answer: &Value, submitted: fleet_core::Time) {
+    let r = RequestRecord {
+        id: 0,
+        app: app.to_string(),
+        input: Value::Null,
+        submitted_at: submitted,
+        attempts: 1,
+        owner: None,
+        state: RequestState::Done {
+            output: answer.clone(),
+            runner,
+            finished_at: ctx.clock.now(),
+            started_at: Some(submitted),
+        },
+    };
+    ctx.serving.observe(&ctx.metrics, &r);
+}
+
+async fn collect_pushed(
+    ctx: Arc<Ctx>,
+    names: Names,
+    object: &'static str,
+    first: PushEvent,
+    mut rest: tokio::sync::mpsc::Receiver<PushEvent>,
+    runner: fleet_core::RunnerId,
+    submitted: fleet_core::Time,
+) -> Response {
+    let mut ev = Some(first);
+    loop {
+        match ev.take().or(rest.recv().await) {
+            Some(PushEvent::Delta(_)) => {}
+            Some(PushEvent::Done(answer)) => {
+                observe_pushed(&ctx, &names.app, runner, &answer, submitted);
+                let text = answer["text"].as_str().unwrap_or_default();
+                let finish = answer["finish_reason"].as_str().unwrap_or("stop");
+                let choice = match names.kind {
+                    Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
+                                         "logprobs": null, "finish_reason": finish}),
+                };
+                return Json(json!({"id": names.oid, "object": object, "created": names.created, "model": names.app,
+                                   "choices": [choice], "usage": answer["usage"]}))
+                .into_response();
+            }
+            Some(PushEvent::Error(why)) => return error(StatusCode::INTERNAL_SERVER_ERROR, why, None),
+            None => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("runner {runner} was lost before it finished"),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Server-sent events as the runner produces text: a chunk per delta, then the finish (and the
+/// usage when asked), then `[DONE]`; a runner lost midway ends the stream with an error event.
+fn stream_pushed(
+    ctx: Arc<Ctx>,
+    names: Names,
+    first: PushEvent,
+    rest: tokio::sync::mpsc::Receiver<PushEvent>,
+    runner: fleet_core::RunnerId,
+    submitted: fleet_core::Time,
+) -> Response {
+    let opening = match names.kind {
+        Kind::Chat => {
+            Some(names.chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null,
+                               "finish_reason": null})))
+        }
+        Kind::Completion => None,
+    };
+    let state = (Some(first), rest, names, false);
+    let events = futures_util::stream::unfold(state, move |(mut pending, mut rest, names, over)| {
+        let ctx = ctx.clone();
+        async move {
+            if over {
+                return None;
+            }
+            let ev = match pending.take() {
+                Some(e) => Some(e),
+                None => rest.recv().await,
+            };
+            let out: Vec<Event> = match ev {
+                Some(PushEvent::Delta(d)) => vec![Event::default().data(names.delta(&d).to_string())],
+                Some(PushEvent::Done(answer)) => {
+                    observe_pushed(&ctx, &names.app, runner, &answer, submitted);
+                    let mut v = vec![
+                        Event::default()
+                            .data(names.finish(answer["finish_reason"].as_str().unwrap_or("stop")).to_string()),
+                    ];
+                    if names.usage_in_stream {
+                        let mut last = names.chunk(Value::Null);
+                        last["choices"] = json!([]);
+                        last["usage"] = answer["usage"].clone();
+                        v.push(Event::default().data(last.to_string()));
+                    }
+                    v.push(Event::default().data("[DONE]"));
+                    return Some((v, (None, rest, names, true)));
+                }
+                Some(PushEvent::Error(why)) => {
+                    let e = json!({"error": {"message": why, "type": "server_error", "param": null, "code": null}});
+                    return Some((vec![Event::default().data(e.to_string())], (None, rest, names, true)));
+                }
+                None => return None,
+            };
+            Some((out, (None, rest, names, false)))
+        }
+    });
+    let head = futures_util::stream::iter(opening.map(|c| Event::default().data(c.to_string())));
+    let stream = head.chain(events.flat_map(futures_util::stream::iter)).map(Ok::<Event, std::convert::Infallible>);
     Sse::new(stream).into_response()
 }
 

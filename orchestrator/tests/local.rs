@@ -241,6 +241,41 @@ fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
     // A first token is timed for each answer that has one.
     let ttft = format!("fleet_time_to_first_token_seconds_count{{app=\"chat\"}} {with_tokens}");
     assert!(metrics.contains(&ttft), "{ttft}: {metrics}");
+    // The agent's push endpoint: published in its record, loopback, and only for the node's own
+    // credential (HMAC of the node under the fleet's push key in the data dir).
+    let node = &f.get("/v1/nodes")[0];
+    let addr =
+        node["agent"]["health"]["push_addr"].as_str().expect("the agent publishes its push endpoint").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let node_id = node["id"].as_u64().unwrap();
+    let runner = f.get("/v1/runners")[0]["id"].as_u64().unwrap();
+    let key = fleet_core::Secret::new(std::fs::read_to_string(dir.path().join("push.key")).unwrap().trim().to_string());
+    let good = fleet_orchestrator::push::credential(&key, node_id);
+    let other = fleet_orchestrator::push::credential(&key, node_id + 1);
+    let push = |token: &str, runner: u64, body: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        fleet_orchestrator::testing::http::request(
+            &addr,
+            "POST",
+            &format!("/v1/runners/{runner}/generate"),
+            &[auth.as_str()],
+            body,
+        )
+        .unwrap()
+    };
+    let prompt = r#"{"prompt": "hello world", "max_tokens": 3}"#;
+    assert_eq!(push("", runner, prompt).0, 401);
+    assert_eq!(push(other.expose(), runner, prompt).0, 401, "another node's credential");
+    assert_eq!(push(good.expose(), runner + 100, prompt).0, 404);
+    assert_eq!(push(good.expose(), runner, r#"{"x": 1}"#).0, 400);
+    let (status, body) = push(good.expose(), runner, prompt);
+    assert_eq!(status, 200, "{body}");
+    let body = dechunk(&body);
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let done = &lines.last().unwrap()["done"];
+    let streamed: String = lines.iter().filter_map(|l| l["delta"].as_str()).collect();
+    assert_eq!(streamed, done["text"].as_str().unwrap(), "{body}");
+    assert!(lines.len() >= 2, "deltas before the answer: {body}");
     // A request that is not a prompt fails with the reason, and the runner goes on.
     let (s, b) = f.call("POST", "/v1/apps/chat/requests", r#"{"input": {"x": [1, 2]}}"#);
     assert_eq!(s, 202, "{b}");
@@ -288,10 +323,12 @@ c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["TOKEN
 out = {}
 r = c.completions.create(model="chat", prompt="hello world", max_tokens=6, temperature=0)
 out["completion"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump()}
-text = ""
+text, pieces = "", 0
 for chunk in c.completions.create(model="chat", prompt="hello world", max_tokens=6, stream=True):
     text += chunk.choices[0].text
+    pieces += 1 if chunk.choices[0].text else 0
 out["completion_stream"] = text
+out["completion_pieces"] = pieces
 msgs = [{"role": "system", "content": "the fleet"}, {"role": "user", "content": "rents gpus"}]
 r = c.chat.completions.create(model="chat", messages=msgs, max_tokens=5)
 out["chat"] = {"content": r.choices[0].message.content, "role": r.choices[0].message.role,
@@ -344,6 +381,9 @@ print(json.dumps(out))
     assert_eq!(got["completion"]["usage"]["completion_tokens"], alone["usage"]["completion_tokens"], "{got}");
     assert_eq!(got["completion"]["usage"]["prompt_tokens"], 2, "{got}");
     assert_eq!(got["completion_stream"], alone["text"], "streamed = not streamed: {got}");
+    // Pushed to the ready runner, the text streams as it is produced: a piece per word here.
+    let words = alone["text"].as_str().unwrap().split(' ').count() as u64;
+    assert!(got["completion_pieces"].as_u64().unwrap() >= words.min(2), "{got}");
     assert_eq!(got["chat"]["role"], "assistant");
     assert!(matches!(got["chat"]["finish"].as_str(), Some("stop" | "length")), "{got}");
     let u = &got["chat"]["usage"];
@@ -364,4 +404,19 @@ print(json.dumps(out))
     assert!(e["other_app"]["message"].as_str().unwrap().contains("may call app `embed` only"), "{e}");
     eprintln!("openai client: {got}");
     f.kill();
+}
+
+/// The body of a chunked HTTP/1.1 response (size line in hex, data, CRLF; a 0 size ends it).
+fn dechunk(raw: &str) -> String {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or_else(|_| panic!("not chunked: {raw:?}"));
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
 }

@@ -195,6 +195,10 @@ pub struct AgentHealth {
     pub hardware: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+    /// Where fleetd pushes requests to this node's runners (`host:port`; absent: the runners
+    /// take work from the queue only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_addr: Option<String>,
 }
 
 /// One GPU as discovery (CUDA driver) and NVML see it; NVML's fields are absent without NVML.

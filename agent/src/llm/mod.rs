@@ -459,6 +459,11 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// The longest stop sequence's length in bytes (0: none).
+    pub fn stop_len(&self) -> usize {
+        self.stop.iter().map(String::len).max().unwrap_or(0)
+    }
+
     /// Seconds from reaching the runner to the first token, and from the first token to the
     /// end (`None` before there is a first token).
     pub fn timing(&self) -> Option<(f64, f64)> {

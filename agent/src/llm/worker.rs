@@ -16,10 +16,18 @@ use tokio::sync::oneshot;
 use super::{Batch, Llm, LlmError, Params, Sequence};
 
 type Reply = oneshot::Sender<Result<Value, String>>;
+/// Text as it is produced, for a streamed request: each message the text added since the last.
+pub type Deltas = tokio::sync::mpsc::UnboundedSender<String>;
+
+struct Job {
+    seq: Sequence,
+    reply: Reply,
+    deltas: Option<Deltas>,
+}
 
 /// The handle fleet's agent keeps per LLM runner.
 pub struct LlmRunner {
-    tx: mpsc::Sender<(Sequence, Reply)>,
+    tx: mpsc::Sender<Job>,
     llm: Arc<Llm>,
 }
 
@@ -80,7 +88,7 @@ pub fn parse(input: &Value) -> Result<(String, Params), LlmError> {
 impl LlmRunner {
     /// Starts the decode thread for `llm`, up to `max_multiplexing` sequences at once.
     pub fn start(llm: Arc<Llm>, max_multiplexing: usize) -> LlmRunner {
-        let (tx, rx) = mpsc::channel::<(Sequence, Reply)>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let l = llm.clone();
         std::thread::Builder::new()
             .name("llm-decode".into())
@@ -91,6 +99,12 @@ impl LlmRunner {
 
     /// Runs one request through the batch; the answer comes on the returned channel.
     pub fn submit(&self, input: &Value) -> oneshot::Receiver<Result<Value, String>> {
+        self.submit_streaming(input, None)
+    }
+
+    /// [`LlmRunner::submit`], with the text sent on `deltas` as it is produced (held back where it
+    /// could be the start of a stop sequence, so that nothing streamed is later cut).
+    pub fn submit_streaming(&self, input: &Value, deltas: Option<Deltas>) -> oneshot::Receiver<Result<Value, String>> {
         let (reply, rx) = oneshot::channel();
         let started = parse(input).and_then(|(prompt, params)| {
             let tokens = self.llm.tokenize(&prompt)?;
@@ -98,8 +112,8 @@ impl LlmRunner {
         });
         match started {
             Ok(seq) => {
-                if let Err(mpsc::SendError((_, reply))) = self.tx.send((seq, reply)) {
-                    let _ = reply.send(Err("the runner's decode loop has stopped".into()));
+                if let Err(mpsc::SendError(job)) = self.tx.send(Job { seq, reply, deltas }) {
+                    let _ = job.reply.send(Err("the runner's decode loop has stopped".into()));
                 }
             }
             Err(e) => {
@@ -107,6 +121,10 @@ impl LlmRunner {
             }
         }
         rx
+    }
+
+    pub fn llm(&self) -> &Llm {
+        &self.llm
     }
 }
 
@@ -127,10 +145,35 @@ fn answer(llm: &Llm, seq: &Sequence) -> Result<Value, String> {
     Ok(out)
 }
 
-fn decode_loop(llm: &Llm, rx: mpsc::Receiver<(Sequence, Reply)>, capacity: usize) {
+/// A running request's reply and, when streamed, what of its text was sent.
+struct Running {
+    reply: Option<Reply>,
+    deltas: Option<Deltas>,
+    tokens: Vec<u32>,
+    sent: usize,
+    holdback: usize,
+}
+
+/// Sends the text of `r` not sent yet, keeping back the last `holdback` bytes (a stop sequence
+/// may be starting there) unless the sequence ended.
+fn send_delta(r: &mut Running, text: &str, ended: bool) {
+    let Some(tx) = &r.deltas else { return };
+    let mut upto = if ended { text.len() } else { text.len().saturating_sub(r.holdback) };
+    while upto > 0 && !text.is_char_boundary(upto) {
+        upto -= 1;
+    }
+    // Decoding more tokens can change earlier text (merged pieces): send only what extends
+    // what was sent.
+    if upto > r.sent && text.is_char_boundary(r.sent) {
+        let _ = tx.send(text[r.sent..upto].to_string());
+        r.sent = upto;
+    }
+}
+
+fn decode_loop(llm: &Llm, rx: mpsc::Receiver<Job>, capacity: usize) {
     let mut batch: Batch<usize> = Batch::new(capacity);
-    let mut replies: Vec<Option<Reply>> = Vec::new();
-    let mut waiting: std::collections::VecDeque<(Sequence, Reply)> = Default::default();
+    let mut running: Vec<Running> = Vec::new();
+    let mut waiting: std::collections::VecDeque<Job> = Default::default();
     let mut open = true;
     loop {
         // Take what has arrived: block only when there is nothing to decode.
@@ -148,24 +191,44 @@ fn decode_loop(llm: &Llm, rx: mpsc::Receiver<(Sequence, Reply)>, capacity: usize
             }
         }
         while batch.has_room() {
-            let Some((seq, reply)) = waiting.pop_front() else { break };
-            let key = replies.len();
-            replies.push(Some(reply));
-            if let Err(back) = batch.join(key, seq) {
+            let Some(job) = waiting.pop_front() else { break };
+            let key = running.len();
+            let holdback = job.seq.stop_len().saturating_sub(1);
+            running.push(Running { reply: Some(job.reply), deltas: job.deltas, tokens: Vec::new(), sent: 0, holdback });
+            if let Err(back) = batch.join(key, job.seq) {
                 let (_, seq) = *back;
-                waiting.push_front((seq, replies.pop().flatten().expect("just pushed")));
+                let r = running.pop().expect("just pushed");
+                waiting.push_front(Job { seq, reply: r.reply.expect("not answered"), deltas: r.deltas });
                 break;
             }
         }
-        let (_tokens, done) = batch.step(llm);
+        let (tokens, done) = batch.step(llm);
+        // A sequence that ended this step sends its final text (cut at a stop sequence) below.
+        let ended: Vec<usize> = done.iter().map(|(k, _)| *k).collect();
+        for (key, t) in tokens {
+            let r = &mut running[key];
+            if r.deltas.is_some() && !ended.contains(&key) {
+                r.tokens.push(t);
+                if let Ok(text) = llm.detokenize(&r.tokens) {
+                    send_delta(r, &text, false);
+                }
+            }
+        }
         for (key, result) in done {
             let out = result.map_err(|e| e.to_string()).and_then(|seq| answer(llm, &seq));
-            if let Some(reply) = replies[key].take() {
+            let r = &mut running[key];
+            if let Ok(v) = &out
+                && let Some(text) = v["text"].as_str()
+            {
+                send_delta(r, text, true);
+            }
+            r.deltas = None;
+            if let Some(reply) = r.reply.take() {
                 let _ = reply.send(out);
             }
         }
         if batch.is_empty() && waiting.is_empty() {
-            replies.clear();
+            running.clear();
             if !open {
                 return;
             }

@@ -151,6 +151,11 @@ pub struct Ctx {
     pub arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// Serving figures per app from finished requests ([`crate::serving`]).
     pub serving: Arc<crate::serving::Serving>,
+    /// The fleet's push key (nodes' push credentials derive from it); `None`: no pushes, every
+    /// request goes through the queue ([`crate::push`]).
+    pub push_key: Option<fleet_core::Secret>,
+    /// Requests pushed to runners and not yet finished.
+    pub pushes: Arc<crate::push::Outstanding>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// What the API lets in per app: queue bound, rate per token.
@@ -203,6 +208,8 @@ impl Ctx {
             reclaimed: Default::default(),
             arrivals: Default::default(),
             serving: Default::default(),
+            push_key: None,
+            pushes: Default::default(),
             gateway_leases: Default::default(),
             admission: Default::default(),
             clouds: Default::default(),

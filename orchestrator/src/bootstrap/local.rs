@@ -27,6 +27,9 @@ pub struct LocalAgentStarter {
     pub access: Arc<dyn AgentAccess>,
     /// More agent config (TOML sections) appended to each node's.
     pub extra_agent_config: String,
+    /// The fleet's push key: each node's agent gets its own push credential and a loopback push
+    /// endpoint (`None`: runners take work from the queue only).
+    pub push_key: Option<fleet_core::Secret>,
 }
 
 #[async_trait]
@@ -64,6 +67,17 @@ impl NodeStarter for LocalAgentStarter {
             model.display(),
             self.extra_agent_config
         );
+        let push = match &self.push_key {
+            Some(key) => {
+                let push_file = dir.join("push.token");
+                let _ = std::fs::remove_file(&push_file);
+                crate::auth::write_private(&push_file, crate::push::credential(key, node).expose())
+                    .map_err(|e| format!("{}: {e}", push_file.display()))?;
+                format!("[push]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", push_file.display())
+            }
+            None => String::new(),
+        };
+        let config = format!("{config}{push}");
         let config_file = dir.join("agent.toml");
         std::fs::write(&config_file, config).map_err(|e| format!("{}: {e}", config_file.display()))?;
         let mut cmd = Command::new(&self.agent_binary);

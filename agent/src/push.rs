@@ -1,0 +1,129 @@
+//! The push endpoint: fleetd sends a request straight to one of this node's language-model
+//! runners and reads the text back as it is produced, instead of going through the durable
+//! queue (which stays for the requests no runner has room for).
+//!
+//! `POST /v1/runners/{runner}/generate` with `Authorization: Bearer <credential>` (the node's
+//! push credential, minted by fleetd and given to this agent only; compared in constant time) and
+//! the request's input as the queue carries it (`{"prompt"|"messages", "max_tokens", …}`). The
+//! answer streams as newline-delimited JSON: `{"delta": "text"}` as text is produced, then one
+//! `{"done": {text, finish_reason, usage, timing}}` or `{"error": "why"}`. The runner must be
+//! loaded here and be a language model (404 / 400 otherwise, before anything streams).
+//!
+//! Loopback only for now (the config refuses other addresses): TLS with a published certificate
+//! fingerprint comes with pushing to nodes off this machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fleet_core::{RunnerId, Secret};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::llm::worker::LlmRunner;
+
+/// The language-model runners loaded on this node, shared with the push endpoint.
+pub type Runners = Arc<Mutex<HashMap<RunnerId, Arc<LlmRunner>>>>;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn reply(status: StatusCode, v: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string() + "\n")).boxed())
+        .expect("a valid response")
+}
+
+/// Constant-time equality (a timing difference must not tell how much of a guess was right).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) -> Response<Body> {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(presented.as_bytes(), token.expose().as_bytes()) {
+        return reply(StatusCode::UNAUTHORIZED, json!({"error": "this endpoint takes the node's push credential"}));
+    }
+    let path = req.uri().path().to_string();
+    let runner: Option<RunnerId> =
+        path.strip_prefix("/v1/runners/").and_then(|r| r.strip_suffix("/generate")).and_then(|r| r.parse().ok());
+    let Some(runner) = runner.filter(|_| req.method() == hyper::Method::POST) else {
+        return reply(StatusCode::NOT_FOUND, json!({"error": format!("no such endpoint: {} {path}", req.method())}));
+    };
+    let Some(llm) = runners.lock().expect("runners lock").get(&runner).cloned() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("runner {runner} is not a language-model runner loaded on this node")}),
+        );
+    };
+    // Inputs are bounded by fleetd's admission; 8 MiB is far above any it lets through.
+    let body = match http_body_util::Limited::new(req.into_body(), 8 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("cannot read the body: {e}")})),
+    };
+    let input: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("the body is not JSON: {e}")})),
+    };
+    // Bad input is refused before anything streams.
+    if let Err(e) = crate::llm::worker::parse(&input) {
+        return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
+    }
+    let (deltas_tx, mut deltas) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let answer = llm.submit_streaming(&input, Some(deltas_tx));
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(16);
+    tokio::spawn(async move {
+        while let Some(d) = deltas.recv().await {
+            let line = json!({"delta": d}).to_string() + "\n";
+            if tx.send(Frame::data(Bytes::from(line))).await.is_err() {
+                // fleetd went away: the sequence still finishes (its slot frees at the end).
+                return;
+            }
+        }
+        let last = match answer.await {
+            Ok(Ok(v)) => json!({"done": v}),
+            Ok(Err(e)) => json!({"error": e}),
+            Err(_) => json!({"error": "the runner stopped before it answered"}),
+        };
+        let _ = tx.send(Frame::data(Bytes::from(last.to_string() + "\n"))).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(body.boxed())
+        .expect("a valid response")
+}
+
+/// Serves the push endpoint on `listener` for as long as the agent runs.
+pub async fn serve(listener: tokio::net::TcpListener, token: Secret, runners: Runners) {
+    let token = Arc::new(token);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "push endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (token, runners) = (token.clone(), runners.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (token, runners) = (token.clone(), runners.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(req, token, runners).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+                tracing::debug!(error = %e, "push connection ended");
+            }
+        });
+    }
+}
