@@ -181,3 +181,37 @@ fn the_same_seed_writes_the_same_model() {
     assert_eq!(one, again);
     assert_ne!(one, other);
 }
+
+#[test]
+fn a_streamed_request_sends_its_text_as_produced_and_nothing_past_a_stop() {
+    use fleet_agent::llm::worker::LlmRunner;
+    let (_dir, llm) = model(Family::Llama, 1);
+    let llm = std::sync::Arc::new(llm);
+    let runner = LlmRunner::start(llm.clone(), 2);
+    let prompt = "the fleet rents gpus across clouds";
+    let alone = llm.generate(llm.tokenize(prompt).unwrap(), &greedy(10)).unwrap().0;
+    let text = llm.detokenize(&alone).unwrap();
+    let words: Vec<&str> = text.split(' ').collect();
+    assert!(words.len() >= 4, "{text}");
+    let stream = |input: serde_json::Value| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let answer = runner.submit_streaming(&input, Some(tx)).blocking_recv().unwrap().unwrap();
+        let mut pieces = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            pieces.push(p);
+        }
+        (answer, pieces)
+    };
+    // No stop: one piece per token, adding up to the answer.
+    let (answer, pieces) = stream(serde_json::json!({"prompt": prompt, "max_tokens": 10}));
+    assert_eq!(answer["text"], text.as_str());
+    assert_eq!(pieces.concat(), text);
+    assert!(pieces.len() >= words.len() - 1, "{pieces:?}");
+    // A stop sequence (the fourth word): the stream never shows it or anything after.
+    let stop = format!(" {}", words[3]);
+    let (answer, pieces) = stream(serde_json::json!({"prompt": prompt, "max_tokens": 10, "stop": stop}));
+    let cut = &text[..text.find(&stop).unwrap()];
+    assert_eq!(answer["text"], cut);
+    assert_eq!(answer["finish_reason"], "stop");
+    assert_eq!(pieces.concat(), cut, "{pieces:?}");
+}

@@ -79,6 +79,19 @@ fn io(path: &Path, e: impl std::fmt::Display) -> LlmError {
 /// `shards` files with `model.safetensors.index.json` when `shards > 1`. The same seed writes
 /// the same weights.
 pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize, seed: u64) -> Result<(), LlmError> {
+    write_as(dir, family, shape, shards, seed, DType::F32)
+}
+
+/// [`write`] with the weights stored as `dtype` (bf16 halves a large model's files, as hubs
+/// publish them).
+pub fn write_as(
+    dir: &Path,
+    family: Family,
+    shape: Shape,
+    shards: usize,
+    seed: u64,
+    dtype: DType,
+) -> Result<(), LlmError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let vocab = vocab();
     let v = vocab.len();
@@ -144,7 +157,11 @@ pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize, seed: u64)
     names.sort();
     let shards = shards.clamp(1, names.len());
     if shards == 1 {
-        let all: HashMap<String, Tensor> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let all: HashMap<String, Tensor> = data
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .collect::<candle_core::Result<_>>()
+            .map_err(compute)?;
         let p = dir.join("model.safetensors");
         candle_core::safetensors::save(&all, &p).map_err(|e| io(&p, e))?;
         return Ok(());
@@ -153,8 +170,11 @@ pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize, seed: u64)
     let per = names.len().div_ceil(shards);
     for (i, chunk) in names.chunks(per).enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
-        let part: HashMap<String, Tensor> =
-            chunk.iter().map(|k| ((*k).clone(), data[*k].as_tensor().clone())).collect();
+        let part: HashMap<String, Tensor> = chunk
+            .iter()
+            .map(|k| Ok(((*k).clone(), data[*k].as_tensor().to_dtype(dtype)?)))
+            .collect::<candle_core::Result<_>>()
+            .map_err(compute)?;
         let p = dir.join(&file);
         candle_core::safetensors::save(&part, &p).map_err(|e| io(&p, e))?;
         for k in chunk {
