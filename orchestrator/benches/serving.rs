@@ -1,0 +1,207 @@
+//! What fleetd adds to a request over calling the agent directly (issue 19): the real fleetd
+//! with a local node (a real fleet-agent serving a tiny random-weight Llama on the CPU), the
+//! same one-token completion sent open-loop at a fixed rate two ways, in the same run:
+//!
+//! - **direct**: `POST /v1/runners/{id}/generate` to the agent's push endpoint (its credential),
+//!   the clock stopping at the agent's final line;
+//! - **through fleetd**: `POST /v1/completions` (an admin token), which admits it, picks the
+//!   runner and pushes it there; the clock stops at fleetd's answer.
+//!
+//! Each request opens its own connection in both (so the difference is fleetd's work plus one
+//! more loopback hop). Prints p50/p99 of each and the difference.
+//!
+//! `cargo build --release -p fleet-agent && cargo bench -p fleet-orchestrator --bench serving`
+//! (`FLEET_BENCH_RATE`, default 500 requests/s; `FLEET_BENCH_SECONDS`, default 4).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+const SPEC: &str = r#"
+[fleet]
+name = "bench"
+
+[apps.chat]
+gpu = "H100"
+gpus = 1
+
+[apps.chat.scaling]
+min_concurrency = 1
+max_concurrency = 1
+max_multiplexing = 64
+keep_alive = "1h"
+
+[apps.chat.requests]
+rate_per_token = 100000
+"#;
+
+/// One HTTP/1.1 request on a fresh connection; the whole body.
+async fn call(addr: &str, path: &str, auth: &str, body: &str) -> (u16, Bytes) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", addr)
+        .header("authorization", format!("Bearer {auth}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tx.send_request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Sends `n` requests open-loop at `rate`/s with `send`, returns latencies in ms.
+async fn open_loop<F, Fut>(rate: f64, n: usize, send: F) -> Vec<f64>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let send = Arc::new(send);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = send().await;
+            assert!(ok, "a request failed");
+            t.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn main() {
+    let rate: f64 = std::env::var("FLEET_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(500.0);
+    let secs: f64 = std::env::var("FLEET_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);
+    let fleetd = env!("CARGO_BIN_EXE_fleetd");
+    let agent = std::path::Path::new(fleetd).with_file_name("fleet-agent");
+    assert!(agent.is_file(), "{} missing: cargo build --release -p fleet-agent first", agent.display());
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let ok = Command::new(&agent).args(["make-llm", "--family", "llama"]).arg(&model).status().unwrap();
+    assert!(ok.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let mut child = Command::new(fleetd)
+        .args(["--fleet", "bench", "--local", "--listen", &addr, "--reconcile-every", "0.2"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--model")
+        .arg(format!("chat={}", model.display()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let result = rt.block_on(async {
+        let t = Instant::now();
+        let token = loop {
+            if let Ok(s) = std::fs::read_to_string(dir.path().join("admin.token")) {
+                break s.trim().to_string();
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "fleetd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Wait for the runner to serve and its agent to publish its endpoint.
+        let (agent_addr, node, runner) = loop {
+            assert!(t.elapsed() < Duration::from_secs(120), "no ready runner within 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(resp) = tokio::time::timeout(Duration::from_secs(2), async {
+                let get = |path: &'static str| {
+                    let (addr, token) = (addr.clone(), token.clone());
+                    async move {
+                        let stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+                        let (mut tx, conn) =
+                            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+                        tokio::spawn(conn);
+                        let req = hyper::Request::get(path)
+                            .header("host", addr.as_str())
+                            .header("authorization", format!("Bearer {token}"))
+                            .body(Full::new(Bytes::new()))
+                            .ok()?;
+                        let body = tx.send_request(req).await.ok()?.into_body().collect().await.ok()?.to_bytes();
+                        serde_json::from_slice::<Value>(&body).ok()
+                    }
+                };
+                (get("/v1/nodes").await, get("/v1/runners").await)
+            })
+            .await
+            else {
+                continue;
+            };
+            let (Some(nodes), Some(runners)) = resp else { continue };
+            let ready = runners.as_array().and_then(|r| r.iter().find(|r| r["state"]["state"] == "idle"));
+            let push = nodes.as_array().and_then(|n| {
+                n.iter()
+                    .find_map(|n| Some((n["agent"]["health"]["push_addr"].as_str()?.to_string(), n["id"].as_u64()?)))
+            });
+            if let (Some(r), Some((a, node))) = (ready, push) {
+                break (a, node, r["id"].as_u64().unwrap());
+            }
+        };
+        let key =
+            fleet_core::Secret::new(std::fs::read_to_string(dir.path().join("push.key")).unwrap().trim().to_string());
+        let cred = fleet_orchestrator::push::credential(&key, node).expose().to_string();
+        let n = (rate * secs) as usize;
+        let prompt = r#"{"prompt": "hello world", "max_tokens": 1}"#;
+        // Warm both paths.
+        for _ in 0..20 {
+            call(&agent_addr, &format!("/v1/runners/{runner}/generate"), &cred, prompt).await;
+            call(&addr, "/v1/completions", &token, r#"{"model": "chat", "prompt": "hello world", "max_tokens": 1}"#)
+                .await;
+        }
+        let (a, c) = (agent_addr.clone(), cred.clone());
+        let mut direct = open_loop(rate, n, move || {
+            let (a, c) = (a.clone(), c.clone());
+            async move {
+                let (s, b) = call(&a, &format!("/v1/runners/{runner}/generate"), &c, prompt).await;
+                s == 200 && String::from_utf8_lossy(&b).contains("\"done\"")
+            }
+        })
+        .await;
+        let (f, tk) = (addr.clone(), token.clone());
+        let mut through = open_loop(rate, n, move || {
+            let (f, tk) = (f.clone(), tk.clone());
+            async move {
+                let (s, b) =
+                    call(&f, "/v1/completions", &tk, r#"{"model": "chat", "prompt": "hello world", "max_tokens": 1}"#)
+                        .await;
+                s == 200 && String::from_utf8_lossy(&b).contains("\"choices\"")
+            }
+        })
+        .await;
+        let d = (quantile(&mut direct, 0.5), quantile(&mut direct, 0.99));
+        let t = (quantile(&mut through, 0.5), quantile(&mut through, 0.99));
+        (n, d, t)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+    let (n, d, t) = result;
+    println!("{n} one-token completions at {rate} requests/s each way (loopback, CPU, a tiny Llama)");
+    println!("direct to the agent        p50 {:.2} ms   p99 {:.2} ms", d.0, d.1);
+    println!("through fleetd             p50 {:.2} ms   p99 {:.2} ms", t.0, t.1);
+    println!("fleetd adds                p50 {:.2} ms   p99 {:.2} ms (goal < 1 ms and < 5 ms)", t.0 - d.0, t.1 - d.1);
+}
