@@ -40,10 +40,12 @@ rate_per_token = 100000
 "#;
 
 /// One HTTP/1.1 request on a fresh connection; the whole body.
-async fn call(addr: &str, path: &str, auth: &str, body: &str) -> (u16, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+async fn call(addr: &str, path: &str, auth: &str, body: &str) -> Result<(u16, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let req = hyper::Request::post(path)
         .header("host", addr)
@@ -51,9 +53,9 @@ async fn call(addr: &str, path: &str, auth: &str, body: &str) -> (u16, Bytes) {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let resp = tx.send_request(req).await.expect("answer");
+    let resp = tx.send_request(req).await.map_err(|e| format!("no answer: {e}"))?;
     let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    Ok((status, resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes()))
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -61,11 +63,12 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// Sends `n` requests open-loop at `rate`/s with `send`, returns latencies in ms.
-async fn open_loop<F, Fut>(rate: f64, n: usize, send: F) -> Vec<f64>
+/// Sends `n` requests open-loop at `rate`/s with `send`; latencies in ms of those answered
+/// well, and the first failure with how many failed.
+async fn open_loop<F, Fut>(rate: f64, n: usize, send: F) -> (Vec<f64>, usize, Option<String>)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let send = Arc::new(send);
     let start = tokio::time::Instant::now();
@@ -75,16 +78,20 @@ where
         let send = send.clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let ok = send().await;
-            assert!(ok, "a request failed");
-            t.elapsed().as_secs_f64() * 1000.0
+            send().await.map(|_| t.elapsed().as_secs_f64() * 1000.0)
         }));
     }
-    let mut out = Vec::with_capacity(n);
+    let (mut out, mut failed, mut first) = (Vec::with_capacity(n), 0, None);
     for t in tasks {
-        out.push(t.await.unwrap());
+        match t.await.unwrap() {
+            Ok(ms) => out.push(ms),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
     }
-    out
+    (out, failed, first)
 }
 
 fn main() {
@@ -168,40 +175,56 @@ fn main() {
         let prompt = r#"{"prompt": "hello world", "max_tokens": 1}"#;
         // Warm both paths.
         for _ in 0..20 {
-            call(&agent_addr, &format!("/v1/runners/{runner}/generate"), &cred, prompt).await;
-            call(&addr, "/v1/completions", &token, r#"{"model": "chat", "prompt": "hello world", "max_tokens": 1}"#)
-                .await;
+            let _ = call(&agent_addr, &format!("/v1/runners/{runner}/generate"), &cred, prompt).await;
+            let _ = call(
+                &addr,
+                "/v1/completions",
+                &token,
+                r#"{"model": "chat", "prompt": "hello world", "max_tokens": 1}"#,
+            )
+            .await;
         }
         let (a, c) = (agent_addr.clone(), cred.clone());
-        let mut direct = open_loop(rate, n, move || {
+        let (mut direct, direct_failed, direct_err) = open_loop(rate, n, move || {
             let (a, c) = (a.clone(), c.clone());
             async move {
-                let (s, b) = call(&a, &format!("/v1/runners/{runner}/generate"), &c, prompt).await;
-                s == 200 && String::from_utf8_lossy(&b).contains("\"done\"")
+                let (s, b) = call(&a, &format!("/v1/runners/{runner}/generate"), &c, prompt).await?;
+                let b = String::from_utf8_lossy(&b);
+                if s == 200 && b.contains("\"done\"") { Ok(()) } else { Err(format!("{s}: {b}")) }
             }
         })
         .await;
         let (f, tk) = (addr.clone(), token.clone());
-        let mut through = open_loop(rate, n, move || {
+        let (mut through, through_failed, through_err) = open_loop(rate, n, move || {
             let (f, tk) = (f.clone(), tk.clone());
             async move {
                 let (s, b) =
                     call(&f, "/v1/completions", &tk, r#"{"model": "chat", "prompt": "hello world", "max_tokens": 1}"#)
-                        .await;
-                s == 200 && String::from_utf8_lossy(&b).contains("\"choices\"")
+                        .await?;
+                let b = String::from_utf8_lossy(&b);
+                if s == 200 && b.contains("\"choices\"") { Ok(()) } else { Err(format!("{s}: {b}")) }
             }
         })
         .await;
+        for (what, failed, err) in
+            [("direct", direct_failed, &direct_err), ("through fleetd", through_failed, &through_err)]
+        {
+            if failed > 0 {
+                eprintln!("{what}: {failed} of {n} failed; the first: {}", err.as_deref().unwrap_or_default());
+            }
+        }
+        assert!(direct.len() > n / 2 && through.len() > n / 2, "too many failures to measure");
         let d = (quantile(&mut direct, 0.5), quantile(&mut direct, 0.99));
         let t = (quantile(&mut through, 0.5), quantile(&mut through, 0.99));
-        (n, d, t)
+        (n, d, t, direct_failed, through_failed)
     });
     let _ = child.kill();
     let _ = child.wait();
     let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
-    let (n, d, t) = result;
+    let (n, d, t, df, tf) = result;
     println!("{n} one-token completions at {rate} requests/s each way (loopback, CPU, a tiny Llama)");
     println!("direct to the agent        p50 {:.2} ms   p99 {:.2} ms", d.0, d.1);
     println!("through fleetd             p50 {:.2} ms   p99 {:.2} ms", t.0, t.1);
+    println!("failed                     direct {df}, through fleetd {tf}");
     println!("fleetd adds                p50 {:.2} ms   p99 {:.2} ms (goal < 1 ms and < 5 ms)", t.0 - d.0, t.1 - d.1);
 }

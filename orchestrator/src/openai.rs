@@ -497,7 +497,12 @@ async fn collect_pushed(
 ) -> Response {
     let mut ev = Some(first);
     loop {
-        match ev.take().or(rest.recv().await) {
+        // (Not `ev.take().or(rest.recv().await)`: that would take, and lose, the next event.)
+        let next = match ev.take() {
+            Some(e) => Some(e),
+            None => rest.recv().await,
+        };
+        match next {
             Some(PushEvent::Delta(_)) => {}
             Some(PushEvent::Done(answer)) => {
                 observe_pushed(&ctx, &names.app, runner, &answer, submitted);

@@ -154,10 +154,18 @@ fn removing_an_app_says_which_nodes_go_and_terminates_them() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let instances = std::fs::read_to_string(dir.path().join("local/instances.json")).unwrap();
+    // The terminate sent SIGTERM; the agent drains and exits (the provider reaps it).
     for r in serde_json::from_str::<Value>(&instances).unwrap().as_array().unwrap() {
         let pid = r["pid"].as_u64().unwrap();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        assert!(cwd.is_none_or(|c| c.to_str() != r["dir"].as_str()), "node process {pid} still runs");
+        let t = Instant::now();
+        loop {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+            if cwd.is_none_or(|c| c.to_str() != r["dir"].as_str()) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "node process {pid} still runs 15 s after its terminate");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     f.kill();
 }
@@ -323,6 +331,8 @@ c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["TOKEN
 out = {}
 r = c.completions.create(model="chat", prompt="hello world", max_tokens=6, temperature=0)
 out["completion"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump()}
+r = c.completions.create(model="chat", prompt="hello world", max_tokens=1)
+out["one_token"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason}
 text, pieces = "", 0
 for chunk in c.completions.create(model="chat", prompt="hello world", max_tokens=6, stream=True):
     text += chunk.choices[0].text
@@ -381,6 +391,10 @@ print(json.dumps(out))
     assert_eq!(got["completion"]["usage"]["completion_tokens"], alone["usage"]["completion_tokens"], "{got}");
     assert_eq!(got["completion"]["usage"]["prompt_tokens"], 2, "{got}");
     assert_eq!(got["completion_stream"], alone["text"], "streamed = not streamed: {got}");
+    // One token: the runner's text and its answer come back to back (the answer is not lost).
+    let first_word = alone["text"].as_str().unwrap().split(' ').next().unwrap();
+    assert_eq!(got["one_token"]["text"], first_word, "{got}");
+    assert_eq!(got["one_token"]["finish"], "length", "{got}");
     // Pushed to the ready runner, the text streams as it is produced: a piece per word here.
     let words = alone["text"].as_str().unwrap().split(' ').count() as u64;
     assert!(got["completion_pieces"].as_u64().unwrap() >= words.min(2), "{got}");

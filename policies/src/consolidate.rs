@@ -215,11 +215,17 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
         let (pa, pb) = (price_of(&input.nodes[*a]), price_of(&input.nodes[*b]));
         pb.times(input.hosted[*a]).cmp(&pa.times(input.hosted[*b])).then(a.cmp(b))
     });
+    // No node holds more than this many of the app's runners: longer prefixes cannot merge (and
+    // with one runner per node, as for 8-GPU runners, there is nothing to try at all).
+    let max_fit = idx.max_runners_per_node(input.app);
     let (mut runners, mut price, mut owed_total, mut on_demand) = (0u32, Money::ZERO, Money::ZERO, 0u32);
     let mut youngest: Option<std::time::Duration> = None;
     for (g, k) in order.iter().enumerate() {
         let n = &input.nodes[*k];
         let h = input.hosted[*k];
+        if runners + h > max_fit {
+            break;
+        }
         runners += h;
         price += price_of(n);
         owed_total += owed(input, n, price_of(n));

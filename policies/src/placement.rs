@@ -634,6 +634,11 @@ impl PlacementIndex {
         out
     }
 
+    /// The most runners of app `app` any one offering's node holds (0: none fits it).
+    pub fn max_runners_per_node(&self, app: usize) -> u32 {
+        self.apps[app].candidates.iter().map(|c| c.runners_per_node).max().unwrap_or(0)
+    }
+
     /// The failover list of a node that will host `input.min_runners` runners: up to `limit`
     /// offerings that fit them and pass every check, cheapest node first. Unlike
     /// [`PlacementIndex::rank`] ($/GPU first), a node for one small runner fails over to other
