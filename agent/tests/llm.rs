@@ -215,3 +215,60 @@ fn a_streamed_request_sends_its_text_as_produced_and_nothing_past_a_stop() {
     assert_eq!(answer["finish_reason"], "stop");
     assert_eq!(pieces.concat(), cut, "{pieces:?}");
 }
+
+#[test]
+fn a_chat_is_rendered_by_the_models_own_template() {
+    let (dir, plain) = model(Family::Qwen2, 1);
+    let msgs = vec![
+        serde_json::json!({"role": "system", "content": "  be brief "}),
+        serde_json::json!({"role": "user", "content": "hello"}),
+    ];
+    // No tokenizer_config.json: role lines, then the assistant's turn.
+    assert_eq!(plain.render_chat(&msgs).unwrap(), "system:   be brief \nuser: hello\nassistant:");
+    // ChatML as Qwen2 publishes it (Python's .strip(), raise_exception for what it refuses).
+    let chatml = "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}\
+        {{ raise_exception('roles are system, user and assistant') }}{% endif %}\
+        <|im_start|>{{ m['role'] }}\n{{ m['content'].strip() }}<|im_end|>\n{% endfor %}\
+        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let cfg = dir.path().join("tokenizer_config.json");
+    std::fs::write(&cfg, serde_json::json!({"chat_template": chatml, "eos_token": "<|im_end|>"}).to_string()).unwrap();
+    let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(
+        llm.render_chat(&msgs).unwrap(),
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let e = llm.render_chat(&[serde_json::json!({"role": "tool", "content": "x"})]).unwrap_err().to_string();
+    assert!(e.contains("roles are system, user and assistant"), "{e}");
+    assert!(e.starts_with("bad request:"), "the caller's to fix: {e}");
+    // Llama 3's shape: a list of named templates, BOS from the config (a {content} object).
+    let llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n\
+        {{ m.content | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}\
+        <|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+    std::fs::write(
+        &cfg,
+        serde_json::json!({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": llama3}],
+                           "bos_token": {"content": "<|begin_of_text|>"}})
+        .to_string(),
+    )
+    .unwrap();
+    let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(
+        llm.render_chat(&msgs[1..]).unwrap(),
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    // A chat generates through the runner as a prompt does.
+    let runner = fleet_agent::llm::worker::LlmRunner::start(std::sync::Arc::new(llm), 1);
+    let answer = runner
+        .submit(&serde_json::json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}))
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    // The test tokenizer splits on whitespace: the rendered chat is two pieces.
+    assert_eq!(answer["usage"]["prompt_tokens"], 2, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+    // A template that does not parse is refused when the model loads.
+    std::fs::write(&cfg, serde_json::json!({"chat_template": "{% for m in messages %}"}).to_string()).unwrap();
+    let e = Llm::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("chat_template does not parse"), "{e}");
+}

@@ -98,6 +98,8 @@ pub struct Llm {
     family: Family,
     template: SeqModel,
     tokenizer: tokenizers::Tokenizer,
+    /// `tokenizer_config.json`'s chat template (Jinja) and the special tokens it may name.
+    chat: Option<ChatTemplate>,
     eos: Vec<u32>,
     max_positions: usize,
     device: Device,
@@ -229,6 +231,7 @@ impl Llm {
             family,
             template,
             tokenizer,
+            chat: ChatTemplate::read(dir)?,
             eos,
             max_positions: head.max_position_embeddings.unwrap_or(4096),
             device: device.clone(),
@@ -237,6 +240,32 @@ impl Llm {
 
     pub fn family(&self) -> Family {
         self.family
+    }
+
+    /// `text`'s tokens as rendered, no special tokens added (a chat template places them).
+    pub fn tokenize_as_is(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| LlmError::Input(format!("cannot tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A chat as the model was trained to read one: its `tokenizer_config.json` chat template
+    /// (Jinja, rendered with minijinja and Python's string methods) with `messages`,
+    /// `add_generation_prompt = true`, `bos_token` and `eos_token`; without a template, each
+    /// message as a `role: content` line and then `assistant:`.
+    pub fn render_chat(&self, messages: &[serde_json::Value]) -> Result<String, LlmError> {
+        match &self.chat {
+            Some(t) => t.render(messages),
+            None => {
+                let mut out = String::new();
+                for m in messages {
+                    let role = m["role"].as_str().unwrap_or_default();
+                    let content = m["content"].as_str().unwrap_or_default();
+                    out.push_str(&format!("{role}: {content}\n"));
+                }
+                out.push_str("assistant:");
+                Ok(out)
+            }
+        }
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, LlmError> {
@@ -369,6 +398,73 @@ impl Llm {
             tokens.push(token);
         }
         Ok(out)
+    }
+}
+
+/// A model's chat template (`tokenizer_config.json`: `chat_template`, a string or a list of
+/// named templates of which `default` is used) and the special tokens it is rendered with.
+struct ChatTemplate {
+    source: String,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    fn read(dir: &Path) -> Result<Option<ChatTemplate>, LlmError> {
+        let path = dir.join("tokenizer_config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+        let layout = |why: String| LlmError::Layout { path: path.display().to_string(), why };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| layout(format!("not JSON: {e}")))?;
+        let source = match &v["chat_template"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(list) => {
+                let named = |n: &str| {
+                    list.iter().find(|t| t["name"] == n).and_then(|t| t["template"].as_str()).map(String::from)
+                };
+                match named("default") {
+                    Some(s) => s,
+                    None => return Err(layout("chat_template lists no template named \"default\"".into())),
+                }
+            }
+            serde_json::Value::Null => return Ok(None),
+            _ => return Err(layout("chat_template is neither a string nor a list of named templates".into())),
+        };
+        // Special tokens are strings or `{"content": ...}` objects.
+        let token = |k: &str| match &v[k] {
+            serde_json::Value::String(s) => s.clone(),
+            o => o["content"].as_str().unwrap_or_default().to_string(),
+        };
+        let t = ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") };
+        // A template that does not parse is the model's defect: said at load, not per request.
+        t.env().map_err(|e| layout(format!("chat_template does not parse: {e}")))?;
+        Ok(Some(t))
+    }
+
+    fn env(&self) -> Result<minijinja::Environment<'_>, minijinja::Error> {
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Hub templates call raise_exception("...") to refuse a conversation they cannot render.
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", &self.source)?;
+        Ok(env)
+    }
+
+    fn render(&self, messages: &[serde_json::Value]) -> Result<String, LlmError> {
+        let env = self.env().map_err(|e| LlmError::Compute(format!("chat template: {e}")))?;
+        let t = env.get_template("chat").map_err(|e| LlmError::Compute(format!("chat template: {e}")))?;
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+        })
+        .map_err(|e| {
+            // The template refusing the conversation (raise_exception) is the caller's to fix.
+            let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
+            LlmError::Input(format!("the model's chat template refuses these messages: {detail}"))
+        })
     }
 }
 

@@ -37,32 +37,29 @@ impl std::fmt::Debug for LlmRunner {
     }
 }
 
-/// A chat as one prompt: each message on its own line as `role: content`, then `assistant:` for
-/// the model to continue. (A model's own chat template, from its `tokenizer_config.json`, is not
-/// applied yet.)
-pub fn chat_prompt(messages: &[Value]) -> Result<String, LlmError> {
-    let mut out = String::new();
-    for (i, m) in messages.iter().enumerate() {
-        let (Some(role), Some(content)) =
-            (m.get("role").and_then(Value::as_str), m.get("content").and_then(Value::as_str))
-        else {
-            return Err(LlmError::Input(format!("messages[{i}] needs a role and a text content")));
-        };
-        out.push_str(role);
-        out.push_str(": ");
-        out.push_str(content);
-        out.push('\n');
-    }
-    out.push_str("assistant:");
-    Ok(out)
+/// What a request asks the model to continue: a prompt as given, or a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    /// `[{role, content}]`, rendered by the model's chat template ([`Llm::render_chat`]).
+    Chat(Vec<Value>),
 }
 
 /// A request's input as the queue carries it: the prompt (or chat `messages`) and OpenAI's
 /// sampling parameters.
-pub fn parse(input: &Value) -> Result<(String, Params), LlmError> {
+pub fn parse(input: &Value) -> Result<(Prompt, Params), LlmError> {
     let prompt = match (input.get("prompt"), input.get("messages")) {
-        (Some(Value::String(p)), None) => p.clone(),
-        (None, Some(Value::Array(m))) if !m.is_empty() => chat_prompt(m)?,
+        (Some(Value::String(p)), None) => Prompt::Text(p.clone()),
+        (None, Some(Value::Array(m))) if !m.is_empty() => {
+            for (i, msg) in m.iter().enumerate() {
+                if msg.get("role").and_then(Value::as_str).is_none()
+                    || msg.get("content").and_then(Value::as_str).is_none()
+                {
+                    return Err(LlmError::Input(format!("messages[{i}] needs a role and a text content")));
+                }
+            }
+            Prompt::Chat(m.clone())
+        }
         _ => {
             return Err(LlmError::Input(
                 "an LLM request needs \"prompt\": a string, or \"messages\": a list of {role, content}".into(),
@@ -83,6 +80,16 @@ pub fn parse(input: &Value) -> Result<(String, Params), LlmError> {
     }
     let params: Params = serde_json::from_value(rest).map_err(|e| LlmError::Input(e.to_string()))?;
     Ok((prompt, params))
+}
+
+/// The tokens `prompt` starts as: a text through the tokenizer (its special tokens added, as
+/// the tokenizer says), a chat rendered by the model's template and tokenized as rendered (the
+/// template places BOS and the rest itself).
+pub fn prompt_tokens(llm: &Llm, prompt: &Prompt) -> Result<Vec<u32>, LlmError> {
+    match prompt {
+        Prompt::Text(t) => llm.tokenize(t),
+        Prompt::Chat(m) => llm.tokenize_as_is(&llm.render_chat(m)?),
+    }
 }
 
 impl LlmRunner {
@@ -107,7 +114,7 @@ impl LlmRunner {
     pub fn submit_streaming(&self, input: &Value, deltas: Option<Deltas>) -> oneshot::Receiver<Result<Value, String>> {
         let (reply, rx) = oneshot::channel();
         let started = parse(input).and_then(|(prompt, params)| {
-            let tokens = self.llm.tokenize(&prompt)?;
+            let tokens = prompt_tokens(&self.llm, &prompt)?;
             self.llm.start(tokens, &params)
         });
         match started {
