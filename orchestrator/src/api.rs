@@ -817,7 +817,12 @@ pub(crate) async fn enqueue_admitted(
         other => ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{other:?}")),
     };
     ctx.admission.queue_room(&*ctx.store, &ctx.keys, app, limits.max_queue).await?.map_err(refused)?;
-    let id = queue::submit_as(&*ctx.store, &ctx.keys, app, input, ctx.clock.now(), owner).await?;
+    let id = match &ctx.submitter {
+        Some(s) => {
+            s.submit(queue::Submission { app: app.to_string(), input, owner: owner.map(str::to_string) }).await?
+        }
+        None => queue::submit_as(&*ctx.store, &ctx.keys, app, input, ctx.clock.now(), owner).await?,
+    };
     *ctx.arrivals.lock().expect("arrivals lock").entry(app.to_string()).or_default() += 1;
     ctx.nudge.notify_one();
     Ok(id)

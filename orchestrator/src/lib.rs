@@ -32,6 +32,7 @@ pub mod reconcile;
 pub mod serve;
 pub mod serving;
 pub mod sim_agents;
+pub mod submitter;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;

@@ -555,6 +555,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut ctx = Ctx::new(&args.fleet, store.clone(), providers, bootstrap, config, clock);
     ctx.access = access;
+    // Queue submits are committed in groups (fleet_orchestrator::submitter).
+    ctx.submitter =
+        Some(fleet_orchestrator::submitter::Submitter::start(store.clone(), Keys::new(&args.fleet), ctx.clock));
     // Local nodes take pushed requests (loopback; see fleet_orchestrator::push).
     if args.local {
         ctx.push_key = Some(push_key(&args)?);

@@ -92,6 +92,53 @@ pub async fn submit_as(
     Ok(id)
 }
 
+/// One request to submit with others ([`submit_group`]).
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub app: String,
+    pub input: serde_json::Value,
+    pub owner: Option<String>,
+}
+
+/// Submits several requests in one transaction (ids from the counter and every record together:
+/// one durable commit for the group, all or nothing), at most `store.max_txn_ops() - 1` of them.
+/// Returns their ids in order.
+pub async fn submit_group(
+    store: &dyn Store,
+    keys: &Keys,
+    group: &[Submission],
+    now: Time,
+) -> StoreResult<Vec<RequestId>> {
+    if group.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counter = keys.counter(Counter::Request);
+    loop {
+        let (first, cmp) = match store.get(&counter).await? {
+            Some(kv) => (kv.json::<u64>()?, Compare::unchanged(&kv)),
+            None => (1, Compare::absent(&counter)),
+        };
+        let mut ops = Vec::with_capacity(group.len() + 1);
+        ops.push(Op::put_json(&counter, &(first + group.len() as u64)));
+        for (i, s) in group.iter().enumerate() {
+            let id = first + i as u64;
+            let rec = RequestRecord {
+                id,
+                app: s.app.clone(),
+                input: s.input.clone(),
+                submitted_at: now,
+                attempts: 0,
+                state: RequestState::Queued,
+                owner: s.owner.clone(),
+            };
+            ops.push(Op::put(keys.queued(&s.app, id), to_json(&rec)));
+        }
+        if store.txn(vec![cmp], ops).await?.succeeded {
+            return Ok((first..first + group.len() as u64).collect());
+        }
+    }
+}
+
 /// The request wherever it is (queue or results).
 pub async fn get(store: &dyn Store, keys: &Keys, app: &str, id: RequestId) -> Result<RequestRecord, QueueError> {
     for key in [keys.queued(app, id), keys.result(app, id)] {

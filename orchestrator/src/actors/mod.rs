@@ -156,6 +156,8 @@ pub struct Ctx {
     pub push_key: Option<fleet_core::Secret>,
     /// Requests pushed to runners and not yet finished.
     pub pushes: Arc<crate::push::Outstanding>,
+    /// Group commit for queue submits (started with the API; `None`: each submit commits alone).
+    pub submitter: Option<crate::submitter::Submitter>,
     /// Leases agents hold through the store gateway (`/v1/store/call`).
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// What the API lets in per app: queue bound, rate per token.
@@ -210,6 +212,7 @@ impl Ctx {
             serving: Default::default(),
             push_key: None,
             pushes: Default::default(),
+            submitter: None,
             gateway_leases: Default::default(),
             admission: Default::default(),
             clouds: Default::default(),
