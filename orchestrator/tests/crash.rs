@@ -34,6 +34,20 @@ max_concurrency = 2
 keep_alive = "2s"
 "#;
 
+/// Asserts every request of app `llm` in `submitted` is done; returns how many took more than
+/// one attempt (re-queued after a crash).
+fn all_done(f: &Fleetd, submitted: &[u64]) -> usize {
+    let mut retried = 0;
+    for id in submitted {
+        let r = f.get(&format!("/v1/apps/llm/requests/{id}"));
+        assert_eq!(r["state"]["state"], "done", "request {id}: {r}");
+        if r["attempts"].as_u64().unwrap() > 1 {
+            retried += 1;
+        }
+    }
+    retried
+}
+
 fn start(dir: &std::path::Path, moto: &Moto, crash_at: Option<&str>) -> Fleetd {
     let mut args = aws_args(FLEET, moto, SPEC, dir);
     args.extend(["--simulate-agents", "--fake-speed", "20", "--data-dir"].map(String::from));
@@ -99,14 +113,7 @@ fn sigkill_at_every_crash_point_leaks_nothing_and_serves_every_request_once() {
     let idle = t.elapsed();
 
     // Exactly once: one result per request, each done.
-    let mut retried = 0;
-    for id in &submitted {
-        let r = f.get(&format!("/v1/apps/llm/requests/{id}"));
-        assert_eq!(r["state"]["state"], "done", "request {id}: {r}");
-        if r["attempts"].as_u64().unwrap() > 1 {
-            retried += 1;
-        }
-    }
+    let retried = all_done(&f, &submitted);
     // No node launched twice; every instance belongs to a node record.
     let (duplicates, unknown, instances) = duplicates_and_unknown(&f, &moto);
     assert!(duplicates.is_empty(), "nodes launched more than once: {duplicates:?}");
@@ -220,14 +227,7 @@ fn sigkill_inside_a_consolidation_move_finishes_it_once_and_serves_every_request
     let (duplicates, unknown, instances) = duplicates_and_unknown(&f, &moto);
     assert!(duplicates.is_empty(), "nodes launched more than once: {duplicates:?}");
     assert!(unknown.is_empty(), "instances of nodes fleetd has no record of: {unknown:?}");
-    let mut retried = 0;
-    for id in &submitted {
-        let r = f.get(&format!("/v1/apps/llm/requests/{id}"));
-        assert_eq!(r["state"]["state"], "done", "request {id}: {r}");
-        if r["attempts"].as_u64().unwrap() > 1 {
-            retried += 1;
-        }
-    }
+    let retried = all_done(&f, &submitted);
     eprintln!(
         "move crash test: {} SIGKILLs ({}); {instances} instances for 2 nodes, 0 duplicates, 0 leaked; \
          {} requests served, each done ({retried} after a re-queue)",
