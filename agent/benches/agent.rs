@@ -16,8 +16,8 @@ use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::{RequestState, RunnerRecord};
 use fleet_state::queue;
+use fleet_state::store::Store;
 use fleet_state::store::etcd::EtcdStore;
-use fleet_state::store::{Store, to_json};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -84,8 +84,11 @@ fn main() {
 
         // A runner assigned to the node, as the orchestrator would.
         let now = chrono::Utc::now();
-        let r = RunnerRecord { id: 1, app: "m".into(), state: RunnerPhase::Starting { node: 1, since: now }, created_at: now };
-        store.put(&keys.runner(1), to_json(&r), None).await.unwrap();
+        let r = RunnerRecord {
+            state: RunnerPhase::Starting { node: 1, since: now },
+            ..RunnerRecord::placed(1, "m", 1, now)
+        };
+        store.txn(vec![], r.put_ops(&keys)).await.unwrap();
         loop {
             let (v, _) = fleet_state::store::get_json::<RunnerRecord>(&*store, &keys.runner(1)).await.unwrap().unwrap();
             if matches!(v.state, RunnerPhase::Idle { .. }) {

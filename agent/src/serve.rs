@@ -3,9 +3,14 @@
 //! bound to the lease, so a dead agent's requests go back to the queue), runs them with candle,
 //! writes the results, and reports interruption notices at once.
 //!
+//! It learns its runners and its apps' queued requests by watching the store
+//! ([`fleet_state::work::NodeWork`]), never by reading whole prefixes on a timer: what it reads
+//! follows what changes for this node, not the size of the fleet.
+//!
 //! Losing the store is survivable: every loop logs and retries; when the lease expired meanwhile
-//! the agent takes a new one and registers again. It goes through the same store operations as
-//! the simulated agents of `fleetd --fake-clouds` (`fleet_orchestrator::sim_agents`).
+//! the agent takes a new one and registers again. Its claims, results and runner transitions are
+//! the store operations the simulated agents of `fleetd --fake-clouds`
+//! (`fleet_orchestrator::sim_agents`) use too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,7 @@ use fleet_state::lifecycle::runner::{RunnerEvent, RunnerPhase, transition};
 use fleet_state::model::{AgentHealth, AgentRecord, RunnerRecord, update};
 use fleet_state::queue;
 use fleet_state::store::{LeaseId, Store, StoreError, StoreResult, to_json};
+use fleet_state::work::NodeWork;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -154,6 +160,8 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Language-model runners, as the push endpoint sees them.
     push_runners: crate::push::Runners,
+    /// This node's runners and its apps' queued requests, followed by watching the store.
+    work: NodeWork,
 }
 
 impl Drop for Agent {
@@ -264,9 +272,11 @@ impl Agent {
                 }
             }));
         }
+        let work = NodeWork::start(store.clone(), keys.clone(), cfg.node, cfg.apps.keys().cloned().collect());
         Agent {
             cfg,
             keys,
+            work,
             store,
             published,
             republish,
@@ -287,6 +297,10 @@ impl Agent {
 
     /// Serves until `shutdown` resolves; then stops claiming, lets running requests finish (up to
     /// `grace`) and gives the lease up so the orchestrator knows at once.
+    ///
+    /// A step runs whenever the node's work changes (a runner placed, started or stopped, a
+    /// request queued) and every `poll` besides; a step reads nothing from the store (the view
+    /// is kept by watches), it only writes and claims.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(self.cfg.poll);
@@ -294,6 +308,11 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = self.work.changed() => {
+                    if let Err(e) = self.step().await {
+                        tracing::warn!(error = %e, "agent step failed; retrying");
+                    }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.step().await {
                         tracing::warn!(error = %e, "agent step failed; retrying");
@@ -408,9 +427,13 @@ impl Agent {
             return Ok(());
         }
         let node = self.cfg.node;
-        let (kvs, _) = self.store.range(&self.keys.runners()).await?;
-        let mine: Vec<RunnerRecord> =
-            kvs.iter().filter_map(|kv| kv.json::<RunnerRecord>().ok()).filter(|r| r.node() == Some(node)).collect();
+        let view = self.work.view();
+        if !view.synced {
+            // Not known right now (the watches are being set up again): keep what is loaded.
+            return Ok(());
+        }
+        let mine: Vec<RunnerRecord> = view.runners.into_values().collect();
+        let mut queued = view.queued;
         let live: std::collections::HashSet<RunnerId> = mine.iter().map(|r| r.id).collect();
         // Runners the orchestrator deleted or moved: unload.
         self.loaded.retain(|id, _| live.contains(id));
@@ -451,11 +474,16 @@ impl Agent {
                     };
                     let max = self.cfg.apps.get(&r.app).map(|a| a.max_concurrency).unwrap_or(1);
                     let mut serving = mine_now;
+                    let waiting = queued.entry(r.app.clone()).or_default();
                     while serving < max {
+                        let Some(id) = waiting.pop_first() else { break };
+                        // Whether it is won or was taken meanwhile, it leaves the view (the watch
+                        // brings it back if it is queued again).
+                        self.work.forget_queued(&r.app, id);
                         let Some(req) =
-                            queue::claim(&*self.store, &self.keys, &r.app, r.id, node, lease, now()).await?
+                            queue::claim_one(&*self.store, &self.keys, &r.app, id, r.id, node, lease, now()).await?
                         else {
-                            break;
+                            continue;
                         };
                         self.runner_event(r.id, RunnerEvent::Claim { max }).await?;
                         serving += 1;

@@ -5,6 +5,8 @@
 //! /fleet/{fleet}/counters/{kind}           next id of nodes, runners, requests (bumped by compare-and-swap)
 //! /fleet/{fleet}/nodes/{node}              NodeRecord: lifecycle, offering candidates, instance id
 //! /fleet/{fleet}/runners/{runner}          RunnerRecord: app, node, lifecycle
+//! /fleet/{fleet}/placed/{node}/{runner}    the runners placed on a node (an index the node's agent
+//!                                          watches: it never reads every runner of the fleet)
 //! /fleet/{fleet}/agents/{node}             the node agent's health record, attached to the agent's lease
 //! /fleet/{fleet}/agentlogs/{node}         the last lines of the node agent's log, on the agent's lease
 //! /fleet/{fleet}/hostkeys/{node}           the node's SSH host key, pinned at first contact (trust on first use)
@@ -90,6 +92,15 @@ impl Keys {
 
     pub fn runner(&self, id: u64) -> String {
         format!("{}runners/{}", self.root, id_segment(id))
+    }
+
+    /// The runners placed on `node`: written with each runner record, deleted with it.
+    pub fn placed(&self, node: u64) -> String {
+        format!("{}placed/{}/", self.root, id_segment(node))
+    }
+
+    pub fn placement(&self, node: u64, runner: u64) -> String {
+        format!("{}placed/{}/{}", self.root, id_segment(node), id_segment(runner))
     }
 
     pub fn agents(&self) -> String {

@@ -130,12 +130,10 @@ fn main() {
                 ops.push(Op::put(keys.node(node_id), to_json(&rec)));
                 for _ in 0..RUNNERS_PER_NODE {
                     let r = RunnerRecord {
-                        id: runner_id,
-                        app: rec.app.clone(),
                         state: RunnerPhase::Idle { node: node_id, since: now },
-                        created_at: now,
+                        ..RunnerRecord::placed(runner_id, &rec.app, node_id, now)
                     };
-                    ops.push(Op::put(keys.runner(runner_id), to_json(&r)));
+                    ops.extend(r.put_ops(&keys));
                     runner_id += 1;
                 }
                 node_id += 1;

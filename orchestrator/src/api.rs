@@ -17,6 +17,7 @@
 //! GET  /v1/apps/{app}/requests/{id}      a request's state and result
 //! GET  /v1/cost                          month to date, $/hour now, forecast to month end
 //! POST /v1/store/call                    the store gateway for agents without etcd (agent tokens)
+//! POST /v1/store/watch                   a watch through it: one JSON line per event
 //! GET  /v1/tokens                        API tokens (names and scopes; admin)
 //! POST /v1/tokens                        make one {"name", "scope"} → the token, shown once (admin)
 //! DELETE /v1/tokens/{name}               revoke one (admin)
@@ -117,6 +118,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/watch/{what}", get(watch))
         .route("/v1/store/call", post(gateway_call))
+        .route("/v1/store/watch", post(gateway_watch))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .fallback(|| async {
@@ -153,6 +155,52 @@ async fn gateway_call(
             (status, Json(GatewayError::from_error(&e))).into_response()
         }
     }
+}
+
+/// `POST /v1/store/watch`: the events under a prefix the agent may read, one JSON line each
+/// (`fleet_state::store::gateway::WireWatchEvent`), a blank line every
+/// [`WATCH_KEEPALIVE`](fleet_state::store::gateway::WATCH_KEEPALIVE) while quiet.
+async fn gateway_watch(
+    State(ctx): State<Arc<Ctx>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    body: Result<Json<fleet_state::store::gateway::WatchRequest>, JsonRejection>,
+) -> Response {
+    use fleet_state::store::gateway::{WATCH_KEEPALIVE, WireWatchEvent};
+    use fleet_state::store::http::GatewayError;
+    let crate::auth::Scope::Agent { node, apps } = caller.0.scope else {
+        return ApiError::new(StatusCode::FORBIDDEN, "the store gateway is for agent tokens").into_response();
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let grant = crate::access::gateway::AgentGrant { node, apps };
+    if !grant.may_read(&ctx.keys, &req.prefix) {
+        let e = StoreError::Denied(format!("this agent's token does not cover {}", req.prefix));
+        return (StatusCode::FORBIDDEN, Json(GatewayError::from_error(&e))).into_response();
+    }
+    let w = match ctx.store.watch(&req.prefix, req.from).await {
+        Ok(w) => w,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(GatewayError::from_error(&e))).into_response(),
+    };
+    // Lines until the store's watch ends (its error goes out as the last line).
+    let lines = futures_util::stream::unfold(Some(w), |w| async move {
+        let mut w = w?;
+        let line = match tokio::time::timeout(WATCH_KEEPALIVE, w.recv()).await {
+            Err(_) => "\n".to_string(),
+            Ok(None) => return None,
+            Ok(Some(ev)) => {
+                let end = ev.is_err();
+                let line = serde_json::to_string(&WireWatchEvent::from_event(ev)).unwrap_or_default() + "\n";
+                if end {
+                    return Some((Ok::<_, std::convert::Infallible>(line), None));
+                }
+                line
+            }
+        };
+        Some((Ok(line), Some(w)))
+    });
+    ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }
 
 async fn list_tokens(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<Vec<serde_json::Value>>> {

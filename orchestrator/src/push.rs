@@ -266,7 +266,7 @@ mod tests {
             None => RunnerPhase::Idle { node, since },
             Some(n) => RunnerPhase::Busy { node, in_flight: n, since },
         };
-        RunnerRecord { id, app: "chat".into(), state, created_at: since }
+        RunnerRecord { state, ..RunnerRecord::placed(id, "chat", node, since) }
     }
 
     #[test]

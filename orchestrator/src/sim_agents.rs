@@ -4,8 +4,10 @@
 //! record on it, brings starting runners up after `load_time`, stops stopping ones, claims queued
 //! requests for idle capacity and completes them after `service_time` (output: the input echoed).
 //!
-//! It goes through exactly the store operations a real agent uses (lease-bound claims,
-//! compare-and-swap runner transitions), so the orchestrator cannot tell the difference.
+//! It writes exactly what a real agent writes (lease-bound claims, compare-and-swap runner
+//! transitions), so the orchestrator cannot tell the difference. Unlike a real agent (which
+//! watches its own node's work, `fleet_state::work`), it reads the runners of every simulated
+//! node at once per poll: one task stands in for all of them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

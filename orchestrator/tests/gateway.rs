@@ -11,7 +11,6 @@ use fleet_orchestrator::access::AgentAccess;
 use fleet_orchestrator::access::gateway::GatewayAccess;
 use fleet_orchestrator::actors::{Config, Ctx, InstanceRunning};
 use fleet_state::clock::Clock;
-use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::RunnerRecord;
 use fleet_state::store::embedded::EmbeddedStore;
 use fleet_state::store::http::HttpStore;
@@ -50,8 +49,8 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     let (store, keys, url) = (api.store.clone(), api.keys.clone(), api.url.clone());
     let now = chrono::Utc::now();
     for (id, node) in [(1, 1), (2, 2)] {
-        let r = RunnerRecord { id, app: "llm".into(), state: RunnerPhase::Pending { node }, created_at: now };
-        store.put(&keys.runner(id), to_json(&r), None).await.unwrap();
+        let r = RunnerRecord::placed(id, "llm", node, now);
+        store.txn(vec![], r.put_ops(&keys)).await.unwrap();
     }
     store.put(&keys.queued("other", 1), b"{}".to_vec(), None).await.unwrap();
 
@@ -78,6 +77,23 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     denied(a1.range(&keys.queue("other")).await.unwrap_err());
     denied(a1.range(&keys.tokens()).await.unwrap_err());
     denied(a1.range(keys.root()).await.unwrap_err());
+    // It watches its node's index, its runners and its apps' queues, and nothing else.
+    let (_, rev) = store.range(&keys.placed(1)).await.unwrap();
+    let mut w = a1.watch(&keys.placed(1), rev + 1).await.unwrap();
+    let mut wq = a1.watch(&keys.queue("llm"), rev + 1).await.unwrap();
+    store.txn(vec![], RunnerRecord::placed(3, "llm", 1, now).put_ops(&keys)).await.unwrap();
+    store.txn(vec![], RunnerRecord::placed(4, "llm", 2, now).put_ops(&keys)).await.unwrap();
+    let id = fleet_state::queue::submit(&*store, &keys, "llm", serde_json::json!({"x": 1}), now).await.unwrap();
+    let within = |w| tokio::time::timeout(Duration::from_secs(10), w);
+    let ev = within(w.recv()).await.expect("an event").expect("open").expect("not lost");
+    assert_eq!(ev.key(), keys.placement(1, 3), "its own placement, not node 2's");
+    let ev = within(wq.recv()).await.expect("an event").expect("open").expect("not lost");
+    assert_eq!(ev.key(), keys.queued("llm", id));
+    assert!(matches!(ev, fleet_state::store::WatchEvent::Put(_)));
+    denied(a1.watch(&keys.placed(2), rev + 1).await.unwrap_err());
+    denied(a1.watch(&keys.queue("other"), rev + 1).await.unwrap_err());
+    denied(a1.watch(keys.root(), rev + 1).await.unwrap_err());
+    store.delete(&keys.queued("llm", id)).await.unwrap();
     // Another node's lease is not its own: it can neither keep it alive, revoke it, nor use it.
     let e = a2.keep_alive(lease).await.unwrap_err();
     assert!(matches!(e, StoreError::LeaseNotFound(_)), "{e}");

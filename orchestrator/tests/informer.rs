@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use fleet_core::keys::Keys;
 use fleet_orchestrator::informer::Informer;
-use fleet_state::lifecycle::runner::RunnerPhase;
 use fleet_state::model::RunnerRecord;
 use fleet_state::store::embedded::EmbeddedStore;
 use fleet_state::store::{Store, to_json};
 
 fn runner(id: u64, node: u64) -> RunnerRecord {
     let now = chrono::Utc::now();
-    RunnerRecord { id, app: "a".into(), state: RunnerPhase::Pending { node }, created_at: now }
+    RunnerRecord::placed(id, "a", node, now)
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //!   gateway-client implementations.
 //! - [`model`]: the records kept in the store; [`queue`]: the request queue protocol on top of it.
 //! - [`lifecycle`]: node and runner lifecycles as explicit state machines.
+//! - [`work`]: what one node is asked to do (its runners, its apps' queues), followed by watching.
 //! - [`clock`]: "now" for records and decisions; [`events`]: the fleet's decisions with reasons.
 
 pub mod clock;
@@ -13,3 +14,4 @@ pub mod lifecycle;
 pub mod model;
 pub mod queue;
 pub mod store;
+pub mod work;

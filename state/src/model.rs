@@ -3,8 +3,11 @@
 use fleet_core::{Money, NodeId, OfferingKey, Price, RequestId, RunnerId, Time};
 use serde::{Deserialize, Serialize};
 
+use fleet_core::keys::Keys;
+
 use crate::lifecycle::node::NodePhase;
 use crate::lifecycle::runner::RunnerPhase;
+use crate::store::Op;
 
 /// One rented (or to-be-rented) instance. Written *before* the launch call, so a crash between
 /// the call and the answer leaves a record whose idempotency token finds the instance again.
@@ -89,9 +92,39 @@ pub struct RunnerRecord {
     pub app: String,
     pub state: RunnerPhase,
     pub created_at: Time,
+    /// The node it was placed on, kept after it stopped (its state forgets the node), so that
+    /// its entry in the node's index ([`Keys::placement`]) is deleted with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_on: Option<NodeId>,
 }
 
 impl RunnerRecord {
+    /// A new runner for `app`, placed on `node`, waiting for the node to be ready.
+    pub fn placed(id: RunnerId, app: &str, node: NodeId, now: Time) -> RunnerRecord {
+        RunnerRecord {
+            id,
+            app: app.to_string(),
+            state: RunnerPhase::Pending { node },
+            created_at: now,
+            placed_on: Some(node),
+        }
+    }
+
+    /// What writes it: the record and its node's index entry (one transaction, so that the
+    /// node's agent, which watches only its index, never misses a runner).
+    pub fn put_ops(&self, keys: &Keys) -> Vec<Op> {
+        let mut ops = vec![Op::put_json(keys.runner(self.id), self)];
+        ops.extend(self.placed_on.or(self.node()).map(|n| Op::put_json(keys.placement(n, self.id), &self.id)));
+        ops
+    }
+
+    /// What deletes it: the record and its index entry.
+    pub fn delete_ops(&self, keys: &Keys) -> Vec<Op> {
+        let mut ops = vec![Op::delete(keys.runner(self.id))];
+        ops.extend(self.placed_on.or(self.node()).map(|n| Op::delete(keys.placement(n, self.id))));
+        ops
+    }
+
     pub fn node(&self) -> Option<NodeId> {
         match &self.state {
             RunnerPhase::Pending { node }

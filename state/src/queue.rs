@@ -204,20 +204,11 @@ pub async fn claim(
         let (kvs, _) = store.range(&keys.queue(app)).await?;
         let mut contended = false;
         for kv in kvs {
-            let Some(mut rec) = checked(keys, &kv) else { continue };
+            let Some(rec) = checked(keys, &kv) else { continue };
             if rec.state != RequestState::Queued {
                 continue;
             }
-            rec.state = RequestState::Claimed { runner, node, since: now };
-            rec.attempts += 1;
-            let claim_key = keys.claim(app, rec.id);
-            let res = store
-                .txn(
-                    vec![Compare::unchanged(&kv), Compare::absent(&claim_key)],
-                    vec![Op::put_json(&kv.key, &rec), Op::put_with_lease(claim_key, to_json(&runner), lease)],
-                )
-                .await?;
-            if res.succeeded {
+            if let Some(rec) = take(store, keys, &kv, rec, (runner, node, lease), now).await? {
                 return Ok(Some(rec));
             }
             contended = true;
@@ -226,6 +217,55 @@ pub async fn claim(
             return Ok(None);
         }
     }
+}
+
+/// Claims request `id` of `app` if it is still queued (an agent that watches its queue knows
+/// which ones are, and reads only the one it claims). `None` when it is not queued any more, or
+/// another runner's claim won.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_one(
+    store: &dyn Store,
+    keys: &Keys,
+    app: &str,
+    id: RequestId,
+    runner: RunnerId,
+    node: NodeId,
+    lease: LeaseId,
+    now: Time,
+) -> StoreResult<Option<RequestRecord>> {
+    let Some(kv) = store.get(&keys.queued(app, id)).await? else { return Ok(None) };
+    let Some(rec) = checked(keys, &kv) else { return Ok(None) };
+    if rec.state != RequestState::Queued {
+        return Ok(None);
+    }
+    take(store, keys, &kv, rec, (runner, node, lease), now).await
+}
+
+/// The claim itself: the queued record `kv` (decoded as `rec`) becomes claimed, and the claim key
+/// is written on the claimer's lease, if neither changed since `kv` was read.
+async fn take(
+    store: &dyn Store,
+    keys: &Keys,
+    kv: &crate::store::KeyValue,
+    mut rec: RequestRecord,
+    (runner, node, lease): (RunnerId, NodeId, LeaseId),
+    now: Time,
+) -> StoreResult<Option<RequestRecord>> {
+    rec.state = RequestState::Claimed { runner, node, since: now };
+    rec.attempts += 1;
+    let claim_key = keys.claim(&rec.app, rec.id);
+    let res = store
+        .txn(
+            vec![Compare::unchanged(kv), Compare::absent(&claim_key)],
+            vec![Op::put_json(&kv.key, &rec), Op::put_with_lease(claim_key, to_json(&runner), lease)],
+        )
+        .await?;
+    Ok(res.succeeded.then_some(rec))
+}
+
+/// Whether a queue record (as a watch delivers it) is a request waiting for a runner.
+pub fn is_queued(keys: &Keys, kv: &crate::store::KeyValue) -> bool {
+    checked(keys, kv).is_some_and(|r| r.state == RequestState::Queued)
 }
 
 /// Records the result of a claimed request. Refused when `runner`'s claim is gone.

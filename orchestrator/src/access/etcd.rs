@@ -71,6 +71,7 @@ impl AgentAccess for EtcdAgentAccess {
             Permission::read_write(k.agent(node)),
             Permission::read_write(k.agent_log(node)),
             Permission::read(k.runners()).with_prefix(),
+            Permission::read(k.placed(node)).with_prefix(),
         ];
         for app in apps {
             perms.push(Permission::read_write(k.queue(app)).with_prefix());

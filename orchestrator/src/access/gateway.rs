@@ -63,8 +63,9 @@ impl AgentGrant {
     }
 
     /// Whether the agent may read `key` (or, for ranges, every key under the prefix).
-    fn may_read(&self, keys: &Keys, key: &str) -> bool {
+    pub fn may_read(&self, keys: &Keys, key: &str) -> bool {
         key == keys.agent(self.node)
+            || key.starts_with(&keys.placed(self.node))
             || key == keys.agent_log(self.node)
             || key.starts_with(&keys.runners())
             || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))

@@ -82,7 +82,7 @@ async fn step(
     {
         // Whatever it was serving goes back to the queue before the runner is forgotten.
         queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
-        ctx.store.delete(&ctx.keys.runner(r.id)).await?;
+        ctx.store.txn(vec![], r.delete_ops(&ctx.keys)).await?;
         if let (Some(access), Some(node)) = (&ctx.access, r.node())
             && let Err(e) = access.revoke_runner(node, r.id).await
         {

@@ -73,14 +73,12 @@ fn fleet_view_counts_capacity_runners_and_queue() {
         NodeRecord { cordoned: true, slots: 4, ..node(3, NodePhase::Requested { since: now }, "20", None, None) },
     ];
     let runners = vec![
-        RunnerRecord { id: 10, app: "llm".into(), state: RunnerPhase::Idle { node: 1, since: now }, created_at: now },
+        RunnerRecord { state: RunnerPhase::Idle { node: 1, since: now }, ..RunnerRecord::placed(10, "llm", 1, now) },
         RunnerRecord {
-            id: 11,
-            app: "llm".into(),
             state: RunnerPhase::Stopping { node: 1, since: now },
-            created_at: now,
+            ..RunnerRecord::placed(11, "llm", 1, now)
         },
-        RunnerRecord { id: 12, app: "llm".into(), state: RunnerPhase::Pending { node: 3 }, created_at: now },
+        RunnerRecord::placed(12, "llm", 3, now),
     ];
     let depths = BTreeMap::from([("llm".to_string(), Depth { queued: 5, in_flight: 2 })]);
     let unavailable = UnavailableCache::default();

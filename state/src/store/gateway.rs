@@ -5,7 +5,9 @@
 //! `POST /v1/store/{get,range,put,delete,txn,grant,keep_alive,revoke}` with JSON bodies
 //! ([`Request`]); values travel as UTF-8 text (fleet's records are JSON). [`super::http::HttpStore`]
 //! is the client; fleetd's `access::gateway` serves it, checking each call against the token.
-//! Watches are not offered (the agent polls).
+//! `POST /v1/store/watch` ([`WatchRequest`]) answers with a stream: one JSON line per event
+//! ([`WireWatchEvent`]), blank lines to keep the connection alive, an `error` line (or the end of
+//! the stream) when the watch is lost.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +62,52 @@ impl WireKv {
 pub enum WireOp {
     Put { key: String, value: String, lease: Option<LeaseId> },
     Delete { key: String },
+}
+
+/// How often the gateway writes a blank line to a quiet watch, and how long a client waits
+/// without one before it takes the connection for lost.
+pub const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+pub const WATCH_SILENCE: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// A watch through the gateway: events under `prefix` from revision `from` on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub prefix: String,
+    pub from: Revision,
+}
+
+/// One line of a watch's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireWatchEvent {
+    Put(WireKv),
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
+    /// The watch is lost (the gateway's own watch ended or fell behind): read again, watch again.
+    Error(super::http::GatewayError),
+}
+
+impl WireWatchEvent {
+    pub fn from_event(ev: super::StoreResult<super::WatchEvent>) -> WireWatchEvent {
+        match ev {
+            Ok(super::WatchEvent::Put(kv)) => match WireKv::from_kv(kv) {
+                Ok(kv) => WireWatchEvent::Put(kv),
+                Err(e) => WireWatchEvent::Error(super::http::GatewayError::from_error(&e)),
+            },
+            Ok(super::WatchEvent::Delete { key, mod_revision }) => WireWatchEvent::Delete { key, mod_revision },
+            Err(e) => WireWatchEvent::Error(super::http::GatewayError::from_error(&e)),
+        }
+    }
+
+    pub fn into_event(self) -> super::StoreResult<super::WatchEvent> {
+        match self {
+            WireWatchEvent::Put(kv) => Ok(super::WatchEvent::Put(kv.into_kv())),
+            WireWatchEvent::Delete { key, mod_revision } => Ok(super::WatchEvent::Delete { key, mod_revision }),
+            WireWatchEvent::Error(e) => Err(e.into_error()),
+        }
+    }
 }
 
 /// One gateway call.

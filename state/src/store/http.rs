@@ -16,6 +16,9 @@ pub struct HttpStore {
     url: String,
     token: Secret,
     agent: ureq::Agent,
+    /// For watches: no overall timeout (a watch lasts), but one between reads well above the
+    /// gateway's keep-alive lines, so a silent connection is noticed.
+    watcher: ureq::Agent,
 }
 
 impl std::fmt::Debug for HttpStore {
@@ -36,7 +39,13 @@ impl HttpStore {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .new_agent();
-        HttpStore { url: format!("{}/v1/store/call", base.trim_end_matches('/')), token, agent }
+        let watcher = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        HttpStore { url: format!("{}/v1/store/call", base.trim_end_matches('/')), token, agent, watcher }
     }
 
     async fn call(&self, req: Request) -> StoreResult<Response> {
@@ -69,7 +78,7 @@ impl HttpStore {
 }
 
 /// The gateway's error body: the kind of [`StoreError`] and its detail.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GatewayError {
     pub kind: String,
     pub detail: String,
@@ -87,7 +96,7 @@ impl GatewayError {
         GatewayError { kind: kind.into(), detail, lease }
     }
 
-    fn into_error(self) -> StoreError {
+    pub fn into_error(self) -> StoreError {
         match self.kind.as_str() {
             "unavailable" => StoreError::Unavailable(self.detail),
             "lease_not_found" => StoreError::LeaseNotFound(self.lease.unwrap_or_default()),
@@ -175,7 +184,111 @@ impl Store for HttpStore {
         self.call(Request::Revoke { lease }).await.map(drop)
     }
 
-    async fn watch(&self, _prefix: &str, _from: Revision) -> StoreResult<Watch> {
-        Err(StoreError::Invalid("fleetd's store gateway has no watches: poll with range".into()))
+    /// A streamed answer read on a thread of its own, line by line; the watch ends with an error
+    /// when the gateway says so, the connection drops, or nothing (not even a keep-alive line)
+    /// came for [`super::gateway::WATCH_SILENCE`].
+    async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch> {
+        use std::io::BufRead;
+        let url = self.url.replace("/v1/store/call", "/v1/store/watch");
+        let (agent, auth) = (self.watcher.clone(), format!("Bearer {}", self.token.expose()));
+        let body = serde_json::to_string(&super::gateway::WatchRequest { prefix: prefix.into(), from })
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let resp = tokio::task::spawn_blocking(move || -> StoreResult<_> {
+            let mut resp = agent
+                .post(&url)
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .send(body)
+                .map_err(|e| StoreError::Unavailable(format!("fleetd's store gateway: {e}")))?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                return Err(serde_json::from_str::<GatewayError>(&text)
+                    .map(GatewayError::into_error)
+                    .unwrap_or_else(|_| StoreError::Unavailable(format!("gateway answered {status}: {text}"))));
+            }
+            Ok(resp)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        std::thread::Builder::new()
+            .name("store-watch".into())
+            .spawn(move || {
+                let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
+                let silence = Silence::new(reader, super::gateway::WATCH_SILENCE);
+                let lost = |why: String| Err(StoreError::Unavailable(format!("the gateway's watch ended: {why}")));
+                for line in std::io::BufReader::new(silence).lines() {
+                    let line = match line {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = tx.blocking_send(lost(e.to_string()));
+                            return;
+                        }
+                    };
+                    if tx.is_closed() {
+                        return;
+                    }
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let ev = match serde_json::from_str::<super::gateway::WireWatchEvent>(&line) {
+                        Ok(ev) => ev.into_event(),
+                        Err(e) => Err(StoreError::Invalid(format!("gateway watch line: {e}"))),
+                    };
+                    let end = ev.is_err();
+                    if tx.blocking_send(ev).is_err() || end {
+                        return;
+                    }
+                }
+                let _ = tx.blocking_send(lost("the connection closed".into()));
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start a watch thread: {e}")))?;
+        Ok(rx)
+    }
+}
+
+/// A reader that fails when a read waits longer than `limit` (ureq's own timeouts are for a
+/// whole body; a watch's body never ends). The read happens on a helper thread per call.
+struct Silence<R> {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    ask: std::sync::mpsc::Sender<usize>,
+    limit: Duration,
+    _r: std::marker::PhantomData<R>,
+}
+
+impl<R: std::io::Read + Send + 'static> Silence<R> {
+    fn new(mut inner: R, limit: Duration) -> Silence<R> {
+        let (ask, asks) = std::sync::mpsc::channel::<usize>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(n) = asks.recv() {
+                let mut buf = vec![0; n];
+                let r = inner.read(&mut buf).map(|got| {
+                    buf.truncate(got);
+                    buf
+                });
+                let end = matches!(&r, Ok(b) if b.is_empty()) || r.is_err();
+                if tx.send(r).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Silence { rx, ask, limit, _r: std::marker::PhantomData }
+    }
+}
+
+impl<R> std::io::Read for Silence<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        self.ask.send(buf.len()).map_err(|_| Error::new(ErrorKind::BrokenPipe, "reader gone"))?;
+        match self.rx.recv_timeout(self.limit) {
+            Ok(Ok(b)) => {
+                buf[..b.len()].copy_from_slice(&b);
+                Ok(b.len())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::new(ErrorKind::TimedOut, format!("nothing from the gateway for {:?}", self.limit))),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! The key layout is [`fleet_core::keys`].
 
+pub mod counted;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "etcd")]

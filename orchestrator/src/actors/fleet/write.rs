@@ -34,7 +34,7 @@ pub(super) async fn retire_runner(
         .await?;
     }
     queue::requeue_orphans(&*ctx.store, &ctx.keys, &[r.id]).await?;
-    let res = ctx.store.txn(vec![], vec![Op::delete(&key)]).await?;
+    let res = ctx.store.txn(vec![], r.delete_ops(&ctx.keys)).await?;
     informer.delete_runner(r.id, res.revision);
     Ok(())
 }
@@ -93,17 +93,14 @@ pub(super) async fn carry_out(
             }
         }
         let mut new_runner = |node: NodeId| {
-            let rec = RunnerRecord {
-                id: next_runner,
-                app: ap.app.clone(),
-                state: RunnerPhase::Pending { node },
-                created_at: now,
-            };
+            let rec = RunnerRecord::placed(next_runner, &ap.app, node, now);
             next_runner += 1;
-            (Op::put(keys.runner(rec.id), to_json(&rec)), Written::Runner(rec))
+            // The record and its entry in the node's index, side by side (one transaction).
+            let [put, place]: [Op; 2] = rec.put_ops(keys).try_into().expect("a placed runner has two ops");
+            [(put, Written::Runner(rec)), (place, Written::Placement)]
         };
         for (node, n) in &ap.on_existing {
-            runner_ops.extend((0..*n).map(|_| new_runner(*node)));
+            runner_ops.extend((0..*n).flat_map(|_| new_runner(*node)));
         }
         for np in &ap.new_nodes {
             let id = next_node;
@@ -149,7 +146,7 @@ pub(super) async fn carry_out(
             );
             planned.push(NewEvent::node(EventKind::Planned, &rec, message));
             node_ops.push((Op::put(keys.node(id), to_json(&rec)), Written::Node(rec.clone())));
-            runner_ops.extend((0..np.runners).map(|_| new_runner(id)));
+            runner_ops.extend((0..np.runners).flat_map(|_| new_runner(id)));
             created.push(rec);
         }
         if !ap.new_nodes.is_empty() {
@@ -258,7 +255,8 @@ pub(super) async fn write_all(
     informer: &Informer,
     ops: Vec<(Op, Written)>,
 ) -> Result<(), StoreError> {
-    let max = store.max_txn_ops().max(1);
+    // Even, so that a runner record and its placement (written in pairs) share a transaction.
+    let max = store.max_txn_ops().max(2) & !1;
     let mut ops = ops.into_iter().peekable();
     while ops.peek().is_some() {
         let batch: Vec<(Op, Written)> = ops.by_ref().take(max).collect();
@@ -271,6 +269,8 @@ pub(super) async fn write_all(
 pub(super) enum Written {
     Node(NodeRecord),
     Runner(RunnerRecord),
+    /// A runner's entry in its node's index ([`fleet_core::keys::Keys::placement`]): not cached.
+    Placement,
 }
 
 /// Writes one batch of fresh records in one transaction and into the cache.
@@ -285,6 +285,7 @@ async fn write_batch(
         match w {
             Written::Node(n) => informer.put_node(n, res.revision),
             Written::Runner(r) => informer.put_runner(r, res.revision),
+            Written::Placement => {}
         }
     }
     Ok(())
