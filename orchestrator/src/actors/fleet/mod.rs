@@ -157,6 +157,9 @@ impl Actor for FleetActor {
             clouds.insert(*cloud, spawn_cloud(&myself, &ctx, *cloud).await?);
         }
         let informer = Informer::start(ctx.store.clone(), &ctx.keys, Some(ctx.nudge.clone())).await;
+        if let Err(e) = index_placements(&*ctx.store, &ctx.keys).await {
+            tracing::warn!(error = %e, "runners of an older fleetd not indexed yet; the next start tries again");
+        }
         myself.send_message(FleetMsg::Tick)?;
         prices::spawn_refresh(&myself, &ctx);
         // Nudges become passes, at most one per 50 ms (a burst of submits is one pass).
@@ -274,5 +277,51 @@ impl Actor for FleetActor {
             st.probing.clear();
         }
         Ok(())
+    }
+}
+
+/// Runner records written by a fleetd from before the per-node index (`placed/{node}/`) get
+/// their entries, so their agents, which watch only the index, see them. Idempotent.
+async fn index_placements(
+    store: &dyn fleet_state::store::Store,
+    keys: &fleet_core::keys::Keys,
+) -> Result<u32, fleet_state::store::StoreError> {
+    use fleet_state::store::{Compare, Op};
+    let (kvs, _) = store.range(&keys.runners()).await?;
+    let mut added = 0;
+    for kv in kvs {
+        let Ok(r) = kv.json::<fleet_state::model::RunnerRecord>() else { continue };
+        let Some(node) = r.placed_on.or(r.node()) else { continue };
+        let entry = keys.placement(node, r.id);
+        // Only while the record is as read (a runner deleted meanwhile gets no entry).
+        let res =
+            store.txn(vec![Compare::unchanged(&kv), Compare::absent(&entry)], vec![Op::put_json(entry, &r.id)]).await?;
+        added += u32::from(res.succeeded);
+    }
+    if added > 0 {
+        tracing::info!(added, "runners indexed by node for their agents");
+    }
+    Ok(added)
+}
+
+#[cfg(test)]
+mod index_tests {
+    use fleet_state::model::RunnerRecord;
+    use fleet_state::store::{Store, to_json};
+
+    #[tokio::test]
+    async fn runners_of_an_older_fleetd_get_their_index_entries_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fleet_state::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        let keys = fleet_core::keys::Keys::new("t");
+        let now = chrono::Utc::now();
+        // As an older fleetd wrote them: the record alone, without `placed_on`.
+        let mut old = RunnerRecord::placed(1, "a", 5, now);
+        old.placed_on = None;
+        store.put(&keys.runner(1), to_json(&old), None).await.unwrap();
+        store.txn(vec![], RunnerRecord::placed(2, "a", 6, now).put_ops(&keys)).await.unwrap();
+        assert_eq!(super::index_placements(&store, &keys).await.unwrap(), 1);
+        assert!(store.get(&keys.placement(5, 1)).await.unwrap().is_some());
+        assert_eq!(super::index_placements(&store, &keys).await.unwrap(), 0, "idempotent");
     }
 }
