@@ -87,6 +87,14 @@ enum Cmd {
         /// The same seed writes the same weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Hidden size (a multiple of 4: four attention heads); larger is slower per token.
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        /// Longest sequence, prompt and generated tokens together.
+        #[arg(long, default_value_t = 256)]
+        max_positions: usize,
         dir: PathBuf,
     },
 }
@@ -216,13 +224,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{answer}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::MakeLlm { family, shards, seed, dir } => {
+        Cmd::MakeLlm { family, shards, seed, hidden, layers, max_positions, dir } => {
+            if hidden == 0 || hidden % 4 != 0 || layers == 0 || max_positions < 2 {
+                anyhow::bail!(
+                    "--hidden must be a positive multiple of 4 (it was {hidden}), --layers at least 1 ({layers}), --max-positions at least 2 ({max_positions})"
+                );
+            }
+            let shape = fleet_agent::llm::testmodel::Shape {
+                hidden,
+                intermediate: hidden * 2,
+                layers,
+                max_positions,
+                ..Default::default()
+            };
             let family = match family {
                 LlmFamily::Llama => fleet_agent::llm::Family::Llama,
                 LlmFamily::Mistral => fleet_agent::llm::Family::Mistral,
                 LlmFamily::Qwen2 => fleet_agent::llm::Family::Qwen2,
             };
-            fleet_agent::llm::testmodel::write(&dir, family, Default::default(), shards, seed)?;
+            fleet_agent::llm::testmodel::write(&dir, family, shape, shards, seed)?;
             println!("wrote a random-weight {} model to {}", family.name(), dir.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -142,6 +142,9 @@ pub struct Metrics {
     pub time_to_first_token_seconds: Latencies,
     pub inter_token_seconds: Latencies,
     pub generated_tokens: Family<RunnerTokenLabels, Counter>,
+    /// Pushes that failed before the runner's first token and were tried on another runner
+    /// (or put on the queue), by app.
+    pub push_retries: Family<AppLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -219,6 +222,7 @@ impl Metrics {
             time_to_first_token_seconds: Family::new_with_constructor(latency_histogram),
             inter_token_seconds: Family::new_with_constructor(latency_histogram),
             generated_tokens: Family::default(),
+            push_retries: Family::default(),
         };
         r.register("nodes", "Nodes by cloud and lifecycle state", m.nodes.clone());
         r.register("runners", "Runners by app and lifecycle state", m.runners.clone());
@@ -298,6 +302,11 @@ impl Metrics {
             m.consolidations.clone(),
         );
         r.register("reconcile_passes", "Reconcile passes completed", m.reconcile_count.clone());
+        r.register(
+            "push_retries",
+            "Pushed requests whose runner failed before its first token, tried elsewhere, by app",
+            m.push_retries.clone(),
+        );
         r.register(
             "requests_finished",
             "Requests finished, by app and outcome (done, failed)",

@@ -420,12 +420,14 @@ async fn pushed(
             Ok(mut rx) => match rx.recv().await {
                 Some(PushEvent::Error(why)) => {
                     tracing::warn!(app, runner = t.runner, %why, "pushed request failed before its first token; trying elsewhere");
+                    retried(ctx, app);
                 }
                 Some(first) => return Ok(Some((first, rx, t.runner))),
-                None => {}
+                None => retried(ctx, app),
             },
             Err(crate::push::NotStarted::Retry(why)) => {
-                tracing::debug!(app, %why, "push not taken; trying the next runner");
+                tracing::info!(app, %why, "push not taken before its first token; trying the next runner");
+                retried(ctx, app);
             }
             Err(crate::push::NotStarted::Refused(why)) => {
                 return Err(error(StatusCode::BAD_REQUEST, why, None));
@@ -465,6 +467,28 @@ impl Names {
             Kind::Chat => self.chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})),
         }
     }
+}
+
+fn retried(ctx: &Ctx, app: &str) {
+    ctx.metrics.push_retries.get_or_create(&crate::metrics::AppLabel { app: app.to_string() }).inc();
+}
+
+/// Counts a pushed request that failed once text had gone out (its runner was lost mid-stream).
+fn observe_pushed_failure(ctx: &Ctx, app: &str, why: &str, submitted: fleet_core::Time) {
+    let r = RequestRecord {
+        id: 0,
+        app: app.to_string(),
+        input: Value::Null,
+        submitted_at: submitted,
+        attempts: 1,
+        owner: None,
+        state: RequestState::Failed {
+            error: why.to_string(),
+            finished_at: ctx.clock.now(),
+            started_at: Some(submitted),
+        },
+    };
+    ctx.serving.observe(&ctx.metrics, &r);
 }
 
 /// Counts a pushed request's figures as the results watch counts queued ones.
@@ -517,7 +541,10 @@ async fn collect_pushed(
                                    "choices": [choice], "usage": answer["usage"]}))
                 .into_response();
             }
-            Some(PushEvent::Error(why)) => return error(StatusCode::INTERNAL_SERVER_ERROR, why, None),
+            Some(PushEvent::Error(why)) => {
+                observe_pushed_failure(&ctx, &names.app, &why, submitted);
+                return error(StatusCode::INTERNAL_SERVER_ERROR, why, None);
+            }
             None => {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -575,6 +602,7 @@ fn stream_pushed(
                     return Some((v, (None, rest, names, true)));
                 }
                 Some(PushEvent::Error(why)) => {
+                    observe_pushed_failure(&ctx, &names.app, &why, submitted);
                     let e = json!({"error": {"message": why, "type": "server_error", "param": null, "code": null}});
                     return Some((vec![Event::default().data(e.to_string())], (None, rest, names, true)));
                 }

@@ -206,7 +206,7 @@ pub async fn start(
             }
         }
         if !ended {
-            let _ = tx.send(PushEvent::Error(format!("runner {runner} was lost before it finished"))).await;
+            let _ = tx.send(PushEvent::Error(format!("runner {runner} was lost in the middle of its answer: the text sent is all there is (not retried, it had begun)"))).await;
         }
         outstanding.done(runner);
     });

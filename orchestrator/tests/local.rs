@@ -2,7 +2,8 @@
 //! candle on the CPU. An app placed on on-demand is allowed spot: its runner moves to a spot node
 //! (replacement first, the old runner drained, the old node terminated) while requests keep
 //! coming, and every request is served once. An LLM app (a generated Qwen2 model directory)
-//! answers prompts through the queue. Needs fleet-agent beside fleetd (`cargo build
+//! answers prompts through the queue; a pushed request whose runner dies before its first token
+//! is served by another, one whose runner dies mid-stream ends with an error event. Needs fleet-agent beside fleetd (`cargo build
 //! --workspace`, which scripts/test does before the tests).
 
 mod common;
@@ -433,4 +434,136 @@ fn dechunk(raw: &str) -> String {
         rest = &after[n + 2..];
     }
     out
+}
+
+/// The node (and its agent's pid) of each ready runner of `chat`, lowest runner id first.
+fn ready_runners(f: &Fleetd, dir: &std::path::Path) -> Vec<(u64, u64, u32)> {
+    let runners = f.get("/v1/runners");
+    let nodes = f.get("/v1/nodes");
+    let instances: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("local/instances.json")).unwrap_or_default())
+            .unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for r in runners.as_array().into_iter().flatten() {
+        if r["state"]["state"] != "idle" {
+            continue;
+        }
+        let node = r["state"]["node"].as_u64().unwrap();
+        let Some(n) = nodes.as_array().unwrap().iter().find(|n| n["id"] == node) else { continue };
+        let Some(inst) = n["state"]["instance_id"].as_str() else { continue };
+        let Some(pid) =
+            instances.as_array().into_iter().flatten().find(|i| i["id"] == inst).map(|i| i["pid"].as_u64().unwrap())
+        else {
+            continue;
+        };
+        out.push((r["id"].as_u64().unwrap(), node, pid as u32));
+    }
+    out.sort();
+    out
+}
+
+fn signal(sig: &str, pid: u32) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+/// A metric's value on /metrics (0 when the series is not there).
+fn metric(f: &Fleetd, series: &str) -> f64 {
+    let (s, text) = f.call("GET", "/metrics", "");
+    assert_eq!(s, 200);
+    text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn a_runner_lost_before_its_first_token_is_tried_elsewhere_and_one_lost_mid_stream_says_so() {
+    use std::io::{Read, Write};
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    // Large enough that a long answer takes seconds to stream on this CPU.
+    let model = dir.path().join("llama");
+    let out = std::process::Command::new(&agent_bin)
+        .args(["make-llm", "--hidden", "256", "--layers", "8", "--max-positions", "4096"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display())]);
+    f.put_spec(&SPEC.replace("min_concurrency = 1\nmax_concurrency = 1", "min_concurrency = 2\nmax_concurrency = 2"));
+    let t = Instant::now();
+    let ready = loop {
+        let r = ready_runners(&f, dir.path());
+        if r.len() == 2 && r[0].1 != r[1].1 {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "two ready runners on two nodes: {r:?}\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Both idle: the lowest runner id goes first (the documented rule). Its agent is frozen, the
+    // request sent, then the agent killed: it dies holding the request, before any token.
+    let (first, second) = (ready[0], ready[1]);
+    signal("-STOP", first.2);
+    let (addr, token) = (f.addr.clone(), f.token.clone());
+    let call = std::thread::spawn(move || {
+        let body = r#"{"model": "chat", "prompt": "hello world", "max_tokens": 5, "temperature": 0}"#;
+        fleet_orchestrator::testing::http::request(
+            &addr,
+            "POST",
+            "/v1/completions",
+            &[&format!("Authorization: Bearer {token}")],
+            body,
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    signal("-KILL", first.2);
+    let (status, body) = call.join().unwrap();
+    assert_eq!(status, 200, "{body}\n{}", f.log());
+    let alone = std::process::Command::new(&agent_bin)
+        .args(["generate", "--max-tokens", "5", "--model"])
+        .arg(&model)
+        .arg("hello world")
+        .output()
+        .unwrap();
+    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["choices"][0]["text"], alone["text"], "served whole by the other runner: {got}");
+    assert!(metric(&f, "fleet_push_retries_total{app=\"chat\"}") >= 1.0, "the retry is counted");
+
+    // The other runner streams a long answer; its agent is killed once text has gone out: the
+    // client's stream ends with an error event that says so, and no [DONE].
+    let failed_before = metric(&f, "fleet_requests_finished_total{app=\"chat\",outcome=\"failed\"}");
+    let mut s = std::net::TcpStream::connect(&f.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = r#"{"model": "chat", "prompt": "hello world", "max_tokens": 3000, "stream": true}"#;
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: fleetd\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        f.token,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("data: {") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before any text: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert!(ready_runners(&f, dir.path()).iter().any(|r| r.0 == second.0), "runner {} is the one serving", second.0);
+    signal("-KILL", second.2);
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let events = dechunk(&text[head_end..]);
+    let data: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert!(data.len() >= 2, "text, then the error: {events}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    let why = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("lost in the middle of its answer"), "{events}");
+    assert!(!events.contains("[DONE]") && !events.contains("finish_reason\":\"length"), "{events}");
+    let t = Instant::now();
+    while metric(&f, "fleet_requests_finished_total{app=\"chat\",outcome=\"failed\"}") < failed_before + 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the failure is counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
