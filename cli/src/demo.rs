@@ -7,6 +7,9 @@
 //! keep_alive; and, at the end, the bill beside what the same GPU-hours would have cost on one
 //! hyperscaler on demand. Instances and agents are simulated (`fleetd --fake-clouds`, 4× real
 //! speed); everything else (planning, failover, budgets, draining, billing) is fleetd's own.
+//! Last, a language model: a second fleetd with one `--local` node (a real `fleet-agent` serving a
+//! generated Llama with candle on the CPU) streams a chat completion through
+//! `POST /v1/chat/completions`, with its time to first token and tokens/s, and scales to zero.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -512,12 +515,161 @@ pub fn run(args: DemoArgs, output: crate::Output) -> anyhow::Result<()> {
         });
         crate::output::print(&summary, output == crate::Output::Yaml);
     }
+    // Act two: a language model, streamed (a real agent, on this machine's CPU).
+    say!("\na language model, streamed: a small generated Llama on a local node (a real");
+    say!("  fleet-agent, candle on this CPU), asked through POST /v1/chat/completions");
+    let mut said = |l: String| say!("{l}");
+    let streamed = llm_act(&dir.join("llm"), &mut said);
+    if let Err(e) = &streamed {
+        say!("  the streamed completion failed: {e:#}");
+    }
     if failed > 0 {
         bail!("{failed} requests failed; see {}", dir.join("fleetd.log").display());
     }
+    streamed.with_context(|| format!("the streamed completion; see {}", dir.join("llm/fleetd.log").display()))?;
     if left > 0 {
         bail!("{left} simulated instances still live after the demo; see {}", dir.join("fleetd.log").display());
     }
+    Ok(())
+}
+
+pub const LLM_SPEC: &str = r#"[fleet]
+name = "demo-llm"
+
+[apps.chat]
+gpu = "H100"
+gpus = 1
+
+[apps.chat.scaling]
+min_concurrency = 1
+max_concurrency = 1
+keep_alive = "1h"
+"#;
+
+/// Local nodes (agent processes) that fleetd's `--local` provider still counts live.
+fn live_local(dir: &Path) -> Vec<u64> {
+    let t = std::fs::read_to_string(dir.join("local/instances.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["terminated"] != true)
+        .filter_map(|i| i["pid"].as_u64())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .collect()
+}
+
+/// fleetd with one local node serving a generated model: a chat completion streamed token by
+/// token (time to first token and tokens/s measured as they arrive), then the app removed and
+/// its node terminated.
+fn llm_act(dir: &Path, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
+    let agent = sibling("fleet-agent")?;
+    let fleetd = sibling("fleetd")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let model = dir.join("tiny-llama");
+    let made = Command::new(&agent).args(["make-llm", "--hidden", "64"]).arg(&model).output()?;
+    if !made.status.success() {
+        bail!("fleet-agent make-llm: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let port = free_port()?;
+    let log = std::fs::File::create(dir.join("fleetd.log")).context("fleetd.log")?;
+    let child = Command::new(&fleetd)
+        .args(["--fleet", "demo-llm", "--local", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--reconcile-every", "0.2", "--node-poll", "0.3", "--model"])
+        .arg(format!("chat={}", model.display()))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", fleetd.display()))?;
+    let daemon = Daemon(child);
+    // Whatever happens, no agent process is left behind.
+    struct Reap(PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for pid in live_local(&self.0) {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+            }
+        }
+    }
+    let _reap = Reap(dir.to_path_buf());
+    let start = Instant::now();
+    let token = loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("admin.token"))
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            break t.trim().to_string();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("fleetd did not start within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let server = Server::new(&format!("http://127.0.0.1:{port}"), Some(token), None)?;
+    server.send(true, "/v1/spec", LLM_SPEC)?;
+    let t = Instant::now();
+    while !server.get("/v1/runners")?.as_array().into_iter().flatten().any(|r| r["state"]["state"] == "idle") {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("no runner of app chat was ready within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say(format!("  node up, model loaded, runner ready in {:.1} s", t.elapsed().as_secs_f64()));
+    let body = serde_json::json!({
+        "model": "chat",
+        "messages": [{"role": "user", "content": "which gpu is cheapest"}],
+        "max_tokens": 24, "temperature": 0, "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let sent = Instant::now();
+    let (mut text, mut first, mut last, mut deltas, mut usage, mut finish) =
+        (String::new(), None, sent, 0u32, Value::Null, String::new());
+    server.post_stream("/v1/chat/completions", &body.to_string(), |data| {
+        if data == "[DONE]" {
+            return Ok(false);
+        }
+        let v: Value = serde_json::from_str(data).context("a streamed chunk is not JSON")?;
+        if let Some(e) = v.get("error") {
+            bail!("{}", e["message"].as_str().unwrap_or("error"));
+        }
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+        for c in v["choices"].as_array().into_iter().flatten() {
+            if let Some(d) = c["delta"]["content"].as_str().filter(|d| !d.is_empty()) {
+                first.get_or_insert_with(|| sent.elapsed());
+                last = Instant::now();
+                deltas += 1;
+                text.push_str(d);
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = f.to_string();
+            }
+        }
+        Ok(true)
+    })?;
+    let first = first.context("the stream carried no text")?;
+    let tokens = usage["completion_tokens"].as_u64().unwrap_or(u64::from(deltas));
+    let rate = tokens.saturating_sub(1) as f64 / (last - (sent + first)).as_secs_f64().max(1e-6);
+    say(format!("  streamed: \"{}\"", text.trim()));
+    say(format!(
+        "  {tokens} tokens in {deltas} chunks (finish: {finish}); first token after {:.0} ms, then {rate:.0} tokens/s",
+        first.as_secs_f64() * 1000.0
+    ));
+    // Scaled to zero: its node goes once idle a second.
+    let to_zero = LLM_SPEC.replace("min_concurrency = 1", "min_concurrency = 0").replace("\"1h\"", "\"1s\"");
+    server.send(true, "/v1/spec", &to_zero)?;
+    let t = Instant::now();
+    while !live_local(dir).is_empty() {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the local node was not terminated within 30 s of scaling the app to zero");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say(format!("  scaled to zero: its node terminated {:.1} s later", t.elapsed().as_secs_f64()));
+    drop(daemon);
     Ok(())
 }
 

@@ -190,36 +190,71 @@ impl Server {
     /// Follows fleetd's server-sent events at `path` (`/v1/watch/…`), calling `on_data` with each
     /// event's JSON data, until the stream ends (fleetd stopped: an error) or `on_data` fails.
     pub fn watch(&self, path: &str, mut on_data: impl FnMut(Value) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        use std::io::BufRead;
         let url = format!("{}{path}", self.base);
         // No overall timeout: a watch lasts until interrupted (fleetd sends a keep-alive every 15 s).
         let mut req = self.agent.get(&url).config().timeout_global(None).build();
         if let Some(a) = self.auth() {
             req = req.header("authorization", a);
         }
-        let resp =
-            req.call().map_err(|e| anyhow::anyhow!("cannot reach fleetd at {} ({e}): is it running?", self.base))?;
+        self.events(&url, req.call(), |data| {
+            let v: Value = serde_json::from_str(data).with_context(|| format!("an event of {url} is not JSON"))?;
+            on_data(v).map(|()| true)
+        })?;
+        bail!("fleetd at {} ended the watch (stopped?)", self.base)
+    }
+
+    /// POSTs a JSON `body` whose answer is a stream of server-sent events (an OpenAI-style
+    /// `stream: true` completion), calling `on_data` with each event's data as sent, until the
+    /// stream ends or `on_data` answers false.
+    pub fn post_stream(
+        &self,
+        path: &str,
+        body: &str,
+        on_data: impl FnMut(&str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.post(&url).config().timeout_global(None).build();
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        self.events(&url, req.header("content-type", "application/json").send(body), on_data)
+    }
+
+    fn events(
+        &self,
+        url: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        mut on_data: impl FnMut(&str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        let resp = resp.map_err(|e| anyhow::anyhow!("cannot reach fleetd at {} ({e}): is it running?", self.base))?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         if status >= 400 {
             let text = body.read_to_string().unwrap_or_default();
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            let msg = v.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            let msg = v
+                .get("error")
+                .and_then(|e| e.as_str().or_else(|| e.get("message").and_then(Value::as_str)))
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             bail!("fleetd answered {status}: {msg}");
         }
         let reader = std::io::BufReader::new(body.with_config().limit(u64::MAX).reader());
         let mut data = String::new();
         for line in reader.lines() {
-            let line = line.with_context(|| format!("watching {url}"))?;
+            let line = line.with_context(|| format!("reading events of {url}"))?;
             if let Some(d) = line.strip_prefix("data:") {
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             } else if line.is_empty() && !data.is_empty() {
-                let v: Value = serde_json::from_str(&data).with_context(|| format!("an event of {url} is not JSON"))?;
+                let go_on = on_data(&data)?;
                 data.clear();
-                on_data(v)?;
+                if !go_on {
+                    return Ok(());
+                }
             }
         }
-        bail!("fleetd at {} ended the watch (stopped?)", self.base)
+        Ok(())
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {

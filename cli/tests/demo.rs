@@ -2,7 +2,8 @@
 //! catalog's prices, and shows what fleet is for: the cheapest offering chosen and explained, a
 //! capacity error failed over, a spot notice answered by a replacement before the cloud takes the
 //! node, a budget holding back a scale-up, back to zero nodes, and the bill beside one
-//! hyperscaler's on-demand price — in 80 columns, leaving nothing running. Needs fleetd beside
+//! hyperscaler's on-demand price; then a chat completion streamed from a generated model by a
+//! real agent — in 80 columns, leaving nothing running. Needs fleetd and fleet-agent beside
 //! fleetctl (`cargo build --workspace`, which scripts/test does before the tests).
 
 use std::process::Command;
@@ -39,6 +40,13 @@ fn demo_shows_the_money_failover_spot_and_budget_and_scales_to_zero() {
     };
     assert!(stdout.contains("requests   40 answered (0 failed), 27 chat / 13 embed"), "{stdout}");
     assert!(line("left").contains("0 instances running"), "{stdout}");
+    // The language model: a completion streamed through the OpenAI-compatible endpoint by a real
+    // agent, measured, and its node gone after.
+    let streamed = line("streamed:");
+    assert!(streamed.len() > "streamed: \"\"".len(), "some text streamed: {stdout}");
+    let figures = stdout.lines().find(|l| l.contains("tokens in") && l.contains("chunks")).unwrap_or_default();
+    assert!(figures.starts_with("  24 tokens in"), "max_tokens 24, counted by usage: {stdout}");
+    assert!(stdout.contains("scaled to zero: its node terminated"), "{stdout}");
     // The cheapest offering is chosen first, explained, refused for capacity, and failed over.
     assert!(stdout.contains("cheapest mix for 1 runner(s)"), "the plan says why: {stdout}");
     assert!(stdout.contains("> launch failed: node") && stdout.contains("failing over to"), "{stdout}");

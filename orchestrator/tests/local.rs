@@ -3,8 +3,8 @@
 //! (replacement first, the old runner drained, the old node terminated) while requests keep
 //! coming, and every request is served once. An LLM app (a generated Qwen2 model directory)
 //! answers prompts through the queue; a pushed request whose runner dies before its first token
-//! is served by another, one whose runner dies mid-stream ends with an error event. Needs fleet-agent beside fleetd (`cargo build
-//! --workspace`, which scripts/test does before the tests).
+//! is served by another, one whose runner dies mid-stream ends with an error event. Needs
+//! fleet-agent beside fleetd (`cargo build --workspace`, which scripts/test does before the tests).
 
 mod common;
 
