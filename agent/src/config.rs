@@ -46,12 +46,22 @@ struct File {
 struct PushFile {
     listen: String,
     token_file: PathBuf,
+    /// TLS with a certificate made at start, its SHA-256 published in the agent's record for
+    /// fleetd to pin. Required off loopback.
+    #[serde(default)]
+    tls: bool,
+    /// The address fleetd reaches `listen` at, when that is not it (`listen` on 0.0.0.0, the
+    /// node's address as fleetd's bootstrap knows it).
+    advertise: Option<String>,
 }
 
-/// The push endpoint: a loopback address (no TLS yet) and the node's push credential.
+/// The push endpoint: where it listens, whether over TLS, the address to publish, and the
+/// node's push credential.
 #[derive(Debug, Clone)]
 pub struct PushConfig {
     pub listen: std::net::SocketAddr,
+    pub tls: bool,
+    pub advertise: Option<std::net::SocketAddr>,
     pub token: Secret,
 }
 
@@ -240,12 +250,19 @@ impl AgentConfig {
                 let listen: std::net::SocketAddr = p.listen.parse().map_err(|_| {
                     invalid(format!("push.listen = \"{}\" is not an address like 127.0.0.1:0", p.listen))
                 })?;
-                // Requests and tokens cross this socket in the clear until the endpoint has TLS.
-                if !listen.ip().is_loopback() {
+                // Prompts, answers and the credential cross this socket: in the clear only on
+                // loopback.
+                if !listen.ip().is_loopback() && !p.tls {
                     return Err(invalid(format!(
-                        "push.listen = \"{listen}\": only a loopback address for now (the push endpoint has no TLS yet)"
+                        "push.listen = \"{listen}\" is not a loopback address: set push.tls = true (fleetd pins the certificate the agent publishes)"
                     )));
                 }
+                let advertise = match &p.advertise {
+                    None => None,
+                    Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                        invalid(format!("push.advertise = \"{a}\" is not an address like 10.0.0.5:7443"))
+                    })?),
+                };
                 let token = std::fs::read_to_string(&p.token_file)
                     .map_err(|e| invalid(format!("push.token_file {}: {e}", p.token_file.display())))?
                     .trim()
@@ -256,7 +273,7 @@ impl AgentConfig {
                         p.token_file.display()
                     )));
                 }
-                Some(PushConfig { listen, token: Secret::new(token) })
+                Some(PushConfig { listen, tls: p.tls, advertise, token: Secret::new(token) })
             }
         };
         Ok(AgentConfig {

@@ -2,6 +2,7 @@
 //! runners and reads the text back as it is produced, instead of going through the durable
 //! queue (which stays for the requests no runner has room for).
 //!
+//! HTTP/2 (fleetd sends every request to a node over one connection) or HTTP/1.1.
 //! `POST /v1/runners/{runner}/generate` with `Authorization: Bearer <credential>` (the node's
 //! push credential, minted by fleetd and given to this agent only; compared in constant time) and
 //! the request's input as the queue carries it (`{"prompt"|"messages", "max_tokens", …}`). The
@@ -9,8 +10,10 @@
 //! `{"done": {text, finish_reason, usage, timing}}` or `{"error": "why"}`. The runner must be
 //! loaded here and be a language model (404 / 400 otherwise, before anything streams).
 //!
-//! Loopback only for now (the config refuses other addresses): TLS with a published certificate
-//! fingerprint comes with pushing to nodes off this machine.
+//! Off loopback the endpoint speaks TLS only (the config refuses otherwise): a certificate made
+//! at start ([`Identity`]) whose SHA-256 the agent publishes in its record; fleetd connects to
+//! nothing but that certificate (it pins it), so no certificate authority is involved and the
+//! key never leaves this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,11 +105,48 @@ async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) ->
         .expect("a valid response")
 }
 
-/// Serves the push endpoint on `listener` for as long as the agent runs.
-pub async fn serve(listener: tokio::net::TcpListener, token: Secret, runners: Runners) {
+/// The endpoint's TLS identity: a self-signed certificate made at start, its key, and the
+/// SHA-256 of its DER (hex) to publish.
+pub struct Identity {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub sha256: String,
+}
+
+impl Identity {
+    pub fn new() -> Result<Identity, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use sha2::Digest;
+        let made = rcgen::generate_simple_self_signed(vec!["fleet-agent".to_string()])
+            .map_err(|e| format!("cannot make the push endpoint's certificate: {e}"))?;
+        let der: CertificateDer<'static> = made.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
+        let sha256: String = sha2::Sha256::digest(der.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .map_err(|e| format!("TLS: {e}"))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Identity { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), sha256 })
+    }
+}
+
+/// Streams one HTTP/2 connection may carry at once: above any runner's `max_multiplexing` (the
+/// runner's batch bounds what is served; this only bounds what may wait on one connection).
+const MAX_STREAMS: u32 = 100_000;
+
+/// Serves the push endpoint on `listener` for as long as the agent runs (over TLS with `tls`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    token: Secret,
+    runners: Runners,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let token = Arc::new(token);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "push endpoint: accept failed");
@@ -114,16 +154,38 @@ pub async fn serve(listener: tokio::net::TcpListener, token: Secret, runners: Ru
                 continue;
             }
         };
-        let (token, runners) = (token.clone(), runners.clone());
+        let (token, runners, tls) = (token.clone(), runners.clone(), tls.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let (token, runners) = (token.clone(), runners.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, token, runners).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
-                tracing::debug!(error = %e, "push connection ended");
+            match tls {
+                None => connection(stream, token, runners).await,
+                Some(acceptor) => {
+                    // A handshake that does not finish in 10 s holds nothing.
+                    let accepted =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(s)) => connection(s, token, runners).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "push endpoint: TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "push endpoint: TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// One connection: HTTP/2 (fleetd keeps one per node and sends every request on it), or
+/// HTTP/1.1 (a request per connection: tools, the benchmark's direct calls).
+async fn connection<S>(io: S, token: Arc<Secret>, runners: Runners)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let (token, runners) = (token.clone(), runners.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(req, token, runners).await) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2().max_concurrent_streams(MAX_STREAMS);
+    if let Err(e) = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "push connection ended");
     }
 }

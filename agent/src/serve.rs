@@ -189,14 +189,31 @@ impl Agent {
         let mut push_task = None;
         if let Some(p) = &cfg.push {
             // Bound before registering, so the record names an endpoint that answers.
-            match std::net::TcpListener::bind(p.listen)
-                .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                .and_then(|l| Ok((l.local_addr()?, tokio::net::TcpListener::from_std(l)?)))
-            {
-                Ok((addr, listener)) => {
-                    tracing::info!(%addr, "push endpoint listening");
-                    health.push_addr = Some(addr.to_string());
-                    push_task = Some(tokio::spawn(crate::push::serve(listener, p.token.clone(), push_runners.clone())));
+            let identity = if p.tls { crate::push::Identity::new().map(Some) } else { Ok(None) };
+            match identity.and_then(|id| {
+                std::net::TcpListener::bind(p.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(|l| Ok((l.local_addr()?, tokio::net::TcpListener::from_std(l)?)))
+                    .map(|(addr, l)| (addr, l, id))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((addr, listener, identity)) => {
+                    // Published: where fleetd reaches it (the bootstrap's `advertise` where the
+                    // socket listens on every address), and the certificate to pin.
+                    let published = p
+                        .advertise
+                        .map(|a| if a.port() == 0 { std::net::SocketAddr::new(a.ip(), addr.port()) } else { a });
+                    let published = published.unwrap_or(addr);
+                    tracing::info!(%addr, %published, tls = identity.is_some(), "push endpoint listening");
+                    health.push_addr = Some(published.to_string());
+                    health.push_cert_sha256 = identity.as_ref().map(|i| i.sha256.clone());
+                    let acceptor = identity.map(|i| i.acceptor);
+                    push_task = Some(tokio::spawn(crate::push::serve(
+                        listener,
+                        p.token.clone(),
+                        push_runners.clone(),
+                        acceptor,
+                    )));
                 }
                 Err(e) => {
                     tracing::error!(listen = %p.listen, error = %e, "push endpoint cannot listen; runners take work from the queue only");

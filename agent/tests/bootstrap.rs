@@ -13,7 +13,7 @@ use fleet_core::keys::Keys;
 use fleet_core::{CapacityType, Cloud, Secret};
 use fleet_orchestrator::actors::Bootstrap;
 use fleet_orchestrator::bootstrap::ssh::SshError;
-use fleet_orchestrator::bootstrap::{BootstrapError, SshBootstrap, SshBootstrapConfig};
+use fleet_orchestrator::bootstrap::{BootstrapError, PushSetup, SshBootstrap, SshBootstrapConfig};
 use fleet_orchestrator::testing::etcd::EtcdServer;
 use fleet_orchestrator::testing::harness::h100x8;
 use fleet_orchestrator::testing::sshd::SshServer;
@@ -96,6 +96,7 @@ fn config(sshd: &SshServer, etcd: &str, remote: &Path, model: &Path) -> SshBoots
         credentials: None,
         // The "machines" are this CPU box: the [rented] check is the agent's own tests'.
         check_hardware: false,
+        push: None,
     }
 }
 
@@ -112,7 +113,16 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
     write_mlp(&model, &[8, 16, 2], 1).unwrap();
     let remote = dir.path().join("node-1");
     let _guard = Supervisor(remote.clone());
-    let b = bootstrapper(&sshd, &etcd.client_url, store.clone(), &remote, &model);
+    // With pushed requests: the agent serves them on every address, over TLS.
+    let push_key = Secret::new("k".repeat(64));
+    let push_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let b = {
+        let port = sshd.port;
+        let mut cfg = config(&sshd, &etcd.client_url, &remote, &model);
+        cfg.resolve = Some(Arc::new(move |_: &Instance| Some(SocketAddr::from(([127, 0, 0, 1], port)))));
+        cfg.push = Some(PushSetup { key: push_key.clone(), port: push_port });
+        SshBootstrap::new(cfg, store.clone()).unwrap()
+    };
 
     // First contact: trust on first use, install, start; ready once the agent reports healthy.
     let (n1, i1) = (node(1), instance(1, None));
@@ -143,6 +153,20 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
     assert_eq!(mode("agent.toml"), 0o600);
     assert_eq!(mode("models/mlp.safetensors"), 0o644);
     assert_eq!(mode(""), 0o700, "the install dir is private");
+    assert_eq!(mode("push.token"), 0o600);
+    // The push endpoint: published at the address fleetd dialled, with the certificate to pin.
+    assert_eq!(agent.health.push_addr, Some(format!("127.0.0.1:{push_port}")));
+    let pin = agent.health.push_cert_sha256.clone().expect("a certificate to pin");
+    let credential = fleet_orchestrator::push::credential(&push_key, 1).expose().to_string();
+    let push_addr = format!("127.0.0.1:{push_port}");
+    assert_eq!(
+        push(&push_addr, &pin, &credential).await.unwrap().0,
+        404,
+        "TLS, pinned: the agent answers (no such runner)"
+    );
+    assert_eq!(push(&push_addr, &pin, &"x".repeat(64)).await.unwrap().0, 401, "another credential is refused");
+    let e = push(&push_addr, &"0".repeat(64), &credential).await.unwrap_err();
+    assert!(e.contains("is not the one its agent published"), "another certificate is refused: {e}");
     let config = std::fs::read_to_string(remote.join("agent.toml")).unwrap();
     assert!(config.contains("node = 1") && config.contains(&etcd.client_url), "{config}");
     // The host key was recorded at first contact, and the node's events say so.
@@ -308,4 +332,26 @@ async fn bootstrap_verifies_the_host_key_gcp_reports_before_sending_secrets() {
         String::from_utf8_lossy(&pinned.value).split_whitespace().nth(1),
         sshd.host_key.split_whitespace().nth(1)
     );
+}
+
+/// A pushed request as fleetd sends it: TLS accepting only the pinned certificate, HTTP/2, the
+/// node's credential. Its status and body.
+async fn push(addr: &str, pin: &str, credential: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("fleet-agent").unwrap();
+    let tls = fleet_orchestrator::push::pinned_connector(pin)?.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{addr}/v1/runners/999/generate"))
+        .header("authorization", format!("Bearer {credential}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"prompt": "hi"}"#)))
+        .unwrap();
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -77,6 +77,7 @@ async fn nodes_show_what_their_agents_report() {
     let health = AgentHealth {
         ok: true,
         push_addr: None,
+        push_cert_sha256: None,
         reason: None,
         hardware: None,
         devices: (0..8).map(gpu).collect(),

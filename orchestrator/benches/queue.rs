@@ -7,7 +7,8 @@
 //! `cargo bench -p fleet-orchestrator --no-default-features --bench queue`
 //! (`FLEET_BENCH_CLIENTS`, default 64; `FLEET_BENCH_SECONDS`, default 5).
 
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,36 +34,11 @@ rate_per_token = 100000
 fn main() {
     let clients: usize = std::env::var("FLEET_BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let secs: f64 = std::env::var("FLEET_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5.0);
-    let fleetd = env!("CARGO_BIN_EXE_fleetd");
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
     // No cloud: the app is applied and its queue takes requests; nothing is launched.
-    let mut child = Command::new(fleetd)
-        .args(["--fleet", "qbench", "--listen", &addr])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--spec")
-        .arg(&spec)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let f = support::Fleetd::start("qbench", SPEC, &[], tempfile::tempdir().unwrap());
+    let (addr, token) = (f.addr.clone(), f.token.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (mut lat, errors, elapsed) = rt.block_on(async {
-        let t = Instant::now();
-        let token = loop {
-            if let Ok(s) = std::fs::read_to_string(dir.path().join("admin.token"))
-                && tokio::net::TcpStream::connect(&addr).await.is_ok()
-            {
-                break s.trim().to_string();
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "fleetd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -103,8 +79,7 @@ fn main() {
         }
         (all, errors, start.elapsed().as_secs_f64())
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(f);
     lat.sort_by(f64::total_cmp);
     let q = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
     let rate = lat.len() as f64 / elapsed;

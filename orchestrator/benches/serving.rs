@@ -13,13 +13,13 @@
 //! `cargo build --release -p fleet-agent && cargo bench -p fleet-orchestrator --bench serving`
 //! (`FLEET_BENCH_RATE`, default 500 requests/s; `FLEET_BENCH_SECONDS`, default 4).
 
-use std::process::{Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use serde_json::Value;
 
 const SPEC: &str = r#"
 [fleet]
@@ -97,79 +97,21 @@ where
 fn main() {
     let rate: f64 = std::env::var("FLEET_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(500.0);
     let secs: f64 = std::env::var("FLEET_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);
-    let fleetd = env!("CARGO_BIN_EXE_fleetd");
-    let agent = std::path::Path::new(fleetd).with_file_name("fleet-agent");
-    assert!(agent.is_file(), "{} missing: cargo build --release -p fleet-agent first", agent.display());
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    let ok = Command::new(&agent).args(["make-llm", "--family", "llama"]).arg(&model).status().unwrap();
-    assert!(ok.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let mut child = Command::new(fleetd)
-        .args(["--fleet", "bench", "--local", "--listen", &addr, "--reconcile-every", "0.2"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--spec")
-        .arg(&spec)
-        .arg("--model")
-        .arg(format!("chat={}", model.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let model = support::make_llm(dir.path(), "tiny", &["--family", "llama"]);
+    let args: Vec<String> = ["--local", "--reconcile-every", "0.2", "--model"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("chat={}", model.display())])
+        .collect();
+    let f = support::Fleetd::start("bench", SPEC, &args, dir);
+    let (addr, token) = (f.addr.clone(), f.token.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let result = rt.block_on(async {
-        let t = Instant::now();
-        let token = loop {
-            if let Ok(s) = std::fs::read_to_string(dir.path().join("admin.token")) {
-                break s.trim().to_string();
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "fleetd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
         // Wait for the runner to serve and its agent to publish its endpoint.
-        let (agent_addr, node, runner) = loop {
-            assert!(t.elapsed() < Duration::from_secs(120), "no ready runner within 120 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(resp) = tokio::time::timeout(Duration::from_secs(2), async {
-                let get = |path: &'static str| {
-                    let (addr, token) = (addr.clone(), token.clone());
-                    async move {
-                        let stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
-                        let (mut tx, conn) =
-                            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
-                        tokio::spawn(conn);
-                        let req = hyper::Request::get(path)
-                            .header("host", addr.as_str())
-                            .header("authorization", format!("Bearer {token}"))
-                            .body(Full::new(Bytes::new()))
-                            .ok()?;
-                        let body = tx.send_request(req).await.ok()?.into_body().collect().await.ok()?.to_bytes();
-                        serde_json::from_slice::<Value>(&body).ok()
-                    }
-                };
-                (get("/v1/nodes").await, get("/v1/runners").await)
-            })
-            .await
-            else {
-                continue;
-            };
-            let (Some(nodes), Some(runners)) = resp else { continue };
-            let ready = runners.as_array().and_then(|r| r.iter().find(|r| r["state"]["state"] == "idle"));
-            let push = nodes.as_array().and_then(|n| {
-                n.iter()
-                    .find_map(|n| Some((n["agent"]["health"]["push_addr"].as_str()?.to_string(), n["id"].as_u64()?)))
-            });
-            if let (Some(r), Some((a, node))) = (ready, push) {
-                break (a, node, r["id"].as_u64().unwrap());
-            }
-        };
+        let (agent_addr, node, runner) = f.ready_runner().await;
         let key =
-            fleet_core::Secret::new(std::fs::read_to_string(dir.path().join("push.key")).unwrap().trim().to_string());
+            fleet_core::Secret::new(std::fs::read_to_string(f.dir.path().join("push.key")).unwrap().trim().to_string());
         let cred = fleet_orchestrator::push::credential(&key, node).expose().to_string();
         let n = (rate * secs) as usize;
         let prompt = r#"{"prompt": "hello world", "max_tokens": 1}"#;
@@ -218,9 +160,7 @@ fn main() {
         let t = (quantile(&mut through, 0.5), quantile(&mut through, 0.99));
         (n, d, t, direct_failed, through_failed)
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+    drop(f);
     let (n, d, t, df, tf) = result;
     println!("{n} one-token completions at {rate} requests/s each way (loopback, CPU, a tiny Llama)");
     println!("direct to the agent        p50 {:.2} ms   p99 {:.2} ms", d.0, d.1);

@@ -84,6 +84,15 @@ struct Args {
     /// Local nodes at once, at most.
     #[arg(long, default_value_t = 4)]
     local_capacity: usize,
+    /// Local nodes' push endpoints speak TLS, their certificate pinned by fleetd, as nodes off
+    /// this machine always do (by default local nodes are pushed to in plain HTTP/2 on loopback).
+    #[arg(long)]
+    local_push_tls: bool,
+    /// SSH-bootstrapped nodes take pushed requests on this port (TLS, the certificate each agent
+    /// makes pinned by fleetd; the clouds' firewalls must let fleetd reach it). Without it their
+    /// runners take work from the queue only.
+    #[arg(long)]
+    agent_push_port: Option<u16>,
     /// A fleet spec to apply at start; its [clouds.*] sections are the cloud accounts fleetd
     /// uses (without it, those of the spec last applied). API keys come from the environment.
     #[arg(long)]
@@ -266,6 +275,10 @@ fn ssh_bootstrap(
         }),
         credentials: access,
         check_hardware: !args.skip_hardware_check,
+        push: match args.agent_push_port {
+            Some(port) => Some(fleet_orchestrator::bootstrap::PushSetup { key: push_key(args)?, port }),
+            None => None,
+        },
     };
     Ok(Arc::new(SshBootstrap::new(cfg, store)?))
 }
@@ -362,6 +375,7 @@ async fn providers(
     args: &Args,
     clock: Clock,
     access: Option<Arc<dyn AgentAccess>>,
+    store: Arc<dyn fleet_state::store::Store>,
 ) -> anyhow::Result<BTreeMap<Cloud, Arc<dyn Provider>>> {
     let mut out: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();
     if args.local {
@@ -386,6 +400,8 @@ async fn providers(
                 None => String::new(),
             },
             push_key: Some(push_key(args)?),
+            push_tls: args.local_push_tls,
+            spec: Some((store.clone(), Keys::new(&args.fleet))),
         };
         let cfg = LocalConfig {
             fleet: args.fleet.clone(),
@@ -508,7 +524,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "ssh" => ssh_bootstrap(&args, store.clone(), access.clone())?,
         _ => Arc::new(InstanceRunning),
     };
-    let mut providers = providers(&args, clock, access.clone()).await?;
+    let mut providers = providers(&args, clock, access.clone(), store.clone()).await?;
     let accounts = cloud_accounts(&args, &*store, clock).await?;
     if let Some(why) = mixes_simulation_with_real_accounts(&args.fake_clouds, &accounts) {
         bail!(why);
@@ -558,8 +574,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Queue submits are committed in groups (fleet_orchestrator::submitter).
     ctx.submitter =
         Some(fleet_orchestrator::submitter::Submitter::start(store.clone(), Keys::new(&args.fleet), ctx.clock));
-    // Local nodes take pushed requests (loopback; see fleet_orchestrator::push).
-    if args.local {
+    // Local nodes take pushed requests, and bootstrapped ones with --agent-push-port (see
+    // fleet_orchestrator::push).
+    if args.local || args.agent_push_port.is_some() {
         ctx.push_key = Some(push_key(&args)?);
     }
     ctx.clouds = accounts;

@@ -16,8 +16,12 @@
 //!
 //! **Credential.** Each node's push credential is HMAC-SHA256 of its id under the fleet's push
 //! key (fleetd's data directory, `push.key`): fleetd derives it to call the node, the bootstrap
-//! hands it to that node's agent only, and no record or log carries it. Loopback only until the
-//! endpoint has TLS (the agent refuses any other listen address).
+//! hands it to that node's agent only, and no record or log carries it.
+//!
+//! **Connections.** One HTTP/2 connection per node, every request a stream on it. Off loopback
+//! it is TLS, accepting only the certificate the node's agent made at start and published in its
+//! record (SHA-256 pinned: [`pinned_connector`]); an agent that publishes none is pushed to only
+//! on loopback.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,25 +70,167 @@ pub fn load_or_make_key(dir: &std::path::Path) -> std::io::Result<Secret> {
     }
 }
 
-/// Requests fleetd has pushed and not yet seen finish, per runner.
-#[derive(Debug, Default)]
-pub struct Outstanding(Mutex<HashMap<RunnerId, u32>>);
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// Requests fleetd has pushed and not yet seen finish, per runner; and the connections they go
+/// on: one HTTP/2 connection per agent endpoint, every request to that node a stream on it (so
+/// 10,000 streams to a node are not 10,000 sockets).
+#[derive(Default)]
+pub struct Outstanding {
+    load: Mutex<HashMap<RunnerId, u32>>,
+    conns: Mutex<HashMap<String, Sender>>,
+}
+
+impl std::fmt::Debug for Outstanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let load = self.load.lock().expect("outstanding lock").len();
+        let conns = self.conns.lock().expect("conns lock").len();
+        write!(f, "Outstanding {{ runners: {load}, connections: {conns} }}")
+    }
+}
 
 impl Outstanding {
     fn get(&self, r: RunnerId) -> u32 {
-        self.0.lock().expect("outstanding lock").get(&r).copied().unwrap_or(0)
+        self.load.lock().expect("outstanding lock").get(&r).copied().unwrap_or(0)
     }
     fn add(&self, r: RunnerId) {
-        *self.0.lock().expect("outstanding lock").entry(r).or_default() += 1;
+        *self.load.lock().expect("outstanding lock").entry(r).or_default() += 1;
     }
     fn done(&self, r: RunnerId) {
-        let mut m = self.0.lock().expect("outstanding lock");
+        let mut m = self.load.lock().expect("outstanding lock");
         if let Some(n) = m.get_mut(&r) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 m.remove(&r);
             }
         }
+    }
+
+    /// The open connection to `addr` (as pinned), or a new one (2 s to connect and shake hands):
+    /// TLS accepting only the certificate `pin` names, or plain HTTP/2 where there is no pin and
+    /// `addr` is a loopback address. Credentials and prompts never cross a network in the clear.
+    async fn connection(&self, addr: &str, pin: Option<&str>) -> Result<Sender, String> {
+        let key = format!("{addr}#{}", pin.unwrap_or(""));
+        if let Some(s) = self.conns.lock().expect("conns lock").get(&key).filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let loopback = addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        if pin.is_none() && !loopback {
+            return Err(format!(
+                "{addr} is not a loopback address and its agent publishes no certificate to pin: not pushed in the clear"
+            ));
+        }
+        let within = std::time::Duration::from_secs(2);
+        let stream = tokio::time::timeout(within, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let sender = match pin {
+            None => {
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some(pin) => {
+                let name = rustls::pki_types::ServerName::try_from("fleet-agent").expect("a DNS name");
+                let tls = tokio::time::timeout(within, pinned_connector(pin)?.connect(name, stream))
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_string())?
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
+        let mut conns = self.conns.lock().expect("conns lock");
+        // Another request may have connected meanwhile: one connection is kept, either works.
+        Ok(conns
+            .entry(key)
+            .and_modify(|s| {
+                if s.is_closed() {
+                    *s = sender.clone()
+                }
+            })
+            .or_insert(sender)
+            .clone())
+    }
+
+    /// Drops closed connections (after a failure: the next request connects anew).
+    fn forget_closed(&self) {
+        self.conns.lock().expect("conns lock").retain(|_, s| !s.is_closed());
+    }
+}
+
+/// A TLS connector that accepts exactly the certificate whose SHA-256 (of its DER, hex) is `pin`
+/// — the one the node's agent made at start and published in its record — and proves the peer
+/// holds its key (the handshake's signature is checked as usual). No certificate authority.
+pub fn pinned_connector(pin: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = std::sync::Arc::new(Pinned { sha256: pin.to_ascii_lowercase(), provider: provider.clone() });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+}
+
+#[derive(Debug)]
+struct Pinned {
+    sha256: String,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let got: String = Sha256::digest(end_entity.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+        if got == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the node's certificate (SHA-256 {got}) is not the one its agent published ({})",
+                self.sha256
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -94,6 +240,9 @@ pub struct Target {
     pub runner: RunnerId,
     pub node: NodeId,
     pub addr: String,
+    /// The certificate the node's agent published (SHA-256 of its DER, hex): the only one
+    /// fleetd accepts from that address. `None`: plain HTTP/2, on loopback only.
+    pub cert_sha256: Option<String>,
     pub load: u32,
 }
 
@@ -115,8 +264,9 @@ pub fn order(
             };
             let agent = agents.get(&node).filter(|a| a.health.ok)?;
             let addr = agent.health.push_addr.clone()?;
+            let cert_sha256 = agent.health.push_cert_sha256.clone();
             let load = pushed(r.id) + queued;
-            (load < capacity).then_some(Target { runner: r.id, node, addr, load })
+            (load < capacity).then_some(Target { runner: r.id, node, addr, cert_sha256, load })
         })
         .collect();
     out.sort_by_key(|t| (t.load, t.runner));
@@ -150,23 +300,19 @@ pub async fn start(
     input: &Value,
 ) -> Result<mpsc::Receiver<PushEvent>, NotStarted> {
     let retry = |why: String| NotStarted::Retry(format!("runner {} on node {}: {why}", t.runner, t.node));
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(&t.addr))
-        .await
-        .map_err(|_| retry("connect timed out".into()))?
-        .map_err(|e| retry(format!("cannot connect: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| retry(format!("handshake: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::post(format!("/v1/runners/{}/generate", t.runner))
-        .header("host", t.addr.as_str())
+    let mut sender = ctx.pushes.connection(&t.addr, t.cert_sha256.as_deref()).await.map_err(retry)?;
+    let req = hyper::Request::post(format!("http://{}/v1/runners/{}/generate", t.addr, t.runner))
         .header("authorization", format!("Bearer {}", credential(key, t.node).expose()))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(input.to_string())))
         .map_err(|e| retry(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| retry(format!("no answer: {e}")))?;
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.pushes.forget_closed();
+            return Err(retry(format!("no answer: {e}")));
+        }
+    };
     let status = resp.status();
     if status != hyper::StatusCode::OK {
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -308,5 +454,55 @@ mod tests {
         assert_eq!(order_of(1), [3]);
         let t = &order(&runners, &agents, pushed, 4)[0];
         assert_eq!((t.node, t.addr.as_str(), t.load), (2, "127.0.0.1:9002", 0));
+    }
+
+    #[tokio::test]
+    async fn a_push_connection_accepts_only_the_pinned_certificate() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        // A node's endpoint as its agent makes it: a certificate of its own, HTTP/2 over TLS.
+        let made = rcgen::generate_simple_self_signed(vec!["fleet-agent".to_string()]).unwrap();
+        let der = made.cert.der().clone();
+        let pin: String = Sha256::digest(der.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![der], key)
+                .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else { return };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let get = || hyper::Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
+        let out = Outstanding::default();
+        let mut s = out.connection(&addr, Some(&pin)).await.unwrap();
+        assert_eq!(s.send_request(get()).await.unwrap().status(), 200);
+        // The same connection serves the next request.
+        let mut again = out.connection(&addr, Some(&pin)).await.unwrap();
+        assert_eq!(again.send_request(get()).await.unwrap().status(), 200);
+        assert_eq!(out.conns.lock().unwrap().len(), 1);
+        // Any other certificate is refused in the handshake, before anything is sent.
+        let e = out.connection(&addr, Some(&"0".repeat(64))).await.unwrap_err();
+        assert!(e.contains("is not the one its agent published"), "{e}");
+        // No pin and not loopback: refused without connecting.
+        let e = out.connection("192.0.2.1:7443", None).await.unwrap_err();
+        assert!(e.contains("not pushed in the clear"), "{e}");
     }
 }

@@ -320,7 +320,8 @@ fn the_official_openai_client_completes_and_streams_against_fleetd() {
     let out =
         std::process::Command::new(&agent_bin).args(["make-llm", "--family", "llama"]).arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display())]);
+    // Pushed over TLS, the agent's certificate pinned, as to nodes off this machine.
+    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display()), "--local-push-tls"]);
     f.put_spec(SPEC);
     let (s, b) = f.call("POST", "/v1/tokens", r#"{"name": "other-app", "scope": "submit:embed"}"#);
     assert_eq!(s, 201, "{b}");
@@ -331,7 +332,8 @@ import openai
 c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["TOKEN"], max_retries=0, timeout=120)
 out = {}
 r = c.completions.create(model="chat", prompt="hello world", max_tokens=6, temperature=0)
-out["completion"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump()}
+out["completion"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason, "usage": r.usage.model_dump(),
+                     "id": r.id}
 r = c.completions.create(model="chat", prompt="hello world", max_tokens=1)
 out["one_token"] = {"text": r.choices[0].text, "finish": r.choices[0].finish_reason}
 text, pieces = "", 0
@@ -388,6 +390,13 @@ print(json.dumps(out))
         .unwrap();
     let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
     assert_eq!(got["completion"]["text"], alone["text"], "{got}");
+    // Pushed to the runner (over the pinned TLS connection), not served from the queue.
+    assert!(got["completion"]["id"].as_str().unwrap().contains("-push-"), "{got}");
+    assert!(
+        f.get("/v1/nodes").as_array().unwrap().iter().any(|n| n["agent"]["health"]["push_cert_sha256"].is_string()),
+        "the agent publishes its certificate"
+    );
+    assert_eq!(metric(&f, "fleet_push_retries_total{app=\"chat\"}"), 0.0, "no push failed");
     assert_eq!(got["completion"]["finish"], alone["finish_reason"], "{got}");
     assert_eq!(got["completion"]["usage"]["completion_tokens"], alone["usage"]["completion_tokens"], "{got}");
     assert_eq!(got["completion"]["usage"]["prompt_tokens"], 2, "{got}");

@@ -232,6 +232,10 @@ pub struct AgentHealth {
     /// take work from the queue only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_addr: Option<String>,
+    /// The push endpoint speaks TLS with this certificate (SHA-256 of its DER, hex), which
+    /// fleetd pins: it connects to nothing else. Absent: plain HTTP, loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_cert_sha256: Option<String>,
 }
 
 /// One GPU as discovery (CUDA driver) and NVML see it; NVML's fields are absent without NVML.

@@ -30,6 +30,22 @@ pub struct LocalAgentStarter {
     /// The fleet's push key: each node's agent gets its own push credential and a loopback push
     /// endpoint (`None`: runners take work from the queue only).
     pub push_key: Option<fleet_core::Secret>,
+    /// The push endpoint over TLS (its certificate pinned by fleetd), as off loopback.
+    pub push_tls: bool,
+    /// Where the applied spec is: an app's runner decodes up to its `max_multiplexing` requests
+    /// together (2 when there is none to read).
+    pub spec: Option<(Arc<dyn fleet_state::store::Store>, fleet_core::keys::Keys)>,
+}
+
+impl LocalAgentStarter {
+    /// The app's `max_multiplexing` in the applied spec.
+    async fn multiplexing(&self, app: &str) -> Option<u32> {
+        let (store, keys) = self.spec.as_ref()?;
+        let (stored, _) =
+            fleet_state::store::get_json::<fleet_state::model::StoredSpec>(&**store, &keys.spec()).await.ok()??;
+        let spec = fleet_core::spec::FleetSpec::parse("spec", &stored.toml).ok()?;
+        spec.apps.iter().find(|a| a.name == app).map(|a| a.scaling.max_multiplexing)
+    }
 }
 
 #[async_trait]
@@ -58,13 +74,14 @@ impl NodeStarter for LocalAgentStarter {
             .map_err(|e| format!("{}: {e}", token_file.display()))?;
         let config = format!(
             "# written by fleetd for a local node\nfleet = \"{}\"\nnode = {node}\ngateway = \"{}\"\ntoken_file = \"{}\"\n\
-             lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\nmodel = \"{}\"\nmax_concurrency = 2\n\
+             lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\nmodel = \"{}\"\nmax_concurrency = {}\n\
              [burn_in]\ncpu_size = 256\niterations = 2\n{}",
             self.fleet,
             self.gateway,
             token_file.display(),
             req.app,
             model.display(),
+            self.multiplexing(&req.app).await.unwrap_or(2),
             self.extra_agent_config
         );
         let push = match &self.push_key {
@@ -73,7 +90,11 @@ impl NodeStarter for LocalAgentStarter {
                 let _ = std::fs::remove_file(&push_file);
                 crate::auth::write_private(&push_file, crate::push::credential(key, node).expose())
                     .map_err(|e| format!("{}: {e}", push_file.display()))?;
-                format!("[push]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", push_file.display())
+                format!(
+                    "[push]\nlisten = \"127.0.0.1:0\"\ntls = {}\ntoken_file = \"{}\"\n",
+                    self.push_tls,
+                    push_file.display()
+                )
             }
             None => String::new(),
         };

@@ -74,6 +74,19 @@ pub struct SshBootstrapConfig {
     /// count), so it holds the machine to it. Off only where the agent cannot see the GPUs it
     /// was rented with (tests on a CPU machine: `fleetd --skip-hardware-check`).
     pub check_hardware: bool,
+    /// fleetd pushes requests to the nodes' runners (`fleet_orchestrator::push`): each agent
+    /// gets its node's push credential and serves the push endpoint on this port of every
+    /// address, over TLS with a certificate it makes and publishes for fleetd to pin. `None`: the
+    /// nodes' runners take work from the queue only.
+    pub push: Option<PushSetup>,
+}
+
+/// What an agent needs to take pushed requests: the fleet's push key (its node's credential
+/// derives from it) and the port to serve on (the cloud's firewall must let fleetd reach it).
+#[derive(Clone)]
+pub struct PushSetup {
+    pub key: Secret,
+    pub port: u16,
 }
 
 impl std::fmt::Debug for SshBootstrapConfig {
@@ -255,8 +268,17 @@ impl SshBootstrap {
         self.cfg.remote_dir.replace("{node}", &node.to_string())
     }
 
-    fn agent_config(&self, node: &NodeRecord, auth: Option<&(String, Secret)>) -> String {
+    /// `ip`: where fleetd reaches the node (the address it dials SSH at), for the push endpoint.
+    fn agent_config(&self, node: &NodeRecord, auth: Option<&(String, Secret)>, ip: std::net::IpAddr) -> String {
         let mut s = self.agent_config_for(node.id, auth);
+        if let Some(p) = &self.cfg.push {
+            let dir = self.dir(node.id);
+            let port = p.port;
+            s += &format!(
+                "[push]\nlisten = \"0.0.0.0:{port}\"\ntls = true\nadvertise = \"{}\"\ntoken_file = \"{dir}/push.token\"\n",
+                std::net::SocketAddr::new(ip, port)
+            );
+        }
         if self.cfg.check_hardware
             && let Some((gpu, count)) = node.offering().and_then(rented_shape)
         {
@@ -318,12 +340,17 @@ impl SshBootstrap {
                 tracing::warn!(node = id, error = %e, "host key event not recorded");
             }
         }
-        let result = self.install_over(&s, node).await;
+        let result = self.install_over(&s, node, addr.ip()).await;
         s.close().await;
         result
     }
 
-    async fn install_over(&self, s: &Session, node: &NodeRecord) -> Result<InstallOutcome, BootstrapError> {
+    async fn install_over(
+        &self,
+        s: &Session,
+        node: &NodeRecord,
+        ip: std::net::IpAddr,
+    ) -> Result<InstallOutcome, BootstrapError> {
         let dir = &self.dir(node.id);
         let auth = match &self.cfg.credentials {
             Some(c) => {
@@ -333,9 +360,13 @@ impl SshBootstrap {
             None => None,
         };
         let mut files = vec![
-            File::new("agent.toml", "0600", self.agent_config(node, auth.as_ref()).into_bytes()),
+            File::new("agent.toml", "0600", self.agent_config(node, auth.as_ref(), ip).into_bytes()),
             File::new("run-agent.sh", "0755", RUN_SCRIPT.as_bytes().to_vec()),
         ];
+        if let Some(p) = &self.cfg.push {
+            let credential = crate::push::credential(&p.key, node.id);
+            files.push(File::new("push.token", "0600", credential.expose().as_bytes().to_vec()));
+        }
         if let Some((_, pw)) = &auth {
             files.push(File::new("agent.password", "0600", pw.expose().as_bytes().to_vec()));
         }
