@@ -82,11 +82,11 @@ async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) ->
     }
     let (deltas_tx, mut deltas) = tokio::sync::mpsc::unbounded_channel::<String>();
     let answer = llm.submit_streaming(&input, Some(deltas_tx));
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(16);
+    let (tx, lines) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         while let Some(d) = deltas.recv().await {
             let line = json!({"delta": d}).to_string() + "\n";
-            if tx.send(Frame::data(Bytes::from(line))).await.is_err() {
+            if tx.send(Bytes::from(line)).await.is_err() {
                 // fleetd went away: the sequence still finishes (its slot frees at the end).
                 return;
             }
@@ -96,13 +96,30 @@ async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) ->
             Ok(Err(e)) => json!({"error": e}),
             Err(_) => json!({"error": "the runner stopped before it answered"}),
         };
-        let _ = tx.send(Frame::data(Bytes::from(last.to_string() + "\n"))).await;
+        let _ = tx.send(Bytes::from(last.to_string() + "\n")).await;
     });
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
-        .body(body.boxed())
+        .body(Lines(lines).boxed())
         .expect("a valid response")
+}
+
+/// A streamed body: the lines sent on its channel, in order, ending once the sender is gone and
+/// every line sent before is out. (http-body-util's `Channel` can end a body between a frame's
+/// send and its sender's drop, losing that last frame: here, the answer line.)
+struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|line| line.map(|b| Ok(Frame::data(b))))
+    }
 }
 
 /// The endpoint's TLS identity: a self-signed certificate made at start, its key, and the
@@ -154,6 +171,8 @@ pub async fn serve(
                 continue;
             }
         };
+        // Small frames (a token each) go out at once, not held back for the peer's ACK.
+        let _ = stream.set_nodelay(true);
         let (token, runners, tls) = (token.clone(), runners.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
@@ -187,5 +206,25 @@ where
     b.http2().max_concurrent_streams(MAX_STREAMS);
     if let Err(e) = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc).await {
         tracing::debug!(error = %e, "push connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer line is sent just before the sender goes: the body must still carry it (the
+    /// race that lost it with http-body-util's `Channel` under load).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_body_ends_only_after_its_last_line() {
+        for i in 0..2000 {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"{\"delta\": \"a\"}\n")).await.unwrap();
+                tx.send(Bytes::from_static(b"{\"done\": {}}\n")).await.unwrap();
+            });
+            let got = Lines(rx).collect().await.unwrap().to_bytes();
+            assert_eq!(&got[..], b"{\"delta\": \"a\"}\n{\"done\": {}}\n", "iteration {i}");
+        }
     }
 }

@@ -329,9 +329,15 @@ pub async fn start(
     tokio::spawn(async move {
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
-        let mut ended = false;
+        let (mut ended, mut cause) = (false, "its stream ended before its answer".to_string());
         'read: while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    cause = format!("its stream broke: {e}");
+                    break;
+                }
+            };
             let Some(data) = frame.data_ref() else { continue };
             buf.extend_from_slice(data);
             while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -352,7 +358,10 @@ pub async fn start(
             }
         }
         if !ended {
-            let _ = tx.send(PushEvent::Error(format!("runner {runner} was lost in the middle of its answer: the text sent is all there is (not retried, it had begun)"))).await;
+            let why = format!(
+                "runner {runner} was lost in the middle of its answer ({cause}): the text sent is all there is (not retried, it had begun)"
+            );
+            let _ = tx.send(PushEvent::Error(why)).await;
         }
         outstanding.done(runner);
     });
