@@ -5,10 +5,12 @@
 //!
 //! The queue's length is read from the store at most once a second per app and counted up
 //! locally between reads: several fleetd share the store, so the bound may be passed by the
-//! submissions other fleetd admit within one second, never by more.
+//! submissions other fleetd admit within one second, never by more. After the first read, the
+//! next ones happen beside the submits (one at a time per app), not in their way: a long queue
+//! takes a while to count, and no submit waits for it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_core::keys::Keys;
@@ -19,10 +21,18 @@ const QUEUE_READ_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct Admission {
-    /// app → (when its queue was read, its length then plus what was admitted since).
-    queues: Mutex<HashMap<String, (Instant, u32)>>,
+    /// app → its queue's length as last read plus what was admitted since.
+    queues: Arc<Mutex<HashMap<String, QueueCount>>>,
     /// (token, app) → token bucket.
     buckets: Mutex<HashMap<(String, String), Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QueueCount {
+    read_at: Instant,
+    n: u32,
+    /// A read is under way.
+    reading: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,28 +69,50 @@ impl Admission {
     /// Room for one more request in `app`'s queue (queued or in flight) under `max`; counts it.
     pub async fn queue_room(
         &self,
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         keys: &Keys,
         app: &str,
         max: u32,
     ) -> StoreResult<Result<(), Refused>> {
-        let fresh = {
-            let q = self.queues.lock().expect("queues lock");
-            q.get(app).filter(|(at, _)| at.elapsed() < QUEUE_READ_EVERY).map(|(_, n)| *n)
+        let known = {
+            let mut q = self.queues.lock().expect("queues lock");
+            match q.get_mut(app) {
+                None => None,
+                Some(c) => {
+                    if c.read_at.elapsed() >= QUEUE_READ_EVERY && !c.reading {
+                        c.reading = true;
+                        let (store, prefix, queues, app) =
+                            (store.clone(), keys.queue(app), self.queues.clone(), app.to_string());
+                        tokio::spawn(async move {
+                            let n =
+                                store.range(&prefix).await.map(|(kvs, _)| u32::try_from(kvs.len()).unwrap_or(u32::MAX));
+                            let mut q = queues.lock().expect("queues lock");
+                            if let Some(c) = q.get_mut(&app) {
+                                c.reading = false;
+                                // A failed read is tried again at the next submit.
+                                if let Ok(n) = n {
+                                    *c = QueueCount { read_at: Instant::now(), n, reading: false };
+                                }
+                            }
+                        });
+                    }
+                    Some(c.n)
+                }
+            }
         };
-        let queued = match fresh {
+        let queued = match known {
             Some(n) => n,
             None => {
                 let n = u32::try_from(store.range(&keys.queue(app)).await?.0.len()).unwrap_or(u32::MAX);
-                self.queues.lock().expect("queues lock").insert(app.to_string(), (Instant::now(), n));
-                n
+                let mut q = self.queues.lock().expect("queues lock");
+                q.entry(app.to_string()).or_insert(QueueCount { read_at: Instant::now(), n, reading: false }).n
             }
         };
         if queued >= max {
             return Ok(Err(Refused::QueueFull { queued, max }));
         }
-        if let Some((_, n)) = self.queues.lock().expect("queues lock").get_mut(app) {
-            *n = n.saturating_add(1);
+        if let Some(c) = self.queues.lock().expect("queues lock").get_mut(app) {
+            c.n = c.n.saturating_add(1);
         }
         Ok(Ok(()))
     }

@@ -728,13 +728,23 @@ struct AppView {
 }
 
 async fn applied_apps(ctx: &Ctx) -> ApiResult<Vec<String>> {
-    Ok(applied_spec(ctx).await?.map(|s| s.apps.into_iter().map(|a| a.name).collect()).unwrap_or_default())
+    Ok(applied_spec(ctx).await?.map(|s| s.apps.iter().map(|a| a.name.clone()).collect()).unwrap_or_default())
 }
 
-async fn applied_spec(ctx: &Ctx) -> ApiResult<Option<fleet_core::spec::FleetSpec>> {
-    let Some((s, _)) = get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? else { return Ok(None) };
-    let spec = fleet_core::spec::FleetSpec::parse("spec", &s.toml)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+/// The applied spec: read from the store each time (one key), parsed only when it changed.
+async fn applied_spec(ctx: &Ctx) -> ApiResult<Option<Arc<fleet_core::spec::FleetSpec>>> {
+    let Some(kv) = ctx.store.get(&ctx.keys.spec()).await? else { return Ok(None) };
+    if let Some((rev, spec)) = ctx.spec_cache.lock().expect("spec cache").as_ref()
+        && *rev == kv.mod_revision
+    {
+        return Ok(Some(spec.clone()));
+    }
+    let s: StoredSpec = kv.json()?;
+    let spec = Arc::new(
+        fleet_core::spec::FleetSpec::parse("spec", &s.toml)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
+    *ctx.spec_cache.lock().expect("spec cache") = Some((kv.mod_revision, spec.clone()));
     Ok(Some(spec))
 }
 
@@ -864,7 +874,7 @@ pub(crate) async fn enqueue_admitted(
         },
         other => ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{other:?}")),
     };
-    ctx.admission.queue_room(&*ctx.store, &ctx.keys, app, limits.max_queue).await?.map_err(refused)?;
+    ctx.admission.queue_room(&ctx.store, &ctx.keys, app, limits.max_queue).await?.map_err(refused)?;
     let id = match &ctx.submitter {
         Some(s) => {
             s.submit(queue::Submission { app: app.to_string(), input, owner: owner.map(str::to_string) }).await?

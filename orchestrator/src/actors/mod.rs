@@ -162,6 +162,9 @@ pub struct Ctx {
     pub gateway_leases: Arc<crate::access::gateway::GatewayLeases>,
     /// What the API lets in per app: queue bound, rate per token.
     pub admission: Arc<crate::admission::Admission>,
+    /// The applied spec as last parsed, with the store revision it was read at: requests are
+    /// checked against it without parsing the TOML again while the spec is unchanged.
+    pub spec_cache: std::sync::Mutex<Option<(fleet_state::store::Revision, Arc<fleet_core::spec::FleetSpec>)>>,
     /// The `[clouds.*]` accounts this fleetd runs with: a spec must carry the same to be applied
     /// (accounts change only with a restart, so a spec is never half applied).
     pub clouds: fleet_core::spec::CloudAccounts,
@@ -215,6 +218,7 @@ impl Ctx {
             submitter: None,
             gateway_leases: Default::default(),
             admission: Default::default(),
+            spec_cache: Default::default(),
             clouds: Default::default(),
             offerings: std::sync::RwLock::new(Arc::new(fleet_core::Catalog::new(Vec::new()))),
         }
