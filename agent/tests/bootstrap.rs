@@ -19,7 +19,8 @@ use fleet_orchestrator::testing::harness::h100x8;
 use fleet_orchestrator::testing::sshd::SshServer;
 use fleet_providers::{Instance, InstanceState};
 use fleet_state::lifecycle::node::NodePhase;
-use fleet_state::model::{AgentRecord, CandidateRecord, NodeRecord};
+use fleet_state::lifecycle::runner::RunnerPhase;
+use fleet_state::model::{AgentRecord, CandidateRecord, NodeRecord, RunnerRecord};
 use fleet_state::store::etcd::EtcdStore;
 use fleet_state::store::{Store, get_json};
 
@@ -121,6 +122,10 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
         let mut cfg = config(&sshd, &etcd.client_url, &remote, &model);
         cfg.resolve = Some(Arc::new(move |_: &Instance| Some(SocketAddr::from(([127, 0, 0, 1], port)))));
         cfg.push = Some(PushSetup { key: push_key.clone(), port: push_port });
+        // And a language model: a directory, uploaded file by file.
+        let llm = dir.path().join("tiny-llama");
+        fleet_agent::llm::testmodel::write(&llm, fleet_agent::llm::Family::Llama, Default::default(), 2, 1).unwrap();
+        cfg.models.insert("chat".into(), llm);
         SshBootstrap::new(cfg, store.clone()).unwrap()
     };
 
@@ -159,16 +164,39 @@ async fn bootstrap_installs_the_agent_over_ssh_idempotently_and_refuses_a_wrong_
     let pin = agent.health.push_cert_sha256.clone().expect("a certificate to pin");
     let credential = fleet_orchestrator::push::credential(&push_key, 1).expose().to_string();
     let push_addr = format!("127.0.0.1:{push_port}");
-    assert_eq!(
-        push(&push_addr, &pin, &credential).await.unwrap().0,
-        404,
-        "TLS, pinned: the agent answers (no such runner)"
-    );
-    assert_eq!(push(&push_addr, &pin, &"x".repeat(64)).await.unwrap().0, 401, "another credential is refused");
-    let e = push(&push_addr, &"0".repeat(64), &credential).await.unwrap_err();
-    assert!(e.contains("is not the one its agent published"), "another certificate is refused: {e}");
     let config = std::fs::read_to_string(remote.join("agent.toml")).unwrap();
     assert!(config.contains("node = 1") && config.contains(&etcd.client_url), "{config}");
+    let hello = r#"{"prompt": "hello world", "max_tokens": 3}"#;
+    let (status, body) = push(&push_addr, &pin, &credential, 999, hello).await.unwrap();
+    assert_eq!(status, 404, "TLS, pinned: the agent answers (no such runner): {body}");
+    assert_eq!(push(&push_addr, &pin, &"x".repeat(64), 999, hello).await.unwrap().0, 401, "another credential");
+    let e = push(&push_addr, &"0".repeat(64), &credential, 999, hello).await.unwrap_err();
+    assert!(e.contains("is not the one its agent published"), "another certificate is refused: {e}");
+    // The language model went file by file; a runner of it placed on the node loads it from
+    // there and answers a pushed request.
+    assert_eq!(mode("models/chat/config.json"), 0o644);
+    assert!(remote.join("models/chat/model.safetensors.index.json").is_file(), "both shards and their index");
+    assert!(config.contains(&format!("model = \"{}/models/chat\"", remote.display())), "{config}");
+    let now = chrono::Utc::now();
+    let r = RunnerRecord {
+        state: RunnerPhase::Starting { node: 1, since: now },
+        ..RunnerRecord::placed(7, "chat", 1, now)
+    };
+    store.txn(vec![], r.put_ops(&keys)).await.unwrap();
+    let t = Instant::now();
+    loop {
+        let (r, _) = get_json::<RunnerRecord>(&*store, &keys.runner(7)).await.unwrap().unwrap();
+        if matches!(r.state, RunnerPhase::Idle { .. }) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "runner not loaded: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = push(&push_addr, &pin, &credential, 7, hello).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let last: serde_json::Value = serde_json::from_str(body.lines().last().unwrap()).unwrap();
+    assert_eq!(last["done"]["usage"]["completion_tokens"], 3, "{body}");
+    store.txn(vec![], r.delete_ops(&keys)).await.unwrap();
     // The host key was recorded at first contact, and the node's events say so.
     let ev = fleet_state::events::list(&*store, &keys, &Default::default()).await.unwrap();
     assert_eq!(ev.len(), 1, "{ev:?}");
@@ -336,7 +364,7 @@ async fn bootstrap_verifies_the_host_key_gcp_reports_before_sending_secrets() {
 
 /// A pushed request as fleetd sends it: TLS accepting only the pinned certificate, HTTP/2, the
 /// node's credential. Its status and body.
-async fn push(addr: &str, pin: &str, credential: &str) -> Result<(u16, String), String> {
+async fn push(addr: &str, pin: &str, credential: &str, runner: u64, input: &str) -> Result<(u16, String), String> {
     use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("fleet-agent").unwrap();
@@ -346,9 +374,9 @@ async fn push(addr: &str, pin: &str, credential: &str) -> Result<(u16, String), 
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = hyper::Request::post(format!("http://{addr}/v1/runners/999/generate"))
+    let req = hyper::Request::post(format!("http://{addr}/v1/runners/{runner}/generate"))
         .header("authorization", format!("Bearer {credential}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"prompt": "hi"}"#)))
+        .body(http_body_util::Full::new(bytes::Bytes::from(input.to_string())))
         .unwrap();
     let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();

@@ -245,13 +245,6 @@ fn ssh_bootstrap(
     let key = std::fs::read_to_string(key_path).with_context(|| format!("--ssh-key {}", key_path.display()))?;
     let agent_binary = agent_binary(args)?;
     let models = models(args)?;
-    if let Some((app, dir)) = models.iter().find(|(_, p)| p.is_dir()) {
-        bail!(
-            "--model {app}={}: a model directory (a language model) is served by --local nodes only for now; \
-             the SSH bootstrap uploads one model file",
-            dir.display()
-        );
-    }
     let extra = match &args.agent_config {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("--agent-config {}", p.display()))?,
         None => String::new(),

@@ -60,7 +60,9 @@ pub struct SshBootstrapConfig {
     /// The store as the node reaches it.
     pub endpoints: Vec<String>,
     pub lease_ttl: String,
-    /// App → model file here; uploaded to `{remote_dir}/models/{app}.safetensors`.
+    /// App → model here: a file, uploaded to `{remote_dir}/models/{app}.safetensors`, or a
+    /// language model's directory (config.json, tokenizer.json, weights), each of its files
+    /// uploaded to `{remote_dir}/models/{app}/`. Read into memory once, at start.
     pub models: BTreeMap<String, PathBuf>,
     /// More agent config (TOML sections such as `[burn_in]` or `[interruption]`).
     pub extra_agent_config: String,
@@ -186,7 +188,41 @@ impl SshBootstrap {
         let binary = File::new("fleet-agent", "0755", read(&cfg.agent_binary)?);
         let mut models = Vec::new();
         for (app, path) in &cfg.models {
-            models.push(File::new(format!("models/{app}.safetensors"), "0644", read(path)?));
+            if !path.is_dir() {
+                models.push(File::new(format!("models/{app}.safetensors"), "0644", read(path)?));
+                continue;
+            }
+            // A language model as hubs lay it out: every file of the directory, to models/{app}/.
+            let listed =
+                std::fs::read_dir(path).map_err(|e| BootstrapError::Config(format!("{}: {e}", path.display())))?;
+            let mut names: Vec<String> = Vec::new();
+            for entry in listed {
+                let entry = entry.map_err(|e| BootstrapError::Config(format!("{}: {e}", path.display())))?;
+                if !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    return Err(BootstrapError::Config(format!(
+                        "{}: the file name '{name}' has characters other than letters, digits and ._- (rename it)",
+                        path.display()
+                    )));
+                }
+                names.push(name);
+            }
+            if !names.iter().any(|n| n == "config.json") {
+                return Err(BootstrapError::Config(format!(
+                    "{}: a model directory needs its config.json (and tokenizer.json, weights)",
+                    path.display()
+                )));
+            }
+            names.sort();
+            for name in names {
+                models.push(File::new(format!("models/{app}/{name}"), "0644", read(&path.join(&name))?));
+            }
         }
         let keys = Keys::new(&cfg.fleet);
         let pool = Semaphore::new(cfg.max_concurrent.max(1));
@@ -299,8 +335,12 @@ impl SshBootstrap {
         if let Some((user, _)) = auth {
             s += &format!("user = \"{user}\"\npassword_file = \"{dir}/agent.password\"\n");
         }
-        for app in self.cfg.models.keys() {
-            s += &format!("[apps.{app}]\nmodel = \"{dir}/models/{app}.safetensors\"\n");
+        for (app, path) in &self.cfg.models {
+            if path.is_dir() {
+                s += &format!("[apps.{app}]\nmodel = \"{dir}/models/{app}\"\n");
+            } else {
+                s += &format!("[apps.{app}]\nmodel = \"{dir}/models/{app}.safetensors\"\n");
+            }
         }
         s += &self.cfg.extra_agent_config.replace("{node}", &node.to_string());
         s
@@ -375,8 +415,10 @@ impl SshBootstrap {
             .chain(files.iter().map(|f| f.name.as_str()))
             .collect();
         // What is there now: hashes of our files, and whether the agent runs.
+        let model_dirs: String =
+            self.cfg.models.iter().filter(|(_, p)| p.is_dir()).map(|(app, _)| format!(" {dir}/models/{app}")).collect();
         let probe = format!(
-            "mkdir -p {dir}/models && chmod 700 {dir} && cd {dir} && (sha256sum {} 2>/dev/null || true) && \
+            "mkdir -p {dir}/models{model_dirs} && chmod 700 {dir} && cd {dir} && (sha256sum {} 2>/dev/null || true) && \
              if [ -d /run/systemd/system ] && [ \"$(id -u)\" = 0 ]; then \
                systemctl is-active --quiet fleet-agent && echo FLEET_RUNNING; \
              elif [ -f supervisor.pid ] && kill -0 \"$(cat supervisor.pid)\" 2>/dev/null; then echo FLEET_RUNNING; fi",
