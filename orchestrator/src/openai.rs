@@ -326,58 +326,27 @@ async fn handle(
         .into_response();
     }
     // Streaming: the chunks once the result is in (see the module doc), then [DONE].
+    let names = Names { oid, app: app.clone(), created, chunk_object, kind, usage_in_stream };
     let events = async move {
-        let chunk = |choice: Value| json!({"id": oid, "object": chunk_object, "created": created, "model": app, "choices": [choice]});
         let mut out: Vec<Event> = Vec::new();
+        let data = |v: Value| Event::default().data(v.to_string());
         let r = wait_result(&ctx, &app, id).await;
         let result = match r {
             Ok(r) => output_of(&r).map_err(|_| r),
             Err(_) => {
                 let e = json!({"error": {"message": format!("request {id} did not finish within {} s", WAIT.as_secs()),
                                          "type": "timeout", "param": null, "code": null}});
-                out.push(Event::default().data(e.to_string()));
+                out.push(data(e));
                 return out;
             }
         };
         match result {
             Ok((text, finish, usage)) => {
-                match kind {
-                    Kind::Completion => {
-                        out.push(
-                            Event::default().data(
-                                chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null}))
-                                    .to_string(),
-                            ),
-                        );
-                        out.push(
-                            Event::default().data(
-                                chunk(json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish}))
-                                    .to_string(),
-                            ),
-                        );
-                    }
-                    Kind::Chat => {
-                        for delta in [json!({"role": "assistant", "content": ""}), json!({"content": text})] {
-                            out.push(
-                                Event::default().data(
-                                    chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}))
-                                        .to_string(),
-                                ),
-                            );
-                        }
-                        out.push(
-                            Event::default().data(
-                                chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}))
-                                    .to_string(),
-                            ),
-                        );
-                    }
-                }
-                if usage_in_stream {
-                    let mut last = chunk(json!(null));
-                    last["choices"] = json!([]);
-                    last["usage"] = usage;
-                    out.push(Event::default().data(last.to_string()));
+                out.extend(names.opening().map(data));
+                out.push(data(names.delta(&text)));
+                out.push(data(names.finish(&finish)));
+                if names.usage_in_stream {
+                    out.push(data(names.usage(&usage)));
                 }
             }
             Err(r) => {
@@ -385,8 +354,7 @@ async fn handle(
                     RequestState::Failed { error, .. } => error.clone(),
                     _ => format!("app `{app}` does not serve a language model"),
                 };
-                let e = json!({"error": {"message": why, "type": "server_error", "param": null, "code": null}});
-                out.push(Event::default().data(e.to_string()));
+                out.push(data(json!({"error": {"message": why, "type": "server_error", "param": null, "code": null}})));
                 return out;
             }
         }
@@ -459,6 +427,24 @@ impl Names {
                 self.chunk(json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}))
             }
         }
+    }
+
+    /// A chat stream's first chunk (the assistant's role); none for completions.
+    fn opening(&self) -> Option<Value> {
+        match self.kind {
+            Kind::Chat => Some(self.chunk(
+                json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+            )),
+            Kind::Completion => None,
+        }
+    }
+
+    /// The last chunk when `stream_options.include_usage` asks for it: no choices, the usage.
+    fn usage(&self, usage: &Value) -> Value {
+        let mut last = self.chunk(Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = usage.clone();
+        last
     }
 
     fn finish(&self, reason: &str) -> Value {
@@ -566,13 +552,7 @@ fn stream_pushed(
     runner: fleet_core::RunnerId,
     submitted: fleet_core::Time,
 ) -> Response {
-    let opening = match names.kind {
-        Kind::Chat => {
-            Some(names.chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null,
-                               "finish_reason": null})))
-        }
-        Kind::Completion => None,
-    };
+    let opening = names.opening();
     let state = (Some(first), rest, names, false);
     let events = futures_util::stream::unfold(state, move |(mut pending, mut rest, names, over)| {
         let ctx = ctx.clone();
@@ -593,10 +573,7 @@ fn stream_pushed(
                             .data(names.finish(answer["finish_reason"].as_str().unwrap_or("stop")).to_string()),
                     ];
                     if names.usage_in_stream {
-                        let mut last = names.chunk(Value::Null);
-                        last["choices"] = json!([]);
-                        last["usage"] = answer["usage"].clone();
-                        v.push(Event::default().data(last.to_string()));
+                        v.push(Event::default().data(names.usage(&answer["usage"]).to_string()));
                     }
                     v.push(Event::default().data("[DONE]"));
                     return Some((v, (None, rest, names, true)));

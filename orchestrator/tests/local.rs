@@ -576,3 +576,75 @@ fn a_runner_lost_before_its_first_token_is_tried_elsewhere_and_one_lost_mid_stre
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn when_every_runner_is_full_a_call_waits_in_the_queue_and_is_answered_when_one_frees() {
+    use std::io::{Read, Write};
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    let model = dir.path().join("llama");
+    let out = std::process::Command::new(&agent_bin)
+        .args(["make-llm", "--hidden", "256", "--layers", "8", "--max-positions", "4096"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = local_fleetd(dir.path(), &["--model", &format!("chat={}", model.display())]);
+    f.put_spec(SPEC);
+    let t = Instant::now();
+    while ready_runners(&f, dir.path()).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no ready runner\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // One runner, one request at a time (max_multiplexing 1): a long answer holds it.
+    let mut long = std::net::TcpStream::connect(&f.addr).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = r#"{"model": "chat", "prompt": "hello world", "max_tokens": 300, "stream": true}"#;
+    write!(
+        long,
+        "POST /v1/completions HTTP/1.1\r\nHost: fleetd\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        f.token,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("data: {") {
+        let n = long.read(&mut buf).unwrap();
+        assert!(n > 0, "the long answer ended before any text");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    // The runner is full: this call waits in the durable queue (counted there), and is answered
+    // once the runner frees, as a stream of whole chunks.
+    let waited_before = metric(&f, "fleet_request_queue_wait_seconds_count{app=\"chat\"}");
+    let body =
+        r#"{"model": "chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "stream": true}"#;
+    let (status, answer) = fleet_orchestrator::testing::http::request(
+        &f.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[&format!("Authorization: Bearer {}", f.token)],
+        body,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    long.read_to_end(&mut raw).unwrap();
+    let first = String::from_utf8_lossy(&raw);
+    assert!(first.contains("[DONE]"), "the long answer finished whole: {first}");
+    let events = dechunk(&answer);
+    let data: Vec<Value> =
+        events.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+    let id = data[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-") && !id.contains("-push-"), "served from the queue: {id}");
+    assert_eq!(data[0]["choices"][0]["delta"]["role"], "assistant", "{events}");
+    let content: String = data.iter().filter_map(|d| d["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!content.is_empty(), "{events}");
+    assert_eq!(data.last().unwrap()["choices"][0]["finish_reason"], "length", "{events}");
+    let t = Instant::now();
+    while metric(&f, "fleet_request_queue_wait_seconds_count{app=\"chat\"}") < waited_before + 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "its queue wait is counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
