@@ -33,6 +33,7 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 
 mod catalog;
 mod demo;
+mod model;
 mod nodes;
 mod ops;
 mod output;
@@ -184,6 +185,8 @@ enum Command {
         after_help = "Examples:\n  fleetctl demo\n  fleetctl demo --requests 100 --dir ./demo   (keeps the store and node logs)"
     )]
     Demo(demo::DemoArgs),
+    /// Model artefacts: push a model directory to an origin, get the digest that pins it.
+    Model(model::ModelArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  fleetctl completion bash > /etc/bash_completion.d/fleetctl\n  fleetctl completion zsh > \"${fpath[1]}/_fleetctl\"\n  fleetctl completion fish > ~/.config/fish/completions/fleetctl.fish"
@@ -271,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let server = || Server::from_args(&cli.server);
     match &cli.command {
         Command::Catalog(_) | Command::Plan(_) | Command::Simulate(_) | Command::Completion { .. } => {}
+        Command::Model(_) if o == Output::Csv => anyhow::bail!("fleetctl model prints a table, json or yaml"),
         Command::Demo(_) if o == Output::Csv => anyhow::bail!("fleetctl demo prints a table, json or yaml"),
         _ if o == Output::Csv => anyhow::bail!("-o csv is for `fleetctl catalog`; use -o table, json or yaml"),
         _ => {}
@@ -283,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::run(args, o, Server::from_args(&cli.server).ok()),
         Command::Simulate(args) => simulate::run(args, o),
         Command::Demo(args) => demo::run(args, o),
+        Command::Model(args) => model::run(args, o),
         Command::Apply { file, dry_run } => ops::apply(&server()?, &file, dry_run, o),
         Command::Diff { file } => ops::diff(&server()?, &file),
         Command::Get { what, watch: true } => {

@@ -4,11 +4,13 @@
 //! - [`money`]: exact dollars (integer micro-dollars), never `f64`.
 //! - [`catalog`]: prices, built in or imported from SkyPilot catalogs, and queries over them.
 //! - [`names`]: normalising names and suggesting the closest known one.
+//! - [`artifact`]: model artefacts: content-addressed chunks named by a manifest's digest.
 //! - [`spec`]: the fleet spec (TOML), checked as a whole with positioned errors.
 //! - [`keys`]: the store key layout, in one place.
 //! - [`ids`]: node, runner and request numbers and [`Time`]; [`Secret`]: credentials never printed.
 
 pub mod accounts;
+pub mod artifact;
 pub mod catalog;
 pub mod cloud;
 pub mod exit;

@@ -44,6 +44,10 @@
 //! [apps.llama-70b.budget]
 //! max_per_hour = "200"
 //!
+//! [apps.llama-70b.model]         # the weights each runner loads (`fleetctl model push` prints both)
+//! source = "s3://models/llama-70b"   # s3://, gs://, https:// or file:///
+//! digest = "sha256:…"                # the manifest's SHA-256: exactly these bytes, wherever they come from
+//!
 //! [apps.llama-70b.requests]      # what callers may ask (defaults shown)
 //! max_queue = 10000              # queued or in flight; beyond: 429
 //! max_input_bytes = 1048576      # one request's input, as JSON; beyond: 413 (at most 16 MiB)
@@ -89,6 +93,16 @@ pub struct AppSpec {
     pub scaling: ScalingSpec,
     pub budget: Budget,
     pub requests: RequestLimits,
+    /// The model artefact each runner loads (`[apps.X.model]`), when the spec names one.
+    pub model: Option<ModelRef>,
+}
+
+/// A model pinned by the digest of its manifest, and where its chunks are kept (see
+/// [`crate::artifact`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub origin: crate::artifact::Origin,
+    pub digest: crate::artifact::Digest,
 }
 
 /// What callers may ask of an app (`[apps.X.requests]`); the API enforces each, answering 413 or
@@ -562,6 +576,14 @@ struct RawApp {
     scaling: Option<RawScaling>,
     budget: Option<RawBudget>,
     requests: Option<RawRequests>,
+    model: Option<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    source: Spanned<String>,
+    digest: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -795,7 +817,21 @@ impl Checker<'_> {
             scaling,
             budget: self.budget(&a.budget, &format!("{path}.budget")),
             requests: self.requests(a.requests.as_ref(), &format!("{path}.requests")),
+            model: self.model(a.model.as_ref(), &format!("{path}.model")),
         }
+    }
+
+    fn model(&mut self, m: Option<&RawModel>, path: &str) -> Option<ModelRef> {
+        let m = m?;
+        let origin = m.source.get_ref().parse::<crate::artifact::Origin>();
+        let digest = m.digest.get_ref().parse::<crate::artifact::Digest>();
+        if let Err(e) = &origin {
+            self.err(m.source.span(), format!("{path}.source"), e.to_string());
+        }
+        if let Err(e) = &digest {
+            self.err(m.digest.span(), format!("{path}.digest"), format!("{e} (`fleetctl model push` prints it)"));
+        }
+        Some(ModelRef { origin: origin.ok()?, digest: digest.ok()? })
     }
 }
 
@@ -972,6 +1008,22 @@ gpu = "H100-PCIe"
         let b = &s.apps[1];
         assert_eq!(b.scaling, ScalingSpec::default());
         assert_eq!(b.placement.spot, SpotPolicy::Auto);
+    }
+
+    #[test]
+    fn an_app_model_is_an_origin_and_a_digest_each_checked() {
+        let d = crate::artifact::Digest::of(b"m");
+        let ok = format!("[apps.a]\ngpu = \"H100\"\n[apps.a.model]\nsource = \"s3://models/a\"\ndigest = \"{d}\"\n");
+        let s = FleetSpec::parse("f.toml", &ok).unwrap();
+        let m = s.apps[0].model.as_ref().unwrap();
+        assert_eq!(m.digest, d);
+        assert_eq!(m.origin.to_string(), "s3://models/a");
+        let e = errors("[apps.a]\ngpu = \"H100\"\n[apps.a.model]\nsource = \"ftp://x\"\ndigest = \"abc\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("f.toml:4:10: apps.a.model.source: model origin `ftp://x`"), "{e:?}");
+        assert!(e[1].starts_with("f.toml:5:10: apps.a.model.digest: `abc` is not a digest"), "{e:?}");
+        let e = errors("[apps.a]\ngpu = \"H100\"\n[apps.a.model]\nsource = \"s3://models/a\"\n");
+        assert!(e[0].contains("digest"), "{e:?}");
     }
 
     fn errors(text: &str) -> Vec<String> {

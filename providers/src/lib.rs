@@ -14,6 +14,7 @@ pub mod fake;
 pub mod local;
 #[cfg(any(test, feature = "testing"))]
 pub mod moto;
+pub mod origin;
 pub mod prices;
 
 #[cfg(feature = "aws")]

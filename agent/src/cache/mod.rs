@@ -1,0 +1,388 @@
+//! The node's model cache: content-addressed, every chunk checked, resumable, bounded.
+//!
+//! ```text
+//! {dir}/files/{file id}           complete files, every chunk checked (id: Manifest::file_id)
+//! {dir}/partial/{file id}         a file being fetched, each chunk written in place at its offset
+//! {dir}/partial/{file id}.have    the chunks written and checked so far (one index per line)
+//! {dir}/models/{manifest hex}/    the model laid out as its manifest says: hard links into files/
+//! {dir}/manifests/{manifest hex}  the manifest's bytes; its mtime is the model's last use (LRU)
+//! ```
+//!
+//! Why this shape:
+//! - A file is written chunk by chunk *in place*, so once complete it is the file the runner
+//!   memory-maps (candle maps safetensors): nothing is assembled, nothing copied. A model
+//!   directory is hard links, so two models that share a shard share its bytes.
+//! - A fetch cut short (agent restart, network loss) resumes: the `.have` list says which
+//!   chunks are in place, and only the others are fetched again.
+//! - Every chunk is checked against its digest when it arrives (a wrong chunk is never written)
+//!   and when it is served to a peer (a disk that rotted is not passed on).
+//! - Under a byte cap, the least recently used models are evicted (never one in use); a fetch that
+//!   cannot fit says so before it starts, and a disk that fills mid-fetch leaves the model absent,
+//!   never half there.
+
+pub mod source;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use fleet_core::artifact::{Digest, Manifest};
+
+pub use source::{ChunkSource, FetchError};
+
+/// How many chunks one fetch has in flight at once.
+const PARALLEL: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "model {model} needs {need} bytes in the cache at {dir}, which holds at most {cap} (with {held} in use that cannot be evicted): raise [cache] max_bytes"
+    )]
+    TooBig { model: Digest, need: u64, cap: u64, held: u64, dir: String },
+    #[error(
+        "the disk under the model cache at {dir} is full while fetching model {model}: {why}; nothing of it is used"
+    )]
+    DiskFull { model: Digest, dir: String, why: String },
+    #[error("model cache at {dir}: {why}")]
+    Io { dir: String, why: String },
+    #[error("fetching model {model}: {source}")]
+    Fetch { model: Digest, source: FetchError },
+    #[error(
+        "the cached chunk {index} of file {file} does not match its digest (the disk returned other bytes); the file was removed from the cache"
+    )]
+    Rotten { file: String, index: usize },
+    #[error("file {0} is not in this node's cache")]
+    NotHeld(String),
+}
+
+/// A model ready to load: its directory in the cache. While a `Held` lives, the model is not
+/// evicted.
+pub struct Held {
+    pub dir: PathBuf,
+    pub digest: Digest,
+    cache: Arc<Inner>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut in_use = self.cache.in_use.lock().unwrap();
+        if let Some(i) = in_use.iter().position(|d| *d == self.digest) {
+            in_use.swap_remove(i);
+        }
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    cap: u64,
+    /// Models handed out and not dropped (a model may be held more than once).
+    in_use: Mutex<Vec<Digest>>,
+    /// One fetch at a time mutates the layout (chunks of one fetch still go in parallel).
+    layout: tokio::sync::Mutex<()>,
+}
+
+/// What one [`Cache::ensure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// Bytes fetched from sources (not already in the cache).
+    pub fetched: u64,
+    /// Bytes found in place (complete files, chunks of a fetch cut short).
+    pub reused: u64,
+    /// Models evicted to make room.
+    pub evicted: Vec<Digest>,
+}
+
+#[derive(Clone)]
+pub struct Cache(Arc<Inner>);
+
+impl Cache {
+    /// Opens (or makes) the cache at `dir`; what an earlier agent left there is kept.
+    pub fn open(dir: &Path, cap: u64) -> Result<Cache, CacheError> {
+        for sub in ["files", "partial", "models", "manifests"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| io(dir, e))?;
+        }
+        // A model directory being linked when the agent stopped is redone on demand.
+        for e in fs::read_dir(dir.join("models")).map_err(|e| io(dir, e))? {
+            let p = e.map_err(|e| io(dir, e))?.path();
+            if p.extension().is_some_and(|x| x == "tmp") {
+                let _ = fs::remove_dir_all(&p);
+            }
+        }
+        Ok(Cache(Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            cap,
+            in_use: Mutex::new(Vec::new()),
+            layout: tokio::sync::Mutex::new(()),
+        })))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.0.dir
+    }
+
+    /// Bytes the cache holds (complete and partial files).
+    pub fn bytes(&self) -> u64 {
+        let mut n = 0;
+        for sub in ["files", "partial"] {
+            if let Ok(rd) = fs::read_dir(self.0.dir.join(sub)) {
+                for e in rd.flatten() {
+                    if let Ok(m) = e.metadata() {
+                        // Allocated bytes, not the length: a partial file is sparse.
+                        n += if sub == "partial" { m.blocks() * 512 } else { m.len() };
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// The models whose every file is here.
+    pub fn models(&self) -> Vec<Digest> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.0.dir.join("models")) {
+            for e in rd.flatten() {
+                if let Some(d) = e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The model pinned by `digest`, from this cache if it is complete here, otherwise fetched
+    /// (the chunks missing only) from `sources`, tried in order for each chunk.
+    pub async fn ensure(
+        &self,
+        digest: &Digest,
+        manifest: &Manifest,
+        sources: &[Arc<dyn ChunkSource>],
+    ) -> Result<(Held, FetchReport), CacheError> {
+        let _layout = self.0.layout.lock().await;
+        let inner = &self.0;
+        let hex = digest.hex();
+        let model_dir = inner.dir.join("models").join(&hex);
+        let mut report = FetchReport::default();
+        if model_dir.is_dir() && inner.dir.join("manifests").join(&hex).is_file() {
+            self.touch(digest);
+            return Ok((self.hold(digest, model_dir), report));
+        }
+        // Room first: what is missing, against the cap, evicting the least recently used.
+        let ids: Vec<Digest> = (0..manifest.files.len()).map(|i| manifest.file_id(i)).collect();
+        let missing: u64 = manifest
+            .files
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| !inner.dir.join("files").join(id.hex()).exists())
+            .map(|(f, _)| f.size)
+            .sum();
+        report.evicted = self.make_room(missing, digest)?;
+
+        let mut fetched_files = HashSet::new();
+        for (fi, id) in ids.iter().enumerate() {
+            let done = inner.dir.join("files").join(id.hex());
+            if done.exists() {
+                report.reused += manifest.files[fi].size;
+                continue;
+            }
+            if !fetched_files.insert(*id) {
+                continue; // the same file twice in one model (same bytes, two paths)
+            }
+            let (fetched, reused) = self.fetch_file(digest, manifest, fi, id, sources).await?;
+            report.fetched += fetched;
+            report.reused += reused;
+        }
+        // Link the model's layout, then publish it with one rename.
+        let tmp = inner.dir.join("models").join(format!("{hex}.tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        for (f, id) in manifest.files.iter().zip(&ids) {
+            let to = tmp.join(&f.path);
+            fs::create_dir_all(to.parent().expect("inside the model dir")).map_err(|e| io(&inner.dir, e))?;
+            fs::hard_link(inner.dir.join("files").join(id.hex()), &to).map_err(|e| io(&inner.dir, e))?;
+        }
+        let manifest_path = inner.dir.join("manifests").join(&hex);
+        write_synced(&manifest_path, &manifest.to_bytes()).map_err(|e| io(&inner.dir, e))?;
+        fs::rename(&tmp, &model_dir).map_err(|e| io(&inner.dir, e))?;
+        Ok((self.hold(digest, model_dir), report))
+    }
+
+    fn hold(&self, digest: &Digest, dir: PathBuf) -> Held {
+        self.0.in_use.lock().unwrap().push(*digest);
+        Held { dir, digest: *digest, cache: self.0.clone() }
+    }
+
+    /// Marks the model used now (its manifest's mtime orders eviction, across restarts).
+    fn touch(&self, digest: &Digest) {
+        let p = self.0.dir.join("manifests").join(digest.hex());
+        if let Ok(f) = File::options().write(true).open(p) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Evicts least recently used models not in use until `need` more bytes fit under the cap.
+    fn make_room(&self, need: u64, for_model: &Digest) -> Result<Vec<Digest>, CacheError> {
+        let inner = &self.0;
+        let mut evicted = Vec::new();
+        let in_use: BTreeSet<Digest> = inner.in_use.lock().unwrap().iter().copied().collect();
+        let mut candidates: Vec<(SystemTime, Digest)> = self
+            .models()
+            .into_iter()
+            .filter(|d| !in_use.contains(d) && d != for_model)
+            .map(|d| {
+                let t = fs::metadata(inner.dir.join("manifests").join(d.hex()))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                (t, d)
+            })
+            .collect();
+        candidates.sort();
+        let mut candidates = candidates.into_iter();
+        while self.bytes() + need > inner.cap {
+            let Some((_, victim)) = candidates.next() else {
+                return Err(CacheError::TooBig {
+                    model: *for_model,
+                    need,
+                    cap: inner.cap,
+                    held: self.bytes(),
+                    dir: inner.dir.display().to_string(),
+                });
+            };
+            self.evict(&victim)?;
+            evicted.push(victim);
+        }
+        Ok(evicted)
+    }
+
+    /// Removes a model's layout, and each of its files no other model links.
+    fn evict(&self, d: &Digest) -> Result<(), CacheError> {
+        let inner = &self.0;
+        let hex = d.hex();
+        let manifest = fs::read(inner.dir.join("manifests").join(&hex)).ok().and_then(|b| Manifest::parse(&b, d).ok());
+        fs::remove_dir_all(inner.dir.join("models").join(&hex)).map_err(|e| io(&inner.dir, e))?;
+        let _ = fs::remove_file(inner.dir.join("manifests").join(&hex));
+        if let Some(m) = manifest {
+            for i in 0..m.files.len() {
+                let f = inner.dir.join("files").join(m.file_id(i).hex());
+                // A link count of one: only files/ holds it now.
+                if fs::metadata(&f).is_ok_and(|md| md.nlink() == 1) {
+                    let _ = fs::remove_file(&f);
+                }
+            }
+        }
+        tracing::info!(model = %d, "evicted from the model cache (least recently used)");
+        Ok(())
+    }
+
+    /// Fetches the chunks of one file that are not in place yet; returns (fetched, reused) bytes.
+    async fn fetch_file(
+        &self,
+        model: &Digest,
+        manifest: &Manifest,
+        fi: usize,
+        id: &Digest,
+        sources: &[Arc<dyn ChunkSource>],
+    ) -> Result<(u64, u64), CacheError> {
+        let inner = &self.0;
+        let f = &manifest.files[fi];
+        let partial = inner.dir.join("partial").join(id.hex());
+        let have_path = inner.dir.join("partial").join(format!("{}.have", id.hex()));
+        let file = OpenOptions::new().create(true).truncate(false).write(true).read(true).open(&partial);
+        let file = file.map_err(|e| self.full_or_io(model, e))?;
+        file.set_len(f.size).map_err(|e| self.full_or_io(model, e))?;
+        let have: BTreeSet<usize> = fs::read_to_string(&have_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|i| *i < f.chunks.len())
+            .collect();
+        let mut have_log =
+            OpenOptions::new().create(true).append(true).open(&have_path).map_err(|e| self.full_or_io(model, e))?;
+        let file = Arc::new(file);
+        let todo: Vec<_> = manifest.chunks().filter(|c| c.file == fi && !have.contains(&c.index)).collect();
+        let reused: u64 = manifest.chunks().filter(|c| c.file == fi && have.contains(&c.index)).map(|c| c.len).sum();
+        let mut fetched = 0;
+        let mut pending = todo.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL {
+                let Some(c) = pending.next() else { break };
+                let sources = sources.to_vec();
+                let file = file.clone();
+                running.spawn(async move {
+                    let bytes = source::fetch_checked(&sources, &c.digest, c.len).await?;
+                    let n = bytes.len() as u64;
+                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, c.offset))
+                        .await
+                        .expect("a write does not panic")
+                        .map_err(FetchError::Write)?;
+                    Ok::<_, FetchError>((c.index, n))
+                });
+            }
+            let Some(done) = running.join_next().await else { break };
+            match done.expect("a chunk fetch does not panic") {
+                Ok((index, n)) => {
+                    fetched += n;
+                    writeln!(have_log, "{index}").map_err(|e| self.full_or_io(model, e))?;
+                }
+                Err(FetchError::Write(e)) => {
+                    running.abort_all();
+                    return Err(self.full_or_io(model, e));
+                }
+                Err(e) => {
+                    running.abort_all();
+                    return Err(CacheError::Fetch { model: *model, source: e });
+                }
+            }
+        }
+        file.sync_all().map_err(|e| self.full_or_io(model, e))?;
+        fs::rename(&partial, inner.dir.join("files").join(id.hex())).map_err(|e| io(&inner.dir, e))?;
+        let _ = fs::remove_file(&have_path);
+        Ok((fetched, reused))
+    }
+
+    fn full_or_io(&self, model: &Digest, e: std::io::Error) -> CacheError {
+        let dir = self.0.dir.display().to_string();
+        if e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded {
+            CacheError::DiskFull { model: *model, dir, why: e.to_string() }
+        } else {
+            CacheError::Io { dir, why: e.to_string() }
+        }
+    }
+
+    /// Chunk `index` of a complete file, read and checked (served to peers). A chunk whose bytes
+    /// no longer match removes the file: it is fetched again when next needed.
+    pub fn read_chunk(
+        &self,
+        file: &Digest,
+        index: usize,
+        offset: u64,
+        len: u64,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, CacheError> {
+        let path = self.0.dir.join("files").join(file.hex());
+        let f = File::open(&path).map_err(|_| CacheError::NotHeld(file.to_string()))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| io(&self.0.dir, e))?;
+        if Digest::of(&buf) != *digest {
+            let _ = fs::remove_file(&path);
+            return Err(CacheError::Rotten { file: file.to_string(), index });
+        }
+        Ok(buf)
+    }
+}
+
+fn io(dir: &Path, e: std::io::Error) -> CacheError {
+    CacheError::Io { dir: dir.display().to_string(), why: e.to_string() }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)
+}

@@ -1,0 +1,136 @@
+//! Where a node's cache gets chunks from: the model's origin (a directory, or URLs fleetd signed
+//! for it: the agent holds no origin credential), and later peers. Every chunk is checked
+//! against its digest before it is written; a source that serves wrong bytes is skipped for the
+//! next one and named in the error if none serves the chunk right.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::artifact::{Digest, Origin};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("chunk {chunk} is not at {source_name}")]
+    Missing { chunk: Digest, source_name: String },
+    #[error("{source_name} served chunk {chunk} with other bytes (their SHA-256 is {got})")]
+    Wrong { chunk: Digest, source_name: String, got: Digest },
+    #[error("reading chunk {chunk} from {source_name}: {why}")]
+    Failed { chunk: Digest, source_name: String, why: String },
+    #[error("no source could serve chunk {chunk}: {}", .tried.join("; "))]
+    Exhausted { chunk: Digest, tried: Vec<String> },
+    #[error("writing a chunk: {0}")]
+    Write(std::io::Error),
+}
+
+/// Something that serves chunks by digest.
+#[async_trait]
+pub trait ChunkSource: Send + Sync {
+    /// For errors and logs: the origin's URL, a peer's node id.
+    fn name(&self) -> String;
+    /// The chunk's bytes (`len` of them, per the manifest); unchecked: the caller checks.
+    async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError>;
+}
+
+/// Fetches a chunk from the first source that serves it right.
+pub async fn fetch_checked(sources: &[Arc<dyn ChunkSource>], digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
+    let mut tried = Vec::new();
+    for s in sources {
+        match s.chunk(digest, len).await {
+            Ok(bytes) => {
+                let got = Digest::of(&bytes);
+                if got == *digest && bytes.len() as u64 == len {
+                    return Ok(bytes);
+                }
+                let e = FetchError::Wrong { chunk: *digest, source_name: s.name(), got };
+                tracing::warn!("{e}");
+                tried.push(e.to_string());
+            }
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    Err(FetchError::Exhausted { chunk: *digest, tried })
+}
+
+/// A `file:///` origin, read directly.
+pub struct DirSource {
+    pub origin: Origin,
+    pub root: PathBuf,
+}
+
+#[async_trait]
+impl ChunkSource for DirSource {
+    fn name(&self) -> String {
+        self.origin.to_string()
+    }
+
+    async fn chunk(&self, digest: &Digest, _len: u64) -> Result<Vec<u8>, FetchError> {
+        let path = self.root.join(self.origin.chunk_key(digest));
+        tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FetchError::Missing { chunk: *digest, source_name: self.name() },
+            _ => FetchError::Failed { chunk: *digest, source_name: self.name(), why: e.to_string() },
+        })
+    }
+}
+
+/// An origin read over HTTP(S): a plain `https://` or `gs://` URL, or an S3 object through a
+/// URL fleetd signed (`sign` asks fleetd for it).
+pub struct HttpSource {
+    pub origin: Origin,
+    /// Maps an object key to the URL to GET (fleetd's signature, or the origin's public URL).
+    pub url: Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>,
+}
+
+#[async_trait]
+impl ChunkSource for HttpSource {
+    fn name(&self) -> String {
+        self.origin.to_string()
+    }
+
+    async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
+        let key = self.origin.chunk_key(digest);
+        let (name, d, sign) = (self.name(), *digest, self.url.clone());
+        // Signing may ask fleetd (blocking HTTP): off the async threads with the read itself.
+        tokio::task::spawn_blocking(move || {
+            let url = sign(&key).map_err(|why| FetchError::Failed { chunk: d, source_name: name.clone(), why })?;
+            let agent = ureq::Agent::new_with_config(
+                ureq::config::Config::builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(300)))
+                    .build(),
+            );
+            let failed = |why: String| FetchError::Failed { chunk: d, source_name: name.clone(), why };
+            let mut res = agent.get(&url).call().map_err(|e| failed(e.to_string()))?;
+            match res.status().as_u16() {
+                200 => res.body_mut().with_config().limit(len + 1).read_to_vec().map_err(|e| failed(e.to_string())),
+                404 => Err(FetchError::Missing { chunk: d, source_name: name.clone() }),
+                s => Err(failed(format!("HTTP {s}"))),
+            }
+        })
+        .await
+        .expect("an HTTP read does not panic")
+    }
+}
+
+/// The origin source for `origin`: a directory read directly, an HTTP origin by its URLs. S3
+/// needs fleetd's signatures (`signer`); without one, S3 is refused with what to do.
+pub fn origin_source(
+    origin: &Origin,
+    signer: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
+) -> Result<Arc<dyn ChunkSource>, String> {
+    match origin {
+        Origin::File { path } => Ok(Arc::new(DirSource { origin: origin.clone(), root: path.clone() })),
+        Origin::Http { .. } | Origin::Gcs { .. } => {
+            let o = origin.clone();
+            let url = Arc::new(move |key: &str| Ok(o.http_url(key).expect("HTTP origins have URLs")));
+            Ok(Arc::new(HttpSource { origin: origin.clone(), url }))
+        }
+        Origin::S3 { .. } => match signer {
+            Some(url) => Ok(Arc::new(HttpSource { origin: origin.clone(), url })),
+            None => Err(format!(
+                "{origin}: an agent reads S3 only through URLs fleetd signs, over fleetd's gateway: give the agent `gateway` in its config"
+            )),
+        },
+    }
+}
