@@ -37,6 +37,7 @@ struct File {
     interruption: Option<NoticeFile>,
     rented: Option<RentedFile>,
     push: Option<PushFile>,
+    cache: Option<CacheFile>,
 }
 
 /// Where fleetd pushes requests to this node's language-model runners, and the credential it
@@ -80,8 +81,21 @@ struct RentedFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AppFile {
-    model: PathBuf,
+    /// A model on this machine: a directory (language model) or a `.safetensors` file (MLP).
+    model: Option<PathBuf>,
+    /// Or a model artefact: its origin and the digest that pins it (fetched into the cache).
+    source: Option<String>,
+    digest: Option<String>,
     max_concurrency: Option<u32>,
+}
+
+/// Where fetched models are kept (`[cache]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    dir: PathBuf,
+    /// Bytes the cache may hold (default 100 GiB); least recently used models are evicted.
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,9 +106,32 @@ struct NoticeFile {
     poll: Option<String>,
 }
 
+/// An app's model: a path here, or an artefact fetched into the node's cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelConfig {
+    Path(PathBuf),
+    Artifact { origin: fleet_core::artifact::Origin, digest: fleet_core::artifact::Digest },
+}
+
+impl std::fmt::Display for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelConfig::Path(p) => write!(f, "{}", p.display()),
+            ModelConfig::Artifact { origin, digest } => write!(f, "{digest:?} from {origin}"),
+        }
+    }
+}
+
+/// The node's model cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    pub model: PathBuf,
+    pub model: ModelConfig,
     /// Requests one runner serves at once.
     pub max_concurrency: u32,
 }
@@ -117,6 +154,8 @@ pub struct AgentConfig {
     pub rented: Option<RentedConfig>,
     /// fleetd pushes requests here (absent: the runners take work from the queue only).
     pub push: Option<PushConfig>,
+    /// Where fetched models are kept (required when an app names a model artefact).
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -207,7 +246,23 @@ impl AgentConfig {
             if max == 0 {
                 return Err(invalid(format!("apps.{name}.max_concurrency must be at least 1")));
             }
-            apps.insert(name, AppConfig { model: a.model, max_concurrency: max });
+            let model = match (a.model, a.source, a.digest) {
+                (Some(p), None, None) => ModelConfig::Path(p),
+                (None, Some(src), Some(d)) => {
+                    let origin = src.parse().map_err(|e| invalid(format!("apps.{name}.source: {e}")))?;
+                    let digest = d.parse().map_err(|e| invalid(format!("apps.{name}.digest: {e}")))?;
+                    ModelConfig::Artifact { origin, digest }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "apps.{name}: give either `model` (a path on this machine) or both `source` and `digest` (a pushed model)"
+                    )));
+                }
+            };
+            if matches!(model, ModelConfig::Artifact { .. }) && f.cache.is_none() {
+                return Err(invalid(format!("apps.{name} names a model artefact: give [cache] dir for it")));
+            }
+            apps.insert(name, AppConfig { model, max_concurrency: max });
         }
         f.burn_in.validate().map_err(|e| invalid(e.to_string()))?;
         let interruption = match f.interruption {
@@ -279,6 +334,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             push,
             rented,
+            cache: f.cache.map(|c| CacheConfig { dir: c.dir, max_bytes: c.max_bytes.unwrap_or(100 << 30) }),
             fleet: f.fleet,
             node: f.node,
             endpoints: f.endpoints,

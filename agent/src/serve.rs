@@ -162,6 +162,10 @@ pub struct Agent {
     push_runners: crate::push::Runners,
     /// This node's runners and its apps' queued requests, followed by watching the store.
     work: NodeWork,
+    /// The node's model cache (`[cache]`), or why it could not be opened.
+    cache: Option<Result<crate::cache::Cache, String>>,
+    /// The cached models loaded runners use (kept from eviction while the runner lives).
+    held: HashMap<RunnerId, crate::cache::Held>,
 }
 
 impl Drop for Agent {
@@ -290,7 +294,11 @@ impl Agent {
             }));
         }
         let work = NodeWork::start(store.clone(), keys.clone(), cfg.node, cfg.apps.keys().cloned().collect());
+        let cache =
+            cfg.cache.as_ref().map(|c| crate::cache::Cache::open(&c.dir, c.max_bytes).map_err(|e| e.to_string()));
         Agent {
+            cache,
+            held: HashMap::new(),
             cfg,
             keys,
             work,
@@ -411,7 +419,16 @@ impl Agent {
         let Some(a) = self.cfg.apps.get(app) else {
             return Err(format!("this agent has no model configured for app '{app}'"));
         };
-        let (path, device, batch) = (a.model.clone(), self.device.clone(), a.max_concurrency as usize);
+        let (model, device, batch) = (a.model.clone(), self.device.clone(), a.max_concurrency as usize);
+        let path = match model {
+            crate::config::ModelConfig::Path(p) => p,
+            crate::config::ModelConfig::Artifact { origin, digest } => {
+                let held = self.fetch_model(app, &origin, &digest).await?;
+                let dir = held.dir.clone();
+                self.held.insert(runner, held);
+                model_in(&dir)?
+            }
+        };
         let m = if path.is_dir() {
             let llm = tokio::task::spawn_blocking(move || crate::llm::Llm::load(&path, &device))
                 .await
@@ -454,6 +471,7 @@ impl Agent {
         let live: std::collections::HashSet<RunnerId> = mine.iter().map(|r| r.id).collect();
         // Runners the orchestrator deleted or moved: unload.
         self.loaded.retain(|id, _| live.contains(id));
+        self.held.retain(|id, _| live.contains(id));
         self.push_runners.lock().expect("runners lock").retain(|id, _| live.contains(id));
         for r in &mine {
             match &r.state {
@@ -470,6 +488,7 @@ impl Agent {
                 RunnerPhase::Stopping { .. } => {
                     if self.serving.get(&r.id).copied().unwrap_or(0) == 0 {
                         self.loaded.remove(&r.id);
+                        self.held.remove(&r.id);
                         self.push_runners.lock().expect("runners lock").remove(&r.id);
                         self.runner_event(r.id, RunnerEvent::Stopped).await?;
                     }
@@ -550,7 +569,60 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Brings the model pinned by `digest` into the node's cache (what is there already is not
+    /// fetched again) and holds it there for a runner.
+    async fn fetch_model(
+        &self,
+        app: &str,
+        origin: &fleet_core::artifact::Origin,
+        digest: &fleet_core::artifact::Digest,
+    ) -> Result<crate::cache::Held, String> {
+        let cache = match &self.cache {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(format!("app '{app}' names a model artefact, and this agent has no [cache]")),
+        };
+        let source = crate::cache::source::origin_source(origin, None)?;
+        let sources = [source];
+        let started = std::time::Instant::now();
+        let manifest = crate::cache::source::fetch_manifest(&sources, digest).await?;
+        let (held, report) = cache.ensure(digest, &manifest, &sources).await.map_err(|e| e.to_string())?;
+        tracing::info!(
+            app,
+            model = %digest,
+            fetched = report.fetched,
+            reused = report.reused,
+            evicted = report.evicted.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "model in the node cache"
+        );
+        Ok(held)
+    }
+}
+
+/// What to load from a cached model's directory: the directory itself when it is a language
+/// model (it has `config.json`), else its one `.safetensors` file (an MLP).
+fn model_in(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    if dir.join("config.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let tensors: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    match tensors.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "the model at {} has no config.json and not exactly one .safetensors file: neither a language model nor an MLP",
+            dir.display()
+        )),
+    }
+}
+
 /// Apps with a model, for logs: name → model path.
 pub fn describe_apps(cfg: &AgentConfig) -> BTreeMap<String, String> {
-    cfg.apps.iter().map(|(k, v)| (k.clone(), v.model.display().to_string())).collect()
+    cfg.apps.iter().map(|(k, v)| (k.clone(), v.model.to_string())).collect()
 }

@@ -216,7 +216,10 @@ async fn a_chunk_missing_at_the_origin_is_named() {
     std::fs::remove_file(o.join(Origin::File { path: o.clone() }.chunk_key(&gone))).unwrap();
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
     let e = cache.ensure(&m.digest(), &m, &[dir_source(&o)]).await.err().unwrap();
-    assert!(e.to_string().contains(&format!("chunk {gone} is not at file://{}", o.display())), "{e}");
+    assert!(
+        e.to_string().contains(&format!("no source could serve chunk {gone}: {gone} is not at file://{}", o.display())),
+        "{e}"
+    );
     assert!(cache.models().is_empty());
     // S3 without fleetd's signatures is refused with what to do.
     let s3: Origin = "s3://models/x".parse().unwrap();

@@ -648,3 +648,71 @@ fn when_every_runner_is_full_a_call_waits_in_the_queue_and_is_answered_when_one_
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Every directory under `root` named `name` (the local nodes' caches).
+fn find_dirs(root: &std::path::Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                out.push(p.clone());
+            }
+            find_dirs(&p, name, out);
+        }
+    }
+}
+
+#[test]
+fn an_app_whose_spec_pins_a_pushed_model_is_served_from_the_node_cache() {
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let _machines = Machines(dir.path().to_path_buf());
+    let model = dir.path().join("tiny-llama");
+    let out = std::process::Command::new(&agent_bin)
+        .args(["make-llm", "--family", "llama", "--shards", "2"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Pushed to a directory origin in small chunks, as `fleetctl model push` does.
+    let origin_dir = dir.path().join("origin");
+    let origin: fleet_core::artifact::Origin = format!("file://{}", origin_dir.display()).parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = std::sync::Arc::new(fleet_providers::origin::file::FileOrigin::new(origin_dir.clone()));
+    let pushed = rt.block_on(fleet_providers::origin::push(&model, &origin, store, 64 << 10)).unwrap();
+    assert!(pushed.chunks > 4, "{pushed:?}");
+
+    // fleetd is given no model: the spec's pin is all the node has to go on.
+    let f = local_fleetd(dir.path(), &[]);
+    f.put_spec(&format!("{SPEC}\n[apps.chat.model]\nsource = \"{origin}\"\ndigest = \"{}\"\n", pushed.digest));
+    let body = serde_json::json!({ "input": { "prompt": "hello world", "max_tokens": 5 } }).to_string();
+    let (s, b) = f.call("POST", "/v1/apps/chat/requests", &body);
+    assert_eq!(s, 202, "{b}");
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap();
+    let t = Instant::now();
+    while !f.unfinished("chat", &[id]).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "unanswered after 120 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
+    let alone = std::process::Command::new(&agent_bin)
+        .args(["generate", "--max-tokens", "5", "--model"])
+        .arg(&model)
+        .arg("hello world")
+        .output()
+        .unwrap();
+    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(r["state"]["output"]["text"], alone["text"], "{r}");
+
+    // The node's cache holds the model, as pinned, its files hard links into the chunked store.
+    let mut caches = Vec::new();
+    find_dirs(&dir.path().join("local"), "cache", &mut caches);
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    let cached = caches[0].join("models").join(pushed.digest.hex());
+    for e in std::fs::read_dir(&model).unwrap().flatten() {
+        let name = e.file_name();
+        assert_eq!(std::fs::read(e.path()).unwrap(), std::fs::read(cached.join(&name)).unwrap(), "{name:?}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(cached.join(&name)).unwrap().nlink(), 2, "{name:?} is linked, not copied");
+    }
+}

@@ -307,8 +307,11 @@ impl Cache {
         let mut fetched = 0;
         let mut pending = todo.into_iter();
         let mut running = tokio::task::JoinSet::new();
+        // On a failure, no new chunk starts, but those in flight finish and are recorded: a
+        // resumed fetch does not take them again.
+        let mut failure: Option<CacheError> = None;
         loop {
-            while running.len() < PARALLEL {
+            while running.len() < PARALLEL && failure.is_none() {
                 let Some(c) = pending.next() else { break };
                 let sources = sources.to_vec();
                 let file = file.clone();
@@ -329,14 +332,15 @@ impl Cache {
                     writeln!(have_log, "{index}").map_err(|e| self.full_or_io(model, e))?;
                 }
                 Err(FetchError::Write(e)) => {
-                    running.abort_all();
-                    return Err(self.full_or_io(model, e));
+                    failure.get_or_insert(self.full_or_io(model, e));
                 }
                 Err(e) => {
-                    running.abort_all();
-                    return Err(CacheError::Fetch { model: *model, source: e });
+                    failure.get_or_insert(CacheError::Fetch { model: *model, source: e });
                 }
             }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         file.sync_all().map_err(|e| self.full_or_io(model, e))?;
         fs::rename(&partial, inner.dir.join("files").join(id.hex())).map_err(|e| io(&inner.dir, e))?;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::artifact::{Digest, Origin};
+use fleet_core::artifact::{Digest, MAX_MANIFEST_BYTES, Manifest, Origin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("chunk {chunk} is not at {source_name}")]
+    #[error("{chunk} is not at {source_name}")]
     Missing { chunk: Digest, source_name: String },
     #[error("{source_name} served chunk {chunk} with other bytes (their SHA-256 is {got})")]
     Wrong { chunk: Digest, source_name: String, got: Digest },
@@ -31,6 +31,25 @@ pub trait ChunkSource: Send + Sync {
     fn name(&self) -> String;
     /// The chunk's bytes (`len` of them, per the manifest); unchecked: the caller checks.
     async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError>;
+    /// The manifest's bytes (origins only); unchecked: [`Manifest::parse`] checks them.
+    async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
+        Err(FetchError::Missing { chunk: *digest, source_name: self.name() })
+    }
+}
+
+/// The manifest pinned by `digest`, from the first source that has it, checked.
+pub async fn fetch_manifest(sources: &[Arc<dyn ChunkSource>], digest: &Digest) -> Result<Manifest, String> {
+    let mut tried = Vec::new();
+    for s in sources {
+        match s.manifest(digest).await {
+            Ok(bytes) => match Manifest::parse(&bytes, digest) {
+                Ok(m) => return Ok(m),
+                Err(e) => tried.push(format!("{}: {e}", s.name())),
+            },
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    Err(format!("no source has manifest {digest}: {}", tried.join("; ")))
 }
 
 /// Fetches a chunk from the first source that serves it right.
@@ -66,8 +85,17 @@ impl ChunkSource for DirSource {
     }
 
     async fn chunk(&self, digest: &Digest, _len: u64) -> Result<Vec<u8>, FetchError> {
-        let path = self.root.join(self.origin.chunk_key(digest));
-        tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+        self.read(&self.origin.chunk_key(digest), digest).await
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
+        self.read(&self.origin.manifest_key(digest), digest).await
+    }
+}
+
+impl DirSource {
+    async fn read(&self, key: &str, digest: &Digest) -> Result<Vec<u8>, FetchError> {
+        tokio::fs::read(self.root.join(key)).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => FetchError::Missing { chunk: *digest, source_name: self.name() },
             _ => FetchError::Failed { chunk: *digest, source_name: self.name(), why: e.to_string() },
         })
@@ -89,7 +117,16 @@ impl ChunkSource for HttpSource {
     }
 
     async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
-        let key = self.origin.chunk_key(digest);
+        self.get(self.origin.chunk_key(digest), digest, len).await
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
+        self.get(self.origin.manifest_key(digest), digest, MAX_MANIFEST_BYTES).await
+    }
+}
+
+impl HttpSource {
+    async fn get(&self, key: String, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
         let (name, d, sign) = (self.name(), *digest, self.url.clone());
         // Signing may ask fleetd (blocking HTTP): off the async threads with the read itself.
         tokio::task::spawn_blocking(move || {

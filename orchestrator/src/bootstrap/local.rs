@@ -38,13 +38,13 @@ pub struct LocalAgentStarter {
 }
 
 impl LocalAgentStarter {
-    /// The app's `max_multiplexing` in the applied spec.
-    async fn multiplexing(&self, app: &str) -> Option<u32> {
+    /// The app as the applied spec has it.
+    async fn app_spec(&self, app: &str) -> Option<fleet_core::spec::AppSpec> {
         let (store, keys) = self.spec.as_ref()?;
         let (stored, _) =
             fleet_state::store::get_json::<fleet_state::model::StoredSpec>(&**store, &keys.spec()).await.ok()??;
         let spec = fleet_core::spec::FleetSpec::parse("spec", &stored.toml).ok()?;
-        spec.apps.iter().find(|a| a.name == app).map(|a| a.scaling.max_multiplexing)
+        spec.apps.into_iter().find(|a| a.name == app)
     }
 }
 
@@ -52,7 +52,12 @@ impl LocalAgentStarter {
 impl NodeStarter for LocalAgentStarter {
     async fn prepare(&self, req: &LaunchRequest, dir: &Path) -> Result<Command, String> {
         let node: u64 = req.node_id.parse().map_err(|_| format!("node id `{}` is not a number", req.node_id))?;
+        let app_spec = self.app_spec(&req.app).await;
+        // The spec's model artefact (fetched by the agent into its node's cache), else a model
+        // directory given to fleetd (--model), else a generated MLP.
+        let artifact = app_spec.as_ref().and_then(|a| a.model.clone());
         let model = match self.models.get(&req.app) {
+            _ if artifact.is_some() => PathBuf::new(),
             Some(m) => m.clone(),
             None => {
                 let m = dir.join(format!("{}.safetensors", req.app));
@@ -72,16 +77,22 @@ impl NodeStarter for LocalAgentStarter {
         let _ = std::fs::remove_file(&token_file);
         crate::auth::write_private(&token_file, token.expose())
             .map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let (model_lines, cache_table) = match &artifact {
+            Some(m) => (
+                format!("source = \"{}\"\ndigest = \"{}\"\n", m.origin, m.digest),
+                format!("[cache]\ndir = \"{}\"\n", dir.join("cache").display()),
+            ),
+            None => (format!("model = \"{}\"\n", model.display()), String::new()),
+        };
         let config = format!(
             "# written by fleetd for a local node\nfleet = \"{}\"\nnode = {node}\ngateway = \"{}\"\ntoken_file = \"{}\"\n\
-             lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\nmodel = \"{}\"\nmax_concurrency = {}\n\
+             lease_ttl = \"4s\"\npoll = \"100ms\"\n[apps.{}]\n{model_lines}max_concurrency = {}\n{cache_table}\
              [burn_in]\ncpu_size = 256\niterations = 2\n{}",
             self.fleet,
             self.gateway,
             token_file.display(),
             req.app,
-            model.display(),
-            self.multiplexing(&req.app).await.unwrap_or(2),
+            app_spec.map(|a| a.scaling.max_multiplexing).unwrap_or(2),
             self.extra_agent_config
         );
         let push = match &self.push_key {

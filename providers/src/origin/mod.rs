@@ -82,6 +82,12 @@ pub async fn push(
     store: Arc<dyn OriginStore>,
     chunk_size: u64,
 ) -> Result<PushReport, OriginError> {
+    if matches!(origin, Origin::Http { .. } | Origin::Gcs { .. }) {
+        return Err(OriginError::Unsupported {
+            origin: origin.to_string(),
+            what: "fleet cannot write to an HTTP origin: push to s3:// or file:/// and serve that".into(),
+        });
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Digest, Vec<u8>)>(2);
     let dir = dir.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
