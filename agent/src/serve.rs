@@ -583,7 +583,13 @@ impl Agent {
             Some(Err(e)) => return Err(e.clone()),
             None => return Err(format!("app '{app}' names a model artefact, and this agent has no [cache]")),
         };
-        let source = crate::cache::source::origin_source(origin, None)?;
+        // S3 is read through URLs fleetd signs for this agent (its gateway token names the app).
+        let signer = self.cfg.gateway.clone().map(|(base, token)| {
+            let app = app.to_string();
+            let sign: crate::cache::source::Signer = Arc::new(move |key: &str| sign_read(&base, &token, &app, key));
+            sign
+        });
+        let source = crate::cache::source::origin_source(origin, signer)?;
         let sources = [source];
         let started = std::time::Instant::now();
         let manifest = crate::cache::source::fetch_manifest(&sources, digest).await?;
@@ -598,6 +604,29 @@ impl Agent {
             "model in the node cache"
         );
         Ok(held)
+    }
+}
+
+/// Asks fleetd for a signed URL reading `key` of `app`'s model origin (blocking).
+fn sign_read(base: &str, token: &fleet_core::Secret, app: &str, key: &str) -> Result<String, String> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let body = serde_json::json!({ "app": app, "key": key }).to_string();
+    let mut res = agent
+        .post(&format!("{}/v1/store/sign", base.trim_end_matches('/')))
+        .header("authorization", format!("Bearer {}", token.expose()))
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| format!("asking fleetd to sign a read of {key}: {e}"))?;
+    let status = res.status().as_u16();
+    let text = res.body_mut().with_config().limit(64 << 10).read_to_string().map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match (status, v["url"].as_str()) {
+        (200, Some(url)) => Ok(url.to_string()),
+        _ => Err(format!("fleetd would not sign a read of {key} ({status}): {}", v["error"].as_str().unwrap_or(&text))),
     }
 }
 

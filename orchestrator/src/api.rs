@@ -18,6 +18,8 @@
 //! GET  /v1/cost                          month to date, $/hour now, forecast to month end
 //! POST /v1/store/call                    the store gateway for agents without etcd (agent tokens)
 //! POST /v1/store/watch                   a watch through it: one JSON line per event
+//! POST /v1/store/sign                    {"app", "key"} → a URL reading one object of the app's
+//!                                        model origin, signed for 15 minutes (agent tokens)
 //! GET  /v1/tokens                        API tokens (names and scopes; admin)
 //! POST /v1/tokens                        make one {"name", "scope"} → the token, shown once (admin)
 //! DELETE /v1/tokens/{name}               revoke one (admin)
@@ -119,6 +121,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/watch/{what}", get(watch))
         .route("/v1/store/call", post(gateway_call))
         .route("/v1/store/watch", post(gateway_watch))
+        .route("/v1/store/sign", post(sign_origin_read))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .fallback(|| async {
@@ -154,6 +157,79 @@ async fn gateway_call(
             };
             (status, Json(GatewayError::from_error(&e))).into_response()
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    app: String,
+    key: String,
+}
+
+/// How long a signed origin read stays valid: enough for one chunk, asked again for the next.
+const SIGNED_READ_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `POST /v1/store/sign`: agents hold no origin credential; fleetd signs each read. Only the
+/// objects of the app's pinned model are signed: its manifest and chunks under its origin, for
+/// an agent whose token names the app.
+async fn sign_origin_read(
+    State(ctx): State<Arc<Ctx>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    body: Result<Json<SignRequest>, JsonRejection>,
+) -> Response {
+    let crate::auth::Scope::Agent { apps, .. } = caller.0.scope else {
+        return ApiError::new(StatusCode::FORBIDDEN, "signed origin reads are for agent tokens").into_response();
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    if !apps.contains(&req.app) {
+        return ApiError::new(StatusCode::FORBIDDEN, format!("this agent's token does not serve app `{}`", req.app))
+            .into_response();
+    }
+    let spec = match applied_spec(&ctx).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Some(model) = spec.as_ref().and_then(|s| s.app(&req.app)).and_then(|a| a.model.clone()) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("app `{}` pins no model ([apps.{}.model])", req.app, req.app),
+        )
+        .into_response();
+    };
+    let origin = &model.origin;
+    let chunk =
+        req.key.rsplit_once("/chunks/").map(|(_, h)| h).unwrap_or(req.key.strip_prefix("chunks/").unwrap_or(""));
+    let allowed = req.key == origin.manifest_key(&model.digest)
+        || fleet_core::artifact::Digest::from_hex(chunk).is_ok_and(|d| origin.chunk_key(&d) == req.key);
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("`{}` is neither the manifest nor a chunk of app `{}`'s model at {origin}", req.key, req.app),
+        )
+        .into_response();
+    }
+    let store = {
+        let mut origins = ctx.origins.lock().await;
+        match origins.get(origin) {
+            Some(s) => s.clone(),
+            None => match fleet_providers::origin::open(origin).await {
+                Ok(s) => origins.entry(origin.clone()).or_insert(s).clone(),
+                Err(e) => return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+            },
+        }
+    };
+    match store.presign(&req.key, SIGNED_READ_TTL).await {
+        Ok(Some(url)) => Json(serde_json::json!({ "url": url })).into_response(),
+        Ok(None) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{origin} is a directory: the agent reads it directly, there is nothing to sign"),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 

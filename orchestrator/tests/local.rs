@@ -662,8 +662,13 @@ fn find_dirs(root: &std::path::Path, name: &str, out: &mut Vec<std::path::PathBu
     }
 }
 
-#[test]
-fn an_app_whose_spec_pins_a_pushed_model_is_served_from_the_node_cache() {
+/// A generated Llama pushed to `origin` (through `store`), a spec pinning it, fleetd (with `env`)
+/// given no model: a request is answered as the model answers alone, from the node's cache.
+fn serve_pinned_model(
+    origin: &str,
+    store: std::sync::Arc<dyn fleet_providers::origin::OriginStore>,
+    env: &[(&str, &str)],
+) {
     let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
     let dir = tempfile::tempdir().unwrap();
     let _machines = Machines(dir.path().to_path_buf());
@@ -674,16 +679,19 @@ fn an_app_whose_spec_pins_a_pushed_model_is_served_from_the_node_cache() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // Pushed to a directory origin in small chunks, as `fleetctl model push` does.
-    let origin_dir = dir.path().join("origin");
-    let origin: fleet_core::artifact::Origin = format!("file://{}", origin_dir.display()).parse().unwrap();
+    // Pushed in small chunks, as `fleetctl model push` does.
+    let origin: fleet_core::artifact::Origin = origin.parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = std::sync::Arc::new(fleet_providers::origin::file::FileOrigin::new(origin_dir.clone()));
     let pushed = rt.block_on(fleet_providers::origin::push(&model, &origin, store, 64 << 10)).unwrap();
     assert!(pushed.chunks > 4, "{pushed:?}");
 
     // fleetd is given no model: the spec's pin is all the node has to go on.
-    let f = local_fleetd(dir.path(), &[]);
+    let mut args: Vec<String> =
+        ["--fleet", "local-move", "--local", "--reconcile-every", "0.2", "--node-poll", "0.3", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+    args.push(dir.path().display().to_string());
+    let f = Fleetd::start_with_env(&args, None, env);
     f.put_spec(&format!("{SPEC}\n[apps.chat.model]\nsource = \"{origin}\"\ndigest = \"{}\"\n", pushed.digest));
     let body = serde_json::json!({ "input": { "prompt": "hello world", "max_tokens": 5 } }).to_string();
     let (s, b) = f.call("POST", "/v1/apps/chat/requests", &body);
@@ -715,4 +723,29 @@ fn an_app_whose_spec_pins_a_pushed_model_is_served_from_the_node_cache() {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(cached.join(&name)).unwrap().nlink(), 2, "{name:?} is linked, not copied");
     }
+}
+
+#[test]
+fn an_app_whose_spec_pins_a_model_in_a_directory_is_served_from_the_node_cache() {
+    let origin_dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(fleet_providers::origin::file::FileOrigin::new(origin_dir.path().to_path_buf()));
+    serve_pinned_model(&format!("file://{}", origin_dir.path().display()), store, &[]);
+}
+
+/// The agent holds no AWS credential: it reads S3 (moto's) through URLs fleetd signs for it.
+#[test]
+fn an_app_whose_spec_pins_a_model_on_s3_is_fetched_through_reads_fleetd_signs() {
+    let moto = fleet_providers::moto::Moto::start();
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(&moto.url)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "static"))
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(client.create_bucket().bucket("models").send()).unwrap();
+    let store = std::sync::Arc::new(fleet_providers::origin::s3::S3Origin::new(client, "models", "tiny"));
+    serve_pinned_model("s3://models/tiny", store, &[("AWS_ENDPOINT_URL", &moto.url), ("AWS_REGION", "us-east-1")]);
 }

@@ -102,12 +102,15 @@ impl DirSource {
     }
 }
 
+/// Maps an object key to a URL to GET it from (fleetd's signature for S3).
+pub type Signer = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// An origin read over HTTP(S): a plain `https://` or `gs://` URL, or an S3 object through a
 /// URL fleetd signed (`sign` asks fleetd for it).
 pub struct HttpSource {
     pub origin: Origin,
     /// Maps an object key to the URL to GET (fleetd's signature, or the origin's public URL).
-    pub url: Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>,
+    pub url: Signer,
 }
 
 #[async_trait]
@@ -152,10 +155,7 @@ impl HttpSource {
 
 /// The origin source for `origin`: a directory read directly, an HTTP origin by its URLs. S3
 /// needs fleetd's signatures (`signer`); without one, S3 is refused with what to do.
-pub fn origin_source(
-    origin: &Origin,
-    signer: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
-) -> Result<Arc<dyn ChunkSource>, String> {
+pub fn origin_source(origin: &Origin, signer: Option<Signer>) -> Result<Arc<dyn ChunkSource>, String> {
     match origin {
         Origin::File { path } => Ok(Arc::new(DirSource { origin: origin.clone(), root: path.clone() })),
         Origin::Http { .. } | Origin::Gcs { .. } => {

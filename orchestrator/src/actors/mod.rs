@@ -171,6 +171,10 @@ pub struct Ctx {
     /// What the enabled clouds sell, as last gathered by the fleet actor (empty before): the API
     /// checks an applied spec against it (an app nothing can place is said at once).
     pub offerings: std::sync::RwLock<Arc<fleet_core::Catalog>>,
+    /// Model origin clients, one per origin, made on first use (signing agents' reads).
+    pub origins: tokio::sync::Mutex<
+        std::collections::HashMap<fleet_core::artifact::Origin, Arc<dyn fleet_providers::origin::OriginStore>>,
+    >,
 }
 
 impl Ctx {
@@ -221,6 +225,7 @@ impl Ctx {
             spec_cache: Default::default(),
             clouds: Default::default(),
             offerings: std::sync::RwLock::new(Arc::new(fleet_core::Catalog::new(Vec::new()))),
+            origins: Default::default(),
         }
     }
 }

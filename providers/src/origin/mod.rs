@@ -45,6 +45,12 @@ pub trait OriginStore: Send + Sync {
     async fn presign(&self, key: &str, ttl: Duration) -> Result<Option<String>, OriginError>;
 }
 
+impl std::fmt::Debug for dyn OriginStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OriginStore")
+    }
+}
+
 /// The client for `origin`. S3 uses the standard AWS credential chain (and `AWS_ENDPOINT_URL`,
 /// with path-style addressing, for S3-compatible stores).
 pub async fn open(origin: &Origin) -> Result<Arc<dyn OriginStore>, OriginError> {
