@@ -96,6 +96,18 @@ struct CacheFile {
     dir: PathBuf,
     /// Bytes the cache may hold (default 100 GiB); least recently used models are evicted.
     max_bytes: Option<u64>,
+    /// Peers: the node's region (nodes of one region serve each other chunks).
+    region: Option<String>,
+    /// Where this node serves its chunks to its peers.
+    peers_listen: Option<String>,
+    /// The address peers reach `peers_listen` at, when that is not it.
+    peers_advertise: Option<String>,
+    /// The region's peer credential (minted by fleetd).
+    peers_token_file: Option<PathBuf>,
+    /// What this node serves its peers, in bytes per second over all of them (default: no cap).
+    serve_bytes_per_s: Option<u64>,
+    /// What this node fetches, in bytes per second over all sources (default: no cap).
+    fetch_bytes_per_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +139,18 @@ impl std::fmt::Display for ModelConfig {
 pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    pub peers: Option<PeersConfig>,
+    pub fetch_bytes_per_s: Option<u64>,
+}
+
+/// This node among its region's peers (`[cache] region`, `peers_listen`, `peers_token_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeersConfig {
+    pub region: String,
+    pub listen: std::net::SocketAddr,
+    pub advertise: Option<std::net::SocketAddr>,
+    pub token: Secret,
+    pub serve_bytes_per_s: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -334,7 +358,56 @@ impl AgentConfig {
         Ok(AgentConfig {
             push,
             rented,
-            cache: f.cache.map(|c| CacheConfig { dir: c.dir, max_bytes: c.max_bytes.unwrap_or(100 << 30) }),
+            cache: match f.cache {
+                None => None,
+                Some(c) => {
+                    let peers = match (c.region, c.peers_listen, c.peers_token_file) {
+                        (None, None, None) => None,
+                        (Some(region), Some(listen), Some(tf)) => {
+                            let listen = listen.parse().map_err(|_| {
+                                invalid(format!(
+                                    "cache.peers_listen = \"{listen}\" is not an address like 0.0.0.0:7071"
+                                ))
+                            })?;
+                            let advertise = match c.peers_advertise {
+                                None => None,
+                                Some(a) => Some(a.parse().map_err(|_| {
+                                    invalid(format!(
+                                        "cache.peers_advertise = \"{a}\" is not an address like 10.0.0.5:7071"
+                                    ))
+                                })?),
+                            };
+                            let token = std::fs::read_to_string(&tf)
+                                .map_err(|e| invalid(format!("cache.peers_token_file {}: {e}", tf.display())))?;
+                            let token = token.trim().to_string();
+                            if token.len() < 16 {
+                                return Err(invalid(format!(
+                                    "cache.peers_token_file {}: the credential is too short",
+                                    tf.display()
+                                )));
+                            }
+                            Some(PeersConfig {
+                                region,
+                                listen,
+                                advertise,
+                                token: Secret::new(token),
+                                serve_bytes_per_s: c.serve_bytes_per_s,
+                            })
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "cache: peers need all of region, peers_listen and peers_token_file".into(),
+                            ));
+                        }
+                    };
+                    Some(CacheConfig {
+                        dir: c.dir,
+                        max_bytes: c.max_bytes.unwrap_or(100 << 30),
+                        peers,
+                        fetch_bytes_per_s: c.fetch_bytes_per_s,
+                    })
+                }
+            },
             fleet: f.fleet,
             node: f.node,
             endpoints: f.endpoints,

@@ -166,6 +166,8 @@ pub struct Agent {
     cache: Option<Result<crate::cache::Cache, String>>,
     /// The cached models loaded runners use (kept from eviction while the runner lives).
     held: HashMap<RunnerId, crate::cache::Held>,
+    /// Where this node's peer endpoint is reached (None: no peers; the origin only).
+    peer_addr: Option<String>,
 }
 
 impl Drop for Agent {
@@ -296,7 +298,35 @@ impl Agent {
         let work = NodeWork::start(store.clone(), keys.clone(), cfg.node, cfg.apps.keys().cloned().collect());
         let cache =
             cfg.cache.as_ref().map(|c| crate::cache::Cache::open(&c.dir, c.max_bytes).map_err(|e| e.to_string()));
+        // This node's chunks, served to its region's peers.
+        let mut peer_addr = None;
+        if let (Some(Ok(c)), Some(p)) = (&cache, cfg.cache.as_ref().and_then(|c| c.peers.as_ref())) {
+            let bound = std::net::TcpListener::bind(p.listen).and_then(|l| {
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
+            match bound.and_then(|l| Ok((l.local_addr()?, tokio::net::TcpListener::from_std(l)?))) {
+                Ok((at, listener)) => {
+                    let limit = p.serve_bytes_per_s.map(|r| Arc::new(crate::cache::peers::RateLimit::new(r)));
+                    let served = Arc::new(crate::cache::peers::Served::default());
+                    tasks.push(tokio::spawn(crate::cache::peers::serve(
+                        listener,
+                        c.clone(),
+                        p.token.clone(),
+                        limit,
+                        served,
+                    )));
+                    let addr = p.advertise.unwrap_or(at);
+                    tracing::info!(%addr, region = %p.region, "serving cached chunks to the region's peers");
+                    peer_addr = Some(addr.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(listen = %p.listen, error = %e, "cannot serve peers: fetching from the origin only")
+                }
+            }
+        }
         Agent {
+            peer_addr,
             cache,
             held: HashMap::new(),
             cfg,
@@ -590,14 +620,37 @@ impl Agent {
             sign
         });
         let source = crate::cache::source::origin_source(origin, signer)?;
-        let sources = [source];
         let started = std::time::Instant::now();
-        let manifest = crate::cache::source::fetch_manifest(&sources, digest).await?;
-        let (held, report) = cache.ensure(digest, &manifest, &sources).await.map_err(|e| e.to_string())?;
+        let manifest = crate::cache::source::fetch_manifest(std::slice::from_ref(&source), digest).await?;
+        let peers = self.cfg.cache.as_ref().and_then(|c| c.peers.as_ref());
+        let lease = *self.lease.borrow();
+        let fetch_limit = self
+            .cfg
+            .cache
+            .as_ref()
+            .and_then(|c| c.fetch_bytes_per_s)
+            .map(|r| Arc::new(crate::cache::peers::RateLimit::new(r)));
+        let exchange: Box<dyn crate::cache::Exchange> = match (peers, &self.peer_addr, lease) {
+            (Some(p), Some(addr), Some(lease)) => Box::new(crate::cache::peers::Swarm::new(
+                self.store.clone(),
+                self.keys.clone(),
+                app,
+                &p.region,
+                self.cfg.node,
+                lease,
+                addr.clone(),
+                p.token.clone(),
+                source,
+                fetch_limit,
+            )),
+            _ => Box::new(crate::cache::Direct(vec![source])),
+        };
+        let (held, report) = cache.ensure(digest, &manifest, &*exchange).await.map_err(|e| e.to_string())?;
         tracing::info!(
             app,
             model = %digest,
             fetched = report.fetched,
+            from_peers = report.from_peers,
             reused = report.reused,
             evicted = report.evicted.len(),
             seconds = started.elapsed().as_secs_f64(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use fleet_agent::cache::source::{self, ChunkSource, DirSource, FetchError};
-use fleet_agent::cache::{Cache, CacheError};
+use fleet_agent::cache::source::{self, ChunkAt, ChunkSource, DirSource, FetchError};
+use fleet_agent::cache::{Cache, CacheError, Direct};
 use fleet_core::artifact::{Digest, Manifest, Origin};
 
 const CHUNK: u64 = 4096;
@@ -50,8 +50,8 @@ impl ChunkSource for Liar {
     fn name(&self) -> String {
         "peer 7".into()
     }
-    async fn chunk(&self, _d: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
-        Ok(vec![0xEE; len as usize])
+    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+        Ok(vec![0xEE; at.len as usize])
     }
 }
 
@@ -66,12 +66,16 @@ impl ChunkSource for Flaky {
     fn name(&self) -> String {
         "flaky origin".into()
     }
-    async fn chunk(&self, d: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
+    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
         if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
-            return Err(FetchError::Failed { chunk: *d, source_name: self.name(), why: "connection reset".into() });
+            return Err(FetchError::Failed {
+                chunk: at.digest,
+                source_name: self.name(),
+                why: "connection reset".into(),
+            });
         }
         self.served.fetch_add(1, Ordering::SeqCst);
-        self.inner.chunk(d, len).await
+        self.inner.chunk(at).await
     }
 }
 
@@ -80,13 +84,13 @@ async fn a_model_is_fetched_once_checked_and_kept_across_restarts() {
     let t = tempfile::tempdir().unwrap();
     let m = push(&t.path().join("src"), &t.path().join("origin"), 40_000, 1);
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let (held, r) = cache.ensure(&m.digest(), &m, &[dir_source(&t.path().join("origin"))]).await.unwrap();
+    let (held, r) = cache.ensure(&m.digest(), &m, &Direct(vec![dir_source(&t.path().join("origin"))])).await.unwrap();
     assert_eq!((r.fetched, r.reused), (m.total_bytes(), 0));
     same_files(&held.dir, &t.path().join("src"), &m);
     drop(held);
     // Another agent process on the same disk: nothing is fetched again.
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let (held, r) = cache.ensure(&m.digest(), &m, &[]).await.unwrap();
+    let (held, r) = cache.ensure(&m.digest(), &m, &Direct(vec![])).await.unwrap();
     assert_eq!(r.fetched, 0);
     same_files(&held.dir, &t.path().join("src"), &m);
     assert_eq!(cache.models(), vec![m.digest()]);
@@ -98,13 +102,15 @@ async fn a_peer_serving_wrong_bytes_is_passed_over_and_one_alone_leaves_nothing_
     let t = tempfile::tempdir().unwrap();
     let m = push(&t.path().join("src"), &t.path().join("origin"), 20_000, 2);
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let e = cache.ensure(&m.digest(), &m, &[Arc::new(Liar)]).await.err().unwrap();
+    let e = cache.ensure(&m.digest(), &m, &Direct(vec![Arc::new(Liar)])).await.err().unwrap();
     let msg = e.to_string();
     assert!(msg.contains("peer 7 served chunk sha256:") && msg.contains("with other bytes"), "{msg}");
     assert!(cache.models().is_empty(), "no model directory for a fetch that failed");
     // The liar first, the origin after it: every chunk right.
-    let (held, _) =
-        cache.ensure(&m.digest(), &m, &[Arc::new(Liar), dir_source(&t.path().join("origin"))]).await.unwrap();
+    let (held, _) = cache
+        .ensure(&m.digest(), &m, &Direct(vec![Arc::new(Liar), dir_source(&t.path().join("origin"))]))
+        .await
+        .unwrap();
     same_files(&held.dir, &t.path().join("src"), &m);
 }
 
@@ -116,7 +122,7 @@ async fn a_fetch_cut_short_resumes_with_the_chunks_it_lacks() {
     let flaky =
         Arc::new(Flaky { inner: dir_source(&t.path().join("origin")), left: AtomicUsize::new(10), served: 0.into() });
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let e = cache.ensure(&m.digest(), &m, &[flaky.clone()]).await.err().unwrap();
+    let e = cache.ensure(&m.digest(), &m, &Direct(vec![flaky.clone()])).await.err().unwrap();
     assert!(e.to_string().contains("connection reset"), "{e}");
     assert!(cache.models().is_empty());
     // The agent restarts; the rest comes from the origin, only what was not in place.
@@ -126,7 +132,7 @@ async fn a_fetch_cut_short_resumes_with_the_chunks_it_lacks() {
         left: AtomicUsize::new(usize::MAX),
         served: 0.into(),
     });
-    let (held, r) = cache.ensure(&m.digest(), &m, &[counting.clone()]).await.unwrap();
+    let (held, r) = cache.ensure(&m.digest(), &m, &Direct(vec![counting.clone()])).await.unwrap();
     same_files(&held.dir, &t.path().join("src"), &m);
     let first = flaky.served.load(Ordering::SeqCst);
     assert_eq!(first, 10);
@@ -145,7 +151,7 @@ async fn the_least_recently_used_model_not_in_use_is_evicted_and_shared_files_st
     let size = a.total_bytes();
     // Room for two models.
     let cache = Cache::open(&t.path().join("cache"), 2 * size + 100).unwrap();
-    let src = [dir_source(&o)];
+    let src = Direct(vec![dir_source(&o)]);
     drop(cache.ensure(&a.digest(), &a, &src).await.unwrap());
     drop(cache.ensure(&b.digest(), &b, &src).await.unwrap());
     std::thread::sleep(std::time::Duration::from_millis(20)); // distinct mtimes
@@ -192,17 +198,18 @@ async fn a_chunk_served_from_the_cache_is_checked_and_rotten_bytes_are_dropped()
     let t = tempfile::tempdir().unwrap();
     let m = push(&t.path().join("src"), &t.path().join("origin"), 20_000, 4);
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    drop(cache.ensure(&m.digest(), &m, &[dir_source(&t.path().join("origin"))]).await.unwrap());
+    drop(cache.ensure(&m.digest(), &m, &Direct(vec![dir_source(&t.path().join("origin"))])).await.unwrap());
     let fi = m.files.iter().position(|f| f.path == "model.safetensors").unwrap();
     let c = m.chunks().filter(|c| c.file == fi).nth(2).unwrap();
     let id = m.file_id(fi);
-    assert_eq!(Digest::of(&cache.read_chunk(&id, c.index, c.offset, c.len, &c.digest).unwrap()), c.digest);
+    let at = ChunkAt { file: id, index: c.index, offset: c.offset, len: c.len, digest: c.digest };
+    assert_eq!(Digest::of(&cache.read_chunk(&at).unwrap()), c.digest);
     // Flip a byte on disk.
     let path = cache.dir().join("files").join(id.hex());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[c.offset as usize + 5] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let e = cache.read_chunk(&id, c.index, c.offset, c.len, &c.digest).unwrap_err();
+    let e = cache.read_chunk(&at).unwrap_err();
     assert!(matches!(e, CacheError::Rotten { .. }), "{e}");
     assert!(!path.exists(), "the rotten file is removed so it is fetched again");
 }
@@ -215,7 +222,7 @@ async fn a_chunk_missing_at_the_origin_is_named() {
     let gone = m.files[1].chunks[1];
     std::fs::remove_file(o.join(Origin::File { path: o.clone() }.chunk_key(&gone))).unwrap();
     let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let e = cache.ensure(&m.digest(), &m, &[dir_source(&o)]).await.err().unwrap();
+    let e = cache.ensure(&m.digest(), &m, &Direct(vec![dir_source(&o)])).await.err().unwrap();
     assert!(
         e.to_string().contains(&format!("no source could serve chunk {gone}: {gone} is not at file://{}", o.display())),
         "{e}"

@@ -186,6 +186,9 @@ enum Command {
     )]
     Demo(demo::DemoArgs),
     /// Model artefacts: push a model directory to an origin, get the digest that pins it.
+    #[command(
+        after_help = "Examples:\n  fleetctl model push ./llama-3-8b s3://models/llama-3-8b\n  fleetctl model push ./tiny file:///srv/models --chunk-size 4MiB -o json"
+    )]
     Model(model::ModelArgs),
     /// Print a shell completion script.
     #[command(

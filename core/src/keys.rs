@@ -13,6 +13,10 @@
 //! /fleet/{fleet}/queue/{app}/{request}     a request not finished yet (queued or claimed)
 //! /fleet/{fleet}/claims/{app}/{request}    who serves it now, attached to the claimer's lease
 //! /fleet/{fleet}/results/{app}/{request}   a finished request (output or error)
+//! /fleet/{fleet}/holders/{app}/{file}/{node}   the chunks of a cached model file a node holds and
+//!                                          serves to its region's peers, on the agent's lease
+//! /fleet/{fleet}/originfetch/{app}/{region}/{file}/{chunk}   a node fetching that chunk from the
+//!                                          origin (on its lease): the region's others wait for it
 //! /fleet/{fleet}/leader                    the election key of the daemon that acts
 //! /fleet/{fleet}/tokens/{name}             an API token: its name, scope and SHA-256 (never the token)
 //! /fleet/{fleet}/events/{event}            a decision and its reason (bounded history, oldest trimmed)
@@ -140,6 +144,28 @@ impl Keys {
 
     pub fn claim(&self, app: &str, request: u64) -> String {
         format!("{}claims/{app}/{}", self.root, id_segment(request))
+    }
+
+    /// Which nodes hold which chunks of `app`'s cached model files (`file`: the file's cache id).
+    pub fn holders(&self, app: &str) -> String {
+        format!("{}holders/{app}/", self.root)
+    }
+
+    pub fn holders_of(&self, app: &str, file: &str) -> String {
+        format!("{}holders/{app}/{file}/", self.root)
+    }
+
+    pub fn holder(&self, app: &str, file: &str, node: u64) -> String {
+        format!("{}holders/{app}/{file}/{}", self.root, id_segment(node))
+    }
+
+    /// Chunks of `app`'s model files being fetched from the origin, per region.
+    pub fn origin_fetches(&self, app: &str) -> String {
+        format!("{}originfetch/{app}/", self.root)
+    }
+
+    pub fn origin_fetch(&self, app: &str, region: &str, file: &str, chunk: usize) -> String {
+        format!("{}originfetch/{app}/{region}/{file}/{chunk}", self.root)
     }
 
     pub fn results(&self, app: &str) -> String {

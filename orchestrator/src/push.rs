@@ -56,6 +56,12 @@ pub fn credential(key: &Secret, node: NodeId) -> Secret {
     Secret::new(hmac_sha256(key.expose().as_bytes(), format!("fleet-push:node:{node}").as_bytes()))
 }
 
+/// The peer credential of `region`: the agents of one region present it to each other for
+/// chunks of cached models (`fleet_agent::cache::peers`); agents elsewhere do not have it.
+pub fn peer_credential(key: &Secret, region: &str) -> Secret {
+    Secret::new(hmac_sha256(key.expose().as_bytes(), format!("fleet-peers:region:{region}").as_bytes()))
+}
+
 /// The fleet's push key in `dir/push.key`, made on first use (readable by its owner only).
 pub fn load_or_make_key(dir: &std::path::Path) -> std::io::Result<Secret> {
     let path = dir.join("push.key");

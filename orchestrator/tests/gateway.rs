@@ -77,6 +77,14 @@ async fn an_agent_token_reaches_only_its_node_and_apps() {
     denied(a1.range(&keys.queue("other")).await.unwrap_err());
     denied(a1.range(&keys.tokens()).await.unwrap_err());
     denied(a1.range(keys.root()).await.unwrap_err());
+    // Peers: it reads who holds its apps' model chunks and the origin claims, writes its own
+    // holder record and claims, never another node's holder record or another app's.
+    a1.range(&keys.holders("llm")).await.unwrap();
+    a1.put(&keys.holder("llm", "f00d", 1), b"{}".to_vec(), Some(lease)).await.unwrap();
+    a1.put(&keys.origin_fetch("llm", "us-east-1", "f00d", 3), b"1".to_vec(), Some(lease)).await.unwrap();
+    denied(a1.put(&keys.holder("llm", "f00d", 2), b"{}".to_vec(), None).await.unwrap_err());
+    denied(a1.range(&keys.holders("other")).await.unwrap_err());
+    denied(a1.put(&keys.origin_fetch("other", "us-east-1", "f00d", 3), b"1".to_vec(), None).await.unwrap_err());
     // It watches its node's index, its runners and its apps' queues, and nothing else.
     let (_, rev) = store.range(&keys.placed(1)).await.unwrap();
     let mut w = a1.watch(&keys.placed(1), rev + 1).await.unwrap();

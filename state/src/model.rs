@@ -203,6 +203,17 @@ pub struct AgentRecord {
     pub health: AgentHealth,
 }
 
+/// What one node holds of one cached model file, for its region's peers
+/// (`Keys::holder`, on the agent's lease: a node that dies stops being asked).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderRecord {
+    pub region: String,
+    /// Where its peer endpoint listens (`host:port`).
+    pub addr: String,
+    /// The chunk indexes in place there, ascending.
+    pub chunks: Vec<u32>,
+}
+
 /// An agent's report on its node: the node serves only while `ok` (burn-in passed, GPUs sane).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentHealth {

@@ -20,6 +20,7 @@
 //!   cannot fit says so before it starts, and a disk that fills mid-fetch leaves the model absent,
 //!   never half there.
 
+pub mod peers;
 pub mod source;
 
 use std::collections::{BTreeSet, HashSet};
@@ -32,7 +33,7 @@ use std::time::SystemTime;
 
 use fleet_core::artifact::{Digest, Manifest};
 
-pub use source::{ChunkSource, FetchError};
+pub use source::{ChunkAt, ChunkSource, FetchError};
 
 /// How many chunks one fetch has in flight at once.
 const PARALLEL: usize = 4;
@@ -90,6 +91,8 @@ struct Inner {
 pub struct FetchReport {
     /// Bytes fetched from sources (not already in the cache).
     pub fetched: u64,
+    /// Of those, bytes that peers served (the rest came from the origin).
+    pub from_peers: u64,
     /// Bytes found in place (complete files, chunks of a fetch cut short).
     pub reused: u64,
     /// Models evicted to make room.
@@ -155,12 +158,12 @@ impl Cache {
     }
 
     /// The model pinned by `digest`, from this cache if it is complete here, otherwise fetched
-    /// (the chunks missing only) from `sources`, tried in order for each chunk.
+    /// (the chunks missing only) from where `exchange` routes each chunk.
     pub async fn ensure(
         &self,
         digest: &Digest,
         manifest: &Manifest,
-        sources: &[Arc<dyn ChunkSource>],
+        exchange: &dyn Exchange,
     ) -> Result<(Held, FetchReport), CacheError> {
         let _layout = self.0.layout.lock().await;
         let inner = &self.0;
@@ -192,9 +195,7 @@ impl Cache {
             if !fetched_files.insert(*id) {
                 continue; // the same file twice in one model (same bytes, two paths)
             }
-            let (fetched, reused) = self.fetch_file(digest, manifest, fi, id, sources).await?;
-            report.fetched += fetched;
-            report.reused += reused;
+            self.fetch_file(digest, manifest, fi, id, exchange, &mut report).await?;
         }
         // Link the model's layout, then publish it with one rename.
         let tmp = inner.dir.join("models").join(format!("{hex}.tmp"));
@@ -277,15 +278,17 @@ impl Cache {
         Ok(())
     }
 
-    /// Fetches the chunks of one file that are not in place yet; returns (fetched, reused) bytes.
+    /// Fetches the chunks of one file that are not in place yet, each from where `exchange`
+    /// routes it; counts what it fetched and found into `report`.
     async fn fetch_file(
         &self,
         model: &Digest,
         manifest: &Manifest,
         fi: usize,
         id: &Digest,
-        sources: &[Arc<dyn ChunkSource>],
-    ) -> Result<(u64, u64), CacheError> {
+        exchange: &dyn Exchange,
+        report: &mut FetchReport,
+    ) -> Result<(), CacheError> {
         let inner = &self.0;
         let f = &manifest.files[fi];
         let partial = inner.dir.join("partial").join(id.hex());
@@ -302,39 +305,85 @@ impl Cache {
         let mut have_log =
             OpenOptions::new().create(true).append(true).open(&have_path).map_err(|e| self.full_or_io(model, e))?;
         let file = Arc::new(file);
-        let todo: Vec<_> = manifest.chunks().filter(|c| c.file == fi && !have.contains(&c.index)).collect();
-        let reused: u64 = manifest.chunks().filter(|c| c.file == fi && have.contains(&c.index)).map(|c| c.len).sum();
-        let mut fetched = 0;
-        let mut pending = todo.into_iter();
+        let at = |c: fleet_core::artifact::ChunkRef| ChunkAt {
+            file: *id,
+            index: c.index,
+            offset: c.offset,
+            len: c.len,
+            digest: c.digest,
+        };
+        for c in manifest.chunks().filter(|c| c.file == fi && have.contains(&c.index)) {
+            report.reused += c.len;
+            exchange.landed(&at(c), false).await;
+        }
+        let mut todo: Vec<ChunkAt> =
+            manifest.chunks().filter(|c| c.file == fi && !have.contains(&c.index)).map(at).collect();
+        // Nodes fetching the same file start at different chunks, so they fetch different ones first.
+        if !todo.is_empty() {
+            let start = exchange.start(todo.len()) % todo.len();
+            todo.rotate_left(start);
+        }
+        let mut pending: std::collections::VecDeque<ChunkAt> = todo.into();
+        let mut later: Vec<ChunkAt> = Vec::new();
         let mut running = tokio::task::JoinSet::new();
         // On a failure, no new chunk starts, but those in flight finish and are recorded: a
         // resumed fetch does not take them again.
         let mut failure: Option<CacheError> = None;
         loop {
             while running.len() < PARALLEL && failure.is_none() {
-                let Some(c) = pending.next() else { break };
-                let sources = sources.to_vec();
+                let Some(c) = pending.pop_front() else { break };
+                let sources = match exchange.route(&c).await {
+                    Route::From(sources) => sources,
+                    Route::Later => {
+                        later.push(c);
+                        continue;
+                    }
+                };
                 let file = file.clone();
                 running.spawn(async move {
-                    let bytes = source::fetch_checked(&sources, &c.digest, c.len).await?;
+                    let (bytes, from, strikes) = match source::fetch_checked(&sources, &c).await {
+                        Ok(x) => x,
+                        Err((e, strikes)) => return (c, Err(e), strikes),
+                    };
                     let n = bytes.len() as u64;
-                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, c.offset))
+                    let wrote = tokio::task::spawn_blocking(move || file.write_all_at(&bytes, c.offset))
                         .await
-                        .expect("a write does not panic")
-                        .map_err(FetchError::Write)?;
-                    Ok::<_, FetchError>((c.index, n))
+                        .expect("a write does not panic");
+                    (c, wrote.map(|_| (n, from.is_peer())).map_err(FetchError::Write), strikes)
                 });
             }
+            if running.is_empty() {
+                if later.is_empty() || failure.is_some() {
+                    break;
+                }
+                // Every chunk left is being fetched from the origin by another node: ask again
+                // shortly (it will be at a peer, or its fetcher gone and its claim with it).
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                pending.extend(later.drain(..));
+                continue;
+            }
             let Some(done) = running.join_next().await else { break };
-            match done.expect("a chunk fetch does not panic") {
-                Ok((index, n)) => {
-                    fetched += n;
-                    writeln!(have_log, "{index}").map_err(|e| self.full_or_io(model, e))?;
+            let (c, result, strikes) = done.expect("a chunk fetch does not panic");
+            for s in &strikes {
+                exchange.strike(s);
+            }
+            match result {
+                Ok((n, from_peer)) => {
+                    report.fetched += n;
+                    if from_peer {
+                        report.from_peers += n;
+                    }
+                    writeln!(have_log, "{}", c.index).map_err(|e| self.full_or_io(model, e))?;
+                    exchange.landed(&c, true).await;
+                    // Something landed: chunks put off may be at a peer now.
+                    pending.extend(later.drain(..));
                 }
                 Err(FetchError::Write(e)) => {
+                    exchange.failed(&c).await;
                     failure.get_or_insert(self.full_or_io(model, e));
                 }
                 Err(e) => {
+                    exchange.failed(&c).await;
                     failure.get_or_insert(CacheError::Fetch { model: *model, source: e });
                 }
             }
@@ -345,7 +394,7 @@ impl Cache {
         file.sync_all().map_err(|e| self.full_or_io(model, e))?;
         fs::rename(&partial, inner.dir.join("files").join(id.hex())).map_err(|e| io(&inner.dir, e))?;
         let _ = fs::remove_file(&have_path);
-        Ok((fetched, reused))
+        Ok(())
     }
 
     fn full_or_io(&self, model: &Digest, e: std::io::Error) -> CacheError {
@@ -357,26 +406,68 @@ impl Cache {
         }
     }
 
-    /// Chunk `index` of a complete file, read and checked (served to peers). A chunk whose bytes
-    /// no longer match removes the file: it is fetched again when next needed.
-    pub fn read_chunk(
-        &self,
-        file: &Digest,
-        index: usize,
-        offset: u64,
-        len: u64,
-        digest: &Digest,
-    ) -> Result<Vec<u8>, CacheError> {
-        let path = self.0.dir.join("files").join(file.hex());
-        let f = File::open(&path).map_err(|_| CacheError::NotHeld(file.to_string()))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| io(&self.0.dir, e))?;
-        if Digest::of(&buf) != *digest {
+    /// Chunk `at` of a file this cache holds (complete, or with that chunk in place), read and
+    /// checked: what peers are served. A chunk whose bytes no longer match removes the file: it is
+    /// fetched again when next needed.
+    pub fn read_chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, CacheError> {
+        let done = self.0.dir.join("files").join(at.file.hex());
+        let (path, f) = match File::open(&done) {
+            Ok(f) => (done, f),
+            Err(_) => {
+                let partial = self.0.dir.join("partial").join(at.file.hex());
+                let have = fs::read_to_string(partial.with_extension("have")).unwrap_or_default();
+                if !have.lines().any(|l| l.trim().parse::<usize>() == Ok(at.index)) {
+                    return Err(CacheError::NotHeld(at.file.to_string()));
+                }
+                let f = File::open(&partial).map_err(|_| CacheError::NotHeld(at.file.to_string()))?;
+                (partial, f)
+            }
+        };
+        let mut buf = vec![0u8; at.len as usize];
+        f.read_exact_at(&mut buf, at.offset).map_err(|e| io(&self.0.dir, e))?;
+        if Digest::of(&buf) != at.digest {
             let _ = fs::remove_file(&path);
-            return Err(CacheError::Rotten { file: file.to_string(), index });
+            return Err(CacheError::Rotten { file: at.file.to_string(), index: at.index });
         }
         Ok(buf)
     }
+}
+
+/// Where each chunk of a fetch comes from, decided chunk by chunk while it runs, and what is
+/// told as chunks land. [`Direct`]: fixed sources in order; [`peers::Swarm`]: the peers of the
+/// node's region that hold the chunk, else the origin, once per region.
+#[async_trait::async_trait]
+pub trait Exchange: Send + Sync {
+    async fn route(&self, at: &ChunkAt) -> Route;
+    /// The chunk is in place here (`fetched`: just now; else found from an earlier run).
+    async fn landed(&self, at: &ChunkAt, fetched: bool);
+    /// Fetching it failed here.
+    async fn failed(&self, at: &ChunkAt);
+    /// A source failed on the way (wrong bytes, or not answering).
+    fn strike(&self, _strike: &source::Strike) {}
+    /// Where in a file's `n` missing chunks this node starts.
+    fn start(&self, _n: usize) -> usize {
+        0
+    }
+}
+
+pub enum Route {
+    /// Try these, in order.
+    From(Vec<Arc<dyn ChunkSource>>),
+    /// Not now: another node is fetching it from the origin.
+    Later,
+}
+
+/// Fixed sources, tried in order for every chunk.
+pub struct Direct(pub Vec<Arc<dyn ChunkSource>>);
+
+#[async_trait::async_trait]
+impl Exchange for Direct {
+    async fn route(&self, _at: &ChunkAt) -> Route {
+        Route::From(self.0.clone())
+    }
+    async fn landed(&self, _at: &ChunkAt, _fetched: bool) {}
+    async fn failed(&self, _at: &ChunkAt) {}
 }
 
 fn io(dir: &Path, e: std::io::Error) -> CacheError {

@@ -1,5 +1,5 @@
 //! Where a node's cache gets chunks from: the model's origin (a directory, or URLs fleetd signed
-//! for it: the agent holds no origin credential), and later peers. Every chunk is checked
+//! for it: the agent holds no origin credential), and peers ([`super::peers`]). Every chunk is checked
 //! against its digest before it is written; a source that serves wrong bytes is skipped for the
 //! next one and named in the error if none serves the chunk right.
 
@@ -24,13 +24,28 @@ pub enum FetchError {
     Write(std::io::Error),
 }
 
-/// Something that serves chunks by digest.
+/// One chunk to fetch: the file it belongs to (its cache id, [`Manifest::file_id`]), where in
+/// it, and what it must hash to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkAt {
+    pub file: Digest,
+    pub index: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub digest: Digest,
+}
+
+/// Something that serves chunks.
 #[async_trait]
 pub trait ChunkSource: Send + Sync {
     /// For errors and logs: the origin's URL, a peer's node id.
     fn name(&self) -> String;
-    /// The chunk's bytes (`len` of them, per the manifest); unchecked: the caller checks.
-    async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError>;
+    /// Whether this is a peer (bytes from it are not origin traffic).
+    fn is_peer(&self) -> bool {
+        false
+    }
+    /// The chunk's bytes (`at.len` of them); unchecked: the caller checks.
+    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError>;
     /// The manifest's bytes (origins only); unchecked: [`Manifest::parse`] checks them.
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
         Err(FetchError::Missing { chunk: *digest, source_name: self.name() })
@@ -52,24 +67,40 @@ pub async fn fetch_manifest(sources: &[Arc<dyn ChunkSource>], digest: &Digest) -
     Err(format!("no source has manifest {digest}: {}", tried.join("; ")))
 }
 
-/// Fetches a chunk from the first source that serves it right.
-pub async fn fetch_checked(sources: &[Arc<dyn ChunkSource>], digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
+/// What went wrong with one source while fetching a chunk (a peer to avoid next time).
+#[derive(Debug, Clone)]
+pub struct Strike {
+    pub source: String,
+    pub wrong_bytes: bool,
+}
+
+/// Fetches a chunk from the first source that serves it right; returns its bytes, the source
+/// that served them, and the sources that failed on the way.
+pub async fn fetch_checked(
+    sources: &[Arc<dyn ChunkSource>],
+    at: &ChunkAt,
+) -> Result<(Vec<u8>, Arc<dyn ChunkSource>, Vec<Strike>), (FetchError, Vec<Strike>)> {
     let mut tried = Vec::new();
+    let mut strikes = Vec::new();
     for s in sources {
-        match s.chunk(digest, len).await {
+        match s.chunk(at).await {
             Ok(bytes) => {
                 let got = Digest::of(&bytes);
-                if got == *digest && bytes.len() as u64 == len {
-                    return Ok(bytes);
+                if got == at.digest && bytes.len() as u64 == at.len {
+                    return Ok((bytes, s.clone(), strikes));
                 }
-                let e = FetchError::Wrong { chunk: *digest, source_name: s.name(), got };
+                let e = FetchError::Wrong { chunk: at.digest, source_name: s.name(), got };
                 tracing::warn!("{e}");
                 tried.push(e.to_string());
+                strikes.push(Strike { source: s.name(), wrong_bytes: true });
             }
-            Err(e) => tried.push(e.to_string()),
+            Err(e) => {
+                tried.push(e.to_string());
+                strikes.push(Strike { source: s.name(), wrong_bytes: false });
+            }
         }
     }
-    Err(FetchError::Exhausted { chunk: *digest, tried })
+    Err((FetchError::Exhausted { chunk: at.digest, tried }, strikes))
 }
 
 /// A `file:///` origin, read directly.
@@ -84,8 +115,8 @@ impl ChunkSource for DirSource {
         self.origin.to_string()
     }
 
-    async fn chunk(&self, digest: &Digest, _len: u64) -> Result<Vec<u8>, FetchError> {
-        self.read(&self.origin.chunk_key(digest), digest).await
+    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+        self.read(&self.origin.chunk_key(&at.digest), &at.digest).await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
@@ -119,8 +150,8 @@ impl ChunkSource for HttpSource {
         self.origin.to_string()
     }
 
-    async fn chunk(&self, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
-        self.get(self.origin.chunk_key(digest), digest, len).await
+    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+        self.get(self.origin.chunk_key(&at.digest), &at.digest, at.len).await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {

@@ -77,6 +77,11 @@ impl AgentAccess for EtcdAgentAccess {
             perms.push(Permission::read_write(k.queue(app)).with_prefix());
             perms.push(Permission::read_write(format!("{}{app}/", k.claims())).with_prefix());
             perms.push(Permission::read_write(k.results(app)).with_prefix());
+            // Peers: who holds which chunks, and the region's origin claims. etcd roles cannot
+            // say "only your own node's key" under a prefix; a node writing another's holder
+            // record can only make peers ask it, and every chunk is checked by its digest.
+            perms.push(Permission::read_write(k.holders(app)).with_prefix());
+            perms.push(Permission::read_write(k.origin_fetches(app)).with_prefix());
         }
         for p in perms {
             c.role_grant_permission(name.as_str(), p).await.map_err(err("etcd role permission"))?;

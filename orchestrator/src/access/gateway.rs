@@ -62,6 +62,19 @@ impl AgentGrant {
         self.apps.iter().flat_map(|a| [keys.queue(a), format!("{}{a}/", keys.claims()), keys.results(a)]).collect()
     }
 
+    /// Who holds which chunks of the apps' models, and the region's origin claims: read all,
+    /// write only this node's holder records (and claims, which say which node made them).
+    fn peer_prefixes(&self, keys: &Keys) -> Vec<String> {
+        self.apps.iter().flat_map(|a| [keys.holders(a), keys.origin_fetches(a)]).collect()
+    }
+
+    fn may_write_peer_key(&self, keys: &Keys, key: &str) -> bool {
+        let own = format!("/{}", fleet_core::keys::id_segment(self.node));
+        self.apps.iter().any(|a| {
+            (key.starts_with(&keys.holders(a)) && key.ends_with(&own)) || key.starts_with(&keys.origin_fetches(a))
+        })
+    }
+
     /// Whether the agent may read `key` (or, for ranges, every key under the prefix).
     pub fn may_read(&self, keys: &Keys, key: &str) -> bool {
         key == keys.agent(self.node)
@@ -69,6 +82,7 @@ impl AgentGrant {
             || key == keys.agent_log(self.node)
             || key.starts_with(&keys.runners())
             || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
+            || self.peer_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
     }
 
     /// Whether the agent may write `key`: runner records only where the runner is on its node.
@@ -76,6 +90,7 @@ impl AgentGrant {
         if key == keys.agent(self.node)
             || key == keys.agent_log(self.node)
             || self.app_prefixes(keys).iter().any(|p| key.starts_with(p.as_str()))
+            || self.may_write_peer_key(keys, key)
         {
             return Ok(true);
         }

@@ -78,10 +78,23 @@ impl NodeStarter for LocalAgentStarter {
         crate::auth::write_private(&token_file, token.expose())
             .map_err(|e| format!("{}: {e}", token_file.display()))?;
         let (model_lines, cache_table) = match &artifact {
-            Some(m) => (
-                format!("source = \"{}\"\ndigest = \"{}\"\n", m.origin, m.digest),
-                format!("[cache]\ndir = \"{}\"\n", dir.join("cache").display()),
-            ),
+            Some(m) => {
+                let mut cache = format!("[cache]\ndir = \"{}\"\n", dir.join("cache").display());
+                // Peers: the nodes of one region serve each other the model's chunks, with the
+                // region's credential (derived from the fleet's push key).
+                if let Some(key) = &self.push_key {
+                    let region = &req.offering.region;
+                    let peer_file = dir.join("peers.token");
+                    let _ = std::fs::remove_file(&peer_file);
+                    crate::auth::write_private(&peer_file, crate::push::peer_credential(key, region).expose())
+                        .map_err(|e| format!("{}: {e}", peer_file.display()))?;
+                    cache += &format!(
+                        "region = \"{region}\"\npeers_listen = \"127.0.0.1:0\"\npeers_token_file = \"{}\"\n",
+                        peer_file.display()
+                    );
+                }
+                (format!("source = \"{}\"\ndigest = \"{}\"\n", m.origin, m.digest), cache)
+            }
             None => (format!("model = \"{}\"\n", model.display()), String::new()),
         };
         let config = format!(
