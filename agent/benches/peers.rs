@@ -149,6 +149,22 @@ fn main() {
         "  limit: loopback {loopback:.2} GB/s, disk write {disk:.2} GB/s: {machine:.2} GB/s for the machine, {per_node_limit:.3} GB/s per node with {n} fetching"
     );
 
+    // One node alone, from the origin directory (no peers, no store): the pipeline's own pace.
+    let alone = rt.block_on(async {
+        let cache = Cache::open(&t.path().join("alone"), u64::MAX).unwrap();
+        let src: Arc<dyn ChunkSource> = Arc::new(DirSource { origin: origin.clone(), root: origin_dir.clone() });
+        let t0 = Instant::now();
+        cache.ensure(&m.digest(), &m, &fleet_agent::cache::Direct(vec![src])).await.unwrap();
+        t0.elapsed()
+    });
+    std::fs::remove_dir_all(t.path().join("alone")).unwrap();
+    println!(
+        "  one node alone from the origin directory: {:.2} s, {:.3} GB/s = {:.2}× the machine's limit",
+        alone.as_secs_f64(),
+        gbps(total, alone),
+        gbps(total, alone) / machine
+    );
+
     let (origin_bytes, times, from_peers, wall) = rt.block_on(async {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&t.path().join("store")).unwrap());
         let counted = Arc::new(Counted {
@@ -193,6 +209,60 @@ fn main() {
         times.sort();
         (counted.bytes.load(Ordering::SeqCst), times, from_peers, start.elapsed())
     });
+    if std::env::var_os("FLEET_PEERS_BENCH_PROBE").is_some() {
+        // Where a peer transfer's time goes: the serving side's checked read, then the whole GET.
+        let cache = Cache::open(&t.path().join("node-1"), u64::MAX).unwrap();
+        let chunks: Vec<ChunkAt> = m
+            .chunks()
+            .map(|c| ChunkAt {
+                file: m.file_id(c.file),
+                index: c.index,
+                offset: c.offset,
+                len: c.len,
+                digest: c.digest,
+            })
+            .collect();
+        let t0 = Instant::now();
+        for c in &chunks {
+            cache.read_chunk(c).unwrap();
+        }
+        println!("  probe: checked reads {:.3} GB/s", gbps(total, t0.elapsed()));
+        let buf = vec![1u8; 64 << 20];
+        let t0 = Instant::now();
+        for _ in 0..16 {
+            std::hint::black_box(fleet_core::artifact::Digest::of(&buf));
+        }
+        println!("  probe: SHA-256 in memory {:.3} GB/s", gbps(16 * buf.len() as u64, t0.elapsed()));
+        let addr = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = l.local_addr().unwrap();
+            tokio::spawn(peers::serve(
+                l,
+                cache.clone(),
+                Secret::new("bench-region-credential"),
+                None,
+                Arc::new(Served::default()),
+            ));
+            a
+        });
+        let agent = ureq::Agent::config_builder().build().new_agent();
+        let t0 = Instant::now();
+        for c in &chunks {
+            let url = format!(
+                "http://{addr}/v1/chunks/{}/{}?offset={}&len={}&digest={}",
+                c.file.hex(),
+                c.index,
+                c.offset,
+                c.len,
+                c.digest.hex()
+            );
+            let mut r = agent.get(&url).header("authorization", "Bearer bench-region-credential").call().unwrap();
+            let mut out = Vec::with_capacity(c.len as usize);
+            use std::io::Read;
+            r.body_mut().with_config().limit(c.len + 1).reader().read_to_end(&mut out).unwrap();
+        }
+        println!("  probe: GETs from a peer, one at a time {:.3} GB/s", gbps(total, t0.elapsed()));
+    }
     let ratio = origin_bytes as f64 / total as f64;
     println!(
         "  origin: {origin_bytes} bytes read = {ratio:.3}× the model (goal ≤ 1.1×; {n}× without peers); peers served {from_peers} bytes"

@@ -419,8 +419,14 @@ impl Cache {
                 if !have.lines().any(|l| l.trim().parse::<usize>() == Ok(at.index)) {
                     return Err(CacheError::NotHeld(at.file.to_string()));
                 }
-                let f = File::open(&partial).map_err(|_| CacheError::NotHeld(at.file.to_string()))?;
-                (partial, f)
+                match File::open(&partial) {
+                    Ok(f) => (partial, f),
+                    // Completed in between: the partial file became the complete one.
+                    Err(_) => match File::open(&done) {
+                        Ok(f) => (done, f),
+                        Err(_) => return Err(CacheError::NotHeld(at.file.to_string())),
+                    },
+                }
             }
         };
         let mut buf = vec![0u8; at.len as usize];

@@ -212,7 +212,7 @@ impl ChunkSource for PeerSource {
             let failed = |why: String| FetchError::Failed { chunk: at2.digest, source_name: name.clone(), why };
             let mut res = agent.get(&url).header("authorization", auth).call().map_err(|e| failed(e.to_string()))?;
             match res.status().as_u16() {
-                200 => res.body_mut().with_config().limit(at2.len + 1).read_to_vec().map_err(|e| failed(e.to_string())),
+                200 => super::source::read_body(&mut res, at2.len).map_err(|e| failed(e.to_string())),
                 404 => Err(FetchError::Missing { chunk: at2.digest, source_name: name.clone() }),
                 s => Err(failed(format!("HTTP {s}"))),
             }

@@ -85,7 +85,10 @@ pub async fn fetch_checked(
     for s in sources {
         match s.chunk(at).await {
             Ok(bytes) => {
-                let got = Digest::of(&bytes);
+                // Hashing a chunk takes tens of milliseconds: off the async threads.
+                let (got, bytes) = tokio::task::spawn_blocking(move || (Digest::of(&bytes), bytes))
+                    .await
+                    .expect("hashing does not panic");
                 if got == at.digest && bytes.len() as u64 == at.len {
                     return Ok((bytes, s.clone(), strikes));
                 }
@@ -174,7 +177,7 @@ impl HttpSource {
             let failed = |why: String| FetchError::Failed { chunk: d, source_name: name.clone(), why };
             let mut res = agent.get(&url).call().map_err(|e| failed(e.to_string()))?;
             match res.status().as_u16() {
-                200 => res.body_mut().with_config().limit(len + 1).read_to_vec().map_err(|e| failed(e.to_string())),
+                200 => read_body(&mut res, len).map_err(|e| failed(e.to_string())),
                 404 => Err(FetchError::Missing { chunk: d, source_name: name.clone() }),
                 s => Err(failed(format!("HTTP {s}"))),
             }
@@ -201,4 +204,12 @@ pub fn origin_source(origin: &Origin, signer: Option<Signer>) -> Result<Arc<dyn 
             )),
         },
     }
+}
+
+/// A response body of at most `len` bytes, read into one buffer of that size (no regrowth).
+pub(crate) fn read_body(res: &mut ureq::http::Response<ureq::Body>, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(len as usize);
+    res.body_mut().with_config().limit(len + 1).reader().read_to_end(&mut out)?;
+    Ok(out)
 }
