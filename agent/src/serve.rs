@@ -450,15 +450,23 @@ impl Agent {
             return Err(format!("this agent has no model configured for app '{app}'"));
         };
         let (model, device, batch) = (a.model.clone(), self.device.clone(), a.max_concurrency as usize);
+        let mut cold = fleet_state::model::ColdStart { runner, app: app.to_string(), ..Default::default() };
+        let fetching = std::time::Instant::now();
         let path = match model {
             crate::config::ModelConfig::Path(p) => p,
             crate::config::ModelConfig::Artifact { origin, digest } => {
-                let held = self.fetch_model(app, &origin, &digest).await?;
+                let (held, report) = self.fetch_model(app, &origin, &digest).await?;
+                cold.model = Some(digest.to_string());
+                cold.bytes_origin = report.fetched - report.from_peers;
+                cold.bytes_peers = report.from_peers;
+                cold.bytes_cached = report.reused;
                 let dir = held.dir.clone();
                 self.held.insert(runner, held);
                 model_in(&dir)?
             }
         };
+        cold.fetch_s = fetching.elapsed().as_secs_f64();
+        let loading = std::time::Instant::now();
         let m = if path.is_dir() {
             let llm = tokio::task::spawn_blocking(move || crate::llm::Llm::load(&path, &device))
                 .await
@@ -477,6 +485,16 @@ impl Agent {
             Loaded::Mlp(Arc::new(m))
         };
         self.loaded.insert(runner, (app.to_string(), m.clone()));
+        cold.load_s = loading.elapsed().as_secs_f64();
+        cold.at = now();
+        {
+            let mut p = self.published.lock().expect("published lock");
+            let kept = &mut p.health.cold_starts;
+            kept.push(cold);
+            let extra = kept.len().saturating_sub(AgentHealth::COLD_STARTS_KEPT);
+            kept.drain(..extra);
+        }
+        let _ = self.republish.try_send(());
         Ok(m)
     }
 
@@ -607,7 +625,7 @@ impl Agent {
         app: &str,
         origin: &fleet_core::artifact::Origin,
         digest: &fleet_core::artifact::Digest,
-    ) -> Result<crate::cache::Held, String> {
+    ) -> Result<(crate::cache::Held, crate::cache::FetchReport), String> {
         let cache = match &self.cache {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(e.clone()),
@@ -656,7 +674,7 @@ impl Agent {
             seconds = started.elapsed().as_secs_f64(),
             "model in the node cache"
         );
-        Ok(held)
+        Ok((held, report))
     }
 }
 

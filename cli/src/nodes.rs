@@ -202,6 +202,24 @@ fn describe_agent(a: &Value, h: &Value) {
         ),
         None => outln!("Interruption: none"),
     }
+    let colds = h["cold_starts"].as_array().cloned().unwrap_or_default();
+    if !colds.is_empty() {
+        outln!("Cold starts:  (newest last)");
+        let mb = |v: &Value| format!("{:.1}", v.as_f64().unwrap_or(0.0) / 1e6);
+        for c in &colds {
+            outln!(
+                "  runner {} ({}): fetch {:.2} s ({} MB from the origin, {} from peers, {} cached), load {:.2} s{}",
+                s(&c["runner"]),
+                s(&c["app"]),
+                c["fetch_s"].as_f64().unwrap_or(0.0),
+                mb(&c["bytes_origin"]),
+                mb(&c["bytes_peers"]),
+                mb(&c["bytes_cached"]),
+                c["load_s"].as_f64().unwrap_or(0.0),
+                c["model"].as_str().map(|m| format!(", model {}", &m[..m.len().min(19)])).unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// `fleetctl get events`.

@@ -101,6 +101,17 @@ async fn nodes_show_what_their_agents_report() {
             noticed_at: now,
         }),
         updated_at: Some(now),
+        cold_starts: vec![fleet_state::model::ColdStart {
+            runner: 11,
+            app: "llm".into(),
+            model: Some(format!("sha256:{}", "ab".repeat(32))),
+            fetch_s: 12.5,
+            load_s: 3.25,
+            bytes_origin: 2_000_000_000,
+            bytes_peers: 14_000_000_000,
+            bytes_cached: 0,
+            at: now,
+        }],
     };
     let agent = AgentRecord { node: 1, lease: 7, version: "0.1.0".into(), gpus: 8, since: now, health };
     store.put(&ctx.keys.agent(1), to_json(&agent), None).await.unwrap();
@@ -136,6 +147,10 @@ async fn nodes_show_what_their_agents_report() {
     assert_eq!(out.matches("NVIDIA H100 80GB HBM3").count(), 8, "{out}");
     assert!(out.contains("Runners:      11, 12") && out.contains("In flight:    1"), "{out}");
     assert!(out.contains("Interruption: aws 'terminate' (not before 2026-11-26T09:00:00Z"), "{out}");
+    assert!(
+        out.contains("runner 11 (llm): fetch 12.50 s (2000.0 MB from the origin, 14000.0 from peers, 0.0 cached), load 3.25 s, model sha256:abababababab"),
+        "{out}"
+    );
     assert!(out.contains("required 494.5, expected 989, passed"), "{out}");
     assert!(out.contains("Events:\n  (none)"), "{out}");
 

@@ -47,6 +47,32 @@ pub struct RunnerTokenLabels {
     pub runner: String,
 }
 
+/// Seconds from 10 ms to ~45 minutes, doubling (a 140 GB model can take minutes).
+fn cold_start_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 19))
+}
+
+/// Counts the cold starts agents report that are not counted yet (reported after this fleetd
+/// started: a restart does not count old ones again).
+pub fn observe_cold_starts(m: &Metrics, agents: &[std::sync::Arc<fleet_state::model::AgentRecord>]) {
+    let mut seen = m.cold_starts_seen.lock().expect("cold starts");
+    let live: std::collections::HashSet<u64> = agents.iter().map(|a| a.node).collect();
+    seen.retain(|(node, _, _)| live.contains(node));
+    for a in agents {
+        for c in &a.health.cold_starts {
+            if c.at < m.started || !seen.insert((a.node, c.runner, c.at.timestamp_micros())) {
+                continue;
+            }
+            for (phase, s) in [("fetch", c.fetch_s), ("load", c.load_s)] {
+                m.cold_start_seconds.get_or_create(&PhaseLabels { phase: phase.into(), app: c.app.clone() }).observe(s);
+            }
+            for (source, n) in [("origin", c.bytes_origin), ("peers", c.bytes_peers), ("cache", c.bytes_cached)] {
+                m.model_bytes.get_or_create(&SourceLabels { app: c.app.clone(), source: source.into() }).inc_by(n);
+            }
+        }
+    }
+}
+
 /// Seconds from 1 ms to ~9 minutes, doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
@@ -73,6 +99,19 @@ impl LaunchLabels {
     pub fn new(cloud: Cloud, kind: &str) -> LaunchLabels {
         LaunchLabels { cloud: cloud.to_string(), kind: kind.to_string() }
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub app: String,
+    /// `origin`, `peers` or `cache`.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +155,14 @@ pub struct Metrics {
     pub actor_restarts: Family<KindLabel, Counter>,
     /// Events recorded (`fleetctl get events`), by kind.
     pub events: Family<KindLabel, Counter>,
+    /// Runners' cold starts on their nodes, by phase (`fetch`, `load`), as agents report them.
+    pub cold_start_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    /// Model bytes runners' nodes got, by where from (`origin`, `peers`, `cache`).
+    pub model_bytes: Family<SourceLabels, Counter>,
+    /// The cold starts already counted: (node, runner, when), agents' reports since this fleetd
+    /// started only.
+    cold_starts_seen: std::sync::Mutex<std::collections::HashSet<(u64, u64, i64)>>,
+    started: Time,
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Histogram,
     pub requests_requeued: Counter,
@@ -204,6 +251,10 @@ impl Metrics {
             budget_headroom: Family::default(),
             actor_restarts: Family::default(),
             events: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(cold_start_histogram),
+            model_bytes: Family::default(),
+            cold_starts_seen: Default::default(),
+            started: chrono::Utc::now(),
             reconcile_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             requests_requeued: Counter::default(),
@@ -270,6 +321,16 @@ impl Metrics {
             m.orphans_terminated.clone(),
         );
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
+        r.register(
+            "cold_start_seconds",
+            "Runners' cold starts on their nodes by phase (fetch: the model into the node's cache; load), as agents report them",
+            m.cold_start_seconds.clone(),
+        );
+        r.register(
+            "model_bytes",
+            "Model bytes runners' nodes got, by source (origin, peers, cache)",
+            m.model_bytes.clone(),
+        );
         r.register("reconcile_seconds", "Time one reconcile pass takes", m.reconcile_seconds.clone());
         r.register(
             "requests_requeued",

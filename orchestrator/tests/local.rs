@@ -712,6 +712,15 @@ fn serve_pinned_model(
     let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
     assert_eq!(r["state"]["output"]["text"], alone["text"], "{r}");
 
+    // The agent reported the runner's cold start; fleetd counts it by phase and bytes by source.
+    let t = Instant::now();
+    while metric(&f, "fleet_cold_start_seconds_count{phase=\"fetch\",app=\"chat\"}") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no cold start counted:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&f, "fleet_cold_start_seconds_count{phase=\"load\",app=\"chat\"}"), 1.0);
+    let from_origin = metric(&f, "fleet_model_bytes_total{app=\"chat\",source=\"origin\"}");
+    assert_eq!(from_origin, pushed.bytes as f64, "the one node took the whole model from the origin");
     // The node's cache holds the model, as pinned, its files hard links into the chunked store.
     let mut caches = Vec::new();
     find_dirs(&dir.path().join("local"), "cache", &mut caches);

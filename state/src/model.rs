@@ -247,6 +247,32 @@ pub struct AgentHealth {
     /// fleetd pins: it connects to nothing else. Absent: plain HTTP, loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_cert_sha256: Option<String>,
+    /// How the node's last runners came to serve: their cold starts' phases (the newest last,
+    /// at most [`AgentHealth::COLD_STARTS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_starts: Vec<ColdStart>,
+}
+
+impl AgentHealth {
+    pub const COLD_STARTS_KEPT: usize = 8;
+}
+
+/// One runner's cold start on its node: fetching its model into the node's cache (from the
+/// origin, from peers, or already there) and loading it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColdStart {
+    pub runner: RunnerId,
+    pub app: String,
+    /// The pinned model's digest (absent: a model given as a path on the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub fetch_s: f64,
+    pub load_s: f64,
+    pub bytes_origin: u64,
+    pub bytes_peers: u64,
+    /// Bytes found in the node's cache (nothing fetched for them).
+    pub bytes_cached: u64,
+    pub at: Time,
 }
 
 /// One GPU as discovery (CUDA driver) and NVML see it; NVML's fields are absent without NVML.

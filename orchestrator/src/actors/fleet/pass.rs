@@ -125,6 +125,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     }
     phases.mark("queue");
     crate::metrics::observe(&ctx.metrics, &nodes, &runners, &depths, now);
+    crate::metrics::observe_cold_starts(&ctx.metrics, &st.informer.agents());
     health::check(st, ctx, &nodes, view_since, now).await?;
     phases.mark("metrics");
 
