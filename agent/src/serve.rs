@@ -468,6 +468,8 @@ impl Agent {
         cold.fetch_s = fetching.elapsed().as_secs_f64();
         let loading = std::time::Instant::now();
         let m = if path.is_dir() {
+            // The files read ahead at the disk's sequential speed while candle maps them.
+            let _warming = crate::cache::warm(&path);
             let llm = tokio::task::spawn_blocking(move || crate::llm::Llm::load(&path, &device))
                 .await
                 .map_err(|e| e.to_string())?
