@@ -164,6 +164,27 @@ impl std::fmt::Debug for SshBootstrap {
 const RUN_SCRIPT: &str = "#!/bin/sh\n# fleet-agent supervisor (written by fleetd's bootstrap)\ncd \"$(dirname \"$0\")\"\n\
 while :; do\n  ./fleet-agent run --config agent.toml >> agent.log 2>&1\n  sleep 1\ndone\n";
 
+/// The agent config of a model the spec pins (`[apps.X.model]`): the app's source and digest,
+/// the node's cache under `dir`, and, when fleetd pushes (`peers`: the node's region, the port
+/// beside the push port, the address fleetd reaches the node at), its region's peers: the chunks
+/// it holds served on that port of every address with the region's credential (`peers.token`).
+fn pinned_config(
+    dir: &str,
+    app: &str,
+    m: &fleet_core::spec::ModelRef,
+    peers: Option<(&str, u16, std::net::IpAddr)>,
+) -> String {
+    let mut s =
+        format!("[apps.{app}]\nsource = \"{}\"\ndigest = \"{}\"\n[cache]\ndir = \"{dir}/cache\"\n", m.origin, m.digest);
+    if let Some((region, port, ip)) = peers {
+        s += &format!(
+            "region = \"{region}\"\npeers_listen = \"0.0.0.0:{port}\"\npeers_advertise = \"{}\"\npeers_token_file = \"{dir}/peers.token\"\n",
+            SocketAddr::new(ip, port)
+        );
+    }
+    s
+}
+
 impl SshBootstrap {
     pub fn new(cfg: SshBootstrapConfig, store: Arc<dyn Store>) -> Result<SshBootstrap, BootstrapError> {
         let plain = cfg.remote_dir.replace("{node}", "0");
@@ -305,8 +326,19 @@ impl SshBootstrap {
     }
 
     /// `ip`: where fleetd reaches the node (the address it dials SSH at), for the push endpoint.
-    fn agent_config(&self, node: &NodeRecord, auth: Option<&(String, Secret)>, ip: std::net::IpAddr) -> String {
+    fn agent_config(
+        &self,
+        node: &NodeRecord,
+        auth: Option<&(String, Secret)>,
+        ip: std::net::IpAddr,
+        pinned: Option<&fleet_core::spec::ModelRef>,
+    ) -> String {
         let mut s = self.agent_config_for(node.id, auth);
+        if let Some(m) = pinned {
+            let region = node.offering().map(|o| o.region.clone()).unwrap_or_default();
+            let peers = self.cfg.push.as_ref().map(|p| (region.as_str(), p.port.saturating_add(1), ip));
+            s += &pinned_config(&self.dir(node.id), &node.app, m, peers);
+        }
         if let Some(p) = &self.cfg.push {
             let dir = self.dir(node.id);
             let port = p.port;
@@ -392,20 +424,37 @@ impl SshBootstrap {
         ip: std::net::IpAddr,
     ) -> Result<InstallOutcome, BootstrapError> {
         let dir = &self.dir(node.id);
+        // The spec's pinned model for the node's app, unless fleetd was given one to upload.
+        let pinned = match get_json::<fleet_state::model::StoredSpec>(&*self.store, &self.keys.spec()).await? {
+            Some((stored, _)) if !self.cfg.models.contains_key(&node.app) => {
+                fleet_core::spec::FleetSpec::parse("spec", &stored.toml)
+                    .ok()
+                    .and_then(|spec| spec.app(&node.app).and_then(|a| a.model.clone()))
+            }
+            _ => None,
+        };
         let auth = match &self.cfg.credentials {
             Some(c) => {
-                let apps: Vec<String> = self.cfg.models.keys().cloned().collect();
+                let mut apps: Vec<String> = self.cfg.models.keys().cloned().collect();
+                if pinned.is_some() {
+                    apps.push(node.app.clone());
+                }
                 Some(c.credentials(node.id, &apps).await.map_err(|why| BootstrapError::Node { node: node.id, why })?)
             }
             None => None,
         };
         let mut files = vec![
-            File::new("agent.toml", "0600", self.agent_config(node, auth.as_ref(), ip).into_bytes()),
+            File::new("agent.toml", "0600", self.agent_config(node, auth.as_ref(), ip, pinned.as_ref()).into_bytes()),
             File::new("run-agent.sh", "0755", RUN_SCRIPT.as_bytes().to_vec()),
         ];
         if let Some(p) = &self.cfg.push {
             let credential = crate::push::credential(&p.key, node.id);
             files.push(File::new("push.token", "0600", credential.expose().as_bytes().to_vec()));
+            if pinned.is_some() {
+                let region = node.offering().map(|o| o.region.clone()).unwrap_or_default();
+                let peers = crate::push::peer_credential(&p.key, &region);
+                files.push(File::new("peers.token", "0600", peers.expose().as_bytes().to_vec()));
+            }
         }
         if let Some((_, pw)) = &auth {
             files.push(File::new("agent.password", "0600", pw.expose().as_bytes().to_vec()));
@@ -509,5 +558,35 @@ impl Bootstrap for SshBootstrap {
             )),
             Ok(None) | Err(_) => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod pinned_tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_model_gives_the_agent_its_source_digest_cache_and_region_peers() {
+        let m = fleet_core::spec::ModelRef {
+            origin: "s3://models/llama".parse().unwrap(),
+            digest: fleet_core::artifact::Digest::of(b"manifest"),
+        };
+        let ip: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let text = pinned_config("/opt/fleet/7", "llm", &m, Some(("us-east-1", 7444, ip)));
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(v["apps"]["llm"]["source"].as_str(), Some("s3://models/llama"));
+        assert_eq!(v["apps"]["llm"]["digest"].as_str(), Some(m.digest.to_string().as_str()));
+        assert_eq!(v["cache"]["dir"].as_str(), Some("/opt/fleet/7/cache"));
+        assert_eq!(v["cache"]["region"].as_str(), Some("us-east-1"));
+        assert_eq!(v["cache"]["peers_listen"].as_str(), Some("0.0.0.0:7444"));
+        assert_eq!(v["cache"]["peers_advertise"].as_str(), Some("10.0.0.5:7444"));
+        assert_eq!(v["cache"]["peers_token_file"].as_str(), Some("/opt/fleet/7/peers.token"));
+        // Without pushes there is no credential to give: the cache alone, from the origin.
+        let alone: toml::Value = toml::from_str(&pinned_config("/d", "llm", &m, None)).unwrap();
+        assert!(alone["cache"].get("region").is_none());
+        // Different regions, different credentials; the same region, the same.
+        let key = Secret::new("k".repeat(64));
+        assert_ne!(crate::push::peer_credential(&key, "us-east-1"), crate::push::peer_credential(&key, "eu-west-1"));
+        assert_eq!(crate::push::peer_credential(&key, "us-east-1"), crate::push::peer_credential(&key, "us-east-1"));
     }
 }
