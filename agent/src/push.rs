@@ -45,14 +45,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) -> Response<Body> {
+/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time): the push
+/// endpoint's node credential, the peer endpoint's region credential.
+pub(crate) fn bearer_is<B>(req: &Request<B>, token: &Secret) -> bool {
     let presented = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same(presented.as_bytes(), token.expose().as_bytes()) {
+    same(presented.as_bytes(), token.expose().as_bytes())
+}
+
+async fn handle(req: Request<Incoming>, token: Arc<Secret>, runners: Runners) -> Response<Body> {
+    if !bearer_is(&req, &token) {
         return reply(StatusCode::UNAUTHORIZED, json!({"error": "this endpoint takes the node's push credential"}));
     }
     let path = req.uri().path().to_string();

@@ -76,10 +76,6 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder().status(status).body(Full::new(body.into()).boxed()).expect("a valid response")
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 /// What a node has served its peers.
 #[derive(Default)]
 pub struct Served {
@@ -144,13 +140,7 @@ async fn handle(
     limit: Option<&RateLimit>,
     served: &Served,
 ) -> Response<Body> {
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same(presented.as_bytes(), token.expose().as_bytes()) {
+    if !crate::push::bearer_is(&req, token) {
         return reply(StatusCode::UNAUTHORIZED, "this endpoint serves the region's peers only");
     }
     let Some(at) = parse_chunk(&req).filter(|_| req.method() == hyper::Method::GET) else {
@@ -246,8 +236,6 @@ pub struct Swarm {
     agent: ureq::Agent,
     /// One slot pool per peer node, shared by every chunk asked of it.
     slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
-    /// Bytes this node took from the origin.
-    pub origin_bytes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -295,7 +283,6 @@ impl Swarm {
             state: Mutex::new(SwarmState::default()),
             agent,
             slots: Mutex::new(HashMap::new()),
-            origin_bytes: AtomicU64::new(0),
         }
     }
 
@@ -406,11 +393,7 @@ impl Exchange for Swarm {
         }
     }
 
-    async fn landed(&self, at: &ChunkAt, fetched: bool) {
-        let was_claimed = self.state.lock().expect("swarm").claimed.contains(&(at.file, at.index));
-        if fetched && was_claimed {
-            self.origin_bytes.fetch_add(at.len, Ordering::Relaxed);
-        }
+    async fn landed(&self, at: &ChunkAt, _fetched: bool) {
         {
             let mut st = self.state.lock().expect("swarm");
             st.held.entry(at.file).or_default().insert(at.index as u32);
