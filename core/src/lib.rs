@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod artifact;
 pub mod catalog;
+pub mod charts;
 pub mod cloud;
 pub mod exit;
 pub mod gpu;

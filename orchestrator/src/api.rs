@@ -23,6 +23,8 @@
 //! GET  /v1/tokens                        API tokens (names and scopes; admin)
 //! POST /v1/tokens                        make one {"name", "scope"} → the token, shown once (admin)
 //! DELETE /v1/tokens/{name}               revoke one (admin)
+//! GET  /v1/whoami                        the token's name and scope
+//! GET  /v1/dashboard…, /ui               the dashboard and what it reads ([`crate::dashboard`])
 //! ```
 //!
 //! Every endpoint but `/healthz` and `/metrics` needs a bearer token whose scope allows it
@@ -40,7 +42,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Datelike;
 use fleet_core::{Money, RequestId};
 use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition};
 use fleet_state::model::{AgentRecord, ApplyError, NodeRecord, RunnerRecord, StoredSpec, update};
@@ -50,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::Ctx;
-use crate::reconcile::{burn_per_hour, month_cost, month_start, unhealthy_nodes};
+use crate::reconcile::{burn_per_hour, month_cost, unhealthy_nodes};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -61,7 +62,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into(), retry_after: None }
     }
 }
@@ -124,6 +125,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/store/sign", post(sign_origin_read))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/v1/whoami", get(crate::dashboard::whoami))
+        .route("/v1/dashboard", get(crate::dashboard::get))
+        .route("/v1/dashboard/nodes", get(crate::dashboard::nodes))
+        .route("/v1/dashboard/offerings", get(crate::dashboard::offerings))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/", get(crate::ui::page))
+        .route("/ui/{file}", get(crate::ui::asset))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/... in fleetd's docs")
         })
@@ -686,10 +694,36 @@ async fn watch(
     >,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    if what == "dashboard" {
+        // Each overview the dashboard task takes (every couple of seconds), the newest first.
+        let rx = ctx.dashboard.subscribe();
+        let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+            loop {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let text = rx.borrow_and_update().clone();
+                match text {
+                    Some(t) => {
+                        let ev = Event::default().event("dashboard").data(t.as_str());
+                        return Some((Ok(ev), (rx, false)));
+                    }
+                    None if first => {
+                        if rx.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
+        let stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = Box::pin(stream);
+        return Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))));
+    }
     if !matches!(what.as_str(), "nodes" | "runners" | "apps" | "events") {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("cannot watch '{what}': watch nodes, runners, apps or events"),
+            format!("cannot watch '{what}': watch nodes, runners, apps, events or dashboard"),
         ));
     }
     let mut filter = fleet_state::events::EventFilter { last: Some(100), ..Default::default() };
@@ -740,6 +774,7 @@ async fn watch(
             return Some((Ok(ev), (ctx, what, filter, last, first)));
         }
     });
+    let stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = Box::pin(stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
@@ -1052,15 +1087,7 @@ async fn cost(State(ctx): State<Arc<Ctx>>) -> ApiResult<Json<CostView>> {
         }
     }
     per_node.sort_by(|a, b| b.burn_per_hour.cmp(&a.burn_per_hour).then(b.month_to_date.cmp(&a.month_to_date)));
-    let start = month_start(now);
-    let next = if start.month() == 12 {
-        start.with_year(start.year() + 1).and_then(|d| d.with_month(1))
-    } else {
-        start.with_month(start.month() + 1)
-    }
-    .unwrap_or(now);
-    let left = (next - now).to_std().unwrap_or_default();
-    let forecast = mtd + fleet_core::Price::per_hour(burn).cost_for(left);
+    let forecast = mtd + fleet_core::Price::per_hour(burn).cost_for(crate::reconcile::month_left(now));
     let budget = match get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? {
         Some((s, _)) => fleet_core::spec::FleetSpec::parse("spec", &s.toml).ok().map(|s| s.budget),
         None => None,

@@ -255,7 +255,8 @@ fn deny(status: StatusCode, msg: String) -> Response {
 /// scope allows the call (401 without a valid token, 403 when its scope does not allow it).
 pub async fn require(State(ctx): State<std::sync::Arc<crate::actors::Ctx>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/healthz" || path == "/metrics" {
+    // The dashboard's page and scripts hold no data (it asks the API with the token it is given).
+    if path == "/healthz" || path == "/metrics" || path == "/ui" || path.starts_with("/ui/") {
         return next.run(req).await;
     }
     let presented = req

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clouds;
 pub mod crashpoint;
+pub mod dashboard;
 pub mod events;
 pub mod informer;
 pub mod leader;
@@ -36,3 +37,4 @@ pub mod submitter;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod ui;

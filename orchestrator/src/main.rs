@@ -600,6 +600,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The API serves from the start (followers too: everything it does goes through the store).
     let (stop_api, mut api_stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(fleet_orchestrator::serving::run(ctx.clone()));
+    tokio::spawn(fleet_orchestrator::dashboard::run(ctx.clone()));
     let app = fleet_orchestrator::api::router(ctx.clone());
     let stopped = async move {
         let _ = api_stopped.changed().await;

@@ -26,6 +26,18 @@ pub fn month_start(now: Time) -> Time {
 }
 
 /// What `node` cost within `now`'s month.
+/// The time from `now` to the start of next month (UTC): what a forecast to month end covers.
+pub fn month_left(now: Time) -> std::time::Duration {
+    let start = month_start(now);
+    let next = if start.month() == 12 {
+        start.with_year(start.year() + 1).and_then(|d| d.with_month(1))
+    } else {
+        start.with_month(start.month() + 1)
+    }
+    .unwrap_or(now);
+    (next - now).to_std().unwrap_or_default()
+}
+
 pub fn month_cost(node: &NodeRecord, now: Time) -> Money {
     month_cost_since(node, month_start(now), now)
 }

@@ -49,10 +49,12 @@ pub struct ServingView {
     pub failed: u64,
     pub window: usize,
     pub latency_p50_s: Option<f64>,
+    pub latency_p90_s: Option<f64>,
     pub latency_p99_s: Option<f64>,
     pub queue_wait_p50_s: Option<f64>,
     pub queue_wait_p99_s: Option<f64>,
     pub ttft_p50_s: Option<f64>,
+    pub ttft_p90_s: Option<f64>,
     pub ttft_p99_s: Option<f64>,
     pub itl_p50_s: Option<f64>,
     /// Tokens generated ÷ decode time, over the window's LLM requests (one runner's rate; runners
@@ -70,7 +72,7 @@ fn secs(d: chrono::TimeDelta) -> Option<f64> {
 }
 
 /// The `q` quantile (nearest rank) of `v`, sorted here.
-fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
+pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -142,10 +144,12 @@ impl Serving {
             failed: s.failed,
             window: s.recent.len(),
             latency_p50_s: quantile(col(&|x| Some(x.latency_s)), 0.5),
+            latency_p90_s: quantile(col(&|x| Some(x.latency_s)), 0.9),
             latency_p99_s: quantile(col(&|x| Some(x.latency_s)), 0.99),
             queue_wait_p50_s: quantile(col(&|x| x.queue_wait_s), 0.5),
             queue_wait_p99_s: quantile(col(&|x| x.queue_wait_s), 0.99),
             ttft_p50_s: quantile(col(&|x| x.ttft_s), 0.5),
+            ttft_p90_s: quantile(col(&|x| x.ttft_s), 0.9),
             ttft_p99_s: quantile(col(&|x| x.ttft_s), 0.99),
             itl_p50_s: quantile(col(&|x| x.itl_s), 0.5),
             tokens_per_s: (decode > 0.0).then(|| tokens as f64 / decode),

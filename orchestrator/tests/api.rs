@@ -402,3 +402,96 @@ async fn money_is_shown_per_node_and_per_app_now_and_this_month() {
     assert!(!m.contains(&format!("fleet_node_burn_dollars_per_hour{{node=\"{id}\"")), "no series for a gone node: {m}");
     assert!(m.contains("fleet_app_burn_dollars_per_hour{app=\"llm\"} 0.0"), "{m}");
 }
+
+/// What the dashboard reads: the node table a page at a time (sorted, filtered, counted), the
+/// overview, the price book, the caller's scope; the page itself loads without a token, under a
+/// policy that lets it talk to nothing but fleetd.
+#[tokio::test(start_paused = true)]
+async fn the_dashboard_reads_pages_of_tables_and_its_page_needs_no_token() {
+    let h = harness().await;
+    let spec = SPEC.replace("max_concurrency = 2", "min_concurrency = 3\nmax_concurrency = 3");
+    let (s, v) = call(&h, Method::PUT, "/v1/spec", &spec).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    h.run_for(Duration::from_secs(60)).await;
+
+    let (s, page) = call(&h, Method::GET, "/v1/dashboard/nodes?limit=2", "").await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!((page["total"].as_u64(), page["matched"].as_u64()), (Some(3), Some(3)), "{page}");
+    let ids: Vec<u64> = page["rows"].as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1], "by id by default: {ids:?}");
+    let row = &page["rows"][0];
+    assert_eq!(
+        (row["cloud"].as_str(), row["state"].as_str(), row["health"].as_str()),
+        (Some("lambda"), Some("ready"), Some("ok")),
+        "{row}"
+    );
+    assert_eq!(row["price_per_hour"], "20.00");
+    let (_, rest) = call(&h, Method::GET, "/v1/dashboard/nodes?limit=2&offset=2", "").await;
+    assert_eq!(rest["rows"].as_array().unwrap().len(), 1, "the last page: {rest}");
+    let (_, desc) = call(&h, Method::GET, "/v1/dashboard/nodes?sort=id&order=desc", "").await;
+    let last = rest["rows"][0]["id"].as_u64().unwrap();
+    assert_eq!(desc["rows"][0]["id"].as_u64(), Some(last), "descending starts with the largest id");
+    let (_, none) = call(&h, Method::GET, "/v1/dashboard/nodes?q=gcp", "").await;
+    assert_eq!((none["matched"].as_u64(), none["total"].as_u64()), (Some(0), Some(3)), "{none}");
+    let (_, all) = call(&h, Method::GET, "/v1/dashboard/nodes?q=LAMBDA", "").await;
+    assert_eq!(all["matched"].as_u64(), Some(3), "filters ignore case: {all}");
+    for (bad, says) in [
+        ("limit=100000", "page size from 1 to 500"),
+        ("sort=colour", "sort by one of"),
+        ("page=2", "unknown parameter 'page'"),
+        ("live=maybe", "true or false"),
+    ] {
+        let (s, v) = call(&h, Method::GET, &format!("/v1/dashboard/nodes?{bad}"), "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(error_of(&v).contains(says), "{bad}: {v}");
+    }
+
+    let (s, d) = call(&h, Method::GET, "/v1/dashboard?history=5", "").await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let o = &d["overview"];
+    assert_eq!(o["nodes"]["live"], 3, "{o}");
+    assert_eq!(o["nodes"]["by_cloud"]["lambda"], 3, "{o}");
+    assert_eq!(o["nodes"]["by_capacity"]["on-demand"], 3, "{o}");
+    assert_eq!(o["apps"]["llm"]["nodes"], 3, "{o}");
+    assert_eq!(o["cost"]["burn_per_hour"], "60.00", "{o}");
+    assert_eq!(o["cost"]["budget_per_hour"], "100.00", "{o}");
+    let (s, v) = call(&h, Method::GET, "/v1/dashboard?history=999999", "").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let (s, offers) = call(&h, Method::GET, "/v1/dashboard/offerings?limit=1", "").await;
+    assert_eq!(s, StatusCode::OK, "{offers}");
+    assert_eq!(offers["rows"].as_array().unwrap().len(), 1, "{offers}");
+    assert!(offers["total"].as_u64().unwrap() >= 1);
+    assert_eq!(offers["rows"][0]["cloud"], "lambda");
+
+    // Who is calling: any valid token; the page shows actions to admins only.
+    let (s, me) = call(&h, Method::GET, "/v1/whoami", "").await;
+    assert_eq!((s, me["scope"].as_str()), (StatusCode::OK, Some("admin")), "{me}");
+    let (_, t) = call(&h, Method::POST, "/v1/tokens", r#"{"name": "viewer", "scope": "read"}"#).await;
+    let read = t["token"].as_str().unwrap().to_string();
+    let (s, me) = call_as(&h, Some(&read), Method::GET, "/v1/whoami", "").await;
+    assert_eq!((s, me["scope"].as_str()), (StatusCode::OK, Some("read")), "{me}");
+    let (s, _) = call_as(&h, Some(&read), Method::GET, "/v1/dashboard/nodes", "").await;
+    assert_eq!(s, StatusCode::OK, "a read token reads the tables");
+    let (s, _) = call_as(&h, None, Method::GET, "/v1/dashboard", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the figures need a token");
+
+    // The page and its files: no token, our policy, nothing else served from /ui.
+    for (path, kind) in [
+        ("/ui", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/charts.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let app = fleet_orchestrator::api::router(h.ctx.clone());
+        let resp = app.oneshot(Request::builder().uri(path).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{path}: {csp}");
+    }
+    let (s, _) = call_as(&h, None, Method::GET, "/ui/admin.token", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

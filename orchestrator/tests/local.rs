@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Fleetd;
+use common::{Fleetd, Machines};
 use serde_json::Value;
 
 const SPEC: &str = r#"
@@ -39,20 +39,6 @@ fn local_fleetd(dir: &std::path::Path, extra: &[&str]) -> Fleetd {
     args.push(dir.display().to_string());
     args.extend(extra.iter().map(|a| a.to_string()));
     Fleetd::start(&args, None)
-}
-
-struct Machines(std::path::PathBuf);
-
-impl Drop for Machines {
-    /// Local nodes outlive fleetd, as machines would: stop whatever is left.
-    fn drop(&mut self) {
-        let instances = std::fs::read_to_string(self.0.join("local/instances.json")).unwrap_or_default();
-        if let Ok(Value::Array(rs)) = serde_json::from_str::<Value>(&instances) {
-            for r in rs {
-                let _ = std::process::Command::new("kill").arg(r["pid"].to_string()).status();
-            }
-        }
-    }
 }
 
 #[test]

@@ -175,6 +175,8 @@ pub struct Ctx {
     pub origins: tokio::sync::Mutex<
         std::collections::HashMap<fleet_core::artifact::Origin, Arc<dyn fleet_providers::origin::OriginStore>>,
     >,
+    /// The dashboard's samples and newest overview ([`crate::dashboard`]).
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl Ctx {
@@ -226,6 +228,7 @@ impl Ctx {
             clouds: Default::default(),
             offerings: std::sync::RwLock::new(Arc::new(fleet_core::Catalog::new(Vec::new()))),
             origins: Default::default(),
+            dashboard: Default::default(),
         }
     }
 }

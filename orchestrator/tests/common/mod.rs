@@ -301,3 +301,18 @@ pub fn duplicates_and_unknown(f: &Fleetd, moto: &Moto) -> (Vec<String>, Vec<Stri
     let unknown = per_node.keys().filter(|n| !nodes.contains(**n)).map(|n| n.to_string()).collect();
     (dup, unknown, instances.len())
 }
+
+/// The `local` provider's machines under a fleetd data directory.
+pub struct Machines(pub std::path::PathBuf);
+
+impl Drop for Machines {
+    /// Local nodes outlive fleetd, as machines would: stop whatever is left.
+    fn drop(&mut self) {
+        let instances = std::fs::read_to_string(self.0.join("local/instances.json")).unwrap_or_default();
+        if let Ok(Value::Array(rs)) = serde_json::from_str::<Value>(&instances) {
+            for r in rs {
+                let _ = std::process::Command::new("kill").arg(r["pid"].to_string()).status();
+            }
+        }
+    }
+}
