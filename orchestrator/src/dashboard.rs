@@ -9,8 +9,9 @@
 //! GET /v1/dashboard/offerings?limit&offset&q&sort          one page of the price book
 //! ```
 //!
-//! Every [`EVERY`] fleetd takes one [`Sample`] of the fleet (burn, nodes by state, per app queue,
-//! runners by state, requests finished, latency) and keeps the last [`KEPT`] (an hour) in memory:
+//! Every [`EVERY`] (less often on a fleet so large that sampling it takes a while: [`run`])
+//! fleetd takes one [`Sample`] of the fleet (burn, nodes by state, per app queue, runners by
+//! state, requests finished, latency) and keeps the last [`KEPT`] (an hour) in memory:
 //! the charts "over time" are these samples, from this fleetd's start. The [`Overview`] adds what
 //! is computed from them (requests/s, error rate and cost per 1,000 requests over the last
 //! minute) and what is not a time series (nodes by cloud, region and capacity type, the month's
@@ -39,7 +40,9 @@ use crate::reconcile::{burn_per_hour, month_cost, unhealthy_nodes};
 
 /// How often a sample is taken (and pushed to open pages).
 pub const EVERY: Duration = Duration::from_secs(2);
-/// Samples kept: an hour of them.
+/// A sample may take at most 1/SHARE of the time between samples (see [`run`]).
+const SHARE: u32 = 20;
+/// Samples kept: an hour of them (at [`EVERY`]).
 pub const KEPT: usize = 1800;
 /// The window requests/s, error rate and cost per 1,000 requests are computed over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -208,11 +211,14 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         Err(_) => None,
     };
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        match take(&ctx, &mut after).await {
+        let started = std::time::Instant::now();
+        let taken = take(&ctx, &mut after).await;
+        // A sample reads every node, agent and runner record: on a fleet large enough for that
+        // to take a while, samples come less often, so the dashboard never costs fleetd more
+        // than 1/SHARE of a core whatever the fleet's size.
+        let next = EVERY.max(started.elapsed() * SHARE);
+        match taken {
             Ok((overview, sample)) => {
                 if let Ok(text) = serde_json::to_string(&serde_json::json!({ "overview": overview, "sample": sample }))
                 {
@@ -221,6 +227,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
             Err(e) => tracing::warn!(error = %e.message, "dashboard sample not taken"),
         }
+        tokio::time::sleep(next).await;
     }
 }
 

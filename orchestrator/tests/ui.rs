@@ -312,3 +312,50 @@ async fn served(c: &fantoccini::Client) -> u64 {
     let sub = text(c, "section[data-app=\"chat\"] [data-figure=\"rps\"] .sub").await;
     sub.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("served count in '{sub}'"))
 }
+
+/// `fleetsim run … --html`: the page draws its charts in the browser from a file, with no
+/// network and no console error, the baselines side by side in its table.
+#[test]
+fn the_simulators_report_draws_its_charts_from_a_file() {
+    let fleetsim = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleetsim");
+    assert!(fleetsim.is_file(), "fleetsim beside fleetd: build the workspace first (cargo build --workspace)");
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../simulator/examples/diurnal.toml");
+    let out = std::process::Command::new(&fleetsim)
+        .args(["run", example, "--baselines", "--html"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let driver = Chromedriver::start();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = driver.browser(1280, 800).await;
+        c.goto(&format!("file://{}", page.display())).await.unwrap();
+        wait_for(&c, "the report drawn", "return document.body.dataset.ready === 'yes'", Duration::from_secs(20)).await;
+        let charts = c.execute(CHARTS, vec![]).await.unwrap();
+        let titles: Vec<&str> = charts.as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap()).collect();
+        for want in [
+            "Cost over time by cloud",
+            "Demand and capacity",
+            "Cold starts over time",
+            "Queue waits (CDF)",
+            "Burn by policy",
+        ] {
+            assert!(titles.contains(&want), "'{want}' drawn: {titles:?}");
+        }
+        check_charts(&charts, "report");
+        let points = c
+            .execute("return [...document.querySelectorAll('svg')].map(s => +s.dataset.points)", vec![])
+            .await
+            .unwrap();
+        assert!(points.as_array().unwrap().iter().all(|p| p.as_f64().unwrap() > 0.0), "every chart has data: {points}");
+        let rows = c.execute("return document.querySelectorAll('#summary tbody tr').length", vec![]).await.unwrap();
+        assert_eq!(rows, 4, "the policies, both baselines and the oracle side by side");
+        eprintln!("screenshot: {}", screenshot(&c, &shots(), "fleetsim-report").await.display());
+        let errors = console_errors(&c).await;
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+        c.close().await.unwrap();
+    });
+}

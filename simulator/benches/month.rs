@@ -59,6 +59,7 @@ fn main() {
         default_cloud: CloudModel { ice_probability: 0.05, preemptions_per_hour: 0.02, ..CloudModel::default() },
         clouds: Default::default(),
         capacity: Default::default(),
+        weights: None,
     };
     let _ = Arc::new(Catalog::builtin().clone());
     let start = Instant::now();

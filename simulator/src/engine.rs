@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::demand::Arrival;
 use crate::report::{Report, Sample};
-use crate::scenario::{Policy, Scenario};
+use crate::scenario::{FetchFrom, Policy, Scenario};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ev {
@@ -90,6 +90,9 @@ struct Node {
     up: bool,
     ended_ms: Option<u64>,
     runners: Vec<usize>,
+    /// When the node's disk holds the model's weights (fetched, or being fetched until then):
+    /// `[weights]` scenarios only.
+    holds_at: Option<u64>,
 }
 
 struct Runner {
@@ -402,12 +405,64 @@ impl<'a> Engine<'a> {
             return;
         }
         self.nodes[n].up = true;
-        let load = ms(self.sc.service.model_load);
         for r in self.nodes[n].runners.clone() {
             if !self.runners[r].stopped {
-                self.push(self.now + load, Ev::RunnerReady(r));
+                let start = self.runner_start(n);
+                self.push(self.now + start, Ev::RunnerReady(r));
             }
         }
+    }
+
+    /// Milliseconds from now until a runner starting on ready node `n` serves: the model load;
+    /// with `[weights]`, the fetch (none when the node holds them; from its region's peers when
+    /// the cache is on and some node there holds or fetches them, no sooner than that one's
+    /// fetch ends; else from the origin, billed) and the load from disk.
+    fn runner_start(&mut self, n: usize) -> u64 {
+        let Some(w) = self.sc.weights.clone() else { return ms(self.sc.service.model_load) };
+        let now = self.now;
+        let load = ms(w.load());
+        let (done, from) = match self.nodes[n].holds_at {
+            Some(at) => (at.max(now), None),
+            None => {
+                let o = self.index.offering(self.nodes[n].offering);
+                let peers = if w.cache {
+                    self.live_nodes
+                        .iter()
+                        .filter(|&&m| m != n)
+                        .filter(|&&m| {
+                            let p = self.index.offering(self.nodes[m].offering);
+                            p.cloud == o.cloud && p.region == o.region
+                        })
+                        .filter_map(|&m| self.nodes[m].holds_at)
+                        .min()
+                } else {
+                    None
+                };
+                match peers {
+                    Some(first) => ((now + ms(w.fetch(FetchFrom::Peers))).max(first), Some(FetchFrom::Peers)),
+                    None => (now + ms(w.fetch(FetchFrom::Origin)), Some(FetchFrom::Origin)),
+                }
+            }
+        };
+        self.nodes[n].holds_at = Some(done);
+        if let Some(p) = &mut self.report.weights {
+            p.runner_starts += 1;
+            p.fetch_s += (done - now) as f64 / 1000.0;
+            p.load_s += load as f64 / 1000.0;
+            match from {
+                None => p.from_node += 1,
+                Some(FetchFrom::Peers) => {
+                    p.from_peers += 1;
+                    p.peer_gb += w.size_gb;
+                }
+                Some(FetchFrom::Origin) => {
+                    p.from_origin += 1;
+                    p.origin_gb += w.size_gb;
+                    p.origin_egress += w.egress();
+                }
+            }
+        }
+        done - now + load
     }
 
     /// Stops a runner as fleetd does: at once when it serves nothing, else it drains (claims no
@@ -636,6 +691,7 @@ impl<'a> Engine<'a> {
             demand: (self.queue.len() + in_flight) as u32,
             capacity: ready * self.mux(self.demand_app) as u32,
             burn_per_hour: burn,
+            cold_starts: self.report.cold_starts,
         });
         let every = (self.end / 500).max(ms(self.sc.tick));
         if self.report.burn_by_cloud.last().is_none_or(|s| self.now >= s.t_s * 1000 + every) {
@@ -698,7 +754,9 @@ impl<'a> Engine<'a> {
             None => self.sc.default_cloud.clone(),
         };
         let mut h = std::mem::take(&mut self.history[app]);
-        h.cold_start = model.provision_delay + model.boot + self.sc.service.model_load;
+        // Warm: some live node of the app holds the weights (peers can serve them).
+        let warm = self.live_nodes.iter().any(|&n| self.nodes[n].app == app && self.nodes[n].holds_at.is_some());
+        h.cold_start = model.provision_delay + model.boot + self.sc.runner_start_estimate(warm);
         h.recreate = h.cold_start + model.min_billing;
         h
     }
@@ -720,7 +778,8 @@ impl<'a> Engine<'a> {
         self.live_runners.insert(id);
         self.report.cold_starts += 1;
         if self.nodes[node].up {
-            self.push(self.now + ms(self.sc.service.model_load), Ev::RunnerReady(id));
+            let start = self.runner_start(node);
+            self.push(self.now + start, Ev::RunnerReady(id));
         }
     }
 
@@ -752,7 +811,14 @@ impl<'a> Engine<'a> {
             up: false,
             ended_ms: None,
             runners: Vec::new(),
+            holds_at: None,
         });
+        let boot = ms(self.sc.cloud(self.index.offering(offering).cloud).boot);
+        if let Some(p) = &mut self.report.weights {
+            p.nodes += 1;
+            p.provision_s += ready_in.saturating_sub(boot) as f64 / 1000.0;
+            p.boot_s += boot.min(ready_in) as f64 / 1000.0;
+        }
         self.live_nodes.insert(n);
         let price = i128::from(self.index.offering(offering).price.hourly().micros());
         self.live_price += price;

@@ -9,6 +9,7 @@
 
 pub mod demand;
 pub mod engine;
+pub mod html;
 pub mod oracle;
 pub mod plots;
 pub mod report;

@@ -24,7 +24,7 @@ enum Output {
 enum Command {
     /// Run one scenario.
     #[command(
-        after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml --plots plots/\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json"
+        after_help = "Examples:\n  fleetsim run simulator/examples/code-trace.toml --plots plots/\n  fleetsim run simulator/examples/poisson.toml --seed 7 -o json\n  fleetsim run simulator/examples/diurnal.toml --baselines --html report.html"
     )]
     Run {
         scenario: PathBuf,
@@ -38,6 +38,17 @@ enum Command {
         /// Write demand_vs_capacity.svg, burn_by_cloud.svg and wait_cdf.svg here.
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
+        /// Write one self-contained page with the run's charts here (opens with no network).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Also run the baselines (static-peak, target-qps) and the hindsight oracle on the same
+        /// demand, side by side in the table and the page.
+        #[arg(long)]
+        baselines: bool,
+        /// For a scenario with [weights]: nodes without fleet's cache and peers (each fetches the
+        /// model from the origin), to set beside the same run with them.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Run several scenarios on the same demand and seed, side by side.
     #[command(
@@ -82,17 +93,39 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = (|| {
         match cli.command {
-            Command::Run { scenario, trace, seed, output, plots } => {
-                let sc = load(&scenario, seed, trace.as_ref())?;
-                let r = fleet_simulator::run_with_progress(&sc, &mut fleet_simulator::progress_bar(&sc.name))?;
+            Command::Run { scenario, trace, seed, output, plots, html, baselines, no_cache } => {
+                let mut sc = load(&scenario, seed, trace.as_ref())?;
+                if no_cache {
+                    match &mut sc.weights {
+                        Some(w) => {
+                            w.cache = false;
+                            sc.name = format!("{} no-cache", sc.name);
+                        }
+                        None => anyhow::bail!(
+                            "--no-cache: {} has no [weights] table, so nothing is fetched; add one (size_gb = …) to model where weights come from",
+                            scenario.display()
+                        ),
+                    }
+                }
+                let reports = if baselines {
+                    fleet_simulator::baselines(&sc)?
+                } else {
+                    vec![fleet_simulator::run_with_progress(&sc, &mut fleet_simulator::progress_bar(&sc.name))?]
+                };
+                let r = &reports[0];
                 if let Some(dir) = plots {
-                    for p in fleet_simulator::plots::write(&r, &dir)? {
+                    for p in fleet_simulator::plots::write(r, &dir)? {
                         eprintln!("wrote {}", p.display());
                     }
                 }
+                if let Some(file) = html {
+                    fleet_simulator::html::write(&reports.iter().collect::<Vec<_>>(), &file)?;
+                    eprintln!("wrote {}", file.display());
+                }
                 match output {
+                    Output::Json if baselines => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
                     Output::Json => out(&format!("{}\n", r.to_json()))?,
-                    Output::Table => out(&Report::table(&[&r]))?,
+                    Output::Table => out(&Report::table(&reports.iter().collect::<Vec<_>>()))?,
                 }
             }
             Command::Compare { scenarios, seed, output, baselines: true, plots } => {

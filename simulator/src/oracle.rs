@@ -125,7 +125,7 @@ fn for_gpu(
     };
     let cold = |c: &Candidate| -> u64 {
         let model = sc.cloud(index.offering(c.offering).cloud);
-        ms(model.provision_delay + model.boot + sc.service.model_load)
+        ms(model.provision_delay + model.boot + sc.runner_start_estimate(true))
     };
     // The nodes one level needs on one candidate, gaps bridged where that is cheaper.
     let blocks = |level: usize, c: &Candidate| -> (Money, Vec<(u64, u64)>) {

@@ -73,7 +73,7 @@ pub fn compare(reports: &[&Report], dir: &Path) -> anyhow::Result<Vec<PathBuf>> 
 }
 
 /// 201 points of the CDF of `waits_ms`, in seconds.
-fn cdf(waits_ms: &[u32]) -> Vec<(f64, f64)> {
+pub(crate) fn cdf(waits_ms: &[u32]) -> Vec<(f64, f64)> {
     let mut w = waits_ms.to_vec();
     w.sort_unstable();
     let n = w.len().max(1);

@@ -18,6 +18,8 @@ pub struct Sample {
     /// Requests ready runners can serve at once.
     pub capacity: u32,
     pub burn_per_hour: Money,
+    /// Cold starts (runners started) so far.
+    pub cold_starts: u64,
 }
 
 /// Hourly burn per cloud at one moment (at most ~500 of these per run, for the stacked plot).
@@ -25,6 +27,49 @@ pub struct Sample {
 pub struct CloudSample {
     pub t_s: u64,
     pub burn_per_hour: BTreeMap<String, Money>,
+}
+
+/// Cold starts by phase, and where the weights came from (scenarios with `[weights]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ColdStartPhases {
+    /// fleet's node cache and peers were on.
+    pub cache: bool,
+    /// Nodes launched, and their time to run and to boot, summed.
+    pub nodes: u64,
+    pub provision_s: f64,
+    pub boot_s: f64,
+    /// Runners started, and their time fetching the weights (zero where the node had them) and
+    /// loading them, summed.
+    pub runner_starts: u64,
+    pub fetch_s: f64,
+    pub load_s: f64,
+    /// Fetches from the origin and from peers; runner starts on a node that held the weights
+    /// already (or was fetching them).
+    pub from_origin: u64,
+    pub from_peers: u64,
+    pub from_node: u64,
+    pub origin_gb: f64,
+    pub peer_gb: f64,
+    /// What the origin billed for the weights read out of it.
+    pub origin_egress: Money,
+}
+
+impl ColdStartPhases {
+    fn mean(total: f64, n: u64) -> f64 {
+        if n == 0 { 0.0 } else { total / n as f64 }
+    }
+    pub fn provision_mean_s(&self) -> f64 {
+        Self::mean(self.provision_s, self.nodes)
+    }
+    pub fn boot_mean_s(&self) -> f64 {
+        Self::mean(self.boot_s, self.nodes)
+    }
+    pub fn fetch_mean_s(&self) -> f64 {
+        Self::mean(self.fetch_s, self.runner_starts)
+    }
+    pub fn load_mean_s(&self) -> f64 {
+        Self::mean(self.load_s, self.runner_starts)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,6 +124,9 @@ pub struct Report {
     pub(crate) waits_ms: Vec<u32>,
     pub timeline: Vec<Sample>,
     pub burn_by_cloud: Vec<CloudSample>,
+    /// Cold starts by phase and the weights' sources (`[weights]` scenarios only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<ColdStartPhases>,
 }
 
 /// The `p`th percentile (nearest rank) in seconds, by selection: O(n), no full sort of what can be
@@ -130,6 +178,7 @@ impl Report {
             waits_ms: Vec::with_capacity(usize::try_from(requests).unwrap_or(0)),
             timeline: Vec::new(),
             burn_by_cloud: Vec::new(),
+            weights: sc.weights.as_ref().map(|w| ColdStartPhases { cache: w.cache, ..Default::default() }),
         }
     }
 
@@ -208,6 +257,32 @@ impl Report {
                 v
             })
             .collect();
+        if reports.iter().any(|r| r.weights.is_some()) {
+            let w = |f: fn(&ColdStartPhases) -> String| -> Cell {
+                Box::new(move |r: &Report| r.weights.as_ref().map_or("-".into(), f))
+            };
+            let extra: Vec<(&str, Cell)> = vec![
+                ("node cache + peers", w(|p| if p.cache { "on".into() } else { "off".into() })),
+                ("mean provision", w(|p| format!("{:.0}s", p.provision_mean_s()))),
+                ("mean boot", w(|p| format!("{:.0}s", p.boot_mean_s()))),
+                ("mean fetch", w(|p| format!("{:.0}s", p.fetch_mean_s()))),
+                ("mean load", w(|p| format!("{:.0}s", p.load_mean_s()))),
+                ("fetches origin/peers/node", w(|p| format!("{}/{}/{}", p.from_origin, p.from_peers, p.from_node))),
+                ("origin GB read", w(|p| format!("{:.0}", p.origin_gb))),
+                ("origin egress", w(|p| p.origin_egress.cents().to_string())),
+                (
+                    "cost + egress",
+                    Box::new(|r: &Report| {
+                        (r.cost + r.weights.as_ref().map_or(Money::ZERO, |p| p.origin_egress)).cents().to_string()
+                    }),
+                ),
+            ];
+            for (name, f) in &extra {
+                let mut v = vec![name.to_string()];
+                v.extend(reports.iter().map(|r| f(r)));
+                cells.push(v);
+            }
+        }
         for c in clouds {
             let mut v = vec![format!("cost on {c}")];
             v.extend(

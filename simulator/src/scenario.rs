@@ -95,6 +95,54 @@ impl Default for ServiceModel {
     }
 }
 
+/// Where a runner's model weights come from (`[weights]`). Without the table a runner loads its
+/// model in `service.model_load`, whatever ran before. With it, a node fetches the weights once
+/// into its disk (its runners, and runners started on it later, load from there) and loads them
+/// at the disk's speed; the fetch is from the origin (the object store the model was pushed to,
+/// billed per GB read), or, with `cache` on (fleet's node cache and peers), from nodes of its
+/// region that hold them or are fetching them (a peer streams what it has: a fetch from peers
+/// ends no sooner than the first such fetch in the region).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    pub size_gb: f64,
+    /// One node reading the origin, GB/s.
+    pub origin_gb_per_s: f64,
+    /// One node reading its region's peers, GB/s.
+    pub peer_gb_per_s: f64,
+    /// Loading from the node's disk, GB/s.
+    pub disk_gb_per_s: f64,
+    /// What the origin bills per GB read out of it (egress).
+    pub egress_per_gb: fleet_core::Money,
+    /// fleet's node cache with peers; off: every node fetches from the origin.
+    pub cache: bool,
+}
+
+/// Where one fetch reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFrom {
+    Origin,
+    Peers,
+}
+
+impl Weights {
+    pub fn fetch(&self, from: FetchFrom) -> Duration {
+        let rate = match from {
+            FetchFrom::Origin => self.origin_gb_per_s,
+            FetchFrom::Peers => self.peer_gb_per_s,
+        };
+        Duration::from_secs_f64(self.size_gb / rate)
+    }
+
+    pub fn load(&self) -> Duration {
+        Duration::from_secs_f64(self.size_gb / self.disk_gb_per_s)
+    }
+
+    /// The origin's bill for one fetch of the weights.
+    pub fn egress(&self) -> fleet_core::Money {
+        fleet_core::Money::from_micros_saturating((self.egress_per_gb.micros() as f64 * self.size_gb).round() as i128)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
@@ -118,6 +166,7 @@ pub struct Scenario {
     /// Instances of one offering that can be live at once, overriding its cloud's `capacity`.
     /// Keyed as offerings print: `cloud/region[/zone]/instance-type/capacity`.
     pub capacity: BTreeMap<String, u32>,
+    pub weights: Option<Weights>,
 }
 
 /// Who decides the demand app's runners (the rest of the spec, placement included, applies alike).
@@ -139,6 +188,19 @@ pub enum Policy {
 impl Scenario {
     pub fn cloud(&self, c: Cloud) -> &CloudModel {
         self.clouds.get(&c).unwrap_or(&self.default_cloud)
+    }
+
+    /// From a node being ready to a runner on it serving, as planners estimate it: the model
+    /// load, or with `[weights]` the fetch (from peers when `warm` and the cache is on, else from
+    /// the origin) and the load from disk.
+    pub fn runner_start_estimate(&self, warm: bool) -> Duration {
+        match &self.weights {
+            None => self.service.model_load,
+            Some(w) => {
+                let from = if warm && w.cache { FetchFrom::Peers } else { FetchFrom::Origin };
+                w.fetch(from) + w.load()
+            }
+        }
     }
 }
 
@@ -162,6 +224,18 @@ struct Raw {
     clouds: BTreeMap<String, RawCloud>,
     #[serde(default)]
     capacity: BTreeMap<String, u32>,
+    weights: Option<RawWeights>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeights {
+    size_gb: f64,
+    origin_gb_per_s: Option<f64>,
+    peer_gb_per_s: Option<f64>,
+    disk_gb_per_s: Option<f64>,
+    egress_dollars_per_gb: Option<String>,
+    cache: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +396,43 @@ impl Scenario {
                 name.parse().map_err(|e: fleet_core::cloud::UnknownCloud| invalid(format!("clouds.{name}: {e}")))?;
             clouds.insert(c, cloud_model(r, &default_cloud, name)?);
         }
+        let weights = match &raw.weights {
+            None => None,
+            Some(w) => {
+                let rate = |v: Option<f64>, k: &str, d: f64| -> Result<f64, ScenarioError> {
+                    let x = v.unwrap_or(d);
+                    if x.is_finite() && x >= 0.001 && x <= 10_000.0 {
+                        Ok(x)
+                    } else {
+                        Err(invalid(format!("weights.{k}: GB/s from 0.001 to 10000")))
+                    }
+                };
+                if !(w.size_gb.is_finite() && w.size_gb > 0.0 && w.size_gb <= 100_000.0) {
+                    return Err(invalid(
+                        "weights.size_gb: the model's size in GB, more than 0 and at most 100000".into(),
+                    ));
+                }
+                let egress = match &w.egress_dollars_per_gb {
+                    None => fleet_core::Money::from_micros(90_000),
+                    Some(s) => fleet_core::Money::parse_decimal(s)
+                        .ok()
+                        .filter(|m| !m.is_negative() && *m <= fleet_core::Money::from_dollars(100))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "weights.egress_dollars_per_gb: '{s}' is not an amount from 0 to 100, such as \"0.09\""
+                            ))
+                        })?,
+                };
+                Some(Weights {
+                    size_gb: w.size_gb,
+                    origin_gb_per_s: rate(w.origin_gb_per_s, "origin_gb_per_s", 0.5)?,
+                    peer_gb_per_s: rate(w.peer_gb_per_s, "peer_gb_per_s", 6.0)?,
+                    disk_gb_per_s: rate(w.disk_gb_per_s, "disk_gb_per_s", 7.0)?,
+                    egress_per_gb: egress,
+                    cache: w.cache.unwrap_or(true),
+                })
+            }
+        };
         let duration = dur(&Some(raw.duration.clone()), "duration", Duration::ZERO)?;
         if duration.is_zero() || duration > crate::engine::MAX_DURATION {
             return Err(invalid("duration: must be more than zero and at most 49 days".into()));
@@ -353,6 +464,7 @@ impl Scenario {
             default_cloud,
             clouds,
             capacity: raw.capacity,
+            weights,
         })
     }
 }

@@ -42,6 +42,7 @@ fn with_budget(seed: u64, rate: f64, budget: &str, horizon_min: u64, ice: f64, p
         default_cloud: CloudModel { ice_probability: ice, preemptions_per_hour: preempt, ..CloudModel::default() },
         clouds: Default::default(),
         capacity: Default::default(),
+        weights: None,
     }
 }
 

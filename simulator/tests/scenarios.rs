@@ -393,3 +393,44 @@ fn bills_too_large_to_count_fail_naming_them_and_absurd_prices_are_refused() {
     };
     assert!(e.contains("1000000001") && e.contains("$1,000,000,000"), "{e}");
 }
+
+/// `[weights]`: three nodes of one region start at once; with the cache the first reads the
+/// origin (billed) and the others its peers, never ending before it; without, each reads the
+/// origin. Figures by hand: 10 GB at 1 GB/s from the origin (10 s), 10 GB/s from peers (1 s),
+/// 5 GB/s from disk (2 s), $0.10 per GB read from the origin.
+#[test]
+fn weights_come_from_the_origin_once_per_region_with_the_cache_and_once_per_node_without() {
+    let three =
+        "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 3\nmax_concurrency = 3\nkeep_alive = \"1h\"\n";
+    let weights = "[weights]\nsize_gb = 10\norigin_gb_per_s = 1\npeer_gb_per_s = 10\ndisk_gb_per_s = 5\negress_dollars_per_gb = \"0.10\"\n";
+    let c = Case::new(three, "poisson_rate = 0.0001", "", weights);
+    let on = fleet_simulator::run(&c.scenario()).unwrap();
+    let p = on.weights.clone().expect("cold start phases");
+    assert_eq!(on.nodes_launched, 3);
+    assert_eq!((p.from_origin, p.from_peers, p.from_node), (1, 2, 0), "{p:?}");
+    assert_eq!(p.origin_egress, usd("1.00"));
+    assert_eq!((p.origin_gb, p.peer_gb), (10.0, 20.0));
+    assert!((p.load_mean_s() - 2.0).abs() < 1e-9, "{p:?}");
+    // The origin fetch takes 10 s; a peer fetch at least 1 s and no sooner than it ends.
+    assert!(p.fetch_s >= 10.0 + 2.0 && p.fetch_s <= 30.0, "{p:?}");
+    assert!((p.boot_mean_s() - 60.0).abs() < 1e-9 && p.provision_mean_s() >= 60.0, "{p:?}");
+
+    let mut off = c.scenario();
+    off.weights.as_mut().unwrap().cache = false;
+    let off = fleet_simulator::run(&off).unwrap();
+    let q = off.weights.clone().unwrap();
+    assert_eq!((q.from_origin, q.from_peers), (3, 0), "{q:?}");
+    assert_eq!(q.origin_egress, usd("3.00"));
+    assert!((q.fetch_mean_s() - 10.0).abs() < 1e-9, "{q:?}");
+    // Without [weights], nothing of this is reported.
+    let plain = fleet_simulator::run(&Case::new(three, "poisson_rate = 0.0001", "", "").scenario()).unwrap();
+    assert!(plain.weights.is_none());
+    // Bad input names the field.
+    let bad = Case::new(three, "poisson_rate = 0.0001", "", "[weights]\nsize_gb = 10\norigin_gb_per_s = 0\n");
+    let e = Scenario::load(&bad.path("scenario.toml")).err().unwrap().to_string();
+    assert!(e.contains("weights.origin_gb_per_s"), "{e}");
+    let bad =
+        Case::new(three, "poisson_rate = 0.0001", "", "[weights]\nsize_gb = 10\negress_dollars_per_gb = \"-1\"\n");
+    let e = Scenario::load(&bad.path("scenario.toml")).err().unwrap().to_string();
+    assert!(e.contains("weights.egress_dollars_per_gb"), "{e}");
+}
