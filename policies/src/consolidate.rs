@@ -80,6 +80,27 @@ pub struct Input<'a> {
     /// A new node's minimum billing.
     pub min_billing: Duration,
     pub now: Time,
+    /// Where the app's weights come from ([`crate::coldstart`]), and whether an offering's
+    /// region holds them: a move's new node is then priced with its own cold start (from peers
+    /// or from the origin) and the origin's bill, instead of `cold_start` alone.
+    pub weights: Option<(&'a crate::coldstart::ColdStartModel, &'a dyn Fn(crate::placement::OfferingId) -> bool)>,
+}
+
+/// What starting the move's new node `c` costs before it serves: its cold start billed, and
+/// the origin's bill where its region is cold; with the cold start's length and that bill.
+fn cold_cost(input: &Input, c: &crate::placement::Candidate) -> (Money, Duration, Money) {
+    match input.weights {
+        Some((m, warm)) => {
+            let warm = warm(c.offering);
+            let egress = if warm { Money::ZERO } else { m.egress() };
+            (c.node_price.cost_for(m.cold_start(warm)) + egress, m.cold_start(warm), egress)
+        }
+        None => (c.node_price.cost_for(input.cold_start), input.cold_start, Money::ZERO),
+    }
+}
+
+fn egress_note(egress: Money) -> String {
+    if egress > Money::ZERO { format!(", the weights from the origin {}", egress.cents()) } else { String::new() }
 }
 
 /// The minimum billing still owed on node `n` (at `price` per hour): paid whether it runs or not.
@@ -163,20 +184,21 @@ pub fn consider(input: &Input) -> Option<Move> {
             if c.offering == n.offering || new_price >= price || !base_ok(c.capacity) {
                 continue;
             }
-            let cold = c.node_price.cost_for(input.cold_start);
+            let (cold, cold_len, egress) = cold_cost(input, &c);
             let o = idx.offering(c.offering);
             offer(
                 MoveKind::Replace,
                 price - new_price,
                 cold + owed,
                 format!(
-                    "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{})",
+                    "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{}{})",
                     o.instance.name,
                     o.capacity,
                     new_price.cents(),
                     (price - new_price).cents(),
                     (cold + owed).cents(),
-                    input.cold_start.as_secs(),
+                    cold_len.as_secs(),
+                    egress_note(egress),
                     if owed > Money::ZERO {
                         format!(", {} of minimum billing left", owed.cents())
                     } else {
@@ -249,7 +271,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
                 continue;
             }
             let saving = price - new_price;
-            let cold = c.node_price.cost_for(input.cold_start);
+            let (cold, cold_len, egress) = cold_cost(input, &c);
             let cost = cold + owed_total;
             let gain = Price::per_hour(saving).cost_for(lasts);
             if gain <= cost {
@@ -263,7 +285,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
             let nodes: Vec<NodeId> = order[..=g].iter().map(|k| input.nodes[*k].id).collect();
             let why = format!(
                 "one {} {} node ({}/h) hosts the {runners} runner(s) of {} nodes ({}/h together) for {}/h less; \
-                 the move costs {} (cold start {}s billed{})",
+                 the move costs {} (cold start {}s billed{}{})",
                 o.instance.name,
                 o.capacity,
                 new_price.cents(),
@@ -271,7 +293,8 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
                 price.cents(),
                 saving.cents(),
                 cost.cents(),
-                input.cold_start.as_secs(),
+                cold_len.as_secs(),
+                egress_note(egress),
                 if owed_total > Money::ZERO {
                     format!(", {} of minimum billing left", owed_total.cents())
                 } else {

@@ -12,6 +12,7 @@
 
 pub mod autoscale;
 pub mod budget;
+pub mod coldstart;
 pub mod consolidate;
 pub mod placement;
 pub mod plan;

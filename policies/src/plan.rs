@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use fleet_core::spec::{FleetSpec, SpotPolicy};
-use fleet_core::{CapacityType, Money, NodeId, RunnerId, Time};
+use fleet_core::{CapacityType, Money, NodeId, Price, RunnerId, Time};
 use serde::Serialize;
 
 use crate::autoscale::{self, DemandHistory, RunnerInfo, ScaleDecision};
@@ -40,11 +40,26 @@ pub struct NodeView {
     /// price now: a node not yet Ready holds the dearest candidate it may still fail over to;
     /// a running one, the price it was launched at. `None`: the offering's current price.
     pub held_per_hour: Option<Money>,
+    /// Its disk holds the app's model weights (or is fetching them): its region is warm
+    /// ([`crate::coldstart`]).
+    pub holds_weights: bool,
+    /// Since when it has hosted no runner (`None`: it hosts some, or the caller does not know).
+    pub empty_since: Option<Time>,
 }
 
 impl NodeView {
     pub fn new(id: NodeId, offering: OfferingId, slots: u32) -> NodeView {
-        NodeView { id, offering, slots, leaving: false, replaced: 0, billed_since: None, held_per_hour: None }
+        NodeView {
+            id,
+            offering,
+            slots,
+            leaving: false,
+            replaced: 0,
+            billed_since: None,
+            held_per_hour: None,
+            holds_weights: false,
+            empty_since: None,
+        }
     }
 }
 
@@ -69,6 +84,9 @@ pub struct AppView {
     /// left the catalog, or they are draining or terminating): they still count against every
     /// budget until the cloud stops billing them.
     pub outside_burn: Money,
+    /// What the app's cold start is made of, where known: new nodes then prefer regions that
+    /// hold its weights, and a region's last copy is kept a while ([`crate::coldstart`]).
+    pub cold_start: Option<crate::coldstart::ColdStartModel>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +189,53 @@ impl Hasher for IdHash {
 }
 
 type IdBuild = BuildHasherDefault<IdHash>;
+
+/// The (cloud, region) pairs where a node of the app holds its weights.
+fn warm_regions<'a>(
+    index: &'a PlacementIndex,
+    st: &AppView,
+) -> std::collections::BTreeSet<(fleet_core::Cloud, &'a str)> {
+    st.nodes
+        .iter()
+        .filter(|n| n.holds_weights)
+        .map(|n| {
+            let o = index.offering(n.offering);
+            (o.cloud, o.region.as_str())
+        })
+        .collect()
+}
+
+/// Whether empty node `n` stays: it holds its region's last copy of the app's weights (no
+/// other node of the app there keeps one: one that serves, or an empty one listed before it)
+/// and has been empty for less than that copy is worth
+/// ([`crate::coldstart::ColdStartModel::keep_last_copy_for`]).
+fn keeps_last_copy(
+    index: &PlacementIndex,
+    st: &AppView,
+    n: &NodeView,
+    now: Time,
+    empty: &dyn Fn(&NodeView) -> bool,
+) -> bool {
+    let (Some(m), Some(since)) = (&st.cold_start, n.empty_since) else { return false };
+    if !n.holds_weights || n.leaving {
+        return false;
+    }
+    let o = index.offering(n.offering);
+    let others = st.nodes.iter().any(|x| {
+        let p = index.offering(x.offering);
+        x.id != n.id
+            && x.holds_weights
+            && !x.leaving
+            && p.cloud == o.cloud
+            && p.region == o.region
+            && (!empty(x) || x.id < n.id)
+    });
+    if others {
+        return false;
+    }
+    let price = n.held_per_hour.map(Price::per_hour).unwrap_or(o.price);
+    (now - since).to_std().unwrap_or_default() < m.keep_last_copy_for(price)
+}
 
 fn capacity_of(index: &PlacementIndex, id: OfferingId) -> CapacityType {
     index.offering(id).capacity
@@ -491,6 +556,18 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     });
                     break;
                 }
+                if let Some(m) = &st.cold_start {
+                    let warm = warm_regions(index, st);
+                    crate::coldstart::order(
+                        &mut candidates,
+                        m,
+                        |c| {
+                            let o = index.offering(c.offering);
+                            warm.contains(&(o.cloud, o.region.as_str()))
+                        },
+                        |c| c.node_price,
+                    );
+                }
                 let reserved = candidates.iter().map(|c| c.node_price.hourly()).max().unwrap_or(Money::ZERO);
                 app_room.consume(reserved);
                 fleet_room.consume(reserved);
@@ -524,8 +601,9 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             }
         }
 
+        let empty = |n: &NodeView| hosted[&n.id] == 0 && !on_existing.contains_key(&n.id);
         let release_nodes: Vec<NodeId> =
-            st.nodes.iter().filter(|n| hosted[&n.id] == 0 && !on_existing.contains_key(&n.id)).map(|n| n.id).collect();
+            st.nodes.iter().filter(|n| empty(n) && !keeps_last_copy(index, st, n, now, &empty)).map(|n| n.id).collect();
         // A move whose replacements cannot be placed is called off; the node stays, serving.
         let cancel_moves: Vec<NodeId> = if unplaced.is_empty() {
             Vec::new()
@@ -540,6 +618,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             && unplaced.is_empty()
             && new_nodes.is_empty()
             && st.runners.iter().all(|r| r.runner.ready);
+        let warm = warm_regions(index, st);
+        let warm_offering = |id: OfferingId| {
+            let o = index.offering(id);
+            warm.contains(&(o.cloud, o.region.as_str()))
+        };
         let consolidate = match opts.consolidation_horizon {
             Some(horizon) if steady && app.scaling.consolidation && !st.nodes.is_empty() => {
                 let live: Vec<NodeView> = st.nodes.iter().filter(|n| hosted[&n.id] > 0).cloned().collect();
@@ -573,6 +656,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     cold_start: st.demand.cold_start,
                     min_billing: st.demand.recreate.saturating_sub(st.demand.cold_start),
                     now,
+                    weights: st.cold_start.as_ref().map(|m| (m, &warm_offering as &dyn Fn(OfferingId) -> bool)),
                 })
             }
             _ => None,

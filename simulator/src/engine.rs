@@ -93,6 +93,8 @@ struct Node {
     /// When the node's disk holds the model's weights (fetched, or being fetched until then):
     /// `[weights]` scenarios only.
     holds_at: Option<u64>,
+    /// Since when every runner it had has stopped (none while one runs or none ever started).
+    empty_since_ms: Option<u64>,
 }
 
 struct Runner {
@@ -497,7 +499,11 @@ impl<'a> Engine<'a> {
         let runner = &mut self.runners[r];
         runner.stopped = true;
         runner.ready = false;
+        let node = runner.node;
         let lost = std::mem::take(&mut runner.in_flight);
+        if self.nodes[node].runners.iter().all(|x| self.runners[*x].stopped) {
+            self.nodes[node].empty_since_ms.get_or_insert(self.now);
+        }
         for req in lost.into_iter().rev() {
             self.assigned[req] = NONE;
             self.queue.push_front(req);
@@ -605,6 +611,8 @@ impl<'a> Engine<'a> {
                     leaving: n.leaving,
                     replaced: n.replaced,
                     billed_since: Some(self.at(n.launched_ms)),
+                    holds_weights: n.holds_at.is_some(),
+                    empty_since: n.empty_since_ms.map(|t| self.at(t)),
                     ..NodeView::new(id as u64, n.offering, n.slots)
                 })
                 .collect();
@@ -620,6 +628,7 @@ impl<'a> Engine<'a> {
                 month_to_date: Money::ZERO,
                 demand,
                 outside_burn: Money::ZERO,
+                cold_start: if i == self.demand_app { self.cold_start_model(i) } else { None },
             };
             apps.insert(app.name.clone(), st);
         }
@@ -761,6 +770,26 @@ impl<'a> Engine<'a> {
         h
     }
 
+    /// The weights model the planner weighs new nodes and empty ones with (`[weights]` with the
+    /// cache and `cold_start_aware` on): provision and boot on the cloud of the app's cheapest
+    /// offering now, over the consolidation horizon (an hour without one).
+    fn cold_start_model(&self, app: usize) -> Option<fleet_policies::coldstart::ColdStartModel> {
+        let w = self.sc.weights.as_ref().filter(|w| w.cache && w.cold_start_aware)?;
+        let cloud = match self.index.best(app, &RankInput::new(self.at(self.now), &self.cache)) {
+            Some(c) => self.sc.cloud(self.index.offering(c.offering).cloud),
+            None => &self.sc.default_cloud,
+        };
+        Some(fleet_policies::coldstart::ColdStartModel {
+            size_gb: w.size_gb,
+            origin_gb_per_s: w.origin_gb_per_s,
+            peer_gb_per_s: w.peer_gb_per_s,
+            disk_gb_per_s: w.disk_gb_per_s,
+            egress_per_gb: w.egress_per_gb,
+            provision_and_boot: cloud.provision_delay + cloud.boot,
+            horizon: self.sc.consolidation_horizon.unwrap_or(Duration::from_secs(3600)),
+        })
+    }
+
     fn add_runner(&mut self, app: usize, node: usize) {
         let id = self.runners.len();
         self.runners.push(Runner {
@@ -775,6 +804,7 @@ impl<'a> Engine<'a> {
             draining: false,
         });
         self.nodes[node].runners.push(id);
+        self.nodes[node].empty_since_ms = None;
         self.live_runners.insert(id);
         self.report.cold_starts += 1;
         if self.nodes[node].up {
@@ -812,6 +842,7 @@ impl<'a> Engine<'a> {
             ended_ms: None,
             runners: Vec::new(),
             holds_at: None,
+            empty_since_ms: None,
         });
         let boot = ms(self.sc.cloud(self.index.offering(offering).cloud).boot);
         if let Some(p) = &mut self.report.weights {

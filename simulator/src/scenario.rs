@@ -115,6 +115,9 @@ pub struct Weights {
     pub egress_per_gb: fleet_core::Money,
     /// fleet's node cache with peers; off: every node fetches from the origin.
     pub cache: bool,
+    /// With the cache: new nodes prefer regions that hold the weights and a region's last copy
+    /// is kept a while (`fleet_policies::coldstart`); off: placement by price alone.
+    pub cold_start_aware: bool,
 }
 
 /// Where one fetch reads from.
@@ -236,6 +239,7 @@ struct RawWeights {
     disk_gb_per_s: Option<f64>,
     egress_dollars_per_gb: Option<String>,
     cache: Option<bool>,
+    cold_start_aware: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +434,7 @@ impl Scenario {
                     disk_gb_per_s: rate(w.disk_gb_per_s, "disk_gb_per_s", 7.0)?,
                     egress_per_gb: egress,
                     cache: w.cache.unwrap_or(true),
+                    cold_start_aware: w.cold_start_aware.unwrap_or(true),
                 })
             }
         };

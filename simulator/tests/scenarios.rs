@@ -434,3 +434,27 @@ fn weights_come_from_the_origin_once_per_region_with_the_cache_and_once_per_node
     let e = Scenario::load(&bad.path("scenario.toml")).err().unwrap().to_string();
     assert!(e.contains("weights.egress_dollars_per_gb"), "{e}");
 }
+
+/// The shipped 70B example three ways: fleet's cache with cold-start-aware decisions (the
+/// default), the cache with placement and consolidation by price alone, and no cache. Each step
+/// reads the origin less and costs less, cold starts and egress included.
+#[test]
+fn cold_start_aware_decisions_read_the_origin_less_and_cost_less_on_the_70b_example() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/weights-70b.toml");
+    let aware = Scenario::load(&path).unwrap();
+    let mut unaware = aware.clone();
+    unaware.weights.as_mut().unwrap().cold_start_aware = false;
+    let mut no_cache = aware.clone();
+    no_cache.weights.as_mut().unwrap().cache = false;
+    let figures = |sc: &Scenario| {
+        let r = fleet_simulator::run(sc).unwrap();
+        let w = r.weights.clone().unwrap();
+        (w.from_origin, r.cost + w.origin_egress, r.served, r.slo_attainment)
+    };
+    let (a, u, n) = (figures(&aware), figures(&unaware), figures(&no_cache));
+    eprintln!("origin fetches, cost + egress, served, SLO: aware {a:?}, unaware {u:?}, no cache {n:?}");
+    assert!(a.0 < u.0 && u.0 < n.0, "origin fetches: {a:?} {u:?} {n:?}");
+    assert!(a.1 < u.1 && u.1 < n.1, "cost + egress: {a:?} {u:?} {n:?}");
+    assert_eq!((a.2, u.2), (n.2, n.2), "every policy serves the same requests");
+    assert!(a.3 >= u.3, "no worse at the SLO: {a:?} {u:?}");
+}

@@ -711,3 +711,87 @@ fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
     stopped.sort_unstable();
     assert_eq!(stopped, [2, 3], "the busy runner stays as the floor");
 }
+
+/// A 70B model: 280 s from the origin, 20 s from peers, 20 s to load, $12.60 from the origin;
+/// 150 s to provision and boot; weighed over `horizon_s`.
+fn llama70b(horizon_s: u64) -> crate::coldstart::ColdStartModel {
+    crate::coldstart::ColdStartModel {
+        size_gb: 140.0,
+        origin_gb_per_s: 0.5,
+        peer_gb_per_s: 7.0,
+        disk_gb_per_s: 7.0,
+        egress_per_gb: Money::parse_decimal("0.09").unwrap(),
+        provision_and_boot: Duration::from_secs(150),
+        horizon: Duration::from_secs(horizon_s),
+    }
+}
+
+const WHOLE_NODES: &str = "[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.placement]\nspot = \"on-demand\"\n[apps.llm.scaling]\nmax_concurrency = 4\n";
+
+fn busy_on(node: u64) -> RunnerView {
+    RunnerView {
+        runner: RunnerInfo { id: node, ready: true, in_flight: 1, idle_since: None, slot_price: Price::ZERO },
+        node,
+    }
+}
+
+#[test]
+fn a_new_node_goes_where_the_weights_are_when_its_cold_start_is_worth_more_than_the_price_gap() {
+    let s = spec(WHOLE_NODES);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    // A busy node on GCP (offering 3, $43.07/h) holds the weights; one more runner is wanted.
+    let app = |model: Option<crate::coldstart::ColdStartModel>| AppView {
+        queued: 1,
+        in_flight: 1,
+        runners: vec![busy_on(10)],
+        nodes: vec![NodeView { holds_weights: true, ..NodeView::new(10, 3, 1) }],
+        cold_start: model,
+        ..AppView::default()
+    };
+    let first = |model| {
+        let p = plan(&index, &s, &state(&cache, vec![("llm", app(model))]), &PlanOptions::default());
+        let n = p.apps[0].new_nodes.first().unwrap_or_else(|| panic!("{:?}", p.apps[0]));
+        (index.offering(n.candidates[0].offering).cloud, n.candidates.len())
+    };
+    // By price alone, Lambda ($23.92/h) first.
+    assert_eq!(first(None).0, Cloud::Lambda);
+    // Over an hour, Lambda still: $23.92 × (450 s + 1 h) + $12.60 = $39.51 against GCP's warm
+    // $43.07 × (190 s + 1 h) = $45.34.
+    assert_eq!(first(Some(llama70b(3600))).0, Cloud::Lambda);
+    // Over ten minutes the cold start dominates: Lambda $19.58, GCP $9.45: GCP first, and the
+    // same candidates (only their order moves).
+    let (cloud, n) = first(Some(llama70b(600)));
+    assert_eq!((cloud, n), (Cloud::Gcp, first(None).1));
+}
+
+#[test]
+fn an_empty_node_with_its_regions_last_copy_stays_while_that_copy_is_worth_keeping() {
+    let s = spec(WHOLE_NODES);
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let model = Some(llama70b(3600));
+    let empty = |secs: i64| NodeView {
+        holds_weights: true,
+        empty_since: Some(t0() - chrono::Duration::seconds(secs)),
+        ..NodeView::new(10, 3, 1)
+    };
+    let released = |st: AppView| {
+        plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default()).apps[0].release_nodes.clone()
+    };
+    // At $43.07/h the copy is worth 260 s of slower fetch and $12.60 (1,053 s of the node): 1,313 s.
+    let kept = AppView { nodes: vec![empty(300)], cold_start: model, ..AppView::default() };
+    assert!(released(kept).is_empty(), "empty for 5 minutes: kept");
+    let stale = AppView { nodes: vec![empty(1400)], cold_start: model, ..AppView::default() };
+    assert_eq!(released(stale), [10], "empty past what the copy is worth: released");
+    let unaware = AppView { nodes: vec![empty(300)], ..AppView::default() };
+    assert_eq!(released(unaware), [10], "no cold-start model: released as before");
+    // Another node of the region holds the weights and serves: this one is not the last copy.
+    let other = AppView {
+        runners: vec![busy_on(11)],
+        nodes: vec![empty(300), NodeView { holds_weights: true, ..NodeView::new(11, 3, 1) }],
+        cold_start: model,
+        ..AppView::default()
+    };
+    assert_eq!(released(other), [10]);
+}
