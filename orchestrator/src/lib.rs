@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod clouds;
+pub mod coldstart;
 pub mod crashpoint;
 pub mod dashboard;
 pub mod events;

@@ -707,6 +707,28 @@ fn serve_pinned_model(
     assert_eq!(metric(&f, "fleet_cold_start_seconds_count{phase=\"load\",app=\"chat\"}"), 1.0);
     let from_origin = metric(&f, "fleet_model_bytes_total{app=\"chat\",source=\"origin\"}");
     assert_eq!(from_origin, pushed.bytes as f64, "the one node took the whole model from the origin");
+    // fleetd learned the app's cold start from that report, for placement and scale-down: the
+    // weights' size is the model's.
+    assert!(f.saw("cold-start model learned", Duration::from_secs(10)), "{}", f.log());
+    let line = f.log().lines().find(|l| l.contains("cold-start model learned")).unwrap().to_string();
+    // The log's colours out, then `key=value` fields.
+    let mut learned = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            learned.push(c);
+        }
+    }
+    let field = |k: &str| {
+        learned.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
+    };
+    let size: f64 = field("size_gb").parse().unwrap_or_else(|_| panic!("{learned}"));
+    assert!((size - pushed.bytes as f64 / 1e9).abs() < 1e-12, "{learned}");
+    // An object store bills its reads; a directory on the machine does not.
+    let egress = if matches!(origin, fleet_core::artifact::Origin::S3 { .. }) { "$0.09" } else { "$0.00" };
+    assert_eq!(field("egress_per_gb"), egress, "{learned}");
     // The node's cache holds the model, as pinned, its files hard links into the chunked store.
     let mut caches = Vec::new();
     find_dirs(&dir.path().join("local"), "cache", &mut caches);

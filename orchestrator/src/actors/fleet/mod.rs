@@ -78,6 +78,11 @@ pub struct FleetState {
     pub(super) applied: Option<Applied>,
     pub(super) unavailable: UnavailableCache,
     pub(super) pending_since: HashMap<String, Time>,
+    /// When each node of an app with a pinned model was first seen with no runner
+    /// ([`crate::coldstart::annotate`]; a restarted fleetd starts counting again).
+    pub(super) empty_since: HashMap<NodeId, Time>,
+    /// Each pinned app's cold-start model as last learned (logged when it changes).
+    pub(super) cold_models: HashMap<String, fleet_policies::coldstart::ColdStartModel>,
     /// What each app's autoscaler has learned of its demand (`keep_alive = "auto"`, `predict`).
     pub(super) demand: HashMap<String, fleet_policies::autoscale::DemandHistory>,
     pub(super) clouds: BTreeMap<Cloud, ActorRef<CloudMsg>>,
@@ -180,6 +185,8 @@ impl Actor for FleetActor {
             applied: None,
             unavailable: UnavailableCache::default(),
             pending_since: HashMap::new(),
+            empty_since: HashMap::new(),
+            cold_models: HashMap::new(),
             demand: HashMap::new(),
             clouds,
             restarts: HashMap::new(),

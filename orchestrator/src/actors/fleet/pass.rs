@@ -281,6 +281,35 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
         (h.recreate, h.cold_start) = (recreate, cold_start);
         view.demand = h;
     }
+    // Apps with a pinned model: their cold starts as their agents reported them, for
+    // cold-start-aware placement and scale-down.
+    if applied.spec.apps.iter().any(|a| a.model.is_some()) {
+        let agents = st.informer.agents();
+        let agent_refs: Vec<&fleet_state::model::AgentRecord> = agents.iter().map(|a| a.as_ref()).collect();
+        let by_node: HashMap<u64, &fleet_state::model::AgentRecord> = agent_refs.iter().map(|a| (a.node, *a)).collect();
+        let node_refs: Vec<&NodeRecord> = nodes.iter().map(|n| n.as_ref()).collect();
+        for app in applied.spec.apps.iter().filter(|a| a.model.is_some()) {
+            let Some(view) = state.apps.get_mut(&app.name) else { continue };
+            view.cold_start = crate::coldstart::learn(
+                app,
+                &agent_refs,
+                &node_refs,
+                ctx.config.cold_start,
+                ctx.config.consolidation_horizon,
+            );
+            if let Some(m) = view.cold_start {
+                crate::coldstart::annotate(view, app, &by_node, &mut st.empty_since, now);
+                if st.cold_models.insert(app.name.clone(), m) != Some(m) {
+                    tracing::info!(app = %app.name, size_gb = m.size_gb, origin_gb_per_s = m.origin_gb_per_s,
+                        peer_gb_per_s = m.peer_gb_per_s, disk_gb_per_s = m.disk_gb_per_s,
+                        provision_and_boot_s = m.provision_and_boot.as_secs_f64(), egress_per_gb = %m.egress_per_gb,
+                        "cold-start model learned from the agents' reports: placement and scale-down weigh it");
+                }
+            }
+        }
+        let live: std::collections::HashSet<u64> = nodes.iter().map(|n| n.id).collect();
+        st.empty_since.retain(|id, _| live.contains(id));
+    }
     phases.mark("state");
     let opts = PlanOptions { consolidation_horizon: ctx.config.consolidation_horizon, ..PlanOptions::default() };
     let plan = plan::plan(&applied.index, &applied.spec, &state, &opts);
