@@ -52,6 +52,17 @@ fn cold_start_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 19))
 }
 
+/// A node's side of a cold start, counted when it becomes ready: `provision` from its record to
+/// the cloud's launch answer (waiting for the launch gate and the call itself), `bootstrap` from
+/// then to its agent healthy (the machine's boot, the agent's install and start, its burn-in).
+pub fn observe_node_ready(m: &Metrics, before: &fleet_state::model::NodeRecord, now: fleet_core::Time) {
+    let fleet_state::lifecycle::node::NodePhase::Bootstrapping { since, .. } = &before.state else { return };
+    let secs = |d: chrono::TimeDelta| d.to_std().unwrap_or_default().as_secs_f64();
+    for (phase, s) in [("provision", secs(*since - before.created_at)), ("bootstrap", secs(now - *since))] {
+        m.cold_start_seconds.get_or_create(&PhaseLabels { phase: phase.into(), app: before.app.clone() }).observe(s);
+    }
+}
+
 /// Counts the cold starts agents report that are not counted yet (reported after this fleetd
 /// started: a restart does not count old ones again).
 pub fn observe_cold_starts(m: &Metrics, agents: &[std::sync::Arc<fleet_state::model::AgentRecord>]) {
@@ -323,7 +334,7 @@ impl Metrics {
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register(
             "cold_start_seconds",
-            "Runners' cold starts on their nodes by phase (fetch: the model into the node's cache; load), as agents report them",
+            "Cold starts by phase: a node's provision (record to launch answer) and bootstrap (to its agent ready), as fleetd sees them; a runner's fetch (the model into the node's cache) and load, as agents report them",
             m.cold_start_seconds.clone(),
         );
         r.register(

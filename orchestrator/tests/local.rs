@@ -705,6 +705,11 @@ fn serve_pinned_model(
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(&f, "fleet_cold_start_seconds_count{phase=\"load\",app=\"chat\"}"), 1.0);
+    // The node's side: from its record to the launch answer, then to its agent ready.
+    for phase in ["provision", "bootstrap"] {
+        let series = format!("fleet_cold_start_seconds_count{{phase=\"{phase}\",app=\"chat\"}}");
+        assert_eq!(metric(&f, &series), 1.0, "{phase}");
+    }
     let from_origin = metric(&f, "fleet_model_bytes_total{app=\"chat\",source=\"origin\"}");
     assert_eq!(from_origin, pushed.bytes as f64, "the one node took the whole model from the origin");
     // fleetd learned the app's cold start from that report, for placement and scale-down: the

@@ -155,7 +155,9 @@ impl NodeState {
                     true => match ctx.bootstrap.bootstrap(&rec, &inst).await {
                         Ok(true) => {
                             tracing::info!(node = id, instance = %instance_id, "node ready");
-                            apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?;
+                            if apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?.is_some() {
+                                crate::metrics::observe_node_ready(&ctx.metrics, &rec, ctx.clock.now());
+                            }
                             crate::crashpoint::hit("node.ready");
                         }
                         Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
