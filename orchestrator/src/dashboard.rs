@@ -114,9 +114,13 @@ pub struct NodeCounts {
     pub by_state: BTreeMap<String, u32>,
 }
 
-/// The cold starts the app's nodes reported (the last few of each node).
+/// The app's cold starts: its ready nodes' provision (record to launch answer) and bootstrap
+/// (launch answer to ready), and the fetch and load its nodes reported (the last few of each).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ColdStarts {
+    pub nodes: u32,
+    pub provision_p50_s: Option<f64>,
+    pub bootstrap_p50_s: Option<f64>,
     pub count: u32,
     pub fetch_p50_s: Option<f64>,
     pub fetch_max_s: Option<f64>,
@@ -374,12 +378,25 @@ fn rates(app: &str, history: &[Sample]) -> (Option<f64>, Option<f64>, Option<Mon
 
 use crate::serving::quantile;
 
-fn cold_starts(app: &str, agents: &[AgentRecord]) -> ColdStarts {
+fn cold_starts(app: &str, agents: &[AgentRecord], nodes: &[NodeRecord]) -> ColdStarts {
+    let secs = |d: chrono::TimeDelta| d.to_std().ok().map(|d| d.as_secs_f64());
+    let (mut provision, mut bootstrap) = (Vec::new(), Vec::new());
+    for n in nodes.iter().filter(|n| n.app == app) {
+        if let (fleet_state::lifecycle::node::NodePhase::Ready { since, .. }, Some(billed)) =
+            (&n.state, n.billing_since)
+        {
+            provision.extend(secs(billed - n.created_at));
+            bootstrap.extend(secs(*since - billed));
+        }
+    }
     let all: Vec<&fleet_state::model::ColdStart> =
         agents.iter().flat_map(|a| a.health.cold_starts.iter()).filter(|c| c.app == app).collect();
     let fetch: Vec<f64> = all.iter().map(|c| c.fetch_s).collect();
     let load: Vec<f64> = all.iter().map(|c| c.load_s).collect();
     ColdStarts {
+        nodes: provision.len() as u32,
+        provision_p50_s: quantile(provision, 0.5),
+        bootstrap_p50_s: quantile(bootstrap, 0.5),
         count: all.len() as u32,
         fetch_p50_s: quantile(fetch.clone(), 0.5),
         fetch_max_s: quantile(fetch, 1.0),
@@ -432,7 +449,7 @@ async fn overview(
                 requests_per_s,
                 error_rate,
                 cost_per_1k_requests,
-                cold_starts: cold_starts(name, &read.agents),
+                cold_starts: cold_starts(name, &read.agents, &read.nodes),
             };
             (name.clone(), view)
         })

@@ -454,6 +454,9 @@ async fn the_dashboard_reads_pages_of_tables_and_its_page_needs_no_token() {
     assert_eq!(o["nodes"]["by_cloud"]["lambda"], 3, "{o}");
     assert_eq!(o["nodes"]["by_capacity"]["on-demand"], 3, "{o}");
     assert_eq!(o["apps"]["llm"]["nodes"], 3, "{o}");
+    let cold = &o["apps"]["llm"]["cold_starts"];
+    assert_eq!(cold["nodes"], 3, "every ready node's provision and bootstrap: {cold}");
+    assert!(cold["bootstrap_p50_s"].as_f64().unwrap() > 0.0, "{cold}");
     assert_eq!(o["cost"]["burn_per_hour"], "60.00", "{o}");
     assert_eq!(o["cost"]["budget_per_hour"], "100.00", "{o}");
     let (s, v) = call(&h, Method::GET, "/v1/dashboard?history=999999", "").await;

@@ -172,6 +172,11 @@ fn an_operator_watches_the_fleet_live_in_a_real_browser() {
             .await
             .unwrap();
         assert!(drawn.as_f64().unwrap() > 0.0, "the request rate chart has points");
+        let phases = c
+            .execute("return +document.querySelector('section[data-app=\"chat\"] .cold svg').dataset.points", vec![])
+            .await
+            .unwrap();
+        assert!(phases.as_f64().unwrap() >= 2.0, "the ready node's provision and bootstrap are charted: {phases}");
         eprintln!("screenshot: {}", screenshot(&c, &shots(), "apps").await.display());
 
         // The fleet page: burn against the cap, nodes by cloud, region, capacity and state.
