@@ -43,6 +43,10 @@ pub struct SimAgentConfig {
     /// notice a cloud's metadata endpoint gives two minutes before it takes a spot machine.
     pub spot_notices: u32,
     pub spot_notice_after: Duration,
+    /// For apps whose spec pins a model: its weights' size (GB). Each runner that starts serving
+    /// is reported as a cold start of the pinned model, fetched from the origin at 0.5 GB/s and
+    /// loaded in `load_time`, as a real agent reports one (`None`: no cold starts reported).
+    pub weights_gb: Option<f64>,
 }
 
 impl Default for SimAgentConfig {
@@ -57,6 +61,7 @@ impl Default for SimAgentConfig {
             offerings: Vec::new(),
             spot_notices: 0,
             spot_notice_after: Duration::from_secs(60),
+            weights_gb: None,
         }
     }
 }
@@ -96,6 +101,8 @@ impl SimAgents {
             leases: HashMap::new(),
             jobs: Vec::new(),
             spec_mux: (0, BTreeMap::new()),
+            pinned: BTreeMap::new(),
+            cold_starts: HashMap::new(),
             reported: HashMap::new(),
             notices: HashMap::new(),
             logs: HashMap::new(),
@@ -141,6 +148,10 @@ struct Sim {
     jobs: Vec<Job>,
     /// The applied spec's `max_multiplexing` per app, as of the spec's revision.
     spec_mux: (fleet_state::store::Revision, BTreeMap<String, u32>),
+    /// The applied spec's pinned model digest per app (read with `spec_mux`).
+    pinned: BTreeMap<String, String>,
+    /// The cold starts each node's agent has reported (`SimAgentConfig::weights_gb`).
+    cold_starts: HashMap<NodeId, Vec<fleet_state::model::ColdStart>>,
     /// What each node's agent record last said (runners, in flight): written again on change.
     reported: HashMap<NodeId, (Vec<RunnerId>, u32, bool)>,
     /// The spot interruption notices given so far (`SimAgentConfig::spot_notices`), by node.
@@ -348,6 +359,23 @@ impl Sim {
             let before = self.reported.get(&id).map(|(r, _, _)| r.clone()).unwrap_or_default();
             for r in on.iter().filter(|r| !before.contains(r)) {
                 self.log(id, now, format!("runner {r} serving"));
+                if let (Some(gb), Some(digest)) = (self.cfg.weights_gb, self.pinned.get(&n.app)) {
+                    let bytes = (gb * 1e9) as u64;
+                    let reports = self.cold_starts.entry(id).or_default();
+                    if !reports.iter().any(|c| c.runner == *r) {
+                        reports.push(fleet_state::model::ColdStart {
+                            runner: *r,
+                            app: n.app.clone(),
+                            model: Some(digest.clone()),
+                            fetch_s: gb / 0.5,
+                            load_s: self.cfg.load_time.as_secs_f64(),
+                            bytes_origin: bytes,
+                            bytes_peers: 0,
+                            bytes_cached: 0,
+                            at: now,
+                        });
+                    }
+                }
             }
             for r in before.iter().filter(|r| !on.contains(r)) {
                 self.log(id, now, format!("runner {r} stopped"));
@@ -360,6 +388,7 @@ impl Sim {
                 updated_at: Some(now),
                 devices: devices.clone(),
                 interruption: notice,
+                cold_starts: self.cold_starts.get(&id).cloned().unwrap_or_default(),
                 ..AgentHealth::default()
             };
             let rec =
@@ -408,11 +437,15 @@ impl Sim {
             return Ok(());
         }
         let mut mux = BTreeMap::new();
+        self.pinned.clear();
         if let Ok(stored) = kv.json::<fleet_state::model::StoredSpec>()
             && let Ok(spec) = fleet_core::spec::FleetSpec::parse("applied spec", &stored.toml)
         {
             for a in &spec.apps {
                 mux.insert(a.name.clone(), a.scaling.max_multiplexing);
+                if let Some(m) = &a.model {
+                    self.pinned.insert(a.name.clone(), m.digest.to_string());
+                }
             }
         }
         self.spec_mux = (kv.mod_revision, mux);

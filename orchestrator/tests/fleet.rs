@@ -881,3 +881,56 @@ async fn simulated_agents_multiplex_as_the_spec_says_and_report_gpus_and_runners
     assert_eq!(agent.health.runners.len(), 1);
     assert!(h.ctx.store.get(&h.ctx.keys.agent_log(node)).await.unwrap().is_some(), "a log to show");
 }
+
+/// Cold-start-aware placement through fleetd: an app pins a 140 GB model. Its first node can
+/// only go to GCP ($30/h; Lambda, $24/h, has no capacity then), where its agent reports the cold
+/// start (280 s from the origin). With Lambda back, the app's second node still goes to GCP, the
+/// region holding the weights: over the hour it is weighed on, Lambda's cold start (the fetch
+/// from the origin billed at its price, and $12.60 of egress) costs more than the $6/h it saves.
+/// Without a pinned model, the same second node goes to Lambda.
+#[tokio::test(start_paused = true)]
+async fn a_second_node_goes_where_the_weights_are_when_fetching_them_again_costs_more() {
+    async fn second_node(pinned: bool) -> Cloud {
+        let od = CapacityType::OnDemand;
+        let lambda = h100x8(Cloud::Lambda, "us-east-1", "24", od);
+        let gcp = h100x8(Cloud::Gcp, "us-central1", "30", od);
+        let clouds = vec![
+            CloudSetup::new(Cloud::Lambda, vec![lambda.clone()]).capacity(&lambda, 0),
+            CloudSetup::new(Cloud::Gcp, vec![gcp]),
+        ];
+        let agents = SimAgentConfig { weights_gb: Some(140.0), ..SimAgentConfig::default() };
+        let h = Harness::start(clouds, config(), agents, None).await;
+        let model = if pinned {
+            "[apps.llm.model]\nsource = \"s3://models/llama-70b\"\ndigest = \"sha256:7f83b1657ff1fc53b92dc18148a1d65dfc2d4b1fa3d677284addd200126d9069\"\n"
+        } else {
+            ""
+        };
+        let spec = |n: u32| {
+            format!(
+                "[fleet]\nname = \"test\"\n[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.placement]\nclouds = [\"lambda\", \"gcp\"]\n\
+                 [apps.llm.scaling]\nmin_concurrency = {n}\nmax_concurrency = {n}\nkeep_alive = \"1h\"\n{model}"
+            )
+        };
+        h.apply(&spec(1)).await;
+        let up = h
+            .run_until(Duration::from_secs(300), || async {
+                h.nodes().await.iter().any(|n| matches!(n.state, NodePhase::Ready { .. }))
+            })
+            .await;
+        assert!(up, "the first node is ready");
+        let first = h.nodes().await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].offering().unwrap().cloud, Cloud::Gcp, "Lambda had no capacity");
+        // Lambda has capacity again, and its refusal has been forgotten.
+        h.fakes[&Cloud::Lambda].set_capacity(lambda.key(), 4);
+        h.run_for(Duration::from_secs(660)).await;
+        h.apply(&spec(2)).await;
+        let two = h.run_until(Duration::from_secs(300), || async { h.nodes().await.len() == 2 }).await;
+        assert!(two, "a second node planned");
+        let nodes = h.nodes().await;
+        let second = nodes.iter().find(|n| n.id != first[0].id).unwrap();
+        second.candidates[0].offering.cloud
+    }
+    assert_eq!(second_node(false).await, Cloud::Lambda, "by price alone: Lambda");
+    assert_eq!(second_node(true).await, Cloud::Gcp, "weighing the cold start: where the weights are");
+}
