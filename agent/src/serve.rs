@@ -470,11 +470,17 @@ impl Agent {
         let m = if path.is_dir() {
             // The files read ahead at the disk's sequential speed while candle maps them.
             let _warming = crate::cache::warm(&path);
-            let llm = tokio::task::spawn_blocking(move || crate::llm::Llm::load(&path, &device))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            tracing::info!(runner, app, family = ?llm.family(), batch, "LLM runner loaded");
+            let (llm, first_token) = tokio::task::spawn_blocking(move || {
+                let llm = crate::llm::Llm::load(&path, &device)?;
+                let loaded = std::time::Instant::now();
+                let first = crate::llm::first_token(&llm)?;
+                Ok::<_, crate::llm::LlmError>((llm, first.then(|| loaded.elapsed().as_secs_f64())))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            cold.first_token_s = first_token;
+            tracing::info!(runner, app, family = ?llm.family(), batch, first_token_s = ?first_token, "LLM runner loaded");
             let r = Arc::new(LlmRunner::start(Arc::new(llm), batch));
             self.push_runners.lock().expect("runners lock").insert(runner, r.clone());
             Loaded::Llm(r)
@@ -487,7 +493,7 @@ impl Agent {
             Loaded::Mlp(Arc::new(m))
         };
         self.loaded.insert(runner, (app.to_string(), m.clone()));
-        cold.load_s = loading.elapsed().as_secs_f64();
+        cold.load_s = (loading.elapsed().as_secs_f64() - cold.first_token_s.unwrap_or(0.0)).max(0.0);
         cold.at = now();
         {
             let mut p = self.published.lock().expect("published lock");

@@ -208,7 +208,7 @@ fn describe_agent(a: &Value, h: &Value) {
         let mb = |v: &Value| format!("{:.1}", v.as_f64().unwrap_or(0.0) / 1e6);
         for c in &colds {
             outln!(
-                "  runner {} ({}): fetch {:.2} s ({} MB from the origin, {} from peers, {} cached), load {:.2} s{}",
+                "  runner {} ({}): fetch {:.2} s ({} MB from the origin, {} from peers, {} cached), load {:.2} s{}{}",
                 s(&c["runner"]),
                 s(&c["app"]),
                 c["fetch_s"].as_f64().unwrap_or(0.0),
@@ -216,6 +216,7 @@ fn describe_agent(a: &Value, h: &Value) {
                 mb(&c["bytes_peers"]),
                 mb(&c["bytes_cached"]),
                 c["load_s"].as_f64().unwrap_or(0.0),
+                c["first_token_s"].as_f64().map(|s| format!(", first token {s:.2} s")).unwrap_or_default(),
                 c["model"].as_str().map(|m| format!(", model {}", &m[..m.len().min(19)])).unwrap_or_default()
             );
         }

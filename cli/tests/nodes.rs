@@ -110,6 +110,7 @@ async fn nodes_show_what_their_agents_report() {
             bytes_origin: 2_000_000_000,
             bytes_peers: 14_000_000_000,
             bytes_cached: 0,
+            first_token_s: Some(0.75),
             at: now,
         }],
     };
@@ -148,7 +149,7 @@ async fn nodes_show_what_their_agents_report() {
     assert!(out.contains("Runners:      11, 12") && out.contains("In flight:    1"), "{out}");
     assert!(out.contains("Interruption: aws 'terminate' (not before 2026-11-26T09:00:00Z"), "{out}");
     assert!(
-        out.contains("runner 11 (llm): fetch 12.50 s (2000.0 MB from the origin, 14000.0 from peers, 0.0 cached), load 3.25 s, model sha256:abababababab"),
+        out.contains("runner 11 (llm): fetch 12.50 s (2000.0 MB from the origin, 14000.0 from peers, 0.0 cached), load 3.25 s, first token 0.75 s, model sha256:abababababab"),
         "{out}"
     );
     assert!(out.contains("required 494.5, expected 989, passed"), "{out}");

@@ -160,6 +160,7 @@ mod tests {
             bytes_origin: origin,
             bytes_peers: peers,
             bytes_cached: 0,
+            first_token_s: None,
             at: at(0),
         }
     }

@@ -126,6 +126,8 @@ pub struct ColdStarts {
     pub fetch_max_s: Option<f64>,
     pub load_p50_s: Option<f64>,
     pub load_max_s: Option<f64>,
+    /// Language models: from loaded to the first token.
+    pub first_token_p50_s: Option<f64>,
     pub bytes_origin: u64,
     pub bytes_peers: u64,
     pub bytes_cached: u64,
@@ -402,6 +404,7 @@ fn cold_starts(app: &str, agents: &[AgentRecord], nodes: &[NodeRecord]) -> ColdS
         fetch_max_s: quantile(fetch, 1.0),
         load_p50_s: quantile(load.clone(), 0.5),
         load_max_s: quantile(load, 1.0),
+        first_token_p50_s: quantile(all.iter().filter_map(|c| c.first_token_s).collect(), 0.5),
         bytes_origin: all.iter().map(|c| c.bytes_origin).sum(),
         bytes_peers: all.iter().map(|c| c.bytes_peers).sum(),
         bytes_cached: all.iter().map(|c| c.bytes_cached).sum(),

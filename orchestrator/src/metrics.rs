@@ -74,8 +74,12 @@ pub fn observe_cold_starts(m: &Metrics, agents: &[std::sync::Arc<fleet_state::mo
             if c.at < m.started || !seen.insert((a.node, c.runner, c.at.timestamp_micros())) {
                 continue;
             }
-            for (phase, s) in [("fetch", c.fetch_s), ("load", c.load_s)] {
-                m.cold_start_seconds.get_or_create(&PhaseLabels { phase: phase.into(), app: c.app.clone() }).observe(s);
+            for (phase, s) in [("fetch", Some(c.fetch_s)), ("load", Some(c.load_s)), ("first_token", c.first_token_s)] {
+                if let Some(s) = s {
+                    m.cold_start_seconds
+                        .get_or_create(&PhaseLabels { phase: phase.into(), app: c.app.clone() })
+                        .observe(s);
+                }
             }
             for (source, n) in [("origin", c.bytes_origin), ("peers", c.bytes_peers), ("cache", c.bytes_cached)] {
                 m.model_bytes.get_or_create(&SourceLabels { app: c.app.clone(), source: source.into() }).inc_by(n);
@@ -334,7 +338,7 @@ impl Metrics {
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register(
             "cold_start_seconds",
-            "Cold starts by phase: a node's provision (record to launch answer) and bootstrap (to its agent ready), as fleetd sees them; a runner's fetch (the model into the node's cache) and load, as agents report them",
+            "Cold starts by phase: a node's provision (record to launch answer) and bootstrap (to its agent ready), as fleetd sees them; a runner's fetch (the model into the node's cache), load and first token, as agents report them",
             m.cold_start_seconds.clone(),
         );
         r.register(

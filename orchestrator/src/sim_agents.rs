@@ -372,6 +372,7 @@ impl Sim {
                             bytes_origin: bytes,
                             bytes_peers: 0,
                             bytes_cached: 0,
+                            first_token_s: None,
                             at: now,
                         });
                     }

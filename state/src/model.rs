@@ -272,6 +272,10 @@ pub struct ColdStart {
     pub bytes_peers: u64,
     /// Bytes found in the node's cache (nothing fetched for them).
     pub bytes_cached: u64,
+    /// From the model loaded to its first token (a one-token generation right after the load:
+    /// the device's first forward, kernels and caches warming); language models only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_s: Option<f64>,
     pub at: Time,
 }
 

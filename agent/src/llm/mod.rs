@@ -163,6 +163,20 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LlmError> {
     })
 }
 
+/// A runner's first token, right after its model loads: one token generated from a short
+/// prompt, so the device's first forward (kernels loaded, caches allocated) is paid before a
+/// request waits on it, and timed as a cold start's last phase. `false`: the tokenizer gives no
+/// token for the prompt (nothing generated).
+pub fn first_token(llm: &Llm) -> Result<bool, LlmError> {
+    let prompt = llm.tokenize("Hello")?;
+    if prompt.is_empty() {
+        return Ok(false);
+    }
+    let mut seq = llm.start(prompt, &Params { max_tokens: 1, ..Params::default() })?;
+    llm.step(&mut seq)?;
+    Ok(true)
+}
+
 impl Llm {
     /// Loads the model in `dir` onto `device` (f32 on the CPU, bf16 on CUDA).
     pub fn load(dir: &Path, device: &Device) -> Result<Llm, LlmError> {
