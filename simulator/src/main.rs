@@ -68,6 +68,10 @@ enum Command {
         /// named after it, when several are compared with --baselines).
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
+        /// Write one self-contained page with every run side by side here (the first run's
+        /// charts, and each run's burn and waits).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -128,7 +132,7 @@ fn main() -> ExitCode {
                     Output::Table => out(&Report::table(&reports.iter().collect::<Vec<_>>()))?,
                 }
             }
-            Command::Compare { scenarios, seed, output, baselines: true, plots } => {
+            Command::Compare { scenarios, seed, output, baselines: true, plots, html } => {
                 let mut reports = Vec::new();
                 for p in &scenarios {
                     let sc = load(p, seed, None)?;
@@ -141,6 +145,10 @@ fn main() -> ExitCode {
                             eprintln!("wrote {}", p.display());
                         }
                     }
+                }
+                if let Some(file) = &html {
+                    fleet_simulator::html::write(&reports.iter().collect::<Vec<_>>(), file)?;
+                    eprintln!("wrote {}", file.display());
                 }
                 match output {
                     Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,
@@ -159,7 +167,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Compare { scenarios, seed, output, baselines: false, plots } => {
+            Command::Compare { scenarios, seed, output, baselines: false, plots, html } => {
                 let mut reports = Vec::new();
                 let mut first_demand = None;
                 for p in &scenarios {
@@ -177,6 +185,10 @@ fn main() -> ExitCode {
                     for p in fleet_simulator::plots::compare(&reports.iter().collect::<Vec<_>>(), dir)? {
                         eprintln!("wrote {}", p.display());
                     }
+                }
+                if let Some(file) = &html {
+                    fleet_simulator::html::write(&reports.iter().collect::<Vec<_>>(), file)?;
+                    eprintln!("wrote {}", file.display());
                 }
                 match output {
                     Output::Json => out(&format!("{}\n", serde_json::to_string_pretty(&reports)?))?,

@@ -46,3 +46,23 @@ fn the_report_page_holds_every_run_and_fetches_nothing() {
     assert_eq!(timeline.last().unwrap()["cold_starts"], reports[0]["cold_starts"], "cold starts counted to the end");
     assert!(!main["by_cloud"].as_array().unwrap().is_empty() && !main["wait_cdf"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn compare_writes_every_run_side_by_side_on_one_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("compare.html");
+    let ex = |f: &str| format!("{}/examples/{f}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetsim"))
+        .args(["compare", &ex("poisson.toml"), &ex("poisson-on-demand.toml"), "-o", "json", "--html"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        let name = r["scenario"].as_str().unwrap();
+        assert!(html.contains(&format!("\"name\":\"{name}\"")), "{name} on the page");
+    }
+}
