@@ -118,6 +118,51 @@ impl Drop for Machines {
     }
 }
 
+/// fleetd's arguments for nodes on moto's EC2 bootstrapped over SSH into the loopback sshd (each
+/// node's agent in `nodes_dir/node-{id}`), on real etcd, data in `data`, the agent's extra
+/// config from `extra`.
+fn ssh_daemon(
+    etcd: &EtcdServer,
+    moto: &Moto,
+    sshd: &SshServer,
+    key: &Path,
+    nodes_dir: &Path,
+    data: &Path,
+    extra: &Path,
+) -> Vec<String> {
+    let agent_bin = Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    std::fs::create_dir_all(data).unwrap();
+    let mut a = aws_args(FLEET, moto, SPEC, data);
+    a.extend(
+        [
+            "--etcd",
+            &etcd.client_url,
+            "--leader-ttl",
+            "3",
+            "--data-dir",
+            &data.display().to_string(),
+            "--bootstrap",
+            "ssh",
+            "--ssh-user",
+            &sshd.user,
+            "--ssh-key",
+            &key.display().to_string(),
+            "--agent-binary",
+            &agent_bin.display().to_string(),
+            "--agent-dir",
+            &format!("{}/node-{{node}}", nodes_dir.display()),
+            "--agent-config",
+            &extra.display().to_string(),
+            "--ssh-connect-override",
+            &format!("127.0.0.1:{}", sshd.port),
+            // The "machines" are this CPU box: no H100 to hold them to.
+            "--skip-hardware-check",
+        ]
+        .map(String::from),
+    );
+    a
+}
+
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
@@ -152,37 +197,8 @@ fn requests_survive_an_interruption_and_a_daemon_restart_on_real_components() {
     .unwrap();
     let daemon = |name: &str| {
         let data = dir.path().join(name);
-        std::fs::create_dir_all(&data).unwrap();
-        let mut a = aws_args(FLEET, &moto, SPEC, &data);
-        a.extend(
-            [
-                "--etcd",
-                &etcd.client_url,
-                "--leader-ttl",
-                "3",
-                "--data-dir",
-                &data.display().to_string(),
-                "--bootstrap",
-                "ssh",
-                "--ssh-user",
-                &sshd.user,
-                "--ssh-key",
-                &key.display().to_string(),
-                "--agent-binary",
-                &agent_bin.display().to_string(),
-                "--agent-dir",
-                &format!("{}/node-{{node}}", nodes_dir.display()),
-                "--model",
-                &format!("chat={}", model.display()),
-                "--agent-config",
-                &extra.display().to_string(),
-                "--ssh-connect-override",
-                &format!("127.0.0.1:{}", sshd.port),
-                // The "machines" are this CPU box: no H100 to hold them to.
-                "--skip-hardware-check",
-            ]
-            .map(String::from),
-        );
+        let mut a = ssh_daemon(&etcd, &moto, &sshd, &key, &nodes_dir, &data, &extra);
+        a.extend(["--model".to_string(), format!("chat={}", model.display())]);
         a
     };
     let input = r#"{"x": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]}"#;
@@ -288,4 +304,103 @@ fn requests_survive_an_interruption_and_a_daemon_restart_on_real_components() {
         all.len(),
         live_instances(&moto, FLEET).len()
     );
+}
+
+/// A pinned model on an SSH-bootstrapped node: fleetd is given no model file; the spec pins a
+/// language model pushed to an origin, the bootstrap writes the pin and the node's cache into
+/// the agent's config, and the agent fetches it into its cache and answers as the model does
+/// alone; fleetd counts the cold start and learns the app's cold-start model from it.
+#[test]
+fn a_pinned_model_reaches_an_ssh_bootstrapped_node_through_its_cache() {
+    let agent_bin = Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    assert!(agent_bin.is_file(), "fleet-agent beside fleetd: build the workspace first (cargo build --workspace)");
+    let etcd = EtcdServer::start();
+    let moto = Moto::start();
+    let sshd = SshServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes_dir = dir.path().join("nodes");
+    std::fs::create_dir_all(&nodes_dir).unwrap();
+    let _machines = Machines(nodes_dir.clone());
+    let key = dir.path().join("fleet_key");
+    std::fs::write(&key, &sshd.user_key).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let model = dir.path().join("tiny-llama");
+    let made = Command::new(&agent_bin).args(["make-llm", "--family", "qwen2"]).arg(&model).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let origin_dir = dir.path().join("origin");
+    std::fs::create_dir_all(&origin_dir).unwrap();
+    let origin: fleet_core::artifact::Origin = format!("file://{}", origin_dir.display()).parse().unwrap();
+    let store = Arc::new(fleet_providers::origin::file::FileOrigin::new(origin_dir.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let pushed = rt.block_on(fleet_providers::origin::push(&model, &origin, store, 64 << 10)).unwrap();
+    let extra = dir.path().join("agent-extra.toml");
+    std::fs::write(&extra, "[burn_in]\ncpu_size = 128\niterations = 1\n").unwrap();
+    let args = ssh_daemon(&etcd, &moto, &sshd, &key, &nodes_dir, &dir.path().join("d"), &extra);
+    let f = Fleetd::start(&args, None);
+    assert!(f.saw("fleetd acting", Duration::from_secs(20)), "{}", f.log());
+    let spec = SPEC.replace("min_concurrency = 2\nmax_concurrency = 3", "min_concurrency = 1\nmax_concurrency = 1");
+    f.put_spec(&aws_spec(
+        &format!("{spec}\n[apps.chat.model]\nsource = \"{origin}\"\ndigest = \"{}\"\n", pushed.digest),
+        &moto,
+    ));
+    let body = serde_json::json!({ "input": { "prompt": "hello world", "max_tokens": 5 } }).to_string();
+    let (s, b) = f.call("POST", "/v1/apps/chat/requests", &body);
+    assert_eq!(s, 202, "{b}");
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap();
+    let t = Instant::now();
+    while !f.unfinished("chat", &[id]).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(150), "unanswered after 150 s:\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
+    let alone = Command::new(&agent_bin)
+        .args(["generate", "--max-tokens", "5", "--model"])
+        .arg(&model)
+        .arg("hello world")
+        .output()
+        .unwrap();
+    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(r["state"]["output"]["text"], alone["text"], "{r}");
+    // The node's agent config carries the pin and a cache under its own directory, and the
+    // cache holds the model as pinned.
+    let node =
+        f.get("/v1/nodes").as_array().unwrap().iter().find(|n| n["state"]["state"] == "ready").unwrap()["id"].clone();
+    let agent_dir = nodes_dir.join(format!("node-{node}"));
+    let config = std::fs::read_dir(&agent_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .find(|c| c.contains("digest"))
+        .unwrap_or_else(|| panic!("an agent config with the pin in {}", agent_dir.display()));
+    assert!(config.contains(&pushed.digest.to_string()) && config.contains("[cache]"), "{config}");
+    let cached = walk(&agent_dir).into_iter().filter(|p| p.ends_with(pushed.digest.hex())).count();
+    assert!(cached >= 1, "the model in the node's cache under {}", agent_dir.display());
+    let t = Instant::now();
+    loop {
+        let m = f.call("GET", "/metrics", "").1;
+        if metric(&m, "fleet_cold_start_seconds_count{phase=\"fetch\",app=\"chat\"}") == Some(1.0) {
+            assert_eq!(
+                metric(&m, "fleet_model_bytes_total{app=\"chat\",source=\"origin\"}"),
+                Some(pushed.bytes as f64)
+            );
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no cold start counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(f.saw("cold-start model learned", Duration::from_secs(10)), "{}", f.log());
+    eprintln!("e2e: a pinned model ({} bytes) reached node {node} over SSH bootstrap, through its cache", pushed.bytes);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out
 }
