@@ -53,12 +53,24 @@ fn cold_start_histogram() -> Histogram {
 }
 
 /// A node's side of a cold start, counted when it becomes ready: `provision` from its record to
-/// the cloud's launch answer (waiting for the launch gate and the call itself), `bootstrap` from
-/// then to its agent healthy (the machine's boot, the agent's install and start, its burn-in).
-pub fn observe_node_ready(m: &Metrics, before: &fleet_state::model::NodeRecord, now: fleet_core::Time) {
+/// the cloud's launch answer (waiting for the launch gate and the call itself), `boot` from then
+/// to its instance first seen running (`booted`; by polling, so within one node poll), and
+/// `bootstrap` from then to its agent healthy (the agent's install and start, its burn-in). A
+/// node whose boot fleetd did not see end (its actor started later) counts provision only.
+pub fn observe_node_ready(
+    m: &Metrics,
+    before: &fleet_state::model::NodeRecord,
+    booted: Option<fleet_core::Time>,
+    now: fleet_core::Time,
+) {
     let fleet_state::lifecycle::node::NodePhase::Bootstrapping { since, .. } = &before.state else { return };
     let secs = |d: chrono::TimeDelta| d.to_std().unwrap_or_default().as_secs_f64();
-    for (phase, s) in [("provision", secs(*since - before.created_at)), ("bootstrap", secs(now - *since))] {
+    let mut phases = vec![("provision", secs(*since - before.created_at))];
+    if let Some(b) = booted {
+        phases.push(("boot", secs(b - *since)));
+        phases.push(("bootstrap", secs(now - b)));
+    }
+    for (phase, s) in phases {
         m.cold_start_seconds.get_or_create(&PhaseLabels { phase: phase.into(), app: before.app.clone() }).observe(s);
     }
 }
@@ -338,7 +350,7 @@ impl Metrics {
         r.register("reconcile_errors", "Reconcile passes that failed", m.reconcile_errors.clone());
         r.register(
             "cold_start_seconds",
-            "Cold starts by phase: a node's provision (record to launch answer) and bootstrap (to its agent ready), as fleetd sees them; a runner's fetch (the model into the node's cache), load and first token, as agents report them",
+            "Cold starts by phase: a node's provision (record to launch answer), boot (to its instance running) and bootstrap (to its agent ready), as fleetd sees them; a runner's fetch (the model into the node's cache), load and first token, as agents report them",
             m.cold_start_seconds.clone(),
         );
         r.register(

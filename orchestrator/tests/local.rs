@@ -706,7 +706,7 @@ fn serve_pinned_model(
     }
     assert_eq!(metric(&f, "fleet_cold_start_seconds_count{phase=\"load\",app=\"chat\"}"), 1.0);
     // The node's side: from its record to the launch answer, then to its agent ready.
-    for phase in ["provision", "bootstrap", "first_token"] {
+    for phase in ["provision", "boot", "bootstrap", "first_token"] {
         let series = format!("fleet_cold_start_seconds_count{{phase=\"{phase}\",app=\"chat\"}}");
         assert_eq!(metric(&f, &series), 1.0, "{phase}");
     }

@@ -46,6 +46,9 @@ pub struct NodeState {
     /// ready with its instance running: nothing to do until something changes.
     runners_settled: bool,
     running: bool,
+    /// When a poll first found the bootstrapping node's instance running (the end of its boot,
+    /// as near as the poll interval tells; unknown to an actor started after that).
+    booted_at: Option<fleet_core::Time>,
 }
 
 fn gone(e: &ProviderError) -> bool {
@@ -150,13 +153,18 @@ impl NodeState {
             NodePhase::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
                 Ok(i) if i.state == InstanceState::Terminated => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
-                Ok(mut inst) => match self.host_keys(&mut inst, (now - *since).to_std().unwrap_or_default()).await? {
+                Ok(mut inst) => match {
+                    if inst.state == InstanceState::Running && self.booted_at.is_none() {
+                        self.booted_at = Some(now);
+                    }
+                    self.host_keys(&mut inst, (now - *since).to_std().unwrap_or_default()).await?
+                } {
                     false => {}
                     true => match ctx.bootstrap.bootstrap(&rec, &inst).await {
                         Ok(true) => {
                             tracing::info!(node = id, instance = %instance_id, "node ready");
                             if apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?.is_some() {
-                                crate::metrics::observe_node_ready(&ctx.metrics, &rec, ctx.clock.now());
+                                crate::metrics::observe_node_ready(&ctx.metrics, &rec, self.booted_at, ctx.clock.now());
                             }
                             crate::crashpoint::hit("node.ready");
                         }
@@ -247,6 +255,7 @@ impl Actor for NodeActor {
             live_runners: usize::MAX,
             runners_settled: false,
             running: false,
+            booted_at: None,
         })
     }
 
