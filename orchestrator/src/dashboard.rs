@@ -114,8 +114,9 @@ pub struct NodeCounts {
     pub by_state: BTreeMap<String, u32>,
 }
 
-/// The app's cold starts: its ready nodes' provision (record to launch answer) and bootstrap
-/// (launch answer to ready), and the fetch and load its nodes reported (the last few of each).
+/// The app's cold starts: its ready nodes' provision (record to launch answer) and boot with
+/// bootstrap (launch answer to ready; the records do not say when the machine was up), and the
+/// fetch, load and first token its nodes reported (the last few of each).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ColdStarts {
     pub nodes: u32,

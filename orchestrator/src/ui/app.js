@@ -327,7 +327,7 @@
         series: rstates.map((st) => ({ name: st, points: hist.map((s) => [ms(s.at), get(s).runners[st] || 0]) })) });
       const cs = a.cold_starts;
       const phases = [];
-      if (cs.nodes) phases.push({ name: 'provision p50', value: cs.provision_p50_s }, { name: 'bootstrap p50', value: cs.bootstrap_p50_s });
+      if (cs.nodes) phases.push({ name: 'provision p50', value: cs.provision_p50_s }, { name: 'boot + bootstrap p50', value: cs.bootstrap_p50_s });
       if (cs.count) phases.push({ name: 'fetch p50', value: cs.fetch_p50_s }, { name: 'fetch max', value: cs.fetch_max_s }, { name: 'load p50', value: cs.load_p50_s }, { name: 'load max', value: cs.load_max_s });
       if (cs.first_token_p50_s !== null && cs.first_token_p50_s !== undefined) phases.push({ name: 'first token p50', value: cs.first_token_p50_s });
       FleetCharts.bars(sec.querySelector('.cold'), { title: n + ': cold starts by phase (' + cs.nodes + ' nodes ready, ' + cs.count + ' runner starts reported)', x: { label: 'duration', unit: 's' }, y: { label: 'phase' }, empty: 'no cold start yet',
