@@ -166,6 +166,27 @@ pub struct Dashboard {
     latest: tokio::sync::watch::Sender<Option<Arc<String>>>,
     /// The newest price change seen (the offerings page's "what changed at the last refresh").
     last_price_change: Mutex<Option<EventRecord>>,
+    /// The charted events of the hour before this fleetd started, per minute: the fleet page's
+    /// events chart covers that hour too (a restart does not blank it).
+    prior_events: Mutex<Vec<MinuteEvents>>,
+}
+
+/// Events of the charted kinds in one minute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinuteEvents {
+    pub at: Time,
+    pub events: BTreeMap<&'static str, u32>,
+}
+
+/// Per-minute counts of the charted kinds among `events` at or after `since`, oldest first.
+pub fn per_minute(events: &[EventRecord], since: Time) -> Vec<MinuteEvents> {
+    let mut out: BTreeMap<i64, BTreeMap<&'static str, u32>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.at >= since && CHARTED.contains(&e.kind)) {
+        *out.entry(e.at.timestamp().div_euclid(60)).or_default().entry(e.kind.name()).or_default() += 1;
+    }
+    out.into_iter()
+        .filter_map(|(m, events)| Some(MinuteEvents { at: chrono::DateTime::from_timestamp(m * 60, 0)?, events }))
+        .collect()
 }
 
 impl Default for Dashboard {
@@ -174,6 +195,7 @@ impl Default for Dashboard {
             history: Mutex::new(VecDeque::with_capacity(KEPT)),
             latest: tokio::sync::watch::channel(None).0,
             last_price_change: Mutex::new(None),
+            prior_events: Mutex::new(Vec::new()),
         }
     }
 }
@@ -214,6 +236,8 @@ pub async fn run(ctx: Arc<Ctx>) {
         Ok(all) => {
             *ctx.dashboard.last_price_change.lock().expect("dashboard") =
                 all.iter().rev().find(|e| e.kind == EventKind::PriceChanged).cloned();
+            let hour_ago = ctx.clock.now() - chrono::TimeDelta::hours(1);
+            *ctx.dashboard.prior_events.lock().expect("dashboard") = per_minute(&all, hour_ago);
             all.last().map(|e| e.id)
         }
         Err(_) => None,
@@ -501,9 +525,12 @@ pub async fn get(
             serde_json::to_value(o).unwrap_or_default()
         }
     };
-    Ok(Json(
-        serde_json::json!({ "overview": overview, "history": ctx.dashboard.history(n), "every_s": EVERY.as_secs_f64() }),
-    ))
+    Ok(Json(serde_json::json!({
+        "overview": overview,
+        "history": ctx.dashboard.history(n),
+        "prior_events": *ctx.dashboard.prior_events.lock().expect("dashboard"),
+        "every_s": EVERY.as_secs_f64(),
+    })))
 }
 
 fn unknown(param: &str, takes: &str) -> ApiError {
@@ -810,6 +837,32 @@ mod tests {
         assert_eq!(per_1k, Some(Money::parse_decimal("0.1").unwrap()));
         assert_eq!(rates("other", &h).2, None, "no requests: no cost per request");
         assert_eq!(rates("chat", &h[..1]), (None, None, None), "one sample gives no rate");
+    }
+
+    #[test]
+    fn events_before_the_start_are_counted_per_minute_for_the_charted_kinds() {
+        let ev = |id: u64, s: i64, kind: EventKind| EventRecord {
+            id,
+            at: at(s),
+            kind,
+            app: None,
+            node: None,
+            message: String::new(),
+        };
+        let events = [
+            ev(1, -10, EventKind::Launched),
+            ev(2, 5, EventKind::Launched),
+            ev(3, 30, EventKind::LaunchFailed),
+            ev(4, 59, EventKind::Ready),
+            ev(5, 70, EventKind::OrphanCollected),
+        ];
+        let m = per_minute(&events, at(0));
+        // 1,800,000,000 s is a whole minute: events at 5 and 30 s share it, 70 s is the next.
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!((m[0].events["launched"], m[0].events["launch-failed"]), (1, 1));
+        assert!(!m[0].events.contains_key("ready"), "not a charted kind");
+        assert_eq!(m[1].events["orphan-collected"], 1);
+        assert_eq!(m[1].at - m[0].at, chrono::TimeDelta::minutes(1));
     }
 
     #[test]

@@ -13,6 +13,7 @@
     who: null,
     overview: null,
     history: [],
+    priorEvents: [],
     every: 2,
     stream: null,
     nodesVersion: null,
@@ -97,6 +98,7 @@
       const d = await api('/v1/dashboard');
       state.overview = d.overview;
       state.history = d.history;
+      state.priorEvents = d.prior_events || [];
       state.every = d.every_s;
     } catch (e) {
       showError(e.message);
@@ -221,7 +223,8 @@
   function eventSeries() {
     const kinds = { launched: 'launches', 'launch-failed': 'failovers (launch refused)', 'instance-lost': 'preemptions / lost', 'orphan-collected': 'orphans collected' };
     const buckets = new Map();
-    for (const s of state.history) {
+    // The hour before fleetd started (from the store's events), then the samples since.
+    for (const s of state.priorEvents.concat(state.history)) {
       const m = Math.floor(ms(s.at) / 60000) * 60000;
       const b = buckets.get(m) || {};
       for (const k in kinds) b[k] = (b[k] || 0) + ((s.events || {})[k] || 0);
