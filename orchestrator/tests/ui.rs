@@ -214,7 +214,7 @@ fn an_operator_watches_the_fleet_live_in_a_real_browser() {
             Duration::from_secs(10),
         )
         .await;
-        c.find(Locator::Css(&format!("#nodes-table tr[data-node=\"{node}\"] a"))).await.unwrap().click().await.unwrap();
+        click(&c, &format!("#nodes-table tr[data-node=\"{node}\"] a")).await;
         wait_for(
             &c,
             "the node page",
@@ -239,7 +239,7 @@ fn an_operator_watches_the_fleet_live_in_a_real_browser() {
             .unwrap();
         assert_eq!(actions, serde_json::json!(["drain", "cordon"]), "an admin sees the node's actions");
         // An admin's action takes effect and the page follows.
-        c.find(Locator::Css("[data-action=\"cordon\"]")).await.unwrap().click().await.unwrap();
+        click(&c, "[data-action=\"cordon\"]").await;
         wait_for(
             &c,
             "uncordon offered",
@@ -314,8 +314,42 @@ fn an_operator_watches_the_fleet_live_in_a_real_browser() {
     f.kill();
 }
 
+/// Clicks the element `css` selects, found and clicked in one script: the table and the node's
+/// page are drawn again whenever a node or agent record changes (agents report every few
+/// seconds), so an element found by one WebDriver call can be gone by the next.
+async fn click(c: &fantoccini::Client, css: &str) {
+    let t = Instant::now();
+    loop {
+        let done = c
+            .execute(
+                "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true",
+                vec![css.into()],
+            )
+            .await
+            .unwrap();
+        if done == Value::Bool(true) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{css}: nothing to click within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The rendered text of the element `css` selects, read in one script: the page redraws its
+/// cards with every update, so an element found by one call can be gone by the next.
 async fn text(c: &fantoccini::Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    let t = Instant::now();
+    loop {
+        let got = c
+            .execute("const e = document.querySelector(arguments[0]); return e ? e.innerText : null", vec![css.into()])
+            .await
+            .unwrap();
+        if let Some(s) = got.as_str() {
+            return s.to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{css}: no such element within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The chat app's requests served, from its card ("N served, M failed since fleetd started").
