@@ -843,7 +843,7 @@ async fn applied_apps(ctx: &Ctx) -> ApiResult<Vec<String>> {
 }
 
 /// The applied spec: read from the store each time (one key), parsed only when it changed.
-async fn applied_spec(ctx: &Ctx) -> ApiResult<Option<Arc<fleet_core::spec::FleetSpec>>> {
+pub(crate) async fn applied_spec(ctx: &Ctx) -> ApiResult<Option<Arc<fleet_core::spec::FleetSpec>>> {
     let Some(kv) = ctx.store.get(&ctx.keys.spec()).await? else { return Ok(None) };
     if let Some((rev, spec)) = ctx.spec_cache.lock().expect("spec cache").as_ref()
         && *rev == kv.mod_revision

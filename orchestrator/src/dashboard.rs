@@ -30,8 +30,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use fleet_core::{Money, Price, Time};
 use fleet_state::events::{EventKind, EventRecord};
-use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord, StoredSpec};
-use fleet_state::store::get_json;
+use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
 use serde::Serialize;
 
 use crate::actors::Ctx;
@@ -315,7 +314,7 @@ async fn take(ctx: &Ctx, after: &mut Option<u64>) -> ApiResult<(Overview, Sample
 
 async fn sample(ctx: &Ctx, read: &Read, events: BTreeMap<&'static str, u32>) -> ApiResult<Sample> {
     let mut apps: BTreeMap<String, AppSample> = BTreeMap::new();
-    if let Some(spec) = applied(ctx).await? {
+    if let Some(spec) = crate::api::applied_spec(ctx).await? {
         for a in &spec.apps {
             apps.entry(a.name.clone()).or_default();
         }
@@ -364,13 +363,6 @@ async fn sample(ctx: &Ctx, read: &Read, events: BTreeMap<&'static str, u32>) -> 
         }
     }
     Ok(Sample { at: ctx.clock.now(), burn_per_hour: burn, nodes, events, apps })
-}
-
-async fn applied(ctx: &Ctx) -> ApiResult<Option<fleet_core::spec::FleetSpec>> {
-    Ok(match get_json::<StoredSpec>(&*ctx.store, &ctx.keys.spec()).await? {
-        Some((s, _)) => fleet_core::spec::FleetSpec::parse("spec", &s.toml).ok(),
-        None => None,
-    })
 }
 
 /// The rates of `app` over the samples of the last [`RATE_WINDOW`] (`history` oldest first,
@@ -459,7 +451,7 @@ async fn overview(
         }
     }
     let left = crate::reconcile::month_left(now);
-    let budget = applied(ctx).await?.map(|s| s.budget);
+    let budget = crate::api::applied_spec(ctx).await?.map(|s| s.budget);
     let cost = CostNow {
         burn_per_hour: sample.burn_per_hour,
         budget_per_hour: budget.as_ref().and_then(|b| b.max_per_hour),
