@@ -118,6 +118,18 @@ impl Drop for Machines {
     }
 }
 
+/// Where the "machines" behind the loopback sshd keep their agents (`dir/nodes`, powered off when
+/// the returned guard drops), and the fleet's SSH key for them (`dir/fleet_key`, mode 0600).
+fn ssh_machines(dir: &Path, sshd: &SshServer) -> (std::path::PathBuf, Machines, std::path::PathBuf) {
+    let nodes_dir = dir.join("nodes");
+    std::fs::create_dir_all(&nodes_dir).unwrap();
+    let machines = Machines(nodes_dir.clone());
+    let key = dir.join("fleet_key");
+    std::fs::write(&key, &sshd.user_key).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (nodes_dir, machines, key)
+}
+
 /// fleetd's arguments for nodes on moto's EC2 bootstrapped over SSH into the loopback sshd (each
 /// node's agent in `nodes_dir/node-{id}`), on real etcd, starting with `spec`, data in `data`,
 /// the agent's extra config from `extra`.
@@ -179,12 +191,7 @@ fn requests_survive_an_interruption_and_a_daemon_restart_on_real_components() {
     let interrupted = Arc::new(Mutex::new(None));
     let imds_port = imds(interrupted.clone());
     let dir = tempfile::tempdir().unwrap();
-    let nodes_dir = dir.path().join("nodes");
-    std::fs::create_dir_all(&nodes_dir).unwrap();
-    let _machines = Machines(nodes_dir.clone());
-    let key = dir.path().join("fleet_key");
-    std::fs::write(&key, &sshd.user_key).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (nodes_dir, _machines, key) = ssh_machines(dir.path(), &sshd);
     let model = dir.path().join("chat.safetensors");
     let made = Command::new(&agent_bin).args(["make-model", "--dims", "16,32,4"]).arg(&model).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
@@ -320,12 +327,7 @@ fn a_pinned_model_reaches_an_ssh_bootstrapped_node_through_its_cache() {
     let moto = Moto::start();
     let sshd = SshServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let nodes_dir = dir.path().join("nodes");
-    std::fs::create_dir_all(&nodes_dir).unwrap();
-    let _machines = Machines(nodes_dir.clone());
-    let key = dir.path().join("fleet_key");
-    std::fs::write(&key, &sshd.user_key).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (nodes_dir, _machines, key) = ssh_machines(dir.path(), &sshd);
     let model = dir.path().join("tiny-llama");
     let made = Command::new(&agent_bin).args(["make-llm", "--family", "qwen2"]).arg(&model).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
@@ -356,13 +358,7 @@ fn a_pinned_model_reaches_an_ssh_bootstrapped_node_through_its_cache() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
-    let alone = Command::new(&agent_bin)
-        .args(["generate", "--max-tokens", "5", "--model"])
-        .arg(&model)
-        .arg("hello world")
-        .output()
-        .unwrap();
-    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let alone = common::generate_alone(&model, "hello world", 5);
     assert_eq!(r["state"]["output"]["text"], alone["text"], "{r}");
     // The node's agent config carries the pin and a cache under its own directory, and the
     // cache holds the model as pinned.

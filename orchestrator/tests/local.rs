@@ -198,14 +198,7 @@ fn an_llm_app_answers_prompts_through_the_queue_as_the_model_does_alone() {
         let n = answer["usage"]["completion_tokens"].as_u64().unwrap();
         generated += n;
         with_tokens += u64::from(n > 0);
-        let alone = std::process::Command::new(&agent_bin)
-            .args(["generate", "--max-tokens", "6", "--model"])
-            .arg(&model)
-            .arg(p)
-            .output()
-            .unwrap();
-        assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
-        let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+        let alone = common::generate_alone(&model, p, 6);
         assert_eq!(answer["text"], alone["text"], "prompt {p:?}: {r}");
         assert_eq!(answer["usage"], alone["usage"], "prompt {p:?}: {r}");
         assert_eq!(answer["finish_reason"], alone["finish_reason"]);
@@ -368,13 +361,7 @@ print(json.dumps(out))
     assert!(run.status.success(), "{}\n{}", String::from_utf8_lossy(&run.stderr), f.log());
     let got: Value = serde_json::from_slice(&run.stdout).unwrap();
     // What the model gives the prompt alone, greedy.
-    let alone = std::process::Command::new(&agent_bin)
-        .args(["generate", "--max-tokens", "6", "--model"])
-        .arg(&model)
-        .arg("hello world")
-        .output()
-        .unwrap();
-    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let alone = common::generate_alone(&model, "hello world", 6);
     assert_eq!(got["completion"]["text"], alone["text"], "{got}");
     // Pushed to the runner (over the pinned TLS connection), not served from the queue.
     assert!(got["completion"]["id"].as_str().unwrap().contains("-push-"), "{got}");
@@ -513,13 +500,7 @@ fn a_runner_lost_before_its_first_token_is_tried_elsewhere_and_one_lost_mid_stre
     signal("-KILL", first.2);
     let (status, body) = call.join().unwrap();
     assert_eq!(status, 200, "{body}\n{}", f.log());
-    let alone = std::process::Command::new(&agent_bin)
-        .args(["generate", "--max-tokens", "5", "--model"])
-        .arg(&model)
-        .arg("hello world")
-        .output()
-        .unwrap();
-    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let alone = common::generate_alone(&model, "hello world", 5);
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(got["choices"][0]["text"], alone["text"], "served whole by the other runner: {got}");
     assert!(metric(&f, "fleet_push_retries_total{app=\"chat\"}") >= 1.0, "the retry is counted");
@@ -689,13 +670,7 @@ fn serve_pinned_model(
         std::thread::sleep(Duration::from_millis(200));
     }
     let r = f.get(&format!("/v1/apps/chat/requests/{id}"));
-    let alone = std::process::Command::new(&agent_bin)
-        .args(["generate", "--max-tokens", "5", "--model"])
-        .arg(&model)
-        .arg("hello world")
-        .output()
-        .unwrap();
-    let alone: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let alone = common::generate_alone(&model, "hello world", 5);
     assert_eq!(r["state"]["output"]["text"], alone["text"], "{r}");
 
     // The agent reported the runner's cold start; fleetd counts it by phase and bytes by source.

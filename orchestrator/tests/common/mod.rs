@@ -316,3 +316,17 @@ impl Drop for Machines {
         }
     }
 }
+
+/// What `fleet-agent generate` (beside fleetd) answers `prompt` with, greedy, from `model` alone:
+/// what a request served through fleet must match.
+pub fn generate_alone(model: &std::path::Path, prompt: &str, max_tokens: u32) -> Value {
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_fleetd")).with_file_name("fleet-agent");
+    let out = Command::new(agent_bin)
+        .args(["generate", "--max-tokens", &max_tokens.to_string(), "--model"])
+        .arg(model)
+        .arg(prompt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
