@@ -156,6 +156,18 @@ fn bad_models_and_requests_get_errors_that_name_the_problem() {
     std::fs::write(&cfg, c.replace("\"hidden_size\": 32", "\"hidden_size\": 48")).unwrap();
     let e = Llm::load(dir2.path(), &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("weights do not match config.json"), "{e}");
+    // A shard cut short, and one whose header is not safetensors': the shard named, nothing loaded.
+    let (dir3, _) = model(Family::Llama, 1);
+    let shard = dir3.path().join("model.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 100]).unwrap();
+    let e = Llm::load(dir3.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("do not hold"), "{e}");
+    let mut garbage = bytes.clone();
+    garbage[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&shard, &garbage).unwrap();
+    let e = Llm::load(dir3.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("not a safetensors file"), "{e}");
     // Requests.
     let (_d, llm) = model(Family::Llama, 1);
     let prompt = llm.tokenize("hello world").unwrap();

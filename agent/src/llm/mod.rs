@@ -20,9 +20,9 @@
 //! from a generator seeded by `seed` (so a seeded request is reproducible too).
 
 pub mod testmodel;
+mod weights;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -198,12 +198,7 @@ impl Llm {
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| LlmError::Read { path: tok_path.display().to_string(), why: e.to_string() })?;
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for f in weight_files(dir)? {
-            let t = candle_core::safetensors::load(&f, device)
-                .map_err(|e| LlmError::Read { path: f.display().to_string(), why: e.to_string() })?;
-            tensors.extend(t);
-        }
+        let tensors = weights::load(&weight_files(dir)?, device)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let weights = |e: candle_core::Error| LlmError::Layout {
             path: dir.display().to_string(),
