@@ -3,8 +3,10 @@
 //!
 //! Prints the bytes read from the origin against the model's size (the goal: ≤ 1.1×; without
 //! peers it would be N×), and each node's fetch throughput against what this machine allows a
-//! node when N fetch at once: loopback and disk are measured first, in the same run, and their
-//! smaller rate shared by the N nodes is the limit (the goal: ≥ 50% of it).
+//! node when N fetch at once: loopback (one stream) and disk (the faster of one file written
+//! through the page cache and N written at once with direct I/O, each synced) are measured
+//! first, in the same run, and their smaller rate shared by the N nodes is the limit (the goal:
+//! ≥ 50% of it).
 //!
 //! `cargo bench -p fleet-agent --bench peers` (FLEET_PEERS_BENCH_BYTES, FLEET_PEERS_BENCH_NODES;
 //! needs ~(N + 2) × the model's size free under $TMPDIR).
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleet_agent::cache::Cache;
+use fleet_agent::cache::buffers::ChunkBytes;
 use fleet_agent::cache::peers::{self, Served, Swarm};
 use fleet_agent::cache::source::{ChunkAt, ChunkSource, DirSource, FetchError};
 use fleet_core::Secret;
@@ -35,7 +38,7 @@ impl ChunkSource for Counted {
     fn name(&self) -> String {
         self.inner.name()
     }
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
         let b = self.inner.chunk(at).await?;
         self.bytes.fetch_add(b.len() as u64, Ordering::SeqCst);
         Ok(b)
@@ -102,8 +105,10 @@ async fn loopback_rate(bytes: u64) -> f64 {
     gbps(got, start.elapsed())
 }
 
-/// Disk: `bytes` written in chunk-sized writes and synced, as the cache writes a file.
-fn disk_rate(dir: &Path, bytes: u64) -> f64 {
+/// Disk: `bytes` written in chunk-sized writes and synced, as one file through the page cache,
+/// and as `writers` files at once with direct I/O (how the cache writes whole chunks where it
+/// can); both rates, in that order.
+fn disk_rates(dir: &Path, bytes: u64, writers: u64) -> (f64, f64) {
     let p = dir.join("disk-probe");
     let buf = vec![3u8; DEFAULT_CHUNK_SIZE as usize];
     let start = Instant::now();
@@ -114,14 +119,52 @@ fn disk_rate(dir: &Path, bytes: u64) -> f64 {
         n += buf.len() as u64;
     }
     f.sync_all().unwrap();
-    let r = gbps(n, start.elapsed());
-    std::fs::remove_file(p).unwrap();
-    r
+    let buffered = gbps(n, start.elapsed());
+    std::fs::remove_file(&p).unwrap();
+    let each = bytes.div_ceil(writers).next_multiple_of(DEFAULT_CHUNK_SIZE);
+    let start = Instant::now();
+    let wrote: u64 = std::thread::scope(|s| {
+        let ws: Vec<_> = (0..writers)
+            .map(|w| {
+                let p = dir.join(format!("disk-probe-{w}"));
+                s.spawn(move || {
+                    let f = std::fs::File::create(&p).unwrap();
+                    f.set_len(each).unwrap();
+                    let d = fleet_agent::cache::buffers::open_direct(&p);
+                    let mut buf = ChunkBytes::take(DEFAULT_CHUNK_SIZE as usize);
+                    buf.as_mut().fill(3);
+                    let mut at = 0;
+                    while at < each {
+                        let direct =
+                            d.as_ref().is_some_and(|d| fleet_agent::cache::buffers::write_direct(d, &buf, at).unwrap());
+                        if !direct {
+                            std::os::unix::fs::FileExt::write_all_at(&f, &buf, at).unwrap();
+                        }
+                        at += buf.len() as u64;
+                    }
+                    f.sync_all().unwrap();
+                    std::fs::remove_file(&p).unwrap();
+                    at
+                })
+            })
+            .collect();
+        ws.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    (buffered, gbps(wrote, start.elapsed()))
+}
+
+/// This process's CPU time so far (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 fn main() {
     let size = env("FLEET_PEERS_BENCH_BYTES", 2_000_000_000);
     let n = env("FLEET_PEERS_BENCH_NODES", 8);
+    // The N agents share this process: each keeps the chunk buffers an agent keeps.
+    fleet_agent::cache::buffers::keep(24 * n as usize);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let t = tempfile::tempdir().unwrap();
     println!("peers bench: {n} nodes of one region start a {:.2} GB model at once", size as f64 / 1e9);
@@ -142,11 +185,12 @@ fn main() {
     // What this machine allows, measured now.
     let probe = total.min(1 << 30);
     let loopback = rt.block_on(loopback_rate(probe));
-    let disk = disk_rate(t.path(), probe);
+    let (buffered, direct) = disk_rates(t.path(), probe, n);
+    let disk = buffered.max(direct);
     let machine = loopback.min(disk);
     let per_node_limit = machine / n as f64;
     println!(
-        "  limit: loopback {loopback:.2} GB/s, disk write {disk:.2} GB/s: {machine:.2} GB/s for the machine, {per_node_limit:.3} GB/s per node with {n} fetching"
+        "  limit: loopback {loopback:.2} GB/s, disk write {disk:.2} GB/s (one file through the page cache {buffered:.2}, {n} at once direct {direct:.2}): {machine:.2} GB/s for the machine, {per_node_limit:.3} GB/s per node with {n} fetching"
     );
 
     // One node alone, from the origin directory (no peers, no store): the pipeline's own pace.
@@ -165,6 +209,7 @@ fn main() {
         gbps(total, alone) / machine
     );
 
+    let cpu0 = cpu_seconds();
     let (origin_bytes, times, from_peers, wall) = rt.block_on(async {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&t.path().join("store")).unwrap());
         let counted = Arc::new(Counted {
@@ -263,6 +308,7 @@ fn main() {
         }
         println!("  probe: GETs from a peer, one at a time {:.3} GB/s", gbps(total, t0.elapsed()));
     }
+    let cpu = cpu_seconds() - cpu0;
     let ratio = origin_bytes as f64 / total as f64;
     println!(
         "  origin: {origin_bytes} bytes read = {ratio:.3}× the model (goal ≤ 1.1×; {n}× without peers); peers served {from_peers} bytes"
@@ -283,5 +329,11 @@ fn main() {
         gbps(total * n, wall),
         gbps(total * n, wall) / machine,
         worst / per_node_limit
+    );
+    println!(
+        "  CPU: {cpu:.1} s over the {:.1} s all nodes took ({:.2} of this machine's {} cores busy)",
+        wall.as_secs_f64(),
+        cpu / wall.as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 }

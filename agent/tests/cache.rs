@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use fleet_agent::cache::buffers::ChunkBytes;
 use fleet_agent::cache::source::{self, ChunkAt, ChunkSource, DirSource, FetchError};
 use fleet_agent::cache::{Cache, CacheError, Direct};
 use fleet_core::artifact::{Digest, Manifest, Origin};
@@ -50,8 +51,8 @@ impl ChunkSource for Liar {
     fn name(&self) -> String {
         "peer 7".into()
     }
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
-        Ok(vec![0xEE; at.len as usize])
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
+        Ok(vec![0xEE; at.len as usize].into())
     }
 }
 
@@ -66,7 +67,7 @@ impl ChunkSource for Flaky {
     fn name(&self) -> String {
         "flaky origin".into()
     }
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
         if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
             return Err(FetchError::Failed {
                 chunk: at.digest,
@@ -209,6 +210,11 @@ async fn a_chunk_served_from_the_cache_is_checked_and_rotten_bytes_are_dropped()
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[c.offset as usize + 5] ^= 1;
     std::fs::write(&path, bytes).unwrap();
+    // Just landed: served from memory, the bytes checked when they arrived (not the disk's).
+    assert_eq!(Digest::of(&cache.read_chunk(&at).unwrap()), c.digest);
+    // After a restart (nothing in memory), from the disk: checked, and the rot found.
+    drop(cache);
+    let cache = Cache::open(&t.path().join("cache"), 1 << 30).unwrap();
     let e = cache.read_chunk(&at).unwrap_err();
     assert!(matches!(e, CacheError::Rotten { .. }), "{e}");
     assert!(!path.exists(), "the rotten file is removed so it is fetched again");

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use fleet_agent::cache::buffers::ChunkBytes;
 use fleet_agent::cache::peers::{self, RateLimit, Served, Swarm};
 use fleet_agent::cache::source::{ChunkAt, ChunkSource, DirSource, FetchError};
 use fleet_agent::cache::{Cache, FetchReport};
 use fleet_core::Secret;
-use fleet_core::artifact::{Manifest, Origin};
+use fleet_core::artifact::{Digest, Manifest, Origin};
 use fleet_core::keys::Keys;
 use fleet_state::model::HolderRecord;
 use fleet_state::store::Store;
@@ -31,7 +32,7 @@ impl ChunkSource for Counted {
     fn name(&self) -> String {
         self.inner.name()
     }
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
         let b = self.inner.chunk(at).await?;
         self.bytes.fetch_add(b.len() as u64, Ordering::SeqCst);
         self.chunks.fetch_add(1, Ordering::SeqCst);
@@ -152,13 +153,19 @@ async fn nodes_starting_one_model_at_once_take_each_chunk_from_the_origin_once()
 
 /// Answers every chunk with bytes of the right length and the wrong content.
 async fn liar(asked: Arc<AtomicU64>) -> String {
+    fake_peer(asked, None).await
+}
+
+/// A peer that answers every chunk: with its bytes from `origin` (a pushed model's directory),
+/// or, without one, with the right length of wrong bytes. Counts what it is asked.
+async fn fake_peer(asked: Arc<AtomicU64>, origin: Option<std::path::PathBuf>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
             let (mut s, _) = l.accept().await.unwrap();
-            let asked = asked.clone();
+            let (asked, origin) = (asked.clone(), origin.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
@@ -170,7 +177,12 @@ async fn liar(asked: Arc<AtomicU64>) -> String {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 asked.fetch_add(1, Ordering::SeqCst);
-                let body = vec![0x5Au8; len];
+                let digest = head.split("digest=").nth(1).and_then(|r| r.split(['&', ' ']).next()).unwrap_or("");
+                let body = match (&origin, Digest::from_hex(digest)) {
+                    (Some(o), Ok(d)) => std::fs::read(o.join(Origin::File { path: o.clone() }.chunk_key(&d))).unwrap(),
+                    _ => vec![0x5Au8; len],
+                };
+                let len = body.len();
                 let _ = s
                     .write_all(
                         format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -181,6 +193,42 @@ async fn liar(asked: Arc<AtomicU64>) -> String {
         }
     });
     addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_a_chunk_in_memory_is_asked_first() {
+    let t = tempfile::tempdir().unwrap();
+    let o = t.path().join("origin");
+    let m = push_model(&t.path().join("src"), &o, 400_000);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&t.path().join("store")).unwrap());
+    let origin: Arc<dyn ChunkSource> =
+        Arc::new(DirSource { origin: Origin::File { path: o.clone() }, root: o.clone() });
+    let token = Secret::new("region-token");
+    // Two peers hold every chunk; one says it has them in memory (landed last).
+    let (warm, cold) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let keys = Keys::new("t");
+    for (id, asked, in_memory) in [(7u64, &warm, true), (8, &cold, false)] {
+        let addr = fake_peer(asked.clone(), Some(o.clone())).await;
+        for (i, f) in m.files.iter().enumerate() {
+            let all: Vec<u32> = (0..f.chunks.len() as u32).collect();
+            let rec = HolderRecord {
+                region: "r".into(),
+                addr: addr.clone(),
+                chunks: all.clone(),
+                recent: if in_memory { all } else { Vec::new() },
+            };
+            store
+                .put(&keys.holder("llm", &m.file_id(i).hex(), id), fleet_state::store::to_json(&rec), None)
+                .await
+                .unwrap();
+        }
+    }
+    let n = node(t.path(), 1, "r", &store, origin, &token).await;
+    let (held, r) = n.cache.ensure(&m.digest(), &m, &*n.swarm).await.unwrap();
+    same_files(&held.dir, &t.path().join("src"), &m);
+    assert_eq!(r.from_peers, r.fetched, "everything from the peers");
+    let chunks = m.chunks().count() as u64;
+    assert_eq!((warm.load(Ordering::SeqCst), cold.load(Ordering::SeqCst)), (chunks, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +244,12 @@ async fn a_peer_serving_wrong_bytes_is_detected_passed_over_and_avoided() {
     let addr = liar(asked.clone()).await;
     let keys = Keys::new("t");
     for (i, f) in m.files.iter().enumerate() {
-        let rec = HolderRecord { region: "r".into(), addr: addr.clone(), chunks: (0..f.chunks.len() as u32).collect() };
+        let rec = HolderRecord {
+            region: "r".into(),
+            addr: addr.clone(),
+            chunks: (0..f.chunks.len() as u32).collect(),
+            recent: Vec::new(),
+        };
         store.put(&keys.holder("llm", &m.file_id(i).hex(), 7), fleet_state::store::to_json(&rec), None).await.unwrap();
     }
     let n = node(t.path(), 1, "r", &store, origin, &token).await;

@@ -212,6 +212,10 @@ pub struct HolderRecord {
     pub addr: String,
     /// The chunk indexes in place there, ascending.
     pub chunks: Vec<u32>,
+    /// Those of them that landed last, still in the node's memory: served without a disk read
+    /// or a second hash, so peers ask for them there first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<u32>,
 }
 
 /// An agent's report on its node: the node serves only while `ok` (burn-in passed, GPUs sane).

@@ -21,8 +21,11 @@
 //!   cannot fit says so before it starts, and a disk that fills mid-fetch leaves the model absent,
 //!   never half there.
 
+pub mod buffers;
 pub mod peers;
 pub mod source;
+
+use buffers::ChunkBytes;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -36,7 +39,8 @@ use fleet_core::artifact::{Digest, Manifest};
 
 pub use source::{ChunkAt, ChunkSource, FetchError};
 
-/// How many chunks one fetch has in flight at once.
+/// How many chunks one fetch has in flight at once, by default ([`Exchange::in_flight`]): an
+/// origin (one object store connection moves ~100 MB/s) is read four at a time.
 const PARALLEL: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +89,24 @@ struct Inner {
     in_use: Mutex<Vec<Digest>>,
     /// One fetch at a time mutates the layout (chunks of one fetch still go in parallel).
     layout: tokio::sync::Mutex<()>,
+    /// The chunks that landed last, still in memory: served to peers from here (see
+    /// [`Cache::read_chunk`]).
+    recent: Mutex<std::collections::VecDeque<Recent>>,
 }
+
+/// A chunk that landed here, its bytes checked against its digest when they arrived.
+struct Recent {
+    file: Digest,
+    index: usize,
+    digest: Digest,
+    at: std::time::Instant,
+    bytes: Arc<ChunkBytes>,
+}
+
+/// Chunks kept in memory after they land, and for how long: a region's nodes fetching a model
+/// at once ask a node for a chunk soon after it lands, so most chunks are served from here.
+pub const RECENT: usize = 4;
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one [`Cache::ensure`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,6 +142,7 @@ impl Cache {
             cap,
             in_use: Mutex::new(Vec::new()),
             layout: tokio::sync::Mutex::new(()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         })))
     }
 
@@ -306,6 +328,8 @@ impl Cache {
         let mut have_log =
             OpenOptions::new().create(true).append(true).open(&have_path).map_err(|e| self.full_or_io(model, e))?;
         let file = Arc::new(file);
+        // Whole chunks go around the page cache where the file system allows (buffers.rs).
+        let direct = buffers::open_direct(&partial).map(Arc::new);
         let at = |c: fleet_core::artifact::ChunkRef| ChunkAt {
             file: *id,
             index: c.index,
@@ -331,7 +355,7 @@ impl Cache {
         // resumed fetch does not take them again.
         let mut failure: Option<CacheError> = None;
         loop {
-            while running.len() < PARALLEL && failure.is_none() {
+            while running.len() < exchange.in_flight() && failure.is_none() {
                 let Some(c) = pending.pop_front() else { break };
                 let sources = match exchange.route(&c).await {
                     Route::From(sources) => sources,
@@ -340,16 +364,26 @@ impl Cache {
                         continue;
                     }
                 };
-                let file = file.clone();
+                let (file, direct, cache) = (file.clone(), direct.clone(), self.clone());
                 running.spawn(async move {
                     let (bytes, from, strikes) = match source::fetch_checked(&sources, &c).await {
                         Ok(x) => x,
                         Err((e, strikes)) => return (c, Err(e), strikes),
                     };
                     let n = bytes.len() as u64;
-                    let wrote = tokio::task::spawn_blocking(move || file.write_all_at(&bytes, c.offset))
-                        .await
-                        .expect("a write does not panic");
+                    let wrote = tokio::task::spawn_blocking(move || {
+                        let done = match &direct {
+                            Some(d) => buffers::write_direct(d, &bytes, c.offset)?,
+                            None => false,
+                        };
+                        if !done {
+                            file.write_all_at(&bytes, c.offset)?;
+                        }
+                        cache.remember(&c, bytes);
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await
+                    .expect("a write does not panic");
                     (c, wrote.map(|_| (n, from.is_peer())).map_err(FetchError::Write), strikes)
                 });
             }
@@ -410,7 +444,19 @@ impl Cache {
     /// Chunk `at` of a file this cache holds (complete, or with that chunk in place), read and
     /// checked: what peers are served. A chunk whose bytes no longer match removes the file: it is
     /// fetched again when next needed.
-    pub fn read_chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, CacheError> {
+    ///
+    /// A chunk that landed moments ago is served from memory ([`RECENT`] of them, for
+    /// [`RECENT_FOR`]): its bytes were checked when they arrived and have not been to the disk
+    /// and back, so there is nothing to check again; it saves the read and the hash that
+    /// otherwise bound what a node can serve.
+    pub fn read_chunk(&self, at: &ChunkAt) -> Result<Arc<ChunkBytes>, CacheError> {
+        {
+            let mut recent = self.0.recent.lock().expect("recent chunks");
+            recent.retain(|r| r.at.elapsed() < RECENT_FOR);
+            if let Some(r) = recent.iter().find(|r| r.file == at.file && r.index == at.index && r.digest == at.digest) {
+                return Ok(r.bytes.clone());
+            }
+        }
         let done = self.0.dir.join("files").join(at.file.hex());
         let (path, f) = match File::open(&done) {
             Ok(f) => (done, f),
@@ -430,13 +476,31 @@ impl Cache {
                 }
             }
         };
-        let mut buf = vec![0u8; at.len as usize];
-        f.read_exact_at(&mut buf, at.offset).map_err(|e| io(&self.0.dir, e))?;
+        let mut buf = ChunkBytes::take(at.len as usize);
+        if !buffers::read_direct(&path, &mut buf, at.offset).map_err(|e| io(&self.0.dir, e))? {
+            f.read_exact_at(buf.as_mut(), at.offset).map_err(|e| io(&self.0.dir, e))?;
+        }
         if Digest::of(&buf) != at.digest {
             let _ = fs::remove_file(&path);
             return Err(CacheError::Rotten { file: at.file.to_string(), index: at.index });
         }
-        Ok(buf)
+        Ok(Arc::new(buf))
+    }
+
+    /// Keeps a chunk that just landed (checked) in memory for peers that ask soon.
+    fn remember(&self, at: &ChunkAt, bytes: ChunkBytes) {
+        let mut recent = self.0.recent.lock().expect("recent chunks");
+        recent.retain(|r| r.at.elapsed() < RECENT_FOR);
+        while recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Recent {
+            file: at.file,
+            index: at.index,
+            digest: at.digest,
+            at: std::time::Instant::now(),
+            bytes: Arc::new(bytes),
+        });
     }
 }
 
@@ -455,6 +519,10 @@ pub trait Exchange: Send + Sync {
     /// Where in a file's `n` missing chunks this node starts.
     fn start(&self, _n: usize) -> usize {
         0
+    }
+    /// How many chunks this fetch has in flight at once (each holds a chunk-sized buffer).
+    fn in_flight(&self) -> usize {
+        PARALLEL
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleet_core::artifact::{Digest, MAX_MANIFEST_BYTES, Manifest, Origin};
 
+use super::buffers::ChunkBytes;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{chunk} is not at {source_name}")]
@@ -45,7 +47,7 @@ pub trait ChunkSource: Send + Sync {
         false
     }
     /// The chunk's bytes (`at.len` of them); unchecked: the caller checks.
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError>;
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError>;
     /// The manifest's bytes (origins only); unchecked: [`Manifest::parse`] checks them.
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
         Err(FetchError::Missing { chunk: *digest, source_name: self.name() })
@@ -79,7 +81,7 @@ pub struct Strike {
 pub async fn fetch_checked(
     sources: &[Arc<dyn ChunkSource>],
     at: &ChunkAt,
-) -> Result<(Vec<u8>, Arc<dyn ChunkSource>, Vec<Strike>), (FetchError, Vec<Strike>)> {
+) -> Result<(ChunkBytes, Arc<dyn ChunkSource>, Vec<Strike>), (FetchError, Vec<Strike>)> {
     let mut tried = Vec::new();
     let mut strikes = Vec::new();
     for s in sources {
@@ -118,8 +120,27 @@ impl ChunkSource for DirSource {
         self.origin.to_string()
     }
 
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
-        self.read(&self.origin.chunk_key(&at.digest), &at.digest).await
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
+        let (path, len, d, name) = (self.root.join(self.origin.chunk_key(&at.digest)), at.len, at.digest, self.name());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let failed = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::NotFound => FetchError::Missing { chunk: d, source_name: name.clone() },
+                _ => FetchError::Failed { chunk: d, source_name: name.clone(), why: e.to_string() },
+            };
+            let mut f = std::fs::File::open(&path).map_err(failed)?;
+            if f.metadata().map_err(failed)?.len() != len {
+                // Not the chunk's length: wrong bytes, which the caller's check reports.
+                let mut all = Vec::new();
+                f.read_to_end(&mut all).map_err(failed)?;
+                return Ok(all.into());
+            }
+            let mut out = ChunkBytes::take(len as usize);
+            f.read_exact(out.as_mut()).map_err(failed)?;
+            Ok(out)
+        })
+        .await
+        .expect("a read does not panic")
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
@@ -153,17 +174,17 @@ impl ChunkSource for HttpSource {
         self.origin.to_string()
     }
 
-    async fn chunk(&self, at: &ChunkAt) -> Result<Vec<u8>, FetchError> {
+    async fn chunk(&self, at: &ChunkAt) -> Result<ChunkBytes, FetchError> {
         self.get(self.origin.chunk_key(&at.digest), &at.digest, at.len).await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, FetchError> {
-        self.get(self.origin.manifest_key(digest), digest, MAX_MANIFEST_BYTES).await
+        Ok(self.get(self.origin.manifest_key(digest), digest, MAX_MANIFEST_BYTES).await?.to_vec())
     }
 }
 
 impl HttpSource {
-    async fn get(&self, key: String, digest: &Digest, len: u64) -> Result<Vec<u8>, FetchError> {
+    async fn get(&self, key: String, digest: &Digest, len: u64) -> Result<ChunkBytes, FetchError> {
         let (name, d, sign) = (self.name(), *digest, self.url.clone());
         // Signing may ask fleetd (blocking HTTP): off the async threads with the read itself.
         tokio::task::spawn_blocking(move || {
@@ -207,9 +228,23 @@ pub fn origin_source(origin: &Origin, signer: Option<Signer>) -> Result<Arc<dyn 
 }
 
 /// A response body of at most `len` bytes, read into one buffer of that size (no regrowth).
-pub(crate) fn read_body(res: &mut ureq::http::Response<ureq::Body>, len: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_body(res: &mut ureq::http::Response<ureq::Body>, len: u64) -> std::io::Result<ChunkBytes> {
     use std::io::Read;
-    let mut out = Vec::with_capacity(len as usize);
-    res.body_mut().with_config().limit(len + 1).reader().read_to_end(&mut out)?;
+    // Into a reused buffer of `len` (super::buffers); one byte more is an error.
+    let mut out = ChunkBytes::take(len as usize);
+    let mut r = res.body_mut().with_config().limit(len + 1).reader();
+    let buf = out.as_mut();
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let mut more = [0u8; 1];
+    if got == buf.len() && r.read(&mut more)? > 0 {
+        return Err(std::io::Error::other(format!("the body is longer than {len} bytes")));
+    }
+    out.truncate(got);
     Ok(out)
 }
