@@ -164,7 +164,7 @@ fn main() {
     let size = env("FLEET_PEERS_BENCH_BYTES", 2_000_000_000);
     let n = env("FLEET_PEERS_BENCH_NODES", 8);
     // The N agents share this process: each keeps the chunk buffers an agent keeps.
-    fleet_agent::cache::buffers::keep(24 * n as usize);
+    fleet_agent::cache::buffers::keep(12 * n as usize);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let t = tempfile::tempdir().unwrap();
     println!("peers bench: {n} nodes of one region start a {:.2} GB model at once", size as f64 / 1e9);

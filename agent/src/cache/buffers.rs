@@ -17,10 +17,10 @@ use std::sync::Mutex;
 /// Direct I/O needs the buffer, the file offset and the length aligned to the device's logical
 /// block; 4 KiB covers every disk fleet runs on.
 pub const ALIGN: usize = 4096;
-/// Buffers kept for reuse, per process, by default: enough for the chunks an agent has in
-/// flight (4 fetched, a few served to peers) with room to spare; 24 × 64 MiB is 1.5 GiB at most,
-/// on machines rented for their hundreds of GB.
-const KEEP: usize = 24;
+/// Buffers kept for reuse, per process, by default: enough for what an agent has out at once
+/// (2–4 chunks in flight, the 4 recent ones, a few being served; ~8 in the peers bench) with
+/// room to spare: 12 × 64 MiB is 768 MiB at most, on machines rented for their hundreds of GB.
+const KEEP: usize = 12;
 static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(KEEP);
 
 /// Sets how many buffers the process keeps (a bench running several agents in one
