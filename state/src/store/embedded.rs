@@ -45,6 +45,10 @@ impl std::fmt::Debug for EmbeddedStore {
 struct Inner {
     path: PathBuf,
     db: Database,
+    /// Changes go one at a time: held from a change's checks through its commit to its install.
+    /// The state lock is held only to check and to install, never across the commit's fsync, so
+    /// reads and watches never wait on the disk (they see committed changes only).
+    writer: Mutex<()>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
     lease_changed: Arc<Notify>,
@@ -155,8 +159,14 @@ impl EmbeddedStore {
             }
         }
         let (events, _) = broadcast::channel(4096);
-        let inner =
-            Arc::new(Inner { path, db, state: Mutex::new(state), events, lease_changed: Arc::new(Notify::new()) });
+        let inner = Arc::new(Inner {
+            path,
+            db,
+            writer: Mutex::new(()),
+            state: Mutex::new(state),
+            events,
+            lease_changed: Arc::new(Notify::new()),
+        });
         tokio::spawn(expire_leases(Arc::downgrade(&inner)));
         Ok(EmbeddedStore { inner })
     }
@@ -203,56 +213,79 @@ async fn expire_leases(inner: Weak<Inner>) {
 }
 
 impl Inner {
-    /// Applies `ops` (already checked) as one revision: file first, then memory, then watchers.
-    fn apply(&self, st: &mut State, ops: &[Op], lease_end: Option<LeaseId>) -> StoreResult<Revision> {
-        let rev = st.revision + 1;
-        let mut events = Vec::with_capacity(ops.len());
-        let mut writes: Vec<(String, Option<Entry>)> = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Op::Put { key, value, lease } => {
-                    let create_revision = st.kv.get(key).map_or(rev, |e| e.create_revision);
-                    let e = Entry { value: value.clone(), mod_revision: rev, create_revision, lease: *lease };
-                    events.push(WatchEvent::Put(KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        mod_revision: rev,
-                        create_revision,
-                        lease: *lease,
-                    }));
-                    writes.push((key.clone(), Some(e)));
-                }
-                Op::Delete { key } => {
-                    if st.kv.contains_key(key) {
-                        events.push(WatchEvent::Delete { key: key.clone(), mod_revision: rev });
-                        writes.push((key.clone(), None));
+    /// Applies the ops `plan` makes of the state as it is (under the writer lock, so nothing
+    /// changes it before the install) as one revision: file first, then memory, then watchers.
+    /// `Ok(None)`: `plan` said no (a failed compare). The commit's fsync runs with only the writer lock held; on a
+    /// multi-threaded runtime, in `block_in_place`, so the worker's other tasks move on.
+    fn write(
+        &self,
+        lease_end: Option<LeaseId>,
+        plan: impl FnOnce(&State) -> StoreResult<Option<Vec<Op>>>,
+    ) -> StoreResult<Option<Revision>> {
+        let _writer = self.writer.lock().expect("store writer lock");
+        let (rev, events, writes) = {
+            let st = self.state.lock().expect("store lock");
+            let Some(ops) = plan(&st)? else {
+                return Ok(None);
+            };
+            let ops = &ops;
+            let rev = st.revision + 1;
+            let mut events = Vec::with_capacity(ops.len());
+            let mut writes: Vec<(String, Option<Entry>)> = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    Op::Put { key, value, lease } => {
+                        let create_revision = st.kv.get(key).map_or(rev, |e| e.create_revision);
+                        let e = Entry { value: value.clone(), mod_revision: rev, create_revision, lease: *lease };
+                        events.push(WatchEvent::Put(KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            mod_revision: rev,
+                            create_revision,
+                            lease: *lease,
+                        }));
+                        writes.push((key.clone(), Some(e)));
+                    }
+                    Op::Delete { key } => {
+                        if st.kv.contains_key(key) {
+                            events.push(WatchEvent::Delete { key: key.clone(), mod_revision: rev });
+                            writes.push((key.clone(), None));
+                        }
                     }
                 }
             }
-        }
-        if writes.is_empty() && lease_end.is_none() {
-            return Ok(st.revision);
-        }
-        let w = self.db.begin_write().map_err(io)?;
-        {
-            let mut kv = w.open_table(KV).map_err(io)?;
-            for (key, e) in &writes {
-                match e {
-                    Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
-                    None => kv.remove(key.as_str()).map(drop),
+            if writes.is_empty() && lease_end.is_none() {
+                return Ok(Some(st.revision));
+            }
+            (rev, events, writes)
+        };
+        let commit = || -> StoreResult<()> {
+            let w = self.db.begin_write().map_err(io)?;
+            {
+                let mut kv = w.open_table(KV).map_err(io)?;
+                for (key, e) in &writes {
+                    match e {
+                        Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
+                        None => kv.remove(key.as_str()).map(drop),
+                    }
+                    .map_err(io)?;
                 }
-                .map_err(io)?;
+                if let Some(l) = lease_end {
+                    w.open_table(LEASES).map_err(io)?.remove(l).map_err(io)?;
+                }
+                if !writes.is_empty() {
+                    w.open_table(META).map_err(io)?.insert(REVISION, rev).map_err(io)?;
+                }
             }
-            if let Some(l) = lease_end {
-                w.open_table(LEASES).map_err(io)?.remove(l).map_err(io)?;
-            }
-            if !writes.is_empty() {
-                w.open_table(META).map_err(io)?.insert(REVISION, rev).map_err(io)?;
-            }
+            w.commit().map_err(io)
+        };
+        off_the_workers(commit)?;
+        let mut st = self.state.lock().expect("store lock");
+        if let Some(l) = lease_end {
+            st.leases.remove(&l);
         }
-        w.commit().map_err(io)?;
         if writes.is_empty() {
-            return Ok(st.revision);
+            return Ok(Some(st.revision));
         }
         st.revision = rev;
         for (key, e) in writes {
@@ -281,21 +314,24 @@ impl Inner {
         }
         // No receivers is fine: nobody watches.
         let _ = self.events.send(Arc::new(events));
-        Ok(rev)
+        Ok(Some(rev))
     }
 
     /// Ends a lease and deletes its keys; with `if_due`, only if its deadline is still ≤ that time
     /// (a keep-alive may have come in between).
     fn end_lease(&self, id: LeaseId, if_due: Option<Instant>) -> StoreResult<()> {
-        let mut st = self.state.lock().expect("store lock");
-        let Some(lease) = st.leases.get(&id) else { return Ok(()) };
-        if if_due.is_some_and(|t| lease.deadline > t) {
-            return Ok(());
+        let mut n = 0;
+        let ended = self.write(Some(id), |st| {
+            let Some(lease) = st.leases.get(&id) else { return Ok(None) };
+            if if_due.is_some_and(|t| lease.deadline > t) {
+                return Ok(None);
+            }
+            n = lease.keys.len();
+            Ok(Some(lease.keys.iter().map(|k| Op::delete(k.clone())).collect()))
+        })?;
+        if ended.is_some() {
+            tracing::debug!(lease = id, keys = n, "lease ended");
         }
-        let ops: Vec<Op> = lease.keys.iter().map(|k| Op::delete(k.clone())).collect();
-        self.apply(&mut st, &ops, Some(id))?;
-        st.leases.remove(&id);
-        tracing::debug!(lease = id, keys = ops.len(), "lease ended");
         Ok(())
     }
 
@@ -308,6 +344,16 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs a blocking commit: on a multi-threaded Tokio runtime in `block_in_place` (the worker's
+/// other tasks move to another thread meanwhile), else directly (a current-thread runtime, or
+/// none).
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -354,16 +400,20 @@ impl Store for EmbeddedStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
-        let ops = [Op::Put { key: key.to_string(), value, lease }];
-        let mut st = self.inner.state.lock().expect("store lock");
-        Inner::check_lease(&st, &ops)?;
-        self.inner.apply(&mut st, &ops, None)
+        let ops = vec![Op::Put { key: key.to_string(), value, lease }];
+        let rev = self.inner.write(None, |st| {
+            Inner::check_lease(st, &ops)?;
+            Ok(Some(ops.clone()))
+        })?;
+        Ok(rev.expect("a put always applies"))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let mut st = self.inner.state.lock().expect("store lock");
-        let existed = st.kv.contains_key(key);
-        self.inner.apply(&mut st, &[Op::delete(key)], None)?;
+        let mut existed = false;
+        self.inner.write(None, |st| {
+            existed = st.kv.contains_key(key);
+            Ok(Some(vec![Op::delete(key)]))
+        })?;
         Ok(existed)
     }
 
@@ -372,29 +422,41 @@ impl Store for EmbeddedStore {
         if let Some(dup) = ops.iter().find(|o| !keys.insert(o.key())) {
             return Err(StoreError::Invalid(format!("key {} appears twice in one transaction", dup.key())));
         }
-        let mut st = self.inner.state.lock().expect("store lock");
-        let holds = compares.iter().all(|c| st.kv.get(&c.key).map_or(0, |e| e.mod_revision) == c.mod_revision);
-        if !holds {
-            return Ok(TxnResult { succeeded: false, revision: st.revision });
-        }
-        Inner::check_lease(&st, &ops)?;
-        let revision = self.inner.apply(&mut st, &ops, None)?;
-        Ok(TxnResult { succeeded: true, revision })
+        let mut seen = 0;
+        let applied = self.inner.write(None, |st| {
+            seen = st.revision;
+            let holds = compares.iter().all(|c| st.kv.get(&c.key).map_or(0, |e| e.mod_revision) == c.mod_revision);
+            if !holds {
+                return Ok(None);
+            }
+            Inner::check_lease(st, &ops)?;
+            Ok(Some(ops))
+        })?;
+        Ok(match applied {
+            Some(revision) => TxnResult { succeeded: true, revision },
+            None => TxnResult { succeeded: false, revision: seen },
+        })
     }
 
     async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
         let ttl = ttl.max(MIN_TTL);
-        let mut st = self.inner.state.lock().expect("store lock");
-        let id = st.next_lease;
-        let w = self.inner.db.begin_write().map_err(io)?;
+        // A change like any other: under the writer lock, the fsync without the state lock.
+        let writer = self.inner.writer.lock().expect("store writer lock");
+        let id = self.inner.state.lock().expect("store lock").next_lease;
+        off_the_workers(|| {
+            let w = self.inner.db.begin_write().map_err(io)?;
+            {
+                w.open_table(LEASES).map_err(io)?.insert(id, ttl.as_millis() as u64).map_err(io)?;
+                w.open_table(META).map_err(io)?.insert(NEXT_LEASE, id + 1).map_err(io)?;
+            }
+            w.commit().map_err(io)
+        })?;
         {
-            w.open_table(LEASES).map_err(io)?.insert(id, ttl.as_millis() as u64).map_err(io)?;
-            w.open_table(META).map_err(io)?.insert(NEXT_LEASE, id + 1).map_err(io)?;
+            let mut st = self.inner.state.lock().expect("store lock");
+            st.next_lease = id + 1;
+            st.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
         }
-        w.commit().map_err(io)?;
-        st.next_lease = id + 1;
-        st.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
-        drop(st);
+        drop(writer);
         self.inner.lease_changed.notify_one();
         Ok(id)
     }
