@@ -450,12 +450,10 @@ impl Cache {
     /// and back, so there is nothing to check again; it saves the read and the hash that
     /// otherwise bound what a node can serve.
     pub fn read_chunk(&self, at: &ChunkAt) -> Result<Arc<ChunkBytes>, CacheError> {
+        if let Some(r) =
+            self.recent().iter().find(|r| r.file == at.file && r.index == at.index && r.digest == at.digest)
         {
-            let mut recent = self.0.recent.lock().expect("recent chunks");
-            recent.retain(|r| r.at.elapsed() < RECENT_FOR);
-            if let Some(r) = recent.iter().find(|r| r.file == at.file && r.index == at.index && r.digest == at.digest) {
-                return Ok(r.bytes.clone());
-            }
+            return Ok(r.bytes.clone());
         }
         let done = self.0.dir.join("files").join(at.file.hex());
         let (path, f) = match File::open(&done) {
@@ -487,10 +485,16 @@ impl Cache {
         Ok(Arc::new(buf))
     }
 
-    /// Keeps a chunk that just landed (checked) in memory for peers that ask soon.
-    fn remember(&self, at: &ChunkAt, bytes: ChunkBytes) {
+    /// The chunks in memory, those kept past [`RECENT_FOR`] dropped.
+    fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Recent>> {
         let mut recent = self.0.recent.lock().expect("recent chunks");
         recent.retain(|r| r.at.elapsed() < RECENT_FOR);
+        recent
+    }
+
+    /// Keeps a chunk that just landed (checked) in memory for peers that ask soon.
+    fn remember(&self, at: &ChunkAt, bytes: ChunkBytes) {
+        let mut recent = self.recent();
         while recent.len() >= RECENT {
             recent.pop_front();
         }

@@ -124,10 +124,7 @@ impl ChunkSource for DirSource {
         let (path, len, d, name) = (self.root.join(self.origin.chunk_key(&at.digest)), at.len, at.digest, self.name());
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let failed = |e: std::io::Error| match e.kind() {
-                std::io::ErrorKind::NotFound => FetchError::Missing { chunk: d, source_name: name.clone() },
-                _ => FetchError::Failed { chunk: d, source_name: name.clone(), why: e.to_string() },
-            };
+            let failed = |e: std::io::Error| read_error(e, d, &name);
             let mut f = std::fs::File::open(&path).map_err(failed)?;
             if f.metadata().map_err(failed)?.len() != len {
                 // Not the chunk's length: wrong bytes, which the caller's check reports.
@@ -150,10 +147,15 @@ impl ChunkSource for DirSource {
 
 impl DirSource {
     async fn read(&self, key: &str, digest: &Digest) -> Result<Vec<u8>, FetchError> {
-        tokio::fs::read(self.root.join(key)).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FetchError::Missing { chunk: *digest, source_name: self.name() },
-            _ => FetchError::Failed { chunk: *digest, source_name: self.name(), why: e.to_string() },
-        })
+        tokio::fs::read(self.root.join(key)).await.map_err(|e| read_error(e, *digest, &self.name()))
+    }
+}
+
+/// A directory origin's read error: a file that is not there is a missing chunk or manifest.
+fn read_error(e: std::io::Error, digest: Digest, source_name: &str) -> FetchError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => FetchError::Missing { chunk: digest, source_name: source_name.to_string() },
+        _ => FetchError::Failed { chunk: digest, source_name: source_name.to_string(), why: e.to_string() },
     }
 }
 

@@ -215,8 +215,9 @@ async fn expire_leases(inner: Weak<Inner>) {
 impl Inner {
     /// Applies the ops `plan` makes of the state as it is (under the writer lock, so nothing
     /// changes it before the install) as one revision: file first, then memory, then watchers.
-    /// `Ok(None)`: `plan` said no (a failed compare). The commit's fsync runs with only the writer lock held; on a
-    /// multi-threaded runtime, in `block_in_place`, so the worker's other tasks move on.
+    /// `Ok(None)`: `plan` said no (a failed compare). The commit's fsync runs with only the
+    /// writer lock held; on a multi-threaded runtime, in `block_in_place`, so the worker's other
+    /// tasks move on.
     fn write(
         &self,
         lease_end: Option<LeaseId>,
@@ -228,11 +229,10 @@ impl Inner {
             let Some(ops) = plan(&st)? else {
                 return Ok(None);
             };
-            let ops = &ops;
             let rev = st.revision + 1;
             let mut events = Vec::with_capacity(ops.len());
             let mut writes: Vec<(String, Option<Entry>)> = Vec::with_capacity(ops.len());
-            for op in ops {
+            for op in &ops {
                 match op {
                     Op::Put { key, value, lease } => {
                         let create_revision = st.kv.get(key).map_or(rev, |e| e.create_revision);
@@ -401,9 +401,9 @@ impl Store for EmbeddedStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
         let ops = vec![Op::Put { key: key.to_string(), value, lease }];
-        let rev = self.inner.write(None, |st| {
+        let rev = self.inner.write(None, move |st| {
             Inner::check_lease(st, &ops)?;
-            Ok(Some(ops.clone()))
+            Ok(Some(ops))
         })?;
         Ok(rev.expect("a put always applies"))
     }
