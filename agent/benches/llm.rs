@@ -6,7 +6,11 @@
 //! weights; bf16 on CUDA when built with `--features cuda`: `scripts/gpu-check`).
 //!
 //! Decoding one token reads every weight once, so a single sequence cannot decode faster than
-//! memory bandwidth ÷ weight bytes: the roofline. The bandwidth is measured here, on the device
+//! memory bandwidth ÷ weight bytes: the roofline. A batch of B sequences decoded in one stacked
+//! forward per step reads the weights once for B tokens; the second part decodes
+//! `FLEET_LLM_BENCH_BATCH` (default 16) sequences that way and, on the same weights, prompts and
+//! token counts, the way the runner decoded before: candle-transformers' Llama, one forward per
+//! sequence per step, each with its own KV cache. The ratio is tokens/s over tokens/s. The bandwidth is measured here, on the device
 //! the model runs on (a large tensor copied on it: bytes read + written ÷ time); the decode rate
 //! is tokens generated ÷ time after the first token (the prompt's prefill excluded). The ratio
 //! says how much of the machine the runner uses.
@@ -14,8 +18,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::llama;
 use fleet_agent::llm::testmodel::{self, Shape};
-use fleet_agent::llm::{Family, Llm, Params};
+use fleet_agent::llm::{Batch, Family, Llm, Params};
 
 fn shape(name: &str) -> Shape {
     match name {
@@ -147,4 +152,85 @@ fn main() {
     println!("roofline               {roofline:.1} tokens/s (bandwidth / weight bytes)");
     println!("decode                 {rate:.1} tokens/s over {decoded} tokens (one sequence)");
     println!("decode / roofline      {:.2}", rate / roofline);
+
+    let b: usize = std::env::var("FLEET_LLM_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let (stacked_rate, base_rate, tokens) = batched(&llm, dir.path(), &device, dtype, &prompts, b, want.min(32));
+    println!(
+        "batch of {b}             stacked: {stacked_rate:.1} tokens/s; one forward per sequence: {base_rate:.1} tokens/s ({tokens} tokens each way)"
+    );
+    println!("stacked / per-sequence {:.2}", stacked_rate / base_rate);
+    println!("stacked / (B × roofline) {:.2}", stacked_rate / (b as f64 * roofline));
+}
+
+/// `b` sequences decoded `steps` tokens each (greedy), first through fleet's batch (one stacked
+/// forward per step), then through candle-transformers' Llama with one forward per sequence per
+/// step feeding the same tokens. Returns both decode rates (tokens ÷ seconds, prefill and first
+/// token excluded) and the tokens decoded.
+fn batched(
+    llm: &Llm,
+    dir: &std::path::Path,
+    device: &Device,
+    dtype: DType,
+    prompts: &[&str],
+    b: usize,
+    steps: u32,
+) -> (f64, f64, usize) {
+    let tokenized: Vec<Vec<u32>> = (0..b).map(|i| llm.tokenize(prompts[i % prompts.len()]).unwrap()).collect();
+    let mut batch: Batch<usize> = Batch::new(b);
+    for (i, p) in tokenized.iter().enumerate() {
+        let seq = llm.start(p.clone(), &Params { max_tokens: steps + 1, ..Params::default() }).unwrap();
+        batch.join(i, seq).map_err(|_| "room").unwrap();
+    }
+    let mut produced: Vec<Vec<u32>> = vec![Vec::new(); b];
+    // The first step prefills every prompt: not timed.
+    for (k, t) in batch.step(llm).0 {
+        produced[k].push(t);
+    }
+    sync(device);
+    let t = Instant::now();
+    let mut decoded = 0;
+    while !batch.is_empty() {
+        let (tokens, _) = batch.step(llm);
+        decoded += tokens.len();
+        for (k, t) in tokens {
+            produced[k].push(t);
+        }
+    }
+    sync(device);
+    let stacked = decoded as f64 / t.elapsed().as_secs_f64();
+
+    // The same work one sequence at a time: each sequence's prompt, then the tokens fleet
+    // produced for it, one forward each.
+    let config: llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config = config.into_config(false);
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device).unwrap();
+    let model = llama::Llama::load(candle_nn::VarBuilder::from_tensors(tensors, dtype, device), &config).unwrap();
+    let mut caches: Vec<llama::Cache> =
+        (0..b).map(|_| llama::Cache::new(true, dtype, &config, device).unwrap()).collect();
+    let forward = |tokens: &[u32], pos: usize, cache: &mut llama::Cache| {
+        let input = Tensor::new(tokens, device).unwrap().unsqueeze(0).unwrap();
+        model.forward(&input, pos, cache).unwrap().to_vec2::<f32>().unwrap();
+    };
+    for (i, p) in tokenized.iter().enumerate() {
+        forward(p, 0, &mut caches[i]);
+    }
+    sync(device);
+    let t = Instant::now();
+    let mut base_decoded = 0;
+    let longest = produced.iter().map(Vec::len).max().unwrap_or(0);
+    // Step s feeds each sequence its token s − 1 (as fleet's step s did), sequences that ended
+    // dropping out as they did in the batch.
+    for s in 1..longest {
+        for (i, out) in produced.iter().enumerate() {
+            if s < out.len() {
+                forward(&out[s - 1..s], tokenized[i].len() + s - 1, &mut caches[i]);
+                base_decoded += 1;
+            }
+        }
+    }
+    sync(device);
+    let base = base_decoded as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(base_decoded, decoded, "both ways decode the same tokens");
+    (stacked, base, decoded)
 }

@@ -72,7 +72,10 @@ fn sequences_joining_a_running_batch_decode_exactly_as_alone() {
                 next += 1;
             }
             max_together = max_together.max(batch.len());
+            // One forward per step, however many sequences the batch holds.
+            let before = llm.forwards();
             let (tokens, done) = batch.step(&llm);
+            assert_eq!(llm.forwards(), before + 1, "{family:?}: a step of {} sequences", batch.len() + done.len());
             for (k, t) in tokens {
                 out[k].push(t);
             }
@@ -85,8 +88,129 @@ fn sequences_joining_a_running_batch_decode_exactly_as_alone() {
             assert!(step < 200, "the batch never drained");
         }
         assert_eq!(out, alone, "{family:?}: batched output differs from alone");
+        for (p, got) in PROMPTS.iter().zip(&out) {
+            let reference = llm.reference_greedy(&llm.tokenize(p).unwrap(), 10).unwrap();
+            assert_eq!(got, &reference, "{family:?} on {p:?}: batched output differs from candle-transformers");
+        }
         assert!(max_together >= 2, "{family:?}: sequences never ran together");
         assert!(!batch.has_room() || batch.is_empty());
+    }
+}
+
+/// The largest difference between two logit vectors, relative to the largest logit.
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+}
+
+#[test]
+fn one_stacked_forward_of_prompts_and_decoding_tokens_gives_candle_transformers_logits() {
+    // Grouped-query attention (8 query heads on 2 key/value heads) and more layers than the
+    // default shape.
+    let shape = Shape { hidden: 64, intermediate: 96, layers: 3, heads: 8, kv_heads: 2, max_positions: 128 };
+    for family in Family::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        testmodel::write(dir.path(), family, shape, 1, 3).unwrap();
+        let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
+        let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| llm.tokenize(p).unwrap()).collect();
+        let mut seqs: Vec<_> = prompts.iter().map(|p| llm.start(p.clone(), &greedy(8)).unwrap()).collect();
+        let mut fed: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut worst = 0f32;
+        // Step 0: sequence 0's prompt alone. Step 1: sequence 0 decodes one token while
+        // sequence 1's prompt prefills, in one forward. Step 2: both decode while 2 and 3
+        // prefill. Steps 3..: all four decode. Every row is checked against the reference over
+        // the whole sequence so far.
+        for step in 0..6 {
+            let active: Vec<usize> = match step {
+                0 => vec![0],
+                1 => vec![0, 1],
+                _ => vec![0, 1, 2, 3],
+            };
+            let feeds: Vec<Vec<u32>> =
+                active
+                    .iter()
+                    .map(|&i| {
+                        if fed[i].is_empty() { prompts[i].clone() } else { vec![(i as u32 * 7 + step as u32) % 60 + 3] }
+                    })
+                    .collect();
+            let logits = {
+                let mut pairs: Vec<_> = Vec::new();
+                let mut rest: &mut [_] = &mut seqs;
+                let mut taken = 0;
+                for (&i, f) in active.iter().zip(&feeds) {
+                    let (_, tail) = rest.split_at_mut(i - taken);
+                    let (one, tail) = tail.split_first_mut().unwrap();
+                    pairs.push((one, f.as_slice()));
+                    rest = tail;
+                    taken = i + 1;
+                }
+                llm.forward_logits(&mut pairs).unwrap()
+            };
+            assert_eq!(logits.len(), active.len());
+            for ((&i, f), got) in active.iter().zip(&feeds).zip(&logits) {
+                fed[i].extend_from_slice(f);
+                let want = llm.reference_logits(&fed[i]).unwrap();
+                let d = max_rel_diff(got, &want);
+                assert!(d < 1e-4, "{family:?} step {step} sequence {i}: logits differ by {d} of the largest");
+                worst = worst.max(d);
+            }
+        }
+        assert!(fed.iter().all(|f| f.len() > 2), "every sequence prefilled and decoded: {fed:?}");
+        eprintln!("{family:?}: stacked logits within {worst:e} of candle-transformers'");
+    }
+}
+
+#[test]
+fn sliding_windows_and_llama3_rope_scaling_decode_as_candle_transformers_does() {
+    // A window of 3 positions from the first layer on, so that decoding runs well past it
+    // (candle-transformers' reference, run over the whole sequence each step, applies the
+    // window everywhere); Llama 3's rope scaling with a short original context so that every
+    // band of the scaling is used.
+    for (family, edit) in [
+        (Family::Mistral, vec![("\"sliding_window\": 4096", "\"sliding_window\": 3")]),
+        (
+            Family::Qwen2,
+            vec![
+                ("\"sliding_window\": 4096", "\"sliding_window\": 3"),
+                ("\"use_sliding_window\": false", "\"use_sliding_window\": true"),
+                ("\"max_window_layers\": 2", "\"max_window_layers\": 0"),
+            ],
+        ),
+        (
+            Family::Llama,
+            vec![(
+                "\"rope_theta\": 10000.0",
+                "\"rope_theta\": 10000.0, \"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, \
+                 \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16, \"rope_type\": \"llama3\"}",
+            )],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        testmodel::write(dir.path(), family, Shape::default(), 1, 4).unwrap();
+        let cfg = dir.path().join("config.json");
+        let mut c = std::fs::read_to_string(&cfg).unwrap();
+        for (from, to) in edit {
+            assert!(c.contains(from), "{family:?}: {from} not in {c}");
+            c = c.replace(from, to);
+        }
+        std::fs::write(&cfg, c).unwrap();
+        let llm = Llm::load(dir.path(), &Device::Cpu).unwrap();
+        let mut batch: Batch<usize> = Batch::new(PROMPTS.len());
+        for (i, p) in PROMPTS.iter().enumerate() {
+            batch.join(i, llm.start(llm.tokenize(p).unwrap(), &greedy(16)).unwrap()).map_err(|_| "room").unwrap();
+        }
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); PROMPTS.len()];
+        while !batch.is_empty() {
+            for (k, t) in batch.step(&llm).0 {
+                out[k].push(t);
+            }
+        }
+        for (p, got) in PROMPTS.iter().zip(&out) {
+            let reference = llm.reference_greedy(&llm.tokenize(p).unwrap(), 16).unwrap();
+            assert_eq!(got, &reference, "{family:?} on {p:?}");
+        }
+        assert!(out.iter().any(|o| o.len() > 4), "{family:?}: decoding never went past the window: {out:?}");
     }
 }
 

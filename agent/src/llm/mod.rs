@@ -6,33 +6,35 @@
 //! `model.safetensors`, or shards named by `model.safetensors.index.json`'s `weight_map`. f32 on
 //! the CPU; bf16 on CUDA (the agent's `cuda` feature).
 //!
-//! Each request is a [`Sequence`] with its own KV cache: the loaded weights are shared (candle
-//! tensors are reference-counted; a sequence's model is a clone that owns only its cache). The
+//! Each request is a [`Sequence`] with its own KV cache; the loaded weights are shared. The
 //! prompt is run once (prefill), then one token per step (decode). [`Batch`] keeps up to
-//! `max_multiplexing` sequences and advances every one of them by one token per step; new
-//! sequences join between steps and finished ones leave (continuous batching). Each step runs
-//! one forward per sequence: the sequences' caches have different lengths, and candle-
-//! transformers' models take one offset per forward, so stacking them into one matrix product
-//! would need padding and per-row masks that these models do not take.
+//! `max_multiplexing` sequences and advances every one of them by one token per step in one
+//! stacked forward ([`stacked`]): the tokens of every sequence — one each for those decoding,
+//! the whole prompt for one joining — go through each weight matrix in one matrix product, so a
+//! step reads the weights once whatever the batch's size; only attention runs per sequence.
+//! New sequences join between steps and finished ones leave (continuous batching).
+//! candle-transformers' own models are the reference the stacked forward is checked against
+//! ([`Llm::reference_greedy`]).
 //!
 //! Sampling is candle-transformers' [`LogitsProcessor`]: greedy (arg-max) when `temperature`
 //! is 0 or absent, which is deterministic; otherwise temperature with nucleus (`top_p`) sampling
 //! from a generator seeded by `seed` (so a seeded request is reproducible too).
 
+pub mod stacked;
 pub mod testmodel;
 mod weights;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{llama, mistral, qwen2};
 use serde::{Deserialize, Serialize};
+use stacked::{Feed, KvCache, Stacked};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
     #[error("cannot read model {path}: {why}")]
     Read { path: String, why: String },
@@ -69,34 +71,13 @@ impl Family {
     }
 }
 
-/// One sequence's model: the shared weights plus this sequence's KV cache.
-#[derive(Clone)]
-enum SeqModel {
-    Llama(Arc<llama::Llama>, llama::Cache),
-    Mistral(mistral::Model),
-    Qwen2(qwen2::ModelForCausalLM),
-}
-
-impl SeqModel {
-    /// Logits (vocab, f32) of the last position after feeding `tokens` at offset `pos`.
-    fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor, LlmError> {
-        let input = Tensor::new(tokens, device).and_then(|t| t.unsqueeze(0)).map_err(compute)?;
-        let logits = match self {
-            SeqModel::Llama(m, cache) => m.forward(&input, pos, cache),
-            SeqModel::Mistral(m) => m.forward(&input, pos),
-            SeqModel::Qwen2(m) => m.forward(&input, pos),
-        }
-        .map_err(compute)?;
-        // Llama gives (1, vocab); the others (1, 1, vocab).
-        let logits = logits.flatten_all().map_err(compute)?;
-        logits.to_dtype(DType::F32).map_err(compute)
-    }
-}
-
 /// A loaded model: weights, tokenizer, and what ends a sequence.
 pub struct Llm {
     family: Family,
-    template: SeqModel,
+    model: Stacked,
+    /// Where the model was loaded from, and its config.json (for the reference forward).
+    dir: PathBuf,
+    config: String,
     tokenizer: tokenizers::Tokenizer,
     /// `tokenizer_config.json`'s chat template (Jinja) and the special tokens it may name.
     chat: Option<ChatTemplate>,
@@ -114,7 +95,6 @@ impl std::fmt::Debug for Llm {
 #[derive(Deserialize)]
 struct Head {
     model_type: Option<String>,
-    max_position_embeddings: Option<usize>,
     eos_token_id: Option<serde_json::Value>,
 }
 
@@ -204,26 +184,8 @@ impl Llm {
             path: dir.display().to_string(),
             why: format!("weights do not match config.json: {e}"),
         };
-        let template = match family {
-            Family::Llama => {
-                let c: llama::LlamaConfig =
-                    serde_json::from_str(&config).map_err(|e| layout(format!("not a llama config: {e}")))?;
-                let c = c.into_config(false);
-                let model = llama::Llama::load(vb, &c).map_err(weights)?;
-                let cache = llama::Cache::new(true, dtype, &c, device).map_err(compute)?;
-                SeqModel::Llama(Arc::new(model), cache)
-            }
-            Family::Mistral => {
-                let c: mistral::Config =
-                    serde_json::from_str(&config).map_err(|e| layout(format!("not a mistral config: {e}")))?;
-                SeqModel::Mistral(mistral::Model::new(&c, vb).map_err(weights)?)
-            }
-            Family::Qwen2 => {
-                let c: qwen2::Config =
-                    serde_json::from_str(&config).map_err(|e| layout(format!("not a qwen2 config: {e}")))?;
-                SeqModel::Qwen2(qwen2::ModelForCausalLM::new(&c, vb).map_err(weights)?)
-            }
-        };
+        let arch = stacked::arch(family, &config).map_err(layout)?;
+        let model = Stacked::load(arch, vb).map_err(weights)?;
         let mut eos: Vec<u32> = match &head.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64().map(|n| n as u32)).collect(),
@@ -238,17 +200,45 @@ impl Llm {
         }
         Ok(Llm {
             family,
-            template,
+            max_positions: model.max_positions(),
+            model,
+            dir: dir.to_path_buf(),
+            config,
             tokenizer,
             chat: ChatTemplate::read(dir)?,
             eos,
-            max_positions: head.max_position_embeddings.unwrap_or(4096),
             device: device.clone(),
         })
     }
 
     pub fn family(&self) -> Family {
         self.family
+    }
+
+    /// Forwards run on this model so far: one per step, however many sequences it advanced.
+    pub fn forwards(&self) -> u64 {
+        self.model.forwards()
+    }
+
+    /// candle-transformers' logits (vocab, f32) after the last of `tokens`, over the whole
+    /// sequence from position 0 with no cache: the reference for checking.
+    pub fn reference_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        let logits = self.reference()?.logits(tokens, &self.device)?;
+        logits.to_vec1().map_err(compute)
+    }
+
+    /// This runner's logits (vocab, f32) after feeding each sequence the tokens paired with it,
+    /// all in one stacked forward, without sampling: for checking the forward itself. Each
+    /// sequence's cache and position advance; its own pending tokens are ignored, so a sequence
+    /// used here is for this only.
+    pub fn forward_logits(&self, seqs: &mut [(&mut Sequence, &[u32])]) -> Result<Vec<Vec<f32>>, LlmError> {
+        let mut feeds: Vec<Feed<'_>> =
+            seqs.iter_mut().map(|(s, tokens)| Feed { tokens, pos: s.pos, cache: &mut s.cache }).collect();
+        let logits = self.model.forward(&mut feeds).and_then(|l| l.to_vec2()).map_err(compute)?;
+        for (s, tokens) in seqs.iter_mut() {
+            s.pos += tokens.len();
+        }
+        Ok(logits)
     }
 
     /// `text`'s tokens as rendered, no special tokens added (a chat template places them).
@@ -308,7 +298,7 @@ impl Llm {
             _ => Sampling::ArgMax,
         };
         Ok(Sequence {
-            model: self.template.clone(),
+            cache: KvCache::default(),
             sampler: LogitsProcessor::from_sampling(params.seed.unwrap_or(0), sampling),
             prompt_len: prompt.len(),
             pending: prompt,
@@ -326,25 +316,65 @@ impl Llm {
     /// Advances `seq` by one token (the first call also runs the prompt). Returns the token, or
     /// `None` once the sequence has finished (see [`Sequence::finish`]).
     pub fn step(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
-        let out = self.step_inner(seq);
-        if seq.finish.is_some() && seq.ended.is_none() {
-            seq.ended = Some(std::time::Instant::now());
+        self.step_all(&mut [seq]).pop().expect("one result per sequence")
+    }
+
+    /// Advances every sequence of `seqs` by one token in one stacked forward (a sequence's
+    /// first step also runs its prompt). One result per sequence, in order: its token, `None`
+    /// once it has finished (see [`Sequence::finish`]), or the step's error: the sequences share
+    /// the forward, so one that fails fails every sequence that was in it.
+    pub fn step_all(&self, seqs: &mut [&mut Sequence]) -> Vec<Result<Option<u32>, LlmError>> {
+        let mut out: Vec<Result<Option<u32>, LlmError>> = Vec::with_capacity(seqs.len());
+        let mut fed = Vec::new();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if seq.finish.is_none() && seq.generated.len() as u32 >= seq.max_tokens {
+                seq.finish = Some(Finish::Length);
+            }
+            if seq.finish.is_none() {
+                fed.push(i);
+            }
+            out.push(Ok(None));
+        }
+        if !fed.is_empty() {
+            let logits = {
+                let mut feeds: Vec<Feed<'_>> = seqs
+                    .iter_mut()
+                    .filter(|s| s.finish.is_none())
+                    .map(|s| {
+                        let Sequence { pending, pos, cache, .. } = &mut **s;
+                        Feed { tokens: pending.as_slice(), pos: *pos, cache }
+                    })
+                    .collect();
+                // Sampling reads every row on the host: one copy for the batch.
+                self.model.forward(&mut feeds).and_then(|l| l.to_device(&Device::Cpu)).map_err(compute)
+            };
+            match logits {
+                Ok(logits) => {
+                    for (row, &i) in fed.iter().enumerate() {
+                        out[i] = logits.get(row).map_err(compute).and_then(|l| self.sampled(seqs[i], &l));
+                    }
+                }
+                Err(e) => {
+                    for &i in &fed {
+                        out[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        for seq in seqs.iter_mut() {
+            if seq.finish.is_some() && seq.ended.is_none() {
+                seq.ended = Some(std::time::Instant::now());
+            }
         }
         out
     }
 
-    fn step_inner(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
-        if seq.finish.is_some() {
-            return Ok(None);
-        }
-        if seq.generated.len() as u32 >= seq.max_tokens {
-            seq.finish = Some(Finish::Length);
-            return Ok(None);
-        }
-        let input = std::mem::take(&mut seq.pending);
-        let logits = seq.model.forward(&input, seq.pos, &self.device)?;
-        seq.pos += input.len();
-        let token = seq.sampler.sample(&logits).map_err(compute)?;
+    /// `seq` after a forward over its pending tokens gave `logits` (vocab, f32): the token it
+    /// samples, and whether that ends it.
+    fn sampled(&self, seq: &mut Sequence, logits: &Tensor) -> Result<Option<u32>, LlmError> {
+        seq.pos += seq.pending.len();
+        seq.pending.clear();
+        let token = seq.sampler.sample(logits).map_err(compute)?;
         if self.eos.contains(&token) {
             seq.finish = Some(Finish::Stop);
             return Ok(None);
@@ -353,7 +383,7 @@ impl Llm {
         if seq.first_token.is_none() {
             seq.first_token = Some(std::time::Instant::now());
         }
-        seq.pending = vec![token];
+        seq.pending.push(token);
         if !seq.stop.is_empty() {
             let text = self.detokenize(&seq.generated)?;
             if let Some(cut) = seq.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -386,19 +416,11 @@ impl Llm {
     /// Greedy decoding by the book, for checking: every step runs candle-transformers' forward
     /// over the whole sequence from position 0 without reusing any cache.
     pub fn reference_greedy(&self, prompt: &[u32], max_tokens: u32) -> Result<Vec<u32>, LlmError> {
+        let mut reference = self.reference()?;
         let mut tokens = prompt.to_vec();
         let mut out = Vec::new();
         for _ in 0..max_tokens {
-            // A fresh model each step; Llama's with its KV cache switched off altogether.
-            let mut fresh = match &self.template {
-                SeqModel::Llama(m, c) => {
-                    let mut c = c.clone();
-                    c.use_kv_cache = false;
-                    SeqModel::Llama(m.clone(), c)
-                }
-                other => other.clone(),
-            };
-            let logits = fresh.forward(&tokens, 0, &self.device)?;
+            let logits = reference.logits(&tokens, &self.device)?;
             let token = logits.argmax(0).and_then(|t| t.to_scalar::<u32>()).map_err(compute)?;
             if self.eos.contains(&token) {
                 break;
@@ -407,6 +429,62 @@ impl Llm {
             tokens.push(token);
         }
         Ok(out)
+    }
+
+    /// candle-transformers' own model of this family on this model's weights (read again from
+    /// its directory, in the runner's dtype): what the stacked forward is checked against.
+    fn reference(&self) -> Result<Reference, LlmError> {
+        let dtype = if self.device.is_cuda() { DType::BF16 } else { DType::F32 };
+        let tensors = weights::load(&weight_files(&self.dir)?, &self.device)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
+        let parse = |e: serde_json::Error| LlmError::Compute(format!("reference config: {e}"));
+        Ok(match self.family {
+            Family::Llama => {
+                let c: llama::LlamaConfig = serde_json::from_str(&self.config).map_err(parse)?;
+                let c = c.into_config(false);
+                Reference::Llama(llama::Llama::load(vb, &c).map_err(compute)?, c, dtype)
+            }
+            Family::Mistral => {
+                let c: mistral::Config = serde_json::from_str(&self.config).map_err(parse)?;
+                Reference::Mistral(mistral::Model::new(&c, vb).map_err(compute)?)
+            }
+            Family::Qwen2 => {
+                let c: qwen2::Config = serde_json::from_str(&self.config).map_err(parse)?;
+                Reference::Qwen2(qwen2::ModelForCausalLM::new(&c, vb).map_err(compute)?)
+            }
+        })
+    }
+}
+
+/// candle-transformers' model of a family, run by the book: every call a forward over the
+/// whole sequence from position 0 with no cache kept.
+enum Reference {
+    Llama(llama::Llama, llama::Config, DType),
+    Mistral(mistral::Model),
+    Qwen2(qwen2::ModelForCausalLM),
+}
+
+impl Reference {
+    /// Logits (vocab, f32) after the last of `tokens`.
+    fn logits(&mut self, tokens: &[u32], device: &Device) -> Result<Tensor, LlmError> {
+        let input = Tensor::new(tokens, device).and_then(|t| t.unsqueeze(0)).map_err(compute)?;
+        let logits = match self {
+            Reference::Llama(m, c, dtype) => {
+                let mut cache = llama::Cache::new(false, *dtype, c, device).map_err(compute)?;
+                m.forward(&input, 0, &mut cache)
+            }
+            Reference::Mistral(m) => {
+                m.clear_kv_cache();
+                m.forward(&input, 0)
+            }
+            Reference::Qwen2(m) => {
+                m.clear_kv_cache();
+                m.forward(&input, 0)
+            }
+        }
+        .map_err(compute)?;
+        // Llama gives (1, vocab); the others (1, 1, vocab).
+        logits.flatten_all().and_then(|l| l.to_dtype(DType::F32)).map_err(compute)
     }
 }
 
@@ -547,7 +625,7 @@ impl Params {
 
 /// One request being decoded: its own KV cache, sampler and output so far.
 pub struct Sequence {
-    model: SeqModel,
+    cache: KvCache,
     sampler: LogitsProcessor,
     /// Tokens to feed at the next step: the prompt first, then the last token.
     pending: Vec<u32>,
@@ -611,16 +689,20 @@ impl<K: Clone> Batch<K> {
         Ok(())
     }
 
-    /// One decode step for every running sequence: the tokens produced (key, token) and the
-    /// sequences that finished (removed from the batch). A sequence whose step fails finishes
-    /// with its error; the others go on.
+    /// One decode step for every running sequence, in one stacked forward ([`Llm::step_all`]):
+    /// the tokens produced (key, token) and the sequences that finished (removed from the
+    /// batch). A step that fails fails the sequences that were in it, each with the error.
     #[allow(clippy::type_complexity)]
     pub fn step(&mut self, llm: &Llm) -> (Vec<(K, u32)>, Vec<(K, Result<Sequence, LlmError>)>) {
         let mut tokens = Vec::new();
         let mut done = Vec::new();
         let mut keep = Vec::with_capacity(self.running.len());
-        for (key, mut seq) in self.running.drain(..) {
-            match llm.step(&mut seq) {
+        let results = {
+            let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().map(|(_, s)| s).collect();
+            llm.step_all(&mut seqs)
+        };
+        for ((key, seq), result) in self.running.drain(..).zip(results) {
+            match result {
                 Ok(Some(t)) => {
                     tokens.push((key.clone(), t));
                     if seq.finish.is_some() {

@@ -1,0 +1,413 @@
+//! One forward per decode step for a whole batch: the decoder of the Llama family (Llama 2/3,
+//! Mistral, Qwen2 share it) written so that every token the batch feeds this step — one per
+//! decoding sequence, a whole prompt for a sequence joining — goes through each weight matrix
+//! in one matrix product.
+//!
+//! Why not candle-transformers' models: they take one position offset per forward and keep the
+//! KV cache inside the model, so a batch of sequences at different lengths runs one forward per
+//! sequence, and each of those reads every weight. Decoding is bound by reading the weights
+//! (a 8 B model in bf16 is 16 GB read per forward), so B sequences cost B reads per step where
+//! one would do. Here the tokens of all sequences are stacked into one (tokens, hidden) matrix
+//! for the embeddings, norms, projections and MLP; only attention, which reads each sequence's
+//! own keys and values, runs per sequence.
+//!
+//! The arithmetic is candle-transformers' own, op for op (the same RMS norm, rotary tables and
+//! kernel, grouped-query attention, softmax and activation), so greedy decoding gives the same
+//! tokens: `tests/llm.rs` checks that against candle-transformers' forward for every family,
+//! batched and alone. Where the families differ in config it follows the Hugging Face
+//! reference: Llama 3's rope scaling, Qwen2's q/k/v biases and sliding window only when
+//! `use_sliding_window` (from layer `max_window_layers` on), Mistral's `head_dim` and
+//! `sliding_window`, tied embeddings when there is no `lm_head`.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Activation, Linear, RmsNorm, VarBuilder};
+use candle_transformers::models::{llama, mistral, qwen2};
+
+use super::Family;
+
+type Result<T> = candle_core::Result<T>;
+
+/// One sequence's keys and values so far, per layer: (kv_heads, positions, head_dim) each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Appends this step's keys and values for `layer`; returns all of them.
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= layer {
+            self.layers.resize(layer + 1, None);
+        }
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// What one sequence feeds a step: its new tokens, the position of the first, its cache.
+pub struct Feed<'a> {
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    pub cache: &'a mut KvCache,
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    /// Keys further back than this many positions are not attended to (a sliding window).
+    window: Option<usize>,
+}
+
+/// The loaded decoder: weights shared by every sequence of the runner.
+pub struct Stacked {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    /// Rotary tables, (max_positions, head_dim / 2), in the model's dtype.
+    cos: Tensor,
+    sin: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    act: Activation,
+    /// Llama's attention divides the scores by √head_dim; Mistral's and Qwen2's multiply by its
+    /// inverse (kept apart so that the last bit agrees with each reference).
+    divide_scale: bool,
+    dtype: DType,
+    device: Device,
+    /// Forwards run so far (one per batch step).
+    forwards: std::sync::atomic::AtomicU64,
+}
+
+/// The shape and rules the three families' configs give, in one place.
+pub struct Arch {
+    hidden: usize,
+    intermediate: usize,
+    vocab: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    act: Activation,
+    inv_freq: Vec<f32>,
+    max_positions: usize,
+    qkv_bias: bool,
+    tie: bool,
+    window: Box<dyn Fn(usize) -> Option<usize>>,
+    divide_scale: bool,
+}
+
+fn bad(why: String) -> candle_core::Error {
+    candle_core::Error::Msg(why)
+}
+
+/// Rotary inverse frequencies as candle-transformers computes them for Mistral and Llama.
+fn inv_freq_f32(theta: f32, dim: usize) -> Vec<f32> {
+    (0..dim).step_by(2).map(|i| 1f32 / theta.powf(i as f32 / dim as f32)).collect()
+}
+
+/// What `config` (config.json's text) says about a model of `family`; the error says why it
+/// cannot be read as one.
+pub fn arch(family: Family, config: &str) -> std::result::Result<Arch, String> {
+    let parse = |e: serde_json::Error| format!("not a {} config: {e}", family.name());
+    let a = match family {
+        Family::Llama => {
+            let c: llama::LlamaConfig = serde_json::from_str(config).map_err(parse)?;
+            let c = c.into_config(false);
+            let head_dim = c.hidden_size / c.num_attention_heads;
+            let mut inv_freq = inv_freq_f32(c.rope_theta, head_dim);
+            // Llama 3's scaling: long wavelengths slowed by `factor`, short ones kept, the band
+            // between blended (as candle-transformers and Hugging Face compute it).
+            if let Some(s) = &c.rope_scaling
+                && matches!(s.rope_type, llama::Llama3RopeType::Llama3)
+            {
+                let original = s.original_max_position_embeddings as f32;
+                let low = original / s.low_freq_factor;
+                let high = original / s.high_freq_factor;
+                for f in &mut inv_freq {
+                    let wavelen = 2. * std::f32::consts::PI / *f;
+                    *f = if wavelen < high {
+                        *f
+                    } else if wavelen > low {
+                        *f / s.factor
+                    } else {
+                        let smooth =
+                            (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                        (1. - smooth) * *f / s.factor + smooth * *f
+                    };
+                }
+            }
+            Arch {
+                hidden: c.hidden_size,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim,
+                eps: c.rms_norm_eps,
+                act: Activation::Silu,
+                inv_freq,
+                max_positions: c.max_position_embeddings,
+                qkv_bias: false,
+                tie: c.tie_word_embeddings,
+                window: Box::new(|_| None),
+                divide_scale: true,
+            }
+        }
+        Family::Mistral => {
+            let c: mistral::Config = serde_json::from_str(config).map_err(parse)?;
+            let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+            let window = c.sliding_window;
+            Arch {
+                hidden: c.hidden_size,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim,
+                eps: c.rms_norm_eps,
+                act: c.hidden_act,
+                inv_freq: inv_freq_f32(c.rope_theta as f32, head_dim),
+                max_positions: c.max_position_embeddings,
+                qkv_bias: false,
+                tie: false,
+                window: Box::new(move |_| window),
+                divide_scale: false,
+            }
+        }
+        Family::Qwen2 => {
+            let c: qwen2::Config = serde_json::from_str(config).map_err(parse)?;
+            let head_dim = c.hidden_size / c.num_attention_heads;
+            let inv_freq =
+                (0..head_dim).step_by(2).map(|i| 1f32 / c.rope_theta.powf(i as f64 / head_dim as f64) as f32).collect();
+            let (on, from, size) = (c.use_sliding_window, c.max_window_layers, c.sliding_window);
+            Arch {
+                hidden: c.hidden_size,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim,
+                eps: c.rms_norm_eps,
+                act: c.hidden_act,
+                inv_freq,
+                max_positions: c.max_position_embeddings,
+                qkv_bias: true,
+                tie: c.tie_word_embeddings,
+                window: Box::new(move |layer| (on && layer >= from).then_some(size)),
+                divide_scale: false,
+            }
+        }
+    };
+    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+        return Err(format!(
+            "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+            a.heads, a.kv_heads
+        ));
+    }
+    if a.head_dim == 0 || a.head_dim % 2 != 0 || a.max_positions == 0 {
+        return Err(format!(
+            "the head dimension ({}) must be even and max_position_embeddings ({}) at least 1",
+            a.head_dim, a.max_positions
+        ));
+    }
+    Ok(a)
+}
+
+impl Stacked {
+    /// The decoder `a` describes, its weights from `vb` (in `vb`'s dtype, on its device).
+    pub fn load(a: Arch, vb: VarBuilder) -> Result<Stacked> {
+        let (dtype, device) = (vb.dtype(), vb.device().clone());
+        let m = vb.pp("model");
+        let embed = m.get((a.vocab, a.hidden), "embed_tokens.weight")?;
+        let q_out = a.heads * a.head_dim;
+        let kv_out = a.kv_heads * a.head_dim;
+        let mut layers = Vec::with_capacity(a.layers);
+        for i in 0..a.layers {
+            let l = m.pp("layers").pp(i);
+            let at = l.pp("self_attn");
+            let proj = |out: usize, name: &str| {
+                if a.qkv_bias {
+                    candle_nn::linear(a.hidden, out, at.pp(name))
+                } else {
+                    candle_nn::linear_no_bias(a.hidden, out, at.pp(name))
+                }
+            };
+            let mlp = l.pp("mlp");
+            layers.push(Layer {
+                input_norm: candle_nn::rms_norm(a.hidden, a.eps, l.pp("input_layernorm"))?,
+                q: proj(q_out, "q_proj")?,
+                k: proj(kv_out, "k_proj")?,
+                v: proj(kv_out, "v_proj")?,
+                o: candle_nn::linear_no_bias(q_out, a.hidden, at.pp("o_proj"))?,
+                post_norm: candle_nn::rms_norm(a.hidden, a.eps, l.pp("post_attention_layernorm"))?,
+                gate: candle_nn::linear_no_bias(a.hidden, a.intermediate, mlp.pp("gate_proj"))?,
+                up: candle_nn::linear_no_bias(a.hidden, a.intermediate, mlp.pp("up_proj"))?,
+                down: candle_nn::linear_no_bias(a.intermediate, a.hidden, mlp.pp("down_proj"))?,
+                window: (a.window)(i),
+            });
+        }
+        let norm = candle_nn::rms_norm(a.hidden, a.eps, m.pp("norm"))?;
+        // Tied embeddings when the config says so or the files hold no lm_head (as
+        // candle-transformers' Qwen2 reads them).
+        let lm_head = if a.tie || !vb.contains_tensor("lm_head.weight") {
+            Linear::new(embed.clone(), None)
+        } else {
+            candle_nn::linear_no_bias(a.hidden, a.vocab, vb.pp("lm_head"))?
+        };
+        // Position × frequency, computed in f32 as the references do, then the model's dtype.
+        let half = a.inv_freq.len();
+        let inv = Tensor::from_vec(a.inv_freq, (1, half), &device)?;
+        let t = Tensor::arange(0u32, a.max_positions as u32, &device)?
+            .to_dtype(DType::F32)?
+            .reshape((a.max_positions, 1))?;
+        let freqs = t.matmul(&inv)?;
+        Ok(Stacked {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            act: a.act,
+            divide_scale: a.divide_scale,
+            dtype,
+            device,
+            forwards: Default::default(),
+        })
+    }
+
+    /// How many forwards have run: one per step of a batch, whatever its size.
+    pub fn forwards(&self) -> u64 {
+        self.forwards.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The positions a sequence may reach (the rotary tables' length).
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// One step for every feed at once: appends each feed's keys and values to its cache and
+    /// returns the logits after each feed's last token, (feeds, vocab) in f32.
+    pub fn forward(&self, feeds: &mut [Feed<'_>]) -> Result<Tensor> {
+        let n: usize = feeds.iter().map(|f| f.tokens.len()).sum();
+        if feeds.is_empty() || feeds.iter().any(|f| f.tokens.is_empty()) {
+            return Err(bad("a step needs at least one token from every sequence in it".into()));
+        }
+        let limit = self.max_positions();
+        let mut ids = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        let mut last = Vec::with_capacity(feeds.len());
+        for f in feeds.iter() {
+            if f.pos + f.tokens.len() > limit {
+                return Err(bad(format!(
+                    "a sequence reaching position {} exceeds the model's {limit} positions",
+                    f.pos + f.tokens.len()
+                )));
+            }
+            ids.extend_from_slice(f.tokens);
+            positions.extend((f.pos..f.pos + f.tokens.len()).map(|p| p as u32));
+            last.push(ids.len() as u32 - 1);
+        }
+        self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dev = &self.device;
+        let positions = Tensor::new(positions.as_slice(), dev)?;
+        // Each token's own rotation: (tokens, 1, head_dim / 2) against q and k laid out as
+        // (tokens, heads, 1, head_dim), so rope's per-batch tables rotate each at its position.
+        let cos = self.cos.index_select(&positions, 0)?.unsqueeze(1)?;
+        let sin = self.sin.index_select(&positions, 0)?.unsqueeze(1)?;
+        let mut x = self.embed.index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
+        let (hd, kvh) = (self.head_dim, self.kv_heads);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x)?;
+            let q = layer.q.forward(&h)?.reshape((n, self.heads, 1, hd))?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = layer.k.forward(&h)?.reshape((n, kvh, 1, hd))?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let v = layer.v.forward(&h)?;
+            let mut ys = Vec::with_capacity(feeds.len());
+            let mut off = 0;
+            for f in feeds.iter_mut() {
+                let len = f.tokens.len();
+                let q = q.narrow(0, off, len)?.reshape((len, self.heads, hd))?.transpose(0, 1)?;
+                let k = k.narrow(0, off, len)?.reshape((len, kvh, hd))?.transpose(0, 1)?.contiguous()?;
+                let v = v.narrow(0, off, len)?.reshape((len, kvh, hd))?.transpose(0, 1)?.contiguous()?;
+                let (k, v) = f.cache.append(li, k, v)?;
+                ys.push(self.attend(&q, &k, &v, f.pos, len, layer.window)?);
+                off += len;
+            }
+            let y = Tensor::cat(&ys, 0)?;
+            x = (layer.o.forward(&y)? + &x)?;
+            let h = layer.post_norm.forward(&x)?;
+            let m = (self.act.forward(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (layer.down.forward(&m)? + &x)?;
+        }
+        let x = x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)?;
+        self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+    }
+
+    /// One sequence's attention: `q` (heads, len, head_dim) for its new tokens at positions
+    /// `pos..pos + len`, against all its keys and values (kv_heads, pos + len, head_dim).
+    /// Returns (len, heads × head_dim). In f32 whatever the model's dtype.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+        len: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (hd, kvh) = (self.head_dim, self.kv_heads);
+        let rep = self.heads / kvh;
+        let total = k.dim(1)?;
+        // The `rep` query heads that share a key/value head (head h reads kv head h / rep, as
+        // candle-transformers' repeat_kv lays them out) as one matrix product against it.
+        let q = q.to_dtype(DType::F32)?.contiguous()?.reshape((kvh, rep * len, hd))?;
+        let k = k.to_dtype(DType::F32)?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let att = q.matmul(&k.t()?)?;
+        let att = if self.divide_scale { (att / (hd as f64).sqrt())? } else { (att * (1f64 / (hd as f64).sqrt()))? };
+        let windowed = window.is_some_and(|w| pos + len - 1 > w);
+        let att = if len > 1 || windowed {
+            // Query i (at pos + i) sees key j when j ≤ pos + i and, with a window w, pos + i − j ≤ w.
+            let mask: Vec<f32> = (0..len)
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        let at = pos + i;
+                        if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (len, total), &self.device)?;
+            att.reshape((kvh, rep, len, total))?.broadcast_add(&mask)?.reshape((kvh, rep * len, total))?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v)?
+            .reshape((self.heads, len, hd))?
+            .transpose(0, 1)?
+            .reshape((len, self.heads * hd))?
+            .to_dtype(self.dtype)
+    }
+}
