@@ -32,7 +32,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{llama, mistral, qwen2};
 use serde::{Deserialize, Serialize};
-use stacked::{Feed, KvCache, Stacked};
+use stacked::{Feed, KvPool, Stacked};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
@@ -227,20 +227,6 @@ impl Llm {
         logits.to_vec1().map_err(compute)
     }
 
-    /// This runner's logits (vocab, f32) after feeding each sequence the tokens paired with it,
-    /// all in one stacked forward, without sampling: for checking the forward itself. Each
-    /// sequence's cache and position advance; its own pending tokens are ignored, so a sequence
-    /// used here is for this only.
-    pub fn forward_logits(&self, seqs: &mut [(&mut Sequence, &[u32])]) -> Result<Vec<Vec<f32>>, LlmError> {
-        let mut feeds: Vec<Feed<'_>> =
-            seqs.iter_mut().map(|(s, tokens)| Feed { tokens, pos: s.pos, cache: &mut s.cache }).collect();
-        let logits = self.model.forward(&mut feeds).and_then(|l| l.to_vec2()).map_err(compute)?;
-        for (s, tokens) in seqs.iter_mut() {
-            s.pos += tokens.len();
-        }
-        Ok(logits)
-    }
-
     /// `text`'s tokens as rendered, no special tokens added (a chat template places them).
     pub fn tokenize_as_is(&self, text: &str) -> Result<Vec<u32>, LlmError> {
         let enc = self.tokenizer.encode(text, false).map_err(|e| LlmError::Input(format!("cannot tokenize: {e}")))?;
@@ -298,10 +284,11 @@ impl Llm {
             _ => Sampling::ArgMax,
         };
         Ok(Sequence {
-            cache: KvCache::default(),
+            solo: KvPool::default(),
             sampler: LogitsProcessor::from_sampling(params.seed.unwrap_or(0), sampling),
             prompt_len: prompt.len(),
-            pending: prompt,
+            pending: prompt.clone(),
+            prompt,
             pos: 0,
             generated: Vec::new(),
             max_tokens: params.max_tokens,
@@ -316,17 +303,21 @@ impl Llm {
     /// Advances `seq` by one token (the first call also runs the prompt). Returns the token, or
     /// `None` once the sequence has finished (see [`Sequence::finish`]).
     pub fn step(&self, seq: &mut Sequence) -> Result<Option<u32>, LlmError> {
-        self.step_all(&mut [seq]).pop().expect("one result per sequence")
+        let mut pool = std::mem::take(&mut seq.solo);
+        let out = self.step_all(&mut pool, &mut [(0, &mut *seq)]).pop().expect("one result per sequence");
+        seq.solo = pool;
+        out
     }
 
-    /// Advances every sequence of `seqs` by one token in one stacked forward (a sequence's
-    /// first step also runs its prompt). One result per sequence, in order: its token, `None`
-    /// once it has finished (see [`Sequence::finish`]), or the step's error: the sequences share
-    /// the forward, so one that fails fails every sequence that was in it.
-    pub fn step_all(&self, seqs: &mut [&mut Sequence]) -> Vec<Result<Option<u32>, LlmError>> {
+    /// Advances every sequence of `seqs` (each with its slot in `pool`) by one token in one
+    /// stacked forward (a sequence's first step also runs its prompt). One result per sequence,
+    /// in order: its token, `None` once it has finished (see [`Sequence::finish`]), or the
+    /// step's error: the sequences share the forward, so one that fails fails every sequence
+    /// that was in it.
+    fn step_all(&self, pool: &mut KvPool, seqs: &mut [(usize, &mut Sequence)]) -> Vec<Result<Option<u32>, LlmError>> {
         let mut out: Vec<Result<Option<u32>, LlmError>> = Vec::with_capacity(seqs.len());
         let mut fed = Vec::new();
-        for (i, seq) in seqs.iter_mut().enumerate() {
+        for (i, (_, seq)) in seqs.iter_mut().enumerate() {
             if seq.finish.is_none() && seq.generated.len() as u32 >= seq.max_tokens {
                 seq.finish = Some(Finish::Length);
             }
@@ -336,22 +327,24 @@ impl Llm {
             out.push(Ok(None));
         }
         if !fed.is_empty() {
-            let logits = {
-                let mut feeds: Vec<Feed<'_>> = seqs
-                    .iter_mut()
-                    .filter(|s| s.finish.is_none())
-                    .map(|s| {
-                        let Sequence { pending, pos, cache, .. } = &mut **s;
-                        Feed { tokens: pending.as_slice(), pos: *pos, cache }
-                    })
+            let logits = (|| {
+                // A new sequence's slot may hold what an earlier one left there.
+                for (slot, _) in seqs.iter().filter(|(_, s)| s.finish.is_none() && s.pos == 0) {
+                    self.model.clear(pool, *slot)?;
+                }
+                let feeds: Vec<Feed<'_>> = seqs
+                    .iter()
+                    .filter(|(_, s)| s.finish.is_none())
+                    .map(|(slot, s)| Feed { tokens: s.pending.as_slice(), pos: s.pos, slot: *slot })
                     .collect();
                 // Sampling reads every row on the host: one copy for the batch.
-                self.model.forward(&mut feeds).and_then(|l| l.to_device(&Device::Cpu)).map_err(compute)
-            };
+                self.model.forward(pool, &feeds)?.to_device(&Device::Cpu)
+            })()
+            .map_err(compute);
             match logits {
                 Ok(logits) => {
                     for (row, &i) in fed.iter().enumerate() {
-                        out[i] = logits.get(row).map_err(compute).and_then(|l| self.sampled(seqs[i], &l));
+                        out[i] = logits.get(row).map_err(compute).and_then(|l| self.sampled(seqs[i].1, &l));
                     }
                 }
                 Err(e) => {
@@ -361,7 +354,7 @@ impl Llm {
                 }
             }
         }
-        for seq in seqs.iter_mut() {
+        for (_, seq) in seqs.iter_mut() {
             if seq.finish.is_some() && seq.ended.is_none() {
                 seq.ended = Some(std::time::Instant::now());
             }
@@ -625,10 +618,13 @@ impl Params {
 
 /// One request being decoded: its own KV cache, sampler and output so far.
 pub struct Sequence {
-    cache: KvCache,
+    /// Its keys and values when stepped alone ([`Llm::step`]); in a [`Batch`], the batch's pool
+    /// holds them.
+    solo: KvPool,
     sampler: LogitsProcessor,
     /// Tokens to feed at the next step: the prompt first, then the last token.
     pending: Vec<u32>,
+    prompt: Vec<u32>,
     pos: usize,
     pub prompt_len: usize,
     pub generated: Vec<u32>,
@@ -642,6 +638,15 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// Starts over: the next step feeds the prompt and everything generated from position 0.
+    fn rewind(&mut self) {
+        let mut all = self.prompt.clone();
+        all.extend_from_slice(&self.generated);
+        self.pending = all;
+        self.pos = 0;
+        self.solo = KvPool::default();
+    }
+
     /// The longest stop sequence's length in bytes (0: none).
     pub fn stop_len(&self) -> usize {
         self.stop.iter().map(String::len).max().unwrap_or(0)
@@ -660,12 +665,14 @@ impl Sequence {
 /// sequences join and leave between steps.
 pub struct Batch<K> {
     capacity: usize,
-    running: Vec<(K, Sequence)>,
+    /// Running sequences with their slots in `pool`, in slot order.
+    running: Vec<(K, Sequence, usize)>,
+    pool: KvPool,
 }
 
 impl<K: Clone> Batch<K> {
     pub fn new(capacity: usize) -> Batch<K> {
-        Batch { capacity: capacity.max(1), running: Vec::new() }
+        Batch { capacity: capacity.max(1), running: Vec::new(), pool: KvPool::default() }
     }
 
     pub fn has_room(&self) -> bool {
@@ -680,35 +687,44 @@ impl<K: Clone> Batch<K> {
         self.running.is_empty()
     }
 
-    /// Adds a sequence; refused (given back) when the batch is full.
-    pub fn join(&mut self, key: K, seq: Sequence) -> Result<(), Box<(K, Sequence)>> {
+    /// Adds a sequence; refused (given back) when the batch is full. It takes the lowest free
+    /// slot, so that the running sequences' slots stay 0.. and decode as one batch without
+    /// gathering. A sequence already stepped alone starts over here from its prompt and what it
+    /// generated (its keys and values were in its own pool).
+    pub fn join(&mut self, key: K, mut seq: Sequence) -> Result<(), Box<(K, Sequence)>> {
         if !self.has_room() {
             return Err(Box::new((key, seq)));
         }
-        self.running.push((key, seq));
+        if seq.pos > 0 {
+            seq.rewind();
+        }
+        let slot = (0..).find(|s| !self.running.iter().any(|(_, _, t)| t == s)).expect("a free slot");
+        let at = self.running.partition_point(|(_, _, t)| *t < slot);
+        self.running.insert(at, (key, seq, slot));
         Ok(())
     }
 
-    /// One decode step for every running sequence, in one stacked forward ([`Llm::step_all`]):
-    /// the tokens produced (key, token) and the sequences that finished (removed from the
-    /// batch). A step that fails fails the sequences that were in it, each with the error.
+    /// One decode step for every running sequence, in one stacked forward: the tokens produced
+    /// (key, token) and the sequences that finished (removed from the batch). A step that fails
+    /// fails the sequences that were in it, each with the error.
     #[allow(clippy::type_complexity)]
     pub fn step(&mut self, llm: &Llm) -> (Vec<(K, u32)>, Vec<(K, Result<Sequence, LlmError>)>) {
         let mut tokens = Vec::new();
         let mut done = Vec::new();
         let mut keep = Vec::with_capacity(self.running.len());
         let results = {
-            let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().map(|(_, s)| s).collect();
-            llm.step_all(&mut seqs)
+            let mut seqs: Vec<(usize, &mut Sequence)> =
+                self.running.iter_mut().map(|(_, s, slot)| (*slot, s)).collect();
+            llm.step_all(&mut self.pool, &mut seqs)
         };
-        for ((key, seq), result) in self.running.drain(..).zip(results) {
+        for ((key, seq, slot), result) in self.running.drain(..).zip(results) {
             match result {
                 Ok(Some(t)) => {
                     tokens.push((key.clone(), t));
                     if seq.finish.is_some() {
                         done.push((key, Ok(seq)));
                     } else {
-                        keep.push((key, seq));
+                        keep.push((key, seq, slot));
                     }
                 }
                 Ok(None) => done.push((key, Ok(seq))),
@@ -717,5 +733,30 @@ impl<K: Clone> Batch<K> {
         }
         self.running = keep;
         (tokens, done)
+    }
+
+    /// The logits (vocab, f32) after feeding the running sequences keyed in `feeds` the tokens
+    /// paired with them, all in one stacked forward, without sampling: for checking the forward
+    /// itself. Their keys, values and positions advance; their own pending tokens are ignored,
+    /// so sequences used here are for this only.
+    pub fn forward_logits(&mut self, llm: &Llm, feeds: &[(K, Vec<u32>)]) -> Result<Vec<Vec<f32>>, LlmError>
+    where
+        K: PartialEq + std::fmt::Debug,
+    {
+        let mut at = Vec::with_capacity(feeds.len());
+        for (key, _) in feeds {
+            let i = self.running.iter().position(|(k, _, _)| k == key);
+            at.push(i.ok_or_else(|| LlmError::Input(format!("no running sequence {key:?}")))?);
+        }
+        let list: Vec<Feed<'_>> = feeds
+            .iter()
+            .zip(&at)
+            .map(|((_, tokens), &i)| Feed { tokens, pos: self.running[i].1.pos, slot: self.running[i].2 })
+            .collect();
+        let logits = llm.model.forward(&mut self.pool, &list).and_then(|l| l.to_vec2()).map_err(compute)?;
+        for ((_, tokens), &i) in feeds.iter().zip(&at) {
+            self.running[i].1.pos += tokens.len();
+        }
+        Ok(logits)
     }
 }

@@ -27,32 +27,29 @@ use super::Family;
 
 type Result<T> = candle_core::Result<T>;
 
-/// One sequence's keys and values so far, per layer: (kv_heads, positions, head_dim) each.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+/// The keys and values of a batch's sequences, one slot per sequence, written in place: per
+/// layer a (slots, kv_heads, positions, head_dim) tensor of keys and one of values. Slots and
+/// positions grow (each to the next power of two) as sequences need them, so a step writes only
+/// its new tokens' rows instead of copying every cache, and the decoding sequences' attention
+/// reads the slots as one batch.
+#[derive(Default)]
+pub struct KvPool {
+    layers: Vec<(Tensor, Tensor)>,
+    slots: usize,
+    positions: usize,
 }
 
-impl KvCache {
-    /// Appends this step's keys and values for `layer`; returns all of them.
-    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
-        }
-        let kv = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-        };
-        self.layers[layer] = Some(kv.clone());
-        Ok(kv)
+impl std::fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvPool").field("slots", &self.slots).field("positions", &self.positions).finish()
     }
 }
 
-/// What one sequence feeds a step: its new tokens, the position of the first, its cache.
+/// What one sequence feeds a step: its new tokens, the position of the first, its slot.
 pub struct Feed<'a> {
     pub tokens: &'a [u32],
     pub pos: usize,
-    pub cache: &'a mut KvCache,
+    pub slot: usize,
 }
 
 struct Layer {
@@ -306,9 +303,65 @@ impl Stacked {
         self.cos.dim(0).unwrap_or(0)
     }
 
-    /// One step for every feed at once: appends each feed's keys and values to its cache and
-    /// returns the logits after each feed's last token, (feeds, vocab) in f32.
-    pub fn forward(&self, feeds: &mut [Feed<'_>]) -> Result<Tensor> {
+    /// Makes room in `pool` for slots `0..slots` and positions `0..positions`, keeping what it
+    /// holds.
+    fn reserve(&self, pool: &mut KvPool, slots: usize, positions: usize) -> Result<()> {
+        if slots <= pool.slots && positions <= pool.positions && !pool.layers.is_empty() {
+            return Ok(());
+        }
+        let new_slots = if slots > pool.slots { slots.next_power_of_two() } else { pool.slots };
+        let new_positions = if positions > pool.positions {
+            positions.next_power_of_two().clamp(64, self.max_positions().max(positions))
+        } else {
+            pool.positions
+        };
+        let shape = |s: usize, p: usize| (s, self.kv_heads, p, self.head_dim);
+        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+            let Some(old) = old else {
+                return Tensor::zeros(shape(new_slots, new_positions), self.dtype, &self.device);
+            };
+            // Positions first (same slots), then slots: slice_set copies along one dimension.
+            let wider = if new_positions > pool.positions {
+                let t = Tensor::zeros(shape(pool.slots, new_positions), self.dtype, &self.device)?;
+                t.slice_set(old, 2, 0)?;
+                t
+            } else {
+                old.clone()
+            };
+            if new_slots > pool.slots {
+                let t = Tensor::zeros(shape(new_slots, new_positions), self.dtype, &self.device)?;
+                t.slice_set(&wider, 0, 0)?;
+                Ok(t)
+            } else {
+                Ok(wider)
+            }
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            let old = pool.layers.get(i);
+            layers.push((grow(old.map(|(k, _)| k))?, grow(old.map(|(_, v)| v))?));
+        }
+        *pool = KvPool { layers, slots: new_slots, positions: new_positions };
+        Ok(())
+    }
+
+    /// Zeroes `slot` of `pool` for a new sequence (what an earlier one left there is masked out
+    /// anyway, but a NaN it left would still poison a product).
+    pub fn clear(&self, pool: &mut KvPool, slot: usize) -> Result<()> {
+        if slot >= pool.slots {
+            return Ok(());
+        }
+        let zeros = Tensor::zeros((1, self.kv_heads, pool.positions, self.head_dim), self.dtype, &self.device)?;
+        for (k, v) in &pool.layers {
+            k.slice_set(&zeros, 0, slot)?;
+            v.slice_set(&zeros, 0, slot)?;
+        }
+        Ok(())
+    }
+
+    /// One step for every feed at once: writes each feed's keys and values into its slot of
+    /// `pool` and returns the logits after each feed's last token, (feeds, vocab) in f32.
+    pub fn forward(&self, pool: &mut KvPool, feeds: &[Feed<'_>]) -> Result<Tensor> {
         let n: usize = feeds.iter().map(|f| f.tokens.len()).sum();
         if feeds.is_empty() || feeds.iter().any(|f| f.tokens.is_empty()) {
             return Err(bad("a step needs at least one token from every sequence in it".into()));
@@ -317,52 +370,94 @@ impl Stacked {
         let mut ids = Vec::with_capacity(n);
         let mut positions = Vec::with_capacity(n);
         let mut last = Vec::with_capacity(feeds.len());
-        for f in feeds.iter() {
+        let mut slots = std::collections::HashSet::new();
+        for f in feeds {
             if f.pos + f.tokens.len() > limit {
                 return Err(bad(format!(
                     "a sequence reaching position {} exceeds the model's {limit} positions",
                     f.pos + f.tokens.len()
                 )));
             }
+            if !slots.insert(f.slot) {
+                return Err(bad(format!("two sequences in one step share slot {}", f.slot)));
+            }
             ids.extend_from_slice(f.tokens);
             positions.extend((f.pos..f.pos + f.tokens.len()).map(|p| p as u32));
             last.push(ids.len() as u32 - 1);
         }
+        let reach = feeds.iter().map(|f| f.pos + f.tokens.len()).max().unwrap_or(0);
+        let top = feeds.iter().map(|f| f.slot + 1).max().unwrap_or(0);
+        self.reserve(pool, top, reach)?;
         self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dev = &self.device;
+        let (hd, kvh, cap) = (self.head_dim, self.kv_heads, pool.positions);
+        // Where each new token's key (and value) row goes in a layer's pool seen as
+        // (slots × kv_heads × positions, head_dim): one row per token and kv head, the same
+        // rows in every layer.
+        let mut rows = Vec::with_capacity(n * kvh);
+        for f in feeds {
+            for p in f.pos..f.pos + f.tokens.len() {
+                for h in 0..kvh {
+                    rows.push(((f.slot * kvh + h) * cap + p) as u32);
+                }
+            }
+        }
+        let rows = Tensor::from_vec(rows, (n * kvh, 1), dev)?.broadcast_as((n * kvh, hd))?.contiguous()?;
+        let flat = pool.slots * kvh * cap;
+        // The sequences decoding one token attend together; prompts (more than one token) alone.
+        let decoding: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() == 1).collect();
+        let batch = Decoding::new(self, pool, feeds, &decoding)?;
         let positions = Tensor::new(positions.as_slice(), dev)?;
         // Each token's own rotation: (tokens, 1, head_dim / 2) against q and k laid out as
         // (tokens, heads, 1, head_dim), so rope's per-batch tables rotate each at its position.
         let cos = self.cos.index_select(&positions, 0)?.unsqueeze(1)?;
         let sin = self.sin.index_select(&positions, 0)?.unsqueeze(1)?;
         let mut x = self.embed.index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
-        let (hd, kvh) = (self.head_dim, self.kv_heads);
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
             let q = layer.q.forward(&h)?.reshape((n, self.heads, 1, hd))?;
-            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?.reshape((n, self.heads, hd))?;
             let k = layer.k.forward(&h)?.reshape((n, kvh, 1, hd))?;
-            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
-            let v = layer.v.forward(&h)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?.reshape((n * kvh, hd))?;
+            let v = layer.v.forward(&h)?.reshape((n * kvh, hd))?;
+            let (pk, pv) = &pool.layers[li];
+            pk.reshape((flat, hd))?.scatter_set(&rows, &k, 0)?;
+            pv.reshape((flat, hd))?.scatter_set(&rows, &v, 0)?;
+            let decoded = match &batch {
+                Some(b) => Some(b.attend(self, &q, pk, pv, layer.window)?),
+                None => None,
+            };
             let mut ys = Vec::with_capacity(feeds.len());
-            let mut off = 0;
-            for f in feeds.iter_mut() {
+            let (mut off, mut d) = (0, 0);
+            for f in feeds {
                 let len = f.tokens.len();
-                let q = q.narrow(0, off, len)?.reshape((len, self.heads, hd))?.transpose(0, 1)?;
-                let k = k.narrow(0, off, len)?.reshape((len, kvh, hd))?.transpose(0, 1)?.contiguous()?;
-                let v = v.narrow(0, off, len)?.reshape((len, kvh, hd))?.transpose(0, 1)?.contiguous()?;
-                let (k, v) = f.cache.append(li, k, v)?;
-                ys.push(self.attend(&q, &k, &v, f.pos, len, layer.window)?);
+                if len == 1 {
+                    let all = decoded.as_ref().expect("decoding sequences attended");
+                    ys.push(if decoding.len() == feeds.len() { all.clone() } else { all.narrow(0, d, 1)? });
+                    d += 1;
+                } else {
+                    let q = q.narrow(0, off, len)?.transpose(0, 1)?;
+                    let keys = |t: &Tensor| t.narrow(0, f.slot, 1)?.squeeze(0)?.narrow(1, 0, f.pos + len);
+                    ys.push(self.attend(&q, &keys(pk)?, &keys(pv)?, f.pos, len, layer.window)?);
+                }
                 off += len;
+                if decoding.len() == feeds.len() {
+                    break;
+                }
             }
-            let y = Tensor::cat(&ys, 0)?;
+            let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
             x = (layer.o.forward(&y)? + &x)?;
             let h = layer.post_norm.forward(&x)?;
             let m = (self.act.forward(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (layer.down.forward(&m)? + &x)?;
         }
-        let x = x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)?;
+        let x = if n == feeds.len() { x } else { x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)? };
         self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+    }
+
+    fn scale(&self, att: Tensor) -> Result<Tensor> {
+        let hd = self.head_dim as f64;
+        if self.divide_scale { att / hd.sqrt() } else { att * (1f64 / hd.sqrt()) }
     }
 
     /// One sequence's attention: `q` (heads, len, head_dim) for its new tokens at positions
@@ -409,5 +504,86 @@ impl Stacked {
             .transpose(0, 1)?
             .reshape((len, self.heads * hd))?
             .to_dtype(self.dtype)
+    }
+}
+
+/// The sequences of a step that decode one token each, attending as one batch: their slots,
+/// how far each reaches, and the masks for that.
+struct Decoding {
+    /// Each decoding sequence's token among the step's tokens.
+    tokens: Tensor,
+    /// Their slots, when they are not simply slots 0.. in order.
+    slots: Option<Tensor>,
+    /// Positions to attend over: the furthest any of them reaches.
+    reach: usize,
+    /// (decoding, 1, 1, reach) additive masks: past each sequence's own end, and per window.
+    plain: Tensor,
+    windowed: Vec<(usize, Tensor)>,
+}
+
+impl Decoding {
+    fn new(m: &Stacked, pool: &KvPool, feeds: &[Feed<'_>], decoding: &[usize]) -> Result<Option<Decoding>> {
+        if decoding.is_empty() {
+            return Ok(None);
+        }
+        let dev = &m.device;
+        let mut starts = Vec::with_capacity(feeds.len());
+        let mut off = 0u32;
+        for f in feeds {
+            starts.push(off);
+            off += f.tokens.len() as u32;
+        }
+        let tokens: Vec<u32> = decoding.iter().map(|&i| starts[i]).collect();
+        let slots: Vec<u32> = decoding.iter().map(|&i| feeds[i].slot as u32).collect();
+        let in_order = slots.iter().enumerate().all(|(i, &s)| s as usize == i);
+        let reach = decoding.iter().map(|&i| feeds[i].pos + 1).max().unwrap_or(1).min(pool.positions);
+        let mask =
+            |window: Option<usize>| {
+                let mut v = Vec::with_capacity(decoding.len() * reach);
+                for &i in decoding {
+                    let at = feeds[i].pos;
+                    v.extend(
+                        (0..reach)
+                            .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
+                    );
+                }
+                Tensor::from_vec(v, (decoding.len(), 1, 1, reach), dev)
+            };
+        let mut windows: Vec<usize> = m.layers.iter().filter_map(|l| l.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        Ok(Some(Decoding {
+            tokens: Tensor::new(tokens.as_slice(), dev)?,
+            slots: if in_order { None } else { Some(Tensor::new(slots.as_slice(), dev)?) },
+            reach,
+            plain: mask(None)?,
+            windowed: windows.into_iter().map(|w| Ok((w, mask(Some(w))?))).collect::<Result<_>>()?,
+        }))
+    }
+
+    /// Attention of every decoding sequence's one query against its slot's keys and values
+    /// (`pk`, `pv`: a layer's pool): (decoding, heads × head_dim), in the model's dtype.
+    fn attend(&self, m: &Stacked, q: &Tensor, pk: &Tensor, pv: &Tensor, window: Option<usize>) -> Result<Tensor> {
+        let b = self.tokens.dim(0)?;
+        let (kvh, hd) = (m.kv_heads, m.head_dim);
+        let rep = m.heads / kvh;
+        let take = |t: &Tensor| -> Result<Tensor> {
+            // Gathered slots before narrowing: index_select takes a contiguous tensor.
+            let t = match &self.slots {
+                None => t.narrow(0, 0, b)?,
+                Some(s) => t.index_select(s, 0)?,
+            };
+            t.narrow(2, 0, self.reach)?.to_dtype(DType::F32)
+        };
+        let (k, v) = (take(pk)?, take(pv)?);
+        // Query heads grouped on their key/value head, as in `Stacked::attend`.
+        let q = q.index_select(&self.tokens, 0)?.to_dtype(DType::F32)?.reshape((b, kvh, rep, hd))?;
+        let att = m.scale(q.matmul(&k.transpose(2, 3)?)?)?;
+        let mask = match window {
+            None => &self.plain,
+            Some(w) => &self.windowed.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(mask)?)?;
+        att.matmul(&v.contiguous()?)?.reshape((b, m.heads * hd))?.to_dtype(m.dtype)
     }
 }
