@@ -6,13 +6,13 @@
 //! `model.safetensors`, or shards named by `model.safetensors.index.json`'s `weight_map`. f32 on
 //! the CPU; bf16 on CUDA (the agent's `cuda` feature).
 //!
-//! Each request is a [`Sequence`] with its own KV cache; the loaded weights are shared. The
-//! prompt is run once (prefill), then one token per step (decode). [`Batch`] keeps up to
-//! `max_multiplexing` sequences and advances every one of them by one token per step in one
-//! stacked forward ([`stacked`]): the tokens of every sequence — one each for those decoding,
-//! the whole prompt for one joining — go through each weight matrix in one matrix product, so a
-//! step reads the weights once whatever the batch's size; only attention runs per sequence.
-//! New sequences join between steps and finished ones leave (continuous batching).
+//! Each request is a [`Sequence`]; the loaded weights are shared. The prompt is run once
+//! (prefill), then one token per step (decode). [`Batch`] keeps up to `max_multiplexing`
+//! sequences and advances every one of them by one token per step in one stacked forward
+//! ([`stacked`]): the tokens of every sequence — one each for those decoding, the whole prompt
+//! for one joining — go through each weight matrix in one matrix product, so a step reads the
+//! weights once whatever the batch's size. Keys and values live in the batch's pool, one slot
+//! per sequence. New sequences join between steps and finished ones leave (continuous batching).
 //! candle-transformers' own models are the reference the stacked forward is checked against
 //! ([`Llm::reference_greedy`]).
 //!
@@ -284,7 +284,7 @@ impl Llm {
             _ => Sampling::ArgMax,
         };
         Ok(Sequence {
-            solo: KvPool::default(),
+            solo: KvPool::for_slots(1),
             sampler: LogitsProcessor::from_sampling(params.seed.unwrap_or(0), sampling),
             prompt_len: prompt.len(),
             pending: prompt.clone(),
@@ -644,7 +644,7 @@ impl Sequence {
         all.extend_from_slice(&self.generated);
         self.pending = all;
         self.pos = 0;
-        self.solo = KvPool::default();
+        self.solo = KvPool::for_slots(1);
     }
 
     /// The longest stop sequence's length in bytes (0: none).
@@ -672,7 +672,8 @@ pub struct Batch<K> {
 
 impl<K: Clone> Batch<K> {
     pub fn new(capacity: usize) -> Batch<K> {
-        Batch { capacity: capacity.max(1), running: Vec::new(), pool: KvPool::default() }
+        let capacity = capacity.max(1);
+        Batch { capacity, running: Vec::new(), pool: KvPool::for_slots(capacity) }
     }
 
     pub fn has_room(&self) -> bool {

@@ -8,8 +8,9 @@
 //! sequence, and each of those reads every weight. Decoding is bound by reading the weights
 //! (a 8 B model in bf16 is 16 GB read per forward), so B sequences cost B reads per step where
 //! one would do. Here the tokens of all sequences are stacked into one (tokens, hidden) matrix
-//! for the embeddings, norms, projections and MLP; only attention, which reads each sequence's
-//! own keys and values, runs per sequence.
+//! for the embeddings, norms, projections and MLP. Keys and values are written in place into a
+//! [`KvPool`] (one slot per sequence); the sequences decoding one token attend together in one
+//! batched product over their slots, masked past each one's end, and a prompt attends alone.
 //!
 //! The arithmetic is candle-transformers' own, op for op (the same RMS norm, rotary tables and
 //! kernel, grouped-query attention, softmax and activation), so greedy decoding gives the same
@@ -32,11 +33,24 @@ type Result<T> = candle_core::Result<T>;
 /// positions grow (each to the next power of two) as sequences need them, so a step writes only
 /// its new tokens' rows instead of copying every cache, and the decoding sequences' attention
 /// reads the slots as one batch.
+///
+/// Memory: slots × the furthest position any of them reached (both rounded up), per layer, for
+/// keys and values. A runner's `max_multiplexing` × context is what must fit beside the weights.
 #[derive(Default)]
 pub struct KvPool {
     layers: Vec<(Tensor, Tensor)>,
     slots: usize,
     positions: usize,
+    /// The most slots it will be asked for (a batch's capacity; 0: no bound), so that rounding
+    /// up never allocates past it.
+    most_slots: usize,
+}
+
+impl KvPool {
+    /// An empty pool for up to `slots` sequences at once.
+    pub fn for_slots(slots: usize) -> KvPool {
+        KvPool { most_slots: slots, ..KvPool::default() }
+    }
 }
 
 impl std::fmt::Debug for KvPool {
@@ -309,7 +323,12 @@ impl Stacked {
         if slots <= pool.slots && positions <= pool.positions && !pool.layers.is_empty() {
             return Ok(());
         }
-        let new_slots = if slots > pool.slots { slots.next_power_of_two() } else { pool.slots };
+        let new_slots = if slots > pool.slots {
+            let bound = if pool.most_slots >= slots { pool.most_slots } else { usize::MAX };
+            slots.next_power_of_two().min(bound)
+        } else {
+            pool.slots
+        };
         let new_positions = if positions > pool.positions {
             positions.next_power_of_two().clamp(64, self.max_positions().max(positions))
         } else {
@@ -341,7 +360,7 @@ impl Stacked {
             let old = pool.layers.get(i);
             layers.push((grow(old.map(|(k, _)| k))?, grow(old.map(|(_, v)| v))?));
         }
-        *pool = KvPool { layers, slots: new_slots, positions: new_positions };
+        *pool = KvPool { layers, slots: new_slots, positions: new_positions, most_slots: pool.most_slots };
         Ok(())
     }
 
@@ -537,18 +556,17 @@ impl Decoding {
         let slots: Vec<u32> = decoding.iter().map(|&i| feeds[i].slot as u32).collect();
         let in_order = slots.iter().enumerate().all(|(i, &s)| s as usize == i);
         let reach = decoding.iter().map(|&i| feeds[i].pos + 1).max().unwrap_or(1).min(pool.positions);
-        let mask =
-            |window: Option<usize>| {
-                let mut v = Vec::with_capacity(decoding.len() * reach);
-                for &i in decoding {
-                    let at = feeds[i].pos;
-                    v.extend(
-                        (0..reach)
-                            .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
-                    );
-                }
-                Tensor::from_vec(v, (decoding.len(), 1, 1, reach), dev)
-            };
+        let mask = |window: Option<usize>| {
+            let mut v = Vec::with_capacity(decoding.len() * reach);
+            for &i in decoding {
+                let at = feeds[i].pos;
+                v.extend(
+                    (0..reach)
+                        .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
+                );
+            }
+            Tensor::from_vec(v, (decoding.len(), 1, 1, reach), dev)
+        };
         let mut windows: Vec<usize> = m.layers.iter().filter_map(|l| l.window).collect();
         windows.sort_unstable();
         windows.dedup();
