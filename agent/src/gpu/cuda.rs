@@ -17,15 +17,29 @@ pub struct Device {
 }
 
 /// Whether libcuda (the NVIDIA driver's user-space library) can be loaded.
+#[cfg(not(feature = "cuda"))]
 pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen the library under its usual names; calls nothing in it.
     unsafe { sys::is_culib_present() }
 }
 
 /// Whether cuBLAS can be loaded (the GPU burn-in needs it).
+#[cfg(not(feature = "cuda"))]
 pub fn cublas_present() -> bool {
     // SAFETY: as above, a dlopen attempt only.
     unsafe { blas_sys::is_culib_present() }
+}
+
+/// Built with the `cuda` feature, the agent is linked to libcuda and cuBLAS (candle's CUDA
+/// backend links cudarc to them): running at all means they loaded.
+#[cfg(feature = "cuda")]
+pub fn driver_present() -> bool {
+    true
+}
+
+#[cfg(feature = "cuda")]
+pub fn cublas_present() -> bool {
+    true
 }
 
 /// The driver's CUDA version and its devices.
