@@ -87,6 +87,8 @@ fn bandwidth(device: &Device) -> f64 {
 }
 
 fn main() {
+    // As the agent runs (see `set_cpu_threads`): both ways below decode on candle's CPU matmul.
+    fleet_agent::model::set_cpu_threads();
     let name = std::env::var("FLEET_LLM_BENCH_SHAPE").unwrap_or_else(|_| "small".into());
     let device = fleet_agent::model::device();
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };

@@ -107,6 +107,7 @@ enum LlmFamily {
 }
 
 fn main() -> ExitCode {
+    fleet_agent::model::set_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(fleet_agent::logtail::install())

@@ -34,6 +34,29 @@ impl std::fmt::Debug for Mlp {
     }
 }
 
+/// Starts this process again with `RAYON_NUM_THREADS` set, when it is not, to the thread count
+/// candle would use anyway; returns only if it is set already or the restart failed.
+///
+/// Why: candle asks how many threads to use on every CPU matrix product, and without the variable
+/// the answer comes from `num_cpus::get_physical()`, which reads and parses /proc/cpuinfo each
+/// time. That was 40% of a small model's CPU decode (`cargo bench -p fleet-agent --bench llm`:
+/// 159 → 258–289 tokens/s with it set), more on machines with many cores (a longer file). The
+/// variable can only be set safely before the process has threads, hence the exec (same pid, same
+/// arguments) at the top of `main`, before anything else runs.
+pub fn set_cpu_threads() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let threads = candle_core::utils::get_num_threads();
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .exec();
+    eprintln!("could not restart with RAYON_NUM_THREADS={threads} ({err}); going on without it");
+}
+
 /// The device runners use: the first GPU when candle was built with CUDA and one is there.
 pub fn device() -> Device {
     #[cfg(feature = "cuda")]

@@ -49,6 +49,7 @@ impl AgentProc {
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info")
+            .env_remove("RAYON_NUM_THREADS")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -133,6 +134,12 @@ async fn agent_registers_serves_with_candle_and_its_death_is_seen_within_ttl() {
     assert_eq!(burn.device, "cpu");
     assert!(burn.passed && burn.tflops > 0.0, "{burn:?}");
     assert_eq!(rec.gpus, 0, "this machine has no GPU");
+    // Started without RAYON_NUM_THREADS, the agent runs with it set (it restarts itself so that
+    // candle does not read /proc/cpuinfo on every matrix product), under the same pid.
+    let environ = std::fs::read(format!("/proc/{}/environ", a.child.id())).unwrap();
+    let threads = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"RAYON_NUM_THREADS="));
+    let threads: usize = std::str::from_utf8(threads.expect("RAYON_NUM_THREADS set")).unwrap().parse().unwrap();
+    assert!(threads >= 1);
 
     // The runner comes up on the agent (Pending → Starting by the orchestrator, → Idle by the agent).
     wait("runner idle", Duration::from_secs(20), || async {

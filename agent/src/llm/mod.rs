@@ -733,6 +733,10 @@ impl<K: Clone> Batch<K> {
             }
         }
         self.running = keep;
+        if self.running.is_empty() {
+            // Idle: the pool's memory goes back (the next sequence starts a small one).
+            self.pool = KvPool::for_slots(self.capacity);
+        }
         (tokens, done)
     }
 

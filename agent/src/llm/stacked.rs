@@ -35,7 +35,8 @@ type Result<T> = candle_core::Result<T>;
 /// reads the slots as one batch.
 ///
 /// Memory: slots × the furthest position any of them reached (both rounded up), per layer, for
-/// keys and values. A runner's `max_multiplexing` × context is what must fit beside the weights.
+/// keys and values; a [`super::Batch`] lets its pool go when it empties. A runner's
+/// `max_multiplexing` × context is what must fit beside the weights.
 #[derive(Default)]
 pub struct KvPool {
     layers: Vec<(Tensor, Tensor)>,
@@ -334,6 +335,12 @@ impl Stacked {
         } else {
             pool.positions
         };
+        // Rows of a layer's pool are addressed by u32 (see `forward`).
+        if new_slots * self.kv_heads * new_positions > u32::MAX as usize {
+            return Err(bad(format!(
+                "a key/value pool of {new_slots} sequences × {new_positions} positions is more than one runner holds"
+            )));
+        }
         let shape = |s: usize, p: usize| (s, self.kv_heads, p, self.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {
             let Some(old) = old else {
