@@ -122,8 +122,9 @@ fn one_stacked_forward_of_prompts_and_decoding_tokens_gives_candle_transformers_
         let mut worst = 0f32;
         // Step 0: sequence 0's prompt alone. Step 1: sequence 0 decodes one token while
         // sequence 1's prompt prefills, in one forward. Step 2: both decode while 2 and 3
-        // prefill. Steps 3..: all four decode, but step 4 only 1 and 3 (gathered from their
-        // slots, not read in order). From step 7 on, 0 and 2 go on alone, well past the 64
+        // prefill (prompts of different lengths, padded together). Steps 3..: all four decode,
+        // but step 4 only 1 and 3 (gathered from their slots, not read in order), and at step 5
+        // sequence 1 takes three tokens at once beside the others' one. From step 7 on, 0 and 2 go on alone, well past the 64
         // positions the cache pool first holds (so it grows, keeping what it held). Every row
         // is checked against the reference over the whole sequence so far.
         for step in 0..80 {
@@ -137,7 +138,13 @@ fn one_stacked_forward_of_prompts_and_decoding_tokens_gives_candle_transformers_
             let feeds: Vec<(usize, Vec<u32>)> = active
                 .iter()
                 .map(|&i| {
-                    let t = if fed[i].is_empty() { prompts[i].clone() } else { vec![(i as u32 * 7 + step) % 60 + 3] };
+                    let next = |k: u32| (i as u32 * 7 + step + k) % 60 + 3;
+                    let t = match (fed[i].is_empty(), step, i) {
+                        (true, _, _) => prompts[i].clone(),
+                        // Several tokens at once past the start (a prompt continued).
+                        (false, 5, 1) => vec![next(0), next(1), next(2)],
+                        _ => vec![next(0)],
+                    };
                     (i, t)
                 })
                 .collect();

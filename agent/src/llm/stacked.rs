@@ -6,11 +6,13 @@
 //! Why not candle-transformers' models: they take one position offset per forward and keep the
 //! KV cache inside the model, so a batch of sequences at different lengths runs one forward per
 //! sequence, and each of those reads every weight. Decoding is bound by reading the weights
-//! (a 8 B model in bf16 is 16 GB read per forward), so B sequences cost B reads per step where
+//! (an 8 B model in bf16 is 16 GB read per forward), so B sequences cost B reads per step where
 //! one would do. Here the tokens of all sequences are stacked into one (tokens, hidden) matrix
 //! for the embeddings, norms, projections and MLP. Keys and values are written in place into a
 //! [`KvPool`] (one slot per sequence); the sequences decoding one token attend together in one
-//! batched product over their slots, masked past each one's end, and a prompt attends alone.
+//! batched product over their slots, masked past each one's end, and the prompts joining in the
+//! step as another, each padded to the longest of them: a step is a fixed number of operations
+//! per layer however many sequences it holds.
 //!
 //! The arithmetic is candle-transformers' own, op for op (the same RMS norm, rotary tables and
 //! kernel, grouped-query attention, softmax and activation), so greedy decoding gives the same
@@ -431,8 +433,33 @@ impl Stacked {
         let rows = Tensor::from_vec(rows, (n * kvh, 1), dev)?.broadcast_as((n * kvh, hd))?.contiguous()?;
         let flat = pool.slots * kvh * cap;
         // The sequences decoding one token attend together; prompts (more than one token) alone.
+        // The sequences decoding one token attend as one batch; those feeding a prompt as
+        // another (padded to the longest prompt among them).
         let decoding: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() == 1).collect();
-        let batch = Decoding::new(self, pool, feeds, &decoding)?;
+        let prompting: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() > 1).collect();
+        let dec = Decoding::new(self, pool, feeds, &decoding)?;
+        let pre = Prefill::new(self, feeds, &prompting)?;
+        // Both groups' rows, decoding first, back in the step's token order (when mixed).
+        let order = if dec.is_some() && pre.is_some() {
+            let mut at = vec![0u32; n];
+            let mut off = 0;
+            let (mut d, mut p) = (0u32, decoding.len() as u32);
+            for f in feeds {
+                for slot in at.iter_mut().skip(off).take(f.tokens.len()) {
+                    if f.tokens.len() == 1 {
+                        *slot = d;
+                        d += 1;
+                    } else {
+                        *slot = p;
+                        p += 1;
+                    }
+                }
+                off += f.tokens.len();
+            }
+            Some(Tensor::new(at.as_slice(), dev)?)
+        } else {
+            None
+        };
         let positions = Tensor::new(positions.as_slice(), dev)?;
         // Each token's own rotation: (tokens, 1, head_dim / 2) against q and k laid out as
         // (tokens, heads, 1, head_dim), so rope's per-batch tables rotate each at its position.
@@ -449,29 +476,18 @@ impl Stacked {
             let (pk, pv) = &pool.layers[li];
             pk.reshape((flat, hd))?.scatter_set(&rows, &k, 0)?;
             pv.reshape((flat, hd))?.scatter_set(&rows, &v, 0)?;
-            let decoded = match &batch {
-                Some(b) => Some(b.attend(self, &q, pk, pv, layer.window)?),
-                None => None,
+            let y = match (&dec, &pre) {
+                (Some(d), None) => d.attend(self, &q, pk, pv, layer.window)?,
+                (None, Some(p)) => p.attend(self, &q, pk, pv, layer.window)?,
+                (Some(d), Some(p)) => {
+                    let both = Tensor::cat(
+                        &[d.attend(self, &q, pk, pv, layer.window)?, p.attend(self, &q, pk, pv, layer.window)?],
+                        0,
+                    )?;
+                    both.index_select(order.as_ref().expect("an order when mixed"), 0)?
+                }
+                (None, None) => unreachable!("a step has at least one sequence"),
             };
-            let mut ys = Vec::with_capacity(feeds.len());
-            let (mut off, mut d) = (0, 0);
-            for f in feeds {
-                let len = f.tokens.len();
-                if len == 1 {
-                    let all = decoded.as_ref().expect("decoding sequences attended");
-                    ys.push(if decoding.len() == feeds.len() { all.clone() } else { all.narrow(0, d, 1)? });
-                    d += 1;
-                } else {
-                    let q = q.narrow(0, off, len)?.transpose(0, 1)?;
-                    let keys = |t: &Tensor| t.narrow(0, f.slot, 1)?.squeeze(0)?.narrow(1, 0, f.pos + len);
-                    ys.push(self.attend(&q, &keys(pk)?, &keys(pv)?, f.pos, len, layer.window)?);
-                }
-                off += len;
-                if decoding.len() == feeds.len() {
-                    break;
-                }
-            }
-            let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
             x = (layer.o.forward(&y)? + &x)?;
             let h = layer.post_norm.forward(&x)?;
             let m = (self.act.forward(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
@@ -484,52 +500,6 @@ impl Stacked {
     fn scale(&self, att: Tensor) -> Result<Tensor> {
         let hd = self.head_dim as f64;
         if self.divide_scale { att / hd.sqrt() } else { att * (1f64 / hd.sqrt()) }
-    }
-
-    /// One sequence's attention: `q` (heads, len, head_dim) for its new tokens at positions
-    /// `pos..pos + len`, against all its keys and values (kv_heads, pos + len, head_dim).
-    /// Returns (len, heads × head_dim). In f32 whatever the model's dtype.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        pos: usize,
-        len: usize,
-        window: Option<usize>,
-    ) -> Result<Tensor> {
-        let (hd, kvh) = (self.head_dim, self.kv_heads);
-        let rep = self.heads / kvh;
-        let total = k.dim(1)?;
-        // The `rep` query heads that share a key/value head (head h reads kv head h / rep, as
-        // candle-transformers' repeat_kv lays them out) as one matrix product against it.
-        let q = q.to_dtype(DType::F32)?.contiguous()?.reshape((kvh, rep * len, hd))?;
-        let k = k.to_dtype(DType::F32)?;
-        let v = v.to_dtype(DType::F32)?.contiguous()?;
-        let att = q.matmul(&k.t()?)?;
-        let att = if self.divide_scale { (att / (hd as f64).sqrt())? } else { (att * (1f64 / (hd as f64).sqrt()))? };
-        let windowed = window.is_some_and(|w| pos + len - 1 > w);
-        let att = if len > 1 || windowed {
-            // Query i (at pos + i) sees key j when j ≤ pos + i and, with a window w, pos + i − j ≤ w.
-            let mask: Vec<f32> = (0..len)
-                .flat_map(|i| {
-                    (0..total).map(move |j| {
-                        let at = pos + i;
-                        if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (len, total), &self.device)?;
-            att.reshape((kvh, rep, len, total))?.broadcast_add(&mask)?.reshape((kvh, rep * len, total))?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        att.matmul(&v)?
-            .reshape((self.heads, len, hd))?
-            .transpose(0, 1)?
-            .reshape((len, self.heads * hd))?
-            .to_dtype(self.dtype)
     }
 }
 
@@ -610,5 +580,107 @@ impl Decoding {
         };
         let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(mask)?)?;
         att.matmul(&v.contiguous()?)?.reshape((b, m.heads * hd))?.to_dtype(m.dtype)
+    }
+}
+
+/// The sequences of a step that feed more than one token (a prompt), attending as one batch:
+/// each one's queries padded to the longest prompt among them (a padding row repeats its last
+/// token and is dropped after), against its slot's keys and values.
+struct Prefill {
+    /// The step's token behind each padded query row, (prompts × longest).
+    gather: Tensor,
+    /// The padded rows that are real tokens, in the step's order.
+    keep: Tensor,
+    slots: Tensor,
+    count: usize,
+    longest: usize,
+    /// Positions to attend over: the furthest any of them reaches.
+    reach: usize,
+    /// (prompts, 1, 1, longest, reach) additive masks: causal, and per window.
+    plain: Tensor,
+    windowed: Vec<(usize, Tensor)>,
+}
+
+impl Prefill {
+    fn new(m: &Stacked, feeds: &[Feed<'_>], prompting: &[usize]) -> Result<Option<Prefill>> {
+        if prompting.is_empty() {
+            return Ok(None);
+        }
+        let dev = &m.device;
+        let mut starts = Vec::with_capacity(feeds.len());
+        let mut off = 0u32;
+        for f in feeds {
+            starts.push(off);
+            off += f.tokens.len() as u32;
+        }
+        let longest = prompting.iter().map(|&i| feeds[i].tokens.len()).max().unwrap_or(1);
+        let reach = prompting.iter().map(|&i| feeds[i].pos + feeds[i].tokens.len()).max().unwrap_or(1);
+        let (mut gather, mut keep) = (Vec::new(), Vec::new());
+        for (p, &i) in prompting.iter().enumerate() {
+            let len = feeds[i].tokens.len();
+            gather.extend((0..longest).map(|t| starts[i] + t.min(len - 1) as u32));
+            keep.extend((0..len).map(|t| (p * longest + t) as u32));
+        }
+        let mask = |window: Option<usize>| {
+            let mut v = Vec::with_capacity(prompting.len() * longest * reach);
+            for &i in prompting {
+                let (pos, len) = (feeds[i].pos, feeds[i].tokens.len());
+                for t in 0..longest {
+                    // A padding row sees what its prompt's last token sees.
+                    let at = pos + t.min(len - 1);
+                    v.extend(
+                        (0..reach)
+                            .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
+                    );
+                }
+            }
+            Tensor::from_vec(v, (prompting.len(), 1, 1, longest, reach), dev)
+        };
+        let mut windows: Vec<usize> = m.layers.iter().filter_map(|l| l.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let slots: Vec<u32> = prompting.iter().map(|&i| feeds[i].slot as u32).collect();
+        Ok(Some(Prefill {
+            gather: Tensor::new(gather.as_slice(), dev)?,
+            keep: Tensor::new(keep.as_slice(), dev)?,
+            slots: Tensor::new(slots.as_slice(), dev)?,
+            count: prompting.len(),
+            longest,
+            reach,
+            plain: mask(None)?,
+            windowed: windows.into_iter().map(|w| Ok((w, mask(Some(w))?))).collect::<Result<_>>()?,
+        }))
+    }
+
+    /// Attention of every prompt's queries (`q`: the step's, (tokens, heads, head_dim)) against
+    /// its slot's keys and values (`pk`, `pv`: a layer's pool): (prompt tokens, heads × head_dim)
+    /// in the step's order, in the model's dtype.
+    fn attend(&self, m: &Stacked, q: &Tensor, pk: &Tensor, pv: &Tensor, window: Option<usize>) -> Result<Tensor> {
+        let (b, l, r) = (self.count, self.longest, self.reach);
+        let (kvh, hd) = (m.kv_heads, m.head_dim);
+        let rep = m.heads / kvh;
+        let take = |t: &Tensor| t.index_select(&self.slots, 0)?.narrow(2, 0, r)?.to_dtype(DType::F32);
+        let (k, v) = (take(pk)?, take(pv)?);
+        // (prompts, heads, longest, head_dim), the query heads grouped on their key/value head.
+        let q = q
+            .index_select(&self.gather, 0)?
+            .reshape((b, l, m.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .to_dtype(DType::F32)?
+            .reshape((b, kvh, rep * l, hd))?;
+        let att = m.scale(q.matmul(&k.transpose(2, 3)?)?)?;
+        let mask = match window {
+            None => &self.plain,
+            Some(w) => &self.windowed.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
+        };
+        let att = att.reshape((b, kvh, rep, l, r))?.broadcast_add(mask)?.reshape((b, kvh, rep * l, r))?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v.contiguous()?)?
+            .reshape((b, m.heads, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b * l, m.heads * hd))?
+            .index_select(&self.keep, 0)?
+            .to_dtype(m.dtype)
     }
 }
