@@ -74,6 +74,8 @@ pub struct FleetState {
     pub(super) ctx: Arc<Ctx>,
     /// Nodes and runners, in memory, current by watch (and by this actor's own writes).
     pub(super) informer: Informer,
+    /// The queue records as the last pass read them: a pass decodes only those that changed.
+    pub(super) queue_scan: fleet_state::queue::ScanCache,
     pub(super) catalog: Arc<Catalog>,
     pub(super) applied: Option<Applied>,
     pub(super) unavailable: UnavailableCache,
@@ -181,6 +183,7 @@ impl Actor for FleetActor {
         Ok(FleetState {
             ctx,
             informer,
+            queue_scan: Default::default(),
             catalog,
             applied: None,
             unavailable: UnavailableCache::default(),

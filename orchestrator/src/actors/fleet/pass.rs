@@ -101,7 +101,7 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     let nodes = st.informer.nodes();
     let runners = st.informer.runners();
     phases.mark("snapshot");
-    let (mut depths, requeued) = queue::scan(store, keys).await?;
+    let (mut depths, requeued) = queue::scan_cached(store, keys, &mut st.queue_scan).await?;
     ctx.metrics.quarantined.set(i64::try_from(queue::quarantined()).unwrap_or(i64::MAX));
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
