@@ -330,8 +330,8 @@ pub async fn scan_cached(
 /// What a scan of the queues keeps of each record from one scan to the next: its app, id and
 /// claimer, and the revision they were read at, in key order (as ranges come). A record whose
 /// revision has not changed is not decoded again. Why: a pass decoded every queued request, input
-/// included, each time — under 20,000 submits/s a fifth of fleetd's CPU in `perf`, holding an
-/// async worker for as long as the queue was deep. The scan walks the range and the cache
+/// included, each time — under 20,000 submits/s over a third of fleetd's worker CPU in `perf`,
+/// holding an async worker for as long as the queue was deep. The scan walks the range and the cache
 /// together, both in key order: no hashing, and the keys move from one scan's cache to the next.
 #[derive(Debug, Default)]
 pub struct ScanCache {
