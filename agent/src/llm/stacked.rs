@@ -432,7 +432,6 @@ impl Stacked {
         }
         let rows = Tensor::from_vec(rows, (n * kvh, 1), dev)?.broadcast_as((n * kvh, hd))?.contiguous()?;
         let flat = pool.slots * kvh * cap;
-        // The sequences decoding one token attend together; prompts (more than one token) alone.
         // The sequences decoding one token attend as one batch; those feeding a prompt as
         // another (padded to the longest prompt among them).
         let decoding: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() == 1).collect();
@@ -571,7 +570,8 @@ impl Decoding {
             t.narrow(2, 0, self.reach)?.to_dtype(DType::F32)
         };
         let (k, v) = (take(pk)?, take(pv)?);
-        // Query heads grouped on their key/value head, as in `Stacked::attend`.
+        // The `rep` query heads that share a key/value head (head h reads kv head h / rep, as
+        // candle-transformers' repeat_kv lays them out) as one matrix product against it.
         let q = q.index_select(&self.tokens, 0)?.to_dtype(DType::F32)?.reshape((b, kvh, rep, hd))?;
         let att = m.scale(q.matmul(&k.transpose(2, 3)?)?)?;
         let mask = match window {
