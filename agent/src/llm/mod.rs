@@ -1,5 +1,5 @@
 //! The LLM runner kind: a causal language model loaded from a directory laid out as model hubs
-//! publish them, decoded with candle-transformers.
+//! publish them, decoded on candle by fleet's own batched decoder ([`stacked`]).
 //!
 //! A model directory holds `config.json` (its `model_type` names the family: `llama` — Llama 2
 //! and 3 —, `mistral`, `qwen2`), `tokenizer.json` (the `tokenizers` crate), and the weights: one
