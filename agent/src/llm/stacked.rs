@@ -96,6 +96,8 @@ pub struct Stacked {
     kv_heads: usize,
     head_dim: usize,
     act: Activation,
+    /// The distinct sliding windows of the layers (each needs its own masks).
+    windows: Vec<usize>,
     /// Llama's attention divides the scores by √head_dim; Mistral's and Qwen2's multiply by its
     /// inverse (kept apart so that the last bit agrees with each reference).
     divide_scale: bool,
@@ -277,6 +279,9 @@ impl Stacked {
                 window: (a.window)(i),
             });
         }
+        let mut windows: Vec<usize> = layers.iter().filter_map(|l| l.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
         let norm = candle_nn::rms_norm(a.hidden, a.eps, m.pp("norm"))?;
         // Tied embeddings when the config says so or the files hold no lm_head (as
         // candle-transformers' Qwen2 reads them).
@@ -303,6 +308,7 @@ impl Stacked {
             kv_heads: a.kv_heads,
             head_dim: a.head_dim,
             act: a.act,
+            windows,
             divide_scale: a.divide_scale,
             dtype,
             device,
@@ -397,6 +403,7 @@ impl Stacked {
         let limit = self.max_positions();
         let mut ids = Vec::with_capacity(n);
         let mut positions = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(feeds.len());
         let mut last = Vec::with_capacity(feeds.len());
         let mut slots = std::collections::HashSet::new();
         for f in feeds {
@@ -409,6 +416,7 @@ impl Stacked {
             if !slots.insert(f.slot) {
                 return Err(bad(format!("two sequences in one step share slot {}", f.slot)));
             }
+            starts.push(ids.len() as u32);
             ids.extend_from_slice(f.tokens);
             positions.extend((f.pos..f.pos + f.tokens.len()).map(|p| p as u32));
             last.push(ids.len() as u32 - 1);
@@ -436,8 +444,8 @@ impl Stacked {
         // another (padded to the longest prompt among them).
         let decoding: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() == 1).collect();
         let prompting: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() > 1).collect();
-        let dec = Decoding::new(self, pool, feeds, &decoding)?;
-        let pre = Prefill::new(self, feeds, &prompting)?;
+        let dec = Decoding::new(self, pool, feeds, &starts, &decoding)?;
+        let pre = Prefill::new(self, feeds, &starts, &prompting)?;
         // Both groups' rows, decoding first, back in the step's token order (when mixed).
         let order = if dec.is_some() && pre.is_some() {
             let mut at = vec![0u32; n];
@@ -502,6 +510,35 @@ impl Stacked {
     }
 }
 
+/// A query at position `at` sees the key at `j` when `j ≤ at` and, with a window `w`, `at − j ≤ w`:
+/// the additive mask's value for that pair.
+fn mask_value(at: usize, j: usize, window: Option<usize>) -> f32 {
+    if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }
+}
+
+/// A group's additive attention masks: without a window, and for each window the model's layers
+/// use.
+struct Masks {
+    plain: Tensor,
+    windowed: Vec<(usize, Tensor)>,
+}
+
+impl Masks {
+    fn new(windows: &[usize], mask: impl Fn(Option<usize>) -> Result<Tensor>) -> Result<Masks> {
+        Ok(Masks {
+            plain: mask(None)?,
+            windowed: windows.iter().map(|&w| Ok((w, mask(Some(w))?))).collect::<Result<_>>()?,
+        })
+    }
+
+    fn get(&self, window: Option<usize>) -> &Tensor {
+        match window {
+            None => &self.plain,
+            Some(w) => &self.windowed.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
+        }
+    }
+}
+
 /// The sequences of a step that decode one token each, attending as one batch: their slots,
 /// how far each reaches, and the masks for that.
 struct Decoding {
@@ -511,23 +548,23 @@ struct Decoding {
     slots: Option<Tensor>,
     /// Positions to attend over: the furthest any of them reaches.
     reach: usize,
-    /// (decoding, 1, 1, reach) additive masks: past each sequence's own end, and per window.
-    plain: Tensor,
-    windowed: Vec<(usize, Tensor)>,
+    /// (decoding, 1, 1, reach): past each sequence's own end.
+    masks: Masks,
 }
 
 impl Decoding {
-    fn new(m: &Stacked, pool: &KvPool, feeds: &[Feed<'_>], decoding: &[usize]) -> Result<Option<Decoding>> {
+    /// `starts`: each feed's first token among the step's tokens.
+    fn new(
+        m: &Stacked,
+        pool: &KvPool,
+        feeds: &[Feed<'_>],
+        starts: &[u32],
+        decoding: &[usize],
+    ) -> Result<Option<Decoding>> {
         if decoding.is_empty() {
             return Ok(None);
         }
         let dev = &m.device;
-        let mut starts = Vec::with_capacity(feeds.len());
-        let mut off = 0u32;
-        for f in feeds {
-            starts.push(off);
-            off += f.tokens.len() as u32;
-        }
         let tokens: Vec<u32> = decoding.iter().map(|&i| starts[i]).collect();
         let slots: Vec<u32> = decoding.iter().map(|&i| feeds[i].slot as u32).collect();
         let in_order = slots.iter().enumerate().all(|(i, &s)| s as usize == i);
@@ -535,23 +572,15 @@ impl Decoding {
         let mask = |window: Option<usize>| {
             let mut v = Vec::with_capacity(decoding.len() * reach);
             for &i in decoding {
-                let at = feeds[i].pos;
-                v.extend(
-                    (0..reach)
-                        .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
-                );
+                v.extend((0..reach).map(|j| mask_value(feeds[i].pos, j, window)));
             }
             Tensor::from_vec(v, (decoding.len(), 1, 1, reach), dev)
         };
-        let mut windows: Vec<usize> = m.layers.iter().filter_map(|l| l.window).collect();
-        windows.sort_unstable();
-        windows.dedup();
         Ok(Some(Decoding {
             tokens: Tensor::new(tokens.as_slice(), dev)?,
             slots: if in_order { None } else { Some(Tensor::new(slots.as_slice(), dev)?) },
             reach,
-            plain: mask(None)?,
-            windowed: windows.into_iter().map(|w| Ok((w, mask(Some(w))?))).collect::<Result<_>>()?,
+            masks: Masks::new(&m.windows, mask)?,
         }))
     }
 
@@ -574,11 +603,7 @@ impl Decoding {
         // candle-transformers' repeat_kv lays them out) as one matrix product against it.
         let q = q.index_select(&self.tokens, 0)?.to_dtype(DType::F32)?.reshape((b, kvh, rep, hd))?;
         let att = m.scale(q.matmul(&k.transpose(2, 3)?)?)?;
-        let mask = match window {
-            None => &self.plain,
-            Some(w) => &self.windowed.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(mask)?)?;
+        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(self.masks.get(window))?)?;
         att.matmul(&v.contiguous()?)?.reshape((b, m.heads * hd))?.to_dtype(m.dtype)
     }
 }
@@ -596,23 +621,17 @@ struct Prefill {
     longest: usize,
     /// Positions to attend over: the furthest any of them reaches.
     reach: usize,
-    /// (prompts, 1, 1, longest, reach) additive masks: causal, and per window.
-    plain: Tensor,
-    windowed: Vec<(usize, Tensor)>,
+    /// (prompts, 1, 1, longest, reach): causal.
+    masks: Masks,
 }
 
 impl Prefill {
-    fn new(m: &Stacked, feeds: &[Feed<'_>], prompting: &[usize]) -> Result<Option<Prefill>> {
+    /// `starts`: each feed's first token among the step's tokens.
+    fn new(m: &Stacked, feeds: &[Feed<'_>], starts: &[u32], prompting: &[usize]) -> Result<Option<Prefill>> {
         if prompting.is_empty() {
             return Ok(None);
         }
         let dev = &m.device;
-        let mut starts = Vec::with_capacity(feeds.len());
-        let mut off = 0u32;
-        for f in feeds {
-            starts.push(off);
-            off += f.tokens.len() as u32;
-        }
         let longest = prompting.iter().map(|&i| feeds[i].tokens.len()).max().unwrap_or(1);
         let reach = prompting.iter().map(|&i| feeds[i].pos + feeds[i].tokens.len()).max().unwrap_or(1);
         let (mut gather, mut keep) = (Vec::new(), Vec::new());
@@ -628,17 +647,11 @@ impl Prefill {
                 for t in 0..longest {
                     // A padding row sees what its prompt's last token sees.
                     let at = pos + t.min(len - 1);
-                    v.extend(
-                        (0..reach)
-                            .map(|j| if j > at || window.is_some_and(|w| at - j > w) { f32::NEG_INFINITY } else { 0. }),
-                    );
+                    v.extend((0..reach).map(|j| mask_value(at, j, window)));
                 }
             }
             Tensor::from_vec(v, (prompting.len(), 1, 1, longest, reach), dev)
         };
-        let mut windows: Vec<usize> = m.layers.iter().filter_map(|l| l.window).collect();
-        windows.sort_unstable();
-        windows.dedup();
         let slots: Vec<u32> = prompting.iter().map(|&i| feeds[i].slot as u32).collect();
         Ok(Some(Prefill {
             gather: Tensor::new(gather.as_slice(), dev)?,
@@ -647,8 +660,7 @@ impl Prefill {
             count: prompting.len(),
             longest,
             reach,
-            plain: mask(None)?,
-            windowed: windows.into_iter().map(|w| Ok((w, mask(Some(w))?))).collect::<Result<_>>()?,
+            masks: Masks::new(&m.windows, mask)?,
         }))
     }
 
@@ -670,11 +682,8 @@ impl Prefill {
             .to_dtype(DType::F32)?
             .reshape((b, kvh, rep * l, hd))?;
         let att = m.scale(q.matmul(&k.transpose(2, 3)?)?)?;
-        let mask = match window {
-            None => &self.plain,
-            Some(w) => &self.windowed.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
-        };
-        let att = att.reshape((b, kvh, rep, l, r))?.broadcast_add(mask)?.reshape((b, kvh, rep * l, r))?;
+        let att =
+            att.reshape((b, kvh, rep, l, r))?.broadcast_add(self.masks.get(window))?.reshape((b, kvh, rep * l, r))?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         att.matmul(&v.contiguous()?)?
             .reshape((b, m.heads, l, hd))?
