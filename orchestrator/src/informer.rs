@@ -1,5 +1,6 @@
-//! An in-memory copy of the fleet's node and runner records, kept current by store watches (the
-//! informer of kube-runtime), so a reconcile pass reads memory instead of the whole store.
+//! An in-memory copy of the fleet's node and runner records, and a mirror of its request queues,
+//! kept current by store watches (the informer of kube-runtime), so a reconcile pass reads memory
+//! instead of the whole store.
 //!
 //! Freshness: each entry remembers the revision it was written at, and an event older than what
 //! is cached is ignored. The fleet actor writes its own changes through to the cache as soon as
@@ -8,6 +9,10 @@
 //! actors, agents) arrive by the watch a moment later. When a watch breaks (the store away, a
 //! lagging watcher) the cache is marked stale, re-listed and watched again; callers make no
 //! decision on a stale cache.
+//!
+//! The queues' mirror ([`QueueMirror`]) only counts and points at suspects: what it says is
+//! acted on through transactions that check the store, and while it is re-listed a pass reads
+//! the queues from the store instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,6 +20,7 @@ use std::time::Duration;
 
 use fleet_core::keys::{Keys, id_of};
 use fleet_state::model::{AgentRecord, NodeRecord, RunnerRecord};
+use fleet_state::queue::{Depth, QueueMirror};
 use fleet_state::store::{Revision, Store, StoreResult, WatchEvent};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -89,7 +95,15 @@ fn agent_urgent(old: Option<&AgentRecord>, new: Option<&AgentRecord>) -> bool {
 
 pub struct Informer {
     cache: Arc<Mutex<Cache>>,
+    queues: Arc<Mutex<QueueFeed>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The queues' mirror, and whether it is listed and followed.
+#[derive(Debug, Default)]
+struct QueueFeed {
+    fresh: bool,
+    mirror: QueueMirror,
 }
 
 impl Drop for Informer {
@@ -191,13 +205,65 @@ async fn follow<T, F>(
     }
 }
 
+/// Lists the queues and the claims into a [`QueueMirror`], then follows both; lists again when a
+/// watch breaks. `nudge` is notified when a request becomes queued (submitted or put back), after
+/// the mirror counts it: a pass that the nudge brings sees it.
+async fn follow_queues(store: Arc<dyn Store>, keys: Keys, feed: Arc<Mutex<QueueFeed>>, nudge: Option<Arc<Notify>>) {
+    loop {
+        let listed = async {
+            let (queued, q_rev) = store.range(&keys.queues()).await?;
+            let (claims, c_rev) = store.range(&keys.claims()).await?;
+            let q_watch = store.watch(&keys.queues(), q_rev + 1).await?;
+            let c_watch = store.watch(&keys.claims(), c_rev + 1).await?;
+            StoreResult::Ok((QueueMirror::listed(&keys, &queued, &claims), q_watch, c_watch))
+        }
+        .await;
+        let (mirror, mut q_watch, mut c_watch) = match listed {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the queues; retrying");
+                feed.lock().expect("queue feed lock").fresh = false;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        *feed.lock().expect("queue feed lock") = QueueFeed { fresh: true, mirror };
+        loop {
+            let ev = tokio::select! {
+                ev = q_watch.recv() => ev,
+                ev = c_watch.recv() => ev,
+            };
+            let ev = match ev {
+                Some(Ok(ev)) => ev,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "queue watch lost; listing again");
+                    break;
+                }
+                None => {
+                    tracing::warn!("queue watch ended; listing again");
+                    break;
+                }
+            };
+            let applied = feed.lock().expect("queue feed lock").mirror.apply(&keys, &ev);
+            if applied.queued
+                && let Some(n) = &nudge
+            {
+                n.notify_one();
+            }
+        }
+        feed.lock().expect("queue feed lock").fresh = false;
+    }
+}
+
 impl Informer {
     /// Starts following the fleet's nodes, runners and agents; returns once all are listed.
     /// `nudge` is notified when an agent appears, vanishes or changes health.
     pub async fn start(store: Arc<dyn Store>, keys: &Keys, nudge: Option<Arc<Notify>>) -> Informer {
         let cache = Arc::new(Mutex::new(Cache::default()));
-        let agents_nudge = nudge.map(|n| (n, agent_urgent as Urgent<AgentRecord>));
+        let queues = Arc::new(Mutex::new(QueueFeed::default()));
+        let agents_nudge = nudge.clone().map(|n| (n, agent_urgent as Urgent<AgentRecord>));
         let tasks = vec![
+            tokio::spawn(follow_queues(store.clone(), keys.clone(), queues.clone(), nudge)),
             tokio::spawn(follow(store.clone(), keys.nodes(), cache.clone(), |c: &mut Cache| &mut c.nodes, None)),
             tokio::spawn(follow(store.clone(), keys.runners(), cache.clone(), |c: &mut Cache| &mut c.runners, None)),
             tokio::spawn(follow(
@@ -208,7 +274,7 @@ impl Informer {
                 agents_nudge,
             )),
         ];
-        let inf = Informer { cache, tasks };
+        let inf = Informer { cache, queues, tasks };
         // Wait a little for both listings (when the store is away the cache stays stale and
         // passes wait for it).
         for _ in 0..500 {
@@ -223,6 +289,13 @@ impl Informer {
     /// False while a listing is missing or a watch is being re-established.
     pub fn is_fresh(&self) -> bool {
         self.cache.lock().expect("cache lock").fresh()
+    }
+
+    /// Depth per app and the suspects of lost claims (see [`QueueMirror`]); `None` while the
+    /// queues are being listed (callers then read the store).
+    pub fn queues(&self) -> Option<(BTreeMap<String, Depth>, Vec<String>)> {
+        let feed = self.queues.lock().expect("queue feed lock");
+        feed.fresh.then(|| (feed.mirror.depths(), feed.mirror.suspects()))
     }
 
     /// Shared, immutable snapshots of the records (cheap to take).

@@ -14,6 +14,9 @@ use fleet_core::{NodeId, RequestId, RunnerId, Time};
 use crate::model::{RequestRecord, RequestState};
 use crate::store::{Compare, LeaseId, Op, Store, StoreError, StoreResult, allocate_ids, to_json};
 
+mod mirror;
+pub use mirror::{Applied as MirrorApplied, QueueMirror};
+
 /// What the API needs to say about submitting.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -317,7 +320,7 @@ pub async fn scan(store: &dyn Store, keys: &Keys) -> StoreResult<(std::collectio
 }
 
 /// [`scan`], decoding only the records that changed since the last scan with `cache`: a reconcile
-/// pass keeps one from pass to pass.
+/// pass keeps one from pass to pass while its [`QueueMirror`] is being listed.
 pub async fn scan_cached(
     store: &dyn Store,
     keys: &Keys,
@@ -423,21 +426,8 @@ async fn requeue_and_count(
             continue;
         }
         // Going back to the queue: the whole record, to write it back.
-        let Some(mut rec) = checked(keys, &kv) else { continue };
-        let claim_key = keys.claim(&rec.app, rec.id);
-        let mut cmps = vec![Compare::unchanged(&kv)];
-        let mut ops = vec![];
-        match claim {
-            Some(c) => {
-                cmps.push(Compare::unchanged(c));
-                ops.push(Op::delete(claim_key));
-            }
-            None => cmps.push(Compare::absent(claim_key)),
-        }
-        rec.state = RequestState::Queued;
-        ops.push(Op::put_json(&kv.key, &rec));
-        if store.txn(cmps, ops).await?.succeeded {
-            tracing::info!(request = rec.id, app = %rec.app, runner, "request queued again: its runner is gone");
+        let Some(rec) = checked(keys, &kv) else { continue };
+        if requeue(store, keys, &kv, rec, claim.copied()).await? {
             n += 1;
             depth.queued += 1;
         } else {
@@ -447,4 +437,69 @@ async fn requeue_and_count(
     }
     cache.records = next;
     Ok((n, depths))
+}
+
+/// Puts `rec` (read as `kv`, claimed) back in the queue, dropping `claim` (its claim key as read,
+/// `None`: absent), if neither changed since they were read. Whether it went back.
+async fn requeue(
+    store: &dyn Store,
+    keys: &Keys,
+    kv: &crate::store::KeyValue,
+    mut rec: RequestRecord,
+    claim: Option<&crate::store::KeyValue>,
+) -> StoreResult<bool> {
+    let claim_key = keys.claim(&rec.app, rec.id);
+    let mut cmps = vec![Compare::unchanged(kv)];
+    let mut ops = vec![];
+    match claim {
+        Some(c) => {
+            cmps.push(Compare::unchanged(c));
+            ops.push(Op::delete(claim_key));
+        }
+        None => cmps.push(Compare::absent(claim_key)),
+    }
+    let runner = match rec.state {
+        RequestState::Claimed { runner, .. } => Some(runner),
+        _ => None,
+    };
+    rec.state = RequestState::Queued;
+    ops.push(Op::put_json(&kv.key, &rec));
+    let ok = store.txn(cmps, ops).await?.succeeded;
+    if ok {
+        tracing::info!(request = rec.id, app = %rec.app, runner, "request queued again: its runner is gone");
+    }
+    Ok(ok)
+}
+
+/// What [`scan`] says, from a [`QueueMirror`]'s `depths` and `suspects` instead of a read of
+/// every queue: each suspect is read again and put back only if it is still claimed and its
+/// claim is still gone (the transaction checks both). Returns the depths with the requeued
+/// requests counted as queued, and how many went back.
+pub async fn requeue_suspects(
+    store: &dyn Store,
+    keys: &Keys,
+    mut depths: std::collections::BTreeMap<String, Depth>,
+    suspects: &[String],
+) -> StoreResult<(std::collections::BTreeMap<String, Depth>, u32)> {
+    let mut n = 0;
+    for key in suspects {
+        let Some(kv) = store.get(key).await? else { continue };
+        let Some(rec) = checked(keys, &kv) else { continue };
+        if !matches!(rec.state, RequestState::Claimed { .. }) {
+            continue;
+        }
+        let app = rec.app.clone();
+        // The transaction checks the claim is still absent.
+        if !requeue(store, keys, &kv, rec, None).await? {
+            continue;
+        }
+        n += 1;
+        if let Some(d) = depths.get_mut(&app)
+            && d.in_flight > 0
+        {
+            d.in_flight -= 1;
+            d.queued += 1;
+        }
+    }
+    Ok((depths, n))
 }

@@ -49,6 +49,9 @@ impl Fleetd {
         let addr = format!("127.0.0.1:{port}");
         let spec_file = dir.path().join("spec.toml");
         std::fs::write(&spec_file, spec).unwrap();
+        // `FLEET_BENCH_FLEETD_LOG=FILE`: fleetd's warnings go there (a watch that fell behind,
+        // say), to tell what a run's figures went through.
+        let log = std::env::var_os("FLEET_BENCH_FLEETD_LOG").map(|f| std::fs::File::create(f).unwrap());
         let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
             .args(["--fleet", fleet, "--listen", &addr])
             .arg("--data-dir")
@@ -56,9 +59,9 @@ impl Fleetd {
             .arg("--spec")
             .arg(&spec_file)
             .args(args)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", if log.is_some() { "warn" } else { "error" })
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
             .unwrap();
         let t = Instant::now();

@@ -101,7 +101,14 @@ pub(super) async fn reconcile(st: &mut FleetState, ctx: &Ctx) -> Result<Action, 
     let nodes = st.informer.nodes();
     let runners = st.informer.runners();
     phases.mark("snapshot");
-    let (mut depths, requeued) = queue::scan_cached(store, keys, &mut st.queue_scan).await?;
+    let (mut depths, requeued) = match st.informer.queues() {
+        Some((depths, suspects)) => {
+            // The scan's cache is for when the mirror is being listed; not kept meanwhile.
+            st.queue_scan = Default::default();
+            queue::requeue_suspects(store, keys, depths, &suspects).await?
+        }
+        None => queue::scan_cached(store, keys, &mut st.queue_scan).await?,
+    };
     ctx.metrics.quarantined.set(i64::try_from(queue::quarantined()).unwrap_or(i64::MAX));
     if requeued > 0 {
         ctx.metrics.requests_requeued.inc_by(u64::from(requeued));
