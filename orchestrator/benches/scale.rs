@@ -66,6 +66,8 @@ async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
 }
 
 fn main() {
+    // As fleetd runs (see its main).
+    fleet_orchestrator::allocator::restart_without_huge_pages();
     tracing_subscriber::fmt()
         // Each pass's phases (debug) are the profile of where the time goes.
         .with_env_filter(

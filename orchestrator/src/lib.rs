@@ -17,6 +17,7 @@
 pub mod access;
 pub mod actors;
 pub mod admission;
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;

@@ -65,6 +65,10 @@ fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
     }
     let (_, m) = d.call("GET", "/metrics", "");
     assert!(m.contains("fleet_launches_total{cloud=\"lambda\",kind=\"called\"}"), "{m}");
+    // Started without it, fleetd runs with mimalloc's huge pages off (it restarted itself).
+    let environ = std::fs::read(format!("/proc/{}/environ", d.child.id())).unwrap();
+    let thp = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"MIMALLOC_ALLOW_THP="));
+    assert_eq!(thp, Some(&b"0"[..]));
 
     // SIGTERM: a clean, prompt exit.
     let pid = d.child.id().to_string();

@@ -177,6 +177,8 @@ pub struct Ctx {
     >,
     /// The dashboard's samples and newest overview ([`crate::dashboard`]).
     pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// Events emitted together are written together ([`crate::events::emit_many`]).
+    pub events: Arc<crate::events::EventWriter>,
 }
 
 impl Ctx {
@@ -229,6 +231,7 @@ impl Ctx {
             offerings: std::sync::RwLock::new(Arc::new(fleet_core::Catalog::new(Vec::new()))),
             origins: Default::default(),
             dashboard: Default::default(),
+            events: Default::default(),
         }
     }
 }

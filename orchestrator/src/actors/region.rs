@@ -83,7 +83,14 @@ enum Outcome {
     Stale,
 }
 
-async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Result<Outcome, StoreError> {
+/// `permit` (one of the region's `launches_per_region`) is let go as soon as the cloud answers:
+/// it bounds the calls in flight, not the recording of their answers.
+async fn launch_once(
+    ctx: &Ctx,
+    provider: &dyn Provider,
+    rec: &NodeRecord,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Outcome, StoreError> {
     let key = ctx.keys.node(rec.id);
     let Some(offering) = rec.offering().cloned() else { return Ok(Outcome::Stale) };
     let mut req = LaunchRequest::new(&ctx.fleet, &rec.id.to_string(), &rec.app, offering.clone());
@@ -110,6 +117,7 @@ async fn launch_once(ctx: &Ctx, provider: &dyn Provider, rec: &NodeRecord) -> Re
     }
     crate::crashpoint::hit("launch.started");
     let answer = provider.launch(&req).await;
+    drop(permit);
     let now = ctx.clock.now();
     ctx.metrics.launches.get_or_create(&crate::metrics::LaunchLabels::new(offering.cloud, "called")).inc();
     match answer {
@@ -249,7 +257,7 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
     let fleet = st.args.fleet.clone();
     let me = myself.clone();
     tokio::spawn(async move {
-        let Ok(_permit) = permits.acquire_owned().await else { return };
+        let Ok(permit) = permits.acquire_owned().await else { return };
         let until = *throttled.lock().expect("throttle lock");
         tokio::time::sleep_until(until).await;
         let id = node.id;
@@ -258,7 +266,7 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
             let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: false });
             return;
         };
-        let outcome = launch_once(&ctx, &*provider, &node).await;
+        let outcome = launch_once(&ctx, &*provider, &node, permit).await;
         drop(pass);
         match outcome {
             Ok(Outcome::Launched(rec)) => {

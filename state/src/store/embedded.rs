@@ -2,13 +2,14 @@
 //! with no set-up. One daemon per file (redb refuses a second opener).
 //!
 //! Every key lives in memory (a `BTreeMap`, so prefix reads are ordered) and in the file; a write
-//! goes to the file first (one redb transaction, fsynced) and to memory only once committed, all
-//! under one lock, so readers never see a change the file does not have. Leases and their TTLs are
+//! goes to the file first (a redb transaction, fsynced, shared by the writes staged together: group
+//! commit, see `Inner::write`) and to memory only once committed, so readers never see a change the
+//! file does not have. Leases and their TTLs are
 //! persisted; after a restart each lease gets its full TTL again (as etcd does after a leader
 //! change), so a restart never expires a lease early. Lease deadlines use tokio's clock, so tests
 //! with paused time control expiry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -45,10 +46,12 @@ impl std::fmt::Debug for EmbeddedStore {
 struct Inner {
     path: PathBuf,
     db: Database,
-    /// Changes go one at a time: held from a change's checks through its commit to its install.
-    /// The state lock is held only to check and to install, never across the commit's fsync, so
-    /// reads and watches never wait on the disk (they see committed changes only).
-    writer: Mutex<()>,
+    /// Changes are checked and staged one at a time under this lock (no disk), then committed in
+    /// groups. The state lock is held only to check and to install, never across a commit's
+    /// fsync, so reads and watches never wait on the disk (they see committed changes only).
+    writer: Mutex<Staged>,
+    /// Held by whoever writes the file: the committer of staged changes, or a lease's grant.
+    committer: Mutex<()>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
     lease_changed: Arc<Notify>,
@@ -162,7 +165,16 @@ impl EmbeddedStore {
         let inner = Arc::new(Inner {
             path,
             db,
-            writer: Mutex::new(()),
+            writer: Mutex::new(Staged {
+                revision: state.revision,
+                durable: state.revision,
+                overlay: HashMap::new(),
+                ending: HashSet::new(),
+                batches: Vec::new(),
+                epoch: 0,
+                last_failure: None,
+            }),
+            committer: Mutex::new(()),
             state: Mutex::new(state),
             events,
             lease_changed: Arc::new(Notify::new()),
@@ -212,122 +224,294 @@ async fn expire_leases(inner: Weak<Inner>) {
     }
 }
 
+/// A key as the staged changes leave it: its revisions and lease (`None`: deleted).
+#[derive(Clone, Copy)]
+struct Meta {
+    mod_revision: Revision,
+    create_revision: Revision,
+    lease: Option<LeaseId>,
+}
+
+/// Changes checked and given their revisions, not yet in the file ([`Inner::write`]).
+struct Staged {
+    /// The newest revision given out (staged or durable).
+    revision: Revision,
+    /// The newest revision in the file and in memory.
+    durable: Revision,
+    /// Keys changed by staged changes, with the staged revision that last changed each: what a
+    /// plan sees before what is in memory.
+    overlay: HashMap<String, (Revision, Option<Meta>)>,
+    /// Leases whose end is staged: no staged put may take them.
+    ending: HashSet<LeaseId>,
+    /// Staged changes not yet taken by a committer, in revision order.
+    batches: Vec<Batch>,
+    /// Counts failed commits; a change staged before one that failed fails too (its checks may
+    /// have seen what never reached the file).
+    epoch: u64,
+    last_failure: Option<StoreError>,
+}
+
+struct Batch {
+    revision: Revision,
+    lease_end: Option<LeaseId>,
+    writes: Vec<(String, Option<Entry>)>,
+    events: Vec<WatchEvent>,
+}
+
+/// What a plan sees: the staged changes over what is in memory.
+struct View<'a> {
+    st: &'a State,
+    staged: &'a Staged,
+}
+
+impl View<'_> {
+    fn entry(&self, key: &str) -> Option<Meta> {
+        match self.staged.overlay.get(key) {
+            Some((_, m)) => *m,
+            None => self.st.kv.get(key).map(|e| Meta {
+                mod_revision: e.mod_revision,
+                create_revision: e.create_revision,
+                lease: e.lease,
+            }),
+        }
+    }
+
+    fn revision(&self) -> Revision {
+        self.staged.revision
+    }
+
+    fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        if self.staged.ending.contains(&id) {
+            return None;
+        }
+        self.st.leases.get(&id)
+    }
+
+    /// The keys on lease `id`, staged changes included.
+    fn lease_keys(&self, id: LeaseId) -> BTreeSet<String> {
+        let mut keys: BTreeSet<String> = match self.st.leases.get(&id) {
+            Some(l) => l.keys.iter().filter(|k| self.entry(k).is_some_and(|m| m.lease == Some(id))).cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        keys.extend(
+            self.staged
+                .overlay
+                .iter()
+                .filter(|(_, (_, m))| m.is_some_and(|m| m.lease == Some(id)))
+                .map(|(k, _)| k.clone()),
+        );
+        keys
+    }
+}
+
 impl Inner {
-    /// Applies the ops `plan` makes of the state as it is (under the writer lock, so nothing
-    /// changes it before the install) as one revision: file first, then memory, then watchers.
-    /// `Ok(None)`: `plan` said no (a failed compare). The commit's fsync runs with only the
-    /// writer lock held; on a multi-threaded runtime, in `block_in_place`, so the worker's other
-    /// tasks move on.
+    /// Applies the ops `plan` makes of the store as it is (memory, with the changes staged before
+    /// it) as one revision, durable and installed when this returns. `Ok(None)`: `plan` said no
+    /// (a failed compare).
+    ///
+    /// Group commit: a change is checked and staged under the writer lock (a few microseconds,
+    /// no disk), then waits until a commit holds it. One committer at a time takes every change
+    /// staged by then into one file transaction: one fsync for all of them, so changes made at
+    /// the same time by different callers (a thousand node actors recording their launches) cost
+    /// one commit between them, each still durable before it returns. Memory and watchers get the
+    /// changes after the fsync, in revision order (reads see durable changes only). The wait
+    /// runs, on a multi-threaded runtime, in `block_in_place`, so the worker's other tasks move on.
     fn write(
         &self,
         lease_end: Option<LeaseId>,
-        plan: impl FnOnce(&State) -> StoreResult<Option<Vec<Op>>>,
+        plan: impl FnOnce(&View<'_>) -> StoreResult<Option<Vec<Op>>>,
     ) -> StoreResult<Option<Revision>> {
-        let _writer = self.writer.lock().expect("store writer lock");
-        let (rev, events, writes) = {
+        let (answer, wait_for, epoch) = {
+            let mut staged = self.writer.lock().expect("store writer lock");
             let st = self.state.lock().expect("store lock");
-            let Some(ops) = plan(&st)? else {
+            let view = View { st: &st, staged: &staged };
+            let seen = view.revision();
+            let ops = plan(&view)?;
+            let Some(ops) = ops else {
+                // The answer is as of `seen`: it stands once that is durable.
+                let epoch = staged.epoch;
+                drop(st);
+                drop(staged);
+                self.wait_durable(seen, epoch)?;
                 return Ok(None);
             };
-            let rev = st.revision + 1;
+            let rev = seen + 1;
             let mut events = Vec::with_capacity(ops.len());
             let mut writes: Vec<(String, Option<Entry>)> = Vec::with_capacity(ops.len());
-            for op in &ops {
+            for op in ops {
                 match op {
                     Op::Put { key, value, lease } => {
-                        let create_revision = st.kv.get(key).map_or(rev, |e| e.create_revision);
-                        let e = Entry { value: value.clone(), mod_revision: rev, create_revision, lease: *lease };
+                        let create_revision = view.entry(&key).map_or(rev, |m| m.create_revision);
                         events.push(WatchEvent::Put(KeyValue {
                             key: key.clone(),
                             value: value.clone(),
                             mod_revision: rev,
                             create_revision,
-                            lease: *lease,
+                            lease,
                         }));
-                        writes.push((key.clone(), Some(e)));
+                        let e = Entry { value, mod_revision: rev, create_revision, lease };
+                        writes.push((key, Some(e)));
                     }
                     Op::Delete { key } => {
-                        if st.kv.contains_key(key) {
+                        if view.entry(&key).is_some() {
                             events.push(WatchEvent::Delete { key: key.clone(), mod_revision: rev });
-                            writes.push((key.clone(), None));
+                            writes.push((key, None));
                         }
                     }
                 }
             }
+            drop(st);
             if writes.is_empty() && lease_end.is_none() {
-                return Ok(Some(st.revision));
+                let epoch = staged.epoch;
+                drop(staged);
+                self.wait_durable(seen, epoch)?;
+                return Ok(Some(seen));
             }
-            (rev, events, writes)
+            for (key, e) in &writes {
+                let meta = e.as_ref().map(|e| Meta {
+                    mod_revision: e.mod_revision,
+                    create_revision: e.create_revision,
+                    lease: e.lease,
+                });
+                staged.overlay.insert(key.clone(), (rev, meta));
+            }
+            if let Some(l) = lease_end {
+                staged.ending.insert(l);
+            }
+            staged.revision = rev;
+            staged.batches.push(Batch { revision: rev, lease_end, writes, events });
+            (rev, rev, staged.epoch)
         };
+        self.wait_durable(wait_for, epoch)?;
+        Ok(Some(answer))
+    }
+
+    /// Returns once revision `rev` (staged in `epoch`) is durable, committing what is staged if
+    /// no one else is; the commit's error if it failed.
+    fn wait_durable(&self, rev: Revision, epoch: u64) -> StoreResult<()> {
+        let settled = || -> Option<StoreResult<()>> {
+            let staged = self.writer.lock().expect("store writer lock");
+            if staged.epoch != epoch {
+                let e = staged.last_failure.clone();
+                return Some(Err(e.unwrap_or_else(|| StoreError::Io("a commit failed".into()))));
+            }
+            (staged.durable >= rev).then_some(Ok(()))
+        };
+        if let Some(r) = settled() {
+            return r;
+        }
+        off_the_workers(|| {
+            loop {
+                let _committer = self.committer.lock().expect("store committer lock");
+                if let Some(r) = settled() {
+                    return r;
+                }
+                self.commit_staged();
+            }
+        })
+    }
+
+    /// Commits every staged change in one file transaction, then installs them in memory and
+    /// tells watchers, in revision order. On failure every staged change fails (later ones were
+    /// checked against the failed ones) and staging starts again from what is durable. Called
+    /// with the committer lock held.
+    fn commit_staged(&self) {
+        let batches = std::mem::take(&mut self.writer.lock().expect("store writer lock").batches);
+        let Some(last) = batches.last().map(|b| b.revision) else { return };
         let commit = || -> StoreResult<()> {
             let w = self.db.begin_write().map_err(io)?;
             {
                 let mut kv = w.open_table(KV).map_err(io)?;
-                for (key, e) in &writes {
-                    match e {
-                        Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
-                        None => kv.remove(key.as_str()).map(drop),
+                let mut leases = w.open_table(LEASES).map_err(io)?;
+                for b in &batches {
+                    for (key, e) in &b.writes {
+                        match e {
+                            Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
+                            None => kv.remove(key.as_str()).map(drop),
+                        }
+                        .map_err(io)?;
                     }
-                    .map_err(io)?;
+                    if let Some(l) = b.lease_end {
+                        leases.remove(l).map_err(io)?;
+                    }
                 }
-                if let Some(l) = lease_end {
-                    w.open_table(LEASES).map_err(io)?.remove(l).map_err(io)?;
-                }
-                if !writes.is_empty() {
-                    w.open_table(META).map_err(io)?.insert(REVISION, rev).map_err(io)?;
+                if batches.iter().any(|b| !b.writes.is_empty()) {
+                    w.open_table(META).map_err(io)?.insert(REVISION, last).map_err(io)?;
                 }
             }
             w.commit().map_err(io)
         };
-        off_the_workers(commit)?;
-        let mut st = self.state.lock().expect("store lock");
-        if let Some(l) = lease_end {
-            st.leases.remove(&l);
+        if let Err(e) = commit() {
+            tracing::error!(error = %e, changes = batches.len(), "store commit failed: the staged changes are refused");
+            let mut staged = self.writer.lock().expect("store writer lock");
+            staged.batches.clear();
+            staged.overlay.clear();
+            staged.ending.clear();
+            staged.revision = staged.durable;
+            staged.epoch += 1;
+            staged.last_failure = Some(e);
+            return;
         }
-        if writes.is_empty() {
-            return Ok(Some(st.revision));
-        }
-        st.revision = rev;
-        for (key, e) in writes {
-            if let Some(old) = st.kv.get(&key).and_then(|e| e.lease)
-                && let Some(l) = st.leases.get_mut(&old)
-            {
-                l.keys.remove(&key);
-            }
-            match e {
-                Some(e) => {
-                    if let Some(l) = e.lease.and_then(|l| st.leases.get_mut(&l)) {
-                        l.keys.insert(key.clone());
+        let mut ended = Vec::new();
+        {
+            let mut st = self.state.lock().expect("store lock");
+            for b in batches {
+                if let Some(l) = b.lease_end {
+                    st.leases.remove(&l);
+                    ended.push(l);
+                }
+                if b.writes.is_empty() {
+                    continue;
+                }
+                st.revision = b.revision;
+                for (key, e) in b.writes {
+                    if let Some(old) = st.kv.get(&key).and_then(|e| e.lease)
+                        && let Some(l) = st.leases.get_mut(&old)
+                    {
+                        l.keys.remove(&key);
                     }
-                    st.kv.insert(key, e);
+                    match e {
+                        Some(e) => {
+                            if let Some(l) = e.lease.and_then(|l| st.leases.get_mut(&l)) {
+                                l.keys.insert(key.clone());
+                            }
+                            st.kv.insert(key, e);
+                        }
+                        None => {
+                            st.kv.remove(&key);
+                        }
+                    }
                 }
-                None => {
-                    st.kv.remove(&key);
+                for ev in &b.events {
+                    if st.history.len() == HISTORY {
+                        st.history.pop_front();
+                    }
+                    st.history.push_back(ev.clone());
                 }
+                // No receivers is fine: nobody watches.
+                let _ = self.events.send(Arc::new(b.events));
             }
         }
-        for ev in &events {
-            if st.history.len() == HISTORY {
-                st.history.pop_front();
-            }
-            st.history.push_back(ev.clone());
+        let mut staged = self.writer.lock().expect("store writer lock");
+        staged.durable = last;
+        staged.overlay.retain(|_, (rev, _)| *rev > last);
+        for l in ended {
+            staged.ending.remove(&l);
         }
-        // No receivers is fine: nobody watches.
-        let _ = self.events.send(Arc::new(events));
-        Ok(Some(rev))
     }
 
     /// Ends a lease and deletes its keys; with `if_due`, only if its deadline is still ≤ that time
     /// (a keep-alive may have come in between).
     fn end_lease(&self, id: LeaseId, if_due: Option<Instant>) -> StoreResult<()> {
         let mut n = 0;
-        let ended = self.write(Some(id), |st| {
-            let Some(lease) = st.leases.get(&id) else { return Ok(None) };
+        let ended = self.write(Some(id), |view| {
+            let Some(lease) = view.lease(id) else { return Ok(None) };
             if if_due.is_some_and(|t| lease.deadline > t) {
                 return Ok(None);
             }
-            n = lease.keys.len();
-            Ok(Some(lease.keys.iter().map(|k| Op::delete(k.clone())).collect()))
+            let keys = view.lease_keys(id);
+            n = keys.len();
+            Ok(Some(keys.into_iter().map(Op::delete).collect()))
         })?;
         if ended.is_some() {
             tracing::debug!(lease = id, keys = n, "lease ended");
@@ -335,10 +519,10 @@ impl Inner {
         Ok(())
     }
 
-    fn check_lease(st: &State, ops: &[Op]) -> StoreResult<()> {
+    fn check_lease(view: &View<'_>, ops: &[Op]) -> StoreResult<()> {
         for op in ops {
             if let Op::Put { lease: Some(l), .. } = op
-                && !st.leases.contains_key(l)
+                && view.lease(*l).is_none()
             {
                 return Err(StoreError::LeaseNotFound(*l));
             }
@@ -411,7 +595,7 @@ impl Store for EmbeddedStore {
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         let mut existed = false;
         self.inner.write(None, |st| {
-            existed = st.kv.contains_key(key);
+            existed = st.entry(key).is_some();
             Ok(Some(vec![Op::delete(key)]))
         })?;
         Ok(existed)
@@ -424,8 +608,8 @@ impl Store for EmbeddedStore {
         }
         let mut seen = 0;
         let applied = self.inner.write(None, |st| {
-            seen = st.revision;
-            let holds = compares.iter().all(|c| st.kv.get(&c.key).map_or(0, |e| e.mod_revision) == c.mod_revision);
+            seen = st.revision();
+            let holds = compares.iter().all(|c| st.entry(&c.key).map_or(0, |m| m.mod_revision) == c.mod_revision);
             if !holds {
                 return Ok(None);
             }
@@ -440,8 +624,9 @@ impl Store for EmbeddedStore {
 
     async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
         let ttl = ttl.max(MIN_TTL);
-        // A change like any other: under the writer lock, the fsync without the state lock.
-        let writer = self.inner.writer.lock().expect("store writer lock");
+        // Its own file transaction, one writer of the file at a time; the fsync without the state
+        // lock.
+        let writer = self.inner.committer.lock().expect("store committer lock");
         let id = self.inner.state.lock().expect("store lock").next_lease;
         off_the_workers(|| {
             let w = self.inner.db.begin_write().map_err(io)?;

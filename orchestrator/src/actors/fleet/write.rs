@@ -236,9 +236,7 @@ pub(super) async fn carry_out(
     }
     let built = std::time::Instant::now();
     write_all(store, &st.informer, node_ops).await?;
-    for ev in planned {
-        crate::events::emit(&ctx, ev).await;
-    }
+    crate::events::emit_many(&ctx, planned).await;
     if !created.is_empty() {
         crate::crashpoint::hit("plan.written");
         tracing::debug!(nodes = created.len(), write = ?built.elapsed(), "plan written");
