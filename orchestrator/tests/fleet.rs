@@ -934,3 +934,42 @@ async fn a_second_node_goes_where_the_weights_are_when_fetching_them_again_costs
     assert_eq!(second_node(false).await, Cloud::Lambda, "by price alone: Lambda");
     assert_eq!(second_node(true).await, Cloud::Gcp, "weighing the cold start: where the weights are");
 }
+
+/// Launches sent together are recorded as started together (one transaction, every record with
+/// its token, before any of their calls), while the calls themselves stay within
+/// `launches_per_region`; each node is launched once.
+#[tokio::test(start_paused = true)]
+async fn launches_sent_together_are_recorded_in_one_transaction_before_their_calls() {
+    let lambda = h100x8(Cloud::Lambda, "us-east-1", "20", CapacityType::OnDemand);
+    let latency = Duration::from_secs(60);
+    let clouds = vec![CloudSetup { launch_latency: latency, ..CloudSetup::new(Cloud::Lambda, vec![lambda]) }];
+    let config = Config { launches_per_region: 2, ..config() };
+    let spec = SPEC.replace("max_concurrency = 6", "max_concurrency = 6\nmin_concurrency = 6");
+    let h = Harness::start(clouds, config, SimAgentConfig::default(), None).await;
+    h.apply(&spec).await;
+    let fake = h.fakes[&Cloud::Lambda].clone();
+    // The first launch probes the offering; when it answers, the other five go together.
+    assert!(h.run_until(Duration::from_secs(120), || async { fake.launch_count() >= 2 }).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (kvs, _) = h.ctx.store.range(&h.ctx.keys.nodes()).await.unwrap();
+    let launching: Vec<(u64, String, i64)> = kvs
+        .iter()
+        .filter_map(|kv| {
+            let rec: fleet_state::model::NodeRecord = kv.json().unwrap();
+            match rec.state {
+                NodePhase::Launching { token, .. } => Some((rec.id, token, kv.mod_revision)),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(launching.len(), 5, "{launching:?}");
+    let revisions: BTreeSet<i64> = launching.iter().map(|(_, _, r)| *r).collect();
+    assert_eq!(revisions.len(), 1, "recorded in one transaction: {launching:?}");
+    for (id, token, _) in &launching {
+        assert_eq!(*token, fleet_providers::idempotency_token("test", &id.to_string()));
+    }
+    assert_eq!(fake.launch_count(), 3, "the probe and two calls in flight (launches_per_region)");
+    // All six come up, each launched once.
+    assert!(h.run_until(Duration::from_secs(600), || async { h.live_instances() == 6 }).await);
+    assert_eq!(fake.launch_count(), 6);
+}

@@ -306,7 +306,10 @@ impl Provider for FakeProvider {
         if !self.cfg.offerings.iter().any(|o| o.key() == req.offering) {
             return Err(ProviderError::InvalidRequest { detail: format!("{} is not offered here", req.offering) });
         }
-        tokio::time::sleep(self.cfg.launch_latency).await;
+        // A zero sleep still waits for the timer's next tick (up to a millisecond): none then.
+        if !self.cfg.launch_latency.is_zero() {
+            tokio::time::sleep(self.cfg.launch_latency).await;
+        }
         let now = self.now();
         let mut s = self.lock();
         // Another call with the same token may have finished while this one slept.

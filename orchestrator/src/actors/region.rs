@@ -27,6 +27,8 @@ pub struct RegionActor;
 #[derive(Debug)]
 pub enum RegionMsg {
     Launch(NodeRecord),
+    /// Records the launches received so far as started, together, then makes their calls.
+    StartLaunches,
     /// Retry of a launch after a transient error (`attempt` counts the retries).
     Retry {
         node: NodeRecord,
@@ -56,6 +58,8 @@ pub struct RegionState {
     /// No launch call starts before this (the cloud asked us to slow down).
     throttled_until: Arc<std::sync::Mutex<tokio::time::Instant>>,
     nodes: HashMap<NodeId, ActorRef<NodeMsg>>,
+    /// Launches received and not yet recorded as started ([`RegionMsg::StartLaunches`]).
+    pending: Vec<NodeRecord>,
 }
 
 impl RegionState {
@@ -81,6 +85,43 @@ enum Outcome {
     Failed(ProviderError),
     /// The record moved on meanwhile (another pass launched it, or an operator terminated it).
     Stale,
+}
+
+/// Moves the records of `nodes` still Requested at their attempt to Launching with their tokens,
+/// in as few transactions as the store takes (each record compared), before any of their calls:
+/// the crash-safety rule of [`launch_once`], for a pass's thousand launches at the cost of a few
+/// commits instead of one each. A record that changed meanwhile fails its transaction; then
+/// `launch_once` records each launch of it alone, as it does for a single one.
+async fn record_started(ctx: &Ctx, nodes: &[NodeRecord]) {
+    if nodes.len() < 2 {
+        return;
+    }
+    let now = ctx.clock.now();
+    let per_txn = ctx.store.max_txn_ops().clamp(1, 1024);
+    for chunk in nodes.chunks(per_txn) {
+        let (mut cmps, mut ops) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
+        for rec in chunk {
+            let Some(offering) = rec.offering().cloned() else { continue };
+            let key = ctx.keys.node(rec.id);
+            let Ok(Some(kv)) = ctx.store.get(&key).await else { return };
+            let Ok(cur) = kv.json::<NodeRecord>() else { continue };
+            if !matches!(cur.state, NodePhase::Requested { .. }) || cur.attempt != rec.attempt {
+                continue;
+            }
+            let token = fleet_providers::idempotency_token(&ctx.fleet, &rec.id.to_string());
+            let Ok(state) = transition(&cur.state, NodeEvent::LaunchStarted { offering, token }, now) else { continue };
+            cmps.push(fleet_state::store::Compare::unchanged(&kv));
+            ops.push(fleet_state::store::Op::put_json(key, &NodeRecord { state, ..cur }));
+        }
+        if ops.is_empty() {
+            continue;
+        }
+        match ctx.store.txn(cmps, ops).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => tracing::debug!("a launch record changed meanwhile: these launches are recorded one by one"),
+            Err(e) => tracing::warn!(error = %e, "launches not recorded together: recorded one by one"),
+        }
+    }
 }
 
 /// `permit` (one of the region's `launches_per_region`) is let go as soon as the cloud answers:
@@ -191,6 +232,7 @@ impl Actor for RegionActor {
             permits,
             throttled_until: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
             nodes: HashMap::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -201,7 +243,21 @@ impl Actor for RegionActor {
         st: &mut RegionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegionMsg::Launch(node) => spawn_launch(&myself, st, node, 0),
+            RegionMsg::Launch(node) => {
+                // The launches a pass sends arrive together: the first asks for a start after
+                // the others already in the mailbox.
+                st.pending.push(node);
+                if st.pending.len() == 1 {
+                    myself.send_message(RegionMsg::StartLaunches)?;
+                }
+            }
+            RegionMsg::StartLaunches => {
+                let nodes = std::mem::take(&mut st.pending);
+                record_started(&st.args.ctx, &nodes).await;
+                for node in nodes {
+                    spawn_launch(&myself, st, node, 0);
+                }
+            }
             RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt),
             RegionMsg::Launched(node) => {
                 let id = node.id;
@@ -259,7 +315,11 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
     tokio::spawn(async move {
         let Ok(permit) = permits.acquire_owned().await else { return };
         let until = *throttled.lock().expect("throttle lock");
-        tokio::time::sleep_until(until).await;
+        // Only when throttled: a sleep to a time already past still waits for the timer's next
+        // tick (up to a millisecond), with the permit held.
+        if until > tokio::time::Instant::now() {
+            tokio::time::sleep_until(until).await;
+        }
         let id = node.id;
         let Some(offering) = node.offering().cloned() else { return };
         let Some(pass) = ctx.launches.enter() else {

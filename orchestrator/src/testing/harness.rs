@@ -118,17 +118,19 @@ impl Harness {
             .expect("spec applies");
     }
 
+    /// Submits `n` requests to `app` at once (one transaction, as the API's group commit does
+    /// with a burst): a pass sees all of them or none.
     pub async fn submit(&self, app: &str, n: usize) -> Vec<RequestId> {
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let input = serde_json::json!({ "prompt": format!("request {i}") });
-            ids.push(
-                fleet_state::queue::submit(&*self.ctx.store, &self.ctx.keys, app, input, self.ctx.clock.now())
-                    .await
-                    .expect("submit"),
-            );
-        }
-        ids
+        let group: Vec<fleet_state::queue::Submission> = (0..n)
+            .map(|i| fleet_state::queue::Submission {
+                app: app.to_string(),
+                input: serde_json::json!({ "prompt": format!("request {i}") }),
+                owner: None,
+            })
+            .collect();
+        fleet_state::queue::submit_group(&*self.ctx.store, &self.ctx.keys, &group, self.ctx.clock.now())
+            .await
+            .expect("submit")
     }
 
     pub async fn nodes(&self) -> Vec<NodeRecord> {

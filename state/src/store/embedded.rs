@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch, WatchEvent};
@@ -50,8 +50,10 @@ struct Inner {
     /// groups. The state lock is held only to check and to install, never across a commit's
     /// fsync, so reads and watches never wait on the disk (they see committed changes only).
     writer: Mutex<Staged>,
-    /// Held by whoever writes the file: the committer of staged changes, or a lease's grant.
+    /// Held by whoever writes the file: the commit loop, or a lease's grant.
     committer: Mutex<()>,
+    /// What is durable, for the writers waiting on it.
+    durable: Arc<watch::Sender<Durable>>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
     lease_changed: Arc<Notify>,
@@ -173,8 +175,10 @@ impl EmbeddedStore {
                 batches: Vec::new(),
                 epoch: 0,
                 last_failure: None,
+                committing: false,
             }),
             committer: Mutex::new(()),
+            durable: Arc::new(watch::channel(Durable { epoch: 0, revision: state.revision, failure: None }).0),
             state: Mutex::new(state),
             events,
             lease_changed: Arc::new(Notify::new()),
@@ -195,7 +199,7 @@ async fn expire_leases(inner: Weak<Inner>) {
                 st.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect()
             };
             for id in expired {
-                if let Err(e) = inner.end_lease(id, Some(now)) {
+                if let Err(e) = inner.end_lease(id, Some(now)).await {
                     tracing::error!(lease = id, error = %e, "could not expire lease; retrying");
                 }
             }
@@ -249,6 +253,16 @@ struct Staged {
     /// have seen what never reached the file).
     epoch: u64,
     last_failure: Option<StoreError>,
+    /// A commit loop is running (on the blocking pool): it takes what is staged next.
+    committing: bool,
+}
+
+/// What has reached the file, for writers waiting on it (see [`Inner::write`]).
+#[derive(Clone, Debug)]
+struct Durable {
+    epoch: u64,
+    revision: Revision,
+    failure: Option<StoreError>,
 }
 
 struct Batch {
@@ -310,18 +324,19 @@ impl Inner {
     /// (a failed compare).
     ///
     /// Group commit: a change is checked and staged under the writer lock (a few microseconds,
-    /// no disk), then waits until a commit holds it. One committer at a time takes every change
-    /// staged by then into one file transaction: one fsync for all of them, so changes made at
-    /// the same time by different callers (a thousand node actors recording their launches) cost
-    /// one commit between them, each still durable before it returns. Memory and watchers get the
-    /// changes after the fsync, in revision order (reads see durable changes only). The wait
-    /// runs, on a multi-threaded runtime, in `block_in_place`, so the worker's other tasks move on.
-    fn write(
-        &self,
+    /// no disk), then waits, asynchronously, until a commit holds it. One commit loop at a time,
+    /// on Tokio's blocking pool, takes every change staged by then into one file transaction:
+    /// one fsync for all of them, so changes made at the same time by different callers (a
+    /// thousand node actors recording their launches) cost one commit between them, each still
+    /// durable before it returns, and no async worker ever waits on the disk. Memory and
+    /// watchers get the changes after the fsync, in revision order (reads see durable changes
+    /// only).
+    async fn write(
+        self: &Arc<Self>,
         lease_end: Option<LeaseId>,
         plan: impl FnOnce(&View<'_>) -> StoreResult<Option<Vec<Op>>>,
     ) -> StoreResult<Option<Revision>> {
-        let (answer, wait_for, epoch) = {
+        let (answer, wait_for, epoch) = 'staging: {
             let mut staged = self.writer.lock().expect("store writer lock");
             let st = self.state.lock().expect("store lock");
             let view = View { st: &st, staged: &staged };
@@ -329,11 +344,7 @@ impl Inner {
             let ops = plan(&view)?;
             let Some(ops) = ops else {
                 // The answer is as of `seen`: it stands once that is durable.
-                let epoch = staged.epoch;
-                drop(st);
-                drop(staged);
-                self.wait_durable(seen, epoch)?;
-                return Ok(None);
+                break 'staging (None, seen, staged.epoch);
             };
             let rev = seen + 1;
             let mut events = Vec::with_capacity(ops.len());
@@ -362,10 +373,7 @@ impl Inner {
             }
             drop(st);
             if writes.is_empty() && lease_end.is_none() {
-                let epoch = staged.epoch;
-                drop(staged);
-                self.wait_durable(seen, epoch)?;
-                return Ok(Some(seen));
+                break 'staging (Some(seen), seen, staged.epoch);
             }
             for (key, e) in &writes {
                 let meta = e.as_ref().map(|e| Meta {
@@ -380,44 +388,40 @@ impl Inner {
             }
             staged.revision = rev;
             staged.batches.push(Batch { revision: rev, lease_end, writes, events });
-            (rev, rev, staged.epoch)
+            if !staged.committing {
+                staged.committing = true;
+                let inner = self.clone();
+                tokio::task::spawn_blocking(move || commit_loop(inner));
+            }
+            (Some(rev), rev, staged.epoch)
         };
-        self.wait_durable(wait_for, epoch)?;
-        Ok(Some(answer))
+        self.wait_durable(wait_for, epoch).await?;
+        Ok(answer)
     }
 
-    /// Returns once revision `rev` (staged in `epoch`) is durable, committing what is staged if
-    /// no one else is; the commit's error if it failed.
-    fn wait_durable(&self, rev: Revision, epoch: u64) -> StoreResult<()> {
-        let settled = || -> Option<StoreResult<()>> {
-            let staged = self.writer.lock().expect("store writer lock");
-            if staged.epoch != epoch {
-                let e = staged.last_failure.clone();
-                return Some(Err(e.unwrap_or_else(|| StoreError::Io("a commit failed".into()))));
-            }
-            (staged.durable >= rev).then_some(Ok(()))
-        };
-        if let Some(r) = settled() {
-            return r;
+    /// Returns once revision `rev` (staged in `epoch`) is durable; the commit's error if it
+    /// failed. Something staged past what is durable always has a commit loop running for it.
+    async fn wait_durable(&self, rev: Revision, epoch: u64) -> StoreResult<()> {
+        let mut rx = self.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.epoch != epoch || d.revision >= rev)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store was closed".into()))?
+            .clone();
+        if d.epoch != epoch {
+            return Err(d.failure.unwrap_or_else(|| StoreError::Io("a commit failed".into())));
         }
-        off_the_workers(|| {
-            loop {
-                let _committer = self.committer.lock().expect("store committer lock");
-                if let Some(r) = settled() {
-                    return r;
-                }
-                self.commit_staged();
-            }
-        })
+        Ok(())
     }
 
     /// Commits every staged change in one file transaction, then installs them in memory and
     /// tells watchers, in revision order. On failure every staged change fails (later ones were
-    /// checked against the failed ones) and staging starts again from what is durable. Called
-    /// with the committer lock held.
-    fn commit_staged(&self) {
+    /// checked against the failed ones) and staging starts again from what is durable. Returns
+    /// what is durable now, for the waiting writers (`None`: nothing was staged).
+    fn commit_staged(&self) -> Option<Durable> {
+        let _committer = self.committer.lock().expect("store committer lock");
         let batches = std::mem::take(&mut self.writer.lock().expect("store writer lock").batches);
-        let Some(last) = batches.last().map(|b| b.revision) else { return };
+        let last = batches.last().map(|b| b.revision)?;
         let commit = || -> StoreResult<()> {
             let w = self.db.begin_write().map_err(io)?;
             {
@@ -449,8 +453,8 @@ impl Inner {
             staged.ending.clear();
             staged.revision = staged.durable;
             staged.epoch += 1;
-            staged.last_failure = Some(e);
-            return;
+            staged.last_failure = Some(e.clone());
+            return Some(Durable { epoch: staged.epoch, revision: staged.durable, failure: Some(e) });
         }
         let mut ended = Vec::new();
         {
@@ -498,21 +502,24 @@ impl Inner {
         for l in ended {
             staged.ending.remove(&l);
         }
+        Some(Durable { epoch: staged.epoch, revision: last, failure: None })
     }
 
     /// Ends a lease and deletes its keys; with `if_due`, only if its deadline is still ≤ that time
     /// (a keep-alive may have come in between).
-    fn end_lease(&self, id: LeaseId, if_due: Option<Instant>) -> StoreResult<()> {
+    async fn end_lease(self: &Arc<Self>, id: LeaseId, if_due: Option<Instant>) -> StoreResult<()> {
         let mut n = 0;
-        let ended = self.write(Some(id), |view| {
-            let Some(lease) = view.lease(id) else { return Ok(None) };
-            if if_due.is_some_and(|t| lease.deadline > t) {
-                return Ok(None);
-            }
-            let keys = view.lease_keys(id);
-            n = keys.len();
-            Ok(Some(keys.into_iter().map(Op::delete).collect()))
-        })?;
+        let ended = self
+            .write(Some(id), |view| {
+                let Some(lease) = view.lease(id) else { return Ok(None) };
+                if if_due.is_some_and(|t| lease.deadline > t) {
+                    return Ok(None);
+                }
+                let keys = view.lease_keys(id);
+                n = keys.len();
+                Ok(Some(keys.into_iter().map(Op::delete).collect()))
+            })
+            .await?;
         if ended.is_some() {
             tracing::debug!(lease = id, keys = n, "lease ended");
         }
@@ -528,6 +535,45 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// Commits what is staged until nothing is (on the blocking pool; one loop at a time, see
+/// [`Inner::write`]), telling waiting writers what is durable after each commit. The last word
+/// goes out after the loop lets go of the store, so that a store dropped by its last writer is
+/// closed (its file free to open again) by the time that writer hears back.
+fn commit_loop(inner: Arc<Inner>) {
+    let tell = |tx: &watch::Sender<Durable>, d: Durable| {
+        // Never backwards: a later loop may have told a newer revision already.
+        tx.send_if_modified(|cur| {
+            let newer = d.epoch > cur.epoch || (d.epoch == cur.epoch && d.revision > cur.revision);
+            if newer {
+                *cur = d;
+            }
+            newer
+        });
+    };
+    loop {
+        let done = inner.commit_staged();
+        let more = {
+            let mut staged = inner.writer.lock().expect("store writer lock");
+            if staged.batches.is_empty() {
+                staged.committing = false;
+            }
+            staged.committing
+        };
+        if more {
+            if let Some(d) = done {
+                tell(&inner.durable, d);
+            }
+            continue;
+        }
+        let tx = inner.durable.clone();
+        drop(inner);
+        if let Some(d) = done {
+            tell(&tx, d);
+        }
+        return;
     }
 }
 
@@ -585,19 +631,24 @@ impl Store for EmbeddedStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
         let ops = vec![Op::Put { key: key.to_string(), value, lease }];
-        let rev = self.inner.write(None, move |st| {
-            Inner::check_lease(st, &ops)?;
-            Ok(Some(ops))
-        })?;
+        let rev = self
+            .inner
+            .write(None, move |st| {
+                Inner::check_lease(st, &ops)?;
+                Ok(Some(ops))
+            })
+            .await?;
         Ok(rev.expect("a put always applies"))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         let mut existed = false;
-        self.inner.write(None, |st| {
-            existed = st.entry(key).is_some();
-            Ok(Some(vec![Op::delete(key)]))
-        })?;
+        self.inner
+            .write(None, |st| {
+                existed = st.entry(key).is_some();
+                Ok(Some(vec![Op::delete(key)]))
+            })
+            .await?;
         Ok(existed)
     }
 
@@ -607,15 +658,18 @@ impl Store for EmbeddedStore {
             return Err(StoreError::Invalid(format!("key {} appears twice in one transaction", dup.key())));
         }
         let mut seen = 0;
-        let applied = self.inner.write(None, |st| {
-            seen = st.revision();
-            let holds = compares.iter().all(|c| st.entry(&c.key).map_or(0, |m| m.mod_revision) == c.mod_revision);
-            if !holds {
-                return Ok(None);
-            }
-            Inner::check_lease(st, &ops)?;
-            Ok(Some(ops))
-        })?;
+        let applied = self
+            .inner
+            .write(None, |st| {
+                seen = st.revision();
+                let holds = compares.iter().all(|c| st.entry(&c.key).map_or(0, |m| m.mod_revision) == c.mod_revision);
+                if !holds {
+                    return Ok(None);
+                }
+                Inner::check_lease(st, &ops)?;
+                Ok(Some(ops))
+            })
+            .await?;
         Ok(match applied {
             Some(revision) => TxnResult { succeeded: true, revision },
             None => TxnResult { succeeded: false, revision: seen },
@@ -660,7 +714,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> StoreResult<()> {
-        self.inner.end_lease(lease, None)?;
+        self.inner.end_lease(lease, None).await?;
         self.inner.lease_changed.notify_one();
         Ok(())
     }
