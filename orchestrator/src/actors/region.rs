@@ -90,20 +90,28 @@ enum Outcome {
 /// Moves the records of `nodes` still Requested at their attempt to Launching with their tokens,
 /// in as few transactions as the store takes (each record compared), before any of their calls:
 /// the crash-safety rule of [`launch_once`], for a pass's thousand launches at the cost of a few
-/// commits instead of one each. A record that changed meanwhile fails its transaction; then
-/// `launch_once` records each launch of it alone, as it does for a single one.
-async fn record_started(ctx: &Ctx, nodes: &[NodeRecord]) {
+/// commits instead of one each. Returns the nodes recorded so; a record that changed meanwhile
+/// fails its transaction, and `launch_once` records each launch of it alone, as it does for a
+/// single one.
+async fn record_started(ctx: &Ctx, nodes: &[NodeRecord]) -> std::collections::HashSet<NodeId> {
+    let mut recorded = std::collections::HashSet::new();
     if nodes.len() < 2 {
-        return;
+        return recorded;
     }
     let now = ctx.clock.now();
     let per_txn = ctx.store.max_txn_ops().clamp(1, 1024);
     for chunk in nodes.chunks(per_txn) {
-        let (mut cmps, mut ops) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
-        for rec in chunk {
+        let (mut cmps, mut ops, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        // Read together: on etcd each read is a round trip.
+        let reads = futures_util::future::join_all(chunk.iter().map(|rec| {
+            let key = ctx.keys.node(rec.id);
+            async move { ctx.store.get(&key).await }
+        }))
+        .await;
+        for (rec, read) in chunk.iter().zip(reads) {
             let Some(offering) = rec.offering().cloned() else { continue };
             let key = ctx.keys.node(rec.id);
-            let Ok(Some(kv)) = ctx.store.get(&key).await else { return };
+            let Ok(Some(kv)) = read else { return recorded };
             let Ok(cur) = kv.json::<NodeRecord>() else { continue };
             if !matches!(cur.state, NodePhase::Requested { .. }) || cur.attempt != rec.attempt {
                 continue;
@@ -112,25 +120,30 @@ async fn record_started(ctx: &Ctx, nodes: &[NodeRecord]) {
             let Ok(state) = transition(&cur.state, NodeEvent::LaunchStarted { offering, token }, now) else { continue };
             cmps.push(fleet_state::store::Compare::unchanged(&kv));
             ops.push(fleet_state::store::Op::put_json(key, &NodeRecord { state, ..cur }));
+            ids.push(rec.id);
         }
         if ops.is_empty() {
             continue;
         }
         match ctx.store.txn(cmps, ops).await {
-            Ok(r) if r.succeeded => {}
+            Ok(r) if r.succeeded => recorded.extend(ids),
             Ok(_) => tracing::debug!("a launch record changed meanwhile: these launches are recorded one by one"),
             Err(e) => tracing::warn!(error = %e, "launches not recorded together: recorded one by one"),
         }
     }
+    recorded
 }
 
 /// `permit` (one of the region's `launches_per_region`) is let go as soon as the cloud answers:
-/// it bounds the calls in flight, not the recording of their answers.
+/// it bounds the calls in flight, not the recording of their answers. `recorded`: the launch
+/// was recorded as started by [`record_started`] (no read of the record before the call, which
+/// on a busy etcd was a round trip of ~20 ms with the permit held).
 async fn launch_once(
     ctx: &Ctx,
     provider: &dyn Provider,
     rec: &NodeRecord,
     permit: tokio::sync::OwnedSemaphorePermit,
+    recorded: bool,
 ) -> Result<Outcome, StoreError> {
     let key = ctx.keys.node(rec.id);
     let Some(offering) = rec.offering().cloned() else { return Ok(Outcome::Stale) };
@@ -143,18 +156,20 @@ async fn launch_once(
     let now = ctx.clock.now();
     // A record already Launching (a retry, or a pass after a restart) keeps its token and is
     // launched again: the cloud answers with the instance the first call made, if any.
-    let started = update(&*ctx.store, &key, |cur: &NodeRecord| match &cur.state {
-        NodePhase::Requested { .. } if cur.attempt == rec.attempt => {
-            let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: req.idempotency_token.clone() };
-            Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
+    if !recorded {
+        let started = update(&*ctx.store, &key, |cur: &NodeRecord| match &cur.state {
+            NodePhase::Requested { .. } if cur.attempt == rec.attempt => {
+                let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: req.idempotency_token.clone() };
+                Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
+            }
+            _ => None,
+        })
+        .await?;
+        match started {
+            Some(NodeRecord { state: NodePhase::Launching { token, .. }, attempt, .. })
+                if token == req.idempotency_token && attempt == rec.attempt => {}
+            _ => return Ok(Outcome::Stale),
         }
-        _ => None,
-    })
-    .await?;
-    match started {
-        Some(NodeRecord { state: NodePhase::Launching { token, .. }, attempt, .. })
-            if token == req.idempotency_token && attempt == rec.attempt => {}
-        _ => return Ok(Outcome::Stale),
     }
     crate::crashpoint::hit("launch.started");
     let answer = provider.launch(&req).await;
@@ -253,12 +268,13 @@ impl Actor for RegionActor {
             }
             RegionMsg::StartLaunches => {
                 let nodes = std::mem::take(&mut st.pending);
-                record_started(&st.args.ctx, &nodes).await;
+                let recorded = record_started(&st.args.ctx, &nodes).await;
                 for node in nodes {
-                    spawn_launch(&myself, st, node, 0);
+                    let r = recorded.contains(&node.id);
+                    spawn_launch(&myself, st, node, 0, r);
                 }
             }
-            RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt),
+            RegionMsg::Retry { node, attempt } => spawn_launch(&myself, st, node, attempt, false),
             RegionMsg::Launched(node) => {
                 let id = node.id;
                 st.node_actor(&myself, id)
@@ -305,7 +321,7 @@ impl Actor for RegionActor {
 
 /// Runs one launch attempt as a task, so the region keeps taking messages (and other launches)
 /// while the cloud answers.
-fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord, attempt: u32) {
+fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord, attempt: u32, recorded: bool) {
     let ctx = st.args.ctx.clone();
     let provider = st.args.provider.clone();
     let permits = st.permits.clone();
@@ -326,7 +342,7 @@ fn spawn_launch(myself: &ActorRef<RegionMsg>, st: &RegionState, node: NodeRecord
             let _ = fleet.send_message(FleetMsg::Launched { node: id, offering, ok: false });
             return;
         };
-        let outcome = launch_once(&ctx, &*provider, &node, permit).await;
+        let outcome = launch_once(&ctx, &*provider, &node, permit, recorded).await;
         drop(pass);
         match outcome {
             Ok(Outcome::Launched(rec)) => {

@@ -256,9 +256,14 @@ pub(super) async fn write_all(
     // Even, so that a runner record and its placement (written in pairs) share a transaction.
     let max = store.max_txn_ops().max(2) & !1;
     let mut ops = ops.into_iter().peekable();
+    let mut batches = Vec::new();
     while ops.peek().is_some() {
-        let batch: Vec<(Op, Written)> = ops.by_ref().take(max).collect();
-        write_batch(store, informer, batch).await?;
+        batches.push(ops.by_ref().take(max).collect::<Vec<(Op, Written)>>());
+    }
+    // Sent together: etcd commits concurrent transactions in shared rounds (10,000 runner
+    // records were 79 transactions of ~14 ms one after another).
+    for done in futures_util::future::join_all(batches.into_iter().map(|b| write_batch(store, informer, b))).await {
+        done?;
     }
     Ok(())
 }
