@@ -439,9 +439,9 @@ impl Inner {
                         leases.remove(l).map_err(io)?;
                     }
                 }
-                if batches.iter().any(|b| !b.writes.is_empty()) {
-                    w.open_table(META).map_err(io)?.insert(REVISION, last).map_err(io)?;
-                }
+                // Every staged change took a revision (a lease's end without keys too): the file
+                // keeps the newest, so none is given out twice after a restart.
+                w.open_table(META).map_err(io)?.insert(REVISION, last).map_err(io)?;
             }
             w.commit().map_err(io)
         };
@@ -464,10 +464,10 @@ impl Inner {
                     st.leases.remove(&l);
                     ended.push(l);
                 }
+                st.revision = b.revision;
                 if b.writes.is_empty() {
                     continue;
                 }
-                st.revision = b.revision;
                 for (key, e) in b.writes {
                     if let Some(old) = st.kv.get(&key).and_then(|e| e.lease)
                         && let Some(l) = st.leases.get_mut(&old)
