@@ -87,6 +87,23 @@ enum Outcome {
     Stale,
 }
 
+/// `cur` moved to Launching on `offering` with `token`, if it is still Requested at `attempt`:
+/// the step recorded before a launch call, alone ([`launch_once`]) or together
+/// ([`record_started`]).
+fn started(
+    cur: &NodeRecord,
+    attempt: usize,
+    offering: &fleet_core::OfferingKey,
+    token: &str,
+    now: fleet_core::Time,
+) -> Option<NodeRecord> {
+    if !matches!(cur.state, NodePhase::Requested { .. }) || cur.attempt != attempt {
+        return None;
+    }
+    let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: token.to_string() };
+    Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
+}
+
 /// Moves the records of `nodes` still Requested at their attempt to Launching with their tokens,
 /// in as few transactions as the store takes (each record compared), before any of their calls:
 /// the crash-safety rule of [`launch_once`], for a pass's thousand launches at the cost of a few
@@ -113,13 +130,10 @@ async fn record_started(ctx: &Ctx, nodes: &[NodeRecord]) -> std::collections::Ha
             let key = ctx.keys.node(rec.id);
             let Ok(Some(kv)) = read else { return recorded };
             let Ok(cur) = kv.json::<NodeRecord>() else { continue };
-            if !matches!(cur.state, NodePhase::Requested { .. }) || cur.attempt != rec.attempt {
-                continue;
-            }
             let token = fleet_providers::idempotency_token(&ctx.fleet, &rec.id.to_string());
-            let Ok(state) = transition(&cur.state, NodeEvent::LaunchStarted { offering, token }, now) else { continue };
+            let Some(next) = started(&cur, rec.attempt, &offering, &token, now) else { continue };
             cmps.push(fleet_state::store::Compare::unchanged(&kv));
-            ops.push(fleet_state::store::Op::put_json(key, &NodeRecord { state, ..cur }));
+            ops.push(fleet_state::store::Op::put_json(key, &next));
             ids.push(rec.id);
         }
         if ops.is_empty() {
@@ -157,15 +171,11 @@ async fn launch_once(
     // A record already Launching (a retry, or a pass after a restart) keeps its token and is
     // launched again: the cloud answers with the instance the first call made, if any.
     if !recorded {
-        let started = update(&*ctx.store, &key, |cur: &NodeRecord| match &cur.state {
-            NodePhase::Requested { .. } if cur.attempt == rec.attempt => {
-                let ev = NodeEvent::LaunchStarted { offering: offering.clone(), token: req.idempotency_token.clone() };
-                Some(NodeRecord { state: transition(&cur.state, ev, now).ok()?, ..cur.clone() })
-            }
-            _ => None,
+        let recorded = update(&*ctx.store, &key, |cur: &NodeRecord| {
+            started(cur, rec.attempt, &offering, &req.idempotency_token, now)
         })
         .await?;
-        match started {
+        match recorded {
             Some(NodeRecord { state: NodePhase::Launching { token, .. }, attempt, .. })
                 if token == req.idempotency_token && attempt == rec.attempt => {}
             _ => return Ok(Outcome::Stale),

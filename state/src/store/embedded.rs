@@ -174,7 +174,6 @@ impl EmbeddedStore {
                 ending: HashSet::new(),
                 batches: Vec::new(),
                 epoch: 0,
-                last_failure: None,
                 committing: false,
             }),
             committer: Mutex::new(()),
@@ -252,7 +251,6 @@ struct Staged {
     /// Counts failed commits; a change staged before one that failed fails too (its checks may
     /// have seen what never reached the file).
     epoch: u64,
-    last_failure: Option<StoreError>,
     /// A commit loop is running (on the blocking pool): it takes what is staged next.
     committing: bool,
 }
@@ -453,7 +451,6 @@ impl Inner {
             staged.ending.clear();
             staged.revision = staged.durable;
             staged.epoch += 1;
-            staged.last_failure = Some(e.clone());
             return Some(Durable { epoch: staged.epoch, revision: staged.durable, failure: Some(e) });
         }
         let mut ended = Vec::new();
