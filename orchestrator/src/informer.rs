@@ -62,6 +62,12 @@ impl<T> Table<T> {
         self.tombstones.insert(id, rev);
     }
 
+    /// Whether the row is cached at `rev` or later, or deleted since: a put of `rev` would change
+    /// nothing.
+    fn has(&self, id: u64, rev: Revision) -> bool {
+        self.rows.get(&id).is_some_and(|(_, r)| *r >= rev) || self.tombstones.get(&id).is_some_and(|r| *r >= rev)
+    }
+
     fn values(&self) -> Vec<Arc<T>> {
         self.rows.values().map(|(t, _)| t.clone()).collect()
     }
@@ -179,6 +185,14 @@ async fn follow<T, F>(
         while let Some(ev) = watch.recv().await {
             match ev {
                 Ok(ev) => {
+                    // A record its writer already put in the cache (a pass's new nodes and
+                    // runners) is not parsed again.
+                    if let WatchEvent::Put(kv) = &ev
+                        && let Some(id) = id_of(&kv.key)
+                        && table(&mut cache.lock().expect("cache lock")).has(id, kv.mod_revision)
+                    {
+                        continue;
+                    }
                     if let Some((id, rec, rev)) = decode::<T>(&ev) {
                         let mut c = cache.lock().expect("cache lock");
                         let t = table(&mut c);

@@ -17,10 +17,11 @@ pub struct CloudActor;
 
 #[derive(Debug)]
 pub enum CloudMsg {
-    /// Launch (or, after a restart, re-launch with the same token) this node's current candidate.
-    Launch(NodeRecord),
+    /// Launch (or, after a restart, re-launch with the same token) these nodes' current
+    /// candidates.
+    Launch(Vec<NodeRecord>),
     /// The node's latest record and runners; its node actor is created if missing.
-    SyncNode { node: NodeRecord, runners: Vec<Arc<RunnerRecord>> },
+    SyncNode { node: Box<NodeRecord>, runners: Vec<Arc<RunnerRecord>> },
     /// One `list` call for both: ready nodes of this cloud that have no actor (a node whose
     /// instance is missing gets its actor back, which asks the cloud about it), and, when
     /// `collect` is given, orphan collection (instances of this fleet whose node is not one of
@@ -156,13 +157,19 @@ impl Actor for CloudActor {
         st: &mut CloudState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CloudMsg::Launch(node) => {
-                let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
-                st.region(&myself, &region).await?.send_message(RegionMsg::Launch(node))?;
+            CloudMsg::Launch(nodes) => {
+                let mut by_region: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
+                for node in nodes {
+                    let Some(region) = node.offering().map(|o| o.region.clone()) else { continue };
+                    by_region.entry(region).or_default().push(node);
+                }
+                for (region, nodes) in by_region {
+                    st.region(&myself, &region).await?.send_message(RegionMsg::Launch(nodes))?;
+                }
             }
             CloudMsg::SyncNode { node, runners } => {
                 let Some(region) = node.offering().map(|o| o.region.clone()) else { return Ok(()) };
-                st.region(&myself, &region).await?.send_message(RegionMsg::SyncNode { node, runners })?;
+                st.region(&myself, &region).await?.send_message(RegionMsg::SyncNode { node: *node, runners })?;
             }
             CloudMsg::Audit { nodes, collect } => {
                 let (provider, orphans, ctx, cloud) =
@@ -179,7 +186,7 @@ impl Actor for CloudActor {
                     let ids: HashSet<&str> = live.iter().map(|i| i.id.as_str()).collect();
                     for n in nodes {
                         if n.state.instance_id().is_some_and(|id| !ids.contains(id)) {
-                            let _ = me.send_message(CloudMsg::SyncNode { node: n, runners: vec![] });
+                            let _ = me.send_message(CloudMsg::SyncNode { node: Box::new(n), runners: vec![] });
                         }
                     }
                     if let Some((known, grace)) = collect {

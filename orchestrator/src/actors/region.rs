@@ -26,7 +26,8 @@ pub struct RegionActor;
 
 #[derive(Debug)]
 pub enum RegionMsg {
-    Launch(NodeRecord),
+    /// Launch these nodes (their current candidates, all in this region).
+    Launch(Vec<NodeRecord>),
     /// Records the launches received so far as started, together, then makes their calls.
     StartLaunches,
     /// Retry of a launch after a transient error (`attempt` counts the retries).
@@ -268,11 +269,12 @@ impl Actor for RegionActor {
         st: &mut RegionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegionMsg::Launch(node) => {
-                // The launches a pass sends arrive together: the first asks for a start after
-                // the others already in the mailbox.
-                st.pending.push(node);
-                if st.pending.len() == 1 {
+            RegionMsg::Launch(nodes) => {
+                // A pass's launches arrive in one message; the first of several asks for a start
+                // after the others already in the mailbox.
+                let first = st.pending.is_empty();
+                st.pending.extend(nodes);
+                if first && !st.pending.is_empty() {
                     myself.send_message(RegionMsg::StartLaunches)?;
                 }
             }

@@ -118,7 +118,7 @@ impl Store for Counted {
     async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch> {
         self.reads.watches.fetch_add(1, Relaxed);
         let mut inner = self.inner.watch(prefix, from).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = Watch::channel(64);
         let reads = self.reads.clone();
         tokio::spawn(async move {
             while let Some(ev) = inner.recv().await {

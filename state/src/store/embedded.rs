@@ -1,11 +1,12 @@
 //! The embedded store: etcd's semantics in-process, persisted to one redb file, for running fleetd
 //! with no set-up. One daemon per file (redb refuses a second opener).
 //!
-//! Every key lives in memory (a `BTreeMap`, so prefix reads are ordered) and in the file; a write
-//! goes to the file first (a redb transaction, fsynced, shared by the writes staged together: group
-//! commit, see `Inner::write`) and to memory only once committed, so readers never see a change the
-//! file does not have. Leases and their TTLs are
-//! persisted; after a restart each lease gets its full TTL again (as etcd does after a leader
+//! Every key lives in memory (a `BTreeMap`, so prefix reads are ordered) and on disk; a write
+//! goes to disk first (one record appended to the store's log and fsynced, shared by the writes
+//! staged together: group commit, see `Inner::write`) and to memory only once durable, so readers
+//! never see a change the disk does not have. The log is applied to the redb file in checkpoints,
+//! off the writers' path (see [`wal`]), and whatever of it a stop left is applied on the next open.
+//! Leases and their TTLs are persisted; after a restart each lease gets its full TTL again (as etcd does after a leader
 //! change), so a restart never expires a lease early. Lease deadlines use tokio's clock, so tests
 //! with paused time control expiry.
 
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
+
+mod wal;
 
 use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch, WatchEvent};
 
@@ -45,18 +48,35 @@ impl std::fmt::Debug for EmbeddedStore {
 
 struct Inner {
     path: PathBuf,
-    db: Database,
+    dir: PathBuf,
+    /// The checkpointed state: applied from the log (see [`wal`]), read only when opening.
+    db: Arc<Database>,
     /// Changes are checked and staged one at a time under this lock (no disk), then committed in
     /// groups. The state lock is held only to check and to install, never across a commit's
     /// fsync, so reads and watches never wait on the disk (they see committed changes only).
     writer: Mutex<Staged>,
-    /// Held by whoever writes the file: the commit loop, or a lease's grant.
-    committer: Mutex<()>,
+    /// The log, appended to by one commit at a time (the commit loop holds it for the whole
+    /// commit, the install in memory included, so changes install in the order they were logged).
+    log: Mutex<wal::Log>,
+    /// A checkpoint under way (applying closed log segments to redb), joined when the store
+    /// closes so that the file is free to open again by then.
+    checkpointing: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// One lease grant at a time (each its own redb transaction: grants are rare and small).
+    granting: Mutex<()>,
     /// What is durable, for the writers waiting on it.
     durable: Arc<watch::Sender<Durable>>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
     lease_changed: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The checkpoint holds the redb file: the store is closed only once it is done.
+        if let Some(t) = self.checkpointing.get_mut().map(Option::take).unwrap_or(None) {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Entry {
@@ -77,21 +97,24 @@ struct State {
     next_lease: LeaseId,
     kv: BTreeMap<String, Entry>,
     leases: HashMap<LeaseId, Lease>,
-    history: VecDeque<WatchEvent>,
+    /// The latest events, as the batches they were sent in (not copied one by one), at least
+    /// [`HISTORY`] of them: for watchers resuming from an older revision.
+    history: VecDeque<Arc<Vec<WatchEvent>>>,
+    /// Events in `history`.
+    history_events: usize,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-// Record encoding in the file: mod revision, create revision, lease (0 = none), then the value.
-fn encode(e: &Entry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(24 + e.value.len());
+// Record encoding in the file (and in the log): mod revision, create revision, lease (0 = none),
+// then the value.
+fn encode_into(e: &Entry, b: &mut Vec<u8>) {
     b.extend_from_slice(&e.mod_revision.to_le_bytes());
     b.extend_from_slice(&e.create_revision.to_le_bytes());
     b.extend_from_slice(&e.lease.unwrap_or(0).to_le_bytes());
     b.extend_from_slice(&e.value);
-    b
 }
 
 fn decode(key: &str, b: &[u8]) -> StoreResult<Entry> {
@@ -127,8 +150,14 @@ impl EmbeddedStore {
         #[cfg(unix)]
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
-        let mut state =
-            State { revision: 0, next_lease: 1, kv: BTreeMap::new(), leases: HashMap::new(), history: VecDeque::new() };
+        let mut state = State {
+            revision: 0,
+            next_lease: 1,
+            kv: BTreeMap::new(),
+            leases: HashMap::new(),
+            history: VecDeque::new(),
+            history_events: 0,
+        };
         {
             let w = db.begin_write().map_err(io)?;
             w.open_table(KV).map_err(io)?;
@@ -136,6 +165,10 @@ impl EmbeddedStore {
             w.open_table(META).map_err(io)?;
             w.commit().map_err(io)?;
         }
+        // What the log holds that redb does not yet (a stop comes between checkpoints) goes in
+        // first, so memory loads from redb alone.
+        let newest_segment = wal::checkpoint(&db, dir, u64::MAX, true)?;
+        let log = wal::Log::create(dir, newest_segment + 1)?;
         let now = Instant::now();
         {
             let r = db.begin_read().map_err(io)?;
@@ -166,7 +199,8 @@ impl EmbeddedStore {
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             path,
-            db,
+            dir: dir.to_path_buf(),
+            db: Arc::new(db),
             writer: Mutex::new(Staged {
                 revision: state.revision,
                 durable: state.revision,
@@ -176,7 +210,9 @@ impl EmbeddedStore {
                 epoch: 0,
                 committing: false,
             }),
-            committer: Mutex::new(()),
+            log: Mutex::new(log),
+            checkpointing: Mutex::new(None),
+            granting: Mutex::new(()),
             durable: Arc::new(watch::channel(Durable { epoch: 0, revision: state.revision, failure: None }).0),
             state: Mutex::new(state),
             events,
@@ -412,38 +448,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Commits every staged change in one file transaction, then installs them in memory and
+    /// Commits every staged change in one log record (one fsync), then installs them in memory and
     /// tells watchers, in revision order. On failure every staged change fails (later ones were
     /// checked against the failed ones) and staging starts again from what is durable. Returns
     /// what is durable now, for the waiting writers (`None`: nothing was staged).
     fn commit_staged(&self) -> Option<Durable> {
-        let _committer = self.committer.lock().expect("store committer lock");
+        let mut log = self.log.lock().expect("store log lock");
         let batches = std::mem::take(&mut self.writer.lock().expect("store writer lock").batches);
         let last = batches.last().map(|b| b.revision)?;
-        let commit = || -> StoreResult<()> {
-            let w = self.db.begin_write().map_err(io)?;
-            {
-                let mut kv = w.open_table(KV).map_err(io)?;
-                let mut leases = w.open_table(LEASES).map_err(io)?;
-                for b in &batches {
-                    for (key, e) in &b.writes {
-                        match e {
-                            Some(e) => kv.insert(key.as_str(), encode(e).as_slice()).map(drop),
-                            None => kv.remove(key.as_str()).map(drop),
-                        }
-                        .map_err(io)?;
-                    }
-                    if let Some(l) = b.lease_end {
-                        leases.remove(l).map_err(io)?;
-                    }
-                }
-                // Every staged change took a revision (a lease's end without keys too): the file
-                // keeps the newest, so none is given out twice after a restart.
-                w.open_table(META).map_err(io)?.insert(REVISION, last).map_err(io)?;
-            }
-            w.commit().map_err(io)
-        };
-        if let Err(e) = commit() {
+        // Every staged change took a revision (a lease's end without keys too): the log keeps
+        // each, so none is given out twice after a restart.
+        if let Err(e) = log.append(&batches) {
             tracing::error!(error = %e, changes = batches.len(), "store commit failed: the staged changes are refused");
             let mut staged = self.writer.lock().expect("store writer lock");
             staged.batches.clear();
@@ -483,16 +498,21 @@ impl Inner {
                         }
                     }
                 }
-                for ev in &b.events {
-                    if st.history.len() == HISTORY {
-                        st.history.pop_front();
-                    }
-                    st.history.push_back(ev.clone());
+                let events = Arc::new(b.events);
+                st.history_events += events.len();
+                st.history.push_back(events.clone());
+                while st.history.front().is_some_and(|f| st.history_events - f.len() >= HISTORY) {
+                    let gone = st.history.pop_front().map_or(0, |f| f.len());
+                    st.history_events -= gone;
                 }
                 // No receivers is fine: nobody watches.
-                let _ = self.events.send(Arc::new(b.events));
+                let _ = self.events.send(events);
             }
         }
+        if log.full() {
+            self.checkpoint_closed(&mut log);
+        }
+        drop(log);
         let mut staged = self.writer.lock().expect("store writer lock");
         staged.durable = last;
         staged.overlay.retain(|_, (rev, _)| *rev > last);
@@ -500,6 +520,40 @@ impl Inner {
             staged.ending.remove(&l);
         }
         Some(Durable { epoch: staged.epoch, revision: last, failure: None })
+    }
+
+    /// Closes the full log segment and, unless one is under way, starts a checkpoint of every
+    /// closed segment into redb on a thread of its own (the commits carry on meanwhile: they only
+    /// append to the new segment). A failed checkpoint leaves its segments for the next one, or
+    /// for the next open.
+    fn checkpoint_closed(&self, log: &mut wal::Log) {
+        let mut running = self.checkpointing.lock().expect("store checkpoint lock");
+        if running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(done) = running.take() {
+            let _ = done.join();
+        }
+        let below = match log.rotate() {
+            Ok(seq) => seq,
+            Err(e) => {
+                // The full segment keeps taking appends; the next commit tries again.
+                tracing::error!(error = %e, "cannot start a new store log segment");
+                return;
+            }
+        };
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        let spawned = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
+            let t = std::time::Instant::now();
+            match wal::checkpoint(&db, &dir, below, false) {
+                Ok(_) => tracing::debug!(took = ?t.elapsed(), "store log checkpointed into {}", dir.display()),
+                Err(e) => tracing::error!(error = %e, "store log checkpoint failed: its segments stay, for the next checkpoint or open"),
+            }
+        });
+        match spawned {
+            Ok(t) => *running = Some(t),
+            Err(e) => tracing::error!(error = %e, "cannot start a store log checkpoint"),
+        }
     }
 
     /// Ends a lease and deletes its keys; with `if_due`, only if its deadline is still ≤ that time
@@ -677,7 +731,7 @@ impl Store for EmbeddedStore {
         let ttl = ttl.max(MIN_TTL);
         // Its own file transaction, one writer of the file at a time; the fsync without the state
         // lock.
-        let writer = self.inner.committer.lock().expect("store committer lock");
+        let writer = self.inner.granting.lock().expect("store grant lock");
         let id = self.inner.state.lock().expect("store lock").next_lease;
         off_the_workers(|| {
             let w = self.inner.db.begin_write().map_err(io)?;
@@ -722,33 +776,37 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watch> {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = Watch::channel(256);
         let st = self.inner.state.lock().expect("store lock");
         // Subscribe under the lock: nothing is applied between the replay and the live feed.
         let mut live = self.inner.events.subscribe();
         let mut backlog = Vec::new();
         if from > 0 && from <= st.revision {
-            let oldest = st.history.front().map_or(st.revision + 1, WatchEvent::revision);
+            let oldest = st.history.iter().flat_map(|b| b.first()).next().map_or(st.revision + 1, WatchEvent::revision);
             if from < oldest {
                 return Err(StoreError::Compacted { requested: from, oldest });
             }
-            backlog.extend(st.history.iter().filter(|e| e.revision() >= from && e.key().starts_with(prefix)).cloned());
+            backlog.extend(
+                st.history
+                    .iter()
+                    .flat_map(|b| b.iter())
+                    .filter(|e| e.revision() >= from && e.key().starts_with(prefix))
+                    .cloned(),
+            );
         }
         drop(st);
         let prefix = prefix.to_string();
         tokio::spawn(async move {
-            for ev in backlog {
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
+            if tx.send_batch(backlog).await.is_err() {
+                return;
             }
             loop {
                 match live.recv().await {
                     Ok(batch) => {
-                        for ev in batch.iter().filter(|e| e.key().starts_with(&prefix)) {
-                            if tx.send(Ok(ev.clone())).await.is_err() {
-                                return;
-                            }
+                        let mine: Vec<WatchEvent> =
+                            batch.iter().filter(|e| e.key().starts_with(&prefix)).cloned().collect();
+                        if tx.send_batch(mine).await.is_err() {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {

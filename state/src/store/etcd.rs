@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as ECompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
-use tokio::sync::mpsc;
 
 use super::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError, StoreResult, TxnResult, Watch, WatchEvent};
 use fleet_core::Secret;
@@ -306,7 +305,7 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(map_err)?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = Watch::channel(256);
         tokio::spawn(async move {
             loop {
                 let msg = match stream.message().await {
@@ -330,6 +329,8 @@ impl Store for EtcdStore {
                         tx.send(Err(StoreError::Unavailable(format!("watch canceled: {}", msg.cancel_reason())))).await;
                     return;
                 }
+                // A response's events go together (they are a transaction's, or consecutive ones).
+                let mut batch = Vec::with_capacity(msg.events().len());
                 for ev in msg.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let out = match ev.event_type() {
@@ -338,9 +339,18 @@ impl Store for EtcdStore {
                             kv_of(kv).map(|k| WatchEvent::Delete { key: k.key, mod_revision: k.mod_revision })
                         }
                     };
-                    if tx.send(out).await.is_err() {
-                        return;
+                    match out {
+                        Ok(ev) => batch.push(ev),
+                        Err(e) => {
+                            // What came before the unreadable event, then the error.
+                            let _ = tx.send_batch(batch).await;
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
                     }
+                }
+                if tx.send_batch(batch).await.is_err() {
+                    return;
                 }
             }
         });

@@ -211,7 +211,7 @@ impl Store for HttpStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (tx, rx) = Watch::channel(256);
         std::thread::Builder::new()
             .name("store-watch".into())
             .spawn(move || {

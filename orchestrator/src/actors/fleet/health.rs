@@ -34,7 +34,7 @@ pub(super) async fn check(
         let live: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
         st.agent_seen.retain(|id| live.contains(id));
     }
-    note_health(st, unhealthy_nodes(&nodes, &agents, &st.agent_seen, now, ctx.config.agent_grace));
+    note_health(st, unhealthy_nodes(nodes, &agents, &st.agent_seen, now, ctx.config.agent_grace));
     st.unhealthy_since.retain(|id, _| st.unhealthy.contains_key(id));
     for id in st.unhealthy.keys() {
         st.unhealthy_since.entry(*id).or_insert(now);
