@@ -647,10 +647,23 @@ async fn move_to_spot(crash: bool) {
                 h.nodes().await.iter().any(|n| n.id == id && n.leaving.as_ref().is_some_and(|l| l.replaced >= replaced))
             }
         };
+        // Each crash waits for the restart it causes: the next crash goes to the new actor, not
+        // to the old one's mailbox (where a pass queued before the first crash may have counted
+        // the replacement already, and the second crash would die with it).
+        let restarts = || {
+            let metrics = &h.ctx.metrics;
+            move || async move {
+                metrics.actor_restarts.get_or_create(&fleet_orchestrator::metrics::KindLabel::new("fleet")).get()
+            }
+        };
         assert!(h.run_until(Duration::from_secs(1800), leaving(0)).await, "marked leaving");
         h.fleet().await.send_message(FleetMsg::Crash("consolidation: marked".into())).unwrap();
+        let once = restarts();
+        assert!(h.run_until(Duration::from_secs(60), || async { once().await == 1 }).await, "restarted once");
         assert!(h.run_until(Duration::from_secs(600), leaving(1)).await, "replacement counted");
         h.fleet().await.send_message(FleetMsg::Crash("consolidation: replaced".into())).unwrap();
+        let twice = restarts();
+        assert!(h.run_until(Duration::from_secs(60), || async { twice().await == 2 }).await, "restarted twice");
     }
     let moved = h
         .run_until(Duration::from_secs(1800), || async {
