@@ -34,6 +34,8 @@ const NEXT_LEASE: &str = "next_lease";
 const HISTORY: usize = 8_192;
 /// Minimum lease TTL, like etcd's (leases shorter than a round of keep-alives flap).
 const MIN_TTL: Duration = Duration::from_secs(1);
+/// How long [`EmbeddedStore::open`] waits for a file in use to be let go of.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -139,13 +141,27 @@ impl EmbeddedStore {
         let path = dir.join("fleet.redb");
         // Every key is also in memory (reads never touch redb), so its cache only has to hold what one
         // commit writes: 16 MiB (4 MiB slowed large commits; 32 MiB cost ~25 MB more RSS at 100,000 records).
-        let db = Database::builder().set_cache_size(16 << 20).create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Io(format!(
-                "{} is in use by another fleetd: stop it, or give this one another --data-dir",
-                path.display()
-            )),
-            e => StoreError::Io(format!("cannot open {}: {e}", path.display())),
-        })?;
+        //
+        // A store that was just dropped may still hold the file for a moment: its last reference can
+        // be the lease task's, which upgrades its weak one to look at the leases, or a fleetd that
+        // is stopping still closes it. So a file in use is tried again for a while before the
+        // answer is that another fleetd has it.
+        let deadline = std::time::Instant::now() + OPEN_WAIT;
+        let db = loop {
+            match Database::builder().set_cache_size(16 << 20).create(&path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Io(format!(
+                        "{} is in use by another fleetd: stop it, or give this one another --data-dir",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(StoreError::Io(format!("cannot open {}: {e}", path.display()))),
+            }
+        };
         // The store holds token digests, agent credentials and every record: its owner's only.
         #[cfg(unix)]
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
