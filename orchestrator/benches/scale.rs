@@ -67,7 +67,7 @@ async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
 
 fn main() {
     // As fleetd runs (see its main).
-    fleet_orchestrator::allocator::restart_without_huge_pages();
+    fleet_orchestrator::allocator::restart_with_options();
     tracing_subscriber::fmt()
         // Each pass's phases (debug) are the profile of where the time goes.
         .with_env_filter(
@@ -161,7 +161,10 @@ fn main() {
             store
         } else {
             drop(store);
-            Arc::new(EmbeddedStore::open(dir.path()).unwrap())
+            let t = Instant::now();
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            println!("store opened again (its log applied to the file, every key loaded): {:?}", t.elapsed());
+            Arc::new(s)
         };
 
         let mut providers: BTreeMap<Cloud, Arc<dyn Provider>> = BTreeMap::new();

@@ -30,7 +30,8 @@ use ractor::Actor;
 
 // mimalloc: glibc's per-thread arenas left fleetd's RSS ~80 MB (35 %) above what it uses at
 // 12,500 nodes / 100,000 runners (measured with MALLOC_ARENA_MAX=1); mimalloc returns freed
-// memory to the system. Without transparent huge pages: `fleet_orchestrator::allocator`.
+// memory to the system. Without transparent huge pages and with no purge delay:
+// `fleet_orchestrator::allocator`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -671,7 +672,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    fleet_orchestrator::allocator::restart_without_huge_pages();
+    fleet_orchestrator::allocator::restart_with_options();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -65,10 +65,14 @@ fn fleetd_serves_requests_stops_on_sigterm_and_keeps_its_state() {
     }
     let (_, m) = d.call("GET", "/metrics", "");
     assert!(m.contains("fleet_launches_total{cloud=\"lambda\",kind=\"called\"}"), "{m}");
-    // Started without it, fleetd runs with mimalloc's huge pages off (it restarted itself).
+    // Started without them, fleetd runs with mimalloc's huge pages off and no purge delay (it
+    // restarted itself).
     let environ = std::fs::read(format!("/proc/{}/environ", d.child.id())).unwrap();
-    let thp = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"MIMALLOC_ALLOW_THP="));
-    assert_eq!(thp, Some(&b"0"[..]));
+    let var = |name: &str| {
+        environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(format!("{name}=").as_bytes())).map(<[u8]>::to_vec)
+    };
+    assert_eq!(var("MIMALLOC_ALLOW_THP").as_deref(), Some(&b"0"[..]));
+    assert_eq!(var("MIMALLOC_PURGE_DELAY").as_deref(), Some(&b"0"[..]));
 
     // SIGTERM: a clean, prompt exit.
     let pid = d.child.id().to_string();

@@ -34,6 +34,8 @@ const NEXT_LEASE: &str = "next_lease";
 const HISTORY: usize = 8_192;
 /// Minimum lease TTL, like etcd's (leases shorter than a round of keep-alives flap).
 const MIN_TTL: Duration = Duration::from_secs(1);
+/// redb's page cache (see [`EmbeddedStore::open`]).
+const REDB_CACHE: usize = 4 << 20;
 /// How long [`EmbeddedStore::open`] waits for a file in use to be let go of.
 const OPEN_WAIT: Duration = Duration::from_secs(2);
 
@@ -139,8 +141,9 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         private_dir(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("fleet.redb");
-        // Every key is also in memory (reads never touch redb), so its cache only has to hold what one
-        // commit writes: 16 MiB (4 MiB slowed large commits; 32 MiB cost ~25 MB more RSS at 100,000 records).
+        // Every key is also in memory (reads never touch redb), and only the checkpoint writes to it
+        // (off the writers' path, see `wal`): its cache serves that alone. 4 MiB (at 16 MiB, the
+        // pages read to load memory at open stayed cached: ~15 MB of RSS at 100,000 runners).
         //
         // A store that was just dropped may still hold the file for a moment: its last reference can
         // be the lease task's, which upgrades its weak one to look at the leases, or a fleetd that
@@ -148,7 +151,7 @@ impl EmbeddedStore {
         // answer is that another fleetd has it.
         let deadline = std::time::Instant::now() + OPEN_WAIT;
         let db = loop {
-            match Database::builder().set_cache_size(16 << 20).create(&path) {
+            match Database::builder().set_cache_size(REDB_CACHE).create(&path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -196,6 +199,10 @@ impl EmbeddedStore {
                 let ttl = Duration::from_millis(ttl_ms.value());
                 state.leases.insert(id.value(), Lease { ttl, deadline: now + ttl, keys: BTreeSet::new() });
             }
+            // redb hands the keys over in order, and a map built from them at once packs its
+            // nodes full (inserted one by one, each node is split half-empty: ~14 MB more at
+            // 100,000 runners).
+            let mut kv = Vec::new();
             for item in r.open_table(KV).map_err(io)?.iter().map_err(io)? {
                 let (k, v) = item.map_err(io)?;
                 let key = k.value().to_string();
@@ -209,8 +216,9 @@ impl EmbeddedStore {
                         None => continue,
                     }
                 }
-                state.kv.insert(key, e);
+                kv.push((key, e));
             }
+            state.kv = BTreeMap::from_iter(kv);
         }
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {

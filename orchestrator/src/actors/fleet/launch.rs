@@ -66,16 +66,19 @@ pub(super) async fn release_waiting(st: &mut FleetState) -> Result<(), StoreErro
 pub(super) struct Outbox(BTreeMap<Cloud, (ActorRef<CloudMsg>, Vec<NodeRecord>)>);
 
 impl Outbox {
-    pub(super) fn send(self) {}
-}
-
-impl Drop for Outbox {
-    fn drop(&mut self) {
+    /// Sends what is gathered, one message per cloud, and leaves the outbox empty.
+    pub(super) fn send(&mut self) {
         for (cloud, (actor, nodes)) in std::mem::take(&mut self.0) {
             if actor.send_message(CloudMsg::Launch(nodes)).is_err() {
                 tracing::warn!(%cloud, "cloud actor is gone; the next reconcile retries");
             }
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.send();
     }
 }
 

@@ -125,8 +125,16 @@ impl Log {
     }
 }
 
-/// The encoded record of a group of batches.
+/// The encoded record of a group of batches:
+///
+/// ```text
+/// [u32 len][u32 crc32]  of the payload:
+///   [u32 batches] then per batch [i64 revision][i64 lease ended, 0 = none][u32 writes]
+///     then per write [u32 key len][key][u8 0 = delete | 1 = put, then [u32 entry len][entry]]
+/// ```
 fn record(batches: &[Batch]) -> Vec<u8> {
+    // Only a capacity hint (a wrong one costs a reallocation, never a wrong record): the layout
+    // above, with an entry being 24 bytes of revisions and lease before its value.
     let size: usize = batches
         .iter()
         .map(|b| {
