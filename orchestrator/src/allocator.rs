@@ -12,7 +12,9 @@
 //! (a pass's workers, the blocking pool) stay resident. In the scale bench (12,500 nodes, 100,000
 //! runners; the same build, runs alternating): 169–175 MiB resident with the delay against
 //! 165–168 MiB without on a quiet machine, and 202–204 against 165–182 MiB while a build ran
-//! beside it; the demand change was no slower without it (113–133 ms against 132–136 ms).
+//! beside it. The demand change was no slower for it (5 runs each, alternating: median 146 ms,
+//! 142–177, against 155 ms, 136–169 with the delay); memory given back is faulted in again when
+//! it is next needed, which is the cost of holding less (see the README's scale bench).
 //!
 //! mimalloc reads its options from the environment when the process starts, before `main`, so
 //! fleetd starts itself again with them set (same pid, safe code). An operator who sets one of
