@@ -182,17 +182,19 @@ async fn follow<T, F>(
             t.tombstones.retain(|_, r| *r > listed_at);
             t.fresh = true;
         }
-        while let Some(ev) = watch.recv().await {
+        // A record its writer already put in the cache (a pass's new nodes and runners) is
+        // neither copied out of the watch nor parsed again.
+        let written_through = |ev: &WatchEvent| {
+            if let WatchEvent::Put(kv) = ev
+                && let Some(id) = id_of(&kv.key)
+            {
+                return table(&mut cache.lock().expect("cache lock")).has(id, kv.mod_revision);
+            }
+            false
+        };
+        while let Some(ev) = watch.recv_unless(written_through).await {
             match ev {
                 Ok(ev) => {
-                    // A record its writer already put in the cache (a pass's new nodes and
-                    // runners) is not parsed again.
-                    if let WatchEvent::Put(kv) = &ev
-                        && let Some(id) = id_of(&kv.key)
-                        && table(&mut cache.lock().expect("cache lock")).has(id, kv.mod_revision)
-                    {
-                        continue;
-                    }
                     if let Some((id, rec, rev)) = decode::<T>(&ev) {
                         let mut c = cache.lock().expect("cache lock");
                         let t = table(&mut c);

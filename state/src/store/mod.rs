@@ -22,6 +22,7 @@ pub mod http;
 pub mod suite;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -164,10 +165,22 @@ impl WatchEvent {
 ///
 /// The events travel in the batches they were committed in (one channel message for a
 /// transaction's 20,000 records, where one message per event cost a cross-thread wake-up each)
-/// and are handed out one by one.
+/// and are handed out one by one. A store that keeps its commits' events in memory shares them
+/// ([`WatchSender::send_shared`]): each event is copied only when handed out, by the watcher, and
+/// not at all when [`Watch::recv_unless`] passes it over.
 pub struct Watch {
-    rx: mpsc::Receiver<StoreResult<Vec<WatchEvent>>>,
+    rx: mpsc::Receiver<Feed>,
     buf: std::collections::VecDeque<WatchEvent>,
+    /// A shared batch being handed out: the batch, the next event's index, the watched prefix.
+    shared: Option<(Arc<Vec<WatchEvent>>, usize, Arc<str>)>,
+}
+
+/// What a [`WatchSender`] sends.
+enum Feed {
+    Events(Vec<WatchEvent>),
+    /// A batch as the store keeps it, of which the watcher wants the events under the prefix.
+    Shared(Arc<Vec<WatchEvent>>, Arc<str>),
+    Lost(StoreError),
 }
 
 impl std::fmt::Debug for Watch {
@@ -178,16 +191,33 @@ impl std::fmt::Debug for Watch {
 
 /// Feeds a [`Watch`]. Its sends fail once the watch is dropped: the feeder can stop.
 #[derive(Clone, Debug)]
-pub struct WatchSender(mpsc::Sender<StoreResult<Vec<WatchEvent>>>);
+pub struct WatchSender(mpsc::Sender<Feed>);
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Feed::Events(evs) => write!(f, "Events({})", evs.len()),
+            Feed::Shared(evs, prefix) => write!(f, "Shared({}, {prefix:?})", evs.len()),
+            Feed::Lost(e) => write!(f, "Lost({e})"),
+        }
+    }
+}
 
 /// The [`Watch`] a [`WatchSender`] fed was dropped.
 #[derive(Debug)]
 pub struct WatchClosed;
 
+fn feed(ev: StoreResult<WatchEvent>) -> Feed {
+    match ev {
+        Ok(e) => Feed::Events(vec![e]),
+        Err(e) => Feed::Lost(e),
+    }
+}
+
 impl WatchSender {
     /// One event, or the error that ends the watch.
     pub async fn send(&self, ev: StoreResult<WatchEvent>) -> Result<(), WatchClosed> {
-        self.0.send(ev.map(|e| vec![e])).await.map_err(|_| WatchClosed)
+        self.0.send(feed(ev)).await.map_err(|_| WatchClosed)
     }
 
     /// Events committed together, in revision order (nothing is sent for none).
@@ -195,12 +225,18 @@ impl WatchSender {
         if evs.is_empty() {
             return Ok(());
         }
-        self.0.send(Ok(evs)).await.map_err(|_| WatchClosed)
+        self.0.send(Feed::Events(evs)).await.map_err(|_| WatchClosed)
+    }
+
+    /// A commit's events as the store keeps them, of which the watcher gets those under
+    /// `prefix`, each copied as it is handed out.
+    pub async fn send_shared(&self, evs: Arc<Vec<WatchEvent>>, prefix: Arc<str>) -> Result<(), WatchClosed> {
+        self.0.send(Feed::Shared(evs, prefix)).await.map_err(|_| WatchClosed)
     }
 
     /// [`WatchSender::send`] from a thread outside the runtime.
     pub fn blocking_send(&self, ev: StoreResult<WatchEvent>) -> Result<(), WatchClosed> {
-        self.0.blocking_send(ev.map(|e| vec![e])).map_err(|_| WatchClosed)
+        self.0.blocking_send(feed(ev)).map_err(|_| WatchClosed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -212,19 +248,37 @@ impl Watch {
     /// A watch and its feeder; `batches` messages may wait in between.
     pub fn channel(batches: usize) -> (WatchSender, Watch) {
         let (tx, rx) = mpsc::channel(batches);
-        (WatchSender(tx), Watch { rx, buf: std::collections::VecDeque::new() })
+        (WatchSender(tx), Watch { rx, buf: std::collections::VecDeque::new(), shared: None })
     }
 
     /// The next event; `None` once the feeder is gone (after its error, if it had one). Cancel
     /// safe: an event is handed out only by the call that returns it.
     pub async fn recv(&mut self) -> Option<StoreResult<WatchEvent>> {
+        self.recv_unless(|_| false).await
+    }
+
+    /// [`Watch::recv`], passing over (without copying them) the events `skip` says the watcher
+    /// has no use for.
+    pub async fn recv_unless(&mut self, mut skip: impl FnMut(&WatchEvent) -> bool) -> Option<StoreResult<WatchEvent>> {
         loop {
-            if let Some(ev) = self.buf.pop_front() {
-                return Some(Ok(ev));
+            while let Some(ev) = self.buf.pop_front() {
+                if !skip(&ev) {
+                    return Some(Ok(ev));
+                }
+            }
+            if let Some((evs, next, prefix)) = &mut self.shared {
+                while let Some(ev) = evs.get(*next) {
+                    *next += 1;
+                    if ev.key().starts_with(&**prefix) && !skip(ev) {
+                        return Some(Ok(ev.clone()));
+                    }
+                }
+                self.shared = None;
             }
             match self.rx.recv().await? {
-                Ok(batch) => self.buf.extend(batch),
-                Err(e) => return Some(Err(e)),
+                Feed::Events(evs) => self.buf.extend(evs),
+                Feed::Shared(evs, prefix) => self.shared = Some((evs, 0, prefix)),
+                Feed::Lost(e) => return Some(Err(e)),
             }
         }
     }

@@ -197,6 +197,28 @@ pub async fn watches(s: &dyn Store, p: &str) {
     assert!(matches!(next(&mut w).await, WatchEvent::Put(_)));
     s.revoke(lease).await.unwrap();
     assert!(matches!(next(&mut w).await, WatchEvent::Delete { key, .. } if key == a), "watch: lease end deletes");
+
+    // One transaction under the prefix and beside it: the watch gets its own events only, in
+    // order, and `recv_unless` passes over those it is told to.
+    let (b, c, d) = (format!("{p}b"), format!("{p}c"), format!("{p}d"));
+    let beside = format!("{}-beside", p.trim_end_matches('/'));
+    let ops = vec![
+        Op::put(&beside, b"x".to_vec()),
+        Op::put(&b, b"2".to_vec()),
+        Op::put(&c, b"3".to_vec()),
+        Op::put(&d, b"4".to_vec()),
+    ];
+    let rev = s.txn(vec![], ops).await.unwrap().revision;
+    let got = tokio::time::timeout(Duration::from_secs(10), w.recv_unless(|e| e.key() == b))
+        .await
+        .expect("watch: an event within 10 s")
+        .expect("watch: stream open")
+        .expect("watch: event, not error");
+    assert!(
+        matches!(&got, WatchEvent::Put(kv) if kv.key == c && kv.value == b"3" && kv.mod_revision == rev),
+        "watch: recv_unless gave {got:?}, not the put of {c}"
+    );
+    assert!(matches!(next(&mut w).await, WatchEvent::Put(kv) if kv.key == d), "watch: the rest of the batch");
 }
 
 pub async fn counters(s: Arc<dyn Store>, p: &str) {

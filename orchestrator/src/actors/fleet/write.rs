@@ -269,6 +269,11 @@ pub(super) async fn write_all(
 ) -> Result<(), StoreError> {
     // Even, so that a runner record and its placement (written in pairs) share a transaction.
     let max = store.max_txn_ops().max(2) & !1;
+    if ops.len() <= max {
+        // As it is: a plan's 20,000 runner operations copied into a batch were ~6 MB of fresh
+        // memory, and this machine is slow to touch memory for the first time.
+        return write_batch(store, informer, ops).await;
+    }
     let mut ops = ops.into_iter().peekable();
     let mut batches = Vec::new();
     while ops.peek().is_some() {
@@ -296,7 +301,15 @@ async fn write_batch(
     informer: &Informer,
     batch: Vec<(Op, Written)>,
 ) -> Result<(), StoreError> {
-    let (ops, recs): (Vec<Op>, Vec<Written>) = batch.into_iter().unzip();
+    // The operations are collected where the pairs were (no new allocation for them).
+    let mut recs = Vec::with_capacity(batch.len());
+    let ops: Vec<Op> = batch
+        .into_iter()
+        .map(|(op, w)| {
+            recs.push(w);
+            op
+        })
+        .collect();
     let res = store.txn(vec![], ops).await?;
     for w in recs {
         match w {
