@@ -210,6 +210,9 @@ async fn decide(
             }
         }
     }
+    // Existing nodes' launches go now, not when the pass ends (the outbox would send them on
+    // drop, after the plan's writes).
+    out.send();
     // Orphan collection rides on the audit's list call: every instance of the fleet must belong
     // to a record that may hold one (the view is fresh here: a stale one returned above).
     let collect = st.passes.is_multiple_of(FULL_SYNC_EVERY).then(|| {
