@@ -10,7 +10,7 @@ use fleet_state::model::{NodeRecord, RunnerRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::fleet::FleetMsg;
-use super::region::{RegionActor, RegionArgs, RegionMsg};
+use super::region::{RegionActor, RegionArgs, RegionMsg, ToLaunch};
 use super::{Ctx, RestartBudget};
 
 pub struct CloudActor;
@@ -19,7 +19,7 @@ pub struct CloudActor;
 pub enum CloudMsg {
     /// Launch (or, after a restart, re-launch with the same token) these nodes' current
     /// candidates.
-    Launch(Vec<NodeRecord>),
+    Launch(Vec<ToLaunch>),
     /// The node's latest record and runners; its node actor is created if missing.
     SyncNode { node: Box<NodeRecord>, runners: Vec<Arc<RunnerRecord>> },
     /// One `list` call for both: ready nodes of this cloud that have no actor (a node whose
@@ -158,10 +158,10 @@ impl Actor for CloudActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CloudMsg::Launch(nodes) => {
-                let mut by_region: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
-                for node in nodes {
-                    let Some(region) = node.offering().map(|o| o.region.clone()) else { continue };
-                    by_region.entry(region).or_default().push(node);
+                let mut by_region: BTreeMap<String, Vec<ToLaunch>> = BTreeMap::new();
+                for l in nodes {
+                    let Some(region) = l.node.offering().map(|o| o.region.clone()) else { continue };
+                    by_region.entry(region).or_default().push(l);
                 }
                 for (region, nodes) in by_region {
                     st.region(&myself, &region).await?.send_message(RegionMsg::Launch(nodes))?;

@@ -12,10 +12,11 @@ use fleet_policies::placement::UnavailableReason;
 use fleet_providers::ProviderError;
 use fleet_state::lifecycle::node::NodePhase;
 use fleet_state::model::{NodeRecord, update_at};
-use fleet_state::store::StoreError;
+use fleet_state::store::{Revision, StoreError};
 
 use super::FleetState;
 use crate::actors::cloud::CloudMsg;
+use crate::actors::region::ToLaunch;
 use ractor::ActorRef;
 
 /// A region's launch of `node` failed: the offering is marked (capacity, quota) and the node
@@ -36,10 +37,10 @@ pub(super) async fn on_launch_failed(
         st.unavailable.mark(key.clone(), why, now, ttl);
     }
     // Walk to the next candidate at once (the region already advanced the record).
-    if let Some((rec, _)) = fleet_state::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(node)).await?
+    if let Some((rec, kv)) = fleet_state::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(node)).await?
         && matches!(rec.state, NodePhase::Requested { .. })
     {
-        dispatch(st, rec, &mut Outbox::default()).await?;
+        dispatch(st, rec, Some(kv.mod_revision), &mut Outbox::default()).await?;
     }
     Ok(())
 }
@@ -48,11 +49,11 @@ pub(super) async fn on_launch_failed(
 pub(super) async fn release_waiting(st: &mut FleetState) -> Result<(), StoreError> {
     let mut out = Outbox::default();
     for id in std::mem::take(&mut st.waiting) {
-        if let Some((rec, _)) =
+        if let Some((rec, kv)) =
             fleet_state::store::get_json::<NodeRecord>(&*st.ctx.store, &st.ctx.keys.node(id)).await?
             && matches!(rec.state, NodePhase::Requested { .. } | NodePhase::Launching { .. })
         {
-            dispatch(st, rec, &mut out).await?;
+            dispatch(st, rec, Some(kv.mod_revision), &mut out).await?;
         }
     }
     Ok(())
@@ -63,7 +64,7 @@ pub(super) async fn release_waiting(st: &mut FleetState) -> Result<(), StoreErro
 /// writing). Sent by [`Outbox::send`], or when dropped (a pass that fails half-way still sends
 /// the launches it marked as in flight).
 #[derive(Default)]
-pub(super) struct Outbox(BTreeMap<Cloud, (ActorRef<CloudMsg>, Vec<NodeRecord>)>);
+pub(super) struct Outbox(BTreeMap<Cloud, (ActorRef<CloudMsg>, Vec<ToLaunch>)>);
 
 impl Outbox {
     /// Sends what is gathered, one message per cloud, and leaves the outbox empty.
@@ -84,8 +85,13 @@ impl Drop for Outbox {
 
 /// Sends the node's launch to its cloud: first past candidates that refused meanwhile (the
 /// record's attempt moves on; none left → Failed), and only one at a time to an offering that has
-/// not launched recently.
-pub(super) async fn dispatch(st: &mut FleetState, mut rec: NodeRecord, out: &mut Outbox) -> Result<(), StoreError> {
+/// not launched recently. `written_at`: the revision of `rec` when the caller knows it.
+pub(super) async fn dispatch(
+    st: &mut FleetState,
+    mut rec: NodeRecord,
+    mut written_at: Option<Revision>,
+    out: &mut Outbox,
+) -> Result<(), StoreError> {
     if st.launching.contains(&rec.id) {
         return Ok(());
     }
@@ -112,7 +118,9 @@ pub(super) async fn dispatch(st: &mut FleetState, mut rec: NodeRecord, out: &mut
                 st.informer.put_node(r.clone(), *rev);
             }
             match updated {
-                Some((r, _)) if matches!(r.state, NodePhase::Requested { .. }) && r.attempt == skip_to => rec = r,
+                Some((r, rev)) if matches!(r.state, NodePhase::Requested { .. }) && r.attempt == skip_to => {
+                    (rec, written_at) = (r, Some(rev));
+                }
                 _ => return Ok(()),
             }
         }
@@ -134,7 +142,7 @@ pub(super) async fn dispatch(st: &mut FleetState, mut rec: NodeRecord, out: &mut
         return Ok(());
     };
     st.launching.insert(rec.id);
-    out.0.entry(cloud).or_insert_with(|| (actor.clone(), Vec::new())).1.push(rec);
+    out.0.entry(cloud).or_insert_with(|| (actor.clone(), Vec::new())).1.push(ToLaunch { node: rec, written_at });
     Ok(())
 }
 

@@ -174,7 +174,7 @@ async fn decide(
     for n in nodes {
         match &n.state {
             NodePhase::Requested { .. } | NodePhase::Launching { .. } => {
-                launch::dispatch(st, (**n).clone(), &mut out).await?;
+                launch::dispatch(st, (**n).clone(), None, &mut out).await?;
             }
             NodePhase::Terminated { .. } | NodePhase::Failed { instance_id: None, .. } => {}
             _ => {
@@ -353,8 +353,8 @@ async fn decide(
     let (new_nodes, runner_ops) = write::carry_out(st, &plan, nodes, now).await?;
     phases.mark("write");
     let mut out = launch::Outbox::default();
-    for rec in new_nodes {
-        launch::dispatch(st, rec, &mut out).await?;
+    for (rec, rev) in new_nodes {
+        launch::dispatch(st, rec, rev, &mut out).await?;
     }
     out.send();
     // Let the cloud and region actors take the launches now: woken by this task, they wait in

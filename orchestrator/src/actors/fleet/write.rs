@@ -12,7 +12,7 @@ use fleet_state::lifecycle::node::{DrainReason, NodeEvent, NodePhase, transition
 use fleet_state::lifecycle::runner::{self, RunnerEvent, RunnerPhase};
 use fleet_state::model::{CandidateRecord, Leaving, NodeRecord, RunnerRecord, update_at};
 use fleet_state::queue;
-use fleet_state::store::{Op, StoreError, to_json};
+use fleet_state::store::{Op, Revision, StoreError, to_json};
 
 use super::FleetState;
 use crate::actors::Ctx;
@@ -40,13 +40,14 @@ pub(super) async fn retire_runner(
 }
 
 /// Writes what the plan decided: runner stops, runners on existing nodes, new nodes (each with its
-/// runners, in one transaction, before any launch call), releases. Returns the new nodes.
+/// runners, in one transaction, before any launch call), releases. Returns the new nodes, each
+/// with the revision it was written at.
 pub(super) async fn carry_out(
     st: &mut FleetState,
     plan: &FleetPlan,
     nodes: &[Arc<NodeRecord>],
     now: Time,
-) -> Result<(Vec<NodeRecord>, RunnerOps), StoreError> {
+) -> Result<(Vec<(NodeRecord, Option<Revision>)>, RunnerOps), StoreError> {
     let ctx = st.ctx.clone();
     let store = &*ctx.store;
     let keys = &ctx.keys;
@@ -246,7 +247,7 @@ pub(super) async fn carry_out(
         ops
     });
     let built = std::time::Instant::now();
-    write_all(store, &st.informer, node_ops).await?;
+    let written = write_all(store, &st.informer, node_ops).await?;
     crate::events::emit_many(&ctx, planned).await;
     if !created.is_empty() {
         crate::crashpoint::hit("plan.written");
@@ -254,19 +255,25 @@ pub(super) async fn carry_out(
     }
     ctx.metrics.nodes_requested.inc_by(created.len() as u64);
     ctx.metrics.set_budgets(&applied.spec, nodes, now);
-    Ok((created, runner_ops))
+    let written: std::collections::HashMap<NodeId, Revision> = written.into_iter().collect();
+    let created = created.into_iter().map(|rec| {
+        let rev = written.get(&rec.id).copied();
+        (rec, rev)
+    });
+    Ok((created.collect(), runner_ops))
 }
 
 /// A plan's new runner records (with their index entries), being built.
 pub(super) type RunnerOps = tokio::task::JoinHandle<Vec<(Op, Written)>>;
 
 /// Writes fresh records in as few transactions as the store allows (the ids are new: there is
-/// nothing to compare against), and into the cache.
+/// nothing to compare against), and into the cache. Returns each node record's id and the
+/// revision it was written at, in the order of `ops`.
 pub(super) async fn write_all(
     store: &dyn fleet_state::store::Store,
     informer: &Informer,
     ops: Vec<(Op, Written)>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(NodeId, Revision)>, StoreError> {
     // Even, so that a runner record and its placement (written in pairs) share a transaction.
     let max = store.max_txn_ops().max(2) & !1;
     if ops.len() <= max {
@@ -281,10 +288,11 @@ pub(super) async fn write_all(
     }
     // Sent together: etcd commits concurrent transactions in shared rounds (10,000 runner
     // records were 79 transactions of ~14 ms one after another).
+    let mut nodes = Vec::new();
     for done in futures_util::future::join_all(batches.into_iter().map(|b| write_batch(store, informer, b))).await {
-        done?;
+        nodes.extend(done?);
     }
-    Ok(())
+    Ok(nodes)
 }
 
 /// A record written by a plan, to write through to the cache once the store has it.
@@ -300,7 +308,7 @@ async fn write_batch(
     store: &dyn fleet_state::store::Store,
     informer: &Informer,
     batch: Vec<(Op, Written)>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(NodeId, Revision)>, StoreError> {
     // The operations are collected where the pairs were (no new allocation for them).
     let mut recs = Vec::with_capacity(batch.len());
     let ops: Vec<Op> = batch
@@ -311,14 +319,18 @@ async fn write_batch(
         })
         .collect();
     let res = store.txn(vec![], ops).await?;
+    let mut nodes = Vec::new();
     for w in recs {
         match w {
-            Written::Node(n) => informer.put_node(n, res.revision),
+            Written::Node(n) => {
+                nodes.push((n.id, res.revision));
+                informer.put_node(n, res.revision);
+            }
             Written::Runner(r) => informer.put_runner(r, res.revision),
             Written::Placement => {}
         }
     }
-    Ok(())
+    Ok(nodes)
 }
 
 /// Records an event when what an app's demand could not be placed changes (or the app winds
