@@ -39,9 +39,11 @@ pub(super) async fn retire_runner(
     Ok(())
 }
 
-/// Writes what the plan decided: runner stops, runners on existing nodes, new nodes (each with its
-/// runners, in one transaction, before any launch call), releases. Returns the new nodes, each
-/// with the revision it was written at.
+/// Writes what the plan decided: runner stops, runners on existing nodes, new nodes (their records
+/// before any launch call), releases. Returns the new nodes, each with the revision it was written
+/// at, and their runners' records being built: the pass writes those after sending the launches
+/// (a crash between the two leaves nodes without runners, which the next plan fills as it fills
+/// any node with free slots).
 pub(super) async fn carry_out(
     st: &mut FleetState,
     plan: &FleetPlan,
