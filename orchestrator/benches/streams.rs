@@ -2,7 +2,8 @@
 //! real fleetd with one local node (a real fleet-agent, a tiny generated Llama on the CPU, the
 //! app's `max_multiplexing` at 10,000 so one runner decodes them all in one batch), and a client
 //! that opens `FLEET_BENCH_STREAMS` (default 10,000) connections, ~2,000 a second, each asking
-//! `POST /v1/completions` for a long streamed answer. A stream counts as open from its first text
+//! `POST /v1/completions` for a long streamed answer (`FLEET_BENCH_MAX_TOKENS`, default 1,000, from
+//! a model without an end token, so none ends early). A stream counts as open from its first text
 //! chunk until its end. fleetd's resident memory is sampled while they are open; the figure is
 //! the most streams open at once and fleetd's RSS then (and its peak), against the goal.
 //!
@@ -46,8 +47,8 @@ struct Counts {
 
 /// One streamed completion on its own connection: counts it open at its first text chunk and
 /// ended when the stream closes.
-async fn stream(addr: String, token: String, counts: Arc<Counts>) {
-    let body = r#"{"model": "chat", "prompt": "hello world", "max_tokens": 200, "stream": true}"#;
+async fn stream(addr: String, token: String, counts: Arc<Counts>, max_tokens: usize) {
+    let body = format!(r#"{{"model": "chat", "prompt": "hello world", "max_tokens": {max_tokens}, "stream": true}}"#);
     let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
         counts.failed.fetch_add(1, Relaxed);
         return;
@@ -90,10 +91,33 @@ async fn stream(addr: String, token: String, counts: Arc<Counts>) {
     }
 }
 
+/// Takes the end-of-sequence token out of the generated model (`config.json`'s id, and `</s>` in
+/// its tokenizer, which the runner also stops at), so that every stream lasts its `max_tokens`.
+/// With it, the random weights' answer reached it after a few words for thousands of the streams
+/// in some runs (whether it does turns on rounding that depends on the batch): 6,642 and 8,153 of
+/// 10,000 open at once on 2026-12-02, the rest ended before the last had started, which measures
+/// the model, not fleetd.
+fn without_end_token(model: &std::path::Path) {
+    let config = model.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["eos_token_id"] = serde_json::Value::Null;
+    std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+    let tokenizer = model.join("tokenizer.json");
+    let t = std::fs::read_to_string(&tokenizer).unwrap();
+    assert!(t.contains("\"</s>\""), "the generated tokenizer names its end token </s>");
+    std::fs::write(&tokenizer, t.replace("\"</s>\"", "\"<not-an-end>\"")).unwrap();
+}
+
 fn main() {
     let n: usize = std::env::var("FLEET_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    let model = support::make_llm(dir.path(), "tiny", &[]);
+    // Long enough that the first streams are still going when the last ones start: the runner
+    // decodes all of them in one batch, and a join of thousands of prompts can take seconds on
+    // this CPU.
+    let max_tokens: usize = std::env::var("FLEET_BENCH_MAX_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let positions = (max_tokens + 16).to_string();
+    let model = support::make_llm(dir.path(), "tiny", &["--max-positions", &positions]);
+    without_end_token(&model);
     let args: Vec<String> =
         ["--local", "--reconcile-every", "0.2", "--max-connections", &(n + 2000).to_string(), "--model"]
             .iter()
@@ -113,7 +137,7 @@ fn main() {
                 for i in 0..n {
                     tokio::time::sleep_until(tokio::time::Instant::from(start) + Duration::from_micros(500 * i as u64))
                         .await;
-                    tokio::spawn(stream(addr.clone(), token.clone(), counts.clone()));
+                    tokio::spawn(stream(addr.clone(), token.clone(), counts.clone(), max_tokens));
                 }
             })
         };
