@@ -111,9 +111,8 @@ fn without_end_token(model: &std::path::Path) {
 fn main() {
     let n: usize = std::env::var("FLEET_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    // Long enough that the first streams are still going when the last ones start: the runner
-    // decodes all of them in one batch, and a join of thousands of prompts can take seconds on
-    // this CPU.
+    // Long enough that the first streams are still going when the last ones start (the runner
+    // decodes all of them in one batch, on this CPU).
     let max_tokens: usize = std::env::var("FLEET_BENCH_MAX_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let positions = (max_tokens + 16).to_string();
     let model = support::make_llm(dir.path(), "tiny", &["--max-positions", &positions]);

@@ -661,6 +661,19 @@ impl Sequence {
     }
 }
 
+/// The first `n` where the `n`-th of `slots` (ascending, distinct) is not `n`: the lowest slot not
+/// in it, and where it goes to keep the order.
+fn first_gap(slots: impl Iterator<Item = usize>) -> usize {
+    let mut n = 0;
+    for s in slots {
+        if s != n {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Continuous batching: up to `capacity` sequences, each advanced one token per [`Batch::step`];
 /// sequences join and leave between steps.
 pub struct Batch<K> {
@@ -699,9 +712,12 @@ impl<K: Clone> Batch<K> {
         if seq.pos > 0 {
             seq.rewind();
         }
-        let slot = (0..).find(|s| !self.running.iter().any(|(_, _, t)| t == s)).expect("a free slot");
-        let at = self.running.partition_point(|(_, _, t)| *t < slot);
-        self.running.insert(at, (key, seq, slot));
+        // The running sequences are in slot order with distinct slots: the lowest free slot is
+        // where the n-th holds another than n. (Searching slot by slot through the list was
+        // quadratic: the last ~3,000–4,000 of 10,000 streams took ~90 s to join a batch of
+        // ~6,000 in the streams bench.)
+        let at = first_gap(self.running.iter().map(|(_, _, t)| *t));
+        self.running.insert(at, (key, seq, at));
         Ok(())
     }
 
@@ -763,5 +779,19 @@ impl<K: Clone> Batch<K> {
             self.running[i].1.pos += tokens.len();
         }
         Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_gap;
+
+    #[test]
+    fn a_joining_sequence_takes_the_lowest_free_slot() {
+        assert_eq!(first_gap([].into_iter()), 0);
+        assert_eq!(first_gap([0, 1, 2].into_iter()), 3);
+        assert_eq!(first_gap([0, 2, 3].into_iter()), 1);
+        assert_eq!(first_gap([1, 2].into_iter()), 0);
+        assert_eq!(first_gap([0, 1, 5, 9].into_iter()), 2);
     }
 }
