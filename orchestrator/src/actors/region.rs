@@ -7,6 +7,7 @@
 //! none is left), and tells the fleet, which walks on at once. Transient errors retry the same
 //! candidate, with the same token, after a backoff.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -139,27 +140,12 @@ async fn record_started(ctx: &Ctx, nodes: &[ToLaunch]) -> std::collections::Hash
     let chunks = nodes.chunks(per_txn).map(|chunk| async move {
         let (mut cmps, mut ops, mut ids) = (Vec::new(), Vec::new(), Vec::new());
         // The unknown ones read together: on etcd each read is a round trip.
-        let reads = futures_util::future::join_all(chunk.iter().map(|l| {
-            let key = ctx.keys.node(l.node.id);
-            async move {
-                match l.written_at {
-                    Some(rev) => Ok(Some((std::borrow::Cow::Borrowed(&l.node), rev))),
-                    None => match ctx.store.get(&key).await? {
-                        Some(kv) => {
-                            Ok(kv.json::<NodeRecord>().ok().map(|r| (std::borrow::Cow::Owned(r), kv.mod_revision)))
-                        }
-                        None => Ok(None),
-                    },
-                }
-            }
-        }))
-        .await;
+        let reads = futures_util::future::join_all(chunk.iter().map(|l| as_of(ctx, l))).await;
         for (l, read) in chunk.iter().zip(reads) {
             let rec = &l.node;
             let Some(offering) = rec.offering().cloned() else { continue };
             let key = ctx.keys.node(rec.id);
             // The store failing: none of this chunk is recorded here (each is, alone, before its call).
-            let read: Result<_, StoreError> = read;
             let Ok(found) = read else { return Vec::new() };
             // Gone, or not a node record: launch_once finds out alone.
             let Some((cur, rev)) = found else { continue };
@@ -185,6 +171,16 @@ async fn record_started(ctx: &Ctx, nodes: &[ToLaunch]) -> std::collections::Hash
         }
     });
     futures_util::future::join_all(chunks).await.into_iter().flatten().collect()
+}
+
+/// The record `l` is recorded against, and its revision: as sent when the sender knows its
+/// revision, else as read now (`None`: gone, or not a node record).
+async fn as_of<'a>(ctx: &Ctx, l: &'a ToLaunch) -> Result<Option<(Cow<'a, NodeRecord>, Revision)>, StoreError> {
+    let Some(rev) = l.written_at else {
+        let kv = ctx.store.get(&ctx.keys.node(l.node.id)).await?;
+        return Ok(kv.and_then(|kv| Some((Cow::Owned(kv.json::<NodeRecord>().ok()?), kv.mod_revision))));
+    };
+    Ok(Some((Cow::Borrowed(&l.node), rev)))
 }
 
 /// `permit` (one of the region's `launches_per_region`) is let go as soon as the cloud answers:
