@@ -113,6 +113,9 @@ const BINS_PER_DAY: i64 = 96;
 const DAYS_KEPT: i64 = 7;
 /// The recent arrival rate is measured over this much of the history.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Arrivals count as stopped after a silence this many times longer than any earlier one in the
+/// history (and at least a [`RATE_WINDOW`]).
+const STOPPED_FACTOR: f64 = 3.0;
 /// Completions a service-time measurement needs before it replaces the last one.
 const MIN_COMPLETIONS: f64 = 20.0;
 
@@ -209,11 +212,35 @@ impl DemandHistory {
         best
     }
 
+    /// Whether arrivals have stopped: none for at least a [`RATE_WINDOW`], and for
+    /// [`STOPPED_FACTOR`] times longer than any silence between arrivals earlier in the history.
+    /// Bursty demand falls silent between bursts as a matter of course (the Azure code trace for
+    /// minutes at a time), so a silence counts only measured against the app's own; steady
+    /// demand that stops is over, not between bursts.
+    pub fn arrivals_stopped(&self, now: Time) -> bool {
+        let Some(first) = self.samples.front() else { return false };
+        // The sample at which the current silence began, and the longest silence before it.
+        let mut since = first.at;
+        let mut longest = 0.0f64;
+        for (a, b) in self.samples.iter().zip(self.samples.iter().skip(1)) {
+            if b.arrived > a.arrived {
+                longest = longest.max(secs_between(since, a.at));
+                since = b.at;
+            }
+        }
+        let silent = secs_between(since, now);
+        silent >= RATE_WINDOW.as_secs_f64() && silent > longest * STOPPED_FACTOR
+    }
+
     /// The arrival rate to provision for, one cold start ahead: the recent rate, or the mean
     /// rate of the days seen at the same time of day over the next cold start (and the bin it
     /// ends in), whichever is higher. Days count only once a whole day of bins precedes now.
+    /// The recent rate is the history's peak ([`Self::peak_rate`]) while arrivals go on, and
+    /// nothing once they have stopped ([`Self::arrivals_stopped`]): capacity held for a burst
+    /// like the recent ones is not held for demand that has ended, and what stays is then up to
+    /// keep-alive.
     pub fn forecast_rate(&self, now: Time) -> f64 {
-        let recent = self.peak_rate();
+        let recent = if self.arrivals_stopped(now) { 0.0 } else { self.peak_rate() };
         let bin_s = DAY_BIN.as_secs() as i64;
         let now_bin = now.timestamp().div_euclid(bin_s);
         let Some(&(oldest, _)) = self.bins.front() else { return recent };
@@ -587,6 +614,44 @@ mod tests {
         let mut fresh = h.clone();
         fresh.bins.retain(|(b, _)| *b >= now.timestamp() / 900 - 20);
         assert!(fresh.forecast_rate(now) < 0.1);
+    }
+
+    #[test]
+    fn the_held_peak_ends_when_arrivals_stop_for_longer_than_their_own_silences() {
+        let mut steady = DemandHistory::new(Duration::from_secs(330), Duration::from_secs(270));
+        // Six requests a second for ten minutes, sampled every 10 s, then nothing for 50 s.
+        for i in 0..=60 {
+            steady.record(sample(i * 10, 10, 60 * i as u64, 40));
+        }
+        for i in 61..=65 {
+            steady.record(sample(i * 10, 10, 3600, 20));
+        }
+        let at = |s: i64| t0() + secs(s);
+        // A 50 s silence is less than a rate window: the peak still holds.
+        assert!(!steady.arrivals_stopped(at(650)));
+        assert!((steady.forecast_rate(at(650)) - 6.0).abs() < 0.01);
+        // At 60 s of silence, never silent before: stopped, nothing forecast.
+        steady.record(sample(660, 10, 3600, 0));
+        assert!(steady.arrivals_stopped(at(660)));
+        assert_eq!(steady.forecast_rate(at(660)), 0.0);
+
+        // Bursts of 600 requests every 3 minutes, silent between them.
+        let mut bursty = DemandHistory::new(Duration::from_secs(330), Duration::from_secs(270));
+        let mut arrived = 0;
+        for i in 0..=60 {
+            if i % 18 == 0 {
+                arrived += 600;
+            }
+            bursty.record(sample(i * 10, 10, arrived, 0));
+        }
+        // The last burst was at 540 s; at 700 s, 160 s of silence against 170 s before: a gap
+        // between bursts, and the peak holds for the next.
+        bursty.record(sample(700, 10, arrived, 0));
+        assert!(!bursty.arrivals_stopped(at(700)));
+        assert!(bursty.forecast_rate(at(700)) >= 9.9, "{}", bursty.forecast_rate(at(700)));
+        // Three times the longest silence seen (and still inside the history): stopped.
+        assert!(!bursty.arrivals_stopped(at(540 + 3 * 170)));
+        assert!(bursty.arrivals_stopped(at(540 + 3 * 170 + 10)));
     }
 
     #[test]
