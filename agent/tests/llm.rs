@@ -246,14 +246,17 @@ fn a_stop_sequence_ends_the_text_before_it() {
         if words.len() < 3 {
             continue;
         }
-        let stop = words[2].to_string();
-        let cut = text.find(&stop).unwrap();
-        let params = Params { stop: vec![stop.clone()], ..greedy(12) };
-        let mut seq = llm.start(prompt, &params).unwrap();
-        while llm.step(&mut seq).unwrap().is_some() {}
-        assert_eq!(seq.finish, Some(Finish::StopSequence(cut)));
-        assert_eq!(llm.text(&seq).unwrap(), text[..cut]);
-        assert!(seq.generated.len() < tokens.len() || tokens.len() == 3);
+        // The third word, and the second and third together: a stop made of several tokens is
+        // found when its last one comes, though it began in text produced before.
+        for stop in [words[2].to_string(), format!("{} {}", words[1], words[2])] {
+            let cut = text.find(&stop).unwrap();
+            let params = Params { stop: vec![stop.clone()], ..greedy(12) };
+            let mut seq = llm.start(prompt.clone(), &params).unwrap();
+            while llm.step(&mut seq).unwrap().is_some() {}
+            assert_eq!(seq.finish, Some(Finish::StopSequence(cut)), "stop {stop:?}");
+            assert_eq!(llm.text(&seq).unwrap(), text[..cut]);
+            assert!(seq.generated.len() < tokens.len() || tokens.len() == 3);
+        }
         return;
     }
     panic!("no prompt gave three words to stop at");

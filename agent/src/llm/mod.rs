@@ -293,6 +293,7 @@ impl Llm {
             generated: Vec::new(),
             max_tokens: params.max_tokens,
             stop: params.stop.clone(),
+            text: Detokenizer::default(),
             finish: None,
             created: std::time::Instant::now(),
             first_token: None,
@@ -370,6 +371,9 @@ impl Llm {
         let token = seq.sampler.sample(logits).map_err(compute)?;
         if self.eos.contains(&token) {
             seq.finish = Some(Finish::Stop);
+            if !seq.stop.is_empty() && seq.text.holds_back() {
+                self.stop_at(seq)?;
+            }
             return Ok(None);
         }
         seq.generated.push(token);
@@ -378,16 +382,39 @@ impl Llm {
         }
         seq.pending.push(token);
         if !seq.stop.is_empty() {
-            let text = self.detokenize(&seq.generated)?;
-            if let Some(cut) = seq.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                seq.finish = Some(Finish::StopSequence(cut));
+            // A stop sequence not in the text before this token can only end in what it added:
+            // look there and in the stop's length before it, not in the whole text.
+            let before = seq.text.push(|t| self.detokenize(t), token)?;
+            let text = seq.text.text();
+            let mut from = before.saturating_sub(seq.stop_len().saturating_sub(1));
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            if seq.stop.iter().any(|s| text[from..].contains(s.as_str())) && self.stop_at(seq)? {
                 return Ok(Some(token));
             }
         }
         if seq.generated.len() as u32 >= seq.max_tokens {
             seq.finish = Some(Finish::Length);
+            // Text held back as incomplete (half a character) shows only in the whole decode.
+            if !seq.stop.is_empty() && seq.text.holds_back() {
+                self.stop_at(seq)?;
+            }
         }
         Ok(Some(token))
+    }
+
+    /// Ends `seq` at the first stop sequence in its whole text, where [`Llm::text`] cuts it;
+    /// false when there is none. Run once a stop has been seen, not at every token.
+    fn stop_at(&self, seq: &mut Sequence) -> Result<bool, LlmError> {
+        let text = self.detokenize(&seq.generated)?;
+        match seq.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            Some(cut) => {
+                seq.finish = Some(Finish::StopSequence(cut));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The text a finished (or running) sequence has produced, cut before a stop sequence.
@@ -616,6 +643,53 @@ impl Params {
     }
 }
 
+/// The text of a growing list of tokens, decoded a few tokens at a time rather than whole after
+/// every token (whole, an n-token answer costs O(n²) token decodes over its life: at 1,000
+/// tokens, half a million, and on the host while the GPU waits for the next step).
+///
+/// As TGI and vLLM do it: the tokens since `prefix` are decoded, and what they add past the text
+/// of the tokens before `read` is appended once it is whole. Decoding from a token back keeps
+/// what depends on the left neighbour (a word's leading space, which a decoder strips at the
+/// start of a text) as the whole decode has it; a token that ends inside a UTF-8 character (byte
+/// fallback) adds nothing until the one that completes it.
+#[derive(Debug, Clone, Default)]
+pub struct Detokenizer {
+    tokens: Vec<u32>,
+    prefix: usize,
+    read: usize,
+    text: String,
+}
+
+impl Detokenizer {
+    /// Adds `token` and returns the length in bytes of the text before it: what it added, if
+    /// anything, starts there. `decode` turns tokens into text ([`Llm::detokenize`]).
+    pub fn push(&mut self, decode: impl Fn(&[u32]) -> Result<String, LlmError>, token: u32) -> Result<usize, LlmError> {
+        let before = self.text.len();
+        self.tokens.push(token);
+        let old = decode(&self.tokens[self.prefix..self.read])?;
+        let new = decode(&self.tokens[self.prefix..])?;
+        // Appended only once it extends what is there and ends whole: otherwise the next token
+        // decodes with this one.
+        if new.len() > old.len() && new.starts_with(&old) && !new.ends_with(char::REPLACEMENT_CHARACTER) {
+            self.text.push_str(&new[old.len()..]);
+            self.prefix = self.read;
+            self.read = self.tokens.len();
+        }
+        Ok(before)
+    }
+
+    /// The text so far (without what is held back).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether tokens wait for the next one to complete their text (the whole decode may have
+    /// more than [`Detokenizer::text`]).
+    pub fn holds_back(&self) -> bool {
+        self.read < self.tokens.len()
+    }
+}
+
 /// One request being decoded: its own KV cache, sampler and output so far.
 pub struct Sequence {
     /// Its keys and values when stepped alone ([`Llm::step`]); in a [`Batch`], the batch's pool
@@ -630,6 +704,8 @@ pub struct Sequence {
     pub generated: Vec<u32>,
     max_tokens: u32,
     stop: Vec<String>,
+    /// Its text so far, kept only when it has stop sequences to look for.
+    text: Detokenizer,
     pub finish: Option<Finish>,
     /// When it reached the runner, produced its first token, and ended.
     created: std::time::Instant,
@@ -784,7 +860,48 @@ impl<K: Clone> Batch<K> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_gap;
+    use super::{Detokenizer, LlmError, first_gap};
+
+    /// A tokenizer shaped like Llama 2's and Mistral's: sentencepiece pieces ("▁" for a space,
+    /// stripped at the start of a text) and byte fallback for characters outside the vocabulary.
+    fn sentencepiece() -> tokenizers::Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "merges": [],
+                "vocab": {"<unk>": 0, "<0xC3>": 1, "<0xA9>": 2, "▁Hello": 3, "▁world": 4, "▁caf": 5, "!": 6,
+                    "<0xE2>": 7, "<0x82>": 8, "<0xAC>": 9, "▁": 10}}
+        });
+        json.to_string().parse().expect("a tokenizer")
+    }
+
+    #[test]
+    fn text_decoded_a_token_at_a_time_is_the_whole_decode() {
+        let tok = sentencepiece();
+        let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| LlmError::Compute(e.to_string()));
+        // "Hello world café!€ world", é and € in bytes split over tokens.
+        let tokens = [3, 4, 5, 1, 2, 6, 10, 7, 8, 9, 4, 3];
+        let mut d = Detokenizer::default();
+        let mut added = String::new();
+        for (i, &t) in tokens.iter().enumerate() {
+            let before = d.push(decode, t).unwrap();
+            added.push_str(&d.text()[before..]);
+            let whole = decode(&tokens[..=i]).unwrap();
+            assert!(whole.starts_with(d.text()), "{:?} is not the start of {whole:?}", d.text());
+            // Held back only in the middle of a character.
+            assert_eq!(d.holds_back(), matches!(t, 1 | 7 | 8), "after token {i}");
+            if !d.holds_back() {
+                assert_eq!(d.text(), whole, "after token {i}");
+            }
+        }
+        assert_eq!(d.text(), "Hello world café! € world Hello");
+        assert_eq!(added, d.text());
+    }
 
     #[test]
     fn a_joining_sequence_takes_the_lowest_free_slot() {

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Batch, Llm, LlmError, Params, Sequence};
+use super::{Batch, Detokenizer, Llm, LlmError, Params, Sequence};
 
 type Reply = oneshot::Sender<Result<Value, String>>;
 /// Text as it is produced, for a streamed request: each message the text added since the last.
@@ -152,18 +152,23 @@ fn answer(llm: &Llm, seq: &Sequence) -> Result<Value, String> {
     Ok(out)
 }
 
-/// A running request's reply and, when streamed, what of its text was sent.
+/// A running request's reply and, when streamed, its text so far and what of it was sent.
 struct Running {
     reply: Option<Reply>,
+    text: Detokenizer,
+    stream: Stream,
+}
+
+/// Where a streamed request's text goes, and how much of it went.
+struct Stream {
     deltas: Option<Deltas>,
-    tokens: Vec<u32>,
     sent: usize,
     holdback: usize,
 }
 
-/// Sends the text of `r` not sent yet, keeping back the last `holdback` bytes (a stop sequence
-/// may be starting there) unless the sequence ended.
-fn send_delta(r: &mut Running, text: &str, ended: bool) {
+/// Sends the part of `text` not sent yet, keeping back the last `holdback` bytes (a stop
+/// sequence may be starting there) unless the sequence ended.
+fn send_delta(r: &mut Stream, text: &str, ended: bool) {
     let Some(tx) = &r.deltas else { return };
     let mut upto = if ended { text.len() } else { text.len().saturating_sub(r.holdback) };
     while upto > 0 && !text.is_char_boundary(upto) {
@@ -201,11 +206,15 @@ fn decode_loop(llm: &Llm, rx: mpsc::Receiver<Job>, capacity: usize) {
             let Some(job) = waiting.pop_front() else { break };
             let key = running.len();
             let holdback = job.seq.stop_len().saturating_sub(1);
-            running.push(Running { reply: Some(job.reply), deltas: job.deltas, tokens: Vec::new(), sent: 0, holdback });
+            running.push(Running {
+                reply: Some(job.reply),
+                text: Detokenizer::default(),
+                stream: Stream { deltas: job.deltas, sent: 0, holdback },
+            });
             if let Err(back) = batch.join(key, job.seq) {
                 let (_, seq) = *back;
                 let r = running.pop().expect("just pushed");
-                waiting.push_front(Job { seq, reply: r.reply.expect("not answered"), deltas: r.deltas });
+                waiting.push_front(Job { seq, reply: r.reply.expect("not answered"), deltas: r.stream.deltas });
                 break;
             }
         }
@@ -214,11 +223,8 @@ fn decode_loop(llm: &Llm, rx: mpsc::Receiver<Job>, capacity: usize) {
         let ended: Vec<usize> = done.iter().map(|(k, _)| *k).collect();
         for (key, t) in tokens {
             let r = &mut running[key];
-            if r.deltas.is_some() && !ended.contains(&key) {
-                r.tokens.push(t);
-                if let Ok(text) = llm.detokenize(&r.tokens) {
-                    send_delta(r, &text, false);
-                }
+            if r.stream.deltas.is_some() && !ended.contains(&key) && r.text.push(|t| llm.detokenize(t), t).is_ok() {
+                send_delta(&mut r.stream, r.text.text(), false);
             }
         }
         for (key, result) in done {
@@ -227,9 +233,9 @@ fn decode_loop(llm: &Llm, rx: mpsc::Receiver<Job>, capacity: usize) {
             if let Ok(v) = &out
                 && let Some(text) = v["text"].as_str()
             {
-                send_delta(r, text, true);
+                send_delta(&mut r.stream, text, true);
             }
-            r.deltas = None;
+            r.stream.deltas = None;
             if let Some(reply) = r.reply.take() {
                 let _ = reply.send(out);
             }
