@@ -63,10 +63,11 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
 ///
 /// - `static-peak`: a fixed fleet from start to end, placed as the spec places it, with as many
 ///   runners as the demand's peak needs: ⌈most requests ever in service at once ÷
-///   max_multiplexing⌉, each request in service from its arrival for its H100 service time;
+///   max_multiplexing⌉, each request in service from its arrival for its service time on the
+///   GPU the app's placement ranks first (an A100 serves a third as fast as an H100);
 /// - `target-qps`: replicas = ⌈requests/s over the last minute ÷ target⌉ with a 10-minute
 ///   downscale cooldown (SkyPilot Serve's and dstack's way), the target being 80 % of what one
-///   runner serves at full multiplexing on an H100 with the scenario's mean request;
+///   runner serves at full multiplexing on that GPU with the scenario's mean request;
 /// - `oracle`: [`oracle::schedule`]'s nodes.
 ///
 /// Every report carries the oracle's cost (`oracle_cost`) for the ratio.
@@ -75,16 +76,26 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     let app = &sc.spec.apps.iter().find(|a| a.name == sc.demand.app).expect("scenario checked the app").scaling;
     let mux = app.max_multiplexing.max(1);
     let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run()?;
-    let peak = peak_in_service(sc, &arrivals).div_ceil(mux).clamp(1, app.max_concurrency.max(1));
+    let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), &sc.spec);
+    let app_ix = index.app_index(&sc.demand.app).expect("scenario checked the app");
+    // The baselines size for the speed of the GPU the app gets first, as their operator would.
+    let cache = fleet_policies::placement::UnavailableCache::default();
+    let gpu = index
+        .explain(app_ix, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache))
+        .ranked
+        .first()
+        .map_or(fleet_core::GpuModel::H100Sxm, |c| index.offering(c.offering).instance.gpu);
+    let peak = peak_in_service(sc, &arrivals, gpu).div_ceil(mux).clamp(1, app.max_concurrency.max(1));
     let mean_s = if arrivals.is_empty() {
         1.0
     } else {
         let s = &sc.service;
+        let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(fleet_core::GpuModel::H100Sxm.bf16_dense_tflops());
         arrivals
             .iter()
             .map(|a| {
-                f64::from(a.context_tokens) / s.prefill_tokens_per_s
-                    + f64::from(a.generated_tokens) / s.decode_tokens_per_s
+                f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
+                    + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale)
             })
             .sum::<f64>()
             / arrivals.len() as f64
@@ -96,8 +107,6 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
         "target-qps",
         Policy::TargetQps { per_runner_qps, downscale_delay: std::time::Duration::from_secs(600) },
     );
-    let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), &sc.spec);
-    let app_ix = index.app_index(&sc.demand.app).expect("scenario checked the app");
     let booked = oracle::schedule(sc, &index, app_ix, &arrivals);
     let orc = variant("oracle", Policy::Oracle { bookings: booked.bookings });
     let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run()?;
@@ -113,14 +122,14 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
 
 /// The most requests in service at once if each started at its arrival and took its H100
 /// service time.
-fn peak_in_service(sc: &Scenario, arrivals: &[demand::Arrival]) -> u32 {
+fn peak_in_service(sc: &Scenario, arrivals: &[demand::Arrival], gpu: fleet_core::GpuModel) -> u32 {
     let mut ends = std::collections::BinaryHeap::new();
     let mut peak = 0;
     for a in arrivals {
         while ends.peek().is_some_and(|std::cmp::Reverse(e)| *e <= a.at_ms) {
             ends.pop();
         }
-        ends.push(std::cmp::Reverse(a.at_ms + engine::service_ms(sc, a, fleet_core::GpuModel::H100Sxm)));
+        ends.push(std::cmp::Reverse(a.at_ms + engine::service_ms(sc, a, gpu)));
         peak = peak.max(ends.len());
     }
     u32::try_from(peak).unwrap_or(u32::MAX)

@@ -292,6 +292,36 @@ fn baselines_run_on_the_same_demand_static_peak_costs_what_the_hand_computes() {
     assert!(r.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&r));
 }
 
+#[test]
+fn baselines_size_for_the_gpu_the_app_runs_on() {
+    // The same demand as above on an A100 (312 bf16 TFLOP/s against the H100's 989): 6.66 s of
+    // work per request, one every 3 s, so up to three in service at once. Sized for an H100 the
+    // baselines would hold one runner and let the queue grow for the whole hour.
+    let fleet = "[apps.a]\ngpu = \"A100\"\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+    std::fs::write(
+        c.path("catalog.csv"),
+        CATALOG.replace(
+            "gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60",
+            "gpu_1x_a100_sxm4,A100-80GB,1,30,200,,on-demand,1.80",
+        ),
+    )
+    .unwrap();
+    write_trace(&c.path("trace.csv"), 1200, 3);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let (stat, qps) = (&r[1], &r[2]);
+    // Static peak: three runners, one node each, from the start.
+    assert_eq!(stat.nodes_launched, 3, "{:?}", costs(&r));
+    // Target QPS: 1/3 request per second against 80% of 1/6.66 s per runner: three replicas.
+    for x in [stat, qps] {
+        // (The last requests' 6.66 s may run past the hour.)
+        assert!(x.served >= 1197, "{}: {} served", x.scenario, x.served);
+        // The first cold start's backlog (60 requests) drains slowly at three runners; sized for
+        // an H100, one runner would fall further behind all hour (under 10% within the SLO).
+        assert!(x.slo_attainment >= 0.75, "{}: {}", x.scenario, x.slo_attainment);
+    }
+}
+
 fn costs(r: &[fleet_simulator::report::Report]) -> Vec<(String, String)> {
     r.iter().map(|x| (x.scenario.clone(), x.cost.to_string())).collect()
 }
