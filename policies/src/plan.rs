@@ -529,18 +529,31 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     (a, b) => a.or(b),
                 };
                 let share = cap(room.per_hour.map(|h| h.divided_by(nodes_left)));
-                let rank_with = |max: Option<Money>| {
+                let rank_with = |max: Option<Money>, runners: u32| {
                     let input = RankInput {
-                        min_runners: r,
+                        min_runners: runners,
                         max_node_price: max,
                         budget_cap: room.bound_by.as_ref(),
                         ..base.clone()
                     };
                     index.rank_for_runners(i, &input, opts.max_candidates)
                 };
-                let mut candidates = rank_with(share);
+                let mut candidates = rank_with(share, r);
                 if candidates.is_empty() && share != cap(room.per_hour) {
-                    candidates = rank_with(cap(room.per_hour));
+                    candidates = rank_with(cap(room.per_hour), r);
+                }
+                // The mix's node is dearer than the room left: a node for fewer runners that fits
+                // it instead (a budget that pays for three 1-GPU nodes but not the 8-GPU node the
+                // mix wants gets the three), the mix made again for what is left after it.
+                let mut r = r;
+                if candidates.is_empty() && room.per_hour.is_some() {
+                    if let Some((fewer, c)) =
+                        (1..r).rev().map(|n| (n, rank_with(cap(room.per_hour), n))).find(|(_, c)| !c.is_empty())
+                    {
+                        candidates = c;
+                        r = fewer;
+                        mix.clear();
+                    }
                 }
                 if candidates.is_empty() {
                     unplaced.push(Unplaced {

@@ -138,6 +138,38 @@ fn budget_cap_binds_and_says_which() {
 }
 
 #[test]
+fn a_budget_too_small_for_the_cheapest_mix_still_buys_the_nodes_it_can_pay_for() {
+    use CapacityType::*;
+    use GpuModel::*;
+    // Sixteen 1-GPU runners: the cheapest mix is two 8-GPU spot nodes ($10.24/h each, $1.28 per
+    // GPU), but the budget leaves $5/h: three $1.54 1-GPU nodes fit it, not one 8-GPU node.
+    let s = spec(
+        "[apps.a]\ngpu = \"H100\"\ngpus = 1\n[apps.a.placement]\nspot = \"spot\"\n\
+         [apps.a.scaling]\nmax_concurrency = 16\n[budget]\nmax_per_hour = \"5\"\n",
+    );
+    let catalog = Catalog::new(vec![
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, Spot, "10.24"),
+        off(Cloud::Gcp, "us-central1", Some("us-central1-a"), "a3-highgpu-1g", H100Sxm, 1, Spot, "1.54"),
+    ]);
+    let index = PlacementIndex::new(Arc::new(catalog), &s);
+    let cache = UnavailableCache::default();
+    let p = plan(&index, &s, &state(&cache, vec![("a", queued(16))]), &PlanOptions::default());
+    let a = &p.apps[0];
+    assert_eq!(a.decision.start, 16);
+    let sizes: Vec<(String, u32)> = a
+        .new_nodes
+        .iter()
+        .map(|n| (index.offering(n.candidates[0].offering).instance.name.clone(), n.runners))
+        .collect();
+    assert_eq!(sizes, vec![("a3-highgpu-1g".to_string(), 1); 3]);
+    assert_eq!(p.max_added_per_hour, Money::parse_decimal("4.62").unwrap());
+    // The rest waits for room, naming the cap.
+    let u = a.unplaced.last().expect("13 runners unplaced");
+    assert_eq!(u.runners, 13);
+    assert_eq!(u.budget_cap, Some(BudgetCap::FleetHourly { cap: Money::from_dollars(5) }));
+}
+
+#[test]
 fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
     let s = spec("[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nkeep_alive = \"60s\"\n");
     let index = PlacementIndex::new(catalog(), &s);
