@@ -550,6 +550,12 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     if let Some((fewer, c)) =
                         (1..r).rev().map(|n| (n, rank_with(cap(room.per_hour), n))).find(|(_, c)| !c.is_empty())
                     {
+                        mix_note = format!(
+                            "budget: a node for {r} runner(s) at {}/h exceeds the room left ({}/h{}), so the largest node it pays for; {mix_note}",
+                            class.price.cents(),
+                            room.per_hour.unwrap_or(Money::ZERO).cents(),
+                            room.bound_by.as_ref().map(|b| format!(" under the {b}")).unwrap_or_default()
+                        );
                         candidates = c;
                         r = fewer;
                         mix.clear();

@@ -162,6 +162,9 @@ fn a_budget_too_small_for_the_cheapest_mix_still_buys_the_nodes_it_can_pay_for()
         .map(|n| (index.offering(n.candidates[0].offering).instance.name.clone(), n.runners))
         .collect();
     assert_eq!(sizes, vec![("a3-highgpu-1g".to_string(), 1); 3]);
+    // `fleetctl plan` says why the node is smaller than the mix wanted.
+    let why = &a.new_nodes[0].why;
+    assert!(why.contains("budget: a node for 8 runner(s) at $10.24/h exceeds the room left ($5.00/h"), "{why}");
     assert_eq!(p.max_added_per_hour, Money::parse_decimal("4.62").unwrap());
     // The rest waits for room, naming the cap.
     let u = a.unplaced.last().expect("13 runners unplaced");
