@@ -36,6 +36,11 @@ pub struct ScaleTarget {
     pub needed: u32,
     pub buffer: u32,
     pub desired: u32,
+    /// What `desired` would be without the floor of runners that requests in flight occupy
+    /// (`predict = true`; the same as `desired` otherwise): the level demand itself calls for,
+    /// which keep-alive learns from. A backlog being drained keeps every runner busy; that is
+    /// not demand wanting them all again.
+    pub wanted: u32,
 }
 
 pub fn target(spec: &ScalingSpec, demand: u32) -> ScaleTarget {
@@ -47,7 +52,7 @@ fn target_for(spec: &ScalingSpec, demand: u32, needed: u32) -> ScaleTarget {
     let perc = (u64::from(needed) * u64::from(spec.concurrency_buffer_perc)).div_ceil(100);
     let buffer = spec.concurrency_buffer.max(u32::try_from(perc).unwrap_or(u32::MAX));
     let desired = spec.min_concurrency.max(needed.saturating_add(buffer)).min(spec.max_concurrency);
-    ScaleTarget { demand, needed, buffer, desired }
+    ScaleTarget { demand, needed, buffer, desired, wanted: desired }
 }
 
 /// A runner as the autoscaler sees it.
@@ -80,7 +85,8 @@ pub struct ScaleDecision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemandSample {
     pub at: Time,
-    /// Runners the decision wanted.
+    /// Runners demand called for ([`ScaleTarget::wanted`]: not counting runners kept busy only
+    /// because they exist, as while a backlog drains).
     pub desired: u32,
     /// Requests submitted to the app since the caller started counting (monotonic).
     pub arrived: u64,
@@ -302,13 +308,25 @@ pub fn predicted_needed(
     in_flight: u32,
     now: Time,
 ) -> Option<u32> {
+    predicted(spec, history, queued, in_flight, now).map(|(wanted, busy)| wanted.max(busy))
+}
+
+/// [`predicted_needed`]'s two parts: what the forecast and the queue call for, and the runners
+/// the requests in flight occupy.
+fn predicted(
+    spec: &ScalingSpec,
+    history: &DemandHistory,
+    queued: u32,
+    in_flight: u32,
+    now: Time,
+) -> Option<(u32, u32)> {
     let s = history.service_s?;
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
     let concurrency = history.forecast_rate(now) * s + f64::from(queued) * s / horizon;
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
     let wanted = (concurrency / mux).ceil().min(f64::from(u32::MAX)) as u32;
-    Some(busy.max(wanted))
+    Some((wanted, busy))
 }
 
 /// Decides one app's runner changes (with no demand history: see [`decide_with`]).
@@ -337,15 +355,16 @@ pub fn decide_with(
     let current = u32::try_from(runners.len()).unwrap_or(u32::MAX);
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some(needed) = predicted_needed(spec, history, queued, in_flight, now) {
-        target_for(spec, demand, needed)
+    } else if let Some((wanted, busy)) = predicted(spec, history, queued, in_flight, now) {
+        ScaleTarget { wanted: target_for(spec, demand, wanted).desired, ..target_for(spec, demand, wanted.max(busy)) }
     } else {
         // Nothing measured yet (a new app, or a restarted fleetd): one runner probes the service
         // time and the count holds until it is known, rather than one slot per queued request
         // piling up during the first cold start. Never more than fal's rule would start.
         let fal = target(spec, demand);
         let probe = if demand == 0 { 0 } else { current.max(1) };
-        ScaleTarget { desired: fal.desired.min(probe.max(spec.min_concurrency)), ..fal }
+        let desired = fal.desired.min(probe.max(spec.min_concurrency));
+        ScaleTarget { desired, wanted: desired, ..fal }
     };
     if t.desired > current {
         let immediate = spec.min_concurrency.saturating_sub(current).min(t.desired - current);
@@ -443,8 +462,8 @@ mod tests {
     fn targets_follow_fal() {
         let s = spec();
         // 40 requests / 4 per runner = 10 needed, buffer max(1, 20% of 10 = 2) = 2, capped at 10.
-        assert_eq!(target(&s, 40), ScaleTarget { demand: 40, needed: 10, buffer: 2, desired: 10 });
-        assert_eq!(target(&s, 9), ScaleTarget { demand: 9, needed: 3, buffer: 1, desired: 4 });
+        assert_eq!(target(&s, 40), ScaleTarget { demand: 40, needed: 10, buffer: 2, desired: 10, wanted: 10 });
+        assert_eq!(target(&s, 9), ScaleTarget { demand: 9, needed: 3, buffer: 1, desired: 4, wanted: 4 });
         // No demand: the buffer (1) beats min_concurrency (1): 1 runner.
         assert_eq!(target(&s, 0).desired, 1);
         // Scale to zero with neither minimum nor buffer.
@@ -652,6 +671,35 @@ mod tests {
         // Three times the longest silence seen (and still inside the history): stopped.
         assert!(!bursty.arrivals_stopped(at(540 + 3 * 170)));
         assert!(bursty.arrivals_stopped(at(540 + 3 * 170 + 10)));
+    }
+
+    #[test]
+    fn runners_kept_busy_by_a_backlog_are_not_what_demand_wants() {
+        let s = ScalingSpec {
+            min_concurrency: 0,
+            max_concurrency: 100,
+            concurrency_buffer: 0,
+            concurrency_buffer_perc: 0,
+            max_multiplexing: 8,
+            keep_alive: KeepAlive::Auto,
+            scaling_delay: Duration::ZERO,
+            predict: true,
+            ..spec()
+        };
+        // One request a second, each in service 10 s: ten at once, two runners of eight.
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        for i in 0..=30 {
+            h.record(sample(-300 + i * 10, 2, 10 * i as u64, 10));
+        }
+        // Five runners full with a backlog's 40 requests: none may stop (desired 5), but demand
+        // wants two, and that is what a caller records for keep-alive.
+        let runners: Vec<RunnerInfo> = (1..=5).map(|i| busy(i, 8)).collect();
+        let d = decide_with(&s, 0, 40, None, &runners, &h, t0());
+        assert_eq!((d.target.desired, d.target.wanted, d.start), (5, 2, 0));
+        assert!(d.stop.is_empty());
+        // Without `predict` they are the same.
+        let fal = decide_with(&ScalingSpec { predict: false, ..s }, 0, 40, None, &runners, &h, t0());
+        assert_eq!(fal.target.wanted, fal.target.desired);
     }
 
     #[test]

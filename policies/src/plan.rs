@@ -317,6 +317,7 @@ fn wind_down(decision: &mut ScaleDecision, runners: &[RunnerInfo], floor: u32) {
     });
     decision.stop.extend(staying.iter().take(excess).map(|r| r.id));
     decision.target.desired = decision.target.desired.min(floor);
+    decision.target.wanted = decision.target.wanted.min(floor);
 }
 
 /// Plans the whole fleet. Pure: same inputs, same plan.

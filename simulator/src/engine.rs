@@ -655,7 +655,7 @@ impl<'a> Engine<'a> {
             let arrived = if i == self.demand_app { self.next_arrival as u64 } else { 0 };
             h.record(DemandSample {
                 at: now_ts,
-                desired: ap.decision.target.desired,
+                desired: ap.decision.target.wanted,
                 arrived,
                 queued: v.queued,
                 in_flight: v.in_flight,

@@ -248,6 +248,11 @@ fn every_example_right_sizes_and_costs_between_the_bound_and_the_oracle_and_ever
         for x in &r {
             assert!(x.lower_bound <= orc.cost && orc.cost <= x.cost, "{}: {:?}", p.display(), costs(&r));
         }
+        // Issue 15's goal for fleet's cost policies: within 1.25× the hindsight oracle.
+        if text.contains("spec = \"fleet-cost") {
+            let ratio = own.cost_over_oracle.unwrap_or(f64::INFINITY);
+            assert!(ratio <= 1.25, "{}: {ratio:.2}× the oracle: {:?}", p.display(), costs(&r));
+        }
         ran.push(format!(
             "{} ({} nodes, {:.2}× the oracle)",
             own.scenario,

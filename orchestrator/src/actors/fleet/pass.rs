@@ -414,7 +414,7 @@ fn remember_demand(
         let mut h = view.demand;
         h.record(DemandSample {
             at: now,
-            desired: ap.decision.target.desired,
+            desired: ap.decision.target.wanted,
             arrived: arrived.get(&ap.app).copied().unwrap_or(0),
             queued: view.queued,
             in_flight: view.in_flight,
