@@ -566,20 +566,24 @@ mod tests {
         assert!(h.samples.len() <= 73, "trimmed to the 720 s window: {}", h.samples.len());
     }
 
-    #[test]
-    fn predict_sizes_for_rate_times_service_time_not_one_slot_per_queued_request() {
-        let s = ScalingSpec {
+    /// `predict = true`, eight requests per runner, no buffer, minimum or scaling delay.
+    fn predict_spec(keep_alive: KeepAlive) -> ScalingSpec {
+        ScalingSpec {
             min_concurrency: 0,
             max_concurrency: 100,
             concurrency_buffer: 0,
             concurrency_buffer_perc: 0,
             max_multiplexing: 8,
-            keep_alive: KeepAlive::For(Duration::from_secs(300)),
+            keep_alive,
             scaling_delay: Duration::ZERO,
             predict: true,
-            consolidation: true,
-            keep_min_over_budget: false,
-        };
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn predict_sizes_for_rate_times_service_time_not_one_slot_per_queued_request() {
+        let s = predict_spec(KeepAlive::For(Duration::from_secs(300)));
         let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         // Nothing measured yet, 360 requests queued behind one starting runner: fal would want
         // 45 runners; predict holds at the probe runner.
@@ -675,17 +679,7 @@ mod tests {
 
     #[test]
     fn runners_kept_busy_by_a_backlog_are_not_what_demand_wants() {
-        let s = ScalingSpec {
-            min_concurrency: 0,
-            max_concurrency: 100,
-            concurrency_buffer: 0,
-            concurrency_buffer_perc: 0,
-            max_multiplexing: 8,
-            keep_alive: KeepAlive::Auto,
-            scaling_delay: Duration::ZERO,
-            predict: true,
-            ..spec()
-        };
+        let s = predict_spec(KeepAlive::Auto);
         // One request a second, each in service 10 s: ten at once, two runners of eight.
         let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         for i in 0..=30 {

@@ -951,11 +951,15 @@ impl<'a> Engine<'a> {
 /// How long request `a` takes on a `gpu`: prefill plus decode at the scenario's H100 token rates,
 /// scaled by the GPU's bf16 TFLOP/s.
 pub(crate) fn service_ms(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> u64 {
+    (service_s(sc, a, gpu) * 1000.0).ceil().max(1.0) as u64
+}
+
+/// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
+pub(crate) fn service_s(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> f64 {
     let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
     let s = &sc.service;
-    let secs = f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
-        + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale);
-    (secs * 1000.0).ceil().max(1.0) as u64
+    f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
+        + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale)
 }
 
 /// The least any policy could pay for this demand: all of it served on the single cheapest

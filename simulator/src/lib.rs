@@ -89,16 +89,7 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     let mean_s = if arrivals.is_empty() {
         1.0
     } else {
-        let s = &sc.service;
-        let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(fleet_core::GpuModel::H100Sxm.bf16_dense_tflops());
-        arrivals
-            .iter()
-            .map(|a| {
-                f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
-                    + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale)
-            })
-            .sum::<f64>()
-            / arrivals.len() as f64
+        arrivals.iter().map(|a| engine::service_s(sc, a, gpu)).sum::<f64>() / arrivals.len() as f64
     };
     let per_runner_qps = 0.8 * f64::from(mux) / mean_s.max(1e-3);
     let variant = |name: &str, policy: Policy| Scenario { name: format!("{} {name}", sc.name), policy, ..sc.clone() };
@@ -120,8 +111,8 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     Ok(out)
 }
 
-/// The most requests in service at once if each started at its arrival and took its H100
-/// service time.
+/// The most requests in service at once if each started at its arrival and took its service
+/// time on `gpu`.
 fn peak_in_service(sc: &Scenario, arrivals: &[demand::Arrival], gpu: fleet_core::GpuModel) -> u32 {
     let mut ends = std::collections::BinaryHeap::new();
     let mut peak = 0;
