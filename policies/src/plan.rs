@@ -568,8 +568,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         capacity,
                         why: format!(
                             "budget: the cheapest node for {r} runner(s), {}/h, exceeds the room left ({}/h){}",
-                            class.price,
-                            room.per_hour.unwrap_or(Money::ZERO),
+                            class.price.cents(),
+                            room.per_hour.unwrap_or(Money::ZERO).cents(),
                             room.bound_by.as_ref().map(|b| format!(" under the {b}")).unwrap_or_default()
                         ),
                         budget_cap: room.bound_by.clone(),
