@@ -132,7 +132,7 @@ fn disk_rates(dir: &Path, bytes: u64, writers: u64) -> (f64, f64) {
                     f.set_len(each).unwrap();
                     let d = fleet_agent::cache::buffers::open_direct(&p);
                     let mut buf = ChunkBytes::take(DEFAULT_CHUNK_SIZE as usize);
-                    buf.as_mut().fill(3);
+                    buf.bytes_mut().fill(3);
                     let mut at = 0;
                     while at < each {
                         let direct =

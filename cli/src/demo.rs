@@ -185,23 +185,6 @@ fn story(e: &Value) -> Option<String> {
     Some(format!("  > {what}: {node}{msg}"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wrapped_lines_fit_and_keep_every_word() {
-        let line = "  > planned: node 1: for 1 runner of chat: nebius/eu-north1/gpu-h100-sxm_1gpu-16vcpu-200gb/spot at $1.25/h first, and a very-long-word-that-is-longer-than-any-line-could-be-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa end";
-        let out = super::wrap(line, 40);
-        assert!(out.iter().all(|l| l.chars().count() <= 40), "{out:?}");
-        let joined: String = out.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
-        for w in ["planned:", "$1.25/h", "end"] {
-            assert!(joined.contains(w), "{joined}");
-        }
-        assert_eq!(super::wrap("short", 80), vec!["short".to_string()]);
-        assert_eq!(super::wrap("", 80), vec![String::new()]);
-        assert_eq!(super::wrap("  spot       a b", 80), vec!["  spot       a b".to_string()]);
-    }
-}
-
 pub fn run(args: DemoArgs, output: crate::Output) -> anyhow::Result<()> {
     // With -o json/yaml the progress goes to stderr and the summary, as data, to stdout.
     let structured = output.structured();
@@ -709,5 +692,22 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrapped_lines_fit_and_keep_every_word() {
+        let line = "  > planned: node 1: for 1 runner of chat: nebius/eu-north1/gpu-h100-sxm_1gpu-16vcpu-200gb/spot at $1.25/h first, and a very-long-word-that-is-longer-than-any-line-could-be-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa end";
+        let out = super::wrap(line, 40);
+        assert!(out.iter().all(|l| l.chars().count() <= 40), "{out:?}");
+        let joined: String = out.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+        for w in ["planned:", "$1.25/h", "end"] {
+            assert!(joined.contains(w), "{joined}");
+        }
+        assert_eq!(super::wrap("short", 80), vec!["short".to_string()]);
+        assert_eq!(super::wrap("", 80), vec![String::new()]);
+        assert_eq!(super::wrap("  spot       a b", 80), vec!["  spot       a b".to_string()]);
     }
 }

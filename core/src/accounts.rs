@@ -400,7 +400,7 @@ pub(crate) fn check(raw: &RawClouds, report: &mut Report<'_>) -> CloudAccounts {
             "network_security_group",
             "the full resource id of a network security group that admits TCP 22 from fleetd (a Standard public IP admits no SSH without one)",
         );
-        if !nsg.is_empty() && !(nsg.starts_with("/subscriptions/") && nsg.contains("/networkSecurityGroups/")) {
+        if !nsg.is_empty() && (!nsg.starts_with("/subscriptions/") || !nsg.contains("/networkSecurityGroups/")) {
             let span = r.network_security_group.as_ref().map(Spanned::span).unwrap_or(0..0);
             ck.err(
                 span,

@@ -16,14 +16,14 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
     }
 }
 
@@ -80,9 +80,9 @@ pub fn mutate(rng: &mut Rng, seeds: &[&str]) -> Vec<u8> {
         match rng.below(8) {
             0 if !b.is_empty() => {
                 let i = rng.below(b.len());
-                b[i] = rng.next() as u8;
+                b[i] = rng.next_u64() as u8;
             }
-            1 => b.insert(at, rng.next() as u8),
+            1 => b.insert(at, rng.next_u64() as u8),
             2 if !b.is_empty() => {
                 let end = (at + rng.below(16)).min(b.len());
                 b.drain(at.min(end)..end);

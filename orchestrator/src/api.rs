@@ -459,7 +459,7 @@ pub fn unplaceable_apps(ctx: &Ctx, spec: &fleet_core::spec::FleetSpec) -> Vec<St
                 None => kinds.push((r.kind(), 1, r.to_string())),
             }
         }
-        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
         let why: Vec<String> = kinds.iter().take(4).map(|(_, n, e)| format!("{n} × {e}")).collect();
         out.push(format!(
             "app {}: no offering of the enabled clouds ({enabled}; {} offerings) can host it, so its requests would wait: {}; change its gpu, gpus or placement, or run fleetd with the clouds it names",
@@ -708,11 +708,7 @@ async fn watch(
                         let ev = Event::default().event("dashboard").data(t.as_str());
                         return Some((Ok(ev), (rx, false)));
                     }
-                    None if first => {
-                        if rx.changed().await.is_err() {
-                            return None;
-                        }
-                    }
+                    None if first && rx.changed().await.is_err() => return None,
                     None => {}
                 }
             }

@@ -47,10 +47,13 @@ pub async fn emit_many(ctx: &Ctx, evs: Vec<NewEvent>) {
     }
 }
 
+/// One caller's events, stamped, and how it learns they are written.
+type Batch = (Vec<(fleet_core::Time, NewEvent)>, tokio::sync::oneshot::Sender<()>);
+
 /// Events waiting to be written, and the right to write them ([`emit_many`]).
 #[derive(Debug, Default)]
 pub struct EventWriter {
-    waiting: std::sync::Mutex<Vec<(Vec<(fleet_core::Time, NewEvent)>, tokio::sync::oneshot::Sender<()>)>>,
+    waiting: std::sync::Mutex<Vec<Batch>>,
     writer: tokio::sync::Mutex<()>,
 }
 

@@ -216,7 +216,7 @@ async fn a_large_queue_is_read_through_the_gateway_in_bounded_pages() {
     assert_eq!(status, 200);
     let page: serde_json::Value = serde_json::from_str(&answer).unwrap();
     let n = page["kvs"].as_array().unwrap().len();
-    assert!(n >= 1 && n < 16 && page["more"] == true, "{n} of 16 in the first page");
+    assert!((1..16).contains(&n) && page["more"] == true, "{n} of 16 in the first page");
     assert!(answer.len() <= RANGE_PAGE_BYTES + (64 << 10), "a page of {} bytes", answer.len());
 
     // The client pages through: every request once, in order, each whole.

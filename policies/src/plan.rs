@@ -547,20 +547,20 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 // it instead (a budget that pays for three 1-GPU nodes but not the 8-GPU node the
                 // mix wants gets the three), the mix made again for what is left after it.
                 let mut r = r;
-                if candidates.is_empty() && room.per_hour.is_some() {
-                    if let Some((fewer, c)) =
+                if candidates.is_empty()
+                    && room.per_hour.is_some()
+                    && let Some((fewer, c)) =
                         (1..r).rev().map(|n| (n, rank_with(cap(room.per_hour), n))).find(|(_, c)| !c.is_empty())
-                    {
-                        mix_note = format!(
-                            "budget: a node for {r} runner(s) at {}/h exceeds the room left ({}/h{}), so the largest node it pays for; {mix_note}",
-                            class.price.cents(),
-                            room.per_hour.unwrap_or(Money::ZERO).cents(),
-                            room.bound_by.as_ref().map(|b| format!(" under the {b}")).unwrap_or_default()
-                        );
-                        candidates = c;
-                        r = fewer;
-                        mix.clear();
-                    }
+                {
+                    mix_note = format!(
+                        "budget: a node for {r} runner(s) at {}/h exceeds the room left ({}/h{}), so the largest node it pays for; {mix_note}",
+                        class.price.cents(),
+                        room.per_hour.unwrap_or(Money::ZERO).cents(),
+                        room.bound_by.as_ref().map(|b| format!(" under the {b}")).unwrap_or_default()
+                    );
+                    candidates = c;
+                    r = fewer;
+                    mix.clear();
                 }
                 if candidates.is_empty() {
                     unplaced.push(Unplaced {

@@ -57,6 +57,9 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// One level's nodes on one candidate: their bill, and each node's (launch, end) in ms.
+type Blocks = (Money, Vec<(u64, u64)>);
+
 /// The oracle's nodes for the scenario's demand app (see the module's documentation).
 pub fn schedule(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Schedule {
     let cache = UnavailableCache::default();
@@ -128,7 +131,7 @@ fn for_gpu(
         ms(model.provision_delay + model.boot + sc.runner_start_estimate(true))
     };
     // The nodes one level needs on one candidate, gaps bridged where that is cheaper.
-    let blocks = |level: usize, c: &Candidate| -> (Money, Vec<(u64, u64)>) {
+    let blocks = |level: usize, c: &Candidate| -> Blocks {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut cur: Option<(u64, u64)> = None;
         for &(s, e) in &levels[level] {
@@ -151,7 +154,7 @@ fn for_gpu(
         (cost, out)
     };
     let top = levels.len();
-    let mut memo: HashMap<(usize, usize), (Money, Vec<(u64, u64)>)> = HashMap::new();
+    let mut memo: HashMap<(usize, usize), Blocks> = HashMap::new();
     // best[l]: the cheapest nodes for levels 1..=l; choice[l]: (candidate, j) covering j+1..=l.
     let mut best = vec![Money::ZERO; top + 1];
     let mut choice = vec![(0usize, 0usize); top + 1];

@@ -405,7 +405,7 @@ impl Scenario {
             Some(w) => {
                 let rate = |v: Option<f64>, k: &str, d: f64| -> Result<f64, ScenarioError> {
                     let x = v.unwrap_or(d);
-                    if x.is_finite() && x >= 0.001 && x <= 10_000.0 {
+                    if x.is_finite() && (0.001..=10_000.0).contains(&x) {
                         Ok(x)
                     } else {
                         Err(invalid(format!("weights.{k}: GB/s from 0.001 to 10000")))

@@ -66,7 +66,7 @@ impl ChunkBytes {
         ChunkBytes { buf, len }
     }
 
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         match &mut self.buf {
             Backing::Map(m) => &mut m[..self.len],
             Backing::Vec(v) => &mut v[..self.len],
@@ -150,7 +150,7 @@ pub fn read_direct(path: &std::path::Path, buf: &mut ChunkBytes, offset: u64) ->
     let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) else {
         return Ok(false);
     };
-    match f.read_exact_at(buf.as_mut(), offset) {
+    match f.read_exact_at(buf.bytes_mut(), offset) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
         Err(e) => Err(e),
@@ -172,7 +172,7 @@ mod tests {
         let mut c = ChunkBytes::take(10_000);
         assert_eq!(c.len(), 10_000);
         assert_eq!(c.as_ptr().align_offset(ALIGN), 0);
-        c.as_mut().fill(7);
+        c.bytes_mut().fill(7);
         c.truncate(9_000);
         assert_eq!(c.len(), 9_000);
         assert!(c.iter().all(|b| *b == 7));
@@ -187,7 +187,7 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, vec![0u8; 3 * ALIGN]).unwrap();
         let mut bytes = ChunkBytes::take(2 * ALIGN);
-        for (i, b) in bytes.as_mut().iter_mut().enumerate() {
+        for (i, b) in bytes.bytes_mut().iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
         if let Some(d) = open_direct(&p) {

@@ -476,7 +476,7 @@ impl Cache {
         };
         let mut buf = ChunkBytes::take(at.len as usize);
         if !buffers::read_direct(&path, &mut buf, at.offset).map_err(|e| io(&self.0.dir, e))? {
-            f.read_exact_at(buf.as_mut(), at.offset).map_err(|e| io(&self.0.dir, e))?;
+            f.read_exact_at(buf.bytes_mut(), at.offset).map_err(|e| io(&self.0.dir, e))?;
         }
         if Digest::of(&buf) != at.digest {
             let _ = fs::remove_file(&path);

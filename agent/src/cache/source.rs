@@ -133,7 +133,7 @@ impl ChunkSource for DirSource {
                 return Ok(all.into());
             }
             let mut out = ChunkBytes::take(len as usize);
-            f.read_exact(out.as_mut()).map_err(failed)?;
+            f.read_exact(out.bytes_mut()).map_err(failed)?;
             Ok(out)
         })
         .await
@@ -235,7 +235,7 @@ pub(crate) fn read_body(res: &mut ureq::http::Response<ureq::Body>, len: u64) ->
     // Into a reused buffer of `len` (super::buffers); one byte more is an error.
     let mut out = ChunkBytes::take(len as usize);
     let mut r = res.body_mut().with_config().limit(len + 1).reader();
-    let buf = out.as_mut();
+    let buf = out.bytes_mut();
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..])? {

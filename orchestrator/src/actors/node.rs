@@ -153,32 +153,36 @@ impl NodeState {
             NodePhase::Bootstrapping { instance_id, since, .. } => match p.get(instance_id).await {
                 Err(e) if gone(&e) => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
                 Ok(i) if i.state == InstanceState::Terminated => drop(apply(&ctx, id, NodeEvent::InstanceGone).await?),
-                Ok(mut inst) => match {
+                Ok(mut inst) => {
                     if inst.state == InstanceState::Running && self.booted_at.is_none() {
                         self.booted_at = Some(now);
                     }
-                    self.host_keys(&mut inst, (now - *since).to_std().unwrap_or_default()).await?
-                } {
-                    false => {}
-                    true => match ctx.bootstrap.bootstrap(&rec, &inst).await {
-                        Ok(true) => {
-                            tracing::info!(node = id, instance = %instance_id, "node ready");
-                            if apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?.is_some() {
-                                crate::metrics::observe_node_ready(&ctx.metrics, &rec, self.booted_at, ctx.clock.now());
+                    if self.host_keys(&mut inst, (now - *since).to_std().unwrap_or_default()).await? {
+                        match ctx.bootstrap.bootstrap(&rec, &inst).await {
+                            Ok(true) => {
+                                tracing::info!(node = id, instance = %instance_id, "node ready");
+                                if apply(&ctx, id, NodeEvent::BootstrapSucceeded).await?.is_some() {
+                                    crate::metrics::observe_node_ready(
+                                        &ctx.metrics,
+                                        &rec,
+                                        self.booted_at,
+                                        ctx.clock.now(),
+                                    );
+                                }
+                                crate::crashpoint::hit("node.ready");
                             }
-                            crate::crashpoint::hit("node.ready");
+                            Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
+                                let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
+                                apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                            }
+                            Ok(false) => {}
+                            Err(reason) => {
+                                tracing::warn!(node = id, %reason, "bootstrap failed");
+                                apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
+                            }
                         }
-                        Ok(false) if (now - *since).to_std().unwrap_or_default() > ctx.config.bootstrap_timeout => {
-                            let reason = format!("not ready after {:?}", ctx.config.bootstrap_timeout);
-                            apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
-                        }
-                        Ok(false) => {}
-                        Err(reason) => {
-                            tracing::warn!(node = id, %reason, "bootstrap failed");
-                            apply(&ctx, id, NodeEvent::BootstrapFailed { reason }).await?;
-                        }
-                    },
-                },
+                    }
+                }
                 Err(e) => tracing::debug!(node = id, error = %e, "instance check failed; next poll retries"),
             },
             NodePhase::Ready { instance_id, .. } => match p.get(instance_id).await {
