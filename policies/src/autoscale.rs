@@ -380,11 +380,15 @@ pub fn decide_with(
         return ScaleDecision { target: t, start: 0, stop: Vec::new(), pending_since: None };
     }
     let above_max = current.saturating_sub(spec.max_concurrency);
+    // A fixed keep-alive has expired for runners idle since this instant or earlier (one
+    // subtraction per decision instead of one per runner: this runs every pass for every app).
+    let idle_before = match spec.keep_alive {
+        KeepAlive::For(t) => chrono::Duration::from_std(t).ok().and_then(|t| now.checked_sub_signed(t)),
+        KeepAlive::Auto => None,
+    };
     // Whether an idle runner (idle since `since`) may stop, `remaining` runners staying after it.
     let expired = |since: Time, remaining: u32| match spec.keep_alive {
-        KeepAlive::For(t) => {
-            now.signed_duration_since(since) >= chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
-        }
+        KeepAlive::For(_) => idle_before.is_some_and(|b| since <= b),
         // The app's last runner is priced differently: stopping it means the next request waits
         // a whole cold start, which the billed-time rule does not price. It stays until the app
         // has had no demand for the whole history window.

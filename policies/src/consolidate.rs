@@ -128,9 +128,9 @@ pub fn consider(input: &Input) -> Option<Move> {
         .filter(|(m, _)| !m.leaving)
         .map(|(m, used)| m.slots.saturating_sub(*used))
         .sum();
-    // The cheapest single node for `h` runners of each kind depends on `h` alone: look it up once.
-    let mut cheapest: std::collections::HashMap<(u32, usize), Option<crate::placement::Candidate>> =
-        std::collections::HashMap::new();
+    // The cheapest single node for `h` runners of each kind depends on `h` alone: look it up once
+    // (a short list: an app's nodes host few distinct runner counts; this runs every pass).
+    let mut cheapest: Vec<((u32, usize), Option<crate::placement::Candidate>)> = Vec::new();
     let mut best: Option<(Money, Move)> = None;
     for (k, n) in input.nodes.iter().enumerate() {
         let h = input.hosted[k];
@@ -141,18 +141,22 @@ pub fn consider(input: &Input) -> Option<Move> {
             continue;
         }
         let price = price_of(n);
-        let owed = owed(input, n, price);
+        // What is owed and how long a saving lasts are worked out only for a move worth weighing
+        // (most nodes have none): date arithmetic per node per pass adds up over a fleet.
+        let owed = || owed(input, n, price);
         // How long the saving would last: the horizon, but no longer than the node has lived so
         // far (a node is expected to stay about as long again as it has stayed: one launched
         // for a burst is likely gone before a move pays).
-        let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default());
-        let lasts = age.map_or(input.horizon, |a| a.min(input.horizon));
-        let mut offer = |kind: MoveKind, saving: Money, cost: Money, why: String| {
-            let gain = Price::per_hour(saving).cost_for(lasts);
+        let lasts = || {
+            let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default());
+            age.map_or(input.horizon, |a| a.min(input.horizon))
+        };
+        let mut offer = |kind: MoveKind, saving: Money, cost: Money, why: &dyn Fn() -> String| {
+            let gain = Price::per_hour(saving).cost_for(lasts());
             if gain > cost {
                 let net = gain - cost;
                 if best.as_ref().is_none_or(|(b, _)| net > *b) {
-                    best = Some((net, Move { nodes: vec![n.id], kind, saving_per_hour: saving, cost, why }));
+                    best = Some((net, Move { nodes: vec![n.id], kind, saving_per_hour: saving, cost, why: why() }));
                 }
             }
         };
@@ -165,31 +169,31 @@ pub fn consider(input: &Input) -> Option<Move> {
                 || on_demand_runners.saturating_sub(h) >= input.spec.placement.base_on_demand
         };
         if free >= h && base_ok(CapacityType::Spot) {
-            offer(
-                MoveKind::Delete,
-                price,
-                owed,
-                format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {}/h", price.cents()),
-            );
+            offer(MoveKind::Delete, price, owed(), &|| {
+                format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {}/h", price.cents())
+            });
         }
         // Replace: the cheapest single node for its runners, of the kinds the app may use.
         let kinds = kinds_of(input.spec.placement.spot);
         for (ki, kind) in kinds.iter().enumerate() {
-            let found = cheapest.entry((h, ki)).or_insert_with(|| {
-                let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
-                idx.rank_for_runners(input.app, &rank, 1).into_iter().next()
-            });
-            let Some(c) = *found else { continue };
+            let found = match cheapest.iter().find(|(key, _)| *key == (h, ki)) {
+                Some((_, c)) => *c,
+                None => {
+                    let rank = RankInput { capacity: *kind, min_runners: h, ..input.rank.clone() };
+                    let c = idx.rank_for_runners(input.app, &rank, 1).into_iter().next();
+                    cheapest.push(((h, ki), c));
+                    c
+                }
+            };
+            let Some(c) = found else { continue };
             let new_price = c.node_price.hourly();
             if c.offering == n.offering || new_price >= price || !base_ok(c.capacity) {
                 continue;
             }
             let (cold, cold_len, egress) = cold_cost(input, &c);
             let o = idx.offering(c.offering);
-            offer(
-                MoveKind::Replace,
-                price - new_price,
-                cold + owed,
+            let owed = owed();
+            offer(MoveKind::Replace, price - new_price, cold + owed, &|| {
                 format!(
                     "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{}{})",
                     o.instance.name,
@@ -204,8 +208,8 @@ pub fn consider(input: &Input) -> Option<Move> {
                     } else {
                         String::new()
                     }
-                ),
-            );
+                )
+            });
         }
     }
     merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, &mut best);

@@ -351,7 +351,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         });
         // Each runner's slot price: its node's price over the runners on it now, so scale-down
         // empties the dearest nodes per used slot first.
-        let mut on_node: HashMap<NodeId, u32, IdBuild> = HashMap::default();
+        let mut on_node: HashMap<NodeId, u32, IdBuild> =
+            HashMap::with_capacity_and_hasher(st.nodes.len(), IdBuild::default());
         for r in &st.runners {
             *on_node.entry(r.node).or_default() += 1;
         }
@@ -361,7 +362,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         // the autoscaler as they are; a replaced one is represented by its replacement.
         let leaving: HashMap<NodeId, u32, IdBuild> =
             st.nodes.iter().filter(|n| n.leaving).map(|n| (n.id, n.replaced)).collect();
-        let mut seen: HashMap<NodeId, u32, IdBuild> = HashMap::default();
+        let mut seen: HashMap<NodeId, u32, IdBuild> =
+            HashMap::with_capacity_and_hasher(leaving.len(), IdBuild::default());
         let infos: Vec<RunnerInfo> = st
             .runners
             .iter()
@@ -647,17 +649,20 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             Some(horizon) if steady && app.scaling.consolidation && !st.nodes.is_empty() => {
                 let live: Vec<NodeView> = st.nodes.iter().filter(|n| hosted[&n.id] > 0).cloned().collect();
                 let used: Vec<u32> = live.iter().map(|n| hosted[&n.id]).collect();
-                // The longest idle runner per node (one pass over the runners).
-                let mut longest: HashMap<NodeId, std::time::Duration, IdBuild> = HashMap::default();
+                // The longest idle runner per node: the earliest idle since (one pass over the
+                // runners), made a duration once per node.
+                let mut earliest: HashMap<NodeId, Time, IdBuild> =
+                    HashMap::with_capacity_and_hasher(live.len(), IdBuild::default());
                 for r in st.runners.iter().filter(|r| r.runner.in_flight == 0) {
                     if let Some(t) = r.runner.idle_since {
-                        let d = (now - t).to_std().unwrap_or_default();
-                        let e = longest.entry(r.node).or_default();
-                        *e = (*e).max(d);
+                        let e = earliest.entry(r.node).or_insert(t);
+                        *e = (*e).min(t);
                     }
                 }
-                let idle_for: Vec<std::time::Duration> =
-                    live.iter().map(|n| longest.get(&n.id).copied().unwrap_or_default()).collect();
+                let idle_for: Vec<std::time::Duration> = live
+                    .iter()
+                    .map(|n| earliest.get(&n.id).map(|t| (now - *t).to_std().unwrap_or_default()).unwrap_or_default())
+                    .collect();
                 let room = app_room.clone().min(fleet_room.clone());
                 consolidate::consider(&consolidate::Input {
                     index,
