@@ -135,8 +135,10 @@ pub struct Engine<'a> {
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     /// (time, sequence, packed event): ties at one time keep the order events were scheduled.
-    heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
-    seq: u64,
+    /// Pending events as (time in ms << 32 | push sequence, packed event): 16-byte entries, the
+    /// earliest first, ties in push order ([`Engine::push`]).
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    seq: u32,
     now: u64,
     end: u64,
     queue: VecDeque<usize>,
@@ -229,8 +231,12 @@ impl<'a> Engine<'a> {
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
-        self.seq += 1;
-        self.heap.push(Reverse((at, self.seq, ev.pack())));
+        // Times fit in 32 bits (a run is at most MAX_DURATION); anything later is past the end and
+        // never handled, so it may share the last instant. After 2^32 pushes ties go by the
+        // packed event instead: still one order for a seed.
+        let at = at.min(u64::from(u32::MAX));
+        self.seq = self.seq.saturating_add(1);
+        self.heap.push(Reverse((at << 32 | u64::from(self.seq), ev.pack())));
     }
 
     fn at(&self, t_ms: u64) -> Time {
@@ -249,7 +255,7 @@ impl<'a> Engine<'a> {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Report, fleet_core::MoneyOverflow> {
         loop {
-            let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            let next_ev = self.heap.peek().map(|Reverse((key, _))| key >> 32);
             let next_arr = self.arrivals.get(self.next_arrival).map(|a| a.at_ms);
             // Arrivals come from the sorted trace, not the heap: same order, far fewer heap operations.
             let take_arrival = match (next_arr, next_ev) {
@@ -266,7 +272,8 @@ impl<'a> Engine<'a> {
                 self.dispatch();
                 continue;
             }
-            let Some(Reverse((t, _, packed))) = self.heap.pop() else { break };
+            let Some(Reverse((key, packed))) = self.heap.pop() else { break };
+            let t = key >> 32;
             let ev = Ev::unpack(packed);
             if t >= self.end {
                 break;
