@@ -46,7 +46,7 @@ enum Ev {
 }
 
 impl Ev {
-    /// Events ride in the heap as one u64 (3 bits of kind, then ids): 24-byte heap entries sift
+    /// Events ride in the heap as one u64 (3 bits of kind, then ids): 16-byte heap entries sift
     /// much faster than 40-byte ones, and the heap is the simulation's hottest structure.
     fn pack(self) -> u64 {
         let (kind, a, b) = match self {
@@ -134,7 +134,6 @@ pub struct Engine<'a> {
     demand_app: usize,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
-    /// (time, sequence, packed event): ties at one time keep the order events were scheduled.
     /// Pending events as (time in ms << 32 | push sequence, packed event): 16-byte entries, the
     /// earliest first, ties in push order ([`Engine::push`]).
     heap: BinaryHeap<Reverse<(u64, u64)>>,
