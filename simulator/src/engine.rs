@@ -87,6 +87,10 @@ struct Node {
     /// Released while a runner drains: ends when the last one stops.
     releasing: bool,
     launched_ms: u64,
+    /// `launched_ms` as the planner's clock reads it (made once: every pass shows it).
+    launched_at: Time,
+    /// Its GPU's speed relative to the H100-SXM the service rates are given for.
+    speed: f64,
     up: bool,
     ended_ms: Option<u64>,
     runners: Vec<usize>,
@@ -300,12 +304,8 @@ impl<'a> Engine<'a> {
         self.finish()
     }
 
-    fn gpu_of(&self, node: usize) -> GpuModel {
-        self.index.offering(self.nodes[node].offering).instance.gpu
-    }
-
     fn service_ms(&self, req: usize, node: usize) -> u64 {
-        service_ms(self.sc, &self.arrivals[req], self.gpu_of(node))
+        to_ms(service_at(self.sc, &self.arrivals[req], self.nodes[node].speed))
     }
 
     fn mux(&self, app: usize) -> usize {
@@ -616,7 +616,7 @@ impl<'a> Engine<'a> {
                 .map(|(id, n)| NodeView {
                     leaving: n.leaving,
                     replaced: n.replaced,
-                    billed_since: Some(self.at(n.launched_ms)),
+                    billed_since: Some(n.launched_at),
                     holds_weights: n.holds_at.is_some(),
                     empty_since: n.empty_since_ms.map(|t| self.at(t)),
                     ..NodeView::new(id as u64, n.offering, n.slots)
@@ -844,6 +844,8 @@ impl<'a> Engine<'a> {
             replaced: 0,
             releasing: false,
             launched_ms: self.now,
+            launched_at: self.at(self.now),
+            speed: gpu_speed(self.index.offering(offering).instance.gpu),
             up: false,
             ended_ms: None,
             runners: Vec::new(),
@@ -957,12 +959,25 @@ impl<'a> Engine<'a> {
 /// How long request `a` takes on a `gpu`: prefill plus decode at the scenario's H100 token rates,
 /// scaled by the GPU's bf16 TFLOP/s.
 pub(crate) fn service_ms(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> u64 {
-    (service_s(sc, a, gpu) * 1000.0).ceil().max(1.0) as u64
+    to_ms(service_s(sc, a, gpu))
+}
+
+fn to_ms(s: f64) -> u64 {
+    (s * 1000.0).ceil().max(1.0) as u64
 }
 
 /// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
 pub(crate) fn service_s(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> f64 {
-    let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
+    service_at(sc, a, gpu_speed(gpu))
+}
+
+/// A GPU's speed relative to the H100-SXM: its bf16 TFLOP/s over the H100-SXM's.
+fn gpu_speed(gpu: GpuModel) -> f64 {
+    f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops())
+}
+
+/// [`service_s`] on a GPU of relative speed `scale` ([`gpu_speed`], kept per node).
+fn service_at(sc: &Scenario, a: &Arrival, scale: f64) -> f64 {
     let s = &sc.service;
     f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
         + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale)
