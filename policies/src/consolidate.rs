@@ -143,7 +143,7 @@ pub fn consider(input: &Input) -> Option<Move> {
         let price = price_of(n);
         // What is owed and how long a saving lasts are worked out only for a move worth weighing
         // (most nodes have none): date arithmetic per node per pass adds up over a fleet.
-        let owed = || owed(input, n, price);
+        let owed_on_it = || owed(input, n, price);
         // How long the saving would last: the horizon, but no longer than the node has lived so
         // far (a node is expected to stay about as long again as it has stayed: one launched
         // for a burst is likely gone before a move pays).
@@ -169,7 +169,7 @@ pub fn consider(input: &Input) -> Option<Move> {
                 || on_demand_runners.saturating_sub(h) >= input.spec.placement.base_on_demand
         };
         if free >= h && base_ok(CapacityType::Spot) {
-            offer(MoveKind::Delete, price, owed(), &|| {
+            offer(MoveKind::Delete, price, owed_on_it(), &|| {
                 format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {}/h", price.cents())
             });
         }
@@ -192,7 +192,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             }
             let (cold, cold_len, egress) = cold_cost(input, &c);
             let o = idx.offering(c.offering);
-            let owed = owed();
+            let owed = owed_on_it();
             offer(MoveKind::Replace, price - new_price, cold + owed, &|| {
                 format!(
                     "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{}{})",
