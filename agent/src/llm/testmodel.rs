@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::{llama, mistral, qwen2};
 use serde_json::json;
 
@@ -126,10 +128,11 @@ pub fn write_as(
     let config = serde_json::Value::Object(config);
     let text = serde_json::to_string_pretty(&config).expect("json");
     let compute = |e: candle_core::Error| LlmError::Compute(e.to_string());
-    // Build the model once on a VarMap: every tensor it asks for is created with the library's
-    // own initialisation, under the names the loader will ask for.
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    // Build the model once on a recording backend: every tensor it asks for is noted, under the
+    // names (and in the number) the loader will ask for. Its answers are zeros in fresh pages, so
+    // an 8B-parameter model's 32 GB of f32 are never touched.
+    let recorder = Recorder::default();
+    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
     let bad = |e: serde_json::Error| LlmError::Compute(format!("test config: {e}"));
     match family {
         Family::Llama => {
@@ -145,40 +148,29 @@ pub fn write_as(
             qwen2::ModelForCausalLM::new(&c, vb).map_err(compute)?;
         }
     }
-    // Candle's own initialisation draws from an unseeded generator: overwrite every tensor
-    // from a seeded one, with the same spread (so the same seed writes the same model).
-    reseed(&varmap, seed).map_err(compute)?;
+    let mut asked = std::mem::take(&mut *recorder.asked.lock().expect("recorder lock"));
+    asked.sort_by(|a, b| a.name.cmp(&b.name));
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, text).map_err(|e| io(&cfg_path, e))?;
     let tok_path = dir.join("tokenizer.json");
     std::fs::write(&tok_path, tokenizer_json(&vocab).to_string()).map_err(|e| io(&tok_path, e))?;
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let shards = shards.clamp(1, names.len());
+    let tensors = seeded(&asked, seed, dtype).map_err(compute)?;
+    let shards = shards.clamp(1, tensors.len());
     if shards == 1 {
-        let all: HashMap<String, Tensor> = data
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
-            .collect::<candle_core::Result<_>>()
-            .map_err(compute)?;
+        let all: HashMap<String, Tensor> = tensors.into_iter().collect();
         let p = dir.join("model.safetensors");
         candle_core::safetensors::save(&all, &p).map_err(|e| io(&p, e))?;
         return Ok(());
     }
     let mut weight_map = serde_json::Map::new();
-    let per = names.len().div_ceil(shards);
-    for (i, chunk) in names.chunks(per).enumerate() {
+    let per = tensors.len().div_ceil(shards);
+    for (i, chunk) in tensors.chunks(per).enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
-        let part: HashMap<String, Tensor> = chunk
-            .iter()
-            .map(|k| Ok(((*k).clone(), data[*k].as_tensor().to_dtype(dtype)?)))
-            .collect::<candle_core::Result<_>>()
-            .map_err(compute)?;
+        let part: HashMap<String, Tensor> = chunk.iter().cloned().collect();
         let p = dir.join(&file);
         candle_core::safetensors::save(&part, &p).map_err(|e| io(&p, e))?;
-        for k in chunk {
-            weight_map.insert((*k).clone(), json!(file));
+        for (k, _) in chunk {
+            weight_map.insert(k.clone(), json!(file));
         }
     }
     let index = json!({"metadata": {}, "weight_map": weight_map});
@@ -187,38 +179,175 @@ pub fn write_as(
     Ok(())
 }
 
-/// Replaces every variable of `varmap` with seeded uniform values of the spread candle's own
-/// initialisation gives it: norms stay ones, embeddings get unit variance, weight matrices
-/// √(3 / fan-in) (Kaiming-uniform), biases 0.1.
-fn reseed(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    // splitmix64: small, seedable, and good enough for test weights.
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
-    for name in names {
-        let var = &data[name];
-        let dims = var.dims().to_vec();
-        if name.contains("norm") {
-            continue;
+/// One tensor a model asked its `VarBuilder` for.
+struct Asked {
+    name: String,
+    dims: Vec<usize>,
+    init: Init,
+}
+
+/// A `VarBuilder` backend that notes what is asked for and answers zeros. Like candle's
+/// `VarMap`, it holds a tensor only once asked for it (`contains_tensor`), which is how a model
+/// with tied embeddings (Qwen2 here) decides to write no `lm_head`.
+#[derive(Default, Clone)]
+struct Recorder {
+    asked: Arc<Mutex<Vec<Asked>>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut asked = self.asked.lock().expect("recorder lock");
+        match asked.iter().find(|a| a.name == name) {
+            Some(a) if a.dims != s.dims() => {
+                candle_core::bail!("{name} asked for as {:?} and as {:?}", a.dims, s.dims())
+            }
+            Some(_) => {}
+            None => asked.push(Asked { name: name.to_string(), dims: s.dims().to_vec(), init: h }),
         }
-        let bound = if name.contains("embed_tokens") {
-            3f32.sqrt()
-        } else if dims.len() == 2 {
-            (3.0 / dims[1] as f32).sqrt()
-        } else {
-            0.1
-        };
-        let n: usize = dims.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| next() * bound).collect();
-        var.set(&Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?)?;
+        Tensor::zeros(s, dtype, dev)
     }
-    Ok(())
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: a generated model is built by shape (get), not read (get_unchecked)")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.asked.lock().expect("recorder lock").iter().any(|a| a.name == name)
+    }
+}
+
+/// splitmix64's `i`-th draw from `seed` as a uniform value in [-1, 1). splitmix64 steps its state
+/// by a constant, so any draw can be computed on its own: the tensors are filled on every core
+/// and hold the values one sequential generator would give.
+fn draw(seed: u64, i: u64) -> f32 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut z = (seed ^ GAMMA).wrapping_add(GAMMA.wrapping_mul(i + 1));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+}
+
+/// Fills `out` (in parallel) with `f(i)` for its indices `i`.
+fn fill<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = out.len().div_ceil(threads).max(1 << 16);
+    std::thread::scope(|s| {
+        for (c, part) in out.chunks_mut(per).enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                for (j, x) in part.iter_mut().enumerate() {
+                    *x = f(c * per + j);
+                }
+            });
+        }
+    });
+}
+
+/// The tensors (sorted by name) as `dtype`, from seeded uniform values of the spread candle's
+/// own initialisation gives them: norms ones (their constant initialisation), embeddings unit
+/// variance, weight matrices √(3 / fan-in) (Kaiming-uniform), biases 0.1. One stream of draws
+/// runs through the tensors in name order, norms skipped.
+fn seeded(asked: &[Asked], seed: u64, dtype: DType) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let mut next = 0u64;
+    let mut out = Vec::with_capacity(asked.len());
+    for a in asked {
+        let n: usize = a.dims.iter().product();
+        let value: Box<dyn Fn(usize) -> f32 + Sync> = if a.name.contains("norm") {
+            let c = match a.init {
+                Init::Const(c) => c as f32,
+                _ => 1.0,
+            };
+            Box::new(move |_| c)
+        } else {
+            let bound = if a.name.contains("embed_tokens") {
+                3f32.sqrt()
+            } else if a.dims.len() == 2 {
+                (3.0 / a.dims[1] as f32).sqrt()
+            } else {
+                0.1
+            };
+            let base = next;
+            next += n as u64;
+            Box::new(move |i| draw(seed, base + i as u64) * bound)
+        };
+        let dims = a.dims.as_slice();
+        let t = match dtype {
+            DType::BF16 => {
+                let mut v = vec![half::bf16::ZERO; n];
+                fill(&mut v, |i| half::bf16::from_f32(value(i)));
+                Tensor::from_vec(v, dims, &Device::Cpu)?
+            }
+            DType::F16 => {
+                let mut v = vec![half::f16::ZERO; n];
+                fill(&mut v, |i| half::f16::from_f32(value(i)));
+                Tensor::from_vec(v, dims, &Device::Cpu)?
+            }
+            other => {
+                let mut v = vec![0f32; n];
+                fill(&mut v, &value);
+                Tensor::from_vec(v, dims, &Device::Cpu)?.to_dtype(other)?
+            }
+        };
+        out.push((a.name.clone(), t));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The draws of one sequential splitmix64 generator, as the values were made before they
+    /// were filled in parallel.
+    fn sequential(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_fill_gives_one_sequential_stream_through_the_tensors_in_name_order() {
+        let asked = vec![
+            Asked { name: "a.weight".into(), dims: vec![300, 700], init: Init::Const(0.) },
+            Asked { name: "b.norm.weight".into(), dims: vec![700], init: Init::Const(1.) },
+            Asked { name: "c.bias".into(), dims: vec![70_001], init: Init::Const(0.) },
+        ];
+        let t = seeded(&asked, 7, DType::F32).unwrap();
+        let want = sequential(7, 300 * 700 + 70_001);
+        let a: Vec<f32> = t[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        let bound = (3.0f32 / 700.0).sqrt();
+        assert!(a.iter().zip(&want).all(|(x, w)| *x == w * bound));
+        let norm: Vec<f32> = t[1].1.to_vec1().unwrap();
+        assert!(norm.iter().all(|x| *x == 1.0), "norms keep their constant");
+        let c: Vec<f32> = t[2].1.to_vec1().unwrap();
+        assert!(c.iter().zip(&want[300 * 700..]).all(|(x, w)| *x == w * 0.1), "the stream skips norms");
+        let bf: Vec<half::bf16> =
+            seeded(&asked, 7, DType::BF16).unwrap()[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(bf.iter().zip(&a).all(|(x, w)| *x == half::bf16::from_f32(*w)));
+        let other: Vec<f32> = seeded(&asked, 8, DType::F32).unwrap()[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        assert_ne!(other, a, "another seed, other weights");
+    }
+
+    #[test]
+    fn a_model_gets_the_tensors_it_asks_for_and_qwen2_ties_its_embeddings() {
+        let x = tempfile::tempdir().unwrap();
+        write(x.path(), Family::Qwen2, Shape::default(), 1, 3).unwrap();
+        let names = candle_core::safetensors::load(x.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        assert!(!names.contains_key("lm_head.weight"));
+        assert!(names.contains_key("model.layers.1.self_attn.q_proj.bias"));
+    }
 }
