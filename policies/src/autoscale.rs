@@ -101,7 +101,11 @@ pub struct DemandSample {
 /// shape `predict = true` forecasts with).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DemandHistory {
-    pub samples: std::collections::VecDeque<DemandSample>,
+    samples: std::collections::VecDeque<DemandSample>,
+    /// Σ (in flight at a + in flight at b) × milliseconds from a to b over consecutive samples
+    /// a, b: twice the in-flight integral, kept exactly as samples come and go, so measuring the
+    /// service time does not walk the window every decision.
+    busy_ms2: i128,
     /// What re-creating a runner costs in time billed: its cold start plus a new node's minimum
     /// billing.
     pub recreate: Duration,
@@ -130,6 +134,11 @@ pub fn history_window(recreate: Duration) -> Duration {
     Duration::from_secs(600).max(recreate.saturating_mul(3))
 }
 
+/// Twice the in-flight integral from sample `a` to `b` (trapezoid), in request-milliseconds.
+fn trapezoid_ms2(a: &DemandSample, b: &DemandSample) -> i128 {
+    (i128::from(a.in_flight) + i128::from(b.in_flight)) * i128::from((b.at - a.at).num_milliseconds())
+}
+
 fn secs_between(a: Time, b: Time) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0
 }
@@ -153,10 +162,17 @@ impl DemandHistory {
                 self.bins.pop_front();
             }
         }
+        if let Some(last) = self.samples.back() {
+            self.busy_ms2 += trapezoid_ms2(last, &sample);
+        }
         self.samples.push_back(sample);
         let window = chrono::Duration::from_std(history_window(self.recreate)).unwrap_or(chrono::Duration::MAX);
         while self.samples.front().is_some_and(|s| sample.at - s.at > window) {
-            self.samples.pop_front();
+            if let Some(gone) = self.samples.pop_front()
+                && let Some(next) = self.samples.front()
+            {
+                self.busy_ms2 -= trapezoid_ms2(&gone, next);
+            }
         }
         if let Some(s) = self.measure_service() {
             self.service_s = Some(s);
@@ -173,13 +189,13 @@ impl DemandHistory {
         if span <= 0.0 || completed < MIN_COMPLETIONS {
             return None;
         }
-        // Time-weighted mean in flight (trapezoids between samples).
-        let busy: f64 = self
-            .samples
-            .iter()
-            .zip(self.samples.iter().skip(1))
-            .map(|(a, b)| (f64::from(a.in_flight) + f64::from(b.in_flight)) / 2.0 * secs_between(a.at, b.at))
-            .sum();
+        debug_assert_eq!(
+            self.busy_ms2,
+            self.samples.iter().zip(self.samples.iter().skip(1)).map(|(a, b)| trapezoid_ms2(a, b)).sum::<i128>(),
+            "the running in-flight integral is the samples' own"
+        );
+        // Time-weighted mean in flight (trapezoids between samples), in request-seconds.
+        let busy = self.busy_ms2 as f64 / 2000.0;
         Some(busy / completed)
     }
 
