@@ -138,9 +138,8 @@ pub struct Engine<'a> {
     demand_app: usize,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
-    /// Pending events as (time in ms << 32 | push sequence, packed event): 16-byte entries, the
-    /// earliest first, ties in push order ([`Engine::push`]).
-    /// Each entry is (time << 32 | push number) << 64 | packed event: one u128 compares in a
+    /// Pending events as (time in ms << 32 | push sequence) << 64 | packed event: 16-byte
+    /// entries, the earliest first, ties in push order ([`Engine::push`]). One u128 compares in a
     /// couple of branch-free instructions where a (u64, u64) tuple branches, in the same order.
     heap: BinaryHeap<Reverse<u128>>,
     seq: u32,

@@ -259,24 +259,23 @@ fn seeded(asked: &[Asked], seed: u64, dtype: DType) -> candle_core::Result<Vec<(
     let mut out = Vec::with_capacity(asked.len());
     for a in asked {
         let n: usize = a.dims.iter().product();
-        let value: Box<dyn Fn(usize) -> f32 + Sync> = if a.name.contains("norm") {
-            let c = match a.init {
-                Init::Const(c) => c as f32,
-                _ => 1.0,
-            };
-            Box::new(move |_| c)
+        // Norms keep their constant; every other tensor takes the next n draws, scaled.
+        let constant = a.name.contains("norm").then_some(match a.init {
+            Init::Const(c) => c as f32,
+            _ => 1.0,
+        });
+        let bound = if a.name.contains("embed_tokens") {
+            3f32.sqrt()
+        } else if a.dims.len() == 2 {
+            (3.0 / a.dims[1] as f32).sqrt()
         } else {
-            let bound = if a.name.contains("embed_tokens") {
-                3f32.sqrt()
-            } else if a.dims.len() == 2 {
-                (3.0 / a.dims[1] as f32).sqrt()
-            } else {
-                0.1
-            };
-            let base = next;
-            next += n as u64;
-            Box::new(move |i| draw(seed, base + i as u64) * bound)
+            0.1
         };
+        let base = next;
+        if constant.is_none() {
+            next += n as u64;
+        }
+        let value = move |i: usize| constant.unwrap_or_else(|| draw(seed, base + i as u64) * bound);
         let dims = a.dims.as_slice();
         let t = match dtype {
             DType::BF16 => {
@@ -291,7 +290,7 @@ fn seeded(asked: &[Asked], seed: u64, dtype: DType) -> candle_core::Result<Vec<(
             }
             other => {
                 let mut v = vec![0f32; n];
-                fill(&mut v, &value);
+                fill(&mut v, value);
                 Tensor::from_vec(v, dims, &Device::Cpu)?.to_dtype(other)?
             }
         };
