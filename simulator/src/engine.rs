@@ -646,9 +646,11 @@ impl<'a> Engine<'a> {
             st.month_to_date = mtd;
         }
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
-        // The oracle's nodes come and go by its bookings: nothing to decide.
+        // The oracle's nodes come and go by its bookings: nothing to decide for the demand app.
+        // The spec's other apps are planned as under every policy (their floors, budgets), so
+        // the oracle's cost compares with the others' like for like.
         let oracle = matches!(self.sc.policy, Policy::Oracle { .. });
-        let p = if oracle {
+        let p = if oracle && self.spec.apps.len() == 1 {
             fleet_policies::plan::FleetPlan::default()
         } else {
             let opts = PlanOptions { consolidation_horizon: self.sc.consolidation_horizon, ..PlanOptions::default() };
@@ -656,6 +658,9 @@ impl<'a> Engine<'a> {
         };
         let mut views = state.apps;
         for (i, ap) in p.apps.iter().enumerate() {
+            if oracle && i == self.demand_app {
+                continue;
+            }
             self.pending_since[i] = ap.decision.pending_since;
             // The history goes back to the engine with this tick's sample, as fleetd keeps it.
             let v = views.get_mut(&ap.app).expect("every app has a view");
@@ -987,8 +992,30 @@ fn service_at(sc: &Scenario, a: &Arrival, scale: f64) -> f64 {
 
 /// The least any policy could pay for this demand: all of it served on the single cheapest
 /// offering the app may use (by effective $/GPU-hour, spot included, ignoring capacity limits),
-/// with no idle time, no cold starts and per-millisecond billing.
+/// with no idle time, no cold starts and per-millisecond billing; plus, for each of the spec's
+/// other apps (which get no requests), its `min_concurrency` runners for the whole run on its
+/// cheapest GPU-hour, which every policy pays alike.
 pub fn lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Money {
+    let floors = (0..sc.spec.apps.len()).filter(|&j| j != app).map(|j| floor_cost(sc, index, j)).sum::<Money>();
+    demand_lower_bound(sc, index, app, arrivals) + floors
+}
+
+/// App `app`'s `min_concurrency` runners held for the scenario's whole duration at the cheapest
+/// effective $/GPU-hour it may buy (per-millisecond billing, no cold start).
+fn floor_cost(sc: &Scenario, index: &PlacementIndex, app: usize) -> Money {
+    let a = &sc.spec.apps[app];
+    let gpus = u64::from(a.scaling.min_concurrency) * u64::from(a.gpu.count);
+    if gpus == 0 {
+        return Money::ZERO;
+    }
+    let cache = UnavailableCache::default();
+    let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
+    let Some(per_gpu) = ranked.iter().map(|c| c.effective_gpu_price).min() else { return Money::ZERO };
+    let gpu_ms = ms(sc.duration).saturating_mul(gpus);
+    per_gpu.try_cost_for(Duration::from_millis(gpu_ms)).unwrap_or(Money::MAX)
+}
+
+fn demand_lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Money {
     let cache = UnavailableCache::default();
     let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
     let a = &sc.spec.apps[app];

@@ -23,9 +23,10 @@
 //!    so the node size) that makes the whole cheapest. One GPU model serves the whole run: the
 //!    cheapest such plan over the GPU models the app may use.
 //!
-//! It leaves out capacity limits, budgets, quotas, `base_on_demand` and the spec's other apps.
-//! The engine then carries the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits
-//! and SLO attainment are measured like every other policy's, and its cost is billed the same way.
+//! It leaves out capacity limits, budgets, quotas and `base_on_demand`. The engine then carries
+//! the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits and SLO attainment are
+//! measured like every other policy's, and its cost is billed the same way; the spec's other apps
+//! (no requests) are planned in that run as in every policy's, so their cost is counted alike.
 
 use std::collections::HashMap;
 use std::time::Duration;

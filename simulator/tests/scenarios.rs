@@ -298,6 +298,32 @@ fn baselines_run_on_the_same_demand_static_peak_costs_what_the_hand_computes() {
 }
 
 #[test]
+fn the_specs_other_apps_count_alike_in_the_oracle_and_the_lower_bound() {
+    // The demand of the test above on app `a`, and app `b`, which gets no requests, held at one
+    // runner (one $3.60/h node) all hour: every policy pays its $3.60, the oracle too, and the
+    // lower bound counts it, so the ratios compare like with like.
+    let one = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n";
+    let two = format!("{one}[apps.b]\ngpu = \"H100\"\n[apps.b.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n");
+    let run = |fleet: &str| {
+        let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+        write_trace(&c.path("trace.csv"), 1200, 3);
+        fleet_simulator::baselines(&c.scenario()).unwrap()
+    };
+    let (alone, both) = (run(one), run(&two));
+    for (a, b) in alone.iter().zip(&both) {
+        assert_eq!(b.requests, 1200);
+        assert_eq!(b.lower_bound, a.lower_bound + usd("3.60"), "{}: the floor of b, one H100-hour", b.scenario);
+    }
+    // The oracle's cost: its own node for `a` ($3.60, as above) and b's runner.
+    let orc = &both[3];
+    assert_eq!(orc.scenario, "case oracle");
+    assert_eq!(orc.cost, usd("7.20"), "{:?}", costs(&both));
+    assert_eq!(orc.nodes_launched, 2);
+    assert_eq!(both[1].cost, usd("7.20"), "static-peak: one node each, all hour");
+    assert!(both.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&both));
+}
+
+#[test]
 fn baselines_size_for_the_gpu_the_app_runs_on() {
     // The same demand as above on an A100 (312 bf16 TFLOP/s against the H100's 989): 6.66 s of
     // work per request, one every 3 s, so up to three in service at once. Sized for an H100 the
