@@ -43,13 +43,14 @@ fn main() {
         unavailable_ttl: Duration::from_secs(600),
         consolidation_horizon: Some(Duration::from_secs(3600)),
         catalog: Vec::new(),
-        demand: Demand {
+        demands: vec![Demand {
             app: "llm".into(),
             source: DemandSource::Trace { path: trace, tile: true },
             time_scale: 1.0,
             rate_scale: 4.0,
             diurnal_amplitude: 0.5,
-        },
+            service: None,
+        }],
         // A large model on 8 GPUs, one request at a time: slow decode, so demand needs ~100 runners.
         service: ServiceModel {
             prefill_tokens_per_s: 10_000.0,

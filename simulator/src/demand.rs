@@ -15,6 +15,47 @@ pub struct Arrival {
     pub generated_tokens: u32,
 }
 
+/// A run's requests: every demand's arrivals merged in time order (ties in the order the
+/// scenario lists its demands), and which demand each came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub arrivals: Vec<Arrival>,
+    /// Per arrival, its index in `Scenario::demands`; empty when the scenario has one demand
+    /// (all are its: a month of requests then carries no tags).
+    pub demand: Vec<u16>,
+}
+
+impl Requests {
+    /// One demand's requests, as they come.
+    pub fn one(arrivals: Vec<Arrival>) -> Requests {
+        Requests { arrivals, demand: Vec::new() }
+    }
+
+    /// Several demands' requests (each in time order), merged.
+    pub fn merge(streams: Vec<Vec<Arrival>>) -> Requests {
+        if streams.len() <= 1 {
+            return Requests::one(streams.into_iter().next().unwrap_or_default());
+        }
+        let mut tagged: Vec<(Arrival, u16)> = streams
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, v)| {
+                let i = u16::try_from(i).expect("scenarios have at most 256 demands");
+                v.into_iter().map(move |a| (a, i))
+            })
+            .collect();
+        // Stable: within a stream the order stays, between streams at one instant the listed order.
+        tagged.sort_by_key(|(a, _)| a.at_ms);
+        let (arrivals, demand) = tagged.into_iter().unzip();
+        Requests { arrivals, demand }
+    }
+
+    /// The demand request `i` came from.
+    pub fn demand_of(&self, i: usize) -> usize {
+        self.demand.get(i).map_or(0, |d| usize::from(*d))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemandError {
     #[error("cannot read trace {path}: {source}")]

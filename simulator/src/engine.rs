@@ -26,9 +26,9 @@ use fleet_policies::plan::{AppView, FleetView, NodeView, PlanOptions, RunnerView
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::demand::Arrival;
+use crate::demand::{Arrival, Requests};
 use crate::report::{Report, Sample};
-use crate::scenario::{FetchFrom, Policy, Scenario};
+use crate::scenario::{FetchFrom, Policy, Scenario, ServiceModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ev {
@@ -127,17 +127,27 @@ pub fn start_time() -> Time {
 
 pub struct Engine<'a> {
     sc: &'a Scenario,
-    /// The scenario's spec, with the demand app's scaling as a baseline policy sets it.
+    /// The scenario's spec, with the demand apps' scaling as a baseline policy sets it.
     spec: FleetSpec,
-    /// `TargetQps`: the replicas decided, and since when a lower count has been wanted.
-    qps_replicas: u32,
-    qps_lower_since: Option<u64>,
+    /// `TargetQps`, per demand: the replicas decided, and since when a lower count has been wanted.
+    qps_replicas: Vec<u32>,
+    qps_lower_since: Vec<Option<u64>>,
+    /// `TargetQps` with several demands: each demand's arrival times (one demand reads `arrivals`).
+    demand_times: Vec<Vec<u64>>,
     /// [`start_time`], computed once: building it from a calendar date is not free.
     start: Time,
     index: PlacementIndex,
-    demand_app: usize,
+    /// Per app: how its runners serve ([`Scenario::service_for`]).
+    services: Vec<ServiceModel>,
+    /// Per demand (the scenario's order), its app's index in the spec; per app, its demand.
+    demand_apps: Vec<usize>,
+    demand_of_app: Vec<Option<usize>>,
     arrivals: Vec<Arrival>,
+    /// Per arrival, its demand; empty when there is one.
+    req_demand: Vec<u16>,
     next_arrival: usize,
+    /// Per demand: requests arrived so far.
+    arrived: Vec<u64>,
     /// Pending events as (time in ms << 32 | push sequence) << 64 | packed event: 16-byte
     /// entries, the earliest first, ties in push order ([`Engine::push`]). One u128 compares in a
     /// couple of branch-free instructions where a (u64, u64) tuple branches, in the same order.
@@ -145,16 +155,17 @@ pub struct Engine<'a> {
     seq: u32,
     now: u64,
     end: u64,
-    queue: VecDeque<usize>,
+    /// Per demand: requests waiting for a runner of its app.
+    queues: Vec<VecDeque<usize>>,
     /// Per request: the runner serving it, and when it first started, or [`NONE`]. Compact
     /// because a month can hold tens of millions of requests.
     assigned: Vec<u32>,
     started_ms: Vec<u32>,
     nodes: Vec<Node>,
     runners: Vec<Runner>,
-    /// Runners of the demand app that had a free slot when pushed (other apps get no requests).
-    /// Entries are checked when taken: a runner stopped or filled since is dropped then.
-    spare: Vec<usize>,
+    /// Per demand: runners of its app that had a free slot when pushed (other apps get no
+    /// requests). Entries are checked when taken: a runner stopped or filled since is dropped then.
+    spare: Vec<Vec<usize>>,
     /// Σ hourly price of live nodes (µ$/h), and Σ price × launch time (µ$/h × ms): burn and the
     /// open part of month-to-date without walking the nodes.
     live_price: i128,
@@ -181,34 +192,64 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl<'a> Engine<'a> {
-    pub fn new(sc: &'a Scenario, catalog: Arc<Catalog>, arrivals: Vec<Arrival>) -> Engine<'a> {
+    pub fn new(sc: &'a Scenario, catalog: Arc<Catalog>, requests: Requests) -> Engine<'a> {
         let index = PlacementIndex::new(catalog, &sc.spec);
-        let demand_app = index.app_index(&sc.demand.app).expect("scenario checked the app");
-        let end = ms(sc.duration);
-        let arrivals: Vec<Arrival> = arrivals.into_iter().filter(|a| a.at_ms < end).collect();
-        let n = arrivals.len();
+        let demand_apps: Vec<usize> =
+            sc.demands.iter().map(|d| index.app_index(&d.app).expect("scenario checked the app")).collect();
         let apps = sc.spec.apps.len();
-        let report = Report::new(sc, n as u64);
+        let mut demand_of_app = vec![None; apps];
+        for (d, &a) in demand_apps.iter().enumerate() {
+            demand_of_app[a] = Some(d);
+        }
+        let end = ms(sc.duration);
+        // Arrivals are in time order: those at or past the end are a suffix.
+        let Requests { mut arrivals, demand: mut req_demand } = requests;
+        let n = arrivals.partition_point(|a| a.at_ms < end);
+        arrivals.truncate(n);
+        req_demand.truncate(n);
+        let demands = demand_apps.len();
+        let mut report = Report::new(sc, n as u64);
+        if demands > 1 {
+            let mut requests = vec![0u64; demands];
+            for d in &req_demand {
+                requests[usize::from(*d)] += 1;
+            }
+            report.by_app(sc, &requests);
+        }
+        let demand_times = if demands > 1 && matches!(sc.policy, Policy::TargetQps { .. }) {
+            let mut t = vec![Vec::new(); demands];
+            for (a, d) in arrivals.iter().zip(&req_demand) {
+                t[usize::from(*d)].push(a.at_ms);
+            }
+            t
+        } else {
+            Vec::new()
+        };
         let mut e = Engine {
             sc,
             spec: sc.spec.clone(),
-            qps_replicas: 0,
-            qps_lower_since: None,
+            qps_replicas: vec![0; demands],
+            qps_lower_since: vec![None; demands],
+            demand_times,
             start: start_time(),
             index,
-            demand_app,
+            services: sc.spec.apps.iter().map(|a| sc.service_for(&a.name).clone()).collect(),
+            demand_apps,
+            demand_of_app,
             arrivals,
+            req_demand,
             next_arrival: 0,
+            arrived: vec![0; demands],
             heap: BinaryHeap::new(),
             seq: 0,
             now: 0,
             end,
-            queue: VecDeque::new(),
+            queues: vec![VecDeque::new(); demands],
             assigned: vec![NONE; n],
             started_ms: vec![NONE; n],
             nodes: Vec::new(),
             runners: Vec::new(),
-            spare: Vec::new(),
+            spare: vec![Vec::new(); demands],
             live_price: 0,
             live_price_launch: 0,
             live_nodes: BTreeSet::new(),
@@ -273,8 +314,10 @@ impl<'a> Engine<'a> {
                 self.next_arrival += 1;
                 self.now = self.arrivals[i].at_ms;
                 self.report.events += 1;
-                self.queue.push_back(i);
-                self.dispatch();
+                let d = self.req_demand.get(i).map_or(0, |d| usize::from(*d));
+                self.arrived[d] += 1;
+                self.queues[d].push_back(i);
+                self.dispatch(d);
                 continue;
             }
             let Some(Reverse(entry)) = self.heap.pop() else { break };
@@ -298,7 +341,7 @@ impl<'a> Engine<'a> {
                 Ev::Unbook(i) => {
                     if let Some(n) = self.booked[i] {
                         self.end_node(n);
-                        self.dispatch();
+                        self.dispatch_all();
                     }
                 }
             }
@@ -307,28 +350,29 @@ impl<'a> Engine<'a> {
     }
 
     fn service_ms(&self, req: usize, node: usize) -> u64 {
-        to_ms(service_at(self.sc, &self.arrivals[req], self.nodes[node].speed))
+        to_ms(service_at(&self.services[self.nodes[node].app], &self.arrivals[req], self.nodes[node].speed))
     }
 
     fn mux(&self, app: usize) -> usize {
         self.spec.apps[app].scaling.max_multiplexing.max(1) as usize
     }
 
-    /// Hands queued requests to runners with a free slot, lowest runner id first.
-    fn dispatch(&mut self) {
-        while !self.queue.is_empty() {
-            let Some(&r) = self.spare.last() else { return };
+    /// Hands demand `d`'s queued requests to its app's runners with a free slot, the runner
+    /// pushed last first.
+    fn dispatch(&mut self, d: usize) {
+        while !self.queues[d].is_empty() {
+            let Some(&r) = self.spare[d].last() else { return };
             let mux = self.mux(self.runners[r].app);
             let usable = {
                 let x = &self.runners[r];
                 x.ready && !x.stopped && !x.draining && x.in_flight.len() < mux
             };
             if !usable {
-                self.spare.pop();
+                self.spare[d].pop();
                 self.runners[r].in_spare = false;
                 continue;
             }
-            let req = self.queue.pop_front().expect("non-empty");
+            let req = self.queues[d].pop_front().expect("non-empty");
             let node = self.runners[r].node;
             let done_at = self.now + self.service_ms(req, node);
             let runner = &mut self.runners[r];
@@ -339,7 +383,7 @@ impl<'a> Engine<'a> {
             runner.in_flight.push(req);
             if runner.in_flight.len() >= mux {
                 runner.in_spare = false;
-                self.spare.pop();
+                self.spare[d].pop();
             }
             self.assigned[req] = r as u32;
             if self.started_ms[req] == NONE {
@@ -349,10 +393,18 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn make_spare(&mut self, r: usize) {
+    /// Every demand's [`Engine::dispatch`] (after capacity changed for any of them).
+    fn dispatch_all(&mut self) {
+        for d in 0..self.queues.len() {
+            self.dispatch(d);
+        }
+    }
+
+    /// Offers runner `r` (of demand `d`'s app) to the next requests.
+    fn make_spare(&mut self, r: usize, d: usize) {
         if !self.runners[r].in_spare {
             self.runners[r].in_spare = true;
-            self.spare.push(r);
+            self.spare[d].push(r);
         }
     }
 
@@ -374,6 +426,9 @@ impl<'a> Engine<'a> {
         self.report.served += 1;
         let wait = u64::from(self.started_ms[req]) - self.arrivals[req].at_ms;
         self.report.waits_ms.push(wait as u32);
+        if let Some(by) = self.report.apps_waits.get_mut(self.req_demand.get(req).map_or(0, |d| usize::from(*d))) {
+            by.push(wait as u32);
+        }
         let runner = &mut self.runners[r];
         runner.in_flight.retain(|x| *x != req);
         if runner.in_flight.is_empty() {
@@ -387,14 +442,12 @@ impl<'a> Engine<'a> {
                 self.end_node(n);
             }
         }
-        if !self.runners[r].stopped
-            && !self.runners[r].draining
-            && self.runners[r].ready
-            && self.runners[r].app == self.demand_app
-        {
-            self.make_spare(r);
+        // Only a demand app's runners serve requests.
+        let d = self.demand_of_app[self.runners[r].app].expect("a runner that served has demand");
+        if !self.runners[r].stopped && !self.runners[r].draining && self.runners[r].ready {
+            self.make_spare(r, d);
         }
-        self.dispatch();
+        self.dispatch(d);
     }
 
     fn runner_ready(&mut self, r: usize) {
@@ -404,10 +457,10 @@ impl<'a> Engine<'a> {
         }
         runner.ready = true;
         runner.idle_since_ms = Some(self.now);
-        if runner.app == self.demand_app {
-            self.make_spare(r);
+        if let Some(d) = self.demand_of_app[runner.app] {
+            self.make_spare(r, d);
+            self.dispatch(d);
         }
-        self.dispatch();
     }
 
     fn node_ready(&mut self, n: usize) {
@@ -428,7 +481,7 @@ impl<'a> Engine<'a> {
     /// the cache is on and some node there holds or fetches them, no sooner than that one's
     /// fetch ends; else from the origin, billed) and the load from disk.
     fn runner_start(&mut self, n: usize) -> u64 {
-        let Some(w) = self.sc.weights.clone() else { return ms(self.sc.service.model_load) };
+        let Some(w) = self.sc.weights.clone() else { return ms(self.services[self.nodes[n].app].model_load) };
         let now = self.now;
         let load = ms(w.load());
         let (done, from) = match self.nodes[n].holds_at {
@@ -512,9 +565,11 @@ impl<'a> Engine<'a> {
         if self.nodes[node].runners.iter().all(|x| self.runners[*x].stopped) {
             self.nodes[node].empty_since_ms.get_or_insert(self.now);
         }
-        for req in lost.into_iter().rev() {
-            self.assigned[req] = NONE;
-            self.queue.push_front(req);
+        if let Some(d) = self.demand_of_app[self.runners[r].app] {
+            for req in lost.into_iter().rev() {
+                self.assigned[req] = NONE;
+                self.queues[d].push_front(req);
+            }
         }
     }
 
@@ -573,7 +628,7 @@ impl<'a> Engine<'a> {
         let key = self.index.offering(self.nodes[n].offering).key();
         self.cache.mark(key, UnavailableReason::Preempted, self.at(self.now), self.sc.unavailable_ttl);
         self.end_node(n);
-        self.dispatch();
+        self.dispatch_all();
     }
 
     fn burn(&self) -> Money {
@@ -625,7 +680,7 @@ impl<'a> Engine<'a> {
                 })
                 .collect();
             let in_flight: u32 = runners.iter().map(|r| r.runner.in_flight).sum();
-            let queued = if i == self.demand_app { self.queue.len() as u32 } else { 0 };
+            let queued = self.demand_of_app[i].map_or(0, |d| self.queues[d].len() as u32);
             let demand = std::mem::take(&mut histories[i]);
             let st = AppView {
                 queued,
@@ -636,21 +691,21 @@ impl<'a> Engine<'a> {
                 month_to_date: Money::ZERO,
                 demand,
                 outside_burn: Money::ZERO,
-                cold_start: if i == self.demand_app { self.cold_start_model(i) } else { None },
+                cold_start: if self.demand_of_app[i].is_some() { self.cold_start_model(i) } else { None },
             };
             apps.insert(app.name.clone(), st);
         }
-        // Each app's month-to-date is the fleet's here: scenarios drive one app's demand.
+        // Each app's month-to-date is the fleet's here (nodes are not billed per app in the run).
         let mtd = self.month_to_date();
         for st in apps.values_mut() {
             st.month_to_date = mtd;
         }
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
-        // The oracle's nodes come and go by its bookings: nothing to decide for the demand app.
+        // The oracle's nodes come and go by its bookings: nothing to decide for the demand apps.
         // The spec's other apps are planned as under every policy (their floors, budgets), so
         // the oracle's cost compares with the others' like for like.
         let oracle = matches!(self.sc.policy, Policy::Oracle { .. });
-        let p = if oracle && self.spec.apps.len() == 1 {
+        let p = if oracle && self.demand_apps.len() == self.spec.apps.len() {
             fleet_policies::plan::FleetPlan::default()
         } else {
             let opts = PlanOptions { consolidation_horizon: self.sc.consolidation_horizon, ..PlanOptions::default() };
@@ -658,14 +713,14 @@ impl<'a> Engine<'a> {
         };
         let mut views = state.apps;
         for (i, ap) in p.apps.iter().enumerate() {
-            if oracle && i == self.demand_app {
+            if oracle && self.demand_of_app[i].is_some() {
                 continue;
             }
             self.pending_since[i] = ap.decision.pending_since;
             // The history goes back to the engine with this tick's sample, as fleetd keeps it.
             let v = views.get_mut(&ap.app).expect("every app has a view");
             let mut h = std::mem::take(&mut v.demand);
-            let arrived = if i == self.demand_app { self.next_arrival as u64 } else { 0 };
+            let arrived = self.demand_of_app[i].map_or(0, |d| self.arrived[d]);
             h.record(DemandSample {
                 at: now_ts,
                 desired: ap.decision.target.wanted,
@@ -705,13 +760,15 @@ impl<'a> Engine<'a> {
         }
         let burn = self.burn();
         self.report.max_burn_per_hour = self.report.max_burn_per_hour.max(burn);
-        let live = || self.live_runners.iter().map(|r| &self.runners[*r]).filter(|r| r.app == self.demand_app);
-        let ready = live().filter(|r| r.ready).count() as u32;
+        let live =
+            || self.live_runners.iter().map(|r| &self.runners[*r]).filter(|r| self.demand_of_app[r.app].is_some());
+        let capacity: usize = live().filter(|r| r.ready).map(|r| self.mux(r.app)).sum();
         let in_flight: usize = live().map(|r| r.in_flight.len()).sum();
+        let queued: usize = self.queues.iter().map(VecDeque::len).sum();
         self.report.timeline.push(Sample {
             t_s: self.now / 1000,
-            demand: (self.queue.len() + in_flight) as u32,
-            capacity: ready * self.mux(self.demand_app) as u32,
+            demand: (queued + in_flight) as u32,
+            capacity: capacity as u32,
             burn_per_hour: burn,
             cold_starts: self.report.cold_starts,
         });
@@ -726,44 +783,54 @@ impl<'a> Engine<'a> {
                 .burn_by_cloud
                 .push(crate::report::CloudSample { t_s: self.now / 1000, burn_per_hour: by_cloud });
         }
-        self.dispatch();
+        self.dispatch_all();
         self.push(self.now + ms(self.sc.tick), Ev::Tick);
     }
 
-    /// Sets the demand app's scaling as the scenario's baseline policy decides (nothing for the
+    /// Sets each demand app's scaling as the scenario's baseline policy decides (nothing for the
     /// spec's own): a fixed count is `min = max`, started at once and stopped at once.
     fn apply_baseline(&mut self) {
-        let want = match self.sc.policy {
-            Policy::Spec | Policy::Oracle { .. } => return,
-            Policy::StaticPeak { runners } => runners,
-            Policy::TargetQps { per_runner_qps, downscale_delay } => {
-                const WINDOW_MS: u64 = 60_000;
-                let from = self.arrivals.partition_point(|a| a.at_ms + WINDOW_MS <= self.now);
-                let to = self.arrivals.partition_point(|a| a.at_ms <= self.now);
-                let rate = (to - from) as f64 / (WINDOW_MS as f64 / 1000.0);
-                let max = self.sc.spec.apps[self.demand_app].scaling.max_concurrency;
-                let wanted = ((rate / per_runner_qps).ceil() as u32).min(max);
-                if wanted >= self.qps_replicas {
-                    self.qps_lower_since = None;
-                    self.qps_replicas = wanted;
-                } else {
-                    let since = *self.qps_lower_since.get_or_insert(self.now);
-                    if self.now - since >= ms(downscale_delay) {
-                        self.qps_replicas = wanted;
-                        self.qps_lower_since = None;
+        for d in 0..self.demand_apps.len() {
+            let want = match &self.sc.policy {
+                Policy::Spec | Policy::Oracle { .. } => return,
+                Policy::StaticPeak { runners } => runners[d],
+                Policy::TargetQps { per_runner_qps, downscale_delay } => {
+                    const WINDOW_MS: u64 = 60_000;
+                    let now = self.now;
+                    let (from, to) = if self.demand_times.is_empty() {
+                        (
+                            self.arrivals.partition_point(|a| a.at_ms + WINDOW_MS <= now),
+                            self.arrivals.partition_point(|a| a.at_ms <= now),
+                        )
+                    } else {
+                        let t = &self.demand_times[d];
+                        (t.partition_point(|a| a + WINDOW_MS <= now), t.partition_point(|a| *a <= now))
+                    };
+                    let rate = (to - from) as f64 / (WINDOW_MS as f64 / 1000.0);
+                    let max = self.sc.spec.apps[self.demand_apps[d]].scaling.max_concurrency;
+                    let wanted = ((rate / per_runner_qps[d]).ceil() as u32).min(max);
+                    if wanted >= self.qps_replicas[d] {
+                        self.qps_lower_since[d] = None;
+                        self.qps_replicas[d] = wanted;
+                    } else {
+                        let since = *self.qps_lower_since[d].get_or_insert(now);
+                        if now - since >= ms(*downscale_delay) {
+                            self.qps_replicas[d] = wanted;
+                            self.qps_lower_since[d] = None;
+                        }
                     }
+                    self.qps_replicas[d]
                 }
-                self.qps_replicas
+            };
+            let s = &mut self.spec.apps[self.demand_apps[d]].scaling;
+            s.min_concurrency = want;
+            s.max_concurrency = want;
+            s.concurrency_buffer = 0;
+            s.concurrency_buffer_perc = 0;
+            s.keep_alive = KeepAlive::For(Duration::ZERO);
+            if matches!(self.sc.policy, Policy::StaticPeak { .. }) {
+                s.scaling_delay = Duration::ZERO;
             }
-        };
-        let s = &mut self.spec.apps[self.demand_app].scaling;
-        s.min_concurrency = want;
-        s.max_concurrency = want;
-        s.concurrency_buffer = 0;
-        s.concurrency_buffer_perc = 0;
-        s.keep_alive = KeepAlive::For(Duration::ZERO);
-        if matches!(self.sc.policy, Policy::StaticPeak { .. }) {
-            s.scaling_delay = Duration::ZERO;
         }
     }
 
@@ -778,7 +845,8 @@ impl<'a> Engine<'a> {
         let mut h = std::mem::take(&mut self.history[app]);
         // Warm: some live node of the app holds the weights (peers can serve them).
         let warm = self.live_nodes.iter().any(|&n| self.nodes[n].app == app && self.nodes[n].holds_at.is_some());
-        h.cold_start = model.provision_delay + model.boot + self.sc.runner_start_estimate(warm);
+        h.cold_start =
+            model.provision_delay + model.boot + self.sc.runner_start_estimate(&self.spec.apps[app].name, warm);
         h.recreate = h.cold_start + model.min_billing;
         h
     }
@@ -833,10 +901,10 @@ impl<'a> Engine<'a> {
         let b = bookings[i].clone();
         let o = self.index.offering(b.offering);
         let model = self.sc.cloud(o.cloud).clone();
-        let n = self.new_node(self.demand_app, b.offering, b.runners, ms(model.provision_delay + model.boot));
+        let n = self.new_node(b.app, b.offering, b.runners, ms(model.provision_delay + model.boot));
         self.booked[i] = Some(n);
         for _ in 0..b.runners {
-            self.add_runner(self.demand_app, n);
+            self.add_runner(b.app, n);
         }
     }
 
@@ -954,7 +1022,27 @@ impl<'a> Engine<'a> {
         }
         self.report.unserved = self.report.requests - self.report.served;
         self.report.busy_gpu_hours = self.busy_gpu_ms as f64 / 3_600_000.0;
-        self.report.lower_bound = lower_bound(self.sc, &self.index, self.demand_app, &self.arrivals);
+        // Each demand's tokens, summed in arrival order.
+        let mut tokens = vec![(0.0f64, 0.0f64); self.demand_apps.len()];
+        for (i, a) in self.arrivals.iter().enumerate() {
+            let t = &mut tokens[self.req_demand.get(i).map_or(0, |d| usize::from(*d))];
+            t.0 += f64::from(a.context_tokens);
+            t.1 += f64::from(a.generated_tokens);
+        }
+        let bounds: Vec<Money> = self
+            .demand_apps
+            .iter()
+            .zip(&tokens)
+            .map(|(&app, &(ctx, generated))| demand_lower_bound(self.sc, &self.index, app, ctx, generated))
+            .collect();
+        let floors = (0..self.spec.apps.len())
+            .filter(|a| self.demand_of_app[*a].is_none())
+            .map(|a| floor_cost(self.sc, &self.index, a))
+            .sum::<Money>();
+        self.report.lower_bound = bounds.iter().sum::<Money>() + floors;
+        for (r, b) in self.report.apps.iter_mut().zip(bounds) {
+            r.lower_bound = b;
+        }
         self.report.finish(self.sc);
         match self.overflow {
             Some(e) => Err(e),
@@ -965,8 +1053,8 @@ impl<'a> Engine<'a> {
 
 /// How long request `a` takes on a `gpu`: prefill plus decode at the scenario's H100 token rates,
 /// scaled by the GPU's bf16 TFLOP/s.
-pub(crate) fn service_ms(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> u64 {
-    to_ms(service_s(sc, a, gpu))
+pub(crate) fn service_ms(s: &ServiceModel, a: &Arrival, gpu: GpuModel) -> u64 {
+    to_ms(service_s(s, a, gpu))
 }
 
 fn to_ms(s: f64) -> u64 {
@@ -974,8 +1062,8 @@ fn to_ms(s: f64) -> u64 {
 }
 
 /// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
-pub(crate) fn service_s(sc: &Scenario, a: &Arrival, gpu: GpuModel) -> f64 {
-    service_at(sc, a, gpu_speed(gpu))
+pub(crate) fn service_s(s: &ServiceModel, a: &Arrival, gpu: GpuModel) -> f64 {
+    service_at(s, a, gpu_speed(gpu))
 }
 
 /// A GPU's speed relative to the H100-SXM: its bf16 TFLOP/s over the H100-SXM's.
@@ -984,20 +1072,36 @@ fn gpu_speed(gpu: GpuModel) -> f64 {
 }
 
 /// [`service_s`] on a GPU of relative speed `scale` ([`gpu_speed`], kept per node).
-fn service_at(sc: &Scenario, a: &Arrival, scale: f64) -> f64 {
-    let s = &sc.service;
+fn service_at(s: &ServiceModel, a: &Arrival, scale: f64) -> f64 {
     f64::from(a.context_tokens) / (s.prefill_tokens_per_s * scale)
         + f64::from(a.generated_tokens) / (s.decode_tokens_per_s * scale)
 }
 
-/// The least any policy could pay for this demand: all of it served on the single cheapest
-/// offering the app may use (by effective $/GPU-hour, spot included, ignoring capacity limits),
-/// with no idle time, no cold starts and per-millisecond billing; plus, for each of the spec's
-/// other apps (which get no requests), its `min_concurrency` runners for the whole run on its
-/// cheapest GPU-hour, which every policy pays alike.
-pub fn lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Money {
-    let floors = (0..sc.spec.apps.len()).filter(|&j| j != app).map(|j| floor_cost(sc, index, j)).sum::<Money>();
-    demand_lower_bound(sc, index, app, arrivals) + floors
+/// The least any policy could pay for a demand of `ctx` context and `generated` generated tokens
+/// on app `app`: all of it served on the single cheapest offering the app may use (by effective
+/// $/GPU-hour, spot included, ignoring capacity limits), with no idle time, no cold starts and
+/// per-millisecond billing. A run's lower bound is the sum over its demands plus, for each of
+/// the spec's other apps (which get no requests), [`floor_cost`], which every policy pays alike.
+pub fn demand_lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, ctx: f64, generated: f64) -> Money {
+    let cache = UnavailableCache::default();
+    let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
+    let a = &sc.spec.apps[app];
+    let service = sc.service_for(&a.name);
+    let mux = f64::from(a.scaling.max_multiplexing.max(1));
+    ranked
+        .iter()
+        .map(|c| {
+            let gpu = index.offering(c.offering).instance.gpu;
+            let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
+            let work_s =
+                ctx / (service.prefill_tokens_per_s * scale) + generated / (service.decode_tokens_per_s * scale);
+            // Runner-time: each runner serves `mux` at once, and holds `count` GPUs.
+            let gpu_ms = (work_s / mux * 1000.0).ceil() as u64 * u64::from(a.gpu.count);
+            let per_gpu: Price = c.effective_gpu_price;
+            per_gpu.cost_for(Duration::from_millis(gpu_ms))
+        })
+        .min()
+        .unwrap_or(Money::ZERO)
 }
 
 /// App `app`'s `min_concurrency` runners held for the scenario's whole duration at the cheapest
@@ -1013,29 +1117,6 @@ fn floor_cost(sc: &Scenario, index: &PlacementIndex, app: usize) -> Money {
     let Some(per_gpu) = ranked.iter().map(|c| c.effective_gpu_price).min() else { return Money::ZERO };
     let gpu_ms = ms(sc.duration).saturating_mul(gpus);
     per_gpu.try_cost_for(Duration::from_millis(gpu_ms)).unwrap_or(Money::MAX)
-}
-
-fn demand_lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Money {
-    let cache = UnavailableCache::default();
-    let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
-    let a = &sc.spec.apps[app];
-    let ctx: f64 = arrivals.iter().map(|x| f64::from(x.context_tokens)).sum();
-    let gen_tokens: f64 = arrivals.iter().map(|x| f64::from(x.generated_tokens)).sum();
-    let mux = f64::from(a.scaling.max_multiplexing.max(1));
-    ranked
-        .iter()
-        .map(|c| {
-            let gpu = index.offering(c.offering).instance.gpu;
-            let scale = f64::from(gpu.bf16_dense_tflops()) / f64::from(GpuModel::H100Sxm.bf16_dense_tflops());
-            let work_s =
-                ctx / (sc.service.prefill_tokens_per_s * scale) + gen_tokens / (sc.service.decode_tokens_per_s * scale);
-            // Runner-time: each runner serves `mux` at once, and holds `count` GPUs.
-            let gpu_ms = (work_s / mux * 1000.0).ceil() as u64 * u64::from(a.gpu.count);
-            let per_gpu: Price = c.effective_gpu_price;
-            per_gpu.cost_for(Duration::from_millis(gpu_ms))
-        })
-        .min()
-        .unwrap_or(Money::ZERO)
 }
 
 #[cfg(test)]

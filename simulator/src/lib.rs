@@ -54,8 +54,8 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Report> {
 
 /// [`run`], reporting progress as (virtual ms done, virtual ms in all) every tick.
 pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Report> {
-    let (catalog, arrivals) = inputs(sc)?;
-    Ok(engine::Engine::new(sc, catalog, arrivals).run_with_progress(progress)?)
+    let (catalog, requests) = inputs(sc)?;
+    Ok(engine::Engine::new(sc, catalog, requests).run_with_progress(progress)?)
 }
 
 /// The scenario under its spec's own policies, three baselines and the hindsight oracle, on the
@@ -72,37 +72,43 @@ pub fn run_with_progress(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> a
 ///
 /// Every report carries the oracle's cost (`oracle_cost`) for the ratio.
 pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
-    let (catalog, arrivals) = inputs(sc)?;
-    let app = &sc.spec.apps.iter().find(|a| a.name == sc.demand.app).expect("scenario checked the app").scaling;
-    let mux = app.max_multiplexing.max(1);
-    let own = engine::Engine::new(sc, catalog.clone(), arrivals.clone()).run()?;
+    let (catalog, requests) = inputs(sc)?;
+    let own = engine::Engine::new(sc, catalog.clone(), requests.clone()).run()?;
     let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), &sc.spec);
-    let app_ix = index.app_index(&sc.demand.app).expect("scenario checked the app");
-    // The baselines size for the speed of the GPU the app gets first, as their operator would.
     let cache = fleet_policies::placement::UnavailableCache::default();
-    let gpu = index
-        .explain(app_ix, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache))
-        .ranked
-        .first()
-        .map_or(fleet_core::GpuModel::H100Sxm, |c| index.offering(c.offering).instance.gpu);
-    let peak = peak_in_service(sc, &arrivals, gpu).div_ceil(mux).clamp(1, app.max_concurrency.max(1));
-    let mean_s = if arrivals.is_empty() {
-        1.0
-    } else {
-        arrivals.iter().map(|a| engine::service_s(sc, a, gpu)).sum::<f64>() / arrivals.len() as f64
-    };
-    let per_runner_qps = 0.8 * f64::from(mux) / mean_s.max(1e-3);
+    let (mut peaks, mut qps_targets, mut bookings) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, d) in sc.demands.iter().enumerate() {
+        let app = &sc.spec.app(&d.app).expect("scenario checked the app").scaling;
+        let mux = app.max_multiplexing.max(1);
+        let app_ix = index.app_index(&d.app).expect("scenario checked the app");
+        let arrivals = demand_arrivals(&requests, i);
+        // The baselines size for the speed of the GPU the app gets first, as their operator would.
+        let gpu = index
+            .explain(app_ix, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache))
+            .ranked
+            .first()
+            .map_or(fleet_core::GpuModel::H100Sxm, |c| index.offering(c.offering).instance.gpu);
+        let service = sc.service_for(&d.app);
+        peaks.push(peak_in_service(service, &arrivals, gpu).div_ceil(mux).clamp(1, app.max_concurrency.max(1)));
+        let mean_s = if arrivals.is_empty() {
+            1.0
+        } else {
+            arrivals.iter().map(|a| engine::service_s(service, a, gpu)).sum::<f64>() / arrivals.len() as f64
+        };
+        qps_targets.push(0.8 * f64::from(mux) / mean_s.max(1e-3));
+        // Each app's nodes are its own, so the oracle's schedule is each app's, together.
+        bookings.extend(oracle::schedule(sc, &index, app_ix, &arrivals).bookings);
+    }
     let variant = |name: &str, policy: Policy| Scenario { name: format!("{} {name}", sc.name), policy, ..sc.clone() };
-    let stat = variant("static-peak", Policy::StaticPeak { runners: peak });
+    let stat = variant("static-peak", Policy::StaticPeak { runners: peaks });
     let qps = variant(
         "target-qps",
-        Policy::TargetQps { per_runner_qps, downscale_delay: std::time::Duration::from_secs(600) },
+        Policy::TargetQps { per_runner_qps: qps_targets, downscale_delay: std::time::Duration::from_secs(600) },
     );
-    let booked = oracle::schedule(sc, &index, app_ix, &arrivals);
-    let orc = variant("oracle", Policy::Oracle { bookings: booked.bookings });
-    let stat = engine::Engine::new(&stat, catalog.clone(), arrivals.clone()).run()?;
-    let qps = engine::Engine::new(&qps, catalog.clone(), arrivals.clone()).run()?;
-    let orc = engine::Engine::new(&orc, catalog, arrivals).run()?;
+    let orc = variant("oracle", Policy::Oracle { bookings });
+    let stat = engine::Engine::new(&stat, catalog.clone(), requests.clone()).run()?;
+    let qps = engine::Engine::new(&qps, catalog.clone(), requests.clone()).run()?;
+    let orc = engine::Engine::new(&orc, catalog, requests).run()?;
     let mut out = vec![own, stat, qps, orc];
     let oracle_cost = out[3].cost;
     for r in &mut out {
@@ -111,23 +117,33 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
     Ok(out)
 }
 
+/// Demand `i`'s requests alone, in time order.
+pub(crate) fn demand_arrivals(requests: &demand::Requests, i: usize) -> std::borrow::Cow<'_, [demand::Arrival]> {
+    if requests.demand.is_empty() {
+        return std::borrow::Cow::Borrowed(&requests.arrivals);
+    }
+    std::borrow::Cow::Owned(
+        requests.arrivals.iter().enumerate().filter(|(j, _)| requests.demand_of(*j) == i).map(|(_, a)| *a).collect(),
+    )
+}
+
 /// The most requests in service at once if each started at its arrival and took its service
 /// time on `gpu`.
-fn peak_in_service(sc: &Scenario, arrivals: &[demand::Arrival], gpu: fleet_core::GpuModel) -> u32 {
+fn peak_in_service(service: &scenario::ServiceModel, arrivals: &[demand::Arrival], gpu: fleet_core::GpuModel) -> u32 {
     let mut ends = std::collections::BinaryHeap::new();
     let mut peak = 0;
     for a in arrivals {
         while ends.peek().is_some_and(|std::cmp::Reverse(e)| *e <= a.at_ms) {
             ends.pop();
         }
-        ends.push(std::cmp::Reverse(a.at_ms + engine::service_ms(sc, a, gpu)));
+        ends.push(std::cmp::Reverse(a.at_ms + engine::service_ms(service, a, gpu)));
         peak = peak.max(ends.len());
     }
     u32::try_from(peak).unwrap_or(u32::MAX)
 }
 
 /// The catalog and the arrivals a scenario runs on.
-fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, Vec<demand::Arrival>)> {
+fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, demand::Requests)> {
     let catalog = if sc.catalog.is_empty() {
         Arc::new(Catalog::builtin().clone())
     } else {
@@ -141,8 +157,23 @@ fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, Vec<demand::Arrival>)>
         }
     }
     let end_ms = u64::try_from(sc.duration.as_millis()).unwrap_or(u64::MAX);
-    let d = &sc.demand;
-    let arrivals = match &d.source {
+    let mut streams = Vec::with_capacity(sc.demands.len());
+    for (i, d) in sc.demands.iter().enumerate() {
+        streams.push(arrivals_of(d, demand_seed(sc.seed, i), end_ms)?);
+    }
+    let arrivals = demand::Requests::merge(streams);
+    Ok((catalog, arrivals))
+}
+
+/// Demand `i`'s random streams (tiling, Poisson): the scenario's seed for the first, so a
+/// scenario with one demand draws as it always has, and a distinct seed for each other.
+fn demand_seed(seed: u64, i: usize) -> u64 {
+    if i == 0 { seed } else { seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) }
+}
+
+/// One demand's arrivals over a run of `end_ms`, in time order.
+fn arrivals_of(d: &scenario::Demand, seed: u64, end_ms: u64) -> anyhow::Result<Vec<demand::Arrival>> {
+    Ok(match &d.source {
         DemandSource::Trace { path, tile } => {
             let v = demand::time_scale(&demand::read_azure_trace(path)?, d.time_scale);
             if *tile || d.rate_scale != 1.0 || d.diurnal_amplitude > 0.0 {
@@ -151,7 +182,7 @@ fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, Vec<demand::Arrival>)>
                     if *tile { end_ms } else { v.last().map(|a| a.at_ms + 1).unwrap_or(0) },
                     d.rate_scale,
                     d.diurnal_amplitude,
-                    sc.seed,
+                    seed,
                 )
             } else {
                 v
@@ -164,16 +195,11 @@ fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, Vec<demand::Arrival>)>
                 end_ms,
                 *context_tokens,
                 *generated_tokens,
-                sc.seed,
+                seed,
             )
         }
-        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => demand::poisson(
-            rate_per_s * d.rate_scale / d.time_scale,
-            end_ms,
-            *context_tokens,
-            *generated_tokens,
-            sc.seed,
-        ),
-    };
-    Ok((catalog, arrivals))
+        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => {
+            demand::poisson(rate_per_s * d.rate_scale / d.time_scale, end_ms, *context_tokens, *generated_tokens, seed)
+        }
+    })
 }

@@ -28,7 +28,7 @@ enum Command {
     )]
     Run {
         scenario: PathBuf,
-        /// Use this Azure trace instead of the scenario's demand source.
+        /// Use this Azure trace instead of the scenario's demand source (one demand only).
         #[arg(long)]
         trace: Option<PathBuf>,
         #[arg(long)]
@@ -83,7 +83,14 @@ fn load(path: &Path, seed: Option<u64>, trace: Option<&PathBuf>) -> anyhow::Resu
         sc.seed = s;
     }
     if let Some(t) = trace {
-        sc.demand.source = fleet_simulator::scenario::DemandSource::Trace { path: t.clone(), tile: false };
+        let [d] = sc.demands.as_mut_slice() else {
+            anyhow::bail!(
+                "--trace: {} has {} demands; give each its trace in the scenario file instead",
+                path.display(),
+                sc.demands.len()
+            );
+        };
+        d.source = fleet_simulator::scenario::DemandSource::Trace { path: t.clone(), tile: false };
     }
     Ok(sc)
 }
@@ -173,8 +180,15 @@ fn main() -> ExitCode {
                 for p in &scenarios {
                     let mut sc = load(p, seed, None)?;
                     // Same demand for all: the first scenario's.
-                    let d = first_demand.get_or_insert_with(|| sc.demand.clone());
-                    sc.demand = d.clone();
+                    let d = first_demand.get_or_insert_with(|| sc.demands.clone());
+                    if let Some(missing) = d.iter().find(|d| sc.spec.app(&d.app).is_none()) {
+                        anyhow::bail!(
+                            "{}: its spec has no app '{}', which the first scenario's demand drives; compare specs that share the demand's apps",
+                            p.display(),
+                            missing.app
+                        );
+                    }
+                    sc.demands = d.clone();
                     if let Some(s) = seed.or(reports.first().map(|r: &Report| r.seed)) {
                         sc.seed = s;
                     }

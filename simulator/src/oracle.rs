@@ -38,9 +38,11 @@ use crate::demand::Arrival;
 use crate::engine::{service_ms, start_time};
 use crate::scenario::Scenario;
 
-/// One node the oracle rents: launched at `launch_ms`, ended at `end_ms`, hosting `runners`.
+/// One node the oracle rents for app `app` (its index in the spec): launched at `launch_ms`,
+/// ended at `end_ms`, hosting `runners`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booking {
+    pub app: usize,
     pub offering: u32,
     pub launch_ms: u64,
     pub end_ms: u64,
@@ -61,7 +63,8 @@ fn ms(d: Duration) -> u64 {
 /// One level's nodes on one candidate: their bill, and each node's (launch, end) in ms.
 type Blocks = (Money, Vec<(u64, u64)>);
 
-/// The oracle's nodes for the scenario's demand app (see the module's documentation).
+/// The oracle's nodes for app `app` (index in the spec) serving `arrivals` (see the module's
+/// documentation).
 pub fn schedule(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[Arrival]) -> Schedule {
     let cache = UnavailableCache::default();
     let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;
@@ -114,9 +117,10 @@ fn for_gpu(
     let w = ms(sc.slo_wait).max(1000);
     let end = ms(sc.duration);
     let mux = u64::from(sc.spec.apps[app].scaling.max_multiplexing.max(1));
+    let service = sc.service_for(&sc.spec.apps[app].name);
     let mut work = vec![0u64; end.div_ceil(w) as usize];
     for a in arrivals.iter().filter(|a| a.at_ms < end) {
-        work[(a.at_ms / w) as usize] += service_ms(sc, a, gpu);
+        work[(a.at_ms / w) as usize] += service_ms(service, a, gpu);
     }
     let need: Vec<u32> = work.iter().map(|x| u32::try_from(x.div_ceil(mux * w)).unwrap_or(u32::MAX)).collect();
     let levels = level_intervals(&need, w, end);
@@ -129,7 +133,7 @@ fn for_gpu(
     };
     let cold = |c: &Candidate| -> u64 {
         let model = sc.cloud(index.offering(c.offering).cloud);
-        ms(model.provision_delay + model.boot + sc.runner_start_estimate(true))
+        ms(model.provision_delay + model.boot + sc.runner_start_estimate(&sc.spec.apps[app].name, true))
     };
     // The nodes one level needs on one candidate, gaps bridged where that is cheaper.
     let blocks = |level: usize, c: &Candidate| -> Blocks {
@@ -178,7 +182,7 @@ fn for_gpu(
     while l > 0 {
         let (ci, j) = choice[l];
         for &(launch_ms, end_ms) in &memo[&(j, ci)].1 {
-            bookings.push(Booking { offering: cands[ci].offering, launch_ms, end_ms, runners: (l - j) as u32 });
+            bookings.push(Booking { app, offering: cands[ci].offering, launch_ms, end_ms, runners: (l - j) as u32 });
         }
         l = j;
     }

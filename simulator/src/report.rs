@@ -72,6 +72,22 @@ impl ColdStartPhases {
     }
 }
 
+/// One demand's requests and waits, in a run with several (`[[demand]]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppReport {
+    pub app: String,
+    pub requests: u64,
+    pub served: u64,
+    pub unserved: u64,
+    pub wait_p50_s: f64,
+    pub wait_p95_s: f64,
+    pub wait_p99_s: f64,
+    pub wait_max_s: f64,
+    pub slo_attainment: f64,
+    /// This demand's part of the run's lower bound.
+    pub lower_bound: Money,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -120,8 +136,15 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_over_oracle: Option<f64>,
     pub events: u64,
+    /// Per demand, in the scenario's order, when it has several (the totals above are theirs
+    /// together).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppReport>,
     #[serde(skip)]
     pub(crate) waits_ms: Vec<u32>,
+    /// Per demand (several only): the served requests' waits.
+    #[serde(skip)]
+    pub(crate) apps_waits: Vec<Vec<u32>>,
     pub timeline: Vec<Sample>,
     pub burn_by_cloud: Vec<CloudSample>,
     /// Cold starts by phase and the weights' sources (`[weights]` scenarios only).
@@ -175,11 +198,35 @@ impl Report {
             oracle_cost: None,
             cost_over_oracle: None,
             events: 0,
+            apps: Vec::new(),
             waits_ms: Vec::with_capacity(usize::try_from(requests).unwrap_or(0)),
+            apps_waits: Vec::new(),
             timeline: Vec::new(),
             burn_by_cloud: Vec::new(),
             weights: sc.weights.as_ref().map(|w| ColdStartPhases { cache: w.cache, ..Default::default() }),
         }
+    }
+
+    /// Reports each of the scenario's several demands apart; `requests[d]`: demand `d`'s.
+    pub(crate) fn by_app(&mut self, sc: &Scenario, requests: &[u64]) {
+        self.apps = sc
+            .demands
+            .iter()
+            .zip(requests)
+            .map(|(d, n)| AppReport {
+                app: d.app.clone(),
+                requests: *n,
+                served: 0,
+                unserved: 0,
+                wait_p50_s: 0.0,
+                wait_p95_s: 0.0,
+                wait_p99_s: 0.0,
+                wait_max_s: 0.0,
+                slo_attainment: 0.0,
+                lower_bound: Money::ZERO,
+            })
+            .collect();
+        self.apps_waits = vec![Vec::new(); self.apps.len()];
     }
 
     /// Books the bill of one node.
@@ -192,13 +239,25 @@ impl Report {
     }
 
     pub(crate) fn finish(&mut self, sc: &Scenario) {
+        let slo = sc.slo_wait.as_millis();
+        let attainment = |waits: &[u32]| {
+            let within = waits.iter().filter(|w| u128::from(**w) <= slo).count();
+            if waits.is_empty() { 0.0 } else { within as f64 / waits.len() as f64 }
+        };
         self.wait_p50_s = percentile(&mut self.waits_ms, 50.0);
         self.wait_p95_s = percentile(&mut self.waits_ms, 95.0);
         self.wait_p99_s = percentile(&mut self.waits_ms, 99.0);
         self.wait_max_s = percentile(&mut self.waits_ms, 100.0);
-        let slo = sc.slo_wait.as_millis();
-        let within = self.waits_ms.iter().filter(|w| u128::from(**w) <= slo).count();
-        self.slo_attainment = if self.waits_ms.is_empty() { 0.0 } else { within as f64 / self.waits_ms.len() as f64 };
+        self.slo_attainment = attainment(&self.waits_ms);
+        for (a, w) in self.apps.iter_mut().zip(&mut self.apps_waits) {
+            a.served = w.len() as u64;
+            a.unserved = a.requests - a.served;
+            a.wait_p50_s = percentile(w, 50.0);
+            a.wait_p95_s = percentile(w, 95.0);
+            a.wait_p99_s = percentile(w, 99.0);
+            a.wait_max_s = percentile(w, 100.0);
+            a.slo_attainment = attainment(w);
+        }
         self.utilisation = if self.gpu_hours > 0.0 { self.busy_gpu_hours / self.gpu_hours } else { 0.0 };
         self.cost_over_lower_bound = if self.lower_bound > Money::ZERO {
             self.cost.micros() as f64 / self.lower_bound.micros() as f64
@@ -257,6 +316,28 @@ impl Report {
                 v
             })
             .collect();
+        // Several demands: each app's requests, waits and SLO, by name (a report without that
+        // app shows "-").
+        let mut apps: Vec<String> = Vec::new();
+        for r in reports {
+            for a in &r.apps {
+                if !apps.contains(&a.app) {
+                    apps.push(a.app.clone());
+                }
+            }
+        }
+        for app in &apps {
+            let of = |r: &Report| r.apps.iter().find(|a| &a.app == app).cloned();
+            let row = |name: String, f: &dyn Fn(&AppReport) -> String| {
+                let mut v = vec![name];
+                v.extend(reports.iter().map(|r| of(r).map_or("-".into(), |a| f(&a))));
+                v
+            };
+            cells.push(row(format!("{app}: served"), &|a| format!("{} of {}", a.served, a.requests)));
+            cells.push(row(format!("{app}: wait p99"), &|a| format!("{:.2}s", a.wait_p99_s)));
+            cells.push(row(format!("{app}: SLO attainment"), &|a| format!("{:.1}%", a.slo_attainment * 100.0)));
+            cells.push(row(format!("{app}: lower bound"), &|a| a.lower_bound.cents().to_string()));
+        }
         if reports.iter().any(|r| r.weights.is_some()) {
             let w = |f: fn(&ColdStartPhases) -> String| -> Cell {
                 Box::new(move |r: &Report| r.weights.as_ref().map_or("-".into(), f))

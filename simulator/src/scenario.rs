@@ -1,5 +1,6 @@
 //! A scenario: which fleet spec, which demand, how the simulated clouds behave. TOML; every knob
-//! has a documented default (see `simulator/examples/`).
+//! has a documented default (see `simulator/examples/`). Demand is one `[demand]` table, or one
+//! `[[demand]]` table per app for a fleet serving several (`examples/two-apps-cost.toml`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,10 @@ pub struct Demand {
     pub time_scale: f64,
     pub rate_scale: f64,
     pub diurnal_amplitude: f64,
+    /// The app's model's own token rates and load time (the demand table's
+    /// `prefill_tokens_per_s`, `decode_tokens_per_s`, `model_load`, each defaulting to
+    /// `[service]`'s); `None`: the scenario's `[service]`.
+    pub service: Option<ServiceModel>,
 }
 
 /// Throughput of one runner, from tokens: H100-SXM reference rates, scaled for other GPUs by
@@ -162,7 +167,9 @@ pub struct Scenario {
     pub consolidation_horizon: Option<Duration>,
     /// Catalog files; empty means the built-in catalog.
     pub catalog: Vec<PathBuf>,
-    pub demand: Demand,
+    /// The requests, one stream per app (`[demand]`, or `[[demand]]` once per app); at least one.
+    /// The spec's other apps get no requests (their floors and budgets still apply).
+    pub demands: Vec<Demand>,
     pub service: ServiceModel,
     pub default_cloud: CloudModel,
     pub clouds: BTreeMap<Cloud, CloudModel>,
@@ -172,17 +179,18 @@ pub struct Scenario {
     pub weights: Option<Weights>,
 }
 
-/// Who decides the demand app's runners (the rest of the spec, placement included, applies alike).
+/// Who decides the demand apps' runners (the rest of the spec, placement included, applies alike).
+/// Per-app figures are in the order of [`Scenario::demands`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Policy {
     /// The spec's own scaling.
     Spec,
-    /// A fixed fleet: `runners` from the start to the end, never scaled.
-    StaticPeak { runners: u32 },
+    /// A fixed fleet: `runners` (per demand) from the start to the end, never scaled.
+    StaticPeak { runners: Vec<u32> },
     /// Replicas = ⌈requests/s over the last minute ÷ `per_runner_qps`⌉, as SkyPilot Serve and
     /// dstack scale: more at once, fewer only after the lower count has held for
     /// `downscale_delay` (their cooldown).
-    TargetQps { per_runner_qps: f64, downscale_delay: Duration },
+    TargetQps { per_runner_qps: Vec<f64>, downscale_delay: Duration },
     /// The hindsight oracle's nodes ([`crate::oracle`]), launched and ended when it says, with
     /// no capacity errors, no preemptions and mean delays.
     Oracle { bookings: Vec<crate::oracle::Booking> },
@@ -193,12 +201,18 @@ impl Scenario {
         self.clouds.get(&c).unwrap_or(&self.default_cloud)
     }
 
-    /// From a node being ready to a runner on it serving, as planners estimate it: the model
-    /// load, or with `[weights]` the fetch (from peers when `warm` and the cache is on, else from
-    /// the origin) and the load from disk.
-    pub fn runner_start_estimate(&self, warm: bool) -> Duration {
+    /// How fast app `app`'s runners serve and how long they take to load: its demand's own
+    /// rates where it gives them, else `[service]`.
+    pub fn service_for(&self, app: &str) -> &ServiceModel {
+        self.demands.iter().find(|d| d.app == app).and_then(|d| d.service.as_ref()).unwrap_or(&self.service)
+    }
+
+    /// From a node being ready to a runner of app `app` on it serving, as planners estimate it:
+    /// the model load, or with `[weights]` the fetch (from peers when `warm` and the cache is
+    /// on, else from the origin) and the load from disk.
+    pub fn runner_start_estimate(&self, app: &str, warm: bool) -> Duration {
         match &self.weights {
-            None => self.service.model_load,
+            None => self.service_for(app).model_load,
             Some(w) => {
                 let from = if warm && w.cache { FetchFrom::Peers } else { FetchFrom::Origin };
                 w.fetch(from) + w.load()
@@ -220,7 +234,7 @@ struct Raw {
     consolidation_horizon: Option<String>,
     #[serde(default)]
     catalog: Vec<String>,
-    demand: RawDemand,
+    demand: RawDemands,
     #[serde(default)]
     service: RawService,
     #[serde(default)]
@@ -255,6 +269,32 @@ struct RawDemand {
     time_scale: Option<f64>,
     rate_scale: Option<f64>,
     diurnal_amplitude: Option<f64>,
+    prefill_tokens_per_s: Option<f64>,
+    decode_tokens_per_s: Option<f64>,
+    model_load: Option<String>,
+}
+
+/// `[demand]` (one table) or `[[demand]]` (an array of tables), read with the TOML parser's own
+/// errors (an untagged enum would lose them).
+struct RawDemands(Vec<RawDemand>);
+
+impl<'de> Deserialize<'de> for RawDemands {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawDemands;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [demand] table or [[demand]] tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawDemands, A::Error> {
+                RawDemand::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(|d| RawDemands(vec![d]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<RawDemands, A::Error> {
+                Vec::<RawDemand>::deserialize(serde::de::value::SeqAccessDeserializer::new(s)).map(RawDemands)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -304,40 +344,15 @@ impl Scenario {
         let spec_text = std::fs::read_to_string(&spec_path)
             .map_err(|source| ScenarioError::Io { path: spec_path.display().to_string(), source })?;
         let spec = FleetSpec::parse(&spec_path.display().to_string(), &spec_text)?;
-        let d = &raw.demand;
-        if spec.app(&d.app).is_none() {
-            return Err(invalid(format!("demand.app: no app '{}' in {}", d.app, spec_path.display())));
-        }
-        let source = match (&d.trace, d.poisson_rate) {
-            (Some(t), None) => DemandSource::Trace { path: base.join(t), tile: d.tile },
-            (None, Some(rate)) if rate > 0.0 && rate <= 100_000.0 => DemandSource::Poisson {
-                rate_per_s: rate,
-                context_tokens: d.context_tokens.unwrap_or(1000),
-                generated_tokens: d.generated_tokens.unwrap_or(100),
-            },
-            _ => {
-                return Err(invalid(
-                    "demand: give either trace = \"FILE\" or poisson_rate = N (more than 0, at most 100000 per second)"
-                        .into(),
-                ));
-            }
-        };
         // Scales and rates are bounded too: a run's events must fit in memory and its clock.
         let positive = |v: Option<f64>, field: &str, default: f64| -> Result<f64, ScenarioError> {
             let x = v.unwrap_or(default);
-            let max = if field.starts_with("service.") { 1e9 } else { 10_000.0 };
+            let max = if field.ends_with("tokens_per_s") { 1e9 } else { 10_000.0 };
             if x.is_finite() && x > 0.0 && x <= max {
                 Ok(x)
             } else {
                 Err(invalid(format!("{field}: must be a positive number, at most {max}")))
             }
-        };
-        let demand = Demand {
-            app: d.app.clone(),
-            source,
-            time_scale: positive(d.time_scale, "demand.time_scale", 1.0)?,
-            rate_scale: positive(d.rate_scale, "demand.rate_scale", 1.0)?,
-            diurnal_amplitude: d.diurnal_amplitude.unwrap_or(0.0).clamp(0.0, 1.0),
         };
         let sd = ServiceModel::default();
         let service = ServiceModel {
@@ -353,6 +368,64 @@ impl Scenario {
             )?,
             model_load: dur(&raw.service.model_load, "service.model_load", sd.model_load)?,
         };
+        let many = raw.demand.0.len() > 1;
+        if raw.demand.0.is_empty() {
+            return Err(invalid("demand: give at least one [[demand]] table".into()));
+        }
+        let mut demands: Vec<Demand> = Vec::with_capacity(raw.demand.0.len());
+        for (i, d) in raw.demand.0.iter().enumerate() {
+            // `demand.app` for the one table, `demand[1].app` for the second of several.
+            let name = if many { format!("demand[{i}]") } else { "demand".to_string() };
+            if spec.app(&d.app).is_none() {
+                return Err(invalid(format!("{name}.app: no app '{}' in {}", d.app, spec_path.display())));
+            }
+            if let Some(j) = demands.iter().position(|x| x.app == d.app) {
+                return Err(invalid(format!(
+                    "{name}.app: app '{}' has a demand already (demand[{j}]); give each app one stream",
+                    d.app
+                )));
+            }
+            let source = match (&d.trace, d.poisson_rate) {
+                (Some(t), None) => DemandSource::Trace { path: base.join(t), tile: d.tile },
+                (None, Some(rate)) if rate > 0.0 && rate <= 100_000.0 => DemandSource::Poisson {
+                    rate_per_s: rate,
+                    context_tokens: d.context_tokens.unwrap_or(1000),
+                    generated_tokens: d.generated_tokens.unwrap_or(100),
+                },
+                _ => {
+                    return Err(invalid(format!(
+                        "{name}: give either trace = \"FILE\" or poisson_rate = N (more than 0, at most 100000 per second)"
+                    )));
+                }
+            };
+            demands.push(Demand {
+                app: d.app.clone(),
+                source,
+                time_scale: positive(d.time_scale, &format!("{name}.time_scale"), 1.0)?,
+                rate_scale: positive(d.rate_scale, &format!("{name}.rate_scale"), 1.0)?,
+                diurnal_amplitude: d.diurnal_amplitude.unwrap_or(0.0).clamp(0.0, 1.0),
+                service: if d.prefill_tokens_per_s.is_some()
+                    || d.decode_tokens_per_s.is_some()
+                    || d.model_load.is_some()
+                {
+                    Some(ServiceModel {
+                        prefill_tokens_per_s: positive(
+                            d.prefill_tokens_per_s,
+                            &format!("{name}.prefill_tokens_per_s"),
+                            service.prefill_tokens_per_s,
+                        )?,
+                        decode_tokens_per_s: positive(
+                            d.decode_tokens_per_s,
+                            &format!("{name}.decode_tokens_per_s"),
+                            service.decode_tokens_per_s,
+                        )?,
+                        model_load: dur(&d.model_load, &format!("{name}.model_load"), service.model_load)?,
+                    })
+                } else {
+                    None
+                },
+            });
+        }
         let cloud_model = |r: &RawCloud, base: &CloudModel, name: &str| -> Result<CloudModel, ScenarioError> {
             let f = |k: &str| format!("clouds.{name}.{k}");
             let prob = |v: Option<f64>, k: &str, d: f64| -> Result<f64, ScenarioError> {
@@ -464,7 +537,7 @@ impl Scenario {
                 )?),
             },
             catalog: raw.catalog.iter().map(|c| base.join(c)).collect(),
-            demand,
+            demands,
             service,
             default_cloud,
             clouds,

@@ -31,13 +31,14 @@ fn with_budget(seed: u64, rate: f64, budget: &str, horizon_min: u64, ice: f64, p
         unavailable_ttl: Duration::from_secs(300),
         consolidation_horizon: Some(Duration::from_secs(horizon_min * 60)),
         catalog: Vec::new(),
-        demand: Demand {
+        demands: vec![Demand {
             app: "llm".into(),
             source: DemandSource::Poisson { rate_per_s: rate, context_tokens: 1000, generated_tokens: 200 },
             time_scale: 1.0,
             rate_scale: 1.0,
             diurnal_amplitude: 0.9,
-        },
+            service: None,
+        }],
         service: ServiceModel::default(),
         default_cloud: CloudModel { ice_probability: ice, preemptions_per_hour: preempt, ..CloudModel::default() },
         clouds: Default::default(),

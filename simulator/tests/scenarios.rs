@@ -201,6 +201,118 @@ fn bad_scenarios_say_what_is_wrong() {
     assert!(e.contains("tick: 'soon' is not a duration"), "{e}");
 }
 
+/// Two apps, each with its own trace (`[[demand]]`): app `a` as in the tests above (one request
+/// every 3 s), app `b` one every 6 s.
+fn two_demands(fleet: &str, top: &str) -> Case {
+    let c = Case::new(fleet, "trace = \"a.csv\"", top, "");
+    write_trace(&c.path("a.csv"), 1200, 3);
+    write_trace(&c.path("b.csv"), 600, 6);
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    let text = text.replace("[demand]", "[[demand]]") + "\n[[demand]]\napp = \"b\"\ntrace = \"b.csv\"\n";
+    std::fs::write(c.path("scenario.toml"), text).unwrap();
+    c
+}
+
+const TWO_APPS: &str = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n\
+    [apps.b]\ngpu = \"H100\"\n[apps.b.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n";
+
+#[test]
+fn several_demands_are_served_each_by_its_own_apps_runners_and_reported_apart() {
+    let c = two_demands(TWO_APPS, "");
+    let sc = c.scenario();
+    assert_eq!(sc.demands.iter().map(|d| d.app.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    let r = fleet_simulator::run(&sc).unwrap();
+    assert_eq!(r.requests, 1800);
+    assert_eq!(r.served, 1800, "both apps' runners serve their own requests");
+    let names: Vec<&str> = r.apps.iter().map(|a| a.app.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!((r.apps[0].requests, r.apps[0].served), (1200, 1200));
+    assert_eq!((r.apps[1].requests, r.apps[1].served), (600, 600));
+    // The run's lower bound is the two demands' bounds: 1200 and 600 requests of 2.1 s on the
+    // $3.60/h H100, $2.52 and $1.26.
+    assert_eq!(r.apps[0].lower_bound, usd("2.52"));
+    assert_eq!(r.apps[1].lower_bound, usd("1.26"));
+    assert_eq!(r.lower_bound, usd("3.78"));
+    // The table and the JSON show each app.
+    let t = fleet_simulator::report::Report::table(&[&r]);
+    assert!(t.contains("a: served") && t.contains("1200 of 1200") && t.contains("600 of 600"), "{t}");
+    let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(j["apps"][1]["app"], "b");
+    assert_eq!(j["apps"][1]["served"], 600);
+    // Deterministic.
+    assert_eq!(fleet_simulator::run(&sc).unwrap().to_json(), r.to_json());
+
+    // Requests go only to their app's runners: app b may use no offering of this catalog (an
+    // A100), so none of its requests is served, and all of a's are.
+    let c = two_demands(&TWO_APPS.replacen("[apps.b]\ngpu = \"H100\"", "[apps.b]\ngpu = \"A100\"", 1), "");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!((r.apps[0].served, r.apps[1].served, r.apps[1].unserved), (1200, 0, 600), "{:?}", r.apps);
+
+    // The baselines and the oracle size each app for its own demand; bound ≤ oracle ≤ each.
+    let r = fleet_simulator::baselines(&two_demands(TWO_APPS, "").scenario()).unwrap();
+    let orc = &r[3];
+    for x in &r {
+        assert_eq!(x.served, 1800, "{}: {:?}", x.scenario, x.apps);
+        assert!(x.lower_bound <= orc.cost && orc.cost <= x.cost, "{:?}", costs(&r));
+    }
+    // Static peak: one runner each (2.1 s of work every 3 s and every 6 s), all hour: $7.20.
+    assert_eq!(r[1].nodes_launched, 2, "{:?}", costs(&r));
+    assert_eq!(r[1].cost, usd("7.20"));
+    // The oracle: one node for a all hour ($3.60 as above); b's 30 s buckets hold 10.5 s of
+    // work, one runner: one node from its first tick, $3.60.
+    assert_eq!(orc.cost, usd("7.20"), "{:?}", costs(&r));
+
+    // b's model decodes twice as fast (its demand table's own rate; prefill and load from
+    // [service]): 0.1 s + 1 s a request, 600 of them: $0.66 of the bound; a's is unchanged.
+    let c = two_demands(TWO_APPS, "");
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    std::fs::write(c.path("scenario.toml"), text + "decode_tokens_per_s = 100\n").unwrap();
+    let sc = c.scenario();
+    assert_eq!(sc.service_for("b").decode_tokens_per_s, 100.0);
+    assert_eq!(sc.service_for("b").prefill_tokens_per_s, sc.service.prefill_tokens_per_s);
+    assert_eq!(sc.service_for("a"), &sc.service);
+    let r = fleet_simulator::run(&sc).unwrap();
+    assert_eq!(r.served, 1800);
+    assert_eq!((r.apps[0].lower_bound, r.apps[1].lower_bound), (usd("2.52"), usd("0.66")));
+    // Its runners are busy that much less: 1200 × 2.1 s + 600 × 1.1 s of GPU time in all.
+    assert!((r.busy_gpu_hours - (1200.0 * 2.1 + 600.0 * 1.1) / 3600.0).abs() < 0.01, "{}", r.busy_gpu_hours);
+}
+
+#[test]
+fn one_demand_in_double_brackets_runs_as_the_table_does() {
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
+    let c = Case::new(fleet, "poisson_rate = 0.5", "seed = 4", "");
+    let table = fleet_simulator::run(&c.scenario()).unwrap().to_json();
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    std::fs::write(c.path("scenario.toml"), text.replace("[demand]", "[[demand]]")).unwrap();
+    assert_eq!(fleet_simulator::run(&c.scenario()).unwrap().to_json(), table);
+    assert!(!table.contains("\"apps\""), "one demand: no per-app section");
+}
+
+#[test]
+fn several_demands_are_checked_by_name() {
+    let c = two_demands(TWO_APPS, "");
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    let bad = |from: &str, to: &str| {
+        std::fs::write(c.path("scenario.toml"), text.replacen(from, to, 1)).unwrap();
+        Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string()
+    };
+    let e = bad("app = \"b\"", "app = \"nope\"");
+    assert!(e.contains("demand[1].app: no app 'nope'"), "{e}");
+    let e = bad("app = \"b\"", "app = \"a\"");
+    assert!(e.contains("demand[1].app: app 'a' has a demand already (demand[0])"), "{e}");
+    let e = bad("trace = \"b.csv\"", "poisson_rate = -1");
+    assert!(e.contains("demand[1]: give either trace"), "{e}");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\ntime_scale = 0.0");
+    assert!(e.contains("demand[1].time_scale"), "{e}");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\ndecode_tokens_per_s = 0");
+    assert!(e.contains("demand[1].decode_tokens_per_s: must be a positive number"), "{e}");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nmodel_load = \"later\"");
+    assert!(e.contains("demand[1].model_load: 'later' is not a duration"), "{e}");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nspeed = 2");
+    assert!(e.contains("unknown field `speed`"), "{e}");
+}
+
 #[test]
 fn every_example_scenario_loads() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -209,7 +321,8 @@ fn every_example_scenario_loads() {
         let p = e.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
         // Scenarios name a spec; the others are the fleet specs they use.
-        if p.extension().is_some_and(|x| x == "toml") && text.contains("\n[demand]") {
+        if p.extension().is_some_and(|x| x == "toml") && (text.contains("\n[demand]") || text.contains("\n[[demand]]"))
+        {
             Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
@@ -227,7 +340,9 @@ fn every_example_right_sizes_and_costs_between_the_bound_and_the_oracle_and_ever
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
-        if !(p.extension().is_some_and(|x| x == "toml") && text.contains("\n[demand]")) {
+        if !(p.extension().is_some_and(|x| x == "toml")
+            && (text.contains("\n[demand]") || text.contains("\n[[demand]]")))
+        {
             continue;
         }
         if text.contains("shared/data") && !shared {
