@@ -401,6 +401,49 @@ fn the_simulators_report_draws_its_charts_from_a_file() {
         eprintln!("screenshot: {}", screenshot(&c, &shots(), "fleetsim-report").await.display());
         let errors = console_errors(&c).await;
         assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+        // Two apps' demands: the table gives each app's requests and waits per policy.
+        let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../simulator/examples/fleet-cost-two-apps.toml");
+        let scenario = dir.path().join("two.toml");
+        std::fs::write(
+            &scenario,
+            format!(
+                "spec = \"{spec}\"\nduration = \"2h\"\n[[demand]]\napp = \"chat\"\npoisson_rate = 1.0\n\
+                 [[demand]]\napp = \"small\"\npoisson_rate = 2.0\ndecode_tokens_per_s = 200\n"
+            ),
+        )
+        .unwrap();
+        let page = dir.path().join("two.html");
+        let out = std::process::Command::new(&fleetsim)
+            .args(["run", "--baselines", "--html"])
+            .arg(&page)
+            .arg(&scenario)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        c.goto(&format!("file://{}", page.display())).await.unwrap();
+        wait_for(&c, "the report drawn", "return document.body.dataset.ready === 'yes'", Duration::from_secs(20)).await;
+        let table = c
+            .execute(
+                "return [...document.querySelectorAll('#summary tr')].map(r => [...r.children].map(c => c.textContent))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let table: Vec<Vec<String>> = serde_json::from_value(table).unwrap();
+        let col = |name: &str| table[0].iter().position(|h| h == name).unwrap_or_else(|| panic!("{name}: {table:?}"));
+        let (chat, small) = (col("chat: served"), col("small: served"));
+        col("small: SLO met");
+        assert_eq!(table.len(), 5, "{table:?}");
+        for row in &table[1..] {
+            for c in [chat, small] {
+                let (served, of) = row[c].split_once(" of ").unwrap_or_else(|| panic!("'{}' in {row:?}", row[c]));
+                let (served, of): (u64, u64) = (served.parse().unwrap(), of.parse().unwrap());
+                assert!(of > 1000 && served <= of && served * 10 >= of * 9, "{row:?}");
+            }
+        }
+        let errors = console_errors(&c).await;
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
         c.close().await.unwrap();
     });
 }

@@ -90,6 +90,8 @@ struct Summary {
     /// With `[weights]`: what the origin billed, and the cache on or off.
     origin_egress: Option<Money>,
     cache: Option<bool>,
+    /// With several demands: each app's figures (the report's `apps`).
+    apps: Vec<crate::report::AppReport>,
 }
 
 impl Summary {
@@ -113,6 +115,7 @@ impl Summary {
             cost_over_oracle: r.cost_over_oracle,
             origin_egress: r.weights.as_ref().map(|p| p.origin_egress),
             cache: r.weights.as_ref().map(|p| p.cache),
+            apps: r.apps.clone(),
         }
     }
 }
@@ -155,6 +158,12 @@ const PAGE_SCRIPT: &str = r#"
   if (main.summary.origin_egress !== null) {
     cols.push(['node cache + peers', (r) => (r.summary.cache ? 'on' : 'off')], ['origin egress', (r) => money(r.summary.origin_egress)]);
   }
+  main.summary.apps.forEach((a) => {
+    const of = (r) => r.summary.apps.find((x) => x.app === a.app);
+    cols.push([a.app + ': served', (r) => (of(r) ? of(r).served + ' of ' + of(r).requests : '–')],
+      [a.app + ': wait p99', (r) => (of(r) ? of(r).wait_p99_s.toFixed(1) + ' s' : '–')],
+      [a.app + ': SLO met', (r) => (of(r) ? (of(r).slo_attainment * 100).toFixed(1) + '%' : '–')]);
+  });
   const table = document.getElementById('summary');
   const tr = document.createElement('tr');
   cols.forEach(([c]) => { const th = document.createElement('th'); th.textContent = c; tr.appendChild(th); });
