@@ -170,6 +170,8 @@ pub struct Engine<'a> {
     /// open part of month-to-date without walking the nodes.
     live_price: i128,
     live_price_launch: i128,
+    /// The same sums and the closed bills per app, for each app's own month-to-date (its budget).
+    app_spend: Vec<AppSpend>,
     /// Nodes not ended and runners not stopped: what a tick looks at (the vectors keep history).
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
@@ -185,6 +187,15 @@ pub struct Engine<'a> {
     busy_gpu_ms: u128,
     /// The node of each oracle booking, once launched.
     booked: Vec<Option<usize>>,
+}
+
+/// One app's spend: Σ hourly price of its live nodes (µ$/h), Σ price × launch time, and its
+/// nodes' closed bills.
+#[derive(Debug, Clone, Default)]
+struct AppSpend {
+    live_price: i128,
+    live_price_launch: i128,
+    closed: Money,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -252,6 +263,7 @@ impl<'a> Engine<'a> {
             spare: vec![Vec::new(); demands],
             live_price: 0,
             live_price_launch: 0,
+            app_spend: vec![AppSpend::default(); apps],
             live_nodes: BTreeSet::new(),
             live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
@@ -605,7 +617,12 @@ impl<'a> Engine<'a> {
         let price = i128::from(self.index.offering(self.nodes[n].offering).price.hourly().micros());
         self.live_price -= price;
         self.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
+        let spend = &mut self.app_spend[self.nodes[n].app];
+        spend.live_price -= price;
+        spend.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
         let cost = self.node_cost(n, self.now);
+        let spend = &mut self.app_spend[self.nodes[n].app];
+        spend.closed = spend.closed + cost;
         self.closed_cost = match self.closed_cost.try_add(cost) {
             Ok(c) => c,
             Err(e) => {
@@ -639,6 +656,13 @@ impl<'a> Engine<'a> {
     fn month_to_date(&self) -> Money {
         let open = (self.live_price * i128::from(self.now) - self.live_price_launch) / 3_600_000;
         self.closed_cost + Money::from_micros_saturating(open)
+    }
+
+    /// App `app`'s part of [`Engine::month_to_date`]: its own nodes' bills.
+    fn app_month_to_date(&self, app: usize) -> Money {
+        let s = &self.app_spend[app];
+        let open = (s.live_price * i128::from(self.now) - s.live_price_launch) / 3_600_000;
+        s.closed + Money::from_micros_saturating(open)
     }
 
     fn tick(&mut self) {
@@ -688,18 +712,15 @@ impl<'a> Engine<'a> {
                 scale_up_pending_since: self.pending_since[i],
                 runners,
                 nodes,
-                month_to_date: Money::ZERO,
+                month_to_date: self.app_month_to_date(i),
                 demand,
                 outside_burn: Money::ZERO,
                 cold_start: if self.demand_of_app[i].is_some() { self.cold_start_model(i) } else { None },
             };
             apps.insert(app.name.clone(), st);
         }
-        // Each app's month-to-date is the fleet's here (nodes are not billed per app in the run).
+        // Each app's month-to-date is its own nodes' (its budget); the fleet's is all of them.
         let mtd = self.month_to_date();
-        for st in apps.values_mut() {
-            st.month_to_date = mtd;
-        }
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
         // The oracle's nodes come and go by its bookings: nothing to decide for the demand apps.
         // The spec's other apps are planned as under every policy (their floors, budgets), so
@@ -937,6 +958,9 @@ impl<'a> Engine<'a> {
         let price = i128::from(self.index.offering(offering).price.hourly().micros());
         self.live_price += price;
         self.live_price_launch += price * i128::from(self.now);
+        let spend = &mut self.app_spend[app];
+        spend.live_price += price;
+        spend.live_price_launch += price * i128::from(self.now);
         *self.live_per_offering.entry(offering).or_default() += 1;
         self.report.nodes_launched += 1;
         self.push(self.now + ready_in, Ev::NodeReady(n));

@@ -279,6 +279,24 @@ fn several_demands_are_served_each_by_its_own_apps_runners_and_reported_apart() 
 }
 
 #[test]
+fn an_apps_monthly_budget_counts_its_own_nodes_not_the_other_apps() {
+    // App a serves one request every 3 s (about one $3.60/h runner, a few in bursts) for two
+    // hours under a $40 monthly cap: its own bill stays near $10, leaving room for its
+    // max_concurrency for the hour ahead, so it is never held back, while b's floor (eight
+    // $3.60/h nodes) takes the fleet past $40 within 80 minutes. (Until 2026-12-02 every app's
+    // month-to-date was the fleet's: a was held back and wound down, 1,394 of 2,400 served.)
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n\
+                 [apps.a.budget]\nmax_per_month = \"40\"\n\
+                 [apps.b]\ngpu = \"H100\"\n[apps.b.scaling]\nmin_concurrency = 8\nmax_concurrency = 8\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "duration = \"2h\"", "");
+    write_trace(&c.path("trace.csv"), 2400, 3);
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.cost > usd("60"), "the fleet spends well past a's cap: {}", r.cost);
+    assert_eq!(r.budget_events, 0, "a is never held back: {} of {} served", r.served, r.requests);
+    assert_eq!(r.served, 2400);
+}
+
+#[test]
 fn one_demand_in_double_brackets_runs_as_the_table_does() {
     let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
     let c = Case::new(fleet, "poisson_rate = 0.5", "seed = 4", "");
