@@ -622,7 +622,7 @@ impl<'a> Engine<'a> {
         spend.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
         let cost = self.node_cost(n, self.now);
         let spend = &mut self.app_spend[self.nodes[n].app];
-        spend.closed = spend.closed + cost;
+        spend.closed += cost;
         self.closed_cost = match self.closed_cost.try_add(cost) {
             Ok(c) => c,
             Err(e) => {
