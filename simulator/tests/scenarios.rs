@@ -297,6 +297,26 @@ fn an_apps_monthly_budget_counts_its_own_nodes_not_the_other_apps() {
 }
 
 #[test]
+fn fleetsim_refuses_a_trace_for_several_demands_and_a_compare_whose_spec_lacks_their_app() {
+    let c = two_demands(TWO_APPS, "");
+    let fleetsim = env!("CARGO_BIN_EXE_fleetsim");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(fleetsim).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let sc = c.path("scenario.toml");
+    let trace = c.path("a.csv");
+    let (code, err) = run(&["run".as_ref(), sc.as_os_str(), "--trace".as_ref(), trace.as_os_str()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--trace:") && err.contains("has 2 demands"), "{err}");
+    // The second scenario's spec has app a but not b, which the first scenario's demand drives.
+    let one = Case::new("[apps.a]\ngpu = \"H100\"\n", "poisson_rate = 1", "", "");
+    let (code, err) = run(&[std::ffi::OsStr::new("compare"), sc.as_os_str(), one.path("scenario.toml").as_os_str()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("its spec has no app 'b'"), "{err}");
+}
+
+#[test]
 fn one_demand_in_double_brackets_runs_as_the_table_does() {
     let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
     let c = Case::new(fleet, "poisson_rate = 0.5", "seed = 4", "");
