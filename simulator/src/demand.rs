@@ -40,7 +40,7 @@ impl Requests {
             .into_iter()
             .enumerate()
             .flat_map(|(i, v)| {
-                let i = u16::try_from(i).expect("scenarios have at most 256 demands");
+                let i = u16::try_from(i).expect("scenarios have at most MAX_DEMANDS demands");
                 v.into_iter().map(move |a| (a, i))
             })
             .collect();

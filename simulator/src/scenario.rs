@@ -65,6 +65,9 @@ impl Default for CloudModel {
     }
 }
 
+/// Most demands one scenario may drive (each request carries its demand's number in 16 bits).
+pub const MAX_DEMANDS: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DemandSource {
     Trace { path: PathBuf, tile: bool },
@@ -369,8 +372,8 @@ impl Scenario {
             model_load: dur(&raw.service.model_load, "service.model_load", sd.model_load)?,
         };
         let many = raw.demand.0.len() > 1;
-        if raw.demand.0.is_empty() {
-            return Err(invalid("demand: give at least one [[demand]] table".into()));
+        if raw.demand.0.is_empty() || raw.demand.0.len() > MAX_DEMANDS {
+            return Err(invalid(format!("demand: give 1 to {MAX_DEMANDS} [[demand]] tables, one per app")));
         }
         let mut demands: Vec<Demand> = Vec::with_capacity(raw.demand.0.len());
         for (i, d) in raw.demand.0.iter().enumerate() {

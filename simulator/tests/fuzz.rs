@@ -10,6 +10,7 @@ fn the_scenario_parser_never_panics() {
         include_str!("../examples/poisson-cost.toml"),
         include_str!("../examples/diurnal-cost.toml"),
         include_str!("../examples/fleet-cost.toml"),
+        include_str!("../examples/two-apps-cost.toml"),
     ];
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let panics = fuzz_engine::run(4, 10_000, &seeds, |b| {

@@ -347,6 +347,9 @@ fn several_demands_are_checked_by_name() {
     assert!(e.contains("demand[1].decode_tokens_per_s: must be a positive number"), "{e}");
     let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nmodel_load = \"later\"");
     assert!(e.contains("demand[1].model_load: 'later' is not a duration"), "{e}");
+    std::fs::write(c.path("scenario.toml"), "spec = \"fleet.toml\"\nduration = \"1h\"\ndemand = []\n").unwrap();
+    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
+    assert!(e.contains("demand: give 1 to 256 [[demand]] tables"), "{e}");
     let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nspeed = 2");
     assert!(e.contains("unknown field `speed`"), "{e}");
 }
