@@ -213,11 +213,13 @@ impl<'a> Engine<'a> {
             demand_of_app[a] = Some(d);
         }
         let end = ms(sc.duration);
-        // Arrivals are in time order: those at or past the end are a suffix.
         let Requests { mut arrivals, demand: mut req_demand } = requests;
-        let n = arrivals.partition_point(|a| a.at_ms < end);
-        arrivals.truncate(n);
-        req_demand.truncate(n);
+        if req_demand.is_empty() {
+            arrivals.retain(|a| a.at_ms < end);
+        } else {
+            (arrivals, req_demand) = arrivals.into_iter().zip(req_demand).filter(|(a, _)| a.at_ms < end).unzip();
+        }
+        let n = arrivals.len();
         let demands = demand_apps.len();
         let mut report = Report::new(sc, n as u64);
         if demands > 1 {
