@@ -434,6 +434,8 @@ fn the_simulators_report_draws_its_charts_from_a_file() {
         let col = |name: &str| table[0].iter().position(|h| h == name).unwrap_or_else(|| panic!("{name}: {table:?}"));
         let (chat, small) = (col("chat: served"), col("small: served"));
         col("small: SLO met");
+        let cost = col("chat: cost");
+        assert!(table[1..].iter().all(|r| r[cost].starts_with('$')), "{table:?}");
         assert_eq!(table.len(), 5, "{table:?}");
         for row in &table[1..] {
             for c in [chat, small] {

@@ -633,7 +633,7 @@ impl<'a> Engine<'a> {
             }
         };
         let o = self.index.offering(self.nodes[n].offering);
-        self.report.charge(o, cost, self.now - self.nodes[n].launched_ms);
+        self.report.charge(o, cost, self.now - self.nodes[n].launched_ms, &self.spec.apps[self.nodes[n].app].name);
         if let Some(c) = self.live_per_offering.get_mut(&self.nodes[n].offering) {
             *c -= 1;
         }

@@ -160,7 +160,7 @@ const PAGE_SCRIPT: &str = r#"
   }
   main.summary.apps.forEach((a) => {
     const of = (r) => r.summary.apps.find((x) => x.app === a.app);
-    cols.push([a.app + ': served', (r) => (of(r) ? of(r).served + ' of ' + of(r).requests : '–')],
+    cols.push([a.app + ': cost', (r) => (of(r) ? money(of(r).cost) : '–')], [a.app + ': served', (r) => (of(r) ? of(r).served + ' of ' + of(r).requests : '–')],
       [a.app + ': wait p99', (r) => (of(r) ? of(r).wait_p99_s.toFixed(1) + ' s' : '–')],
       [a.app + ': SLO met', (r) => (of(r) ? (of(r).slo_attainment * 100).toFixed(1) + '%' : '–')]);
   });

@@ -86,6 +86,8 @@ pub struct AppReport {
     pub slo_attainment: f64,
     /// This demand's part of the run's lower bound.
     pub lower_bound: Money,
+    /// Its app's nodes' bills.
+    pub cost: Money,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -101,6 +103,8 @@ pub struct Report {
     pub cost_by_cloud: BTreeMap<String, Money>,
     pub cost_by_region: BTreeMap<String, Money>,
     pub cost_by_capacity: BTreeMap<String, Money>,
+    /// Each app's nodes' bills (the spec's apps that launched any).
+    pub cost_by_app: BTreeMap<String, Money>,
     /// GPU-hours paid for, and the share of them runners spent serving.
     pub gpu_hours: f64,
     pub busy_gpu_hours: f64,
@@ -175,6 +179,7 @@ impl Report {
             cost_by_cloud: BTreeMap::new(),
             cost_by_region: BTreeMap::new(),
             cost_by_capacity: BTreeMap::new(),
+            cost_by_app: BTreeMap::new(),
             gpu_hours: 0.0,
             busy_gpu_hours: 0.0,
             utilisation: 0.0,
@@ -224,14 +229,21 @@ impl Report {
                 wait_max_s: 0.0,
                 slo_attainment: 0.0,
                 lower_bound: Money::ZERO,
+                cost: Money::ZERO,
             })
             .collect();
         self.apps_waits = vec![Vec::new(); self.apps.len()];
     }
 
     /// Books the bill of one node.
-    pub(crate) fn charge(&mut self, o: &Offering, cost: Money, ran_ms: u64) {
+    pub(crate) fn charge(&mut self, o: &Offering, cost: Money, ran_ms: u64, app: &str) {
         self.cost += cost;
+        match self.cost_by_app.get_mut(app) {
+            Some(c) => *c += cost,
+            None => {
+                self.cost_by_app.insert(app.to_string(), cost);
+            }
+        }
         *self.cost_by_cloud.entry(o.cloud.to_string()).or_default() += cost;
         *self.cost_by_region.entry(format!("{}/{}", o.cloud, o.region)).or_default() += cost;
         *self.cost_by_capacity.entry(o.capacity.to_string()).or_default() += cost;
@@ -257,6 +269,7 @@ impl Report {
             a.wait_p99_s = percentile(w, 99.0);
             a.wait_max_s = percentile(w, 100.0);
             a.slo_attainment = attainment(w);
+            a.cost = self.cost_by_app.get(&a.app).copied().unwrap_or(Money::ZERO);
         }
         self.utilisation = if self.gpu_hours > 0.0 { self.busy_gpu_hours / self.gpu_hours } else { 0.0 };
         self.cost_over_lower_bound = if self.lower_bound > Money::ZERO {
@@ -333,6 +346,7 @@ impl Report {
                 v.extend(reports.iter().map(|r| of(r).map_or("-".into(), |a| f(&a))));
                 v
             };
+            cells.push(row(format!("{app}: cost"), &|a| a.cost.cents().to_string()));
             cells.push(row(format!("{app}: served"), &|a| format!("{} of {}", a.served, a.requests)));
             cells.push(row(format!("{app}: wait p99"), &|a| format!("{:.2}s", a.wait_p99_s)));
             cells.push(row(format!("{app}: SLO attainment"), &|a| format!("{:.1}%", a.slo_attainment * 100.0)));
@@ -361,6 +375,20 @@ impl Report {
             for (name, f) in &extra {
                 let mut v = vec![name.to_string()];
                 v.extend(reports.iter().map(|r| f(r)));
+                cells.push(v);
+            }
+        }
+        // Several apps billed (one demand beside other apps' floors, or several demands): each
+        // app's bill, unless the per-demand rows above give them all.
+        let mut billed: Vec<&String> = reports.iter().flat_map(|r| r.cost_by_app.keys()).collect();
+        billed.sort();
+        billed.dedup();
+        if billed.len() > 1 && !billed.iter().all(|a| apps.contains(a)) {
+            for a in billed {
+                let mut v = vec![format!("cost of {a}")];
+                v.extend(
+                    reports.iter().map(|r| r.cost_by_app.get(a).copied().unwrap_or(Money::ZERO).cents().to_string()),
+                );
                 cells.push(v);
             }
         }

@@ -233,6 +233,9 @@ fn several_demands_are_served_each_by_its_own_apps_runners_and_reported_apart() 
     assert_eq!(r.apps[0].lower_bound, usd("2.52"));
     assert_eq!(r.apps[1].lower_bound, usd("1.26"));
     assert_eq!(r.lower_bound, usd("3.78"));
+    // Each app's bill, and they make the whole.
+    assert_eq!(r.apps[0].cost + r.apps[1].cost, r.cost);
+    assert!(r.apps[0].cost > r.apps[1].cost && r.apps[1].cost > Money::ZERO, "{:?}", r.cost_by_app);
     // The table and the JSON show each app.
     let t = fleet_simulator::report::Report::table(&[&r]);
     assert!(t.contains("a: served") && t.contains("1200 of 1200") && t.contains("600 of 600"), "{t}");
@@ -476,6 +479,11 @@ fn the_specs_other_apps_count_alike_in_the_oracle_and_the_lower_bound() {
     assert_eq!(orc.cost, usd("7.20"), "{:?}", costs(&both));
     assert_eq!(orc.nodes_launched, 2);
     assert_eq!(both[1].cost, usd("7.20"), "static-peak: one node each, all hour");
+    for x in &both {
+        assert_eq!(x.cost_by_app.get("b"), Some(&usd("3.60")), "{}: b's floor node, all hour", x.scenario);
+    }
+    let t = fleet_simulator::report::Report::table(&both.iter().collect::<Vec<_>>());
+    assert!(t.contains("cost of a") && t.contains("cost of b"), "{t}");
     assert!(both.iter().all(|x| x.lower_bound <= orc.cost && orc.cost <= x.cost), "{:?}", costs(&both));
 }
 
