@@ -50,6 +50,7 @@ fn main() {
             rate_scale: 4.0,
             diurnal_amplitude: 0.5,
             service: None,
+            weights_gb: None,
         }],
         // A large model on 8 GPUs, one request at a time: slow decode, so demand needs ~100 runners.
         service: ServiceModel {

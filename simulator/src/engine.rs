@@ -137,8 +137,10 @@ pub struct Engine<'a> {
     /// [`start_time`], computed once: building it from a calendar date is not free.
     start: Time,
     index: PlacementIndex,
-    /// Per app: how its runners serve ([`Scenario::service_for`]).
+    /// Per app: how its runners serve ([`Scenario::service_for`]) and where their weights come
+    /// from ([`Scenario::weights_for`]).
     services: Vec<ServiceModel>,
+    weights: Vec<Option<crate::scenario::Weights>>,
     /// Per demand (the scenario's order), its app's index in the spec; per app, its demand.
     demand_apps: Vec<usize>,
     demand_of_app: Vec<Option<usize>>,
@@ -247,6 +249,7 @@ impl<'a> Engine<'a> {
             start: start_time(),
             index,
             services: sc.spec.apps.iter().map(|a| sc.service_for(&a.name).clone()).collect(),
+            weights: sc.spec.apps.iter().map(|a| sc.weights_for(&a.name)).collect(),
             demand_apps,
             demand_of_app,
             arrivals,
@@ -495,17 +498,21 @@ impl<'a> Engine<'a> {
     /// the cache is on and some node there holds or fetches them, no sooner than that one's
     /// fetch ends; else from the origin, billed) and the load from disk.
     fn runner_start(&mut self, n: usize) -> u64 {
-        let Some(w) = self.sc.weights.clone() else { return ms(self.services[self.nodes[n].app].model_load) };
+        let Some(w) = self.weights[self.nodes[n].app].clone() else {
+            return ms(self.services[self.nodes[n].app].model_load);
+        };
         let now = self.now;
         let load = ms(w.load());
         let (done, from) = match self.nodes[n].holds_at {
             Some(at) => (at.max(now), None),
             None => {
                 let o = self.index.offering(self.nodes[n].offering);
+                // Peers: nodes of the same app (the same model) in the region.
+                let app = self.nodes[n].app;
                 let peers = if w.cache {
                     self.live_nodes
                         .iter()
-                        .filter(|&&m| m != n)
+                        .filter(|&&m| m != n && self.nodes[m].app == app)
                         .filter(|&&m| {
                             let p = self.index.offering(self.nodes[m].offering);
                             p.cloud == o.cloud && p.region == o.region
@@ -878,7 +885,7 @@ impl<'a> Engine<'a> {
     /// cache and `cold_start_aware` on): provision and boot on the cloud of the app's cheapest
     /// offering now, over the consolidation horizon (an hour without one).
     fn cold_start_model(&self, app: usize) -> Option<fleet_policies::coldstart::ColdStartModel> {
-        let w = self.sc.weights.as_ref().filter(|w| w.cache && w.cold_start_aware)?;
+        let w = self.weights[app].as_ref().filter(|w| w.cache && w.cold_start_aware)?;
         let cloud = match self.index.best(app, &RankInput::new(self.at(self.now), &self.cache)) {
             Some(c) => self.sc.cloud(self.index.offering(c.offering).cloud),
             None => &self.sc.default_cloud,

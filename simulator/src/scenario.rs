@@ -85,6 +85,9 @@ pub struct Demand {
     /// `prefill_tokens_per_s`, `decode_tokens_per_s`, `model_load`, each defaulting to
     /// `[service]`'s); `None`: the scenario's `[service]`.
     pub service: Option<ServiceModel>,
+    /// The app's model's size in GB where `[weights]` is given (the demand table's `weights_gb`;
+    /// `None`: `weights.size_gb`).
+    pub weights_gb: Option<f64>,
 }
 
 /// Throughput of one runner, from tokens: H100-SXM reference rates, scaled for other GPUs by
@@ -204,6 +207,15 @@ impl Scenario {
         self.clouds.get(&c).unwrap_or(&self.default_cloud)
     }
 
+    /// Where app `app`'s runners' weights come from: `[weights]`, with its demand's own size.
+    pub fn weights_for(&self, app: &str) -> Option<Weights> {
+        let mut w = self.weights.clone()?;
+        if let Some(gb) = self.demands.iter().find(|d| d.app == app).and_then(|d| d.weights_gb) {
+            w.size_gb = gb;
+        }
+        Some(w)
+    }
+
     /// How fast app `app`'s runners serve and how long they take to load: its demand's own
     /// rates where it gives them, else `[service]`.
     pub fn service_for(&self, app: &str) -> &ServiceModel {
@@ -214,7 +226,7 @@ impl Scenario {
     /// the model load, or with `[weights]` the fetch (from peers when `warm` and the cache is
     /// on, else from the origin) and the load from disk.
     pub fn runner_start_estimate(&self, app: &str, warm: bool) -> Duration {
-        match &self.weights {
+        match &self.weights_for(app) {
             None => self.service_for(app).model_load,
             Some(w) => {
                 let from = if warm && w.cache { FetchFrom::Peers } else { FetchFrom::Origin };
@@ -275,6 +287,7 @@ struct RawDemand {
     prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: Option<f64>,
     model_load: Option<String>,
+    weights_gb: Option<f64>,
 }
 
 /// `[demand]` (one table) or `[[demand]]` (an array of tables), read with the TOML parser's own
@@ -426,6 +439,15 @@ impl Scenario {
                     })
                 } else {
                     None
+                },
+                weights_gb: match d.weights_gb {
+                    None => None,
+                    Some(gb) if gb.is_finite() && gb > 0.0 && gb <= 100_000.0 => Some(gb),
+                    Some(_) => {
+                        return Err(invalid(format!(
+                            "{name}.weights_gb: the model's size in GB, more than 0 and at most 100000"
+                        )));
+                    }
                 },
             });
         }

@@ -38,6 +38,7 @@ fn with_budget(seed: u64, rate: f64, budget: &str, horizon_min: u64, ice: f64, p
             rate_scale: 1.0,
             diurnal_amplitude: 0.9,
             service: None,
+            weights_gb: None,
         }],
         service: ServiceModel::default(),
         default_cloud: CloudModel { ice_probability: ice, preemptions_per_hour: preempt, ..CloudModel::default() },

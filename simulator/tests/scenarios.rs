@@ -320,6 +320,29 @@ fn fleetsim_refuses_a_trace_for_several_demands_and_a_compare_whose_spec_lacks_t
 }
 
 #[test]
+fn each_app_fetches_its_own_models_weights_from_its_own_peers() {
+    // One node each for a and b (min = max = 1), the whole hour, in the one region. With the node
+    // cache on, b's node may not take a's model from a's node: each app reads the origin once,
+    // a its 100 GB and b its own 10 GB (its demand's weights_gb).
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n\
+                 [apps.b]\ngpu = \"H100\"\n[apps.b.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n";
+    let c = two_demands(fleet, "");
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    let text = text.replace("app = \"b\"\n", "app = \"b\"\nweights_gb = 10\n") + "[weights]\nsize_gb = 100\n";
+    std::fs::write(c.path("scenario.toml"), text).unwrap();
+    let sc = c.scenario();
+    assert_eq!(sc.weights_for("b").unwrap().size_gb, 10.0);
+    assert_eq!(sc.weights_for("a").unwrap().size_gb, 100.0);
+    let r = fleet_simulator::run(&sc).unwrap();
+    assert_eq!(r.nodes_launched, 2);
+    let w = r.weights.as_ref().unwrap();
+    assert_eq!((w.from_origin, w.from_peers), (2, 0), "{w:?}");
+    assert_eq!(w.origin_gb, 110.0);
+    // Each loads its own size at the disk's 7 GB/s (whole milliseconds): the mean of the two.
+    assert!((w.load_mean_s() - (100.0 + 10.0) / 7.0 / 2.0).abs() < 0.01, "{w:?}");
+}
+
+#[test]
 fn one_demand_in_double_brackets_runs_as_the_table_does() {
     let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\n";
     let c = Case::new(fleet, "poisson_rate = 0.5", "seed = 4", "");
@@ -353,6 +376,8 @@ fn several_demands_are_checked_by_name() {
     std::fs::write(c.path("scenario.toml"), "spec = \"fleet.toml\"\nduration = \"1h\"\ndemand = []\n").unwrap();
     let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
     assert!(e.contains("demand: give 1 to 256 [[demand]] tables"), "{e}");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = -1");
+    assert!(e.contains("demand[1].weights_gb: the model's size in GB"), "{e}");
     let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nspeed = 2");
     assert!(e.contains("unknown field `speed`"), "{e}");
 }
