@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::demand::{Arrival, Requests};
-use crate::report::{Report, Sample};
+use crate::report::{AppSample, Report, Sample};
 use crate::scenario::{FetchFrom, Policy, Scenario, ServiceModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -795,10 +795,25 @@ impl<'a> Engine<'a> {
         let capacity: usize = live().filter(|r| r.ready).map(|r| self.mux(r.app)).sum();
         let in_flight: usize = live().map(|r| r.in_flight.len()).sum();
         let queued: usize = self.queues.iter().map(VecDeque::len).sum();
+        let per_app = if self.demand_apps.len() > 1 {
+            let mut v: Vec<AppSample> =
+                self.queues.iter().map(|q| AppSample { demand: q.len() as u32, capacity: 0 }).collect();
+            for r in live() {
+                let d = &mut v[self.demand_of_app[r.app].expect("live() keeps demand apps")];
+                d.demand += r.in_flight.len() as u32;
+                if r.ready {
+                    d.capacity += self.mux(r.app) as u32;
+                }
+            }
+            v
+        } else {
+            Vec::new()
+        };
         self.report.timeline.push(Sample {
             t_s: self.now / 1000,
             demand: (queued + in_flight) as u32,
             capacity: capacity as u32,
+            apps: per_app,
             burn_per_hour: burn,
             cold_starts: self.report.cold_starts,
         });

@@ -28,10 +28,18 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// Writes the three plots into `dir` (created if needed) and returns their paths.
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let paths = vec![dir.join("demand_vs_capacity.svg"), dir.join("burn_by_cloud.svg"), dir.join("wait_cdf.svg")];
-    demand_vs_capacity(r, &paths[0])?;
+    let mut paths = vec![dir.join("demand_vs_capacity.svg"), dir.join("burn_by_cloud.svg"), dir.join("wait_cdf.svg")];
+    demand_vs_capacity(r, &paths[0], &r.scenario, |s| (s.demand, s.capacity))?;
     burn_by_cloud(r, &paths[1])?;
     wait_cdf(r, &paths[2])?;
+    // Several demands: each app's own, beside the fleet's (app names are the spec's, checked
+    // there to be safe in a file name).
+    for (i, a) in r.apps.iter().enumerate() {
+        let p = dir.join(format!("demand_vs_capacity_{}.svg", a.app));
+        let pick = move |s: &crate::report::Sample| s.apps.get(i).map_or((0, 0), |x| (x.demand, x.capacity));
+        demand_vs_capacity(r, &p, &format!("{} {}", r.scenario, a.app), pick)?;
+        paths.push(p);
+    }
     Ok(paths)
 }
 
@@ -92,14 +100,29 @@ fn thin<T: Clone>(v: &[T], key: impl Fn(&T) -> u32) -> Vec<T> {
     v.chunks(step).filter_map(|c| c.iter().max_by_key(|x| key(x)).cloned()).collect()
 }
 
-fn demand_vs_capacity(r: &Report, path: &Path) -> anyhow::Result<()> {
+/// Demand and capacity over time, as `pick` reads them from each sample (the fleet's, or one
+/// app's), titled `title`.
+fn demand_vs_capacity(
+    r: &Report,
+    path: &Path,
+    title: &str,
+    pick: impl Fn(&crate::report::Sample) -> (u32, u32),
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let pts = thin(&r.timeline, |s| s.demand.max(s.capacity));
+    let all: Vec<(u64, u32, u32)> = r
+        .timeline
+        .iter()
+        .map(|s| {
+            let (d, c) = pick(s);
+            (s.t_s, d, c)
+        })
+        .collect();
+    let pts = thin(&all, |&(_, d, c)| d.max(c));
     let x_max = hours(r.duration_s).max(1e-3);
-    let y_max = pts.iter().map(|s| s.demand.max(s.capacity)).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let y_max = pts.iter().map(|&(_, d, c)| d.max(c)).max().unwrap_or(1).max(1) as f64 * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: demand vs capacity", r.scenario), ("sans-serif", 20))
+        .caption(format!("{title}: demand vs capacity"), ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -107,12 +130,12 @@ fn demand_vs_capacity(r: &Report, path: &Path) -> anyhow::Result<()> {
         .map_err(err)?;
     chart.configure_mesh().x_desc("hours").y_desc("concurrent requests").draw().map_err(err)?;
     chart
-        .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), f64::from(s.demand))), &COLOURS[3]))
+        .draw_series(LineSeries::new(pts.iter().map(|&(t, d, _)| (hours(t), f64::from(d))), &COLOURS[3]))
         .map_err(err)?
         .label("demand (queued + in flight)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], COLOURS[3]));
     chart
-        .draw_series(LineSeries::new(pts.iter().map(|s| (hours(s.t_s), f64::from(s.capacity))), &COLOURS[0]))
+        .draw_series(LineSeries::new(pts.iter().map(|&(t, _, c)| (hours(t), f64::from(c))), &COLOURS[0]))
         .map_err(err)?
         .label("capacity (ready runners × multiplexing)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], COLOURS[0]));

@@ -20,6 +20,16 @@ pub struct Sample {
     pub burn_per_hour: Money,
     /// Cold starts (runners started) so far.
     pub cold_starts: u64,
+    /// With several demands: each one's demand and capacity, in the scenario's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppSample>,
+}
+
+/// One demand's app at one control tick (runs with several demands).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AppSample {
+    pub demand: u32,
+    pub capacity: u32,
 }
 
 /// Hourly burn per cloud at one moment (at most ~500 of these per run, for the stacked plot).

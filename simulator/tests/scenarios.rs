@@ -244,6 +244,16 @@ fn several_demands_are_served_each_by_its_own_apps_runners_and_reported_apart() 
     assert_eq!(j["apps"][1]["served"], 600);
     // Deterministic.
     assert_eq!(fleet_simulator::run(&sc).unwrap().to_json(), r.to_json());
+    // Each tick's demand and capacity per app add up to the fleet's, and each app has its plot.
+    assert!(r.timeline.iter().all(|t| t.apps.len() == 2
+        && t.apps.iter().map(|a| a.demand).sum::<u32>() == t.demand
+        && t.apps.iter().map(|a| a.capacity).sum::<u32>() == t.capacity));
+    assert!(r.timeline.iter().any(|t| t.apps[1].capacity > 0 && t.apps[0].capacity > 0));
+    let paths = fleet_simulator::plots::write(&r, &c.path("plots")).unwrap();
+    let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"demand_vs_capacity_a.svg".into()) && names.contains(&"demand_vs_capacity_b.svg".into()));
+    let svg = std::fs::read_to_string(c.path("plots/demand_vs_capacity_b.svg")).unwrap();
+    assert!(svg.contains("case b: demand vs capacity"), "titled by app");
 
     // Requests go only to their app's runners: app b may use no offering of this catalog (an
     // A100), so none of its requests is served, and all of a's are.
