@@ -442,6 +442,11 @@ impl Scenario {
                 },
                 weights_gb: match d.weights_gb {
                     None => None,
+                    Some(_) if raw.weights.is_none() => {
+                        return Err(invalid(format!(
+                            "{name}.weights_gb: sizes this app's model for the [weights] table, and there is none; add [weights] (size_gb = …) or drop it"
+                        )));
+                    }
                     Some(gb) if gb.is_finite() && gb > 0.0 && gb <= 100_000.0 => Some(gb),
                     Some(_) => {
                         return Err(invalid(format!(

@@ -386,7 +386,17 @@ fn several_demands_are_checked_by_name() {
     std::fs::write(c.path("scenario.toml"), "spec = \"fleet.toml\"\nduration = \"1h\"\ndemand = []\n").unwrap();
     let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
     assert!(e.contains("demand: give 1 to 256 [[demand]] tables"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = -1");
+    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = 10");
+    assert!(
+        e.contains("demand[1].weights_gb: sizes this app's model for the [weights] table, and there is none"),
+        "{e}"
+    );
+    std::fs::write(
+        c.path("scenario.toml"),
+        text.replacen("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = -1", 1) + "[weights]\nsize_gb = 10\n",
+    )
+    .unwrap();
+    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
     assert!(e.contains("demand[1].weights_gb: the model's size in GB"), "{e}");
     let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nspeed = 2");
     assert!(e.contains("unknown field `speed`"), "{e}");
