@@ -52,8 +52,13 @@ impl Requests {
 
     /// The demand request `i` came from.
     pub fn demand_of(&self, i: usize) -> usize {
-        self.demand.get(i).map_or(0, |d| usize::from(*d))
+        demand_of(&self.demand, i)
     }
+}
+
+/// The demand request `i` came from, given [`Requests::demand`]'s tags (none: the one demand).
+pub(crate) fn demand_of(tags: &[u16], i: usize) -> usize {
+    tags.get(i).map_or(0, |d| usize::from(*d))
 }
 
 #[derive(Debug, thiserror::Error)]

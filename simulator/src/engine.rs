@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::demand::{Arrival, Requests};
 use crate::report::{AppSample, Report, Sample};
-use crate::scenario::{FetchFrom, Policy, Scenario, ServiceModel};
+use crate::scenario::{FetchFrom, Policy, Scenario, ServiceModel, runner_start_estimate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ev {
@@ -168,12 +168,10 @@ pub struct Engine<'a> {
     /// Per demand: runners of its app that had a free slot when pushed (other apps get no
     /// requests). Entries are checked when taken: a runner stopped or filled since is dropped then.
     spare: Vec<Vec<usize>>,
-    /// Σ hourly price of live nodes (µ$/h), and Σ price × launch time (µ$/h × ms): burn and the
-    /// open part of month-to-date without walking the nodes.
-    live_price: i128,
-    live_price_launch: i128,
-    /// The same sums and the closed bills per app, for each app's own month-to-date (its budget).
-    app_spend: Vec<AppSpend>,
+    /// The fleet's spend (burn and month-to-date without walking the nodes), and each app's, for
+    /// its own month-to-date (its budget).
+    spend: Spend,
+    app_spend: Vec<Spend>,
     /// Nodes not ended and runners not stopped: what a tick looks at (the vectors keep history).
     live_nodes: BTreeSet<usize>,
     live_runners: BTreeSet<usize>,
@@ -182,7 +180,6 @@ pub struct Engine<'a> {
     history: Vec<DemandHistory>,
     live_per_offering: BTreeMap<u32, u32>,
     cache: UnavailableCache,
-    closed_cost: Money,
     /// The first bill that could not be counted exactly; the run then fails with it.
     overflow: Option<fleet_core::MoneyOverflow>,
     report: Report,
@@ -191,13 +188,36 @@ pub struct Engine<'a> {
     booked: Vec<Option<usize>>,
 }
 
-/// One app's spend: Σ hourly price of its live nodes (µ$/h), Σ price × launch time, and its
-/// nodes' closed bills.
+/// Spend of a set of nodes (the fleet's, or one app's): Σ hourly price of the live ones (µ$/h),
+/// Σ price × launch time (µ$/h × ms), and the ended ones' bills.
 #[derive(Debug, Clone, Default)]
-struct AppSpend {
+struct Spend {
     live_price: i128,
     live_price_launch: i128,
     closed: Money,
+}
+
+impl Spend {
+    /// A node at `price` (µ$/h) launched at `at_ms`.
+    fn launch(&mut self, price: i128, at_ms: u64) {
+        self.live_price += price;
+        self.live_price_launch += price * i128::from(at_ms);
+    }
+
+    /// That node ended, billed `cost`; a sum too large to count stays at [`Money::MAX`].
+    fn end(&mut self, price: i128, launched_ms: u64, cost: Money) -> Result<(), fleet_core::MoneyOverflow> {
+        self.live_price -= price;
+        self.live_price_launch -= price * i128::from(launched_ms);
+        self.closed = self.closed.try_add(cost).inspect_err(|_| self.closed = Money::MAX)?;
+        Ok(())
+    }
+
+    /// Spend so far this month at `now_ms`: closed bills plus live nodes' running cost
+    /// (unrounded billing).
+    fn month_to_date(&self, now_ms: u64) -> Money {
+        let open = (self.live_price * i128::from(now_ms) - self.live_price_launch) / 3_600_000;
+        self.closed + Money::from_micros_saturating(open)
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -266,16 +286,14 @@ impl<'a> Engine<'a> {
             nodes: Vec::new(),
             runners: Vec::new(),
             spare: vec![Vec::new(); demands],
-            live_price: 0,
-            live_price_launch: 0,
-            app_spend: vec![AppSpend::default(); apps],
+            spend: Spend::default(),
+            app_spend: vec![Spend::default(); apps],
             live_nodes: BTreeSet::new(),
             live_runners: BTreeSet::new(),
             pending_since: vec![None; apps],
             history: vec![DemandHistory::default(); apps],
             live_per_offering: BTreeMap::new(),
             cache: UnavailableCache::default(),
-            closed_cost: Money::ZERO,
             overflow: None,
             report,
             busy_gpu_ms: 0,
@@ -331,7 +349,7 @@ impl<'a> Engine<'a> {
                 self.next_arrival += 1;
                 self.now = self.arrivals[i].at_ms;
                 self.report.events += 1;
-                let d = self.req_demand.get(i).map_or(0, |d| usize::from(*d));
+                let d = crate::demand::demand_of(&self.req_demand, i);
                 self.arrived[d] += 1;
                 self.queues[d].push_back(i);
                 self.dispatch(d);
@@ -443,7 +461,7 @@ impl<'a> Engine<'a> {
         self.report.served += 1;
         let wait = u64::from(self.started_ms[req]) - self.arrivals[req].at_ms;
         self.report.waits_ms.push(wait as u32);
-        if let Some(by) = self.report.apps_waits.get_mut(self.req_demand.get(req).map_or(0, |d| usize::from(*d))) {
+        if let Some(by) = self.report.apps_waits.get_mut(crate::demand::demand_of(&self.req_demand, req)) {
             by.push(wait as u32);
         }
         let runner = &mut self.runners[r];
@@ -624,21 +642,13 @@ impl<'a> Engine<'a> {
         self.nodes[n].up = false;
         self.live_nodes.remove(&n);
         let price = i128::from(self.index.offering(self.nodes[n].offering).price.hourly().micros());
-        self.live_price -= price;
-        self.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
-        let spend = &mut self.app_spend[self.nodes[n].app];
-        spend.live_price -= price;
-        spend.live_price_launch -= price * i128::from(self.nodes[n].launched_ms);
         let cost = self.node_cost(n, self.now);
-        let spend = &mut self.app_spend[self.nodes[n].app];
-        spend.closed += cost;
-        self.closed_cost = match self.closed_cost.try_add(cost) {
-            Ok(c) => c,
-            Err(e) => {
-                self.overflowed(e);
-                Money::MAX
-            }
-        };
+        let (launched, app) = (self.nodes[n].launched_ms, self.nodes[n].app);
+        if let Err(e) = self.spend.end(price, launched, cost) {
+            self.overflowed(e);
+        }
+        // An app's bills are part of the fleet's: an overflow there is reported just above.
+        let _ = self.app_spend[app].end(price, launched, cost);
         let o = self.index.offering(self.nodes[n].offering);
         self.report.charge(o, cost, self.now - self.nodes[n].launched_ms, &self.spec.apps[self.nodes[n].app].name);
         if let Some(c) = self.live_per_offering.get_mut(&self.nodes[n].offering) {
@@ -658,20 +668,7 @@ impl<'a> Engine<'a> {
     }
 
     fn burn(&self) -> Money {
-        Money::from_micros_saturating(self.live_price)
-    }
-
-    /// Spend so far this month: closed bills plus live nodes' running cost (unrounded billing).
-    fn month_to_date(&self) -> Money {
-        let open = (self.live_price * i128::from(self.now) - self.live_price_launch) / 3_600_000;
-        self.closed_cost + Money::from_micros_saturating(open)
-    }
-
-    /// App `app`'s part of [`Engine::month_to_date`]: its own nodes' bills.
-    fn app_month_to_date(&self, app: usize) -> Money {
-        let s = &self.app_spend[app];
-        let open = (s.live_price * i128::from(self.now) - s.live_price_launch) / 3_600_000;
-        s.closed + Money::from_micros_saturating(open)
+        Money::from_micros_saturating(self.spend.live_price)
     }
 
     fn tick(&mut self) {
@@ -721,7 +718,7 @@ impl<'a> Engine<'a> {
                 scale_up_pending_since: self.pending_since[i],
                 runners,
                 nodes,
-                month_to_date: self.app_month_to_date(i),
+                month_to_date: self.app_spend[i].month_to_date(self.now),
                 demand,
                 outside_burn: Money::ZERO,
                 cold_start: if self.demand_of_app[i].is_some() { self.cold_start_model(i) } else { None },
@@ -729,7 +726,7 @@ impl<'a> Engine<'a> {
             apps.insert(app.name.clone(), st);
         }
         // Each app's month-to-date is its own nodes' (its budget); the fleet's is all of them.
-        let mtd = self.month_to_date();
+        let mtd = self.spend.month_to_date(self.now);
         let state = FleetView { now: now_ts, apps, unavailable: &self.cache, fleet_month_to_date: mtd };
         // The oracle's nodes come and go by its bookings: nothing to decide for the demand apps.
         // The spec's other apps are planned as under every policy (their floors, budgets), so
@@ -890,8 +887,9 @@ impl<'a> Engine<'a> {
         let mut h = std::mem::take(&mut self.history[app]);
         // Warm: some live node of the app holds the weights (peers can serve them).
         let warm = self.live_nodes.iter().any(|&n| self.nodes[n].app == app && self.nodes[n].holds_at.is_some());
-        h.cold_start =
-            model.provision_delay + model.boot + self.sc.runner_start_estimate(&self.spec.apps[app].name, warm);
+        h.cold_start = model.provision_delay
+            + model.boot
+            + runner_start_estimate(&self.services[app], self.weights[app].as_ref(), warm);
         h.recreate = h.cold_start + model.min_billing;
         h
     }
@@ -980,11 +978,8 @@ impl<'a> Engine<'a> {
         }
         self.live_nodes.insert(n);
         let price = i128::from(self.index.offering(offering).price.hourly().micros());
-        self.live_price += price;
-        self.live_price_launch += price * i128::from(self.now);
-        let spend = &mut self.app_spend[app];
-        spend.live_price += price;
-        spend.live_price_launch += price * i128::from(self.now);
+        self.spend.launch(price, self.now);
+        self.app_spend[app].launch(price, self.now);
         *self.live_per_offering.entry(offering).or_default() += 1;
         self.report.nodes_launched += 1;
         self.push(self.now + ready_in, Ev::NodeReady(n));
@@ -1073,7 +1068,7 @@ impl<'a> Engine<'a> {
         // Each demand's tokens, summed in arrival order.
         let mut tokens = vec![(0.0f64, 0.0f64); self.demand_apps.len()];
         for (i, a) in self.arrivals.iter().enumerate() {
-            let t = &mut tokens[self.req_demand.get(i).map_or(0, |d| usize::from(*d))];
+            let t = &mut tokens[crate::demand::demand_of(&self.req_demand, i)];
             t.0 += f64::from(a.context_tokens);
             t.1 += f64::from(a.generated_tokens);
         }

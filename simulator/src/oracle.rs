@@ -131,9 +131,11 @@ fn for_gpu(
         let model = sc.cloud(index.offering(c.offering).cloud);
         c.node_price.cost_for(model.billed(Duration::from_millis(ran)))
     };
+    // Looked up once: `cold` runs for every candidate, level and interval.
+    let runner_start = sc.runner_start_estimate(&sc.spec.apps[app].name, true);
     let cold = |c: &Candidate| -> u64 {
         let model = sc.cloud(index.offering(c.offering).cloud);
-        ms(model.provision_delay + model.boot + sc.runner_start_estimate(&sc.spec.apps[app].name, true))
+        ms(model.provision_delay + model.boot + runner_start)
     };
     // The nodes one level needs on one candidate, gaps bridged where that is cheaper.
     let blocks = |level: usize, c: &Candidate| -> Blocks {

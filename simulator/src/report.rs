@@ -393,21 +393,19 @@ impl Report {
         let mut billed: Vec<&String> = reports.iter().flat_map(|r| r.cost_by_app.keys()).collect();
         billed.sort();
         billed.dedup();
+        // One row of a bill per report, from one of its maps (nothing billed: $0.00).
+        let bill_row = |name: String, of: &dyn Fn(&Report) -> Option<Money>| {
+            let mut v = vec![name];
+            v.extend(reports.iter().map(|r| of(r).unwrap_or(Money::ZERO).cents().to_string()));
+            v
+        };
         if billed.len() > 1 && !billed.iter().all(|a| apps.contains(a)) {
             for a in billed {
-                let mut v = vec![format!("cost of {a}")];
-                v.extend(
-                    reports.iter().map(|r| r.cost_by_app.get(a).copied().unwrap_or(Money::ZERO).cents().to_string()),
-                );
-                cells.push(v);
+                cells.push(bill_row(format!("cost of {a}"), &|r| r.cost_by_app.get(a).copied()));
             }
         }
         for c in clouds {
-            let mut v = vec![format!("cost on {c}")];
-            v.extend(
-                reports.iter().map(|r| r.cost_by_cloud.get(&c).copied().unwrap_or(Money::ZERO).cents().to_string()),
-            );
-            cells.push(v);
+            cells.push(bill_row(format!("cost on {c}"), &|r| r.cost_by_cloud.get(&c).copied()));
         }
         let widths: Vec<usize> =
             (0..=reports.len()).map(|i| cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();

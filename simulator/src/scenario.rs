@@ -226,12 +226,18 @@ impl Scenario {
     /// the model load, or with `[weights]` the fetch (from peers when `warm` and the cache is
     /// on, else from the origin) and the load from disk.
     pub fn runner_start_estimate(&self, app: &str, warm: bool) -> Duration {
-        match &self.weights_for(app) {
-            None => self.service_for(app).model_load,
-            Some(w) => {
-                let from = if warm && w.cache { FetchFrom::Peers } else { FetchFrom::Origin };
-                w.fetch(from) + w.load()
-            }
+        runner_start_estimate(self.service_for(app), self.weights_for(app).as_ref(), warm)
+    }
+}
+
+/// [`Scenario::runner_start_estimate`] for an app that serves as `service` and fetches as `weights`
+/// (the engine keeps both per app).
+pub fn runner_start_estimate(service: &ServiceModel, weights: Option<&Weights>, warm: bool) -> Duration {
+    match weights {
+        None => service.model_load,
+        Some(w) => {
+            let from = if warm && w.cache { FetchFrom::Peers } else { FetchFrom::Origin };
+            w.fetch(from) + w.load()
         }
     }
 }

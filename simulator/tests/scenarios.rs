@@ -371,35 +371,41 @@ fn several_demands_are_checked_by_name() {
         std::fs::write(c.path("scenario.toml"), text.replacen(from, to, 1)).unwrap();
         Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string()
     };
-    let e = bad("app = \"b\"", "app = \"nope\"");
-    assert!(e.contains("demand[1].app: no app 'nope'"), "{e}");
-    let e = bad("app = \"b\"", "app = \"a\"");
-    assert!(e.contains("demand[1].app: app 'a' has a demand already (demand[0])"), "{e}");
-    let e = bad("trace = \"b.csv\"", "poisson_rate = -1");
-    assert!(e.contains("demand[1]: give either trace"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\ntime_scale = 0.0");
-    assert!(e.contains("demand[1].time_scale"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\ndecode_tokens_per_s = 0");
-    assert!(e.contains("demand[1].decode_tokens_per_s: must be a positive number"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nmodel_load = \"later\"");
-    assert!(e.contains("demand[1].model_load: 'later' is not a duration"), "{e}");
-    std::fs::write(c.path("scenario.toml"), "spec = \"fleet.toml\"\nduration = \"1h\"\ndemand = []\n").unwrap();
-    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
-    assert!(e.contains("demand: give 1 to 256 [[demand]] tables"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = 10");
-    assert!(
-        e.contains("demand[1].weights_gb: sizes this app's model for the [weights] table, and there is none"),
-        "{e}"
-    );
-    std::fs::write(
-        c.path("scenario.toml"),
-        text.replacen("trace = \"b.csv\"", "trace = \"b.csv\"\nweights_gb = -1", 1) + "[weights]\nsize_gb = 10\n",
-    )
-    .unwrap();
-    let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
-    assert!(e.contains("demand[1].weights_gb: the model's size in GB"), "{e}");
-    let e = bad("trace = \"b.csv\"", "trace = \"b.csv\"\nspeed = 2");
-    assert!(e.contains("unknown field `speed`"), "{e}");
+    // (what in the second demand, replaced by what, says what)
+    let b = "trace = \"b.csv\"";
+    let with = |extra: &str| format!("{b}\n{extra}");
+    for (from, to, says) in [
+        ("app = \"b\"", "app = \"nope\"".to_string(), "demand[1].app: no app 'nope'"),
+        ("app = \"b\"", "app = \"a\"".to_string(), "demand[1].app: app 'a' has a demand already (demand[0])"),
+        (b, "poisson_rate = -1".to_string(), "demand[1]: give either trace"),
+        (b, with("time_scale = 0.0"), "demand[1].time_scale"),
+        (b, with("decode_tokens_per_s = 0"), "demand[1].decode_tokens_per_s: must be a positive number"),
+        (b, with("model_load = \"later\""), "demand[1].model_load: 'later' is not a duration"),
+        (
+            b,
+            with("weights_gb = 10"),
+            "demand[1].weights_gb: sizes this app's model for the [weights] table, and there is none",
+        ),
+        (b, with("speed = 2"), "unknown field `speed`"),
+    ] {
+        let e = bad(from, &to);
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    // Whole files.
+    for (file, says) in [
+        (
+            "spec = \"fleet.toml\"\nduration = \"1h\"\ndemand = []\n".to_string(),
+            "demand: give 1 to 256 [[demand]] tables",
+        ),
+        (
+            text.replacen(b, &with("weights_gb = -1"), 1) + "[weights]\nsize_gb = 10\n",
+            "demand[1].weights_gb: the model's size in GB",
+        ),
+    ] {
+        std::fs::write(c.path("scenario.toml"), file).unwrap();
+        let e = Scenario::load(&c.path("scenario.toml")).unwrap_err().to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    }
 }
 
 #[test]
