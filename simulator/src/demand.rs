@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -71,17 +71,20 @@ pub enum DemandError {
     Empty { path: String },
 }
 
-/// Reads an Azure LLM inference trace. Arrivals are relative to the first request; rows must be
-/// in time order (the published files are).
+/// Reads an Azure LLM inference trace: the 2023 files (`2023-11-16 18:17:03.9799600`, no zone)
+/// and the 2024 week-long ones (`2024-05-10 00:00:00.009930+00:00`) alike; a `T` between date and
+/// time and a `Z` or `±HH:MM` offset are read too (times with an offset are taken in UTC, those
+/// without as they stand). Arrivals are relative to the earliest request. Rows out of time order
+/// (logs merged from several front ends) are put in order; rows at one instant keep theirs.
 pub fn read_azure_trace(path: &Path) -> Result<Vec<Arrival>, DemandError> {
     let p = path.display().to_string();
     let mut rdr = csv::Reader::from_path(path).map_err(|e| match e.into_kind() {
         csv::ErrorKind::Io(source) => DemandError::Io { path: p.clone(), source },
         other => DemandError::Row { path: p.clone(), line: 1, message: format!("{other:?}") },
     })?;
-    let mut out = Vec::new();
-    let mut first: Option<NaiveDateTime> = None;
-    let mut last_ms = 0;
+    // (microseconds since the epoch, context tokens, generated tokens)
+    let mut rows: Vec<(i64, u32, u32)> = Vec::new();
+    let mut in_order = true;
     for rec in rdr.records() {
         let rec = rec.map_err(|e| DemandError::Row {
             path: p.clone(),
@@ -91,26 +94,50 @@ pub fn read_azure_trace(path: &Path) -> Result<Vec<Arrival>, DemandError> {
         let line = rec.position().map(|x| x.line()).unwrap_or(0);
         let bad = |m: String| DemandError::Row { path: p.clone(), line, message: m };
         let ts = rec.get(0).unwrap_or("").trim();
-        // Seven fractional digits: chrono's %.f takes up to nine.
-        let t = NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f")
-            .map_err(|_| bad(format!("TIMESTAMP '{ts}' is not YYYY-MM-DD HH:MM:SS.fffffff")))?;
+        let t = trace_timestamp_us(ts).ok_or_else(|| {
+            bad(format!(
+                "TIMESTAMP '{ts}' is not YYYY-MM-DD HH:MM:SS[.fffffff][+HH:MM] (as the Azure LLM traces write it)"
+            ))
+        })?;
         let num = |i: usize, name: &str| -> Result<u32, DemandError> {
             let v = rec.get(i).unwrap_or("").trim();
             v.parse().map_err(|_| bad(format!("{name} '{v}' is not a whole number")))
         };
         let (ctx, gen_tokens) = (num(1, "ContextTokens")?, num(2, "GeneratedTokens")?);
-        let t0 = *first.get_or_insert(t);
-        let ms = (t - t0).num_milliseconds();
-        if ms < last_ms {
-            return Err(bad("rows are not in time order".into()));
-        }
-        last_ms = ms;
-        out.push(Arrival { at_ms: ms as u64, context_tokens: ctx, generated_tokens: gen_tokens });
+        in_order &= rows.last().is_none_or(|&(last, _, _)| last <= t);
+        rows.push((t, ctx, gen_tokens));
     }
-    if out.is_empty() {
+    if !in_order {
+        rows.sort_by_key(|&(t, _, _)| t); // stable: one instant's rows keep the file's order
+    }
+    let Some(&(t0, _, _)) = rows.first() else {
         return Err(DemandError::Empty { path: p });
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(t, context_tokens, generated_tokens)| Arrival {
+            // Whole milliseconds, truncated (as the difference of the two times always was).
+            at_ms: ((t - t0) / 1000) as u64,
+            context_tokens,
+            generated_tokens,
+        })
+        .collect())
+}
+
+/// A trace's TIMESTAMP in microseconds since the epoch (finer digits are dropped): with an offset
+/// (`+00:00`, `Z`) in UTC, without one as written. `None` if it is neither.
+fn trace_timestamp_us(ts: &str) -> Option<i64> {
+    // chrono's %.f reads up to nine fractional digits, or none.
+    if let Ok(t) = DateTime::parse_from_rfc3339(ts) {
+        return Some(t.timestamp_micros());
     }
-    Ok(out)
+    if let Ok(t) = DateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        return Some(t.timestamp_micros());
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(ts, f).ok())
+        .map(|t| t.and_utc().timestamp_micros())
 }
 
 /// Stretches time (`factor` 2 = half the rate, same requests).
@@ -213,6 +240,49 @@ mod tests {
         .unwrap();
         let e = read_azure_trace(&f).unwrap_err().to_string();
         assert!(e.ends_with("t.csv:3: ContextTokens 'x' is not a whole number"), "{e}");
+    }
+
+    fn read(dir: &tempfile::TempDir, rows: &str) -> Result<Vec<Arrival>, DemandError> {
+        let f = dir.path().join("t.csv");
+        std::fs::write(&f, format!("TIMESTAMP,ContextTokens,GeneratedTokens\n{rows}")).unwrap();
+        read_azure_trace(&f)
+    }
+
+    #[test]
+    fn reads_the_2024_week_long_traces_format() {
+        // The 2024 release (DynamoLLM) writes UTC offsets and six fractional digits, and a row at a
+        // whole second has no fraction at all.
+        let dir = tempfile::tempdir().unwrap();
+        let v = read(
+            &dir,
+            "2024-05-10 00:00:00.009930+00:00,2162,5\n2024-05-10 00:00:01+00:00,100,7\n\
+             2024-05-10 00:00:02.5+00:00,3,4\n2024-05-11 00:00:00.009930+00:00,1,1\n",
+        )
+        .unwrap();
+        let at: Vec<u64> = v.iter().map(|a| a.at_ms).collect();
+        assert_eq!(at, [0, 990, 2490, 86_400_000]);
+        assert_eq!((v[0].context_tokens, v[0].generated_tokens), (2162, 5));
+        // Offsets are honoured: 01:00+01:00 is midnight UTC; `T` and `Z` are read too.
+        let v = read(&dir, "2024-05-10T00:00:00Z,1,1\n2024-05-10 01:00:00.250+01:00,1,1\n2024-05-10T00:00:01.5,1,1\n")
+            .unwrap();
+        assert_eq!(v.iter().map(|a| a.at_ms).collect::<Vec<_>>(), [0, 250, 1500]);
+        // Not a time at all: named, with the line.
+        let e = read(&dir, "2024-05-10 00:00:00+00:00,1,1\n1715299200,1,1\n").unwrap_err().to_string();
+        assert!(e.contains("t.csv:3: TIMESTAMP '1715299200' is not YYYY-MM-DD HH:MM:SS"), "{e}");
+    }
+
+    #[test]
+    fn rows_out_of_time_order_are_put_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // The earliest row is not the first: times count from it, and ties keep the file's order.
+        let v = read(
+            &dir,
+            "2023-11-16 18:15:47.000,1,1\n2023-11-16 18:15:46.5,2,2\n2023-11-16 18:15:47.000,3,3\n\
+             2023-11-16 18:15:46.0,4,4\n",
+        )
+        .unwrap();
+        let got: Vec<(u64, u32)> = v.iter().map(|a| (a.at_ms, a.context_tokens)).collect();
+        assert_eq!(got, [(0, 4), (500, 2), (1000, 1), (1000, 3)]);
     }
 
     #[test]
