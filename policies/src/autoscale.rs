@@ -369,9 +369,15 @@ pub fn decide_with(
 ) -> ScaleDecision {
     let demand = queued.saturating_add(in_flight);
     let current = u32::try_from(runners.len()).unwrap_or(u32::MAX);
+    // The floor of runners kept busy counts the requests these runners serve. Requests in flight
+    // elsewhere (on a consolidation move's leaving node, whose replaced runners the plan does not
+    // pass) are not a reason to start more: until 2026-12-02 they were, and every Poisson burst
+    // above the replacements' slots started a runner that was stopped again once idle, and held
+    // the move (which waits for every starting runner) open for minutes at the old node's price.
+    let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some((wanted, busy)) = predicted(spec, history, queued, in_flight, now) {
+    } else if let Some((wanted, busy)) = predicted(spec, history, queued, serving.min(in_flight), now) {
         ScaleTarget { wanted: target_for(spec, demand, wanted).desired, ..target_for(spec, demand, wanted.max(busy)) }
     } else {
         // Nothing measured yet (a new app, or a restarted fleetd): one runner probes the service

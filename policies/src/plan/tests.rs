@@ -655,6 +655,50 @@ fn a_move_starts_replacements_first_then_stops_the_old_runners_then_releases_the
     assert_eq!(a.decision.stop, [1]);
 }
 
+/// During a move, requests in flight on the leaving node's runners (replaced, so the autoscaler
+/// sees their replacements instead) are not demand for more runners: they finish where they are.
+#[test]
+fn requests_on_a_leaving_nodes_runners_start_no_runner_beside_their_replacements() {
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 1\n[apps.llm.placement]\nspot = \"auto\"\n[apps.llm.scaling]\n\
+         max_concurrency = 10\nmax_multiplexing = 8\nkeep_alive = \"10m\"\npredict = true\nscaling_delay = \"0s\"\n",
+    );
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    // Measured: 10 requests/s of 2.1 s each = 21 slots = 3 runners of 8.
+    let mut demand = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+    for i in 0..=30 {
+        let at = t0() + chrono::Duration::seconds(-300 + i * 10);
+        demand.record(crate::autoscale::DemandSample {
+            at,
+            desired: 3,
+            arrived: 100 * i as u64,
+            queued: 0,
+            in_flight: 21,
+        });
+    }
+    demand.service_s = Some(2.1);
+    let busy = |id: u64, node: u64, n: u32| RunnerView {
+        runner: RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO },
+        node,
+    };
+    // Node 10 leaves: its three runners are replaced by three ready ones on node 20, and still
+    // serve 8 requests each (36 in flight in all: more than the replacements' 24 slots).
+    let st = AppView {
+        in_flight: 36,
+        runners: vec![busy(1, 10, 8), busy(2, 10, 8), busy(3, 10, 8), busy(4, 20, 4), busy(5, 20, 4), busy(6, 20, 4)],
+        nodes: vec![NodeView { leaving: true, replaced: 3, ..NodeView::new(10, 2, 8) }, NodeView::new(20, 1, 8)],
+        demand,
+        ..AppView::default()
+    };
+    let a = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default()).apps.remove(0);
+    assert_eq!((a.decision.target.desired, a.decision.start), (3, 0), "{:?}", a.decision);
+    assert!(a.new_nodes.is_empty() && a.on_existing.is_empty());
+    // The move completes: the old runners stop (draining) and their node goes.
+    assert_eq!(a.decision.stop, [1, 2, 3]);
+    assert_eq!(a.release_nodes, [10]);
+}
+
 /// A launching node holds the dearest candidate it may still fail over to: a later pass cannot
 /// plan into that room; a node whose offering left the catalog still counts (outside_burn).
 #[test]
