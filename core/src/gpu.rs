@@ -80,6 +80,23 @@ impl GpuModel {
     pub const fn bf16_dense_tflops(self) -> u32 {
         self.facts().bf16_dense_tflops
     }
+
+    /// What `price` (for an hour of this GPU, or of a node of them) pays per hour of H100 work:
+    /// the price scaled by the H100-SXM's bf16 TFLOP/s over its family's fastest part's (the
+    /// price itself for any H100; an A100 at $1.19/h does an H100's hour of work for $3.77).
+    /// Placement compares offerings by it, so an app allowing `["H100", "A100-80GB"]` weighs
+    /// that an A100 runner serves about a third of an H100 runner's requests; what is billed and
+    /// budgeted stays the price. Within a family (`H100` = SXM, PCIe or NVL) offerings compare
+    /// by price as before: the variants' gap (0.76–1×) is small beside their price differences,
+    /// and where load is light it changes no runner count (fleetsim's `poisson-on-demand`, two
+    /// runners: ranking H100-PCIe by its speed costs 21% more). Truncated to the micro-dollar.
+    pub fn work_price(self, price: crate::Price) -> crate::Price {
+        let sxm = i128::from(GpuModel::H100Sxm.bf16_dense_tflops());
+        let own = self.family().models().map(|m| m.bf16_dense_tflops()).max().unwrap_or(1).max(1);
+        crate::Price::per_hour(crate::Money::from_micros_saturating(
+            i128::from(price.hourly().micros()) * sxm / i128::from(own),
+        ))
+    }
 }
 
 impl GpuFamily {
@@ -239,6 +256,14 @@ mod tests {
     #[test]
     fn facts_are_ordered_as_the_data_sheets_say() {
         assert!(GpuModel::H100Sxm.bf16_dense_tflops() > GpuModel::H100Nvl.bf16_dense_tflops());
+        // An hour of H100 work: the price itself on any H100, about 3.2× on an A100.
+        let p = crate::Price::parse_decimal("1.19").unwrap();
+        for h100 in GpuFamily::H100.models() {
+            assert_eq!(h100.work_price(p), p);
+        }
+        for a100 in GpuFamily::A100.models() {
+            assert_eq!(a100.work_price(p), crate::Price::parse_decimal("3.772147").unwrap());
+        }
         assert!(GpuModel::H100Nvl.bf16_dense_tflops() > GpuModel::H100Pcie.bf16_dense_tflops());
         assert!(GpuModel::H100Pcie.bf16_dense_tflops() > GpuModel::A100_80GB.bf16_dense_tflops());
         assert_eq!(GpuModel::H100Nvl.memory_gb(), 94);

@@ -12,7 +12,9 @@
 //!   where the app allows it and its on-demand base stays whole, a price that fell elsewhere).
 //!   Saving: the price difference per hour. Cost: the new node's cold start (provision + boot +
 //!   model load, billed before it serves) plus the minimum billing still owed on the old one.
-//!   The new node must fit the budget room left, as any new node must.
+//!   The new node must fit the budget room left, as any new node must. Nor may it do less work
+//!   for its price than the old node ([`fleet_core::GpuModel::work_price`]): an A100 node that
+//!   bills less than an H100 node but serves a third of its requests is no saving.
 //! - **Merge**: several part-full nodes give way to one node that hosts all their runners for
 //!   less than they cost together (seven 1-GPU nodes at $3/h → one 8-GPU node at $20/h). The
 //!   groups tried: the app's movable nodes ordered by price per hosted runner, dearest first
@@ -187,7 +189,10 @@ pub fn consider(input: &Input) -> Option<Move> {
             };
             let Some(c) = found else { continue };
             let new_price = c.node_price.hourly();
-            if c.offering == n.offering || new_price >= price || !base_ok(c.capacity) {
+            // Cheaper, and no less work for the money (a slower GPU's node may bill less and
+            // still serve less per dollar: not a saving).
+            let old_work = idx.offering(n.offering).instance.gpu.work_price(Price::per_hour(price));
+            if c.offering == n.offering || new_price >= price || c.work_price >= old_work || !base_ok(c.capacity) {
                 continue;
             }
             let (cold, cold_len, egress) = cold_cost(input, &c);
@@ -245,6 +250,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
     // with one runner per node, as for 8-GPU runners, there is nothing to try at all).
     let max_fit = idx.max_runners_per_node(input.app);
     let (mut runners, mut price, mut owed_total, mut on_demand) = (0u32, Money::ZERO, Money::ZERO, 0u32);
+    let mut work = Money::ZERO;
     let mut youngest: Option<std::time::Duration> = None;
     for (g, k) in order.iter().enumerate() {
         let n = &input.nodes[*k];
@@ -254,6 +260,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
         }
         runners += h;
         price += price_of(n);
+        work += idx.offering(n.offering).instance.gpu.work_price(Price::per_hour(price_of(n))).hourly();
         owed_total += owed(input, n, price_of(n));
         if idx.offering(n.offering).capacity == CapacityType::OnDemand {
             on_demand += h;
@@ -271,7 +278,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
             let new_price = c.node_price.hourly();
             let base_ok = c.capacity == CapacityType::OnDemand
                 || on_demand_runners.saturating_sub(on_demand) >= input.spec.placement.base_on_demand;
-            if new_price >= price || !base_ok {
+            if new_price >= price || c.work_price.hourly() >= work || !base_ok {
                 continue;
             }
             let saving = price - new_price;

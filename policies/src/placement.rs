@@ -10,8 +10,11 @@
 //!   offering and gives the reason for each exclusion.
 //!
 //! Effective $/GPU-hour is the node's price over the GPUs the app can use on it: a runner needing
-//! 3 GPUs uses 6 of an 8-GPU machine, so that machine costs price/6 per useful GPU-hour. Ties are
-//! broken by node price, then cloud, region, zone, instance type and capacity type.
+//! 3 GPUs uses 6 of an 8-GPU machine, so that machine costs price/6 per useful GPU-hour. Offerings
+//! are sorted by it per hour of H100 work ([`GpuModel::work_price`]: an A100's price counts about
+//! 3.2 times, an app allowing both families weighing that an A100 runner does a third of the
+//! work), which within one family is the same order. Ties are broken by node price, then cloud,
+//! region, zone, instance type and capacity type.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -164,6 +167,8 @@ pub struct SizeClass {
     pub capacity: CapacityType,
     /// Per hour.
     pub price: Money,
+    /// Per hour of H100 work ([`Candidate::work_price`]): what sizes are compared by.
+    pub work_price: Money,
     pub offering: OfferingId,
 }
 
@@ -178,6 +183,18 @@ pub struct Candidate {
     pub node_price: Price,
     /// Node price over the GPUs the app's runners use on it.
     pub effective_gpu_price: Price,
+    /// The node price per hour of H100 work ([`GpuModel::work_price`]): offerings of different
+    /// GPU families are compared by it, so that an app allowing `["H100", "A100-80GB"]` does not
+    /// rent an A100 at $1.19/h for a third of the work an H100 does at $1.54/h. The node price
+    /// for any H100.
+    pub work_price: Price,
+}
+
+impl Candidate {
+    /// [`Candidate::effective_gpu_price`] per hour of H100 work: the failover order's key.
+    pub fn effective_work_price(&self, gpu: GpuModel) -> Price {
+        gpu.work_price(self.effective_gpu_price)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,8 +404,9 @@ struct Meta {
 struct AppCandidates {
     /// Sorted best first; `meta[i]` belongs to `candidates[i]`.
     candidates: Vec<Candidate>,
-    /// Positions in `candidates` by node price (then the same tie-breaks): the order a node of a
-    /// known size fails over in, where what counts is what the node costs, not its $/GPU.
+    /// Positions in `candidates` by node price per hour of H100 work (then node price, then
+    /// the same tie-breaks): the order a node of a known size fails over in, where what counts
+    /// is what the node costs for the work it does, not its $/GPU.
     by_node_price: Vec<u32>,
     meta: Vec<Meta>,
     /// The quota ids of every candidate, concatenated.
@@ -464,6 +482,7 @@ fn static_candidate(app: &AppSpec, id: OfferingId, o: &Offering) -> Result<Candi
         runners_per_node: rpn,
         node_price: o.price,
         effective_gpu_price: effective,
+        work_price: o.instance.gpu.work_price(o.price),
     })
 }
 
@@ -502,7 +521,7 @@ impl PlacementIndex {
                 candidates.sort_by(|a, b| {
                     let (oa, ob) = (&offerings[a.offering as usize], &offerings[b.offering as usize]);
                     (
-                        a.effective_gpu_price,
+                        a.effective_work_price(oa.instance.gpu),
                         a.node_price,
                         oa.cloud,
                         &oa.region,
@@ -511,7 +530,7 @@ impl PlacementIndex {
                         oa.capacity,
                     )
                         .cmp(&(
-                            b.effective_gpu_price,
+                            b.effective_work_price(ob.instance.gpu),
                             b.node_price,
                             ob.cloud,
                             &ob.region,
@@ -536,8 +555,11 @@ impl PlacementIndex {
                     })
                     .collect();
                 let mut by_node_price: Vec<u32> = (0..candidates.len() as u32).collect();
-                // Stable: equal node prices keep the $/GPU order (and its tie-breaks).
-                by_node_price.sort_by_key(|i| candidates[*i as usize].node_price);
+                // Stable: equal prices keep the $/GPU order (and its tie-breaks).
+                by_node_price.sort_by_key(|i| {
+                    let c = &candidates[*i as usize];
+                    (c.work_price, c.node_price)
+                });
                 AppCandidates { candidates, by_node_price, meta, quota_ids, excluded }
             })
             .collect();
@@ -676,6 +698,7 @@ impl PlacementIndex {
                     fits: c.runners_per_node,
                     capacity: c.capacity,
                     price: c.node_price.hourly(),
+                    work_price: c.work_price.hourly(),
                     offering: c.offering,
                 },
             );
@@ -683,7 +706,7 @@ impl PlacementIndex {
         // Dominated: a size that fits more runners costs no more.
         let mut out: Vec<SizeClass> = Vec::new();
         for c in best.into_values().rev() {
-            if out.last().is_none_or(|bigger: &SizeClass| bigger.price > c.price) {
+            if out.last().is_none_or(|bigger: &SizeClass| bigger.work_price > c.work_price) {
                 out.push(c);
             }
         }

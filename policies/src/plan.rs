@@ -587,7 +587,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                             let o = index.offering(c.offering);
                             warm.contains(&(o.cloud, o.region.as_str()))
                         },
-                        |c| c.node_price,
+                        |c| c.work_price,
                     );
                 }
                 let reserved = candidates.iter().map(|c| c.node_price.hourly()).max().unwrap_or(Money::ZERO);

@@ -24,13 +24,15 @@ pub struct SizedNode {
 
 /// The cheapest mix of nodes hosting exactly `n` runners, most runners per node first, with its
 /// price per hour; `None` when there is no size (or `n` is 0: nothing to host). Among mixes of
-/// equal price, the one with fewer nodes (fewer launches, fewer boots).
+/// equal price, the one with fewer nodes (fewer launches, fewer boots). "Cheapest" is by price
+/// per hour of H100 work ([`SizeClass::work_price`]), the same as by price where every size
+/// has a GPU of one family; the price returned is what the mix bills.
 pub fn cheapest_mix(classes: &[SizeClass], n: u32) -> Option<(Money, Vec<SizedNode>)> {
     if n == 0 || classes.is_empty() {
         return None;
     }
     let n = n as usize;
-    // best[m] = (price, nodes, class chosen last) for hosting m runners.
+    // best[m] = (work price, nodes, class chosen last) for hosting m runners.
     let mut best: Vec<(Money, u32, usize)> = Vec::with_capacity(n + 1);
     best.push((Money::ZERO, 0, usize::MAX));
     for m in 1..=n {
@@ -38,7 +40,7 @@ pub fn cheapest_mix(classes: &[SizeClass], n: u32) -> Option<(Money, Vec<SizedNo
         for (ci, c) in classes.iter().enumerate() {
             let rest = m - m.min(c.fits as usize);
             let (p, k, _) = best[rest];
-            let cand = (p + c.price, k + 1, ci);
+            let cand = (p + c.work_price, k + 1, ci);
             if choice.is_none_or(|(bp, bk, _)| (cand.0, cand.1) < (bp, bk)) {
                 choice = Some(cand);
             }
@@ -47,14 +49,16 @@ pub fn cheapest_mix(classes: &[SizeClass], n: u32) -> Option<(Money, Vec<SizedNo
     }
     let mut nodes = Vec::new();
     let mut m = n;
+    let mut price = Money::ZERO;
     while m > 0 {
         let ci = best[m].2;
+        price += classes[ci].price;
         let runners = m.min(classes[ci].fits as usize);
         nodes.push(SizedNode { class: ci, runners: runners as u32 });
         m -= runners;
     }
     nodes.sort_by(|a, b| b.runners.cmp(&a.runners).then(a.class.cmp(&b.class)));
-    Some((best[n].0, nodes))
+    Some((price, nodes))
 }
 
 #[cfg(test)]
@@ -64,7 +68,8 @@ mod tests {
     use super::*;
 
     fn class(fits: u32, dollars: i64) -> SizeClass {
-        SizeClass { fits, capacity: CapacityType::Spot, price: Money::from_micros(dollars * 1_000_000), offering: fits }
+        let price = Money::from_micros(dollars * 1_000_000);
+        SizeClass { fits, capacity: CapacityType::Spot, price, work_price: price, offering: fits }
     }
 
     /// Every way to host `n` runners: for each size, how many nodes (at most ⌈n / fits⌉ each).
@@ -93,8 +98,20 @@ mod tests {
     fn one_runner_takes_the_small_node_not_the_cheapest_per_gpu() {
         // 1×H100 spot at $1.54/h; 8×H100 spot at $10.24/h ($1.28 per GPU, cheaper per GPU).
         let classes = [
-            SizeClass { fits: 1, capacity: CapacityType::Spot, price: Money::from_micros(1_540_000), offering: 0 },
-            SizeClass { fits: 8, capacity: CapacityType::Spot, price: Money::from_micros(10_240_000), offering: 1 },
+            SizeClass {
+                fits: 1,
+                capacity: CapacityType::Spot,
+                price: Money::from_micros(1_540_000),
+                work_price: Money::from_micros(1_540_000),
+                offering: 0,
+            },
+            SizeClass {
+                fits: 8,
+                capacity: CapacityType::Spot,
+                price: Money::from_micros(10_240_000),
+                work_price: Money::from_micros(10_240_000),
+                offering: 1,
+            },
         ];
         let (price, nodes) = cheapest_mix(&classes, 1).unwrap();
         assert_eq!(price, Money::from_micros(1_540_000));
@@ -113,6 +130,27 @@ mod tests {
     fn nothing_to_host_or_no_size_is_no_mix() {
         assert_eq!(cheapest_mix(&[class(1, 1)], 0), None);
         assert_eq!(cheapest_mix(&[], 3), None);
+    }
+
+    #[test]
+    fn sizes_are_compared_by_the_work_they_buy_and_the_mix_bills_its_price() {
+        // A 1-GPU A100 node at $1.19/h does a third of an H100's work ($3.77 per H100-hour); an
+        // H100 node at $1.54/h wins though it bills more.
+        let a100 = SizeClass {
+            fits: 1,
+            capacity: CapacityType::Spot,
+            price: Money::from_micros(1_190_000),
+            work_price: Money::from_micros(3_772_147),
+            offering: 0,
+        };
+        let h100 = SizeClass { offering: 1, ..class(1, 0) };
+        let h100 =
+            SizeClass { price: Money::from_micros(1_540_000), work_price: Money::from_micros(1_540_000), ..h100 };
+        let (price, nodes) = cheapest_mix(&[a100, h100], 3).unwrap();
+        assert_eq!(nodes.iter().map(|n| n.class).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(price, Money::from_micros(3 * 1_540_000));
+        // The A100 alone: its price is what is returned, not its work price.
+        assert_eq!(cheapest_mix(&[a100], 2).unwrap().0, Money::from_micros(2_380_000));
     }
 
     proptest! {

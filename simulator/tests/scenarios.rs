@@ -734,3 +734,33 @@ fn cold_start_aware_decisions_read_the_origin_less_and_cost_less_on_the_70b_exam
     assert_eq!((a.2, u.2), (n.2, n.2), "every policy serves the same requests");
     assert!(a.3 >= u.3, "no worse at the SLO: {a:?} {u:?}");
 }
+
+#[test]
+fn an_app_allowing_a100s_and_h100s_rents_the_gpu_cheaper_for_the_work() {
+    // One request every 3 s (1,000 + 100 tokens): 2.1 s on an H100, 6.66 s on an A100 (a third
+    // of the bf16 TFLOP/s). An A100 at $1.80/h costs $5.71 per H100-hour of work against the
+    // H100's $3.60: the app allowing both runs as on H100s alone, though the A100 bills less per
+    // hour (until 2026-12-02 it rented the A100s, and paid for three times the runner-hours).
+    // At $1.00/h ($3.17 per H100-hour of work) the A100 is the cheaper work, and is rented.
+    let run = |gpu: &str, a100: &str| {
+        let fleet = format!(
+            "[apps.a]\ngpu = {gpu}\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\npredict = true\n\
+             scaling_delay = \"0s\"\n"
+        );
+        let c = Case::new(&fleet, "trace = \"trace.csv\"", "", "");
+        let a100_row =
+            format!("lambda,us-east-1,,gpu_1x_a100_sxm4,A100-80GB,1,30,200,,on-demand,{a100},test,2026-11-25\n");
+        std::fs::write(c.path("catalog.csv"), format!("{CATALOG}{a100_row}")).unwrap();
+        write_trace(&c.path("trace.csv"), 1200, 3);
+        fleet_simulator::run(&c.scenario()).unwrap()
+    };
+    let both = run("[\"H100\", \"A100-80GB\"]", "1.80");
+    let h100 = run("\"H100\"", "1.80");
+    let a100 = run("\"A100-80GB\"", "1.80");
+    assert_eq!(both.served, 1200);
+    assert_eq!((both.cost, both.gpu_hours), (h100.cost, h100.gpu_hours), "runs as on H100s alone");
+    assert!(a100.gpu_hours > h100.gpu_hours * 2.0, "the A100s' runner-hours: {} vs {}", a100.gpu_hours, h100.gpu_hours);
+    let both = run("[\"H100\", \"A100-80GB\"]", "1.00");
+    let a100 = run("\"A100-80GB\"", "1.00");
+    assert_eq!((both.cost, both.gpu_hours), (a100.cost, a100.gpu_hours), "the A100 is the cheaper work at $1.00");
+}

@@ -525,6 +525,45 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
 }
 
 #[test]
+fn consolidation_never_moves_runners_to_a_gpu_that_bills_less_but_does_less_work_for_it() {
+    use CapacityType::*;
+    use GpuModel::*;
+    // The app allows A100s and H100s; its runner is on an AWS on-demand p5 ($98.32/h). H100 spot
+    // is out of capacity; an A100 spot p4de bills $40/h but does a third of the work: $126.81
+    // per hour of H100 work. Not a saving (until 2026-12-02 it was taken for one of $58.32/h).
+    let catalog = Arc::new(Catalog::new(vec![
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, Spot, "16"),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, OnDemand, "98.32"),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p4de.24xlarge", A100_80GB, 8, Spot, "40"),
+    ]));
+    let s = spec(&ONE_PER_NODE.replace("gpu = \"H100\"", "gpu = [\"H100\", \"A100-80GB\"]"));
+    let index = PlacementIndex::new(catalog.clone(), &s);
+    let mut cache = UnavailableCache::default();
+    let spot_h100 = catalog.offerings()[0].key();
+    cache.mark(spot_h100, UnavailableReason::InsufficientCapacity, t0(), Duration::from_secs(600));
+    let node = NodeView { billed_since: Some(t0() - chrono::Duration::seconds(7200)), ..NodeView::new(10, 1, 1) };
+    let app = AppView {
+        in_flight: 1,
+        runners: vec![serving_runner(1, 10)],
+        nodes: vec![node],
+        demand: DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180)),
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", app.clone())]), &PlanOptions::default());
+    assert_eq!(p.apps[0].consolidate, None);
+    // The A100 at $30/h is $95.11 of H100 work: cheaper in both, a move.
+    let cheaper = Arc::new(Catalog::new(vec![
+        catalog.offerings()[0].clone(),
+        catalog.offerings()[1].clone(),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p4de.24xlarge", A100_80GB, 8, Spot, "30"),
+    ]));
+    let index = PlacementIndex::new(cheaper, &s);
+    let p = plan(&index, &s, &state(&cache, vec![("llm", app)]), &PlanOptions::default());
+    let m = p.apps[0].consolidate.clone().expect("a move");
+    assert_eq!(m.saving_per_hour, money("68.32"));
+}
+
+#[test]
 fn consolidation_deletes_a_node_whose_runners_fit_on_the_others() {
     use crate::consolidate::MoveKind;
     let s = spec(&FLEET.replace("base_on_demand = 1", "spot = \"on-demand\""));
