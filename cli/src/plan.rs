@@ -70,6 +70,8 @@ struct OfferingView<'a> {
     offering: &'a Offering,
     runners_per_node: u32,
     effective_gpu_price: Price,
+    /// `effective_gpu_price` per hour of H100 work: the order's key (the same for H100s).
+    effective_work_price: Price,
 }
 
 #[derive(Serialize)]
@@ -166,6 +168,7 @@ pub fn run(args: PlanArgs, output: Output, server: Option<crate::server::Server>
             offering: index.offering(c.offering),
             runners_per_node: c.runners_per_node,
             effective_gpu_price: c.effective_gpu_price,
+            effective_work_price: c.effective_work_price(index.offering(c.offering).instance.gpu),
         };
         reports.push(AppReport {
             app: &app.name,
@@ -255,7 +258,12 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
         p.max_added_per_hour.cents()
     )?;
     writeln!(out, "  ranked offerings ({} of {}):", r.ranked.len(), r.ranked_total)?;
-    let mut tbl = Table::new(&[
+    // Where the app allows several GPU families the order is by price per hour of H100 work
+    // (an A100's $/GPU-hour counts about 3.2 times): that column says why an A100 cheaper per
+    // GPU-hour ranks below an H100.
+    let families: std::collections::BTreeSet<_> = r.ranked.iter().map(|v| v.offering.instance.gpu.family()).collect();
+    let work = families.len() > 1;
+    let mut cols = vec![
         ("#", true),
         ("CLOUD", false),
         ("REGION", false),
@@ -265,11 +273,15 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
         ("CAPACITY", false),
         ("RUNNERS/NODE", true),
         ("EFF $/GPU-HOUR", true),
-        ("$/HOUR", true),
-    ]);
+    ];
+    if work {
+        cols.push(("PER H100-HOUR", true));
+    }
+    cols.push(("$/HOUR", true));
+    let mut tbl = Table::new(&cols);
     for v in &r.ranked {
         let o = v.offering;
-        tbl.row(vec![
+        let mut row = vec![
             v.rank.to_string(),
             o.cloud.to_string(),
             o.region.clone(),
@@ -279,8 +291,12 @@ fn write_app(out: &mut impl Write, r: &AppReport, index: &PlacementIndex) -> Res
             o.capacity.to_string(),
             v.runners_per_node.to_string(),
             v.effective_gpu_price.hourly().cents().to_string(),
-            o.price.hourly().cents().to_string(),
-        ]);
+        ];
+        if work {
+            row.push(v.effective_work_price.hourly().cents().to_string());
+        }
+        row.push(o.price.hourly().cents().to_string());
+        tbl.row(row);
     }
     for line in tbl.render().lines() {
         writeln!(out, "    {line}")?;

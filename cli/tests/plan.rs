@@ -95,3 +95,41 @@ fn simulate_names_a_missing_scenario_in_one_line() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert!(e.contains("/nonexistent/scenario.toml") && !e.contains("panicked"), "{e}");
 }
+
+#[test]
+fn an_app_allowing_two_gpu_families_ranks_by_the_price_of_the_work() {
+    // An A100 bills $1.19/h, an H100 $1.54/h; the A100 does a third of the work ($3.77 per
+    // H100-hour): the H100 ranks first and takes the node, and the table says why.
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.csv");
+    std::fs::write(
+        &catalog,
+        "cloud,region,zone,instance_type,gpu,gpu_count,vcpus,memory_gib,interconnect,capacity,usd_per_hour,source,as_of\n\
+         runpod,us,us-ks-1,1x_A100-80GB,A100-80GB,1,16,125,,on-demand,1.19,test,2026-11-25\n\
+         runpod,us,us-ks-1,1x_H100-SXM,H100-SXM,1,16,125,,on-demand,1.54,test,2026-11-25\n",
+    )
+    .unwrap();
+    let spec = dir.path().join("fleet.toml");
+    std::fs::write(&spec, "[fleet]\nname = \"x\"\n[apps.llm]\ngpu = [\"H100\", \"A100-80GB\"]\ngpus = 1\n").unwrap();
+    let args = ["plan", "-f", spec.to_str().unwrap(), "--catalog", catalog.to_str().unwrap(), "--queue", "1"];
+    let o = fleetctl(&[&args[..], &["--offline", "--now", NOW, "-o", "json"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ranked = v[0]["ranked"].as_array().unwrap();
+    let got: Vec<(&str, &str, &str)> = ranked
+        .iter()
+        .map(|r| {
+            (
+                r["instance"]["gpu"].as_str().unwrap(),
+                r["effective_gpu_price"].as_str().unwrap(),
+                r["effective_work_price"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("H100-SXM", "1.54", "1.54"), ("A100-80GB", "1.19", "3.772147")], "{ranked:?}");
+    let first = &v[0]["plan"]["new_nodes"][0]["candidates"][0];
+    assert_eq!(first["node_price"], "1.54", "{first}");
+    let o = fleetctl(&[&args[..], &["--offline", "--now", NOW]].concat());
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("PER H100-HOUR") && t.contains("$3.77"), "{t}");
+}
