@@ -864,6 +864,9 @@ impl<'a> Engine<'a> {
                     self.qps_replicas[d]
                 }
             };
+            // The spec's `min_concurrency` holds under the baselines too: the operator asked for
+            // those runners whatever the demand, and every policy is compared paying for them.
+            let want = want.max(self.sc.spec.apps[self.demand_apps[d]].scaling.min_concurrency);
             let s = &mut self.spec.apps[self.demand_apps[d]].scaling;
             s.min_concurrency = want;
             s.max_concurrency = want;
@@ -1076,7 +1079,11 @@ impl<'a> Engine<'a> {
             .demand_apps
             .iter()
             .zip(&tokens)
-            .map(|(&app, &(ctx, generated))| demand_lower_bound(self.sc, &self.index, app, ctx, generated))
+            // An app's `min_concurrency` runners are paid for whatever its demand: its bound is
+            // at least theirs (they serve its demand too, so the larger of the two, not the sum).
+            .map(|(&app, &(ctx, generated))| {
+                demand_lower_bound(self.sc, &self.index, app, ctx, generated).max(floor_cost(self.sc, &self.index, app))
+            })
             .collect();
         let floors = (0..self.spec.apps.len())
             .filter(|a| self.demand_of_app[*a].is_none())

@@ -23,7 +23,8 @@
 //!    so the node size) that makes the whole cheapest. One GPU model serves the whole run: the
 //!    cheapest such plan over the GPU models the app may use.
 //!
-//! It leaves out capacity limits, budgets, quotas and `base_on_demand`. The engine then carries
+//! The app's `min_concurrency` runners are needed in every bucket. It leaves out capacity
+//! limits, budgets, quotas and `base_on_demand`. The engine then carries
 //! the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits and SLO attainment are
 //! measured like every other policy's, and its cost is billed the same way; the spec's other apps
 //! (no requests) are planned in that run as in every policy's, so their cost is counted alike.
@@ -122,7 +123,12 @@ fn for_gpu(
     for a in arrivals.iter().filter(|a| a.at_ms < end) {
         work[(a.at_ms / w) as usize] += service_ms(service, a, gpu);
     }
-    let need: Vec<u32> = work.iter().map(|x| u32::try_from(x.div_ceil(mux * w)).unwrap_or(u32::MAX)).collect();
+    // The app's `min_concurrency` runners are held throughout, as every policy holds them: the
+    // spec asks for them whatever the demand (until 2026-12-02 the oracle left them out, and an
+    // app with a floor of two cost every policy twice the oracle's bill on steady demand).
+    let floor = sc.spec.apps[app].scaling.min_concurrency;
+    let need: Vec<u32> =
+        work.iter().map(|x| u32::try_from(x.div_ceil(mux * w)).unwrap_or(u32::MAX).max(floor)).collect();
     let levels = level_intervals(&need, w, end);
     let tick = ms(sc.tick).max(1);
     let first_tick = arrivals.first().map_or(0, |a| a.at_ms.div_ceil(tick) * tick);

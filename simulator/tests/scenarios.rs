@@ -764,3 +764,24 @@ fn an_app_allowing_a100s_and_h100s_rents_the_gpu_cheaper_for_the_work() {
     let a100 = run("\"A100-80GB\"", "1.00");
     assert_eq!((both.cost, both.gpu_hours), (a100.cost, a100.gpu_hours), "the A100 is the cheaper work at $1.00");
 }
+
+#[test]
+fn an_apps_floor_is_paid_alike_by_the_oracle_the_baselines_and_the_bound() {
+    // One request every 3 s needs one runner; the spec holds two all hour (min_concurrency = 2):
+    // every policy pays for two $3.60/h nodes, the oracle and the baselines too, and the lower
+    // bound counts them. Until 2026-12-02 the oracle and target-qps held one, so the spec's own
+    // policies cost twice the oracle's and target-qps fell below the lower bound.
+    let fleet =
+        "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 2\nmax_concurrency = 8\nkeep_alive = \"60s\"\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+    write_trace(&c.path("trace.csv"), 1200, 3);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let orc = &r[3];
+    assert_eq!(orc.scenario, "case oracle");
+    assert_eq!(orc.cost, usd("7.20"), "{:?}", costs(&r));
+    for x in &r {
+        assert_eq!(x.lower_bound, usd("7.20"), "{}", x.scenario);
+        assert!(x.cost >= orc.cost, "{}: {:?}", x.scenario, costs(&r));
+        assert_eq!(x.served, 1200, "{}", x.scenario);
+    }
+}
