@@ -399,6 +399,9 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
 
         let mut replaced: Vec<(NodeId, u32)> = Vec::new();
         let mut move_cap: Option<Money> = None;
+        // The same, per hour of H100 work: a replacement of a slower GPU may bill less and still
+        // buy less work (an A100 node for an H100 node's runners), which is no saving.
+        let mut move_work_cap: Option<Money> = None;
         if !leaving.is_empty() {
             let autoscaler_stops: HashSet<RunnerId, IdBuild> = decision.stop.iter().copied().collect();
             // Replacements still owed per leaving node: its runners the autoscaler keeps, less
@@ -422,6 +425,14 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             move_cap = (!replaced.is_empty()).then(|| {
                 replaced.iter().filter_map(|(id, _)| node_price.get(id)).map(|p| p.hourly()).sum::<Money>()
                     - Money::from_micros(1)
+            });
+            move_work_cap = (!replaced.is_empty()).then(|| {
+                let work = |id: &NodeId| {
+                    let n = st.nodes.iter().find(|n| n.id == *id)?;
+                    let o = index.offering(n.offering);
+                    Some(o.instance.gpu.work_price(o.price).hourly())
+                };
+                replaced.iter().filter_map(|(id, _)| work(id)).sum::<Money>() - Money::from_micros(1)
             });
             // Once every replacement serves, the leaving nodes' runners stop: a stop drains (no
             // new request is claimed, those in flight finish), so nothing is lost or served
@@ -539,7 +550,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         budget_cap: room.bound_by.as_ref(),
                         ..base.clone()
                     };
-                    index.rank_for_runners(i, &input, opts.max_candidates)
+                    let mut c = index.rank_for_runners(i, &input, opts.max_candidates);
+                    if let Some(w) = move_work_cap {
+                        c.retain(|c| c.work_price.hourly() <= w);
+                    }
+                    c
                 };
                 let mut candidates = rank_with(share, r);
                 if candidates.is_empty() && share != cap(room.per_hour) {

@@ -551,6 +551,13 @@ fn consolidation_never_moves_runners_to_a_gpu_that_bills_less_but_does_less_work
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", app.clone())]), &PlanOptions::default());
     assert_eq!(p.apps[0].consolidate, None);
+    // A move under way (the node leaving, say for spot's return): its replacement fails over only
+    // to nodes that buy more work for less, not to the A100 that merely bills less.
+    let fresh = UnavailableCache::default();
+    let leaving = AppView { nodes: vec![NodeView { leaving: true, ..app.nodes[0].clone() }], ..app.clone() };
+    let p = plan(&index, &s, &state(&fresh, vec![("llm", leaving)]), &PlanOptions::default());
+    let offerings: Vec<u32> = p.apps[0].new_nodes[0].candidates.iter().map(|c| c.offering).collect();
+    assert_eq!(offerings, [0], "the H100 spot only: {:?}", p.apps[0].new_nodes);
     // The A100 at $30/h is $95.11 of H100 work: cheaper in both, a move.
     let cheaper = Arc::new(Catalog::new(vec![
         catalog.offerings()[0].clone(),
