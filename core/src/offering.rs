@@ -114,6 +114,11 @@ impl Offering {
         self.price.per_gpu(self.instance.gpu_count)
     }
 
+    /// Its price per hour of H100 work ([`crate::GpuModel::work_price`]).
+    pub fn work_price(&self) -> Price {
+        self.instance.gpu.work_price(self.price)
+    }
+
     pub fn key(&self) -> OfferingKey {
         OfferingKey {
             cloud: self.cloud,

@@ -191,7 +191,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             let new_price = c.node_price.hourly();
             // Cheaper, and no less work for the money (a slower GPU's node may bill less and
             // still serve less per dollar: not a saving).
-            let old_work = idx.offering(n.offering).instance.gpu.work_price(Price::per_hour(price));
+            let old_work = idx.offering(n.offering).work_price();
             if c.offering == n.offering || new_price >= price || c.work_price >= old_work || !base_ok(c.capacity) {
                 continue;
             }
@@ -260,7 +260,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
         }
         runners += h;
         price += price_of(n);
-        work += idx.offering(n.offering).instance.gpu.work_price(Price::per_hour(price_of(n))).hourly();
+        work += idx.offering(n.offering).work_price().hourly();
         owed_total += owed(input, n, price_of(n));
         if idx.offering(n.offering).capacity == CapacityType::OnDemand {
             on_demand += h;

@@ -482,7 +482,7 @@ fn static_candidate(app: &AppSpec, id: OfferingId, o: &Offering) -> Result<Candi
         runners_per_node: rpn,
         node_price: o.price,
         effective_gpu_price: effective,
-        work_price: o.instance.gpu.work_price(o.price),
+        work_price: o.work_price(),
     })
 }
 

@@ -429,8 +429,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             move_work_cap = (!replaced.is_empty()).then(|| {
                 let work = |id: &NodeId| {
                     let n = st.nodes.iter().find(|n| n.id == *id)?;
-                    let o = index.offering(n.offering);
-                    Some(o.instance.gpu.work_price(o.price).hourly())
+                    Some(index.offering(n.offering).work_price().hourly())
                 };
                 replaced.iter().filter_map(|(id, _)| work(id)).sum::<Money>() - Money::from_micros(1)
             });

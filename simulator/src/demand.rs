@@ -127,13 +127,11 @@ pub fn read_azure_trace(path: &Path) -> Result<Vec<Arrival>, DemandError> {
 /// A trace's TIMESTAMP in microseconds since the epoch (finer digits are dropped): with an offset
 /// (`+00:00`, `Z`) in UTC, without one as written. `None` if it is neither.
 fn trace_timestamp_us(ts: &str) -> Option<i64> {
-    // chrono's %.f reads up to nine fractional digits, or none.
+    // With an offset: chrono's RFC 3339 reader, which takes a space for the `T` (the 2024 files).
     if let Ok(t) = DateTime::parse_from_rfc3339(ts) {
         return Some(t.timestamp_micros());
     }
-    if let Ok(t) = DateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f%:z") {
-        return Some(t.timestamp_micros());
-    }
+    // Without: %.f reads up to nine fractional digits, or none.
     ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(ts, f).ok())
