@@ -168,7 +168,7 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             _ => (false, 0, None),
         };
         // The slot price is the planner's to set (from the node's price and its runners).
-        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, slot_price: Price::ZERO };
+        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, slot_price: Price::ZERO, paid_until: None };
         states[i].runners.push(RunnerView { runner: info, node });
     }
     // A cordoned node offers no free slot: only the ones its runners use.

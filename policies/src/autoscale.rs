@@ -68,7 +68,17 @@ pub struct RunnerInfo {
     /// hosts): scale-down empties the dearest nodes per used slot first. [`crate::plan::plan`]
     /// sets it from the nodes it is given; callers of [`decide`] alone set it themselves.
     pub slot_price: Price,
+    /// Until when its node is already paid for, where that is more than a second away: a cloud
+    /// billing by the hour has been paid for the whole hour begun. `None`: billed by the second
+    /// (or not known). [`crate::plan::plan`] sets it from the nodes it is given.
+    pub paid_until: Option<Time>,
 }
+
+/// A runner whose node is paid for longer than this from now does not stop: stopping it saves
+/// nothing before the paid time ends, it serves meanwhile at no cost, and the decision is made
+/// again in the passes before the end. Two minutes leave room for those passes, a drain and the
+/// cloud's terminate call; under billing by the minute or second no stop is ever deferred.
+pub const PREPAID_LEAD: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScaleDecision {
@@ -417,23 +427,31 @@ pub fn decide_with(
         KeepAlive::Auto if remaining == 0 => history.expected_gap(1, now).is_none(),
         KeepAlive::Auto => history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate),
     };
-    let mut idle: Vec<(&RunnerInfo, Time)> = runners
+    // Its node paid for beyond the lead: keeping it costs nothing yet ([`PREPAID_LEAD`]).
+    let lead = chrono::Duration::from_std(PREPAID_LEAD).unwrap_or(chrono::Duration::MAX);
+    let prepaid = |r: &RunnerInfo| r.paid_until.is_some_and(|p| p - now > lead);
+    let mut idle: Vec<(&RunnerInfo, Time, bool)> = runners
         .iter()
         .filter(|r| r.ready && r.in_flight == 0)
-        .filter_map(|r| r.idle_since.map(|s| (r, s)))
+        .filter_map(|r| r.idle_since.map(|s| (r, s, prepaid(r))))
         // Within max only runners past keep-alive may stop: sort just those (this runs every
         // decision for every app, and keeps the list short).
-        .filter(|(_, s)| above_max > 0 || expired(*s, current.saturating_sub(1)))
+        .filter(|(_, s, paid)| above_max > 0 || (!paid && expired(*s, current.saturating_sub(1))))
         .collect();
-    idle.sort_by(|(a, sa), (b, sb)| b.slot_price.cmp(&a.slot_price).then(sa.cmp(sb)).then(a.id.cmp(&b.id)));
+    // Runners beyond max_concurrency stop even if paid for, but those whose paid time ends
+    // soonest first, then (as with none paid for) the dearest per slot and the longest idle.
+    idle.sort_by(|(a, sa, pa), (b, sb, pb)| {
+        let paid = |r: &RunnerInfo, p: bool| if p { r.paid_until } else { None };
+        paid(a, *pa).cmp(&paid(b, *pb)).then(b.slot_price.cmp(&a.slot_price)).then(sa.cmp(sb)).then(a.id.cmp(&b.id))
+    });
     let mut stop = Vec::new();
-    for (i, (r, since)) in idle.into_iter().enumerate() {
+    for (i, (r, since, paid)) in idle.into_iter().enumerate() {
         if stop.len() as u32 >= excess {
             break;
         }
         // The first `above_max` stops need no keep-alive: those runners should not exist.
         let remaining = current - stop.len() as u32 - 1;
-        if (i as u32) < above_max || expired(since, remaining) {
+        if (i as u32) < above_max || (!paid && expired(since, remaining)) {
             stop.push(r.id);
         }
     }
@@ -477,11 +495,12 @@ mod tests {
             in_flight: 0,
             idle_since: Some(t0() - secs(idle_for)),
             slot_price: Price::parse_decimal(price).unwrap(),
+            paid_until: None,
         }
     }
 
     fn busy(id: RunnerId, n: u32) -> RunnerInfo {
-        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO }
+        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO, paid_until: None }
     }
 
     #[test]
@@ -523,6 +542,25 @@ mod tests {
         let d = decide(&s, 0, 2, None, &runners, t0());
         assert_eq!(d.stop, [4, 6, 3, 5]);
         assert!(!d.stop.contains(&1));
+    }
+
+    #[test]
+    fn a_runner_whose_node_is_paid_for_stays_until_the_paid_time_is_nearly_up() {
+        let s = ScalingSpec { min_concurrency: 0, concurrency_buffer: 0, concurrency_buffer_perc: 0, ..spec() };
+        let paid = |r: RunnerInfo, left: i64| RunnerInfo { paid_until: Some(t0() + secs(left)), ..r };
+        // All idle past keep-alive, no demand: all excess. 1's node is billed by the hour with 40
+        // minutes paid for; 2's with 100 s (within the lead); 3 billed by the second.
+        let runners = [paid(idle(1, 900, "9"), 2400), paid(idle(2, 900, "2"), 100), idle(3, 900, "1")];
+        let d = decide(&s, 0, 0, None, &runners, t0());
+        assert_eq!(d.stop, [2, 3]);
+        // Forty minutes on, 1's paid time is nearly up: it stops too.
+        let later = [paid(idle(1, 3300, "9"), 2400)];
+        assert_eq!(decide(&s, 0, 0, None, &later, t0() + secs(2300)).stop, [1]);
+        // Runners beyond max_concurrency stop even if paid for: those whose paid time ends
+        // soonest first, then by slot price.
+        let capped = ScalingSpec { max_concurrency: 1, ..s };
+        let runners = [busy(1, 1), paid(idle(2, 5, "9"), 3000), paid(idle(3, 5, "1"), 600), idle(4, 5, "2")];
+        assert_eq!(decide(&capped, 0, 1, None, &runners, t0()).stop, [4, 3, 2]);
     }
 
     #[test]
@@ -613,7 +651,14 @@ mod tests {
         let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         // Nothing measured yet, 360 requests queued behind one starting runner: fal would want
         // 45 runners; predict holds at the probe runner.
-        let starting = [RunnerInfo { id: 1, ready: false, in_flight: 0, idle_since: None, slot_price: Price::ZERO }];
+        let starting = [RunnerInfo {
+            id: 1,
+            ready: false,
+            in_flight: 0,
+            idle_since: None,
+            slot_price: Price::ZERO,
+            paid_until: None,
+        }];
         let d = decide_with(&s, 360, 0, None, &starting, &h, t0());
         assert_eq!((d.target.desired, d.start), (1, 0));
         assert_eq!(
@@ -744,7 +789,7 @@ mod tests {
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,
-                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), slot_price: Price::ZERO,
+                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), slot_price: Price::ZERO, paid_until: None,
             }).collect();
             let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
             let d = decide(&s, queued, in_flight, pending.map(|p| t0() - secs(p)), &rs, t0());

@@ -105,10 +105,12 @@ fn egress_note(egress: Money) -> String {
     if egress > Money::ZERO { format!(", the weights from the origin {}", egress.cents()) } else { String::new() }
 }
 
-/// The minimum billing still owed on node `n` (at `price` per hour): paid whether it runs or not.
+/// The billing still owed on node `n` (at `price` per hour), paid whether it runs or not: the
+/// minimum billing left, or the rest of the billing step begun (an hour billed by the hour).
 fn owed(input: &Input, n: &NodeView, price: Money) -> Money {
     let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default()).unwrap_or_default();
-    Price::per_hour(price).cost_for(input.min_billing.saturating_sub(age))
+    let step = n.paid_until.map(|p| (p - input.now).to_std().unwrap_or_default()).unwrap_or_default();
+    Price::per_hour(price).cost_for(input.min_billing.saturating_sub(age).max(step))
 }
 
 /// The best move for one app now, if one pays.

@@ -36,6 +36,10 @@ pub struct NodeView {
     pub replaced: u32,
     /// When its billing started (a launched node), for the minimum billing left on it.
     pub billed_since: Option<Time>,
+    /// Until when it is already paid for, where billing is by a longer step than the second (a
+    /// cloud billing by the hour: the end of the hour begun). Its runners are then not stopped
+    /// before ([`crate::autoscale::PREPAID_LEAD`]), and a move counts the time left as owed.
+    pub paid_until: Option<Time>,
     /// What it holds of the budget per hour, when the caller knows better than the offering's
     /// price now: a node not yet Ready holds the dearest candidate it may still fail over to;
     /// a running one, the price it was launched at. `None`: the offering's current price.
@@ -56,6 +60,7 @@ impl NodeView {
             leaving: false,
             replaced: 0,
             billed_since: None,
+            paid_until: None,
             held_per_hour: None,
             holds_weights: false,
             empty_since: None,
@@ -356,8 +361,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         for r in &st.runners {
             *on_node.entry(r.node).or_default() += 1;
         }
-        let node_price: HashMap<NodeId, fleet_core::Price, IdBuild> =
-            st.nodes.iter().map(|n| (n.id, index.offering(n.offering).price)).collect();
+        let node_price: HashMap<NodeId, (fleet_core::Price, Option<Time>), IdBuild> =
+            st.nodes.iter().map(|n| (n.id, (index.offering(n.offering).price, n.paid_until))).collect();
         // A leaving node's runners are replaced one for one: those not replaced yet count for
         // the autoscaler as they are; a replaced one is represented by its replacement.
         let leaving: HashMap<NodeId, u32, IdBuild> =
@@ -375,9 +380,13 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     *k > *replaced
                 }
             })
-            .map(|r| RunnerInfo {
-                slot_price: node_price.get(&r.node).map_or(r.runner.slot_price, |p| p.per_gpu(on_node[&r.node])),
-                ..r.runner
+            .map(|r| {
+                let node = node_price.get(&r.node);
+                RunnerInfo {
+                    slot_price: node.map_or(r.runner.slot_price, |(p, _)| p.per_gpu(on_node[&r.node])),
+                    paid_until: node.map_or(r.runner.paid_until, |(_, paid)| *paid),
+                    ..r.runner
+                }
             })
             .collect();
         let mut decision = autoscale::decide_with(
@@ -423,7 +432,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             // node, or the nodes of a merge), whatever candidate a launch ends up on (a failover
             // to a dearer offering would undo the saving).
             move_cap = (!replaced.is_empty()).then(|| {
-                replaced.iter().filter_map(|(id, _)| node_price.get(id)).map(|p| p.hourly()).sum::<Money>()
+                replaced.iter().filter_map(|(id, _)| node_price.get(id)).map(|(p, _)| p.hourly()).sum::<Money>()
                     - Money::from_micros(1)
             });
             move_work_cap = (!replaced.is_empty()).then(|| {

@@ -691,6 +691,7 @@ impl<'a> Engine<'a> {
                         idle_since: r.idle_since_ms.map(|t| self.at(t)),
                         // Set by the planner from the node's price and its runners.
                         slot_price: Price::ZERO,
+                        paid_until: None,
                     },
                     node: r.node as u64,
                 })
@@ -704,6 +705,13 @@ impl<'a> Engine<'a> {
                     leaving: n.leaving,
                     replaced: n.replaced,
                     billed_since: Some(n.launched_at),
+                    paid_until: {
+                        // The cloud has billed the whole step begun (and the minimum).
+                        let ran = Duration::from_millis(self.now - n.launched_ms);
+                        let billed = self.sc.cloud(self.index.offering(n.offering).cloud).billed(ran);
+                        (billed > ran + Duration::from_secs(1))
+                            .then(|| n.launched_at + chrono::Duration::from_std(billed).unwrap_or_default())
+                    },
                     holds_weights: n.holds_at.is_some(),
                     empty_since: n.empty_since_ms.map(|t| self.at(t)),
                     ..NodeView::new(id as u64, n.offering, n.slots)

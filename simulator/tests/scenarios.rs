@@ -785,3 +785,29 @@ fn an_apps_floor_is_paid_alike_by_the_oracle_the_baselines_and_the_bound() {
         assert_eq!(x.served, 1200, "{}", x.scenario);
     }
 }
+
+#[test]
+fn a_node_billed_by_the_hour_keeps_its_runners_until_the_hour_ends() {
+    // Two bursts 20 minutes apart, each a request a second for five minutes (2.1 s each, one per
+    // runner: two runners, the most allowed). keep_alive is 60 s, so between the bursts both
+    // runners go idle long enough to stop. Billed by the second, they do, and the second burst
+    // launches two new nodes: four in all. Billed by the hour, each node is paid for its whole
+    // first hour at launch: stopping its runner would save nothing, and the second burst would
+    // pay for two more hours. The runners stay, serve the second burst without a cold start, and
+    // the 50-minute run costs the two hours bought: 2 × $3.60.
+    let fleet =
+        "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 2\nmax_multiplexing = 1\nkeep_alive = \"60s\"\n";
+    let mut at: Vec<f64> = (0..300).map(f64::from).collect();
+    at.extend((1200..1500).map(f64::from));
+    let run = |billing: &str| {
+        let c = Case::new(fleet, "trace = \"trace.csv\"", "duration = \"50m\"", billing);
+        write_trace_at(&c.path("trace.csv"), &at);
+        fleet_simulator::run(&c.scenario()).unwrap()
+    };
+    let per_second = run("");
+    assert_eq!((per_second.served, per_second.nodes_launched, per_second.cold_starts), (600, 4, 4));
+    let hourly = run("[clouds.lambda]\nbilling = \"per-hour\"\nmin_billing = \"1h\"");
+    assert_eq!(hourly.served, 600);
+    assert_eq!((hourly.nodes_launched, hourly.cold_starts), (2, 2));
+    assert_eq!(hourly.cost, usd("7.20"));
+}

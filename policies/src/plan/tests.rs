@@ -69,7 +69,14 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
     let index = PlacementIndex::new(catalog(), &s);
     let cache = UnavailableCache::default();
     let busy = |id: u64, node: u64| RunnerView {
-        runner: RunnerInfo { id, ready: true, in_flight: 4, idle_since: None, slot_price: Price::ZERO },
+        runner: RunnerInfo {
+            id,
+            ready: true,
+            in_flight: 4,
+            idle_since: None,
+            slot_price: Price::ZERO,
+            paid_until: None,
+        },
         node,
     };
     // Nodes: 10 on-demand, 11 spot, 12 spot and empty.
@@ -185,6 +192,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
                 in_flight: 0,
                 idle_since: Some(t0() - chrono::Duration::seconds(secs)),
                 slot_price: Price::ZERO,
+                paid_until: None,
             },
             node: 7,
         }],
@@ -412,6 +420,7 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
             in_flight,
             idle_since: (in_flight == 0).then(|| t0() - chrono::Duration::seconds(idle_s)),
             slot_price: Price::ZERO,
+            paid_until: None,
         },
         node,
     };
@@ -434,13 +443,30 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
 
 fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
     RunnerView {
-        runner: RunnerInfo { id, ready, in_flight: 0, idle_since: ready.then(t0), slot_price: Price::ZERO },
+        runner: RunnerInfo {
+            id,
+            ready,
+            in_flight: 0,
+            idle_since: ready.then(t0),
+            slot_price: Price::ZERO,
+            paid_until: None,
+        },
         node,
     }
 }
 
 fn serving_runner(id: u64, node: u64) -> RunnerView {
-    RunnerView { runner: RunnerInfo { id, ready: true, in_flight: 1, idle_since: None, slot_price: Price::ZERO }, node }
+    RunnerView {
+        runner: RunnerInfo {
+            id,
+            ready: true,
+            in_flight: 1,
+            idle_since: None,
+            slot_price: Price::ZERO,
+            paid_until: None,
+        },
+        node,
+    }
 }
 
 fn money(s: &str) -> Money {
@@ -497,6 +523,17 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
     // of minimum billing ($1.092): no move. Up for 30 minutes: a move.
     assert_eq!(run(on_demand_node_app_aged(20), PlanOptions::default(), &s).apps[0].consolidate, None);
     assert!(run(on_demand_node_app_aged(1800), PlanOptions::default(), &s).apps[0].consolidate.is_some());
+    // Billed by the hour, a node up two hours has paid for its third hour as it began: 55
+    // minutes still paid for ($90.13) are owed whether it runs or not, more than the hour's
+    // saving: no move. With a minute left ($1.64 owed) the move pays, and costs that too.
+    let hourly = |left: i64| {
+        let mut st = on_demand_node_app();
+        st.nodes[0].paid_until = Some(t0() + chrono::Duration::seconds(left));
+        st
+    };
+    assert_eq!(run(hourly(3300), PlanOptions::default(), &s).apps[0].consolidate, None);
+    let m = run(hourly(60), PlanOptions::default(), &s).apps[0].consolidate.clone().expect("a move");
+    assert!(m.cost > money("2.43") && m.cost < money("2.45"), "{}", m.cost);
     // A runner idle for longer than a cold start is the autoscaler's to stop, not to move; one
     // idle for a moment (between requests) moves.
     let mut idle = idle_runner(1, 10, true);
@@ -725,7 +762,14 @@ fn requests_on_a_leaving_nodes_runners_start_no_runner_beside_their_replacements
     }
     demand.service_s = Some(2.1);
     let busy = |id: u64, node: u64, n: u32| RunnerView {
-        runner: RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO },
+        runner: RunnerInfo {
+            id,
+            ready: true,
+            in_flight: n,
+            idle_since: None,
+            slot_price: Price::ZERO,
+            paid_until: None,
+        },
         node,
     };
     // Node 10 leaves: its three runners are replaced by three ready ones on node 20, and still
@@ -794,6 +838,7 @@ fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
             in_flight,
             idle_since: (in_flight == 0).then(t0),
             slot_price: Price::ZERO,
+            paid_until: None,
         },
         node,
     };
@@ -854,10 +899,7 @@ fn llama70b(horizon_s: u64) -> crate::coldstart::ColdStartModel {
 const WHOLE_NODES: &str = "[apps.llm]\ngpu = \"H100\"\ngpus = 8\n[apps.llm.placement]\nspot = \"on-demand\"\n[apps.llm.scaling]\nmax_concurrency = 4\n";
 
 fn busy_on(node: u64) -> RunnerView {
-    RunnerView {
-        runner: RunnerInfo { id: node, ready: true, in_flight: 1, idle_since: None, slot_price: Price::ZERO },
-        node,
-    }
+    serving_runner(node, node)
 }
 
 #[test]
