@@ -244,6 +244,11 @@ impl DemandHistory {
         best
     }
 
+    /// Whether any request arrived within the history.
+    pub fn arrivals_seen(&self) -> bool {
+        matches!((self.samples.front(), self.samples.back()), (Some(a), Some(b)) if b.arrived > a.arrived)
+    }
+
     /// Whether arrivals have stopped: none for at least a [`RATE_WINDOW`], and for
     /// [`STOPPED_FACTOR`] times longer than any silence between arrivals earlier in the history.
     /// Bursty demand falls silent between bursts as a matter of course (the Azure code trace for
@@ -418,6 +423,13 @@ pub fn decide_with(
         KeepAlive::For(t) => chrono::Duration::from_std(t).ok().and_then(|t| now.checked_sub_signed(t)),
         KeepAlive::Auto => None,
     };
+    // Demand that has ended (arrivals came within the history, then stopped): the episodes
+    // before tell nothing of when it returns, so no runner waits for the gap they make; the
+    // app's last one still stays for the window. Until 2026-12-03 runners waited out the gap:
+    // one re-creation, and billed by the hour a re-creation is an hour and more, so the
+    // conversation trace's runners were all paid a second idle hour after it ended.
+    let ended_cell = std::cell::OnceCell::new();
+    let ended = || *ended_cell.get_or_init(|| history.arrivals_seen() && history.arrivals_stopped(now));
     // Whether an idle runner (idle since `since`) may stop, `remaining` runners staying after it.
     let expired = |since: Time, remaining: u32| match spec.keep_alive {
         KeepAlive::For(_) => idle_before.is_some_and(|b| since <= b),
@@ -425,7 +437,9 @@ pub fn decide_with(
         // a whole cold start, which the billed-time rule does not price. It stays until the app
         // has had no demand for the whole history window.
         KeepAlive::Auto if remaining == 0 => history.expected_gap(1, now).is_none(),
-        KeepAlive::Auto => history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate),
+        KeepAlive::Auto => {
+            ended() || history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate)
+        }
     };
     // Its node paid for beyond the lead: keeping it costs nothing yet ([`PREPAID_LEAD`]).
     let lead = chrono::Duration::from_std(PREPAID_LEAD).unwrap_or(chrono::Duration::MAX);
@@ -577,12 +591,14 @@ mod tests {
         let recreate = Duration::from_secs(180); // cold start + minimum billing
         // Desired runners every 10 s over the last ten minutes: `level` runners for 10 s every
         // `every` seconds (the last burst `ago` seconds ago), none otherwise.
+        // Each burst brings ten requests.
         let history = |level: u32, every: i64, ago: i64| DemandHistory {
             samples: (0..60)
-                .map(|i| {
+                .scan(0u64, |arrived, i| {
                     let t = -600 + i * 10;
                     let burst = (t + ago) % every == 0 && t <= -ago;
-                    sample(t, if burst { level } else { 0 }, 0, 0)
+                    *arrived += if burst && level > 0 { 10 } else { 0 };
+                    Some(sample(t, if burst { level } else { 0 }, *arrived, 0))
                 })
                 .collect(),
             ..DemandHistory::new(recreate, recreate)
@@ -598,6 +614,17 @@ mod tests {
         assert_eq!(stops(&history(3, 300, 10)), 2);
         // Bursts every 60 s that stopped 200 s ago: the silence is the gap now: the same.
         assert_eq!(stops(&history(3, 60, 200)), 2);
+        // Billed by the hour a re-creation costs more than an hour: bursts every 300 s keep
+        // all three, and so do bursts every 60 s that paused 120 s ago (not 3 × the longest
+        // 50 s silence between bursts yet). Paused 200 s, the demand has ended: all go but the last.
+        let hourly = Duration::from_secs(3780);
+        let long = |mut h: DemandHistory| {
+            h.recreate = hourly;
+            h
+        };
+        assert_eq!(stops(&long(history(3, 300, 10))), 0);
+        assert_eq!(stops(&long(history(3, 60, 120))), 0);
+        assert_eq!(stops(&long(history(3, 60, 200))), 2);
         // No demand in the whole window (or no history): nothing to wait for, the last goes too.
         assert_eq!(stops(&history(0, 60, 10)), 3);
         assert_eq!(stops(&DemandHistory::new(recreate, recreate)), 3);
