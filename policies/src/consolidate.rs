@@ -39,6 +39,7 @@ use fleet_core::spec::{AppSpec, SpotPolicy};
 use fleet_core::{CapacityType, Money, NodeId, Price, Time};
 use serde::Serialize;
 
+use crate::autoscale::PREPAID_LEAD;
 use crate::placement::{CapacityWanted, PlacementIndex, RankInput};
 use crate::plan::NodeView;
 
@@ -101,16 +102,52 @@ fn cold_cost(input: &Input, c: &crate::placement::Candidate) -> (Money, Duration
     }
 }
 
+/// The new node's minimum billing beyond the `lasts` its saving is counted over: paid whether the
+/// saving lasts or not (billed by the hour, a new node is an hour).
+fn unused_minimum(input: &Input, c: &crate::placement::Candidate, lasts: Duration) -> Money {
+    c.node_price.cost_for(input.min_billing.saturating_sub(lasts))
+}
+
+fn billing_note(owed: Money, unused: Money) -> String {
+    let mut s = String::new();
+    if owed > Money::ZERO {
+        s += &format!(", {} of billing left", owed.cents());
+    }
+    if unused > Money::ZERO {
+        s += &format!(", {} of the new node's minimum billing beyond the saving counted", unused.cents());
+    }
+    s
+}
+
 fn egress_note(egress: Money) -> String {
     if egress > Money::ZERO { format!(", the weights from the origin {}", egress.cents()) } else { String::new() }
 }
 
 /// The billing still owed on node `n` (at `price` per hour), paid whether it runs or not: the
-/// minimum billing left, or the rest of the billing step begun (an hour billed by the hour).
+/// minimum billing left, or, billed by a longer step than the second, the paid time left once the
+/// move releases it. The move releases it a cold start and [`PREPAID_LEAD`] from now (its
+/// replacements serve, its runners drain); a release after `paid_until` pays the steps begun by
+/// then. So a move just before the hour ends owes nearly the next hour, and one with more than
+/// the move's length left owes what is left after it.
 fn owed(input: &Input, n: &NodeView, price: Money) -> Money {
     let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default()).unwrap_or_default();
-    let step = n.paid_until.map(|p| (p - input.now).to_std().unwrap_or_default()).unwrap_or_default();
-    Price::per_hour(price).cost_for(input.min_billing.saturating_sub(age).max(step))
+    let left = |p: Time| (p - input.now).to_std().unwrap_or_default();
+    let paid = match (n.paid_until, n.billing_step) {
+        (Some(p), Some(step)) if !step.is_zero() => {
+            let release = left(p).saturating_sub(input.cold_start + PREPAID_LEAD);
+            let late = (input.cold_start + PREPAID_LEAD).saturating_sub(left(p));
+            if late.is_zero() {
+                release
+            } else {
+                // Steps begun after `p` by the release, less the part of them before it.
+                let steps = late.as_nanos().div_ceil(step.as_nanos());
+                step * u32::try_from(steps).unwrap_or(u32::MAX) - late
+            }
+        }
+        (Some(p), _) => left(p),
+        (None, _) => Duration::ZERO,
+    };
+    Price::per_hour(price).cost_for(input.min_billing.saturating_sub(age).max(paid))
 }
 
 /// The best move for one app now, if one pays.
@@ -200,21 +237,18 @@ pub fn consider(input: &Input) -> Option<Move> {
             let (cold, cold_len, egress) = cold_cost(input, &c);
             let o = idx.offering(c.offering);
             let owed = owed_on_it();
-            offer(MoveKind::Replace, price - new_price, cold + owed, &|| {
+            let unused = unused_minimum(input, &c, lasts());
+            offer(MoveKind::Replace, price - new_price, cold + owed + unused, &|| {
                 format!(
                     "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{}{})",
                     o.instance.name,
                     o.capacity,
                     new_price.cents(),
                     (price - new_price).cents(),
-                    (cold + owed).cents(),
+                    (cold + owed + unused).cents(),
                     cold_len.as_secs(),
                     egress_note(egress),
-                    if owed > Money::ZERO {
-                        format!(", {} of minimum billing left", owed.cents())
-                    } else {
-                        String::new()
-                    }
+                    billing_note(owed, unused)
                 )
             });
         }
@@ -285,7 +319,8 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
             }
             let saving = price - new_price;
             let (cold, cold_len, egress) = cold_cost(input, &c);
-            let cost = cold + owed_total;
+            let unused = unused_minimum(input, &c, lasts);
+            let cost = cold + owed_total + unused;
             let gain = Price::per_hour(saving).cost_for(lasts);
             if gain <= cost {
                 continue;
@@ -308,11 +343,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
                 cost.cents(),
                 cold_len.as_secs(),
                 egress_note(egress),
-                if owed_total > Money::ZERO {
-                    format!(", {} of minimum billing left", owed_total.cents())
-                } else {
-                    String::new()
-                }
+                billing_note(owed_total, unused)
             );
             *best = Some((net, Move { nodes, kind: MoveKind::Merge, saving_per_hour: saving, cost, why }));
         }

@@ -40,6 +40,9 @@ pub struct NodeView {
     /// cloud billing by the hour: the end of the hour begun). Its runners are then not stopped
     /// before ([`crate::autoscale::PREPAID_LEAD`]), and a move counts the time left as owed.
     pub paid_until: Option<Time>,
+    /// With `paid_until`: the cloud's billing step (an hour billed by the hour), so a move can
+    /// tell whether the node it leaves will be released before the next step begins.
+    pub billing_step: Option<std::time::Duration>,
     /// What it holds of the budget per hour, when the caller knows better than the offering's
     /// price now: a node not yet Ready holds the dearest candidate it may still fail over to;
     /// a running one, the price it was launched at. `None`: the offering's current price.
@@ -61,6 +64,7 @@ impl NodeView {
             replaced: 0,
             billed_since: None,
             paid_until: None,
+            billing_step: None,
             held_per_hour: None,
             holds_weights: false,
             empty_since: None,

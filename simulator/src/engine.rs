@@ -696,6 +696,7 @@ impl<'a> Engine<'a> {
                     node: r.node as u64,
                 })
                 .collect();
+            let model = |o: u32| self.sc.cloud(self.index.offering(o).cloud);
             let nodes: Vec<NodeView> = self
                 .live_nodes
                 .iter()
@@ -708,10 +709,11 @@ impl<'a> Engine<'a> {
                     paid_until: {
                         // The cloud has billed the whole step begun (and the minimum).
                         let ran = Duration::from_millis(self.now - n.launched_ms);
-                        let billed = self.sc.cloud(self.index.offering(n.offering).cloud).billed(ran);
+                        let billed = model(n.offering).billed(ran);
                         (billed > ran + Duration::from_secs(1))
                             .then(|| n.launched_at + chrono::Duration::from_std(billed).unwrap_or_default())
                     },
+                    billing_step: Some(model(n.offering).billing_step).filter(|s| *s > Duration::from_secs(1)),
                     holds_weights: n.holds_at.is_some(),
                     empty_since: n.empty_since_ms.map(|t| self.at(t)),
                     ..NodeView::new(id as u64, n.offering, n.slots)

@@ -523,17 +523,31 @@ fn consolidation_replaces_an_on_demand_node_with_spot_when_the_saving_pays_for_t
     // of minimum billing ($1.092): no move. Up for 30 minutes: a move.
     assert_eq!(run(on_demand_node_app_aged(20), PlanOptions::default(), &s).apps[0].consolidate, None);
     assert!(run(on_demand_node_app_aged(1800), PlanOptions::default(), &s).apps[0].consolidate.is_some());
-    // Billed by the hour, a node up two hours has paid for its third hour as it began: 55
-    // minutes still paid for ($90.13) are owed whether it runs or not, more than the hour's
-    // saving: no move. With a minute left ($1.64 owed) the move pays, and costs that too.
+    // Billed by the hour, a node up two hours has paid for its third hour as it began. The move
+    // releases it 180 s (cold start) + 120 s (drain) from now. With 58 minutes paid for, the 53
+    // left after the release ($86.85) are owed whether it runs or not, more than the hour's
+    // saving: no move. With 10 minutes, 5 ($8.19) are owed: the move pays, and costs that too.
+    // With 4 minutes, the release falls a minute into the next hour: 59 minutes ($96.68) owed,
+    // no move.
     let hourly = |left: i64| {
         let mut st = on_demand_node_app();
         st.nodes[0].paid_until = Some(t0() + chrono::Duration::seconds(left));
+        st.nodes[0].billing_step = Some(Duration::from_secs(3600));
         st
     };
-    assert_eq!(run(hourly(3300), PlanOptions::default(), &s).apps[0].consolidate, None);
-    let m = run(hourly(60), PlanOptions::default(), &s).apps[0].consolidate.clone().expect("a move");
-    assert!(m.cost > money("2.43") && m.cost < money("2.45"), "{}", m.cost);
+    assert_eq!(run(hourly(3480), PlanOptions::default(), &s).apps[0].consolidate, None);
+    let m = run(hourly(600), PlanOptions::default(), &s).apps[0].consolidate.clone().expect("a move");
+    assert_eq!(m.cost, money("0.80") + money("98.32").divided_by(12));
+    assert_eq!(run(hourly(240), PlanOptions::default(), &s).apps[0].consolidate, None);
+    // A one-hour minimum billing (a cloud billing by the hour) and a 30-minute horizon: the new
+    // spot node is paid for an hour, and the half hour beyond the saving counted ($8) is part
+    // of the move's cost: $0.80 + $8.00.
+    let mut hour_min = on_demand_node_app();
+    hour_min.demand = DemandHistory::new(Duration::from_secs(3780), Duration::from_secs(180));
+    let half = PlanOptions { consolidation_horizon: Some(Duration::from_secs(1800)), ..PlanOptions::default() };
+    let m = run(hour_min, half, &s).apps[0].consolidate.clone().expect("a move");
+    assert_eq!(m.cost, money("8.80"));
+    assert!(m.why.contains("minimum billing beyond the saving counted"), "{}", m.why);
     // A runner idle for longer than a cold start is the autoscaler's to stop, not to move; one
     // idle for a moment (between requests) moves.
     let mut idle = idle_runner(1, 10, true);
