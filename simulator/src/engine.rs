@@ -91,6 +91,8 @@ struct Node {
     launched_at: Time,
     /// Its GPU's speed relative to the H100-SXM the service rates are given for.
     speed: f64,
+    /// Its cloud's billing step and minimum (kept here: every pass asks for each node).
+    billing: (Duration, Duration),
     up: bool,
     ended_ms: Option<u64>,
     runners: Vec<usize>,
@@ -696,7 +698,6 @@ impl<'a> Engine<'a> {
                     node: r.node as u64,
                 })
                 .collect();
-            let model = |o: u32| self.sc.cloud(self.index.offering(o).cloud);
             let nodes: Vec<NodeView> = self
                 .live_nodes
                 .iter()
@@ -706,14 +707,9 @@ impl<'a> Engine<'a> {
                     leaving: n.leaving,
                     replaced: n.replaced,
                     billed_since: Some(n.launched_at),
-                    paid_until: {
-                        // The cloud has billed the whole step begun (and the minimum).
-                        let ran = Duration::from_millis(self.now - n.launched_ms);
-                        let billed = model(n.offering).billed(ran);
-                        (billed > ran + Duration::from_secs(1))
-                            .then(|| n.launched_at + chrono::Duration::from_std(billed).unwrap_or_default())
-                    },
-                    billing_step: Some(model(n.offering).billing_step).filter(|s| *s > Duration::from_secs(1)),
+                    // The cloud has billed the whole step begun (and the minimum).
+                    paid_until: paid_until(n.billing, n.launched_at, self.now - n.launched_ms),
+                    billing_step: Some(n.billing.0).filter(|s| *s > Duration::from_secs(1)),
                     holds_weights: n.holds_at.is_some(),
                     empty_since: n.empty_since_ms.map(|t| self.at(t)),
                     ..NodeView::new(id as u64, n.offering, n.slots)
@@ -977,6 +973,10 @@ impl<'a> Engine<'a> {
             launched_ms: self.now,
             launched_at: self.at(self.now),
             speed: gpu_speed(self.index.offering(offering).instance.gpu),
+            billing: {
+                let m = self.sc.cloud(self.index.offering(offering).cloud);
+                (m.billing_step, m.min_billing)
+            },
             up: false,
             ended_ms: None,
             runners: Vec::new(),
@@ -1122,6 +1122,19 @@ fn to_ms(s: f64) -> u64 {
 }
 
 /// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
+/// Until when a node launched at `launched` and up `ran_ms` is paid for, where that is more
+/// than a second away (the rest of a billing step, or of the minimum billing), under
+/// `(billing step, minimum billing)`.
+fn paid_until((step, min_billing): (Duration, Duration), launched: Time, ran_ms: u64) -> Option<Time> {
+    let ran = Duration::from_millis(ran_ms);
+    // Billed by the second past the minimum (most nodes, every pass): nothing to work out.
+    if step <= Duration::from_secs(1) && ran >= min_billing {
+        return None;
+    }
+    let billed = crate::scenario::CloudModel { billing_step: step, min_billing, ..Default::default() }.billed(ran);
+    (billed > ran + Duration::from_secs(1)).then(|| launched + chrono::Duration::from_std(billed).unwrap_or_default())
+}
+
 pub(crate) fn service_s(s: &ServiceModel, a: &Arrival, gpu: GpuModel) -> f64 {
     service_at(s, a, gpu_speed(gpu))
 }
