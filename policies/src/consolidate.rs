@@ -134,10 +134,11 @@ fn owed(input: &Input, n: &NodeView, price: Money) -> Money {
     let left = |p: Time| (p - input.now).to_std().unwrap_or_default();
     let paid = match (n.paid_until, n.billing_step) {
         (Some(p), Some(step)) if !step.is_zero() => {
-            let release = left(p).saturating_sub(input.cold_start + PREPAID_LEAD);
-            let late = (input.cold_start + PREPAID_LEAD).saturating_sub(left(p));
+            let moving = input.cold_start + PREPAID_LEAD;
+            let late = moving.saturating_sub(left(p));
             if late.is_zero() {
-                release
+                // Released within the paid time: what is left of it after the release.
+                left(p) - moving
             } else {
                 // Steps begun after `p` by the release, less the part of them before it.
                 let steps = late.as_nanos().div_ceil(step.as_nanos());

@@ -365,8 +365,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         for r in &st.runners {
             *on_node.entry(r.node).or_default() += 1;
         }
-        let node_price: HashMap<NodeId, (fleet_core::Price, Option<Time>), IdBuild> =
-            st.nodes.iter().map(|n| (n.id, (index.offering(n.offering).price, n.paid_until))).collect();
+        let node_of: HashMap<NodeId, &NodeView, IdBuild> = st.nodes.iter().map(|n| (n.id, n)).collect();
         // A leaving node's runners are replaced one for one: those not replaced yet count for
         // the autoscaler as they are; a replaced one is represented by its replacement.
         let leaving: HashMap<NodeId, u32, IdBuild> =
@@ -385,10 +384,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 }
             })
             .map(|r| {
-                let node = node_price.get(&r.node);
+                let node = node_of.get(&r.node);
                 RunnerInfo {
-                    slot_price: node.map_or(r.runner.slot_price, |(p, _)| p.per_gpu(on_node[&r.node])),
-                    paid_until: node.map_or(r.runner.paid_until, |(_, paid)| *paid),
+                    slot_price: node
+                        .map_or(r.runner.slot_price, |n| index.offering(n.offering).price.per_gpu(on_node[&r.node])),
+                    paid_until: node.map_or(r.runner.paid_until, |n| n.paid_until),
                     ..r.runner
                 }
             })
@@ -436,15 +436,20 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             // node, or the nodes of a merge), whatever candidate a launch ends up on (a failover
             // to a dearer offering would undo the saving).
             move_cap = (!replaced.is_empty()).then(|| {
-                replaced.iter().filter_map(|(id, _)| node_price.get(id)).map(|(p, _)| p.hourly()).sum::<Money>()
+                replaced
+                    .iter()
+                    .filter_map(|(id, _)| node_of.get(id))
+                    .map(|n| index.offering(n.offering).price.hourly())
+                    .sum::<Money>()
                     - Money::from_micros(1)
             });
             move_work_cap = (!replaced.is_empty()).then(|| {
-                let work = |id: &NodeId| {
-                    let n = st.nodes.iter().find(|n| n.id == *id)?;
-                    Some(index.offering(n.offering).work_price().hourly())
-                };
-                replaced.iter().filter_map(|(id, _)| work(id)).sum::<Money>() - Money::from_micros(1)
+                replaced
+                    .iter()
+                    .filter_map(|(id, _)| node_of.get(id))
+                    .map(|n| index.offering(n.offering).work_price().hourly())
+                    .sum::<Money>()
+                    - Money::from_micros(1)
             });
             // Once every replacement serves, the leaving nodes' runners stop: a stop drains (no
             // new request is claimed, those in flight finish), so nothing is lost or served

@@ -1121,7 +1121,6 @@ fn to_ms(s: f64) -> u64 {
     (s * 1000.0).ceil().max(1.0) as u64
 }
 
-/// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
 /// Until when a node launched at `launched` and up `ran_ms` is paid for, where that is more
 /// than a second away (the rest of a billing step, or of the minimum billing), under
 /// `(billing step, minimum billing)`.
@@ -1131,10 +1130,11 @@ fn paid_until((step, min_billing): (Duration, Duration), launched: Time, ran_ms:
     if step <= Duration::from_secs(1) && ran >= min_billing {
         return None;
     }
-    let billed = crate::scenario::CloudModel { billing_step: step, min_billing, ..Default::default() }.billed(ran);
+    let billed = crate::scenario::billed(step, min_billing, ran);
     (billed > ran + Duration::from_secs(1)).then(|| launched + chrono::Duration::from_std(billed).unwrap_or_default())
 }
 
+/// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
 pub(crate) fn service_s(s: &ServiceModel, a: &Arrival, gpu: GpuModel) -> f64 {
     service_at(s, a, gpu_speed(gpu))
 }

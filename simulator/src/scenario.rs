@@ -42,10 +42,15 @@ pub struct CloudModel {
 impl CloudModel {
     /// The time billed for a node up `ran`: whole billing steps, at least the minimum.
     pub fn billed(&self, ran: Duration) -> Duration {
-        let step = self.billing_step.max(Duration::from_millis(1));
-        let steps = ran.as_millis().div_ceil(step.as_millis());
-        (step * u32::try_from(steps).unwrap_or(u32::MAX)).max(self.min_billing)
+        billed(self.billing_step, self.min_billing, ran)
     }
+}
+
+/// The time billed for `ran` in whole steps of `step`, at least `min_billing`.
+pub fn billed(step: Duration, min_billing: Duration, ran: Duration) -> Duration {
+    let step = step.max(Duration::from_millis(1));
+    let steps = ran.as_millis().div_ceil(step.as_millis());
+    (step * u32::try_from(steps).unwrap_or(u32::MAX)).max(min_billing)
 }
 
 impl Default for CloudModel {
