@@ -139,6 +139,9 @@ const STOPPED_FACTOR: f64 = 3.0;
 /// Completions a service-time measurement needs before it replaces the last one.
 const MIN_COMPLETIONS: f64 = 20.0;
 
+/// The least service time [`predicted_needed`] sizes for, in seconds.
+const MIN_SERVICE_S: f64 = 0.001;
+
 /// How far back a caller keeps the history: ten minutes, or three re-creations if longer.
 pub fn history_window(recreate: Duration) -> Duration {
     Duration::from_secs(600).max(recreate.saturating_mul(3))
@@ -351,7 +354,12 @@ fn predicted(
     in_flight: u32,
     now: Time,
 ) -> Option<(u32, u32)> {
-    let s = history.service_s?;
+    // Requests served faster than the passes sample (a few milliseconds each) are rarely seen in
+    // flight, so their measured service time can be exactly zero; with it, neither the rate nor
+    // a backlog would call for any runner, and once the last stopped, queued requests waited
+    // for ever (until 2026-12-03). A millisecond, the store's and fleetsim's resolution, is the
+    // least a request takes.
+    let s = history.service_s?.max(MIN_SERVICE_S);
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
     let concurrency = history.forecast_rate(now) * s + f64::from(queued) * s / horizon;
@@ -710,6 +718,23 @@ mod tests {
         assert_eq!(predicted_needed(&s, &h, 0, 0, t0()), Some(1));
         // Never below what the requests in flight occupy.
         assert_eq!(predicted_needed(&s, &h, 0, 40, t0()), Some(5));
+    }
+
+    #[test]
+    fn requests_too_fast_to_be_seen_in_flight_still_get_a_runner() {
+        let s = predict_spec(KeepAlive::Auto);
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        // A request a second, each done within a millisecond: no pass ever finds one in flight,
+        // and the service time measures zero.
+        for i in 0..=30 {
+            h.record(sample(-300 + i * 10, 1, 10 * i as u64, 0));
+        }
+        assert_eq!(h.service_s, Some(0.0));
+        // Arrivals go on: one runner, not none.
+        assert_eq!(predicted_needed(&s, &h, 0, 0, t0()), Some(1));
+        // Requests queued and no runner left: one starts.
+        let d = decide_with(&s, 12, 0, None, &[], &h, t0());
+        assert_eq!((d.target.desired, d.start), (1, 1));
     }
 
     #[test]

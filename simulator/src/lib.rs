@@ -158,8 +158,11 @@ fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, demand::Requests)> {
     }
     let end_ms = u64::try_from(sc.duration.as_millis()).unwrap_or(u64::MAX);
     let mut streams = Vec::with_capacity(sc.demands.len());
+    let mut room = MAX_REQUESTS as f64;
     for (i, d) in sc.demands.iter().enumerate() {
-        streams.push(arrivals_of(d, demand_seed(sc.seed, i), end_ms)?);
+        let v = arrivals_of(d, demand_seed(sc.seed, i), end_ms, room)?;
+        room -= v.len() as f64;
+        streams.push(v);
     }
     let arrivals = demand::Requests::merge(streams);
     Ok((catalog, arrivals))
@@ -171,35 +174,52 @@ fn demand_seed(seed: u64, i: usize) -> u64 {
     if i == 0 { seed } else { seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) }
 }
 
-/// One demand's arrivals over a run of `end_ms`, in time order.
-fn arrivals_of(d: &scenario::Demand, seed: u64, end_ms: u64) -> anyhow::Result<Vec<demand::Arrival>> {
+/// The most requests one run holds, all demands together: each costs the engine about 30
+/// bytes, so this is some 4.5 GB (a month of the Azure code trace at four times its rate, the
+/// month bench, is under 30 million).
+pub const MAX_REQUESTS: u64 = 150_000_000;
+
+/// Refuses a demand that would draw about `expected` requests (at the peak of its daily shape)
+/// where `room` are left of [`MAX_REQUESTS`], before any is drawn: a run that cannot fit in
+/// memory says so instead of failing to allocate.
+fn check_room(d: &scenario::Demand, expected: f64, room: f64) -> anyhow::Result<()> {
+    if expected > room {
+        anyhow::bail!(
+            "the demand on app '{}' would draw about {:.0} requests over the run; one run holds at most {MAX_REQUESTS} (all demands together): shorten the duration or lower rate_scale / poisson_rate",
+            d.app,
+            expected
+        );
+    }
+    Ok(())
+}
+
+/// One demand's arrivals over a run of `end_ms`, in time order; an error if they would be more
+/// than `room` requests.
+fn arrivals_of(d: &scenario::Demand, seed: u64, end_ms: u64, room: f64) -> anyhow::Result<Vec<demand::Arrival>> {
     Ok(match &d.source {
         DemandSource::Trace { path, tile } => {
             let v = demand::time_scale(&demand::read_azure_trace(path)?, d.time_scale);
             if *tile || d.rate_scale != 1.0 || d.diurnal_amplitude > 0.0 {
-                demand::tile(
-                    &v,
-                    if *tile { end_ms } else { v.last().map(|a| a.at_ms + 1).unwrap_or(0) },
-                    d.rate_scale,
-                    d.diurnal_amplitude,
-                    seed,
-                )
+                let span = v.last().map(|a| a.at_ms + 1).unwrap_or(0);
+                let length = if *tile { end_ms } else { span };
+                // Each request is drawn up to `rate_scale × (1 + amplitude)` times (the daily peak).
+                let per_request = d.rate_scale * (1.0 + d.diurnal_amplitude);
+                check_room(d, length as f64 / span.max(1) as f64 * v.len() as f64 * per_request, room)?;
+                demand::tile(&v, length, d.rate_scale, d.diurnal_amplitude, seed)
             } else {
+                check_room(d, v.len() as f64, room)?;
                 v
             }
         }
-        DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } if d.diurnal_amplitude > 0.0 => {
-            demand::diurnal_poisson(
-                rate_per_s * d.rate_scale / d.time_scale,
-                d.diurnal_amplitude,
-                end_ms,
-                *context_tokens,
-                *generated_tokens,
-                seed,
-            )
-        }
         DemandSource::Poisson { rate_per_s, context_tokens, generated_tokens } => {
-            demand::poisson(rate_per_s * d.rate_scale / d.time_scale, end_ms, *context_tokens, *generated_tokens, seed)
+            let (rate, amplitude) = (rate_per_s * d.rate_scale / d.time_scale, d.diurnal_amplitude);
+            // A daily shape is drawn at its peak rate, then thinned.
+            check_room(d, rate * (1.0 + amplitude) * end_ms as f64 / 1000.0, room)?;
+            if amplitude > 0.0 {
+                demand::diurnal_poisson(rate, amplitude, end_ms, *context_tokens, *generated_tokens, seed)
+            } else {
+                demand::poisson(rate, end_ms, *context_tokens, *generated_tokens, seed)
+            }
         }
     })
 }

@@ -72,6 +72,8 @@ impl Default for CloudModel {
 
 /// Most demands one scenario may drive (each request carries its demand's number in 16 bits).
 pub const MAX_DEMANDS: usize = 256;
+/// The most tokens a synthetic (`poisson_rate`) request may give for its context or generate.
+pub const MAX_TOKENS: u32 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DemandSource {
@@ -381,6 +383,13 @@ impl Scenario {
                 Err(invalid(format!("{field}: must be a positive number, at most {max}")))
             }
         };
+        // A synthetic request's token counts: what one model's context window could hold.
+        let tokens = |v: Option<u32>, field: &str, default: u32| -> Result<u32, ScenarioError> {
+            match v.unwrap_or(default) {
+                n if n <= MAX_TOKENS => Ok(n),
+                n => Err(invalid(format!("{field}: {n} tokens; at most {MAX_TOKENS} a request"))),
+            }
+        };
         let sd = ServiceModel::default();
         let service = ServiceModel {
             prefill_tokens_per_s: positive(
@@ -416,8 +425,8 @@ impl Scenario {
                 (Some(t), None) => DemandSource::Trace { path: base.join(t), tile: d.tile },
                 (None, Some(rate)) if rate > 0.0 && rate <= 100_000.0 => DemandSource::Poisson {
                     rate_per_s: rate,
-                    context_tokens: d.context_tokens.unwrap_or(1000),
-                    generated_tokens: d.generated_tokens.unwrap_or(100),
+                    context_tokens: tokens(d.context_tokens, &format!("{name}.context_tokens"), 1000)?,
+                    generated_tokens: tokens(d.generated_tokens, &format!("{name}.generated_tokens"), 100)?,
                 },
                 _ => {
                     return Err(invalid(format!(
@@ -430,7 +439,16 @@ impl Scenario {
                 source,
                 time_scale: positive(d.time_scale, &format!("{name}.time_scale"), 1.0)?,
                 rate_scale: positive(d.rate_scale, &format!("{name}.rate_scale"), 1.0)?,
-                diurnal_amplitude: d.diurnal_amplitude.unwrap_or(0.0).clamp(0.0, 1.0),
+                diurnal_amplitude: match d.diurnal_amplitude.unwrap_or(0.0) {
+                    // 1 swings the rate from nothing at midnight to twice it at noon; beyond, the
+                    // night's rate would be below zero.
+                    a if (0.0..=1.0).contains(&a) => a,
+                    a => {
+                        return Err(invalid(format!(
+                            "{name}.diurnal_amplitude: {a} is outside 0 to 1 (0 is flat, 1 swings from nothing at midnight to twice the rate at noon)"
+                        )));
+                    }
+                },
                 service: if d.prefill_tokens_per_s.is_some()
                     || d.decode_tokens_per_s.is_some()
                     || d.model_load.is_some()
@@ -559,6 +577,15 @@ impl Scenario {
         let tick = dur(&raw.tick, "tick", Duration::from_secs(10))?;
         if tick < Duration::from_secs(1) {
             return Err(invalid("tick: at least 1s".into()));
+        }
+        // Policies decide once a tick: a tick as long as the run would decide once, at the start,
+        // before any demand, and the report would show nothing served, not a bad input.
+        if tick >= duration {
+            return Err(invalid(format!(
+                "tick: '{}' is not shorter than the duration ('{}'); policies decide once a tick",
+                raw.tick.as_deref().unwrap_or("10s"),
+                raw.duration
+            )));
         }
         Ok(Scenario {
             name: raw.name.unwrap_or_else(|| file.to_string()),

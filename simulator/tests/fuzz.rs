@@ -36,8 +36,48 @@ fn out_of_range_durations_and_rates_are_refused_by_name() {
             ok.replace("[demand]", "[clouds.default]\npreemptions_per_hour = 1e9\n[demand]"),
             "preemptions_per_hour: must be 0 to 3600",
         ),
+        // Until 2026-12-03 these were clamped to 0..1 without a word.
+        (format!("{ok}diurnal_amplitude = 2.0\n"), "demand.diurnal_amplitude: 2 is outside 0 to 1"),
+        (format!("{ok}diurnal_amplitude = -0.5\n"), "demand.diurnal_amplitude: -0.5 is outside 0 to 1"),
+        (format!("{ok}diurnal_amplitude = nan\n"), "demand.diurnal_amplitude: NaN is outside 0 to 1"),
+        // A tick as long as the run decided once, before any demand, and served nothing.
+        (ok.replace("[demand]", "tick = \"2h\"\n[demand]"), "tick: '2h' is not shorter than the duration ('2h')"),
+        (format!("{ok}context_tokens = 4000000000\n"), "demand.context_tokens: 4000000000 tokens; at most 10000000"),
+        (format!("{ok}generated_tokens = 10000001\n"), "demand.generated_tokens: 10000001 tokens"),
     ] {
         let e = fleet_simulator::scenario::Scenario::parse("s.toml", &text, &base).unwrap_err().to_string();
         assert!(e.contains(says), "{says}: {e}");
     }
+}
+
+/// A demand too large for one run's memory is refused by name before any request is drawn
+/// (until 2026-12-03 the engine aborted on a failed allocation, or ran out of memory).
+#[test]
+fn a_demand_larger_than_a_run_can_hold_is_refused_before_it_is_drawn() {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.csv");
+    std::fs::write(
+        &trace,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00.0,10,10\n2023-11-16 18:00:01.0,10,10\n",
+    )
+    .unwrap();
+    let poisson = "spec = \"fleet-cost.toml\"\nduration = \"49d\"\n[demand]\napp = \"llm\"\npoisson_rate = 100000\n";
+    let tiled = format!(
+        "spec = \"fleet-cost.toml\"\nduration = \"49d\"\n[demand]\napp = \"llm\"\ntrace = {:?}\ntile = true\nrate_scale = 100\n",
+        trace.display().to_string()
+    );
+    for text in [poisson.to_string(), tiled] {
+        let sc = fleet_simulator::scenario::Scenario::parse("s.toml", &text, &base).unwrap();
+        let e = fleet_simulator::run(&sc).unwrap_err().to_string();
+        assert!(e.contains("the demand on app 'llm' would draw about") && e.contains("at most 150000000"), "{e}");
+    }
+    // The same trace, tiled over an hour: 3,600 s at 2 requests a second × 100 fits.
+    let hour = format!(
+        "spec = \"fleet-cost.toml\"\nduration = \"1h\"\n[demand]\napp = \"llm\"\ntrace = {:?}\ntile = true\nrate_scale = 100\n",
+        trace.display().to_string()
+    );
+    let sc = fleet_simulator::scenario::Scenario::parse("s.toml", &hour, &base).unwrap();
+    let r = fleet_simulator::run(&sc).unwrap();
+    assert!(r.requests > 700_000, "{}", r.requests);
 }

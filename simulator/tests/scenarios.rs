@@ -811,3 +811,18 @@ fn a_node_billed_by_the_hour_keeps_its_runners_until_the_hour_ends() {
     assert_eq!((hourly.nodes_launched, hourly.cold_starts), (2, 2));
     assert_eq!(hourly.cost, usd("7.20"));
 }
+
+#[test]
+fn requests_that_generate_nothing_are_all_served() {
+    // A request a second that only reads its context (one token in, none out): each is done
+    // within a millisecond, so no pass finds one in flight and predict measures a zero service
+    // time. Until 2026-12-03 it then wanted no runner for the rate nor for the queue: once the
+    // first runner's keep-alive ran out, requests queued for the rest of the run (953 of 3,629
+    // served in this hour).
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 4\nmax_multiplexing = 8\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let c = Case::new(fleet, "poisson_rate = 1.0\ncontext_tokens = 1\ngenerated_tokens = 0", "", "");
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.requests > 3000, "{}", r.requests);
+    assert_eq!(r.served, r.requests, "every request served");
+    assert_eq!(r.cold_starts, 1, "one runner, kept while requests go on");
+}
