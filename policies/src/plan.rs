@@ -358,8 +358,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             let fleet_spend = Spend { burn_per_hour: fleet_burn, month_to_date: state.fleet_month_to_date };
             budget::month_exhausted(&spec.budget, &fleet_spend, now, None)
         });
-        // Each runner's slot price: its node's price over the runners on it now, so scale-down
-        // empties the dearest nodes per used slot first.
+        // Each runner's slot price: its node's price per hour of H100 work over the runners on
+        // it now, so scale-down empties the dearest nodes per used slot of work first. An app
+        // allowing several GPU families gets runners of each, and an A100 runner is billed less
+        // than an H100 runner but serves about a third of its requests: by the bill alone
+        // (until 2026-12-03), scale-down stopped the H100 runners and kept the dearer work.
         let mut on_node: HashMap<NodeId, u32, IdBuild> =
             HashMap::with_capacity_and_hasher(st.nodes.len(), IdBuild::default());
         for r in &st.runners {
@@ -386,8 +389,9 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             .map(|r| {
                 let node = node_of.get(&r.node);
                 RunnerInfo {
-                    slot_price: node
-                        .map_or(r.runner.slot_price, |n| index.offering(n.offering).price.per_gpu(on_node[&r.node])),
+                    slot_price: node.map_or(r.runner.slot_price, |n| {
+                        index.offering(n.offering).work_price().per_gpu(on_node[&r.node])
+                    }),
                     paid_until: node.map_or(r.runner.paid_until, |n| n.paid_until),
                     ..r.runner
                 }

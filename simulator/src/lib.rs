@@ -82,12 +82,18 @@ pub fn baselines(sc: &Scenario) -> anyhow::Result<Vec<Report>> {
         let mux = app.max_multiplexing.max(1);
         let app_ix = index.app_index(&d.app).expect("scenario checked the app");
         let arrivals = demand_arrivals(&requests, i);
-        // The baselines size for the speed of the GPU the app gets first, as their operator would.
-        let gpu = index
-            .explain(app_ix, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache))
-            .ranked
-            .first()
-            .map_or(fleet_core::GpuModel::H100Sxm, |c| index.offering(c.offering).instance.gpu);
+        // The baselines size for the speed of the GPU the app gets first, as their operator
+        // would; for an app allowing several GPU families, for the slowest family's first: their
+        // runners land on whichever a launch finds cheapest, and one count sized for the faster
+        // family leaves those on the slower short (until 2026-12-03, sized for H100s while most
+        // runs went to A100s, target-qps served 0.0% of an H100-or-A100 app's requests within
+        // its SLO).
+        let ranked =
+            index.explain(app_ix, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache)).ranked;
+        let gpus: Vec<fleet_core::GpuModel> = ranked.iter().map(|c| index.offering(c.offering).instance.gpu).collect();
+        let fastest_of = |f: fleet_core::GpuFamily| f.models().map(|m| m.bf16_dense_tflops()).max().unwrap_or(0);
+        let slowest = gpus.iter().map(|g| g.family()).min_by_key(|f| fastest_of(*f));
+        let gpu = gpus.iter().copied().find(|g| Some(g.family()) == slowest).unwrap_or(fleet_core::GpuModel::H100Sxm);
         let service = sc.service_for(&d.app);
         peaks.push(peak_in_service(service, &arrivals, gpu).div_ceil(mux).clamp(1, app.max_concurrency.max(1)));
         let mean_s = if arrivals.is_empty() {

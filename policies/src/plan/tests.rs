@@ -441,6 +441,42 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
     assert_eq!(a.release_nodes, [11]);
 }
 
+#[test]
+fn scale_down_weighs_a_slot_by_the_work_it_buys_when_the_app_allows_several_gpu_families() {
+    use CapacityType::*;
+    use GpuModel::*;
+    // One runner per 8-GPU node: an H100 spot at $16/h and an A100 spot at $10/h, both idle as
+    // long. The A100 bills less but does a third of the work ($31.70 per hour of H100 work):
+    // its runner is the one to stop (until 2026-12-03 the H100's was, by the bill alone).
+    let catalog = Arc::new(Catalog::new(vec![
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", H100Sxm, 8, Spot, "16"),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p4de.24xlarge", A100_80GB, 8, Spot, "10"),
+    ]));
+    let s = spec(
+        "[apps.llm]\ngpu = [\"H100\", \"A100-80GB\"]\ngpus = 8\n[apps.llm.placement]\nspot = \"spot\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 10\nmax_multiplexing = 4\nkeep_alive = \"60s\"\n",
+    );
+    let index = PlacementIndex::new(catalog, &s);
+    let cache = UnavailableCache::default();
+    let idle = |id: u64, node: u64| RunnerView {
+        runner: RunnerInfo {
+            idle_since: Some(t0() - chrono::Duration::seconds(300)),
+            ..idle_runner(id, node, true).runner
+        },
+        node,
+    };
+    let st = AppView {
+        queued: 1,
+        runners: vec![idle(1, 10), idle(2, 11)],
+        nodes: vec![NodeView::new(10, 0, 1), NodeView::new(11, 1, 1)],
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let a = &p.apps[0];
+    assert_eq!(a.decision.stop, [2]);
+    assert_eq!(a.release_nodes, [11]);
+}
+
 fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
     RunnerView {
         runner: RunnerInfo {
