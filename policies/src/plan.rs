@@ -308,6 +308,37 @@ fn describe_mix(
     s
 }
 
+/// The app's `base_on_demand` runners: up to `base` of those on on-demand nodes not leaving
+/// (serving ones first, then the cheapest per slot). Scale-down takes their slots as the
+/// cheapest of all, so it stops spot runners before them: the spec asks that this many runners
+/// never run on spot, and stopping the dearest slots first (until 2026-12-03) stopped the
+/// on-demand ones first, leaving an app that had scaled down on spot alone, which one wave of
+/// preemptions can take whole. Runners beyond the base on on-demand nodes (spot's fallback)
+/// still go first.
+fn base_runners(
+    st: &AppView,
+    node_of: &HashMap<NodeId, &NodeView, IdBuild>,
+    index: &PlacementIndex,
+    base: u32,
+) -> HashSet<RunnerId, IdBuild> {
+    if base == 0 {
+        return HashSet::default();
+    }
+    let mut on_demand: Vec<(&RunnerInfo, Price)> = st
+        .runners
+        .iter()
+        .filter_map(|r| {
+            let n = node_of.get(&r.node)?;
+            let o = index.offering(n.offering);
+            (!n.leaving && o.capacity == CapacityType::OnDemand)
+                .then_some((&r.runner, o.work_price().per_gpu(n.slots.max(1))))
+        })
+        .collect();
+    on_demand
+        .sort_by(|(a, pa), (b, pb)| (b.in_flight > 0).cmp(&(a.in_flight > 0)).then(pa.cmp(pb)).then(a.id.cmp(&b.id)));
+    on_demand.into_iter().take(base as usize).map(|(r, _)| r.id).collect()
+}
+
 /// Over a monthly cap: nothing starts, and runners beyond `floor` stop — those not serving yet
 /// first, then idle ones, then the dearest slots.
 fn wind_down(decision: &mut ScaleDecision, runners: &[RunnerInfo], floor: u32) {
@@ -369,6 +400,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             *on_node.entry(r.node).or_default() += 1;
         }
         let node_of: HashMap<NodeId, &NodeView, IdBuild> = st.nodes.iter().map(|n| (n.id, n)).collect();
+        let base = base_runners(st, &node_of, index, app.placement.base_on_demand);
         // A leaving node's runners are replaced one for one: those not replaced yet count for
         // the autoscaler as they are; a replaced one is represented by its replacement.
         let leaving: HashMap<NodeId, u32, IdBuild> =
@@ -388,10 +420,10 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             })
             .map(|r| {
                 let node = node_of.get(&r.node);
+                let slot_price = node
+                    .map_or(r.runner.slot_price, |n| index.offering(n.offering).work_price().per_gpu(on_node[&r.node]));
                 RunnerInfo {
-                    slot_price: node.map_or(r.runner.slot_price, |n| {
-                        index.offering(n.offering).work_price().per_gpu(on_node[&r.node])
-                    }),
+                    slot_price: if base.contains(&r.runner.id) { Price::ZERO } else { slot_price },
                     paid_until: node.map_or(r.runner.paid_until, |n| n.paid_until),
                     ..r.runner
                 }

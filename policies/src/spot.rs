@@ -1,7 +1,8 @@
 //! The spot mix: `base_on_demand` runners never on spot; the rest on spot where the policy allows,
 //! falling back to on-demand (policy `auto`) while no spot offering can be had, and going back to
 //! spot for new runners as soon as one can. Scale-down stops the most expensive idle runners first,
-//! so on-demand fallback runners are the first to go once spot is back.
+//! so on-demand fallback runners are the first to go once spot is back; the base runners go last
+//! (`plan::base_runners`), so an app that scales down keeps them.
 
 use fleet_core::spec::SpotPolicy;
 use serde::Serialize;

@@ -23,8 +23,10 @@
 //!    so the node size) that makes the whole cheapest. One GPU model serves the whole run: the
 //!    cheapest such plan over the GPU models the app may use.
 //!
-//! The app's `min_concurrency` runners are needed in every bucket. It leaves out capacity
-//! limits, budgets, quotas and `base_on_demand`. The engine then carries
+//! The app's `min_concurrency` runners are needed in every bucket, and its first
+//! `base_on_demand` levels are served by on-demand nodes (a node serving any of them is one), as
+//! fleet never runs those runners on spot. It leaves out capacity limits, budgets and quotas.
+//! The engine then carries
 //! the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits and SLO attainment are
 //! measured like every other policy's, and its cost is billed the same way; the spec's other apps
 //! (no requests) are planned in that run as in every policy's, so their cost is counted alike.
@@ -167,6 +169,12 @@ fn for_gpu(
         (cost, out)
     };
     let top = levels.len();
+    // Levels 1..=base may not be served on spot, as fleet's first `base_on_demand` runners are
+    // not (until 2026-12-03 the oracle put them on spot, and an app asking for two on-demand
+    // runners cost fleet 1.89× the oracle where the spot bill set the oracle's). Where the GPU
+    // has no on-demand offering the rule cannot hold, and does not.
+    let is_spot = |c: &Candidate| index.offering(c.offering).capacity == fleet_core::CapacityType::Spot;
+    let base = if cands.iter().any(|c| !is_spot(c)) { sc.spec.apps[app].placement.base_on_demand as usize } else { 0 };
     let mut memo: HashMap<(usize, usize), Blocks> = HashMap::new();
     // best[l]: the cheapest nodes for levels 1..=l; choice[l]: (candidate, j) covering j+1..=l.
     let mut best = vec![Money::ZERO; top + 1];
@@ -175,6 +183,9 @@ fn for_gpu(
         let mut b: Option<(Money, usize, usize)> = None;
         for (ci, c) in cands.iter().enumerate() {
             let j = l.saturating_sub(c.runners_per_node.max(1) as usize);
+            if j < base && is_spot(c) {
+                continue;
+            }
             let cost = memo.entry((j, ci)).or_insert_with(|| blocks(j, c)).0;
             let total = best[j] + cost;
             if b.is_none_or(|(x, _, _)| total < x) {

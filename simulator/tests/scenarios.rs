@@ -826,3 +826,27 @@ fn requests_that_generate_nothing_are_all_served() {
     assert_eq!(r.served, r.requests, "every request served");
     assert_eq!(r.cold_starts, 1, "one runner, kept while requests go on");
 }
+
+#[test]
+fn the_oracle_keeps_base_on_demand_runners_off_spot_as_fleet_does() {
+    // The demand of `baselines_run_on_the_same_demand_…` (one runner), and the same 1-GPU offering
+    // as spot at half the price. Without `base_on_demand` the oracle's one node is spot; with
+    // `base_on_demand = 1` that runner may not be (until 2026-12-03 the oracle left the rule out,
+    // and priced fleet against nodes fleet may not rent).
+    let catalog = format!("{CATALOG}lambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,spot,1.80,test,2026-11-25\n");
+    let oracle = |base: u32| {
+        let fleet = format!(
+            "[apps.a]\ngpu = \"H100\"\n[apps.a.placement]\nspot = \"auto\"\nbase_on_demand = {base}\n[apps.a.scaling]\nmax_concurrency = 8\nkeep_alive = \"60s\"\n"
+        );
+        let c = Case::new(&fleet, "trace = \"trace.csv\"", "", "");
+        std::fs::write(c.path("catalog.csv"), &catalog).unwrap();
+        write_trace(&c.path("trace.csv"), 1200, 3);
+        fleet_simulator::baselines(&c.scenario()).unwrap().pop().unwrap()
+    };
+    let free = oracle(0);
+    assert_eq!(free.cost_by_capacity.keys().collect::<Vec<_>>(), ["spot"]);
+    assert_eq!(free.cost, usd("1.80"));
+    let based = oracle(1);
+    assert_eq!(based.cost_by_capacity.keys().collect::<Vec<_>>(), ["on-demand"]);
+    assert_eq!(based.cost, usd("3.60"));
+}

@@ -477,6 +477,53 @@ fn scale_down_weighs_a_slot_by_the_work_it_buys_when_the_app_allows_several_gpu_
     assert_eq!(a.release_nodes, [11]);
 }
 
+#[test]
+fn scale_down_keeps_the_base_on_demand_runners_and_stops_spot_ones_first() {
+    // base_on_demand = 1, 2-GPU runners: runner 1 on a Lambda on-demand node ($23.92/h for 4
+    // slots), runners 2 and 3 on an AWS spot node ($16/h), all idle past keep-alive. One request
+    // queued wants one runner. The dearest slot first would stop the on-demand runner and leave
+    // the app on spot alone (until 2026-12-03); the base runner stays.
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 2\n[apps.llm.placement]\nbase_on_demand = 1\n\
+         [apps.llm.scaling]\nmax_concurrency = 10\nmax_multiplexing = 4\nkeep_alive = \"60s\"\n",
+    );
+    let index = PlacementIndex::new(catalog(), &s);
+    let cache = UnavailableCache::default();
+    let idle = |id: u64, node: u64| RunnerView {
+        runner: RunnerInfo {
+            idle_since: Some(t0() - chrono::Duration::seconds(300)),
+            ..idle_runner(id, node, true).runner
+        },
+        node,
+    };
+    let st = |runners: Vec<RunnerView>| AppView {
+        queued: 1,
+        runners,
+        nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 1, 4)],
+        ..AppView::default()
+    };
+    let p = plan(
+        &index,
+        &s,
+        &state(&cache, vec![("llm", st(vec![idle(1, 10), idle(2, 11), idle(3, 11)]))]),
+        &PlanOptions::default(),
+    );
+    let mut stop = p.apps[0].decision.stop.clone();
+    stop.sort();
+    assert_eq!(stop, [2, 3]);
+    assert_eq!(p.apps[0].release_nodes, [11]);
+    // Two runners on on-demand nodes (the second is spot's fallback): the fallback one goes.
+    let p = plan(
+        &index,
+        &s,
+        &state(&cache, vec![("llm", st(vec![idle(1, 10), idle(4, 10), idle(2, 11)]))]),
+        &PlanOptions::default(),
+    );
+    let mut stop = p.apps[0].decision.stop.clone();
+    stop.sort();
+    assert_eq!(stop, [2, 4]);
+}
+
 fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
     RunnerView {
         runner: RunnerInfo {
