@@ -36,10 +36,13 @@ pub struct ScaleTarget {
     pub needed: u32,
     pub buffer: u32,
     pub desired: u32,
-    /// What `desired` would be without the floor of runners that requests in flight occupy
-    /// (`predict = true`; the same as `desired` otherwise): the level demand itself calls for,
-    /// which keep-alive learns from. A backlog being drained keeps every runner busy; that is
-    /// not demand wanting them all again.
+    /// The level demand itself calls for, which keep-alive learns from (`predict = true`; the
+    /// same as `desired` otherwise): without the floor of runners that requests in flight
+    /// occupy, and with a backlog drained over a re-creation instead of a cold start. A backlog
+    /// being drained keeps every runner busy, and the runners started to drain it fast are
+    /// wanted until it is; neither is demand wanting them again. (Until 2026-12-03 the fast
+    /// drain counted: billed by the hour, the nodes started for the first cold start's backlog
+    /// were kept a second paid hour, their level "wanted" within the last re-creation.)
     pub wanted: u32,
 }
 
@@ -342,18 +345,11 @@ pub fn predicted_needed(
     in_flight: u32,
     now: Time,
 ) -> Option<u32> {
-    predicted(spec, history, queued, in_flight, now).map(|(wanted, busy)| wanted.max(busy))
+    predicted(spec, history, queued, in_flight, now).map(|p| p.wanted.max(p.busy))
 }
 
-/// [`predicted_needed`]'s two parts: what the forecast and the queue call for, and the runners
-/// the requests in flight occupy.
-fn predicted(
-    spec: &ScalingSpec,
-    history: &DemandHistory,
-    queued: u32,
-    in_flight: u32,
-    now: Time,
-) -> Option<(u32, u32)> {
+/// [`predicted_needed`]'s parts ([`Predicted`]).
+fn predicted(spec: &ScalingSpec, history: &DemandHistory, queued: u32, in_flight: u32, now: Time) -> Option<Predicted> {
     // Requests served faster than the passes sample (a few milliseconds each) are rarely seen in
     // flight, so their measured service time can be exactly zero; with it, neither the rate nor
     // a backlog would call for any runner, and once the last stopped, queued requests waited
@@ -362,10 +358,25 @@ fn predicted(
     let s = history.service_s?.max(MIN_SERVICE_S);
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
-    let concurrency = history.forecast_rate(now) * s + f64::from(queued) * s / horizon;
+    let arriving = history.forecast_rate(now) * s;
+    let concurrency = arriving + f64::from(queued) * s / horizon;
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
-    let wanted = (concurrency / mux).ceil().min(f64::from(u32::MAX)) as u32;
-    Some((wanted, busy))
+    let runners = |c: f64| (c / mux).ceil().min(f64::from(u32::MAX)) as u32;
+    let recreate = history.recreate.as_secs_f64().max(horizon);
+    Some(Predicted { wanted: runners(concurrency), busy, again: runners(arriving + f64::from(queued) * s / recreate) })
+}
+
+/// [`predicted`]'s parts, in runners.
+struct Predicted {
+    /// What the forecast and the queue call for.
+    wanted: u32,
+    /// What the requests in flight occupy.
+    busy: u32,
+    /// The level demand wants again, which keep-alive learns from: the forecast, and the queue
+    /// drained over a re-creation rather than a cold start. Runners started to drain a backlog
+    /// fast are wanted until it is drained; wanting them again is a backlog like it, which a
+    /// runner kept for a re-creation serves within one.
+    again: u32,
 }
 
 /// Decides one app's runner changes (with no demand history: see [`decide_with`]).
@@ -400,8 +411,11 @@ pub fn decide_with(
     let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some((wanted, busy)) = predicted(spec, history, queued, serving.min(in_flight), now) {
-        ScaleTarget { wanted: target_for(spec, demand, wanted).desired, ..target_for(spec, demand, wanted.max(busy)) }
+    } else if let Some(p) = predicted(spec, history, queued, serving.min(in_flight), now) {
+        ScaleTarget {
+            wanted: target_for(spec, demand, p.again).desired,
+            ..target_for(spec, demand, p.wanted.max(p.busy))
+        }
     } else {
         // Nothing measured yet (a new app, or a restarted fleetd): one runner probes the service
         // time and the count holds until it is known, rather than one slot per queued request
@@ -815,8 +829,18 @@ mod tests {
         assert_eq!((d.target.desired, d.target.wanted, d.start), (5, 2, 0));
         assert!(d.stop.is_empty());
         // Without `predict` they are the same.
-        let fal = decide_with(&ScalingSpec { predict: false, ..s }, 0, 40, None, &runners, &h, t0());
+        let fal = decide_with(&ScalingSpec { predict: false, ..s.clone() }, 0, 40, None, &runners, &h, t0());
         assert_eq!(fal.target.wanted, fal.target.desired);
+        // 720 requests queued: drained within the 180 s cold start they call for 720 × 10 / 180
+        // = 40 slots beside the arrivals' 10: ⌈50 / 8⌉ = 7 runners start. Demand wanting them
+        // again is the backlog drained over a re-creation: 240 s here, 30 slots, ⌈40 / 8⌉ = 5.
+        let d = decide_with(&s, 720, 0, None, &[], &h, t0());
+        assert_eq!((d.target.desired, d.target.wanted, d.start), (7, 5, 7));
+        // Billed by the hour a re-creation is the cold start and the hour: 720 × 10 / 3780 ≈ 1.9
+        // slots, two runners (until 2026-12-03 seven, kept for a second paid hour).
+        let hourly = DemandHistory { recreate: Duration::from_secs(3780), ..h };
+        let d = decide_with(&s, 720, 0, None, &[], &hourly, t0());
+        assert_eq!((d.target.desired, d.target.wanted), (7, 2));
     }
 
     #[test]

@@ -578,7 +578,12 @@ fn write_trace_at(path: &Path, at_s: &[f64]) {
     for t in at_s {
         let whole = *t as u64;
         let frac = ((t - whole as f64) * 1e7).round() as u64;
-        s += &format!("2023-11-16 10:{:02}:{:02}.{frac:07},1000,100\n", whole / 60, whole % 60);
+        s += &format!(
+            "2023-11-16 {:02}:{:02}:{:02}.{frac:07},1000,100\n",
+            10 + whole / 3600,
+            (whole / 60) % 60,
+            whole % 60
+        );
     }
     std::fs::write(path, s).unwrap();
 }
@@ -849,4 +854,28 @@ fn the_oracle_keeps_base_on_demand_runners_off_spot_as_fleet_does() {
     let based = oracle(1);
     assert_eq!(based.cost_by_capacity.keys().collect::<Vec<_>>(), ["on-demand"]);
     assert_eq!(based.cost, usd("3.60"));
+}
+
+#[test]
+fn billed_by_the_hour_the_nodes_started_for_the_first_backlog_are_not_kept_a_second_hour() {
+    // Two requests a second for 2.5 hours (2.1 s each, one per runner: about five runners), one
+    // $3.60/h 1-GPU offering billed by the hour. During the first cold start some 400 requests
+    // queue, and predict starts about as many runners again to drain them within a cold start;
+    // each is paid its first hour. Once drained, demand wants five. Until 2026-12-03 the drain's
+    // level counted as demand wanting those runners, seen within the last re-creation (an hour
+    // and a cold start), so keep-alive held them a second paid hour: $118.80. Now they go when
+    // their hour ends: $86.40, the same requests served as soon.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 20\nmax_multiplexing = 1\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let c = Case::new(
+        fleet,
+        "trace = \"trace.csv\"",
+        "duration = \"150m\"",
+        "[clouds.lambda]\nbilling = \"per-hour\"\nmin_billing = \"1h\"",
+    );
+    let at: Vec<f64> = (0..18_000).map(|i| f64::from(i) * 0.5).collect();
+    write_trace_at(&c.path("trace.csv"), &at);
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert!(r.served >= 17_990, "{}", r.served);
+    assert!(r.cost <= usd("90.00"), "{}", r.cost);
+    assert!(r.slo_attainment > 0.93, "{}", r.slo_attainment);
 }
