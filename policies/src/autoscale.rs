@@ -457,8 +457,14 @@ pub fn decide_with(
         KeepAlive::For(_) => idle_before.is_some_and(|b| since <= b),
         // The app's last runner is priced differently: stopping it means the next request waits
         // a whole cold start, which the billed-time rule does not price. It stays until the app
-        // has had no demand for the whole history window.
-        KeepAlive::Auto if remaining == 0 => history.expected_gap(1, now).is_none(),
+        // has had no demand for the whole history window, or, once demand has ended, for as long
+        // as re-creating it would cost (the ski-rental break-even). Until 2026-12-03 it stayed
+        // the window after demand ended too: three re-creations, three hours and more billed by
+        // the hour.
+        KeepAlive::Auto if remaining == 0 => {
+            history.expected_gap(1, now).is_none()
+                || (ended() && history.expected_gap(1, now).is_some_and(|gap| gap >= history.recreate))
+        }
         KeepAlive::Auto => {
             ended() || history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate)
         }
@@ -634,11 +640,16 @@ mod tests {
         // Bursts of 3 every 300 s: each waits longer than re-creating costs: all go but the
         // app's last, kept while demand came within the history window.
         assert_eq!(stops(&history(3, 300, 10)), 2);
-        // Bursts every 60 s that stopped 200 s ago: the silence is the gap now: the same.
-        assert_eq!(stops(&history(3, 60, 200)), 2);
+        // Bursts every 60 s that stopped 200 s ago: the silence is the gap now, and more than
+        // three times any before: demand has ended, and for longer than a re-creation, so the
+        // last goes too (until 2026-12-03 it stayed the whole window).
+        assert_eq!(stops(&history(3, 60, 200)), 3);
+        // Stopped 170 s ago: ended, but not a re-creation ago: the last stays.
+        assert_eq!(stops(&history(3, 60, 170)), 2);
         // Billed by the hour a re-creation costs more than an hour: bursts every 300 s keep
         // all three, and so do bursts every 60 s that paused 120 s ago (not 3 × the longest
-        // 50 s silence between bursts yet). Paused 200 s, the demand has ended: all go but the last.
+        // 50 s silence between bursts yet). Paused 200 s, the demand has ended: all go but the
+        // last, which stays until the silence is as long as a re-creation.
         let hourly = Duration::from_secs(3780);
         let long = |mut h: DemandHistory| {
             h.recreate = hourly;

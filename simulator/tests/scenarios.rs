@@ -879,3 +879,18 @@ fn billed_by_the_hour_the_nodes_started_for_the_first_backlog_are_not_kept_a_sec
     assert!(r.cost <= usd("90.00"), "{}", r.cost);
     assert!(r.slo_attainment > 0.93, "{}", r.slo_attainment);
 }
+
+#[test]
+fn once_demand_has_ended_the_last_runner_goes_after_a_re_creation_not_the_whole_window() {
+    // A request every 3 s for 20 minutes, then none for the rest of the hour. Once arrivals have
+    // stopped (three times longer than any silence before), the app's last runner stays only as
+    // long as re-creating it would cost (a cold start and the minimum billing), the break-even
+    // of the ski-rental rule. Until 2026-12-03 it stayed the whole history window (twelve
+    // minutes here; three hours and more billed by the hour): $2.24 of a $3.60/h node, now $1.52.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nmax_multiplexing = 1\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
+    write_trace(&c.path("trace.csv"), 400, 3);
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    assert_eq!(r.served, 400);
+    assert!(r.cost <= usd("1.60"), "{}", r.cost);
+}
