@@ -153,8 +153,43 @@ fn inputs(sc: &Scenario) -> anyhow::Result<(Arc<Catalog>, demand::Requests)> {
     let catalog = if sc.catalog.is_empty() {
         Arc::new(Catalog::builtin().clone())
     } else {
-        Arc::new(Catalog::load(&sc.catalog, None)?.0)
+        let (catalog, notes) = Catalog::load(&sc.catalog, None)?;
+        // Every row skipped (duplicates, unreadable prices) or none at all: a run would serve
+        // nothing and say nothing of why (until 2026-12-03).
+        if catalog.is_empty() {
+            let why: Vec<String> =
+                notes.iter().take(3).map(|n| format!("{}:{}: {}", n.file, n.line, n.message)).collect();
+            anyhow::bail!(
+                "catalog {}: no offering in it{}",
+                sc.catalog.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
+            );
+        }
+        Arc::new(catalog)
     };
+    // An app with demand that no offering of the catalog fits (its GPU, count, clouds, regions,
+    // price cap): its requests could never be served. Refused by name rather than reported as
+    // all unserved (until 2026-12-03, with no word of why).
+    {
+        let index = fleet_policies::placement::PlacementIndex::new(catalog.clone(), &sc.spec);
+        let cache = fleet_policies::placement::UnavailableCache::default();
+        for d in &sc.demands {
+            let app = index.app_index(&d.app).expect("scenario checked the app");
+            let e = index.explain(app, &fleet_policies::placement::RankInput::new(engine::start_time(), &cache));
+            if e.ranked.is_empty() {
+                let mut kinds: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+                for (_, r) in &e.excluded {
+                    *kinds.entry(r.kind()).or_default() += 1;
+                }
+                let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                anyhow::bail!(
+                    "app '{}': no offering of the catalog fits it (excluded: {}), so none of its requests could be served; check its gpu, gpus, placement and max_price_per_gpu_hour against the catalog",
+                    d.app,
+                    if kinds.is_empty() { "none in the catalog".to_string() } else { kinds.join(", ") }
+                );
+            }
+        }
+    }
     for key in sc.capacity.keys() {
         if !catalog.offerings().iter().any(|o| o.key().to_string() == *key) {
             anyhow::bail!(

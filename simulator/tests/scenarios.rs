@@ -255,9 +255,17 @@ fn several_demands_are_served_each_by_its_own_apps_runners_and_reported_apart() 
     let svg = std::fs::read_to_string(c.path("plots/demand_vs_capacity_b.svg")).unwrap();
     assert!(svg.contains("case b: demand vs capacity"), "titled by app");
 
-    // Requests go only to their app's runners: app b may use no offering of this catalog (an
-    // A100), so none of its requests is served, and all of a's are.
+    // Requests go only to their app's runners: app b's only offering (an A100) has no instance
+    // to give, so none of its requests is served, and all of a's are.
     let c = two_demands(&TWO_APPS.replacen("[apps.b]\ngpu = \"H100\"", "[apps.b]\ngpu = \"A100\"", 1), "");
+    std::fs::write(
+        c.path("catalog.csv"),
+        format!("{CATALOG}lambda,us-east-1,,gpu_1x_a100,A100-80GB,1,30,200,,on-demand,1.29,test,2026-11-25\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(c.path("scenario.toml")).unwrap();
+    std::fs::write(c.path("scenario.toml"), text + "\n[capacity]\n\"lambda/us-east-1/gpu_1x_a100/on-demand\" = 0\n")
+        .unwrap();
     let r = fleet_simulator::run(&c.scenario()).unwrap();
     assert_eq!((r.apps[0].served, r.apps[1].served, r.apps[1].unserved), (1200, 0, 600), "{:?}", r.apps);
 
@@ -893,4 +901,22 @@ fn once_demand_has_ended_the_last_runner_goes_after_a_re_creation_not_the_whole_
     let r = fleet_simulator::run(&c.scenario()).unwrap();
     assert_eq!(r.served, 400);
     assert!(r.cost <= usd("1.60"), "{}", r.cost);
+}
+
+#[test]
+fn a_catalog_that_serves_nothing_is_refused_naming_why() {
+    // Every row skipped, or none at all: until 2026-12-03 the run reported every request
+    // unserved and said nothing of why.
+    let c = Case::new("[apps.a]\ngpu = \"H100\"\n", "poisson_rate = 1", "", "");
+    let header = CATALOG.lines().next().unwrap();
+    std::fs::write(c.path("catalog.csv"), format!("{header}\n")).unwrap();
+    let e = fleet_simulator::run(&c.scenario()).unwrap_err().to_string();
+    assert!(e.contains("catalog.csv: no offering in it"), "{e}");
+    // Offerings, but none the app may rent: named with what excluded them.
+    std::fs::write(c.path("catalog.csv"), CATALOG.replace("on-demand", "reserved")).unwrap();
+    let e = fleet_simulator::run(&c.scenario()).unwrap_err().to_string();
+    assert!(e.contains("app 'a': no offering of the catalog fits it (excluded: 1 reserved-capacity)"), "{e}");
+    let c = Case::new("[apps.a]\ngpu = \"A100\"\n", "poisson_rate = 1", "", "");
+    let e = fleet_simulator::baselines(&c.scenario()).unwrap_err().to_string();
+    assert!(e.contains("(excluded: 1 gpu-not-wanted)"), "{e}");
 }
