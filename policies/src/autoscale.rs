@@ -461,10 +461,10 @@ pub fn decide_with(
         // as re-creating it would cost (the ski-rental break-even). Until 2026-12-03 it stayed
         // the window after demand ended too: three re-creations, three hours and more billed by
         // the hour.
-        KeepAlive::Auto if remaining == 0 => {
-            history.expected_gap(1, now).is_none()
-                || (ended() && history.expected_gap(1, now).is_some_and(|gap| gap >= history.recreate))
-        }
+        KeepAlive::Auto if remaining == 0 => match history.expected_gap(1, now) {
+            None => true,
+            Some(gap) => ended() && gap >= history.recreate,
+        },
         KeepAlive::Auto => {
             ended() || history.expected_gap(remaining + 1, now).is_none_or(|gap| gap >= history.recreate)
         }
@@ -670,14 +670,21 @@ mod tests {
         DemandSample { at: t0() + secs(at), desired, arrived, queued: 0, in_flight }
     }
 
+    /// Five minutes of samples every 10 s up to now, `per_tick` arrivals each and `in_flight`
+    /// requests in service at each (re-creation 240 s, cold start 180 s).
+    fn steady(desired: u32, per_tick: u64, in_flight: u32) -> DemandHistory {
+        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        for i in 0..=30 {
+            h.record(sample(-300 + i * 10, desired, per_tick * i as u64, in_flight));
+        }
+        h
+    }
+
     #[test]
     fn service_time_and_rate_are_measured_from_the_samples() {
         // Two requests a second, each in service 3 s: six in flight on average.
-        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
-        assert_eq!(h.service_s, None);
-        for i in 0..=30 {
-            h.record(sample(-300 + i * 10, 1, 20 * i as u64, 6));
-        }
+        assert_eq!(DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180)).service_s, None);
+        let mut h = steady(1, 20, 6);
         let s = h.service_s.expect("measured");
         assert!((s - 3.0).abs() < 0.01, "{s}");
         assert!((h.recent_rate(t0()) - 2.0).abs() < 0.01);
@@ -748,12 +755,9 @@ mod tests {
     #[test]
     fn requests_too_fast_to_be_seen_in_flight_still_get_a_runner() {
         let s = predict_spec(KeepAlive::Auto);
-        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
         // A request a second, each done within a millisecond: no pass ever finds one in flight,
         // and the service time measures zero.
-        for i in 0..=30 {
-            h.record(sample(-300 + i * 10, 1, 10 * i as u64, 0));
-        }
+        let h = steady(1, 10, 0);
         assert_eq!(h.service_s, Some(0.0));
         // Arrivals go on: one runner, not none.
         assert_eq!(predicted_needed(&s, &h, 0, 0, t0()), Some(1));
@@ -829,10 +833,7 @@ mod tests {
     fn runners_kept_busy_by_a_backlog_are_not_what_demand_wants() {
         let s = predict_spec(KeepAlive::Auto);
         // One request a second, each in service 10 s: ten at once, two runners of eight.
-        let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
-        for i in 0..=30 {
-            h.record(sample(-300 + i * 10, 2, 10 * i as u64, 10));
-        }
+        let h = steady(2, 10, 10);
         // Five runners full with a backlog's 40 requests: none may stop (desired 5), but demand
         // wants two, and that is what a caller records for keep-alive.
         let runners: Vec<RunnerInfo> = (1..=5).map(|i| busy(i, 8)).collect();

@@ -51,6 +51,14 @@ fn usd(s: &str) -> Money {
     Money::parse_decimal(s).unwrap()
 }
 
+/// App `a` on one H100 per runner under fleet's cost policies (`predict = true`,
+/// `keep_alive = "auto"`, no scaling delay), as `simulator/examples/fleet-cost.toml` has them.
+fn cost_policies(max_concurrency: u32, max_multiplexing: u32) -> String {
+    format!(
+        "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = {max_concurrency}\nmax_multiplexing = {max_multiplexing}\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n"
+    )
+}
+
 const ALWAYS_ONE: &str = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmin_concurrency = 1\nmax_concurrency = 1\n";
 
 #[test]
@@ -832,7 +840,7 @@ fn requests_that_generate_nothing_are_all_served() {
     // time. Until 2026-12-03 it then wanted no runner for the rate nor for the queue: once the
     // first runner's keep-alive ran out, requests queued for the rest of the run (953 of 3,629
     // served in this hour).
-    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 4\nmax_multiplexing = 8\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let fleet = &cost_policies(4, 8);
     let c = Case::new(fleet, "poisson_rate = 1.0\ncontext_tokens = 1\ngenerated_tokens = 0", "", "");
     let r = fleet_simulator::run(&c.scenario()).unwrap();
     assert!(r.requests > 3000, "{}", r.requests);
@@ -873,7 +881,7 @@ fn billed_by_the_hour_the_nodes_started_for_the_first_backlog_are_not_kept_a_sec
     // level counted as demand wanting those runners, seen within the last re-creation (an hour
     // and a cold start), so keep-alive held them a second paid hour: $118.80. Now they go when
     // their hour ends: $86.40, the same requests served as soon.
-    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 20\nmax_multiplexing = 1\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let fleet = &cost_policies(20, 1);
     let c = Case::new(
         fleet,
         "trace = \"trace.csv\"",
@@ -895,7 +903,7 @@ fn once_demand_has_ended_the_last_runner_goes_after_a_re_creation_not_the_whole_
     // long as re-creating it would cost (a cold start and the minimum billing), the break-even
     // of the ski-rental rule. Until 2026-12-03 it stayed the whole history window (twelve
     // minutes here; three hours and more billed by the hour): $2.24 of a $3.60/h node, now $1.52.
-    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 8\nmax_multiplexing = 1\nkeep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let fleet = &cost_policies(8, 1);
     let c = Case::new(fleet, "trace = \"trace.csv\"", "", "");
     write_trace(&c.path("trace.csv"), 400, 3);
     let r = fleet_simulator::run(&c.scenario()).unwrap();

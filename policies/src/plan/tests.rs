@@ -458,16 +458,9 @@ fn scale_down_weighs_a_slot_by_the_work_it_buys_when_the_app_allows_several_gpu_
     );
     let index = PlacementIndex::new(catalog, &s);
     let cache = UnavailableCache::default();
-    let idle = |id: u64, node: u64| RunnerView {
-        runner: RunnerInfo {
-            idle_since: Some(t0() - chrono::Duration::seconds(300)),
-            ..idle_runner(id, node, true).runner
-        },
-        node,
-    };
     let st = AppView {
         queued: 1,
-        runners: vec![idle(1, 10), idle(2, 11)],
+        runners: vec![idle_5m(1, 10), idle_5m(2, 11)],
         nodes: vec![NodeView::new(10, 0, 1), NodeView::new(11, 1, 1)],
         ..AppView::default()
     };
@@ -489,39 +482,33 @@ fn scale_down_keeps_the_base_on_demand_runners_and_stops_spot_ones_first() {
     );
     let index = PlacementIndex::new(catalog(), &s);
     let cache = UnavailableCache::default();
-    let idle = |id: u64, node: u64| RunnerView {
-        runner: RunnerInfo {
-            idle_since: Some(t0() - chrono::Duration::seconds(300)),
-            ..idle_runner(id, node, true).runner
-        },
-        node,
-    };
     let st = |runners: Vec<RunnerView>| AppView {
         queued: 1,
         runners,
         nodes: vec![NodeView::new(10, 0, 4), NodeView::new(11, 1, 4)],
         ..AppView::default()
     };
-    let p = plan(
-        &index,
-        &s,
-        &state(&cache, vec![("llm", st(vec![idle(1, 10), idle(2, 11), idle(3, 11)]))]),
-        &PlanOptions::default(),
-    );
-    let mut stop = p.apps[0].decision.stop.clone();
-    stop.sort();
-    assert_eq!(stop, [2, 3]);
-    assert_eq!(p.apps[0].release_nodes, [11]);
+    // The runners stopped (sorted) and the nodes released.
+    let scale_down = |runners: Vec<RunnerView>| {
+        let p = plan(&index, &s, &state(&cache, vec![("llm", st(runners))]), &PlanOptions::default());
+        let mut stop = p.apps[0].decision.stop.clone();
+        stop.sort();
+        (stop, p.apps[0].release_nodes.clone())
+    };
+    assert_eq!(scale_down(vec![idle_5m(1, 10), idle_5m(2, 11), idle_5m(3, 11)]), (vec![2, 3], vec![11]));
     // Two runners on on-demand nodes (the second is spot's fallback): the fallback one goes.
-    let p = plan(
-        &index,
-        &s,
-        &state(&cache, vec![("llm", st(vec![idle(1, 10), idle(4, 10), idle(2, 11)]))]),
-        &PlanOptions::default(),
-    );
-    let mut stop = p.apps[0].decision.stop.clone();
-    stop.sort();
-    assert_eq!(stop, [2, 4]);
+    assert_eq!(scale_down(vec![idle_5m(1, 10), idle_5m(4, 10), idle_5m(2, 11)]).0, [2, 4]);
+}
+
+/// A ready runner idle for five minutes (past a 60 s keep-alive).
+fn idle_5m(id: u64, node: u64) -> RunnerView {
+    RunnerView {
+        runner: RunnerInfo {
+            idle_since: Some(t0() - chrono::Duration::seconds(300)),
+            ..idle_runner(id, node, true).runner
+        },
+        node,
+    }
 }
 
 fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
