@@ -345,11 +345,18 @@ pub fn predicted_needed(
     in_flight: u32,
     now: Time,
 ) -> Option<u32> {
-    predicted(spec, history, queued, in_flight, now).map(|p| p.wanted.max(p.busy))
+    predicted(spec, history, queued, in_flight, None, now).map(|p| p.wanted.max(p.busy))
 }
 
 /// [`predicted_needed`]'s parts ([`Predicted`]).
-fn predicted(spec: &ScalingSpec, history: &DemandHistory, queued: u32, in_flight: u32, now: Time) -> Option<Predicted> {
+fn predicted(
+    spec: &ScalingSpec,
+    history: &DemandHistory,
+    queued: u32,
+    in_flight: u32,
+    runners_now: Option<u32>,
+    now: Time,
+) -> Option<Predicted> {
     // Requests served faster than the passes sample (a few milliseconds each) are rarely seen in
     // flight, so their measured service time can be exactly zero; with it, neither the rate nor
     // a backlog would call for any runner, and once the last stopped, queued requests waited
@@ -358,8 +365,28 @@ fn predicted(spec: &ScalingSpec, history: &DemandHistory, queued: u32, in_flight
     let s = history.service_s?.max(MIN_SERVICE_S);
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
-    let arriving = history.forecast_rate(now) * s;
-    let concurrency = arriving + f64::from(queued) * s / horizon;
+    let rate = history.forecast_rate(now);
+    let arriving = rate * s;
+    // The backlog the runners started now are sized to drain within a cold start. Where a new
+    // node's minimum billing is no longer than its cold start, a runner started for it pays
+    // for about what it serves, and the queue as it stands is drained fast (the requests
+    // behind it wait less). Where the minimum is longer (billed by the hour), each runner
+    // started pays its minimum however soon the backlog is gone: fleet starts for the queue
+    // as it will stand when a runner started now comes up, grown by what arrives meanwhile
+    // beyond what the runners there serve, the ones still starting counted as serving
+    // already. So the starts come in one step, which the node mix sizes whole (8-GPU nodes
+    // for several runners), instead of a runner more at each pass as the queue grows, each on
+    // the node that fits one, each paid an hour; and the backlog drains over longer than a
+    // cold start. Until 2026-12-03 a growing first backlog on 4-GPU runners, billed by the
+    // hour, started eleven runners one by one on eleven nodes.
+    let backlog = match runners_now {
+        Some(n) if history.recreate.saturating_sub(history.cold_start) > history.cold_start => {
+            let served = f64::from(n) * mux / s;
+            (f64::from(queued) + (rate - served) * history.cold_start.as_secs_f64()).max(0.0)
+        }
+        _ => f64::from(queued),
+    };
+    let concurrency = arriving + backlog * s / horizon;
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
     let runners = |c: f64| (c / mux).ceil().min(f64::from(u32::MAX)) as u32;
     let recreate = history.recreate.as_secs_f64().max(horizon);
@@ -411,7 +438,7 @@ pub fn decide_with(
     let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some(p) = predicted(spec, history, queued, serving.min(in_flight), now) {
+    } else if let Some(p) = predicted(spec, history, queued, serving.min(in_flight), Some(current), now) {
         ScaleTarget {
             wanted: target_for(spec, demand, p.again).desired,
             ..target_for(spec, demand, p.wanted.max(p.busy))
@@ -849,10 +876,64 @@ mod tests {
         let d = decide_with(&s, 720, 0, None, &[], &h, t0());
         assert_eq!((d.target.desired, d.target.wanted, d.start), (7, 5, 7));
         // Billed by the hour a re-creation is the cold start and the hour: 720 × 10 / 3780 ≈ 1.9
-        // slots, two runners (until 2026-12-03 seven, kept for a second paid hour).
+        // slots, two runners (until 2026-12-03 seven, kept for a second paid hour). The runners
+        // started are for the queue as it will stand when they come up, 720 + 180 arriving
+        // meanwhile: 900 × 10 / 180 = 50 slots beside the arrivals' 10, ⌈60 / 8⌉ = 8.
         let hourly = DemandHistory { recreate: Duration::from_secs(3780), ..h };
         let d = decide_with(&s, 720, 0, None, &[], &hourly, t0());
-        assert_eq!((d.target.desired, d.target.wanted), (7, 2));
+        assert_eq!((d.target.desired, d.target.wanted), (8, 2));
+    }
+
+    #[test]
+    fn billed_by_the_hour_a_growing_backlog_starts_its_runners_in_one_step() {
+        let s = predict_spec(KeepAlive::Auto);
+        // Four requests a second, each in service 2.1 s: 8.4 slots. A cold start of 180 s; a
+        // new node's minimum billing a minute, or an hour.
+        let history = |recreate: u64| {
+            let mut h = DemandHistory::new(Duration::from_secs(recreate), Duration::from_secs(180));
+            for i in 0..=30 {
+                h.record(DemandSample {
+                    at: t0() + secs(-300 + i * 10),
+                    desired: 1,
+                    arrived: 40 * i as u64,
+                    queued: 0,
+                    in_flight: 0,
+                });
+            }
+            h.service_s = Some(2.1);
+            h
+        };
+        let (by_minute, by_hour) = (history(240), history(3780));
+        let starting = |n: u32| -> Vec<RunnerInfo> {
+            (1..=n)
+                .map(|id| RunnerInfo {
+                    id: RunnerId::from(id),
+                    ready: false,
+                    in_flight: 0,
+                    idle_since: None,
+                    slot_price: Price::ZERO,
+                    paid_until: None,
+                })
+                .collect()
+        };
+        // 720 queued, nothing running. By the minute, the queue as it stands is drained within
+        // the cold start: 8.4 + 720 × 2.1 / 180 = 16.8 slots, 3 runners; and as it grows while
+        // they start, a runner more (at 1,400 queued, 8.4 + 16.3 = 24.7 slots: 4).
+        assert_eq!(decide_with(&s, 720, 0, None, &[], &by_minute, t0()).start, 3);
+        assert_eq!(decide_with(&s, 1400, 0, None, &starting(3), &by_minute, t0()).start, 1);
+        // By the hour each of those runners pays an hour, and each landed on the node that fits
+        // one. Here the runners are for the queue as it will stand when they come up, 720 + 4 ×
+        // 180 = 1,440: 8.4 + 16.8 = 25.2 slots, 4 runners at once (a mix sized for four). The
+        // four still starting count as serving 4 × 8 / 2.1 = 15.2 a second against the 4
+        // arriving: the queue they meet is drained by them, and nothing more starts as it grows.
+        assert_eq!(decide_with(&s, 720, 0, None, &[], &by_hour, t0()).start, 4);
+        assert_eq!(decide_with(&s, 1400, 0, None, &starting(4), &by_hour, t0()).start, 0);
+        // Two runners ready serve 7.6 a second: 720 queued are drained by them within the cold
+        // start (720 − 3.6 × 180 = 68 left: 8.4 + 0.8 slots, still two runners), and by the
+        // hour nothing starts; by the minute a third starts (8.4 + 8.4 = 16.8 slots).
+        let two = [busy(1, 8), busy(2, 8)];
+        assert_eq!(decide_with(&s, 720, 16, None, &two, &by_hour, t0()).start, 0);
+        assert_eq!(decide_with(&s, 720, 16, None, &two, &by_minute, t0()).start, 1);
     }
 
     #[test]
