@@ -78,6 +78,11 @@ pub struct Input<'a> {
     pub rank: RankInput<'a>,
     /// The saving must pay for the move within this long.
     pub horizon: Duration,
+    /// The expected time until demand next wants `level` runners of the app (`None`: it has not
+    /// within the history; [`crate::autoscale::DemandHistory::expected_gap`]). A move that
+    /// leaves fewer free slots saves only until demand wants a runner beyond those left: that
+    /// runner then needs a node of its own again (a runner on a free slot needs none).
+    pub wanted_again: &'a dyn Fn(u32) -> Option<Duration>,
     /// Provision + boot + model load of a new node.
     pub cold_start: Duration,
     /// A new node's minimum billing.
@@ -174,6 +179,7 @@ pub fn consider(input: &Input) -> Option<Move> {
     // (a short list: an app's nodes host few distinct runner counts; this runs every pass).
     let mut cheapest: Vec<((u32, usize), Option<crate::placement::Candidate>)> = Vec::new();
     let mut best: Option<(Money, Move)> = None;
+    let saving_lasts = lasts_with(input, free_total);
     for (k, n) in input.nodes.iter().enumerate() {
         let h = input.hosted[k];
         // A node with a runner idle for longer than a cold start is the autoscaler's to shrink,
@@ -193,8 +199,8 @@ pub fn consider(input: &Input) -> Option<Move> {
             let age = n.billed_since.map(|s| (input.now - s).to_std().unwrap_or_default());
             age.map_or(input.horizon, |a| a.min(input.horizon))
         };
-        let mut offer = |kind: MoveKind, saving: Money, cost: Money, why: &dyn Fn() -> String| {
-            let gain = Price::per_hour(saving).cost_for(lasts());
+        let mut offer = |kind: MoveKind, saving: Money, cost: Money, free_after: u32, why: &dyn Fn() -> String| {
+            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts(), free_after));
             if gain > cost {
                 let net = gain - cost;
                 if best.as_ref().is_none_or(|(b, _)| net > *b) {
@@ -211,7 +217,7 @@ pub fn consider(input: &Input) -> Option<Move> {
                 || on_demand_runners.saturating_sub(h) >= input.spec.placement.base_on_demand
         };
         if free >= h && base_ok(CapacityType::Spot) {
-            offer(MoveKind::Delete, price, owed_on_it(), &|| {
+            offer(MoveKind::Delete, price, owed_on_it(), free - h, &|| {
                 format!("its {h} runner(s) fit on the app's other nodes' free slots; saves {}/h", price.cents())
             });
         }
@@ -239,7 +245,8 @@ pub fn consider(input: &Input) -> Option<Move> {
             let o = idx.offering(c.offering);
             let owed = owed_on_it();
             let unused = unused_minimum(input, &c, lasts());
-            offer(MoveKind::Replace, price - new_price, cold + owed + unused, &|| {
+            let free_after = free + c.runners_per_node.saturating_sub(h);
+            offer(MoveKind::Replace, price - new_price, cold + owed + unused, free_after, &|| {
                 format!(
                     "one {} {} node ({}/h) hosts its {h} runner(s) for {}/h less; the move costs {} (cold start {}s billed{}{})",
                     o.instance.name,
@@ -254,8 +261,25 @@ pub fn consider(input: &Input) -> Option<Move> {
             });
         }
     }
-    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, &mut best);
+    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, free_total, &mut best);
     best.map(|(_, m)| m)
+}
+
+/// How long a move's saving lasts, given how long it would (`lasts`) and the free slots the
+/// app's nodes keep after it (of `free_total` before): until demand next wants a runner beyond
+/// the slots left free, where the move leaves fewer. Until 2026-12-03 a saving was counted for
+/// the horizon however soon that came: an 8-GPU node left with one 4-GPU runner of two was
+/// replaced by a 4-GPU node ($0.68/h less), the next rise launched a second 4-GPU node, the
+/// two were merged back onto an 8-GPU node, and so on, a cold start at each step.
+fn lasts_with(input: &Input, free_total: u32) -> impl Fn(Duration, u32) -> Duration {
+    let runners: u32 = input.hosted.iter().sum();
+    let wanted_again = input.wanted_again;
+    move |lasts: Duration, free_after: u32| {
+        if free_after >= free_total {
+            return lasts;
+        }
+        wanted_again(runners.saturating_add(free_after).saturating_add(1)).map_or(lasts, |gap| lasts.min(gap))
+    }
 }
 
 fn kinds_of(spot: SpotPolicy) -> &'static [CapacityWanted] {
@@ -269,7 +293,14 @@ fn kinds_of(spot: SpotPolicy) -> &'static [CapacityWanted] {
 /// Merges (see the module doc): prefixes of two or more of the movable nodes, dearest per hosted
 /// runner first, each onto the cheapest single node of a kind the app may use; `best` is
 /// replaced where one nets more.
-fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: &mut Option<(Money, Move)>) {
+fn merge(
+    input: &Input,
+    kinds: &[CapacityWanted],
+    on_demand_runners: u32,
+    free_total: u32,
+    best: &mut Option<(Money, Move)>,
+) {
+    let saving_lasts = lasts_with(input, free_total);
     let idx = input.index;
     let price_of = |n: &NodeView| idx.offering(n.offering).price.hourly();
     let mut order: Vec<usize> = (0..input.nodes.len())
@@ -287,6 +318,8 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
     // with one runner per node, as for 8-GPU runners, there is nothing to try at all).
     let max_fit = idx.max_runners_per_node(input.app);
     let (mut runners, mut price, mut owed_total, mut on_demand) = (0u32, Money::ZERO, Money::ZERO, 0u32);
+    // The free slots of the nodes merged so far, which the new node's own free slots replace.
+    let mut merged_free = 0u32;
     let mut work = Money::ZERO;
     let mut youngest: Option<std::time::Duration> = None;
     for (g, k) in order.iter().enumerate() {
@@ -296,6 +329,7 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
             break;
         }
         runners += h;
+        merged_free += n.slots.saturating_sub(h);
         price += price_of(n);
         work += idx.offering(n.offering).work_price().hourly();
         owed_total += owed(input, n, price_of(n));
@@ -322,7 +356,8 @@ fn merge(input: &Input, kinds: &[CapacityWanted], on_demand_runners: u32, best: 
             let (cold, cold_len, egress) = cold_cost(input, &c);
             let unused = unused_minimum(input, &c, lasts);
             let cost = cold + owed_total + unused;
-            let gain = Price::per_hour(saving).cost_for(lasts);
+            let free_after = free_total - merged_free + c.runners_per_node.saturating_sub(runners);
+            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts, free_after));
             if gain <= cost {
                 continue;
             }

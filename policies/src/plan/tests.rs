@@ -1046,3 +1046,52 @@ fn an_empty_node_with_its_regions_last_copy_stays_while_that_copy_is_worth_keepi
     };
     assert_eq!(released(other), [10]);
 }
+
+#[test]
+fn consolidation_keeps_a_free_slot_that_demand_wants_again_before_the_move_pays() {
+    use crate::consolidate::MoveKind;
+    use CapacityType::*;
+    // Runners of 4 GPUs: an 8-GPU spot node hosts two for $6.84/h, a 4-GPU one hosts one for
+    // $6.16/h. One runner serves on the 8-GPU node (up two hours); its other slot is free.
+    let cat = Arc::new(Catalog::new(vec![
+        off(Cloud::Gcp, "us-central1", Some("us-central1-a"), "a3-highgpu-4g", GpuModel::H100Sxm, 4, Spot, "6.16"),
+        off(Cloud::Lambda, "us-east-1", None, "gpu_8x_h100_sxm5", GpuModel::H100Sxm, 8, Spot, "6.84"),
+    ]));
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 4\n[apps.llm.placement]\nspot = \"spot\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 4\nkeep_alive = \"auto\"\n",
+    );
+    let index = PlacementIndex::new(cat, &s);
+    let cache = UnavailableCache::default();
+    let app = |demand: DemandHistory| AppView {
+        in_flight: 1,
+        runners: vec![serving_runner(1, 10)],
+        nodes: vec![NodeView { billed_since: Some(t0() - chrono::Duration::seconds(7200)), ..NodeView::new(10, 1, 2) }],
+        demand,
+        ..AppView::default()
+    };
+    let run = |st: AppView| plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    // No demand for a second runner in the history: the 4-GPU node saves $0.68/h for the hour,
+    // $0.68 against 180 s of $6.16/h billed before it serves ($0.31): a move.
+    let quiet = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+    let m = run(app(quiet.clone())).apps[0].consolidate.clone().expect("a move");
+    assert_eq!((m.kind, m.saving_per_hour), (MoveKind::Replace, money("0.68")));
+    // Demand wanted a second runner for a minute every four (the last time a minute ago): the
+    // 4-GPU node saves only until the next time, about four minutes ($0.05), when that runner
+    // needs a node of its own again. No move (until 2026-12-03, one, and a node launched for
+    // the runner at the next rise, the two merged back onto an 8-GPU node, and so on).
+    let mut busy = quiet;
+    for k in 0..=66 {
+        let at: i64 = -660 + k * 10;
+        let desired = if at.rem_euclid(240) < 60 { 2 } else { 1 };
+        busy.record(crate::autoscale::DemandSample {
+            at: t0() + chrono::Duration::seconds(at),
+            desired,
+            arrived: k as u64 * 10,
+            queued: 0,
+            in_flight: desired,
+        });
+    }
+    assert_eq!(busy.expected_gap(2, t0()), Some(Duration::from_secs(240)));
+    assert_eq!(run(app(busy)).apps[0].consolidate, None);
+}
