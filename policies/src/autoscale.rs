@@ -466,6 +466,13 @@ pub fn decide_with(
         return ScaleDecision { target: t, start: 0, stop: Vec::new(), pending_since: None };
     }
     let above_max = current.saturating_sub(spec.max_concurrency);
+    // Runners still starting count against starting more, but no ready runner stops for one:
+    // it serves now, they serve after their cold start. Until 2026-12-03 the excess was
+    // counted over both, so two runners started for a spike that had passed made the app's
+    // last ready runners stop, and the next burst (the Azure code trace's, seconds later) met
+    // none ready: 484 requests queued and sixty cold starts.
+    let ready = runners.iter().filter(|r| r.ready).count() as u32;
+    let excess = ready.saturating_sub(t.desired).max(above_max).min(excess);
     // A fixed keep-alive has expired for runners idle since this instant or earlier (one
     // subtraction per decision instead of one per runner: this runs every pass for every app).
     let idle_before = match spec.keep_alive {
@@ -630,6 +637,26 @@ mod tests {
         let capped = ScalingSpec { max_concurrency: 1, ..s };
         let runners = [busy(1, 1), paid(idle(2, 5, "9"), 3000), paid(idle(3, 5, "1"), 600), idle(4, 5, "2")];
         assert_eq!(decide(&capped, 0, 1, None, &runners, t0()).stop, [4, 3, 2]);
+    }
+
+    #[test]
+    fn no_ready_runner_stops_for_one_still_starting() {
+        // No demand; the minimum and the buffer want one runner. Two are ready and idle past
+        // keep-alive, two more still start (for a spike that has passed): one ready runner
+        // stops, one stays ready for the next request (until 2026-12-03 both stopped, the
+        // starting ones counted in their place, and a burst then met none ready).
+        let starting = |id| RunnerInfo { ready: false, idle_since: None, ..idle(id, 0, "1") };
+        let runners = [idle(1, 600, "2"), idle(2, 600, "1"), starting(3), starting(4)];
+        let d = decide(&spec(), 0, 0, None, &runners, t0());
+        assert_eq!((d.target.desired, d.start, d.stop.as_slice()), (1, 0, [1].as_slice()));
+        // With none starting, the same two ready: the same one stops.
+        assert_eq!(decide(&spec(), 0, 0, None, &runners[..2], t0()).stop, [1]);
+        // Beyond max_concurrency (10 here) ready ones stop whatever starts: twelve ready idle
+        // for a moment (within keep-alive) and one starting, three above the maximum: three of
+        // the ready ones stop.
+        let mut many: Vec<RunnerInfo> = (1..=12).map(|id| idle(id, 10, "1")).collect();
+        many.push(starting(13));
+        assert_eq!(decide(&spec(), 0, 0, None, &many, t0()).stop.len(), 3);
     }
 
     #[test]
