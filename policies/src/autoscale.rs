@@ -9,7 +9,9 @@
 //! them for `scaling_delay` (the caller keeps `pending_since` between decisions). Scale-down: only
 //! runners that are ready, serve nothing, and have been idle for `keep_alive` stop (runners beyond
 //! `max_concurrency` need not wait out keep-alive); first those whose node costs most per runner
-//! it hosts (so the dearest nodes per used slot empty and go), then the longest idle.
+//! it hosts (so the dearest nodes per used slot empty and go), then the longest idle. Runners
+//! still starting count toward the target, but while it wants any runner the app keeps one ready
+//! runner rather than wait out their cold start.
 //!
 //! With `keep_alive = "auto"` ([`KeepAlive::Auto`]) "idle long enough" is a cost decision instead
 //! of a fixed time. Re-creating a runner costs its slot price over `recreate` (cold start:
