@@ -200,7 +200,12 @@ pub fn consider(input: &Input) -> Option<Move> {
             age.map_or(input.horizon, |a| a.min(input.horizon))
         };
         let mut offer = |kind: MoveKind, saving: Money, cost: Money, free_after: u32, why: &dyn Fn() -> String| {
-            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts(), free_after));
+            // The gap demand leaves is looked up only for a move that pays without it.
+            let lasts = lasts();
+            if Price::per_hour(saving).cost_for(lasts) <= cost {
+                return;
+            }
+            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts, free_after));
             if gain > cost {
                 let net = gain - cost;
                 if best.as_ref().is_none_or(|(b, _)| net > *b) {
@@ -274,11 +279,20 @@ pub fn consider(input: &Input) -> Option<Move> {
 fn lasts_with(input: &Input, free_total: u32) -> impl Fn(Duration, u32) -> Duration {
     let runners: u32 = input.hosted.iter().sum();
     let wanted_again = input.wanted_again;
+    // Each level's gap, looked up once per decision (it walks the app's history).
+    let seen: std::cell::RefCell<Vec<(u32, Option<Duration>)>> = Default::default();
     move |lasts: Duration, free_after: u32| {
         if free_after >= free_total {
             return lasts;
         }
-        wanted_again(runners.saturating_add(free_after).saturating_add(1)).map_or(lasts, |gap| lasts.min(gap))
+        let level = runners.saturating_add(free_after).saturating_add(1);
+        let known = seen.borrow().iter().find(|(l, _)| *l == level).map(|(_, g)| *g);
+        let gap = known.unwrap_or_else(|| {
+            let g = wanted_again(level);
+            seen.borrow_mut().push((level, g));
+            g
+        });
+        gap.map_or(lasts, |gap| lasts.min(gap))
     }
 }
 
@@ -357,6 +371,9 @@ fn merge(
             let unused = unused_minimum(input, &c, lasts);
             let cost = cold + owed_total + unused;
             let free_after = free_total - merged_free + c.runners_per_node.saturating_sub(runners);
+            if Price::per_hour(saving).cost_for(lasts) <= cost {
+                continue;
+            }
             let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts, free_after));
             if gain <= cost {
                 continue;
