@@ -926,19 +926,10 @@ mod tests {
         let s = predict_spec(KeepAlive::Auto);
         // Four requests a second, each in service 2.1 s: 8.4 slots. A cold start of 180 s; a
         // new node's minimum billing a minute, or an hour.
-        let history = |recreate: u64| {
-            let mut h = DemandHistory::new(Duration::from_secs(recreate), Duration::from_secs(180));
-            for i in 0..=30 {
-                h.record(DemandSample {
-                    at: t0() + secs(-300 + i * 10),
-                    desired: 1,
-                    arrived: 40 * i as u64,
-                    queued: 0,
-                    in_flight: 0,
-                });
-            }
-            h.service_s = Some(2.1);
-            h
+        let history = |recreate: u64| DemandHistory {
+            recreate: Duration::from_secs(recreate),
+            service_s: Some(2.1),
+            ..steady(1, 40, 0)
         };
         let (by_minute, by_hour) = (history(240), history(3780));
         let starting = |n: u32| -> Vec<RunnerInfo> {
