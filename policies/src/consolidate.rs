@@ -266,7 +266,7 @@ pub fn consider(input: &Input) -> Option<Move> {
             });
         }
     }
-    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, free_total, &mut best);
+    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, free_total, &saving_lasts, &mut best);
     best.map(|(_, m)| m)
 }
 
@@ -312,9 +312,9 @@ fn merge(
     kinds: &[CapacityWanted],
     on_demand_runners: u32,
     free_total: u32,
+    saving_lasts: &impl Fn(Duration, u32) -> Duration,
     best: &mut Option<(Money, Move)>,
 ) {
-    let saving_lasts = lasts_with(input, free_total);
     let idx = input.index;
     let price_of = |n: &NodeView| idx.offering(n.offering).price.hourly();
     let mut order: Vec<usize> = (0..input.nodes.len())
