@@ -1131,7 +1131,15 @@ fn paid_until((step, min_billing): (Duration, Duration), launched: Time, ran_ms:
         return None;
     }
     let billed = crate::scenario::billed(step, min_billing, ran);
-    (billed > ran + Duration::from_secs(1)).then(|| launched + chrono::Duration::from_std(billed).unwrap_or_default())
+    // Billed by a longer step, a node exactly at a step's end is paid until now, not by the
+    // second: the next step begins with the next instant it runs. (Until 2026-12-03 it was
+    // `None` there, as if billed by the second; launches and passes fall on whole ticks, so a
+    // pass met that instant every hour, and a move weighed then owed nothing for the step its
+    // release would begin: an 8-GPU node was replaced on the hour for $0.68/h less, and both
+    // paid the next hour.)
+    let stepped = step > Duration::from_secs(1);
+    (billed > ran + Duration::from_secs(1) || stepped)
+        .then(|| launched + chrono::Duration::from_std(billed).unwrap_or_default())
 }
 
 /// Seconds request `a` is in service on `gpu` (the scenario's H100 rates scaled by bf16 TFLOP/s).
@@ -1209,5 +1217,24 @@ mod tests {
         ] {
             assert_eq!(Ev::unpack(ev.pack()), ev);
         }
+    }
+
+    #[test]
+    fn a_node_billed_by_the_hour_is_paid_until_the_end_of_the_hour_begun_and_exactly_at_it() {
+        use std::time::Duration;
+        let hour = (Duration::from_secs(3600), Duration::from_secs(3600));
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert_eq!(super::paid_until(hour, t0, 1_000), Some(at(3600)));
+        assert_eq!(super::paid_until(hour, t0, 3_599_000), Some(at(3600)));
+        // At the hour's end it is paid until now: the next hour begins with the next instant it
+        // runs (until 2026-12-03, `None`, as if billed by the second).
+        assert_eq!(super::paid_until(hour, t0, 3_600_000), Some(at(3600)));
+        assert_eq!(super::paid_until(hour, t0, 3_601_000), Some(at(7200)));
+        // Billed by the second: within the minimum, until its end; past it, nothing prepaid.
+        let second = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(super::paid_until(second, t0, 10_000), Some(at(60)));
+        assert_eq!(super::paid_until(second, t0, 60_000), None);
+        assert_eq!(super::paid_until(second, t0, 3_600_000), None);
     }
 }
