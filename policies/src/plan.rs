@@ -130,6 +130,9 @@ pub struct NodePlan {
     pub candidates: Vec<Candidate>,
     /// The dearest candidate's price: what this node holds of the budget.
     pub reserved_per_hour: Money,
+    /// The runners it is sized for: `runners`, and room for the runners of nodes of the app it
+    /// is to take over ([`sizing::absorbing_mix`]); its candidates fit this many.
+    pub sized_for: u32,
     /// Why this node has the size it has (the mix it belongs to, and what the lowest-$/GPU
     /// offering would have cost for the same runners).
     pub why: String,
@@ -555,6 +558,38 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         } else {
             &[CapacityWanted::Spot]
         };
+        // New nodes may be sized with room for the runners of the app's nodes they will take over
+        // (`sizing::absorbing_mix`): only where consolidation will move those runners, and only
+        // where a new node's minimum billing is longer than its cold start (billed by the hour):
+        // merging the nodes later then pays a whole minimum billing more, which sizing for them
+        // now saves, and the saving is counted over that minimum. Billed by the second, a later
+        // merge costs a cold start, and consolidation makes it once the level has lasted; room
+        // made at launch bets on a level a burst may not keep (measured: the code trace's bursts
+        // on 1-GPU runners, $7.08 → $12.44, room on 8-GPU nodes the level left at once). The
+        // nodes, by capacity type, dearest per runner first.
+        let min_billing = st.demand.recreate.saturating_sub(st.demand.cold_start);
+        let absorb_horizon = opts
+            .consolidation_horizon
+            .filter(|h| app.scaling.consolidation && !h.is_zero() && min_billing > st.demand.cold_start)
+            .map(|_| min_billing);
+        let movable = |capacity: CapacityType| -> Vec<sizing::Movable> {
+            let mut v: Vec<(Money, NodeId, sizing::Movable)> = st
+                .nodes
+                .iter()
+                .filter(|n| !n.leaving && capacity_of(index, n.offering) == capacity)
+                .filter_map(|n| {
+                    let runners = hosted[&n.id] + on_existing.get(&n.id).copied().unwrap_or(0);
+                    let paid = n.paid_until.map(|p| (p - now).to_std().unwrap_or_default()).unwrap_or_default();
+                    let price = held(n);
+                    (runners > 0).then(|| {
+                        let m = sizing::Movable { price, runners, release_in: paid.max(st.demand.cold_start) };
+                        (price.divided_by(runners), n.id, m)
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            v.into_iter().map(|(_, _, m)| m).collect()
+        };
         for (capacity, kinds, wanted) in [
             (CapacityWanted::OnDemand, &[CapacityWanted::OnDemand][..], od_left),
             (CapacityWanted::Spot, spot_kinds, spot_left),
@@ -562,8 +597,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             let mut left = wanted;
             // The cheapest mix of node sizes for the runners left (see `sizing`), taken one node
             // at a time; made again when a node's price moved (a quota filled meanwhile).
-            let mut mix: std::collections::VecDeque<(SizeClass, u32)> = Default::default();
+            // Each node of the mix: its size, the runners it starts, the runners it is sized for.
+            let mut mix: std::collections::VecDeque<(SizeClass, u32, u32)> = Default::default();
             let mut mix_note = String::new();
+            // Room for other nodes' runners is made once per capacity type.
+            let mut absorbing = absorb_horizon;
             while left > 0 {
                 let base = RankInput { capacity, quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
                 if mix.is_empty() {
@@ -580,10 +618,37 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         unplaced.push(Unplaced { runners: left, capacity, why, budget_cap: None });
                         break;
                     };
-                    mix = nodes.iter().map(|n| (classes[n.class], n.runners)).collect();
+                    mix = nodes.iter().map(|n| (classes[n.class], n.runners, n.runners)).collect();
                     mix_note = describe_mix(index, i, &base, &classes, &nodes, price, left);
+                    let node_capacity =
+                        if capacity == CapacityWanted::Spot { CapacityType::Spot } else { CapacityType::OnDemand };
+                    if let Some(horizon) = absorbing.take()
+                        && let Some(a) = sizing::absorbing_mix(&classes, left, &movable(node_capacity), horizon)
+                    {
+                        mix = a
+                            .nodes
+                            .iter()
+                            .zip(&a.sized_for)
+                            .map(|(n, sized)| (classes[n.class], n.runners, *sized))
+                            .collect();
+                        let sized_nodes: Vec<SizedNode> = a
+                            .nodes
+                            .iter()
+                            .zip(&a.sized_for)
+                            .map(|(n, sized)| SizedNode { class: n.class, runners: *sized })
+                            .collect();
+                        mix_note = format!(
+                            "sized with room for the {} runner(s) of {} node(s) of the app it takes over once they \
+                             have used what they are paid for ({} saved over a new node's minimum billing after \
+                             that, net of the larger nodes' price until then); {}",
+                            a.room,
+                            a.absorbs,
+                            a.net_saving.cents(),
+                            describe_mix(index, i, &base, &classes, &sized_nodes, a.price, left + a.room)
+                        );
+                    }
                 }
-                let (class, r) = mix.pop_front().expect("mix is not empty");
+                let (class, r, sized) = mix.pop_front().expect("mix is not empty");
                 let node_capacity = match class.capacity {
                     CapacityType::Spot => CapacityWanted::Spot,
                     _ => CapacityWanted::OnDemand,
@@ -609,14 +674,22 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     }
                     c
                 };
-                let mut candidates = rank_with(share, r);
+                let mut candidates = rank_with(share, sized);
                 if candidates.is_empty() && share != cap(room.per_hour) {
-                    candidates = rank_with(cap(room.per_hour), r);
+                    candidates = rank_with(cap(room.per_hour), sized);
                 }
                 // The mix's node is dearer than the room left: a node for fewer runners that fits
                 // it instead (a budget that pays for three 1-GPU nodes but not the 8-GPU node the
                 // mix wants gets the three), the mix made again for what is left after it.
-                let mut r = r;
+                let (mut r, mut sized) = (r, sized);
+                // No room in the budget for the room: a node for its own runners.
+                if candidates.is_empty() && sized > r {
+                    sized = r;
+                    candidates = rank_with(share, r);
+                    if candidates.is_empty() && share != cap(room.per_hour) {
+                        candidates = rank_with(cap(room.per_hour), r);
+                    }
+                }
                 if candidates.is_empty()
                     && room.per_hour.is_some()
                     && let Some((fewer, c)) =
@@ -630,6 +703,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     );
                     candidates = c;
                     r = fewer;
+                    sized = fewer;
                     mix.clear();
                 }
                 if candidates.is_empty() {
@@ -681,6 +755,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     runners: r,
                     candidates,
                     reserved_per_hour: reserved,
+                    sized_for: sized,
                     why,
                 });
                 left -= r;

@@ -784,7 +784,7 @@ impl<'a> Engine<'a> {
                 }
             }
             for np in &ap.new_nodes {
-                self.launch(i, &np.candidates, np.runners);
+                self.launch(i, &np.candidates, np.runners, np.sized_for);
             }
             for node in &ap.release_nodes {
                 self.release_node(*node as usize);
@@ -1001,7 +1001,15 @@ impl<'a> Engine<'a> {
 
     /// Walks the candidates as the orchestrator does: on simulated insufficient capacity, mark
     /// the offering unavailable and try the next.
-    fn launch(&mut self, app: usize, candidates: &[fleet_policies::placement::Candidate], runners: u32) {
+    /// `sized_for`: the runners the plan sized the node for (its own and room for those of nodes it
+    /// takes over): what it is checked against for being oversized.
+    fn launch(
+        &mut self,
+        app: usize,
+        candidates: &[fleet_policies::placement::Candidate],
+        runners: u32,
+        sized_for: u32,
+    ) {
         // The n-th node launched draws from its own stream (common random numbers): policies
         // compared on one seed meet the same provisioning delays, capacity errors and
         // preemptions for their first, second, … node, so their differences are theirs.
@@ -1031,7 +1039,7 @@ impl<'a> Engine<'a> {
             let delay = ms(model.provision_delay) + if jitter > 0 { rng.random_range(0..=2 * jitter) } else { 0 };
             let ready_in = delay.saturating_sub(jitter) + ms(model.boot);
             let n = self.new_node(app, c.offering, c.runners_per_node, ready_in);
-            if self.oversized(app, c, runners) {
+            if self.oversized(app, c, sized_for.max(runners)) {
                 self.report.oversized_nodes += 1;
             }
             if c.capacity == CapacityType::Spot && model.preemptions_per_hour > 0.0 {

@@ -928,3 +928,44 @@ fn a_catalog_that_serves_nothing_is_refused_naming_why() {
     let e = fleet_simulator::baselines(&c.scenario()).unwrap_err().to_string();
     assert!(e.contains("(excluded: 1 gpu-not-wanted)"), "{e}");
 }
+
+#[test]
+fn billed_by_the_hour_a_second_runner_gets_a_node_with_room_for_the_first() {
+    // Runners of 4 GPUs serving one request at a time (2.1 s each). A 4-GPU node hosts one for
+    // $6.16/h, an 8-GPU node two for $6.84/h, each billed by the hour. For 20 minutes a request
+    // comes every 2.5 s (one runner: a 4-GPU node, the cheapest fit for it), then every 1.25 s
+    // for the rest of the 3 hours (two runners). The second runner's cheapest fit alone is a
+    // 4-GPU node too, and two of them cost $12.32/h where one 8-GPU node hosts both for $6.84/h;
+    // merging them later pays the 8-GPU node's hour beside theirs. The second runner's node is
+    // sized for both, and the first runner moves over once its node's hour is paid: the 4-GPU
+    // node's one hour and the 8-GPU node's three, $26.68, the oracle's one 8-GPU node ($20.52)
+    // plus the hour the first runner was alone. (Until 2026-12-03, $32.84: a second 4-GPU node,
+    // then the two merged onto an 8-GPU node.)
+    let fleet = "[apps.a]\ngpu = \"H100\"\ngpus = 4\n[apps.a.scaling]\nmax_concurrency = 4\nmax_multiplexing = 1\n\
+                 keep_alive = \"auto\"\npredict = true\nscaling_delay = \"0s\"\n";
+    let c = Case::new(
+        fleet,
+        "trace = \"trace.csv\"",
+        "duration = \"3h\"",
+        "[clouds.lambda]\nbilling = \"per-hour\"\nmin_billing = \"1h\"",
+    );
+    let header = CATALOG.lines().next().unwrap();
+    std::fs::write(
+        c.path("catalog.csv"),
+        format!(
+            "{header}\nlambda,us-east-1,,gpu_4x_h100_sxm5,H100-SXM,4,104,900,,on-demand,6.16,test,2026-11-25\n\
+             lambda,us-east-1,,gpu_8x_h100_sxm5,H100-SXM,8,208,1800,,on-demand,6.84,test,2026-11-25\n"
+        ),
+    )
+    .unwrap();
+    let mut at: Vec<f64> = (0..480).map(|i| f64::from(i) * 2.5).collect();
+    at.extend((0..7680).map(|i| 1200.0 + f64::from(i) * 1.25));
+    write_trace_at(&c.path("trace.csv"), &at);
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let (own, orc) = (&r[0], &r[3]);
+    assert!(own.served >= 8_150, "{} of {}", own.served, own.requests);
+    assert_eq!(own.nodes_launched, 2, "{:?}", costs(&r));
+    assert_eq!(own.oversized_nodes, 0, "the 8-GPU node is sized for the runners it takes over");
+    assert_eq!(own.cost, usd("26.68"), "{:?}", costs(&r));
+    assert_eq!(orc.cost, usd("20.52"));
+}

@@ -1095,3 +1095,83 @@ fn consolidation_keeps_a_free_slot_that_demand_wants_again_before_the_move_pays(
     assert_eq!(busy.expected_gap(2, t0()), Some(Duration::from_secs(240)));
     assert_eq!(run(app(busy)).apps[0].consolidate, None);
 }
+
+#[test]
+fn billed_by_the_hour_a_new_node_makes_room_for_the_runner_of_a_dearer_node_it_will_take_over() {
+    use crate::consolidate::MoveKind;
+    use CapacityType::*;
+    // Runners of 4 GPUs: a 4-GPU node hosts one for $6.16/h, an 8-GPU node two for $6.84/h.
+    // One runner serves on a 4-GPU node, ten minutes into its paid hour; demand wants a second.
+    let cat = Arc::new(Catalog::new(vec![
+        off(Cloud::Gcp, "us-central1", Some("us-central1-a"), "a3-highgpu-4g", GpuModel::H100Sxm, 4, OnDemand, "6.16"),
+        off(Cloud::Lambda, "us-east-1", None, "gpu_8x_h100_sxm5", GpuModel::H100Sxm, 8, OnDemand, "6.84"),
+    ]));
+    let s = spec(
+        "[apps.llm]\ngpu = \"H100\"\ngpus = 4\n[apps.llm.placement]\nspot = \"on-demand\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 4\nmax_multiplexing = 1\nscaling_delay = \"0s\"\n",
+    );
+    let index = PlacementIndex::new(cat, &s);
+    let cache = UnavailableCache::default();
+    let hourly = NodeView {
+        billed_since: Some(t0() - chrono::Duration::seconds(600)),
+        paid_until: Some(t0() + chrono::Duration::seconds(3000)),
+        billing_step: Some(Duration::from_secs(3600)),
+        ..NodeView::new(10, 0, 1)
+    };
+    let app = |node: NodeView, min_billing: u64| AppView {
+        queued: 1,
+        in_flight: 1,
+        runners: vec![serving_runner(1, 10)],
+        nodes: vec![node],
+        demand: DemandHistory::new(Duration::from_secs(180 + min_billing), Duration::from_secs(180)),
+        ..AppView::default()
+    };
+    let first = |st: AppView, opts: &PlanOptions| {
+        let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), opts);
+        let a = &p.apps[0];
+        assert_eq!(a.decision.start, 1);
+        assert_eq!(a.new_nodes.len(), 1, "{:?}", a.new_nodes);
+        let n = a.new_nodes[0].clone();
+        (index.offering(n.candidates[0].offering).instance.name.clone(), n.runners, n.sized_for, n.why)
+    };
+    // Billed by the hour: the second runner's cheapest fit alone is another 4-GPU node ($12.32/h
+    // for the two); merging them later would pay an 8-GPU node's hour beside theirs. Its node is
+    // the 8-GPU one, sized for both runners.
+    let (name, runners, sized_for, why) = first(app(hourly.clone(), 3600), &PlanOptions::default());
+    assert_eq!((name.as_str(), runners, sized_for), ("gpu_8x_h100_sxm5", 1, 2));
+    assert!(why.contains("room for the 1 runner(s) of 1 node(s) of the app it takes over"), "{why}");
+    // Billed by the second (a minute's minimum, shorter than the cold start): a later merge costs
+    // a cold start, and the runner gets the node that fits it alone.
+    let per_second = NodeView { paid_until: None, billing_step: None, ..hourly.clone() };
+    assert_eq!(first(app(per_second, 60), &PlanOptions::default()).2, 1);
+    // Without consolidation nothing would move the first runner over: no room made.
+    let never = PlanOptions { consolidation_horizon: None, ..PlanOptions::default() };
+    let (name, _, sized_for, _) = first(app(hourly, 3600), &never);
+    assert_eq!((name.as_str(), sized_for), ("a3-highgpu-4g", 1));
+
+    // Fifty minutes into its hour, with the 8-GPU node up beside it: the first runner moves to
+    // the free slot (a delete), its node released within the hour it has paid.
+    let st = AppView {
+        in_flight: 2,
+        runners: vec![serving_runner(1, 10), serving_runner(2, 11)],
+        nodes: vec![
+            NodeView {
+                billed_since: Some(t0() - chrono::Duration::seconds(3000)),
+                paid_until: Some(t0() + chrono::Duration::seconds(600)),
+                billing_step: Some(Duration::from_secs(3600)),
+                ..NodeView::new(10, 0, 1)
+            },
+            NodeView {
+                billed_since: Some(t0() - chrono::Duration::seconds(2400)),
+                paid_until: Some(t0() + chrono::Duration::seconds(1200)),
+                billing_step: Some(Duration::from_secs(3600)),
+                ..NodeView::new(11, 1, 2)
+            },
+        ],
+        demand: DemandHistory::new(Duration::from_secs(3780), Duration::from_secs(180)),
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let m = p.apps[0].consolidate.clone().expect("a move");
+    assert_eq!((m.nodes.as_slice(), m.kind), ([10].as_slice(), MoveKind::Delete));
+}
