@@ -7,7 +7,8 @@
 //! and the mix is the cheapest way to make exactly `n` runners from them: a dynamic programme over
 //! 0..=n runners, `cost[m] = min over sizes s of price(s) + cost[m − min(m, fits(s))]`, exact for
 //! as many nodes of each size as wanted, O(n × sizes). A large node is chosen only where it really
-//! is the cheapest way to host the runners it gets.
+//! is the cheapest way to host the runners it gets — or, billed by the hour, the runners it gets
+//! and those of the app's dearer nodes it will take over ([`absorbing_mix`]).
 
 #[cfg(test)]
 use fleet_core::CapacityType;
