@@ -217,7 +217,7 @@ impl DemandHistory {
         Some(busy / completed)
     }
 
-    /// Requests per second over the last [`RATE_WINDOW`] of samples.
+    /// Requests per second over the last minute (`RATE_WINDOW`) of samples.
     pub fn recent_rate(&self, now: Time) -> f64 {
         let Some(last) = self.samples.back() else { return 0.0 };
         let from = now - chrono::Duration::from_std(RATE_WINDOW).unwrap_or_default();
@@ -226,7 +226,7 @@ impl DemandHistory {
         if span <= 0.0 { 0.0 } else { (last.arrived - first.arrived) as f64 / span }
     }
 
-    /// The highest rate over any [`RATE_WINDOW`] within the history: what the capacity kept
+    /// The highest rate over any minute (`RATE_WINDOW`) within the history: what the capacity kept
     /// warm is sized for, so that a burst like the recent ones finds it (as SkyPilot's and
     /// dstack's autoscalers hold replicas through a downscale delay).
     pub fn peak_rate(&self) -> f64 {
@@ -257,8 +257,8 @@ impl DemandHistory {
         matches!((self.samples.front(), self.samples.back()), (Some(a), Some(b)) if b.arrived > a.arrived)
     }
 
-    /// Whether arrivals have stopped: none for at least a [`RATE_WINDOW`], and for
-    /// [`STOPPED_FACTOR`] times longer than any silence between arrivals earlier in the history.
+    /// Whether arrivals have stopped: none for at least a minute (`RATE_WINDOW`), and for
+    /// three times (`STOPPED_FACTOR`) longer than any silence between arrivals earlier in the history.
     /// Bursty demand falls silent between bursts as a matter of course (the Azure code trace for
     /// minutes at a time), so a silence counts only measured against the app's own; steady
     /// demand that stops is over, not between bursts.
