@@ -78,7 +78,7 @@ impl std::fmt::Debug for Server {
 }
 
 /// Whether `base` is plain HTTP to this machine: its host (parsed, not a prefix: in
-/// `http://127.0.0.1:7070@example.com` the host is example.com) is 127.0.0.1, localhost or [::1].
+/// `http://127.0.0.1:7070@example.com` the host is example.com) is 127.0.0.1, localhost or `[::1]`.
 /// Only then does fleetctl offer a local fleetd's admin token by itself.
 fn is_local(base: &str) -> bool {
     let Some(rest) = base.strip_prefix("http://") else { return false };

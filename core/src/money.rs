@@ -2,7 +2,7 @@
 //!
 //! Every amount is an integer number of micro-dollars (1 USD = 1,000,000 µ$). Sums, differences and
 //! multiplications by counts are exact; the only rounding happens where a rate is divided (per GPU,
-//! per second) and it is round-half-to-even, in one place ([`div_round`]). Prices are never held in
+//! per second) and it is round-half-to-even, in one place (`div_round`). Prices are never held in
 //! `f64`: a month of per-second charges summed in floating point drifts by cents, and budgets are
 //! compared against those sums.
 //!

@@ -28,7 +28,7 @@ pub const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 /// The options fleetd runs with, each unless the operator set it.
 const OPTIONS: [(&str, &str); 2] = [(ALLOW_THP, "0"), (PURGE_DELAY, "0")];
 
-/// Replaces this process with itself, same arguments, with each of [`OPTIONS`] the environment does
+/// Replaces this process with itself, same arguments, with each of `OPTIONS` the environment does
 /// not set already (nothing to do if it sets them all). Call first thing in `main`, before any
 /// thread starts. If the restart fails, says so and goes on as is.
 pub fn restart_with_options() {

@@ -12,7 +12,7 @@
 //!   of `fleetd --fake-clouds`.
 //! - [`informer`]: a watched cache of records; [`leader`]: one acting daemon per fleet.
 //! - [`events`]: recording each decision with its reason; [`metrics`]: Prometheus metrics; [`crashpoint`]: where the crash test kills fleetd.
-//! - [`testing`] (feature `testing`): real etcd and sshd harnesses, the fake-cloud harness.
+//! - `testing` (feature `testing`): real etcd and sshd harnesses, the fake-cloud harness.
 
 pub mod access;
 pub mod actors;

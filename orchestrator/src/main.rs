@@ -170,7 +170,7 @@ struct Args {
     /// A model for an app's runners, APP=FILE (safetensors), uploaded to every node; repeatable.
     #[arg(long = "model", value_name = "APP=FILE")]
     models: Vec<String>,
-    /// More agent configuration (TOML: [burn_in], [interruption]) appended to each node's config
+    /// More agent configuration (TOML: the burn_in and interruption tables) appended to each node's config
     /// (`{node}` is replaced by the node's id).
     #[arg(long)]
     agent_config: Option<PathBuf>,

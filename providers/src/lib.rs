@@ -4,7 +4,7 @@
 //! - [`ProviderError`]: the few kinds of failure the orchestrator acts on; each adapter maps its
 //!   vendor's codes onto them in one place (`aws/errors.rs`, …).
 //! - [`fake::FakeProvider`]: fails the way clouds fail, on purpose, deterministically for a seed.
-//! - [`conformance`]: the checks every adapter must pass.
+//! - `conformance`: the checks every adapter must pass.
 //! - [`aws`] (feature `aws`): EC2 through aws-sdk-ec2.
 
 #[cfg(any(test, feature = "testing"))]

@@ -1170,7 +1170,7 @@ fn service_at(s: &ServiceModel, a: &Arrival, scale: f64) -> f64 {
 /// on app `app`: all of it served on the single cheapest offering the app may use (by effective
 /// $/GPU-hour, spot included, ignoring capacity limits), with no idle time, no cold starts and
 /// per-millisecond billing. A run's lower bound is the sum over its demands plus, for each of
-/// the spec's other apps (which get no requests), [`floor_cost`], which every policy pays alike.
+/// the spec's other apps (which get no requests), `floor_cost`, which every policy pays alike.
 pub fn demand_lower_bound(sc: &Scenario, index: &PlacementIndex, app: usize, ctx: f64, generated: f64) -> Money {
     let cache = UnavailableCache::default();
     let ranked = index.explain(app, &RankInput::new(start_time(), &cache)).ranked;

@@ -45,7 +45,7 @@ enum Command {
         /// demand, side by side in the table and the page.
         #[arg(long)]
         baselines: bool,
-        /// For a scenario with [weights]: nodes without fleet's cache and peers (each fetches the
+        /// For a scenario with a weights table: nodes without fleet's cache and peers (each fetches the
         /// model from the origin), to set beside the same run with them.
         #[arg(long)]
         no_cache: bool,

@@ -49,7 +49,7 @@ enum Backing {
 
 impl ChunkBytes {
     /// Room for `len` bytes, aligned, from the pool; the contents are unspecified (a reused
-    /// buffer keeps old bytes): the caller overwrites all of it ([`ChunkBytes::as_mut`]).
+    /// buffer keeps old bytes): the caller overwrites all of it ([`ChunkBytes::bytes_mut`]).
     pub fn take(len: usize) -> ChunkBytes {
         let reused = {
             let mut pool = POOL.lock().expect("buffer pool");

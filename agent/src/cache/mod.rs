@@ -446,7 +446,7 @@ impl Cache {
     /// fetched again when next needed.
     ///
     /// A chunk that landed moments ago is served from memory ([`RECENT`] of them, for
-    /// [`RECENT_FOR`]): its bytes were checked when they arrived and have not been to the disk
+    /// `RECENT_FOR`): its bytes were checked when they arrived and have not been to the disk
     /// and back, so there is nothing to check again; it saves the read and the hash that
     /// otherwise bound what a node can serve.
     pub fn read_chunk(&self, at: &ChunkAt) -> Result<Arc<ChunkBytes>, CacheError> {

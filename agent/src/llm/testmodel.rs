@@ -84,7 +84,7 @@ pub fn write(dir: &Path, family: Family, shape: Shape, shards: usize, seed: u64)
     write_as(dir, family, shape, shards, seed, DType::F32)
 }
 
-/// [`write`] with the weights stored as `dtype` (bf16 halves a large model's files, as hubs
+/// [`write()`] with the weights stored as `dtype` (bf16 halves a large model's files, as hubs
 /// publish them).
 pub fn write_as(
     dir: &Path,

@@ -5,7 +5,7 @@
 //! goes to disk first (one record appended to the store's log and fsynced, shared by the writes
 //! staged together: group commit, see `Inner::write`) and to memory only once durable, so readers
 //! never see a change the disk does not have. The log is applied to the redb file in checkpoints,
-//! off the writers' path (see [`wal`]), and whatever of it a stop left is applied on the next open.
+//! off the writers' path (see `wal`), and whatever of it a stop left is applied on the next open.
 //! Leases and their TTLs are persisted; after a restart each lease gets its full TTL again (as etcd does after a leader
 //! change), so a restart never expires a lease early. Lease deadlines use tokio's clock, so tests
 //! with paused time control expiry.

@@ -171,7 +171,7 @@ impl Store for EtcdStore {
         resp.kvs().first().map(kv_of).transpose()
     }
 
-    /// In pages of at most [`RANGE_PAGE`] keys, all read at the first page's revision (one
+    /// In pages of at most `RANGE_PAGE` keys, all read at the first page's revision (one
     /// consistent snapshot): one response for 100,000 records would exceed gRPC's message size
     /// limit (4 MiB by default). A page that still does (large values: a queue of big inputs) is
     /// asked again with half the keys, down to one key, which always fits (etcd refuses a value

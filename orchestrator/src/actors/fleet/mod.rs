@@ -4,13 +4,13 @@
 //! The actor is only the plumbing (messages, timers, supervision of the cloud actors); each part
 //! of the work is a file of its own:
 //!
-//! - [`pass`]: one reconcile pass, `reconcile(state, ctx) -> Result<Action>` in the manner of
+//! - `pass`: one reconcile pass, `reconcile(state, ctx) -> Result<Action>` in the manner of
 //!   kube-runtime, and its error policy (backoff with jitter).
-//! - [`health`]: nodes whose agent is missing, unwell or interrupted; drains after a grace.
-//! - [`launch`]: the launch gate: one probing launch per unproven offering, skipping offerings
+//! - `health`: nodes whose agent is missing, unwell or interrupted; drains after a grace.
+//! - `launch`: the launch gate: one probing launch per unproven offering, skipping offerings
 //!   that refused meanwhile, walking to the next candidate after a failure.
 //! - [`write`]: the plan written to the store (node records before any launch call).
-//! - [`prices`]: every provider's offerings gathered again every `prices_every`.
+//! - `prices`: every provider's offerings gathered again every `prices_every`.
 //!
 //! Each pass is idempotent: it reads everything it acts on from the store, and every write is a
 //! compare-and-swap, so running it twice (or after a crash) does nothing twice.
