@@ -344,7 +344,7 @@ impl fmt::Display for CapacityWanted {
 }
 
 impl CapacityWanted {
-    fn accepts(self, c: CapacityType) -> bool {
+    pub(crate) fn accepts(self, c: CapacityType) -> bool {
         match self {
             CapacityWanted::Any => true,
             CapacityWanted::OnDemand => c == CapacityType::OnDemand,

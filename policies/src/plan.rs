@@ -572,11 +572,11 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             .consolidation_horizon
             .filter(|h| app.scaling.consolidation && !h.is_zero() && min_billing > st.demand.cold_start)
             .map(|_| min_billing);
-        let movable = |capacity: CapacityType| -> Vec<sizing::Movable> {
+        let movable = |capacity: CapacityWanted| -> Vec<sizing::Movable> {
             let mut v: Vec<(Money, NodeId, sizing::Movable)> = st
                 .nodes
                 .iter()
-                .filter(|n| !n.leaving && capacity_of(index, n.offering) == capacity)
+                .filter(|n| !n.leaving && capacity.accepts(capacity_of(index, n.offering)))
                 .filter_map(|n| {
                     let runners = hosted[&n.id] + on_existing.get(&n.id).copied().unwrap_or(0);
                     let paid = n.paid_until.map(|p| (p - now).to_std().unwrap_or_default()).unwrap_or_default();
@@ -620,10 +620,8 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                     };
                     mix = nodes.iter().map(|n| (classes[n.class], n.runners, n.runners)).collect();
                     mix_note = describe_mix(index, i, &base, &classes, &nodes, price, left);
-                    let node_capacity =
-                        if capacity == CapacityWanted::Spot { CapacityType::Spot } else { CapacityType::OnDemand };
                     if let Some(horizon) = absorbing.take()
-                        && let Some(a) = sizing::absorbing_mix(&classes, left, &movable(node_capacity), horizon)
+                        && let Some(a) = sizing::absorbing_mix(&classes, left, &movable(capacity), horizon)
                     {
                         mix = a
                             .nodes

@@ -1039,7 +1039,7 @@ impl<'a> Engine<'a> {
             let delay = ms(model.provision_delay) + if jitter > 0 { rng.random_range(0..=2 * jitter) } else { 0 };
             let ready_in = delay.saturating_sub(jitter) + ms(model.boot);
             let n = self.new_node(app, c.offering, c.runners_per_node, ready_in);
-            if self.oversized(app, c, sized_for.max(runners)) {
+            if self.oversized(app, c, sized_for) {
                 self.report.oversized_nodes += 1;
             }
             if c.capacity == CapacityType::Spot && model.preemptions_per_hour > 0.0 {
