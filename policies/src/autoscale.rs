@@ -130,7 +130,18 @@ pub struct DemandHistory {
     pub service_s: Option<f64>,
     /// Arrivals per [`DAY_BIN`] bin: (bin number since the epoch, requests), oldest first.
     pub bins: std::collections::VecDeque<(i64, u64)>,
+    /// The most runners demand wanted ([`DemandSample::desired`]) in each minute
+    /// ([`LEVEL_BIN`]) of the last [`LEVEL_MEMORY`]: (minute number since the epoch, runners),
+    /// oldest first. The samples' window is minutes long; a level demand returns to every hour
+    /// or so (the Azure code trace's bursts) is seen again only here ([`Self::level_gap`]).
+    pub peaks: std::collections::VecDeque<(i64, u32)>,
 }
+
+/// The resolution of the levels demand wanted ([`DemandHistory::peaks`]), and how long they are
+/// kept: a few consolidation horizons (an hour by default), so the intervals between a level's
+/// returns are seen several times over where they are about as long as the horizon.
+pub const LEVEL_BIN: Duration = Duration::from_secs(60);
+pub const LEVEL_MEMORY: Duration = Duration::from_secs(3 * 3600);
 
 /// The daily shape's resolution, and how many days of it are kept.
 pub const DAY_BIN: Duration = Duration::from_secs(900);
@@ -179,6 +190,15 @@ impl DemandHistory {
             while self.bins.front().is_some_and(|(b, _)| *b <= bin - DAYS_KEPT * BINS_PER_DAY) {
                 self.bins.pop_front();
             }
+        }
+        let minute = sample.at.timestamp().div_euclid(LEVEL_BIN.as_secs() as i64);
+        match self.peaks.back_mut() {
+            Some((m, n)) if *m == minute => *n = (*n).max(sample.desired),
+            _ => self.peaks.push_back((minute, sample.desired)),
+        }
+        let kept = (LEVEL_MEMORY.as_secs() / LEVEL_BIN.as_secs()) as i64;
+        while self.peaks.front().is_some_and(|(m, _)| *m <= minute - kept) {
+            self.peaks.pop_front();
         }
         if let Some(last) = self.samples.back() {
             self.busy_ms2 += trapezoid_ms2(last, &sample);
@@ -333,6 +353,47 @@ impl DemandHistory {
             k => span(starts[0], starts[k - 1]) / (k as u32 - 1),
         };
         Some(mean.max(span(last, now)))
+    }
+}
+
+/// How demand has wanted a level of runners over the [`LEVEL_MEMORY`]
+/// ([`DemandHistory::level_returns`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LevelReturns {
+    /// The share of the time it wanted that many runners or more (0 to 1).
+    pub share: f64,
+    /// How many times an hour it came back to that level: episodes closer together than a
+    /// re-creation count as one (the node started for the first is still there for the next).
+    pub per_hour: f64,
+}
+
+impl DemandHistory {
+    /// How often, and for how much of the time, demand wanted `level` runners or more within
+    /// the [`LEVEL_MEMORY`] that [`Self::peaks`] keeps (a minute counts whole where its peak
+    /// reached `level`). What a move that gives up free slots weighs ([`crate::consolidate`]):
+    /// while demand wants the runner those slots would have hosted, it needs a node of its own.
+    /// The samples' window is minutes long; a burst that returns every hour (the Azure code
+    /// trace's) is out of it between returns.
+    pub fn level_returns(&self, level: u32, now: Time) -> LevelReturns {
+        let bin_s = LEVEL_BIN.as_secs() as i64;
+        let Some(&(first, _)) = self.peaks.front() else { return LevelReturns::default() };
+        let span_s = (now.timestamp() - first * bin_s).max(bin_s) as f64;
+        // Minutes apart beyond which a return is a new episode.
+        let join = (self.recreate.as_secs() as i64 / bin_s).max(1);
+        let (mut above, mut episodes, mut last) = (0u32, 0u32, None::<i64>);
+        for &(m, peak) in &self.peaks {
+            if peak >= level {
+                above += 1;
+                if last.is_none_or(|l| m - l > join) {
+                    episodes += 1;
+                }
+                last = Some(m);
+            }
+        }
+        LevelReturns {
+            share: (f64::from(above) * bin_s as f64 / span_s).min(1.0),
+            per_hour: f64::from(episodes) * 3600.0 / span_s,
+        }
     }
 }
 
@@ -728,6 +789,40 @@ mod tests {
         // The fixed keep-alive ignores the history: only the runner idle past 300 s goes.
         let fixed = ScalingSpec { keep_alive: KeepAlive::For(Duration::from_secs(300)), ..s };
         assert_eq!(decide_with(&fixed, 0, 0, None, &runners, &history(3, 60, 10), t0()).stop, [1]);
+    }
+
+    #[test]
+    fn level_returns_sees_a_level_demand_comes_back_to_every_hour_beyond_the_samples_window() {
+        // A pass every 10 s for three hours: one runner wanted, two for the first ten minutes
+        // of each hour (re-creation 270 s: cold start 210 s, a minute's minimum billing).
+        let recreate = Duration::from_secs(270);
+        let mut h = DemandHistory::new(recreate, Duration::from_secs(210));
+        let now = 3 * 3600 - 1800; // half an hour after the last burst began
+        for t in (0..=now).step_by(10) {
+            let desired = if t % 3600 < 600 { 2 } else { 1 };
+            h.record(sample(t - now, desired, t as u64 / 10, 1));
+        }
+        // The samples' window (ten minutes here) holds no second runner since the last burst.
+        assert_eq!(h.expected_gap(2, t0()), None);
+        // Over the memory: three bursts of ten minutes in 2 h 30 min.
+        let r = h.level_returns(2, t0());
+        assert!((r.per_hour - 3.0 / 2.5).abs() < 0.01, "{r:?}");
+        assert!((r.share - 30.0 / 150.0).abs() < 0.01, "{r:?}");
+        // Never more than was wanted: no episode of three runners.
+        assert_eq!(h.level_returns(3, t0()), LevelReturns { share: 0.0, per_hour: 0.0 });
+        // Returns closer together than a re-creation are one: two runners for a minute every
+        // four minutes (gaps of three) over an hour are one episode, a third of the time or so.
+        let mut f = DemandHistory::new(recreate, Duration::from_secs(210));
+        for t in (0..=3600).step_by(10) {
+            f.record(sample(t - 3600, if t % 240 < 60 { 2 } else { 1 }, t as u64 / 10, 1));
+        }
+        let r = f.level_returns(2, t0());
+        assert!((r.per_hour - 1.0).abs() < 0.02 && r.share > 0.25 && r.share < 0.55, "{r:?}");
+        // The memory is kept for LEVEL_MEMORY: six hours later the bursts are forgotten.
+        let later = LEVEL_MEMORY.as_secs() as i64 + 60;
+        h.record(sample(later, 1, 20_000, 1));
+        assert_eq!(h.level_returns(2, t0() + secs(later)).per_hour, 0.0);
+        assert!(h.peaks.len() <= (LEVEL_MEMORY.as_secs() / LEVEL_BIN.as_secs()) as usize);
     }
 
     fn sample(at: i64, desired: u32, arrived: u64, in_flight: u32) -> DemandSample {

@@ -22,6 +22,12 @@
 //!   Saving: their prices less the new node's. Cost: the new node's cold start plus the minimum
 //!   billing owed on all of them. The horizon is the youngest one's age.
 //!
+//! A move that leaves the app fewer free slots also costs what demand coming back beyond them
+//! does: while demand wants a runner more than the slots left host, that runner needs a node of
+//! its own (the cheapest for one), billed for the share of the time demand has wanted it and
+//! through a cold start each time it came back, over the last hours
+//! ([`crate::autoscale::DemandHistory::level_returns`]).
+//!
 //! A move is made when saving × min(horizon, the node's age) exceeds its cost (a node is expected
 //! to stay about as long again as it has stayed); the best net saving wins. Carrying it
 //! out is the plan's ([`crate::plan`]): the nodes are marked leaving (they take no new runners);
@@ -60,7 +66,8 @@ pub struct Move {
     pub nodes: Vec<NodeId>,
     pub kind: MoveKind,
     pub saving_per_hour: Money,
-    /// What the move itself costs (cold start billed, minimum billing left).
+    /// What the move itself costs (cold start billed, minimum billing left), and what demand
+    /// coming back beyond the free slots it leaves costs over the saving's span.
     pub cost: Money,
     pub why: String,
 }
@@ -78,11 +85,11 @@ pub struct Input<'a> {
     pub rank: RankInput<'a>,
     /// The saving must pay for the move within this long.
     pub horizon: Duration,
-    /// The expected time until demand next wants `level` runners of the app (`None`: it has not
-    /// within the history; [`crate::autoscale::DemandHistory::expected_gap`]). A move that
-    /// leaves fewer free slots saves only until demand wants a runner beyond those left: that
-    /// runner then needs a node of its own again (a runner on a free slot needs none).
-    pub wanted_again: &'a dyn Fn(u32) -> Option<Duration>,
+    /// How demand has wanted `level` runners of the app
+    /// ([`crate::autoscale::DemandHistory::level_returns`]). A move that leaves fewer free slots
+    /// saves less while demand wants a runner beyond those left: that runner then needs a node
+    /// of its own (a runner on a free slot needs none).
+    pub wanted_again: &'a dyn Fn(u32) -> crate::autoscale::LevelReturns,
     /// Provision + boot + model load of a new node.
     pub cold_start: Duration,
     /// A new node's minimum billing.
@@ -122,6 +129,14 @@ fn billing_note(owed: Money, unused: Money) -> String {
         s += &format!(", {} of the new node's minimum billing beyond the saving counted", unused.cents());
     }
     s
+}
+
+fn returns_note(returns: Money) -> String {
+    if returns > Money::ZERO {
+        format!("; and {} for the runner demand comes back to beyond the free slots it leaves", returns.cents())
+    } else {
+        String::new()
+    }
 }
 
 fn egress_note(egress: Money) -> String {
@@ -179,7 +194,7 @@ pub fn consider(input: &Input) -> Option<Move> {
     // (a short list: an app's nodes host few distinct runner counts; this runs every pass).
     let mut cheapest: Vec<((u32, usize), Option<crate::placement::Candidate>)> = Vec::new();
     let mut best: Option<(Money, Move)> = None;
-    let saving_lasts = lasts_with(input, free_total);
+    let returns_cost = returns_with(input, free_total);
     for (k, n) in input.nodes.iter().enumerate() {
         let h = input.hosted[k];
         // A node with a runner idle for longer than a cold start is the autoscaler's to shrink,
@@ -200,16 +215,19 @@ pub fn consider(input: &Input) -> Option<Move> {
             age.map_or(input.horizon, |a| a.min(input.horizon))
         };
         let mut offer = |kind: MoveKind, saving: Money, cost: Money, free_after: u32, why: &dyn Fn() -> String| {
-            // The gap demand leaves is looked up only for a move that pays without it.
+            // What demand coming back costs is looked up only for a move that pays without it.
             let lasts = lasts();
             if Price::per_hour(saving).cost_for(lasts) <= cost {
                 return;
             }
-            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts, free_after));
-            if gain > cost {
+            let returns = returns_cost(lasts, free_after);
+            let gain = Price::per_hour(saving).cost_for(lasts);
+            if gain > cost + returns {
+                let cost = cost + returns;
                 let net = gain - cost;
                 if best.as_ref().is_none_or(|(b, _)| net > *b) {
-                    best = Some((net, Move { nodes: vec![n.id], kind, saving_per_hour: saving, cost, why: why() }));
+                    let why = why() + &returns_note(returns);
+                    best = Some((net, Move { nodes: vec![n.id], kind, saving_per_hour: saving, cost, why }));
                 }
             }
         };
@@ -266,34 +284,63 @@ pub fn consider(input: &Input) -> Option<Move> {
             });
         }
     }
-    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, free_total, &saving_lasts, &mut best);
+    merge(input, kinds_of(input.spec.placement.spot), on_demand_runners, free_total, &returns_cost, &mut best);
     best.map(|(_, m)| m)
 }
 
-/// How long a move's saving lasts, given how long it would (`lasts`) and the free slots the
-/// app's nodes keep after it (of `free_total` before): until demand next wants a runner beyond
-/// the slots left free, where the move leaves fewer. Until 2026-12-03 a saving was counted for
-/// the horizon however soon that came: an 8-GPU node left with one 4-GPU runner of two was
-/// replaced by a 4-GPU node ($0.68/h less), the next rise launched a second 4-GPU node, the
-/// two were merged back onto an 8-GPU node, and so on, a cold start at each step.
-fn lasts_with(input: &Input, free_total: u32) -> impl Fn(Duration, u32) -> Duration {
+/// What a move that leaves fewer free slots (`free_after`, of `free_total` before) costs over
+/// the `lasts` its saving is counted for, while demand wants a runner beyond the slots left:
+/// that runner needs a node of its own (the cheapest for one runner), billed for the share of
+/// the time demand wants it and through a cold start each time it comes back. A move that
+/// leaves as many free slots costs nothing of the kind.
+///
+/// Until 2026-12-03 a move's saving was counted until demand next wanted that runner, as
+/// measured over the samples' window (minutes): an 8-GPU node left with one 4-GPU runner of two
+/// was replaced by a 4-GPU node ($0.68/h less) once the last burst was out of the window, the
+/// next burst (every hour or so, the Azure code trace's) launched a second 4-GPU node, the two
+/// were merged back onto an 8-GPU node, and so on, a cold start at each step; for a third of
+/// each hour the "saving" ran a second node at $6.16/h.
+fn returns_with(input: &Input, free_total: u32) -> impl Fn(Duration, u32) -> Money {
     let runners: u32 = input.hosted.iter().sum();
     let wanted_again = input.wanted_again;
-    // Each level's gap, looked up once per decision (it walks the app's history).
-    let seen: std::cell::RefCell<Vec<(u32, Option<Duration>)>> = Default::default();
+    // Each level's returns, looked up once per decision (they walk the app's history), and the
+    // node a returning runner gets, priced once.
+    let seen: std::cell::RefCell<Vec<(u32, crate::autoscale::LevelReturns)>> = Default::default();
+    let node: std::cell::OnceCell<Option<(Money, Money)>> = std::cell::OnceCell::new();
     move |lasts: Duration, free_after: u32| {
         if free_after >= free_total {
-            return lasts;
+            return Money::ZERO;
         }
         let level = runners.saturating_add(free_after).saturating_add(1);
-        let known = seen.borrow().iter().find(|(l, _)| *l == level).map(|(_, g)| *g);
-        let gap = known.unwrap_or_else(|| {
-            let g = wanted_again(level);
-            seen.borrow_mut().push((level, g));
-            g
+        let known = seen.borrow().iter().find(|(l, _)| *l == level).map(|(_, r)| *r);
+        let r = known.unwrap_or_else(|| {
+            let r = wanted_again(level);
+            seen.borrow_mut().push((level, r));
+            r
         });
-        gap.map_or(lasts, |gap| lasts.min(gap))
+        if r.per_hour <= 0.0 {
+            return Money::ZERO;
+        }
+        let Some((price, cold)) = *node.get_or_init(|| returning_node(input)) else { return Money::ZERO };
+        let hours = lasts.as_secs_f64() / 3600.0;
+        let wanted = Duration::from_secs_f64((lasts.as_secs_f64() * r.share).min(lasts.as_secs_f64()));
+        // A cold start per return: its cost as a price, over as many hours as returns expected.
+        let starts = Duration::from_secs_f64((r.per_hour * hours * 3600.0).min(1e12));
+        Price::per_hour(price).cost_for(wanted) + Price::per_hour(cold).cost_for(starts)
     }
+}
+
+/// The node a runner that needs one of its own gets: the cheapest for one runner of the kinds
+/// the app may use, as its price per hour and what its cold start bills before it serves.
+fn returning_node(input: &Input) -> Option<(Money, Money)> {
+    kinds_of(input.spec.placement.spot)
+        .iter()
+        .filter_map(|kind| {
+            let rank = RankInput { capacity: *kind, min_runners: 1, ..input.rank.clone() };
+            input.index.rank_for_runners(input.app, &rank, 1).into_iter().next()
+        })
+        .map(|c| (c.node_price.hourly(), cold_cost(input, &c).0))
+        .min()
 }
 
 fn kinds_of(spot: SpotPolicy) -> &'static [CapacityWanted] {
@@ -312,7 +359,7 @@ fn merge(
     kinds: &[CapacityWanted],
     on_demand_runners: u32,
     free_total: u32,
-    saving_lasts: &impl Fn(Duration, u32) -> Duration,
+    returns_cost: &impl Fn(Duration, u32) -> Money,
     best: &mut Option<(Money, Move)>,
 ) {
     let idx = input.index;
@@ -374,10 +421,12 @@ fn merge(
             if Price::per_hour(saving).cost_for(lasts) <= cost {
                 continue;
             }
-            let gain = Price::per_hour(saving).cost_for(saving_lasts(lasts, free_after));
-            if gain <= cost {
+            let returns = returns_cost(lasts, free_after);
+            let gain = Price::per_hour(saving).cost_for(lasts);
+            if gain <= cost + returns {
                 continue;
             }
+            let cost = cost + returns;
             let net = gain - cost;
             if best.as_ref().is_some_and(|(b, _)| net <= *b) {
                 continue;
@@ -397,7 +446,7 @@ fn merge(
                 cold_len.as_secs(),
                 egress_note(egress),
                 billing_note(owed_total, unused)
-            );
+            ) + &returns_note(returns);
             *best = Some((net, Move { nodes, kind: MoveKind::Merge, saving_per_hour: saving, cost, why }));
         }
     }

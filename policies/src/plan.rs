@@ -819,7 +819,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                         ..RankInput::new(now, state.unavailable)
                     },
                     horizon,
-                    wanted_again: &|level| st.demand.expected_gap(level, now),
+                    wanted_again: &|level| st.demand.level_returns(level, now),
                     cold_start: st.demand.cold_start,
                     min_billing: st.demand.recreate.saturating_sub(st.demand.cold_start),
                     now,

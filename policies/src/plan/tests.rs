@@ -1076,24 +1076,37 @@ fn consolidation_keeps_a_free_slot_that_demand_wants_again_before_the_move_pays(
     let quiet = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
     let m = run(app(quiet.clone())).apps[0].consolidate.clone().expect("a move");
     assert_eq!((m.kind, m.saving_per_hour), (MoveKind::Replace, money("0.68")));
-    // Demand wanted a second runner for a minute every four (the last time a minute ago): the
-    // 4-GPU node saves only until the next time, about four minutes ($0.05), when that runner
-    // needs a node of its own again. No move (until 2026-12-03, one, and a node launched for
-    // the runner at the next rise, the two merged back onto an 8-GPU node, and so on).
-    let mut busy = quiet;
-    for k in 0..=66 {
-        let at: i64 = -660 + k * 10;
-        let desired = if at.rem_euclid(240) < 60 { 2 } else { 1 };
-        busy.record(crate::autoscale::DemandSample {
-            at: t0() + chrono::Duration::seconds(at),
-            desired,
-            arrived: k as u64 * 10,
-            queued: 0,
-            in_flight: desired,
-        });
-    }
+    // Demand wanted a second runner for a minute every four (the last time a minute ago): with
+    // the 4-GPU node, that runner needs a node of its own for a third of the time or more
+    // ($6.16/h each time, against $0.68/h saved). No move (until 2026-12-03, one, and a node
+    // launched for the runner at the next rise, the two merged back onto an 8-GPU node, and so
+    // on).
+    // A pass every 10 s over the `span` seconds up to now: two runners wanted while `second`
+    // holds of the pass's time (seconds since the first pass), one otherwise.
+    let passes = |span: i64, second: &dyn Fn(i64) -> bool| {
+        let mut h = quiet.clone();
+        for k in 0..=span / 10 {
+            let desired = if second(k * 10) { 2 } else { 1 };
+            h.record(crate::autoscale::DemandSample {
+                at: t0() + chrono::Duration::seconds(k * 10 - span),
+                desired,
+                arrived: k as u64 * 10,
+                queued: 0,
+                in_flight: desired,
+            });
+        }
+        h
+    };
+    let busy = passes(660, &|t| (t - 660).rem_euclid(240) < 60);
     assert_eq!(busy.expected_gap(2, t0()), Some(Duration::from_secs(240)));
     assert_eq!(run(app(busy)).apps[0].consolidate, None);
+    // A second runner for the first ten minutes of each of the last three hours, the last burst
+    // begun half an hour ago: out of the samples' window, but a sixth of the time at $6.16/h and
+    // a cold start an hour cost more than the $0.68/h saved. No move (until 2026-12-03 it was
+    // made between bursts, and undone by a merge at the next, every hour of the code trace).
+    let hourly = passes(3 * 3600 - 1800, &|t| t % 3600 < 600);
+    assert_eq!(hourly.expected_gap(2, t0()), None, "out of the samples' window");
+    assert_eq!(run(app(hourly)).apps[0].consolidate, None);
 }
 
 #[test]
