@@ -369,8 +369,8 @@ pub struct LevelReturns {
 
 impl DemandHistory {
     /// How often, and for how much of the time, demand wanted `level` runners or more within
-    /// the [`LEVEL_MEMORY`] that [`Self::peaks`] keeps (a minute counts whole where its peak
-    /// reached `level`). What a move that gives up free slots weighs ([`crate::consolidate`]):
+    /// the [`LEVEL_MEMORY`] that [`Self::peaks`] keeps (a minute recorded counts whole where its
+    /// peak reached `level`). What a move that gives up free slots weighs ([`crate::consolidate`]):
     /// while demand wants the runner those slots would have hosted, it needs a node of its own.
     /// The samples' window is minutes long; a burst that returns every hour (the Azure code
     /// trace's) is out of it between returns.
@@ -390,8 +390,10 @@ impl DemandHistory {
                 last = Some(m);
             }
         }
+        // The share over the minutes recorded (a pass may come less often than once a minute:
+        // fleetd's interval is the operator's), the returns over the time they span.
         LevelReturns {
-            share: (f64::from(above) * bin_s as f64 / span_s).min(1.0),
+            share: f64::from(above) / self.peaks.len().max(1) as f64,
             per_hour: f64::from(episodes) * 3600.0 / span_s,
         }
     }
