@@ -133,7 +133,7 @@ pub struct DemandHistory {
     /// The most runners demand wanted ([`DemandSample::desired`]) in each minute
     /// ([`LEVEL_BIN`]) of the last [`LEVEL_MEMORY`]: (minute number since the epoch, runners),
     /// oldest first. The samples' window is minutes long; a level demand returns to every hour
-    /// or so (the Azure code trace's bursts) is seen again only here ([`Self::level_gap`]).
+    /// or so (the Azure code trace's bursts) is seen again only here ([`Self::level_returns`]).
     pub peaks: std::collections::VecDeque<(i64, u32)>,
 }
 

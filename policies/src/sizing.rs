@@ -132,8 +132,8 @@ pub struct AbsorbingMix {
 /// for `n` plus their runners is weighed against the mix for `n` alone over the time until they
 /// can be released plus `horizon` (the plan passes a new node's minimum billing: what merging
 /// them later would pay again): the larger mix costs its extra price per hour over all of that,
-/// the nodes it takes in save their price over the horizon. The best prefix that saves something wins; `None` when none does (start the
-/// mix for `n`). Every node of the mix starts at least one runner (an empty new node would be
+/// the nodes it takes in save their price over the horizon. The best prefix that saves something
+/// wins; `None` when none does (start the mix for `n`). Every node of the mix starts at least one runner (an empty new node would be
 /// released at once), so a prefix whose mix has more nodes than `n` is not a candidate.
 pub fn absorbing_mix(classes: &[SizeClass], n: u32, movable: &[Movable], horizon: Duration) -> Option<AbsorbingMix> {
     if n == 0 || movable.is_empty() {
