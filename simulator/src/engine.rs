@@ -899,7 +899,10 @@ impl<'a> Engine<'a> {
         h.cold_start = model.provision_delay
             + model.boot
             + runner_start_estimate(&self.services[app], self.weights[app].as_ref(), warm);
-        h.recreate = h.cold_start + model.min_billing;
+        // What a new node bills at least: billed by the hour with the default minimum of a
+        // minute, that is the hour (until 2026-12-03 the autoscaler was told a minute there, and
+        // kept runners and sized backlogs as if a node were billed by the second).
+        h.recreate = h.cold_start + model.least_billed();
         h
     }
 

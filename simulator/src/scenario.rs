@@ -44,6 +44,13 @@ impl CloudModel {
     pub fn billed(&self, ran: Duration) -> Duration {
         billed(self.billing_step, self.min_billing, ran)
     }
+
+    /// The least a node that runs at all is billed: the minimum billing, or one whole step where
+    /// that is longer (billed by the hour, a node up a minute pays the hour whatever the stated
+    /// minimum).
+    pub fn least_billed(&self) -> Duration {
+        self.billed(Duration::from_millis(1))
+    }
 }
 
 /// The time billed for `ran` in whole steps of `step`, at least `min_billing`.
