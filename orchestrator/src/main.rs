@@ -99,32 +99,32 @@ struct Args {
     #[arg(long)]
     spec: Option<PathBuf>,
     /// Seconds between reconcile passes.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
     reconcile_every: f64,
     /// For apps with `keep_alive = "auto"`: what re-creating a runner costs, in seconds billed
     /// (provision + boot + model load, plus a new node's minimum billing).
-    #[arg(long, default_value_t = 240.0)]
+    #[arg(long, default_value_t = 240.0, value_parser = seconds)]
     recreate_seconds: f64,
     /// For apps with `predict = true`: how long a runner started now takes to serve, in seconds
     /// (provision + boot + model load); scale-up sizes for the arrival rate this far ahead.
-    #[arg(long, default_value_t = 180.0)]
+    #[arg(long, default_value_t = 180.0, value_parser = seconds)]
     cold_start_seconds: f64,
     /// Where a cloud reports instances' SSH host keys (AWS console output, GCP guest attributes)
     /// but has none yet for a booting one: seconds to wait for them before pinning the key seen
     /// at first contact (said in the node's events). 0: do not wait.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = seconds)]
     host_key_wait_seconds: f64,
     /// Consolidation (moving runners to fewer or cheaper nodes) makes a move only when its
     /// saving over this many seconds (at most the node's age) exceeds what the move costs; 0
     /// turns consolidation off for every app.
-    #[arg(long, default_value_t = 3600.0)]
+    #[arg(long, default_value_t = 3600.0, value_parser = seconds)]
     consolidation_horizon_seconds: f64,
     /// Seconds between a node's instance checks.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
     node_poll: f64,
     /// Runs the simulated clouds and agents this many times faster than real ones (boot, launch,
     /// model load, service time).
-    #[arg(long, default_value_t = 1.0, hide = true)]
+    #[arg(long, default_value_t = 1.0, hide = true, value_parser = speed)]
     fake_speed: f64,
     /// Simulated clouds' capacity: `OFFERING=N` lets offering OFFERING (as `fleetctl catalog`
     /// names it, e.g. lambda/us-east-1/gpu_1x_h100_pcie/on-demand) have at most N instances at
@@ -135,7 +135,7 @@ struct Args {
     /// two-minute interruption notice once they have served for --fake-spot-notice-after seconds.
     #[arg(long, default_value_t = 0)]
     fake_spot_notices: u32,
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = seconds)]
     fake_spot_notice_after: f64,
     /// Simulates the agents of every cloud's nodes, not only the simulated clouds': for tests
     /// against an emulated cloud (moto) whose machines run no agent.
@@ -176,7 +176,7 @@ struct Args {
     agent_config: Option<PathBuf>,
     /// With --etcd: seconds the leader's lease lasts without renewal; a follower takes over within
     /// this long after the leader dies.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     leader_ttl: f64,
     /// Nodes bootstrapped at once.
     #[arg(long, default_value_t = 16)]
@@ -191,8 +191,30 @@ struct Args {
     max_connections: usize,
     /// Seconds a client has to send a whole request head (also how long an idle kept-alive
     /// connection stays open).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     header_read_timeout_seconds: f64,
+}
+
+/// The most seconds a duration flag takes: a year. Larger ones (or `inf`) cannot be a
+/// `Duration` to sleep or add to a clock, and until 2026-12-03 fleetd panicked on them after
+/// opening its store.
+const MAX_FLAG_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// A duration flag in seconds: a finite number from 0 to a year.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=MAX_FLAG_SECONDS).contains(&v) {
+        return Err(format!("{s} seconds: give a number from 0 to {MAX_FLAG_SECONDS} (a year)"));
+    }
+    Ok(v)
+}
+
+/// `--fake-speed`: a finite factor above zero.
+fn speed(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a speed-up factor: give a number above 0")),
+    }
 }
 
 /// The etcd client itself, when fleetd runs on etcd (agent users are made with it).
@@ -483,6 +505,16 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // keep_alive = "auto" weighs a re-creation against keeping a runner; a re-creation is a cold
+    // start and then some (the new node's minimum billing), never less.
+    if args.recreate_seconds < args.cold_start_seconds {
+        bail!(
+            "--recreate-seconds {} is less than --cold-start-seconds {}: a re-creation is a cold start plus a new \
+             node's minimum billing; raise --recreate-seconds or lower --cold-start-seconds",
+            args.recreate_seconds,
+            args.cold_start_seconds
+        );
+    }
     // The API spends money: off loopback, only over TLS unless the operator says otherwise.
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(fleet_orchestrator::tls::server_config(c, k)?),

@@ -234,6 +234,39 @@ fn the_readme_counters_are_there_at_zero_from_the_start() {
     }
 }
 
+/// Duration flags take a finite number of seconds up to a year, and a re-creation is no shorter
+/// than a cold start: anything else is refused at start, naming the flag, before the store is
+/// opened. (Until 2026-12-03 `--reconcile-every 1e30` or `inf` panicked converting to a
+/// `Duration` after the store was open, and NaN was taken as the least value.)
+#[test]
+fn duration_flags_must_be_finite_seconds_and_a_re_creation_no_shorter_than_a_cold_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (flags, says) in [
+        (&["--reconcile-every", "1e30"][..], "--reconcile-every"),
+        (&["--leader-ttl", "inf"], "give a number from 0 to"),
+        (&["--node-poll", "NaN"], "--node-poll"),
+        (&["--header-read-timeout-seconds=-1"], "--header-read-timeout-seconds"),
+        (&["--consolidation-horizon-seconds", "soon"], "is not a number of seconds"),
+        (&["--fake-speed", "0"], "is not a speed-up factor"),
+        (
+            &["--recreate-seconds", "100", "--cold-start-seconds", "180"],
+            "--recreate-seconds 100 is less than --cold-start-seconds 180",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+            .args(["--fleet", "test", "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says) && !err.contains("panicked"), "{flags:?}: {err}");
+        assert!(!data.exists(), "{flags:?}: the store was opened");
+    }
+}
+
 /// `--fake-capacity` names an offering of the simulated clouds and a count; anything else is
 /// refused at start with what to write, before anything runs.
 #[test]
