@@ -168,7 +168,7 @@ enum Command {
         #[arg(long)]
         input: String,
         /// Wait up to this many seconds for the result and print it.
-        #[arg(long)]
+        #[arg(long, value_parser = wait_seconds)]
         wait: Option<f64>,
     },
     /// Make or revoke API tokens (admin).
@@ -261,6 +261,15 @@ enum TokenWhat {
 }
 
 /// `node 12` or `12`: the same syntax as `describe node 12` and `logs node 12`, or the short one.
+/// `submit --wait`: a finite number of seconds from 0 to a day, checked before anything is sent
+/// (until 2026-12-03 `inf`, a negative number or NaN panicked once the request was queued).
+fn wait_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: give the seconds to wait, from 0 to 86400 (a day)")),
+    }
+}
+
 fn node_id(words: &[String]) -> anyhow::Result<&str> {
     match words {
         [id] => Ok(id),

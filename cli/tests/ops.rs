@@ -183,6 +183,14 @@ async fn every_command_works_and_refuses_bad_input_with_one_line() {
     let o = ctl(env.clone(), &["submit", "llm", "--input", r#"{"prompt": "hi"}"#, "--wait", "30"]).await;
     assert!(o.ok && o.stdout.contains("echo") && o.stdout.contains("hi"), "{}{}", o.stdout, o.stderr);
     fails_with(&ctl(env.clone(), &["submit", "llm", "--input", "{not json"]).await, "not JSON");
+    for wait in ["inf", "NaN", "-1", "1e30"] {
+        let o = ctl(env.clone(), &["submit", "llm", "--input", "1", &format!("--wait={wait}")]).await;
+        assert!(
+            !o.ok && o.stderr.contains("give the seconds to wait") && !o.stderr.contains("panicked"),
+            "{}",
+            o.stderr
+        );
+    }
     let o = ctl(env.clone(), &["submit", "llm", "--input", "1", "-o", "json"]).await;
     assert!(o.ok && serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"].is_u64(), "{}", o.stdout);
 
