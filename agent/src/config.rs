@@ -361,6 +361,17 @@ impl AgentConfig {
             cache: match f.cache {
                 None => None,
                 Some(c) => {
+                    // A rate of zero would never let a byte through: the limiter's wait for the
+                    // first one is infinite (until 2026-12-03 it panicked converting it).
+                    for (field, rate) in
+                        [("serve_bytes_per_s", c.serve_bytes_per_s), ("fetch_bytes_per_s", c.fetch_bytes_per_s)]
+                    {
+                        if rate == Some(0) {
+                            return Err(invalid(format!(
+                                "cache.{field} = 0 would never move a byte: give a rate above 0, or leave it out for no limit"
+                            )));
+                        }
+                    }
                     let peers = match (c.region, c.peers_listen, c.peers_token_file) {
                         (None, None, None) => None,
                         (Some(region), Some(listen), Some(tf)) => {
@@ -468,6 +479,10 @@ source = "aws"
         .unwrap_err()
         .to_string();
         assert!(e.contains("needs a password_file or FLEET_AGENT_PASSWORD"), "{e}");
+        let e = AgentConfig::parse("a.toml", &format!("{GOOD}\n[cache]\ndir = \"/c\"\nfetch_bytes_per_s = 0"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.fetch_bytes_per_s = 0 would never move a byte"), "{e}");
     }
 
     #[test]
