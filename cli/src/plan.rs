@@ -143,7 +143,7 @@ pub fn run(args: PlanArgs, output: Output, server: Option<crate::server::Server>
                 let st = AppView {
                     queued: args.queue,
                     in_flight: args.in_flight,
-                    scale_up_pending_since: (!args.fresh).then(|| now - waited),
+                    scale_up_pending_since: (!args.fresh).then(|| now.checked_sub_signed(waited).unwrap_or(now)),
                     ..AppView::default()
                 };
                 (a.name.clone(), st)

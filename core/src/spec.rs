@@ -420,6 +420,22 @@ impl Checker<'_> {
         })
     }
 
+    /// `keep_alive` and `scaling_delay`: a duration of at most 30 days. Runners kept longer are a
+    /// minimum (`min_concurrency`), and a delay longer never scales up; beyond any bound, times
+    /// computed from them overflow (until 2026-12-03 `fleetctl plan` panicked on
+    /// `scaling_delay = "18446744073709551615s"`).
+    fn scaling_duration(&mut self, v: &Option<Spanned<toml::Value>>, field: &str, default: Duration) -> Duration {
+        let d = self.duration(v, field, default);
+        if d > MAX_SCALING_DURATION {
+            let span = v.as_ref().map(Spanned::span).unwrap_or(0..0);
+            let hint =
+                if field.ends_with("keep_alive") { " (to keep runners for good, set min_concurrency)" } else { "" };
+            self.err(span, field, format!("is out of range; use 0s to 30d{hint}"));
+            return default;
+        }
+        d
+    }
+
     fn cloud(&mut self, v: &Spanned<String>, field: &str) -> Option<Cloud> {
         match v.get_ref().parse::<Cloud>() {
             Ok(c) => Some(c),
@@ -468,6 +484,9 @@ impl Checker<'_> {
 }
 
 /// `"90"`, `"90s"`, `"5m"`, `"1h"`, `"1h30m"`, `"250ms"`.
+/// The longest `keep_alive` or `scaling_delay` a spec may give.
+pub const MAX_SCALING_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -790,10 +809,10 @@ impl Checker<'_> {
                         KeepAlive::For(t) => t,
                         KeepAlive::Auto => Duration::from_secs(60),
                     };
-                    KeepAlive::For(self.duration(&s.keep_alive, &sf("keep_alive"), fixed))
+                    KeepAlive::For(self.scaling_duration(&s.keep_alive, &sf("keep_alive"), fixed))
                 }
             },
-            scaling_delay: self.duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
+            scaling_delay: self.scaling_duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
             predict: self.boolean(&s.predict, &sf("predict"), d.predict),
             consolidation: self.boolean(&s.consolidation, &sf("consolidation"), d.consolidation),
             keep_min_over_budget: self.boolean(
@@ -1169,6 +1188,12 @@ keep_alive = "5 minutes"
         assert_eq!(parse("30").unwrap(), KeepAlive::For(Duration::from_secs(30)));
         let e = parse("\"automatic\"").unwrap_err().to_string();
         assert!(e.contains("apps.a.scaling.keep_alive: expected a duration"), "{e}");
+        assert_eq!(parse("\"30d\"").unwrap(), KeepAlive::For(Duration::from_secs(30 * 86_400)));
+        let e = parse("\"31d\"").unwrap_err().to_string();
+        assert!(e.contains("apps.a.scaling.keep_alive: is out of range; use 0s to 30d"), "{e}");
+        let text = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nscaling_delay = \"18446744073709551615s\"\n";
+        let e = FleetSpec::parse("f.toml", text).unwrap_err().to_string();
+        assert!(e.contains("apps.a.scaling.scaling_delay: is out of range; use 0s to 30d"), "{e}");
     }
 
     #[test]
