@@ -101,7 +101,7 @@ pub fn read_azure_trace(path: &Path) -> Result<Vec<Arrival>, DemandError> {
         })?;
         let num = |i: usize, name: &str| -> Result<u32, DemandError> {
             let v = rec.get(i).unwrap_or("").trim();
-            v.parse().map_err(|_| bad(format!("{name} '{v}' is not a whole number")))
+            v.parse().map_err(|_| bad(format!("{name} '{v}' is not a whole number of tokens from 0 to {}", u32::MAX)))
         };
         let (ctx, gen_tokens) = (num(1, "ContextTokens")?, num(2, "GeneratedTokens")?);
         in_order &= rows.last().is_none_or(|&(last, _, _)| last <= t);
@@ -237,7 +237,15 @@ mod tests {
         )
         .unwrap();
         let e = read_azure_trace(&f).unwrap_err().to_string();
-        assert!(e.ends_with("t.csv:3: ContextTokens 'x' is not a whole number"), "{e}");
+        assert!(e.ends_with("t.csv:3: ContextTokens 'x' is not a whole number of tokens from 0 to 4294967295"), "{e}");
+        // A count too large for the trace's reader says so too (it said "not a whole number").
+        std::fs::write(&f, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,99999999999\n")
+            .unwrap();
+        let e = read_azure_trace(&f).unwrap_err().to_string();
+        assert!(
+            e.ends_with("t.csv:2: GeneratedTokens '99999999999' is not a whole number of tokens from 0 to 4294967295"),
+            "{e}"
+        );
     }
 
     fn read(dir: &tempfile::TempDir, rows: &str) -> Result<Vec<Arrival>, DemandError> {
