@@ -424,12 +424,17 @@ impl Checker<'_> {
     /// minimum (`min_concurrency`), and a delay longer never scales up; beyond any bound, times
     /// computed from them overflow (until 2026-12-03 `fleetctl plan` panicked on
     /// `scaling_delay = "18446744073709551615s"`).
-    fn scaling_duration(&mut self, v: &Option<Spanned<toml::Value>>, field: &str, default: Duration) -> Duration {
+    /// `hint` ends the error where the value is out of range.
+    fn scaling_duration(
+        &mut self,
+        v: &Option<Spanned<toml::Value>>,
+        field: &str,
+        default: Duration,
+        hint: &str,
+    ) -> Duration {
         let d = self.duration(v, field, default);
         if d > MAX_SCALING_DURATION {
             let span = v.as_ref().map(Spanned::span).unwrap_or(0..0);
-            let hint =
-                if field.ends_with("keep_alive") { " (to keep runners for good, set min_concurrency)" } else { "" };
             self.err(span, field, format!("is out of range; use 0s to 30d{hint}"));
             return default;
         }
@@ -809,10 +814,15 @@ impl Checker<'_> {
                         KeepAlive::For(t) => t,
                         KeepAlive::Auto => Duration::from_secs(60),
                     };
-                    KeepAlive::For(self.scaling_duration(&s.keep_alive, &sf("keep_alive"), fixed))
+                    KeepAlive::For(self.scaling_duration(
+                        &s.keep_alive,
+                        &sf("keep_alive"),
+                        fixed,
+                        " (to keep runners for good, set min_concurrency)",
+                    ))
                 }
             },
-            scaling_delay: self.scaling_duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay),
+            scaling_delay: self.scaling_duration(&s.scaling_delay, &sf("scaling_delay"), d.scaling_delay, ""),
             predict: self.boolean(&s.predict, &sf("predict"), d.predict),
             consolidation: self.boolean(&s.consolidation, &sf("consolidation"), d.consolidation),
             keep_min_over_budget: self.boolean(

@@ -588,8 +588,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys = Keys::new(&args.fleet);
     let config = Config {
         reconcile_every: Duration::from_secs_f64(args.reconcile_every.max(0.05)),
-        recreate: Duration::from_secs_f64(args.recreate_seconds.max(0.0)),
-        cold_start: Duration::from_secs_f64(args.cold_start_seconds.max(0.0)),
+        recreate: Duration::from_secs_f64(args.recreate_seconds),
+        cold_start: Duration::from_secs_f64(args.cold_start_seconds),
         host_key_wait: Duration::from_secs_f64(args.host_key_wait_seconds.clamp(0.0, 86_400.0)),
         consolidation_horizon: (args.consolidation_horizon_seconds > 0.0)
             .then(|| Duration::from_secs_f64(args.consolidation_horizon_seconds)),
@@ -621,7 +621,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load_time: d.load_time.div_f64(speed),
             service_time: d.service_time.div_f64(speed),
             spot_notices: args.fake_spot_notices,
-            spot_notice_after: Duration::from_secs_f64(args.fake_spot_notice_after.max(0.0)),
+            spot_notice_after: Duration::from_secs_f64(args.fake_spot_notice_after),
             ..d
         };
         SimAgents::spawn(store.clone(), keys.clone(), clock, cfg)
