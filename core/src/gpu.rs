@@ -92,10 +92,23 @@ impl GpuModel {
     /// runners: ranking H100-PCIe by its speed costs 21% more). Truncated to the micro-dollar.
     pub fn work_price(self, price: crate::Price) -> crate::Price {
         let sxm = i128::from(GpuModel::H100Sxm.bf16_dense_tflops());
-        let own = self.family().models().map(|m| m.bf16_dense_tflops()).max().unwrap_or(1).max(1);
         crate::Price::per_hour(crate::Money::from_micros_saturating(
-            i128::from(price.hourly().micros()) * sxm / i128::from(own),
+            i128::from(price.hourly().micros()) * sxm / i128::from(self.family_tflops()),
         ))
+    }
+
+    /// How much of an H100's work this GPU does in the same time, in thousandths, by the same
+    /// rule as [`Self::work_price`] (its family's fastest part's bf16 TFLOP/s over the
+    /// H100-SXM's): 1000 for any H100, 315 for an A100. The autoscaler measures service times in
+    /// H100 work with it, so requests served on both families size runners of either right.
+    pub fn work_milli(self) -> u32 {
+        let sxm = GpuModel::H100Sxm.bf16_dense_tflops();
+        u32::try_from(u64::from(self.family_tflops()) * 1000 / u64::from(sxm)).unwrap_or(u32::MAX)
+    }
+
+    /// The bf16 TFLOP/s of this GPU's family's fastest part (at least 1).
+    fn family_tflops(self) -> u32 {
+        self.family().models().map(|m| m.bf16_dense_tflops()).max().unwrap_or(1).max(1)
     }
 }
 
@@ -263,7 +276,10 @@ mod tests {
         }
         for a100 in GpuFamily::A100.models() {
             assert_eq!(a100.work_price(p), crate::Price::parse_decimal("3.772147").unwrap());
+            // The same rule in thousandths of an H100's work: 312 / 989 TFLOP/s.
+            assert_eq!(a100.work_milli(), 315);
         }
+        assert!(GpuFamily::H100.models().all(|m| m.work_milli() == 1000));
         assert!(GpuModel::H100Nvl.bf16_dense_tflops() > GpuModel::H100Pcie.bf16_dense_tflops());
         assert!(GpuModel::H100Pcie.bf16_dense_tflops() > GpuModel::A100_80GB.bf16_dense_tflops());
         assert_eq!(GpuModel::H100Nvl.memory_gb(), 94);

@@ -167,8 +167,16 @@ pub fn fleet_view<'a, N: Borrow<NodeRecord>, R: Borrow<RunnerRecord>>(
             RunnerPhase::Busy { in_flight, .. } => (true, *in_flight, None),
             _ => (false, 0, None),
         };
-        // The slot price is the planner's to set (from the node's price and its runners).
-        let info = RunnerInfo { id: r.id, ready, in_flight, idle_since, slot_price: Price::ZERO, paid_until: None };
+        // The slot price and the speed are the planner's to set (from the node's offering and its runners).
+        let info = RunnerInfo {
+            id: r.id,
+            ready,
+            in_flight,
+            idle_since,
+            slot_price: Price::ZERO,
+            paid_until: None,
+            work_milli: 0,
+        };
         states[i].runners.push(RunnerView { runner: info, node });
     }
     // A cordoned node offers no free slot: only the ones its runners use.

@@ -107,6 +107,7 @@ fn autoscaling(c: &mut Criterion) {
                     idle_since: (r % 3 == 0).then(|| now - chrono::Duration::seconds(i64::from(r * 37))),
                     slot_price: Price::per_hour(fleet_core::Money::from_micros(i64::from(1_000_000 + r * 10_000))),
                     paid_until: None,
+                    work_milli: 0,
                 })
                 .collect();
             ((a * 7) % 90, (a * 3) % 40, runners)

@@ -77,6 +77,10 @@ pub struct RunnerInfo {
     /// billing by the hour has been paid for the whole hour begun. `None`: billed by the second
     /// (or not known). [`crate::plan::plan`] sets it from the nodes it is given.
     pub paid_until: Option<Time>,
+    /// How much of an H100's work its GPU does, in thousandths ([`fleet_core::GpuModel::work_milli`]: 315
+    /// on an A100); 0 where not known. [`crate::plan::plan`] sets it from the nodes it is given.
+    /// `predict = true` sizes runners for the speed of those the app has.
+    pub work_milli: u32,
 }
 
 /// A runner whose node is paid for longer than this from now does not stop: stopping it saves
@@ -107,6 +111,11 @@ pub struct DemandSample {
     pub arrived: u64,
     pub queued: u32,
     pub in_flight: u32,
+    /// The requests in flight weighted by the speed of the runner serving each, in thousandths
+    /// of an H100's work ([`RunnerInfo::work_milli`]; [`crate::plan::AppPlan::in_flight_work`]):
+    /// the service time is measured in H100 work, so that what was measured on one GPU family
+    /// sizes runners of another right.
+    pub in_flight_work: u64,
 }
 
 /// What the autoscaler learns from an app's recent demand, kept by the caller between decisions
@@ -117,17 +126,22 @@ pub struct DemandSample {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DemandHistory {
     samples: std::collections::VecDeque<DemandSample>,
-    /// Σ (in flight at a + in flight at b) × milliseconds from a to b over consecutive samples
-    /// a, b: twice the in-flight integral, kept exactly as samples come and go, so measuring the
-    /// service time does not walk the window every decision.
+    /// Σ (work in flight at a + at b) × milliseconds from a to b over consecutive samples a, b
+    /// ([`DemandSample::in_flight_work`]): twice the in-flight integral in thousandths of an
+    /// H100's work, kept exactly as samples come and go, so measuring the service time does not
+    /// walk the window every decision.
     busy_ms2: i128,
     /// What re-creating a runner costs in time billed: its cold start plus a new node's minimum
     /// billing.
     pub recreate: Duration,
     /// How long a runner started now takes to serve: provision + boot + model load.
     pub cold_start: Duration,
-    /// Mean seconds a request is in service (Little's law over the samples), once measured.
+    /// Mean seconds a request is in service on an H100 (Little's law over the samples, in H100
+    /// work), once measured: on an A100 it takes about three times as long.
     pub service_s: Option<f64>,
+    /// The speed of the runners that served the last requests seen in flight, in thousandths
+    /// of an H100's work (0 before any): what sizing assumes when the app has no runner.
+    pub work_milli: u32,
     /// Arrivals per [`DAY_BIN`] bin: (bin number since the epoch, requests), oldest first.
     pub bins: std::collections::VecDeque<(i64, u64)>,
     /// The most runners demand wanted ([`DemandSample::desired`]) in each minute
@@ -165,7 +179,7 @@ pub fn history_window(recreate: Duration) -> Duration {
 
 /// Twice the in-flight integral from sample `a` to `b` (trapezoid), in request-milliseconds.
 fn trapezoid_ms2(a: &DemandSample, b: &DemandSample) -> i128 {
-    (i128::from(a.in_flight) + i128::from(b.in_flight)) * i128::from((b.at - a.at).num_milliseconds())
+    (i128::from(a.in_flight_work) + i128::from(b.in_flight_work)) * i128::from((b.at - a.at).num_milliseconds())
 }
 
 fn secs_between(a: Time, b: Time) -> f64 {
@@ -203,6 +217,9 @@ impl DemandHistory {
         if let Some(last) = self.samples.back() {
             self.busy_ms2 += trapezoid_ms2(last, &sample);
         }
+        if sample.in_flight > 0 {
+            self.work_milli = u32::try_from(sample.in_flight_work / u64::from(sample.in_flight)).unwrap_or(u32::MAX);
+        }
         self.samples.push_back(sample);
         let window = chrono::Duration::from_std(history_window(self.recreate)).unwrap_or(chrono::Duration::MAX);
         while self.samples.front().is_some_and(|s| sample.at - s.at > window) {
@@ -232,8 +249,9 @@ impl DemandHistory {
             self.samples.iter().zip(self.samples.iter().skip(1)).map(|(a, b)| trapezoid_ms2(a, b)).sum::<i128>(),
             "the running in-flight integral is the samples' own"
         );
-        // Time-weighted mean in flight (trapezoids between samples), in request-seconds.
-        let busy = self.busy_ms2 as f64 / 2000.0;
+        // Time-weighted mean in flight (trapezoids between samples), in request-seconds of an
+        // H100's work.
+        let busy = self.busy_ms2 as f64 / 2000.0 / 1000.0;
         Some(busy / completed)
     }
 
@@ -410,7 +428,8 @@ pub fn predicted_needed(
     in_flight: u32,
     now: Time,
 ) -> Option<u32> {
-    predicted(spec, history, queued, in_flight, None, now).map(|p| p.wanted.max(p.busy))
+    let speeds = Speeds { kept: Vec::new(), new: share(history.work_milli) };
+    predicted(spec, history, queued, in_flight, None, &speeds, now).map(|p| p.wanted.max(p.busy))
 }
 
 /// [`predicted_needed`]'s parts ([`Predicted`]).
@@ -420,14 +439,16 @@ fn predicted(
     queued: u32,
     in_flight: u32,
     runners_now: Option<u32>,
+    speeds: &Speeds,
     now: Time,
 ) -> Option<Predicted> {
     // Requests served faster than the passes sample (a few milliseconds each) are rarely seen in
     // flight, so their measured service time can be exactly zero; with it, neither the rate nor
     // a backlog would call for any runner, and once the last stopped, queued requests waited
     // for ever (until 2026-12-03). A millisecond, the store's and fleetsim's resolution, is the
-    // least a request takes.
-    let s = history.service_s?.max(MIN_SERVICE_S);
+    // least a request takes. The service time is measured in H100 work: `s` is a request's time
+    // on the runners started next, and the slots below are theirs ([`Speeds`]).
+    let s = (history.service_s? / speeds.new).max(MIN_SERVICE_S);
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
     let rate = history.forecast_rate(now);
@@ -446,16 +467,75 @@ fn predicted(
     // hour, started eleven runners one by one on eleven nodes.
     let backlog = match runners_now {
         Some(n) if history.recreate.saturating_sub(history.cold_start) > history.cold_start => {
-            let served = f64::from(n) * mux / s;
+            let served = speeds.slots(n) * mux / s;
             (f64::from(queued) + (rate - served) * history.cold_start.as_secs_f64()).max(0.0)
         }
         _ => f64::from(queued),
     };
     let concurrency = arriving + backlog * s / horizon;
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
-    let runners = |c: f64| (c / mux).ceil().min(f64::from(u32::MAX)) as u32;
+    let runners = |c: f64| speeds.runners(c / mux);
     let recreate = history.recreate.as_secs_f64().max(horizon);
     Some(Predicted { wanted: runners(concurrency), busy, again: runners(arriving + f64::from(queued) * s / recreate) })
+}
+
+/// The speeds [`predicted`] turns slots into runners with, each a share of an H100's work
+/// ([`RunnerInfo::work_milli`]). Until 2026-12-03 the service time was measured on whichever
+/// runners served and every runner counted alike: an app allowing H100s and A100s that had
+/// served on both sized its A100 runners for a blend of the two (half their service time), and
+/// queues grew on them (a consolidation move that put its one runner on an A100 left 73% of a
+/// Poisson stream's requests served within 30 s).
+struct Speeds {
+    /// The app's runners', in the order scale-down keeps them: the cheapest per hour of work
+    /// first (it stops the dearest first).
+    kept: Vec<f64>,
+    /// A runner started now: the cheapest runner's (the kind placement ranks first), or with
+    /// none, the speed of the last runners seen serving (an H100's before any).
+    new: f64,
+}
+
+/// A speed in thousandths of an H100's work as a share of it; 0 (not known) is an H100's.
+fn share(work_milli: u32) -> f64 {
+    if work_milli == 0 { 1.0 } else { f64::from(work_milli) / 1000.0 }
+}
+
+impl Speeds {
+    /// The app's runners' speeds, cheapest work first.
+    fn of(runners: &[RunnerInfo], history: &DemandHistory) -> Speeds {
+        let mut by_price: Vec<&RunnerInfo> = runners.iter().collect();
+        by_price.sort_by(|a, b| a.slot_price.cmp(&b.slot_price).then(a.id.cmp(&b.id)));
+        let last = share(history.work_milli);
+        let speed = |r: &RunnerInfo| if r.work_milli == 0 { last } else { share(r.work_milli) };
+        let kept: Vec<f64> = by_price.iter().map(|r| speed(r)).collect();
+        let new = kept.first().copied().unwrap_or(last);
+        Speeds { kept, new }
+    }
+
+    /// What the first `n` kept runners serve, in slots of a new runner.
+    fn slots(&self, n: u32) -> f64 {
+        if self.kept.iter().all(|v| *v == self.new) {
+            return f64::from(n);
+        }
+        let kept: f64 = self.kept.iter().take(n as usize).map(|v| v / self.new).sum();
+        kept + f64::from(n.saturating_sub(self.kept.len() as u32))
+    }
+
+    /// Runners for `need` runners' worth of a new runner's slots: the fewest kept runners that
+    /// serve it, or all of them and new ones for the rest. With runners of one speed, ⌈need⌉.
+    fn runners(&self, need: f64) -> u32 {
+        let whole = |x: f64| x.ceil().clamp(0.0, f64::from(u32::MAX)) as u32;
+        if self.kept.iter().all(|v| *v == self.new) {
+            return whole(need);
+        }
+        let mut have = 0.0;
+        for (k, v) in self.kept.iter().enumerate() {
+            if have >= need {
+                return k as u32;
+            }
+            have += v / self.new;
+        }
+        (self.kept.len() as u32).saturating_add(whole(need - have))
+    }
 }
 
 /// [`predicted`]'s parts, in runners.
@@ -503,7 +583,9 @@ pub fn decide_with(
     let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some(p) = predicted(spec, history, queued, serving.min(in_flight), Some(current), now) {
+    } else if let Some(p) =
+        predicted(spec, history, queued, serving.min(in_flight), Some(current), &Speeds::of(runners, history), now)
+    {
         ScaleTarget {
             wanted: target_for(spec, demand, p.again).desired,
             ..target_for(spec, demand, p.wanted.max(p.busy))
@@ -638,11 +720,12 @@ mod tests {
             idle_since: Some(t0() - secs(idle_for)),
             slot_price: Price::parse_decimal(price).unwrap(),
             paid_until: None,
+            work_milli: 0,
         }
     }
 
     fn busy(id: RunnerId, n: u32) -> RunnerInfo {
-        RunnerInfo { id, ready: true, in_flight: n, idle_since: None, slot_price: Price::ZERO, paid_until: None }
+        RunnerInfo { in_flight: n, idle_since: None, ..idle(id, 0, "0") }
     }
 
     #[test]
@@ -828,7 +911,14 @@ mod tests {
     }
 
     fn sample(at: i64, desired: u32, arrived: u64, in_flight: u32) -> DemandSample {
-        DemandSample { at: t0() + secs(at), desired, arrived, queued: 0, in_flight }
+        DemandSample {
+            at: t0() + secs(at),
+            desired,
+            arrived,
+            queued: 0,
+            in_flight,
+            in_flight_work: u64::from(in_flight) * 1000,
+        }
     }
 
     /// Five minutes of samples every 10 s up to now, `per_tick` arrivals each and `in_flight`
@@ -856,6 +946,53 @@ mod tests {
         assert_eq!(h.recent_rate(t0() + secs(700)), 0.0);
         assert!(h.service_s.is_some());
         assert!(h.samples.len() <= 73, "trimmed to the 720 s window: {}", h.samples.len());
+    }
+
+    #[test]
+    fn service_time_is_measured_in_h100_work_and_runners_are_counted_at_their_own_speed() {
+        // Two requests a second, five in flight on A100 runners (315 thousandths of an H100's
+        // work each): 2.5 s each on an A100, 0.7875 s of an H100's work.
+        let on_a100 = |per_tick: u64, in_flight: u32| {
+            let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+            for i in 0..=30 {
+                let at = sample(-300 + i * 10, 1, per_tick * i as u64, in_flight);
+                h.record(DemandSample { in_flight_work: u64::from(in_flight) * 315, ..at });
+            }
+            h
+        };
+        let h = on_a100(20, 5);
+        let s = h.service_s.expect("measured");
+        assert!((s - 0.7875).abs() < 1e-9, "{s}");
+        assert_eq!(h.work_milli, 315);
+        let spec = ScalingSpec { max_multiplexing: 2, ..predict_spec(KeepAlive::Auto) };
+        let runner = |id: RunnerId, price: &str, work_milli: u32| RunnerInfo {
+            in_flight: 2,
+            idle_since: None,
+            work_milli,
+            ..idle(id, 0, price)
+        };
+        // An A100's hour of work is the cheaper here ($1.00/h over 0.315).
+        let (a100, h100) = (|id| runner(id, "3.17", 315), |id| runner(id, "3.60", 1000));
+        let desired = |queued: u32, in_flight: u32, runners: &[RunnerInfo], h: &DemandHistory| {
+            decide_with(&spec, queued, in_flight, None, runners, h, t0()).target.desired
+        };
+        // On A100s: 2/s × 2.5 s = 5 slots, three runners of two (as before the change).
+        assert_eq!(desired(0, 6, &[a100(1), a100(2), a100(3)], &h), 3);
+        // On H100s the same work is 2/s × 0.7875 s = 1.6 slots: one runner. (With the service
+        // time taken as measured, on the A100s, it was three.)
+        assert_eq!(desired(0, 2, &[h100(1), h100(2), h100(3)], &h), 1);
+        // Mixed: counted in the order scale-down keeps them, the cheapest work first. The A100
+        // serves 2 of the 5 A100 slots and an H100 (3.17 times as fast) the rest: two runners.
+        assert_eq!(desired(0, 4, &[h100(1), a100(2), h100(3)], &h), 2);
+        // A backlog of 120 to drain within the 180 s cold start: 120 × 2.5 / 180 = 1.7 more
+        // A100 slots, 6.7 in all, and the two hold 2 + 6.3: still two.
+        let two = [a100(1), h100(2)];
+        assert_eq!(desired(120, 4, &two, &h), 2);
+        // Twice the rate: 10 + 1.7 = 11.7 A100 slots, 8.3 held; the rest on new runners at the
+        // speed of the cheapest work (the A100's): two more.
+        assert_eq!(desired(120, 4, &two, &on_a100(40, 10)), 4);
+        // No runner: the speed last seen serving (the A100s'), as `predicted_needed` sizes.
+        assert_eq!(predicted_needed(&spec, &h, 0, 0, t0()), Some(3));
     }
 
     /// `predict = true`, eight requests per runner, no buffer, minimum or scaling delay.
@@ -886,6 +1023,7 @@ mod tests {
             idle_since: None,
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         }];
         let d = decide_with(&s, 360, 0, None, &starting, &h, t0());
         assert_eq!((d.target.desired, d.start), (1, 0));
@@ -904,6 +1042,7 @@ mod tests {
                 arrived: 20 * i as u64,
                 queued: 0,
                 in_flight: 0,
+                in_flight_work: 0,
             });
         }
         h.service_s = Some(2.1);
@@ -938,7 +1077,7 @@ mod tests {
         while at < start + chrono::Duration::days(2) + chrono::Duration::hours(8) + chrono::Duration::minutes(50) {
             let wave = (9..10).contains(&chrono::Timelike::hour(&at));
             arrived += if wave { 600 } else { 1 };
-            h.record(DemandSample { at, desired: 0, arrived, queued: 0, in_flight: 0 });
+            h.record(DemandSample { at, desired: 0, arrived, queued: 0, in_flight: 0, in_flight_work: 0 });
             at += chrono::Duration::minutes(1);
         }
         let now = at - chrono::Duration::minutes(1);
@@ -1038,6 +1177,7 @@ mod tests {
                     idle_since: None,
                     slot_price: Price::ZERO,
                     paid_until: None,
+                    work_milli: 0,
                 })
                 .collect()
         };
@@ -1083,7 +1223,7 @@ mod tests {
             };
             let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for))| RunnerInfo {
                 id: i as RunnerId, ready: *ready, in_flight: *inf,
-                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), slot_price: Price::ZERO, paid_until: None,
+                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)), slot_price: Price::ZERO, paid_until: None, work_milli: 0,
             }).collect();
             let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
             let d = decide(&s, queued, in_flight, pending.map(|p| t0() - secs(p)), &rs, t0());

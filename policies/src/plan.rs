@@ -171,6 +171,11 @@ pub struct AppPlan {
     pub burn_per_hour: Money,
     /// The most the new nodes can add per hour.
     pub max_added_per_hour: Money,
+    /// The app's requests in flight weighted by their runners' speed, in thousandths of an
+    /// H100's work: what the caller records in its [`crate::autoscale::DemandSample`]. Requests
+    /// in flight that no runner given counts are taken at the runners' mean speed (an H100's
+    /// with none).
+    pub in_flight_work: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -363,6 +368,33 @@ fn wind_down(decision: &mut ScaleDecision, runners: &[RunnerInfo], floor: u32) {
     decision.target.wanted = decision.target.wanted.min(floor);
 }
 
+/// [`AppPlan::in_flight_work`]: every runner's requests in flight at its node's GPU's speed (a
+/// leaving node's too: they are served there), the rest at the mean of those speeds; never more
+/// requests than the app has in flight.
+fn in_flight_work(st: &AppView, node_of: &HashMap<NodeId, &NodeView, IdBuild>, index: &PlacementIndex) -> u64 {
+    let (mut work, mut counted, mut speeds, mut runners) = (0u64, 0u64, 0u64, 0u64);
+    for r in &st.runners {
+        let w = u64::from(
+            node_of.get(&r.node).map_or(r.runner.work_milli, |n| index.offering(n.offering).instance.gpu.work_milli()),
+        );
+        if w == 0 {
+            continue;
+        }
+        work += u64::from(r.runner.in_flight) * w;
+        counted += u64::from(r.runner.in_flight);
+        speeds += w;
+        runners += 1;
+    }
+    let total = u64::from(st.in_flight);
+    if counted >= total {
+        // The runners count more than the app's total (a view taken between two records):
+        // their mean speed over the total.
+        return (work * total).checked_div(counted).unwrap_or(0);
+    }
+    let mean = speeds.checked_div(runners).unwrap_or(1000);
+    work + (total - counted) * mean
+}
+
 /// Plans the whole fleet. Pure: same inputs, same plan.
 pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &PlanOptions) -> FleetPlan {
     let now = state.now;
@@ -428,10 +460,13 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 RunnerInfo {
                     slot_price: if base.contains(&r.runner.id) { Price::ZERO } else { slot_price },
                     paid_until: node.map_or(r.runner.paid_until, |n| n.paid_until),
+                    work_milli: node
+                        .map_or(r.runner.work_milli, |n| index.offering(n.offering).instance.gpu.work_milli()),
                     ..r.runner
                 }
             })
             .collect();
+        let in_flight_work = in_flight_work(st, &node_of, index);
         let mut decision = autoscale::decide_with(
             &app.scaling,
             st.queued,
@@ -843,6 +878,7 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             winding_down,
             burn_per_hour: burn,
             max_added_per_hour: added,
+            in_flight_work,
         });
     }
     FleetPlan { apps, burn_per_hour: fleet_burn, max_added_per_hour: fleet_added }

@@ -694,6 +694,7 @@ impl<'a> Engine<'a> {
                         // Set by the planner from the node's price and its runners.
                         slot_price: Price::ZERO,
                         paid_until: None,
+                        work_milli: 0,
                     },
                     node: r.node as u64,
                 })
@@ -760,6 +761,7 @@ impl<'a> Engine<'a> {
                 arrived,
                 queued: v.queued,
                 in_flight: v.in_flight,
+                in_flight_work: ap.in_flight_work,
             });
             self.history[i] = h;
             for id in &ap.decision.stop {

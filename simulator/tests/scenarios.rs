@@ -1039,3 +1039,33 @@ fn billed_by_the_second_a_free_slot_demand_wants_every_hour_is_kept() {
     assert!(own.cost <= orc.cost.times(11).divided_by(10), "{:?}", costs(&r));
     assert!(own.slo_attainment >= 0.94, "{}", own.slo_attainment);
 }
+
+#[test]
+fn an_app_on_two_gpu_families_counts_each_runner_at_its_own_speed() {
+    // H100s at $3.60/h and A100s at $1.00/h ($3.17 per hour of H100 work: the cheaper work),
+    // but a quota of one A100: the app's runners are on both. A request a second, 2.1 s on an
+    // H100 and three times that on an A100. The service time is measured in H100 work and each
+    // runner counted at its own speed. Until 2026-12-03 it was measured on whichever runners
+    // served: after a consolidation move put the app's one runner on the A100, the blend of the
+    // two sized it for about half its service time, and the queue grew behind it. 73.4% of
+    // requests were served within 30 s for $5.53 (10 launches); now 87.3% for $5.21 (5).
+    let fleet = "[[quotas]]\ncloud = \"runpod\"\nmax_gpus = 1\n\n[apps.a]\ngpu = [\"H100\", \"A100\"]\n\
+                 [apps.a.scaling]\nmax_concurrency = 8\nmax_multiplexing = 4\nkeep_alive = \"auto\"\n\
+                 predict = true\nscaling_delay = \"0s\"\n";
+    let c = Case::new(fleet, "poisson_rate = 1\ncontext_tokens = 1000\ngenerated_tokens = 100", "", "");
+    let header = CATALOG.lines().next().unwrap();
+    std::fs::write(
+        c.path("catalog.csv"),
+        format!(
+            "{header}\nlambda,us-east-1,,gpu_1x_h100_sxm5,H100-SXM,1,26,225,,on-demand,3.60,test,2026-11-25\n\
+             runpod,us-east-1,,1x_a100_80gb,A100-80GB,1,16,120,,on-demand,1.00,test,2026-11-25\n"
+        ),
+    )
+    .unwrap();
+    let r = fleet_simulator::run(&c.scenario()).unwrap();
+    // All but the last few, in service or queued when the hour ends.
+    assert!(r.requests - r.served <= 5, "{} of {}", r.served, r.requests);
+    assert!(r.slo_attainment >= 0.85, "{}", r.slo_attainment);
+    assert!(r.cost <= usd("5.30"), "{}", r.cost);
+    assert!(r.nodes_launched <= 6, "{}", r.nodes_launched);
+}

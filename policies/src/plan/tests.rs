@@ -76,6 +76,7 @@ fn new_runners_fill_existing_nodes_first_and_empty_nodes_are_released() {
             idle_since: None,
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     };
@@ -193,6 +194,7 @@ fn scale_to_zero_stops_idle_runners_after_keep_alive_and_releases_their_node() {
                 idle_since: Some(t0() - chrono::Duration::seconds(secs)),
                 slot_price: Price::ZERO,
                 paid_until: None,
+                work_milli: 0,
             },
             node: 7,
         }],
@@ -421,6 +423,7 @@ fn scale_down_empties_the_node_that_costs_most_per_used_slot_first() {
             idle_since: (in_flight == 0).then(|| t0() - chrono::Duration::seconds(idle_s)),
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     };
@@ -520,6 +523,7 @@ fn idle_runner(id: u64, node: u64, ready: bool) -> RunnerView {
             idle_since: ready.then(t0),
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     }
@@ -534,6 +538,7 @@ fn serving_runner(id: u64, node: u64) -> RunnerView {
             idle_since: None,
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     }
@@ -842,6 +847,7 @@ fn requests_on_a_leaving_nodes_runners_start_no_runner_beside_their_replacements
             arrived: 100 * i as u64,
             queued: 0,
             in_flight: 21,
+            in_flight_work: 21000,
         });
     }
     demand.service_s = Some(2.1);
@@ -853,6 +859,7 @@ fn requests_on_a_leaving_nodes_runners_start_no_runner_beside_their_replacements
             idle_since: None,
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     };
@@ -923,6 +930,7 @@ fn a_monthly_cap_running_out_winds_the_app_down_to_its_floor() {
             idle_since: (in_flight == 0).then(t0),
             slot_price: Price::ZERO,
             paid_until: None,
+            work_milli: 0,
         },
         node,
     };
@@ -1093,6 +1101,7 @@ fn consolidation_keeps_a_free_slot_that_demand_wants_again_before_the_move_pays(
                 arrived: k as u64 * 10,
                 queued: 0,
                 in_flight: desired,
+                in_flight_work: u64::from(desired) * 1000,
             });
         }
         h

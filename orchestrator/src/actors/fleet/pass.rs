@@ -418,6 +418,7 @@ fn remember_demand(
             arrived: arrived.get(&ap.app).copied().unwrap_or(0),
             queued: view.queued,
             in_flight: view.in_flight,
+            in_flight_work: ap.in_flight_work,
         });
         demand.insert(ap.app.clone(), h);
     }
