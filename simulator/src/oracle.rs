@@ -25,7 +25,9 @@
 //!
 //! The app's `min_concurrency` runners are needed in every bucket, and its first
 //! `base_on_demand` levels are served by on-demand nodes (a node serving any of them is one), as
-//! fleet never runs those runners on spot. It leaves out capacity limits, budgets and quotas.
+//! fleet never runs those runners on spot. It never runs more than `max_concurrency` runners
+//! (work beyond them waits for the next bucket). It leaves out capacity limits, budgets and
+//! quotas.
 //! The engine then carries
 //! the schedule out ([`crate::scenario::Policy::Oracle`]), so its waits and SLO attainment are
 //! measured like every other policy's, and its cost is billed the same way; the spec's other apps
@@ -84,8 +86,38 @@ pub fn schedule(sc: &Scenario, index: &PlacementIndex, app: usize, arrivals: &[A
                 ranked.iter().filter(|c| index.offering(c.offering).instance.gpu == g).collect();
             for_gpu(sc, index, app, arrivals, g, &cands)
         })
-        .min_by_key(|s| s.cost)
+        // Where `max_concurrency` runners cannot serve the demand as it comes, the GPU on which
+        // it waits least: a slower one would cost less by serving less, later.
+        .min_by_key(|(s, waited)| (*waited, s.cost))
+        .map(|(s, _)| s)
         .unwrap_or(Schedule { bookings: Vec::new(), cost: Money::ZERO })
+}
+
+/// Runners needed per bucket for `work` (service ms per bucket), each serving `per_runner` ms of
+/// it in a bucket: at least `floor`, and never more than `max` (the spec's `max_concurrency`,
+/// which binds every policy). What `max` runners cannot serve in a bucket waits for the next, a
+/// fluid queue, and what is left at the end goes unserved, as it does under every policy. Also
+/// returns how long work waited so (Σ over buckets of the work waiting at its end, per unit of
+/// work, in millionths of a bucket): 0 wherever `max` runners serve every bucket's work. Until
+/// 2026-12-03 the oracle ran as many runners as the demand wanted: where it wanted more than
+/// `max_concurrency`, its schedule was one no policy may run (up to 3.6 times the runners), and
+/// every policy cost "half the oracle's".
+fn runners_needed(work: &[u64], per_runner: u64, floor: u32, max: u32) -> (Vec<u32>, u64) {
+    let max = max.max(floor);
+    let per_runner = per_runner.max(1);
+    let (mut waiting, mut waited) = (0u64, 0u128);
+    let need = work
+        .iter()
+        .map(|x| {
+            let due = waiting.saturating_add(*x);
+            let n = u32::try_from(due.div_ceil(per_runner)).unwrap_or(u32::MAX).clamp(floor, max);
+            waiting = due.saturating_sub(u64::from(n).saturating_mul(per_runner));
+            waited += u128::from(waiting);
+            n
+        })
+        .collect();
+    let total = work.iter().fold(0u64, |t, x| t.saturating_add(*x));
+    (need, u64::try_from(waited * 1_000_000 / u128::from(total.max(1))).unwrap_or(u64::MAX))
 }
 
 /// Each level's busy intervals in ms (start, end), for runners needed per bucket.
@@ -116,7 +148,7 @@ fn for_gpu(
     arrivals: &[Arrival],
     gpu: GpuModel,
     cands: &[&Candidate],
-) -> Schedule {
+) -> (Schedule, u64) {
     let w = ms(sc.slo_wait).max(1000);
     let end = ms(sc.duration);
     let mux = u64::from(sc.spec.apps[app].scaling.max_multiplexing.max(1));
@@ -129,8 +161,7 @@ fn for_gpu(
     // spec asks for them whatever the demand (until 2026-12-02 the oracle left them out, and an
     // app with a floor of two cost every policy twice the oracle's bill on steady demand).
     let floor = sc.spec.apps[app].scaling.min_concurrency;
-    let need: Vec<u32> =
-        work.iter().map(|x| u32::try_from(x.div_ceil(mux * w)).unwrap_or(u32::MAX).max(floor)).collect();
+    let (need, waited) = runners_needed(&work, mux * w, floor, sc.spec.apps[app].scaling.max_concurrency);
     let levels = level_intervals(&need, w, end);
     let tick = ms(sc.tick).max(1);
     let first_tick = arrivals.first().map_or(0, |a| a.at_ms.div_ceil(tick) * tick);
@@ -206,12 +237,24 @@ fn for_gpu(
         l = j;
     }
     bookings.sort_by_key(|b| (b.launch_ms, b.end_ms, b.offering));
-    Schedule { bookings, cost: best[top] }
+    (Schedule { bookings, cost: best[top] }, waited)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::level_intervals;
+    use super::{level_intervals, runners_needed};
+
+    #[test]
+    fn runners_stop_at_max_concurrency_and_the_rest_waits() {
+        // Runners serving 10 ms of work a bucket each: 35 ms then 5 ms three buckets later.
+        // Uncapped: 4 runners, then 1; nothing waits.
+        assert_eq!(runners_needed(&[35, 0, 0, 5], 10, 0, 10), (vec![4, 0, 0, 1], 0));
+        // At most 2: 15 ms wait a bucket and are served in the next; 15 of 40 ms waited one
+        // bucket: 0.375 of a bucket per unit of work.
+        assert_eq!(runners_needed(&[35, 0, 0, 5], 10, 0, 2), (vec![2, 2, 0, 1], 375_000));
+        // The floor holds even where nothing comes, and a max below it is the floor.
+        assert_eq!(runners_needed(&[0, 35], 10, 3, 1), (vec![3, 3], 142_857));
+    }
 
     #[test]
     fn levels_nest_and_end_a_bucket_late() {

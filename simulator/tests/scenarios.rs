@@ -1069,3 +1069,23 @@ fn an_app_on_two_gpu_families_counts_each_runner_at_its_own_speed() {
     assert!(r.cost <= usd("5.30"), "{}", r.cost);
     assert!(r.nodes_launched <= 6, "{}", r.nodes_launched);
 }
+
+#[test]
+fn where_demand_wants_more_than_max_concurrency_the_oracle_runs_no_more() {
+    // Two requests a second of 2.1 s on at most two one-request runners: demand wants four
+    // or five, and half of it cannot be served within the hour by any policy. The oracle runs
+    // two runners too, and the rest of the work waits. Until 2026-12-03 it ran five and served
+    // everything, for more than any policy may spend.
+    let fleet = "[apps.a]\ngpu = \"H100\"\n[apps.a.scaling]\nmax_concurrency = 2\nmax_multiplexing = 1\n";
+    let c = Case::new(fleet, "poisson_rate = 2\ncontext_tokens = 1000\ngenerated_tokens = 100", "", "");
+    let r = fleet_simulator::baselines(&c.scenario()).unwrap();
+    let orc = &r[3];
+    // Two 1-GPU runners for at most the hour: $7.20.
+    assert!(orc.gpu_hours <= 2.0 + 1e-9, "{}", orc.gpu_hours);
+    assert!(orc.cost <= usd("7.20"), "{:?}", costs(&r));
+    assert!(orc.served < orc.requests * 3 / 5, "{} of {}", orc.served, orc.requests);
+    // Every policy holds the two as well, and pays about the same.
+    for x in &r {
+        assert!(x.cost >= usd("6.80") && x.cost <= usd("7.20"), "{:?}", costs(&r));
+    }
+}
