@@ -489,8 +489,9 @@ struct Speeds {
     /// The app's runners', in the order scale-down keeps them: the cheapest per hour of work
     /// first (it stops the dearest first).
     kept: Vec<f64>,
-    /// A runner started now: the cheapest runner's (the kind placement ranks first), or with
-    /// none, the speed of the last runners seen serving (an H100's before any).
+    /// A runner started now: the cheapest runner's (the kind placement ranks first; an
+    /// on-demand base runner, priced at nothing, only where no other is), or with none, the
+    /// speed of the last runners seen serving (an H100's before any).
     new: f64,
 }
 
@@ -507,7 +508,10 @@ impl Speeds {
         let last = share(history.work_milli);
         let speed = |r: &RunnerInfo| if r.work_milli == 0 { last } else { share(r.work_milli) };
         let kept: Vec<f64> = by_price.iter().map(|r| speed(r)).collect();
-        let new = kept.first().copied().unwrap_or(last);
+        // The plan prices an app's on-demand base runners at nothing (so they are kept): the
+        // cheapest work is the cheapest runner priced.
+        let cheapest = by_price.iter().find(|r| r.slot_price > Price::ZERO).or(by_price.first());
+        let new = cheapest.map_or(last, |r| speed(r));
         Speeds { kept, new }
     }
 
@@ -991,6 +995,11 @@ mod tests {
         // Twice the rate: 10 + 1.7 = 11.7 A100 slots, 8.3 held; the rest on new runners at the
         // speed of the cheapest work (the A100's): two more.
         assert_eq!(desired(120, 4, &two, &on_a100(40, 10)), 4);
+        // An on-demand base runner (an H100 the plan prices at nothing, so it is kept first)
+        // does not make new runners H100s: four times the rate, 20 A100 slots, are the base's
+        // 6.3 and the A100's 2, and six more A100 runners (sized as H100s, two).
+        let base = runner(9, "0", 1000);
+        assert_eq!(desired(0, 4, &[base, a100(2)], &on_a100(80, 20)), 8);
         // No runner: the speed last seen serving (the A100s'), as `predicted_needed` sizes.
         assert_eq!(predicted_needed(&spec, &h, 0, 0, t0()), Some(3));
     }
