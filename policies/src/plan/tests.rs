@@ -1197,3 +1197,41 @@ fn billed_by_the_hour_a_new_node_makes_room_for_the_runner_of_a_dearer_node_it_w
     let m = p.apps[0].consolidate.clone().expect("a move");
     assert_eq!((m.nodes.as_slice(), m.kind), ([10].as_slice(), MoveKind::Delete));
 }
+
+#[test]
+fn requests_in_flight_are_weighed_by_their_runners_speed() {
+    // An app on H100s and A100s: three requests on an H100 runner, two on an A100 runner, and
+    // one more the runners given do not show (counted at their mean speed).
+    let s = spec(
+        "[apps.llm]\ngpu = [\"H100\", \"A100\"]\ngpus = 1\n[apps.llm.scaling]\nmax_concurrency = 4\nmax_multiplexing = 4\n",
+    );
+    let cat = Arc::new(Catalog::new(vec![
+        off(Cloud::Lambda, "us-east-1", None, "gpu_1x_h100_sxm5", GpuModel::H100Sxm, 1, CapacityType::OnDemand, "3.60"),
+        off(
+            Cloud::Lambda,
+            "us-east-1",
+            None,
+            "gpu_1x_a100_sxm4",
+            GpuModel::A100_80GB,
+            1,
+            CapacityType::OnDemand,
+            "1.29",
+        ),
+    ]));
+    let index = PlacementIndex::new(cat, &s);
+    let cache = UnavailableCache::default();
+    let on = |id: u64, node: u64, in_flight: u32| RunnerView {
+        runner: RunnerInfo { in_flight, idle_since: None, ..idle_runner(id, node, true).runner },
+        node,
+    };
+    let nodes = || vec![NodeView::new(10, 0, 1), NodeView::new(11, 1, 1)];
+    let st = AppView { in_flight: 6, runners: vec![on(1, 10, 3), on(2, 11, 2)], nodes: nodes(), ..AppView::default() };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    // 3 × 1000 + 2 × 315 + 1 × 657 (the mean of the two speeds), thousandths of an H100's work.
+    assert_eq!(p.apps[0].in_flight_work, 3000 + 630 + 657);
+    // Views that show more in flight than the app has: scaled down to its total.
+    let over =
+        AppView { in_flight: 2, runners: vec![on(1, 10, 3), on(2, 11, 1)], nodes: nodes(), ..AppView::default() };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", over)]), &PlanOptions::default());
+    assert_eq!(p.apps[0].in_flight_work, (3000 + 315) * 2 / 4);
+}
