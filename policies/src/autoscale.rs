@@ -77,9 +77,10 @@ pub struct RunnerInfo {
     /// billing by the hour has been paid for the whole hour begun. `None`: billed by the second
     /// (or not known). [`crate::plan::plan`] sets it from the nodes it is given.
     pub paid_until: Option<Time>,
-    /// How much of an H100's work its GPU does, in thousandths ([`fleet_core::GpuModel::work_milli`]: 315
-    /// on an A100); 0 where not known. [`crate::plan::plan`] sets it from the nodes it is given.
-    /// `predict = true` sizes runners for the speed of those the app has.
+    /// How much of an H100's work its GPU does, in thousandths
+    /// ([`fleet_core::GpuModel::work_milli`]: 315 on an A100); 0 where not known.
+    /// [`crate::plan::plan`] sets it from the nodes it is given. `predict = true` counts each
+    /// runner at its speed.
     pub work_milli: u32,
 }
 
