@@ -371,12 +371,10 @@ fn wind_down(decision: &mut ScaleDecision, runners: &[RunnerInfo], floor: u32) {
 /// [`AppPlan::in_flight_work`]: every runner's requests in flight at its node's GPU's speed (a
 /// leaving node's too: they are served there), the rest at the mean of those speeds; never more
 /// requests than the app has in flight.
-fn in_flight_work(st: &AppView, node_of: &HashMap<NodeId, &NodeView, IdBuild>, index: &PlacementIndex) -> u64 {
+fn in_flight_work(st: &AppView, work_milli: &dyn Fn(&RunnerView) -> u32) -> u64 {
     let (mut work, mut counted, mut speeds, mut runners) = (0u64, 0u64, 0u64, 0u64);
     for r in &st.runners {
-        let w = u64::from(
-            node_of.get(&r.node).map_or(r.runner.work_milli, |n| index.offering(n.offering).instance.gpu.work_milli()),
-        );
+        let w = u64::from(work_milli(r));
         if w == 0 {
             continue;
         }
@@ -436,6 +434,10 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         }
         let node_of: HashMap<NodeId, &NodeView, IdBuild> = st.nodes.iter().map(|n| (n.id, n)).collect();
         let base = base_runners(st, &node_of, index, app.placement.base_on_demand);
+        // A runner's speed: its node's GPU's (as given where its node is not).
+        let work_milli = |r: &RunnerView| {
+            node_of.get(&r.node).map_or(r.runner.work_milli, |n| index.offering(n.offering).instance.gpu.work_milli())
+        };
         // A leaving node's runners are replaced one for one: those not replaced yet count for
         // the autoscaler as they are; a replaced one is represented by its replacement.
         let leaving: HashMap<NodeId, u32, IdBuild> =
@@ -460,13 +462,12 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
                 RunnerInfo {
                     slot_price: if base.contains(&r.runner.id) { Price::ZERO } else { slot_price },
                     paid_until: node.map_or(r.runner.paid_until, |n| n.paid_until),
-                    work_milli: node
-                        .map_or(r.runner.work_milli, |n| index.offering(n.offering).instance.gpu.work_milli()),
+                    work_milli: work_milli(r),
                     ..r.runner
                 }
             })
             .collect();
-        let in_flight_work = in_flight_work(st, &node_of, index);
+        let in_flight_work = in_flight_work(st, &work_milli);
         let mut decision = autoscale::decide_with(
             &app.scaling,
             st.queued,
