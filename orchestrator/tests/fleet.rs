@@ -586,7 +586,8 @@ async fn runners_after_a_burst(predict: bool) -> (usize, bool) {
 async fn predict_probes_with_one_runner_where_fal_starts_one_per_queued_request() {
     // fal's rule: 20 queued requests, one per runner, capped at max_concurrency = 6. predict:
     // nothing measured yet (fleetd counted 20 arrivals but no service time): one probe runner,
-    // and the count holds until it has served enough to measure one.
+    // and the count holds until it has served a few requests (a floor under the service time,
+    // then the mean of twenty).
     let (fal, fal_served) = runners_after_a_burst(false).await;
     let (predict, predict_served) = runners_after_a_burst(true).await;
     println!("runners 20 s after a burst of 20: fal {fal}, predict {predict}");

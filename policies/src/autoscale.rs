@@ -140,6 +140,12 @@ pub struct DemandHistory {
     /// Mean seconds a request is in service on an H100 (Little's law over the samples, in H100
     /// work), once measured: on an A100 it takes about three times as long.
     pub service_s: Option<f64>,
+    /// Until [`Self::service_s`] is first measured: a lower bound on the mean service time of
+    /// the requests served so far (in H100 work), counting each one still in flight as done
+    /// now ([`DemandHistory::record`]). `predict = true` starts runners on it (never stops
+    /// any), so that an app whose first requests are slow does not wait for twenty of them on
+    /// its one probe runner before it scales.
+    pub service_floor_s: Option<f64>,
     /// The speed of the runners that served the last requests seen in flight, in thousandths
     /// of an H100's work (0 before any): what sizing assumes when the app has no runner.
     pub work_milli: u32,
@@ -169,6 +175,19 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 const STOPPED_FACTOR: f64 = 3.0;
 /// Completions a service-time measurement needs before it replaces the last one.
 const MIN_COMPLETIONS: f64 = 20.0;
+
+/// Requests (completed or in flight) a floor under the service time needs
+/// ([`DemandHistory::service_floor_s`]).
+const MIN_FLOOR_REQUESTS: f64 = 3.0;
+
+/// What [`DemandHistory::measure_service`] found.
+enum Measured {
+    /// The mean service time, from [`MIN_COMPLETIONS`] or more.
+    Mean(f64),
+    /// Fewer completions: a lower bound on it.
+    Floor(f64),
+    Nothing,
+}
 
 /// The least service time [`predicted_needed`] sizes for, in seconds.
 const MIN_SERVICE_S: f64 = 0.001;
@@ -230,20 +249,41 @@ impl DemandHistory {
                 self.busy_ms2 -= trapezoid_ms2(&gone, next);
             }
         }
-        if let Some(s) = self.measure_service() {
-            self.service_s = Some(s);
+        match self.measure_service() {
+            Measured::Mean(s) => {
+                self.service_s = Some(s);
+                self.service_floor_s = None;
+            }
+            Measured::Floor(s) if self.service_s.is_none() => self.service_floor_s = Some(s),
+            Measured::Floor(_) | Measured::Nothing => {}
         }
     }
 
     /// Little's law over the samples: requests completed = arrivals − growth of queued + in
     /// flight; mean in flight = completion rate × service time.
-    fn measure_service(&self) -> Option<f64> {
-        let (first, last) = (self.samples.front()?, self.samples.back()?);
+    ///
+    /// With fewer than [`MIN_COMPLETIONS`], a floor: the same in-flight integral over the
+    /// requests completed and those still in flight, each of which has been served for at most
+    /// its whole service time within the samples.
+    fn measure_service(&self) -> Measured {
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return Measured::Nothing;
+        };
         let span = secs_between(first.at, last.at);
         let open = |s: &DemandSample| f64::from(s.queued) + f64::from(s.in_flight);
         let completed = (last.arrived - first.arrived) as f64 - (open(last) - open(first));
-        if span <= 0.0 || completed < MIN_COMPLETIONS {
-            return None;
+        if span <= 0.0 {
+            return Measured::Nothing;
+        }
+        if completed < MIN_COMPLETIONS {
+            if self.busy_ms2 <= 0 {
+                return Measured::Nothing;
+            }
+            let seen = completed.max(0.0) + f64::from(last.in_flight);
+            if seen < MIN_FLOOR_REQUESTS {
+                return Measured::Nothing;
+            }
+            return Measured::Floor(self.busy_ms2 as f64 / 2000.0 / 1000.0 / seen);
         }
         debug_assert_eq!(
             self.busy_ms2,
@@ -253,7 +293,7 @@ impl DemandHistory {
         // Time-weighted mean in flight (trapezoids between samples), in request-seconds of an
         // H100's work.
         let busy = self.busy_ms2 as f64 / 2000.0 / 1000.0;
-        Some(busy / completed)
+        Measured::Mean(busy / completed)
     }
 
     /// Requests per second over the last minute (`RATE_WINDOW`) of samples.
@@ -430,26 +470,31 @@ pub fn predicted_needed(
     now: Time,
 ) -> Option<u32> {
     let speeds = Speeds { kept: Vec::new(), new: share(history.work_milli) };
-    predicted(spec, history, queued, in_flight, None, &speeds, now).map(|p| p.wanted.max(p.busy))
+    let service_s = history.service_s?;
+    let p = predicted(spec, history, service_s, queued, in_flight, None, &speeds, now);
+    Some(p.wanted.max(p.busy))
 }
 
-/// [`predicted_needed`]'s parts ([`Predicted`]).
+/// [`predicted_needed`]'s parts ([`Predicted`]), for requests of `service_s` seconds of H100
+/// work.
+#[allow(clippy::too_many_arguments)]
 fn predicted(
     spec: &ScalingSpec,
     history: &DemandHistory,
+    service_s: f64,
     queued: u32,
     in_flight: u32,
     runners_now: Option<u32>,
     speeds: &Speeds,
     now: Time,
-) -> Option<Predicted> {
+) -> Predicted {
     // Requests served faster than the passes sample (a few milliseconds each) are rarely seen in
     // flight, so their measured service time can be exactly zero; with it, neither the rate nor
     // a backlog would call for any runner, and once the last stopped, queued requests waited
     // for ever (until 2026-12-03). A millisecond, the store's and fleetsim's resolution, is the
     // least a request takes. The service time is measured in H100 work: `s` is a request's time
     // on the runners started next, and the slots below are theirs ([`Speeds`]).
-    let s = (history.service_s? / speeds.new).max(MIN_SERVICE_S);
+    let s = (service_s / speeds.new).max(MIN_SERVICE_S);
     let mux = f64::from(spec.max_multiplexing.max(1));
     let horizon = history.cold_start.as_secs_f64().max(s).max(1.0);
     let rate = history.forecast_rate(now);
@@ -477,7 +522,7 @@ fn predicted(
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
     let runners = |c: f64| speeds.runners(c / mux);
     let recreate = history.recreate.as_secs_f64().max(horizon);
-    Some(Predicted { wanted: runners(concurrency), busy, again: runners(arriving + f64::from(queued) * s / recreate) })
+    Predicted { wanted: runners(concurrency), busy, again: runners(arriving + f64::from(queued) * s / recreate) }
 }
 
 /// The speeds [`predicted`] turns slots into runners with, each a share of an H100's work
@@ -586,11 +631,14 @@ pub fn decide_with(
     // above the replacements' slots started a runner that was stopped again once idle, and held
     // the move (which waits for every starting runner) open for minutes at the old node's price.
     let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
+    let predict = |service_s: f64| {
+        let speeds = Speeds::of(runners, history);
+        predicted(spec, history, service_s, queued, serving.min(in_flight), Some(current), &speeds, now)
+    };
     let t = if !spec.predict {
         target(spec, demand)
-    } else if let Some(p) =
-        predicted(spec, history, queued, serving.min(in_flight), Some(current), &Speeds::of(runners, history), now)
-    {
+    } else if let Some(service_s) = history.service_s {
+        let p = predict(service_s);
         ScaleTarget {
             wanted: target_for(spec, demand, p.again).desired,
             ..target_for(spec, demand, p.wanted.max(p.busy))
@@ -601,7 +649,15 @@ pub fn decide_with(
         // piling up during the first cold start. Never more than fal's rule would start.
         let fal = target(spec, demand);
         let probe = if demand == 0 { 0 } else { current.max(1) };
-        let desired = fal.desired.min(probe.max(spec.min_concurrency));
+        let mut desired = fal.desired.min(probe.max(spec.min_concurrency));
+        // Once the probe has served a few requests, the floor under their service time sizes
+        // the runners the rate and the queue want at least; more start on it, none stop. Until
+        // 2026-12-03 the count held until twenty had completed: 8-second requests on one A100
+        // runner took over eight minutes, while 2,000 queued behind it.
+        if let Some(floor) = history.service_floor_s {
+            let p = predict(floor);
+            desired = desired.max(target_for(spec, demand, p.wanted.max(p.busy)).desired);
+        }
         ScaleTarget { desired, wanted: desired, ..fal }
     };
     if t.desired > current {
@@ -1060,6 +1116,75 @@ mod tests {
         assert_eq!(predicted_needed(&s, &h, 0, 0, t0()), Some(1));
         // Never below what the requests in flight occupy.
         assert_eq!(predicted_needed(&s, &h, 0, 40, t0()), Some(5));
+    }
+
+    #[test]
+    fn before_twenty_complete_a_floor_under_the_service_time_starts_runners_and_stops_none() {
+        let s = predict_spec(KeepAlive::Auto);
+        let probe = |ready: bool| RunnerInfo {
+            id: 1,
+            ready,
+            in_flight: if ready { 8 } else { 0 },
+            idle_since: None,
+            slot_price: Price::parse_decimal("1.00").unwrap(),
+            paid_until: None,
+            work_milli: 1000,
+        };
+        // Two requests a second arrive; the probe runner's eight slots have been busy for
+        // `busy_s` seconds and `done` requests have completed.
+        let history = |busy_s: i64, done: u64| {
+            let mut h = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+            for i in 0..=busy_s / 10 {
+                let arrived = 8 + 20 * i as u64;
+                let done_now = done * i as u64 / (busy_s / 10) as u64;
+                h.record(DemandSample {
+                    at: t0() + secs(-busy_s + i * 10),
+                    desired: 1,
+                    arrived,
+                    queued: (arrived - 8 - done_now) as u32,
+                    in_flight: 8,
+                    in_flight_work: 8000,
+                });
+            }
+            h
+        };
+        // A minute in, nothing completed: each of the eight has taken 60 s so far, at least.
+        let h = history(60, 0);
+        assert_eq!(h.service_s, None);
+        let floor = h.service_floor_s.expect("eight requests in service for a minute");
+        assert!((floor - 60.0).abs() < 1e-9, "{floor}");
+        // 2/s × 60 s = 120 slots, and the 120 queued drained within the 180 s cold start: 40
+        // more; ⌈160 / 8⌉ = 20 runners. Until 2026-12-03 the count held at the probe.
+        let d = decide_with(&s, 120, 8, None, &[probe(true)], &h, t0());
+        assert_eq!((d.target.desired, d.start), (20, 19));
+        // Ten completed as well: 480 request-seconds over 18 requests.
+        let h = history(60, 10);
+        let floor = h.service_floor_s.expect("floor");
+        assert!((floor - 480.0 / 18.0).abs() < 1e-9, "{floor}");
+        // A floor that wants fewer runners than run stops none of them.
+        let low = DemandHistory { service_floor_s: Some(0.001), ..history(60, 0) };
+        let runners: Vec<RunnerInfo> = (1..=5).map(|id| RunnerInfo { id, ..probe(id == 1) }).collect();
+        let d = decide_with(&s, 120, 8, None, &runners, &low, t0());
+        assert_eq!((d.target.desired, d.start, d.stop.len()), (5, 0, 0));
+        // Fewer than three requests seen: no floor, the probe holds.
+        let mut few = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+        for i in 0..=6 {
+            few.record(DemandSample {
+                at: t0() + secs(-60 + i * 10),
+                desired: 1,
+                arrived: 2,
+                queued: 0,
+                in_flight: 2,
+                in_flight_work: 2000,
+            });
+        }
+        assert_eq!((few.service_s, few.service_floor_s), (None, None));
+        assert_eq!(decide_with(&s, 0, 2, None, &[probe(true)], &few, t0()).start, 0);
+        // Twenty completions: the mean replaces the floor (Little's law, as before).
+        let h = history(60, 20);
+        assert_eq!(h.service_floor_s, None);
+        let mean = h.service_s.expect("measured");
+        assert!((mean - 480.0 / 20.0).abs() < 1e-9, "{mean}");
     }
 
     #[test]

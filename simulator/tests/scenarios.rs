@@ -881,7 +881,11 @@ fn billed_by_the_hour_the_nodes_started_for_the_first_backlog_are_not_kept_a_sec
     // each is paid its first hour. Once drained, demand wants five. Until 2026-12-03 the drain's
     // level counted as demand wanting those runners, seen within the last re-creation (an hour
     // and a cold start), so keep-alive held them a second paid hour: $118.80. Now they go when
-    // their hour ends: $86.40, the same requests served as soon.
+    // their hour ends: $86.40, the same requests served as soon. Since the floor under the
+    // service time (2026-12-03) the drain's runners start a few seconds after the probe's first
+    // requests instead of after its twentieth, sized on the floor and counted as serving once
+    // the mean is measured: 9 nodes instead of 13, $68.40 instead of $82.80, 92.4% of requests
+    // within 30 s instead of 93.7%.
     let fleet = &cost_policies(20, 1);
     let c = Case::new(
         fleet,
@@ -893,8 +897,8 @@ fn billed_by_the_hour_the_nodes_started_for_the_first_backlog_are_not_kept_a_sec
     write_trace_at(&c.path("trace.csv"), &at);
     let r = fleet_simulator::run(&c.scenario()).unwrap();
     assert!(r.served >= 17_990, "{}", r.served);
-    assert!(r.cost <= usd("90.00"), "{}", r.cost);
-    assert!(r.slo_attainment > 0.93, "{}", r.slo_attainment);
+    assert!(r.cost <= usd("72.00"), "{}", r.cost);
+    assert!(r.slo_attainment > 0.92, "{}", r.slo_attainment);
 }
 
 #[test]
@@ -1031,12 +1035,14 @@ fn billed_by_the_second_a_free_slot_demand_wants_every_hour_is_kept() {
     assert_eq!(own.served, own.requests);
     // The first burst's merge onto an 8-GPU node and the delete of the other: no move after.
     // Each later burst starts a runner for its first backlog on a 4-GPU node (released once
-    // drained) and the second on the 8-GPU node's free slot. $37.26: the oracle's one 8-GPU
+    // drained) and the second on the 8-GPU node's free slot. $38.18: the oracle's one 8-GPU
     // node ($34.20) and the first burst's nodes (until 2026-12-03: $43.12, 13 moves and 21
-    // launches, 87.2% of requests within the SLO's 30 s against 94.4% now).
+    // launches, 87.2% of requests within the SLO's 30 s against 94.8% now). The first burst
+    // starts its second runner on the floor under the service time, seconds after the probe's
+    // first requests: 10 launches, where waiting for twenty completions took 8 ($37.26, 94.4%).
     assert_eq!(orc.cost, usd("34.20"));
     assert_eq!(own.consolidations, 2, "{:?}", costs(&r));
-    assert!(own.cost <= orc.cost.times(11).divided_by(10), "{:?}", costs(&r));
+    assert!(own.cost <= orc.cost.times(112).divided_by(100), "{:?}", costs(&r));
     assert!(own.slo_attainment >= 0.94, "{}", own.slo_attainment);
 }
 
