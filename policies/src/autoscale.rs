@@ -1375,5 +1375,56 @@ mod tests {
                 prop_assert!(r.in_flight == 0 && r.ready);
             }
         }
+
+        #[test]
+        fn predict_invariants(
+            min in 0u32..3, extra in 1u32..20, mux in 1u32..8, queued in 0u32..500,
+            runners in proptest::collection::vec((any::<bool>(), 0u32..3, 0i64..2000, prop_oneof![Just(0u32), Just(315u32), Just(1000u32)]), 0..15),
+            // Samples 10 s apart: arrivals since the last, queued, in flight.
+            samples in proptest::collection::vec((0u64..40, 0u32..300, 0u32..40), 0..60),
+            hourly in any::<bool>(),
+        ) {
+            let s = ScalingSpec {
+                min_concurrency: min, max_concurrency: min + extra, concurrency_buffer: 0,
+                concurrency_buffer_perc: 0, max_multiplexing: mux, keep_alive: KeepAlive::Auto,
+                scaling_delay: Duration::ZERO, predict: true, consolidation: true, keep_min_over_budget: false,
+            };
+            let recreate = if hourly { 3780 } else { 240 };
+            let mut h = DemandHistory::new(Duration::from_secs(recreate), Duration::from_secs(180));
+            let mut arrived = 0u64;
+            for (i, (new, q, f)) in samples.iter().enumerate() {
+                arrived += new;
+                h.record(DemandSample {
+                    at: t0() + secs(10 * (i as i64 - samples.len() as i64)),
+                    desired: 1, arrived, queued: *q, in_flight: *f, in_flight_work: u64::from(*f) * 315,
+                });
+            }
+            // A floor only until a mean is measured, and never negative or NaN.
+            prop_assert!(h.service_s.is_none() || h.service_floor_s.is_none());
+            for v in [h.service_s, h.service_floor_s].into_iter().flatten() {
+                prop_assert!(v.is_finite() && v >= 0.0, "{v}");
+            }
+            let rs: Vec<RunnerInfo> = runners.iter().enumerate().map(|(i, (ready, inf, idle_for, work))| RunnerInfo {
+                id: i as RunnerId, ready: *ready, in_flight: *inf,
+                idle_since: (*inf == 0).then(|| t0() - secs(*idle_for)),
+                slot_price: Price::parse_decimal(["1.00", "2.50", "0"][i % 3]).unwrap(), paid_until: None, work_milli: *work,
+            }).collect();
+            let in_flight: u32 = rs.iter().map(|r| r.in_flight).sum();
+            let d = decide_with(&s, queued, in_flight, None, &rs, &h, t0());
+            let n = rs.len() as u32;
+            prop_assert!(d.start == 0 || d.stop.is_empty());
+            prop_assert!(n + d.start <= s.max_concurrency.max(n));
+            prop_assert!(n - d.stop.len() as u32 >= s.min_concurrency.min(n));
+            for id in &d.stop {
+                let r = rs.iter().find(|r| r.id == *id).unwrap();
+                prop_assert!(r.in_flight == 0 && r.ready);
+            }
+            // Nothing measured and demand waiting: the runners held (the probe, what the floor
+            // adds) stop only down to what fal's rule would run.
+            if h.service_s.is_none() && queued + in_flight > 0 {
+                let fal = target(&s, queued + in_flight).desired;
+                prop_assert!(n - d.stop.len() as u32 >= n.min(fal), "{d:?}");
+            }
+        }
     }
 }
