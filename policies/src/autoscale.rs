@@ -189,6 +189,10 @@ enum Measured {
     Nothing,
 }
 
+/// Where a new node's minimum billing is longer than its cold start (billed by the hour), the
+/// least shortfall, in runners, that starts one more (see [`predicted`]).
+const HOURLY_MIN_SHORTFALL: f64 = 0.25;
+
 /// The least service time [`predicted_needed`] sizes for, in seconds.
 const MIN_SERVICE_S: f64 = 0.001;
 
@@ -511,8 +515,9 @@ fn predicted(
     // the node that fits one, each paid an hour; and the backlog drains over longer than a
     // cold start. Until 2026-12-03 a growing first backlog on 4-GPU runners, billed by the
     // hour, started eleven runners one by one on eleven nodes.
+    let billed_long = history.recreate.saturating_sub(history.cold_start) > history.cold_start;
     let backlog = match runners_now {
-        Some(n) if history.recreate.saturating_sub(history.cold_start) > history.cold_start => {
+        Some(n) if billed_long => {
             let served = speeds.slots(n) * mux / s;
             (f64::from(queued) + (rate - served) * history.cold_start.as_secs_f64()).max(0.0)
         }
@@ -522,7 +527,19 @@ fn predicted(
     let busy = in_flight.div_ceil(spec.max_multiplexing.max(1));
     let runners = |c: f64| speeds.runners(c / mux);
     let recreate = history.recreate.as_secs_f64().max(horizon);
-    Predicted { wanted: runners(concurrency), busy, again: runners(arriving + f64::from(queued) * s / recreate) }
+    // Billed by the hour, a runner more is started for a shortfall of at least a quarter of its
+    // slots ([`HOURLY_MIN_SHORTFALL`]): one started for less is paid an hour to serve a sliver
+    // of it, and the estimate moving a little from one pass to the next (a request more or less
+    // in the last minute) launched such nodes (an H100-or-A100 app at a request a second: a
+    // second node-hour for one pass's blip, $3.39 where target-qps paid $1.89 at the same SLO).
+    let wanted = match runners_now {
+        Some(n) if billed_long => {
+            let w = runners(concurrency);
+            if w > n && runners((concurrency - HOURLY_MIN_SHORTFALL * mux).max(0.0)) <= n { n } else { w }
+        }
+        _ => runners(concurrency),
+    };
+    Predicted { wanted, busy, again: runners(arriving + f64::from(queued) * s / recreate) }
 }
 
 /// The speeds [`predicted`] turns slots into runners with, each a share of an H100's work
@@ -1185,6 +1202,29 @@ mod tests {
         assert_eq!(h.service_floor_s, None);
         let mean = h.service_s.expect("measured");
         assert!((mean - 480.0 / 20.0).abs() < 1e-9, "{mean}");
+    }
+
+    #[test]
+    fn billed_by_the_hour_a_runner_more_starts_for_a_quarter_of_one_not_a_sliver() {
+        let s = ScalingSpec { max_multiplexing: 1, ..predict_spec(KeepAlive::Auto) };
+        // Two requests a second, billed by the hour (a re-creation of 3,780 s, a 180 s cold
+        // start), four busy runners: the slots wanted are 2 s + (2 − 4 ÷ s) × s = 4 s − 4.
+        let busy: Vec<RunnerInfo> =
+            (1..=4).map(|id| RunnerInfo { in_flight: 1, idle_since: None, ..idle(id, 0, "1.00") }).collect();
+        let hourly = |service: f64| DemandHistory {
+            recreate: Duration::from_secs(3780),
+            service_s: Some(service),
+            ..steady(4, 20, 4)
+        };
+        // s = 2.05: 4.2 runners' worth, a fifth runner for a fifth of its slots, paid an hour.
+        let d = decide_with(&s, 0, 4, None, &busy, &hourly(2.05), t0());
+        assert_eq!((d.target.desired, d.start), (4, 0));
+        // s = 2.1: 4.4, more than a quarter short: it starts.
+        let d = decide_with(&s, 0, 4, None, &busy, &hourly(2.1), t0());
+        assert_eq!((d.target.desired, d.start), (5, 1));
+        // Billed by the second the sliver starts a runner (it pays about what it serves).
+        let by_second = DemandHistory { service_s: Some(2.05), ..steady(4, 20, 4) };
+        assert_eq!(decide_with(&s, 0, 4, None, &busy, &by_second, t0()).start, 1);
     }
 
     #[test]
