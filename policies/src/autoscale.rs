@@ -279,24 +279,21 @@ impl DemandHistory {
         if span <= 0.0 {
             return Measured::Nothing;
         }
+        // The in-flight integral (trapezoids between samples), in request-seconds of an H100's
+        // work: over the completions, the mean service time; over all requests seen, a floor.
+        let busy = self.busy_ms2 as f64 / 2000.0 / 1000.0;
         if completed < MIN_COMPLETIONS {
-            if self.busy_ms2 <= 0 {
-                return Measured::Nothing;
-            }
             let seen = completed.max(0.0) + f64::from(last.in_flight);
-            if seen < MIN_FLOOR_REQUESTS {
+            if busy <= 0.0 || seen < MIN_FLOOR_REQUESTS {
                 return Measured::Nothing;
             }
-            return Measured::Floor(self.busy_ms2 as f64 / 2000.0 / 1000.0 / seen);
+            return Measured::Floor(busy / seen);
         }
         debug_assert_eq!(
             self.busy_ms2,
             self.samples.iter().zip(self.samples.iter().skip(1)).map(|(a, b)| trapezoid_ms2(a, b)).sum::<i128>(),
             "the running in-flight integral is the samples' own"
         );
-        // Time-weighted mean in flight (trapezoids between samples), in request-seconds of an
-        // H100's work.
-        let busy = self.busy_ms2 as f64 / 2000.0 / 1000.0;
         Measured::Mean(busy / completed)
     }
 
@@ -532,12 +529,9 @@ fn predicted(
     // of it, and the estimate moving a little from one pass to the next (a request more or less
     // in the last minute) launched such nodes (an H100-or-A100 app at a request a second: a
     // second node-hour for one pass's blip, $3.39 where target-qps paid $1.89 at the same SLO).
-    let wanted = match runners_now {
-        Some(n) if billed_long => {
-            let w = runners(concurrency);
-            if w > n && runners((concurrency - HOURLY_MIN_SHORTFALL * mux).max(0.0)) <= n { n } else { w }
-        }
-        _ => runners(concurrency),
+    let wanted = match (runners(concurrency), runners_now) {
+        (w, Some(n)) if billed_long && w > n && runners((concurrency - HOURLY_MIN_SHORTFALL * mux).max(0.0)) <= n => n,
+        (w, _) => w,
     };
     Predicted { wanted, busy, again: runners(arriving + f64::from(queued) * s / recreate) }
 }
