@@ -546,9 +546,10 @@ struct Speeds {
     /// The app's runners', in the order scale-down keeps them: the cheapest per hour of work
     /// first (it stops the dearest first).
     kept: Vec<f64>,
-    /// A runner started now: the cheapest runner's (the kind placement ranks first; an
-    /// on-demand base runner, priced at nothing, only where no other is), or with none, the
-    /// speed of the last runners seen serving (an H100's before any).
+    /// A runner started now: the GPU placement ranks first, where the caller knows it
+    /// ([`decide_next`]); otherwise the cheapest runner's (an on-demand base runner, priced at
+    /// nothing, only where no other is), or with none, the speed of the last runners seen
+    /// serving (an H100's before any).
     new: f64,
 }
 
@@ -558,8 +559,9 @@ fn share(work_milli: u32) -> f64 {
 }
 
 impl Speeds {
-    /// The app's runners' speeds, cheapest work first.
-    fn of(runners: &[RunnerInfo], history: &DemandHistory) -> Speeds {
+    /// The app's runners' speeds, cheapest work first; a new runner's is `next_work_milli`'s
+    /// where known (not 0).
+    fn of(runners: &[RunnerInfo], history: &DemandHistory, next_work_milli: u32) -> Speeds {
         let mut by_price: Vec<&RunnerInfo> = runners.iter().collect();
         by_price.sort_by(|a, b| a.slot_price.cmp(&b.slot_price).then(a.id.cmp(&b.id)));
         let last = share(history.work_milli);
@@ -568,7 +570,7 @@ impl Speeds {
         // The plan prices an app's on-demand base runners at nothing (so they are kept): the
         // cheapest work is the cheapest runner priced.
         let cheapest = by_price.iter().find(|r| r.slot_price > Price::ZERO).or(by_price.first());
-        let new = cheapest.map_or(last, |r| speed(r));
+        let new = if next_work_milli != 0 { share(next_work_milli) } else { cheapest.map_or(last, |r| speed(r)) };
         Speeds { kept, new }
     }
 
@@ -624,7 +626,9 @@ pub fn decide(
     decide_with(spec, queued, in_flight, pending_since, runners, &DemandHistory::default(), now)
 }
 
-/// Decides one app's runner changes; `history` is what `keep_alive = "auto"` weighs.
+/// Decides one app's runner changes; `history` is what `keep_alive = "auto"` weighs. With
+/// `predict = true`, a runner started now is taken to be as fast as the app's cheapest runner
+/// (see [`decide_next`] where placement's choice is known).
 pub fn decide_with(
     spec: &ScalingSpec,
     queued: u32,
@@ -632,6 +636,28 @@ pub fn decide_with(
     pending_since: Option<Time>,
     runners: &[RunnerInfo],
     history: &DemandHistory,
+    now: Time,
+) -> ScaleDecision {
+    decide_next(spec, queued, in_flight, pending_since, runners, history, 0, now)
+}
+
+/// [`decide_with`], where the runners started now run on GPUs doing `next_work_milli`
+/// thousandths of an H100's work ([`RunnerInfo::work_milli`]; 0: not known, as
+/// [`decide_with`]); [`crate::plan::plan`] gives the speed of the nodes it would place them
+/// on. `predict = true` sizes the runners it starts at that speed. Until 2026-12-04 it took the
+/// app's cheapest runner's: an H100-or-A100 app whose probe runner had landed on an A100 (a
+/// capacity error on the H100 ranked first) sized the first backlog for A100 runners, and got
+/// three times the H100s it needed (16 two-GPU runners where 5 served, each node paid an hour:
+/// $58.17 where target-qps paid $15.34).
+#[allow(clippy::too_many_arguments)]
+pub fn decide_next(
+    spec: &ScalingSpec,
+    queued: u32,
+    in_flight: u32,
+    pending_since: Option<Time>,
+    runners: &[RunnerInfo],
+    history: &DemandHistory,
+    next_work_milli: u32,
     now: Time,
 ) -> ScaleDecision {
     let demand = queued.saturating_add(in_flight);
@@ -643,7 +669,7 @@ pub fn decide_with(
     // the move (which waits for every starting runner) open for minutes at the old node's price.
     let serving = runners.iter().fold(0u32, |n, r| n.saturating_add(r.in_flight));
     let predict = |service_s: f64| {
-        let speeds = Speeds::of(runners, history);
+        let speeds = Speeds::of(runners, history, next_work_milli);
         predicted(spec, history, service_s, queued, serving.min(in_flight), Some(current), &speeds, now)
     };
     let t = if !spec.predict {

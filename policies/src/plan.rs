@@ -393,6 +393,20 @@ fn in_flight_work(st: &AppView, work_milli: &dyn Fn(&RunnerView) -> u32) -> u64 
     work + (total - counted) * mean
 }
 
+/// The speed (thousandths of an H100's work, weighted by runners) of the GPUs that the
+/// cheapest mix of new nodes for `n` runners has ([`sizing::cheapest_mix`] over `kinds`); 0
+/// where no offering can be had.
+fn mix_work_milli(index: &PlacementIndex, app: usize, kinds: &[CapacityWanted], base: &RankInput, n: u32) -> u32 {
+    let classes: Vec<SizeClass> =
+        kinds.iter().flat_map(|k| index.size_classes(app, &RankInput { capacity: *k, ..base.clone() })).collect();
+    let Some((_, nodes)) = sizing::cheapest_mix(&classes, n) else { return 0 };
+    let (work, runners) = nodes.iter().fold((0u64, 0u64), |(w, r), node| {
+        let milli = index.offering(classes[node.class].offering).instance.gpu.work_milli();
+        (w + u64::from(milli) * u64::from(node.runners), r + u64::from(node.runners))
+    });
+    work.checked_div(runners).map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX))
+}
+
 /// Plans the whole fleet. Pure: same inputs, same plan.
 pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &PlanOptions) -> FleetPlan {
     let now = state.now;
@@ -468,15 +482,43 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             })
             .collect();
         let in_flight_work = in_flight_work(st, &work_milli);
-        let mut decision = autoscale::decide_with(
-            &app.scaling,
-            st.queued,
-            st.in_flight,
-            st.scale_up_pending_since,
-            &infos,
-            &st.demand,
-            now,
-        );
+        // `predict` sizes the runners it starts for the GPU they will run on: the one the
+        // cheapest mix of new nodes for that many runners has (as placed below), which depends
+        // on how many start (one runner: the cheapest small node; sixteen: 8-GPU nodes). So the
+        // decision is made for the app's cheapest runner's speed, then again for the speed of
+        // the mix for the runners it starts, until a speed comes round again (the two agree, or
+        // the counts cycle) or three more decisions are made; the last one stands. Until
+        // 2026-12-04 the cheapest runner's speed stood: see [`autoscale::decide_next`].
+        let mix_kinds: &[CapacityWanted] = match app.placement.spot {
+            SpotPolicy::Spot => &[CapacityWanted::Spot],
+            SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
+            SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
+        };
+        let mix_base = RankInput { quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
+        let decide = |next_work_milli: u32| {
+            autoscale::decide_next(
+                &app.scaling,
+                st.queued,
+                st.in_flight,
+                st.scale_up_pending_since,
+                &infos,
+                &st.demand,
+                next_work_milli,
+                now,
+            )
+        };
+        let mut decision = decide(0);
+        if app.scaling.predict {
+            let mut tried = Vec::new();
+            while decision.start > 0 && tried.len() < 3 {
+                let w = mix_work_milli(index, i, mix_kinds, &mix_base, decision.start);
+                if w == 0 || tried.contains(&w) {
+                    break;
+                }
+                tried.push(w);
+                decision = decide(w);
+            }
+        }
         if winding_down.is_some() {
             wind_down(
                 &mut decision,

@@ -1198,6 +1198,11 @@ fn billed_by_the_hour_a_new_node_makes_room_for_the_runner_of_a_dearer_node_it_w
     assert_eq!((m.nodes.as_slice(), m.kind), ([10].as_slice(), MoveKind::Delete));
 }
 
+/// Lambda's 1-GPU A100 on demand at $1.29/h ($4.10 per hour of H100 work).
+fn lambda_1x_a100() -> Offering {
+    off(Cloud::Lambda, "us-east-1", None, "gpu_1x_a100_sxm4", GpuModel::A100_80GB, 1, CapacityType::OnDemand, "1.29")
+}
+
 #[test]
 fn requests_in_flight_are_weighed_by_their_runners_speed() {
     // An app on H100s and A100s: three requests on an H100 runner, two on an A100 runner, and
@@ -1207,16 +1212,7 @@ fn requests_in_flight_are_weighed_by_their_runners_speed() {
     );
     let cat = Arc::new(Catalog::new(vec![
         off(Cloud::Lambda, "us-east-1", None, "gpu_1x_h100_sxm5", GpuModel::H100Sxm, 1, CapacityType::OnDemand, "3.60"),
-        off(
-            Cloud::Lambda,
-            "us-east-1",
-            None,
-            "gpu_1x_a100_sxm4",
-            GpuModel::A100_80GB,
-            1,
-            CapacityType::OnDemand,
-            "1.29",
-        ),
+        lambda_1x_a100(),
     ]));
     let index = PlacementIndex::new(cat, &s);
     let cache = UnavailableCache::default();
@@ -1234,4 +1230,40 @@ fn requests_in_flight_are_weighed_by_their_runners_speed() {
         AppView { in_flight: 2, runners: vec![on(1, 10, 3), on(2, 11, 1)], nodes: nodes(), ..AppView::default() };
     let p = plan(&index, &s, &state(&cache, vec![("llm", over)]), &PlanOptions::default());
     assert_eq!(p.apps[0].in_flight_work, (3000 + 315) * 2 / 4);
+}
+
+#[test]
+fn predict_sizes_the_runners_it_starts_for_the_gpu_they_will_get_not_its_probes() {
+    // An app on H100s or A100s, one request per runner, `predict`. Its one runner (the probe)
+    // got a 1-GPU A100 ($1.29/h: $4.10 per hour of H100 work); several runners are cheapest on
+    // an 8-GPU H100 spot node ($16/h). 360 requests queue, each 2 s of an H100's work: drained
+    // within the 180-s cold start they want 4 H100 runners, or 12.7 A100 runners.
+    let s = spec(
+        "[apps.llm]\ngpu = [\"H100\", \"A100\"]\ngpus = 1\n[apps.llm.placement]\nspot = \"auto\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 64\npredict = true\nkeep_alive = \"auto\"\n",
+    );
+    let cat = Arc::new(Catalog::new(vec![
+        lambda_1x_a100(),
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", GpuModel::H100Sxm, 8, CapacityType::Spot, "16"),
+    ]));
+    let index = PlacementIndex::new(cat, &s);
+    let cache = UnavailableCache::default();
+    let mut demand = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
+    demand.service_s = Some(2.0);
+    let st = AppView {
+        queued: 360,
+        in_flight: 1,
+        runners: vec![serving_runner(1, 10)],
+        nodes: vec![NodeView::new(10, 0, 1)],
+        demand,
+        ..AppView::default()
+    };
+    let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
+    let a = &p.apps[0];
+    // Sized for the probe's A100, 12 would start, and go on two H100 nodes (the cheapest mix
+    // for 12): three times the work the queue wants. Sized for the H100s they get: 4, on one.
+    assert_eq!(a.decision.start, 4, "{:?}", a.decision);
+    assert_eq!(a.new_nodes.len(), 1);
+    assert_eq!(a.new_nodes[0].runners, 4);
+    assert_eq!(index.offering(a.new_nodes[0].candidates[0].offering).instance.gpu, GpuModel::H100Sxm);
 }
