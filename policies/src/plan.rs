@@ -486,9 +486,13 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         // cheapest mix of new nodes for that many runners has (as placed below), which depends
         // on how many start (one runner: the cheapest small node; sixteen: 8-GPU nodes). So the
         // decision is made for the app's cheapest runner's speed, then again for the speed of
-        // the mix for the runners it starts, until a speed comes round again (the two agree, or
-        // the counts cycle) or three more decisions are made; the last one stands. Until
-        // 2026-12-04 the cheapest runner's speed stood: see [`autoscale::decide_next`].
+        // the mix for the runners it starts, until a speed comes round again or three more
+        // decisions are made. Where the speeds cycle (one runner fits an A100 node, three an
+        // H100 node sized for four: sized for the A100, three start and get H100s; sized for
+        // the H100, one starts and gets an A100), the fewest starts of the cycle stand: a start
+        // too small is made up at the next pass, the runners it started counted at their own
+        // speed, while a start too large is paid for, a new node's minimum billing and more.
+        // Until 2026-12-04 the cheapest runner's speed stood (see [`autoscale::decide_next`]).
         let mix_kinds: &[CapacityWanted] = match app.placement.spot {
             SpotPolicy::Spot => &[CapacityWanted::Spot],
             SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
@@ -509,14 +513,24 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
         };
         let mut decision = decide(0);
         if app.scaling.predict {
-            let mut tried = Vec::new();
+            // The speeds decided at, each with its decision.
+            let mut tried: Vec<(u32, ScaleDecision)> = Vec::new();
             while decision.start > 0 && tried.len() < 3 {
                 let w = mix_work_milli(index, i, mix_kinds, &mix_base, decision.start);
-                if w == 0 || tried.contains(&w) {
+                if w == 0 {
                     break;
                 }
-                tried.push(w);
+                if let Some(k) = tried.iter().position(|(t, _)| *t == w) {
+                    // The last decision's own speed: they agree. An earlier one's: a cycle.
+                    if let Some((_, fewest)) = tried[k..].iter().min_by_key(|(_, d)| d.start)
+                        && fewest.start < decision.start
+                    {
+                        decision = fewest.clone();
+                    }
+                    break;
+                }
                 decision = decide(w);
+                tried.push((w, decision.clone()));
             }
         }
         if winding_down.is_some() {

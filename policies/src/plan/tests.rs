@@ -1232,26 +1232,21 @@ fn requests_in_flight_are_weighed_by_their_runners_speed() {
     assert_eq!(p.apps[0].in_flight_work, (3000 + 315) * 2 / 4);
 }
 
-#[test]
-fn predict_sizes_the_runners_it_starts_for_the_gpu_they_will_get_not_its_probes() {
-    // An app on H100s or A100s, one request per runner, `predict`. Its one runner (the probe)
-    // got a 1-GPU A100 ($1.29/h: $4.10 per hour of H100 work); several runners are cheapest on
-    // an 8-GPU H100 spot node ($16/h). 360 requests queue, each 2 s of an H100's work: drained
-    // within the 180-s cold start they want 4 H100 runners, or 12.7 A100 runners.
-    let s = spec(
-        "[apps.llm]\ngpu = [\"H100\", \"A100\"]\ngpus = 1\n[apps.llm.placement]\nspot = \"auto\"\n\
-         [apps.llm.scaling]\nmax_concurrency = 64\npredict = true\nkeep_alive = \"auto\"\n",
-    );
-    let cat = Arc::new(Catalog::new(vec![
-        lambda_1x_a100(),
-        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", GpuModel::H100Sxm, 8, CapacityType::Spot, "16"),
-    ]));
-    let index = PlacementIndex::new(cat, &s);
+/// One planning pass for a `predict` app on H100s or A100s of `gpus` GPUs a runner, one request
+/// each: its probe runner serves on a node of `offerings[0]`, `queued` requests wait, each 2 s of
+/// an H100's work (cold start 180 s, a minute's minimum billing). The plan's app and the GPU of each
+/// new node's first candidate.
+fn predict_on_two_families(offerings: Vec<Offering>, gpus: u32, queued: u32) -> (AppPlan, Vec<GpuModel>) {
+    let s = spec(&format!(
+        "[apps.llm]\ngpu = [\"H100\", \"A100\"]\ngpus = {gpus}\n[apps.llm.placement]\nspot = \"auto\"\n\
+         [apps.llm.scaling]\nmax_concurrency = 64\npredict = true\nkeep_alive = \"auto\"\n"
+    ));
+    let index = PlacementIndex::new(Arc::new(Catalog::new(offerings)), &s);
     let cache = UnavailableCache::default();
     let mut demand = DemandHistory::new(Duration::from_secs(240), Duration::from_secs(180));
     demand.service_s = Some(2.0);
     let st = AppView {
-        queued: 360,
+        queued,
         in_flight: 1,
         runners: vec![serving_runner(1, 10)],
         nodes: vec![NodeView::new(10, 0, 1)],
@@ -1259,11 +1254,47 @@ fn predict_sizes_the_runners_it_starts_for_the_gpu_they_will_get_not_its_probes(
         ..AppView::default()
     };
     let p = plan(&index, &s, &state(&cache, vec![("llm", st)]), &PlanOptions::default());
-    let a = &p.apps[0];
+    let a = p.apps.into_iter().next().expect("one app");
+    let gpus = a.new_nodes.iter().map(|n| index.offering(n.candidates[0].offering).instance.gpu).collect();
+    (a, gpus)
+}
+
+#[test]
+fn predict_sizes_the_runners_it_starts_for_the_gpu_they_will_get_not_its_probes() {
+    // One-GPU runners. The probe got a 1-GPU A100 ($1.29/h: $4.10 per hour of H100 work);
+    // several runners are cheapest on an 8-GPU H100 spot node ($16/h). 360 requests drained
+    // within the cold start want 4 H100 runners, or 12.7 A100 runners.
+    let h100 =
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", GpuModel::H100Sxm, 8, CapacityType::Spot, "16");
+    let (a, gpus) = predict_on_two_families(vec![lambda_1x_a100(), h100], 1, 360);
     // Sized for the probe's A100, 12 would start, and go on two H100 nodes (the cheapest mix
     // for 12): three times the work the queue wants. Sized for the H100s they get: 4, on one.
     assert_eq!(a.decision.start, 4, "{:?}", a.decision);
-    assert_eq!(a.new_nodes.len(), 1);
-    assert_eq!(a.new_nodes[0].runners, 4);
-    assert_eq!(index.offering(a.new_nodes[0].candidates[0].offering).instance.gpu, GpuModel::H100Sxm);
+    assert_eq!(a.new_nodes.iter().map(|n| n.runners).collect::<Vec<_>>(), [4]);
+    assert_eq!(gpus, [GpuModel::H100Sxm]);
+}
+
+#[test]
+fn predict_where_the_speeds_cycle_starts_the_fewest_runners_of_the_cycle() {
+    // Two-GPU runners. A 2-GPU A100 node at $1.20/h ($3.81 per hour of H100 work) is the
+    // cheapest for one or two runners; for three, an 8-GPU H100 spot node sized for four ($10/h;
+    // three A100 nodes are $11.43 of work). 100 requests: sized for A100s (6.35 s each) three
+    // start, and would get the H100 node; sized for H100s one starts, and would get an A100 node.
+    let a100 = off(
+        Cloud::Azure,
+        "eastus",
+        None,
+        "Standard_NC48ads_A100_v4",
+        GpuModel::A100_80GB,
+        2,
+        CapacityType::OnDemand,
+        "1.20",
+    );
+    let h100 =
+        off(Cloud::Aws, "us-east-1", Some("use1-az1"), "p5.48xlarge", GpuModel::H100Sxm, 8, CapacityType::Spot, "10");
+    let (a, gpus) = predict_on_two_families(vec![a100, h100], 2, 100);
+    // Three H100 runners would be three times the work wanted, on a node paid whatever it
+    // serves; one A100 runner more is made up at the next pass if short.
+    assert_eq!(a.decision.start, 1, "{:?}", a.decision);
+    assert_eq!(gpus, [GpuModel::A100_80GB]);
 }
