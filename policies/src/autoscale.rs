@@ -196,6 +196,15 @@ const HOURLY_MIN_SHORTFALL: f64 = 0.25;
 /// The least service time [`predicted_needed`] sizes for, in seconds.
 const MIN_SERVICE_S: f64 = 0.001;
 
+/// How far back the arrival rate's peak is looked for ([`DemandHistory::peak_rate`]): twenty
+/// minutes, SkyPilot Serve's default downscale delay, within the history kept. Until
+/// 2026-12-04 it was the whole history, which billed by the hour is three re-creations, over
+/// three hours: the first hour's busiest minute held runners for hours, each paid every hour
+/// begun (the code trace at twice its rate on 2-GPU runners, billed by the hour: a runner
+/// started for the first burst was held into a second paid hour, $15.39 where target-qps paid
+/// $12.31 at the same SLO attainment; now $12.31).
+pub const PEAK_WINDOW: Duration = Duration::from_secs(20 * 60);
+
 /// How far back a caller keeps the history: ten minutes, or three re-creations if longer.
 pub fn history_window(recreate: Duration) -> Duration {
     Duration::from_secs(600).max(recreate.saturating_mul(3))
@@ -306,19 +315,19 @@ impl DemandHistory {
         if span <= 0.0 { 0.0 } else { (last.arrived - first.arrived) as f64 / span }
     }
 
-    /// The highest rate over any minute (`RATE_WINDOW`) within the history: what the capacity kept
-    /// warm is sized for, so that a burst like the recent ones finds it (as SkyPilot's and
-    /// dstack's autoscalers hold replicas through a downscale delay).
+    /// The highest rate over any minute (`RATE_WINDOW`) of the last [`PEAK_WINDOW`] of the
+    /// history: what the capacity kept warm is sized for, so that a burst like the recent ones
+    /// finds it (as SkyPilot's and dstack's autoscalers hold replicas through a downscale delay).
     pub fn peak_rate(&self) -> f64 {
         let w = RATE_WINDOW.as_secs_f64();
         let mut best = 0.0f64;
-        let mut j = 0;
         let v = &self.samples;
-        let history = match (v.front(), v.back()) {
-            (Some(a), Some(b)) => secs_between(a.at, b.at),
-            _ => return 0.0,
-        };
-        for i in 0..v.len() {
+        let Some(last) = v.back() else { return 0.0 };
+        let peak_window = PEAK_WINDOW.as_secs_f64();
+        let first = v.partition_point(|s| secs_between(s.at, last.at) > peak_window);
+        let history = secs_between(v[first].at, last.at);
+        let mut j = first;
+        for i in first..v.len() {
             // The first sample at most one window before sample i.
             while secs_between(v[j].at, v[i].at) > w {
                 j += 1;
@@ -1322,6 +1331,34 @@ mod tests {
         // Three times the longest silence seen (and still inside the history): stopped.
         assert!(!bursty.arrivals_stopped(at(540 + 3 * 170)));
         assert!(bursty.arrivals_stopped(at(540 + 3 * 170 + 10)));
+    }
+
+    #[test]
+    fn the_peak_rate_is_looked_for_over_the_last_twenty_minutes_however_long_the_history() {
+        // Billed by the hour: a re-creation is an hour and a cold start, the history over three
+        // hours. Ten requests a second for the first ten minutes, then two a second for an hour.
+        let mut h = DemandHistory::new(Duration::from_secs(3780), Duration::from_secs(180));
+        assert!(history_window(h.recreate) > Duration::from_secs(3 * 3600));
+        let mut arrived = 0;
+        for i in 0..=420 {
+            arrived += if i <= 60 { 100 } else { 20 };
+            h.record(sample(i * 10, 2, arrived, 10));
+        }
+        let now = t0() + secs(4200);
+        // The first ten minutes' rate held for the hour after (until 2026-12-04: 10/s).
+        assert!((h.forecast_rate(now) - 2.0).abs() < 0.01, "{}", h.forecast_rate(now));
+        // Within twenty minutes of the busy minutes, they still count.
+        let mut recent = DemandHistory::new(Duration::from_secs(3780), Duration::from_secs(180));
+        let mut arrived = 0;
+        for i in 0..=180 {
+            arrived += if (60..=66).contains(&i) { 100 } else { 20 };
+            recent.record(sample(i * 10, 2, arrived, 10));
+        }
+        assert!(
+            (recent.forecast_rate(t0() + secs(1800)) - 10.0).abs() < 0.01,
+            "{}",
+            recent.forecast_rate(t0() + secs(1800))
+        );
     }
 
     #[test]
