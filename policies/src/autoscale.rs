@@ -555,10 +555,10 @@ struct Speeds {
     /// The app's runners', in the order scale-down keeps them: the cheapest per hour of work
     /// first (it stops the dearest first).
     kept: Vec<f64>,
-    /// A runner started now: the GPU placement ranks first, where the caller knows it
-    /// ([`decide_next`]); otherwise the cheapest runner's (an on-demand base runner, priced at
-    /// nothing, only where no other is), or with none, the speed of the last runners seen
-    /// serving (an H100's before any).
+    /// A runner started now: the speed the caller gives ([`decide_next`]: the plan's, of the
+    /// nodes it would start the runners on); otherwise the cheapest runner's (an on-demand base
+    /// runner, priced at nothing, only where no other is), or with none, the speed of the last
+    /// runners seen serving (an H100's before any).
     new: f64,
 }
 
