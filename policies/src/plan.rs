@@ -394,12 +394,10 @@ fn in_flight_work(st: &AppView, work_milli: &dyn Fn(&RunnerView) -> u32) -> u64 
 }
 
 /// The speed (thousandths of an H100's work, weighted by runners) of the GPUs that the
-/// cheapest mix of new nodes for `n` runners has ([`sizing::cheapest_mix`] over `kinds`); 0
+/// cheapest mix of new nodes for `n` runners has ([`sizing::cheapest_mix`] over `classes`); 0
 /// where no offering can be had.
-fn mix_work_milli(index: &PlacementIndex, app: usize, kinds: &[CapacityWanted], base: &RankInput, n: u32) -> u32 {
-    let classes: Vec<SizeClass> =
-        kinds.iter().flat_map(|k| index.size_classes(app, &RankInput { capacity: *k, ..base.clone() })).collect();
-    let Some((_, nodes)) = sizing::cheapest_mix(&classes, n) else { return 0 };
+fn mix_work_milli(index: &PlacementIndex, classes: &[SizeClass], n: u32) -> u32 {
+    let Some((_, nodes)) = sizing::cheapest_mix(classes, n) else { return 0 };
     let (work, runners) = nodes.iter().fold((0u64, 0u64), |(w, r), node| {
         let milli = index.offering(classes[node.class].offering).instance.gpu.work_milli();
         (w + u64::from(milli) * u64::from(node.runners), r + u64::from(node.runners))
@@ -498,7 +496,6 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             SpotPolicy::OnDemand => &[CapacityWanted::OnDemand],
             SpotPolicy::Auto => &[CapacityWanted::Spot, CapacityWanted::OnDemand],
         };
-        let mix_base = RankInput { quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
         let decide = |next_work_milli: u32| {
             autoscale::decide_next(
                 &app.scaling,
@@ -512,11 +509,17 @@ pub fn plan(index: &PlacementIndex, spec: &FleetSpec, state: &FleetView, opts: &
             )
         };
         let mut decision = decide(0);
-        if app.scaling.predict {
+        if app.scaling.predict && decision.start > 0 {
+            // The sizes a new node can have now (the same at every decision of this pass).
+            let base = RankInput { quota_used: &quota_used, ..RankInput::new(now, state.unavailable) };
+            let classes: Vec<SizeClass> = mix_kinds
+                .iter()
+                .flat_map(|k| index.size_classes(i, &RankInput { capacity: *k, ..base.clone() }))
+                .collect();
             // The speeds decided at, each with its decision.
             let mut tried: Vec<(u32, ScaleDecision)> = Vec::new();
             while decision.start > 0 && tried.len() < 3 {
-                let w = mix_work_milli(index, i, mix_kinds, &mix_base, decision.start);
+                let w = mix_work_milli(index, &classes, decision.start);
                 if w == 0 {
                     break;
                 }
